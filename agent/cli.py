@@ -1,0 +1,92 @@
+"""``aldar`` command line: one subcommand per module in ``agent.commands``.
+
+Settings flags shared by every command are added here; each flag overrides the
+setting of the same name from ``aldar.toml`` / ``ALDAR_*`` (see ``tools.settings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from tools.errors import AldarError
+from tools.secrets import install_log_redaction, load_dotenv
+from tools.settings import Settings, load_settings
+
+COMMAND_MODULES = [
+]
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (override aldar.toml and ALDAR_* variables)")
+    group.add_argument("--config", metavar="FILE", help="settings file (default: ./aldar.toml, or $ALDAR_CONFIG)")
+    group.add_argument("--profile", choices=["tiny", "sdxl"],
+                       help="models: sdxl = real weights; tiny = random-weight offline models that check the "
+                            "pipeline, not quality (default from settings: sdxl; env ALDAR_PROFILE)")
+    group.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], help="compute device (auto: cuda > mps > cpu)")
+    group.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="precision (auto: fp16 on GPU, fp32 on CPU)")
+    group.add_argument("--base-model", dest="base_model", metavar="ID|DIR|FILE",
+                       help="SDXL base: Hub repo id, diffusers folder or single .safetensors file")
+    group.add_argument("--clip-model", dest="clip_model", metavar="ID|DIR", help="CLIP scorer model")
+    group.add_argument("--seed", type=int, help="global seed")
+    group.add_argument("--output-dir", dest="output_dir", metavar="DIR", help="results folder (lora_training_results)")
+    group.add_argument("--weights", metavar="CLIP,FEATURES,SSIM",
+                       help="quality-score weights, non-negative, summing to 1 (default 0.4,0.4,0.2)")
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name) for name in Settings.__dataclass_fields__ if hasattr(args, name)}
+    if getattr(args, "weights", None):
+        parts = [p.strip() for p in args.weights.split(",")]
+        if len(parts) != 3:
+            from tools.errors import ConfigError
+            raise ConfigError(f"--weights {args.weights!r} needs three numbers", "write it as CLIP,FEATURES,SSIM, e.g. 0.4,0.4,0.2")
+        overrides.update(weight_clip=parts[0], weight_features=parts[1], weight_ssim=parts[2])
+    return load_settings(getattr(args, "config", None), overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aldar",
+        description="Train an SDXL LoRA of one character, pit it against hosted generators, score everyone "
+                    "against the reference pictures and let an agent decide the next training round.")
+    from tools import __version__
+    parser.add_argument("--version", action="version", version=f"aldar {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(sub)
+        add_settings_flags(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    load_dotenv()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    from agent import ui
+    try:
+        settings = settings_from_args(args)
+        return int(args.handler(args, settings) or 0)
+    except AldarError as error:
+        ui.error(str(error))
+        return error.exit_code
+    except KeyboardInterrupt:
+        ui.warn("interrupted — finished work is saved; rerun the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

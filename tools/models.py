@@ -1,0 +1,324 @@
+"""Model profiles and loading.
+
+Two profiles share every code path past loading:
+
+* ``sdxl``: real SDXL base weights (Hub repo id, local diffusers folder, or a
+  single-file ``.safetensors`` checkpoint) and a real CLIP scorer.
+* ``tiny``: the same architectures built from small configs with random
+  weights and an offline byte-level tokenizer. It exercises the whole loop on a
+  CPU in seconds; its scores check the pipeline, never image quality.
+
+Loaded models are cached per process, so rounds and LoRA swaps never reload the base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tools.devices import dtype_name, pick_device, pick_dtype
+from tools.errors import ModelNotFoundError
+
+TINY_NOTICE = ("profile 'tiny': random-weight models built offline — these scores check the pipeline, "
+               "not image quality")
+TINY_MODEL_ID = "tiny-random-sdxl"
+TINY_CLIP_ID = "tiny-random-clip"
+TINY_RESOLUTION = 64
+SDXL_RESOLUTION = 1024
+_cache: dict[tuple, Any] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """Everything needed to load the models of one run, resolved from settings."""
+
+    name: str  # "tiny" | "sdxl"
+    base_model: str
+    clip_model: str
+    device: str
+    dtype: str  # "fp32" | "fp16" | "bf16"
+    seed: int = 0
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name == "tiny"
+
+    @property
+    def resolution(self) -> int:
+        return TINY_RESOLUTION if self.is_tiny else SDXL_RESOLUTION
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
+
+    def describe(self) -> dict[str, Any]:
+        """The fields every saved JSON carries about the models that made it."""
+        info = {"profile": self.name, "base_model": self.base_model, "clip_model": self.clip_model,
+                "device": self.device, "dtype": self.dtype}
+        if self.is_tiny:
+            info["notice"] = TINY_NOTICE
+        return info
+
+
+def resolve_profile(settings) -> ModelProfile:
+    """Turn ``Settings`` into a concrete profile (device and dtype chosen)."""
+    device = pick_device(settings.device)
+    dtype = pick_dtype(device, settings.dtype)
+    if settings.profile == "tiny":
+        return ModelProfile("tiny", TINY_MODEL_ID, TINY_CLIP_ID, str(device), dtype_name(dtype), settings.seed)
+    return ModelProfile("sdxl", settings.base_model, settings.clip_model, str(device), dtype_name(dtype), settings.seed)
+
+
+# --------------------------------------------------------------------------- tiny
+def tiny_tokenizer():
+    """A CLIP tokenizer over the 256 byte-level symbols: no download, no merges.
+
+    Every character is one token, so prompts truncate at 77 characters; that is
+    fine for random-weight models and keeps the real ``CLIPTokenizer`` code path.
+    """
+    from transformers import CLIPTokenizer
+
+    folder = Path(os.environ.get("ALDAR_CACHE", Path.home() / ".cache" / "aldar")) / "tiny-tokenizer"
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    if not (vocab_file.is_file() and merges_file.is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        symbols = _byte_symbols()
+        vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+        from tools.atomic import atomic_write_text
+
+        atomic_write_text(vocab_file, json.dumps({tok: i for i, tok in enumerate(vocab)}))
+        atomic_write_text(merges_file, "#version: 0.2\n")
+    return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+
+
+def _byte_symbols() -> list[str]:
+    # GPT-2/CLIP byte-to-unicode table: printable bytes map to themselves, the rest above 255.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+TINY_VOCAB_SIZE, TINY_BOS, TINY_EOS = 514, 512, 513
+
+
+def tiny_text_config(hidden: int = 32, projection: int = 32):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=TINY_VOCAB_SIZE, bos_token_id=TINY_BOS, eos_token_id=TINY_EOS,
+                          pad_token_id=TINY_EOS, hidden_size=hidden, intermediate_size=hidden * 2,
+                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                          projection_dim=projection, hidden_act="gelu")
+
+
+def tiny_unet_config(scale: str = "tiny") -> dict[str, Any]:
+    """SDXL UNet layout (text_time conditioning, 2048-style cross-attention) at a small width.
+
+    ``scale="mid"`` gives a ~50M-parameter UNet for CPU benchmarks; ``"full"`` is
+    SDXL base's real config (2.6B parameters, for GPU timing with random weights).
+    """
+    if scale == "full":
+        return dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                    block_out_channels=(320, 640, 1280),
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
+                    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+                    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    if scale == "mid":
+        return dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                    block_out_channels=(128, 256, 512),
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                    attention_head_dim=(2, 4, 8), transformer_layers_per_block=(1, 1, 2),
+                    cross_attention_dim=64, use_linear_projection=True, addition_embed_type="text_time",
+                    addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
+    return dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=2,
+                block_out_channels=(32, 64),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
+                cross_attention_dim=64, use_linear_projection=True, addition_embed_type="text_time",
+                addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+                norm_num_groups=32)
+
+
+def tiny_vae_config() -> dict[str, Any]:
+    # Four blocks so latents are 1/8 of the image, as in SDXL (two blocks would be 1/2).
+    return dict(block_out_channels=(16, 16, 32, 32), in_channels=3, out_channels=3,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=TINY_RESOLUTION,
+                scaling_factor=0.13025)
+
+
+SDXL_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                             beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1,
+                             prediction_type="epsilon")
+
+
+def build_tiny_sdxl_components(seed: int = 0, unet_scale: str = "tiny") -> dict[str, Any]:
+    """All seven components of ``StableDiffusionXLPipeline``, random but deterministic from ``seed``."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**tiny_unet_config(unet_scale))
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**tiny_vae_config())
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(tiny_text_config())
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config())
+    tokenizer = tiny_tokenizer()
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                tokenizer=tokenizer, tokenizer_2=tokenizer,
+                scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG))
+
+
+def tiny_clip_config(size: str = "tiny"):
+    """CLIP for scoring: ``tiny`` (seconds on a CPU) or ``vit-l-14`` (the real scorer's shape)."""
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+    if size == "vit-l-14":
+        text = CLIPTextConfig(vocab_size=TINY_VOCAB_SIZE, bos_token_id=TINY_BOS, eos_token_id=TINY_EOS,
+                              pad_token_id=TINY_EOS, hidden_size=768, intermediate_size=3072,
+                              num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77)
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=224, patch_size=14)
+        return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=768)
+    text = tiny_text_config(hidden=32)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=32, patch_size=4)
+    return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=32)
+
+
+def build_tiny_clip(seed: int = 0, size: str = "tiny"):
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed + 10)
+    return CLIPModel(tiny_clip_config(size)).eval(), tiny_tokenizer()
+
+
+# --------------------------------------------------------------------------- real models
+def model_location(model_id: str) -> str:
+    """``local`` (a path on disk), ``cached`` (in the Hugging Face cache) or ``missing``."""
+    if Path(model_id).expanduser().exists():
+        return "local"
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(model_id, local_files_only=True)
+        return "cached"
+    except Exception:  # noqa: BLE001 - any failure here means "not usable offline"
+        return "missing"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((endpoint, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _missing(what: str, model_id: str, setting: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"{what} {model_id!r} is not in the Hugging Face cache and the Hub cannot be reached",
+        f"download it on a machine with network (`hf download {model_id}`) and copy ~/.cache/huggingface, "
+        f"or set {setting} in aldar.toml / --{setting.replace('_', '-')} to a local folder"
+        + (" or .safetensors file" if setting == "base_model" else "")
+        + "; or run offline with --profile tiny",
+    )
+
+
+def ensure_available(what: str, model_id: str, setting: str) -> None:
+    """Fail fast (no 50 s of download retries) when a model cannot possibly load."""
+    if model_location(model_id) == "missing" and not _hub_reachable():
+        raise _missing(what, model_id, setting)
+
+
+def load_sdxl_pipeline(profile: ModelProfile):
+    """The SDXL text-to-image pipeline for ``profile``, loaded once per process."""
+    key = ("sdxl-pipeline", profile)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = _load_sdxl_pipeline(profile)
+        return _cache[key]
+
+
+def _load_sdxl_pipeline(profile: ModelProfile):
+    from diffusers import StableDiffusionXLPipeline
+
+    if profile.is_tiny:
+        pipe = StableDiffusionXLPipeline(**build_tiny_sdxl_components(profile.seed))
+    else:
+        source = profile.base_model
+        ensure_available("SDXL base model", source, "base_model")
+        kwargs: dict[str, Any] = {"torch_dtype": profile.torch_dtype}
+        try:
+            if source.endswith((".safetensors", ".ckpt")):
+                pipe = StableDiffusionXLPipeline.from_single_file(source, **kwargs)
+            else:
+                if profile.dtype == "fp16" and model_location(source) != "local":
+                    kwargs["variant"] = "fp16"
+                pipe = StableDiffusionXLPipeline.from_pretrained(source, use_safetensors=True, **kwargs)
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise ModelNotFoundError(f"could not load SDXL base model {source!r}: {str(exc).splitlines()[0]}",
+                                     "check the path / repo id in base_model, or use --profile tiny") from None
+        if profile.dtype == "fp16":
+            pipe.vae.config.force_upcast = True  # SDXL's VAE overflows in fp16; diffusers upcasts when told
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(profile.torch_device)
+
+
+def load_clip(profile: ModelProfile):
+    """The CLIP scorer for ``profile`` as a ``tools.clip.ClipEncoder``, loaded once per process."""
+    from tools.clip import ClipEncoder
+
+    key = ("clip", profile.clip_model, profile.device, profile.seed)
+    with _cache_lock:
+        if key not in _cache:
+            if profile.is_tiny:
+                model, tokenizer = build_tiny_clip(profile.seed)
+            else:
+                model, tokenizer = _load_real_clip(profile.clip_model)
+            _cache[key] = ClipEncoder(model.to(profile.torch_device), tokenizer, model_id=profile.clip_model,
+                                      profile=profile.name)
+        return _cache[key]
+
+
+def _load_real_clip(model_id: str):
+    from transformers import CLIPModel, CLIPTokenizer
+
+    ensure_available("CLIP model", model_id, "clip_model")
+    try:
+        model = CLIPModel.from_pretrained(model_id)
+        tokenizer = CLIPTokenizer.from_pretrained(model_id)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"could not load CLIP model {model_id!r}: {str(exc).splitlines()[0]}",
+                                 "check clip_model (repo id or local folder), or use --profile tiny") from None
+    return model.eval(), tokenizer
+
+
+def clear_model_cache() -> None:
+    with _cache_lock:
+        _cache.clear()

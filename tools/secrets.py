@@ -1,0 +1,75 @@
+"""API keys: read from the environment or ``.env`` only, never logged or saved.
+
+``redact`` scrubs every known key value out of a text; ``install_log_redaction``
+puts the same filter on the root logger so a key cannot leak through a
+third-party library's debug output either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+KEY_NAMES = ("DEEPSEEK_API_KEY", "OPENAI_API_KEY", "FREEPIK_API_KEY", "DEEPAI_API_KEY", "GEMINI_API_KEY")
+_loaded_dotenv: set[Path] = set()
+
+
+def load_dotenv(path: str | os.PathLike = ".env") -> dict[str, str]:
+    """Read ``KEY=VALUE`` lines into ``os.environ`` without overriding what is already set."""
+    env_path = Path(path).resolve()
+    found: dict[str, str] = {}
+    if not env_path.is_file():
+        return found
+    for line in env_path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        key, value = key.strip(), value.strip().strip("'\"")
+        found[key] = value
+        os.environ.setdefault(key, value)
+    _loaded_dotenv.add(env_path)
+    return found
+
+
+def api_key(name: str) -> str | None:
+    """The key's value from the environment (after ``load_dotenv``), or None when unset/blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def mask(value: str | None) -> str:
+    """Show that a key is set without showing it: ``****wxyz`` (last 4 only for long keys)."""
+    if not value:
+        return "not set"
+    return "****" + value[-4:] if len(value) >= 16 else "****"
+
+
+def known_secret_values() -> list[str]:
+    values = [os.environ.get(name, "") for name in KEY_NAMES]
+    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str, extra: list[str] | None = None) -> str:
+    for secret in known_secret_values() + [s for s in (extra or []) if s and len(s) >= 4]:
+        text = text.replace(secret, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def install_log_redaction() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, RedactingFilter) for f in root.filters):
+        root.addFilter(RedactingFilter())
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

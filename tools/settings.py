@@ -1,0 +1,209 @@
+"""Settings: defaults < ``aldar.toml`` < ``ALDAR_*`` environment variables < flags.
+
+All settings are one flat, typed dataclass so that the same name works in the
+TOML file (under any section header, sections only group), as an environment
+variable (``ALDAR_`` + upper-case name) and as a CLI flag (``--name-with-dashes``).
+API keys are *not* settings: they come from the environment or ``.env`` only
+(see ``tools.secrets``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from tools.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_REFERENCES = PROJECT_ROOT / "examples" / "aldar_kose"
+BUNDLED_TAXONOMY = BUNDLED_REFERENCES / "taxonomy.json"
+PROFILES = ("tiny", "sdxl")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass
+class Settings:
+    # [models]
+    profile: str = "sdxl"
+    base_model: str = "stabilityai/stable-diffusion-xl-base-1.0"
+    clip_model: str = "openai/clip-vit-large-patch14"
+    lcm_lora: str = "latent-consistency/lcm-lora-sdxl"
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 42
+    # [character]
+    references: str = str(BUNDLED_REFERENCES)
+    taxonomy: str = ""  # empty: <references>/taxonomy.json, else the bundled one
+    trigger_token: str = "aldarkose"
+    character_name: str = "Aldar Köse"
+    analysis_path: str = "models/aldar_feature_analysis.json"
+    # [scoring]
+    weight_clip: float = 0.4
+    weight_features: float = 0.4
+    weight_ssim: float = 0.2
+    # [generation]
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.0
+    use_lcm: bool = False
+    images_per_prompt: int = 2
+    test_prompt: str = (
+        "aldarkose, Aldar Kose the Kazakh folk trickster, smiling, round face, thin mustache, "
+        "orange patterned robe, steppe landscape, children's book illustration"
+    )
+    negative_prompt: str = "photo, realistic, blurry, deformed, extra limbs, text, watermark"
+    competitors: list[str] = field(default_factory=lambda: ["freepik", "deepai", "gemini"])
+    # [rounds]
+    max_rounds: int = 3
+    patience: int = 2
+    target_score: float = 0.8
+    output_dir: str = "lora_training_results"
+    # [llm]
+    llm_base_url: str = "https://api.deepseek.com"
+    llm_model: str = "deepseek-v4-flash"
+    llm_thinking: bool = True
+    llm_max_steps: int = 12
+    llm_timeout_s: float = 120.0
+    # [providers]
+    freepik_base_url: str = "https://api.freepik.com"
+    deepai_base_url: str = "https://api.deepai.org"
+    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+    gemini_model: str = "gemini-2.5-flash-image"
+    provider_timeout_s: float = 60.0
+
+    # --- derived ------------------------------------------------------------
+    @property
+    def metric_weights(self) -> dict[str, float]:
+        return {"clip": self.weight_clip, "features": self.weight_features, "ssim": self.weight_ssim}
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.profile == "tiny"
+
+    def taxonomy_path(self) -> Path:
+        if self.taxonomy:
+            return Path(self.taxonomy)
+        beside = Path(self.references) / "taxonomy.json"
+        return beside if beside.is_file() else BUNDLED_TAXONOMY
+
+    def replace(self, **changes: Any) -> "Settings":
+        updated = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        updated.validate()
+        return updated
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"unknown profile {self.profile!r}", f"use one of: {', '.join(PROFILES)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}", f"use one of: {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}", f"use one of: {', '.join(DTYPES)}")
+        validate_weights(self.metric_weights)
+        for name in ("num_inference_steps", "images_per_prompt", "max_rounds", "patience", "llm_max_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+        if not 0.0 < self.target_score <= 1.0:
+            raise ConfigError(f"target_score is {self.target_score}", "set target_score in (0, 1]")
+
+
+def validate_weights(weights: dict[str, float]) -> None:
+    """Metric weights must be non-negative and sum to 1."""
+    negative = {k: v for k, v in weights.items() if v < 0}
+    if negative:
+        name, value = next(iter(negative.items()))
+        raise ConfigError(f"metric weight {name} is negative ({value})", "use weights >= 0 that sum to 1")
+    total = sum(weights.values())
+    if abs(total - 1.0) > 1e-6:
+        parts = " + ".join(f"{k} {v:g}" for k, v in weights.items())
+        raise ConfigError(
+            f"metric weights sum to {total:g} ({parts})",
+            "make them sum to 1 (e.g. --weights 0.4,0.4,0.2) in aldar.toml [scoring] or on the command line",
+        )
+
+
+def _field_types() -> dict[str, Any]:
+    hints = get_type_hints(Settings)
+    return {f.name: hints[f.name] for f in fields(Settings)}
+
+
+def coerce(name: str, raw: Any, origin: str) -> Any:
+    """Turn a TOML value or an environment string into the field's type."""
+    kind = _field_types()[name]
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int and not isinstance(raw, bool):
+            return int(raw)
+        if kind is float and not isinstance(raw, bool):
+            return float(raw)
+        if kind is str:
+            return str(raw)
+        if getattr(kind, "__origin__", None) is list:
+            if isinstance(raw, str):
+                return [part.strip() for part in raw.split(",") if part.strip()]
+            return [str(item) for item in raw]
+    except (TypeError, ValueError):
+        pass
+    type_name = getattr(kind, "__name__", str(kind))
+    raise ConfigError(f"{origin}: {name} = {raw!r} is not a valid {type_name}", f"give {name} a {type_name} value")
+
+
+def load_settings(config_file: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Build settings from defaults, the TOML file, ``ALDAR_*`` variables and ``overrides``.
+
+    ``config_file`` defaults to ``$ALDAR_CONFIG`` or ``./aldar.toml`` when present.
+    ``overrides`` (from CLI flags) ignore ``None`` values.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = Path(config_file or env.get("ALDAR_CONFIG") or "aldar.toml")
+    if config_file or env.get("ALDAR_CONFIG") or path.is_file():
+        values.update(_read_toml(path))
+    known = set(_field_types())
+    for name in known:
+        raw = env.get(f"ALDAR_{name.upper()}")
+        if raw is not None and raw != "":
+            values[name] = coerce(name, raw, f"environment variable ALDAR_{name.upper()}")
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r}", f"known settings: {', '.join(sorted(known))}")
+        values[name] = coerce(name, value, f"--{name.replace('_', '-')}")
+    settings = Settings(**values)
+    settings.validate()
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found", "create it (see aldar.toml in the repo) or drop --config")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc})", "fix the syntax on the line it names") from None
+    flat: dict[str, Any] = {}
+    known = _field_types()
+    for key, value in data.items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        for name, raw in items:
+            if name not in known:
+                raise ConfigError(f"{path}: unknown setting {name!r}",
+                                  f"remove it; known settings: {', '.join(sorted(known))}")
+            flat[name] = coerce(name, raw, str(path))
+    return flat
