@@ -1,0 +1,1 @@
+"""Loopback fake servers that implement each provider's documented contract."""
