@@ -1,0 +1,145 @@
+"""The OpenAI-compatible chat client: Deepseek by default, any local server (Ollama, vLLM) otherwise.
+
+Which endpoint: ``DEEPSEEK_API_KEY`` → ``settings.llm_base_url`` (https://api.deepseek.com) and
+``settings.llm_model``; else ``OPENAI_API_KEY`` with ``OPENAI_BASE_URL`` (and ``OPENAI_MODEL`` if set).
+``settings.llm_timeout_s`` is a *total* deadline per request: Deepseek keeps a busy connection open
+with blank keep-alive lines for minutes, which resets an ordinary read timeout forever.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+from urllib.parse import urlparse
+
+import httpx2
+import openai
+
+from tools.errors import ConfigError, ProviderError
+from tools.secrets import api_key, mask, redact
+from tools.settings import Settings
+
+DEEPSEEK_DEFAULT_URL = "https://api.deepseek.com"
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+# One retry covers a dropped connection or a 429/5xx blip; more would multiply the deadline.
+MAX_RETRIES = 1
+KEY_HELP = ("set DEEPSEEK_API_KEY (Deepseek), or OPENAI_API_KEY plus OPENAI_BASE_URL for an OpenAI-compatible "
+            "server such as Ollama or vLLM, in the environment or in .env")
+
+
+class _DeadlineStream(httpx2.SyncByteStream):
+    """Wraps a response body and gives up once the request's total deadline has passed."""
+
+    def __init__(self, inner: httpx2.SyncByteStream, deadline: float, budget_s: float,
+                 request: httpx2.Request) -> None:
+        self._inner, self._deadline, self._budget_s, self._request = inner, deadline, budget_s, request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self._inner:
+            if time.monotonic() > self._deadline:
+                raise httpx2.ReadTimeout(f"no complete answer within {self._budget_s:g} s", request=self._request)
+            yield part
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class DeadlineTransport(httpx2.HTTPTransport):
+    """An HTTP transport whose every request must finish within ``budget_s`` seconds in total."""
+
+    def __init__(self, budget_s: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.budget_s = budget_s
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        deadline = time.monotonic() + self.budget_s
+        response = super().handle_request(request)
+        response.stream = _DeadlineStream(response.stream, deadline, self.budget_s, request)
+        return response
+
+
+def resolve_endpoint(settings: Settings) -> tuple[str, str, str, str]:
+    """(key env name, key value, base URL, model) of the configured endpoint; ConfigError when no key."""
+    deepseek_key = api_key("DEEPSEEK_API_KEY")
+    if deepseek_key:
+        return "DEEPSEEK_API_KEY", deepseek_key, settings.llm_base_url or DEEPSEEK_DEFAULT_URL, settings.llm_model
+    openai_key = api_key("OPENAI_API_KEY")
+    if openai_key:
+        configured = settings.llm_base_url if settings.llm_base_url != DEEPSEEK_DEFAULT_URL else ""
+        base_url = os.environ.get("OPENAI_BASE_URL", "").strip() or configured or OPENAI_DEFAULT_URL
+        model = os.environ.get("OPENAI_MODEL", "").strip() or settings.llm_model
+        return "OPENAI_API_KEY", openai_key, base_url, model
+    raise ConfigError("no LLM API key is set", KEY_HELP)
+
+
+def make_client(settings: Settings) -> tuple[openai.OpenAI, str]:
+    """An ``openai.OpenAI`` client for the configured endpoint, and the model name to ask for."""
+    _, key, base_url, model = resolve_endpoint(settings)
+    budget = float(settings.llm_timeout_s)
+    http_client = httpx2.Client(transport=DeadlineTransport(budget), timeout=httpx2.Timeout(budget),
+                                follow_redirects=True)
+    client = openai.OpenAI(api_key=key, base_url=base_url, timeout=budget, max_retries=MAX_RETRIES,
+                           http_client=http_client)
+    return client, model
+
+
+def is_deepseek(base_url: str) -> bool:
+    host = urlparse(base_url).hostname or ""
+    return host == "deepseek.com" or host.endswith(".deepseek.com")
+
+
+def thinking_extra_body(base_url: str, thinking: bool) -> dict | None:
+    """Deepseek's thinking switch; other servers would reject the unknown field, so send nothing there."""
+    if not is_deepseek(base_url):
+        return None
+    return {"thinking": {"type": "enabled" if thinking else "disabled"}}
+
+
+def describe_endpoint(settings: Settings) -> str:
+    """One line for /config and /doctor: model, URL, which key (masked)."""
+    try:
+        env_name, key, base_url, model = resolve_endpoint(settings)
+    except ConfigError:
+        return f"not configured — {KEY_HELP}"
+    return f"{model} at {base_url} ({env_name} {mask(key)})"
+
+
+def api_error_message(exc: BaseException, settings: Settings) -> str:
+    """One clear line for an API failure: what happened and what to do; never a traceback, never a key."""
+    timeout = f"{settings.llm_timeout_s:g}"
+    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+        return f"the LLM did not answer within llm_timeout_s = {timeout} s — retry, or raise llm_timeout_s in aldar.toml"
+    if isinstance(exc, openai.APIStatusError):
+        status, detail = exc.status_code, _server_message(exc)
+        if status == 401:
+            text = "the LLM endpoint rejected the API key (401) — check DEEPSEEK_API_KEY / OPENAI_API_KEY in .env"
+        elif status == 402:
+            text = ("the LLM account has insufficient balance (402) — top it up, or point OPENAI_API_KEY + "
+                    "OPENAI_BASE_URL at a local server; slash commands keep working without an LLM")
+        elif status == 429:
+            text = "the LLM endpoint is rate limiting requests (429) — wait a minute and retry"
+        elif status >= 500:
+            text = f"the LLM server failed ({status}{': ' + detail if detail else ''}) — retry in a while"
+        else:
+            text = f"the LLM endpoint refused the request ({status}{': ' + detail if detail else ''})"
+        return redact(text)
+    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
+        return "cannot reach the LLM endpoint — check the network, llm_base_url or OPENAI_BASE_URL"
+    return redact(f"the LLM call failed ({type(exc).__name__}: {exc})"[:300])
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else inner
+        if message:
+            return " ".join(str(message).split())[:200]
+    return ""
+
+
+def provider_error(exc: BaseException, settings: Settings) -> ProviderError:
+    """The same message as a typed error for code that raises."""
+    problem, _, fix = api_error_message(exc, settings).partition(" — ")
+    return ProviderError(problem, fix)
