@@ -1,14 +1,45 @@
 """Local SDXL (+ LoRA) image generation.
 
-``generate_local`` is being filled in; ``GeneratedImage`` is the shared record every
-generator (local or hosted) returns.
+The base pipeline comes from ``tools.models.load_sdxl_pipeline`` (one per process).
+LoRAs are swapped in place as named PEFT adapters: a file is loaded once (keyed by
+its path, size and mtime, so a retrained file at the same path loads fresh) and
+re-activated with ``set_adapters`` afterwards; "base" just disables them.
+
+Fast mode (the original ``USE_LCM``) puts diffusers' ``LCMScheduler`` in for one call
+(4–8 steps, guidance ~1) with the LCM-LoRA adapter, and restores the scheduler after.
+The tiny profile has no LCM-LoRA that fits its random UNet: the scheduler still
+switches so the fast path runs, and each image's metadata says the adapter was not applied.
+
+Image ``i`` of a prompt uses seed ``seed + i`` from a CPU ``torch.Generator``, so the
+same seed gives the same picture on any device. Every PNG carries its parameters
+(``tools.png_metadata``) and is written atomically.
 """
 
 from __future__ import annotations
 
+import re
+import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from tools.errors import InputError, ModelNotFoundError
+from tools.models import ModelProfile, load_sdxl_pipeline, model_location
+from tools.png_metadata import save_png_with_parameters
+from tools.progress import progress_bar
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdxl"
+LCM_ADAPTER = "lcm"
+LCM_STEPS = (4, 8)  # LCM-LoRA's useful range; outside it we use the lower bound
+LCM_MAX_GUIDANCE = 2.0  # LCM is distilled for guidance ~1; higher values burn the image
+LCM_NOT_APPLIED = "not applied: the tiny profile has no LCM-LoRA (LCMScheduler only)"
+_SAMPLER_NAMES = {"EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a",
+                  "LCMScheduler": "LCM", "DPMSolverMultistepScheduler": "DPM++ 2M", "DDIMScheduler": "DDIM"}
+_generation_lock = threading.Lock()  # one pipeline per process: adapters and scheduler are shared state
 
 
 @dataclass
@@ -20,3 +51,206 @@ class GeneratedImage:
     prompt: str
     seed: int
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- LoRA adapters
+@dataclass
+class LoadedAdapters:
+    """Which LoRA files a pipeline holds as named adapters: ``(path, size, mtime_ns) -> adapter name``."""
+
+    by_file: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    loads: int = 0  # how many times a file was actually read (tests and the benchmark check reuse)
+
+
+# weak keys: a pipeline dropped by clear_model_cache takes its registry with it
+_adapters: "weakref.WeakKeyDictionary[Any, LoadedAdapters]" = weakref.WeakKeyDictionary()
+
+
+def loaded_adapters(pipe) -> LoadedAdapters:
+    """The adapter registry of ``pipe`` (created on first use)."""
+    if pipe not in _adapters:
+        _adapters[pipe] = LoadedAdapters()
+    return _adapters[pipe]
+
+
+def resolve_lora_file(lora_path: str | Path) -> Path:
+    """A training run's folder or its ``pytorch_lora_weights.safetensors`` → the weights file."""
+    path = Path(lora_path).expanduser()
+    if path.is_dir():
+        candidate = path / LORA_WEIGHT_NAME
+        if not candidate.is_file():
+            found = sorted(path.glob("*.safetensors"))
+            if len(found) != 1:
+                raise InputError(f"LoRA folder {path} has no {LORA_WEIGHT_NAME}",
+                                 "give the training run's folder or the .safetensors file itself")
+            candidate = found[0]
+        path = candidate
+    if not path.is_file():
+        raise InputError(f"LoRA file {path} does not exist", "give the path of a training run's folder or its "
+                         f"{LORA_WEIGHT_NAME} (aldar train writes it)")
+    if path.suffix != ".safetensors" or path.stat().st_size == 0:
+        raise InputError(f"{path} is not a LoRA weights file", f"give a diffusers-format {LORA_WEIGHT_NAME}")
+    return path.resolve()
+
+
+def activate_lora(pipe, lora_file: Path | None, scale: float = 1.0, *, extra: dict[str, float] | None = None) -> str | None:
+    """Make ``lora_file`` (at ``scale``) plus ``extra`` adapters the active set; None = the bare base model.
+
+    Loads a file only the first time it is seen; returns the adapter name used.
+    """
+    registry = loaded_adapters(pipe)
+    active: dict[str, float] = dict(extra or {})
+    name = None
+    if lora_file is not None:
+        name = _adapter_for_file(pipe, registry, lora_file)
+        active[name] = scale
+    if not active:
+        if registry.by_file:
+            pipe.disable_lora()
+        return None
+    pipe.enable_lora()
+    pipe.set_adapters(list(active), adapter_weights=list(active.values()))
+    return name
+
+
+def _adapter_for_file(pipe, registry: LoadedAdapters, lora_file: Path) -> str:
+    stat = lora_file.stat()
+    key = (str(lora_file), stat.st_size, stat.st_mtime_ns)
+    if key in registry.by_file:
+        return registry.by_file[key]
+    stale = [k for k in registry.by_file if k[0] == key[0]]  # same path, new contents (a retrained LoRA)
+    for old in stale:
+        pipe.delete_adapters(registry.by_file.pop(old))
+    name = f"lora_{registry.loads}_{re.sub(r'[^A-Za-z0-9_]', '_', lora_file.parent.name)[:40]}"
+    try:
+        pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=name)
+    except (ValueError, RuntimeError, KeyError, OSError) as exc:
+        raise InputError(f"LoRA {lora_file} does not fit this base model ({str(exc).splitlines()[0][:160]})",
+                         "use a LoRA trained for the same base model and profile (tiny LoRAs only fit --profile tiny)"
+                         ) from None
+    registry.by_file[key] = name
+    registry.loads += 1
+    return name
+
+
+def _ensure_lcm_adapter(pipe, lcm_lora: str) -> str:
+    registry = loaded_adapters(pipe)
+    key = (f"lcm:{lcm_lora}", 0, 0)
+    if key not in registry.by_file:
+        try:
+            pipe.load_lora_weights(lcm_lora, adapter_name=LCM_ADAPTER)
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            raise ModelNotFoundError(f"could not load the LCM-LoRA {lcm_lora!r}: {str(exc).splitlines()[0][:160]}",
+                                     "set lcm_lora to a local folder holding the SDXL LCM-LoRA, or turn fast mode off "
+                                     "(use_lcm = false)") from None
+        registry.by_file[key] = LCM_ADAPTER
+        registry.loads += 1
+    return LCM_ADAPTER
+
+
+def check_lcm_available(profile: ModelProfile, lcm_lora: str = DEFAULT_LCM_LORA) -> bool:
+    """True when the LCM-LoRA can be applied; False on tiny (none exists); raises when it is missing on sdxl."""
+    if profile.is_tiny:
+        return False
+    if model_location(lcm_lora) == "missing":
+        from tools.models import _hub_reachable  # noqa: PLC0415 - same fail-fast rule as the base model
+
+        if not _hub_reachable():
+            raise ModelNotFoundError(
+                f"fast mode needs the LCM-LoRA {lcm_lora!r}, which is not in the Hugging Face cache and the Hub "
+                "cannot be reached",
+                f"download it with network (`hf download {lcm_lora}`), set lcm_lora in aldar.toml to a local "
+                "folder, or turn fast mode off (use_lcm = false)")
+    return True
+
+
+# --------------------------------------------------------------------------- generation
+def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, *, lora_path: Path | None,
+                   lora_scale: float = 1.0, images_per_prompt: int = 1, seed: int = 42, steps: int = 30,
+                   guidance: float = 7.0, negative_prompt: str = "", use_lcm: bool = False, name: str = "lora",
+                   quiet: bool = False, lcm_lora: str = DEFAULT_LCM_LORA) -> list[GeneratedImage]:
+    """Generate ``images_per_prompt`` images for each prompt with the base model and (optionally) a LoRA.
+
+    ``lora_path=None`` is the base model as a contestant (name it "base"). Image ``i`` of
+    each prompt uses seed ``seed + i``. Files: ``out_dir/<name>_p<prompt>_<i>_s<seed>.png``.
+    """
+    prompts = [p.strip() for p in prompts]
+    _validate(prompts, images_per_prompt, steps, guidance, lora_scale, name)
+    lora_file = resolve_lora_file(lora_path) if lora_path is not None else None
+    lcm_applied = check_lcm_available(profile, lcm_lora) if use_lcm else False
+    if use_lcm:
+        steps = steps if LCM_STEPS[0] <= steps <= LCM_STEPS[1] else LCM_STEPS[0]
+        guidance = guidance if guidance <= LCM_MAX_GUIDANCE else 1.0
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    pipe = load_sdxl_pipeline(profile)
+    size = profile.resolution
+    results: list[GeneratedImage] = []
+    with _generation_lock:
+        extra = {_ensure_lcm_adapter(pipe, lcm_lora): 1.0} if lcm_applied else None
+        activate_lora(pipe, lora_file, lora_scale, extra=extra)
+        standard_scheduler = pipe.scheduler
+        try:
+            if use_lcm:
+                from diffusers import LCMScheduler
+
+                pipe.scheduler = LCMScheduler.from_config(standard_scheduler.config)
+            sampler = _SAMPLER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
+            total = len(prompts) * images_per_prompt
+            with progress_bar(f"generating {name}", total, quiet) as advance:
+                for p_index, prompt in enumerate(prompts):
+                    for i in range(images_per_prompt):
+                        image_seed = seed + i
+                        image = pipe(prompt=prompt, negative_prompt=negative_prompt or None,
+                                     num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                                     generator=torch.Generator("cpu").manual_seed(image_seed)).images[0]
+                        params = _parameters(profile, prompt, negative_prompt, steps, sampler, guidance, image_seed,
+                                             size, name, lora_file, lora_scale)
+                        details = _details(profile, name, lora_file, use_lcm, lcm_applied, lcm_lora)
+                        path = out_dir / f"{_slug(name)}_p{p_index:02d}_{i:02d}_s{image_seed}.png"
+                        save_png_with_parameters(image, path, params, details)
+                        results.append(GeneratedImage(path, name, prompt, image_seed, {**params, **details}))
+                        advance(1, status=f"seed {image_seed}")
+        finally:
+            pipe.scheduler = standard_scheduler
+    return results
+
+
+def _validate(prompts: list[str], images_per_prompt: int, steps: int, guidance: float, lora_scale: float,
+              name: str) -> None:
+    if not prompts or any(not p for p in prompts):
+        raise InputError("no prompt to generate from (empty prompt in the list)", "give at least one non-empty prompt")
+    if images_per_prompt < 1:
+        raise InputError(f"images_per_prompt is {images_per_prompt}", "ask for 1 or more images per prompt")
+    if steps < 1:
+        raise InputError(f"steps is {steps}", "use 1 or more inference steps (30 is the default, 4 with LCM)")
+    if guidance < 0:
+        raise InputError(f"guidance is {guidance}", "use a guidance scale of 0 or more (7.0 default, ~1 with LCM)")
+    if not -4.0 <= lora_scale <= 4.0:
+        raise InputError(f"LoRA scale {lora_scale} is out of range", "use a scale between 0 and 1.5 (1.0 = as trained)")
+    if not _slug(name):
+        raise InputError(f"generator name {name!r} is empty", "name the contestant, e.g. lora or base")
+
+
+def _parameters(profile: ModelProfile, prompt: str, negative: str, steps: int, sampler: str, guidance: float,
+                seed: int, size: int, name: str, lora_file: Path | None, lora_scale: float) -> dict[str, Any]:
+    params: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative, "steps": steps, "sampler": sampler,
+                              "cfg_scale": float(guidance), "seed": seed, "width": size, "height": size,
+                              "model": profile.base_model}
+    if lora_file is not None:
+        params.update(lora_name=name, lora_scale=float(lora_scale))
+    return params
+
+
+def _details(profile: ModelProfile, name: str, lora_file: Path | None, use_lcm: bool, lcm_applied: bool,
+             lcm_lora: str) -> dict[str, Any]:
+    details: dict[str, Any] = {"generator": name, "lora_path": str(lora_file) if lora_file else None,
+                               **profile.describe()}
+    if use_lcm:
+        details["lcm_lora"] = lcm_lora if lcm_applied else LCM_NOT_APPLIED
+    return details
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:40]
