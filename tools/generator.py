@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -123,7 +125,8 @@ def _adapter_for_file(pipe, registry: LoadedAdapters, lora_file: Path) -> str:
         pipe.delete_adapters(registry.by_file.pop(old))
     name = f"lora_{registry.loads}_{re.sub(r'[^A-Za-z0-9_]', '_', lora_file.parent.name)[:40]}"
     try:
-        pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=name)
+        with _quiet_lora_loading():
+            pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=name)
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
         raise InputError(f"LoRA {lora_file} does not fit this base model ({str(exc).splitlines()[0][:160]})",
                          "use a LoRA trained for the same base model and profile (tiny LoRAs only fit --profile tiny)"
@@ -133,12 +136,28 @@ def _adapter_for_file(pipe, registry: LoadedAdapters, lora_file: Path) -> str:
     return name
 
 
+@contextmanager
+def _quiet_lora_loading() -> Iterator[None]:
+    """UNet-only LoRAs make diffusers warn about text encoders, and peft about a second adapter: both expected."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters", category=UserWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def _ensure_lcm_adapter(pipe, lcm_lora: str) -> str:
     registry = loaded_adapters(pipe)
     key = (f"lcm:{lcm_lora}", 0, 0)
     if key not in registry.by_file:
         try:
-            pipe.load_lora_weights(lcm_lora, adapter_name=LCM_ADAPTER)
+            with _quiet_lora_loading():
+                pipe.load_lora_weights(lcm_lora, adapter_name=LCM_ADAPTER)
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
             raise ModelNotFoundError(f"could not load the LCM-LoRA {lcm_lora!r}: {str(exc).splitlines()[0][:160]}",
                                      "set lcm_lora to a local folder holding the SDXL LCM-LoRA, or turn fast mode off "

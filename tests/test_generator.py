@@ -1,0 +1,164 @@
+"""Local SDXL (+LoRA) generation on the tiny profile: determinism, LoRA swaps, LCM fast mode, PNG metadata."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tools.errors import InputError, ModelNotFoundError
+from tools.generator import (LCM_NOT_APPLIED, check_lcm_available, generate_local, loaded_adapters,
+                             resolve_lora_file)
+from tools.models import ModelProfile, load_sdxl_pipeline
+from tools.png_metadata import format_parameters, parse_parameters, read_generation_parameters
+
+PROMPT = "aldarkose, smiling trickster in an orange robe"
+FAST = dict(steps=3, quiet=True)  # a few Euler steps keep each 64 px image well under a second
+
+
+def write_random_lora(folder: Path, seed: int) -> Path:
+    """A diffusers-format LoRA for the tiny UNet with random (non-zero) A and B, so it changes the output."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from tools.models import build_tiny_sdxl_components
+
+    unet = build_tiny_sdxl_components(seed=0)["unet"]
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    with torch.no_grad():  # gaussian init leaves B at zero (a no-op LoRA): make it count
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("loras")
+    first, second = root / "run_a", root / "run_b"
+    first.mkdir()
+    second.mkdir()
+    return write_random_lora(first, seed=1), write_random_lora(second, seed=2)
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_same_seed_gives_identical_pixels_and_image_i_uses_seed_plus_i(tiny_profile, tmp_path):
+    first = generate_local(tiny_profile, [PROMPT], tmp_path / "a", lora_path=None, name="base",
+                           images_per_prompt=2, seed=7, **FAST)
+    again = generate_local(tiny_profile, [PROMPT], tmp_path / "b", lora_path=None, name="base",
+                           images_per_prompt=2, seed=7, **FAST)
+    assert [g.seed for g in first] == [7, 8]
+    assert all(g.path.is_file() and g.generator == "base" for g in first)
+    assert np.array_equal(pixels(first[0].path), pixels(again[0].path))
+    assert np.array_equal(pixels(first[1].path), pixels(again[1].path))
+    assert not np.array_equal(pixels(first[0].path), pixels(first[1].path))
+    with Image.open(first[0].path) as image:
+        assert image.size == (64, 64)
+    assert not list((tmp_path / "a").glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_png_parameters_round_trip(tiny_profile, tmp_path, loras):
+    [image] = generate_local(tiny_profile, [PROMPT], tmp_path, lora_path=loras[0], lora_scale=0.8, seed=3,
+                             guidance=5.5, negative_prompt="blurry, photo", name="lora", **FAST)
+    read = read_generation_parameters(image.path)
+    aldar = read.pop("aldar")
+    assert read == {"prompt": PROMPT, "negative_prompt": "blurry, photo", "steps": 3, "sampler": "Euler",
+                    "cfg_scale": 5.5, "seed": 3, "width": 64, "height": 64, "model": "tiny-random-sdxl",
+                    "lora_name": "lora", "lora_scale": 0.8}
+    assert aldar["profile"] == "tiny" and "not image quality" in aldar["notice"]
+    assert aldar["lora_path"] == str(loras[0].resolve()) and aldar["seed"] == 3
+    with Image.open(image.path) as png:
+        text = png.text["parameters"]
+    assert text.splitlines()[1] == "Negative prompt: blurry, photo"
+    assert text.splitlines()[2].startswith("Steps: 3, Sampler: Euler, CFG scale: 5.5, Seed: 3, Size: 64x64, ")
+    assert "Lora: lora:0.8" in text
+
+
+def test_parameters_text_quotes_awkward_values_and_reads_a1111_files():
+    params = {"prompt": "a, b\nsecond line", "negative_prompt": "", "steps": 4, "sampler": "LCM", "cfg_scale": 1.0,
+              "seed": 0, "width": 64, "height": 64, "model": 'C:\\models\\x, "y".safetensors',
+              "lora_name": "run_2", "lora_scale": 1.25}
+    assert parse_parameters(format_parameters(params)) == params
+    a1111 = ("masterpiece, aldar\nNegative prompt: ugly\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, "
+             'CFG scale: 7, Seed: 1234, Size: 832x1216, Model hash: abc, Lora hashes: "x: 1a2b, y: 3c4d"')
+    parsed = parse_parameters(a1111)
+    assert parsed["prompt"] == "masterpiece, aldar" and parsed["negative_prompt"] == "ugly"
+    assert (parsed["steps"], parsed["seed"], parsed["width"], parsed["height"]) == (20, 1234, 832, 1216)
+    assert parsed["schedule_type"] == "Karras" and parsed["lora_hashes"] == "x: 1a2b, y: 3c4d"
+
+
+def test_lora_scale_changes_image_and_swaps_reuse_loaded_adapters(tiny_profile, tmp_path, loras):
+    pipe = load_sdxl_pipeline(tiny_profile)
+    registry = loaded_adapters(pipe)
+    loads_before = registry.loads
+    new_files = {str(lora.resolve()) for lora in loras} - {path for path, _, _ in registry.by_file}
+    run = lambda lora, scale, sub: generate_local(tiny_profile, [PROMPT], tmp_path / sub, lora_path=lora,  # noqa: E731
+                                                  lora_scale=scale, seed=11, **FAST)[0].path
+    full, half = run(loras[0].parent, 1.0, "full"), run(loras[0], 0.5, "half")
+    zero, base = run(loras[0], 0.0, "zero"), run(None, 1.0, "base")
+    other, full_again = run(loras[1], 1.0, "other"), run(loras[0], 1.0, "full_again")
+
+    assert not np.array_equal(pixels(full), pixels(half))
+    assert not np.array_equal(pixels(full), pixels(other))
+    assert np.array_equal(pixels(zero), pixels(base))  # scale 0 = the base model
+    assert np.array_equal(pixels(full), pixels(full_again))  # swapping back restores exactly
+    assert load_sdxl_pipeline(tiny_profile) is pipe  # never reloaded
+    assert registry.loads - loads_before == len(new_files)  # each file read once, however often it was used
+    # a retrained LoRA at the same path (new mtime) is read again, and the stale adapter is dropped
+    stat = loras[1].stat()
+    os.utime(loras[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000))
+    run(loras[1], 1.0, "retrained")
+    assert registry.loads - loads_before == len(new_files) + 1
+    assert len(registry.by_file) == len(set(pipe.get_list_adapters()["unet"]))
+
+
+def test_lcm_fast_mode_runs_four_steps_and_restores_the_scheduler(tiny_profile, tmp_path):
+    pipe = load_sdxl_pipeline(tiny_profile)
+    standard = pipe.scheduler
+    unet_calls = []
+    hook = pipe.unet.register_forward_hook(lambda *args: unet_calls.append(1))
+    try:
+        [image] = generate_local(tiny_profile, [PROMPT], tmp_path, lora_path=None, name="base", use_lcm=True,
+                                 steps=30, guidance=7.0, quiet=True)
+    finally:
+        hook.remove()
+    assert len(unet_calls) == 4  # 4 steps, guidance 1 → no classifier-free doubling
+    meta = image.metadata
+    assert (meta["steps"], meta["sampler"], meta["cfg_scale"]) == (4, "LCM", 1.0)
+    assert meta["lcm_lora"] == LCM_NOT_APPLIED
+    assert pipe.scheduler is standard and type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+
+
+def test_fast_mode_on_sdxl_without_the_lcm_lora_names_the_fix():
+    profile = ModelProfile("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "clip", "cpu", "fp32")
+    with pytest.raises(ModelNotFoundError) as error:
+        check_lcm_available(profile, "latent-consistency/lcm-lora-sdxl")
+    assert "hf download latent-consistency/lcm-lora-sdxl" in str(error.value)
+    assert "use_lcm = false" in str(error.value)
+
+
+def test_bad_inputs_fail_before_any_work(tiny_profile, tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        generate_local(tiny_profile, [PROMPT], tmp_path, lora_path=tmp_path / "nope.safetensors", quiet=True)
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(InputError, match="has no pytorch_lora_weights"):
+        resolve_lora_file(tmp_path / "empty_run")
+    with pytest.raises(InputError, match="non-empty prompt"):
+        generate_local(tiny_profile, ["  "], tmp_path, lora_path=None, quiet=True)
+    with pytest.raises(InputError, match="images_per_prompt"):
+        generate_local(tiny_profile, [PROMPT], tmp_path, lora_path=None, images_per_prompt=0, quiet=True)
+    assert not list(tmp_path.glob("*.png"))
