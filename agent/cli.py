@@ -17,6 +17,7 @@ from tools.secrets import install_log_redaction, load_dotenv
 from tools.settings import Settings, load_settings
 
 COMMAND_MODULES = [
+    "agent.commands.doctor",
 ]
 
 

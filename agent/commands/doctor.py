@@ -1,0 +1,43 @@
+"""``aldar doctor``: check Python, packages, device, models, references, taxonomy, keys and the output folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.markup import escape
+
+from agent import ui
+from tools.doctor import FAIL, INFO, OK, WARN, exit_code, run_checks
+from tools.settings import Settings
+
+NAME = "doctor"
+HELP = ("check that this machine can run aldar with these settings: packages, device, model weights, "
+        "references, taxonomy, API keys (masked), output folder; exits 1 when something required is missing")
+_STATUS_STYLE = {OK: "[green]ok[/green]", INFO: "[blue]info[/blue]", WARN: "[yellow]warn[/yellow]",
+                 FAIL: "[bold red]FAIL[/bold red]"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--references", metavar="DIR", help="reference pictures to check (default: the bundled ones)")
+    parser.add_argument("--taxonomy", metavar="FILE", help="feature taxonomy to check")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    results = run_checks(settings)
+    # Details hold paths and error texts: escape them so rich never reads "[...]" as markup.
+    rows = [[escape(r.name), _STATUS_STYLE.get(r.status, r.status), escape(r.detail)] for r in results]
+    ui.table(f"aldar doctor — profile {settings.profile}", ["check", "status", "detail"], rows)
+    # Fixes go below the table as whole lines: a table column would cut model ids and commands short.
+    to_fix = [r for r in results if r.fix and r.status != OK]
+    if to_fix:
+        ui.info("[bold]how to fix[/bold]")
+        for r in sorted(to_fix, key=lambda r: [FAIL, WARN, INFO].index(r.status) if r.status in (FAIL, WARN, INFO) else 3):
+            ui.info(f"  {_STATUS_STYLE.get(r.status, r.status)} {escape(r.name)}: {escape(r.fix)}")
+    failed = [r for r in results if r.status == FAIL]
+    warnings = sum(r.status == WARN for r in results)
+    if failed:
+        ui.error(f"{len(failed)} required check(s) failed: {', '.join(r.name for r in failed)} — "
+                 f"apply the fix on each FAIL line" + ("" if settings.is_tiny else ", or try --profile tiny"))
+    else:
+        ui.success(f"ready for profile {settings.profile}" + (f" ({warnings} optional item(s) missing)" if warnings else ""))
+    return exit_code(results)
