@@ -1,0 +1,355 @@
+"""Score generated images against the reference pictures and turn the comparison into feedback.
+
+Per image (shapes in docs/ARCHITECTURE.md):
+
+* CLIP: cosine between the image embedding and each reference embedding; mean
+  and max are reported raw (-1..1). ``clip`` = mean cosine clamped to 0..1 is
+  the figure that enters quality (mean, not max: a generator should resemble the
+  character as a whole, not one lucky reference).
+* features: share of the analysis key features the image shows, zero-shot as in
+  the analyzer. A key feature passes when it is among the image's top-k of its
+  category, k = number of key features of that category (1, or 2 when the
+  analysis kept a runner-up) — so a kept runner-up does not make the test
+  impossible to pass.
+* SSIM: ``skimage.metrics.structural_similarity`` on luminance at a common
+  256x256 size (gaussian weights, sigma 1.5, 11 px window, population
+  covariance, data range 255); the max over references, clamped to 0..1.
+* quality = w_clip·clip + w_features·features + w_ssim·SSIM.
+
+Generators get mean ± population std over their images and are ranked by mean
+quality. The ceiling is the same figures computed leave-one-out among the
+references (each against the others, key features re-derived without it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from tools.analyzer import (ImageSet, aggregate_categories, category_probabilities, embed_set, load_image_set,
+                            load_references, now_iso, select_key_features, text_embeddings)
+from tools.atomic import atomic_write_json
+from tools.embedding_cache import EmbeddingCache
+from tools.errors import InputError
+from tools.models import ModelProfile, load_clip
+from tools.progress import progress_bar
+from tools.settings import validate_weights
+from tools.taxonomy import Taxonomy, taxonomy_from_dict
+
+SCHEMA = "aldar.comparison_report/1"
+FEEDBACK_SCHEMA = "aldar.feedback/1"
+SSIM_SIZE = 256
+METRICS = ("clip", "features", "ssim")
+AREAS = {"clip": "clip_similarity", "features": "feature_matching", "ssim": "structural_similarity"}
+# Gap thresholds (target minus LoRA, on the 0..1 scale) for a recommendation's priority.
+PRIORITY_HIGH, PRIORITY_MEDIUM, NO_GAP = 0.08, 0.04, 0.01
+PRIORITY_ORDER = {"high": 0, "medium": 1, "low": 2}
+METHOD = {
+    "clip": "mean cosine of the image's CLIP embedding to the reference embeddings, clamped to 0..1 "
+            "(clip_mean/clip_max are raw cosines)",
+    "features": "share of the key features that are in the image's top-k of their category "
+                "(k = key features of that category), zero-shot CLIP with the analysis templates",
+    "ssim": f"skimage structural_similarity on luminance at {SSIM_SIZE}x{SSIM_SIZE}, gaussian sigma 1.5, "
+            "win 11, population covariance, data_range 255; max over references, clamped to 0..1",
+    "quality": "w_clip*clip + w_features*features + w_ssim*ssim; generators: mean and population std",
+    "ceiling": "the same scores leave-one-out among the references",
+}
+
+
+def band(score: float) -> str:
+    """The original design's bands: 0.8–1 excellent, 0.6–0.8 good, 0.4–0.6 average, below 0.4 poor."""
+    if score >= 0.8:
+        return "excellent"
+    if score >= 0.6:
+        return "good"
+    if score >= 0.4:
+        return "average"
+    return "poor"
+
+
+def priority(gap: float) -> str | None:
+    """Priority of closing ``gap`` (target minus LoRA); None when the LoRA is not meaningfully behind."""
+    if gap >= PRIORITY_HIGH:
+        return "high"
+    if gap >= PRIORITY_MEDIUM:
+        return "medium"
+    if gap > NO_GAP:
+        return "low"
+    return None
+
+
+# --------------------------------------------------------------------------- building blocks
+def luminance(image: Image.Image) -> np.ndarray:
+    """Luminance (ITU-R 601) at the common SSIM size, as float64 0..255."""
+    return np.asarray(image.convert("L").resize((SSIM_SIZE, SSIM_SIZE), Image.BICUBIC), dtype=np.float64)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    return float(structural_similarity(a, b, gaussian_weights=True, sigma=1.5, win_size=11,
+                                       use_sample_covariance=False, data_range=255.0))
+
+
+def feature_passes(probabilities: dict[str, torch.Tensor], row: int, taxonomy: Taxonomy,
+                   key_categories: dict[str, str]) -> dict[str, bool]:
+    """For image ``row``: does each key feature rank within the top-k of its category?"""
+    per_category: dict[str, int] = {}
+    for category in key_categories.values():
+        per_category[category] = per_category.get(category, 0) + 1
+    passes = {}
+    for feature, category in key_categories.items():
+        ranked = torch.argsort(probabilities[category][row], descending=True).tolist()
+        top = {taxonomy.categories[category][i] for i in ranked[:per_category[category]]}
+        passes[feature] = feature in top
+    return passes
+
+
+def quality(clip: float, features: float, structure: float, weights: dict[str, float]) -> float:
+    return weights["clip"] * clip + weights["features"] * features + weights["ssim"] * structure
+
+
+def image_scores(cosines: torch.Tensor, passes: dict[str, bool], ssims: Iterable[float],
+                 weights: dict[str, float]) -> dict:
+    clip_mean, clip_max = float(cosines.mean()), float(cosines.max())
+    clip = min(1.0, max(0.0, clip_mean))
+    features = sum(passes.values()) / len(passes) if passes else 0.0
+    structure = min(1.0, max(0.0, max(ssims)))
+    return {"clip_mean": clip_mean, "clip_max": clip_max, "clip": clip, "features": features,
+            "feature_passes": passes, "ssim": structure, "quality": quality(clip, features, structure, weights)}
+
+
+def summarize(rows: Sequence[dict], key_features: Sequence[str]) -> dict:
+    """Mean and population std of every figure over ``rows``, plus how often each key feature passed."""
+    summary: dict = {"count": len(rows)}
+    for name in ("quality", "clip", "clip_max", "features", "ssim"):
+        values = np.array([r[name] for r in rows], dtype=np.float64)
+        summary[name] = {"mean": float(values.mean()), "std": float(values.std())}
+    summary["feature_pass_rate"] = {f: sum(bool(r["feature_passes"].get(f)) for r in rows) / len(rows)
+                                    for f in key_features}
+    summary["band"] = band(summary["quality"]["mean"])
+    return summary
+
+
+def _analysis_parts(analysis: dict) -> tuple[Taxonomy, list[str], dict[str, str]]:
+    source = f"analysis {analysis.get('path', '')}".strip() if isinstance(analysis, dict) else "analysis"
+    try:
+        taxonomy = taxonomy_from_dict(analysis["taxonomy"], source)
+        key_features = list(analysis["key_features"])
+        if not key_features or not all(isinstance(f, str) for f in key_features):
+            raise KeyError("key_features")
+        details = {d["feature"]: d["category"] for d in analysis.get("key_feature_details", [])}
+        key_categories = {f: details.get(f) or taxonomy.category_of(f) for f in key_features}
+    except (KeyError, TypeError):
+        raise InputError(f"the feature {source} is incomplete (no usable taxonomy/key_features)",
+                         "delete it and rerun `aldar analyze`") from None
+    return taxonomy, key_features, key_categories
+
+
+# --------------------------------------------------------------------------- scoring
+def score_generators(images: dict[str, list[Path]], references: Path, profile: ModelProfile, analysis: dict,
+                     weights: dict[str, float], *, encoder=None, cache: EmbeddingCache | None = None,
+                     use_cache: bool = True, batch_size: int = 16, quiet: bool = True) -> dict:
+    """The comparison report: every image scored, generators summarised and ranked, the reference ceiling.
+
+    Everything is validated (weights, analysis, every image file) before a model is loaded.
+    """
+    validate_weights(weights)
+    if not images or not any(images.values()):
+        raise InputError("no generated images to score", "pass --images PATH (files or folders)")
+    for name, paths in images.items():
+        if not paths:
+            raise InputError(f"generator {name!r} has no images", "give it at least one image or drop it")
+    taxonomy, key_features, key_categories = _analysis_parts(analysis)
+    reference_set = load_references(references)
+    generated = {name: load_image_set(paths) for name, paths in images.items()}
+
+    encoder = encoder or load_clip(profile)
+    if encoder.model_id != analysis.get("model"):
+        raise InputError(f"the feature analysis was made with CLIP {analysis.get('model')!r}, "
+                         f"scoring uses {encoder.model_id!r}", "rerun `aldar analyze` with the same profile")
+    if use_cache and cache is None:
+        cache = EmbeddingCache()
+    texts = text_embeddings(encoder, taxonomy)
+    reference_embeddings = embed_set(encoder, reference_set, profile, cache if use_cache else None)
+    reference_luma = [luminance(im) for im in reference_set.images]
+
+    rows: list[dict] = []
+    total = sum(len(s.paths) for s in generated.values())
+    with progress_bar("scoring images", total, quiet) as advance:
+        for name, image_set in generated.items():
+            for start in range(0, len(image_set.paths), batch_size):
+                batch = image_set.images[start:start + batch_size]
+                embeddings = encoder.embed_images(batch, batch_size=batch_size)
+                cosines = embeddings @ reference_embeddings.T
+                probabilities = category_probabilities(embeddings, texts)
+                for row, image in enumerate(batch):
+                    luma = luminance(image)
+                    scores = image_scores(cosines[row], feature_passes(probabilities, row, taxonomy, key_categories),
+                                          (ssim(luma, ref) for ref in reference_luma), weights)
+                    rows.append({"generator": name, "path": str(image_set.paths[start + row]), **scores})
+                advance(len(batch))
+
+    generators = {name: summarize([r for r in rows if r["generator"] == name], key_features) for name in generated}
+    order = sorted(generators, key=lambda n: (-generators[n]["quality"]["mean"], n))
+    ranking = [{"rank": i + 1, "generator": n, "quality": generators[n]["quality"]["mean"],
+                "quality_std": generators[n]["quality"]["std"], "band": generators[n]["band"]}
+               for i, n in enumerate(order)]
+    ceiling = reference_ceiling(reference_set, reference_embeddings, reference_luma, texts, taxonomy,
+                                key_features, key_categories, weights)
+    return {"schema": SCHEMA, "created_at": now_iso(), "profile": profile.describe(), "model": encoder.model_id,
+            "references": [{"file": n, "sha256": h} for n, h in zip(reference_set.names, reference_set.hashes)],
+            "reference_dir": str(references), "weights": dict(weights), "key_features": key_features,
+            "key_feature_categories": key_categories,
+            "method": METHOD, "images": rows, "generators": generators, "ranking": ranking, "ceiling": ceiling}
+
+
+def reference_ceiling(reference_set: ImageSet, embeddings: torch.Tensor, luma: list[np.ndarray],
+                      texts: dict[str, torch.Tensor], taxonomy: Taxonomy, key_features: list[str],
+                      key_categories: dict[str, str], weights: dict[str, float]) -> dict | None:
+    """Each reference scored against the others only; None with fewer than two references."""
+    count = len(reference_set.paths)
+    if count < 2:
+        return None
+    cosines = embeddings @ embeddings.T
+    probabilities = category_probabilities(embeddings, texts)
+    pair_ssim = np.ones((count, count))
+    for i in range(count):
+        for j in range(i + 1, count):
+            pair_ssim[i, j] = pair_ssim[j, i] = ssim(luma[i], luma[j])  # SSIM is symmetric
+    rows = []
+    for i, name in enumerate(reference_set.names):
+        others = [j for j in range(count) if j != i]
+        without_me = {c: p[others] for c, p in probabilities.items()}
+        loo_details = select_key_features(aggregate_categories(without_me, taxonomy), len(others))
+        loo_categories = {d["feature"]: d["category"] for d in loo_details}
+        scores = image_scores(cosines[i, others], feature_passes(probabilities, i, taxonomy, loo_categories),
+                              pair_ssim[i, others], weights)
+        # The per-feature rates below use the analysis key features, so they compare with the generators'.
+        scores["analysis_feature_passes"] = feature_passes(probabilities, i, taxonomy, key_categories)
+        rows.append({"file": name, "key_features": list(loo_categories), **scores})
+    summary = summarize(rows, [])
+    summary["feature_pass_rate"] = {f: sum(r["analysis_feature_passes"][f] for r in rows) / count
+                                    for f in key_features}
+    return {"method": "leave-one-out", **summary, "per_reference": rows}
+
+
+# --------------------------------------------------------------------------- feedback
+def build_feedback(report: dict, lora_generator: str = "lora") -> dict:
+    """The original feedback shape (lora_score, best_competitor, ..., recommendations) plus gaps and band.
+
+    Each metric is compared with the best-ranked competitor; where the LoRA is not behind it, with the
+    reference ceiling instead. With no competitors everything is compared with the ceiling.
+    """
+    generators = report["generators"]
+    if lora_generator not in generators:
+        raise InputError(f"the comparison has no generator named {lora_generator!r} "
+                         f"(it has: {', '.join(generators)})", "name the LoRA's images lora=PATH or pass --lora NAME")
+    lora = generators[lora_generator]
+    competitors = [r["generator"] for r in report["ranking"] if r["generator"] != lora_generator]
+    best = competitors[0] if competitors else None
+    rival = generators[best] if best else None
+    ceiling = report.get("ceiling")
+    lora_score = lora["quality"]["mean"]
+    competitor_score = rival["quality"]["mean"] if rival else None
+    ceiling_score = ceiling["quality"]["mean"] if ceiling else None
+    target_score, against = ((competitor_score, best) if rival else
+                             (ceiling_score, "ceiling") if ceiling else (None, None))
+    score_gap = target_score - lora_score if target_score is not None else None
+
+    metric_gaps, recommendations = {}, []
+    for metric in METRICS:
+        mine = lora[metric]["mean"]
+        theirs = rival[metric]["mean"] if rival else None
+        top = ceiling[metric]["mean"] if ceiling else None
+        entry = {"lora": mine, "competitor": theirs, "ceiling": top,
+                 "vs_competitor": None if theirs is None else theirs - mine,
+                 "vs_ceiling": None if top is None else top - mine}
+        metric_gaps[metric] = entry
+        gap, versus = _pick_gap(entry["vs_competitor"], best, entry["vs_ceiling"])
+        level = priority(gap) if gap is not None else None
+        if level:
+            recommendations.append({"area": AREAS[metric], "message": _metric_message(metric, gap, versus),
+                                    "priority": level, "gap": gap, "against": versus})
+
+    feature_gaps = []
+    for feature in report["key_features"]:
+        mine = lora["feature_pass_rate"].get(feature, 0.0)
+        theirs = rival["feature_pass_rate"].get(feature) if rival else None
+        top = ceiling["feature_pass_rate"].get(feature) if ceiling else None
+        gap, versus = _pick_gap(None if theirs is None else theirs - mine, best, None if top is None else top - mine)
+        if gap is None or gap <= NO_GAP:
+            continue
+        feature_gaps.append({"feature": feature, "category": _category(report, feature), "lora_pass_rate": mine,
+                             "competitor_pass_rate": theirs, "ceiling_pass_rate": top, "gap": gap, "against": versus})
+    feature_gaps.sort(key=lambda g: -g["gap"])
+    for item in feature_gaps:
+        level = priority(item["gap"])
+        other = item["competitor_pass_rate"] if item["against"] != "ceiling" else item["ceiling_pass_rate"]
+        source = item["against"] if item["against"] != "ceiling" else "the references themselves"
+        recommendations.append({
+            "area": AREAS["features"], "feature": item["feature"], "priority": level, "gap": item["gap"],
+            "against": item["against"],
+            "message": f"The LoRA shows '{item['feature']}' in {item['lora_pass_rate']:.0%} of its images vs "
+                       f"{other:.0%} for {source} (gap: {item['gap']:.3f}) — keep it in the training captions "
+                       f"and prompts"})
+    recommendations.sort(key=lambda r: (PRIORITY_ORDER[r["priority"]], -r["gap"]))
+    lora_band = band(lora_score)
+    return {"schema": FEEDBACK_SCHEMA, "created_at": now_iso(), "profile": report["profile"],
+            "lora_generator": lora_generator, "lora_score": lora_score, "best_competitor": best,
+            "competitor_score": competitor_score, "score_gap": score_gap, "compared_against": against,
+            "ceiling_score": ceiling_score,
+            "needs_improvement": bool((score_gap is not None and score_gap > NO_GAP)
+                                      or lora_band in ("average", "poor")),
+            "band": lora_band, "metric_gaps": metric_gaps, "feature_gaps": feature_gaps,
+            "recommendations": recommendations}
+
+
+def _pick_gap(vs_competitor: float | None, competitor: str | None,
+              vs_ceiling: float | None) -> tuple[float | None, str | None]:
+    if vs_competitor is not None and vs_competitor > NO_GAP:
+        return vs_competitor, competitor
+    if vs_ceiling is not None:
+        return vs_ceiling, "ceiling"
+    return vs_competitor, competitor
+
+
+def _metric_message(metric: str, gap: float, versus: str) -> str:
+    target = "the reference ceiling" if versus == "ceiling" else versus
+    return {
+        "clip": f"Improve semantic similarity to the references (gap: {gap:.3f} vs {target}) — more training "
+                f"steps or a higher LoRA rank let the model absorb the character",
+        "features": f"Improve matching of key features (gap: {gap:.3f} vs {target}) — make sure the captions "
+                    f"name them and the prompt keeps the trigger token",
+        "ssim": f"Improve structural similarity (composition, pose, framing) to the references "
+                f"(gap: {gap:.3f} vs {target}) — prompt the references' framing or lower the learning rate",
+    }[metric]
+
+
+def _category(report: dict, feature: str) -> str | None:
+    return report.get("key_feature_categories", {}).get(feature)
+
+
+# --------------------------------------------------------------------------- saving
+def write_results(report: dict, feedback: dict | None, output_dir: str | Path) -> tuple[Path, Path | None]:
+    """``comparisons/comparison_report_<ts>.json`` and ``feedback/feedback_<ts>.json``, both atomic."""
+    output_dir = Path(output_dir)
+    stamp = report["created_at"].replace("-", "").replace(":", "").replace("T", "-").rstrip("Z")
+    report_path = _free_name(output_dir / "comparisons", "comparison_report", stamp)
+    feedback_path = _free_name(output_dir / "feedback", "feedback", report_path.stem.split("comparison_report_")[1])
+    atomic_write_json(report_path, report)
+    if feedback is None:
+        return report_path, None
+    atomic_write_json(feedback_path, {**feedback, "comparison_report": str(report_path)})
+    return report_path, feedback_path
+
+
+def _free_name(folder: Path, prefix: str, stamp: str) -> Path:
+    candidate, n = folder / f"{prefix}_{stamp}.json", 2
+    while candidate.exists():
+        candidate, n = folder / f"{prefix}_{stamp}-{n}.json", n + 1
+    return candidate
+
