@@ -27,6 +27,12 @@ def load_image(path: str | Path) -> Image.Image:
             opened.load()  # forces a full decode: truncated files fail here, not later
             image = ImageOps.exif_transpose(opened)
             image = _to_rgb(image)
+    except PermissionError:
+        raise InputError(f"image {path} cannot be read (permission denied)",
+                         "make it readable (chmod u+r) or copy it somewhere you own") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image {path} is too large to open safely ({exc})",
+                         "downscale it (1024-2048 px per side is plenty) and try again") from None
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image file PIL can read",
                          "remove it or convert it to PNG/JPEG/WebP") from None
@@ -41,8 +47,9 @@ def load_image(path: str | Path) -> Image.Image:
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8), "L")
+        # I;16 files are 16-bit by definition (a dark one must stay dark); plain "I" may hold either range.
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
