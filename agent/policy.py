@@ -1,0 +1,208 @@
+"""The embedded rule policy: feedback of one round in, the next training adjustment out.
+
+No network, no LLM: a handful of readable rules with their thresholds named
+below. Every adjustment passes through ``clamp_adjustments`` (the same clamp the
+LLM decider's proposals go through), and every decision carries a one-sentence
+rationale naming the signal that triggered it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.session import Decision
+
+# Hyperparameters the deciders may change, with their safe range. Steps and rank
+# are integers; feature_emphasis is a list of at most MAX_EMPHASIS feature phrases.
+SAFE_BOUNDS: dict[str, tuple] = {
+    "max_train_steps": (1, 5000),
+    "learning_rate": (1e-6, 1e-3),
+    "rank": (1, 128),
+    "lora_alpha": (1, 128),
+    "lora_scale": (0.3, 1.5),
+    "feature_emphasis": (0, 4),  # list length
+}
+INTEGER_PARAMS = ("max_train_steps", "rank", "lora_alpha")
+MAX_EMPHASIS = SAFE_BOUNDS["feature_emphasis"][1]
+
+# Thresholds (scores are 0-1). CLIP similarity of SDXL character LoRAs to their
+# references typically sits at 0.7-0.85; below 0.6 the character is not there yet.
+LOW_CLIP = 0.6
+# A generated image this close to one single reference is a near-copy, not the character.
+COPY_CLIP = 0.95
+COPY_SSIM = 0.85
+# Mean pairwise (1 - cosine) distance between the LoRA's own images: below this they all look alike.
+LOW_VARIETY = 0.05
+# A key feature shown in fewer than half of the LoRA's images counts as missed.
+MISSED_PASS_RATE = 0.5
+STEP_UP, STEP_DOWN, LR_DOWN, RANK_UP = 1.5, 0.7, 0.5, 2
+
+
+@dataclass
+class Signals:
+    """What the rules look at, read out of a ``build_feedback`` dict (missing values stay None)."""
+
+    lora_score: float | None = None
+    clip: float | None = None
+    features: float | None = None
+    ssim: float | None = None
+    missed_features: list[str] = field(default_factory=list)
+    max_reference_clip: float | None = None
+    max_reference_ssim: float | None = None
+    variety: float | None = None
+
+
+def read_signals(feedback: dict[str, Any]) -> Signals:
+    """Pull the policy's inputs out of a feedback dict.
+
+    ``metric_gaps`` and ``feature_gaps`` come from ``tools.scorer.build_feedback``;
+    ``overfitting`` is added by ``Session.score`` (see docs/ARCHITECTURE.md).
+    """
+    gaps = feedback.get("metric_gaps") or {}
+    overfit = feedback.get("overfitting") or {}
+    missed = [g["feature"] for g in feedback.get("feature_gaps") or []
+              if g.get("feature") and (_number(g.get("lora_pass_rate")) or 0.0) < MISSED_PASS_RATE]
+    return Signals(
+        lora_score=_number(feedback.get("lora_score")),
+        clip=_number((gaps.get("clip") or {}).get("lora")),
+        features=_number((gaps.get("features") or {}).get("lora")),
+        ssim=_number((gaps.get("ssim") or {}).get("lora")),
+        missed_features=[str(m) for m in missed],
+        max_reference_clip=_number(overfit.get("max_reference_clip")),
+        max_reference_ssim=_number(overfit.get("max_reference_ssim")),
+        variety=_number(overfit.get("variety")),
+    )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def clamp_adjustments(params: dict[str, Any], adjustments: dict[str, Any],
+                      bounds: dict[str, tuple] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Keep only known parameters, each inside its safe range.
+
+    Returns the clamped adjustments and one note per value that was changed or
+    dropped, so the history shows what a decider asked for versus what ran.
+    """
+    bounds = bounds or SAFE_BOUNDS
+    clamped: dict[str, Any] = {}
+    notes: list[str] = []
+    for name, value in adjustments.items():
+        if name not in bounds:
+            notes.append(f"dropped unknown parameter {name!r}")
+            continue
+        low, high = bounds[name]
+        if name == "feature_emphasis":
+            phrases = [value] if isinstance(value, str) else list(value or [])
+            phrases = list(dict.fromkeys(str(p).strip() for p in phrases if str(p).strip()))
+            if len(phrases) > high:
+                notes.append(f"feature_emphasis cut from {len(phrases)} to {high} phrases")
+            clamped[name] = phrases[:high]
+            continue
+        number = _number(value)
+        if number is None:
+            notes.append(f"dropped {name}={value!r}: not a number")
+            continue
+        bounded = min(max(number, low), high)
+        if name in INTEGER_PARAMS:
+            bounded = int(round(bounded))
+        if bounded != number:
+            notes.append(f"{name} {value} clamped to {bounded} (safe range {low}-{high})")
+        clamped[name] = bounded
+    return clamped, notes
+
+
+def bounds_for(default_params: dict[str, Any], tiny: bool) -> dict[str, tuple]:
+    """SAFE_BOUNDS, with training steps capped at twice the profile's default on tiny.
+
+    Tiny runs check the pipeline in seconds; letting rounds multiply the steps there
+    would only make them slower without meaning anything.
+    """
+    if not tiny:
+        return SAFE_BOUNDS
+    steps = int(default_params.get("max_train_steps") or 1)
+    return {**SAFE_BOUNDS, "max_train_steps": (1, max(steps, 2) * 2)}
+
+
+class RulePolicy:
+    """Maps feedback to an adjustment with the rules below, in priority order.
+
+    1. overfitting (a near-copy of one reference, or the LoRA's images all alike)
+       → fewer steps and a lower learning rate; nothing that trains harder.
+    2. low CLIP similarity → more steps; once steps sit at their cap, a higher rank.
+    3. key features the images miss → emphasise them in the next captions and prompt.
+    With no rule firing the parameters stay as they are.
+    """
+
+    name = "rule-policy"
+
+    def __init__(self, bounds: dict[str, tuple] | None = None) -> None:
+        self.bounds = bounds or SAFE_BOUNDS  # Session.bounds: SAFE_BOUNDS, tighter on tiny
+
+    def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision:
+        signals = read_signals(feedback)
+        proposal: dict[str, Any] = {}
+        reasons: list[str] = []
+        overfit = overfitting_reason(signals)
+        if overfit:
+            proposal.update(fewer_steps_lower_lr(params))
+            reasons.append(f"{overfit}, so train fewer steps at a lower learning rate")
+        elif signals.clip is not None and signals.clip < LOW_CLIP:
+            more, why = train_harder(params, self.bounds)
+            proposal.update(more)
+            reasons.append(f"CLIP similarity {signals.clip:.3f} is below {LOW_CLIP}, so {why}")
+        if signals.missed_features:
+            missed = signals.missed_features[:MAX_EMPHASIS]
+            proposal["feature_emphasis"] = missed
+            reasons.append(f"the images miss {', '.join(missed)}, so the next captions and prompt stress "
+                           f"{'it' if len(missed) == 1 else 'them'}")
+        adjustments, notes = clamp_adjustments(params, proposal, self.bounds)
+        if not reasons:
+            score = f"{signals.lora_score:.3f}" if signals.lora_score is not None else "unknown"
+            rationale = f"No rule fired (LoRA score {score}, no overfitting, no missed features), so the parameters stay."
+        else:
+            rationale = _sentence("; ".join(reasons))
+        if notes:
+            rationale = rationale[:-1] + f" ({'; '.join(notes)})."
+        return Decision(adjustments=adjustments, rationale=rationale, decided_by=self.name)
+
+
+def overfitting_reason(signals: Signals) -> str:
+    """A short clause naming the overfitting sign, or '' when there is none."""
+    if signals.max_reference_clip is not None and signals.max_reference_clip >= COPY_CLIP:
+        return f"an image nearly copies one reference (CLIP {signals.max_reference_clip:.3f} ≥ {COPY_CLIP})"
+    if signals.max_reference_ssim is not None and signals.max_reference_ssim >= COPY_SSIM:
+        return f"an image nearly copies one reference (SSIM {signals.max_reference_ssim:.3f} ≥ {COPY_SSIM})"
+    if signals.variety is not None and signals.variety < LOW_VARIETY:
+        return f"the LoRA's images look alike (variety {signals.variety:.3f} < {LOW_VARIETY})"
+    return ""
+
+
+def fewer_steps_lower_lr(params: dict[str, Any]) -> dict[str, Any]:
+    change: dict[str, Any] = {}
+    if params.get("max_train_steps"):
+        change["max_train_steps"] = max(1, int(params["max_train_steps"] * STEP_DOWN))
+    if params.get("learning_rate"):
+        change["learning_rate"] = params["learning_rate"] * LR_DOWN
+    return change
+
+
+def train_harder(params: dict[str, Any], bounds: dict[str, tuple]) -> tuple[dict[str, Any], str]:
+    """More steps while below the cap; at the cap, double the rank instead."""
+    steps = int(params.get("max_train_steps") or 1)
+    cap = bounds["max_train_steps"][1]
+    wanted = int(round(steps * STEP_UP))
+    if steps < cap:
+        return {"max_train_steps": min(max(wanted, steps + 1), cap)}, "train more steps"
+    rank = int(params.get("rank") or 4)
+    change: dict[str, Any] = {"rank": rank * RANK_UP}
+    if "lora_alpha" in params:
+        change["lora_alpha"] = int(params.get("lora_alpha") or rank) * RANK_UP  # keep alpha/rank, so the scale holds
+    return change, "raise the LoRA rank (steps are at their cap)"
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[0].upper() + text[1:]).rstrip(".") + "."

@@ -1,0 +1,512 @@
+"""One results folder, one set of settings: the autonomous improvement rounds.
+
+A round reads top to bottom as the algorithm:
+analyze (once, cached) → train → generate (LoRA, base, competitors) → score →
+feedback → decide the next adjustment → record. ``aldar run``, the REPL and
+the LLM's tools all drive the same ``Session``; each stage is a public method
+so the REPL can run one at a time, and ``run_round`` chains them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+from agent import ui
+from agent.store import RunStore
+from tools.errors import InputError
+from tools.models import ModelProfile, resolve_profile
+from tools.settings import Settings
+
+LORA = "lora"
+BASE = "base"
+# Denoising steps on the tiny profile: random weights, so more steps only cost time.
+TINY_GENERATION_STEPS = 4
+
+
+@dataclass
+class Decision:
+    """The next round's adjustment: ``adjustments`` maps parameter → new value."""
+
+    adjustments: dict
+    rationale: str
+    decided_by: str
+    stop: bool = False
+
+
+class Decider(Protocol):
+    name: str  # "rule-policy" or "llm:<model>"
+
+    def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision: ...
+
+
+@dataclass
+class RoundState:
+    """What the stages of the round in progress have produced so far."""
+
+    number: int
+    params: dict
+    stamp: str
+    timings: dict[str, float] = field(default_factory=dict)  # stage → seconds (wall)
+    compute: dict[str, float] = field(default_factory=dict)  # stage → seconds inside model code
+    train: dict | None = None
+    images: dict[str, list[Path]] | None = None
+    skipped: list[str] = field(default_factory=list)
+    report: dict | None = None
+    feedback: dict | None = None
+    report_path: Path | None = None
+    feedback_path: Path | None = None
+
+
+class Session:
+    """Drives rounds over one results folder; holds its lock until ``close()``."""
+
+    def __init__(self, settings: Settings, *, assume_yes: bool = False, quiet: bool = False) -> None:
+        self.settings = settings
+        self.assume_yes = assume_yes
+        self.quiet = quiet
+        self.references = Path(settings.references)
+        self.profile: ModelProfile = resolve_profile(settings)
+        self.store = RunStore(settings.output_dir, self.profile.describe())
+        try:
+            self.default_params = default_params(self.profile)
+        except BaseException:
+            self.store.close()
+            raise
+        from agent.policy import bounds_for
+
+        self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
+        rounds = self.store.rounds
+        self.params: dict = dict(rounds[-1]["next_params"]) if rounds else dict(self.default_params)
+        self.analysis: dict | None = None
+        self.current: RoundState | None = None
+        self.competitors: list[str] = list(settings.competitors)
+
+    # ---------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def history(self) -> list[dict]:
+        return list(self.store.rounds)
+
+    @property
+    def next_round_number(self) -> int:
+        return len(self.store.rounds) + 1
+
+    def _say(self, message: str) -> None:
+        if not self.quiet:
+            ui.info(message)
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        """Time a stage of the current round and record it as the in-progress stage."""
+        if self.current is not None:
+            self.store.set_stage(name)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.current is not None:
+                self.current.timings[name] = self.current.timings.get(name, 0.0) + time.perf_counter() - started
+
+    def _compute(self, stage: str, started: float) -> None:
+        if self.current is not None:
+            self.current.compute[stage] = self.current.compute.get(stage, 0.0) + time.perf_counter() - started
+
+    def _round(self) -> RoundState:
+        """The round in progress, begun (and marked in the history) on first use."""
+        if self.current is None:
+            number = self.next_round_number
+            self.current = RoundState(number=number, params=dict(self.params), stamp=RunStore.timestamp(number))
+            self.store.begin_round(number, self.current.params)
+        return self.current
+
+    # ---------------------------------------------------------------- analyze
+    def analyze(self, force: bool = False) -> dict:
+        """The feature analysis of the references: reused from settings.analysis_path when it
+        matches the references' hashes and the CLIP model, else computed and saved there."""
+        if self.analysis is not None and not force:
+            return self.analysis
+        from tools.analyzer import analyze_references
+        from tools.images import file_sha256, list_images
+
+        cached_path = Path(self.settings.analysis_path)
+        references = list_images(self.references)
+        hashes = {path.name: file_sha256(path) for path in references}
+        with self._stage("analyze"):
+            cached = None if force else _read_json(cached_path)
+            if cached and _analysis_matches(cached, hashes, self.profile.clip_model):
+                self._say(f"analysis: reusing {cached_path} ({len(hashes)} references unchanged)")
+                self.analysis = cached
+            else:
+                self._say(f"analysis: CLIP feature analysis of {len(hashes)} references …")
+                started = time.perf_counter()
+                self.analysis = analyze_references(self.references, self.profile, self.settings.taxonomy_path(),
+                                                   self.settings.trigger_token, self.settings.character_name,
+                                                   cached_path)
+                self._compute("analyze", started)
+                self._say(f"analysis: key features {', '.join(self.analysis.get('key_features', []))}")
+        return self.analysis
+
+    # ---------------------------------------------------------------- train
+    def train(self, adjustments: dict | None = None) -> dict:
+        """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
+        from tools.trainer import train_lora
+
+        if adjustments:
+            self.apply(adjustments)
+        analysis = self.analyze()
+        state = self._round()
+        state.params = dict(self.params)
+        config = train_config(self.profile, self.params)
+        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
+        run_dir = self.store.round_run_dir(state.number)
+        with self._stage("train"):
+            self._say(f"round {state.number}: training {_describe_params(self.params)} → {self.store.relative(run_dir)}")
+            started = time.perf_counter()
+            result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
+            self._compute("train", started)
+        state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
+                       "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
+                       "final_loss": result.final_loss, "interrupted": result.interrupted}
+        self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}")
+        return state.train
+
+    def apply(self, adjustments: dict) -> dict:
+        """Clamp ``adjustments`` to the safe bounds, apply them to ``params``; returns what was applied."""
+        from agent.policy import clamp_adjustments
+
+        applied, notes = clamp_adjustments(self.params, adjustments, self.bounds)
+        for note in notes:
+            ui.warn(note)
+        self.params.update(applied)
+        return applied
+
+    # ---------------------------------------------------------------- generate
+    def generate(self, prompts: list[str] | None = None) -> dict:
+        """Images of this round's LoRA, the base model and every configured competitor,
+        from the same prompts and seeds. Returns generator → list of image paths."""
+        from tools.generator import generate_local
+        from tools.providers import configured_providers, generate_with_provider
+
+        state = self._round()
+        if state.train is None:
+            raise InputError(f"round {state.number} has no trained LoRA yet", "run the train step first")
+        prompts = prompts or [self.prompt()]
+        settings = self.settings
+        steps = min(settings.num_inference_steps, TINY_GENERATION_STEPS) if self.profile.is_tiny \
+            else settings.num_inference_steps
+        images: dict[str, list[Path]] = {}
+        with self._stage("generate"):
+            for name, lora in ((LORA, state.train["lora_path"]), (BASE, None)):
+                self._say(f"round {state.number}: generating {name} images …")
+                started = time.perf_counter()
+                made = generate_local(self.profile, prompts, self.store.round_images_dir(state.number, name),
+                                      lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
+                                      images_per_prompt=settings.images_per_prompt, seed=settings.seed,
+                                      steps=steps, guidance=settings.guidance_scale,
+                                      negative_prompt=settings.negative_prompt, use_lcm=settings.use_lcm,
+                                      name=name, quiet=self.quiet)
+                self._compute("generate", started)
+                images[name] = [image.path for image in made]
+            providers, skipped = configured_providers(settings, self.competitors)
+            state.skipped = list(skipped)
+            for line in skipped:
+                ui.warn(line)
+            for provider in providers:
+                self._say(f"round {state.number}: asking {provider.name} …")
+                started = time.perf_counter()
+                try:
+                    made = generate_with_provider(provider, prompts, self.store.round_images_dir(state.number, provider.name),
+                                                  settings.images_per_prompt, settings.seed)
+                except Exception as exc:  # noqa: BLE001 — one failing competitor must not end the round
+                    from tools.errors import AldarError
+
+                    if not isinstance(exc, AldarError):
+                        raise
+                    ui.warn(f"{provider.name} skipped this round: {exc}")
+                    state.skipped.append(f"{provider.name}: {exc}")
+                    continue
+                finally:
+                    self._compute("generate", started)
+                images[provider.name] = [image.path for image in made]
+        state.images = images
+        return images
+
+    def prompt(self) -> str:
+        """The test prompt, with the emphasised features right after the trigger token."""
+        return emphasise(self.settings.test_prompt, self.params.get("feature_emphasis") or [],
+                         self.settings.trigger_token)
+
+    # ---------------------------------------------------------------- score
+    def score(self) -> dict:
+        """Score every generator of this round against the references; save report and feedback."""
+        from tools.scorer import build_feedback, score_generators
+
+        state = self._round()
+        if not state.images:
+            raise InputError(f"round {state.number} has no generated images yet", "run the generate step first")
+        with self._stage("score"):
+            self._say(f"round {state.number}: scoring {sum(len(v) for v in state.images.values())} images …")
+            started = time.perf_counter()
+            report = score_generators(state.images, self.references, self.profile, self.analyze(),
+                                      self.settings.metric_weights)
+            feedback = build_feedback(report, LORA)
+            feedback["overfitting"] = overfitting_signals(report, state.images.get(LORA, []), self.profile)
+            self._compute("score", started)
+        with self._stage("store"):
+            report["round"] = feedback["round"] = state.number
+            state.report_path = self.store.write_comparison_report(report, state.stamp)
+            state.feedback_path = self.store.write_feedback(feedback, state.stamp)
+        state.report, state.feedback = report, feedback
+        return {"report": report, "feedback": feedback, "report_path": state.report_path,
+                "feedback_path": state.feedback_path}
+
+    # ---------------------------------------------------------------- decide + record
+    def decide(self, decider: Decider) -> Decision:
+        state = self._round()
+        if state.feedback is None:
+            raise InputError(f"round {state.number} has no feedback yet", "run the score step first")
+        with self._stage("decide"):
+            decision = decider.decide(state.feedback, self.history(), dict(self.params))
+        return decision
+
+    def finish_round(self, decision: Decision) -> dict:
+        """Apply ``decision`` to the params of the next round and append this round to the history."""
+        from agent.policy import clamp_adjustments
+
+        state = self._round()
+        with self._stage("store"):
+            applied, notes = clamp_adjustments(self.params, decision.adjustments, self.bounds)
+            next_params = {**state.params, **applied}
+            record = round_record(state, self.store, self.profile.describe(), decision, applied, notes, next_params)
+            self.store.finish_round(record)
+            self._update_best()
+            self.params = dict(next_params)
+            self.current = None
+            self._write_report()
+        return record
+
+    def _update_best(self) -> None:
+        scored = [r for r in self.store.rounds if r.get("lora_score") is not None]
+        if scored:
+            best = max(scored, key=lambda r: (r["lora_score"], -r["round"]))
+            if best["round"] != self.store.data.get("best_round"):
+                self.store.mark_best(best)
+
+    def _write_report(self) -> None:
+        from agent.report import write_report
+
+        write_report(self.store, self.references, self.history())
+
+    def run_round(self, decider: Decider) -> dict:
+        """analyze (once) → train → generate → score → feedback → decide → record."""
+        self.analyze()
+        self.train()
+        self.generate()
+        self.score()
+        decision = self.decide(decider)
+        self._say(f"round {self.current.number}: {decision.decided_by} — {decision.rationale}")
+        record = self.finish_round(decision)
+        # The store stage of the record is written before the report; time it fully for the benchmark.
+        return record
+
+    def run_rounds(self, rounds: int, decider: Decider) -> list[dict]:
+        """Run rounds until ``rounds`` are in the history, the target band is reached, or
+        ``settings.patience`` rounds pass without improvement. Finished rounds are kept on resume."""
+        finished: list[dict] = []
+        if self.store.data.get("in_progress"):
+            number = self.store.data["in_progress"]["round"]
+            self._say(f"resuming: round {number} was interrupted and restarts "
+                      f"({len(self.store.rounds)} finished round(s) kept)")
+        while True:
+            reason = stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience)
+            if reason:
+                break
+            record = self.run_round(decider)
+            finished.append(record)
+            if record["decision"].get("stop"):
+                reason = f"{record['decided_by']} asked to stop"
+                break
+        self.store.mark_stopped(reason)
+        self._say(f"stopped: {reason}")
+        return finished
+
+
+# -------------------------------------------------------------------- helpers
+def default_params(profile: ModelProfile) -> dict:
+    """The trainer's defaults for ``profile`` plus the knobs the agent adds on top."""
+    from tools.trainer import default_train_config
+
+    config = dataclasses.asdict(default_train_config(profile))
+    params = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    params.setdefault("lora_scale", 1.0)
+    params.setdefault("feature_emphasis", [])
+    return params
+
+
+def train_config(profile: ModelProfile, params: dict):
+    """A ``TrainConfig`` from the profile's defaults with every matching param applied."""
+    from tools.trainer import default_train_config
+
+    config = default_train_config(profile)
+    names = {f.name for f in dataclasses.fields(config)}
+    config = dataclasses.replace(config, **{k: v for k, v in params.items() if k in names})
+    config.validate()
+    return config
+
+
+def training_dataset(references: Path, analysis: dict, emphasis: list[str]) -> list[tuple[Path, str]]:
+    """(image, caption) pairs from the analysis captions, emphasised features first."""
+    captions = analysis.get("captions") or {}
+    trigger = analysis.get("trigger_token", "")
+    pairs = []
+    for name, caption in sorted(captions.items()):
+        path = references / name
+        if path.is_file():
+            pairs.append((path, emphasise(caption, emphasis, trigger)))
+    if not pairs:
+        raise InputError(f"none of the analysed captions match an image in {references}",
+                         "re-run the analysis (aldar analyze --force) after changing the references")
+    return pairs
+
+
+def emphasise(text: str, features: list[str], trigger: str = "") -> str:
+    """Put ``features`` right after the trigger token (early tokens weigh most in CLIP's text
+    encoder, and SDXL truncates at 77 tokens), without repeating them later."""
+    if not features:
+        return text
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    wanted = [f for f in features if f.strip()]
+    rest = [p for p in parts if p.lower() not in {f.lower() for f in wanted}]
+    head = [rest.pop(0)] if rest and trigger and rest[0].lower().startswith(trigger.lower()) else []
+    return ", ".join(head + wanted + rest)
+
+
+def overfitting_signals(report: dict, lora_images: list[Path], profile: ModelProfile) -> dict:
+    """Signs that the LoRA copies references: its closest image to one single reference
+    (CLIP cosine and SSIM, from the report) and the variety of its own images
+    (mean pairwise 1 - cosine of their CLIP embeddings)."""
+    rows = [row for row in report.get("images", []) if row.get("generator") == LORA]
+    signals: dict[str, Any] = {
+        "max_reference_clip": max((row["clip_max"] for row in rows if row.get("clip_max") is not None), default=None),
+        "max_reference_ssim": max((row["ssim"] for row in rows if row.get("ssim") is not None), default=None),
+        "variety": None,
+    }
+    if len(lora_images) >= 2:
+        from tools.images import load_image
+        from tools.models import load_clip
+
+        embeddings = load_clip(profile).embed_images([load_image(p) for p in lora_images])
+        similarity = embeddings @ embeddings.T
+        n = similarity.shape[0]
+        mean_off_diagonal = (similarity.sum() - similarity.diagonal().sum()) / (n * (n - 1))
+        signals["variety"] = round(float(1.0 - mean_off_diagonal), 6)
+    return signals
+
+
+def scores_by_generator(report: dict) -> dict[str, dict]:
+    """generator → {quality, quality_std, clip, features, ssim, band} from a comparison report."""
+    table = {}
+    for name, entry in (report.get("generators") or {}).items():
+        table[name] = {"quality": _mean(entry.get("quality")), "quality_std": _std(entry.get("quality")),
+                       "clip": _mean(entry.get("clip")), "features": _mean(entry.get("features")),
+                       "ssim": _mean(entry.get("ssim")), "band": entry.get("band"), "count": entry.get("count")}
+    return table
+
+
+def _mean(value: Any) -> float | None:
+    return value.get("mean") if isinstance(value, dict) else value
+
+
+def _std(value: Any) -> float | None:
+    return value.get("std") if isinstance(value, dict) else None
+
+
+def round_record(state: RoundState, store: RunStore, profile: dict, decision: Decision, applied: dict,
+                 notes: list[str], next_params: dict) -> dict:
+    report = state.report or {}
+    feedback = state.feedback or {}
+    ceiling = report.get("ceiling")
+    train = state.train or {}
+    return {
+        "round": state.number,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "params": state.params,
+        "train": {"steps": train.get("steps"), "final_loss": train.get("final_loss"),
+                  "interrupted": train.get("interrupted")},
+        "scores": scores_by_generator(report),
+        "ranking": report.get("ranking", []),
+        "ceiling": {"quality": _mean(ceiling.get("quality")), "clip": _mean(ceiling.get("clip")),
+                    "features": _mean(ceiling.get("features")), "ssim": _mean(ceiling.get("ssim"))}
+        if ceiling else None,
+        "lora_score": feedback.get("lora_score"),
+        "band": feedback.get("band"),
+        "best_competitor": feedback.get("best_competitor"),
+        "score_gap": feedback.get("score_gap"),
+        "overfitting": feedback.get("overfitting"),
+        "decision": {"adjustments": applied, "requested": decision.adjustments, "clamped": notes,
+                     "stop": decision.stop},
+        "rationale": decision.rationale,
+        "decided_by": decision.decided_by,
+        "next_params": next_params,
+        "skipped_competitors": state.skipped,
+        "paths": {"run_dir": store.relative(train.get("run_dir")), "lora": store.relative(train.get("lora_path")),
+                  "kohya_lora": store.relative(train.get("kohya_path")),
+                  "comparison_report": store.relative(state.report_path),
+                  "feedback": store.relative(state.feedback_path),
+                  "images": {name: [store.relative(p) for p in paths] for name, paths in (state.images or {}).items()}},
+        "timings_s": {k: round(v, 4) for k, v in state.timings.items()},
+        "compute_s": {k: round(v, 4) for k, v in state.compute.items()},
+        "profile": profile,
+    }
+
+
+def stop_reason(history: list[dict], rounds: int, target: float, patience: int) -> str:
+    """Why no further round should run, or '' to go on."""
+    if len(history) >= rounds:
+        return f"round limit reached ({len(history)} of {rounds})"
+    scored = [r for r in history if r.get("lora_score") is not None]
+    if not scored:
+        return ""
+    last = scored[-1]
+    if last["lora_score"] >= target:
+        return f"target reached: round {last['round']} scored {last['lora_score']:.3f} ≥ {target}"
+    best = max(scored, key=lambda r: (r["lora_score"], -r["round"]))
+    since_best = sum(1 for r in scored if r["round"] > best["round"])
+    if since_best >= patience:
+        return f"no improvement for {since_best} round(s) since round {best['round']} (patience {patience})"
+    return ""
+
+
+def _analysis_matches(analysis: dict, hashes: dict[str, str], clip_model: str) -> bool:
+    stored = {r.get("file"): r.get("sha256") for r in analysis.get("references", []) if isinstance(r, dict)}
+    return analysis.get("model") == clip_model and stored == hashes
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _describe_params(params: dict) -> str:
+    shown = [f"{k}={params[k]:g}" if isinstance(params[k], float) else f"{k}={params[k]}"
+             for k in ("max_train_steps", "learning_rate", "rank") if k in params]
+    if params.get("feature_emphasis"):
+        shown.append(f"emphasis={', '.join(params['feature_emphasis'])}")
+    return " ".join(shown)

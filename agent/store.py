@@ -1,0 +1,224 @@
+"""The run store: one results folder, laid out as the original system did.
+
+    <output_dir>/
+      training_history.json        every finished round, the round in progress, the best round
+      comparisons/                 round_<n>/<generator>/*.png, comparison_report_<ts>.json
+      feedback/                    feedback_<ts>.json
+      runs/round_<n>/              the trainer's run folder (LoRA, checkpoints, loss log)
+      best_lora/                   a copy of the best round's LoRA files + best_lora.json
+      report.html, score_chart.png
+      .aldar.lock                  pid + host of the process that holds the folder
+
+Every JSON goes through ``tools.atomic``, so a kill -9 leaves the previous or
+the next version of a file, never half of one; a round is appended to the
+history only once all its files exist, so a finished round is never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from tools.atomic import atomic_write, atomic_write_json
+from tools.errors import BusyError, InputError
+
+HISTORY_FILE = "training_history.json"
+LOCK_FILE = ".aldar.lock"
+HISTORY_VERSION = 1
+
+
+class FolderLock:
+    """An exclusive ``fcntl.flock`` on ``<folder>/.aldar.lock`` holding ``{pid, host, since}``.
+
+    flock is released by the kernel when its holder dies, so a lock left by a
+    killed run is simply taken over; its old pid/host are kept for the message.
+    The file is never deleted: unlinking a lock file lets two processes end up
+    holding locks on two different inodes.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_FILE
+        self._fd: int | None = None
+        self.previous_holder: dict[str, Any] | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            who = (f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
+                   if holder else "another process")
+            raise BusyError(f"results folder {self.path.parent} is in use by {who}",
+                            "wait for that run to finish, or pass --output-dir DIR to use another folder") from None
+        self.previous_holder = _read_holder(fd) or None
+        stamp = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+        # Written in place, not renamed: the flock belongs to this inode.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(stamp) + "\n").encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class RunStore:
+    """Paths, the history file and the lock of one results folder."""
+
+    def __init__(self, root: str | Path, profile: dict[str, Any] | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.profile = profile or {}
+        self.lock = FolderLock(self.root)
+        self.lock.acquire()  # before reading anything: the holder may be writing
+        self.comparisons_dir = self.root / "comparisons"
+        self.feedback_dir = self.root / "feedback"
+        self.runs_dir = self.root / "runs"
+        self.best_lora_dir = self.root / "best_lora"
+        self.history_path = self.root / HISTORY_FILE
+        self.report_path = self.root / "report.html"
+        self.chart_path = self.root / "score_chart.png"
+        self._history = self._load_history()
+
+    def close(self) -> None:
+        self.lock.release()
+
+    # ---------------------------------------------------------------- history
+    def _load_history(self) -> dict[str, Any]:
+        if not self.history_path.is_file():
+            return {"version": HISTORY_VERSION, "profile": self.profile, "rounds": [], "in_progress": None,
+                    "best_round": None, "best_lora": None, "stopped": None}
+        try:
+            data = json.loads(self.history_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{self.history_path} is not valid JSON ({exc})",
+                             "restore it from a backup, or move it away to start a fresh run") from None
+        if isinstance(data, list):  # the original system's bare list of rounds
+            data = {"version": HISTORY_VERSION, "profile": self.profile, "rounds": data}
+        if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
+            raise InputError(f"{self.history_path} has no 'rounds' list",
+                             "move it away to start a fresh run in this folder")
+        for key in ("in_progress", "best_round", "best_lora", "stopped"):
+            data.setdefault(key, None)
+        return data
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self._history
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        return self._history["rounds"]
+
+    def save(self) -> None:
+        self._history["updated_at"] = _now()
+        atomic_write_json(self.history_path, self._history)
+
+    def begin_round(self, number: int, params: dict[str, Any]) -> None:
+        """Mark round ``number`` as started (a rerun after a kill restarts it from here)."""
+        self._history["in_progress"] = {"round": number, "stage": "start", "started_at": _now(), "params": params}
+        self._history["stopped"] = None
+        self.save()
+
+    def set_stage(self, stage: str) -> None:
+        if self._history.get("in_progress"):
+            self._history["in_progress"]["stage"] = stage
+            self.save()
+
+    def finish_round(self, record: dict[str, Any]) -> None:
+        """Append a finished round (replacing an older record of the same number) and clear in_progress."""
+        rounds = [r for r in self.rounds if r.get("round") != record["round"]]
+        rounds.append(record)
+        rounds.sort(key=lambda r: r["round"])
+        self._history["rounds"] = rounds
+        self._history["in_progress"] = None
+        self.save()
+
+    def mark_stopped(self, reason: str) -> None:
+        self._history["stopped"] = {"reason": reason, "at": _now()}
+        self.save()
+
+    # ---------------------------------------------------------------- paths
+    def round_run_dir(self, number: int) -> Path:
+        return self.runs_dir / f"round_{number:02d}"
+
+    def round_images_dir(self, number: int, generator: str) -> Path:
+        return self.comparisons_dir / f"round_{number:02d}" / generator
+
+    def relative(self, path: str | Path | None) -> str | None:
+        """``path`` relative to the results folder (history and report stay valid if the folder moves)."""
+        if path is None:
+            return None
+        path = Path(path).resolve()
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def absolute(self, stored: str | None) -> Path | None:
+        if stored is None:
+            return None
+        path = Path(stored)
+        return path if path.is_absolute() else self.root / path
+
+    @staticmethod
+    def timestamp(number: int) -> str:
+        # Seconds alone collide when tiny rounds take under a second; the round number keeps names unique.
+        return time.strftime("%Y%m%d_%H%M%S") + f"_round{number:02d}"
+
+    def write_comparison_report(self, report: dict[str, Any], stamp: str) -> Path:
+        return atomic_write_json(self.comparisons_dir / f"comparison_report_{stamp}.json", report)
+
+    def write_feedback(self, feedback: dict[str, Any], stamp: str) -> Path:
+        return atomic_write_json(self.feedback_dir / f"feedback_{stamp}.json", feedback)
+
+    # ---------------------------------------------------------------- best LoRA
+    def mark_best(self, record: dict[str, Any]) -> Path | None:
+        """Copy the best round's LoRA files into best_lora/ and point the history at them."""
+        self._history["best_round"] = record["round"]
+        files = [self.absolute(p) for p in (record.get("paths", {}).get("lora"),
+                                            record.get("paths", {}).get("kohya_lora")) if p]
+        copied = []
+        for source in files:
+            if source and source.is_file():
+                target = self.best_lora_dir / source.name
+                atomic_write(target, lambda tmp, s=source: shutil.copyfile(s, tmp))
+                copied.append(self.relative(target))
+        atomic_write_json(self.best_lora_dir / "best_lora.json",
+                          {"round": record["round"], "lora_score": record.get("lora_score"),
+                           "params": record.get("params"), "files": copied,
+                           "source_run": record.get("paths", {}).get("run_dir"), "profile": self.profile})
+        self._history["best_lora"] = copied[0] if copied else None
+        self.save()
+        return self.best_lora_dir
