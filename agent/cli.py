@@ -18,6 +18,7 @@ from tools.settings import Settings, load_settings
 
 COMMAND_MODULES = [
     "agent.commands.doctor",
+    "agent.commands.story",
 ]
 
 
