@@ -16,14 +16,14 @@ from agent.session import Decision
 # Hyperparameters the deciders may change, with their safe range. Steps and rank
 # are integers; feature_emphasis is a list of at most MAX_EMPHASIS feature phrases.
 SAFE_BOUNDS: dict[str, tuple] = {
-    "max_train_steps": (1, 5000),
+    "steps": (100, 5000),
     "learning_rate": (1e-6, 1e-3),
     "rank": (1, 128),
-    "lora_alpha": (1, 128),
+    "alpha": (0.5, 256),
     "lora_scale": (0.3, 1.5),
     "feature_emphasis": (0, 4),  # list length
 }
-INTEGER_PARAMS = ("max_train_steps", "rank", "lora_alpha")
+INTEGER_PARAMS = ("steps", "rank")
 MAX_EMPHASIS = SAFE_BOUNDS["feature_emphasis"][1]
 
 # Thresholds (scores are 0-1). CLIP similarity of SDXL character LoRAs to their
@@ -115,15 +115,16 @@ def clamp_adjustments(params: dict[str, Any], adjustments: dict[str, Any],
 
 
 def bounds_for(default_params: dict[str, Any], tiny: bool) -> dict[str, tuple]:
-    """SAFE_BOUNDS, with training steps capped at twice the profile's default on tiny.
+    """SAFE_BOUNDS, or on tiny: steps capped at twice the profile's default, and the higher
+    learning rates the tiny trainer uses (random weights learn nothing at SDXL's 1e-4).
 
     Tiny runs check the pipeline in seconds; letting rounds multiply the steps there
     would only make them slower without meaning anything.
     """
     if not tiny:
         return SAFE_BOUNDS
-    steps = int(default_params.get("max_train_steps") or 1)
-    return {**SAFE_BOUNDS, "max_train_steps": (1, max(steps, 2) * 2)}
+    steps = int(default_params.get("steps") or 1)
+    return {**SAFE_BOUNDS, "steps": (1, max(steps, 2) * 2), "learning_rate": (1e-6, 1e-2)}
 
 
 class RulePolicy:
@@ -182,8 +183,8 @@ def overfitting_reason(signals: Signals) -> str:
 
 def fewer_steps_lower_lr(params: dict[str, Any]) -> dict[str, Any]:
     change: dict[str, Any] = {}
-    if params.get("max_train_steps"):
-        change["max_train_steps"] = max(1, int(params["max_train_steps"] * STEP_DOWN))
+    if params.get("steps"):
+        change["steps"] = max(1, int(params["steps"] * STEP_DOWN))
     if params.get("learning_rate"):
         change["learning_rate"] = params["learning_rate"] * LR_DOWN
     return change
@@ -191,15 +192,15 @@ def fewer_steps_lower_lr(params: dict[str, Any]) -> dict[str, Any]:
 
 def train_harder(params: dict[str, Any], bounds: dict[str, tuple]) -> tuple[dict[str, Any], str]:
     """More steps while below the cap; at the cap, double the rank instead."""
-    steps = int(params.get("max_train_steps") or 1)
-    cap = bounds["max_train_steps"][1]
+    steps = int(params.get("steps") or 1)
+    cap = bounds["steps"][1]
     wanted = int(round(steps * STEP_UP))
     if steps < cap:
-        return {"max_train_steps": min(max(wanted, steps + 1), cap)}, "train more steps"
+        return {"steps": min(max(wanted, steps + 1), cap)}, "train more steps"
     rank = int(params.get("rank") or 4)
     change: dict[str, Any] = {"rank": rank * RANK_UP}
-    if "lora_alpha" in params:
-        change["lora_alpha"] = int(params.get("lora_alpha") or rank) * RANK_UP  # keep alpha/rank, so the scale holds
+    if "alpha" in params:
+        change["alpha"] = int(params.get("alpha") or rank) * RANK_UP  # keep alpha/rank, so the scale holds
     return change, "raise the LoRA rank (steps are at their cap)"
 
 

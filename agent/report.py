@@ -168,8 +168,8 @@ def _round_section(record: dict, is_best: bool) -> str:
                     f"<td>{_num(ceiling.get('clip'))}</td><td>{_num(ceiling.get('features'))}</td>"
                     f"<td>{_num(ceiling.get('ssim'))}</td><td></td></tr>")
     params = record.get("params") or {}
-    shown = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("max_train_steps", "learning_rate", "rank",
-                                                                       "lora_alpha", "feature_emphasis"))
+    shown = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("steps", "learning_rate", "rank", "alpha",
+                                                                       "feature_emphasis"))
     decision = record.get("decision") or {}
     grid = []
     for name, paths in ((record.get("paths") or {}).get("images") or {}).items():

@@ -79,6 +79,8 @@ class Session:
             raise
         from agent.policy import bounds_for
 
+        if "trigger_token" in self.default_params:
+            self.default_params["trigger_token"] = settings.trigger_token
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
         rounds = self.store.rounds
         self.params: dict = dict(rounds[-1]["next_params"]) if rounds else dict(self.default_params)
@@ -228,7 +230,8 @@ class Session:
                 started = time.perf_counter()
                 try:
                     made = generate_with_provider(provider, prompts, self.store.round_images_dir(state.number, provider.name),
-                                                  settings.images_per_prompt, settings.seed)
+                                                  settings.images_per_prompt, settings.seed, skipped=state.skipped,
+                                                  quiet=self.quiet)
                 except Exception as exc:  # noqa: BLE001 — one failing competitor must not end the round
                     from tools.errors import AldarError
 
@@ -362,7 +365,9 @@ def train_config(profile: ModelProfile, params: dict):
     config = default_train_config(profile)
     names = {f.name for f in dataclasses.fields(config)}
     config = dataclasses.replace(config, **{k: v for k, v in params.items() if k in names})
-    config.validate()
+    if config.lr_warmup_steps >= config.steps:  # fewer steps after an overfitting round: warmup shrinks along
+        config = dataclasses.replace(config, lr_warmup_steps=config.steps // 10)
+    config.validate(profile)
     return config
 
 
@@ -506,7 +511,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _describe_params(params: dict) -> str:
     shown = [f"{k}={params[k]:g}" if isinstance(params[k], float) else f"{k}={params[k]}"
-             for k in ("max_train_steps", "learning_rate", "rank") if k in params]
+             for k in ("steps", "learning_rate", "rank", "alpha") if k in params]
     if params.get("feature_emphasis"):
         shown.append(f"emphasis={', '.join(params['feature_emphasis'])}")
     return " ".join(shown)
