@@ -10,6 +10,7 @@ API keys are *not* settings: they come from the environment or ``.env`` only
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -109,12 +110,19 @@ class Settings:
         for name in ("num_inference_steps", "images_per_prompt", "max_rounds", "patience", "llm_max_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+        for name in ("llm_timeout_s", "provider_timeout_s"):
+            if not getattr(self, name) > 0:  # also rejects nan
+                raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to a positive number of seconds")
         if not 0.0 < self.target_score <= 1.0:
             raise ConfigError(f"target_score is {self.target_score}", "set target_score in (0, 1]")
 
 
 def validate_weights(weights: dict[str, float]) -> None:
-    """Metric weights must be non-negative and sum to 1."""
+    """Metric weights must be finite, non-negative and sum to 1."""
+    not_finite = {k: v for k, v in weights.items() if not math.isfinite(v)}
+    if not_finite:
+        name, value = next(iter(not_finite.items()))
+        raise ConfigError(f"metric weight {name} is {value}", "use finite weights >= 0 that sum to 1")
     negative = {k: v for k, v in weights.items() if v < 0}
     if negative:
         name, value = next(iter(negative.items()))
@@ -147,10 +155,12 @@ def coerce(name: str, raw: Any, origin: str) -> Any:
                 return False
             raise ValueError(raw)
         if kind is int and not isinstance(raw, bool):
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)  # int(3.7) would silently drop the fraction
             return int(raw)
         if kind is float and not isinstance(raw, bool):
             return float(raw)
-        if kind is str:
+        if kind is str and not isinstance(raw, (list, dict, bool)):
             return str(raw)
         if getattr(kind, "__origin__", None) is list:
             if isinstance(raw, str):
@@ -159,7 +169,9 @@ def coerce(name: str, raw: Any, origin: str) -> Any:
     except (TypeError, ValueError):
         pass
     type_name = getattr(kind, "__name__", str(kind))
-    raise ConfigError(f"{origin}: {name} = {raw!r} is not a valid {type_name}", f"give {name} a {type_name} value")
+    example = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a text value"}
+    raise ConfigError(f"{origin}: {name} = {raw!r} is not a valid {type_name}",
+                      f"give {name} {example.get(type_name, 'a ' + type_name + ' value')}")
 
 
 def load_settings(config_file: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
