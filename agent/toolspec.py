@@ -204,6 +204,7 @@ def validate_arguments(schema: dict, arguments: dict, tool_name: str = "tool") -
 
 
 def _check_value(schema: dict, value: Any, where: str, problems: list[str]) -> Any:
+    original = value
     if value is None and schema.get("nullable"):
         return None
     if "anyOf" in schema:
@@ -253,9 +254,9 @@ def _check_value(schema: dict, value: Any, where: str, problems: list[str]) -> A
     if kind in ("integer", "number"):
         low, high = schema.get("minimum"), schema.get("maximum")
         if low is not None and value < low:
-            problems.append(f"{where} = {_show(value)} is below the minimum {low:g}")
+            problems.append(f"{where} = {_show(original)} is below the minimum {low:g}")
         elif high is not None and value > high:
-            problems.append(f"{where} = {_show(value)} is above the maximum {high:g}")
+            problems.append(f"{where} = {_show(original)} is above the maximum {high:g}")
     return value
 
 

@@ -60,6 +60,14 @@ class RecordedRequest:
         return self.body.get("messages", [])
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (deadline tests, retries) is expected; don't print its traceback.
+        pass
+
+
 class FakeOpenAIServer:
     def __init__(self, replies: list[Reply] | None = None, default: Reply | None = None) -> None:
         self.queue: deque[Reply | Callable[[dict], Reply]] = deque(replies or [])
@@ -67,8 +75,7 @@ class FakeOpenAIServer:
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._counter = 0
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------
