@@ -1,0 +1,104 @@
+"""``aldar generate``: images from hosted competitors and/or the local SDXL (+ LoRA), same prompts and seed."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.markup import escape
+
+from agent import ui
+from tools.errors import AldarError, InputError
+from tools.providers import PROVIDERS, configured_providers, generate_with_provider
+from tools.settings import Settings
+
+NAME = "generate"
+HELP = ("generate images with hosted providers (freepik, deepai, gemini, ...) and/or the local model "
+        "(lora, base) for the same prompts and seed; providers without a key are skipped")
+LOCAL = ("lora", "base")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: an absent flag leaves no attribute, so the setting (or the default named in the help) applies.
+    parser.add_argument("--provider", dest="providers", action="append", metavar="NAME", default=argparse.SUPPRESS,
+                        help=f"repeatable; one of: {', '.join([*PROVIDERS, *LOCAL])} "
+                             "(default: the competitors setting, plus lora when --lora is given)")
+    parser.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT", default=argparse.SUPPRESS,
+                        help="repeatable (default: the test_prompt setting)")
+    parser.add_argument("-n", "--images-per-prompt", dest="images_per_prompt", type=int, metavar="N",
+                        default=argparse.SUPPRESS,
+                        help="images per prompt and generator (default: the images_per_prompt setting)")
+    parser.add_argument("--out", metavar="DIR", default=argparse.SUPPRESS, help="folder for the images (default: <output_dir>/comparisons)")
+    parser.add_argument("--lora", metavar="PATH", default=argparse.SUPPRESS, help="LoRA weights file or training run folder (for --provider lora)")
+    parser.add_argument("--lora-scale", dest="lora_scale", type=float, default=1.0, help="LoRA strength")
+    parser.add_argument("--lcm", dest="use_lcm", action="store_true", default=argparse.SUPPRESS,
+                        help="fast local generation with LCM (4-8 steps)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    args.lora = getattr(args, "lora", None)
+    chosen = getattr(args, "providers", None)
+    names = list(dict.fromkeys(chosen or [*settings.competitors, *(["lora"] if args.lora else [])]))
+    prompts = [p.strip() for p in (getattr(args, "prompts", None) or [settings.test_prompt])]
+    out = getattr(args, "out", None)
+    out_dir = Path(out) if out else Path(settings.output_dir) / "comparisons"
+    _validate(names, prompts, args)
+
+    hosted, skip_lines = configured_providers(settings, [n for n in names if n not in LOCAL])
+    for line in skip_lines:
+        ui.warn(escape(line))
+    ready = {p.name: p for p in hosted}
+
+    saved, failures, notes = [], [], []
+    for name in names:
+        try:
+            if name in LOCAL:
+                saved += _generate_local(name, prompts, out_dir, args, settings)
+            elif name in ready:
+                saved += generate_with_provider(ready[name], prompts, out_dir, settings.images_per_prompt,
+                                                settings.seed, skipped=notes, quiet=args.quiet)
+        except AldarError as error:  # one generator failing must not cost the others' images
+            failures.append(name)
+            ui.warn(escape(f"{name}: failed — {error}"))
+    for line in notes:
+        ui.warn(escape(line))
+
+    if saved:
+        rows = [[escape(img.generator), prompts.index(img.prompt) + 1 if img.prompt in prompts else "-",
+                 img.seed, escape(str(img.path))] for img in saved]
+        ui.table(f"generated images → {escape(str(out_dir))}", ["generator", "prompt", "seed", "file"], rows)
+        ui.success(f"{len(saved)} image(s) saved" + (f"; failed: {', '.join(failures)}" if failures else ""))
+        return 0
+    ui.error("no generator produced an image — set a key in .env for a hosted provider (see the lines above), "
+             "or use --provider base / --provider lora --lora PATH")
+    return 2
+
+
+def _validate(names: list[str], prompts: list[str], args: argparse.Namespace) -> None:
+    """Every bad input is reported before a single request or model load."""
+    known = [*PROVIDERS, *LOCAL]
+    for name in names:
+        if name not in known:
+            raise InputError(f"unknown provider {name!r}", f"use one of: {', '.join(known)}")
+    if not all(prompts):
+        raise InputError("a --prompt is empty", "give each --prompt some text")
+    if args.lora_scale < 0:
+        raise InputError(f"--lora-scale {args.lora_scale:g} is negative", "use a scale from 0 to about 1.5")
+    if "lora" in names and not args.lora:
+        raise InputError("--provider lora needs the LoRA to use", "pass --lora PATH (a .safetensors file or a run folder)")
+    if args.lora:
+        from tools.generator import resolve_lora_file  # raises InputError for a missing file or folder
+
+        resolve_lora_file(args.lora)
+
+
+def _generate_local(name: str, prompts: list[str], out_dir: Path, args: argparse.Namespace, settings: Settings):
+    from tools.generator import generate_local  # heavy (torch, diffusers): only when asked for
+    from tools.models import resolve_profile
+
+    return generate_local(resolve_profile(settings), prompts, out_dir,
+                          lora_path=Path(args.lora) if name == "lora" else None, lora_scale=args.lora_scale,
+                          images_per_prompt=settings.images_per_prompt, seed=settings.seed,
+                          steps=settings.num_inference_steps, guidance=settings.guidance_scale,
+                          negative_prompt=settings.negative_prompt, use_lcm=settings.use_lcm, name=name,
+                          quiet=args.quiet)
