@@ -19,6 +19,7 @@ from tools.settings import Settings, load_settings
 COMMAND_MODULES = [
     "agent.commands.doctor",
     "agent.commands.story",
+    "agent.commands.generate",
 ]
 
 
