@@ -14,7 +14,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
+
+from rich.markup import escape
 
 from agent import ui
 from agent.store import RunStore
@@ -107,7 +109,7 @@ class Session:
 
     def _say(self, message: str) -> None:
         if not self.quiet:
-            ui.info(message)
+            ui.info(escape(message))
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -320,13 +322,13 @@ class Session:
         self.score()
         decision = self.decide(decider)
         self._say(f"round {self.current.number}: {decision.decided_by} — {decision.rationale}")
-        record = self.finish_round(decision)
-        # The store stage of the record is written before the report; time it fully for the benchmark.
-        return record
+        return self.finish_round(decision)
 
-    def run_rounds(self, rounds: int, decider: Decider) -> list[dict]:
+    def run_rounds(self, rounds: int, decider: Decider,
+                   on_round: Callable[[dict], None] | None = None) -> list[dict]:
         """Run rounds until ``rounds`` are in the history, the target band is reached, or
-        ``settings.patience`` rounds pass without improvement. Finished rounds are kept on resume."""
+        ``settings.patience`` rounds pass without improvement. Finished rounds are kept on resume;
+        ``on_round(record)`` is called after each (``aldar run`` prints the ranking there)."""
         finished: list[dict] = []
         if self.store.data.get("in_progress"):
             number = self.store.data["in_progress"]["round"]
@@ -338,6 +340,8 @@ class Session:
                 break
             record = self.run_round(decider)
             finished.append(record)
+            if on_round:
+                on_round(record)
             if record["decision"].get("stop"):
                 reason = f"{record['decided_by']} asked to stop"
                 break

@@ -1,0 +1,130 @@
+"""``aldar run``: the autonomous improvement rounds (the original train_lora_competitive.py).
+
+Each round trains the LoRA, generates with it, the base model and every hosted
+competitor whose key is set, scores everyone against the references and lets
+the LLM (when a key is configured) or the embedded rule policy pick the next
+adjustment. Rerunning the same command resumes: finished rounds are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.markup import escape
+
+from agent import ui
+from agent.session import Decider, Session
+from tools.secrets import api_key
+from tools.settings import Settings
+
+NAME = "run"
+HELP = ("autonomous rounds: train the LoRA, generate against the base model and hosted competitors, score "
+        "everyone against the references, let the LLM or the rule policy adjust, repeat (resumes when rerun)")
+LLM_KEYS = ("DEEPSEEK_API_KEY", "OPENAI_API_KEY")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, metavar="N",
+                        help="rounds in the history when the run ends (default: max_rounds, 3); finished rounds count")
+    parser.add_argument("--references", metavar="DIR", help="folder of reference pictures (png/jpg/webp)")
+    parser.add_argument("--competitors", metavar="A,B",
+                        help="hosted generators to compete (default from settings: freepik,deepai,gemini; "
+                             "'none' for only the LoRA and the base model)")
+    parser.add_argument("--no-llm", action="store_true", help="decide with the embedded rule policy even if an LLM key is set")
+    parser.add_argument("-y", "--yes", action="store_true", help="do not ask before paid hosted generation")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.competitors is not None:
+        names = [] if args.competitors.strip().lower() == "none" else args.competitors
+        settings = settings.replace(competitors=_names(names))
+    rounds = args.rounds if args.rounds is not None else settings.max_rounds
+    if rounds < 1:
+        from tools.errors import ConfigError
+
+        raise ConfigError(f"--rounds is {rounds}", "pass --rounds 1 or more")
+    settings = settings.replace(max_rounds=rounds)
+    quiet = bool(getattr(args, "quiet", False))
+    with Session(settings, assume_yes=args.yes, quiet=quiet) as session:
+        if settings.is_tiny:
+            ui.warn(session.profile.describe()["notice"])
+        _confirm_paid_competitors(session, args.yes)
+        decider = choose_decider(session, use_llm=not args.no_llm)
+        done = len(session.history())
+        ui.info(f"results: {session.store.root} · decider: {decider.name} · rounds: {rounds}"
+                + (f" ({done} already finished)" if done else ""))
+        session.run_rounds(rounds, decider, on_round=show_round)
+        show_summary(session)
+    return 0
+
+
+def _names(value) -> list[str]:
+    if isinstance(value, list):
+        return value
+    return [part.strip() for part in str(value).split(",") if part.strip()]
+
+
+def choose_decider(session: Session, use_llm: bool) -> Decider:
+    """The LLM decider when asked for and a key is set (imported only then), else the rule policy."""
+    if use_llm and any(api_key(name) for name in LLM_KEYS):
+        from agent.llm_decider import LLMDecider
+
+        return LLMDecider(session.settings, bounds=session.bounds)
+    from agent.policy import RulePolicy
+
+    if use_llm:
+        ui.info("no LLM key set (DEEPSEEK_API_KEY or OPENAI_API_KEY): the embedded rule policy decides")
+    return RulePolicy(bounds=session.bounds)
+
+
+def _confirm_paid_competitors(session: Session, assume_yes: bool) -> None:
+    """Hosted generation can cost credits: ask once, unless --yes. Without a yes they sit out."""
+    keyed = [name for name in session.competitors if _has_key(name)]
+    if not keyed:
+        return
+    per_round = session.settings.images_per_prompt
+    question = (f"each round asks {', '.join(keyed)} for {per_round} image(s) each (may use paid credits). Continue?")
+    if not ui.confirm(question, assume_yes):
+        ui.warn(f"hosted competitors sit out ({', '.join(keyed)}); pass --yes to include them")
+        session.competitors = [name for name in session.competitors if name not in keyed]
+
+
+def _has_key(name: str) -> bool:
+    from tools.providers import PROVIDERS
+
+    provider = PROVIDERS.get(name)
+    return bool(provider and api_key(provider.key_env))
+
+
+def show_round(record: dict) -> None:
+    """The ranking table of one finished round, with the reference ceiling under it."""
+    rows = []
+    for name, scores in sorted(record["scores"].items(), key=lambda kv: -(kv[1].get("quality") or 0.0)):
+        rows.append([escape(name), _pm(scores.get("quality"), scores.get("quality_std")), _f(scores.get("clip")),
+                     _f(scores.get("features")), _f(scores.get("ssim")), escape(str(scores.get("band") or ""))])
+    ceiling = record.get("ceiling")
+    if ceiling:
+        rows.append(["[italic]reference ceiling[/italic]", _f(ceiling.get("quality")), _f(ceiling.get("clip")),
+                     _f(ceiling.get("features")), _f(ceiling.get("ssim")), ""])
+    ui.table(f"round {record['round']} ranking", ["generator", "quality", "CLIP", "features", "SSIM", "band"], rows,
+             caption=f"next: {escape(record['rationale'])} ({escape(record['decided_by'])})")
+
+
+def show_summary(session: Session) -> None:
+    data = session.store.data
+    best = data.get("best_round")
+    if best is not None:
+        record = next(r for r in data["rounds"] if r["round"] == best)
+        ui.success(f"best round: {best} (LoRA score {_f(record.get('lora_score'))}) → "
+                   f"{session.store.root / (data.get('best_lora') or 'best_lora')}")
+    ui.success(f"report: {session.store.report_path}")
+    if session.profile.is_tiny:
+        ui.warn("tiny profile: these scores check the pipeline, not image quality")
+
+
+def _f(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "—"
+
+
+def _pm(mean, std) -> str:
+    return f"{_f(mean)} ± {_f(std)}" if std is not None else _f(mean)
