@@ -19,7 +19,10 @@ from tools.settings import Settings, load_settings
 COMMAND_MODULES = [
     "agent.commands.doctor",
     "agent.commands.story",
+    "agent.commands.analyze",
+    "agent.commands.score",
     "agent.commands.generate",
+    "agent.commands.run",
 ]
 
 

@@ -150,7 +150,7 @@ def _analysis_parts(analysis: dict) -> tuple[Taxonomy, list[str], dict[str, str]
 
 
 # --------------------------------------------------------------------------- scoring
-def score_generators(images: dict[str, list[Path]], references: Path, profile: ModelProfile, analysis: dict,
+def score_generators(images: dict[str, list[Path] | ImageSet], references: Path, profile: ModelProfile, analysis: dict,
                      weights: dict[str, float], *, encoder=None, cache: EmbeddingCache | None = None,
                      use_cache: bool = True, batch_size: int = 16, quiet: bool = True) -> dict:
     """The comparison report: every image scored, generators summarised and ranked, the reference ceiling.
@@ -161,11 +161,13 @@ def score_generators(images: dict[str, list[Path]], references: Path, profile: M
     if not images or not any(images.values()):
         raise InputError("no generated images to score", "pass --images PATH (files or folders)")
     for name, paths in images.items():
-        if not paths:
+        if not (paths.paths if isinstance(paths, ImageSet) else paths):
             raise InputError(f"generator {name!r} has no images", "give it at least one image or drop it")
     taxonomy, key_features, key_categories = _analysis_parts(analysis)
     reference_set = load_references(references)
-    generated = {name: load_image_set(paths) for name, paths in images.items()}
+    # Callers that validated the files already (the CLI does, before analysing) may pass ImageSets.
+    generated = {name: paths if isinstance(paths, ImageSet) else load_image_set(paths)
+                 for name, paths in images.items()}
 
     encoder = encoder or load_clip(profile)
     if encoder.model_id != analysis.get("model"):

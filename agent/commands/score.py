@@ -1,0 +1,139 @@
+"""``aldar score``: rank generators against the reference pictures and write the report and feedback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from rich.markup import escape
+
+from agent import ui
+from agent.commands.analyze import show_analysis
+from tools.analyzer import ImageSet, analysis_matches, analyze_references, load_image_set
+from tools.errors import InputError
+from tools.images import list_images
+from tools.models import load_clip, resolve_profile
+from tools.scorer import build_feedback, score_generators, write_results
+from tools.settings import Settings
+
+NAME = "score"
+HELP = "score generated images against the references (CLIP, key features, SSIM), rank the generators, write feedback"
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--references", metavar="DIR", help="folder of reference pictures (png/jpg/webp)")
+    parser.add_argument(
+        "--images", action="append", nargs="+", required=True, metavar="[NAME=]PATH",
+        help="generated images: files or folders. Write NAME=PATH to say which generator made them "
+             "(e.g. --images lora=out/lora freepik=out/freepik deepai=d1.png deepai=d2.png); a PATH without "
+             "NAME= belongs to --generator. The flag may be repeated.")
+    parser.add_argument("--generator", default="lora", metavar="NAME",
+                        help="generator name for the PATHs given without NAME=")
+    parser.add_argument("--lora", default="lora", metavar="NAME",
+                        help="which generator is the LoRA: feedback compares it with the best other one")
+    parser.add_argument("--analysis", dest="analysis_path", metavar="FILE",
+                        help="feature analysis to use; made first when missing or made from other references/model")
+    parser.add_argument("--taxonomy", metavar="FILE", help="taxonomy for that analysis, when it has to be made")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the reference-embedding cache")
+
+
+def parse_image_groups(groups: list[list[str]], default_name: str) -> dict[str, list[Path]]:
+    """``[[ "lora=dir", "x.png" ], ...]`` → ``{"lora": [...files], default_name: [x.png]}``; folders expanded."""
+    result: dict[str, list[Path]] = {}
+    for token in (t for group in groups for t in group):
+        name, raw = default_name, token
+        if "=" in token and not Path(token).exists():
+            name, raw = token.split("=", 1)
+        if not _NAME_PATTERN.match(name):
+            raise InputError(f"generator name {name!r} in --images {token!r} is not usable",
+                             "use letters, digits, '-', '_' or '.', e.g. --images freepik=out/freepik")
+        path = Path(raw)
+        if path.is_dir():
+            files = list_images(path, "images")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise InputError(f"--images {token!r}: {path} does not exist", "pass existing image files or folders")
+        result.setdefault(name, []).extend(files)
+    return result
+
+
+def ensure_analysis(settings: Settings, profile, use_cache: bool) -> dict:
+    """The analysis at settings.analysis_path, (re)made when missing, unreadable or stale."""
+    path = Path(settings.analysis_path)
+    references = Path(settings.references)
+    reason = "there is none yet"
+    if path.is_file():
+        try:
+            analysis = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            analysis, reason = None, "the saved one is unreadable"
+        if analysis is not None:
+            if analysis_matches(analysis, references, load_clip(profile).model_id):
+                return analysis
+            reason = "the saved one was made from other references or another CLIP model"
+    ui.info(f"running the feature analysis first ({reason}) → {escape(str(path))}")
+    analysis = analyze_references(references, profile, settings.taxonomy_path(), settings.trigger_token,
+                                  settings.character_name, path, use_cache=use_cache)
+    show_analysis(analysis)
+    return analysis
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    groups = parse_image_groups(args.images, args.generator)
+    # Every input is checked before any model work or any file is written.
+    image_sets: dict[str, ImageSet] = {name: load_image_set(paths) for name, paths in groups.items()}
+    list_images(settings.references, "references")
+    profile = resolve_profile(settings)
+    analysis = ensure_analysis(settings, profile, not args.no_cache)
+    report = score_generators(image_sets, Path(settings.references), profile, analysis, settings.metric_weights,
+                              use_cache=not args.no_cache, quiet=args.quiet)
+    feedback = build_feedback(report, args.lora) if args.lora in report["generators"] else None
+    report_path, feedback_path = write_results(report, feedback, settings.output_dir)
+    show_report(report)
+    if feedback is None:
+        ui.warn(f"no generator is named {args.lora!r}: no LoRA feedback written (name its images "
+                f"{args.lora}=PATH or pass --lora NAME)")
+    else:
+        show_feedback(feedback)
+    ui.success(f"report: {report_path}" + (f"  feedback: {feedback_path}" if feedback_path else ""))
+    return 0
+
+
+def _pm(figure: dict) -> str:
+    return f"{figure['mean']:.3f}±{figure['std']:.3f}"
+
+
+def show_report(report: dict) -> None:
+    rows = []
+    for entry in report["ranking"]:
+        g = report["generators"][entry["generator"]]
+        rows.append([str(entry["rank"]), escape(entry["generator"]), str(g["count"]), _pm(g["quality"]),
+                     g["clip"]["mean"], g["features"]["mean"], g["ssim"]["mean"], g["band"]])
+    ceiling = report.get("ceiling")
+    if ceiling:
+        rows.append(["—", "[italic]ceiling[/italic]", str(ceiling["count"]), _pm(ceiling["quality"]),
+                     ceiling["clip"]["mean"], ceiling["features"]["mean"], ceiling["ssim"]["mean"], ceiling["band"]])
+    w = report["weights"]
+    caption = (f"quality = {w['clip']:g}·CLIP + {w['features']:g}·features + {w['ssim']:g}·SSIM (mean±std); "
+               + ("ceiling = the references scored leave-one-out against each other" if ceiling
+                  else "no ceiling: it needs at least two references"))
+    ui.table("generators ranked by mean quality", ["#", "generator", "n", "quality", "CLIP", "features",
+                                                   "SSIM", "band"], rows, caption=caption)
+    if report["profile"].get("notice"):
+        ui.warn(report["profile"]["notice"])
+
+
+def show_feedback(feedback: dict) -> None:
+    gap = feedback["score_gap"]
+    versus = feedback["compared_against"]
+    line = f"LoRA {feedback['lora_generator']!r}: {feedback['lora_score']:.3f} ({feedback['band']})"
+    if gap is not None:
+        line += f", {abs(gap):.3f} {'behind' if gap > 0 else 'ahead of'} {versus}"
+    ui.info(escape(line))
+    for rec in feedback["recommendations"]:
+        ui.info(f"  [{'red' if rec['priority'] == 'high' else 'yellow' if rec['priority'] == 'medium' else 'blue'}]"
+                f"{rec['priority']}[/] {escape(rec['message'])}")
