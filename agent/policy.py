@@ -191,16 +191,18 @@ def fewer_steps_lower_lr(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_harder(params: dict[str, Any], bounds: dict[str, tuple]) -> tuple[dict[str, Any], str]:
-    """More steps while below the cap; at the cap, double the rank instead."""
+    """More steps while below the cap; at the cap, double the rank (alpha along, so alpha/rank holds)."""
     steps = int(params.get("steps") or 1)
-    cap = bounds["steps"][1]
-    wanted = int(round(steps * STEP_UP))
-    if steps < cap:
-        return {"steps": min(max(wanted, steps + 1), cap)}, "train more steps"
+    step_cap, rank_cap = bounds["steps"][1], bounds["rank"][1]
+    if steps < step_cap:
+        return {"steps": min(max(int(round(steps * STEP_UP)), steps + 1), step_cap)}, "train more steps"
     rank = int(params.get("rank") or 4)
-    change: dict[str, Any] = {"rank": rank * RANK_UP}
-    if "alpha" in params:
-        change["alpha"] = int(params.get("alpha") or rank) * RANK_UP  # keep alpha/rank, so the scale holds
+    if rank >= rank_cap:
+        return {}, "nothing more can be added (steps and rank are at their caps)"
+    new_rank = min(rank * RANK_UP, rank_cap)
+    change: dict[str, Any] = {"rank": new_rank}
+    if params.get("alpha"):
+        change["alpha"] = params["alpha"] * new_rank / rank
     return change, "raise the LoRA rank (steps are at their cap)"
 
 

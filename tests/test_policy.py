@@ -1,0 +1,147 @@
+"""The rule policy, rule by rule: a feedback dict in, an adjustment and its rationale out, inside the bounds."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from agent.policy import (COPY_CLIP, COPY_SSIM, LOW_CLIP, LOW_VARIETY, SAFE_BOUNDS, RulePolicy, bounds_for,
+                          clamp_adjustments, read_signals)
+from agent.session import emphasise, stop_reason
+
+PARAMS = {"steps": 1500, "learning_rate": 1e-4, "rank": 32, "alpha": 16.0, "lora_scale": 1.0, "feature_emphasis": []}
+
+
+def feedback(clip=0.75, features=0.8, ssim=0.4, feature_gaps=(), overfitting=None, lora_score=0.7) -> dict:
+    """A feedback dict shaped as tools.scorer.build_feedback writes it, plus Session's overfitting block."""
+    return {
+        "schema": "aldar.feedback/1", "lora_generator": "lora", "lora_score": lora_score,
+        "best_competitor": "freepik", "competitor_score": 0.82, "score_gap": 0.82 - lora_score,
+        "band": "good", "needs_improvement": True,
+        "metric_gaps": {"clip": {"lora": clip, "competitor": 0.85}, "features": {"lora": features},
+                        "ssim": {"lora": ssim}},
+        "feature_gaps": list(feature_gaps), "recommendations": [],
+        "overfitting": overfitting or {"max_reference_clip": 0.8, "max_reference_ssim": 0.3, "variety": 0.2},
+    }
+
+
+def gap(feature: str, lora_pass_rate: float) -> dict:
+    return {"feature": feature, "category": "x", "lora_pass_rate": lora_pass_rate, "competitor_pass_rate": 1.0,
+            "gap": 1.0 - lora_pass_rate, "against": "freepik"}
+
+
+def decide(fb: dict, params: dict = PARAMS, bounds=None):
+    return RulePolicy(bounds=bounds).decide(fb, [], copy.deepcopy(params))
+
+
+def test_low_clip_similarity_trains_more_steps():
+    decision = decide(feedback(clip=LOW_CLIP - 0.1))
+    assert decision.adjustments == {"steps": 2250}
+    assert decision.decided_by == "rule-policy"
+    assert "CLIP similarity 0.500" in decision.rationale and "more steps" in decision.rationale
+    assert decision.rationale.endswith(".") and decision.rationale.count(".") <= 4  # one sentence (decimals aside)
+
+
+def test_low_clip_with_steps_at_cap_raises_rank_and_alpha_together():
+    params = {**PARAMS, "steps": SAFE_BOUNDS["steps"][1]}
+    decision = decide(feedback(clip=0.3), params)
+    assert decision.adjustments == {"rank": 64, "alpha": 32}
+    assert "rank" in decision.rationale
+
+
+def test_rank_increase_stops_at_the_cap_keeping_alpha_over_rank():
+    params = {**PARAMS, "steps": SAFE_BOUNDS["steps"][1], "rank": 100, "alpha": 50}
+    decision = decide(feedback(clip=0.3), params)
+    assert decision.adjustments == {"rank": SAFE_BOUNDS["rank"][1], "alpha": 64}
+    at_caps = decide(feedback(clip=0.3), {**params, "rank": SAFE_BOUNDS["rank"][1]})
+    assert at_caps.adjustments == {} and "caps" in at_caps.rationale
+
+
+def test_missed_key_feature_is_emphasised_but_shown_features_are_not():
+    decision = decide(feedback(feature_gaps=[gap("thin mustache", 0.25), gap("orange robe", 0.75)]))
+    assert decision.adjustments == {"feature_emphasis": ["thin mustache"]}
+    assert "thin mustache" in decision.rationale and "orange robe" not in decision.rationale
+
+
+def test_missed_features_are_capped_at_four():
+    gaps = [gap(f"feature {i}", 0.0) for i in range(6)]
+    decision = decide(feedback(feature_gaps=gaps))
+    assert decision.adjustments["feature_emphasis"] == [f"feature {i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("overfit, phrase", [
+    ({"max_reference_clip": COPY_CLIP + 0.01, "max_reference_ssim": 0.2, "variety": 0.3}, "CLIP"),
+    ({"max_reference_clip": 0.7, "max_reference_ssim": COPY_SSIM + 0.05, "variety": 0.3}, "SSIM"),
+    ({"max_reference_clip": 0.7, "max_reference_ssim": 0.2, "variety": LOW_VARIETY / 2}, "variety"),
+])
+def test_overfitting_means_fewer_steps_and_lower_learning_rate(overfit, phrase):
+    # Low CLIP would ask for more steps: overfitting wins, nothing trains harder.
+    decision = decide(feedback(clip=0.3, overfitting=overfit))
+    assert decision.adjustments["steps"] == 1050
+    assert decision.adjustments["learning_rate"] == pytest.approx(5e-5)
+    assert "rank" not in decision.adjustments
+    assert phrase in decision.rationale and "fewer steps" in decision.rationale
+
+
+def test_overfitting_and_missed_feature_combine():
+    decision = decide(feedback(overfitting={"max_reference_clip": 0.99}, feature_gaps=[gap("topknot", 0.0)]))
+    assert set(decision.adjustments) == {"steps", "learning_rate", "feature_emphasis"}
+    assert "topknot" in decision.rationale
+
+
+def test_fewer_steps_never_go_below_the_lower_bound():
+    params = {**PARAMS, "steps": 120}
+    decision = decide(feedback(overfitting={"variety": 0.0}), params)
+    assert decision.adjustments["steps"] == SAFE_BOUNDS["steps"][0]
+
+
+def test_no_rule_fired_keeps_parameters():
+    decision = decide(feedback())
+    assert decision.adjustments == {}
+    assert "stay" in decision.rationale and not decision.stop
+
+
+def test_signals_tolerate_missing_blocks():
+    signals = read_signals({"lora_score": 0.5})
+    assert signals.clip is None and signals.missed_features == [] and signals.variety is None
+    assert decide({"lora_score": 0.5}).adjustments == {}
+
+
+def test_clamp_adjustments_clamps_rounds_and_drops_with_notes():
+    clamped, notes = clamp_adjustments(PARAMS, {"steps": 99999.6, "learning_rate": 5.0, "rank": 7.6,
+                                                "optimizer": "sgd", "alpha": "lots",
+                                                "feature_emphasis": "round face"})
+    assert clamped == {"steps": 5000, "learning_rate": 1e-3, "rank": 8, "feature_emphasis": ["round face"]}
+    assert isinstance(clamped["steps"], int) and isinstance(clamped["rank"], int)
+    assert any("optimizer" in n for n in notes) and any("alpha" in n for n in notes)
+    assert any("steps" in n and "5000" in n for n in notes)
+
+
+def test_tiny_bounds_cap_steps_near_the_default_and_allow_higher_lr():
+    bounds = bounds_for({"steps": 30}, tiny=True)
+    assert bounds["steps"] == (1, 60) and bounds["learning_rate"][1] == 1e-2
+    assert bounds_for({"steps": 30}, tiny=False) is SAFE_BOUNDS
+    params = {**PARAMS, "steps": 50, "learning_rate": 2e-3}
+    decision = decide(feedback(clip=0.2), params, bounds=bounds)
+    assert decision.adjustments == {"steps": 60}  # 75 wanted, capped at the tiny cap
+    at_cap = decide(feedback(clip=0.2), {**params, "steps": 60}, bounds=bounds)
+    assert at_cap.adjustments == {"rank": 64, "alpha": 32}
+
+
+def test_emphasis_goes_right_after_the_trigger_without_repeats():
+    text = "aldarkose, smiling, thin mustache, orange robe"
+    assert emphasise(text, ["thin mustache", "topknot"], "aldarkose") == \
+        "aldarkose, thin mustache, topknot, smiling, orange robe"
+    assert emphasise(text, [], "aldarkose") == text
+
+
+def test_stop_reasons():
+    def rounds(*scores):
+        return [{"round": i + 1, "lora_score": s} for i, s in enumerate(scores)]
+
+    assert stop_reason(rounds(0.5, 0.6), 2, 0.8, 2).startswith("round limit")
+    assert stop_reason(rounds(0.5, 0.85), 5, 0.8, 2).startswith("target reached")
+    assert stop_reason(rounds(0.6, 0.5, 0.55), 5, 0.8, 2).startswith("no improvement for 2")
+    assert stop_reason(rounds(0.6, 0.5, 0.7), 5, 0.8, 2) == ""
+    assert stop_reason([], 3, 0.8, 2) == ""
