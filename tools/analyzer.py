@@ -16,6 +16,7 @@ references genuinely split between the two and both belong in the prompt.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +34,8 @@ from tools.taxonomy import Taxonomy, load_taxonomy
 SCHEMA = "aldar.feature_analysis/1"
 LOGIT_SCALE = 100.0
 TOP_K = 2
-_text_memo: dict[tuple, dict[str, torch.Tensor]] = {}
+# Per encoder (weakly held, so a dropped model frees its entry): taxonomy key → text embeddings.
+_text_memo: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -76,10 +78,10 @@ def embed_set(encoder, image_set: ImageSet, profile: ModelProfile, cache: Embedd
 
 def text_embeddings(encoder, taxonomy: Taxonomy) -> dict[str, torch.Tensor]:
     """Per category, (n_descriptions, D) unit vectors: template embeddings averaged, then renormalised."""
-    key = (id(encoder), encoder.model_id, taxonomy.templates,
-           tuple((c, tuple(d)) for c, d in taxonomy.categories.items()))
-    if key in _text_memo:
-        return _text_memo[key]
+    memo = _text_memo.setdefault(encoder, {})
+    key = (taxonomy.templates, tuple((c, tuple(d)) for c, d in taxonomy.categories.items()))
+    if key in memo:
+        return memo[key]
     texts = [text for descriptions in taxonomy.categories.values() for d in descriptions for text in taxonomy.fill(d)]
     flat = encoder.embed_texts(texts)
     per_template = len(taxonomy.templates)
@@ -89,7 +91,7 @@ def text_embeddings(encoder, taxonomy: Taxonomy) -> dict[str, torch.Tensor]:
         block = flat[row:row + count].view(len(descriptions), per_template, -1).mean(dim=1)
         result[category] = torch.nn.functional.normalize(block, dim=-1)
         row += count
-    _text_memo[key] = result
+    memo[key] = result
     return result
 
 
