@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -123,7 +124,9 @@ class FakeServer:
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits up to one interval, per test.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -313,3 +316,50 @@ class GeminiFake(FakeServer):
             return Reply(json={"predictions": [{"bytesBase64Encoded": png_base64(i), "mimeType": "image/png"}
                                                for i in range(count)]})
         return super().default(request)
+
+
+# --------------------------------------------------------------------------- test helpers
+class FakeClock:
+    """Monotonic and wall clocks that ``sleep`` moves forward instantly (waits are recorded)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return time.monotonic() + self.offset
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.offset += seconds
+
+    def install(self, http: Any) -> Any:
+        http.sleep, http.clock, http.wall_clock = self.sleep, self.now, self.wall
+        return http
+
+
+def fast_http(provider: str, key_env: str, key: str, *, read_timeout_s: float = 0.2, deadline_s: float = 600.0,
+              clock: FakeClock | None = None):
+    """An ``HttpClient`` with a short read timeout whose waits take no time."""
+    from tools.providers.http import HttpClient
+
+    http = HttpClient(provider, key_env, secrets=[key], connect_timeout_s=1.0, read_timeout_s=read_timeout_s,
+                      deadline_s=deadline_s)
+    return (clock or FakeClock()).install(http)
+
+
+def assert_secret_absent(secret: str, *, records: Any = (), folders: Any = (), texts: Any = ()) -> None:
+    """The key value must not appear in any log record, any file under ``folders`` or any text."""
+    needle = secret.encode("utf-8")
+    for record in records:
+        assert secret not in record.getMessage(), f"key leaked into log record from {record.name}"
+        assert secret not in str(record.__dict__.get("exc_text") or "")
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                assert needle not in path.read_bytes(), f"key leaked into {path}"
+    for text in texts:
+        assert secret not in str(text)
