@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,31 @@ REFERENCE_NAMES = tuple(f"aldar{i}.png" for i in range(1, 6))
 _USER_VARIABLES = re.compile(r"^(ALDAR_.*|.*_API_KEY|OPENAI_BASE_URL|HF_TOKEN|HUGGING_FACE_HUB_TOKEN)$")
 
 
+_SESSION_CACHE: Path | None = None
+
+
+def pytest_configure(config):
+    # Set before any test module is imported: huggingface_hub reads its cache folder once, at import.
+    global _SESSION_CACHE
+    _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="aldar-test-cache-"))
+    os.environ.update(_cache_environment(_SESSION_CACHE))
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+def _cache_environment(cache: Path) -> dict[str, str]:
+    return {"ALDAR_CACHE": str(cache), "HF_HOME": str(cache / "huggingface"),
+            "HF_HUB_CACHE": str(cache / "huggingface" / "hub"), "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+
+
 @pytest.fixture(scope="session")
-def session_cache(tmp_path_factory) -> Path:
+def session_cache() -> Path:
     """One cache folder for the whole session (tiny tokenizer, an empty HF cache)."""
-    return tmp_path_factory.mktemp("aldar-cache")
+    assert _SESSION_CACHE is not None
+    return _SESSION_CACHE
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +58,8 @@ def hermetic_environment(monkeypatch, tmp_path, session_cache):
     for name in list(os.environ):
         if _USER_VARIABLES.match(name):
             monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ALDAR_CACHE", str(session_cache))
-    monkeypatch.setenv("HF_HOME", str(session_cache / "huggingface"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(session_cache / "huggingface" / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("NO_COLOR", "1")
+    for name, value in _cache_environment(session_cache).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     yield
 

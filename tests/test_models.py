@@ -1,0 +1,212 @@
+"""tools.models (tiny and sdxl profiles, model locations, loading errors) and tools.secrets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pytest
+import torch
+
+from tools.errors import ModelNotFoundError
+from tools.models import (TINY_NOTICE, TINY_RESOLUTION, build_tiny_clip, build_tiny_sdxl_components, load_clip,
+                          load_sdxl_pipeline, model_location, resolve_profile)
+from tools.settings import load_settings
+
+
+def weights_of(components: dict) -> dict[str, torch.Tensor]:
+    return {f"{name}.{key}": value for name in ("unet", "vae", "text_encoder", "text_encoder_2")
+            for key, value in components[name].state_dict().items()}
+
+
+def sdxl_profile(**overrides):
+    return resolve_profile(load_settings(overrides={"device": "cpu", **overrides}, environ={}))
+
+
+# --------------------------------------------------------------------------- tiny profile
+def test_tiny_components_are_deterministic_from_the_seed():
+    first = weights_of(build_tiny_sdxl_components(seed=3))  # also pays the one-off diffusers import
+    started = time.perf_counter()
+    again = weights_of(build_tiny_sdxl_components(seed=3))
+    seconds = time.perf_counter() - started
+    other = weights_of(build_tiny_sdxl_components(seed=4))
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    differing = [k for k in first if not torch.equal(first[k], other[k])]
+    assert any(k.startswith("unet.") for k in differing) and any(k.startswith("vae.") for k in differing)
+    # ~0.2 s on an idle CPU; the loose bound tolerates a busy machine, not a full-size model built by mistake.
+    assert seconds < 5
+    assert sum(v.numel() for v in first.values()) < 5_000_000
+
+
+def test_tiny_clip_is_deterministic_and_small():
+    model_a, tokenizer = build_tiny_clip(seed=1)
+    model_b, _ = build_tiny_clip(seed=1)
+    model_c, _ = build_tiny_clip(seed=2)
+    state_a, state_b, state_c = model_a.state_dict(), model_b.state_dict(), model_c.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert any(not torch.equal(state_a[k], state_c[k]) for k in state_a)
+    ids = tokenizer(["aldarkose"], padding="max_length", max_length=77).input_ids[0]
+    assert len(ids) == 77 and ids[0] == tokenizer.bos_token_id  # the byte tokenizer works offline
+
+
+def test_tiny_pipeline_makes_a_64px_image_reproducibly(tiny_profile):
+    pipe = load_sdxl_pipeline(tiny_profile)
+    assert load_sdxl_pipeline(tiny_profile) is pipe  # cached per process
+
+    def generate(seed: int):
+        return pipe("aldarkose, smiling", num_inference_steps=2, height=TINY_RESOLUTION, width=TINY_RESOLUTION,
+                    generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+
+    image = generate(0)
+    assert image.shape == (TINY_RESOLUTION, TINY_RESOLUTION, 3)
+    assert (image >= 0).all() and (image <= 1).all()
+    assert (generate(0) == image).all()
+    assert not (generate(1) == image).all()
+
+
+def test_tiny_clip_encoder_returns_unit_vectors(tiny_profile):
+    from PIL import Image
+
+    encoder = load_clip(tiny_profile)
+    assert load_clip(tiny_profile) is encoder
+    images = encoder.embed_images([Image.new("RGB", (80, 64), (200, 100, 0)), Image.new("RGB", (64, 64))],
+                                  batch_size=1)
+    texts = encoder.embed_texts(["round face", "thin mustache", "orange robe"])
+    assert images.shape[0] == 2 and texts.shape[0] == 3 and images.shape[1] == texts.shape[1]
+    assert torch.allclose(images.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(texts.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert encoder.profile == "tiny"
+
+
+def test_describe_marks_tiny_results(tiny_profile):
+    info = tiny_profile.describe()
+    assert info["profile"] == "tiny" and info["notice"] == TINY_NOTICE
+    assert "not image quality" in info["notice"]
+    assert tiny_profile.resolution == TINY_RESOLUTION
+    real = sdxl_profile().describe()
+    assert real["profile"] == "sdxl" and "notice" not in real
+    assert real["base_model"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert (real["device"], real["dtype"]) == ("cpu", "fp32")
+
+
+# --------------------------------------------------------------------------- real models, offline
+def test_model_location_reports_missing_without_waiting(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # even when the Hub is not declared offline, nothing is fetched
+    started = time.perf_counter()
+    assert model_location("nobody-aldar-test/absent-model") == "missing"
+    assert time.perf_counter() - started < 3
+
+
+def test_model_location_local_and_cached(tmp_path):
+    folder = tmp_path / "my-sdxl"
+    folder.mkdir()
+    assert model_location(str(folder)) == "local"
+    # The layout huggingface_hub itself writes: refs/main names the snapshot folder.
+    repo = os.path.join(os.environ["HF_HUB_CACHE"], "models--aldar-test--cached-model")
+    try:
+        os.makedirs(os.path.join(repo, "snapshots", "abc123"))
+        os.makedirs(os.path.join(repo, "refs"))
+        with open(os.path.join(repo, "refs", "main"), "w") as handle:
+            handle.write("abc123")
+        with open(os.path.join(repo, "snapshots", "abc123", "model_index.json"), "w") as handle:
+            handle.write("{}")
+        assert model_location("aldar-test/cached-model") == "cached"
+    finally:
+        import shutil
+
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def test_sdxl_profile_with_missing_base_model_names_model_and_fix():
+    with pytest.raises(ModelNotFoundError) as error:
+        load_sdxl_pipeline(sdxl_profile(base_model="nobody-aldar-test/absent-sdxl"))
+    message = str(error.value)
+    assert "nobody-aldar-test/absent-sdxl" in message
+    assert "hf download nobody-aldar-test/absent-sdxl" in error.value.fix
+    assert "--profile tiny" in error.value.fix and "--base-model" in error.value.fix
+    assert error.value.exit_code == 2 and "\n" not in message
+
+
+def test_missing_clip_model_names_model_and_fix():
+    with pytest.raises(ModelNotFoundError) as error:
+        load_clip(sdxl_profile(clip_model="nobody-aldar-test/absent-clip"))
+    assert "nobody-aldar-test/absent-clip" in str(error.value) and "--clip-model" in error.value.fix
+
+
+@pytest.mark.parametrize("make", ["empty folder", "garbage file"])
+def test_broken_local_base_model_is_a_clean_error(tmp_path, make):
+    if make == "empty folder":
+        source = tmp_path / "not-a-model"
+        source.mkdir()
+    else:
+        source = tmp_path / "broken.safetensors"
+        source.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ModelNotFoundError) as error:
+        load_sdxl_pipeline(sdxl_profile(base_model=str(source)))
+    assert str(source) in str(error.value) and "--profile tiny" in error.value.fix
+
+
+# --------------------------------------------------------------------------- secrets
+KEY = "sk-aldar-test-0123456789abcdefWXYZ"
+
+
+@pytest.mark.parametrize("value", [KEY, "short", "abcd", "x" * 15, "sixteen-chars-xy"])
+def test_mask_never_reveals_the_key(value):
+    from tools.secrets import mask
+
+    shown = mask(value)
+    assert value not in shown
+    assert shown.startswith("****")
+    assert len(shown) <= 8  # at most the last four characters
+    if len(value) < 16:
+        assert shown == "****"
+    assert mask(None) == mask("") == "not set"
+
+
+def test_redact_scrubs_known_keys_and_extra_values(monkeypatch):
+    from tools.secrets import redact
+
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    text = f"POST ?key={KEY} failed; header Bearer {KEY}; token tok-extra-123"
+    cleaned = redact(text, extra=["tok-extra-123"])
+    assert KEY not in cleaned and "tok-extra-123" not in cleaned
+    assert cleaned.count("***") == 3
+
+
+def test_log_redaction_covers_third_party_loggers(monkeypatch):
+    from tools.secrets import install_log_redaction
+
+    monkeypatch.setenv("DEEPAI_API_KEY", KEY)
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    handler = Collect()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        install_log_redaction()
+        logging.getLogger("urllib3.connectionpool").warning("retrying with api-key %s", KEY)
+    finally:
+        root.removeHandler(handler)
+    assert records and KEY not in records[0] and "***" in records[0]
+
+
+def test_dotenv_fills_missing_keys_without_overriding(tmp_path, monkeypatch):
+    from tools.secrets import api_key, load_dotenv
+
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "from-the-shell-1234567890")
+    (tmp_path / ".env").write_text(
+        "# comment\n\nDEEPSEEK_API_KEY=from-the-file\nexport FREEPIK_API_KEY='quoted-value-123456'\n"
+        'GEMINI_API_KEY="double-quoted"\nnot a line\nDEEPAI_API_KEY=\n', encoding="utf-8")
+    found = load_dotenv()  # the working directory is tmp_path
+    assert found["DEEPSEEK_API_KEY"] == "from-the-file"
+    assert api_key("DEEPSEEK_API_KEY") == "from-the-shell-1234567890"
+    assert api_key("FREEPIK_API_KEY") == "quoted-value-123456"
+    assert api_key("GEMINI_API_KEY") == "double-quoted"
+    assert api_key("DEEPAI_API_KEY") is None  # blank counts as unset
+    assert load_dotenv(tmp_path / "absent.env") == {}
