@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "agent.commands.score",
     "agent.commands.generate",
     "agent.commands.run",
+    "agent.commands.chat",
 ]
 
 

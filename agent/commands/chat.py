@@ -1,0 +1,26 @@
+"""``aldar chat``: the interactive assistant (slash commands work without any LLM), or one turn with --message."""
+
+from __future__ import annotations
+
+import argparse
+
+from agent.repl import Repl
+from tools.settings import Settings
+
+NAME = "chat"
+HELP = ("chat with the assistant about training and scoring the LoRA; slash commands (/train, /score, /auto N, "
+        "/history, /explain, /help …) work without an LLM. Esc+Enter or a trailing \\ continues a line.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--message", metavar="TEXT",
+                        help="run one turn (chat text or a slash command such as '/auto 2'), print, exit")
+    parser.add_argument("-y", "--yes", action="store_true",
+                        help="do not ask before training or paid API calls")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    repl = Repl(settings, assume_yes=args.yes, quiet=bool(getattr(args, "quiet", False)))
+    if args.message is not None:
+        return repl.run_once(args.message)
+    return repl.interact()

@@ -1,0 +1,188 @@
+"""The LLM as the ``Decider`` of ``Session.run_rounds``.
+
+The model gets this round's feedback, the earlier rounds, the current parameters and the rule
+policy's suggestion, with the guidance in ``prompts/`` (decider, feedback guide, knobs). It may look
+things up with read-only tools and must end with one ``propose_adjustment`` call, whose arguments
+are validated against the schema (ranges = the session's bounds) and then clamped with
+``agent.policy.clamp_adjustments``. Whatever goes wrong — no key, an API error, no proposal after a
+reminder — the rule policy decides instead, and the reason is logged and kept in the rationale.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from agent.llm_client import is_deepseek, make_client
+from agent.llm_tools import (KNOBS, compare_records, explain_features, feedback_summary, knob_values, record_of,
+                             round_summary, rule_suggestion, with_bounds)
+from agent.loop import ChatLoop, LoopEvents, TurnResult, Usage
+from agent.policy import SAFE_BOUNDS, RulePolicy, clamp_adjustments
+from agent.prompts import decider_system_prompt
+from agent.session import Decision
+from agent.toolspec import ToolSpec, tool_spec
+from tools.errors import AldarError
+from tools.settings import Settings
+
+log = logging.getLogger(__name__)
+PROPOSE = "propose_adjustment"
+REMINDER = ("You have not called propose_adjustment yet. Call it now, once, with the knobs to change "
+            "(or none) and a one-sentence rationale.")
+
+
+class LLMDecider:
+    """Implements ``agent.session.Decider`` with an OpenAI-compatible model."""
+
+    def __init__(self, settings: Settings, bounds: dict[str, tuple] | None = None, *, client: Any = None,
+                 model: str | None = None, events: LoopEvents | None = None) -> None:
+        self.settings = settings
+        self.bounds = bounds or SAFE_BOUNDS
+        if client is None:
+            client, model = make_client(settings)  # ConfigError without a key: the caller picks the rule policy
+        self.client, self.model = client, model or settings.llm_model
+        self.name = f"llm:{self.model}"
+        self.events = events
+        self.system_prompt = decider_system_prompt(settings, self.bounds)
+        self.usage = Usage()
+        self.last_turns: list[TurnResult] = []
+        self.fallbacks: list[str] = []
+
+    def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision:
+        rule = RulePolicy(self.bounds)
+        try:
+            return self._ask_model(feedback, history, params)
+        except (AldarError, ValueError) as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 — a decider failure must never end the run
+            log.warning("LLM decider failed", exc_info=True)
+            reason = f"{type(exc).__name__}: {exc}"
+        log.warning("LLM decider fell back to the rule policy: %s", reason)
+        self.fallbacks.append(reason)
+        decision = rule.decide(feedback, history, params)
+        decision.rationale = f"{decision.rationale} (the LLM could not decide: {reason})"
+        return decision
+
+    # ------------------------------------------------------------------ internals
+    def _ask_model(self, feedback: dict, history: list[dict], params: dict) -> Decision:
+        tools = DecisionTools(feedback, history, params, self.bounds, Path(self.settings.output_dir))
+        loop = ChatLoop(self.client, self.model, tools.specs(), system_prompt=self.system_prompt,
+                        max_steps=self.settings.llm_max_steps, thinking=self.settings.llm_thinking,
+                        events=self.events, terminal_tools=[PROPOSE])
+        self.last_turns = []
+        try:
+            turn = loop.run_turn(self._briefing(feedback, history, params))
+            self.last_turns.append(turn)
+            if turn.terminal is None:
+                turn = loop.run_turn(REMINDER, tool_choice=self._forced_choice())
+                self.last_turns.append(turn)
+        finally:
+            self.usage.add(loop.usage)
+        if turn.terminal is None or tools.proposal is None:
+            raise ValueError(f"the model gave no valid {PROPOSE} call ({turn.stop_reason})")
+        proposal = tools.proposal
+        adjustments, notes = clamp_adjustments(params, proposal["adjustments"], self.bounds)
+        rationale = proposal["rationale"].strip() or "no rationale given"
+        if notes:
+            rationale = f"{rationale} (clamped: {'; '.join(notes)})"
+        return Decision(adjustments=adjustments, rationale=rationale, decided_by=self.name,
+                        stop=bool(proposal["stop"]))
+
+    def _forced_choice(self) -> Any:
+        # Deepseek's thinking mode does not take a forced tool_choice; the reminder alone has to do there.
+        if self.settings.llm_thinking and is_deepseek(str(self.client.base_url)):
+            return None
+        return {"type": "function", "function": {"name": PROPOSE}}
+
+    def _briefing(self, feedback: dict, history: list[dict], params: dict) -> str:
+        payload = {
+            "feedback": feedback_summary(feedback),
+            "history": [round_summary(r) for r in history[-6:]],
+            "current_params": {k: params[k] for k in KNOBS if k in params},
+            "rule_policy_would": rule_suggestion(feedback, history, params, self.bounds),
+        }
+        return ("Decide the next round. Data (JSON):\n" + json.dumps(payload, ensure_ascii=False, default=str)
+                + f"\nEnd with one {PROPOSE} call.")
+
+
+class DecisionTools:
+    """Read-only tools over the data ``decide`` received, plus the terminal ``propose_adjustment``."""
+
+    def __init__(self, feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple],
+                 results_root: Path) -> None:
+        self.feedback, self.history, self.params, self.bounds = feedback, history, params, bounds
+        self.results_root = results_root
+        self.proposal: dict | None = None
+
+    def specs(self) -> list[ToolSpec]:
+        feedback, history = self.feedback, self.history
+
+        def read_feedback(round_number: int | None = None) -> dict:
+            """Read a round's feedback: scores, gaps, weak features, overfitting signs.
+
+            Args:
+                round_number: Which round; by default the one being decided.
+            """
+            if not round_number or round_number == feedback.get("round"):
+                return {"ok": True, **feedback_summary(feedback)}
+            record = record_of(history, round_number)
+            path = (record.get("paths") or {}).get("feedback")
+            full = self.results_root / path if path else None
+            if full and full.is_file():
+                return {"ok": True, **feedback_summary(json.loads(full.read_text(encoding="utf-8")))}
+            return {"ok": True, **round_summary(record)}
+
+        def list_rounds() -> dict:
+            """List the finished rounds with their scores, parameters and decisions."""
+            return {"ok": True, "rounds": [round_summary(r) for r in history]}
+
+        def compare_rounds(first: int, second: int) -> dict:
+            """Compare two finished rounds: changed parameters and score changes.
+
+            Args:
+                first: The earlier round number.
+                second: The later round number.
+            """
+            return {"ok": True, **compare_records(record_of(history, first), record_of(history, second))}
+
+        def explain_feature(feature: str | None = None) -> dict:
+            """Explain why key features are weak in this round's feedback.
+
+            Args:
+                feature: One feature phrase; by default every weak one.
+            """
+            return {"ok": True, "features": explain_features(feedback, feature)}
+
+        def propose_adjustment(rationale: str, stop: bool = False, steps: int | None = None,
+                               learning_rate: float | None = None, rank: int | None = None,
+                               alpha: float | None = None, lora_scale: float | None = None,
+                               feature_emphasis: list[str] | None = None) -> dict:
+            """Decide the next round: the knobs to change (leave out the ones that stay) and why.
+
+            Args:
+                rationale: One sentence naming the feedback signal behind the change.
+                stop: True only when further rounds cannot help.
+                steps: Optimiser steps of the next round.
+                learning_rate: Optimiser step size.
+                rank: LoRA rank (capacity).
+                alpha: LoRA alpha (strength is alpha / rank).
+                lora_scale: LoRA strength when generating.
+                feature_emphasis: Key feature phrases to stress in the captions and prompt.
+            """
+            adjustments = knob_values(steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha,
+                                      lora_scale=lora_scale, feature_emphasis=feature_emphasis)
+            self.proposal = {"adjustments": adjustments, "rationale": rationale, "stop": stop}
+            applied, notes = clamp_adjustments(self.params, adjustments, self.bounds)
+            return {"ok": True, "accepted": applied, "notes": notes}
+
+        with_bounds(propose_adjustment, self.bounds)
+        return [tool_spec(f) for f in (read_feedback, list_rounds, compare_rounds, explain_feature, propose_adjustment)]
+
+
+def make_decider(settings: Settings, bounds: dict[str, tuple], events: LoopEvents | None = None):
+    """The LLM decider when a key is configured, else the rule policy (and the reason why)."""
+    try:
+        return LLMDecider(settings, bounds, events=events), ""
+    except AldarError as exc:
+        return RulePolicy(bounds), str(exc)

@@ -1,0 +1,57 @@
+"""The text the LLM reads lives in ``prompts/*.md``, not in Python strings.
+
+Placeholders are ``$name`` (``string.Template``), so JSON braces in a prompt need no escaping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from string import Template
+
+from tools.errors import ConfigError
+from tools.settings import PROJECT_ROOT, Settings
+
+PROMPTS_DIR = PROJECT_ROOT / "prompts"
+KNOB_ORDER = ("steps", "learning_rate", "rank", "alpha", "lora_scale", "feature_emphasis")
+
+
+def load_prompt(name: str, folder: Path | None = None, **values: object) -> str:
+    """``prompts/<name>.md`` with ``$placeholders`` filled (unknown ones are left as they are)."""
+    path = (folder or PROMPTS_DIR) / f"{name}.md"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        raise ConfigError(f"prompt file {path} is missing", "restore the prompts/ folder from the repository") from None
+    return Template(text).safe_substitute({k: str(v) for k, v in values.items()}).strip()
+
+
+def bounds_table(bounds: dict[str, tuple]) -> str:
+    lines = []
+    for name in sorted(bounds, key=lambda n: KNOB_ORDER.index(n) if n in KNOB_ORDER else len(KNOB_ORDER)):
+        low, high = bounds[name]
+        if name == "feature_emphasis":
+            lines.append(f"- feature_emphasis: at most {high} phrases")
+        else:
+            lines.append(f"- {name}: {low:g} … {high:g}")
+    return "\n".join(lines)
+
+
+def _common(settings: Settings, bounds: dict[str, tuple]) -> dict[str, str]:
+    weights = settings.metric_weights
+    return {
+        "character": settings.character_name,
+        "weights": " + ".join(f"{v:g}·{k}" for k, v in weights.items()),
+        "bounds_table": bounds_table(bounds),
+        "profile_note": ("- This session runs the `tiny` profile: random-weight models that check the pipeline, "
+                         "not image quality. Say so when you report scores.") if settings.is_tiny else "",
+    }
+
+
+def chat_system_prompt(settings: Settings, bounds: dict[str, tuple]) -> str:
+    values = _common(settings, bounds)
+    return "\n\n".join(load_prompt(name, **values) for name in ("system", "feedback_guide", "knobs"))
+
+
+def decider_system_prompt(settings: Settings, bounds: dict[str, tuple]) -> str:
+    values = _common(settings, bounds)
+    return "\n\n".join(load_prompt(name, **values) for name in ("decider", "feedback_guide", "knobs"))
