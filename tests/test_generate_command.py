@@ -1,0 +1,90 @@
+"""``aldar generate`` end to end against the Freepik fake, and its skip / error lines."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from agent.cli import main
+from tests.fakes.provider_servers import FreepikFake, assert_secret_absent
+from tools.images import load_image
+from tools.png_metadata import read_generation_parameters
+
+KEY = "fpk-SECRET-cli-77aa88bb99"
+
+
+@pytest.fixture
+def freepik(monkeypatch):
+    with FreepikFake(key=KEY) as fake:
+        monkeypatch.setenv("ALDAR_FREEPIK_BASE_URL", fake.base_url)
+        yield fake
+
+
+def test_generate_with_freepik_saves_images_and_skips_providers_without_keys(freepik, monkeypatch, tmp_path,
+                                                                             capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("DEEPAI_API_KEY", "x")
+    monkeypatch.delenv("DEEPAI_API_KEY")
+    monkeypatch.setenv("FREEPIK_API_KEY", "x")
+    monkeypatch.delenv("FREEPIK_API_KEY")  # both restored to "unset" after the test; the key comes from .env
+    (tmp_path / ".env").write_text(f"FREEPIK_API_KEY={KEY}\n")
+
+    code = main(["generate", "--provider", "freepik", "--provider", "deepai", "--prompt", "aldar on a donkey",
+                 "-n", "2", "--seed", "11", "--out", str(tmp_path / "cmp"), "-q"])
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "deepai: skipped — DEEPAI_API_KEY is not set (add it to .env)" in " ".join(err.split())
+    files = sorted((tmp_path / "cmp").glob("freepik_*.png"))
+    assert len(files) == 2 and all(load_image(f).size == (64, 64) for f in files)
+    assert read_generation_parameters(files[0])["aldar"]["seed"] == 11
+    assert "2 image(s) saved" in out and "freepik" in out
+    (request,) = freepik.requests
+    assert request.path == "/v1/ai/text-to-image" and request.json()["num_images"] == 2
+    assert request.json()["prompt"] == "aldar on a donkey" and request.headers["x-freepik-api-key"] == KEY
+    assert_secret_absent(KEY, records=caplog.records, folders=[tmp_path / "cmp"], texts=[out, err])
+
+
+def test_generate_defaults_to_the_test_prompt_and_the_comparisons_folder(freepik, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FREEPIK_API_KEY", KEY)
+    monkeypatch.setenv("ALDAR_OUTPUT_DIR", str(tmp_path / "results"))
+
+    assert main(["generate", "--provider", "freepik", "-n", "1", "-q"]) == 0
+    assert len(list((tmp_path / "results" / "comparisons").glob("freepik_*.png"))) == 1
+    assert freepik.requests[0].json()["prompt"].startswith("aldarkose")
+
+
+def test_generate_with_no_keys_prints_one_line_per_provider_and_fails(tmp_path, capsys):
+    code = main(["generate", "--provider", "freepik", "--provider", "gemini", "--out", str(tmp_path / "o"), "-q"])
+
+    out, err = capsys.readouterr()
+    flat = " ".join(err.split())
+    assert code == 2
+    assert "freepik: skipped — FREEPIK_API_KEY is not set" in flat and "gemini: skipped — GEMINI_API_KEY is not set" in flat
+    assert "no generator produced an image" in flat and not (tmp_path / "o").exists()
+
+
+def test_one_failing_provider_does_not_stop_the_others(freepik, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FREEPIK_API_KEY", KEY)
+    monkeypatch.setenv("DEEPAI_API_KEY", "dai-key-123456")
+    monkeypatch.setenv("ALDAR_DEEPAI_BASE_URL", freepik.base_url)  # the Freepik fake refuses DeepAI's key header
+
+    code = main(["generate", "--provider", "deepai", "--provider", "freepik", "-n", "1", "--out", str(tmp_path), "-q"])
+
+    out, err = capsys.readouterr()
+    assert code == 0 and "deepai: failed — deepai rejected the API key (HTTP 401" in " ".join(err.split())
+    assert len(list(tmp_path.glob("freepik_*.png"))) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--provider", "dalle"], "unknown provider 'dalle'"),
+    (["--provider", "lora"], "--provider lora needs the LoRA"),
+    (["--provider", "lora", "--lora", "missing.safetensors"], "missing.safetensors"),
+    (["--provider", "freepik", "--lora-scale", "-1"], "--lora-scale -1 is negative"),
+])
+def test_bad_arguments_fail_before_any_request(argv, message, freepik, monkeypatch, capsys):
+    monkeypatch.setenv("FREEPIK_API_KEY", KEY)
+    assert main(["generate", *argv, "-q"]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert freepik.requests == []
