@@ -103,7 +103,7 @@ def test_a_key_from_dotenv_is_used(tmp_path, monkeypatch):
 
 def test_adding_a_provider_is_one_class_and_one_registry_line(monkeypatch, caplog):
     class EchoProvider(ImageProvider):
-        name, key_env, base_url_setting = "echo", "ECHO_API_KEY", "freepik_base_url"
+        name, key_env, default_base_url = "echo", "ECHO_API_KEY", "https://echo.example/"
 
         def generate(self, prompt, n=1, seed=None):
             return []
@@ -111,7 +111,7 @@ def test_adding_a_provider_is_one_class_and_one_registry_line(monkeypatch, caplo
     monkeypatch.setitem(PROVIDERS, "echo", EchoProvider)
     monkeypatch.setenv("ECHO_API_KEY", "echo-key-123456")
     (provider,), _ = configured_providers(load_settings(environ={}), ["echo"])
-    assert isinstance(provider, EchoProvider) and provider.base_url == "https://api.freepik.com"
+    assert isinstance(provider, EchoProvider) and provider.base_url == "https://echo.example"
     assert "echo-key" not in repr(provider) and "echo-key" not in repr(provider.http)
 
 

@@ -50,7 +50,8 @@ class ImageProvider:
 
     name: ClassVar[str] = ""
     key_env: ClassVar[str] = ""
-    base_url_setting: ClassVar[str] = ""
+    base_url_setting: ClassVar[str] = ""   # Settings field with the base URL ("" if there is none)
+    default_base_url: ClassVar[str] = ""   # used when the setting is absent or empty
     default_model: ClassVar[str] = ""
     signup_url: ClassVar[str] = ""
 
@@ -58,6 +59,8 @@ class ImageProvider:
                  http: HttpClient | None = None) -> None:
         if not api_key:
             raise ProviderError(f"{self.name} needs an API key", f"set {self.key_env} in .env or the environment")
+        if not base_url:
+            raise ProviderError(f"{self.name} has no base URL", f"set {self.base_url_setting or 'default_base_url'}")
         self._api_key = api_key  # private: only ever placed in a request header
         self.base_url = base_url.rstrip("/")
         self.model = model or self.default_model
@@ -71,7 +74,8 @@ class ImageProvider:
         """Build the provider with the settings' base URL and timeouts."""
         http = HttpClient(cls.name, cls.key_env, secrets=[api_key], read_timeout_s=settings.provider_timeout_s,
                           deadline_s=max(120.0, 3 * settings.provider_timeout_s))
-        provider = cls(api_key, base_url=getattr(settings, cls.base_url_setting), http=http)
+        base_url = getattr(settings, cls.base_url_setting, "") if cls.base_url_setting else ""
+        provider = cls(api_key, base_url=base_url or cls.default_base_url, http=http)
         provider.negative_prompt = settings.negative_prompt
         return provider
 
