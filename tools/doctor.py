@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from tools.errors import AldarError
-from tools.secrets import KEY_NAMES, api_key, mask
+from tools.secrets import KEY_NAMES, api_key, mask, redact
 from tools.settings import Settings
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
@@ -55,15 +55,20 @@ def run_checks(settings: Settings) -> list[CheckResult]:
     ]
     results: list[CheckResult] = []
     for check in checks:
-        try:
-            results.extend(check(settings))
-        except AldarError as error:
-            results.append(CheckResult(check.__name__.removeprefix("check_"), FAIL, error.problem, error.fix))
-        except Exception as error:  # noqa: BLE001 - a broken check must still be reported, not crash doctor
-            results.append(CheckResult(check.__name__.removeprefix("check_"), FAIL,
-                                       f"{type(error).__name__}: {error}", "see the error above; reinstall with "
-                                       "`pip install -e .` if a package is broken"))
+        results.extend(run_check(check, settings))
     return results
+
+
+def run_check(check: Callable[[Settings], list[CheckResult]], settings: Settings) -> list[CheckResult]:
+    """One check; an exception becomes a ``fail`` result carrying the error's fix."""
+    name = check.__name__.removeprefix("check_")
+    try:
+        return check(settings)
+    except AldarError as error:
+        return [CheckResult(name, FAIL, error.problem, error.fix)]
+    except Exception as error:  # noqa: BLE001 - a broken check must still be reported, not crash doctor
+        return [CheckResult(name, FAIL, redact(f"{type(error).__name__}: {error}"),
+                            "reinstall with `pip install -e .` if a package is broken, else report this as a bug")]
 
 
 def exit_code(results: list[CheckResult]) -> int:
