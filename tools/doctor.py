@@ -222,7 +222,7 @@ def check_api_keys(settings: Settings) -> list[CheckResult]:
     results = []
     for name in KEY_NAMES:
         value = api_key(name)
-        purpose = KEY_PURPOSES.get(name, "")
+        purpose = KEY_PURPOSES.get(name, f"the {name.removesuffix('_API_KEY').lower()} integration")
         if value:
             results.append(CheckResult(name, OK, f"set ({mask(value)}) — {purpose}"))
         else:
