@@ -88,3 +88,28 @@ def test_bad_arguments_fail_before_any_request(argv, message, freepik, monkeypat
     assert main(["generate", *argv, "-q"]) == 2
     assert message in " ".join(capsys.readouterr().err.split())
     assert freepik.requests == []
+
+
+def test_local_generators_get_the_lora_settings_and_share_prompts_and_seed(freepik, monkeypatch, tmp_path, capsys):
+    import tools.generator as generator
+
+    calls = []
+
+    def fake_generate_local(profile, prompts, out_dir, **kwargs):
+        calls.append(dict(kwargs, prompts=prompts, out_dir=out_dir, profile=profile.name))
+        return [generator.GeneratedImage(out_dir / f"{kwargs['name']}.png", kwargs["name"], prompts[0], kwargs["seed"])]
+
+    monkeypatch.setattr(generator, "generate_local", fake_generate_local)
+    monkeypatch.setenv("FREEPIK_API_KEY", KEY)
+    lora = tmp_path / "pytorch_lora_weights.safetensors"
+    lora.write_bytes(b"not empty")
+
+    code = main(["generate", "--profile", "tiny", "--provider", "lora", "--provider", "base", "--provider", "freepik",
+                 "--lora", str(lora), "--lora-scale", "0.7", "--lcm", "--prompt", "aldar", "-n", "1", "--seed", "5",
+                 "--out", str(tmp_path / "o"), "-q"])
+
+    assert code == 0
+    assert [(c["name"], c["lora_path"], c["lora_scale"], c["use_lcm"], c["seed"], c["prompts"]) for c in calls] == [
+        ("lora", lora, 0.7, True, 5, ["aldar"]), ("base", None, 0.7, True, 5, ["aldar"])]
+    assert calls[0]["profile"] == "tiny" and calls[0]["images_per_prompt"] == 1
+    assert freepik.requests[0].json()["seed"] == 5 and freepik.requests[0].json()["prompt"] == "aldar"

@@ -126,3 +126,13 @@ def test_client_logs_retries_without_headers(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert any("retry 1" in m for m in messages) and any("urllib3" == r.name.split(".")[0] for r in caplog.records)
     assert not any("fpk-LOGCHECK-123456" in m for m in messages)
+
+
+def test_a_body_dripping_in_slower_than_the_deadline_is_cut_off():
+    from tests.fakes.provider_servers import png_bytes
+
+    with FreepikFake() as fake:
+        fake.script("GET", "/cdn/*", Reply(body=png_bytes(1), drip_s=0.08))  # each gap < 0.2 s read timeout
+        http = fast_http("freepik", "FREEPIK_API_KEY", "k", deadline_s=0.3)
+        with pytest.raises(ProviderError, match="did not finish within the 0.3 s deadline"):
+            http.request("GET", fake.base_url + "/cdn/a.png", what="download")

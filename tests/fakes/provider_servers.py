@@ -47,7 +47,8 @@ def png_base64(seed: int = 0) -> str:
 
 @dataclass
 class Reply:
-    """One scripted answer. ``body`` (raw bytes) wins over ``json``; ``delay_s`` sleeps before answering."""
+    """One scripted answer. ``body`` (raw bytes) wins over ``json``; ``delay_s`` sleeps before answering,
+    ``drip_s`` between pieces of the body (each gap shorter than a read timeout, the sum maybe not)."""
 
     status: int = 200
     json: Any = None
@@ -55,6 +56,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     content_type: str | None = None
+    drip_s: float = 0.0  # > 0: send the body in 10 pieces with this pause before each
 
 
 @dataclass
@@ -95,7 +97,14 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in reply.headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(payload)
+            if reply.drip_s:
+                step = max(1, -(-len(payload) // 10))
+                for start in range(0, len(payload), step):
+                    time.sleep(reply.drip_s)
+                    self.wfile.write(payload[start:start + step])
+                    self.wfile.flush()
+            else:
+                self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client timed out and went away: expected in timeout tests
 

@@ -26,9 +26,10 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import requests
+import urllib3
 
 from tools.errors import ProviderError
 from tools.secrets import redact
@@ -36,7 +37,9 @@ from tools.secrets import redact
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
-MAX_SERVER_WAIT_S = 120.0  # a Retry-After longer than this is treated as "not today"
+MAX_SERVER_WAIT_S = 120.0  # a Retry-After longer than this is capped (and then usually overruns the deadline)
+MAX_BODY_BYTES = 64 * 2**20  # no generated image comes near this; a bigger answer is not an image API
+CHUNK_BYTES = 64 * 1024
 
 
 @dataclass
@@ -106,7 +109,8 @@ class HttpClient:
             timeout = (min(self.connect_timeout_s, remaining), min(self.read_timeout_s, remaining))
             try:
                 response = self.session.request(method, url, headers=headers, json=json_body, data=form,
-                                                timeout=timeout)
+                                                timeout=timeout, stream=True)
+                self._read_body(response, started, what, attempt)
             except requests.Timeout as exc:
                 kind = "connect timeout" if isinstance(exc, requests.ConnectTimeout) else "read timeout"
                 decision, reason, response = RetryDecision(True), f"{kind} after {timeout[1]:g} s", None
@@ -137,6 +141,25 @@ class HttpClient:
             log.info("%s %s: %s; retry %d in %.1f s", self.provider, what, reason, attempt, wait)
             self.retries.append(RetryRecord(attempt, reason, wait))
             self.sleep(wait)
+
+    def _read_body(self, response: requests.Response, started: float, what: str, attempt: int) -> None:
+        """Read the body in chunks so that a server dripping bytes cannot outlast the deadline.
+
+        (The read timeout alone only bounds the gap between two chunks.)
+        """
+        chunks, size = [], 0
+        try:
+            for chunk in _body_chunks(response):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise ProviderError(f"{self.provider} answered the {what} with more than "
+                                        f"{MAX_BODY_BYTES // 2**20} MiB", "check the base URL setting")
+                if self.clock() - started > self.deadline_s:
+                    raise self._deadline_error(what, attempt)
+        finally:
+            response.close()
+        response._content = b"".join(chunks)  # what .content / .json() read from now on
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter: a random wait in [½, 1] × base·2^(attempt-1), capped."""
@@ -200,6 +223,22 @@ class HttpClient:
         return ProviderError(f"{self.provider} {what} did not finish within the {self.deadline_s:g} s deadline "
                              f"({attempts} attempt(s))",
                              "retry later or raise provider_timeout_s in aldar.toml")
+
+
+def _body_chunks(response: requests.Response) -> Iterator[bytes]:
+    """Body pieces as they arrive. ``read1`` returns what the socket has (``iter_content`` would
+    block until a whole chunk is filled); urllib3's errors become the requests errors retried above."""
+    raw = response.raw
+    if not hasattr(raw, "read1"):  # urllib3 1.x
+        yield from response.iter_content(CHUNK_BYTES)
+        return
+    try:
+        while chunk := raw.read1(CHUNK_BYTES, decode_content=True):
+            yield chunk
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.ReadTimeout(str(exc)) from None
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError, OSError) as exc:
+        raise requests.ConnectionError(str(exc)) from None
 
 
 def retry_after_s(response: requests.Response, now: float) -> float | None:
