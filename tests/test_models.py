@@ -210,3 +210,36 @@ def test_dotenv_fills_missing_keys_without_overriding(tmp_path, monkeypatch):
     assert api_key("GEMINI_API_KEY") == "double-quoted"
     assert api_key("DEEPAI_API_KEY") is None  # blank counts as unset
     assert load_dotenv(tmp_path / "absent.env") == {}
+
+
+def test_dotenv_inline_comments_and_quotes(tmp_path):
+    from tools.secrets import load_dotenv
+
+    path = tmp_path / "keys.env"
+    path.write_text("FREEPIK_API_KEY=abc123456789  # production key\nGEMINI_API_KEY=\"has # inside\"  # note\n"
+                    "DEEPAI_API_KEY=tok#en\n", encoding="utf-8")
+    found = load_dotenv(path)
+    assert found == {"FREEPIK_API_KEY": "abc123456789", "GEMINI_API_KEY": "has # inside", "DEEPAI_API_KEY": "tok#en"}
+
+
+def test_logged_tracebacks_are_scrubbed(monkeypatch):
+    import io
+
+    from tools.secrets import install_log_redaction
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        install_log_redaction()
+        try:
+            raise RuntimeError(f"401 for https://api.example/v1?key={KEY}")
+        except RuntimeError:
+            logging.getLogger("httpx").exception("request failed")
+    finally:
+        root.removeHandler(handler)
+    text = stream.getvalue()
+    assert "RuntimeError: 401 for https://api.example/v1?key=***" in text
+    assert KEY not in text

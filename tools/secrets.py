@@ -26,11 +26,24 @@ def load_dotenv(path: str | os.PathLike = ".env") -> dict[str, str]:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.removeprefix("export ").partition("=")
-        key, value = key.strip(), value.strip().strip("'\"")
+        key, value = key.strip(), _dotenv_value(value)
         found[key] = value
         os.environ.setdefault(key, value)
     _loaded_dotenv.add(env_path)
     return found
+
+
+def _dotenv_value(raw: str) -> str:
+    """``"a # b"`` and ``'a'`` keep what is inside the quotes; ``a  # note`` drops the comment, as python-dotenv does."""
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] in "'\"":
+        closing = raw.find(raw[0], 1)
+        if closing > 0:
+            return raw[1:closing]
+    for marker in (" #", "\t#"):
+        if marker in raw:
+            raw = raw[:raw.index(marker)]
+    return raw.strip()
 
 
 def api_key(name: str) -> str | None:
@@ -63,6 +76,14 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        # A logged exception's text can hold a key too (an URL, a header echoed back): format it now,
+        # scrubbed; formatters reuse ``exc_text`` instead of formatting the traceback again.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
