@@ -208,3 +208,22 @@ def test_decompression_bomb_is_an_input_error(tmp_path, monkeypatch):
     with pytest.raises(InputError) as error:
         load_image(path)
     assert_names_file_and_fix(error, path, "too large")
+
+
+def test_bundled_references_are_reproducible_from_the_drawing_script():
+    import importlib.util
+
+    from tools.settings import BUNDLED_REFERENCES
+
+    spec = importlib.util.spec_from_file_location("draw_aldar_kose", BUNDLED_REFERENCES / "draw_aldar_kose.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    first = np.asarray(script.draw_aldar(script.BUNDLED_POSES[2], seed=2), dtype=np.int16)
+    again = np.asarray(script.draw_aldar(script.BUNDLED_POSES[2], seed=2), dtype=np.int16)
+    assert first.shape == (512, 512, 3) and (first == again).all()
+    bundled = np.asarray(load_image(BUNDLED_REFERENCES / "aldar3.png"), dtype=np.int16)
+    assert np.abs(bundled - first).mean() < 1.0  # tolerance only for resampling changes across Pillow versions
+    other = np.asarray(script.draw_aldar(script.BUNDLED_POSES[3], seed=3), dtype=np.int16)
+    assert np.abs(other - first).mean() > 10
+    for i in range(1, 6):
+        assert (BUNDLED_REFERENCES / f"aldar{i}.png").stat().st_size < 150_000
