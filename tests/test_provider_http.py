@@ -136,3 +136,12 @@ def test_a_body_dripping_in_slower_than_the_deadline_is_cut_off():
         http = fast_http("freepik", "FREEPIK_API_KEY", "k", deadline_s=0.3)
         with pytest.raises(ProviderError, match="did not finish within the 0.3 s deadline"):
             http.request("GET", fake.base_url + "/cdn/a.png", what="download")
+
+
+def test_http_client_header_dumps_are_switched_off(monkeypatch):
+    import http.client
+
+    monkeypatch.setattr(http.client.HTTPConnection, "debuglevel", 1)
+    with FreepikFake() as fake:
+        fast_http("freepik", "FREEPIK_API_KEY", "k").request("GET", fake.base_url + "/cdn/a.png", what="download")
+    assert http.client.HTTPConnection.debuglevel == 0

@@ -64,8 +64,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ui.warn(escape(line))
 
     if saved:
+        # File names only (the folder is in the title): a long path would be cut short in a table cell.
         rows = [[escape(img.generator), prompts.index(img.prompt) + 1 if img.prompt in prompts else "-",
-                 img.seed, escape(str(img.path))] for img in saved]
+                 img.seed, escape(_shown_path(img.path, out_dir))] for img in saved]
         ui.table(f"generated images → {escape(str(out_dir))}", ["generator", "prompt", "seed", "file"], rows)
         ui.success(f"{len(saved)} image(s) saved" + (f"; failed: {', '.join(failures)}" if failures else ""))
         return 0
@@ -102,3 +103,10 @@ def _generate_local(name: str, prompts: list[str], out_dir: Path, args: argparse
                           steps=settings.num_inference_steps, guidance=settings.guidance_scale,
                           negative_prompt=settings.negative_prompt, use_lcm=settings.use_lcm, name=name,
                           quiet=args.quiet)
+
+
+def _shown_path(path: Path, out_dir: Path) -> str:
+    try:
+        return str(Path(path).relative_to(out_dir))
+    except ValueError:
+        return str(path)

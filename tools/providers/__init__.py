@@ -18,7 +18,7 @@ from tools.providers.base import ImageProvider, ProviderImage
 from tools.providers.deepai import DeepAIProvider
 from tools.providers.freepik import FreepikMysticProvider, FreepikProvider
 from tools.providers.gemini import GeminiProvider, ImagenProvider
-from tools.secrets import api_key, redact
+from tools.secrets import api_key, install_log_redaction, redact
 from tools.settings import Settings
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def configured_providers(settings: Settings, names: list[str]) -> tuple[list[Ima
 
     Unknown names raise ``InputError`` before anything is sent anywhere.
     """
+    install_log_redaction()  # defence in depth: the key is never logged, and any record mentioning it is scrubbed
     unknown = [n for n in names if n not in PROVIDERS]
     if unknown:
         raise InputError(f"unknown provider {unknown[0]!r}", f"use one of: {', '.join(PROVIDERS)}")

@@ -21,6 +21,7 @@ a server's answer is passed through ``redact`` with the provider's key first.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import logging
 import random
@@ -99,6 +100,7 @@ class HttpClient:
         ``what`` names the call in messages ("text-to-image request", "image download").
         Raises ``ProviderError`` for a refused request, exhausted retries or the deadline.
         """
+        _silence_header_dumps()
         started = self.clock()
         attempt = 0
         while True:
@@ -223,6 +225,13 @@ class HttpClient:
         return ProviderError(f"{self.provider} {what} did not finish within the {self.deadline_s:g} s deadline "
                              f"({attempts} attempt(s))",
                              "retry later or raise provider_timeout_s in aldar.toml")
+
+
+def _silence_header_dumps() -> None:
+    """``http.client`` debug output prints request headers — our API keys — to stdout: switch it off."""
+    if http.client.HTTPConnection.debuglevel > 0:
+        log.warning("http.client debug output switched off: it would print API keys in request headers")
+        http.client.HTTPConnection.debuglevel = 0
 
 
 def _body_chunks(response: requests.Response) -> Iterator[bytes]:
