@@ -68,8 +68,8 @@ def generate_with_provider(provider: ImageProvider, prompts: list[str], out_dir:
 
     Every image was decoded and verified by the provider; it is written atomically as PNG with its
     metadata (never a key) in the ``aldar`` text chunk. Safety-filtered / empty results are not
-    saved: one line each is appended to ``skipped`` (and logged). ``ProviderError`` propagates;
-    images saved before it stay on disk.
+    saved: one line each goes to ``skipped`` (or to the log as a warning when ``skipped`` is None).
+    ``ProviderError`` propagates; images saved before it stay on disk.
     """
     from tools.generator import GeneratedImage  # local SDXL module: imported only when saving
 
@@ -84,9 +84,10 @@ def generate_with_provider(provider: ImageProvider, prompts: list[str], out_dir:
                 if not result.ok:
                     line = (f"{provider.name}: prompt {prompt_number} gave no image — {result.status} "
                             f"({provider.http.scrub(result.reason)})")
-                    log.warning("%s", line)
-                    if skipped is not None:
+                    if skipped is not None:  # the caller shows it
                         skipped.append(line)
+                    else:
+                        log.warning("%s", line)
                     continue
                 path = _free_path(out_dir / f"{provider.name}_{timestamp}_{index}.png")
                 index += 1
