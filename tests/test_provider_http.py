@@ -145,3 +145,17 @@ def test_http_client_header_dumps_are_switched_off(monkeypatch):
     with FreepikFake() as fake:
         fast_http("freepik", "FREEPIK_API_KEY", "k").request("GET", fake.base_url + "/cdn/a.png", what="download")
     assert http.client.HTTPConnection.debuglevel == 0
+
+
+def test_a_request_carrying_the_key_never_follows_a_redirect_but_a_download_does():
+    with FreepikFake(key="fpk-REDIRECT-123456") as fake:
+        elsewhere = {"Location": fake.base_url + "/cdn/elsewhere.png"}
+        fake.script("POST", "/v1/ai/text-to-image", Reply(302, {"message": "moved"}, headers=elsewhere))
+        fake.script("GET", "/cdn/start.png", Reply(302, {"message": "moved"}, headers=elsewhere))
+        http = fast_http("freepik", "FREEPIK_API_KEY", "fpk-REDIRECT-123456")
+        with pytest.raises(ProviderError, match="redirect .HTTP 302., not followed"):
+            http.request("POST", fake.base_url + "/v1/ai/text-to-image", what="text-to-image request",
+                         headers={"x-freepik-api-key": "fpk-REDIRECT-123456"}, json_body={"prompt": "aldar"})
+        assert [r.path for r in fake.requests] == ["/v1/ai/text-to-image"]
+        assert http.request("GET", fake.base_url + "/cdn/start.png", what="download").status_code == 200
+        assert [r.path for r in fake.requests][1:] == ["/cdn/start.png", "/cdn/elsewhere.png"]

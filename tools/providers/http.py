@@ -101,6 +101,9 @@ class HttpClient:
         Raises ``ProviderError`` for a refused request, exhausted retries or the deadline.
         """
         _silence_header_dumps()
+        # requests drops only "Authorization" on a cross-host redirect, not x-api-key style headers:
+        # a request that carries a key never follows redirects.
+        carries_key = any(secret in str(value) for value in (headers or {}).values() for secret in self.secrets)
         started = self.clock()
         attempt = 0
         while True:
@@ -111,7 +114,7 @@ class HttpClient:
             timeout = (min(self.connect_timeout_s, remaining), min(self.read_timeout_s, remaining))
             try:
                 response = self.session.request(method, url, headers=headers, json=json_body, data=form,
-                                                timeout=timeout, stream=True)
+                                                timeout=timeout, stream=True, allow_redirects=not carries_key)
                 self._read_body(response, started, what, attempt)
             except requests.Timeout as exc:
                 kind = "connect timeout" if isinstance(exc, requests.ConnectTimeout) else "read timeout"
@@ -195,6 +198,9 @@ class HttpClient:
         said = f"HTTP {status}" + (f": {detail}" if detail else "")
         p = self.provider
         key = self.key_env or "the API key"
+        if 300 <= status < 400:
+            return ProviderError(f"{p} answered the {what} with a redirect (HTTP {status}), not followed so that "
+                                 "the key is not sent elsewhere", f"check the {p} base URL setting (https, exact host)")
         if status == 401 or (status in (400, 403) and looks_like_key_problem(detail)):
             return ProviderError(f"{p} rejected the API key ({said})",
                                  f"check {key} in .env or the environment: it must be a valid, active key")
