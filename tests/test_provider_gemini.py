@@ -170,3 +170,11 @@ def test_configured_from_settings_uses_the_model_and_base_url(fake, monkeypatch)
     (gemini, imagen), skipped = configured_providers(settings, ["gemini", "imagen"])
     assert skipped == [] and gemini.uses_imagen and imagen.model == "imagen-4.0-fast-generate-001"
     assert gemini.base_url == fake.base_url and KEY not in repr(gemini)
+
+
+def test_failed_precondition_points_at_billing_or_region(gemini, fake):
+    fake.script("POST", GENERATE, Reply(400, gemini_error(400, "FAILED_PRECONDITION",
+                                                          "User location is not supported for the API use.")))
+    with pytest.raises(ProviderError, match="cannot serve this account or region.*enable billing"):
+        gemini.generate("aldar", 1, 1)
+    assert len(fake.requests) == 1

@@ -204,6 +204,9 @@ class HttpClient:
         if status == 401 or (status in (400, 403) and looks_like_key_problem(detail)):
             return ProviderError(f"{p} rejected the API key ({said})",
                                  f"check {key} in .env or the environment: it must be a valid, active key")
+        if "FAILED_PRECONDITION" in detail:  # Gemini: e.g. free tier unavailable in the caller's region
+            return ProviderError(f"{p} cannot serve this account or region ({said})",
+                                 f"enable billing for the project behind {key}, or use another provider")
         if status == 402:
             return ProviderError(f"{p} refused the {what}: payment required ({said})",
                                  f"add credits or upgrade the plan of the account behind {key}")
