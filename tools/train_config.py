@@ -1,0 +1,156 @@
+"""LoRA training hyperparameters: one dataclass, its defaults per profile, and up-front validation.
+
+Every field carries its own help text (``field(metadata={"help": ...})``) so the CLI builds one
+documented flag per knob from this file and the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tools.errors import ConfigError
+
+OPTIMIZERS = ("auto", "adamw", "adamw8bit")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+
+
+def _knob(default: Any, help_text: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help_text, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one SDXL LoRA training run (defaults: an SDXL character LoRA)."""
+
+    rank: int = _knob(32, "LoRA rank (network dim): capacity of the adapter; 16-32 suits one character")
+    alpha: float = _knob(16.0, "LoRA alpha: the update is scaled by alpha/rank; rank or rank/2 is usual")
+    learning_rate: float = _knob(1e-4, "AdamW learning rate for the LoRA weights")
+    steps: int = _knob(1500, "optimizer steps to train (each sees batch_size x gradient_accumulation images)")
+    batch_size: int = _knob(1, "images per forward pass")
+    gradient_accumulation: int = _knob(2, "forward passes summed before each optimizer step")
+    resolution: int = _knob(1024, "training size in px (images are resized and centre-cropped); multiple of 8")
+    seed: int = _knob(42, "seed for data order, noise, timesteps and LoRA initialisation")
+    optimizer: str = _knob("auto", "adamw | adamw8bit (bitsandbytes, CUDA only) | auto (8-bit when available)",
+                           choices=OPTIMIZERS)
+    weight_decay: float = _knob(1e-4, "AdamW weight decay")
+    max_grad_norm: float = _knob(1.0, "gradient clipping norm (0 = off)")
+    lr_scheduler: str = _knob("cosine", "learning-rate schedule after warmup", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = _knob(100, "steps of linear learning-rate warmup")
+    snr_gamma: float = _knob(5.0, "min-SNR loss weighting gamma (0 = plain MSE); 5 is the paper's value")
+    noise_offset: float = _knob(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
+    train_text_encoder: bool = _knob(False, "also train LoRA on both text encoders (disables text-embedding caching)")
+    gradient_checkpointing: bool = _knob(True, "recompute activations in backward: far less memory, about a fifth slower")
+    mixed_precision: str = _knob("no", "autocast precision: no | fp16 | bf16 (fp16 needs CUDA)",
+                                 choices=MIXED_PRECISIONS)
+    checkpoint_every: int = _knob(250, "save a resumable checkpoint every N steps (0 = only on interrupt)")
+    checkpoints_to_keep: int = _knob(3, "keep the newest N checkpoints (0 = keep all)")
+    flip_augmentation: bool = _knob(False, "add horizontally flipped copies (off: asymmetric characters mirror wrongly)")
+    validation_prompt: str = _knob("", "prompt rendered at every checkpoint (empty: '<trigger>, portrait')")
+    validation_images: int = _knob(2, "validation images per checkpoint, at fixed seeds (0 = none)")
+    validation_inference_steps: int = _knob(25, "denoising steps for validation images")
+    cache_latents_to_disk: bool = _knob(True, "also keep VAE latents on disk (keyed by image hash + VAE id)")
+    trigger_token: str = _knob("aldarkose", "trigger word recorded in the LoRA metadata and validation prompt")
+    output_name: str = _knob("aldar_kose_lora", "name recorded in the kohya file (ss_output_name) and its file name")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def effective_validation_prompt(self) -> str:
+        return self.validation_prompt or f"{self.trigger_token}, portrait"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown training setting(s): {', '.join(unknown)}",
+                              f"known settings: {', '.join(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def validate(self, profile=None) -> None:
+        """Raise ``ConfigError`` (problem + fix) for the first bad value; with ``profile``, also device checks."""
+        for name in ("rank", "steps", "batch_size", "gradient_accumulation", "validation_inference_steps"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("lr_warmup_steps", "checkpoint_every", "checkpoints_to_keep", "validation_images", "seed"):
+            _at_least(name, getattr(self, name), 0)
+        if self.rank > 1024:
+            raise ConfigError(f"rank {self.rank} is too large", "use a rank between 1 and 1024 (16-32 is typical)")
+        _positive_finite("alpha", self.alpha)
+        _positive_finite("learning_rate", self.learning_rate)
+        if self.learning_rate > 1.0:
+            raise ConfigError(f"learning_rate {self.learning_rate:g} is above 1 and will diverge",
+                              "use 1e-4 for SDXL (up to 1e-2 on the tiny profile)")
+        if self.resolution < 64 or self.resolution % 8:
+            raise ConfigError(f"resolution {self.resolution} is not a multiple of 8 of at least 64",
+                              "use e.g. 1024 (SDXL), 768, 512, or 64 on the tiny profile")
+        if self.lr_warmup_steps >= self.steps and self.lr_warmup_steps > 0:
+            raise ConfigError(f"lr_warmup_steps {self.lr_warmup_steps} is not below steps {self.steps}",
+                              "use fewer warmup steps (about 5-10% of steps)")
+        for name in ("weight_decay", "max_grad_norm", "snr_gamma"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} is {value}", f"set {name} to 0 or a positive number")
+        if not (0.0 <= self.noise_offset < 1.0):
+            raise ConfigError(f"noise_offset {self.noise_offset} is outside [0, 1)", "use 0 to 0.1 (0.0357 is SDXL's)")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("mixed_precision", MIXED_PRECISIONS),
+                              ("lr_scheduler", LR_SCHEDULERS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}", f"use one of: {', '.join(allowed)}")
+        if not self.trigger_token.strip():
+            raise ConfigError("trigger_token is empty", "set a rare word such as 'aldarkose'")
+        if not self.output_name.strip() or any(c in self.output_name for c in "/\\"):
+            raise ConfigError(f"output_name {self.output_name!r} is not a plain file name", "use letters, digits, _ or -")
+        if profile is not None:
+            self._validate_for_device(profile.torch_device.type)
+
+    def _validate_for_device(self, device_type: str) -> None:
+        if self.mixed_precision == "fp16" and device_type != "cuda":
+            raise ConfigError(f"mixed_precision fp16 needs a CUDA GPU (device is {device_type})",
+                              "use --mixed-precision no (or bf16)")
+        if self.optimizer == "adamw8bit":
+            if device_type != "cuda":
+                raise ConfigError("8-bit AdamW needs a CUDA GPU", "use --optimizer adamw (or auto)")
+            if not bitsandbytes_available():
+                raise ConfigError("8-bit AdamW needs the bitsandbytes package",
+                                  "pip install bitsandbytes, or use --optimizer adamw")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name} is {value!r}", f"set {name} to a whole number >= {low}")
+
+
+def _positive_finite(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} is {value!r}", f"set {name} to a positive number")
+
+
+def bitsandbytes_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def default_train_config(profile) -> TrainConfig:
+    """Defaults for ``profile``: an SDXL character LoRA, or a seconds-long run on ``tiny``.
+
+    tiny: 64 px, a few dozen steps and a high learning rate, so that learning shows on a CPU in seconds.
+    """
+    mixed = {"fp16": "fp16", "bf16": "bf16"}.get(profile.dtype, "no")
+    if not profile.is_tiny:
+        return TrainConfig(seed=profile.seed, mixed_precision=mixed)
+    return TrainConfig(rank=4, alpha=4.0, learning_rate=2e-3, steps=30, batch_size=2, gradient_accumulation=1,
+                       resolution=64, seed=profile.seed, lr_scheduler="constant", lr_warmup_steps=0,
+                       gradient_checkpointing=False, mixed_precision=mixed, checkpoint_every=10,
+                       validation_images=1, validation_inference_steps=2, cache_latents_to_disk=False)
+
+
+def knobs() -> list[dataclasses.Field]:
+    """The fields of ``TrainConfig`` in declaration order (the CLI makes one flag per knob)."""
+    return list(dataclasses.fields(TrainConfig))

@@ -1,0 +1,77 @@
+"""The trainer's loss log (CSV, one row per optimizer step) and its loss-curve PNG, drawn with PIL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from tools.atomic import atomic_write_bytes, atomic_write_text
+
+LOSS_LOG = "loss_log.csv"
+LOSS_CURVE = "loss_curve.png"
+COLUMNS = ("step", "loss", "loss_ema", "lr", "elapsed_s")
+
+
+def write_loss_log(path: Path, rows: list[dict]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in COLUMNS})
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_loss_log(path: Path, up_to_step: int | None = None) -> list[dict]:
+    """Rows of an earlier run (for resuming), as numbers, optionally only up to ``up_to_step``."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [{"step": int(r["step"]), "loss": float(r["loss"]), "loss_ema": float(r["loss_ema"]),
+                 "lr": float(r["lr"]), "elapsed_s": float(r["elapsed_s"])} for r in csv.DictReader(handle)]
+    return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
+
+
+def draw_loss_curve(path: Path, rows: list[dict], title: str = "LoRA training loss",
+                    size: tuple[int, int] = (800, 450)) -> Path:
+    """A line chart: raw loss (light) and its moving average (dark) against the step, with axes and ticks."""
+    width, height = size
+    left, right, top, bottom = 70, 20, 40, 50
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    draw.text((left, 12), title, fill="black", font=font)
+    points = [(r["step"], r["loss"], r["loss_ema"]) for r in rows if math.isfinite(r["loss"])]
+    x0, x1 = (points[0][0], points[-1][0]) if points else (0, 1)
+    losses = [p[1] for p in points] + [p[2] for p in points]
+    y0, y1 = (min(losses), max(losses)) if losses else (0.0, 1.0)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 - y0 < 1e-12:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def xy(step: float, loss: float) -> tuple[float, float]:
+        return left + (step - x0) / (x1 - x0) * plot_w, top + (1 - (loss - y0) / (y1 - y0)) * plot_h
+
+    draw.rectangle((left, top, left + plot_w, top + plot_h), outline="black")
+    for i in range(5):  # ticks and grid
+        fraction = i / 4
+        gy = top + plot_h * (1 - fraction)
+        draw.line((left, gy, left + plot_w, gy), fill=(230, 230, 230))
+        draw.text((6, gy - 6), f"{y0 + (y1 - y0) * fraction:.4g}", fill="black", font=font)
+        gx = left + plot_w * fraction
+        draw.line((gx, top + plot_h, gx, top + plot_h + 4), fill="black")
+        draw.text((gx - 10, top + plot_h + 8), f"{round(x0 + (x1 - x0) * fraction)}", fill="black", font=font)
+    draw.text((left + plot_w // 2 - 15, height - 20), "step", fill="black", font=font)
+    draw.text((6, top - 16), "loss", fill="black", font=font)
+    if len(points) > 1:
+        draw.line([xy(s, loss) for s, loss, _ in points], fill=(160, 190, 230), width=1)
+        draw.line([xy(s, ema) for s, _, ema in points], fill=(20, 70, 160), width=2)
+    draw.text((left + plot_w - 150, top + 6), "— loss   — moving average", fill=(20, 70, 160), font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
