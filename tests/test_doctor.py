@@ -161,3 +161,32 @@ def test_a_crashing_check_is_reported_not_raised(tiny_settings, monkeypatch):
     failing = [r for r in results if r.status == FAIL]
     assert len(failing) == 1 and "boom" in failing[0].detail and failing[0].fix
     assert by_name(results)["output folder"].status == OK  # later checks still ran
+
+
+def test_module_imports_are_checked(tmp_path, monkeypatch):
+    package = tmp_path / "aldar_fake_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "fine.py").write_text("VALUE = 1\n")
+    (package / "broken.py").write_text(f"raise ImportError('needs {KEY}')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("FREEPIK_API_KEY", KEY)
+    imported, failures = doctor.import_all("aldar_fake_pkg")
+    assert imported == 1
+    assert [f.name for f in failures] == ["module aldar_fake_pkg.broken"]
+    assert failures[0].status == FAIL and "ImportError" in failures[0].detail and failures[0].fix
+    assert KEY not in failures[0].detail  # error texts are redacted too
+    assert doctor.check_modules(None)[0].status == OK  # the real tools package
+
+
+def test_agent_modules_and_prompt_files(tiny_settings, tmp_path, monkeypatch):
+    from agent.commands.doctor import check_agent
+
+    checks = by_name(check_agent(tiny_settings))
+    assert checks["agent modules"].status == OK
+    assert checks["prompt files"].status == OK and "system.md" in checks["prompt files"].detail
+    import agent.prompts
+
+    monkeypatch.setattr(agent.prompts, "PROMPTS_DIR", tmp_path / "no-prompts")
+    missing = by_name(check_agent(tiny_settings))["prompt files"]
+    assert missing.status == FAIL and "prompts/" in missing.fix

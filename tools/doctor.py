@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from tools.errors import AldarError
 from tools.secrets import KEY_NAMES, api_key, mask, redact
@@ -47,19 +47,24 @@ class CheckResult:
     fix: str = ""
 
 
-def run_checks(settings: Settings) -> list[CheckResult]:
-    """Every check, in the order a user would fix them; one failing check never hides the rest."""
-    checks: list[Callable[[Settings], list[CheckResult]]] = [
-        check_python, check_packages, check_device, check_models, check_tiny_build,
-        check_references, check_taxonomy, check_api_keys, check_output_folder,
-    ]
+Check = Callable[[Settings], list[CheckResult]]
+
+
+def run_checks(settings: Settings, extra_checks: Sequence[Check] = ()) -> list[CheckResult]:
+    """Every check, in the order a user would fix them; one failing check never hides the rest.
+
+    ``extra_checks`` come after the package checks: the CLI adds its own (agent modules, prompt files),
+    which ``tools`` cannot import.
+    """
+    checks: list[Check] = [check_python, check_packages, check_modules, *extra_checks, check_device, check_models,
+                           check_tiny_build, check_references, check_taxonomy, check_api_keys, check_output_folder]
     results: list[CheckResult] = []
     for check in checks:
         results.extend(run_check(check, settings))
     return results
 
 
-def run_check(check: Callable[[Settings], list[CheckResult]], settings: Settings) -> list[CheckResult]:
+def run_check(check: Check, settings: Settings) -> list[CheckResult]:
     """One check; an exception becomes a ``fail`` result carrying the error's fix."""
     name = check.__name__.removeprefix("check_")
     try:
@@ -122,6 +127,29 @@ def check_packages(settings: Settings) -> list[CheckResult]:
         else:
             results.append(CheckResult(name, OK, installed))
     return results
+
+
+def import_all(package_name: str) -> tuple[int, list[CheckResult]]:
+    """Import every module of a package: how many imported, and one fail line per module that does not."""
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(package_name)
+    names = [info.name for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}.")]
+    failures = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - any import failure is what this check reports
+            failures.append(CheckResult(f"module {name}", FAIL, redact(f"does not import: {type(error).__name__}: "
+                                                                         f"{error}"),
+                                        "reinstall with `pip install -e .`; if it persists, report it as a bug"))
+    return len(names) - len(failures), failures
+
+
+def check_modules(settings: Settings) -> list[CheckResult]:
+    imported, failures = import_all("tools")
+    return failures or [CheckResult("tools modules", OK, f"all {imported} import")]
 
 
 def check_device(settings: Settings) -> list[CheckResult]:

@@ -7,7 +7,7 @@ import argparse
 from rich.markup import escape
 
 from agent import ui
-from tools.doctor import FAIL, INFO, OK, WARN, exit_code, run_checks
+from tools.doctor import FAIL, INFO, OK, WARN, CheckResult, exit_code, import_all, run_checks
 from tools.settings import Settings
 
 NAME = "doctor"
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    results = run_checks(settings)
+    results = run_checks(settings, extra_checks=[check_agent])
     # Details hold paths and error texts: escape them so rich never reads "[...]" as markup.
     rows = [[escape(r.name), _STATUS_STYLE.get(r.status, r.status), escape(r.detail)] for r in results]
     ui.table(f"aldar doctor — profile {settings.profile}", ["check", "status", "detail"], rows)
@@ -41,3 +41,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         ui.success(f"ready for profile {settings.profile}" + (f" ({warnings} optional item(s) missing)" if warnings else ""))
     return exit_code(results)
+
+
+def check_agent(settings: Settings) -> list[CheckResult]:
+    """The agent side of the project: its modules import and the prompt files the LLM reads are there."""
+    from agent.prompts import PROMPTS_DIR
+
+    imported, failures = import_all("agent")
+    results = failures or [CheckResult("agent modules", OK, f"all {imported} import")]
+    prompts = sorted(p.name for p in PROMPTS_DIR.glob("*.md")) if PROMPTS_DIR.is_dir() else []
+    if prompts:
+        results.append(CheckResult("prompt files", OK, f"{PROMPTS_DIR}: {', '.join(prompts)}"))
+    else:
+        results.append(CheckResult("prompt files", FAIL, f"no prompts/*.md in {PROMPTS_DIR}",
+                                   "restore the prompts/ folder from the repository (git checkout prompts)"))
+    return results
