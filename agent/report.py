@@ -80,8 +80,9 @@ def draw_score_chart(history: list[dict], size: tuple[int, int] = CHART_SIZE) ->
     rounds = [r["round"] for r in history] or [1]
     first, last = min(rounds), max(max(rounds), min(rounds) + 1)
 
-    def x_of(number: float) -> float:
-        return left + (number - first) / (last - first) * (right - left)
+    def x_of(number: float) -> float:  # inset, so points never hide the y axis
+        inset = 24
+        return left + inset + (number - first) / (last - first) * (right - left - 2 * inset)
 
     def y_of(score: float) -> float:
         return bottom - max(0.0, min(1.0, score)) * (bottom - top)

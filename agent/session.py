@@ -178,8 +178,11 @@ class Session:
         with self._stage("train"):
             self._say(f"round {state.number}: training {_describe_params(self.params)} → {self.store.relative(run_dir)}")
             started = time.perf_counter()
+            _reenable_lora_layers(self.profile)
             result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
             self._compute("train", started)
+        if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
+            raise KeyboardInterrupt
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted}
@@ -212,7 +215,8 @@ class Session:
             else settings.num_inference_steps
         images: dict[str, list[Path]] = {}
         with self._stage("generate"):
-            for name, lora in ((LORA, state.train["lora_path"]), (BASE, None)):
+            # Base first: the pipeline is left with the LoRA enabled (see _reenable_lora_layers).
+            for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
                 self._say(f"round {state.number}: generating {name} images …")
                 started = time.perf_counter()
                 made = generate_local(self.profile, prompts, self.store.round_images_dir(state.number, name),
@@ -316,6 +320,7 @@ class Session:
 
     def run_round(self, decider: Decider) -> dict:
         """analyze (once) → train → generate → score → feedback → decide → record."""
+        self._round()
         self.analyze()
         self.train()
         self.generate()
@@ -351,12 +356,27 @@ class Session:
 
 
 # -------------------------------------------------------------------- helpers
+def _reenable_lora_layers(profile: ModelProfile) -> None:
+    """Base-model generation disables every LoRA layer of the shared cached pipeline; the trainer's
+    fresh adapter would then be bypassed too (no gradients). Enabling the layers changes nothing
+    else: the trainer makes its own adapter the active one."""
+    from tools.models import load_sdxl_pipeline
+
+    pipe = load_sdxl_pipeline(profile)
+    if getattr(pipe.unet, "peft_config", None):
+        pipe.enable_lora()
+
+
 def default_params(profile: ModelProfile) -> dict:
     """The trainer's defaults for ``profile`` plus the knobs the agent adds on top."""
     from tools.trainer import default_train_config
 
     config = dataclasses.asdict(default_train_config(profile))
     params = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    # Each round renders its own images from the LoRA right after training: the trainer's
+    # checkpoint validation renders would be the same work twice.
+    if "validation_images" in params:
+        params["validation_images"] = 0
     params.setdefault("lora_scale", 1.0)
     params.setdefault("feature_emphasis", [])
     return params

@@ -109,7 +109,11 @@ class RunStore:
         self.history_path = self.root / HISTORY_FILE
         self.report_path = self.root / "report.html"
         self.chart_path = self.root / "score_chart.png"
-        self._history = self._load_history()
+        try:
+            self._history = self._load_history()
+        except BaseException:
+            self.lock.release()
+            raise
 
     def close(self) -> None:
         self.lock.release()

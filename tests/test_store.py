@@ -1,0 +1,154 @@
+"""Run store: the folder lock, the history file, best LoRA, and report.html with its PIL chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from agent.report import chart_series, draw_score_chart, write_report
+from agent.session import Session
+from agent.store import LOCK_FILE, RunStore
+from tools.errors import BusyError, InputError
+
+
+def test_second_session_on_the_same_folder_is_refused(tiny_settings):
+    first = Session(tiny_settings, quiet=True)
+    try:
+        with pytest.raises(BusyError) as caught:
+            Session(tiny_settings, quiet=True)
+        message = str(caught.value)
+        assert f"process {os.getpid()} on {socket.gethostname()}" in message
+        assert "--output-dir" in message  # the fix
+    finally:
+        first.close()
+    Session(tiny_settings, quiet=True).close()  # released: the next one gets it
+
+
+def test_lock_held_by_another_process_names_it(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from agent.store import RunStore
+        RunStore({str(tmp_path)!r})
+        print("held", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BusyError, match=f"process {holder.pid} on "):
+            RunStore(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    store = RunStore(tmp_path)  # the kernel dropped the dead holder's lock: taken over
+    assert store.lock.previous_holder["pid"] == holder.pid
+    store.close()
+
+
+def test_stale_lock_file_of_a_dead_pid_is_taken_over(tiny_settings):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = Path(tiny_settings.output_dir)
+    folder.mkdir(parents=True)
+    (folder / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "earlier"}))
+    with Session(tiny_settings, quiet=True) as session:
+        assert session.store.lock.previous_holder["pid"] == dead.pid
+        assert json.loads((folder / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def _record(number: int, score: float, store: RunStore) -> dict:
+    lora = store.round_run_dir(number) / "pytorch_lora_weights.safetensors"
+    lora.parent.mkdir(parents=True, exist_ok=True)
+    lora.write_bytes(f"weights of round {number}".encode())
+    image = store.round_images_dir(number, "lora") / "lora_0.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), (200, 100, 50)).save(image)
+    return {"round": number, "lora_score": score, "params": {"steps": 30}, "rationale": "r", "decided_by": "rule-policy",
+            "scores": {"lora": {"quality": score, "quality_std": 0.01}, "base": {"quality": 0.5}},
+            "ceiling": {"quality": 0.9}, "decision": {"adjustments": {}},
+            "paths": {"lora": store.relative(lora), "run_dir": store.relative(lora.parent),
+                      "images": {"lora": [store.relative(image)]}}}
+
+
+def test_history_rounds_in_progress_and_best_lora(tmp_path):
+    store = RunStore(tmp_path / "results", {"profile": "tiny"})
+    store.begin_round(1, {"steps": 30})
+    saved = json.loads(store.history_path.read_text())
+    assert saved["in_progress"]["round"] == 1 and saved["rounds"] == []
+    store.finish_round(_record(2, 0.7, store))
+    store.finish_round(_record(1, 0.6, store))
+    store.finish_round(_record(1, 0.65, store))  # a rerun of round 1 replaces it
+    saved = json.loads(store.history_path.read_text())
+    assert [r["round"] for r in saved["rounds"]] == [1, 2] and saved["rounds"][0]["lora_score"] == 0.65
+    assert saved["in_progress"] is None
+    store.mark_best(saved["rounds"][1])
+    saved = json.loads(store.history_path.read_text())
+    assert saved["best_round"] == 2 and saved["best_lora"] == "best_lora/pytorch_lora_weights.safetensors"
+    assert (store.root / saved["best_lora"]).read_bytes() == b"weights of round 2"
+    assert json.loads((store.best_lora_dir / "best_lora.json").read_text())["round"] == 2
+    assert not list(store.root.rglob("*.tmp"))  # atomic writes leave no temp files
+    store.close()
+    reopened = RunStore(tmp_path / "results")
+    assert [r["round"] for r in reopened.rounds] == [1, 2]
+    reopened.close()
+
+
+def test_unreadable_history_is_an_input_error_and_the_lock_is_released(tmp_path):
+    (tmp_path / "training_history.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        RunStore(tmp_path)
+    (tmp_path / "training_history.json").unlink()
+    RunStore(tmp_path).close()  # not BusyError: the failed open let go of the lock
+
+
+def test_original_list_history_is_read(tmp_path):
+    (tmp_path / "training_history.json").write_text(json.dumps([{"round": 1, "lora_score": 0.5}]))
+    store = RunStore(tmp_path)
+    assert store.rounds == [{"round": 1, "lora_score": 0.5}] and store.data["in_progress"] is None
+    store.close()
+
+
+def test_score_chart_draws_one_line_per_generator_with_axes():
+    history = [{"round": 1, "scores": {"lora": {"quality": 0.4}, "base": {"quality": 0.3}}, "ceiling": {"quality": 0.9}},
+               {"round": 2, "scores": {"lora": {"quality": 0.6}, "base": {"quality": 0.3}}, "ceiling": {"quality": 0.9}}]
+    assert chart_series(history) == {"lora": [(1, 0.4), (2, 0.6)], "base": [(1, 0.3), (2, 0.3)],
+                                     "reference ceiling": [(1, 0.9), (2, 0.9)]}
+    chart = draw_score_chart(history)
+    assert chart.size == (720, 400)
+    colours = {colour for _, colour in chart.getcolors(maxcolors=100000)}
+    assert (214, 96, 20) in colours and (31, 119, 180) in colours and (90, 90, 90) in colours
+    # The y axis is a black vertical line at x=58 from the top to the bottom of the plot.
+    assert all(chart.getpixel((58, y)) == (0, 0, 0) for y in range(40, 340, 20))
+
+
+def test_report_html_opens_offline_with_relative_existing_files(tmp_path, references_dir):
+    store = RunStore(tmp_path / "results", {"profile": "tiny", "notice": "scores check the pipeline, not quality"})
+    history = [_record(1, 0.6, store)]
+    store.finish_round(history[0])
+    page_path = write_report(store, references_dir, history)
+    page = page_path.read_text()
+    assert "Pipeline check, not quality" in page and "http" not in page.replace("http-equiv", "")
+    sources = [part.split('"', 1)[0] for part in page.split('src="')[1:]]
+    assert len(sources) == 5 + 1 + 1  # references, chart, the round's image
+    for source in sources:
+        assert not Path(source).is_absolute() and (store.root / source).is_file(), source
+    assert Image.open(store.chart_path).size == (720, 400)
+    store.close()
+
+
+def test_lock_file_is_emptied_on_close(tmp_path):
+    store = RunStore(tmp_path)
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    store.close()
+    assert (tmp_path / LOCK_FILE).read_text() == ""
+    started = time.perf_counter()
+    RunStore(tmp_path).close()
+    assert time.perf_counter() - started < 5
