@@ -1,0 +1,92 @@
+"""Two autonomous rounds decided by an LLM (the loopback fake, through the real openai client),
+then a chat turn over the same results: tool errors go back to the model, history records the LLM."""
+
+from __future__ import annotations
+
+import json
+
+from agent.repl import Repl
+from tests.fakes.openai_server import FakeOpenAIServer, Reply
+from tools.settings import load_settings
+
+SECRET = "sk-rounds-secret-key-9876543210"
+MODEL = "deepseek-v4-flash"
+
+
+def decision_script(steps: int) -> list[Reply]:
+    """One decide(): a lookup, a malformed call and an unknown tool, then a valid proposal."""
+    return [
+        Reply.tools(("read_feedback", "{}"),
+                    ("propose_adjustment", '{"rationale": "more steps", "steps": '),  # cut-off JSON
+                    ("delete_all_rounds", "{}"),  # no such tool
+                    reasoning_content="Check the feedback first."),
+        Reply.tools(("propose_adjustment", json.dumps({"rationale": "CLIP is low, so train a bit longer",
+                                                       "steps": steps, "feature_emphasis": ["round face"]})),
+                    reasoning_content="Now the decision."),
+    ]
+
+
+def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
+    with FakeOpenAIServer() as server:
+        settings = load_settings(overrides={**{k: getattr(tiny_settings, k) for k in
+                                               ("profile", "references", "output_dir", "analysis_path")},
+                                            "llm_base_url": server.url, "images_per_prompt": 1,
+                                            "competitors": "", "llm_timeout_s": 30,
+                                            "target_score": 1.0, "patience": 5}, environ={})
+        server.enqueue(*decision_script(3), *decision_script(2))
+        repl = Repl(settings, assume_yes=True, quiet=True)
+        repl.session.params["steps"] = 2  # seconds, not minutes: the pipeline is what is checked here
+        assert repl.run_once("/auto 2") == 0
+
+        results = tmp_path / "results"
+        history = json.loads((results / "training_history.json").read_text())
+        rounds = history["rounds"]
+        assert [r["round"] for r in rounds] == [1, 2]
+        assert [r["decided_by"] for r in rounds] == [f"llm:{MODEL}"] * 2
+        assert rounds[0]["rationale"] == "CLIP is low, so train a bit longer"
+        assert rounds[0]["decision"]["adjustments"] == {"steps": 3, "feature_emphasis": ["round face"]}
+        assert rounds[1]["params"]["steps"] == 3 and rounds[1]["next_params"]["steps"] == 2
+        for record in rounds:
+            assert (results / record["paths"]["feedback"]).is_file()
+            assert (results / record["paths"]["comparison_report"]).is_file()
+        assert len(list((results / "feedback").glob("feedback_*.json"))) == 2
+
+        assert len(server.requests) == 4
+        for first, second in ((0, 1), (2, 3)):
+            sent = server.requests[second].messages
+            assistant = next(m for m in sent if m.get("tool_calls"))
+            assert assistant["reasoning_content"] == "Check the feedback first."
+            ids = [c["id"] for c in assistant["tool_calls"]]
+            tools = [m for m in sent if m["role"] == "tool"]
+            assert [m["tool_call_id"] for m in tools] == ids
+            results_sent = [json.loads(m["content"]) for m in tools]
+            assert results_sent[0]["ok"] is True and "lora_score" in results_sent[0]
+            assert results_sent[1]["ok"] is False and "not valid JSON" in results_sent[1]["error"]
+            assert results_sent[2]["ok"] is False and "unknown tool 'delete_all_rounds'" in results_sent[2]["error"]
+            briefing = server.requests[first].messages[1]["content"]
+            assert "rule_policy_would" in briefing and "current_params" in briefing
+            assert "propose_adjustment" in {t["function"]["name"] for t in server.requests[first].body["tools"]}
+        for request in server.requests:
+            assert SECRET not in json.dumps(request.body)
+
+        # A chat turn over the finished rounds: read-only tools, an out-of-range adjustment corrected.
+        server.enqueue(
+            Reply.tools(("list_rounds", ""), ("compare_rounds", '{"first": 1, "second": 2}'),
+                        ("explain_feature", "{}"), ("apply_adjustment", '{"rationale": "x", "lora_scale": 9}')),
+            Reply.tools(("apply_adjustment", '{"rationale": "images look overcooked", "lora_scale": 0.8}')),
+            Reply.text("Round 2 is in; next round uses **lora_scale 0.8**."))
+        chat = Repl(settings, assume_yes=True, quiet=True)
+        assert chat.run_once("what should change next?") == 0
+        sent = server.requests[5].messages
+        outcomes = {m["tool_call_id"]: json.loads(m["content"]) for m in sent if m["role"] == "tool"}
+        calls = {c["id"]: c["function"]["name"] for m in sent if m.get("tool_calls") for c in m["tool_calls"]}
+        by_name = {calls[i]: outcome for i, outcome in outcomes.items()}
+        assert [r["round"] for r in by_name["list_rounds"]["rounds"]] == [1, 2]
+        assert by_name["compare_rounds"]["changed_params"]["steps"] == {"from": 2, "to": 3}
+        assert by_name["explain_feature"]["ok"] is True
+        assert "lora_scale = 9 is above the maximum 1.5" in by_name["apply_adjustment"]["error"]
+        final = server.requests[6].messages[-1]
+        assert json.loads(final["content"])["next_params"]["lora_scale"] == 0.8
+        transcript = next((results / "chat").glob("transcript_*.json")).read_text()
+        assert SECRET not in transcript and "lora_scale 0.8" in transcript
