@@ -243,3 +243,18 @@ def test_logged_tracebacks_are_scrubbed(monkeypatch):
     text = stream.getvalue()
     assert "RuntimeError: 401 for https://api.example/v1?key=***" in text
     assert KEY not in text
+
+
+def test_sdxl_loading_uses_the_dtype_keyword_diffusers_expects(tmp_path):
+    import warnings
+
+    from diffusers import StableDiffusionXLPipeline
+
+    from tools.models import dtype_kwargs
+
+    (tmp_path / "empty").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(OSError):
+            StableDiffusionXLPipeline.from_pretrained(str(tmp_path / "empty"), **dtype_kwargs(torch.float16))
+    assert not [w for w in caught if "dtype" in str(w.message)]  # no deprecation notice for users

@@ -256,6 +256,17 @@ def ensure_available(what: str, model_id: str, setting: str) -> None:
         raise _missing(what, model_id, setting)
 
 
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``dtype=`` where diffusers has it (newer releases warn on ``torch_dtype=``), else ``torch_dtype=``."""
+    try:
+        from diffusers.utils import deprecation_utils
+
+        renamed = hasattr(deprecation_utils, "_resolve_dtype")
+    except ImportError:
+        renamed = False
+    return {"dtype": dtype} if renamed else {"torch_dtype": dtype}
+
+
 def load_sdxl_pipeline(profile: ModelProfile):
     """The SDXL text-to-image pipeline for ``profile``, loaded once per process."""
     key = ("sdxl-pipeline", profile)
@@ -273,7 +284,7 @@ def _load_sdxl_pipeline(profile: ModelProfile):
     else:
         source = profile.base_model
         ensure_available("SDXL base model", source, "base_model")
-        kwargs: dict[str, Any] = {"torch_dtype": profile.torch_dtype}
+        kwargs: dict[str, Any] = dtype_kwargs(profile.torch_dtype)
         try:
             if source.endswith((".safetensors", ".ckpt")):
                 pipe = StableDiffusionXLPipeline.from_single_file(source, **kwargs)
