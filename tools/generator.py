@@ -125,7 +125,7 @@ def _adapter_for_file(pipe, registry: LoadedAdapters, lora_file: Path) -> str:
         pipe.delete_adapters(registry.by_file.pop(old))
     name = f"lora_{registry.loads}_{re.sub(r'[^A-Za-z0-9_]', '_', lora_file.parent.name)[:40]}"
     try:
-        with _quiet_lora_loading():
+        with quiet_lora_loading():
             pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=name)
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
         raise InputError(f"LoRA {lora_file} does not fit this base model ({str(exc).splitlines()[0][:160]})",
@@ -137,7 +137,7 @@ def _adapter_for_file(pipe, registry: LoadedAdapters, lora_file: Path) -> str:
 
 
 @contextmanager
-def _quiet_lora_loading() -> Iterator[None]:
+def quiet_lora_loading() -> Iterator[None]:
     """UNet-only LoRAs make diffusers warn about text encoders, and peft about a second adapter: both expected."""
     from diffusers.utils import logging as diffusers_logging
 
@@ -156,7 +156,7 @@ def _ensure_lcm_adapter(pipe, lcm_lora: str) -> str:
     key = (f"lcm:{lcm_lora}", 0, 0)
     if key not in registry.by_file:
         try:
-            with _quiet_lora_loading():
+            with quiet_lora_loading():
                 pipe.load_lora_weights(lcm_lora, adapter_name=LCM_ADAPTER)
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
             raise ModelNotFoundError(f"could not load the LCM-LoRA {lcm_lora!r}: {str(exc).splitlines()[0][:160]}",
