@@ -44,7 +44,7 @@ def test_sdxl_with_missing_weights_fails_with_the_fix(tiny_settings):
     assert "hf download stabilityai/stable-diffusion-xl-base-1.0" in base.fix
     assert "--base-model" in base.fix and ".safetensors" in base.fix and "--profile tiny" in base.fix
     assert "hf download openai/clip-vit-large-patch14" in clip.fix and "--clip-model" in clip.fix
-    assert checks["model: LCM-LoRA"].status == WARN  # only needed with use_lcm
+    assert checks["model: LCM-LoRA"].status == INFO  # only needed with use_lcm
     failing = {r.name for r in results if r.status == FAIL}
     assert failing == {"model: SDXL base", "model: CLIP scorer"}
 

@@ -1,10 +1,11 @@
 """Self-check: is this machine ready to run aldar with these settings?
 
 ``run_checks(settings)`` returns one ``CheckResult`` per check and prints
-nothing (``agent/commands/doctor.py`` renders them). Every result that is not
-``ok`` carries a fix. Only ``fail`` results mean something required is missing;
-``warn`` marks an optional part (an API key, the LCM-LoRA) and ``info`` a fact
-worth knowing. Nothing here touches the network or downloads anything.
+nothing (``agent/commands/doctor.py`` renders them). Every ``warn``/``fail``
+carries a fix. Only ``fail`` results mean something required is missing (exit 1);
+``warn`` marks a missing optional part that costs a feature (an API key), and
+``info`` a fact worth knowing (weights the profile does not use, SDXL on a CPU).
+Nothing here touches the network or downloads anything.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def check_models(settings: Settings) -> list[CheckResult]:
             results.append(CheckResult(name, FAIL, f"{model_id} is neither a local path nor in the HF cache",
                                        fix + "; or run offline with --profile tiny"))
         else:
-            results.append(CheckResult(name, WARN, f"{model_id} missing — only needed with use_lcm = true", fix))
+            results.append(CheckResult(name, INFO, f"{model_id} missing — only needed with use_lcm = true", fix))
     return results
 
 
