@@ -232,3 +232,11 @@ def test_bundled_references_are_reproducible_from_the_drawing_script():
     assert np.abs(other - first).mean() > 10
     for i in range(1, 6):
         assert (BUNDLED_REFERENCES / f"aldar{i}.png").stat().st_size < 150_000
+
+
+def test_home_relative_paths_are_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (64, 64), RED).save(tmp_path / "pics" / "a.png")
+    assert list_images("~/pics") == [tmp_path / "pics" / "a.png"]
+    assert pixel(load_image("~/pics/a.png"), (0, 0)) == RED

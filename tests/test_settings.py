@@ -178,3 +178,9 @@ def test_taxonomy_path_resolution(tmp_path):
     assert settings.taxonomy_path() == folder / "taxonomy.json"
     explicit = settings.replace(taxonomy=str(tmp_path / "mine.json"))
     assert explicit.taxonomy_path() == tmp_path / "mine.json"
+
+
+def test_taxonomy_path_expands_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = load_settings(environ={}, overrides={"taxonomy": "~/tax.json"})
+    assert settings.taxonomy_path() == tmp_path / "tax.json"

@@ -17,7 +17,7 @@ MIN_SIDE = 64
 
 def load_image(path: str | Path) -> Image.Image:
     """Open ``path`` as an 8-bit RGB image (CMYK, RGBA, 16-bit, palette, EXIF-rotated are converted)."""
-    path = Path(path)
+    path = Path(path).expanduser()  # "~/pictures" from aldar.toml is not expanded by any shell
     if not path.is_file():
         raise InputError(f"image {path} does not exist", "check the path")
     if path.stat().st_size == 0:
@@ -62,7 +62,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def list_images(folder: str | Path, what: str = "references") -> list[Path]:
     """Image files in ``folder`` (sorted), or a clear error when there are none."""
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InputError(f"{what} folder {folder} does not exist", f"pass --{what} DIR with your png/jpg/webp images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

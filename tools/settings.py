@@ -87,8 +87,8 @@ class Settings:
 
     def taxonomy_path(self) -> Path:
         if self.taxonomy:
-            return Path(self.taxonomy)
-        beside = Path(self.references) / "taxonomy.json"
+            return Path(self.taxonomy).expanduser()
+        beside = Path(self.references).expanduser() / "taxonomy.json"
         return beside if beside.is_file() else BUNDLED_TAXONOMY
 
     def replace(self, **changes: Any) -> "Settings":
