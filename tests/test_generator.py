@@ -138,6 +138,20 @@ def test_lora_scale_changes_image_and_swaps_reuse_loaded_adapters(tiny_profile, 
     assert len(registry.by_file) == len(set(pipe.get_list_adapters()["unet"]))
 
 
+def test_a_lora_of_another_shape_is_refused_and_the_pipeline_still_works(tiny_profile, tmp_path, loras):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(loras[0])
+    key = next(k for k in weights if "lora.down" in k or "lora_A" in k)
+    weights[key] = weights[key].new_zeros(weights[key].shape[0], weights[key].shape[1] + 8)  # wrong base width
+    (tmp_path / "wrong").mkdir()
+    save_file(weights, tmp_path / "wrong" / "pytorch_lora_weights.safetensors")
+    with pytest.raises(InputError, match="does not fit this base model"):
+        generate_local(tiny_profile, [PROMPT], tmp_path / "x", lora_path=tmp_path / "wrong", **FAST)
+    [image] = generate_local(tiny_profile, [PROMPT], tmp_path / "ok", lora_path=loras[0], **FAST)
+    assert image.path.is_file()
+
+
 def test_lcm_fast_mode_runs_four_steps_and_restores_the_scheduler(tiny_profile, tmp_path):
     pipe = load_sdxl_pipeline(tiny_profile)
     standard = pipe.scheduler

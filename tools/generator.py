@@ -122,12 +122,14 @@ def _adapter_for_file(pipe, registry: LoadedAdapters, lora_file: Path) -> str:
         return registry.by_file[key]
     stale = [k for k in registry.by_file if k[0] == key[0]]  # same path, new contents (a retrained LoRA)
     for old in stale:
-        pipe.delete_adapters(registry.by_file.pop(old))
+        with quiet_lora_loading():
+            pipe.delete_adapters(registry.by_file.pop(old))
     name = f"lora_{registry.loads}_{re.sub(r'[^A-Za-z0-9_]', '_', lora_file.parent.name)[:40]}"
     try:
         with quiet_lora_loading():
             pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=name)
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
+        _drop_partial_adapter(pipe, name)
         raise InputError(f"LoRA {lora_file} does not fit this base model ({str(exc).splitlines()[0][:160]})",
                          "use a LoRA trained for the same base model and profile (tiny LoRAs only fit --profile tiny)"
                          ) from None
@@ -136,16 +138,26 @@ def _adapter_for_file(pipe, registry: LoadedAdapters, lora_file: Path) -> str:
     return name
 
 
+def _drop_partial_adapter(pipe, name: str) -> None:
+    # A load that failed halfway may have injected some layers; leave the pipeline as it was.
+    try:
+        with quiet_lora_loading():
+            pipe.delete_adapters(name)
+    except (ValueError, KeyError, RuntimeError):
+        pass
+
+
 @contextmanager
 def quiet_lora_loading() -> Iterator[None]:
-    """UNet-only LoRAs make diffusers warn about text encoders, and peft about a second adapter: both expected."""
+    """UNet-only LoRAs make diffusers warn about text encoders, and peft about a second adapter or deleting
+    the active one: all expected when adapters are swapped in place."""
     from diffusers.utils import logging as diffusers_logging
 
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters", category=UserWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module="peft")
             yield
     finally:
         diffusers_logging.set_verbosity(level)
