@@ -124,7 +124,8 @@ def bounds_for(default_params: dict[str, Any], tiny: bool) -> dict[str, tuple]:
     if not tiny:
         return SAFE_BOUNDS
     steps = int(default_params.get("steps") or 1)
-    return {**SAFE_BOUNDS, "steps": (1, max(steps, 2) * 2), "learning_rate": (1e-6, 1e-2)}
+    top_lr = max(1e-2, float(default_params.get("learning_rate") or 0.0))
+    return {**SAFE_BOUNDS, "steps": (1, max(steps, 2) * 2), "learning_rate": (1e-6, top_lr)}
 
 
 class RulePolicy:

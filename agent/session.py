@@ -337,8 +337,8 @@ class Session:
         finished: list[dict] = []
         if self.store.data.get("in_progress"):
             number = self.store.data["in_progress"]["round"]
-            self._say(f"resuming: round {number} was interrupted and restarts "
-                      f"({len(self.store.rounds)} finished round(s) kept)")
+            ui.info(f"resuming: round {number} was interrupted and restarts "  # shown even when quiet
+                    f"({len(self.store.rounds)} finished round(s) kept)")
         while True:
             reason = stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience)
             if reason:

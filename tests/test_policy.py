@@ -122,6 +122,7 @@ def test_tiny_bounds_cap_steps_near_the_default_and_allow_higher_lr():
     bounds = bounds_for({"steps": 30}, tiny=True)
     assert bounds["steps"] == (1, 60) and bounds["learning_rate"][1] == 1e-2
     assert bounds_for({"steps": 30}, tiny=False) is SAFE_BOUNDS
+    assert bounds_for({"steps": 30, "learning_rate": 3e-2}, tiny=True)["learning_rate"] == (1e-6, 3e-2)
     params = {**PARAMS, "steps": 50, "learning_rate": 2e-3}
     decision = decide(feedback(clip=0.2), params, bounds=bounds)
     assert decision.adjustments == {"steps": 60}  # 75 wanted, capped at the tiny cap
