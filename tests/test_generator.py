@@ -138,6 +138,27 @@ def test_lora_scale_changes_image_and_swaps_reuse_loaded_adapters(tiny_profile, 
     assert len(registry.by_file) == len(set(pipe.get_list_adapters()["unet"]))
 
 
+def test_base_disables_an_adapter_someone_else_added_to_the_shared_unet(tiny_profile, tmp_path):
+    """The trainer adds its adapter to the cached pipeline's UNet; "base" must not draw with it."""
+    import torch
+    from peft import LoraConfig
+
+    before = generate_local(tiny_profile, [PROMPT], tmp_path / "before", lora_path=None, name="base", **FAST)[0]
+    pipe = load_sdxl_pipeline(tiny_profile)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                     target_modules=["to_k", "to_q", "to_v"]), adapter_name="trainer_run")
+    try:
+        with torch.no_grad():
+            for name, param in pipe.unet.named_parameters():
+                if "lora_B.trainer_run" in name:
+                    param.normal_(std=0.5)
+        pipe.unet.set_adapters(["trainer_run"])
+        after = generate_local(tiny_profile, [PROMPT], tmp_path / "after", lora_path=None, name="base", **FAST)[0]
+    finally:
+        pipe.delete_adapters("trainer_run")
+    assert np.array_equal(pixels(before.path), pixels(after.path))
+
+
 def test_a_lora_of_another_shape_is_refused_and_the_pipeline_still_works(tiny_profile, tmp_path, loras):
     from safetensors.torch import load_file, save_file
 

@@ -107,7 +107,8 @@ def activate_lora(pipe, lora_file: Path | None, scale: float = 1.0, *, extra: di
         name = _adapter_for_file(pipe, registry, lora_file)
         active[name] = scale
     if not active:
-        if registry.by_file:
+        # Any adapter counts, not only ours: the trainer may have added one to this shared pipeline's UNet.
+        if getattr(pipe.unet, "peft_config", None):
             pipe.disable_lora()
         return None
     pipe.enable_lora()
