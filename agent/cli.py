@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "agent.commands.doctor",
     "agent.commands.story",
     "agent.commands.analyze",
+    "agent.commands.train",
     "agent.commands.score",
     "agent.commands.generate",
     "agent.commands.run",

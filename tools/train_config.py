@@ -46,7 +46,7 @@ class TrainConfig:
     noise_offset: float = _knob(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
     train_text_encoder: bool = _knob(False, "also train LoRA on both text encoders (disables text-embedding caching)")
     gradient_checkpointing: bool = _knob(True, "recompute activations in backward: far less memory, about a fifth slower")
-    mixed_precision: str = _knob("no", "autocast precision: no | fp16 | bf16 (fp16 needs CUDA)",
+    mixed_precision: str = _knob("no", "autocast precision: no | fp16 | bf16 (fp16 needs CUDA; default follows --dtype)",
                                  choices=MIXED_PRECISIONS)
     checkpoint_every: int = _knob(250, "save a resumable checkpoint every N steps (0 = only on interrupt)")
     checkpoints_to_keep: int = _knob(3, "keep the newest N checkpoints (0 = keep all)")
@@ -145,7 +145,7 @@ def default_train_config(profile) -> TrainConfig:
     mixed = {"fp16": "fp16", "bf16": "bf16"}.get(profile.dtype, "no")
     if not profile.is_tiny:
         return TrainConfig(seed=profile.seed, mixed_precision=mixed)
-    return TrainConfig(rank=4, alpha=4.0, learning_rate=2e-3, steps=30, batch_size=2, gradient_accumulation=1,
+    return TrainConfig(rank=8, alpha=8.0, learning_rate=3e-2, steps=30, batch_size=2, gradient_accumulation=1,
                        resolution=64, seed=profile.seed, lr_scheduler="constant", lr_warmup_steps=0,
                        gradient_checkpointing=False, mixed_precision=mixed, checkpoint_every=10,
                        validation_images=1, validation_inference_steps=2, cache_latents_to_disk=False)

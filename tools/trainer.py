@@ -393,6 +393,8 @@ def _lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Mod
     modules: dict[str, torch.nn.Module] = {"unet": unet}
     if config.train_text_encoder:
         modules.update(text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2)
+    # pipe.disable_lora() (base-model renders) switches every LoRA layer off, a new adapter's too: remember it.
+    disabled = {name: _lora_layers_disabled(module) for name, module in modules.items()}
     torch.manual_seed(config.seed)  # LoRA initialisation
     try:
         for name, module in modules.items():
@@ -401,6 +403,7 @@ def _lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Mod
             module.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
                                           target_modules=targets), adapter_name=ADAPTER_NAME)
             module.set_adapter(ADAPTER_NAME)
+            module.enable_adapters()
             for param in module.parameters():  # trainable LoRA weights stay fp32 under fp16/bf16 autocast
                 if param.requires_grad:
                     param.data = param.data.float()
@@ -422,6 +425,15 @@ def _lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Mod
             module.eval()
         if previous:
             unet.set_adapter(previous)
+        for name, module in modules.items():
+            if disabled[name] and getattr(module, "peft_config", None):
+                module.disable_adapters()
+
+
+def _lora_layers_disabled(module) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(layer.disable_adapters for layer in module.modules() if isinstance(layer, BaseTunerLayer))
 
 
 def _set_gradient_checkpointing(module, enabled: bool) -> None:

@@ -1,0 +1,143 @@
+"""``aldar train``: train the character LoRA on the reference pictures (one flag per hyperparameter).
+
+Several GPUs: ``accelerate launch -m agent.cli train ...`` runs the same code on every GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from rich.markup import escape
+
+from agent import ui
+from tools.errors import InputError
+from tools.images import list_images
+from tools.lora_files import latest_checkpoint
+from tools.models import ModelProfile, resolve_profile
+from tools.settings import Settings
+from tools.train_config import TrainConfig, default_train_config, knobs
+
+NAME = "train"
+HELP = ("train an SDXL LoRA of the character on the reference pictures (diffusers + peft + accelerate); "
+        "writes diffusers and kohya LoRA files, checkpoints, validation images and a loss curve")
+SHARED_FLAGS = {"seed"}  # already a settings flag (--seed) that sets the training seed too
+_HELP_PROFILES = {"sdxl": ModelProfile("sdxl", "sdxl", "clip", "cuda", "fp16", 42),
+                  "tiny": ModelProfile("tiny", "tiny", "clip", "cpu", "fp32", 42)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # --references has the dest of the setting, so aldar.toml / ALDAR_REFERENCES apply too.
+    parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
+                        help="folder of reference pictures (png/jpg/webp); default: the references setting")
+    parser.add_argument("--analysis", metavar="FILE", default=argparse.SUPPRESS,
+                        help="feature-analysis JSON (captions + trigger token, from `aldar analyze`); default: "
+                             "analysis_path when it exists, else each caption is '<trigger>, <character name>'")
+    parser.add_argument("--run-dir", metavar="DIR", default=argparse.SUPPRESS,
+                        help="where the LoRA, checkpoints and logs go (default: <output_dir>/runs/train_<timestamp>)")
+    parser.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
+                        help="continue the latest checkpoint in --run-dir, else in the newest run under <output_dir>/runs")
+    group = parser.add_argument_group("hyperparameters (defaults: SDXL character LoRA; 'tiny:' the tiny profile)")
+    sdxl, tiny = (default_train_config(p) for p in _HELP_PROFILES.values())
+    for knob in knobs():
+        if knob.name in SHARED_FLAGS:
+            continue
+        flag = "--" + knob.name.replace("_", "-")
+        shown = f"{knob.metadata['help']} (default: {_show(getattr(sdxl, knob.name))}"
+        if getattr(tiny, knob.name) != getattr(sdxl, knob.name):
+            shown += f"; tiny: {_show(getattr(tiny, knob.name))}"
+        shown = (shown + ")").replace("%", "%%")
+        kwargs = dict(dest=knob.name, default=argparse.SUPPRESS, help=shown)
+        if knob.type in (bool, "bool"):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(knob.type, knob.type)
+            group.add_argument(flag, type=kind, choices=knob.metadata.get("choices"),
+                               metavar=knob.name.upper() if not knob.metadata.get("choices") else None, **kwargs)
+
+
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def training_config(args: argparse.Namespace, profile: ModelProfile, trigger_token: str) -> TrainConfig:
+    """The profile's defaults, the analysis' trigger token, then every flag given; validated."""
+    given = {k.name: getattr(args, k.name) for k in knobs() if k.name not in SHARED_FLAGS and hasattr(args, k.name)}
+    config = default_train_config(profile).replace(trigger_token=trigger_token)
+    config = config.replace(**given)
+    config.validate(profile)
+    return config
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from tools.trainer import train_lora
+
+    profile = resolve_profile(settings)
+    analysis = _read_analysis(args, settings)
+    trigger = getattr(args, "trigger_token", None) or analysis.get("trigger_token") or settings.trigger_token
+    config = training_config(args, profile, trigger)  # exit 2 here, before any file is touched
+    images = list_images(Path(settings.references))
+    captions = analysis.get("captions") or {}
+    fallback = f"{config.trigger_token}, {settings.character_name}"
+    dataset = [(path, captions.get(path.name) or fallback) for path in images]
+    run_dir = _run_dir(args, settings)
+    if profile.is_tiny:
+        ui.warn(profile.describe()["notice"])
+    ui.info(f"training {escape(config.output_name)}: {len(dataset)} images, rank {config.rank}, alpha "
+            f"{config.alpha:g}, lr {config.learning_rate:g}, {config.steps} steps at {config.resolution} px → "
+            f"{escape(str(run_dir))}")
+    result = train_lora(config, profile, dataset, run_dir, quiet=settings_quiet(args), resume=_flag(args, "resume"))
+    if result.interrupted:
+        again = " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--resume")
+        if "--run-dir" not in sys.argv:
+            again += f" --run-dir {shlex.quote(str(run_dir))}"
+        ui.warn(f"interrupted at step {result.steps}/{config.steps}; checkpoint saved in {run_dir}. "
+                f"Resume with: aldar {again} --resume")
+        return 130
+    ui.table("LoRA training", ["", ""], [
+        ["steps", result.steps], ["final loss (moving average)", result.final_loss],
+        ["diffusers LoRA", result.lora_path], ["kohya / A1111 / ComfyUI LoRA", result.kohya_path],
+        ["loss curve", result.loss_curve], ["checkpoints", len(result.checkpoints)]])
+    ui.success(f"LoRA saved to {result.lora_path}")
+    return 0
+
+
+def _flag(args: argparse.Namespace, name: str):
+    return getattr(args, name, None)  # flags without a default are absent unless given
+
+
+def settings_quiet(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False))
+
+
+def _read_analysis(args: argparse.Namespace, settings: Settings) -> dict:
+    given = _flag(args, "analysis")
+    path = Path(given) if given else Path(settings.analysis_path)
+    if not path.is_file():
+        if given:
+            raise InputError(f"analysis file {path} does not exist", "run `aldar analyze` first or fix --analysis")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"analysis file {path} is not valid JSON ({exc})", "rerun `aldar analyze`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("captions", {}), dict):
+        raise InputError(f"analysis file {path} has no captions mapping", "rerun `aldar analyze`")
+    return data
+
+
+def _run_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    if _flag(args, "run_dir"):
+        return Path(args.run_dir)
+    runs = Path(settings.output_dir) / "runs"
+    if _flag(args, "resume"):
+        candidates = sorted((d for d in runs.glob("*") if d.is_dir() and latest_checkpoint(d)),
+                            key=lambda d: d.stat().st_mtime)
+        if not candidates:
+            raise InputError(f"no run with checkpoints under {runs} to resume", "pass --run-dir DIR")
+        return candidates[-1]
+    return runs / f"train_{datetime.now().strftime('%Y%m%d_%H%M%S')}"

@@ -1,0 +1,244 @@
+"""LoRA trainer on the tiny profile (CPU, offline): learning, files, resume, interrupts, divergence, caching."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tools.errors import ConfigError, TrainingError
+from tools.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
+from tools.models import build_tiny_sdxl_components, load_sdxl_pipeline, resolve_profile
+from tools.settings import load_settings
+from tools import trainer
+from tools.train_data import clear_latent_cache
+from tools.trainer import default_train_config, evaluation_loss, train_lora
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny kernels on a shared 2-core machine: one thread is ~10x faster than two fighting for cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return resolve_profile(load_settings(overrides={"profile": "tiny", "device": "cpu"}))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> list[tuple[Path, str]]:
+    folder = tmp_path_factory.mktemp("refs")
+    rng = np.random.default_rng(0)
+    pairs = []
+    for index, size in enumerate([(96, 80), (80, 80), (72, 100)]):  # (width, height): non-square on purpose
+        pixels = np.full((size[1], size[0], 3), 40 * index, np.uint8)
+        pixels[..., index] = 220
+        pixels[16:56, 20:60] = rng.integers(0, 255, (40, 40, 3))
+        path = folder / f"aldar{index + 1}.png"
+        Image.fromarray(pixels).save(path)
+        pairs.append((path, f"aldarkose, picture {index + 1}"))
+    return pairs
+
+
+class StopAfter(threading.Event):
+    """A stop event that reads as set once ``steps`` training steps have run (checked once per step)."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps, self.checks = steps, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks > self.steps
+
+
+def fresh_pipeline(profile):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(**build_tiny_sdxl_components(profile.seed))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def render(pipe) -> np.ndarray:
+    image = pipe("aldarkose, portrait", height=64, width=64, num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+    return np.asarray(image)
+
+
+@pytest.fixture(scope="module")
+def trained(profile, dataset, tmp_path_factory):
+    """One full tiny run (30 steps, flips on, alpha = rank/2), with VAE encodes counted."""
+    clear_latent_cache()
+    pipe = load_sdxl_pipeline(profile)
+    before = evaluation_loss(fresh_pipeline(profile), profile, dataset, 64)
+    pristine = render(fresh_pipeline(profile))
+    clear_latent_cache()
+    calls = []
+    original = pipe.vae.encode
+    pipe.vae.encode = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    # alpha = rank/2 halves each update: double the learning rate to keep the tiny defaults' pace.
+    config = default_train_config(profile).replace(alpha=4.0, learning_rate=6e-2, flip_augmentation=True)
+    try:
+        result = train_lora(config, profile, dataset, tmp_path_factory.mktemp("run") / "run", quiet=True)
+    finally:
+        del pipe.vae.encode
+    return dict(result=result, config=config, before=before, encodes=len(calls), pristine=pristine)
+
+
+def test_training_lowers_the_denoising_loss_on_the_training_images(trained, profile, dataset):
+    pipe = fresh_pipeline(profile)
+    pipe.load_lora_weights(str(trained["result"].lora_path))
+    after = evaluation_loss(pipe, profile, dataset, 64)
+    assert after < trained["before"] * 0.97, (trained["before"], after)
+
+
+def test_diffusers_lora_loads_into_a_fresh_pipeline_with_the_true_alpha(trained, profile):
+    pipe = fresh_pipeline(profile)
+    pipe.load_lora_weights(str(trained["result"].lora_path), adapter_name="aldar")
+    layer = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q
+    assert layer.scaling["aldar"] == pytest.approx(4.0 / 8)
+    assert np.abs(render(pipe) - trained["pristine"]).max() > 1e-3
+
+
+def test_kohya_file_has_true_alpha_metadata_and_matches_the_diffusers_file(trained, profile, dataset):
+    from safetensors import safe_open
+
+    result, config = trained["result"], trained["config"]
+    with safe_open(str(result.kohya_path), "pt") as handle:
+        keys, meta = list(handle.keys()), handle.metadata()
+        alphas = [handle.get_tensor(k).item() for k in keys if k.endswith(".alpha")]
+    assert keys and all(k.startswith("lora_unet_") for k in keys)
+    assert len(alphas) == len([k for k in keys if "lora_down" in k]) and set(alphas) == {4.0}
+    assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4"
+    assert meta["ss_max_train_steps"] == "30" and meta["ss_learning_rate"] == f"{config.learning_rate:g}"
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_output_name"] == config.output_name
+    assert meta["aldar_trigger_token"] == "aldarkose" and meta["aldar_profile"] == "tiny" and "aldar_notice" in meta
+    assert len(meta["ss_dataset_hash"]) == 64
+    by_kohya, by_diffusers = fresh_pipeline(profile), fresh_pipeline(profile)
+    by_kohya.load_lora_weights(str(result.kohya_path))
+    by_diffusers.load_lora_weights(str(result.lora_path))
+    assert np.allclose(render(by_kohya), render(by_diffusers), atol=1e-4)
+
+
+def test_run_folder_holds_log_curve_checkpoints_and_validation_images(trained):
+    result = trained["result"]
+    rows = result.loss_log.read_text().splitlines()
+    assert rows[0] == "step,loss,loss_ema,lr,elapsed_s" and len(rows) == 31
+    assert [p.name for p in result.checkpoints] == ["checkpoint-000010", "checkpoint-000020", "checkpoint-000030"]
+    with Image.open(result.loss_curve) as curve:
+        assert curve.size == (800, 450)
+        assert len(set(curve.convert("RGB").getdata())) > 3  # axes, grid and two lines were drawn
+    assert [p.name for p in result.validation_images] == [f"step-0000{n}0-seed-42.png" for n in (1, 2, 3)]
+    assert all(Image.open(p).size == (64, 64) for p in result.validation_images)
+    summary = json.loads((result.run_dir / "training_summary.json").read_text())
+    assert summary["profile"] == "tiny" and "notice" in summary and summary["steps"] == 30
+    assert result.final_loss is not None and not result.interrupted
+    assert not list(result.run_dir.glob(".*tmp*")) and not list(result.run_dir.glob(".checkpoint*"))
+
+
+def test_latents_are_encoded_once_per_image_and_flip(trained):
+    assert trained["encodes"] == 3 * 2  # 30 steps x batch 2 would be 60 without the cache
+
+
+def test_shared_unet_is_left_clean_for_the_generator(trained, profile):
+    pipe = load_sdxl_pipeline(profile)
+    assert not getattr(pipe.unet, "peft_config", None)
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+    assert "forward" not in pipe.unet.__dict__ and not pipe.unet.training
+    assert np.allclose(render(pipe), trained["pristine"], atol=1e-5)
+
+
+def test_interrupt_then_resume_matches_an_uninterrupted_run(profile, dataset, tmp_path):
+    config = default_train_config(profile).replace(steps=6, checkpoint_every=3, validation_images=0,
+                                                   lr_scheduler="linear", lr_warmup_steps=2)
+    straight = train_lora(config, profile, dataset, tmp_path / "straight", quiet=True)
+    stopped = train_lora(config, profile, dataset, tmp_path / "resumed", quiet=True, stop=StopAfter(2))
+    assert stopped.interrupted and stopped.steps == 2 and stopped.lora_path is None
+    assert [p.name for p in stopped.checkpoints] == ["checkpoint-000002"]
+    assert not (tmp_path / "resumed" / DIFFUSERS_WEIGHTS).exists()  # no final LoRA from an interrupted run
+    fresh_pipeline(profile).load_lora_weights(str(stopped.checkpoints[0]))  # each checkpoint loads
+    resumed = train_lora(config, profile, dataset, tmp_path / "resumed", quiet=True)
+    assert resumed.steps == 6 and not resumed.interrupted
+    lora_a, state_a = load_checkpoint(tmp_path / "straight" / "checkpoint-000006")
+    lora_b, state_b = load_checkpoint(tmp_path / "resumed" / "checkpoint-000006")
+    assert state_a["lr_scheduler"]["last_epoch"] == state_b["lr_scheduler"]["last_epoch"] == 6
+    for slot_a, slot_b in zip(state_a["optimizer"]["state"].values(), state_b["optimizer"]["state"].values()):
+        assert int(slot_a["step"]) == int(slot_b["step"]) == 6
+        assert torch.allclose(slot_a["exp_avg"], slot_b["exp_avg"], atol=1e-6)
+        assert torch.allclose(slot_a["exp_avg_sq"], slot_b["exp_avg_sq"], atol=1e-8)
+    for key, value in lora_a["unet"].items():
+        assert torch.allclose(value, lora_b["unet"][key], atol=1e-6), key
+    assert len((tmp_path / "resumed" / "loss_log.csv").read_text().splitlines()) == 7
+
+
+def test_ctrl_c_saves_a_checkpoint_and_returns_interrupted(profile, dataset, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = trainer.denoising_loss
+
+    def interrupt_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "denoising_loss", interrupt_on_third)
+    config = default_train_config(profile).replace(steps=5, validation_images=0)
+    result = train_lora(config, profile, dataset, tmp_path / "run", quiet=True)
+    assert result.interrupted and result.steps == 2
+    assert [p.name for p in result.checkpoints] == ["checkpoint-000002"]
+    assert not getattr(load_sdxl_pipeline(profile).unet, "peft_config", None)
+
+
+def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(profile, dataset, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = trainer.denoising_loss
+
+    def nan_from_fifth(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 5 else loss
+
+    monkeypatch.setattr(trainer, "denoising_loss", nan_from_fifth)
+    config = default_train_config(profile).replace(steps=8, checkpoint_every=2, validation_images=0)
+    with pytest.raises(TrainingError, match="diverged.*step 5.*checkpoint-000004") as caught:
+        train_lora(config, profile, dataset, tmp_path / "run", quiet=True)
+    assert "--learning-rate" in caught.value.fix
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-000002", "checkpoint-000004"]
+    lora, state = load_checkpoint(tmp_path / "run" / "checkpoint-000004")
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in lora["unet"].values())
+    assert not (tmp_path / "run" / DIFFUSERS_WEIGHTS).exists()
+    assert not getattr(load_sdxl_pipeline(profile).unet, "peft_config", None)
+
+
+def test_out_of_memory_names_the_settings_to_lower(profile, dataset, tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "denoising_loss", out_of_memory)
+    config = default_train_config(profile).replace(steps=3, batch_size=2, validation_images=0)
+    with pytest.raises(TrainingError, match="out of GPU memory") as caught:
+        train_lora(config, profile, dataset, tmp_path / "run", quiet=True)
+    for hint in ("--batch-size 1", "--gradient-checkpointing", "--mixed-precision", "adamw8bit"):
+        assert hint in caught.value.fix
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"rank": 0}, "rank"), ({"learning_rate": -1e-4}, "learning_rate"), ({"resolution": 100}, "multiple of 8"),
+    ({"alpha": float("nan")}, "alpha"), ({"lr_warmup_steps": 50, "steps": 10}, "warmup"),
+    ({"optimizer": "sgd"}, "optimizer"), ({"mixed_precision": "fp16"}, "CUDA"), ({"optimizer": "adamw8bit"}, "CUDA"),
+])
+def test_bad_hyperparameters_are_rejected_before_any_work(profile, dataset, tmp_path, change, words):
+    config = default_train_config(profile).replace(**change)
+    with pytest.raises(ConfigError, match=words) as caught:
+        train_lora(config, profile, dataset, tmp_path / "run", quiet=True)
+    assert caught.value.fix and not (tmp_path / "run").exists()
