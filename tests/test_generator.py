@@ -138,6 +138,23 @@ def test_lora_scale_changes_image_and_swaps_reuse_loaded_adapters(tiny_profile, 
     assert len(registry.by_file) == len(set(pipe.get_list_adapters()["unet"]))
 
 
+def test_only_the_newest_loras_stay_loaded(tiny_profile, tmp_path, loras, monkeypatch):
+    import tools.generator as generator
+
+    monkeypatch.setattr(generator, "MAX_LOADED_LORAS", 2)
+    pipe = load_sdxl_pipeline(tiny_profile)
+    copies = []
+    for index in range(3):
+        (tmp_path / f"round_{index}").mkdir()
+        copies.append(tmp_path / f"round_{index}" / "pytorch_lora_weights.safetensors")
+        copies[-1].write_bytes(loras[index % 2].read_bytes())
+        generator.activate_lora(pipe, copies[-1].resolve(), 1.0)
+    held = {path for path, _, _ in loaded_adapters(pipe).by_file}
+    assert str(copies[0].resolve()) not in held and {str(c.resolve()) for c in copies[1:]} <= held
+    assert len(held) <= 2
+    assert set(loaded_adapters(pipe).by_file.values()) == set(pipe.get_list_adapters()["unet"])
+
+
 def test_base_disables_an_adapter_someone_else_added_to_the_shared_unet(tiny_profile, tmp_path):
     """The trainer adds its adapter to the cached pipeline's UNet; "base" must not draw with it."""
     import torch

@@ -36,6 +36,7 @@ from tools.progress import progress_bar
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdxl"
 LCM_ADAPTER = "lcm"
+MAX_LOADED_LORAS = 4  # adapters kept in memory; each SDXL LoRA holds tens of MB
 LCM_STEPS = (4, 8)  # LCM-LoRA's useful range; outside it we use the lower bound
 LCM_MAX_GUIDANCE = 2.0  # LCM is distilled for guidance ~1; higher values burn the image
 LCM_NOT_APPLIED = "not applied: the tiny profile has no LCM-LoRA (LCMScheduler only)"
@@ -122,6 +123,8 @@ def _adapter_for_file(pipe, registry: LoadedAdapters, lora_file: Path) -> str:
     if key in registry.by_file:
         return registry.by_file[key]
     stale = [k for k in registry.by_file if k[0] == key[0]]  # same path, new contents (a retrained LoRA)
+    loras = [k for k in registry.by_file if not k[0].startswith("lcm:") and k not in stale]
+    stale += loras[:max(0, len(loras) - MAX_LOADED_LORAS + 1)]  # oldest first: rounds keep adding LoRAs
     for old in stale:
         with quiet_lora_loading():
             pipe.delete_adapters(registry.by_file.pop(old))
