@@ -1,0 +1,99 @@
+"""``aldar train`` on the tiny profile: flags, exit codes, Ctrl-C and --resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from agent.cli import build_parser, main
+from tools import trainer
+from tools.train_config import knobs
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no stray aldar.toml
+    for name in ("ALDAR_CONFIG", "ALDAR_PROFILE", "ALDAR_OUTPUT_DIR", "ALDAR_REFERENCES"):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def references(tmp_path) -> Path:
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for index in range(2):
+        pixels = np.full((72, 72, 3), 90 + 60 * index, np.uint8)
+        Image.fromarray(pixels).save(folder / f"aldar{index + 1}.png")
+    return folder
+
+
+def base_args(references: Path, run_dir: Path) -> list[str]:
+    return ["train", "--profile", "tiny", "--device", "cpu", "--references", str(references), "--run-dir", str(run_dir),
+            "--output-dir", str(run_dir.parent / "results"), "--steps", "3", "--validation-images", "0", "-q"]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--rank", "0"], "rank"), (["--learning-rate", "-0.001"], "learning_rate"),
+    (["--resolution", "100"], "multiple of 8"), (["--lr-warmup-steps", "5"], "warmup"),
+])
+def test_bad_hyperparameters_exit_2_before_any_file_is_written(references, tmp_path, capsys, flags, words):
+    run_dir = tmp_path / "runs" / "bad"
+    assert main(base_args(references, run_dir) + flags) == 2
+    assert words in capsys.readouterr().err
+    assert not run_dir.exists() and not (tmp_path / "runs" / "results").exists()
+
+
+def test_help_documents_every_knob_with_its_default():
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    text = " ".join(train.format_help().split())
+    for knob in knobs():
+        if knob.name == "seed":  # the shared --seed setting
+            assert "--seed" in text
+            continue
+        flag = "--" + knob.name.replace("_", "-")
+        assert flag in text, flag
+        after = text.split(flag, 2)[-1][:400]
+        assert "(default:" in after, flag
+
+
+def test_train_with_analysis_then_ctrl_c_and_resume(references, tmp_path, capsys, monkeypatch):
+    analysis = tmp_path / "analysis.json"
+    analysis.write_text(json.dumps({"trigger_token": "kose", "captions": {
+        "aldar1.png": "kose, smiling", "aldar2.png": "kose, orange robe"}}))
+    run_dir = tmp_path / "runs" / "one"
+    real, calls = trainer.denoising_loss, {"n": 0}
+
+    def interrupt_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "denoising_loss", interrupt_on_second)
+    args = base_args(references, run_dir) + ["--analysis", str(analysis)]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 1/3" in err and "--resume" in err
+    assert (run_dir / "checkpoint-000001").is_dir() and not (run_dir / "pytorch_lora_weights.safetensors").exists()
+    monkeypatch.setattr(trainer, "denoising_loss", real)
+    assert main(args) == 2  # checkpoints present: refuses to start over without --resume
+    assert main(args + ["--resume"]) == 0
+    saved = json.loads((run_dir / "train_config.json").read_text())
+    assert saved["config"]["trigger_token"] == "kose"
+    assert {i["caption"] for i in saved["images"]} == {"kose, smiling", "kose, orange robe"}
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["profile"] == "tiny"
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "aldar_kose_lora.safetensors"), "pt") as handle:
+        assert handle.metadata()["aldar_trigger_token"] == "kose"
