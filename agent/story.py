@@ -230,6 +230,8 @@ def create_storybook(settings: Settings, prompt: str, *, generator: str = "lora"
              "llm_model": model or settings.llm_model, "llm_attempts": story["attempts"],
              "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "scenes": story["scenes"]}
     notes = illustrate(settings, story, book_dir, generator, illustrator, quiet=quiet)
+    if notes:
+        story["notes"] = notes
     files = write_storybook(book_dir, story)
     return Storybook(book_dir, story, files, notes)
 

@@ -174,4 +174,5 @@ def test_hosted_story_keeps_scenes_the_provider_filtered(tmp_path, llm, monkeypa
     story = json.loads((only_book(tmp_path) / "story.json").read_text(encoding="utf-8"))
     assert [bool(s["image"]) for s in story["scenes"]] == [True, False, True]
     assert "profile" not in story  # no local model drew anything
+    assert story["notes"] == ["deepai: prompt 2 gave no image — safety-filtered"]
     assert "no picture" in (only_book(tmp_path) / "index.html").read_text(encoding="utf-8")
