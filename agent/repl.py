@@ -211,12 +211,14 @@ class Repl:
             ui.info("training skipped")
             return
         finish_scored_round(session, Decision(adjustments, "set with /train", "user"))
-        result = session.train(adjustments or None)
-        if result.get("interrupted"):
-            ui.warn(f"training interrupted at step {result.get('steps')}; the checkpoint in "
-                    f"{session.store.relative(result.get('run_dir'))} is kept — /train resumes it")
-        else:
-            ui.success(f"trained {result.get('steps')} steps → {session.store.relative(result.get('lora_path'))}")
+        try:
+            result = session.train(adjustments or None)
+        except KeyboardInterrupt:  # the trainer saved a checkpoint first; the round stays unfinished
+            number = session.current.number if session.current else session.next_round_number
+            run_dir = session.store.relative(session.store.round_run_dir(number))
+            ui.warn(f"training interrupted; the checkpoint in {escape(str(run_dir))} is kept — /train resumes it")
+            return
+        ui.success(f"trained {result.get('steps')} steps → {escape(str(session.store.relative(result.get('lora_path'))))}")
 
     def cmd_generate(self, args: list[str]) -> None:
         session = self.session
