@@ -11,7 +11,7 @@ from PIL import Image
 
 from tools.errors import InputError, ModelNotFoundError
 from tools.generator import (LCM_NOT_APPLIED, check_lcm_available, generate_local, loaded_adapters,
-                             resolve_lora_file)
+                             quiet_lora_loading, resolve_lora_file)
 from tools.models import ModelProfile, load_sdxl_pipeline
 from tools.png_metadata import format_parameters, parse_parameters, read_generation_parameters
 
@@ -162,8 +162,9 @@ def test_base_disables_an_adapter_someone_else_added_to_the_shared_unet(tiny_pro
 
     before = generate_local(tiny_profile, [PROMPT], tmp_path / "before", lora_path=None, name="base", **FAST)[0]
     pipe = load_sdxl_pipeline(tiny_profile)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                     target_modules=["to_k", "to_q", "to_v"]), adapter_name="trainer_run")
+    with quiet_lora_loading():
+        pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                         target_modules=["to_k", "to_q", "to_v"]), adapter_name="trainer_run")
     try:
         with torch.no_grad():
             for name, param in pipe.unet.named_parameters():
@@ -172,7 +173,8 @@ def test_base_disables_an_adapter_someone_else_added_to_the_shared_unet(tiny_pro
         pipe.unet.set_adapters(["trainer_run"])
         after = generate_local(tiny_profile, [PROMPT], tmp_path / "after", lora_path=None, name="base", **FAST)[0]
     finally:
-        pipe.delete_adapters("trainer_run")
+        with quiet_lora_loading():
+            pipe.delete_adapters("trainer_run")
     assert np.array_equal(pixels(before.path), pixels(after.path))
 
 
@@ -205,6 +207,22 @@ def test_lcm_fast_mode_runs_four_steps_and_restores_the_scheduler(tiny_profile, 
     assert (meta["steps"], meta["sampler"], meta["cfg_scale"]) == (4, "LCM", 1.0)
     assert meta["lcm_lora"] == LCM_NOT_APPLIED
     assert pipe.scheduler is standard and type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+
+
+def test_fast_mode_applies_a_local_lcm_lora_beside_the_character_lora(tiny_profile, tmp_path, loras):
+    """No real LCM-LoRA fits the tiny UNet, so a random one stands in for it: both adapters must be active."""
+    pipe = load_sdxl_pipeline(tiny_profile)
+    common = dict(lora_path=loras[0], lora_scale=0.7, use_lcm=True, steps=6, guidance=1.5, quiet=True)
+    without = generate_local(tiny_profile, [PROMPT], tmp_path / "without", **common)[0]
+    [image] = generate_local(tiny_profile, [PROMPT], tmp_path / "with", lcm_lora=str(loras[1].parent), **common)
+    assert without.metadata["lcm_lora"] == LCM_NOT_APPLIED
+    assert image.metadata["lcm_lora"] == str(loras[1].parent)
+    assert (image.metadata["steps"], image.metadata["cfg_scale"], image.metadata["sampler"]) == (6, 1.5, "LCM")
+    active = pipe.get_active_adapters()
+    assert len(active) == 2 and any(name.startswith("lcm_") for name in active)
+    assert not np.array_equal(pixels(without.path), pixels(image.path))
+    again = generate_local(tiny_profile, [PROMPT], tmp_path / "again", lcm_lora=str(loras[1].parent), **common)[0]
+    assert np.array_equal(pixels(image.path), pixels(again.path))  # LCM adapter reused, same picture
 
 
 def test_fast_mode_on_sdxl_without_the_lcm_lora_names_the_fix():

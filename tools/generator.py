@@ -39,7 +39,7 @@ LCM_ADAPTER = "lcm"
 MAX_LOADED_LORAS = 4  # adapters kept in memory; each SDXL LoRA holds tens of MB
 LCM_STEPS = (4, 8)  # LCM-LoRA's useful range; outside it we use the lower bound
 LCM_MAX_GUIDANCE = 2.0  # LCM is distilled for guidance ~1; higher values burn the image
-LCM_NOT_APPLIED = "not applied: the tiny profile has no LCM-LoRA (LCMScheduler only)"
+LCM_NOT_APPLIED = "not applied: no LCM-LoRA fits the tiny profile (LCMScheduler only)"
 _SAMPLER_NAMES = {"EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a",
                   "LCMScheduler": "LCM", "DPMSolverMultistepScheduler": "DPM++ 2M", "DDIMScheduler": "DDIM"}
 _generation_lock = threading.Lock()  # one pipeline per process: adapters and scheduler are shared state
@@ -168,25 +168,41 @@ def quiet_lora_loading() -> Iterator[None]:
 
 
 def _ensure_lcm_adapter(pipe, lcm_lora: str) -> str:
+    """The LCM-LoRA as an adapter (loaded once): a Hub repo id / cached model, or a local folder or file."""
     registry = loaded_adapters(pipe)
-    key = (f"lcm:{lcm_lora}", 0, 0)
+    local = Path(lcm_lora).expanduser()
+    if local.exists():
+        lcm_file = resolve_lora_file(local)
+        stat = lcm_file.stat()
+        key, source, weight_name = (f"lcm:{lcm_file}", stat.st_size, stat.st_mtime_ns), str(lcm_file.parent), lcm_file.name
+    else:
+        key, source, weight_name = (f"lcm:{lcm_lora}", 0, 0), lcm_lora, None
     if key not in registry.by_file:
+        for old in [k for k in registry.by_file if k[0].startswith("lcm:")]:  # lcm_lora changed in this process
+            with quiet_lora_loading():
+                pipe.delete_adapters(registry.by_file.pop(old))
+        name = f"{LCM_ADAPTER}_{registry.loads}"
         try:
             with quiet_lora_loading():
-                pipe.load_lora_weights(lcm_lora, adapter_name=LCM_ADAPTER)
+                pipe.load_lora_weights(source, adapter_name=name, **({"weight_name": weight_name} if weight_name else {}))
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            _drop_partial_adapter(pipe, name)
             raise ModelNotFoundError(f"could not load the LCM-LoRA {lcm_lora!r}: {str(exc).splitlines()[0][:160]}",
                                      "set lcm_lora to a local folder holding the SDXL LCM-LoRA, or turn fast mode off "
                                      "(use_lcm = false)") from None
-        registry.by_file[key] = LCM_ADAPTER
+        registry.by_file[key] = name
         registry.loads += 1
-    return LCM_ADAPTER
+    return registry.by_file[key]
 
 
 def check_lcm_available(profile: ModelProfile, lcm_lora: str = DEFAULT_LCM_LORA) -> bool:
-    """True when the LCM-LoRA can be applied; False on tiny (none exists); raises when it is missing on sdxl."""
+    """True when the LCM-LoRA can be applied; raises when it is missing on sdxl.
+
+    On tiny only a local file can fit the random UNet (the published LCM-LoRA is for real SDXL), so
+    anything else means "scheduler only".
+    """
     if profile.is_tiny:
-        return False
+        return model_location(lcm_lora) == "local"
     if model_location(lcm_lora) == "missing":
         from tools.models import _hub_reachable  # noqa: PLC0415 - same fail-fast rule as the base model
 
