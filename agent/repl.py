@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import shlex
 import sys
@@ -34,6 +35,7 @@ from tools.errors import AldarError, ConfigError, InputError
 from tools.secrets import KEY_NAMES, api_key, mask, redact
 from tools.settings import Settings
 
+log = logging.getLogger(__name__)
 PROMPT = "aldar> "
 CONTINUATION = "...    "
 NO_LLM_LINE = ("chat needs an LLM: " + KEY_HELP + ". Slash commands work without one — type /help.")
@@ -91,6 +93,12 @@ class Repl:
             self.chat(text)
         except AldarError as error:
             ui.error(str(error))
+            self.last_failed = True
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # a bug in one action must not end the chat; the log keeps the traceback
+            log.debug("action failed", exc_info=True)
+            ui.error(f"{text.split()[0]} failed: {type(error).__name__}: {error}")
             self.last_failed = True
         return True
 

@@ -90,3 +90,60 @@ def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
         assert json.loads(final["content"])["next_params"]["lora_scale"] == 0.8
         transcript = next((results / "chat").glob("transcript_*.json")).read_text()
         assert SECRET not in transcript and "lora_scale 0.8" in transcript
+
+
+FEEDBACK = {"round": 1, "lora_score": 0.45, "band": "average", "best_competitor": "freepik", "competitor_score": 0.7,
+            "score_gap": 0.25, "metric_gaps": {"clip": {"lora": 0.5, "competitor": 0.7, "vs_competitor": 0.2}},
+            "feature_gaps": [{"feature": "thin mustache", "category": "facial_hair", "lora_pass_rate": 0.0,
+                              "competitor_pass_rate": 1.0, "gap": 1.0, "against": "freepik"}],
+            "overfitting": {"max_reference_clip": 0.5, "max_reference_ssim": 0.2, "variety": 0.3}}
+PARAMS = {"steps": 30, "learning_rate": 2e-3, "rank": 4, "alpha": 4.0, "lora_scale": 1.0, "feature_emphasis": []}
+BOUNDS = {"steps": (1, 60), "learning_rate": (1e-6, 1e-2), "rank": (1, 128), "alpha": (0.5, 256),
+          "lora_scale": (0.3, 1.5), "feature_emphasis": (0, 4)}
+
+
+def make_decider(server, monkeypatch, **overrides):
+    from agent.llm_decider import LLMDecider
+
+    monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
+    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": 10, **overrides}, environ={})
+    return LLMDecider(settings, BOUNDS)
+
+
+def test_decider_validates_clamps_and_reminds(monkeypatch) -> None:
+    with FakeOpenAIServer() as server:
+        decider = make_decider(server, monkeypatch)
+        server.enqueue(Reply.text("I think more steps would help."),  # no call: one reminder follows
+                       Reply.tools(("propose_adjustment", '{"rationale": "mustache missing", "steps": 500}')),
+                       Reply.tools(("propose_adjustment", '{"rationale": "the mustache is missing", "steps": 45, '
+                                    '"feature_emphasis": ["thin mustache", "a", "b", "c", "d"]}')))
+        decision = decider.decide(FEEDBACK, [], PARAMS)
+    assert decision.decided_by == "llm:deepseek-v4-flash"
+    assert decision.adjustments == {"steps": 45, "feature_emphasis": ["thin mustache", "a", "b", "c"]}
+    assert decision.rationale.startswith("the mustache is missing") and "cut from 5 to 4" in decision.rationale
+    reminder = server.requests[1].messages
+    assert "have not called propose_adjustment" in reminder[-1]["content"]
+    assert server.requests[1].body["tool_choice"] == {"type": "function", "function": {"name": "propose_adjustment"}}
+    out_of_range = json.loads(server.requests[2].messages[-1]["content"])
+    assert out_of_range["ok"] is False and "steps = 500 is above the maximum 60" in out_of_range["error"]
+    briefing = server.requests[0].messages[1]["content"]
+    assert '"rule_policy_would"' in briefing and "thin mustache" in briefing
+    schema = {t["function"]["name"]: t["function"]["parameters"] for t in server.requests[0].body["tools"]}
+    assert schema["propose_adjustment"]["properties"]["learning_rate"]["maximum"] == 1e-2  # the session's bounds
+    assert decider.usage.requests == 3
+
+
+def test_decider_falls_back_to_the_rule_policy(monkeypatch, caplog) -> None:
+    with FakeOpenAIServer() as server:
+        decider = make_decider(server, monkeypatch)
+        server.enqueue(Reply.error(402, "Insufficient Balance"))
+        decision = decider.decide(FEEDBACK, [], PARAMS)
+        assert len(server.requests) == 1  # 402 is not retried
+        assert decision.decided_by == "rule-policy"
+        assert "insufficient balance (402)" in decision.rationale
+        assert "thin mustache" in decision.adjustments.get("feature_emphasis", [])
+        assert "fell back to the rule policy" in caplog.text
+
+        server.enqueue(Reply.text("no idea"), Reply.text("still no idea"))
+        decision = decider.decide(FEEDBACK, [], PARAMS)
+        assert decision.decided_by == "rule-policy" and "no valid propose_adjustment call" in decision.rationale

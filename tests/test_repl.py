@@ -107,3 +107,32 @@ def test_message_mode_and_knob_parsing(tmp_path, tiny_settings, capsys) -> None:
         parse_knobs(["colour=red"])
     with pytest.raises(InputError):
         parse_knobs(["steps=many"])
+
+
+def test_chat_text_streams_from_the_llm_and_counts_tokens(tmp_path) -> None:
+    from tests.fakes.openai_server import FakeOpenAIServer, Reply
+
+    with FakeOpenAIServer() as server:
+        server.enqueue(Reply.tools(("list_rounds", "{}")),
+                       Reply.text("No rounds yet. Start with **/auto 1** or ask me to train.",
+                                  usage={"prompt_tokens": 300, "completion_tokens": 21, "total_tokens": 321}))
+        os.environ["DEEPSEEK_API_KEY"] = "sk-pty-secret-0123456789abcdef"
+        os.environ["ALDAR_LLM_BASE_URL"] = server.url
+        try:
+            child = spawn(tmp_path)
+        finally:
+            del os.environ["DEEPSEEK_API_KEY"], os.environ["ALDAR_LLM_BASE_URL"]
+        child.sendline("how far along are we?")
+        child.expect_exact("list_rounds")
+        child.expect_exact("Start with")
+        child.expect_exact("tokens: 441 this turn")  # 120 for the tool-call request + 321 for the answer
+        child.expect_exact("441 this session")
+        child.expect_exact(PROMPT)
+        child.sendcontrol("d")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    assert len(server.requests) == 2
+    assert server.requests[0].messages[0]["role"] == "system" and "Aldar" in server.requests[0].messages[0]["content"]
+    tool_result = server.requests[1].messages[-1]
+    assert tool_result["role"] == "tool" and '"rounds":[]' in tool_result["content"]
