@@ -279,7 +279,8 @@ def _validate(prompts: list[str], images_per_prompt: int, steps: int, guidance: 
     if guidance < 0:
         raise InputError(f"guidance is {guidance}", "use a guidance scale of 0 or more (7.0 default, ~1 with LCM)")
     if not -4.0 <= lora_scale <= 4.0:
-        raise InputError(f"LoRA scale {lora_scale} is out of range", "use a scale from -4 to 4 (1.0 = as trained, 0 = the base model; 0.6-1.2 is usual)")
+        raise InputError(f"LoRA scale {lora_scale} is out of range",
+                         "use a scale from -4 to 4 (1.0 = as trained, 0 = the base model; 0.6-1.2 is usual)")
     if not _slug(name):
         raise InputError(f"generator name {name!r} is empty", "name the contestant, e.g. lora or base")
 
