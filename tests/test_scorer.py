@@ -345,3 +345,22 @@ def test_cli_analyze_prints_key_features_and_prompt(workspace, capsys):
                  "--out", str(root / "other.json")])
     assert code == 2 and not (root / "other.json").exists()
     assert "no \"{}\" placeholder" in capsys.readouterr().err
+
+
+def test_cli_redoes_a_stale_analysis_and_checks_the_taxonomy(workspace):
+    root, references, _ = workspace
+    analysis_file = root / "m" / "a.json"
+    common = ["--references", references, "--output-dir", root / "out", "--analysis", analysis_file,
+              "--images", root / "lora"]
+    assert cli(*common) == 0
+    own = root / "own.json"
+    own.write_text(json.dumps({"templates": ["{}"], "categories": {"eyes": ["narrow eyes", "round eyes"]}}))
+    assert cli(*common, "--taxonomy", own) == 0  # another taxonomy: analysis made again
+    redone = json.loads(analysis_file.read_text())
+    assert redone["taxonomy"]["path"] == str(own) and redone["key_features"] in (["narrow eyes"], ["round eyes"])
+    own.write_text(json.dumps({"categories": {"eyes": ["narrow eyes"]}}))
+    before = analysis_file.read_text()
+    reports = len(list((root / "out" / "comparisons").glob("*.json")))
+    assert cli(*common, "--taxonomy", own) == 2  # malformed even though an analysis exists
+    assert analysis_file.read_text() == before
+    assert len(list((root / "out" / "comparisons").glob("*.json"))) == reports

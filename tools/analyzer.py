@@ -183,11 +183,14 @@ def analyze_references(references: Path, profile: ModelProfile, taxonomy_path: P
     return analysis
 
 
-def analysis_matches(analysis: dict, references: Path, model_id: str) -> bool:
-    """Whether a saved analysis was made from exactly these reference files with this CLIP model."""
+def analysis_matches(analysis: dict, references: Path, model_id: str, taxonomy: Taxonomy | None = None) -> bool:
+    """Whether a saved analysis was made from exactly these reference files, this CLIP model (and taxonomy)."""
     try:
         saved = [(r["file"], r["sha256"]) for r in analysis["references"]]
         current = [(p.name, file_sha256(p)) for p in list_images(references, "references")]
-        return analysis["model"] == model_id and saved == current
+        same_taxonomy = taxonomy is None or (
+            analysis["taxonomy"]["templates"] == list(taxonomy.templates)
+            and analysis["taxonomy"]["categories"] == taxonomy.categories)
+        return analysis["model"] == model_id and saved == current and same_taxonomy
     except (KeyError, TypeError):
         return False

@@ -17,6 +17,7 @@ from tools.images import list_images
 from tools.models import load_clip, resolve_profile
 from tools.scorer import build_feedback, score_generators, write_results
 from tools.settings import Settings
+from tools.taxonomy import load_taxonomy
 
 NAME = "score"
 HELP = "score generated images against the references (CLIP, key features, SSIM), rank the generators, write feedback"
@@ -65,6 +66,7 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool) -> dict:
     """The analysis at settings.analysis_path, (re)made when missing, unreadable or stale."""
     path = Path(settings.analysis_path)
     references = Path(settings.references)
+    taxonomy = load_taxonomy(settings.taxonomy_path())  # validated even when the saved analysis is reused
     reason = "there is none yet"
     if path.is_file():
         try:
@@ -72,9 +74,9 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool) -> dict:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             analysis, reason = None, "the saved one is unreadable"
         if analysis is not None:
-            if analysis_matches(analysis, references, load_clip(profile).model_id):
+            if analysis_matches(analysis, references, load_clip(profile).model_id, taxonomy):
                 return analysis
-            reason = "the saved one was made from other references or another CLIP model"
+            reason = "the saved one was made from other references, taxonomy or CLIP model"
     ui.info(f"running the feature analysis first ({reason}) → {escape(str(path))}")
     analysis = analyze_references(references, profile, settings.taxonomy_path(), settings.trigger_token,
                                   settings.character_name, path, use_cache=use_cache)
