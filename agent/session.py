@@ -89,6 +89,7 @@ class Session:
         self.analysis: dict | None = None
         self.current: RoundState | None = None
         self.competitors: list[str] = list(settings.competitors)
+        self._announced: set[str] = set()
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -230,7 +231,9 @@ class Session:
             providers, skipped = configured_providers(settings, self.competitors)
             state.skipped = list(skipped)
             for line in skipped:
-                ui.warn(line)
+                if line not in self._announced:  # one line per missing key per run, not per round
+                    self._announced.add(line)
+                    ui.warn(line)
             for provider in providers:
                 self._say(f"round {state.number}: asking {provider.name} …")
                 started = time.perf_counter()
@@ -339,8 +342,13 @@ class Session:
             number = self.store.data["in_progress"]["round"]
             ui.info(f"resuming: round {number} was interrupted and restarts "  # shown even when quiet
                     f"({len(self.store.rounds)} finished round(s) kept)")
+        # Tiny scores come from random weights: stopping on them would end runs at random.
+        score_stops = not self.profile.is_tiny
+        if not score_stops:
+            self._say("tiny profile: only the round limit stops the run (scores check the pipeline)")
         while True:
-            reason = stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience)
+            reason = stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience,
+                                 score_stops)
             if reason:
                 break
             record = self.run_round(decider)
@@ -501,12 +509,12 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
     }
 
 
-def stop_reason(history: list[dict], rounds: int, target: float, patience: int) -> str:
-    """Why no further round should run, or '' to go on."""
+def stop_reason(history: list[dict], rounds: int, target: float, patience: int, score_stops: bool = True) -> str:
+    """Why no further round should run, or '' to go on. ``score_stops=False`` leaves only the round limit."""
     if len(history) >= rounds:
         return f"round limit reached ({len(history)} of {rounds})"
     scored = [r for r in history if r.get("lora_score") is not None]
-    if not scored:
+    if not scored or not score_stops:
         return ""
     last = scored[-1]
     if last["lora_score"] >= target:

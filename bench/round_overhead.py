@@ -84,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         settings = load_settings(overrides={"profile": "tiny", "output_dir": str(tmp_path / "results"),
-                                            "references": str(BUNDLED_REFERENCES), "target_score": 1.0,
+                                            "references": str(BUNDLED_REFERENCES),
                                             "analysis_path": str(tmp_path / "analysis.json")}, environ={})
         with Session(settings, quiet=True) as session:
             if args.steps:

@@ -24,7 +24,7 @@ def test_kill_during_round_two_then_rerun_resumes(tmp_path, references_dir):
     results = tmp_path / "results"
     command = [sys.executable, "-m", "agent.cli", "run", "--profile", "tiny", "--rounds", "3",
                "--references", str(references_dir), "--output-dir", str(results), "-q"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALDAR_TARGET_SCORE": "1.0",
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "ALDAR_ANALYSIS_PATH": str(tmp_path / "analysis.json")}
     history_path = results / "training_history.json"
     run = subprocess.Popen(command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

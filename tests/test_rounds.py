@@ -35,9 +35,10 @@ def one_thread():
 
 
 def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network, one_thread):
-    settings = tiny_settings.replace(target_score=1.0, images_per_prompt=2)
+    settings = tiny_settings.replace(images_per_prompt=2)
     with Session(settings, quiet=True) as session:
         session.params.update(steps=ROUND_STEPS, checkpoint_every=ROUND_STEPS // 2)
+        start = dict(session.params)
         records = session.run_rounds(2, RulePolicy(bounds=session.bounds))
         root = session.store.root
     assert [r["round"] for r in records] == [1, 2]
@@ -50,7 +51,7 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network, one_thre
     for record in rounds:
         assert record["decided_by"] == "rule-policy"
         assert record["rationale"].endswith(".") and len(record["rationale"]) > 20
-        assert record["params"]["rank"] == 4 and record["params"]["learning_rate"] > 0
+        assert record["params"]["rank"] >= 1 and record["params"]["learning_rate"] > 0
         assert set(record["scores"]) == {"lora", "base"}  # no keys: every hosted competitor sat out
         assert 0.0 <= record["scores"]["lora"]["quality"] <= 1.0
         assert record["lora_score"] == pytest.approx(record["scores"]["lora"]["quality"])
@@ -67,6 +68,7 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network, one_thre
         assert feedback["round"] == record["round"] and "overfitting" in feedback
         assert feedback["profile"]["profile"] == "tiny"
         assert all(len(paths) == 2 for paths in record["paths"]["images"].values())
+    assert rounds[0]["params"] == start
     # The second round trained with what the first round decided.
     assert rounds[1]["params"] == rounds[0]["next_params"]
     applied = rounds[0]["decision"]["adjustments"]
@@ -85,7 +87,7 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network, one_thre
 
 
 def test_a_finished_run_resumes_with_nothing_to_do(tiny_settings, no_network, one_thread):
-    settings = tiny_settings.replace(target_score=1.0, images_per_prompt=1)
+    settings = tiny_settings.replace(images_per_prompt=1)
     with Session(settings, quiet=True) as session:
         session.params.update(steps=4, checkpoint_every=2)
         session.run_rounds(1, RulePolicy(bounds=session.bounds))
