@@ -5,7 +5,8 @@
 
 CPU part (figures, not a test), each measured in the same run:
 * tiny: the tiny profile's UNet at 64 px (the test configuration);
-* mid: a ~50M-parameter SDXL-layout UNet (``unet_scale="mid"``) at 256 px, batch 1, rank 16.
+* mid: a ~50M-parameter SDXL-layout UNet (``unet_scale="mid"``) and an SDXL-size VAE at 256 px,
+  batch 1, rank 16 (the text encoders stay tiny: the mid UNet cross-attends to 64 features).
 "off" adds, to every micro-batch, the work an uncached trainer does (diffusers'
 train_dreambooth_lora_sdxl.py without --cache_latents): a VAE encode of the batch and both text
 encoders — exactly the work the caches remove. Each mode runs in its own subprocess so that peak
@@ -48,14 +49,24 @@ def make_references(folder: Path, count: int = 4, size: int = 320) -> list[tuple
     return pairs
 
 
+SDXL_VAE_CONFIG = dict(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4,
+                       down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                       layers_per_block=2, norm_num_groups=32, sample_size=1024, scaling_factor=0.13025)
+
+
 def install_pipeline(profile, unet_scale: str, full_text: bool = False) -> None:
-    """Put a pipeline with the chosen UNet size into tools.models' per-process cache for ``profile``."""
-    from diffusers import StableDiffusionXLPipeline
+    """Put a pipeline with the chosen UNet size into tools.models' per-process cache for ``profile``.
+
+    Beyond tiny, the VAE has SDXL's real size (84M parameters): what the latent cache saves depends on it.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from tools import models
 
     components = models.build_tiny_sdxl_components(profile.seed, unet_scale=unet_scale)
+    if unet_scale != "tiny":
+        components["vae"] = AutoencoderKL(**SDXL_VAE_CONFIG)
     if full_text:  # the full UNet cross-attends to 768 + 1280 features and pools a 1280 projection
         components["text_encoder"] = CLIPTextModel(models.tiny_text_config(hidden=768, projection=768))
         components["text_encoder_2"] = CLIPTextModelWithProjection(models.tiny_text_config(hidden=1280, projection=1280))

@@ -161,7 +161,7 @@ def test_shared_unet_is_left_clean_for_the_generator(trained, profile):
 def test_interrupt_then_resume_matches_an_uninterrupted_run(profile, dataset, tmp_path):
     config = default_train_config(profile).replace(steps=6, checkpoint_every=3, validation_images=0,
                                                    lr_scheduler="linear", lr_warmup_steps=2)
-    straight = train_lora(config, profile, dataset, tmp_path / "straight", quiet=True)
+    train_lora(config, profile, dataset, tmp_path / "straight", quiet=True)
     stopped = train_lora(config, profile, dataset, tmp_path / "resumed", quiet=True, stop=StopAfter(2))
     assert stopped.interrupted and stopped.steps == 2 and stopped.lora_path is None
     assert [p.name for p in stopped.checkpoints] == ["checkpoint-000002"]
@@ -242,3 +242,21 @@ def test_bad_hyperparameters_are_rejected_before_any_work(profile, dataset, tmp_
     with pytest.raises(ConfigError, match=words) as caught:
         train_lora(config, profile, dataset, tmp_path / "run", quiet=True)
     assert caught.value.fix and not (tmp_path / "run").exists()
+
+
+def test_text_encoder_lora_is_exported_and_removed_afterwards(profile, dataset, tmp_path):
+    from safetensors import safe_open
+
+    pipe = load_sdxl_pipeline(profile)
+    keys_before = [list(pipe.text_encoder.state_dict()), list(pipe.text_encoder_2.state_dict())]
+    config = default_train_config(profile).replace(train_text_encoder=True, steps=2, checkpoint_every=0,
+                                                   validation_images=0)
+    result = train_lora(config, profile, dataset, tmp_path / "run", quiet=True)
+    with safe_open(str(result.kohya_path), "pt") as handle:
+        prefixes = {key.split("_")[1] for key in handle.keys()}
+    assert prefixes == {"unet", "te1", "te2"}
+    assert [list(pipe.text_encoder.state_dict()), list(pipe.text_encoder_2.state_dict())] == keys_before
+    assert not hasattr(pipe.text_encoder, "peft_config") and not pipe.text_encoder.training
+    fresh = fresh_pipeline(profile)
+    fresh.load_lora_weights(str(result.lora_path))  # text-encoder parts load too
+    assert any("lora" in key for key in fresh.text_encoder_2.state_dict())

@@ -15,14 +15,14 @@ Several GPUs: ``accelerate launch -m agent.cli train ...`` — nothing here chan
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,17 +32,16 @@ from tools.errors import ConfigError, TrainingError
 from tools.lora_files import (DIFFUSERS_WEIGHTS, capture_rng_state, checkpoint_dirs, kohya_metadata, latest_checkpoint,
                               load_checkpoint, restore_rng_state, save_checkpoint, save_diffusers_lora, save_kohya_lora)
 from tools.progress import progress_bar
-from tools.train_config import (TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainConfig, bitsandbytes_available,
-                                default_train_config)
-from tools.train_data import (TrainingImage, batch_indices, cached_latent_distributions, dataset_sha256,
+from tools.train_config import TrainConfig, default_train_config
+from tools.train_data import (batch_indices, cached_latent_distributions, dataset_sha256,
                               default_latent_cache_dir, encode_prompts, prepare_images, sample_latents, vae_identity)
+from tools.train_setup import (ADAPTER_NAME, RUN_CONFIG, check_resumable, jsonable, lora_adapters,
+                               make_accelerator, make_optimizer, out_of_memory)
 from tools.train_report import LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_loss_log, write_loss_log
 
 __all__ = ["TrainConfig", "TrainResult", "default_train_config", "train_lora", "denoising_loss", "evaluation_loss"]
 
-ADAPTER_NAME = "aldar_training"  # never "default": the generator's own LoRA may already live in the UNet
 EMA_DECAY = 0.9
-RUN_CONFIG = "train_config.json"
 
 
 @dataclass
@@ -76,19 +75,19 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     if checkpoint and not resume:
         raise ConfigError(f"{run_dir} already holds training checkpoints",
                           "pass --resume to continue it, or choose a new --run-dir")
-    _check_resumable(run_dir, config, profile, images, checkpoint)
-    accelerator = _make_accelerator(config, profile)
+    check_resumable(run_dir, config, profile, images, checkpoint)
+    accelerator = make_accelerator(config, profile)
     from tools.models import load_sdxl_pipeline
 
     pipe = load_sdxl_pipeline(profile)
     try:
-        with _lora_adapters(pipe, config) as modules:
+        with lora_adapters(pipe, config) as modules:
             run = _Run(config, profile, images, run_dir, accelerator, pipe, modules)
             return run.train(checkpoint, quiet, stop)
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if "out of memory" not in str(error).lower():
             raise
-        raise _out_of_memory(config) from None
+        raise out_of_memory(config) from None
     finally:
         accelerator.free_memory()
 
@@ -144,7 +143,7 @@ class _Run:
     def train(self, checkpoint: Path | None, quiet: bool, stop: threading.Event | None) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
-        optimizer, self.optimizer_name = _make_optimizer(config, params, self.device.type)
+        optimizer, self.optimizer_name = make_optimizer(config, params, self.device.type)
         from diffusers.optimization import get_scheduler
 
         lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
@@ -206,7 +205,7 @@ class _Run:
     def _micro_batch_loss(self, unet, micro: int) -> torch.Tensor:
         """One batch: sample latents, noise and timesteps from a generator seeded by the position (exact resume)."""
         config, rank = self.config, self.accelerator.process_index
-        generator = torch.Generator().manual_seed(hash((config.seed, rank, self.step, micro)) & 0x7FFF_FFFF)
+        generator = torch.Generator().manual_seed(_position_seed(config.seed, rank, self.step, micro))
         counter = (self.step * config.gradient_accumulation + micro) * config.batch_size
         indices = batch_indices(counter, config.batch_size, len(self.images), config.seed + 7919 * rank)
         flips = (torch.rand(len(indices), generator=generator) < 0.5).tolist() if config.flip_augmentation \
@@ -238,7 +237,7 @@ class _Run:
                 for name, module in self.wrapped.items()}
 
     def _lora_configs(self) -> dict[str, dict]:
-        return {name: _jsonable(module.peft_config[ADAPTER_NAME].to_dict()) for name, module in self.modules.items()}
+        return {name: jsonable(module.peft_config[ADAPTER_NAME].to_dict()) for name, module in self.modules.items()}
 
     def _checkpoint(self, render: bool = True) -> None:
         accelerator = self.accelerator
@@ -383,140 +382,9 @@ def evaluation_loss(pipe, profile, dataset: list[tuple[Path, str]], resolution: 
     return sum(losses) / len(losses)
 
 
-@contextmanager
-def _lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Module]]:
-    """Add a trainable LoRA to the shared UNet (and text encoders); remove it and every training change after."""
-    from peft import LoraConfig
-
-    unet = pipe.unet
-    previous = unet.active_adapters() if getattr(unet, "peft_config", None) else []
-    modules: dict[str, torch.nn.Module] = {"unet": unet}
-    if config.train_text_encoder:
-        modules.update(text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2)
-    # pipe.disable_lora() (base-model renders) switches every LoRA layer off, a new adapter's too: remember it.
-    disabled = {name: _lora_layers_disabled(module) for name, module in modules.items()}
-    torch.manual_seed(config.seed)  # LoRA initialisation
-    try:
-        for name, module in modules.items():
-            module.requires_grad_(False)
-            targets = UNET_TARGETS if name == "unet" else TEXT_ENCODER_TARGETS
-            module.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
-                                          target_modules=targets), adapter_name=ADAPTER_NAME)
-            module.set_adapter(ADAPTER_NAME)
-            module.enable_adapters()
-            for param in module.parameters():  # trainable LoRA weights stay fp32 under fp16/bf16 autocast
-                if param.requires_grad:
-                    param.data = param.data.float()
-            if config.gradient_checkpointing:
-                _set_gradient_checkpointing(module, True)
-            module.train()
-        yield modules
-    finally:
-        for name, module in modules.items():
-            if ADAPTER_NAME in (getattr(module, "peft_config", None) or {}):
-                if name == "unet":
-                    module.delete_adapters(ADAPTER_NAME)
-                else:
-                    module.delete_adapter(ADAPTER_NAME)
-            _set_gradient_checkpointing(module, False)
-            module.__dict__.pop("_original_forward", None)  # accelerate's autocast wrapper, if it added one
-            module.__dict__.pop("forward", None)
-            module.requires_grad_(False)
-            module.eval()
-        if previous:
-            unet.set_adapter(previous)
-        for name, module in modules.items():
-            if disabled[name] and getattr(module, "peft_config", None):
-                module.disable_adapters()
-
-
-def _lora_layers_disabled(module) -> bool:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return any(layer.disable_adapters for layer in module.modules() if isinstance(layer, BaseTunerLayer))
-
-
-def _set_gradient_checkpointing(module, enabled: bool) -> None:
-    if hasattr(module, "enable_gradient_checkpointing"):  # diffusers models
-        (module.enable_gradient_checkpointing if enabled else module.disable_gradient_checkpointing)()
-    elif enabled:
-        module.gradient_checkpointing_enable()
-    elif getattr(module, "is_gradient_checkpointing", False):
-        module.gradient_checkpointing_disable()
-
-
-def _make_accelerator(config: TrainConfig, profile):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    if PartialState().num_processes == 1:
-        # One process trains round after round, maybe with another precision: start from a clean state.
-        AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation,
-                       cpu=profile.torch_device.type == "cpu")
-
-
-def _make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], device_type: str):
-    name = config.optimizer
-    if name == "auto":
-        name = "adamw8bit" if device_type == "cuda" and bitsandbytes_available() else "adamw"
-    if name == "adamw8bit":
-        import bitsandbytes  # imported only here: optional, CUDA-only
-
-        optimizer_class = bitsandbytes.optim.AdamW8bit
-    else:
-        optimizer_class = torch.optim.AdamW
-    return optimizer_class(params, lr=config.learning_rate, betas=(0.9, 0.999), weight_decay=config.weight_decay,
-                           eps=1e-8), name
-
-
-def _check_resumable(run_dir: Path, config: TrainConfig, profile, images: list[TrainingImage],
-                     checkpoint: Path | None) -> None:
-    if checkpoint is None or not (run_dir / RUN_CONFIG).is_file():
-        return
-    import json
-
-    saved = json.loads((run_dir / RUN_CONFIG).read_text(encoding="utf-8"))
-    before = {**{k: saved["config"].get(k) for k in ("rank", "alpha", "train_text_encoder", "resolution")},
-              "base_model": saved.get("base_model"), "dataset": saved.get("dataset_sha256")}
-    now = {"rank": config.rank, "alpha": config.alpha, "train_text_encoder": config.train_text_encoder,
-           "resolution": config.resolution, "base_model": profile.base_model, "dataset": dataset_sha256(images)}
-    changed = [k for k in now if before[k] != now[k]]
-    if changed:
-        detail = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed)
-        raise ConfigError(f"cannot resume {checkpoint}: {detail}",
-                          "resume with the same settings and images, or start a new --run-dir")
-
-
-def _out_of_memory(config: TrainConfig) -> TrainingError:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    hints = []
-    if config.batch_size > 1:
-        hints.append("--batch-size 1 (raise --gradient-accumulation instead)")
-    if config.resolution > 768:
-        hints.append("--resolution 768")
-    if config.rank > 16:
-        hints.append("--rank 16")
-    if not config.gradient_checkpointing:
-        hints.append("--gradient-checkpointing")
-    if config.mixed_precision == "no":
-        hints.append("--mixed-precision bf16 (or fp16)")
-    if config.optimizer != "adamw8bit":
-        hints.append("--optimizer adamw8bit (needs bitsandbytes)")
-    if config.train_text_encoder:
-        hints.append("--no-train-text-encoder")
-    return TrainingError("out of GPU memory while training",
-                         "lower the memory use: " + ", ".join(hints or ["close other GPU programs"])
-                         + "; then rerun with --resume")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (set, tuple, list)):
-        return [_jsonable(v) for v in (sorted(value) if isinstance(value, set) else value)]
-    return value
+def _position_seed(*parts: int) -> int:
+    """A stable seed per (seed, rank, step, micro-batch): Python's hash() is not promised to stay the same."""
+    return int(hashlib.sha256("-".join(map(str, parts)).encode()).hexdigest()[:15], 16)
 
 
 def _now() -> str:

@@ -1,0 +1,201 @@
+"""Setting up and tearing down a LoRA training run: adapters on the shared pipeline, accelerate, optimizer.
+
+Kept apart from the training loop in ``tools.trainer`` so that the loop reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from tools.errors import ConfigError, TrainingError
+from tools.train_config import TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainConfig, bitsandbytes_available
+from tools.train_data import TrainingImage, dataset_sha256
+
+ADAPTER_NAME = "aldar_training"  # never "default": the generator's own LoRA may already live in the UNet
+RUN_CONFIG = "train_config.json"
+
+
+@contextmanager
+def lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Module]]:
+    """Add a trainable LoRA to the shared UNet (and text encoders); remove it and every training change after."""
+    from peft import LoraConfig
+
+    unet = pipe.unet
+    previous = unet.active_adapters() if getattr(unet, "peft_config", None) else []
+    modules: dict[str, torch.nn.Module] = {"unet": unet}
+    if config.train_text_encoder:
+        modules.update(text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2)
+    # pipe.disable_lora() (base-model renders) switches every LoRA layer off, a new adapter's too: remember it.
+    disabled = {name: _lora_layers_disabled(module) for name, module in modules.items()}
+    torch.manual_seed(config.seed)  # LoRA initialisation
+    try:
+        for name, module in modules.items():
+            module.requires_grad_(False)
+            targets = UNET_TARGETS if name == "unet" else TEXT_ENCODER_TARGETS
+            lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
+                                     target_modules=targets)
+            if name == "unet":
+                module.add_adapter(lora_config, adapter_name=ADAPTER_NAME)
+            else:
+                _add_plain_adapter(module, lora_config)
+            _activate_only_ours(module)
+            for param in module.parameters():  # trainable LoRA weights stay fp32 under fp16/bf16 autocast
+                if param.requires_grad:
+                    param.data = param.data.float()
+            if config.gradient_checkpointing:
+                _set_gradient_checkpointing(module, True)
+            module.train()
+        yield modules
+    finally:
+        for name, module in modules.items():
+            if ADAPTER_NAME in (getattr(module, "peft_config", None) or {}):
+                if name == "unet":
+                    module.delete_adapters(ADAPTER_NAME)
+                else:
+                    _remove_plain_adapter(module)
+            _set_gradient_checkpointing(module, False)
+            module.__dict__.pop("_original_forward", None)  # accelerate's autocast wrapper, if it added one
+            module.__dict__.pop("forward", None)
+            module.requires_grad_(False)
+            module.eval()
+        if previous:
+            unet.set_adapter(previous)
+        for name, module in modules.items():
+            for layer in _tuner_layers(module):
+                layer.enable_adapters(not disabled[name])
+
+
+def _tuner_layers(module) -> list:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [layer for layer in module.modules() if isinstance(layer, BaseTunerLayer)]
+
+
+def _activate_only_ours(module) -> None:
+    """Train on the bare base model: our adapter on, any LoRA the generator loaded earlier off."""
+    for layer in _tuner_layers(module):
+        if ADAPTER_NAME in layer.lora_A:
+            layer.enable_adapters(True)
+            layer.set_adapter(ADAPTER_NAME)  # also makes only our weights trainable
+        else:
+            layer.enable_adapters(False)
+
+
+def _add_plain_adapter(module, lora_config) -> None:
+    """LoRA on a transformers text encoder through peft itself.
+
+    transformers' own ``add_adapter`` demands a newer peft than diffusers pins; ``inject_adapter_in_model``
+    is the same injection ``diffusers`` uses for the UNet.
+    """
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(lora_config, module, adapter_name=ADAPTER_NAME)
+    configs = dict(getattr(module, "peft_config", None) or {})
+    configs[ADAPTER_NAME] = lora_config  # get/set_peft_model_state_dict look the config up here
+    module.peft_config = configs
+
+
+def _remove_plain_adapter(module) -> None:
+    """Undo ``_add_plain_adapter``: layers that held only our adapter get their original layer back."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, layer in list(module.named_modules()):
+        if isinstance(layer, BaseTunerLayer) and ADAPTER_NAME in layer.lora_A:
+            if set(layer.lora_A) == {ADAPTER_NAME}:
+                parent, _, child = name.rpartition(".")
+                setattr(module.get_submodule(parent), child, layer.get_base_layer())
+            else:
+                layer.delete_adapter(ADAPTER_NAME)
+    module.peft_config.pop(ADAPTER_NAME, None)
+    if not module.peft_config:
+        del module.peft_config
+
+
+def _lora_layers_disabled(module) -> bool:
+    return any(layer.disable_adapters for layer in _tuner_layers(module))
+
+
+def _set_gradient_checkpointing(module, enabled: bool) -> None:
+    if hasattr(module, "enable_gradient_checkpointing"):  # diffusers models
+        (module.enable_gradient_checkpointing if enabled else module.disable_gradient_checkpointing)()
+    elif enabled:
+        module.gradient_checkpointing_enable()
+    else:
+        module.gradient_checkpointing_disable()  # a no-op when it was off
+
+
+def make_accelerator(config: TrainConfig, profile):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if PartialState().num_processes == 1:
+        # One process trains round after round, maybe with another precision: start from a clean state.
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation,
+                       cpu=profile.torch_device.type == "cpu")
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], device_type: str):
+    name = config.optimizer
+    if name == "auto":
+        name = "adamw8bit" if device_type == "cuda" and bitsandbytes_available() else "adamw"
+    if name == "adamw8bit":
+        import bitsandbytes  # imported only here: optional, CUDA-only
+
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    return optimizer_class(params, lr=config.learning_rate, betas=(0.9, 0.999), weight_decay=config.weight_decay,
+                           eps=1e-8), name
+
+
+def check_resumable(run_dir: Path, config: TrainConfig, profile, images: list[TrainingImage],
+                     checkpoint: Path | None) -> None:
+    if checkpoint is None or not (run_dir / RUN_CONFIG).is_file():
+        return
+    saved = json.loads((run_dir / RUN_CONFIG).read_text(encoding="utf-8"))
+    before = {**{k: saved["config"].get(k) for k in ("rank", "alpha", "train_text_encoder", "resolution")},
+              "base_model": saved.get("base_model"), "dataset": saved.get("dataset_sha256")}
+    now = {"rank": config.rank, "alpha": config.alpha, "train_text_encoder": config.train_text_encoder,
+           "resolution": config.resolution, "base_model": profile.base_model, "dataset": dataset_sha256(images)}
+    changed = [k for k in now if before[k] != now[k]]
+    if changed:
+        detail = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed)
+        raise ConfigError(f"cannot resume {checkpoint}: {detail}",
+                          "resume with the same settings and images, or start a new --run-dir")
+
+
+def out_of_memory(config: TrainConfig) -> TrainingError:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    hints = []
+    if config.batch_size > 1:
+        hints.append("--batch-size 1 (raise --gradient-accumulation instead)")
+    if config.resolution > 768:
+        hints.append("--resolution 768")
+    if config.rank > 16:
+        hints.append("--rank 16")
+    if not config.gradient_checkpointing:
+        hints.append("--gradient-checkpointing")
+    if config.mixed_precision == "no":
+        hints.append("--mixed-precision bf16 (or fp16)")
+    if config.optimizer != "adamw8bit":
+        hints.append("--optimizer adamw8bit (needs bitsandbytes)")
+    if config.train_text_encoder:
+        hints.append("--no-train-text-encoder")
+    return TrainingError("out of GPU memory while training",
+                         "lower the memory use: " + ", ".join(hints or ["close other GPU programs"])
+                         + "; then rerun with --resume")
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (set, tuple, list)):
+        return [jsonable(v) for v in (sorted(value) if isinstance(value, set) else value)]
+    return value
