@@ -32,6 +32,7 @@ def test_tiny_profile_is_ready(tiny_settings):
     # Real weights are missing in the test cache, but tiny does not need them.
     assert checks["model: SDXL base"].status == INFO and "not needed" in checks["model: SDXL base"].detail
     assert all(r.status in (OK, INFO, WARN) for r in results)
+    assert checks["DEEPSEEK_API_KEY"].status == checks["OPENAI_API_KEY"].status == WARN  # no LLM key at all
     assert all(r.fix for r in results if r.status in (WARN, FAIL))
 
 
@@ -70,6 +71,7 @@ def test_keys_are_shown_masked_never_raw(tiny_settings, monkeypatch, capsys):
     checks = by_name(doctor.check_api_keys(tiny_settings))
     assert checks["DEEPSEEK_API_KEY"].status == OK and mask(KEY) in checks["DEEPSEEK_API_KEY"].detail
     assert checks["FREEPIK_API_KEY"].status == WARN and "not set" in checks["FREEPIK_API_KEY"].detail
+    assert checks["OPENAI_API_KEY"].status == INFO  # the Deepseek key already configures the LLM
     for result in checks.values():
         assert KEY not in result.detail + result.fix and "short-key" not in result.detail + result.fix
 

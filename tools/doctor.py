@@ -247,16 +247,22 @@ def check_taxonomy(settings: Settings) -> list[CheckResult]:
     return [CheckResult("taxonomy", OK, f"{path}: {len(taxonomy.categories)} categories, {features} features")]
 
 
+LLM_KEYS = ("DEEPSEEK_API_KEY", "OPENAI_API_KEY")  # either one configures the LLM agent
+
+
 def check_api_keys(settings: Settings) -> list[CheckResult]:
     results = []
+    llm_configured = any(api_key(name) for name in LLM_KEYS)
     for name in KEY_NAMES:
         value = api_key(name)
         purpose = KEY_PURPOSES.get(name, f"the {name.removesuffix('_API_KEY').lower()} integration")
+        fix = f"add {name}=... to .env or export it; aldar works without it"
         if value:
             results.append(CheckResult(name, OK, f"set ({mask(value)}) — {purpose}"))
+        elif name in LLM_KEYS and llm_configured:
+            results.append(CheckResult(name, INFO, "not set — not needed, the other LLM key is set", fix))
         else:
-            results.append(CheckResult(name, WARN, f"not set — needed for {purpose}",
-                                       f"add {name}=... to .env or export it; aldar works without it"))
+            results.append(CheckResult(name, WARN, f"not set — needed for {purpose}", fix))
     return results
 
 
