@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from agent import ui
 from agent.store import RunStore
-from tools.errors import InputError
+from tools.errors import ConfigError, InputError
 from tools.models import ModelProfile, resolve_profile
 from tools.settings import Settings
 
@@ -73,6 +73,7 @@ class Session:
         self.quiet = quiet
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
+        _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
         self.store = RunStore(settings.output_dir, self.profile.describe())
         try:
             self.default_params = default_params(self.profile)
@@ -86,6 +87,9 @@ class Session:
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
         rounds = self.store.rounds
         self.params: dict = dict(rounds[-1]["next_params"]) if rounds else dict(self.default_params)
+        interrupted = self.store.data.get("in_progress") or {}
+        if interrupted.get("params"):  # resume with what the interrupted round trained with (checkpoints match)
+            self.params = dict(interrupted["params"])
         self.analysis: dict | None = None
         self.current: RoundState | None = None
         self.competitors: list[str] = list(settings.competitors)
@@ -113,10 +117,10 @@ class Session:
             ui.info(escape(message))
 
     @contextmanager
-    def _stage(self, name: str) -> Iterator[None]:
-        """Time a stage of the current round and record it as the in-progress stage."""
+    def _stage(self, name: str, params: dict | None = None) -> Iterator[None]:
+        """Time a stage of the current round and record it (and ``params``) as the in-progress stage."""
         if self.current is not None:
-            self.store.set_stage(name)
+            self.store.set_stage(name, params)
         started = time.perf_counter()
         try:
             yield
@@ -176,11 +180,21 @@ class Session:
         config = train_config(self.profile, self.params)
         dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
         run_dir = self.store.round_run_dir(state.number)
-        with self._stage("train"):
+        with self._stage("train", params=state.params):
             self._say(f"round {state.number}: training {_describe_params(self.params)} → {self.store.relative(run_dir)}")
             started = time.perf_counter()
             _reenable_lora_layers(self.profile)
-            result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
+            try:
+                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
+            except ConfigError as error:
+                if not error.problem.startswith("cannot resume"):
+                    raise
+                # Checkpoints of this round made with other settings (e.g. changed by hand): keep them
+                # aside and train the round afresh rather than stop the run.
+                aside = run_dir.with_name(f"{run_dir.name}_stale_{time.strftime('%Y%m%d_%H%M%S')}")
+                run_dir.rename(aside)
+                ui.warn(f"{error.problem}; kept it as {self.store.relative(aside)} and retrained the round")
+                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
             raise KeyboardInterrupt
@@ -364,6 +378,18 @@ class Session:
 
 
 # -------------------------------------------------------------------- helpers
+def _validate_inputs(settings: Settings) -> None:
+    """Unknown competitor names and an unusable references folder fail here, not rounds later."""
+    from tools.images import list_images
+    from tools.providers import PROVIDERS
+
+    unknown = [name for name in settings.competitors if name not in PROVIDERS]
+    if unknown:
+        raise InputError(f"unknown competitor {unknown[0]!r}",
+                         f"use some of: {', '.join(PROVIDERS)} (comma-separated), or 'none'")
+    list_images(settings.references)
+
+
 def _reenable_lora_layers(profile: ModelProfile) -> None:
     """Base-model generation disables every LoRA layer of the shared cached pipeline; the trainer's
     fresh adapter would then be bypassed too (no gradients). Enabling the layers changes nothing

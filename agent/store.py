@@ -155,9 +155,12 @@ class RunStore:
         self._history["stopped"] = None
         self.save()
 
-    def set_stage(self, stage: str) -> None:
+    def set_stage(self, stage: str, params: dict[str, Any] | None = None) -> None:
+        """Record the stage of the round in progress (and the params it trains with, once known)."""
         if self._history.get("in_progress"):
             self._history["in_progress"]["stage"] = stage
+            if params is not None:
+                self._history["in_progress"]["params"] = params
             self.save()
 
     def finish_round(self, record: dict[str, Any]) -> None:

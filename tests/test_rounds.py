@@ -96,3 +96,49 @@ def test_a_finished_run_resumes_with_nothing_to_do(tiny_settings, no_network, on
         assert again.params == first[0]["next_params"]  # the next round starts from the decision
         assert again.run_rounds(1, RulePolicy(bounds=again.bounds)) == []
         assert again.history() == first
+
+
+def test_bad_input_is_refused_before_any_work(tiny_settings, tmp_path):
+    from tools.errors import InputError
+
+    with pytest.raises(InputError, match="unknown competitor 'midjourney'"):
+        Session(tiny_settings.replace(competitors=["freepik", "midjourney"]), quiet=True)
+    with pytest.raises(InputError, match="does not exist"):
+        Session(tiny_settings.replace(references=str(tmp_path / "missing")), quiet=True)
+    assert not Path(tiny_settings.output_dir).exists()
+
+
+def test_decider_is_the_llm_only_with_a_key(tiny_settings, monkeypatch):
+    from agent.commands.run import choose_decider
+
+    with Session(tiny_settings, quiet=True) as session:
+        assert isinstance(choose_decider(session, use_llm=True), RulePolicy)
+        monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-test-key-0123456789")
+        llm = choose_decider(session, use_llm=True)
+        assert llm.name == f"llm:{tiny_settings.llm_model}" and llm.bounds == session.bounds
+        assert isinstance(choose_decider(session, use_llm=False), RulePolicy)  # --no-llm
+
+
+def test_cli_rejects_zero_rounds_with_one_line(tiny_settings, capsys):
+    from agent.cli import main
+
+    code = main(["run", "--profile", "tiny", "--rounds", "0", "--references", tiny_settings.references,
+                 "--output-dir", tiny_settings.output_dir])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--rounds is 0" in err and len(err.strip().splitlines()) <= 2
+
+
+def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpoints(tiny_settings, one_thread):
+    settings = tiny_settings.replace(images_per_prompt=1)
+    with Session(settings, quiet=True) as session:
+        session.train({"steps": 2, "feature_emphasis": ["topknot"]})  # round 1 trained, then "killed"
+        trained = dict(session.params)
+    with Session(settings, quiet=True) as again:
+        assert again.params == trained  # the in-progress round's params, not the defaults
+        assert again.store.data["in_progress"]["stage"] == "train"
+        again.params["rank"] = trained["rank"] * 2  # its checkpoints no longer fit
+        result = again.train()
+        assert result["steps"] == 2
+    stale = list((Path(settings.output_dir) / "runs").glob("round_01_stale_*"))
+    assert len(stale) == 1 and list(stale[0].glob("checkpoint-*"))
