@@ -256,7 +256,9 @@ class Repl:
                           self.assume_yes):
             ui.info("nothing run")
             return
-        decider, reason = make_decider(self.settings, session.bounds)
+        events = None if self.quiet else LoopEvents(
+            on_tool_start=lambda name, args: ui.info(f"[dim]  llm → {escape(name)}({escape(' '.join(args.split())[:100])})[/dim]"))
+        decider, reason = make_decider(self.settings, session.bounds, events)
         ui.info(f"decisions by [bold]{escape(decider.name)}[/bold]" + (f" — {escape(reason)}" if reason else ""))
         records = session.run_rounds(len(session.history()) + rounds, decider)
         if records:
