@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def draw_score_chart(history: list[dict], size: tuple[int, int] = CHART_SIZE) ->
     draw.text(((left + right) / 2 - 18, height - 22), "round", fill="black", font=font)
     _vertical_text(image, "quality score", (6, (top + bottom) / 2), font)
 
-    for index, (name, points) in enumerate(sorted(chart_series(history).items(), key=lambda kv: kv[0] == "reference ceiling")):
+    for index, (name, points) in enumerate(sorted(chart_series(history).items(), key=_legend_order)):
         colour = CEILING_COLOUR if name == "reference ceiling" else PALETTE[index % len(PALETTE)]
         xy = [(x_of(r), y_of(s)) for r, s in points]
         if len(xy) > 1:
@@ -111,6 +112,11 @@ def draw_score_chart(history: list[dict], size: tuple[int, int] = CHART_SIZE) ->
         draw.line([(right + 16, legend_y + 7), (right + 40, legend_y + 7)], fill=colour, width=3)
         draw.text((right + 46, legend_y), name, fill="black", font=font)
     return image
+
+
+def _legend_order(item: tuple[str, list]) -> tuple[bool, bool, str]:
+    name = item[0]
+    return name == "reference ceiling", name != "lora", name  # the LoRA first (always orange), ceiling last
 
 
 def _font(size: int):
@@ -136,12 +142,12 @@ def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: lis
     if profile.get("profile") == "tiny":
         parts.append(f'<p class="notice"><strong>Pipeline check, not quality.</strong> {esc(profile.get("notice", ""))}</p>')
     stopped = data.get("stopped") or {}
-    summary = f"{len(history)} round(s); best round: {best if best is not None else '—'}"
+    summary = esc(f"{len(history)} round(s); best round: {best if best is not None else '—'}")
     if stopped.get("reason"):
-        summary += f"; stopped: {stopped['reason']}"
+        summary += esc(f"; stopped: {stopped['reason']}")
     if data.get("best_lora"):
         summary += f'; best LoRA: <a href="{esc(data["best_lora"])}">{esc(data["best_lora"])}</a>'
-    parts.append(f"<p>{summary if '<a' in summary else esc(summary)}</p>")
+    parts.append(f"<p>{summary}</p>")
     parts.append(f"<p class=\"meta\">models: {esc(str(profile.get('base_model', '?')))} · scorer "
                  f"{esc(str(profile.get('clip_model', '?')))} · {esc(str(profile.get('device', '?')))}</p>")
     parts.append("<h2>References</h2><div class=\"row\">")
@@ -183,7 +189,7 @@ def _round_section(record: dict, is_best: bool) -> str:
         "<table><tr><th>generator</th><th>quality</th><th>CLIP</th><th>features</th><th>SSIM</th><th>band</th></tr>",
         *rows, "</table>",
         f"<p><strong>Decision ({esc(str(record.get('decided_by')))}):</strong> {esc(str(record.get('rationale')))} "
-        f"<code>{esc(str(decision.get('adjustments')))}</code></p>",
+        f"<code>{esc(json.dumps(decision.get('adjustments'), ensure_ascii=False))}</code></p>",
         f"<p class=\"meta\">not competing: {esc('; '.join(skipped))}</p>" if skipped else "",
         "<table class=\"grid\">", *grid, "</table>",
     ])

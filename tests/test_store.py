@@ -125,6 +125,7 @@ def test_score_chart_draws_one_line_per_generator_with_axes():
     assert chart.size == (720, 400)
     colours = {colour for _, colour in chart.getcolors(maxcolors=100000)}
     assert (214, 96, 20) in colours and (31, 119, 180) in colours and (90, 90, 90) in colours
+    assert chart.getpixel((58 + 24, round(350 - 0.4 * 316))) == (214, 96, 20)  # round 1 of the LoRA: orange
     # The y axis is a black vertical line at x=58 from the top to the bottom of the plot.
     assert all(chart.getpixel((58, y)) == (0, 0, 0) for y in range(40, 340, 20))
 
