@@ -74,17 +74,13 @@ class Session:
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
         _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
-        self.store = RunStore(settings.output_dir, self.profile.describe())
-        try:
-            self.default_params = default_params(self.profile)
-        except BaseException:
-            self.store.close()
-            raise
         from agent.policy import bounds_for
 
+        self.default_params = default_params(self.profile)
         if "trigger_token" in self.default_params:
             self.default_params["trigger_token"] = settings.trigger_token
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
+        self.store = RunStore(settings.output_dir, self.profile.describe())
         rounds = self.store.rounds
         self.params: dict = dict(rounds[-1]["next_params"]) if rounds else dict(self.default_params)
         interrupted = self.store.data.get("in_progress") or {}
@@ -146,19 +142,18 @@ class Session:
         matches the references' hashes and the CLIP model, else computed and saved there."""
         if self.analysis is not None and not force:
             return self.analysis
-        from tools.analyzer import analyze_references
-        from tools.images import file_sha256, list_images
+        from tools.analyzer import analysis_matches, analyze_references
+        from tools.taxonomy import load_taxonomy
 
         cached_path = Path(self.settings.analysis_path)
-        references = list_images(self.references)
-        hashes = {path.name: file_sha256(path) for path in references}
         with self._stage("analyze"):
             cached = None if force else _read_json(cached_path)
-            if cached and _analysis_matches(cached, hashes, self.profile.clip_model):
-                self._say(f"analysis: reusing {cached_path} ({len(hashes)} references unchanged)")
+            taxonomy = load_taxonomy(self.settings.taxonomy_path())
+            if cached and analysis_matches(cached, self.references, self.profile.clip_model, taxonomy):
+                self._say(f"analysis: reusing {cached_path} (references, CLIP model and taxonomy unchanged)")
                 self.analysis = cached
             else:
-                self._say(f"analysis: CLIP feature analysis of {len(hashes)} references …")
+                self._say(f"analysis: CLIP feature analysis of the references in {self.references} …")
                 started = time.perf_counter()
                 self.analysis = analyze_references(self.references, self.profile, self.settings.taxonomy_path(),
                                                    self.settings.trigger_token, self.settings.character_name,
@@ -550,11 +545,6 @@ def stop_reason(history: list[dict], rounds: int, target: float, patience: int, 
     if since_best >= patience:
         return f"no improvement for {since_best} round(s) since round {best['round']} (patience {patience})"
     return ""
-
-
-def _analysis_matches(analysis: dict, hashes: dict[str, str], clip_model: str) -> bool:
-    stored = {r.get("file"): r.get("sha256") for r in analysis.get("references", []) if isinstance(r, dict)}
-    return analysis.get("model") == clip_model and stored == hashes
 
 
 def _read_json(path: Path) -> dict | None:

@@ -142,3 +142,19 @@ def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpo
         assert result["steps"] == 2
     stale = list((Path(settings.output_dir) / "runs").glob("round_01_stale_*"))
     assert len(stale) == 1 and list(stale[0].glob("checkpoint-*"))
+
+
+def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, references_dir, monkeypatch, one_thread):
+    import tools.analyzer
+
+    with Session(tiny_settings, quiet=True) as session:
+        first = session.analyze()
+    calls = []
+    real = tools.analyzer.analyze_references
+    monkeypatch.setattr(tools.analyzer, "analyze_references", lambda *a, **k: calls.append(a) or real(*a, **k))
+    with Session(tiny_settings, quiet=True) as session:
+        assert session.analyze() == first and calls == []  # read back from analysis_path
+    (references_dir / "aldar5.png").unlink()
+    with Session(tiny_settings, quiet=True) as session:
+        again = session.analyze()
+    assert len(calls) == 1 and [r["file"] for r in again["references"]] == [f"aldar{i}.png" for i in range(1, 5)]
