@@ -33,8 +33,9 @@ def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
                                                ("profile", "references", "output_dir", "analysis_path")},
                                             "llm_base_url": server.url, "images_per_prompt": 1,
                                             "competitors": "", "llm_timeout_s": 30,
-                                            "target_score": 1.0, "patience": 5}, environ={})
-        server.enqueue(*decision_script(3), *decision_script(2))
+                                            "target_score": 1.0, "patience": 5, "num_inference_steps": 2},
+                                 environ={})
+        server.enqueue(*decision_script(1), *decision_script(2))
         repl = Repl(settings, assume_yes=True, quiet=True)
         repl.session.params["steps"] = 2  # seconds, not minutes: the pipeline is what is checked here
         assert repl.run_once("/auto 2") == 0
@@ -45,8 +46,8 @@ def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
         assert [r["round"] for r in rounds] == [1, 2]
         assert [r["decided_by"] for r in rounds] == [f"llm:{MODEL}"] * 2
         assert rounds[0]["rationale"] == "CLIP is low, so train a bit longer"
-        assert rounds[0]["decision"]["adjustments"] == {"steps": 3, "feature_emphasis": ["round face"]}
-        assert rounds[1]["params"]["steps"] == 3 and rounds[1]["next_params"]["steps"] == 2
+        assert rounds[0]["decision"]["adjustments"] == {"steps": 1, "feature_emphasis": ["round face"]}
+        assert rounds[1]["params"]["steps"] == 1 and rounds[1]["next_params"]["steps"] == 2
         for record in rounds:
             assert (results / record["paths"]["feedback"]).is_file()
             assert (results / record["paths"]["comparison_report"]).is_file()
@@ -83,7 +84,7 @@ def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
         calls = {c["id"]: c["function"]["name"] for m in sent if m.get("tool_calls") for c in m["tool_calls"]}
         by_name = {calls[i]: outcome for i, outcome in outcomes.items()}
         assert [r["round"] for r in by_name["list_rounds"]["rounds"]] == [1, 2]
-        assert by_name["compare_rounds"]["changed_params"]["steps"] == {"from": 2, "to": 3}
+        assert by_name["compare_rounds"]["changed_params"]["steps"] == {"from": 2, "to": 1}
         assert by_name["explain_feature"]["ok"] is True
         assert "lora_scale = 9 is above the maximum 1.5" in by_name["apply_adjustment"]["error"]
         final = server.requests[6].messages[-1]
