@@ -260,3 +260,21 @@ def test_text_encoder_lora_is_exported_and_removed_afterwards(profile, dataset, 
     fresh = fresh_pipeline(profile)
     fresh.load_lora_weights(str(result.lora_path))  # text-encoder parts load too
     assert any("lora" in key for key in fresh.text_encoder_2.state_dict())
+
+
+def test_latents_cached_on_disk_are_reused_by_a_new_process(profile, dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALDAR_CACHE", str(tmp_path / "cache"))
+    config = default_train_config(profile).replace(steps=1, checkpoint_every=0, validation_images=0,
+                                                   cache_latents_to_disk=True, resolution=72)
+    clear_latent_cache()
+    train_lora(config, profile, dataset, tmp_path / "first", quiet=True)
+    assert len(list((tmp_path / "cache" / "latents").glob("*.safetensors"))) == 3
+    clear_latent_cache()  # as if a new process started
+    pipe, calls = load_sdxl_pipeline(profile), []
+    original = pipe.vae.encode
+    pipe.vae.encode = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    try:
+        train_lora(config, profile, dataset, tmp_path / "second", quiet=True)
+    finally:
+        del pipe.vae.encode
+    assert calls == []

@@ -14,6 +14,7 @@ from tools.atomic import atomic_write_bytes, atomic_write_text
 LOSS_LOG = "loss_log.csv"
 LOSS_CURVE = "loss_curve.png"
 COLUMNS = ("step", "loss", "loss_ema", "lr", "elapsed_s")
+RAW_COLOUR, EMA_COLOUR = (150, 185, 230), (20, 70, 160)
 
 
 def write_loss_log(path: Path, rows: list[dict]) -> Path:
@@ -39,11 +40,14 @@ def draw_loss_curve(path: Path, rows: list[dict], title: str = "LoRA training lo
                     size: tuple[int, int] = (800, 450)) -> Path:
     """A line chart: raw loss (light) and its moving average (dark) against the step, with axes and ticks."""
     width, height = size
-    left, right, top, bottom = 70, 20, 40, 50
+    left, right, top, bottom = 70, 20, 52, 50
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    draw.text((left, 12), title, fill="black", font=font)
+    try:
+        font = ImageFont.load_default(size=13)
+    except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
+        font = ImageFont.load_default()
+    draw.text((left, 10), title, fill="black", font=font)
     points = [(r["step"], r["loss"], r["loss_ema"]) for r in rows if math.isfinite(r["loss"])]
     x0, x1 = (points[0][0], points[-1][0]) if points else (0, 1)
     losses = [p[1] for p in points] + [p[2] for p in points]
@@ -57,21 +61,25 @@ def draw_loss_curve(path: Path, rows: list[dict], title: str = "LoRA training lo
     def xy(step: float, loss: float) -> tuple[float, float]:
         return left + (step - x0) / (x1 - x0) * plot_w, top + (1 - (loss - y0) / (y1 - y0)) * plot_h
 
-    draw.rectangle((left, top, left + plot_w, top + plot_h), outline="black")
-    for i in range(5):  # ticks and grid
+    for i in range(5):  # horizontal grid with loss ticks
         fraction = i / 4
         gy = top + plot_h * (1 - fraction)
         draw.line((left, gy, left + plot_w, gy), fill=(230, 230, 230))
-        draw.text((6, gy - 6), f"{y0 + (y1 - y0) * fraction:.4g}", fill="black", font=font)
-        gx = left + plot_w * fraction
+        draw.text((6, gy - 7), f"{y0 + (y1 - y0) * fraction:.4g}", fill="black", font=font)
+    for step in sorted({round(x0 + (x1 - x0) * i / 4) for i in range(5)}):  # whole steps, no repeats
+        gx = xy(step, y0)[0]
         draw.line((gx, top + plot_h, gx, top + plot_h + 4), fill="black")
-        draw.text((gx - 10, top + plot_h + 8), f"{round(x0 + (x1 - x0) * fraction)}", fill="black", font=font)
+        draw.text((gx - 8, top + plot_h + 8), str(step), fill="black", font=font)
+    draw.rectangle((left, top, left + plot_w, top + plot_h), outline="black")  # over the grid
     draw.text((left + plot_w // 2 - 15, height - 20), "step", fill="black", font=font)
-    draw.text((6, top - 16), "loss", fill="black", font=font)
+    draw.text((6, top - 26), "loss", fill="black", font=font)
     if len(points) > 1:
-        draw.line([xy(s, loss) for s, loss, _ in points], fill=(160, 190, 230), width=1)
-        draw.line([xy(s, ema) for s, _, ema in points], fill=(20, 70, 160), width=2)
-    draw.text((left + plot_w - 150, top + 6), "— loss   — moving average", fill=(20, 70, 160), font=font)
+        draw.line([xy(s, loss) for s, loss, _ in points], fill=RAW_COLOUR, width=1)
+        draw.line([xy(s, ema) for s, _, ema in points], fill=EMA_COLOUR, width=2)
+    for offset, (colour, label) in enumerate(((RAW_COLOUR, "loss"), (EMA_COLOUR, "moving average"))):
+        lx, ly = left + plot_w - 170, top + 10 + 18 * offset
+        draw.line((lx, ly + 7, lx + 24, ly + 7), fill=colour, width=2)
+        draw.text((lx + 30, ly), label, fill="black", font=font)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())

@@ -287,7 +287,7 @@ class _Run:
 
     def _write_loss_files(self) -> None:
         write_loss_log(self.run_dir / LOSS_LOG, self.rows)
-        draw_loss_curve(self.run_dir / LOSS_CURVE, self.rows, title=f"{self.config.output_name} — loss per step")
+        draw_loss_curve(self.run_dir / LOSS_CURVE, self.rows, title=f"{self.config.output_name}: loss per step")
 
     def _write_run_config(self) -> None:
         if self.accelerator.is_main_process:
@@ -313,6 +313,7 @@ class _Run:
                                       started_at=self.started_at, finished_at=_now())
             save_diffusers_lora(lora_path, state_dicts, self._lora_configs())
             save_kohya_lora(kohya_path, state_dicts, config.alpha, metadata)
+        self.accelerator.wait_for_everyone()  # other processes return only once the files exist
         result = self._result(interrupted=False, lora_path=lora_path, kohya_path=kohya_path)
         if self.accelerator.is_main_process:
             atomic_write_json(self.run_dir / "training_summary.json",
