@@ -178,7 +178,6 @@ class Session:
         with self._stage("train", params=state.params):
             self._say(f"round {state.number}: training {_describe_params(self.params)} → {self.store.relative(run_dir)}")
             started = time.perf_counter()
-            _reenable_lora_layers(self.profile)
             try:
                 result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
             except ConfigError as error:
@@ -225,7 +224,6 @@ class Session:
             else settings.num_inference_steps
         images: dict[str, list[Path]] = {}
         with self._stage("generate"):
-            # Base first: the pipeline is left with the LoRA enabled (see _reenable_lora_layers).
             for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
                 self._say(f"round {state.number}: generating {name} images …")
                 started = time.perf_counter()
@@ -383,17 +381,6 @@ def _validate_inputs(settings: Settings) -> None:
         raise InputError(f"unknown competitor {unknown[0]!r}",
                          f"use some of: {', '.join(PROVIDERS)} (comma-separated), or 'none'")
     list_images(settings.references)
-
-
-def _reenable_lora_layers(profile: ModelProfile) -> None:
-    """Base-model generation disables every LoRA layer of the shared cached pipeline; the trainer's
-    fresh adapter would then be bypassed too (no gradients). Enabling the layers changes nothing
-    else: the trainer makes its own adapter the active one."""
-    from tools.models import load_sdxl_pipeline
-
-    pipe = load_sdxl_pipeline(profile)
-    if getattr(pipe.unet, "peft_config", None):
-        pipe.enable_lora()
 
 
 def default_params(profile: ModelProfile) -> dict:
