@@ -19,12 +19,13 @@ HELP = ("find the character's key features in the reference pictures (CLIP, zero
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # dest names equal Settings fields, so these flags override aldar.toml / ALDAR_* like every setting.
-    parser.add_argument("--references", metavar="DIR", help="folder of reference pictures (png/jpg/webp)")
-    parser.add_argument("--taxonomy", metavar="FILE",
+    parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
+                        help="folder of reference pictures, png/jpg/webp (default: the bundled examples/aldar_kose)")
+    parser.add_argument("--taxonomy", metavar="FILE", default=argparse.SUPPRESS,
                         help="feature taxonomy JSON (default: <references>/taxonomy.json, else the bundled one)")
-    parser.add_argument("--out", dest="analysis_path", metavar="FILE",
+    parser.add_argument("--out", dest="analysis_path", metavar="FILE", default=argparse.SUPPRESS,
                         help="where to write the analysis (default: models/aldar_feature_analysis.json)")
-    parser.add_argument("--trigger-token", dest="trigger_token", metavar="TOKEN",
+    parser.add_argument("--trigger-token", dest="trigger_token", metavar="TOKEN", default=argparse.SUPPRESS,
                         help="token that names the character in prompts (default: aldarkose)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the reference-embedding cache")
 

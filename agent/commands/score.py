@@ -20,14 +20,16 @@ from tools.settings import Settings
 from tools.taxonomy import load_taxonomy
 
 NAME = "score"
-HELP = "score generated images against the references (CLIP, key features, SSIM), rank the generators, write feedback"
+HELP = ("score generated images against the references (CLIP, key features, SSIM), rank the generators beside the "
+        "reference ceiling, write <output_dir>/comparisons/comparison_report_<ts>.json and feedback/feedback_<ts>.json")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--references", metavar="DIR", help="folder of reference pictures (png/jpg/webp)")
+    parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
+                        help="folder of reference pictures, png/jpg/webp (default: the bundled examples/aldar_kose)")
     parser.add_argument(
-        "--images", action="append", nargs="+", required=True, metavar="[NAME=]PATH",
+        "--images", action="append", nargs="+", required=True, metavar="[NAME=]PATH", default=argparse.SUPPRESS,
         help="generated images: files or folders. Write NAME=PATH to say which generator made them "
              "(e.g. --images lora=out/lora freepik=out/freepik deepai=d1.png deepai=d2.png); a PATH without "
              "NAME= belongs to --generator. The flag may be repeated.")
@@ -35,9 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="generator name for the PATHs given without NAME=")
     parser.add_argument("--lora", default="lora", metavar="NAME",
                         help="which generator is the LoRA: feedback compares it with the best other one")
-    parser.add_argument("--analysis", dest="analysis_path", metavar="FILE",
-                        help="feature analysis to use; made first when missing or made from other references/model")
-    parser.add_argument("--taxonomy", metavar="FILE", help="taxonomy for that analysis, when it has to be made")
+    parser.add_argument("--analysis", dest="analysis_path", metavar="FILE", default=argparse.SUPPRESS,
+                        help="feature analysis to use (default: models/aldar_feature_analysis.json); made first "
+                             "when missing or made from other references, taxonomy or CLIP model")
+    parser.add_argument("--taxonomy", metavar="FILE", default=argparse.SUPPRESS,
+                        help="feature taxonomy JSON (default: <references>/taxonomy.json, else the bundled one)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the reference-embedding cache")
 
 
