@@ -80,9 +80,12 @@ def _names(value) -> list[str]:
 def choose_decider(session: Session, use_llm: bool) -> Decider:
     """The LLM decider when asked for and a key is set (imported only then), else the rule policy."""
     if use_llm and any(api_key(name) for name in LLM_KEYS):
-        from agent.llm_decider import LLMDecider
+        from agent.llm_decider import make_decider
 
-        return LLMDecider(session.settings, bounds=session.bounds)
+        decider, reason = make_decider(session.settings, session.bounds)
+        if reason:
+            ui.warn(f"{reason}: the embedded rule policy decides")
+        return decider
     from agent.policy import RulePolicy
 
     if use_llm:
