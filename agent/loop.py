@@ -99,8 +99,8 @@ class ChatLoop:
     def run_turn(self, user_message: str, tool_choice: str | dict | None = None) -> TurnResult:
         """Answer one user message, calling tools as the model asks, up to ``max_steps`` model calls.
 
-        An API failure raises ProviderError (one clear line) and leaves the conversation as it was
-        before the turn; Ctrl-C (KeyboardInterrupt) answers pending tool calls with "cancelled" and
+        An API failure raises ProviderError (one clear line); on the first step the conversation is left
+        as it was before the turn, later the finished tool calls stay (with their results); Ctrl-C (KeyboardInterrupt) answers pending tool calls with "cancelled" and
         propagates, so the next turn starts from a valid conversation.
         """
         start = len(self.messages)
@@ -114,8 +114,9 @@ class ChatLoop:
             try:
                 message, usage = self._complete(tool_choice if step == 1 else None)
             except (openai.OpenAIError, OSError) as exc:
-                del self.messages[start:]
-                raise self._error(exc) from None
+                if len(self.messages) == start + 1:  # nothing happened yet: forget the question too
+                    del self.messages[start:]
+                raise self._error(exc) from None  # later steps keep their answered tool calls: still valid
             except KeyboardInterrupt:
                 if len(self.messages) == start + 1:  # nothing happened yet: forget the question too
                     del self.messages[start:]

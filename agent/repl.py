@@ -424,26 +424,33 @@ class SlashCompleter(Completer):
 
 
 class StreamRenderer:
-    """Shows the model's answer as Markdown while it streams in (rich Live), and tool calls as dim lines."""
+    """Shows the model's answer as Markdown while it streams in (rich Live on a terminal; printed once
+    complete otherwise), and tool calls as dim lines."""
 
     def __init__(self) -> None:
         self.text = ""
         self.streamed_text = False
         self.live: Live | None = None
+        self.animate = ui.console.is_terminal
 
     def feed(self, piece: str) -> None:
         self.text += piece
         self.streamed_text = True
+        if not self.animate:
+            return
         if self.live is None:
             self.live = Live(Markdown(""), console=ui.console, refresh_per_second=8, transient=False)
             self.live.start()
         self.live.update(Markdown(redact(self.text)))
 
     def pause(self) -> None:
+        """End the current block of text (before a tool call, or at the end of the turn)."""
         if self.live is not None:
             self.live.stop()
             self.live = None
-            self.text = ""
+        elif self.text.strip():
+            ui.markdown(self.text)
+        self.text = ""
 
     def tool_start(self, name: str, arguments: str) -> None:
         self.pause()
@@ -462,9 +469,7 @@ class StreamRenderer:
             ui.info(f"[dim]  ✗ {escape(record.name)}: {escape(str(reason)[:160])}[/dim]")
 
     def finish(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
+        self.pause()
 
 
 # --------------------------------------------------------------------------- shared printing helpers
