@@ -244,19 +244,21 @@ def test_bad_hyperparameters_are_rejected_before_any_work(profile, dataset, tmp_
     assert caught.value.fix and not (tmp_path / "run").exists()
 
 
-def test_text_encoder_lora_is_exported_and_removed_afterwards(profile, dataset, tmp_path):
+def test_text_encoder_lora_under_bf16_is_exported_and_removed_afterwards(profile, dataset, tmp_path):
     from safetensors import safe_open
 
     pipe = load_sdxl_pipeline(profile)
     keys_before = [list(pipe.text_encoder.state_dict()), list(pipe.text_encoder_2.state_dict())]
     config = default_train_config(profile).replace(train_text_encoder=True, steps=2, checkpoint_every=0,
-                                                   validation_images=0)
+                                                   validation_images=0, mixed_precision="bf16")
     result = train_lora(config, profile, dataset, tmp_path / "run", quiet=True)
     with safe_open(str(result.kohya_path), "pt") as handle:
         prefixes = {key.split("_")[1] for key in handle.keys()}
     assert prefixes == {"unet", "te1", "te2"}
     assert [list(pipe.text_encoder.state_dict()), list(pipe.text_encoder_2.state_dict())] == keys_before
     assert not hasattr(pipe.text_encoder, "peft_config") and not pipe.text_encoder.training
+    for module in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):  # accelerate's autocast wrapper is gone
+        assert "forward" not in module.__dict__ and "_original_forward" not in module.__dict__
     fresh = fresh_pipeline(profile)
     fresh.load_lora_weights(str(result.lora_path))  # text-encoder parts load too
     assert any("lora" in key for key in fresh.text_encoder_2.state_dict())

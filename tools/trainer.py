@@ -16,7 +16,6 @@ Several GPUs: ``accelerate launch -m agent.cli train ...`` — nothing here chan
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -166,8 +165,7 @@ class _Run:
                         raise KeyboardInterrupt
                     self._optimizer_step()
                     rate = (self.step - start_step) / max(time.monotonic() - clock, 1e-9)
-                    eta = (config.steps - self.step) / rate if rate else 0.0
-                    advance(1, status=f"loss {self.ema:.4f} · {rate:.2f} it/s · eta {_duration(eta)}")
+                    advance(1, status=f"loss {self.ema:.4f} · {rate:.2f} it/s")  # the bar shows the ETA
                     if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                         self._checkpoint()
             except KeyboardInterrupt:
@@ -390,11 +388,3 @@ def _position_seed(*parts: int) -> int:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
