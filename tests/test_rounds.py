@@ -158,3 +158,30 @@ def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, re
     with Session(tiny_settings, quiet=True) as session:
         again = session.analyze()
     assert len(calls) == 1 and [r["file"] for r in again["references"]] == [f"aldar{i}.png" for i in range(1, 5)]
+
+
+def test_hosted_competitors_compete_and_a_failing_one_sits_out(tiny_settings, monkeypatch, one_thread):
+    from tests.fakes.provider_servers import DeepAIFake, FreepikFake
+    from tools.png_metadata import read_generation_parameters
+
+    monkeypatch.setenv("FREEPIK_API_KEY", "fpk-round-key-0123456789")
+    monkeypatch.setenv("DEEPAI_API_KEY", "wrong-deepai-key-0123456789")  # the fake answers 401
+    with FreepikFake(key="fpk-round-key-0123456789") as freepik, DeepAIFake(key="right-key") as deepai:
+        settings = tiny_settings.replace(images_per_prompt=2, freepik_base_url=freepik.base_url,
+                                         deepai_base_url=deepai.base_url)
+        with Session(settings, quiet=True) as session:
+            session.params.update(steps=2, checkpoint_every=1)
+            record = session.run_round(RulePolicy(bounds=session.bounds))
+            root = session.store.root
+    assert set(record["scores"]) == {"lora", "base", "freepik"}
+    assert len(record["paths"]["images"]["freepik"]) == 2
+    assert [r["generator"] for r in record["ranking"]].count("freepik") == 1
+    skipped = " ".join(record["skipped_competitors"])
+    assert "deepai:" in skipped and "GEMINI_API_KEY is not set" in skipped
+    (request,) = freepik.requests
+    sent = request.json()
+    # The same prompt and seed as the LoRA's images.
+    lora_image = read_generation_parameters(root / record["paths"]["images"]["lora"][0])["aldar"]
+    assert sent["prompt"] == lora_image["prompt"] and sent["seed"] == lora_image["seed"] == settings.seed
+    assert sent["num_images"] == 2
+    assert "fpk-round-key" not in json.dumps(record)
