@@ -192,6 +192,18 @@ def finish_scored_round(session: "Session", decision: "Decision") -> dict | None
     return None
 
 
+def remember_next_params(session: "Session", applied: dict, rationale: str, decided_by: str) -> None:
+    """Between rounds, a change must outlive this chat: the next Session starts from the last
+    record's ``next_params``, so update it there, and note who changed it and why."""
+    if not applied or session.current is not None or not session.store.rounds:
+        return
+    last = session.store.rounds[-1]
+    last["next_params"] = dict(session.params)
+    last.setdefault("next_params_changes", []).append(
+        {"adjustments": applied, "rationale": rationale, "decided_by": decided_by})
+    session.store.save()
+
+
 def paid_competitors(session: "Session") -> list[str]:
     from tools.providers import configured_providers
 
@@ -323,6 +335,7 @@ def build_session_tools(session: "Session", *, assume_yes: bool = False, decided
                     "next_params": {k: session.params[k] for k in KNOBS if k in session.params}}
         applied, notes = clamp_adjustments(session.params, adjustments, session.bounds)
         session.params.update(applied)
+        remember_next_params(session, applied, rationale, decided_by)
         return {"ok": True, "applied": applied, "notes": notes,
                 "next_params": {k: session.params[k] for k in KNOBS if k in session.params}}
 

@@ -89,6 +89,10 @@ def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
         assert "lora_scale = 9 is above the maximum 1.5" in by_name["apply_adjustment"]["error"]
         final = server.requests[6].messages[-1]
         assert json.loads(final["content"])["next_params"]["lora_scale"] == 0.8
+        last = json.loads((results / "training_history.json").read_text())["rounds"][-1]
+        assert last["next_params"]["lora_scale"] == 0.8  # the next chat or run starts from it
+        assert last["next_params_changes"] == [{"adjustments": {"lora_scale": 0.8},
+                                                "rationale": "images look overcooked", "decided_by": f"llm:{MODEL}"}]
         transcript = next((results / "chat").glob("transcript_*.json")).read_text()
         assert SECRET not in transcript and "lora_scale 0.8" in transcript
 
