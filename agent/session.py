@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from agent import ui
 from agent.store import RunStore
-from tools.errors import ConfigError, InputError
+from tools.errors import AldarError, ConfigError, InputError
 from tools.models import ModelProfile, resolve_profile
 from tools.settings import Settings
 
@@ -248,17 +248,14 @@ class Session:
                     made = generate_with_provider(provider, prompts, self.store.round_images_dir(state.number, provider.name),
                                                   settings.images_per_prompt, settings.seed, skipped=state.skipped,
                                                   quiet=self.quiet)
-                except Exception as exc:  # noqa: BLE001 — one failing competitor must not end the round
-                    from tools.errors import AldarError
-
-                    if not isinstance(exc, AldarError):
-                        raise
+                except AldarError as exc:  # one failing competitor must not end the round
                     ui.warn(f"{provider.name} skipped this round: {exc}")
                     state.skipped.append(f"{provider.name}: {exc}")
                     continue
                 finally:
                     self._compute("generate", started)
-                images[provider.name] = [image.path for image in made]
+                if made:  # every image safety-filtered: nothing to score, the reason is in skipped
+                    images[provider.name] = [image.path for image in made]
         state.images = images
         return images
 
