@@ -39,6 +39,15 @@ def test_slash_commands_without_llm_and_quit(tmp_path) -> None:
     child.sendline("/history")
     child.expect_exact("no finished rounds yet")
     child.expect_exact(PROMPT)
+    child.send("/history\x1b\r")  # Esc+Enter: a newline inside the input, not a submit
+    child.sendline("now")
+    child.expect_exact("unexpected argument(s) now")  # both lines arrived as one input
+    child.expect_exact(PROMPT)
+    child.sendline("/explain \\")  # a trailing backslash continues on the next line
+    child.expect_exact("...")
+    child.sendline("thin mustache")
+    child.expect_exact("no feedback yet")
+    child.expect_exact(PROMPT)
     child.sendline("/histroy")
     child.expect_exact("unknown command /histroy")
     child.expect_exact("did you mean /history?")
