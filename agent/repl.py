@@ -98,7 +98,7 @@ class Repl:
             raise
         except Exception as error:  # a bug in one action must not end the chat; the log keeps the traceback
             log.debug("action failed", exc_info=True)
-            ui.error(f"{text.split()[0]} failed: {type(error).__name__}: {error}")
+            ui.error(escape(f"{text.split()[0]} failed: {type(error).__name__}: {error}"))
             self.last_failed = True
         return True
 
