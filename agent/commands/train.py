@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -90,13 +89,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     ui.info(f"training {escape(config.output_name)}: {len(dataset)} images, rank {config.rank}, alpha "
             f"{config.alpha:g}, lr {config.learning_rate:g}, {config.steps} steps at {config.resolution} px → "
             f"{escape(str(run_dir))}")
-    result = train_lora(config, profile, dataset, run_dir, quiet=settings_quiet(args), resume=_flag(args, "resume"))
+    resume = bool(_flag(args, "resume"))
+    if resume and not latest_checkpoint(run_dir):
+        ui.warn(f"no checkpoint in {escape(str(run_dir))} to resume: starting from step 0")
+    result = train_lora(config, profile, dataset, run_dir, quiet=settings_quiet(args), resume=resume)
     if result.interrupted:
-        again = " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--resume")
-        if "--run-dir" not in sys.argv:
-            again += f" --run-dir {shlex.quote(str(run_dir))}"
-        ui.warn(f"interrupted at step {result.steps}/{config.steps}; checkpoint saved in {run_dir}. "
-                f"Resume with: aldar {again} --resume")
+        if not result.checkpoints:
+            ui.warn("interrupted before the first step finished: nothing to resume")
+        else:
+            ui.warn(f"interrupted at step {result.steps}/{config.steps}; checkpoint saved in "
+                    f"{escape(str(result.checkpoints[-1]))}. Resume with the same flags plus: "
+                    f"--resume --run-dir {escape(shlex.quote(str(run_dir)))}")
         return 130
     ui.table("LoRA training", ["", ""], [
         ["steps", result.steps], ["final loss (moving average)", result.final_loss],
