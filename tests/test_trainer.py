@@ -249,12 +249,15 @@ def test_text_encoder_lora_under_bf16_is_exported_and_removed_afterwards(profile
 
     pipe = load_sdxl_pipeline(profile)
     keys_before = [list(pipe.text_encoder.state_dict()), list(pipe.text_encoder_2.state_dict())]
-    config = default_train_config(profile).replace(train_text_encoder=True, steps=2, checkpoint_every=0,
-                                                   validation_images=0, mixed_precision="bf16")
+    config = default_train_config(profile).replace(train_text_encoder=True, text_encoder_learning_rate=1e-2, steps=2,
+                                                   checkpoint_every=2, validation_images=0, mixed_precision="bf16")
     result = train_lora(config, profile, dataset, tmp_path / "run", quiet=True)
     with safe_open(str(result.kohya_path), "pt") as handle:
         prefixes = {key.split("_")[1] for key in handle.keys()}
+        assert handle.metadata()["ss_text_encoder_lr"] == "0.01"
     assert prefixes == {"unet", "te1", "te2"}
+    _, state = load_checkpoint(result.checkpoints[-1])
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [config.learning_rate, 1e-2, 1e-2]
     assert [list(pipe.text_encoder.state_dict()), list(pipe.text_encoder_2.state_dict())] == keys_before
     assert not hasattr(pipe.text_encoder, "peft_config") and not pipe.text_encoder.training
     for module in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):  # accelerate's autocast wrapper is gone

@@ -90,7 +90,7 @@ def kohya_metadata(config, profile, *, steps: int, dataset_hash: str, num_images
         "ss_steps": str(steps),
         "ss_learning_rate": f"{config.learning_rate:g}",
         "ss_unet_lr": f"{config.learning_rate:g}",
-        "ss_text_encoder_lr": f"{config.learning_rate:g}" if config.train_text_encoder else "0",
+        "ss_text_encoder_lr": f"{config.effective_text_encoder_learning_rate:g}" if config.train_text_encoder else "0",
         "ss_network_train_unet_only": str(not config.train_text_encoder),
         "ss_output_name": config.output_name,
         "ss_resolution": f"({config.resolution}, {config.resolution})",

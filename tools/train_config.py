@@ -30,7 +30,9 @@ class TrainConfig:
 
     rank: int = _knob(32, "LoRA rank (network dim): capacity of the adapter; 16-32 suits one character")
     alpha: float = _knob(16.0, "LoRA alpha: the update is scaled by alpha/rank; rank or rank/2 is usual")
-    learning_rate: float = _knob(1e-4, "AdamW learning rate for the LoRA weights")
+    learning_rate: float = _knob(1e-4, "AdamW learning rate for the UNet's LoRA weights")
+    text_encoder_learning_rate: float = _knob(0.0, "learning rate for the text encoders' LoRA when they train "
+                                                   "(0 = learning_rate; kohya users often take half)")
     steps: int = _knob(1500, "optimizer steps to train (each sees batch_size x gradient_accumulation images)")
     batch_size: int = _knob(1, "images per forward pass")
     gradient_accumulation: int = _knob(2, "forward passes summed before each optimizer step")
@@ -46,6 +48,7 @@ class TrainConfig:
     noise_offset: float = _knob(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
     train_text_encoder: bool = _knob(False, "also train LoRA on both text encoders (disables text-embedding caching)")
     gradient_checkpointing: bool = _knob(True, "recompute activations in backward: far less memory, about a fifth slower")
+    allow_tf32: bool = _knob(True, "TF32 matmuls on Ampere+ CUDA GPUs (faster, same results in practice)")
     mixed_precision: str = _knob("no", "autocast precision: no | fp16 | bf16 (fp16 needs CUDA; default follows --dtype)",
                                  choices=MIXED_PRECISIONS)
     checkpoint_every: int = _knob(250, "save a resumable checkpoint every N steps (0 = only on interrupt)")
@@ -59,6 +62,10 @@ class TrainConfig:
     output_name: str = _knob("aldar_kose_lora", "name recorded in the kohya file (ss_output_name) and its file name")
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def effective_text_encoder_learning_rate(self) -> float:
+        return self.text_encoder_learning_rate or self.learning_rate
+
     @property
     def effective_validation_prompt(self) -> str:
         return self.validation_prompt or f"{self.trigger_token}, portrait"
@@ -83,9 +90,13 @@ class TrainConfig:
             raise ConfigError(f"rank {self.rank} is too large", "use a rank between 1 and 1024 (16-32 is typical)")
         _positive_finite("alpha", self.alpha)
         _positive_finite("learning_rate", self.learning_rate)
-        if self.learning_rate > 1.0:
-            raise ConfigError(f"learning_rate {self.learning_rate:g} is above 1 and will diverge",
-                              "use 1e-4 for SDXL (up to 1e-2 on the tiny profile)")
+        if self.text_encoder_learning_rate < 0 or not math.isfinite(self.text_encoder_learning_rate):
+            raise ConfigError(f"text_encoder_learning_rate is {self.text_encoder_learning_rate!r}",
+                              "set it to 0 (same as learning_rate) or a positive number")
+        if max(self.learning_rate, self.text_encoder_learning_rate) > 1.0:
+            raise ConfigError(f"learning rate {max(self.learning_rate, self.text_encoder_learning_rate):g} is above 1 "
+                              "and will diverge",
+                              "use about 1e-4 for SDXL (the tiny profile uses 3e-2)")
         if self.resolution < 64 or self.resolution % 8:
             raise ConfigError(f"resolution {self.resolution} is not a multiple of 8 of at least 64",
                               "use e.g. 1024 (SDXL), 768, 512, or 64 on the tiny profile")

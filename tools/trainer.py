@@ -141,8 +141,7 @@ class _Run:
     # ---- main loop
     def train(self, checkpoint: Path | None, quiet: bool, stop: threading.Event | None) -> TrainResult:
         config, accelerator = self.config, self.accelerator
-        params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
-        optimizer, self.optimizer_name = make_optimizer(config, params, self.device.type)
+        optimizer, self.optimizer_name = make_optimizer(config, self.modules, self.device.type)
         from diffusers.optimization import get_scheduler
 
         lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
@@ -198,7 +197,8 @@ class _Run:
         step_loss = sum(losses) / len(losses)
         self.ema = step_loss if self.ema is None else EMA_DECAY * self.ema + (1 - EMA_DECAY) * step_loss
         self.rows.append({"step": self.step, "loss": step_loss, "loss_ema": self.ema,
-                          "lr": self.lr_scheduler.get_last_lr()[0], "elapsed_s": round(time.monotonic() - self.clock_origin, 3)})
+                          "lr": self.lr_scheduler.get_last_lr()[0],
+                          "elapsed_s": round(time.monotonic() - self.clock_origin, 3)})
 
     def _micro_batch_loss(self, unet, micro: int) -> torch.Tensor:
         """One batch: sample latents, noise and timesteps from a generator seeded by the position (exact resume)."""
