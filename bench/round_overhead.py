@@ -8,7 +8,7 @@ seconds and, of those, the seconds spent inside model code (trainer, generator, 
 CLIP); everything else — history/JSON/report writes, the policy, prompt and caption building,
 the lock — is the agent's own overhead, shown as a share of the round.
 
-Baseline, measured in the same run right after each session round: the same model work called
+Baseline, measured in the same run beside each session round (order alternating): the same model work called
 directly (train_lora, generate_local ×2, score_generators + build_feedback) with the same
 parameters, no Session around it (CPU seconds are the steadier ratio on a shared machine). Round 1 is cold (models built, references analysed); later
 rounds are warm. Tiny-profile numbers measure the agent's plumbing, not SDXL speed.
@@ -94,8 +94,13 @@ def main() -> None:
                   f"{settings.images_per_prompt} image(s) each for base and LoRA; hosted competitors: none (no keys)")
             for number in range(1, args.rounds + 1):
                 params = dict(session.params)
-                record, wall, cpu = session_round(session, decider)
-                baseline, baseline_cpu = direct_round(session, params, tmp_path / f"direct_{number}")
+                scratch = tmp_path / f"direct_{number}"
+                if number % 2:  # alternate the order, so neither side always runs on a warmer process
+                    record, wall, cpu = session_round(session, decider)
+                    baseline, baseline_cpu = direct_round(session, params, scratch)
+                else:
+                    baseline, baseline_cpu = direct_round(session, params, scratch)
+                    record, wall, cpu = session_round(session, decider)
                 split = stage_split(record, wall)
                 model = sum(m for _, m in split.values())
                 overhead = wall - model
