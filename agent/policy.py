@@ -34,6 +34,8 @@ COPY_CLIP = 0.95
 COPY_SSIM = 0.85
 # Mean pairwise (1 - cosine) distance between the LoRA's own images: below this they all look alike.
 LOW_VARIETY = 0.05
+# Variety falling below this fraction of the previous round's: the LoRA is collapsing onto the references.
+VARIETY_DROP = 0.5
 # A key feature shown in fewer than half of the LoRA's images counts as missed.
 MISSED_PASS_RATE = 0.5
 STEP_UP, STEP_DOWN, LR_DOWN, RANK_UP = 1.5, 0.7, 0.5, 2
@@ -131,7 +133,8 @@ def bounds_for(default_params: dict[str, Any], tiny: bool) -> dict[str, tuple]:
 class RulePolicy:
     """Maps feedback to an adjustment with the rules below, in priority order.
 
-    1. overfitting (a near-copy of one reference, or the LoRA's images all alike)
+    1. overfitting (a near-copy of one reference, the LoRA's images all alike, or their
+       variety halved since the previous round)
        → fewer steps and a lower learning rate; nothing that trains harder.
     2. low CLIP similarity → more steps; once steps sit at their cap, a higher rank.
     3. key features the images miss → emphasise them in the next captions and prompt.
@@ -147,7 +150,7 @@ class RulePolicy:
         signals = read_signals(feedback)
         proposal: dict[str, Any] = {}
         reasons: list[str] = []
-        overfit = overfitting_reason(signals)
+        overfit = overfitting_reason(signals, previous_variety(history))
         if overfit:
             proposal.update(fewer_steps_lower_lr(params))
             reasons.append(f"{overfit}, so train fewer steps at a lower learning rate")
@@ -171,7 +174,16 @@ class RulePolicy:
         return Decision(adjustments=adjustments, rationale=rationale, decided_by=self.name)
 
 
-def overfitting_reason(signals: Signals) -> str:
+def previous_variety(history: list[dict]) -> float | None:
+    """The variety of the LoRA's images in the last finished round (None when unknown)."""
+    for record in reversed(history):
+        value = _number((record.get("overfitting") or {}).get("variety"))
+        if value is not None:
+            return value
+    return None
+
+
+def overfitting_reason(signals: Signals, earlier_variety: float | None = None) -> str:
     """A short clause naming the overfitting sign, or '' when there is none."""
     if signals.max_reference_clip is not None and signals.max_reference_clip >= COPY_CLIP:
         return f"an image nearly copies one reference (CLIP {signals.max_reference_clip:.3f} ≥ {COPY_CLIP})"
@@ -179,6 +191,8 @@ def overfitting_reason(signals: Signals) -> str:
         return f"an image nearly copies one reference (SSIM {signals.max_reference_ssim:.3f} ≥ {COPY_SSIM})"
     if signals.variety is not None and signals.variety < LOW_VARIETY:
         return f"the LoRA's images look alike (variety {signals.variety:.3f} < {LOW_VARIETY})"
+    if signals.variety is not None and earlier_variety and signals.variety < earlier_variety * VARIETY_DROP:
+        return f"the variety of the LoRA's images fell from {earlier_variety:.3f} to {signals.variety:.3f}"
     return ""
 
 

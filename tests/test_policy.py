@@ -84,6 +84,16 @@ def test_overfitting_means_fewer_steps_and_lower_learning_rate(overfit, phrase):
     assert phrase in decision.rationale and "fewer steps" in decision.rationale
 
 
+def test_falling_variety_against_the_previous_round_is_overfitting():
+    earlier = [{"round": 1, "overfitting": {"variety": 0.4}}]
+    fb = feedback(overfitting={"max_reference_clip": 0.7, "max_reference_ssim": 0.2, "variety": 0.15})
+    decision = RulePolicy().decide(fb, earlier, dict(PARAMS))
+    assert decision.adjustments == {"steps": 1050, "learning_rate": pytest.approx(5e-5)}
+    assert "fell from 0.400 to 0.150" in decision.rationale
+    steady = RulePolicy().decide(feedback(overfitting={"variety": 0.3}), earlier, dict(PARAMS))
+    assert steady.adjustments == {}  # 0.3 is not below half of 0.4
+
+
 def test_overfitting_and_missed_feature_combine():
     decision = decide(feedback(overfitting={"max_reference_clip": 0.99}, feature_gaps=[gap("topknot", 0.0)]))
     assert set(decision.adjustments) == {"steps", "learning_rate", "feature_emphasis"}
