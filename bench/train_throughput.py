@@ -69,7 +69,8 @@ def install_pipeline(profile, unet_scale: str, full_text: bool = False) -> None:
         components["vae"] = AutoencoderKL(**SDXL_VAE_CONFIG)
     if full_text:  # the full UNet cross-attends to 768 + 1280 features and pools a 1280 projection
         components["text_encoder"] = CLIPTextModel(models.tiny_text_config(hidden=768, projection=768))
-        components["text_encoder_2"] = CLIPTextModelWithProjection(models.tiny_text_config(hidden=1280, projection=1280))
+        components["text_encoder_2"] = CLIPTextModelWithProjection(
+            models.tiny_text_config(hidden=1280, projection=1280))
     pipe = StableDiffusionXLPipeline(**components).to(profile.torch_device, profile.torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     models._cache[("sdxl-pipeline", profile)] = pipe
@@ -113,7 +114,8 @@ def one_mode(scale: str, cached: bool, steps: int) -> dict:
         result = train_lora(config, profile, dataset, Path(tmp) / "run", quiet=True)
         rows = [line.split(",") for line in result.loss_log.read_text().splitlines()[1:]]
     elapsed = float(rows[-1][4]) - float(rows[0][4])
-    return {"steps_per_s": (len(rows) - 1) / elapsed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return {"steps_per_s": (len(rows) - 1) / elapsed, "peak_rss_mb": peak_rss_mb}
 
 
 def run_subprocess(scale: str, cached: bool, steps: int, threads: int) -> dict:
@@ -176,7 +178,8 @@ def main() -> None:
     parser.add_argument("--steps-tiny", type=int, default=20)
     parser.add_argument("--steps-mid", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: on a small shared machine spin-waiting threads cost more than they give)")
+                        help="torch threads (1: on a small shared machine spin-waiting threads cost more "
+                             "than they give)")
     parser.add_argument("--full-gpu", action="store_true", help="full-size SDXL UNet at 1024 px on a CUDA GPU")
     parser.add_argument("--precision", choices=["bf16", "fp16"], default="bf16", help="--full-gpu autocast precision")
     parser.add_argument("--steps", type=int, default=10, help="steps per measurement (--full-gpu / --one)")

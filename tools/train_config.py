@@ -47,13 +47,16 @@ class TrainConfig:
     snr_gamma: float = _knob(5.0, "min-SNR loss weighting gamma (0 = plain MSE); 5 is the paper's value")
     noise_offset: float = _knob(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
     train_text_encoder: bool = _knob(False, "also train LoRA on both text encoders (disables text-embedding caching)")
-    gradient_checkpointing: bool = _knob(True, "recompute activations in backward: far less memory, about a fifth slower")
+    gradient_checkpointing: bool = _knob(True, "recompute activations in backward: far less memory, "
+                                               "about a fifth slower")
     allow_tf32: bool = _knob(True, "TF32 matmuls on Ampere+ CUDA GPUs (faster, same results in practice)")
-    mixed_precision: str = _knob("no", "autocast precision: no | fp16 | bf16 (fp16 needs CUDA; default follows --dtype)",
+    mixed_precision: str = _knob("no", "autocast precision: no | fp16 | bf16 "
+                                       "(fp16 needs CUDA; default follows --dtype)",
                                  choices=MIXED_PRECISIONS)
     checkpoint_every: int = _knob(250, "save a resumable checkpoint every N steps (0 = only on interrupt)")
     checkpoints_to_keep: int = _knob(3, "keep the newest N checkpoints (0 = keep all)")
-    flip_augmentation: bool = _knob(False, "add horizontally flipped copies (off: asymmetric characters mirror wrongly)")
+    flip_augmentation: bool = _knob(False, "add horizontally flipped copies "
+                                           "(off: asymmetric characters mirror wrongly)")
     validation_prompt: str = _knob("", "prompt rendered at every checkpoint (empty: '<trigger>, portrait')")
     validation_images: int = _knob(2, "validation images per checkpoint, at fixed seeds (0 = none)")
     validation_inference_steps: int = _knob(25, "denoising steps for validation images")
@@ -116,7 +119,8 @@ class TrainConfig:
         if not self.trigger_token.strip():
             raise ConfigError("trigger_token is empty", "set a rare word such as 'aldarkose'")
         if not self.output_name.strip() or any(c in self.output_name for c in "/\\"):
-            raise ConfigError(f"output_name {self.output_name!r} is not a plain file name", "use letters, digits, _ or -")
+            raise ConfigError(f"output_name {self.output_name!r} is not a plain file name",
+                              "use letters, digits, _ or -")
         if profile is not None:
             self._validate_for_device(profile.torch_device.type)
 

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", metavar="DIR", default=argparse.SUPPRESS,
                         help="where the LoRA, checkpoints and logs go (default: <output_dir>/runs/train_<timestamp>)")
     parser.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
-                        help="continue the latest checkpoint in --run-dir, else in the newest run under <output_dir>/runs")
+                        help="continue the latest checkpoint in --run-dir, else in the newest run under "
+                             "<output_dir>/runs")
     group = parser.add_argument_group("hyperparameters (defaults: SDXL character LoRA; 'tiny:' the tiny profile)")
     sdxl, tiny = (default_train_config(p) for p in _HELP_PROFILES.values())
     for knob in knobs():
