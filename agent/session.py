@@ -304,7 +304,7 @@ class Session:
         state = self._round()
         with self._stage("store"):
             applied, notes = clamp_adjustments(self.params, decision.adjustments, self.bounds)
-            next_params = {**state.params, **applied}
+            next_params = {**self.params, **applied}  # self.params: the trained ones plus any later apply()
             record = round_record(state, self.store, self.profile.describe(), decision, applied, notes, next_params)
             self.store.finish_round(record)
             self._update_best()
