@@ -81,6 +81,11 @@ class Session:
             self.default_params["trigger_token"] = settings.trigger_token
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
         self.store = RunStore(settings.output_dir, self.profile.describe())
+        try:
+            _check_same_models(self.store, self.profile)
+        except InputError:
+            self.store.close()
+            raise
         rounds = self.store.rounds
         self.params: dict = dict(rounds[-1]["next_params"]) if rounds else dict(self.default_params)
         interrupted = self.store.data.get("in_progress") or {}
@@ -378,6 +383,19 @@ def _validate_inputs(settings: Settings) -> None:
         raise InputError(f"unknown competitor {unknown[0]!r}",
                          f"use some of: {', '.join(PROVIDERS)} (comma-separated), or 'none'")
     list_images(settings.references)
+
+
+def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
+    """Rounds of one history must be comparable: refuse to append rounds made with other models."""
+    saved = store.data.get("profile") or {}
+    if not store.rounds or not saved:
+        return
+    now = profile.describe()
+    changed = [k for k in ("profile", "base_model", "clip_model") if saved.get(k) != now[k]]
+    if changed:
+        detail = ", ".join(f"{k} {saved.get(k)!r} → {now[k]!r}" for k in changed)
+        raise InputError(f"{store.root} holds rounds made with other models ({detail})",
+                         "pass --output-dir DIR for a new results folder, or the same models to resume")
 
 
 def default_params(profile: ModelProfile) -> dict:

@@ -153,3 +153,15 @@ def test_lock_file_is_emptied_on_close(tmp_path):
     started = time.perf_counter()
     RunStore(tmp_path).close()
     assert time.perf_counter() - started < 5
+
+
+def test_a_folder_with_rounds_of_other_models_is_refused(tiny_settings):
+    folder = Path(tiny_settings.output_dir)
+    folder.mkdir(parents=True)
+    (folder / "training_history.json").write_text(json.dumps(
+        {"profile": {"profile": "sdxl", "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
+                     "clip_model": "openai/clip-vit-large-patch14"}, "rounds": [{"round": 1}]}))
+    with pytest.raises(InputError, match="other models .*profile 'sdxl' → 'tiny'"):
+        Session(tiny_settings, quiet=True)
+    (folder / "training_history.json").unlink()
+    Session(tiny_settings, quiet=True).close()  # the refusal released the lock
