@@ -186,6 +186,7 @@ def _round_section(record: dict, is_best: bool) -> str:
     return "\n".join([
         f"<h2>{esc(title)}</h2>",
         f"<p class=\"meta\">parameters: {esc(shown)}</p>",
+        *(f"<p class=\"meta\">prompt: {esc(prompt)}</p>" for prompt in record.get("prompts") or []),
         "<table><tr><th>generator</th><th>quality</th><th>CLIP</th><th>features</th><th>SSIM</th><th>band</th></tr>",
         *rows, "</table>",
         f"<p><strong>Decision ({esc(str(record.get('decided_by')))}):</strong> {esc(str(record.get('rationale')))} "

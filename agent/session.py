@@ -58,6 +58,7 @@ class RoundState:
     train: dict | None = None
     images: dict[str, list[Path]] | None = None
     skipped: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
     report: dict | None = None
     feedback: dict | None = None
     report_path: Path | None = None
@@ -261,7 +262,7 @@ class Session:
                     self._compute("generate", started)
                 if made:  # every image safety-filtered: nothing to score, the reason is in skipped
                     images[provider.name] = [image.path for image in made]
-        state.images = images
+        state.images, state.prompts = images, list(prompts)
         return images
 
     def prompt(self) -> str:
@@ -520,6 +521,7 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
         "rationale": decision.rationale,
         "decided_by": decision.decided_by,
         "next_params": next_params,
+        "prompts": state.prompts,
         "skipped_competitors": state.skipped,
         "paths": {"run_dir": store.relative(train.get("run_dir")), "lora": store.relative(train.get("lora_path")),
                   "kohya_lora": store.relative(train.get("kohya_path")),

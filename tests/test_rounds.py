@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.policy import RulePolicy
-from agent.session import Session
+from agent.session import Session, emphasise
 
 ROUND_STEPS = 8  # tiny steps for the test: the pipeline, not the learning, is under test
 
@@ -68,6 +68,8 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network, one_thre
         assert feedback["round"] == record["round"] and "overfitting" in feedback
         assert feedback["profile"]["profile"] == "tiny"
         assert all(len(paths) == 2 for paths in record["paths"]["images"].values())
+        assert record["prompts"] == [emphasise(settings.test_prompt, record["params"]["feature_emphasis"],
+                                               settings.trigger_token)]
     assert rounds[0]["params"] == start
     # The second round trained with what the first round decided.
     assert rounds[1]["params"] == rounds[0]["next_params"]
