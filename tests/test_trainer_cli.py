@@ -97,3 +97,24 @@ def test_train_with_analysis_then_ctrl_c_and_resume(references, tmp_path, capsys
 
     with safe_open(str(run_dir / "aldar_kose_lora.safetensors"), "pt") as handle:
         assert handle.metadata()["aldar_trigger_token"] == "kose"
+
+
+def test_two_processes_under_torchrun_train_one_lora(references, tmp_path):
+    """The multi-GPU code path (DDP, rank-0 writes, loss averaged over ranks) on two CPU processes (gloo)."""
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "agent.cli", *base_args(references, run_dir),
+                           "--steps", "2", "--checkpoint-every", "2"],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("LoRA saved to") == 1  # only rank 0 reports
+    saved = json.loads((run_dir / "train_config.json").read_text())
+    assert saved["num_processes"] == 2
+    assert (run_dir / "pytorch_lora_weights.safetensors").is_file() and (run_dir / "checkpoint-000002").is_dir()

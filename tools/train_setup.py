@@ -136,11 +136,12 @@ def make_accelerator(config: TrainConfig, profile):
     if config.allow_tf32 and torch.cuda.is_available():  # Ampere+: TF32 matmuls, far faster, same results in practice
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if PartialState().num_processes == 1:
+    on_cpu = profile.torch_device.type == "cpu"
+    if PartialState(cpu=on_cpu).num_processes == 1:  # cpu=True here too, or a CPU torchrun is not seen
         # One process trains round after round, maybe with another precision: start from a clean state.
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation,
-                       cpu=profile.torch_device.type == "cpu")
+                       cpu=on_cpu)
 
 
 def make_optimizer(config: TrainConfig, modules: dict[str, torch.nn.Module], device_type: str):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 from datetime import datetime
 from pathlib import Path
@@ -85,6 +86,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     fallback = f"{config.trigger_token}, {settings.character_name}"
     dataset = [(path, captions.get(path.name) or fallback) for path in images]
     run_dir = _run_dir(args, settings)
+    if not _main_process():  # under accelerate launch / torchrun every process runs this; one reports
+        result = train_lora(config, profile, dataset, run_dir, quiet=True, resume=bool(_flag(args, "resume")))
+        return 130 if result.interrupted else 0
     if profile.is_tiny:
         ui.warn(profile.describe()["notice"])
     ui.info(f"training {escape(config.output_name)}: {len(dataset)} images, rank {config.rank}, alpha "
@@ -108,6 +112,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ["loss curve", result.loss_curve], ["checkpoints", len(result.checkpoints)]])
     ui.success(f"LoRA saved to {result.lora_path}")
     return 0
+
+
+def _main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0  # set by torchrun and accelerate launch
 
 
 def _flag(args: argparse.Namespace, name: str):
