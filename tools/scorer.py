@@ -23,6 +23,8 @@ references (each against the others, key features re-derived without it).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -92,6 +94,24 @@ def luminance(image: Image.Image) -> np.ndarray:
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(structural_similarity(a, b, gaussian_weights=True, sigma=1.5, win_size=11,
                                        use_sample_covariance=False, data_range=255.0))
+
+
+def _ssim_pool() -> ThreadPoolExecutor:
+    # skimage/scipy filtering releases the GIL: SSIM pairs scale with cores (2x on 2 cores).
+    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+
+
+def ssim_matrix(images: Sequence[np.ndarray], references: Sequence[np.ndarray], pool: ThreadPoolExecutor,
+                symmetric: bool = False) -> np.ndarray:
+    """(len(images), len(references)) SSIM values; with ``symmetric`` (images is references) each pair once."""
+    pairs = [(i, j) for i in range(len(images)) for j in range(len(references)) if not symmetric or j > i]
+    values = pool.map(lambda pair: ssim(images[pair[0]], references[pair[1]]), pairs)
+    matrix = np.ones((len(images), len(references)))
+    for (i, j), value in zip(pairs, values):
+        matrix[i, j] = value
+        if symmetric:
+            matrix[j, i] = value  # SSIM is symmetric in its two images
+    return matrix
 
 
 def feature_passes(probabilities: dict[str, torch.Tensor], row: int, taxonomy: Taxonomy,
@@ -181,17 +201,17 @@ def score_generators(images: dict[str, list[Path] | ImageSet], references: Path,
 
     rows: list[dict] = []
     total = sum(len(s.paths) for s in generated.values())
-    with progress_bar("scoring images", total, quiet) as advance:
+    with progress_bar("scoring images", total, quiet) as advance, _ssim_pool() as pool:
         for name, image_set in generated.items():
             for start in range(0, len(image_set.paths), batch_size):
                 batch = image_set.images[start:start + batch_size]
                 embeddings = encoder.embed_images(batch, batch_size=batch_size)
                 cosines = embeddings @ reference_embeddings.T
                 probabilities = category_probabilities(embeddings, texts)
-                for row, image in enumerate(batch):
-                    luma = luminance(image)
+                structure = ssim_matrix(list(pool.map(luminance, batch)), reference_luma, pool)
+                for row in range(len(batch)):
                     scores = image_scores(cosines[row], feature_passes(probabilities, row, taxonomy, key_categories),
-                                          (ssim(luma, ref) for ref in reference_luma), weights)
+                                          structure[row], weights)
                     rows.append({"generator": name, "path": str(image_set.paths[start + row]), **scores})
                 advance(len(batch))
 
@@ -218,10 +238,8 @@ def reference_ceiling(reference_set: ImageSet, embeddings: torch.Tensor, luma: l
         return None
     cosines = embeddings @ embeddings.T
     probabilities = category_probabilities(embeddings, texts)
-    pair_ssim = np.ones((count, count))
-    for i in range(count):
-        for j in range(i + 1, count):
-            pair_ssim[i, j] = pair_ssim[j, i] = ssim(luma[i], luma[j])  # SSIM is symmetric
+    with _ssim_pool() as pool:
+        pair_ssim = ssim_matrix(luma, luma, pool, symmetric=True)
     rows = []
     for i, name in enumerate(reference_set.names):
         others = [j for j in range(count) if j != i]
