@@ -34,6 +34,9 @@ def pytest_configure(config):
     global _SESSION_CACHE
     _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="aldar-test-cache-"))
     os.environ.update(_cache_environment(_SESSION_CACHE))
+    from agent.cli import use_one_torch_thread
+
+    use_one_torch_thread()  # every test runs the tiny profile, as `aldar --profile tiny` does
 
 
 def pytest_unconfigure(config):
@@ -62,6 +65,17 @@ def hermetic_environment(monkeypatch, tmp_path, session_cache):
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fresh_models_per_module():
+    """The per-process model cache would carry one module's LoRA adapters into the next module's
+    tests; the tiny models rebuild in a fraction of a second."""
+    from tools.models import clear_model_cache
+
+    clear_model_cache()
+    yield
+    clear_model_cache()
 
 
 @pytest.fixture

@@ -19,16 +19,6 @@ PROMPT = "aldarkose, smiling trickster in an orange robe"
 FAST = dict(steps=3, quiet=True)  # a few Euler steps keep each 64 px image well under a second
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The 64 px tiny UNet gains nothing from two threads, and on a busy 2-core machine their spin-waits
-    slow each image down by 10x or more; restore the setting for the other test files."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_random_lora(folder: Path, seed: int) -> Path:

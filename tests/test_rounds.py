@@ -24,17 +24,9 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core machine: oversubscribed threads only slow every process
-    yield
-    torch.set_num_threads(before)
 
 
-def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network, one_thread):
+def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
     settings = tiny_settings.replace(images_per_prompt=2)
     with Session(settings, quiet=True) as session:
         session.params.update(steps=ROUND_STEPS, checkpoint_every=ROUND_STEPS // 2)
@@ -88,7 +80,7 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network, one_thre
     assert "Pipeline check, not quality" in page
 
 
-def test_a_finished_run_resumes_with_nothing_to_do(tiny_settings, no_network, one_thread):
+def test_a_finished_run_resumes_with_nothing_to_do(tiny_settings, no_network):
     settings = tiny_settings.replace(images_per_prompt=1)
     with Session(settings, quiet=True) as session:
         session.params.update(steps=4, checkpoint_every=2)
@@ -131,7 +123,7 @@ def test_cli_rejects_zero_rounds_with_one_line(tiny_settings, capsys):
     assert "--rounds is 0" in err and len(err.strip().splitlines()) <= 2
 
 
-def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpoints(tiny_settings, one_thread):
+def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpoints(tiny_settings):
     settings = tiny_settings.replace(images_per_prompt=1)
     with Session(settings, quiet=True) as session:
         session.train({"steps": 2, "feature_emphasis": ["topknot"]})  # round 1 trained, then "killed"
@@ -146,7 +138,7 @@ def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpo
     assert len(stale) == 1 and list(stale[0].glob("checkpoint-*"))
 
 
-def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, references_dir, monkeypatch, one_thread):
+def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, references_dir, monkeypatch):
     import tools.analyzer
 
     with Session(tiny_settings, quiet=True) as session:
@@ -162,7 +154,7 @@ def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, re
     assert len(calls) == 1 and [r["file"] for r in again["references"]] == [f"aldar{i}.png" for i in range(1, 5)]
 
 
-def test_hosted_competitors_compete_and_a_failing_one_sits_out(tiny_settings, monkeypatch, one_thread):
+def test_hosted_competitors_compete_and_a_failing_one_sits_out(tiny_settings, monkeypatch):
     from tests.fakes.provider_servers import DeepAIFake, FreepikFake
     from tools.png_metadata import read_generation_parameters
 

@@ -11,7 +11,7 @@ import pytest
 from agent.cli import main
 from agent.story import StoryFormatError, parse_story, scene_prompt
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
-from tests.test_generator import one_torch_thread, write_random_lora  # noqa: F401 - autouse fixture
+from tests.test_generator import write_random_lora
 from tools.generator import GeneratedImage
 from tools.storybook import render_html, render_markdown, write_storybook
 

@@ -20,13 +20,6 @@ from tools.train_data import clear_latent_cache
 from tools.trainer import default_train_config, evaluation_loss, train_lora
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny kernels on a shared 2-core machine: one thread is ~10x faster than two fighting for cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

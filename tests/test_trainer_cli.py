@@ -20,10 +20,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no stray aldar.toml
     for name in ("ALDAR_CONFIG", "ALDAR_PROFILE", "ALDAR_OUTPUT_DIR", "ALDAR_REFERENCES"):
         monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

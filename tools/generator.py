@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import re
 import threading
-import warnings
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from tools.errors import InputError, ModelNotFoundError
-from tools.models import ModelProfile, load_sdxl_pipeline, model_location
+from tools.models import ModelProfile, load_sdxl_pipeline, model_location, quiet_lora_loading
 from tools.png_metadata import save_png_with_parameters
 from tools.progress import progress_bar
 
@@ -149,22 +147,6 @@ def _drop_partial_adapter(pipe, name: str) -> None:
             pipe.delete_adapters(name)
     except (ValueError, KeyError, RuntimeError):
         pass
-
-
-@contextmanager
-def quiet_lora_loading() -> Iterator[None]:
-    """UNet-only LoRAs make diffusers warn about text encoders, and peft about a second adapter or deleting
-    the active one: all expected when adapters are swapped in place."""
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module="peft")
-            yield
-    finally:
-        diffusers_logging.set_verbosity(level)
 
 
 def _ensure_lcm_adapter(pipe, lcm_lora: str) -> str:

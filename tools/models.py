@@ -14,12 +14,15 @@ Loaded models are cached per process, so rounds and LoRA swaps never reload the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -281,6 +284,7 @@ def _load_sdxl_pipeline(profile: ModelProfile):
 
     if profile.is_tiny:
         pipe = StableDiffusionXLPipeline(**build_tiny_sdxl_components(profile.seed))
+        _drop_tiny_truncation_warnings()
     else:
         source = profile.base_model
         ensure_available("SDXL base model", source, "base_model")
@@ -299,6 +303,19 @@ def _load_sdxl_pipeline(profile: ModelProfile):
             pipe.vae.config.force_upcast = True  # SDXL's VAE overflows in fp16; diffusers upcasts when told
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(profile.torch_device)
+
+
+class _TruncationWarningFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "truncated because CLIP can only handle" not in record.getMessage()
+
+
+def _drop_tiny_truncation_warnings() -> None:
+    # The tiny tokenizer spends one token per character, so every real prompt "truncates" at 77
+    # characters; the warning is noise there (real SDXL prompts keep it).
+    sdxl_logger = logging.getLogger("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl")
+    if not any(isinstance(f, _TruncationWarningFilter) for f in sdxl_logger.filters):
+        sdxl_logger.addFilter(_TruncationWarningFilter())
 
 
 def load_clip(profile: ModelProfile):
@@ -328,6 +345,22 @@ def _load_real_clip(model_id: str):
         raise ModelNotFoundError(f"could not load CLIP model {model_id!r}: {str(exc).splitlines()[0]}",
                                  "check clip_model (repo id or local folder), or use --profile tiny") from None
     return model.eval(), tokenizer
+
+
+@contextmanager
+def quiet_lora_loading() -> Iterator[None]:
+    """UNet-only LoRAs make diffusers warn about text encoders, and peft about a second adapter or deleting
+    the active one: all expected when adapters are swapped in place."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def clear_model_cache() -> None:

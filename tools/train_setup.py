@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from tools.errors import ConfigError, TrainingError
+from tools.models import quiet_lora_loading
 from tools.train_config import TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainConfig, bitsandbytes_available
 from tools.train_data import TrainingImage, dataset_sha256
 
@@ -40,7 +41,8 @@ def lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Modu
             lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
                                      target_modules=targets)
             if name == "unet":
-                module.add_adapter(lora_config, adapter_name=ADAPTER_NAME)
+                with quiet_lora_loading():  # a second adapter beside the generator's is expected
+                    module.add_adapter(lora_config, adapter_name=ADAPTER_NAME)
             else:
                 _add_plain_adapter(module, lora_config)
             _activate_only_ours(module)
@@ -55,7 +57,8 @@ def lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Modu
         for name, module in modules.items():
             if ADAPTER_NAME in (getattr(module, "peft_config", None) or {}):
                 if name == "unet":
-                    module.delete_adapters(ADAPTER_NAME)
+                    with quiet_lora_loading():
+                        module.delete_adapters(ADAPTER_NAME)
                 else:
                     _remove_plain_adapter(module)
             _set_gradient_checkpointing(module, False)

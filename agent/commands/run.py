@@ -45,8 +45,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--rounds is {rounds}", "pass --rounds 1 or more")
     settings = settings.replace(max_rounds=rounds)
     quiet = bool(getattr(args, "quiet", False))
-    if settings.is_tiny:
-        _one_torch_thread()
     with Session(settings, assume_yes=args.yes, quiet=quiet) as session:
         if settings.is_tiny:
             ui.warn(session.profile.describe()["notice"])
@@ -58,17 +56,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         session.run_rounds(rounds, decider, on_round=show_round)
         show_summary(session)
     return 0
-
-
-def _one_torch_thread() -> None:
-    """Tiny models are too small to gain from intra-op threads, and on a busy CPU the spinning
-    threads made a 2-round tiny run 6x slower (3.5 min vs 34 s). An explicit OMP_NUM_THREADS wins."""
-    import os
-
-    if not os.environ.get("OMP_NUM_THREADS"):
-        import torch
-
-        torch.set_num_threads(1)
 
 
 def _names(value) -> list[str]:
