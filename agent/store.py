@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.atomic import atomic_write, atomic_write_json
+from tools.atomic import atomic_write, atomic_write_json, remove_stale_temp_files
 from tools.errors import BusyError, InputError
 
 HISTORY_FILE = "training_history.json"
@@ -102,6 +102,7 @@ class RunStore:
         self.profile = profile or {}
         self.lock = FolderLock(self.root)
         self.lock.acquire()  # before reading anything: the holder may be writing
+        remove_stale_temp_files(self.root)  # what a kill -9 mid-write left behind
         self.comparisons_dir = self.root / "comparisons"
         self.feedback_dir = self.root / "feedback"
         self.runs_dir = self.root / "runs"

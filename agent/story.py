@@ -21,6 +21,7 @@ from typing import Any
 import openai
 
 from agent.llm_client import make_client, provider_error, thinking_extra_body
+from agent.prompts import load_prompt
 from tools.errors import ConfigError, InputError, ProviderError
 from tools.settings import Settings
 from tools.storybook import write_storybook
@@ -29,20 +30,6 @@ MIN_SCENES, MAX_SCENES = 3, 6
 LOCAL_GENERATORS = ("lora", "base")
 HOSTED_GENERATORS = ("freepik", "deepai", "gemini")
 GENERATORS = LOCAL_GENERATORS + HOSTED_GENERATORS
-
-STORY_SYSTEM_PROMPT = """You write short children's tales about {character}, the clever, kind-hearted trickster of \
-Kazakh folklore who outwits greedy bais and helps the poor, riding the steppe in his patched orange robe.
-
-Write a tale of exactly {scenes} scenes for the reader's idea. Each scene: 2-4 simple sentences of story text, \
-and a prompt for an illustrator that describes what to draw (who, doing what, where, expression, colours) in \
-one line of at most 40 words, in the style of a warm children's-book illustration. Describe {character} \
-the same way in every image prompt.
-
-Answer with ONLY a JSON object, no commentary:
-{{"title": "...", "scenes": [{{"text": "...", "image_prompt": "..."}}]}}"""
-
-RETRY_MESSAGE = ("Your reply could not be used: {error}. Answer again with ONLY the JSON object "
-                 '{{"title": "...", "scenes": [{{"text": "...", "image_prompt": "..."}}]}} with {scenes} scenes.')
 
 
 class StoryFormatError(ValueError):
@@ -104,7 +91,7 @@ def write_story(settings: Settings, prompt: str, scenes: int = 4, *, client: ope
     if client is None:
         client, model = make_client(settings)
     messages: list[dict[str, Any]] = [
-        {"role": "system", "content": STORY_SYSTEM_PROMPT.format(character=settings.character_name, scenes=scenes)},
+        {"role": "system", "content": load_prompt("story", character=settings.character_name, scenes=scenes)},
         {"role": "user", "content": prompt},
     ]
     extra_body = thinking_extra_body(str(client.base_url), settings.llm_thinking)
@@ -124,7 +111,7 @@ def write_story(settings: Settings, prompt: str, scenes: int = 4, *, client: ope
         except StoryFormatError as exc:
             last_error = str(exc)
             messages += [{"role": "assistant", "content": reply},
-                         {"role": "user", "content": RETRY_MESSAGE.format(error=exc, scenes=scenes)}]
+                         {"role": "user", "content": load_prompt("story_retry", error=exc, scenes=scenes)}]
     raise ProviderError(f"the LLM's story was unusable twice ({last_error})",
                         "run the command again, or try another model (llm_model in aldar.toml)")
 

@@ -165,3 +165,17 @@ def test_a_folder_with_rounds_of_other_models_is_refused(tiny_settings):
         Session(tiny_settings, quiet=True)
     (folder / "training_history.json").unlink()
     Session(tiny_settings, quiet=True).close()  # the refusal released the lock
+
+
+def test_temp_files_a_killed_writer_left_are_removed_when_the_folder_is_opened(tmp_path):
+    results = tmp_path / "results"
+    leftover = results / "runs" / "round_01" / ".loss_curve.png.k3j2.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a png")
+    kept = results / "runs" / "round_01" / "loss_log.csv"
+    kept.write_text("step,loss\n")
+    store = RunStore(results)
+    try:
+        assert not leftover.exists() and kept.read_text() == "step,loss\n"
+    finally:
+        store.close()
