@@ -17,16 +17,26 @@ from tools.errors import AldarError
 from tools.secrets import install_log_redaction, load_dotenv
 from tools.settings import Settings, load_settings
 
-COMMAND_MODULES = [
-    "agent.commands.doctor",
-    "agent.commands.story",
+COMMAND_MODULES = [  # in the order --help lists them: the loop's steps, then the whole loop, then helpers
     "agent.commands.analyze",
     "agent.commands.train",
-    "agent.commands.score",
     "agent.commands.generate",
+    "agent.commands.score",
     "agent.commands.run",
     "agent.commands.chat",
+    "agent.commands.story",
+    "agent.commands.doctor",
 ]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one: flags whose default is "from settings" say so themselves."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in help_text:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
         sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=HelpFormatter)
         module.add_arguments(sub)
         add_settings_flags(sub)
         sub.set_defaults(handler=module.run)

@@ -135,7 +135,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, step: int, state_dicts: dict[str, dict[str, torch.Tensor]],
-                    lora_configs: dict[str, dict], training_state: dict[str, Any], keep: int) -> Path:
+                    lora_configs: dict[str, dict], training_state: dict[str, Any], keep: int,
+                    made_with: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoint-<step>/`` (LoRA in diffusers and PEFT form + optimizer/scheduler/RNG state) by rename."""
     from safetensors.torch import save_file
 
@@ -150,7 +151,7 @@ def save_checkpoint(run_dir: Path, step: int, state_dicts: dict[str, dict[str, t
         flat = {f"{c}.{k}": v.detach().cpu().contiguous() for c, s in state_dicts.items() for k, v in s.items()}
         atomic_write(staging / ADAPTER_WEIGHTS, lambda tmp: save_file(flat, str(tmp)))
         atomic_write(staging / TRAINING_STATE, lambda tmp: torch.save(training_state, tmp))
-        atomic_write_json(staging / "checkpoint.json", {"step": step, "lora_configs": lora_configs})
+        atomic_write_json(staging / "checkpoint.json", {**(made_with or {}), "step": step, "lora_configs": lora_configs})
         if target.exists():  # same step saved again (e.g. interrupted right after a resume)
             shutil.rmtree(target)
         os.replace(staging, target)

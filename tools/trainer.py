@@ -245,7 +245,7 @@ class _Run:
                      "lr_scheduler": self.lr_scheduler.state_dict(), "rng": capture_rng_state(),
                      "loss_ema": self.ema, "optimizer_name": self.optimizer_name}
             save_checkpoint(self.run_dir, self.step, self._state_dicts(), self._lora_configs(), state,
-                            self.config.checkpoints_to_keep)
+                            self.config.checkpoints_to_keep, made_with=self.profile.describe())
             self._write_loss_files()
             if render:
                 self._render_validation()
