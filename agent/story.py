@@ -22,6 +22,7 @@ import openai
 
 from agent.llm_client import make_client, provider_error, thinking_extra_body
 from agent.prompts import load_prompt
+from tools.atomic import unused_path
 from tools.errors import ConfigError, InputError, ProviderError
 from tools.settings import Settings
 from tools.storybook import write_storybook
@@ -210,7 +211,7 @@ def create_storybook(settings: Settings, prompt: str, *, generator: str = "lora"
 
     story = write_story(settings, prompt, scenes, client=client, model=model)
     created = time.strftime("%Y%m%d_%H%M%S")
-    book_dir = _free_folder(Path(settings.output_dir) / "stories" / f"{created}_{_slug(prompt)}")
+    book_dir = unused_path(Path(settings.output_dir) / "stories" / f"{created}_{_slug(prompt)}")
     book_dir.mkdir(parents=True)
     story = {"title": story["title"], "prompt": prompt, "generator": generator,
              "lora_path": str(illustrator) if generator == "lora" else None,
@@ -228,10 +229,3 @@ def _slug(text: str, limit: int = 40) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
     return slug[:limit].rstrip("-") or "story"
 
-
-def _free_folder(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate

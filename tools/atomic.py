@@ -31,6 +31,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return target
 
 
+def unused_path(path: str | os.PathLike) -> Path:
+    """``path``, or the same name with ``-2``, ``-3``... before the suffix when it is taken
+    (two runs in the same second must not overwrite each other's files or folders)."""
+    path = Path(path)
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 

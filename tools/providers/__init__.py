@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tools.atomic import unused_path
 from tools.errors import InputError
 from tools.png_metadata import ALDAR_CHUNK, save_png_with_parameters
 from tools.progress import progress_bar
@@ -89,7 +90,7 @@ def generate_with_provider(provider: ImageProvider, prompts: list[str], out_dir:
                     else:
                         log.warning("%s", line)
                     continue
-                path = _free_path(out_dir / f"{provider.name}_{timestamp}_{index}.png")
+                path = unused_path(out_dir / f"{provider.name}_{timestamp}_{index}.png")
                 index += 1
                 metadata = scrub_metadata(dict(result.metadata, created_at=timestamp), provider.http.secrets)
                 _save_png(result, path, metadata)
@@ -126,11 +127,3 @@ def _save_png(result: ProviderImage, path: Path, metadata: dict[str, Any]) -> No
     params = {k: v for k, v in params.items() if v is not None}  # no "Seed: None" for seedless providers
     save_png_with_parameters(image, path, params, details)
 
-
-def _free_path(path: Path) -> Path:
-    """``path``, or ``path`` with a ``-2``, ``-3``... suffix when a run in the same second took it."""
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
