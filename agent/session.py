@@ -284,7 +284,7 @@ class Session:
             report = score_generators(state.images, self.references, self.profile, self.analyze(),
                                       self.settings.metric_weights)
             feedback = build_feedback(report, LORA)
-            feedback["overfitting"] = overfitting_signals(report, state.images.get(LORA, []), self.profile)
+            feedback["overfitting"] = overfitting_signals(report)
             self._compute("score", started)
         with self._stage("store"):
             report["round"] = feedback["round"] = state.number
@@ -454,26 +454,15 @@ def emphasise(text: str, features: list[str], trigger: str = "") -> str:
     return ", ".join(head + wanted + rest)
 
 
-def overfitting_signals(report: dict, lora_images: list[Path], profile: ModelProfile) -> dict:
+def overfitting_signals(report: dict) -> dict:
     """Signs that the LoRA copies references: its closest image to one single reference
-    (CLIP cosine and SSIM, from the report) and the variety of its own images
-    (mean pairwise 1 - cosine of their CLIP embeddings)."""
+    (CLIP cosine and SSIM) and the variety of its own images, all from the comparison report."""
     rows = [row for row in report.get("images", []) if row.get("generator") == LORA]
-    signals: dict[str, Any] = {
+    return {
         "max_reference_clip": max((row["clip_max"] for row in rows if row.get("clip_max") is not None), default=None),
         "max_reference_ssim": max((row["ssim"] for row in rows if row.get("ssim") is not None), default=None),
-        "variety": None,
+        "variety": ((report.get("generators") or {}).get(LORA) or {}).get("variety"),
     }
-    if len(lora_images) >= 2:
-        from tools.images import load_image
-        from tools.models import load_clip
-
-        embeddings = load_clip(profile).embed_images([load_image(p) for p in lora_images])
-        similarity = embeddings @ embeddings.T
-        n = similarity.shape[0]
-        mean_off_diagonal = (similarity.sum() - similarity.diagonal().sum()) / (n * (n - 1))
-        signals["variety"] = round(float(1.0 - mean_off_diagonal), 6)
-    return signals
 
 
 def scores_by_generator(report: dict) -> dict[str, dict]:

@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
@@ -12,7 +13,7 @@ from tools.analyzer import analyze_references
 from tools.embedding_cache import EmbeddingCache
 from tools.errors import ConfigError, InputError
 from tools.models import TINY_NOTICE, load_clip
-from tools.scorer import band, build_feedback, priority, score_generators
+from tools.scorer import band, build_feedback, priority, score_generators, variety
 from tools.settings import BUNDLED_TAXONOMY
 
 WEIGHTS = {"clip": 0.4, "features": 0.4, "ssim": 0.2}
@@ -364,3 +365,10 @@ def test_cli_redoes_a_stale_analysis_and_checks_the_taxonomy(workspace):
     assert cli(*common, "--taxonomy", own) == 2  # malformed even though an analysis exists
     assert analysis_file.read_text() == before
     assert len(list((root / "out" / "comparisons").glob("*.json"))) == reports
+
+
+def test_variety_is_zero_for_copies_and_grows_with_spread():
+    a, b = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    assert variety(torch.stack([a, a, a])) == pytest.approx(0.0, abs=1e-6)
+    assert variety(torch.stack([a, b])) == pytest.approx(1.0)  # orthogonal: 1 - cos 90°
+    assert variety(a[None]) is None  # one image has no variety to measure

@@ -60,6 +60,7 @@ METHOD = {
             "win 11, population covariance, data_range 255; max over references, clamped to 0..1",
     "quality": "w_clip*clip + w_features*features + w_ssim*ssim; generators: mean and population std",
     "ceiling": "the same scores leave-one-out among the references",
+    "variety": "per generator: mean pairwise 1 - cosine of its images' CLIP embeddings (null under 2 images)",
 }
 
 
@@ -200,12 +201,14 @@ def score_generators(images: dict[str, list[Path] | ImageSet], references: Path,
     reference_luma = [luminance(im) for im in reference_set.images]
 
     rows: list[dict] = []
+    embedded: dict[str, list[torch.Tensor]] = {name: [] for name in generated}
     total = sum(len(s.paths) for s in generated.values())
     with progress_bar("scoring images", total, quiet) as advance, _ssim_pool() as pool:
         for name, image_set in generated.items():
             for start in range(0, len(image_set.paths), batch_size):
                 batch = image_set.images[start:start + batch_size]
                 embeddings = encoder.embed_images(batch, batch_size=batch_size)
+                embedded[name].append(embeddings)
                 cosines = embeddings @ reference_embeddings.T
                 probabilities = category_probabilities(embeddings, texts)
                 structure = ssim_matrix(list(pool.map(luminance, batch)), reference_luma, pool)
@@ -216,6 +219,8 @@ def score_generators(images: dict[str, list[Path] | ImageSet], references: Path,
                 advance(len(batch))
 
     generators = {name: summarize([r for r in rows if r["generator"] == name], key_features) for name in generated}
+    for name, chunks in embedded.items():
+        generators[name]["variety"] = variety(torch.cat(chunks))
     order = sorted(generators, key=lambda n: (-generators[n]["quality"]["mean"], n))
     ranking = [{"rank": i + 1, "generator": n, "quality": generators[n]["quality"]["mean"],
                 "quality_std": generators[n]["quality"]["std"], "band": generators[n]["band"]}
@@ -227,6 +232,16 @@ def score_generators(images: dict[str, list[Path] | ImageSet], references: Path,
             "reference_dir": str(references), "weights": dict(weights), "key_features": key_features,
             "key_feature_categories": key_categories,
             "method": METHOD, "images": rows, "generators": generators, "ranking": ranking, "ceiling": ceiling}
+
+
+def variety(embeddings: torch.Tensor) -> float | None:
+    """Mean pairwise 1 - cosine of unit embeddings: near 0 when a generator draws the same picture every time."""
+    n = embeddings.shape[0]
+    if n < 2:
+        return None
+    similarity = embeddings @ embeddings.T
+    mean_off_diagonal = (similarity.sum() - similarity.diagonal().sum()) / (n * (n - 1))
+    return round(float(1.0 - mean_off_diagonal), 6)
 
 
 def reference_ceiling(reference_set: ImageSet, embeddings: torch.Tensor, luma: list[np.ndarray],
