@@ -8,6 +8,7 @@ rationale naming the signal that triggered it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +79,14 @@ def read_signals(feedback: dict[str, Any]) -> Signals:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """``value`` as a float; None for non-numbers and NaN/infinity (NaN passes min/max clamping unchanged)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return number if math.isfinite(number) else None
 
 
 def clamp_adjustments(params: dict[str, Any], adjustments: dict[str, Any],

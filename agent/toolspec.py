@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 import types
 import typing
@@ -231,6 +232,9 @@ def _check_value(schema: dict, value: Any, where: str, problems: list[str]) -> A
             problems.append(f"{where} = {_show(value)} must be a number")
             return value
         value = float(value)
+        if not math.isfinite(value):  # json.loads accepts NaN/Infinity; NaN slips past every range check
+            problems.append(f"{where} = {_show(original)} must be a finite number")
+            return value
     elif kind == "boolean" and not isinstance(value, bool):
         problems.append(f"{where} = {_show(value)} must be true or false")
         return value

@@ -158,3 +158,11 @@ def test_stop_reasons():
     assert stop_reason([], 3, 0.8, 2) == ""
     assert stop_reason(rounds(0.9), 3, 0.8, 2, score_stops=False) == ""  # tiny: only the round limit
     assert stop_reason(rounds(0.9, 0.9), 2, 0.8, 2, score_stops=False).startswith("round limit")
+
+
+def test_clamp_adjustments_drops_nan_and_infinity():
+    # NaN passes min(max(...)) unchanged; it must not reach training or the history JSON.
+    clamped, notes = clamp_adjustments(PARAMS, {"learning_rate": float("nan"), "lora_scale": float("inf"),
+                                                "steps": 10**400})
+    assert clamped == {}
+    assert len(notes) == 3 and all("not a number" in n for n in notes)

@@ -79,6 +79,8 @@ def test_valid_arguments_are_normalised() -> None:
     ('{"steps": "10"}', 'steps = "10" must be an integer'),
     ('{"steps": true}', "steps = true must be an integer"),
     ('{"steps": 5, "learning_rate": 0.5}', "learning_rate = 0.5 is above the maximum 0.001"),
+    ('{"steps": 5, "learning_rate": NaN}', "learning_rate = NaN must be a finite number"),
+    ('{"steps": 5, "learning_rate": -Infinity}', "learning_rate = -Infinity must be a finite number"),
     ('{"steps": 5, "optimizer": "sgd"}', 'optimizer = "sgd" is not one of "adamw", "prodigy"'),
     ('{"steps": 5, "use_lcm": "yes"}', "use_lcm = \"yes\" must be true or false"),
     ('{"steps": 5, "prompts": ["ok", 3]}', "prompts[1] = 3 must be a string"),
