@@ -24,12 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.atomic import atomic_write, atomic_write_json, remove_stale_temp_files
+from tools.atomic import atomic_write, atomic_write_json
 from tools.errors import BusyError, InputError
 
 HISTORY_FILE = "training_history.json"
 LOCK_FILE = ".aldar.lock"
 HISTORY_VERSION = 1
+# Where only a lock holder writes. comparisons/, feedback/, runs/train_*/ and stories/ also take files
+# from `aldar generate`, `score`, `train` and `story`, which run without the lock: a temp file there
+# may belong to a live writer, and deleting it would crash that writer's rename.
+OWN_TEMP_FILES = (".*.tmp", "comparisons/round_*/**/.*.tmp", "runs/round_*/**/.*.tmp", "best_lora/**/.*.tmp",
+                  "report_assets/**/.*.tmp", "chat/**/.*.tmp")
 
 
 class FolderLock:
@@ -90,6 +95,17 @@ def _read_holder(fd: int) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def remove_own_temp_files(root: Path) -> int:
+    """Delete the temp files a killed lock holder left in the parts of ``root`` only lock holders write."""
+    removed = 0
+    for pattern in OWN_TEMP_FILES:
+        for path in root.glob(pattern):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -102,7 +118,7 @@ class RunStore:
         self.profile = profile or {}
         self.lock = FolderLock(self.root)
         self.lock.acquire()  # before reading anything: the holder may be writing
-        remove_stale_temp_files(self.root)  # what a kill -9 mid-write left behind
+        remove_own_temp_files(self.root)  # what a kill -9 of an earlier holder left behind
         self.comparisons_dir = self.root / "comparisons"
         self.feedback_dir = self.root / "feedback"
         self.runs_dir = self.root / "runs"

@@ -179,3 +179,24 @@ def test_temp_files_a_killed_writer_left_are_removed_when_the_folder_is_opened(t
         assert not leftover.exists() and kept.read_text() == "step,loss\n"
     finally:
         store.close()
+
+
+def test_opening_the_folder_keeps_temp_files_of_writers_that_work_without_the_lock(tmp_path):
+    # `aldar train`, `generate`, `score` and `story` write into the results folder without its lock:
+    # their in-flight temp files must survive another process opening the folder.
+    results = tmp_path / "results"
+    own = [results / ".training_history.json.a1.tmp", results / "comparisons" / "round_02" / "lora" / ".x.png.b2.tmp",
+           results / "best_lora" / ".best_lora.json.c3.tmp", results / "chat" / ".transcript.json.d4.tmp"]
+    foreign = [results / "runs" / "train_20261125_150000" / ".pytorch_lora_weights.safetensors.e5.tmp",
+               results / "comparisons" / ".freepik_20261125_150000_0.png.f6.tmp",
+               results / "feedback" / ".feedback_20261125_150000.json.g7.tmp",
+               results / "stories" / "20261125_150000_tale" / ".story.json.h8.tmp"]
+    for path in own + foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    store = RunStore(results)
+    try:
+        assert [p for p in own if p.exists()] == []
+        assert [p for p in foreign if not p.exists()] == []
+    finally:
+        store.close()
