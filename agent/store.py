@@ -34,7 +34,9 @@ HISTORY_VERSION = 1
 # from `aldar generate`, `score`, `train` and `story`, which run without the lock: a temp file there
 # may belong to a live writer, and deleting it would crash that writer's rename.
 OWN_TEMP_FILES = (".*.tmp", "comparisons/round_*/**/.*.tmp", "runs/round_*/**/.*.tmp", "best_lora/**/.*.tmp",
-                  "report_assets/**/.*.tmp", "chat/**/.*.tmp")
+                  "report_assets/**/.*.tmp", "chat/**/.*.tmp",
+                  # the rounds' own reports: RunStore.timestamp names end in _roundNN, `aldar score`'s do not
+                  "comparisons/.comparison_report_*_round[0-9]*.json.*.tmp", "feedback/.feedback_*_round[0-9]*.json.*.tmp")
 
 
 class FolderLock:

@@ -186,7 +186,9 @@ def test_opening_the_folder_keeps_temp_files_of_writers_that_work_without_the_lo
     # their in-flight temp files must survive another process opening the folder.
     results = tmp_path / "results"
     own = [results / ".training_history.json.a1.tmp", results / "comparisons" / "round_02" / "lora" / ".x.png.b2.tmp",
-           results / "best_lora" / ".best_lora.json.c3.tmp", results / "chat" / ".transcript.json.d4.tmp"]
+           results / "best_lora" / ".best_lora.json.c3.tmp", results / "chat" / ".transcript.json.d4.tmp",
+           results / "feedback" / ".feedback_20261125_150000_round02.json.i9.tmp",
+           results / "comparisons" / ".comparison_report_20261125_150000_round02.json.j0.tmp"]
     foreign = [results / "runs" / "train_20261125_150000" / ".pytorch_lora_weights.safetensors.e5.tmp",
                results / "comparisons" / ".freepik_20261125_150000_0.png.f6.tmp",
                results / "feedback" / ".feedback_20261125_150000.json.g7.tmp",
