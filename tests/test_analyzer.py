@@ -199,3 +199,18 @@ def test_bad_input_raises_before_writing(tmp_path, problem):
     with pytest.raises(InputError):
         analyze_references(references, tiny_profile(), taxonomy, TRIGGER, "A", out)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("problem", ["folder", "under-a-file"])
+def test_unwritable_output_path_is_refused_before_any_work(tmp_path, problem):
+    references = make_references(tmp_path / "refs", 2)
+    out = tmp_path / "out"
+    if problem == "folder":
+        out.mkdir()
+    else:
+        out.write_text("a file")
+        out = out / "analysis.json"
+    encoder = CountingEncoder(load_clip(tiny_profile()))
+    with pytest.raises(InputError, match="analysis output"):
+        analyze_references(references, tiny_profile(), BUNDLED_TAXONOMY, TRIGGER, "A", out, encoder=encoder)
+    assert encoder.images_embedded == 0

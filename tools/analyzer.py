@@ -27,6 +27,7 @@ from PIL import Image
 
 from tools.atomic import atomic_write_json
 from tools.embedding_cache import EmbeddingCache, embed_images_cached, encoder_key
+from tools.errors import InputError
 from tools.images import file_sha256, list_images, load_image
 from tools.models import ModelProfile, load_clip
 from tools.taxonomy import Taxonomy, load_taxonomy
@@ -150,9 +151,11 @@ def analyze_references(references: Path, profile: ModelProfile, taxonomy_path: P
                        cache: EmbeddingCache | None = None, use_cache: bool = True) -> dict:
     """The feature-analysis dict (shape in docs/ARCHITECTURE.md); written atomically to ``out_path`` if given.
 
-    Inputs are validated (taxonomy, every reference image) before the model is loaded.
+    Inputs are validated (taxonomy, every reference image, the output path) before the model is loaded.
     """
     taxonomy = load_taxonomy(taxonomy_path)
+    if out_path is not None:
+        check_output_file(Path(out_path))
     reference_set = load_references(references)
     encoder = encoder or load_clip(profile)
     if use_cache and cache is None:
@@ -181,6 +184,19 @@ def analyze_references(references: Path, profile: ModelProfile, taxonomy_path: P
     if out_path is not None:
         atomic_write_json(out_path, analysis)
     return analysis
+
+
+def check_output_file(path: Path) -> None:
+    """``InputError`` up front when ``path`` cannot become a file: it is a folder, or lies under a file."""
+    if path.is_dir():
+        raise InputError(f"analysis output {path} is a folder, not a file",
+                         f"pass a file path such as {path / 'aldar_feature_analysis.json'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"analysis output {path} cannot be written: {parent} is a file",
+                         "choose a path inside a folder")
 
 
 def analysis_matches(analysis: dict, references: Path, model_id: str, taxonomy: Taxonomy | None = None) -> bool:
