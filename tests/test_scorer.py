@@ -166,6 +166,10 @@ def test_bad_weights_and_bad_images_fail_before_the_model(tmp_path):
         score_generators({}, references, tiny_profile(), analysis, WEIGHTS, encoder=ExplodingEncoder())
     with pytest.raises(InputError, match="incomplete"):
         score_generators({"g": good}, references, tiny_profile(), {"model": "x"}, WEIGHTS, encoder=ExplodingEncoder())
+    edited = json.loads(json.dumps(analysis))
+    edited["key_feature_details"][0]["category"] = "no such category"
+    with pytest.raises(InputError, match="incomplete"):
+        score_generators({"g": good}, references, tiny_profile(), edited, WEIGHTS, encoder=ExplodingEncoder())
 
 
 def test_analysis_from_another_model_is_refused(tmp_path):

@@ -164,6 +164,9 @@ def _analysis_parts(analysis: dict) -> tuple[Taxonomy, list[str], dict[str, str]
             raise KeyError("key_features")
         details = {d["feature"]: d["category"] for d in analysis.get("key_feature_details", [])}
         key_categories = {f: details.get(f) or taxonomy.category_of(f) for f in key_features}
+        for feature, category in key_categories.items():
+            if feature not in taxonomy.categories.get(category, ()):  # a hand-edited key_feature_details
+                raise KeyError(feature)
     except (KeyError, TypeError):
         raise InputError(f"the feature {source} is incomplete (no usable taxonomy/key_features)",
                          "delete it and rerun `aldar analyze`") from None
