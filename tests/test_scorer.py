@@ -335,6 +335,22 @@ def test_cli_bad_input_exits_2_and_writes_nothing(workspace, capsys, problem):
     assert not (root / "m").exists()
 
 
+@pytest.mark.parametrize("problem", ["output-dir-is-a-file", "analysis-is-a-folder"])
+def test_cli_unusable_output_paths_exit_2_before_any_work(workspace, capsys, problem):
+    root, references, _ = workspace
+    out, analysis = root / "out", root / "m" / "a.json"
+    if problem == "output-dir-is-a-file":
+        out.write_text("a file")
+    else:
+        analysis.mkdir(parents=True)
+    code = cli("--references", references, "--output-dir", out, "--analysis", analysis, "--images", root / "lora")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().count("\n") == 0 and err.startswith("error:")
+    assert out.is_file() if problem == "output-dir-is-a-file" else not out.exists()
+    assert not any(p.is_file() for p in (root / "m").rglob("*")) if (root / "m").exists() else True
+
+
 def test_cli_analyze_prints_key_features_and_prompt(workspace, capsys):
     root, references, _ = workspace
     code = main(["analyze", "--profile", "tiny", "--device", "cpu", "--references", str(references),

@@ -385,6 +385,18 @@ def write_results(report: dict, feedback: dict | None, output_dir: str | Path) -
     return report_path, feedback_path
 
 
+def check_output_folder(output_dir: str | Path) -> None:
+    """``InputError`` before any work when the results cannot go under ``output_dir`` (it or a parent is a file)."""
+    folder = Path(output_dir).expanduser()
+    for path in (folder / "comparisons", folder / "feedback", folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise InputError(f"output folder {folder} cannot be used: {path} is a file",
+                                 "pass --output-dir DIR with a folder path (or set output_dir in aldar.toml)")
+            if path in (folder, *folder.parents):
+                return
+
+
 def _free_name(folder: Path, prefix: str, stamp: str) -> Path:
     candidate, n = folder / f"{prefix}_{stamp}.json", 2
     while candidate.exists():

@@ -15,7 +15,7 @@ from tools.analyzer import ImageSet, analysis_matches, analyze_references, load_
 from tools.errors import InputError
 from tools.images import list_images
 from tools.models import load_clip, resolve_profile
-from tools.scorer import build_feedback, score_generators, write_results
+from tools.scorer import build_feedback, check_output_folder, score_generators, write_results
 from tools.settings import Settings
 from tools.taxonomy import load_taxonomy
 
@@ -93,6 +93,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # Every input is checked before any model work or any file is written.
     image_sets: dict[str, ImageSet] = {name: load_image_set(paths) for name, paths in groups.items()}
     list_images(settings.references, "references")
+    check_output_folder(settings.output_dir)
     profile = resolve_profile(settings)
     analysis = ensure_analysis(settings, profile, not args.no_cache)
     report = score_generators(image_sets, Path(settings.references), profile, analysis, settings.metric_weights,
