@@ -313,9 +313,10 @@ class Session:
             next_params = {**self.params, **applied}  # self.params: the trained ones plus any later apply()
             record = round_record(state, self.store, self.profile.describe(), decision, applied, notes, next_params)
             self.store.finish_round(record)
-            self._update_best()
+            # The round is recorded: from here on a Ctrl-C must not leave it as the round in progress.
             self.params = dict(next_params)
             self.current = None
+            self._update_best()
             self._write_report()
         return record
 

@@ -231,8 +231,11 @@ class RunStore:
 
     # ---------------------------------------------------------------- best LoRA
     def mark_best(self, record: dict[str, Any]) -> Path | None:
-        """Copy the best round's LoRA files into best_lora/ and point the history at them."""
-        self._history["best_round"] = record["round"]
+        """Copy the best round's LoRA files into best_lora/ and point the history at them.
+
+        ``best_round`` changes only once the copies exist: set first, a Ctrl-C during the copy would
+        leave it naming this round while best_lora/ still holds another, and never be redone.
+        """
         files = [self.absolute(p) for p in (record.get("paths", {}).get("lora"),
                                             record.get("paths", {}).get("kohya_lora")) if p]
         copied = []
@@ -245,6 +248,7 @@ class RunStore:
                           {"round": record["round"], "lora_score": record.get("lora_score"),
                            "params": record.get("params"), "files": copied,
                            "source_run": record.get("paths", {}).get("run_dir"), "profile": self.profile})
+        self._history["best_round"] = record["round"]
         self._history["best_lora"] = copied[0] if copied else None
         self.save()
         return self.best_lora_dir

@@ -202,3 +202,36 @@ def test_opening_the_folder_keeps_temp_files_of_writers_that_work_without_the_lo
         assert [p for p in foreign if not p.exists()] == []
     finally:
         store.close()
+
+
+def test_ctrl_c_while_copying_the_best_lora_leaves_best_round_unchanged_and_is_redone(tmp_path, monkeypatch):
+    import shutil
+
+    store = RunStore(tmp_path / "results", {"profile": "tiny"})
+    record = _record(1, 0.6, store)
+    store.finish_round(record)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.mark_best(record)
+    assert store.data["best_round"] is None  # so the next _update_best copies it again
+    monkeypatch.undo()
+    store.mark_best(record)
+    assert store.data["best_round"] == 1
+    assert (store.root / store.data["best_lora"]).read_bytes() == b"weights of round 1"
+    store.close()
+
+
+def test_ctrl_c_after_a_round_is_recorded_does_not_leave_it_in_progress(tiny_settings, monkeypatch):
+    from agent.session import Decision
+
+    with Session(tiny_settings, quiet=True) as session:
+        monkeypatch.setattr(session, "_update_best", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            session.finish_round(Decision({"steps": 7}, "test", "user"))
+        assert [r["round"] for r in session.history()] == [1]
+        assert session.current is None and session.next_round_number == 2
+        assert session.params["steps"] == 7  # the next round trains with the decision
