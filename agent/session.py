@@ -201,6 +201,7 @@ class Session:
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted}
+        state.images = state.report = state.feedback = None  # they came from the previous LoRA
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}")
         return state.train
 
@@ -263,6 +264,7 @@ class Session:
                 if made:  # every image safety-filtered: nothing to score, the reason is in skipped
                     images[provider.name] = [image.path for image in made]
         state.images, state.prompts = images, list(prompts)
+        state.report = state.feedback = None  # they scored the previous images
         return images
 
     def prompt(self) -> str:
@@ -333,12 +335,19 @@ class Session:
         write_report(self.store, self.references, self.history())
 
     def run_round(self, decider: Decider) -> dict:
-        """analyze (once) → train → generate → score → feedback → decide → record."""
-        self._round()
+        """analyze (once) → train → generate → score → feedback → decide → record.
+
+        Stages this round already finished in this process (``/train``, ``/generate``, ``/score``
+        or the chat's tools before ``/auto``) are not run again: no second training, no second paid call.
+        """
+        state = self._round()
         self.analyze()
-        self.train()
-        self.generate()
-        self.score()
+        if state.train is None:
+            self.train()
+        if not state.images:
+            self.generate()
+        if state.feedback is None:
+            self.score()
         decision = self.decide(decider)
         self._say(f"round {self.current.number}: {decision.decided_by} — {decision.rationale}")
         return self.finish_round(decision)

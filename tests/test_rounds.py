@@ -179,3 +179,35 @@ def test_hosted_competitors_compete_and_a_failing_one_sits_out(tiny_settings, mo
     assert sent["prompt"] == lora_image["prompt"] and sent["seed"] == lora_image["seed"] == settings.seed
     assert sent["num_images"] == 2
     assert "fpk-round-key" not in json.dumps(record)
+
+
+def test_auto_after_manual_stages_does_not_train_or_generate_the_round_again(tiny_settings, monkeypatch):
+    """/train, /generate, /score, then /auto: the round is decided and recorded as it is (no second paid call)."""
+    with Session(tiny_settings.replace(competitors=[]), quiet=True) as session:
+        state = session._round()
+        state.train = {"run_dir": None, "lora_path": None, "steps": 3, "final_loss": 0.5, "interrupted": False}
+        state.images = {"lora": []}
+        state.report, state.feedback = {}, {"lora_score": 0.42}
+        monkeypatch.setattr(session, "analyze", lambda force=False: {})
+        for stage in ("train", "generate", "score"):
+            monkeypatch.setattr(session, stage, lambda *a, _stage=stage, **k: pytest.fail(f"{_stage} ran again"))
+        record = session.run_round(RulePolicy(session.bounds))
+        assert record["round"] == 1 and record["lora_score"] == 0.42 and record["train"]["steps"] == 3
+
+
+def test_training_again_drops_the_images_and_feedback_of_the_previous_lora(tiny_settings, monkeypatch):
+    import agent.session as session_module
+    import tools.trainer
+
+    class Result:
+        run_dir, lora_path, kohya_path, steps, final_loss, interrupted = "r", "r/l.safetensors", None, 3, 0.5, False
+
+    monkeypatch.setattr(tools.trainer, "train_lora", lambda *a, **k: Result())
+    monkeypatch.setattr(session_module, "training_dataset", lambda *a, **k: [])
+    with Session(tiny_settings.replace(competitors=[]), quiet=True) as session:
+        monkeypatch.setattr(session, "analyze", lambda force=False: {})
+        state = session._round()
+        state.images, state.report, state.feedback = {"lora": [Path("old.png")]}, {}, {"lora_score": 0.1}
+        session.train()
+        assert state.train["steps"] == 3
+        assert state.images is None and state.report is None and state.feedback is None
