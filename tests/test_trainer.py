@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tools.errors import ConfigError, TrainingError
+from tools.errors import ConfigError, InputError, TrainingError
 from tools.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
 from tools.models import build_tiny_sdxl_components, load_sdxl_pipeline, resolve_profile
 from tools.settings import load_settings
@@ -235,6 +235,15 @@ def test_bad_hyperparameters_are_rejected_before_any_work(profile, dataset, tmp_
     with pytest.raises(ConfigError, match=words) as caught:
         train_lora(config, profile, dataset, tmp_path / "run", quiet=True)
     assert caught.value.fix and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["run-dir", "parent"])
+def test_run_dir_that_is_a_file_is_rejected_before_any_work(profile, dataset, tmp_path, monkeypatch, where):
+    monkeypatch.setattr(trainer, "make_accelerator", lambda *a: pytest.fail("work started"))
+    (tmp_path / "taken").write_text("a file")
+    run_dir = tmp_path / "taken" if where == "run-dir" else tmp_path / "taken" / "run"
+    with pytest.raises(InputError, match="is a file"):
+        train_lora(default_train_config(profile), profile, dataset, run_dir, quiet=True)
 
 
 def test_text_encoder_lora_under_bf16_is_exported_and_removed_afterwards(profile, dataset, tmp_path):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tools.atomic import atomic_write, atomic_write_json
-from tools.errors import ConfigError, TrainingError
+from tools.errors import ConfigError, InputError, TrainingError
 from tools.lora_files import (DIFFUSERS_WEIGHTS, capture_rng_state, checkpoint_dirs, kohya_metadata, latest_checkpoint,
                               load_checkpoint, restore_rng_state, save_checkpoint, save_diffusers_lora, save_kohya_lora)
 from tools.progress import progress_bar
@@ -70,6 +70,7 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     config.validate(profile)
     images = prepare_images(dataset, config.resolution)
     run_dir = Path(run_dir)
+    _check_run_dir(run_dir)
     checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if checkpoint and not resume:
         raise ConfigError(f"{run_dir} already holds training checkpoints",
@@ -379,6 +380,16 @@ def evaluation_loss(pipe, profile, dataset: list[tuple[Path, str]], resolution: 
                                          embeds, pooled, image.time_ids(resolution, False).unsqueeze(0).to(device))
                           .item())
     return sum(losses) / len(losses)
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """``InputError`` before any work when ``run_dir`` (or the nearest existing folder above it) is a file."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"run folder {run_dir} cannot be created: {existing} is a file",
+                         "pass --run-dir DIR with a folder path")
 
 
 def _position_seed(*parts: int) -> int:
