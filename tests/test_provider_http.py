@@ -159,3 +159,14 @@ def test_a_request_carrying_the_key_never_follows_a_redirect_but_a_download_does
         assert [r.path for r in fake.requests] == ["/v1/ai/text-to-image"]
         assert http.request("GET", fake.base_url + "/cdn/start.png", what="download").status_code == 200
         assert [r.path for r in fake.requests][1:] == ["/cdn/start.png", "/cdn/elsewhere.png"]
+
+
+@pytest.mark.parametrize("header", ["3600", "150"])
+def test_a_retry_after_beyond_the_cap_is_not_cut_short_into_an_early_retry(header):
+    clock = FakeClock()
+    with FreepikFake() as fake:
+        fake.script("GET", "/cdn/*", Reply(429, {"message": "quota"}, headers={"Retry-After": header}), Reply())
+        http = fast_http("freepik", "FREEPIK_API_KEY", "k", clock=clock, deadline_s=600.0)
+        with pytest.raises(ProviderError, match="rate limit or quota exceeded after 1 attempt"):
+            http.request("GET", fake.base_url + "/cdn/a.png", what="download")
+    assert clock.sleeps == [] and len(fake.requests) == 1

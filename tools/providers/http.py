@@ -38,7 +38,7 @@ from tools.secrets import redact
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
-MAX_SERVER_WAIT_S = 120.0  # a Retry-After longer than this is capped (and then usually overruns the deadline)
+MAX_SERVER_WAIT_S = 120.0  # a server asking to wait this long or longer is not retried in this call
 MAX_BODY_BYTES = 64 * 2**20  # no generated image comes near this; a bigger answer is not an image API
 CHUNK_BYTES = 64 * 1024
 
@@ -134,9 +134,12 @@ class HttpClient:
                 if not decision.retry:
                     raise self.status_error(response, what, decision.why)
 
-            wait = min(decision.wait_s, MAX_SERVER_WAIT_S) if decision.wait_s is not None else self.backoff(attempt)
+            wait = decision.wait_s if decision.wait_s is not None else self.backoff(attempt)
+            # A server that asks for the cap or more (Retry-After values arrive capped) is not asked again
+            # early: a retry before its wait is over only meets another 429 and burns quota.
+            too_long = decision.wait_s is not None and wait >= MAX_SERVER_WAIT_S
             elapsed = self.clock() - started
-            if attempt >= self.max_attempts or elapsed + wait >= self.deadline_s:
+            if attempt >= self.max_attempts or too_long or elapsed + wait >= self.deadline_s:
                 if response is not None:
                     raise self.status_error(response, what, decision.why, attempts=attempt, next_wait=wait)
                 raise ProviderError(
