@@ -88,7 +88,8 @@ class Session:
             self.store.close()
             raise
         rounds = self.store.rounds
-        self.params: dict = dict(rounds[-1]["next_params"]) if rounds else dict(self.default_params)
+        # The original system's history (a bare list of rounds) has no next_params: start from the defaults.
+        self.params: dict = dict((rounds[-1].get("next_params") if rounds else None) or self.default_params)
         interrupted = self.store.data.get("in_progress") or {}
         if interrupted.get("params"):  # resume with what the interrupted round trained with (checkpoints match)
             self.params = dict(interrupted["params"])

@@ -235,3 +235,11 @@ def test_ctrl_c_after_a_round_is_recorded_does_not_leave_it_in_progress(tiny_set
         assert [r["round"] for r in session.history()] == [1]
         assert session.current is None and session.next_round_number == 2
         assert session.params["steps"] == 7  # the next round trains with the decision
+
+
+def test_a_session_continues_the_original_list_history_from_the_default_params(tiny_settings):
+    folder = Path(tiny_settings.output_dir)
+    folder.mkdir(parents=True)
+    (folder / "training_history.json").write_text(json.dumps([{"round": 1, "lora_score": 0.5}]))
+    with Session(tiny_settings, quiet=True) as session:
+        assert session.params == session.default_params and session.next_round_number == 2
