@@ -96,6 +96,22 @@ def test_train_with_analysis_then_ctrl_c_and_resume(references, tmp_path, capsys
         assert handle.metadata()["aldar_trigger_token"] == "kose"
 
 
+def test_trigger_token_flag_replaces_the_analysis_token_in_the_captions(references, tmp_path, monkeypatch):
+    analysis = tmp_path / "analysis.json"
+    analysis.write_text(json.dumps({"trigger_token": "kose", "captions": {"aldar1.png": "kose, smiling"}}))
+    seen = {}
+
+    def fake_train(config, profile, dataset, run_dir, **kwargs):
+        seen.update(trigger=config.trigger_token, captions=[caption for _, caption in dataset])
+        return trainer.TrainResult(run_dir, None, None, 0, None, [], run_dir / "loss.csv", interrupted=True)
+
+    monkeypatch.setattr(trainer, "train_lora", fake_train)
+    args = base_args(references, tmp_path / "runs" / "one") + ["--analysis", str(analysis), "--trigger-token", "zzk"]
+    assert main(args) == 130
+    assert seen["trigger"] == "zzk"
+    assert seen["captions"] == ["zzk, smiling", "zzk, Aldar Köse"]
+
+
 def test_two_processes_under_torchrun_train_one_lora(references, tmp_path):
     """The multi-GPU code path (DDP, rank-0 writes, loss averaged over ranks) on two CPU processes (gloo)."""
     import os

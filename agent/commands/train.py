@@ -84,7 +84,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     images = list_images(Path(settings.references))
     captions = analysis.get("captions") or {}
     fallback = f"{config.trigger_token}, {settings.character_name}"
-    dataset = [(path, captions.get(path.name) or fallback) for path in images]
+    dataset = [(path, _with_trigger(captions.get(path.name), analysis.get("trigger_token"), config.trigger_token)
+                or fallback) for path in images]
     run_dir = _run_dir(args, settings)
     if not _main_process():  # under accelerate launch / torchrun every process runs this; one reports
         result = train_lora(config, profile, dataset, run_dir, quiet=True, resume=bool(_flag(args, "resume")))
@@ -112,6 +113,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ["loss curve", result.loss_curve], ["checkpoints", len(result.checkpoints)]])
     ui.success(f"LoRA saved to {result.lora_path}")
     return 0
+
+
+def _with_trigger(caption, analysis_trigger, trigger: str):
+    """The analysis caption with its leading trigger token swapped for ``trigger`` (--trigger-token): the LoRA
+    must learn the token its metadata and validation prompt name."""
+    if not isinstance(caption, str) or not analysis_trigger or analysis_trigger == trigger:
+        return caption
+    head, separator, rest = caption.partition(",")
+    return trigger + separator + rest if head.strip() == analysis_trigger else caption
 
 
 def _main_process() -> bool:
