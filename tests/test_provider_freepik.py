@@ -204,3 +204,15 @@ def test_seed_outside_freepiks_range_is_wrapped_and_the_used_seed_recorded(class
 
     assert fake.requests[0].json()["seed"] == 3_000_005 % 1_000_001
     assert image.metadata["seed"] == 3_000_005 % 1_000_001
+
+
+def test_an_image_flagged_nsfw_is_reported_as_safety_filtered_not_saved_or_raised(classic, fake, tmp_path):
+    from tests.fakes.provider_servers import png_bytes
+
+    good = base64.b64encode(png_bytes(2)).decode()
+    fake.script("POST", CLASSIC, Reply(json={"data": [{"base64": "", "has_nsfw": True},
+                                                      {"base64": good, "has_nsfw": False}], "meta": {}}))
+    skipped: list[str] = []
+    saved = generate_with_provider(classic, ["aldar smiling"], tmp_path / "out", 2, 1, skipped=skipped)
+    assert len(saved) == 1 and len(list((tmp_path / "out").glob("*.png"))) == 1
+    assert len(skipped) == 1 and "safety-filtered" in skipped[0] and "has_nsfw" in skipped[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tools.errors import ProviderError
-from tools.providers.base import ImageProvider, ProviderImage
+from tools.providers.base import SAFETY_FILTERED, ImageProvider, ProviderImage
 from tools.providers.http import parse_json
 
 MAX_IMAGES_PER_CALL = 4
@@ -66,6 +66,9 @@ class FreepikProvider(ImageProvider):
             metadata = self.base_metadata(prompt, meta_block.get("seed", seed), endpoint="text-to-image",
                                           request_id=response.headers.get("x-request-id", ""),
                                           has_nsfw=bool(item.get("has_nsfw", False)), index=index)
+            if item.get("has_nsfw"):  # filtered (blank or missing base64): a safety result, not a contestant
+                results.append(ProviderImage(None, None, metadata, SAFETY_FILTERED, "flagged NSFW (has_nsfw)"))
+                continue
             results.append(self.image_from_base64(item.get("base64"), metadata, f"image {index + 1}"))
         return results
 
