@@ -359,7 +359,7 @@ class Session:
         ``settings.patience`` rounds pass without improvement. Finished rounds are kept on resume;
         ``on_round(record)`` is called after each (``aldar run`` prints the ranking there)."""
         finished: list[dict] = []
-        if self.store.data.get("in_progress"):
+        if self.store.data.get("in_progress") and self.current is None:  # else: this process's own round goes on
             number = self.store.data["in_progress"]["round"]
             ui.info(f"resuming: round {number} was interrupted and restarts "  # shown even when quiet
                     f"({len(self.store.rounds)} finished round(s) kept)")
