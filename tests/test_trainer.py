@@ -269,6 +269,32 @@ def test_text_encoder_lora_under_bf16_is_exported_and_removed_afterwards(profile
     assert any("lora" in key for key in fresh.text_encoder_2.state_dict())
 
 
+def test_text_encoder_lora_left_active_by_the_generator_is_off_while_unet_only_training(profile):
+    """A previous round's LoRA with text-encoder layers must not shape the cached text embeddings."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from tools.train_data import encode_prompts
+    from tools.train_setup import lora_adapters
+
+    pipe = fresh_pipeline(profile)
+
+    def embeddings():
+        return encode_prompts(["aldarkose, smiling"], [pipe.tokenizer, pipe.tokenizer_2],
+                              [pipe.text_encoder, pipe.text_encoder_2], torch.device("cpu"))
+
+    bare = embeddings()
+    torch.manual_seed(0)
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):  # as load_lora_weights leaves them: active
+        inject_adapter_in_model(LoraConfig(r=4, init_lora_weights=False, target_modules=["q_proj", "v_proj"]),
+                                encoder, adapter_name="previous_round")
+    with_lora = embeddings()
+    assert not torch.allclose(with_lora[0], bare[0])
+    with lora_adapters(pipe, default_train_config(profile).replace(train_text_encoder=False)):
+        during = embeddings()
+    assert all(torch.allclose(a, b) for a, b in zip(during, bare))
+    assert all(torch.allclose(a, b) for a, b in zip(embeddings(), with_lora))  # switched back on afterwards
+
+
 def test_latents_cached_on_disk_are_reused_by_a_new_process(profile, dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("ALDAR_CACHE", str(tmp_path / "cache"))
     config = default_train_config(profile).replace(steps=1, checkpoint_every=0, validation_images=0,

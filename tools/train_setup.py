@@ -33,6 +33,14 @@ def lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Modu
         modules.update(text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2)
     # pipe.disable_lora() (base-model renders) switches every LoRA layer off, a new adapter's too: remember it.
     disabled = {name: _lora_layers_disabled(module) for name, module in modules.items()}
+    # Frozen text encoders may hold an earlier round's LoRA that the generator left active: off while training,
+    # so the cached text embeddings (and validation renders) come from the bare base model.
+    frozen = {name: getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2") if name not in modules}
+    frozen = {name: module for name, module in frozen.items() if module is not None}
+    frozen_disabled = {name: _lora_layers_disabled(module) for name, module in frozen.items()}
+    for module in frozen.values():
+        for layer in _tuner_layers(module):
+            layer.enable_adapters(False)
     torch.manual_seed(config.seed)  # LoRA initialisation
     try:
         for name, module in modules.items():
@@ -71,6 +79,9 @@ def lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Modu
         for name, module in modules.items():
             for layer in _tuner_layers(module):
                 layer.enable_adapters(not disabled[name])
+        for name, module in frozen.items():
+            for layer in _tuner_layers(module):
+                layer.enable_adapters(not frozen_disabled[name])
 
 
 def _tuner_layers(module) -> list:
