@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -349,6 +350,16 @@ def test_cli_unusable_output_paths_exit_2_before_any_work(workspace, capsys, pro
     assert err.strip().count("\n") == 0 and err.startswith("error:")
     assert out.is_file() if problem == "output-dir-is-a-file" else not out.exists()
     assert not any(p.is_file() for p in (root / "m").rglob("*")) if (root / "m").exists() else True
+
+
+def test_images_flag_with_a_name_but_no_path_is_refused(tmp_path, monkeypatch):
+    from agent.commands.score import parse_image_groups
+
+    monkeypatch.chdir(tmp_path)
+    draw_character(tmp_path / "stray.png", seed=1)  # must not be picked up from the working directory
+    with pytest.raises(InputError, match="names no file or folder"):
+        parse_image_groups([["lora="]], "lora")
+    assert parse_image_groups([["lora=stray.png"]], "x") == {"lora": [Path("stray.png")]}
 
 
 def test_cli_analyze_prints_key_features_and_prompt(workspace, capsys):

@@ -55,6 +55,8 @@ def parse_image_groups(groups: list[list[str]], default_name: str) -> dict[str, 
         if not _NAME_PATTERN.match(name):
             raise InputError(f"generator name {name!r} in --images {token!r} is not usable",
                              "use letters, digits, '-', '_' or '.', e.g. --images freepik=out/freepik")
+        if not raw.strip():  # Path("") is the working directory: "lora=" must not score whatever lies there
+            raise InputError(f"--images {token!r} names no file or folder", "write NAME=PATH, e.g. lora=out/lora")
         path = Path(raw)
         if path.is_dir():
             files = list_images(path, "images")
