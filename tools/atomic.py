@@ -61,16 +61,3 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
         return value.tolist()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> int:
-    """Delete the temp files that a killed writer left under ``folder``; returns how many.
-
-    Only call this while holding the folder's lock: a live writer's temp file looks the same.
-    """
-    removed = 0
-    for path in Path(folder).rglob(".*.tmp"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
