@@ -135,6 +135,23 @@ def test_missing_clip_model_names_model_and_fix():
     assert "nobody-aldar-test/absent-clip" in str(error.value) and "--clip-model" in error.value.fix
 
 
+def test_home_relative_local_models_load(tmp_path, monkeypatch):
+    """doctor calls "~/models/x" local; the loaders must then load it, not take it for a Hub repo id."""
+    from diffusers import StableDiffusionXLPipeline
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    StableDiffusionXLPipeline(**build_tiny_sdxl_components(5)).save_pretrained(tmp_path / "sdxl")
+    clip, tokenizer = build_tiny_clip(5)
+    clip.save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    assert model_location("~/sdxl") == model_location("~/clip") == "local"
+    pipe = load_sdxl_pipeline(sdxl_profile(base_model="~/sdxl"))
+    expected = build_tiny_sdxl_components(5)["unet"].config.block_out_channels
+    assert list(pipe.unet.config.block_out_channels) == list(expected)
+    encoder = load_clip(sdxl_profile(clip_model="~/clip"))
+    assert encoder.model_id == "~/clip" and encoder.image_size == clip.config.vision_config.image_size
+
+
 @pytest.mark.parametrize("make", ["empty folder", "garbage file"])
 def test_broken_local_base_model_is_a_clean_error(tmp_path, make):
     if make == "empty folder":

@@ -232,6 +232,12 @@ def model_location(model_id: str) -> str:
         return "missing"
 
 
+def local_or_repo_id(model_id: str) -> str:
+    """``model_id`` with ``~`` expanded when that is a path on disk (loaders take "~/models/x" for a repo id)."""
+    expanded = Path(model_id).expanduser()
+    return str(expanded) if expanded.exists() else model_id
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
@@ -289,13 +295,14 @@ def _load_sdxl_pipeline(profile: ModelProfile):
         source = profile.base_model
         ensure_available("SDXL base model", source, "base_model")
         kwargs: dict[str, Any] = dtype_kwargs(profile.torch_dtype)
+        path_or_id = local_or_repo_id(source)
         try:
             if source.endswith((".safetensors", ".ckpt")):
-                pipe = StableDiffusionXLPipeline.from_single_file(source, **kwargs)
+                pipe = StableDiffusionXLPipeline.from_single_file(path_or_id, **kwargs)
             else:
                 if profile.dtype == "fp16" and model_location(source) != "local":
                     kwargs["variant"] = "fp16"
-                pipe = StableDiffusionXLPipeline.from_pretrained(source, use_safetensors=True, **kwargs)
+                pipe = StableDiffusionXLPipeline.from_pretrained(path_or_id, use_safetensors=True, **kwargs)
         except (OSError, ValueError, EnvironmentError) as exc:
             raise ModelNotFoundError(f"could not load SDXL base model {source!r}: {str(exc).splitlines()[0]}",
                                      "check the path / repo id in base_model, or use --profile tiny") from None
@@ -339,8 +346,8 @@ def _load_real_clip(model_id: str):
 
     ensure_available("CLIP model", model_id, "clip_model")
     try:
-        model = CLIPModel.from_pretrained(model_id)
-        tokenizer = CLIPTokenizer.from_pretrained(model_id)
+        model = CLIPModel.from_pretrained(local_or_repo_id(model_id))
+        tokenizer = CLIPTokenizer.from_pretrained(local_or_repo_id(model_id))
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"could not load CLIP model {model_id!r}: {str(exc).splitlines()[0]}",
                                  "check clip_model (repo id or local folder), or use --profile tiny") from None
