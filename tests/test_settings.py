@@ -186,3 +186,13 @@ def test_taxonomy_path_expands_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     settings = load_settings(environ={}, overrides={"taxonomy": "~/tax.json"})
     assert settings.taxonomy_path() == tmp_path / "tax.json"
+
+
+def test_home_relative_paths_are_expanded_from_every_layer(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    toml = write_toml(tmp_path, 'output_dir = "~/results"\nanalysis_path = "~/m/a.json"\n')
+    settings = load_settings(toml, environ={"ALDAR_REFERENCES": "~/refs"})
+    assert settings.output_dir == str(tmp_path / "results")
+    assert settings.analysis_path == str(tmp_path / "m" / "a.json")
+    assert settings.references == str(tmp_path / "refs")
+    assert settings.replace(output_dir="~/other").output_dir == str(tmp_path / "other")

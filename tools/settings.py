@@ -25,6 +25,7 @@ BUNDLED_TAXONOMY = BUNDLED_REFERENCES / "taxonomy.json"
 PROFILES = ("tiny", "sdxl")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+PATH_SETTINGS = ("references", "taxonomy", "analysis_path", "output_dir")
 
 
 @dataclass
@@ -75,6 +76,13 @@ class Settings:
     gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
     gemini_model: str = "gemini-2.5-flash-image"
     provider_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        # aldar.toml and quoted variables reach us with "~" unexpanded; every reader of these paths needs it expanded.
+        for name in PATH_SETTINGS:
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(self, name, os.path.expanduser(value))
 
     # --- derived ------------------------------------------------------------
     @property
