@@ -121,6 +121,9 @@ class Settings:
         for name in ("llm_timeout_s", "provider_timeout_s"):
             if not getattr(self, name) > 0:  # also rejects nan
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to a positive number of seconds")
+        if not self.trigger_token.strip():  # it heads every caption and prompt
+            raise ConfigError(f"trigger_token {self.trigger_token!r} is empty",
+                              "set a rare word such as 'aldarkose' (--trigger-token)")
         if not 0 <= self.seed < 2**32:  # torch/numpy generators and provider APIs take 32-bit seeds
             raise ConfigError(f"seed is {self.seed}", "set seed to a whole number from 0 to 4294967295")
         if not 0.0 < self.target_score <= 1.0:
