@@ -11,12 +11,11 @@ by the slash commands (no LLM) and by the LLM decider.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 from agent import ui
 from agent.toolspec import Range, ToolSpec, tool_spec
+from tools.atomic import read_json_object
 from tools.errors import InputError
 
 if TYPE_CHECKING:
@@ -144,11 +143,11 @@ def latest_feedback(session: "Session") -> dict | None:
         return session.current.feedback
     for record in reversed(session.history()):
         path = session.store.absolute((record.get("paths") or {}).get("feedback"))
-        data = _read_json(path)
+        data = read_json_object(path)
         if data is not None:
             return data
     files = sorted(session.store.feedback_dir.glob("feedback_*.json"))
-    return _read_json(files[-1]) if files else None
+    return read_json_object(files[-1]) if files else None
 
 
 def feedback_of_round(session: "Session", number: int) -> dict | None:
@@ -156,18 +155,10 @@ def feedback_of_round(session: "Session", number: int) -> dict | None:
         return session.current.feedback
     for record in session.history():
         if record.get("round") == number:
-            return _read_json(session.store.absolute((record.get("paths") or {}).get("feedback")))
+            return read_json_object(session.store.absolute((record.get("paths") or {}).get("feedback")))
     return None
 
 
-def _read_json(path: Path | None) -> dict | None:
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple]) -> dict:
@@ -204,11 +195,6 @@ def remember_next_params(session: "Session", applied: dict, rationale: str, deci
     session.store.save()
 
 
-def paid_competitors(session: "Session") -> list[str]:
-    from tools.providers import configured_providers
-
-    ready, _ = configured_providers(session.settings, session.competitors)
-    return [provider.name for provider in ready]
 
 
 # --------------------------------------------------------------------------- the tools
@@ -260,7 +246,7 @@ def build_session_tools(session: "Session", *, assume_yes: bool = False, decided
         Args:
             prompt: A test prompt; by default the configured one with the emphasised features.
         """
-        paid = paid_competitors(session)
+        paid = session.keyed_competitors()
         if paid and not ui.confirm(f"Ask the paid APIs ({', '.join(paid)}) for images?", assume_yes):
             session.competitors = [c for c in session.competitors if c not in paid]
         images = session.generate([prompt] if prompt else None)

@@ -27,8 +27,7 @@ from rich.markup import escape
 
 from agent import ui
 from agent.llm_client import KEY_HELP, describe_endpoint, resolve_endpoint
-from agent.llm_tools import (KNOBS, build_session_tools, explain_features, finish_scored_round, latest_feedback,
-                             paid_competitors)
+from agent.llm_tools import KNOBS, build_session_tools, explain_features, finish_scored_round, latest_feedback
 from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
 from tools.atomic import atomic_write_json
 from tools.errors import AldarError, ConfigError, InputError
@@ -230,7 +229,7 @@ class Repl:
 
     def cmd_generate(self, args: list[str]) -> None:
         session = self.session
-        paid = paid_competitors(session)
+        paid = session.keyed_competitors()
         if paid and not ui.confirm(f"Ask the paid APIs ({', '.join(paid)}) for images?", self.assume_yes):
             session.competitors = [c for c in session.competitors if c not in paid]
         prompt = " ".join(args).strip()

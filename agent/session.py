@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from agent import ui
 from agent.store import RunStore
+from tools.atomic import read_json_object
 from tools.errors import AldarError, ConfigError, InputError
 from tools.models import ModelProfile, resolve_profile
 from tools.settings import Settings
@@ -154,7 +155,7 @@ class Session:
 
         cached_path = Path(self.settings.analysis_path)
         with self._stage("analyze"):
-            cached = None if force else _read_json(cached_path)
+            cached = None if force else read_json_object(cached_path)
             taxonomy = load_taxonomy(self.settings.taxonomy_path())
             if cached and analysis_matches(cached, self.references, self.profile.clip_model, taxonomy):
                 self._say(f"analysis: reusing {cached_path} (references, CLIP model and taxonomy unchanged)")
@@ -267,6 +268,13 @@ class Session:
         state.images, state.prompts = images, list(prompts)
         state.report = state.feedback = None  # they scored the previous images
         return images
+
+    def keyed_competitors(self) -> list[str]:
+        """The competitors that will really be asked (their API key is set): the paid ones."""
+        from tools.providers import configured_providers
+
+        ready, _ = configured_providers(self.settings, self.competitors)
+        return [provider.name for provider in ready]
 
     def prompt(self) -> str:
         """The test prompt, with the emphasised features right after the trigger token."""
@@ -551,14 +559,6 @@ def stop_reason(history: list[dict], rounds: int, target: float, patience: int, 
     return ""
 
 
-def _read_json(path: Path) -> dict | None:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _describe_params(params: dict) -> str:

@@ -61,3 +61,15 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
         return value.tolist()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def read_json_object(path: str | os.PathLike | None) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable, invalid or not an object
+    (callers treat all of those as "nothing saved yet" and recompute)."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -82,7 +82,7 @@ def choose_decider(session: Session, use_llm: bool) -> Decider:
 
 def _confirm_paid_competitors(session: Session, assume_yes: bool) -> None:
     """Hosted generation can cost credits: ask once, unless --yes. Without a yes they sit out."""
-    keyed = [name for name in session.competitors if _has_key(name)]
+    keyed = session.keyed_competitors()
     if not keyed:
         return
     per_round = session.settings.images_per_prompt
@@ -91,12 +91,6 @@ def _confirm_paid_competitors(session: Session, assume_yes: bool) -> None:
         ui.warn(f"hosted competitors sit out ({', '.join(keyed)}); pass --yes to include them")
         session.competitors = [name for name in session.competitors if name not in keyed]
 
-
-def _has_key(name: str) -> bool:
-    from tools.providers import PROVIDERS
-
-    provider = PROVIDERS.get(name)
-    return bool(provider and api_key(provider.key_env))
 
 
 def show_round(record: dict) -> None:
