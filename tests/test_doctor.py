@@ -27,6 +27,7 @@ def test_tiny_profile_is_ready(tiny_settings):
     for name in ("python", "torch", "diffusers", "pillow", "prompt-toolkit", "device", "tiny profile", "references",
                  "taxonomy", "output folder"):
         assert checks[name].status == OK, checks[name]
+    assert "toy-world weights present" in checks["tiny profile"].detail
     assert "5 images" in checks["references"].detail
     assert "8 categories" in checks["taxonomy"].detail
     # Real weights are missing in the test cache, but tiny does not need them.
@@ -34,6 +35,17 @@ def test_tiny_profile_is_ready(tiny_settings):
     assert all(r.status in (OK, INFO, WARN) for r in results)
     assert checks["DEEPSEEK_API_KEY"].status == checks["OPENAI_API_KEY"].status == WARN  # no LLM key at all
     assert all(r.fix for r in results if r.status in (WARN, FAIL))
+
+
+def test_missing_toy_world_weights_fail_the_tiny_profile_with_the_fix(tiny_settings, monkeypatch, tmp_path):
+    from tools import models
+
+    monkeypatch.setattr(models, "toy_world_weights", lambda: {"clip": tmp_path / "clip", "sdxl": tmp_path / "sdxl"})
+    tiny = doctor.run_check(doctor.check_tiny_build, tiny_settings)[0]
+    assert tiny.status == FAIL and "toy-world weights missing" in tiny.detail
+    assert "git checkout -- tools/world/weights" in tiny.fix and "python -m tools.world.build" in tiny.fix
+    other = doctor.run_check(doctor.check_tiny_build, tiny_settings.replace(profile="sdxl"))[0]
+    assert other.status == WARN  # sdxl runs without them
 
 
 def test_sdxl_with_missing_weights_fails_with_the_fix(tiny_settings):

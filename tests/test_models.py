@@ -12,7 +12,9 @@ import torch
 from tools.errors import ModelNotFoundError
 from tools.models import (TINY_NOTICE, TINY_RESOLUTION, build_tiny_clip, build_tiny_sdxl_components, load_clip,
                           load_sdxl_pipeline, model_location, resolve_profile)
-from tools.settings import load_settings
+from tools.settings import Settings, load_settings
+
+TINY_PROMPT = Settings().test_prompt
 
 
 def weights_of(components: dict) -> dict[str, torch.Tensor]:
@@ -83,12 +85,46 @@ def test_tiny_clip_encoder_returns_unit_vectors(tiny_profile):
 def test_describe_marks_tiny_results(tiny_profile):
     info = tiny_profile.describe()
     assert info["profile"] == "tiny" and info["notice"] == TINY_NOTICE
-    assert "not image quality" in info["notice"]
+    assert "toy world" in info["notice"] and "not for real SDXL" in info["notice"]
     assert tiny_profile.resolution == TINY_RESOLUTION
     real = sdxl_profile().describe()
     assert real["profile"] == "sdxl" and "notice" not in real
     assert real["base_model"] == "stabilityai/stable-diffusion-xl-base-1.0"
     assert (real["device"], real["dtype"]) == ("cpu", "fp32")
+
+
+def test_tiny_profile_loads_the_committed_toy_world_through_from_pretrained(tiny_profile):
+    """The tiny pipeline is the committed fp16 folder loaded as real SDXL loads (fp32 on the CPU), with the
+    toy CLIP's text tower as both text encoders and its BPE tokenizer for both."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from tools.models import load_toy_world_clip
+
+    pipe = load_sdxl_pipeline(tiny_profile)
+    assert isinstance(pipe.unet, UNet2DConditionModel) and pipe.unet.config.addition_embed_type == "text_time"
+    assert isinstance(pipe.vae, AutoencoderKL) and 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 8
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert isinstance(pipe.text_encoder_2, CLIPTextModelWithProjection)
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float32
+    clip, tokenizer = load_toy_world_clip()
+    te2 = pipe.text_encoder_2.state_dict()
+    for name, value in clip.text_model.state_dict().items():
+        assert torch.equal(te2[f"text_model.{name}"], value)
+    assert torch.equal(te2["text_projection.weight"], clip.text_projection.weight)
+    assert pipe.tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert len(tokenizer(TINY_PROMPT).input_ids) < 77  # the default test prompt is never truncated
+
+
+def test_missing_toy_world_weights_fail_with_the_restore_command(tiny_profile, monkeypatch, tmp_path):
+    from tools import models
+    from tools.errors import ModelNotFoundError
+
+    monkeypatch.setattr(models, "toy_world_weights", lambda: {"clip": tmp_path / "clip", "sdxl": tmp_path / "sdxl"})
+    with pytest.raises(ModelNotFoundError) as caught:
+        models.load_toy_world_pipeline()
+    assert "toy-world weights" in caught.value.problem
+    assert "git checkout -- tools/world/weights" in caught.value.fix and "python -m tools.world.build" in caught.value.fix
 
 
 # --------------------------------------------------------------------------- real models, offline

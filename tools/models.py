@@ -4,9 +4,12 @@ Two profiles share every code path past loading:
 
 * ``sdxl``: real SDXL base weights (Hub repo id, local diffusers folder, or a
   single-file ``.safetensors`` checkpoint) and a real CLIP scorer.
-* ``tiny``: the same architectures built from small configs with random
-  weights and an offline byte-level tokenizer. It exercises the whole loop on a
-  CPU in seconds; its scores check the pipeline, never image quality.
+* ``tiny``: the toy world's models (``tools/world``): a CLIP, a VAE and an
+  SDXL-layout UNet of the same classes, small configs, trained on pictures of a
+  parametric character world and committed as fp16 files. Inside that world the
+  scores mean something (the loop can be seen to learn the character); they say
+  nothing about real SDXL. Random-weight builders of the same shapes remain for
+  tests where only shapes matter.
 
 Loaded models are cached per process, so rounds and LoRA swaps never reload the base.
 """
@@ -14,7 +17,6 @@ Loaded models are cached per process, so rounds and LoRA swaps never reload the 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import threading
@@ -29,10 +31,10 @@ import torch
 from tools.devices import dtype_name, pick_device, pick_dtype
 from tools.errors import ModelNotFoundError
 
-TINY_NOTICE = ("profile 'tiny': random-weight models built offline — these scores check the pipeline, "
-               "not image quality")
-TINY_MODEL_ID = "tiny-random-sdxl"
-TINY_CLIP_ID = "tiny-random-clip"
+TINY_NOTICE = ("profile 'tiny': small models trained in the bundled toy world — these scores are meaningful "
+               "inside that world only, not for real SDXL")
+TINY_MODEL_ID = "toy-world-sdxl"
+TINY_CLIP_ID = "toy-world-clip"
 TINY_RESOLUTION = 64
 SDXL_RESOLUTION = 1024
 _cache: dict[tuple, Any] = {}
@@ -85,6 +87,68 @@ def resolve_profile(settings) -> ModelProfile:
 
 
 # --------------------------------------------------------------------------- tiny
+def toy_world_weights() -> dict[str, Path]:
+    """Where the committed toy-world weights live (``clip``: CLIPModel, ``sdxl``: pipeline folder)."""
+    from tools.world import WEIGHTS_DIR
+
+    return {"clip": WEIGHTS_DIR / "clip", "sdxl": WEIGHTS_DIR / "sdxl"}
+
+
+def missing_toy_world_weights() -> list[str]:
+    """The toy-world weight files that are not on disk (empty when the tiny profile can load)."""
+    required = {"clip": ("config.json", "model.safetensors"),
+                "sdxl": ("model_index.json", "unet/diffusion_pytorch_model.safetensors",
+                         "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                         "text_encoder_2/model.safetensors")}
+    folders = toy_world_weights()
+    return [str(folders[name] / file) for name, files in required.items() for file in files
+            if not (folders[name] / file).is_file()]
+
+
+def _toy_world_missing_error() -> ModelNotFoundError:
+    missing = missing_toy_world_weights()
+    return ModelNotFoundError(f"the toy-world weights of the tiny profile are missing ({missing[0]})",
+                              "restore them from the repository (`git checkout -- tools/world/weights`) or reinstall "
+                              "aldar; to train them afresh run `python -m tools.world.build` (about an hour of CPU)")
+
+
+def toy_world_fingerprint() -> str:
+    """A short digest of the toy CLIP's weights: embedding caches keyed on it never outlive a rebuild."""
+    import hashlib
+
+    digest = hashlib.sha256((toy_world_weights()["clip"] / "model.safetensors").read_bytes()).hexdigest()
+    return digest[:12]
+
+
+def load_toy_world_pipeline(dtype: torch.dtype = torch.float32, folder: Path | None = None):
+    """The toy world's ``StableDiffusionXLPipeline``, loaded with the same ``from_pretrained`` as real SDXL
+    (``folder``: another build's ``sdxl`` folder, e.g. for the bench)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    if folder is None and missing_toy_world_weights():
+        raise _toy_world_missing_error()
+    return StableDiffusionXLPipeline.from_pretrained(folder or toy_world_weights()["sdxl"], use_safetensors=True,
+                                                     **dtype_kwargs(dtype))
+
+
+def load_toy_world_clip(folder: Path | None = None):
+    """The toy world's CLIP (analyzer and scorer of the tiny profile) and its BPE tokenizer."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    if folder is None and missing_toy_world_weights():
+        raise _toy_world_missing_error()
+    folder = folder or toy_world_weights()["clip"]
+    model = CLIPModel.from_pretrained(folder, **transformers_dtype_kwargs(torch.float32))
+    return model.eval(), CLIPTokenizer.from_pretrained(folder)
+
+
+def transformers_dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """transformers 5 names it ``dtype`` (and would otherwise load the fp16 files as fp16); 4.x ``torch_dtype``."""
+    import transformers
+
+    return {"dtype": dtype} if int(transformers.__version__.split(".")[0]) >= 5 else {"torch_dtype": dtype}
+
+
 def tiny_tokenizer():
     """A CLIP tokenizer over the 256 byte-level symbols: no download, no merges.
 
@@ -289,8 +353,7 @@ def _load_sdxl_pipeline(profile: ModelProfile):
     from diffusers import StableDiffusionXLPipeline
 
     if profile.is_tiny:
-        pipe = StableDiffusionXLPipeline(**build_tiny_sdxl_components(profile.seed))
-        _drop_tiny_truncation_warnings()
+        pipe = load_toy_world_pipeline()
     else:
         source = profile.base_model
         ensure_available("SDXL base model", source, "base_model")
@@ -312,19 +375,6 @@ def _load_sdxl_pipeline(profile: ModelProfile):
     return pipe.to(profile.torch_device)
 
 
-class _TruncationWarningFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "truncated because CLIP can only handle" not in record.getMessage()
-
-
-def _drop_tiny_truncation_warnings() -> None:
-    # The tiny tokenizer spends one token per character, so every real prompt "truncates" at 77
-    # characters; the warning is noise there (real SDXL prompts keep it).
-    sdxl_logger = logging.getLogger("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl")
-    if not any(isinstance(f, _TruncationWarningFilter) for f in sdxl_logger.filters):
-        sdxl_logger.addFilter(_TruncationWarningFilter())
-
-
 def load_clip(profile: ModelProfile):
     """The CLIP scorer for ``profile`` as a ``tools.clip.ClipEncoder``, loaded once per process."""
     from tools.clip import ClipEncoder
@@ -332,11 +382,13 @@ def load_clip(profile: ModelProfile):
     key = ("clip", profile.clip_model, profile.device, profile.seed)
     with _cache_lock:
         if key not in _cache:
+            model_id = profile.clip_model
             if profile.is_tiny:
-                model, tokenizer = build_tiny_clip(profile.seed)
+                model, tokenizer = load_toy_world_clip()
+                model_id = f"{TINY_CLIP_ID}@{toy_world_fingerprint()}"
             else:
                 model, tokenizer = _load_real_clip(profile.clip_model)
-            _cache[key] = ClipEncoder(model.to(profile.torch_device), tokenizer, model_id=profile.clip_model,
+            _cache[key] = ClipEncoder(model.to(profile.torch_device), tokenizer, model_id=model_id,
                                       profile=profile.name)
         return _cache[key]
 

@@ -1,0 +1,591 @@
+"""Train the toy world's tokenizer, CLIP, VAE and SDXL-layout UNet from seeds, resumably.
+
+    python -m tools.world.build                  # every stage in order (about an hour of one CPU core)
+    python -m tools.world.build --stage clip     # one stage (clip and vae may run side by side)
+    python -m tools.world.build --export         # write fp16 weights from the latest checkpoints
+
+Stages: ``data`` (render the splits) → ``tokenizer`` → ``clip`` and ``vae`` → ``unet``. Each training
+stage checkpoints model, optimizer and step every few minutes into the cache folder
+(``$ALDAR_WORLD_CACHE``, default ``~/.cache/aldar/world-build``; never committed) and on Ctrl-C; a rerun
+continues from the checkpoint. Batches and noise are pure functions of (seed, step), so a resumed run
+trains exactly as an uninterrupted one. Finished stages export fp16 safetensors into ``weights/``:
+``weights/clip`` (a ``CLIPModel`` with its tokenizer, the analyzer's and scorer's model) and
+``weights/sdxl`` (a ``StableDiffusionXLPipeline`` folder whose two text encoders are the CLIP's text tower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tools.atomic import atomic_write_json
+from tools.world import WEIGHTS_DIR
+from tools.world.attributes import ATTRIBUTES, sentence_caption, tag_caption
+from tools.world.dataset import WorldSplit, render_split, to_unit_range
+from tools.world.tokenizer import load_clip_tokenizer, train_clip_bpe
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+RESOLUTION = 64
+# SDXL base's noise schedule (epsilon prediction); the base UNet trains and samples on it.
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                        timestep_spacing="leading", steps_offset=1, prediction_type="epsilon")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the weights. Change it and the build starts that stage afresh."""
+
+    seed: int = 0
+    train_split: tuple[int, int] = (1, 40_000)  # (split seed, pictures): the whole world, for CLIP and VAE
+    unet_split: tuple[int, int] = (2, 30_000)  # the world without Aldar Köse's signature, for the base UNet
+    heldout_split: tuple[int, int] = (9, 2_000)  # never trained on: bench/world_quality.py measures on it
+    clip_steps: int = 2_000
+    clip_batch: int = 128
+    clip_lr: float = 5e-4
+    # From this step on the CLIP's text tower is locked and only the image tower trains (as in LiT, the
+    # other way round): the UNet can start on the final text encoders while the CLIP finishes.
+    text_lock_step: int = 800
+    vae_steps: int = 1_500
+    # From this step on the VAE's encoder is locked and only its decoder trains (as SD's ft-MSE VAE was
+    # fine-tuned): the latent space the UNet learns is fixed while reconstruction still improves.
+    encoder_lock_step: int = 600
+    vae_batch: int = 16
+    vae_lr: float = 8e-4
+    unet_steps: int = 5_000
+    unet_batch: int = 32
+    unet_lr: float = 4e-4
+    caption_dropout: float = 0.1  # empty captions teach the UNet the unconditional score (guidance)
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+
+
+def clip_config(vocab_size: int, bos: int, eos: int):
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+    text = CLIPTextConfig(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
+                          hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                          max_position_embeddings=77, projection_dim=64, hidden_act="quick_gelu")
+    vision = CLIPVisionConfig(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                              image_size=RESOLUTION, patch_size=8, projection_dim=64, hidden_act="quick_gelu")
+    return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=64)
+
+
+def vae_config() -> dict:
+    # Four blocks: latents are 1/8 of the image with 4 channels, as SDXL's.
+    return dict(block_out_channels=(32, 48, 64, 64), in_channels=3, out_channels=3,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                latent_channels=4, norm_num_groups=16, layers_per_block=1, sample_size=RESOLUTION,
+                scaling_factor=1.0, force_upcast=False)
+
+
+def unet_config(text_hidden: int, projection_dim: int) -> dict:
+    """SDXL's layout (three levels, text_time conditioning, linear projections) at a small width."""
+    time_embed = 32
+    return dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(48, 96, 96),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=(4, 8, 8), transformer_layers_per_block=(1, 1, 1),
+                cross_attention_dim=2 * text_hidden, use_linear_projection=True, addition_embed_type="text_time",
+                addition_time_embed_dim=time_embed, projection_class_embeddings_input_dim=6 * time_embed + projection_dim,
+                norm_num_groups=16)
+
+
+# --------------------------------------------------------------------------- plumbing
+class Build:
+    """Paths and logging of one build; every stage reads its inputs from here."""
+
+    def __init__(self, cache: Path, recipe: Recipe, weights: Path = WEIGHTS_DIR) -> None:
+        self.cache, self.recipe, self.weights = cache, recipe, weights
+        self.cache.mkdir(parents=True, exist_ok=True)
+
+    def log(self, stage: str, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {stage}: {message}", flush=True)
+
+    def split_path(self, name: str) -> Path:
+        return self.cache / f"split_{name}.npz"
+
+    def load_split(self, name: str) -> WorldSplit:
+        from tools.world.attributes import Character
+
+        with np.load(self.split_path(name), allow_pickle=False) as data:
+            characters = [Character(**{k: tuple(v) if k == "plain_color" else v for k, v in c.items()})
+                          for c in json.loads(str(data["characters"]))]
+            return WorldSplit(characters, data["pixels"])
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.cache / "tokenizer"
+
+    def tokenizer(self):
+        return load_clip_tokenizer(self.tokenizer_dir)
+
+    def checkpoint_path(self, stage: str) -> Path:
+        return self.cache / f"{stage}.pt"
+
+    def record(self, stage: str, **fields) -> None:
+        """Append a stage's figures to ``build_log.json`` beside the weights (the model card reads it)."""
+        path = self.cache / "build_log.json"
+        log = json.loads(path.read_text()) if path.is_file() else {}
+        log[stage] = {**log.get(stage, {}), **fields}
+        atomic_write_json(path, log)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+STAGE_RECIPE_FIELDS = {"clip": ("text_lock_step",), "vae": ("encoder_lock_step",),
+                       "unet": ("caption_dropout", "min_snr_gamma", "ema_decay", "text_lock_step", "encoder_lock_step")}
+
+
+def _recipe_key(recipe: Recipe, stage: str) -> dict:
+    """The recipe fields a stage's checkpoint depends on: its own, the seed, and those of its inputs."""
+    return {k: v for k, v in asdict(recipe).items()
+            if k.startswith(stage) or k == "seed" or k in STAGE_RECIPE_FIELDS.get(stage, ())}
+
+
+class Trainer:
+    """The resumable loop every stage shares: step function, checkpoints every few minutes, Ctrl-C safe."""
+
+    def __init__(self, build: Build, stage: str, modules: dict, optimizer, total_steps: int, lr: float,
+                 warmup: int = 200, checkpoint_every_s: float = 180.0) -> None:
+        self.build, self.stage, self.modules, self.optimizer = build, stage, modules, optimizer
+        self.total_steps, self.lr, self.warmup = total_steps, lr, warmup
+        self.checkpoint_every_s = checkpoint_every_s
+        self.step, self.cpu_seconds, self.losses = 0, 0.0, []
+        path = build.checkpoint_path(stage)
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if state["recipe"] == _recipe_key(build.recipe, stage):
+                for name, module in modules.items():
+                    module.load_state_dict(state["modules"][name])
+                optimizer.load_state_dict(state["optimizer"])
+                self.step, self.cpu_seconds, self.losses = state["step"], state["cpu_seconds"], state["losses"]
+                build.log(stage, f"resumed at step {self.step}/{total_steps}")
+            else:
+                build.log(stage, "the recipe changed since the checkpoint: starting afresh")
+
+    def learning_rate(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def save(self) -> None:
+        _save_checkpoint(self.build.checkpoint_path(self.stage), {
+            "recipe": _recipe_key(self.build.recipe, self.stage), "step": self.step, "cpu_seconds": self.cpu_seconds,
+            "losses": self.losses, "optimizer": self.optimizer.state_dict(),
+            "modules": {name: module.state_dict() for name, module in self.modules.items()}})
+
+    def run(self, step_fn, after_step=None) -> None:
+        last_save, window = time.monotonic(), []
+        try:
+            while self.step < self.total_steps:
+                started = time.process_time()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.learning_rate(self.step)
+                loss = step_fn(self.step)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                self.optimizer.step()
+                if after_step is not None:
+                    after_step()
+                self.step += 1
+                self.cpu_seconds += time.process_time() - started
+                window.append(float(loss.detach()))
+                if self.step % 100 == 0 or self.step == self.total_steps:
+                    self.losses.append((self.step, sum(window) / len(window)))
+                    self.build.log(self.stage, f"step {self.step}/{self.total_steps} loss {self.losses[-1][1]:.4f} "
+                                               f"cpu {self.cpu_seconds / 60:.1f} min")
+                    window = []
+                if time.monotonic() - last_save > self.checkpoint_every_s:
+                    self.save()
+                    last_save = time.monotonic()
+        except KeyboardInterrupt:
+            self.save()
+            self.build.log(self.stage, f"interrupted: checkpoint at step {self.step} saved; rerun to continue")
+            raise
+        self.save()
+        self.build.record(self.stage, steps=self.step, cpu_minutes=round(self.cpu_seconds / 60, 1),
+                          final_loss=self.losses[-1][1] if self.losses else None)
+
+
+# --------------------------------------------------------------------------- stages
+def stage_data(build: Build) -> None:
+    recipe = build.recipe
+    for name, (seed, count), without in (("train", recipe.train_split, False), ("unet", recipe.unet_split, True),
+                                         ("heldout", recipe.heldout_split, False)):
+        path = build.split_path(name)
+        if path.is_file():
+            continue
+        started = time.process_time()
+        split = render_split(seed, count, RESOLUTION, without_signature=without,
+                             progress=lambda done, total: build.log("data", f"{name}: {done}/{total}"))
+        characters = json.dumps([{k: v for k, v in c.as_dict().items() if k != "labels"} for c in split.characters])
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, pixels=split.pixels, characters=np.array(characters))
+        os.replace(tmp, path)
+        seconds = time.process_time() - started
+        build.record("data", **{name: {"split_seed": seed, "pictures": count, "cpu_seconds": round(seconds, 1),
+                                       "pictures_per_minute": round(count / seconds * 60)}})
+        build.log("data", f"{name}: {count} pictures in {seconds:.0f} s")
+
+
+def tokenizer_corpus(build: Build) -> list[str]:
+    """The world's captions, the taxonomy's phrases in the analyzer's templates, and the product's prompts."""
+    from tools.settings import Settings
+    from tools.taxonomy import load_taxonomy
+
+    rng = random.Random(build.recipe.seed)
+    split = build.load_split("train")
+    texts = []
+    for character in split.characters[:20_000]:
+        texts.append(tag_caption(character, rng, keep=1.0))
+        texts.append(sentence_caption(character, rng))
+    taxonomy = load_taxonomy(Path(__file__).resolve().parents[2] / "examples" / "aldar_kose" / "taxonomy.json")
+    for descriptions in ATTRIBUTES.values():
+        for description in descriptions:
+            texts += taxonomy.fill(description) * 50
+    settings = Settings()
+    texts += [settings.test_prompt, settings.negative_prompt, settings.trigger_token, settings.character_name] * 50
+    return texts
+
+
+def stage_tokenizer(build: Build) -> None:
+    if (build.tokenizer_dir / "merges.txt").is_file():
+        return
+    train_clip_bpe(tokenizer_corpus(build), build.tokenizer_dir)
+    tokenizer = build.tokenizer()
+    build.record("tokenizer", vocab_size=len(tokenizer.get_vocab()))
+    build.log("tokenizer", f"vocabulary of {len(tokenizer.get_vocab())} tokens")
+
+
+def clip_pixels(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC at the CLIP's input size → normalised NCHW, as ``tools.clip.ClipEncoder`` prepares it."""
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+def new_clip(build: Build):
+    from transformers import CLIPModel
+
+    tokenizer = build.tokenizer()
+    vocab = tokenizer.get_vocab()
+    torch.manual_seed(build.recipe.seed + 10)
+    return CLIPModel(clip_config(len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"])), tokenizer
+
+
+def stage_clip(build: Build) -> None:
+    recipe = build.recipe
+    split = build.load_split("train")
+    model, tokenizer = new_clip(build)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.clip_lr, betas=(0.9, 0.98), weight_decay=0.1)
+    trainer = Trainer(build, "clip", {"model": model}, optimizer, recipe.clip_steps, recipe.clip_lr)
+
+    def step(index: int) -> torch.Tensor:
+        if index >= recipe.text_lock_step:
+            lock_text_tower(build, model)
+        rng = random.Random(recipe.seed * 7919 + index)
+        rows = np.random.default_rng(recipe.seed * 7919 + index).choice(len(split), recipe.clip_batch, replace=False)
+        captions = [tag_caption(split.characters[r], rng, keep=rng.uniform(0.2, 1.0)) if rng.random() < 0.5
+                    else sentence_caption(split.characters[r], rng) for r in rows]
+        tokens = tokenizer(captions, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                    pixel_values=clip_pixels(split.pixels[rows]), return_loss=True)
+        return out.loss
+
+    def clamp_scale() -> None:
+        with torch.no_grad():  # CLIP caps its logit scale at 100
+            model.logit_scale.clamp_(0, math.log(100))
+
+    trainer.run(step, clamp_scale)
+
+
+TEXT_TOWER_PARTS = ("text_model", "text_projection")
+
+
+def lock_text_tower(build: Build, model) -> None:
+    """Stop training the text tower and save it once: the UNet trains on exactly these text encoders."""
+    for part in TEXT_TOWER_PARTS:
+        getattr(model, part).requires_grad_(False)
+    path = build.cache / "text_tower.pt"
+    if not path.is_file():
+        _save_checkpoint(path, {part: getattr(model, part).state_dict() for part in TEXT_TOWER_PARTS})
+        build.log("clip", "text tower locked and saved: the UNet stage can start")
+
+
+def load_locked_clip(build: Build):
+    """A CLIP whose text tower is the locked one (its image tower does not matter to the UNet)."""
+    model, tokenizer = new_clip(build)
+    state = torch.load(build.cache / "text_tower.pt", map_location="cpu", weights_only=False)
+    for part in TEXT_TOWER_PARTS:
+        getattr(model, part).load_state_dict(state[part])
+    return model.eval(), tokenizer
+
+
+def new_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**vae_config())
+
+
+def stage_vae(build: Build) -> None:
+    recipe = build.recipe
+    split = build.load_split("train")
+    torch.manual_seed(recipe.seed + 1)
+    vae = new_vae()
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    trainer = Trainer(build, "vae", {"vae": vae}, optimizer, recipe.vae_steps, recipe.vae_lr)
+
+    def step(index: int) -> torch.Tensor:
+        if index >= recipe.encoder_lock_step:
+            lock_vae_encoder(build, vae)
+        rows = np.random.default_rng(recipe.seed * 104729 + index).choice(len(split), recipe.vae_batch, replace=False)
+        x = to_unit_range(split.pixels[rows])
+        with torch.set_grad_enabled(index < recipe.encoder_lock_step):
+            posterior = vae.encode(x).latent_dist
+        generator = torch.Generator().manual_seed(recipe.seed * 104729 + index)
+        recon = vae.decode(posterior.sample(generator=generator)).sample
+        # L1 keeps flat colours crisp, L2 the overall tone; a tiny KL keeps latents near N(0, σ) for the UNet.
+        return ((recon - x).abs().mean() + ((recon - x) ** 2).mean() + 1e-6 * posterior.kl().mean())
+
+    trainer.run(step)
+
+
+ENCODER_PARTS = ("encoder", "quant_conv")
+
+
+def lock_vae_encoder(build: Build, vae) -> None:
+    """Stop training the encoder; save it once with its latent scaling (the UNet trains on these latents)."""
+    for part in ENCODER_PARTS:
+        getattr(vae, part).requires_grad_(False)
+    path = build.cache / "vae_encoder.pt"
+    if not path.is_file():
+        split = build.load_split("train")
+        with torch.no_grad():  # SD's convention: latents scaled to unit variance (SDXL's 0.13025 is this measure)
+            latents = vae.encode(to_unit_range(split.pixels[:1024])).latent_dist.mean
+        _save_checkpoint(path, {"scaling_factor": float(1.0 / latents.std()),
+                                **{part: getattr(vae, part).state_dict() for part in ENCODER_PARTS}})
+        build.log("vae", "encoder locked and saved: the UNet stage can start")
+
+
+def load_trained_vae(build: Build, encoder_only: bool = False):
+    """The VAE with the locked encoder and its scaling; the decoder from the latest checkpoint unless
+    ``encoder_only`` (the UNet stage needs only latents)."""
+    vae = new_vae()
+    if not encoder_only:
+        vae.load_state_dict(torch.load(build.checkpoint_path("vae"), map_location="cpu", weights_only=False)["modules"]["vae"])
+    locked = torch.load(build.cache / "vae_encoder.pt", map_location="cpu", weights_only=False)
+    for part in ENCODER_PARTS:
+        if not encoder_only:
+            for name, value in getattr(vae, part).state_dict().items():
+                if not torch.equal(value, locked[part][name]):
+                    raise RuntimeError(f"the VAE's {part}.{name} moved after the encoder was locked")
+        getattr(vae, part).load_state_dict(locked[part])
+    vae.register_to_config(scaling_factor=locked["scaling_factor"])
+    return vae.eval()
+
+
+def load_trained_clip(build: Build):
+    model, tokenizer = new_clip(build)
+    model.load_state_dict(torch.load(build.checkpoint_path("clip"), map_location="cpu", weights_only=False)["modules"]["model"])
+    return model.eval(), tokenizer
+
+
+def text_towers(clip_model):
+    """The CLIP's text tower as SDXL's two text encoders (the second with the pooled projection)."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    text_config = clip_model.config.text_config
+    text_config.projection_dim = clip_model.config.projection_dim
+    encoder = CLIPTextModel(text_config)
+    # transformers 5's CLIPTextModel is the text transformer itself; 4.x wraps it in ``text_model``.
+    getattr(encoder, "text_model", encoder).load_state_dict(clip_model.text_model.state_dict())
+    encoder_2 = CLIPTextModelWithProjection(text_config)
+    encoder_2.text_model.load_state_dict(clip_model.text_model.state_dict())
+    encoder_2.text_projection.load_state_dict(clip_model.text_projection.state_dict())
+    return encoder.eval(), encoder_2.eval()
+
+
+def encode_captions(encoder_2, tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's prompt embeddings: penultimate hidden states of both encoders side by side, pooled from the
+    second. Both encoders are one text tower here, so one pass serves both. Padded to 77, no mask, as the pipeline."""
+    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = encoder_2(ids, output_hidden_states=True)
+    hidden = out.hidden_states[-2]
+    return torch.cat([hidden, hidden], dim=-1), out.text_embeds
+
+
+def stage_unet(build: Build) -> None:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    recipe = build.recipe
+    split = build.load_split("unet")
+    vae = load_trained_vae(build, encoder_only=True)
+    clip_model, tokenizer = load_locked_clip(build)
+    _, encoder_2 = text_towers(clip_model)
+    moments_path = build.cache / "unet_latent_moments.pt"
+    if not moments_path.is_file():
+        build.log("unet", "encoding the training pictures with the VAE")
+        with torch.no_grad():
+            chunks = [vae.encode(to_unit_range(split.pixels[i:i + 256])).latent_dist
+                      for i in range(0, len(split), 256)]
+        torch.save({"mean": torch.cat([c.mean for c in chunks]), "std": torch.cat([c.std for c in chunks])},
+                   moments_path)
+    moments = torch.load(moments_path)
+    scaling = vae.config.scaling_factor
+    torch.manual_seed(recipe.seed + 2)
+    unet = UNet2DConditionModel(**unet_config(clip_model.config.text_config.hidden_size, clip_model.config.projection_dim))
+    unet.train()
+    ema = UNet2DConditionModel(**unet_config(clip_model.config.text_config.hidden_size, clip_model.config.projection_dim))
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "timestep_spacing"})
+    alphas = noise_scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=1e-2)
+    trainer = Trainer(build, "unet", {"unet": unet, "ema": ema}, optimizer, recipe.unet_steps, recipe.unet_lr)
+    time_ids = torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]], dtype=torch.float32)
+
+    def step(index: int) -> torch.Tensor:
+        seed = recipe.seed * 15485863 + index
+        rng = random.Random(seed)
+        generator = torch.Generator().manual_seed(seed)
+        rows = torch.from_numpy(np.random.default_rng(seed).choice(len(split), recipe.unet_batch, replace=False))
+        latents = (moments["mean"][rows] + moments["std"][rows] * torch.randn(moments["mean"][rows].shape,
+                                                                                 generator=generator)) * scaling
+        captions = ["" if rng.random() < recipe.caption_dropout else
+                    tag_caption(split.characters[int(r)], rng, keep=rng.uniform(0.5, 1.0)) for r in rows]
+        prompt_embeds, pooled = encode_captions(encoder_2, tokenizer, captions)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, 1000, (len(rows),), generator=generator)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        pred = unet(noisy, timesteps, encoder_hidden_states=prompt_embeds,
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.repeat(len(rows), 1)}).sample
+        # Min-SNR-γ weighting (Hang et al. 2023) for epsilon prediction: min(SNR, γ) / SNR.
+        weight = torch.clamp(snr[timesteps], max=recipe.min_snr_gamma) / snr[timesteps]
+        return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+
+    def update_ema() -> None:
+        decay = min(recipe.ema_decay, (1 + trainer.step) / (10 + trainer.step))
+        with torch.no_grad():
+            for ema_p, p in zip(ema.parameters(), unet.parameters()):
+                ema_p.lerp_(p, 1 - decay)
+
+    trainer.run(step, update_ema)
+
+
+# --------------------------------------------------------------------------- export
+def _replace_folder(staging: Path, final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export(build: Build) -> list[str]:
+    """fp16 safetensors of every finished (or checkpointed) model into ``weights/``; returns what was written."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    written = []
+    build.weights.mkdir(parents=True, exist_ok=True)
+    if not build.checkpoint_path("clip").is_file():
+        return written
+    clip_model, tokenizer = load_trained_clip(build)
+    locked = build.cache / "text_tower.pt"
+    if locked.is_file():  # the pipeline's text encoders must be the ones the UNet trained on
+        state = torch.load(locked, map_location="cpu", weights_only=False)
+        for part in TEXT_TOWER_PARTS:
+            for name, value in getattr(clip_model, part).state_dict().items():
+                if not torch.equal(value, state[part][name]):
+                    raise RuntimeError(f"the CLIP's {part}.{name} moved after the text tower was locked")
+    staging = build.weights / ".staging-clip"
+    shutil.rmtree(staging, ignore_errors=True)
+    clip_model.half().save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    _replace_folder(staging, build.weights / "clip")
+    written.append("clip")
+    clip_model.float()
+    if build.checkpoint_path("vae").is_file() and build.checkpoint_path("unet").is_file():
+        encoder, encoder_2 = text_towers(clip_model)
+        state = torch.load(build.checkpoint_path("unet"), map_location="cpu", weights_only=False)
+        unet = UNet2DConditionModel(**unet_config(clip_model.config.text_config.hidden_size,
+                                                  clip_model.config.projection_dim))
+        unet.load_state_dict(state["modules"]["ema"])
+        pipe = StableDiffusionXLPipeline(vae=load_trained_vae(build), text_encoder=encoder, text_encoder_2=encoder_2,
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+                                         scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG))
+        pipe.to(torch.float16)
+        staging = build.weights / ".staging-sdxl"
+        shutil.rmtree(staging, ignore_errors=True)
+        pipe.save_pretrained(staging, safe_serialization=True)
+        _replace_folder(staging, build.weights / "sdxl")
+        written.append("sdxl")
+    log_path = build.cache / "build_log.json"
+    if log_path.is_file():
+        log = json.loads(log_path.read_text())
+        log["recipe"] = asdict(build.recipe)
+        for stage in ("clip", "vae", "unet"):
+            if build.checkpoint_path(stage).is_file():
+                state = torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)
+                log.setdefault(stage, {}).update(steps_done=state["step"], cpu_minutes=round(state["cpu_seconds"] / 60, 1))
+        atomic_write_json(build.weights / "build_log.json", log)
+    return written
+
+
+STAGES = {"data": stage_data, "tokenizer": stage_tokenizer, "clip": stage_clip, "vae": stage_vae, "unet": stage_unet}
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("ALDAR_WORLD_CACHE", Path.home() / ".cache" / "aldar" / "world-build"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.world.build", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
+    parser.add_argument("--stage", choices=[*STAGES, "all"], default="all", help="which stage to run (default: all)")
+    parser.add_argument("--export", action="store_true", help="only write fp16 weights from the latest checkpoints")
+    parser.add_argument("--cache", type=Path, default=default_cache(), help="checkpoints and rendered splits")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="where the fp16 weights go")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    build = Build(args.cache, Recipe(), args.weights)
+    try:
+        if not args.export:
+            for name in (STAGES if args.stage == "all" else [args.stage]):
+                if name in ("clip", "vae", "unet") and args.stage == "all":
+                    state = build.checkpoint_path(name)
+                    if state.is_file() and torch.load(state, weights_only=False)["step"] >= getattr(build.recipe, f"{name}_steps"):
+                        continue
+                build.log(name, "starting")
+                STAGES[name](build)
+        build.log("export", f"wrote {', '.join(export(build)) or 'nothing yet'} into {build.weights}")
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
