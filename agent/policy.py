@@ -59,7 +59,7 @@ class Signals:
 def read_signals(feedback: dict[str, Any]) -> Signals:
     """Pull the policy's inputs out of a feedback dict.
 
-    ``metric_gaps`` and ``feature_gaps`` come from ``tools.scorer.build_feedback``;
+    ``metric_gaps`` and ``feature_gaps`` come from ``tools.scoring.scorer.build_feedback``;
     ``overfitting`` is added by ``Session.score`` (see docs/ARCHITECTURE.md).
     """
     gaps = feedback.get("metric_gaps") or {}

@@ -150,8 +150,8 @@ class Session:
         matches the references' hashes and the CLIP model, else computed and saved there."""
         if self.analysis is not None and not force:
             return self.analysis
-        from tools.analyzer import analysis_matches, analyze_references
-        from tools.taxonomy import load_taxonomy
+        from tools.scoring.analyzer import analysis_matches, analyze_references
+        from tools.scoring.taxonomy import load_taxonomy
 
         cached_path = Path(self.settings.analysis_path)
         with self._stage("analyze"):
@@ -173,7 +173,7 @@ class Session:
     # ---------------------------------------------------------------- train
     def train(self, adjustments: dict | None = None) -> dict:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
-        from tools.trainer import train_lora
+        from tools.training.trainer import train_lora
 
         if adjustments:
             self.apply(adjustments)
@@ -221,7 +221,7 @@ class Session:
     def generate(self, prompts: list[str] | None = None) -> dict:
         """Images of this round's LoRA, the base model and every configured competitor,
         from the same prompts and seeds. Returns generator → list of image paths."""
-        from tools.generator import generate_local
+        from tools.generation.local import generate_local
         from tools.providers import configured_providers, generate_with_provider
 
         state = self._round()
@@ -284,7 +284,7 @@ class Session:
     # ---------------------------------------------------------------- score
     def score(self) -> dict:
         """Score every generator of this round against the references; save report and feedback."""
-        from tools.scorer import build_feedback, score_generators
+        from tools.scoring.scorer import build_feedback, score_generators
 
         state = self._round()
         if not state.images:
@@ -420,7 +420,7 @@ def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
 
 def default_params(profile: ModelProfile) -> dict:
     """The trainer's defaults for ``profile`` plus the knobs the agent adds on top."""
-    from tools.trainer import default_train_config
+    from tools.training.trainer import default_train_config
 
     config = dataclasses.asdict(default_train_config(profile))
     params = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
@@ -435,7 +435,7 @@ def default_params(profile: ModelProfile) -> dict:
 
 def train_config(profile: ModelProfile, params: dict):
     """A ``TrainConfig`` from the profile's defaults with every matching param applied."""
-    from tools.trainer import default_train_config
+    from tools.training.trainer import default_train_config
 
     config = default_train_config(profile)
     names = {f.name for f in dataclasses.fields(config)}

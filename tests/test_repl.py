@@ -81,7 +81,7 @@ def test_ctrl_d_and_double_ctrl_c_exit(tmp_path) -> None:
 
 
 def test_ctrl_c_during_training_returns_to_the_prompt_with_a_checkpoint(tmp_path) -> None:
-    from tools.lora_files import latest_checkpoint, load_checkpoint
+    from tools.training.lora_files import latest_checkpoint, load_checkpoint
 
     child = spawn(tmp_path)
     child.sendline("/train steps=60")

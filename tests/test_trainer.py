@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from tools.errors import ConfigError, InputError, TrainingError
-from tools.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
+from tools.training.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
 from tools.models import build_tiny_sdxl_components, load_sdxl_pipeline, resolve_profile
 from tools.settings import load_settings
-from tools import trainer
-from tools.train_data import clear_latent_cache
-from tools.trainer import default_train_config, evaluation_loss, train_lora
+from tools.training import trainer
+from tools.training.data import clear_latent_cache
+from tools.training.trainer import default_train_config, evaluation_loss, train_lora
 
 
 
@@ -273,8 +273,8 @@ def test_text_encoder_lora_left_active_by_the_generator_is_off_while_unet_only_t
     """A previous round's LoRA with text-encoder layers must not shape the cached text embeddings."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    from tools.train_data import encode_prompts
-    from tools.train_setup import lora_adapters
+    from tools.training.data import encode_prompts
+    from tools.training.setup import lora_adapters
 
     pipe = fresh_pipeline(profile)
 
@@ -314,7 +314,7 @@ def test_latents_cached_on_disk_are_reused_by_a_new_process(profile, dataset, tm
 
 
 def test_crop_and_original_size_go_to_the_time_ids(dataset):
-    from tools.train_data import batch_indices, prepare_images
+    from tools.training.data import batch_indices, prepare_images
 
     image = prepare_images(dataset[:1], 64)[0]  # 96 x 80 (w x h) -> resized 77 x 64, centre crop 64 x 64
     assert image.pixels.shape == (3, 64, 64) and -1.0 <= float(image.pixels.min()) <= float(image.pixels.max()) <= 1.0

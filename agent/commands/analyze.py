@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from agent import ui
-from tools.analyzer import analyze_references
+from tools.scoring.analyzer import analyze_references
 from tools.models import resolve_profile
 from tools.settings import Settings
 

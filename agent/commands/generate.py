@@ -88,13 +88,13 @@ def _validate(names: list[str], prompts: list[str], args: argparse.Namespace) ->
     if "lora" in names and not args.lora:
         raise InputError("--provider lora needs the LoRA to use", "pass --lora PATH (a .safetensors file or a run folder)")
     if args.lora:
-        from tools.generator import resolve_lora_file  # raises InputError for a missing file or folder
+        from tools.generation.local import resolve_lora_file  # raises InputError for a missing file or folder
 
         resolve_lora_file(args.lora)
 
 
 def _generate_local(name: str, prompts: list[str], out_dir: Path, args: argparse.Namespace, settings: Settings):
-    from tools.generator import generate_local  # heavy (torch, diffusers): only when asked for
+    from tools.generation.local import generate_local  # heavy (torch, diffusers): only when asked for
     from tools.models import resolve_profile
 
     return generate_local(resolve_profile(settings), prompts, out_dir,

@@ -11,13 +11,13 @@ from rich.markup import escape
 
 from agent import ui
 from agent.commands.analyze import show_analysis
-from tools.analyzer import ImageSet, analysis_matches, analyze_references, load_image_set
+from tools.scoring.analyzer import ImageSet, analysis_matches, analyze_references, load_image_set
 from tools.errors import InputError
 from tools.images import list_images
 from tools.models import load_clip, resolve_profile
-from tools.scorer import build_feedback, check_output_folder, score_generators, write_results
+from tools.scoring.scorer import build_feedback, check_output_folder, score_generators, write_results
 from tools.settings import Settings
-from tools.taxonomy import load_taxonomy
+from tools.scoring.taxonomy import load_taxonomy
 
 NAME = "score"
 HELP = ("score generated images against the references (CLIP, key features, SSIM), rank the generators beside the "

@@ -33,15 +33,15 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from tools.analyzer import (ImageSet, aggregate_categories, category_probabilities, embed_set, load_image_set,
+from tools.scoring.analyzer import (ImageSet, aggregate_categories, category_probabilities, embed_set, load_image_set,
                             load_references, now_iso, select_key_features, text_embeddings)
 from tools.atomic import atomic_write_json
-from tools.embedding_cache import EmbeddingCache
+from tools.scoring.embedding_cache import EmbeddingCache
 from tools.errors import InputError
 from tools.models import ModelProfile, load_clip
 from tools.progress import progress_bar
 from tools.settings import validate_weights
-from tools.taxonomy import Taxonomy, taxonomy_from_dict
+from tools.scoring.taxonomy import Taxonomy, taxonomy_from_dict
 
 SCHEMA = "aldar.comparison_report/1"
 FEEDBACK_SCHEMA = "aldar.feedback/1"

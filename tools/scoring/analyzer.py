@@ -26,11 +26,11 @@ import torch
 from PIL import Image
 
 from tools.atomic import atomic_write_json
-from tools.embedding_cache import EmbeddingCache, embed_images_cached, encoder_key
+from tools.scoring.embedding_cache import EmbeddingCache, embed_images_cached, encoder_key
 from tools.errors import InputError
 from tools.images import file_sha256, list_images, load_image
 from tools.models import ModelProfile, load_clip
-from tools.taxonomy import Taxonomy, load_taxonomy
+from tools.scoring.taxonomy import Taxonomy, load_taxonomy
 
 SCHEMA = "aldar.feature_analysis/1"
 LOGIT_SCALE = 100.0

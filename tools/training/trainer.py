@@ -28,15 +28,15 @@ import torch.nn.functional as F
 
 from tools.atomic import atomic_write, atomic_write_json
 from tools.errors import ConfigError, InputError, TrainingError
-from tools.lora_files import (DIFFUSERS_WEIGHTS, capture_rng_state, checkpoint_dirs, kohya_metadata, latest_checkpoint,
+from tools.training.lora_files import (DIFFUSERS_WEIGHTS, capture_rng_state, checkpoint_dirs, kohya_metadata, latest_checkpoint,
                               load_checkpoint, restore_rng_state, save_checkpoint, save_diffusers_lora, save_kohya_lora)
 from tools.progress import progress_bar
-from tools.train_config import TrainConfig, default_train_config
-from tools.train_data import (batch_indices, cached_latent_distributions, dataset_sha256,
+from tools.training.config import TrainConfig, default_train_config
+from tools.training.data import (batch_indices, cached_latent_distributions, dataset_sha256,
                               default_latent_cache_dir, encode_prompts, prepare_images, sample_latents, vae_identity)
-from tools.train_setup import (ADAPTER_NAME, RUN_CONFIG, check_resumable, jsonable, lora_adapters,
+from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, check_resumable, jsonable, lora_adapters,
                                make_accelerator, make_optimizer, out_of_memory)
-from tools.train_report import LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_loss_log, write_loss_log
+from tools.training.report import LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_loss_log, write_loss_log
 
 __all__ = ["TrainConfig", "TrainResult", "default_train_config", "train_lora", "denoising_loss", "evaluation_loss"]
 
