@@ -323,3 +323,20 @@ def test_crop_and_original_size_go_to_the_time_ids(dataset):
     epoch = batch_indices(0, 3, 3, seed=5) + batch_indices(3, 3, 3, seed=5)
     assert sorted(epoch[:3]) == sorted(epoch[3:]) == [0, 1, 2]  # every image once per epoch
     assert batch_indices(4, 2, 3, seed=5) == epoch[4:6]  # a pure function of the position: exact resume
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_follow_kohyas_convention(prediction_type):
+    # kohya's apply_snr_weight: min(SNR, gamma) / SNR on epsilon, min(SNR, gamma) / (SNR + 1) on v-prediction;
+    # older diffusers examples clamped SNR + 1 on v-prediction, which differs where SNR + 1 > gamma > SNR.
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    timesteps = torch.tensor([0, 300, 600, 999])
+    snr = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod))[timesteps]
+    gamma = 5.0
+    expected = torch.minimum(snr, torch.full_like(snr, gamma)) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    torch.testing.assert_close(trainer.min_snr_weights(scheduler, timesteps, gamma), expected)
+    if prediction_type == "v_prediction":
+        older = torch.minimum(snr + 1, torch.full_like(snr, gamma)) / (snr + 1)
+        assert not torch.allclose(older, expected)

@@ -44,7 +44,9 @@ class TrainConfig:
     max_grad_norm: float = _knob(1.0, "gradient clipping norm (0 = off)")
     lr_scheduler: str = _knob("cosine", "learning-rate schedule after warmup", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = _knob(100, "steps of linear learning-rate warmup")
-    snr_gamma: float = _knob(5.0, "min-SNR loss weighting gamma (0 = plain MSE); 5 is the paper's value")
+    snr_gamma: float = _knob(5.0, "min-SNR loss weighting gamma (0 = plain MSE); 5 is the paper's value. "
+                                  "kohya's convention: min(SNR, gamma)/(SNR+1) on v-prediction (older "
+                                  "diffusers examples clamped SNR+1 instead)")
     noise_offset: float = _knob(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
     train_text_encoder: bool = _knob(False, "also train LoRA on both text encoders (disables text-embedding caching)")
     gradient_checkpointing: bool = _knob(True, "recompute activations in backward: far less memory, "

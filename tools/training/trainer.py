@@ -348,12 +348,25 @@ def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embe
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if kind == "v_prediction" else noise
     if not snr_gamma:
         return F.mse_loss(prediction, target.float())
+    weights = min_snr_weights(noise_scheduler, timesteps, snr_gamma)
+    per_sample = F.mse_loss(prediction, target.float(), reduction="none").mean(dim=list(range(1, prediction.ndim)))
+    return (per_sample * weights).mean()
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample min-SNR-gamma loss weights (Hang et al. 2023), kohya's convention.
+
+    epsilon: ``min(SNR, gamma) / SNR``; v-prediction: ``min(SNR, gamma) / (SNR + 1)``. This is kohya's
+    ``apply_snr_weight`` and what diffusers' training examples do today. Older diffusers examples added
+    1 to the SNR *before* clamping on v-prediction (``min(SNR + 1, gamma) / (SNR + 1)``), which weighs
+    the noisiest timesteps more. We follow kohya so that a LoRA's ``ss_min_snr_gamma`` means what it
+    means to the kohya/A1111 users who read that metadata, and because it is the paper's v-loss weight.
+    """
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(noise_scheduler, timesteps)
-    weights = torch.clamp(snr, max=snr_gamma) / (snr + 1 if kind == "v_prediction" else snr)
-    per_sample = F.mse_loss(prediction, target.float(), reduction="none").mean(dim=list(range(1, prediction.ndim)))
-    return (per_sample * weights).mean()
+    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
+    return torch.clamp(snr, max=gamma) / (snr + 1 if v_prediction else snr)
 
 
 @torch.no_grad()
