@@ -14,14 +14,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
-from rich.markup import escape
-
-from agent import ui
+from agent.decision import Decider, Decision
+from agent.knobs import bounds_for, clamp_adjustments
 from agent.store import RunStore
 from tools.atomic import read_json_object
-from tools.errors import AldarError, ConfigError, InputError
+from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
 from tools.settings import Settings
 
@@ -32,19 +31,19 @@ TINY_GENERATION_STEPS = 4
 
 
 @dataclass
-class Decision:
-    """The next round's adjustment: ``adjustments`` maps parameter → new value."""
+class SessionEvents:
+    """What a ``Session`` reports while it works (as ``LoopEvents`` for the LLM loop); every hook is
+    optional. The session never prints: ``aldar run`` and the REPL render these."""
 
-    adjustments: dict
-    rationale: str
-    decided_by: str
-    stop: bool = False
+    on_status: Callable[[str], None] | None = None  # progress of a stage: "round 2: training …"
+    on_notice: Callable[[str], None] | None = None  # worth showing even in quiet mode: a round resumes
+    on_warning: Callable[[str], None] | None = None  # a problem the run survives (a clamp, a skipped competitor)
+    on_missing_key: Callable[[str], None] | None = None  # a competitor without its key; said every round
 
 
-class Decider(Protocol):
-    name: str  # "rule-policy" or "llm:<model>"
-
-    def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision: ...
+def _emit(hook: Callable[[str], None] | None, message: str) -> None:
+    if hook is not None:
+        hook(message)
 
 
 @dataclass
@@ -69,14 +68,13 @@ class RoundState:
 class Session:
     """Drives rounds over one results folder; holds its lock until ``close()``."""
 
-    def __init__(self, settings: Settings, *, assume_yes: bool = False, quiet: bool = False) -> None:
+    def __init__(self, settings: Settings, *, quiet: bool = False, events: SessionEvents | None = None) -> None:
         self.settings = settings
-        self.assume_yes = assume_yes
-        self.quiet = quiet
+        self.quiet = quiet  # no progress bars from the capabilities
+        self.events = events or SessionEvents()
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
         _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
-        from agent.policy import bounds_for
 
         self.default_params = default_params(self.profile)
         if "trigger_token" in self.default_params:
@@ -97,7 +95,6 @@ class Session:
         self.analysis: dict | None = None
         self.current: RoundState | None = None
         self.competitors: list[str] = list(settings.competitors)
-        self._announced: set[str] = set()
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -117,8 +114,7 @@ class Session:
         return len(self.store.rounds) + 1
 
     def _say(self, message: str) -> None:
-        if not self.quiet:
-            ui.info(escape(message))
+        _emit(self.events.on_status, message)
 
     @contextmanager
     def _stage(self, name: str, params: dict | None = None) -> Iterator[None]:
@@ -188,14 +184,13 @@ class Session:
             started = time.perf_counter()
             try:
                 result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
-            except ConfigError as error:
-                if not error.problem.startswith("cannot resume"):
-                    raise
+            except ResumeMismatchError as error:
                 # Checkpoints of this round made with other settings (e.g. changed by hand): keep them
                 # aside and train the round afresh rather than stop the run.
                 aside = run_dir.with_name(f"{run_dir.name}_stale_{time.strftime('%Y%m%d_%H%M%S')}")
                 run_dir.rename(aside)
-                ui.warn(f"{error.problem}; kept it as {self.store.relative(aside)} and retrained the round")
+                _emit(self.events.on_warning,
+                      f"{error.problem}; kept it as {self.store.relative(aside)} and retrained the round")
                 result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
@@ -207,15 +202,36 @@ class Session:
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}")
         return state.train
 
-    def apply(self, adjustments: dict) -> dict:
-        """Clamp ``adjustments`` to the safe bounds, apply them to ``params``; returns what was applied."""
-        from agent.policy import clamp_adjustments
-
+    def apply(self, adjustments: dict) -> tuple[dict, list[str]]:
+        """Clamp ``adjustments`` to the safe bounds and apply them to ``params``: (applied, clamp notes)."""
         applied, notes = clamp_adjustments(self.params, adjustments, self.bounds)
         for note in notes:
-            ui.warn(note)
+            _emit(self.events.on_warning, note)
         self.params.update(applied)
-        return applied
+        return applied, notes
+
+    def set_next_params(self, adjustments: dict, rationale: str, decided_by: str) -> tuple[dict, list[str]]:
+        """Change the next round's parameters outside a round's decision: (applied, clamp notes).
+
+        Between rounds the change must outlive this process: the next ``Session`` starts from the last
+        record's ``next_params``, so it is written there too, with who changed it and why.
+        """
+        applied, notes = self.apply(adjustments)
+        if applied and self.current is None and self.store.rounds:
+            self.store.amend_next_params(dict(self.params),
+                                         {"adjustments": applied, "rationale": rationale, "decided_by": decided_by})
+        return applied, notes
+
+    def finish_scored_round(self, decision: Decision) -> dict | None:
+        """Record the round in progress if it has been scored (a manual train → generate → score),
+        so that the next ``train`` starts a new round; None when there is nothing to record."""
+        if self.current is not None and self.current.feedback is not None:
+            return self.finish_round(decision)
+        return None
+
+    def skip_competitors(self, names: list[str]) -> None:
+        """Leave these competitors out from now on (the user declined paying for them)."""
+        self.competitors = [name for name in self.competitors if name not in names]
 
     # ---------------------------------------------------------------- generate
     def generate(self, prompts: list[str] | None = None) -> dict:
@@ -247,9 +263,7 @@ class Session:
             providers, skipped = configured_providers(settings, self.competitors)
             state.skipped = list(skipped)
             for line in skipped:
-                if line not in self._announced:  # one line per missing key per run, not per round
-                    self._announced.add(line)
-                    ui.warn(line)
+                _emit(self.events.on_missing_key, line)
             for provider in providers:
                 self._say(f"round {state.number}: asking {provider.name} …")
                 started = time.perf_counter()
@@ -258,7 +272,7 @@ class Session:
                                                   settings.images_per_prompt, settings.seed, skipped=state.skipped,
                                                   quiet=self.quiet)
                 except AldarError as exc:  # one failing competitor must not end the round
-                    ui.warn(f"{provider.name} skipped this round: {exc}")
+                    _emit(self.events.on_warning, f"{provider.name} skipped this round: {exc}")
                     state.skipped.append(f"{provider.name}: {exc}")
                     continue
                 finally:
@@ -316,8 +330,6 @@ class Session:
 
     def finish_round(self, decision: Decision) -> dict:
         """Apply ``decision`` to the params of the next round and append this round to the history."""
-        from agent.policy import clamp_adjustments
-
         state = self._round()
         with self._stage("store"):
             applied, notes = clamp_adjustments(self.params, decision.adjustments, self.bounds)
@@ -369,8 +381,8 @@ class Session:
         finished: list[dict] = []
         if self.store.data.get("in_progress") and self.current is None:  # else: this process's own round goes on
             number = self.store.data["in_progress"]["round"]
-            ui.info(f"resuming: round {number} was interrupted and restarts "  # shown even when quiet
-                    f"({len(self.store.rounds)} finished round(s) kept)")
+            _emit(self.events.on_notice, f"resuming: round {number} was interrupted and restarts "
+                                         f"({len(self.store.rounds)} finished round(s) kept)")
         # Tiny scores come from random weights: stopping on them would end runs at random.
         score_stops = not self.profile.is_tiny
         if not score_stops:

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from agent.policy import (COPY_CLIP, COPY_SSIM, LOW_CLIP, LOW_VARIETY, SAFE_BOUNDS, RulePolicy, bounds_for,
-                          clamp_adjustments, read_signals)
+from agent.knobs import SAFE_BOUNDS, bounds_for, clamp_adjustments
+from agent.policy import COPY_CLIP, COPY_SSIM, LOW_CLIP, LOW_VARIETY, RulePolicy, read_signals
 from agent.session import emphasise, stop_reason
 
 PARAMS = {"steps": 1500, "learning_rate": 1e-4, "rank": 32, "alpha": 16.0, "lora_scale": 1.0, "feature_emphasis": []}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from agent import ui
+from agent.ui import UI
 from tools.errors import AldarError, InputError
 from tools.providers import PROVIDERS, configured_providers, generate_with_provider
 from tools.settings import Settings
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fast local generation with LCM (4-8 steps)")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     args.lora = getattr(args, "lora", None)
     chosen = getattr(args, "providers", None)
     names = list(dict.fromkeys(chosen or [*settings.competitors, *(["lora"] if args.lora else [])]))

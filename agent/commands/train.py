@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from agent import ui
+from agent.ui import UI
 from tools.errors import InputError
 from tools.images import list_images
 from tools.training.lora_files import latest_checkpoint
@@ -74,7 +74,7 @@ def training_config(args: argparse.Namespace, profile: ModelProfile, trigger_tok
     return config
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from tools.training.trainer import train_lora
 
     profile = resolve_profile(settings)

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
-from tools.errors import ConfigError, TrainingError
+from tools.errors import ResumeMismatchError, TrainingError
 from tools.models import quiet_lora_loading
 from tools.training.config import TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainConfig, bitsandbytes_available
 from tools.training.data import TrainingImage, dataset_sha256
@@ -190,7 +190,7 @@ def check_resumable(run_dir: Path, config: TrainConfig, profile, images: list[Tr
     changed = [k for k in now if before[k] != now[k]]
     if changed:
         detail = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed)
-        raise ConfigError(f"cannot resume {checkpoint}: {detail}",
+        raise ResumeMismatchError(f"cannot resume {checkpoint}: {detail}",
                           "resume with the same settings and images, or start a new --run-dir")
 
 
