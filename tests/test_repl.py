@@ -168,3 +168,31 @@ def test_a_knob_outside_its_valid_domain_is_refused_like_aldar_train_refuses_it(
     clamped, notes = clamp_adjustments({}, {"steps": -5, "rank": 4})  # a decider gets the same refusal
     assert clamped == {"rank": 4} and any("steps is -5" in note for note in notes)
     assert clamp_adjustments({}, {"steps": 50})[0] == {"steps": SAFE_BOUNDS["steps"][0]}
+
+
+def test_tab_completes_knob_names_after_train(tiny_settings) -> None:
+    from prompt_toolkit.document import Document
+
+    from agent.repl import SlashCompleter
+
+    completer = SlashCompleter(Repl(tiny_settings))
+    complete = lambda text: [c.text for c in completer.get_completions(Document(text), None)]  # noqa: E731
+    assert complete("/tr") == ["/train"]
+    assert complete("/train st") == ["steps="]
+    assert complete("/train steps=40 l") == ["learning_rate=", "lora_scale="]
+
+
+def test_session_events_render_through_one_ui_and_missing_keys_show_once() -> None:
+    import io
+
+    from rich.console import Console
+
+    out, err = io.StringIO(), io.StringIO()
+    ui = UI(console=Console(file=out, width=200), err_console=Console(file=err, width=200), quiet=True)
+    events = ui.session_events()
+    for _ in range(3):  # one line per round, as Session.generate reports it
+        events.on_missing_key("freepik: FREEPIK_API_KEY is not set [skipped]")
+    events.on_status("round 1: training …")  # quiet: progress talk is not shown
+    events.on_notice("resuming: round 2 was interrupted")  # shown even when quiet
+    assert err.getvalue().count("FREEPIK_API_KEY is not set [skipped]") == 1
+    assert "training" not in out.getvalue() and "resuming: round 2" in out.getvalue()
