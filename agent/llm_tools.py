@@ -4,7 +4,8 @@ Each tool's JSON schema is derived from its signature and docstring (``agent.too
 parameters are not written out per tool: a tool takes ``**knobs`` and the schema builder expands
 the knob group of ``agent.knobs`` there, ranged by this session's bounds (the same bounds the clamp
 uses), so the schema the model sees, the validation of its arguments and the clamp never disagree.
-Results are small JSON-able dicts: the model's context is precious.
+Results are small JSON-able dicts: the model's context is precious. The helpers read feedback and
+records from disk too (older histories lack newer keys), so they read optional keys with ``.get``.
 
 ``RoundTools`` holds the read-only tools both the chat (``SessionTools``) and the LLM decider
 (``agent.llm_decider.DecisionTools``) offer. Every change to the session goes through ``Session``
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable
 from agent.decision import Decision
 from agent.knobs import NAMES as KNOBS
 from agent.knobs import knob_parameters, knob_values
+from agent.records import RoundRecord, SessionFeedback
 from agent.toolspec import Range, ToolSpec, tool_spec
 from tools.atomic import read_json_object
 from tools.errors import InputError
@@ -32,7 +34,7 @@ def _round3(value: Any) -> Any:
     return round(value, 3) if isinstance(value, float) else value
 
 
-def feedback_summary(feedback: dict) -> dict:
+def feedback_summary(feedback: SessionFeedback) -> dict:
     """The feedback's decision-relevant part, numbers rounded."""
     gaps = feedback.get("metric_gaps") or {}
     return {
@@ -53,7 +55,7 @@ def feedback_summary(feedback: dict) -> dict:
     }
 
 
-def round_summary(record: dict) -> dict:
+def round_summary(record: RoundRecord) -> dict:
     params = record.get("params") or {}
     return {"round": record.get("round"), "lora_score": _round3(record.get("lora_score")), "band": record.get("band"),
             "best_competitor": record.get("best_competitor"), "score_gap": _round3(record.get("score_gap")),
@@ -62,7 +64,7 @@ def round_summary(record: dict) -> dict:
             "adjustments": (record.get("decision") or {}).get("adjustments")}
 
 
-def compare_records(first: dict, second: dict) -> dict:
+def compare_records(first: RoundRecord, second: RoundRecord) -> dict:
     """What changed between two rounds: parameters, then scores per generator and metric."""
     params_a, params_b = first.get("params") or {}, second.get("params") or {}
     changed = {k: {"from": params_a.get(k), "to": params_b.get(k)} for k in KNOBS
@@ -79,7 +81,7 @@ def compare_records(first: dict, second: dict) -> dict:
     return {"rounds": [first.get("round"), second.get("round")], "changed_params": changed, "scores": scores}
 
 
-def explain_features(feedback: dict, feature: str | None = None) -> list[dict]:
+def explain_features(feedback: SessionFeedback, feature: str | None = None) -> list[dict]:
     """Why key features are weak, from the feedback alone (no LLM): pass rates against the target,
     what the gap means and which knob addresses it. One entry per weak feature (or the one asked for)."""
     gaps = feedback.get("feature_gaps") or []

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.decision import Decision
+from agent.records import SessionFeedback
 from agent.knobs import MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number
 
 # Thresholds (scores are 0-1). CLIP similarity of SDXL character LoRAs to their
@@ -43,8 +44,9 @@ class Signals:
     variety: float | None = None
 
 
-def read_signals(feedback: dict[str, Any]) -> Signals:
-    """Pull the policy's inputs out of a feedback dict.
+def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
+    """Pull the policy's inputs out of a feedback dict; tolerant, as the LLM decider and older feedback
+    files may hand it a part of one (missing values stay None).
 
     ``metric_gaps`` and ``feature_gaps`` come from ``tools.scoring.scorer.build_feedback``;
     ``overfitting`` is added by ``Session.score`` (see docs/ARCHITECTURE.md).

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from agent.knobs import knob_values
+from agent.records import RoundRecord
+from tools.scoring.records import Analysis, ComparisonReport, Feedback
 
 if TYPE_CHECKING:
     from agent.ui import UI
@@ -58,33 +60,29 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-def report_scores(report: dict) -> Table:
-    """The ranking of a comparison report (``aldar score``, ``/score``): generators by mean quality."""
-    generators = report.get("generators") or {}
+def report_scores(report: ComparisonReport) -> Table:
+    """The ranking of a fresh comparison report (``aldar score``, ``/score``): generators by mean quality."""
     rows = []
-    for entry in report.get("ranking") or []:
-        scores = generators.get(entry.get("generator")) or {}
-        rows.append([f"{entry.get('rank')}. {entry.get('generator')}", figure(scores.get("quality")),
-                     figure(scores.get("clip")), figure(scores.get("features")), figure(scores.get("ssim")),
-                     str(scores.get("band") or entry.get("band") or "")])
-    ceiling = report.get("ceiling")
+    for entry in report["ranking"]:
+        scores = report["generators"][entry["generator"]]
+        rows.append([f"{entry['rank']}. {entry['generator']}", figure(scores["quality"]), figure(scores["clip"]),
+                     figure(scores["features"]), figure(scores["ssim"]), scores["band"]])
+    ceiling = report["ceiling"]
     ceiling_row = None
     if ceiling:
-        ceiling_row = ["reference ceiling", figure(ceiling.get("quality")), figure(ceiling.get("clip")),
-                       figure(ceiling.get("features")), figure(ceiling.get("ssim")), str(ceiling.get("band") or "")]
-    weights = report.get("weights") or {}
-    caption = ""
-    if weights:
-        caption = (f"quality = {weights.get('clip', 0):g}·CLIP + {weights.get('features', 0):g}·features + "
-                   f"{weights.get('ssim', 0):g}·SSIM (mean ± std); "
-                   + ("ceiling = the references scored leave-one-out against each other" if ceiling
-                      else "no ceiling: it needs at least two references"))
-    return Table("generators ranked by mean quality", SCORE_COLUMNS, rows, ceiling_row, caption or None,
+        ceiling_row = ["reference ceiling", figure(ceiling["quality"]), figure(ceiling["clip"]),
+                       figure(ceiling["features"]), figure(ceiling["ssim"]), ceiling["band"]]
+    weights = report["weights"]
+    caption = (f"quality = {weights['clip']:g}·CLIP + {weights['features']:g}·features + {weights['ssim']:g}·SSIM "
+               "(mean ± std); " + ("ceiling = the references scored leave-one-out against each other" if ceiling
+                                   else "no ceiling: it needs at least two references"))
+    return Table("generators ranked by mean quality", SCORE_COLUMNS, rows, ceiling_row, caption,
                  notes=[notice] if (notice := _notice(report)) else [])
 
 
-def record_scores(record: dict) -> Table:
-    """The scores of one finished round of the history (``aldar run``, the HTML report)."""
+def record_scores(record: RoundRecord) -> Table:
+    """The scores of one finished round of the history (``aldar run``, the HTML report); tolerant,
+    as a history read from disk may hold records of older versions."""
     rows = []
     for name, scores in sorted((record.get("scores") or {}).items(), key=lambda kv: -(kv[1].get("quality") or 0.0)):
         rows.append([name, mean_std(scores.get("quality"), scores.get("quality_std")), number(scores.get("clip")),
@@ -98,7 +96,7 @@ def record_scores(record: dict) -> Table:
     return Table(f"round {record.get('round')} ranking", SCORE_COLUMNS, rows, ceiling_row, caption)
 
 
-def history_table(history: list[dict]) -> Table:
+def history_table(history: list[RoundRecord]) -> Table:
     rows = []
     for record in history:
         params = record.get("params") or {}
@@ -110,21 +108,21 @@ def history_table(history: list[dict]) -> Table:
                  rows)
 
 
-def analysis_table(analysis: dict) -> Table:
+def analysis_table(analysis: Analysis) -> Table:
     """The top-2 features per category, their mean probability, agreement, and which are key features."""
-    count = len(analysis.get("references") or [])
-    key = {(d.get("category"), d.get("feature")) for d in analysis.get("key_feature_details") or []}
+    count = len(analysis["references"])
+    key = {(d["category"], d["feature"]) for d in analysis["key_feature_details"]}
     rows = []
-    for category, entry in (analysis.get("categories") or {}).items():
-        for rank, item in enumerate(entry.get("top") or [], start=1):
-            rows.append([category if rank == 1 else "", str(item.get("feature")), number(item.get("probability")),
-                         f"{item.get('agreement')}/{count}", "key" if (category, item.get("feature")) in key else ""])
-    return Table(f"key features of {analysis.get('character_name')} ({count} references, CLIP {analysis.get('model')})",
+    for category, entry in analysis["categories"].items():
+        for rank, item in enumerate(entry["top"], start=1):
+            rows.append([category if rank == 1 else "", item["feature"], number(item["probability"]),
+                         f"{item.get('agreement')}/{count}", "key" if (category, item["feature"]) in key else ""])
+    return Table(f"key features of {analysis['character_name']} ({count} references, CLIP {analysis['model']})",
                  ["category", "feature (top-2)", "mean probability", "top-1 in", ""], rows,
                  notes=[n] if (n := _notice(analysis)) else [])
 
 
-def feedback_lines(feedback: dict) -> list[tuple[str, str]]:
+def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
     """(style, text) lines: the LoRA's score and gap, then each recommendation by priority."""
     lines = []
     if feedback.get("lora_score") is not None:
@@ -150,7 +148,7 @@ def show(ui: "UI", table: Table) -> None:
         ui.warn(escape(note))
 
 
-def show_feedback(ui: "UI", feedback: dict) -> None:
+def show_feedback(ui: "UI", feedback: Feedback) -> None:
     for style, text in feedback_lines(feedback):
         ui.info(f"  [{style}]{escape(text)}[/]" if style else escape(text))
 

@@ -14,14 +14,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator, NotRequired, TypedDict
 
 from agent.decision import Decider, Decision
 from agent.knobs import bounds_for, clamp_adjustments
+from agent.records import GeneratorScores, Overfitting, RoundRecord, SessionFeedback
 from agent.store import RunStore
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
+from tools.scoring.records import Analysis, ComparisonReport
 from tools.settings import Settings
 
 LORA = "lora"
@@ -46,6 +48,15 @@ def _emit(hook: Callable[[str], None] | None, message: str) -> None:
         hook(message)
 
 
+class TrainedRound(TypedDict):
+    run_dir: Path | None
+    lora_path: Path | None
+    kohya_path: NotRequired[Path | None]
+    steps: int
+    final_loss: float
+    interrupted: bool
+
+
 @dataclass
 class RoundState:
     """What the stages of the round in progress have produced so far."""
@@ -55,12 +66,12 @@ class RoundState:
     stamp: str
     timings: dict[str, float] = field(default_factory=dict)  # stage → seconds (wall)
     compute: dict[str, float] = field(default_factory=dict)  # stage → seconds inside model code
-    train: dict | None = None
+    train: TrainedRound | None = None
     images: dict[str, list[Path]] | None = None
     skipped: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
-    report: dict | None = None
-    feedback: dict | None = None
+    report: ComparisonReport | None = None
+    feedback: SessionFeedback | None = None
     report_path: Path | None = None
     feedback_path: Path | None = None
 
@@ -92,7 +103,7 @@ class Session:
         interrupted = self.store.data.get("in_progress") or {}
         if interrupted.get("params"):  # resume with what the interrupted round trained with (checkpoints match)
             self.params = dict(interrupted["params"])
-        self.analysis: dict | None = None
+        self.analysis: Analysis | None = None
         self.current: RoundState | None = None
         self.competitors: list[str] = list(settings.competitors)
 
@@ -141,7 +152,7 @@ class Session:
         return self.current
 
     # ---------------------------------------------------------------- analyze
-    def analyze(self, force: bool = False) -> dict:
+    def analyze(self, force: bool = False) -> Analysis:
         """The feature analysis of the references: reused from settings.analysis_path when it
         matches the references' hashes and the CLIP model, else computed and saved there."""
         if self.analysis is not None and not force:
@@ -163,11 +174,11 @@ class Session:
                                                    self.settings.trigger_token, self.settings.character_name,
                                                    cached_path)
                 self._compute("analyze", started)
-                self._say(f"analysis: key features {', '.join(self.analysis.get('key_features', []))}")
+                self._say(f"analysis: key features {', '.join(self.analysis['key_features'])}")
         return self.analysis
 
     # ---------------------------------------------------------------- train
-    def train(self, adjustments: dict | None = None) -> dict:
+    def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
         from tools.training.trainer import train_lora
 
@@ -328,7 +339,7 @@ class Session:
             decision = decider.decide(state.feedback, self.history(), dict(self.params))
         return decision
 
-    def finish_round(self, decision: Decision) -> dict:
+    def finish_round(self, decision: Decision) -> RoundRecord:
         """Apply ``decision`` to the params of the next round and append this round to the history."""
         state = self._round()
         with self._stage("store"):
@@ -485,37 +496,28 @@ def emphasise(text: str, features: list[str], trigger: str = "") -> str:
     return ", ".join(head + wanted + rest)
 
 
-def overfitting_signals(report: dict) -> dict:
+def overfitting_signals(report: ComparisonReport) -> Overfitting:
     """Signs that the LoRA copies references: its closest image to one single reference
     (CLIP cosine and SSIM) and the variety of its own images, all from the comparison report."""
-    rows = [row for row in report.get("images", []) if row.get("generator") == LORA]
-    return {
-        "max_reference_clip": max((row["clip_max"] for row in rows if row.get("clip_max") is not None), default=None),
-        "max_reference_ssim": max((row["ssim"] for row in rows if row.get("ssim") is not None), default=None),
-        "variety": ((report.get("generators") or {}).get(LORA) or {}).get("variety"),
-    }
+    rows = [row for row in report["images"] if row["generator"] == LORA]
+    lora = report["generators"].get(LORA)
+    return {"max_reference_clip": max((row["clip_max"] for row in rows), default=None),
+            "max_reference_ssim": max((row["ssim"] for row in rows), default=None),
+            "variety": lora["variety"] if lora else None}
 
 
-def scores_by_generator(report: dict) -> dict[str, dict]:
-    """generator → {quality, quality_std, clip, features, ssim, band} from a comparison report."""
-    table = {}
-    for name, entry in (report.get("generators") or {}).items():
-        table[name] = {"quality": _mean(entry.get("quality")), "quality_std": _std(entry.get("quality")),
-                       "clip": _mean(entry.get("clip")), "features": _mean(entry.get("features")),
-                       "ssim": _mean(entry.get("ssim")), "band": entry.get("band"), "count": entry.get("count")}
-    return table
-
-
-def _mean(value: Any) -> float | None:
-    return value.get("mean") if isinstance(value, dict) else value
-
-
-def _std(value: Any) -> float | None:
-    return value.get("std") if isinstance(value, dict) else None
+def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
+    """generator → {quality, quality_std, clip, features, ssim, band, count} (means) from a comparison report."""
+    return {name: {"quality": entry["quality"]["mean"], "quality_std": entry["quality"]["std"],
+                   "clip": entry["clip"]["mean"], "features": entry["features"]["mean"],
+                   "ssim": entry["ssim"]["mean"], "band": entry["band"], "count": entry["count"]}
+            for name, entry in (report.get("generators") or {}).items()}
 
 
 def round_record(state: RoundState, store: RunStore, profile: dict, decision: Decision, applied: dict,
-                 notes: list[str], next_params: dict) -> dict:
+                 notes: list[str], next_params: dict) -> RoundRecord:
+    """The history's record of a finished round. Tolerant of missing stages: a round may be recorded
+    before it was scored (then it has no scores)."""
     report = state.report or {}
     feedback = state.feedback or {}
     ceiling = report.get("ceiling")
@@ -528,9 +530,8 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
                   "interrupted": train.get("interrupted")},
         "scores": scores_by_generator(report),
         "ranking": report.get("ranking", []),
-        "ceiling": {"quality": _mean(ceiling.get("quality")), "clip": _mean(ceiling.get("clip")),
-                    "features": _mean(ceiling.get("features")), "ssim": _mean(ceiling.get("ssim"))}
-        if ceiling else None,
+        "ceiling": {"quality": ceiling["quality"]["mean"], "clip": ceiling["clip"]["mean"],
+                    "features": ceiling["features"]["mean"], "ssim": ceiling["ssim"]["mean"]} if ceiling else None,
         "lora_score": feedback.get("lora_score"),
         "band": feedback.get("band"),
         "best_competitor": feedback.get("best_competitor"),
