@@ -4,7 +4,7 @@ The model gets this round's feedback, the earlier rounds, the current parameters
 policy's suggestion, with the guidance in ``prompts/`` (decider, feedback guide, knobs). It may look
 things up with read-only tools and must end with one ``propose_adjustment`` call, whose arguments
 are validated against the schema (ranges = the session's bounds) and then clamped with
-``agent.policy.clamp_adjustments``. Whatever goes wrong — no key, an API error, no proposal after a
+``agent.knobs.clamp_adjustments``. Whatever goes wrong — no key, an API error, no proposal after a
 reminder — the rule policy decides instead, and the reason is logged and kept in the rationale.
 """
 

@@ -19,6 +19,7 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
+from agent.render import number
 from tools.progress import progress_on
 from tools.secrets import redact
 
@@ -98,5 +99,5 @@ class UI:
 
 def _cell(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return number(value)
     return redact(str(value))
