@@ -108,12 +108,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    from agent import ui
+    from agent.ui import UI
+
+    ui = UI(assume_yes=bool(getattr(args, "yes", False)), quiet=bool(getattr(args, "quiet", False)))
     try:
         settings = settings_from_args(args)
         if settings.is_tiny:
             use_one_torch_thread()
-        return int(args.handler(args, settings) or 0)
+        with ui.progress_bars():
+            return int(args.handler(args, settings, ui) or 0)
     except AldarError as error:
         ui.error(str(error))
         return error.exit_code

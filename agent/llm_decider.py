@@ -4,7 +4,7 @@ The model gets this round's feedback, the earlier rounds, the current parameters
 policy's suggestion, with the guidance in ``prompts/`` (decider, feedback guide, knobs). It may look
 things up with read-only tools and must end with one ``propose_adjustment`` call, whose arguments
 are validated against the schema (ranges = the session's bounds) and then clamped with
-``agent.policy.clamp_adjustments``. Whatever goes wrong — no key, an API error, no proposal after a
+``agent.knobs.clamp_adjustments``. Whatever goes wrong — no key, an API error, no proposal after a
 reminder — the rule policy decides instead, and the reason is logged and kept in the rationale.
 """
 
@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.llm_client import is_deepseek, make_client
-from agent.llm_tools import (KNOBS, compare_records, explain_features, feedback_summary, knob_values, record_of,
-                             round_summary, rule_suggestion, with_bounds)
+from agent.decision import Decision
+from agent.knobs import SAFE_BOUNDS, clamp_adjustments, knob_values
+from agent.llm_tools import RoundTools, given_knobs, feedback_summary, round_summary, rule_suggestion
 from agent.loop import ChatLoop, LoopEvents, TurnResult, Usage
-from agent.policy import SAFE_BOUNDS, RulePolicy, clamp_adjustments
+from agent.policy import RulePolicy
 from agent.prompts import decider_system_prompt
-from agent.session import Decision
-from agent.toolspec import ToolSpec, tool_spec
+from tools.atomic import read_json_object
 from tools.errors import AldarError
 from tools.settings import Settings
 
@@ -33,7 +33,7 @@ REMINDER = ("You have not called propose_adjustment yet. Call it now, once, with
 
 
 class LLMDecider:
-    """Implements ``agent.session.Decider`` with an OpenAI-compatible model."""
+    """Implements ``agent.decision.Decider`` with an OpenAI-compatible model."""
 
     def __init__(self, settings: Settings, bounds: dict[str, tuple] | None = None, *, client: Any = None,
                  model: str | None = None, events: LoopEvents | None = None) -> None:
@@ -99,85 +99,48 @@ class LLMDecider:
         payload = {
             "feedback": feedback_summary(feedback),
             "history": [round_summary(r) for r in history[-6:]],
-            "current_params": {k: params[k] for k in KNOBS if k in params},
+            "current_params": knob_values(params),
             "rule_policy_would": rule_suggestion(feedback, history, params, self.bounds),
         }
         return ("Decide the next round. Data (JSON):\n" + json.dumps(payload, ensure_ascii=False, default=str)
                 + f"\nEnd with one {PROPOSE} call.")
 
 
-class DecisionTools:
-    """Read-only tools over the data ``decide`` received, plus the terminal ``propose_adjustment``."""
+class DecisionTools(RoundTools):
+    """The shared read-only tools over the data ``decide`` received, plus the terminal ``propose_adjustment``."""
+
+    TOOLS = (PROPOSE,)
 
     def __init__(self, feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple],
                  results_root: Path) -> None:
-        self.feedback, self.history, self.params, self.bounds = feedback, history, params, bounds
+        super().__init__(bounds)
+        self.feedback, self.rounds, self.params = feedback, history, params
         self.results_root = results_root
         self.proposal: dict | None = None
 
-    def specs(self) -> list[ToolSpec]:
-        feedback, history = self.feedback, self.history
+    def history(self) -> list[dict]:
+        return self.rounds
 
-        def read_feedback(round_number: int | None = None) -> dict:
-            """Read a round's feedback: scores, gaps, weak features, overfitting signs.
+    def feedback_of(self, round_number: int | None) -> dict | None:
+        if not round_number or round_number == self.feedback.get("round"):
+            return self.feedback
+        for record in self.rounds:
+            path = (record.get("paths") or {}).get("feedback") if record.get("round") == round_number else None
+            if path:
+                return read_json_object(self.results_root / path)
+        return None
 
-            Args:
-                round_number: Which round; by default the one being decided.
-            """
-            if not round_number or round_number == feedback.get("round"):
-                return {"ok": True, **feedback_summary(feedback)}
-            record = record_of(history, round_number)
-            path = (record.get("paths") or {}).get("feedback")
-            full = self.results_root / path if path else None
-            if full and full.is_file():
-                return {"ok": True, **feedback_summary(json.loads(full.read_text(encoding="utf-8")))}
-            return {"ok": True, **round_summary(record)}
+    def propose_adjustment(self, rationale: str, stop: bool = False, **knobs: Any) -> dict:
+        """Decide the next round: the knobs to change (leave out the ones that stay) and why.
 
-        def list_rounds() -> dict:
-            """List the finished rounds with their scores, parameters and decisions."""
-            return {"ok": True, "rounds": [round_summary(r) for r in history]}
-
-        def compare_rounds(first: int, second: int) -> dict:
-            """Compare two finished rounds: changed parameters and score changes.
-
-            Args:
-                first: The earlier round number.
-                second: The later round number.
-            """
-            return {"ok": True, **compare_records(record_of(history, first), record_of(history, second))}
-
-        def explain_feature(feature: str | None = None) -> dict:
-            """Explain why key features are weak in this round's feedback.
-
-            Args:
-                feature: One feature phrase; by default every weak one.
-            """
-            return {"ok": True, "features": explain_features(feedback, feature)}
-
-        def propose_adjustment(rationale: str, stop: bool = False, steps: int | None = None,
-                               learning_rate: float | None = None, rank: int | None = None,
-                               alpha: float | None = None, lora_scale: float | None = None,
-                               feature_emphasis: list[str] | None = None) -> dict:
-            """Decide the next round: the knobs to change (leave out the ones that stay) and why.
-
-            Args:
-                rationale: One sentence naming the feedback signal behind the change.
-                stop: True only when further rounds cannot help.
-                steps: Optimiser steps of the next round.
-                learning_rate: Optimiser step size.
-                rank: LoRA rank (capacity).
-                alpha: LoRA alpha (strength is alpha / rank).
-                lora_scale: LoRA strength when generating.
-                feature_emphasis: Key feature phrases to stress in the captions and prompt.
-            """
-            adjustments = knob_values(steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha,
-                                      lora_scale=lora_scale, feature_emphasis=feature_emphasis)
-            self.proposal = {"adjustments": adjustments, "rationale": rationale, "stop": stop}
-            applied, notes = clamp_adjustments(self.params, adjustments, self.bounds)
-            return {"ok": True, "accepted": applied, "notes": notes}
-
-        with_bounds(propose_adjustment, self.bounds)
-        return [tool_spec(f) for f in (read_feedback, list_rounds, compare_rounds, explain_feature, propose_adjustment)]
+        Args:
+            rationale: One sentence naming the feedback signal behind the change.
+            stop: True only when further rounds cannot help.
+        """
+        adjustments = given_knobs(knobs)
+        self.proposal = {"adjustments": adjustments, "rationale": rationale, "stop": stop}
+        applied, notes = clamp_adjustments(self.params, adjustments, self.bounds)
+        return {"ok": True, "accepted": applied, "notes": notes}
 
 
 def make_decider(settings: Settings, bounds: dict[str, tuple], events: LoopEvents | None = None):

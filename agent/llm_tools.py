@@ -1,54 +1,32 @@
-"""The tools the LLM may call, as typed, documented functions over a ``Session``.
+"""The tools the LLM may call: methods of small classes over a ``Session`` or a decider's data.
 
-Each tool's JSON schema is derived from its signature and docstring (``agent.toolspec``); the
-ranges of the adjustable knobs come from ``session.bounds`` (the same bounds the clamp uses), so the
-schema the model sees, the validation of its arguments and the clamp never disagree.
-Results are small JSON-able dicts: the model's context is precious.
+Each tool's JSON schema is derived from its signature and docstring (``agent.toolspec``). The knob
+parameters are not written out per tool: a tool takes ``**knobs`` and the schema builder expands
+the knob group of ``agent.knobs`` there, ranged by this session's bounds (the same bounds the clamp
+uses), so the schema the model sees, the validation of its arguments and the clamp never disagree.
+Results are small JSON-able dicts: the model's context is precious. The helpers read feedback and
+records from disk too (older histories lack newer keys), so they read optional keys with ``.get``.
 
-The read-only helpers (``feedback_summary``, ``explain_features``, ``compare_records`` …) are also used
-by the slash commands (no LLM) and by the LLM decider.
+``RoundTools`` holds the read-only tools both the chat (``SessionTools``) and the LLM decider
+(``agent.llm_decider.DecisionTools``) offer. Every change to the session goes through ``Session``
+methods. The read-only helpers below (``feedback_summary``, ``explain_features`` …) are also used
+by the slash commands (no LLM) and by the LLM decider's briefing.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
-from agent import ui
+from agent.decision import Decision
+from agent.knobs import NAMES as KNOBS
+from agent.knobs import knob_parameters, knob_values
+from agent.records import RoundRecord, SessionFeedback
 from agent.toolspec import Range, ToolSpec, tool_spec
 from tools.atomic import read_json_object
 from tools.errors import InputError
 
 if TYPE_CHECKING:
-    from agent.session import Decision, Session
-
-KNOBS = ("steps", "learning_rate", "rank", "alpha", "lora_scale", "feature_emphasis")
-INTEGER_KNOBS = ("steps", "rank")
-
-
-# --------------------------------------------------------------------------- knob schema from the bounds
-def knob_annotations(bounds: dict[str, tuple]) -> dict[str, Any]:
-    """Optional typed annotations with ``Range`` metadata, one per adjustable knob in ``bounds``."""
-    annotations: dict[str, Any] = {}
-    for name, (low, high) in bounds.items():
-        if name == "feature_emphasis":
-            annotations[name] = Optional[list[str]]
-        elif name in INTEGER_KNOBS:
-            annotations[name] = Optional[Annotated[int, Range(low, high)]]
-        else:
-            annotations[name] = Optional[Annotated[float, Range(low, high)]]
-    return annotations
-
-
-def with_bounds(function: Any, bounds: dict[str, tuple]) -> Any:
-    """Give a freshly defined function's knob parameters the ranges of this session's bounds."""
-    for name, annotation in knob_annotations(bounds).items():
-        if name in function.__annotations__:
-            function.__annotations__[name] = annotation
-    return function
-
-
-def knob_values(**values: Any) -> dict[str, Any]:
-    return {name: value for name, value in values.items() if name in KNOBS and value is not None}
+    from agent.session import Session
 
 
 # --------------------------------------------------------------------------- read-only helpers
@@ -56,7 +34,7 @@ def _round3(value: Any) -> Any:
     return round(value, 3) if isinstance(value, float) else value
 
 
-def feedback_summary(feedback: dict) -> dict:
+def feedback_summary(feedback: SessionFeedback) -> dict:
     """The feedback's decision-relevant part, numbers rounded."""
     gaps = feedback.get("metric_gaps") or {}
     return {
@@ -77,16 +55,16 @@ def feedback_summary(feedback: dict) -> dict:
     }
 
 
-def round_summary(record: dict) -> dict:
+def round_summary(record: RoundRecord) -> dict:
     params = record.get("params") or {}
     return {"round": record.get("round"), "lora_score": _round3(record.get("lora_score")), "band": record.get("band"),
             "best_competitor": record.get("best_competitor"), "score_gap": _round3(record.get("score_gap")),
-            "params": {k: params[k] for k in KNOBS if k in params},
+            "params": knob_values(params),
             "decided_by": record.get("decided_by"), "rationale": record.get("rationale"),
             "adjustments": (record.get("decision") or {}).get("adjustments")}
 
 
-def compare_records(first: dict, second: dict) -> dict:
+def compare_records(first: RoundRecord, second: RoundRecord) -> dict:
     """What changed between two rounds: parameters, then scores per generator and metric."""
     params_a, params_b = first.get("params") or {}, second.get("params") or {}
     changed = {k: {"from": params_a.get(k), "to": params_b.get(k)} for k in KNOBS
@@ -103,7 +81,7 @@ def compare_records(first: dict, second: dict) -> dict:
     return {"rounds": [first.get("round"), second.get("round")], "changed_params": changed, "scores": scores}
 
 
-def explain_features(feedback: dict, feature: str | None = None) -> list[dict]:
+def explain_features(feedback: SessionFeedback, feature: str | None = None) -> list[dict]:
     """Why key features are weak, from the feedback alone (no LLM): pass rates against the target,
     what the gap means and which knob addresses it. One entry per weak feature (or the one asked for)."""
     gaps = feedback.get("feature_gaps") or []
@@ -150,17 +128,6 @@ def latest_feedback(session: "Session") -> dict | None:
     return read_json_object(files[-1]) if files else None
 
 
-def feedback_of_round(session: "Session", number: int) -> dict | None:
-    if session.current is not None and session.current.number == number and session.current.feedback is not None:
-        return session.current.feedback
-    for record in session.history():
-        if record.get("round") == number:
-            return read_json_object(session.store.absolute((record.get("paths") or {}).get("feedback")))
-    return None
-
-
-
-
 def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple]) -> dict:
     from agent.policy import RulePolicy
 
@@ -176,167 +143,180 @@ def record_of(history: list[dict], number: int) -> dict:
     raise InputError(f"there is no finished round {number}", f"finished rounds: {known}")
 
 
-def finish_scored_round(session: "Session", decision: "Decision") -> dict | None:
-    """Record the round in progress if it has been scored (a manual train → generate → score)."""
-    if session.current is not None and session.current.feedback is not None:
-        return session.finish_round(decision)
-    return None
-
-
-def remember_next_params(session: "Session", applied: dict, rationale: str, decided_by: str) -> None:
-    """Between rounds, a change must outlive this chat: the next Session starts from the last
-    record's ``next_params``, so update it there, and note who changed it and why."""
-    if not applied or session.current is not None or not session.store.rounds:
-        return
-    last = session.store.rounds[-1]
-    last["next_params"] = dict(session.params)
-    last.setdefault("next_params_changes", []).append(
-        {"adjustments": applied, "rationale": rationale, "decided_by": decided_by})
-    session.store.save()
-
-
-
-
 # --------------------------------------------------------------------------- the tools
-def build_session_tools(session: "Session", *, assume_yes: bool = False, decided_by: str = "llm") -> list[ToolSpec]:
-    """The chat assistant's tools over ``session``; ``decided_by`` labels adjustments it records."""
-    from agent.policy import clamp_adjustments
-    from agent.session import Decision
+class RoundTools:
+    """The read-only tools over finished rounds and their feedback, shared by the chat and the decider.
 
-    def analyze_references(force: bool = False) -> dict:
-        """Analyse the reference pictures with CLIP: the character's key features and the training prompt.
+    A subclass says where the data comes from (``history``, ``feedback_of``, ``results_root``) and
+    lists its own tools in ``TOOLS``; ``specs()`` derives every tool's schema.
+    """
 
-        Args:
-            force: Recompute even when a saved analysis of the same references exists.
-        """
-        analysis = session.analyze(force=force)
-        categories = {name: [t.get("feature") for t in (entry.get("top") or [])]
-                      for name, entry in (analysis.get("categories") or {}).items()}
-        return {"key_features": analysis.get("key_features"), "training_prompt": analysis.get("training_prompt"),
-                "categories": categories, "references": len(analysis.get("references") or [])}
+    READ_ONLY = ("read_feedback", "list_rounds", "compare_rounds", "explain_feature")
+    TOOLS: tuple[str, ...] = ()
 
-    def train_lora(steps: int | None = None, learning_rate: float | None = None, rank: int | None = None,
-                   alpha: float | None = None, lora_scale: float | None = None,
-                   feature_emphasis: list[str] | None = None) -> dict:
-        """Train the LoRA for the next round (asks the user first). Optional arguments adjust the parameters first.
+    def __init__(self, bounds: dict[str, tuple]) -> None:
+        self.bounds = bounds
 
-        Args:
-            steps: Optimiser steps.
-            learning_rate: Optimiser step size.
-            rank: LoRA rank (capacity).
-            alpha: LoRA alpha (strength is alpha / rank).
-            lora_scale: LoRA strength when generating.
-            feature_emphasis: Key feature phrases to stress in the captions and prompt.
-        """
-        adjustments = knob_values(steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha,
-                                  lora_scale=lora_scale, feature_emphasis=feature_emphasis)
-        if not ui.confirm(f"Train round {session.next_round_number}'s LoRA now?", assume_yes):
-            return {"ok": False, "error": "the user declined training; do not ask again this turn"}
-        finish_scored_round(session, Decision(adjustments, "adjusted in chat", decided_by))
-        applied, notes = clamp_adjustments(session.params, adjustments, session.bounds)
-        result = session.train(applied or None)
-        return {"ok": True, "round": session.current.number if session.current else None,
-                "steps": result.get("steps"), "final_loss": _round3(result.get("final_loss")),
-                "interrupted": result.get("interrupted"), "lora": session.store.relative(result.get("lora_path")),
-                "applied": applied, "notes": notes}
+    # ---- data sources (subclasses)
+    def history(self) -> list[dict]:
+        raise NotImplementedError
 
-    def generate_images(prompt: str | None = None) -> dict:
-        """Generate this round's images: the LoRA, the base model and every configured hosted competitor.
+    def feedback_of(self, round_number: int | None) -> dict | None:
+        """The feedback of ``round_number`` (None: the latest one), or None when there is none."""
+        raise NotImplementedError
 
-        Args:
-            prompt: A test prompt; by default the configured one with the emphasised features.
-        """
-        paid = session.keyed_competitors()
-        if paid and not ui.confirm(f"Ask the paid APIs ({', '.join(paid)}) for images?", assume_yes):
-            session.competitors = [c for c in session.competitors if c not in paid]
-        images = session.generate([prompt] if prompt else None)
-        return {"ok": True, "round": session.current.number if session.current else None,
-                "images": {name: len(paths) for name, paths in images.items()},
-                "skipped": list(session.current.skipped) if session.current else []}
+    def rounds_extra(self) -> dict:
+        """What ``list_rounds`` adds beside the rounds."""
+        return {}
 
-    def score_round() -> dict:
-        """Score this round's images against the references and write the comparison report and feedback."""
-        result = session.score()
-        report = result["report"]
-        return {"ok": True, "ranking": [{k: _round3(v) for k, v in row.items()} for row in report.get("ranking", [])],
-                "feedback": feedback_summary(result["feedback"]),
-                "feedback_file": session.store.relative(result.get("feedback_path"))}
+    def specs(self) -> list[ToolSpec]:
+        groups = {"knobs": knob_parameters(self.bounds)}
+        return [tool_spec(getattr(self, name), groups=groups) for name in self.READ_ONLY + self.TOOLS]
 
-    def read_feedback(round_number: int | None = None) -> dict:
+    # ---- the tools
+    def read_feedback(self, round_number: int | None = None) -> dict:
         """Read the feedback of a round: scores, gaps to the best competitor, weak features, overfitting signs.
 
         Args:
-            round_number: Which round; by default the latest one with feedback.
+            round_number: Which round; by default the latest one (the one being decided).
         """
-        feedback = feedback_of_round(session, round_number) if round_number else latest_feedback(session)
-        if feedback is None:
-            return {"ok": False, "error": "no feedback yet: train, generate and score a round first"}
-        return {"ok": True, **feedback_summary(feedback)}
+        feedback = self.feedback_of(round_number)
+        if feedback is not None:
+            return {"ok": True, **feedback_summary(feedback)}
+        if round_number:
+            return {"ok": True, **round_summary(record_of(self.history(), round_number))}
+        return {"ok": False, "error": "no feedback yet: train, generate and score a round first"}
 
-    def list_rounds() -> dict:
+    def list_rounds(self) -> dict:
         """List the finished rounds: score, band, parameters, who decided the next change and why."""
-        rounds = [round_summary(r) for r in session.history()]
-        return {"ok": True, "rounds": rounds, "in_progress": session.current.number if session.current else None,
-                "next_params": {k: session.params[k] for k in KNOBS if k in session.params}}
+        return {"ok": True, "rounds": [round_summary(r) for r in self.history()], **self.rounds_extra()}
 
-    def compare_rounds(first: int, second: int) -> dict:
+    def compare_rounds(self, first: int, second: int) -> dict:
         """Compare two finished rounds: which parameters changed and how each score moved.
 
         Args:
             first: The earlier round number.
             second: The later round number.
         """
-        history = session.history()
+        history = self.history()
         return {"ok": True, **compare_records(record_of(history, first), record_of(history, second))}
 
-    def propose_adjustment() -> dict:
-        """Ask the built-in rule policy what it would change next, from the latest feedback (nothing is applied)."""
-        feedback = latest_feedback(session)
+    def explain_feature(self, feature: str | None = None) -> dict:
+        """Explain why key features are weak in the latest feedback, and which knob addresses each.
+
+        Args:
+            feature: One feature phrase (e.g. "thin mustache"); by default every weak one.
+        """
+        feedback = self.feedback_of(None)
         if feedback is None:
             return {"ok": False, "error": "no feedback yet: score a round first"}
-        return {"ok": True, **rule_suggestion(feedback, session.history(), dict(session.params), session.bounds)}
+        return {"ok": True, "features": explain_features(feedback, feature)}
 
-    def apply_adjustment(rationale: str, steps: int | None = None, learning_rate: float | None = None,
-                         rank: int | None = None, alpha: float | None = None, lora_scale: float | None = None,
-                         feature_emphasis: list[str] | None = None) -> dict:
+
+class SessionTools(RoundTools):
+    """The chat assistant's tools over a ``Session``; ``confirm`` asks the user before long or paid work."""
+
+    TOOLS = ("analyze_references", "train_lora", "generate_images", "score_round", "suggest_adjustment",
+             "apply_adjustment", "write_story")
+
+    def __init__(self, session: "Session", confirm: Callable[[str], bool], decided_by: str = "llm") -> None:
+        super().__init__(session.bounds)
+        self.session, self.confirm, self.decided_by = session, confirm, decided_by
+
+    def history(self) -> list[dict]:
+        return self.session.history()
+
+    def feedback_of(self, round_number: int | None) -> dict | None:
+        session = self.session
+        if not round_number:
+            return latest_feedback(session)
+        if session.current is not None and session.current.number == round_number:
+            return session.current.feedback
+        for record in session.history():
+            if record.get("round") == round_number:
+                return read_json_object(session.store.absolute((record.get("paths") or {}).get("feedback")))
+        return None
+
+    def rounds_extra(self) -> dict:
+        session = self.session
+        return {"in_progress": session.current.number if session.current else None,
+                "next_params": knob_values(session.params)}
+
+    def analyze_references(self, force: bool = False) -> dict:
+        """Analyse the reference pictures with CLIP: the character's key features and the training prompt.
+
+        Args:
+            force: Recompute even when a saved analysis of the same references exists.
+        """
+        analysis = self.session.analyze(force=force)
+        categories = {name: [t.get("feature") for t in (entry.get("top") or [])]
+                      for name, entry in (analysis.get("categories") or {}).items()}
+        return {"key_features": analysis.get("key_features"), "training_prompt": analysis.get("training_prompt"),
+                "categories": categories, "references": len(analysis.get("references") or [])}
+
+    def train_lora(self, **knobs: Any) -> dict:
+        """Train the LoRA for the next round (asks the user first). Optional knob arguments adjust the parameters first."""
+        session = self.session
+        if not self.confirm(f"Train round {session.next_round_number}'s LoRA now?"):
+            return {"ok": False, "error": "the user declined training; do not ask again this turn"}
+        adjustments = given_knobs(knobs)
+        session.finish_scored_round(Decision(adjustments, "adjusted in chat", self.decided_by))
+        applied, notes = session.apply(adjustments)
+        result = session.train()
+        return {"ok": True, "round": session.current.number if session.current else None,
+                "steps": result.get("steps"), "final_loss": _round3(result.get("final_loss")),
+                "interrupted": result.get("interrupted"), "lora": session.store.relative(result.get("lora_path")),
+                "applied": applied, "notes": notes}
+
+    def generate_images(self, prompt: str | None = None) -> dict:
+        """Generate this round's images: the LoRA, the base model and every configured hosted competitor.
+
+        Args:
+            prompt: A test prompt; by default the configured one with the emphasised features.
+        """
+        session = self.session
+        paid = session.keyed_competitors()
+        if paid and not self.confirm(f"Ask the paid APIs ({', '.join(paid)}) for images?"):
+            session.skip_competitors(paid)
+        images = session.generate([prompt] if prompt else None)
+        return {"ok": True, "round": session.current.number if session.current else None,
+                "images": {name: len(paths) for name, paths in images.items()},
+                "skipped": list(session.current.skipped) if session.current else []}
+
+    def score_round(self) -> dict:
+        """Score this round's images against the references and write the comparison report and feedback."""
+        result = self.session.score()
+        report = result["report"]
+        return {"ok": True, "ranking": [{k: _round3(v) for k, v in row.items()} for row in report.get("ranking", [])],
+                "feedback": feedback_summary(result["feedback"]),
+                "feedback_file": self.session.store.relative(result.get("feedback_path"))}
+
+    def suggest_adjustment(self) -> dict:
+        """Ask the built-in rule policy what it would change next, from the latest feedback (nothing is applied)."""
+        feedback = latest_feedback(self.session)
+        if feedback is None:
+            return {"ok": False, "error": "no feedback yet: score a round first"}
+        return {"ok": True, **rule_suggestion(feedback, self.session.history(), dict(self.session.params),
+                                              self.bounds)}
+
+    def apply_adjustment(self, rationale: str, **knobs: Any) -> dict:
         """Set the parameters of the next training round (validated and clamped to the safe ranges).
 
         A round that was already scored is recorded in the history with this decision.
 
         Args:
             rationale: One sentence: which signal in the feedback motivates the change.
-            steps: Optimiser steps.
-            learning_rate: Optimiser step size.
-            rank: LoRA rank (capacity).
-            alpha: LoRA alpha (strength is alpha / rank).
-            lora_scale: LoRA strength when generating.
-            feature_emphasis: Key feature phrases to stress in the captions and prompt.
         """
-        adjustments = knob_values(steps=steps, learning_rate=learning_rate, rank=rank, alpha=alpha,
-                                  lora_scale=lora_scale, feature_emphasis=feature_emphasis)
-        recorded = finish_scored_round(session, Decision(adjustments, rationale, decided_by))
+        session = self.session
+        adjustments = given_knobs(knobs)
+        recorded = session.finish_scored_round(Decision(adjustments, rationale, self.decided_by))
         if recorded is not None:
             return {"ok": True, "recorded_round": recorded["round"], "applied": recorded["decision"]["adjustments"],
-                    "notes": recorded["decision"]["clamped"],
-                    "next_params": {k: session.params[k] for k in KNOBS if k in session.params}}
-        applied, notes = clamp_adjustments(session.params, adjustments, session.bounds)
-        session.params.update(applied)
-        remember_next_params(session, applied, rationale, decided_by)
-        return {"ok": True, "applied": applied, "notes": notes,
-                "next_params": {k: session.params[k] for k in KNOBS if k in session.params}}
+                    "notes": recorded["decision"]["clamped"], "next_params": knob_values(session.params)}
+        applied, notes = session.set_next_params(adjustments, rationale, self.decided_by)
+        return {"ok": True, "applied": applied, "notes": notes, "next_params": knob_values(session.params)}
 
-    def explain_feature(feature: str | None = None) -> dict:
-        """Explain why key features are weak in the latest feedback, and which knob addresses each.
-
-        Args:
-            feature: One feature phrase (e.g. "thin mustache"); by default every weak one.
-        """
-        feedback = latest_feedback(session)
-        if feedback is None:
-            return {"ok": False, "error": "no feedback yet: score a round first"}
-        return {"ok": True, "features": explain_features(feedback, feature)}
-
-    def write_story(idea: str, scenes: int = 4) -> dict:
+    def write_story(self, idea: str, scenes: Annotated[int, Range(3, 6)] = 4) -> dict:
         """Write a short Aldar Köse tale (text only) with the LLM; `aldar story` also illustrates it.
 
         Args:
@@ -347,12 +327,11 @@ def build_session_tools(session: "Session", *, assume_yes: bool = False, decided
             from agent import story
         except ImportError:
             return {"ok": False, "error": "story writing is not available in this installation"}
-        tale = story.write_story(session.settings, idea, scenes)
+        tale = story.write_story(self.session.settings, idea, scenes)
         return {"ok": True, "title": tale.get("title"), "scenes": [s.get("text") for s in tale.get("scenes", [])]}
 
-    write_story.__annotations__["scenes"] = Annotated[int, Range(3, 6)]
-    with_bounds(train_lora, session.bounds)
-    with_bounds(apply_adjustment, session.bounds)
-    functions = [analyze_references, train_lora, generate_images, score_round, read_feedback, list_rounds,
-                 compare_rounds, propose_adjustment, apply_adjustment, explain_feature, write_story]
-    return [tool_spec(function) for function in functions]
+
+def given_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
+    """The knob arguments the model actually sent (it may send null for the ones that stay)."""
+    return {name: value for name, value in knobs.items() if name in KNOBS and value is not None}
+

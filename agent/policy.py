@@ -8,24 +8,12 @@ rationale naming the signal that triggered it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.session import Decision
-
-# Hyperparameters the deciders may change, with their safe range. Steps and rank
-# are integers; feature_emphasis is a list of at most MAX_EMPHASIS feature phrases.
-SAFE_BOUNDS: dict[str, tuple] = {
-    "steps": (100, 5000),
-    "learning_rate": (1e-6, 1e-3),
-    "rank": (1, 128),
-    "alpha": (0.5, 256),
-    "lora_scale": (0.3, 1.5),
-    "feature_emphasis": (0, 4),  # list length
-}
-INTEGER_PARAMS = ("steps", "rank")
-MAX_EMPHASIS = SAFE_BOUNDS["feature_emphasis"][1]
+from agent.decision import Decision
+from agent.records import SessionFeedback
+from agent.knobs import MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number
 
 # Thresholds (scores are 0-1). CLIP similarity of SDXL character LoRAs to their
 # references typically sits at 0.7-0.85; below 0.6 the character is not there yet.
@@ -56,86 +44,27 @@ class Signals:
     variety: float | None = None
 
 
-def read_signals(feedback: dict[str, Any]) -> Signals:
-    """Pull the policy's inputs out of a feedback dict.
+def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
+    """Pull the policy's inputs out of a feedback dict; tolerant, as the LLM decider and older feedback
+    files may hand it a part of one (missing values stay None).
 
-    ``metric_gaps`` and ``feature_gaps`` come from ``tools.scorer.build_feedback``;
+    ``metric_gaps`` and ``feature_gaps`` come from ``tools.scoring.scorer.build_feedback``;
     ``overfitting`` is added by ``Session.score`` (see docs/ARCHITECTURE.md).
     """
     gaps = feedback.get("metric_gaps") or {}
     overfit = feedback.get("overfitting") or {}
     missed = [g["feature"] for g in feedback.get("feature_gaps") or []
-              if g.get("feature") and (_number(g.get("lora_pass_rate")) or 0.0) < MISSED_PASS_RATE]
+              if g.get("feature") and (finite_number(g.get("lora_pass_rate")) or 0.0) < MISSED_PASS_RATE]
     return Signals(
-        lora_score=_number(feedback.get("lora_score")),
-        clip=_number((gaps.get("clip") or {}).get("lora")),
-        features=_number((gaps.get("features") or {}).get("lora")),
-        ssim=_number((gaps.get("ssim") or {}).get("lora")),
+        lora_score=finite_number(feedback.get("lora_score")),
+        clip=finite_number((gaps.get("clip") or {}).get("lora")),
+        features=finite_number((gaps.get("features") or {}).get("lora")),
+        ssim=finite_number((gaps.get("ssim") or {}).get("lora")),
         missed_features=[str(m) for m in missed],
-        max_reference_clip=_number(overfit.get("max_reference_clip")),
-        max_reference_ssim=_number(overfit.get("max_reference_ssim")),
-        variety=_number(overfit.get("variety")),
+        max_reference_clip=finite_number(overfit.get("max_reference_clip")),
+        max_reference_ssim=finite_number(overfit.get("max_reference_ssim")),
+        variety=finite_number(overfit.get("variety")),
     )
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a float; None for non-numbers and NaN/infinity (NaN passes min/max clamping unchanged)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond float range
-        return None
-    return number if math.isfinite(number) else None
-
-
-def clamp_adjustments(params: dict[str, Any], adjustments: dict[str, Any],
-                      bounds: dict[str, tuple] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Keep only known parameters, each inside its safe range.
-
-    Returns the clamped adjustments and one note per value that was changed or
-    dropped, so the history shows what a decider asked for versus what ran.
-    """
-    bounds = bounds or SAFE_BOUNDS
-    clamped: dict[str, Any] = {}
-    notes: list[str] = []
-    for name, value in adjustments.items():
-        if name not in bounds:
-            notes.append(f"dropped unknown parameter {name!r}")
-            continue
-        low, high = bounds[name]
-        if name == "feature_emphasis":
-            phrases = [value] if isinstance(value, str) else list(value or [])
-            phrases = list(dict.fromkeys(str(p).strip() for p in phrases if str(p).strip()))
-            if len(phrases) > high:
-                notes.append(f"feature_emphasis cut from {len(phrases)} to {high} phrases")
-            clamped[name] = phrases[:high]
-            continue
-        number = _number(value)
-        if number is None:
-            notes.append(f"dropped {name}={value!r}: not a number")
-            continue
-        bounded = min(max(number, low), high)
-        if name in INTEGER_PARAMS:
-            bounded = int(round(bounded))
-        if bounded != number:
-            notes.append(f"{name} {value} clamped to {bounded} (safe range {low}-{high})")
-        clamped[name] = bounded
-    return clamped, notes
-
-
-def bounds_for(default_params: dict[str, Any], tiny: bool) -> dict[str, tuple]:
-    """SAFE_BOUNDS, or on tiny: steps capped at twice the profile's default, and the higher
-    learning rates the tiny trainer uses (random weights learn nothing at SDXL's 1e-4).
-
-    Tiny runs check the pipeline in seconds; letting rounds multiply the steps there
-    would only make them slower without meaning anything.
-    """
-    if not tiny:
-        return SAFE_BOUNDS
-    steps = int(default_params.get("steps") or 1)
-    top_lr = max(1e-2, float(default_params.get("learning_rate") or 0.0))
-    return {**SAFE_BOUNDS, "steps": (1, max(steps, 2) * 2), "learning_rate": (1e-6, top_lr)}
 
 
 class RulePolicy:
@@ -185,7 +114,7 @@ class RulePolicy:
 def previous_variety(history: list[dict]) -> float | None:
     """The variety of the LoRA's images in the last finished round (None when unknown)."""
     for record in reversed(history):
-        value = _number((record.get("overfitting") or {}).get("variety"))
+        value = finite_number((record.get("overfitting") or {}).get("variety"))
         if value is not None:
             return value
     return None

@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from string import Template
 
+from agent.knobs import bounds_table
 from tools.errors import ConfigError
 from tools.settings import PROJECT_ROOT, Settings
 
 PROMPTS_DIR = PROJECT_ROOT / "prompts"
-KNOB_ORDER = ("steps", "learning_rate", "rank", "alpha", "lora_scale", "feature_emphasis")
 
 
 def load_prompt(name: str, folder: Path | None = None, **values: object) -> str:
@@ -23,17 +23,6 @@ def load_prompt(name: str, folder: Path | None = None, **values: object) -> str:
     except OSError:
         raise ConfigError(f"prompt file {path} is missing", "restore the prompts/ folder from the repository") from None
     return Template(text).safe_substitute({k: str(v) for k, v in values.items()}).strip()
-
-
-def bounds_table(bounds: dict[str, tuple]) -> str:
-    lines = []
-    for name in sorted(bounds, key=lambda n: KNOB_ORDER.index(n) if n in KNOB_ORDER else len(KNOB_ORDER)):
-        low, high = bounds[name]
-        if name == "feature_emphasis":
-            lines.append(f"- feature_emphasis: at most {high} phrases")
-        else:
-            lines.append(f"- {name}: {low:g} … {high:g}")
-    return "\n".join(lines)
 
 
 def _common(settings: Settings, bounds: dict[str, tuple]) -> dict[str, str]:

@@ -4,7 +4,7 @@ Slash commands need no LLM at all; plain text goes to the LLM with the tools of
 ``agent.llm_tools``. Input: history in ``$ALDAR_CACHE/chat_history`` (default ``~/.cache/aldar``),
 Tab completes commands, Esc+Enter inserts a newline, and a line ending in ``\\`` continues on
 the next one. Ctrl-C cancels the running action (training stops at a checkpoint) and returns to the
-prompt; Ctrl-C twice at the prompt, Ctrl-D, or /quit leaves. All output goes through ``agent.ui``.
+prompt; Ctrl-C twice at the prompt, Ctrl-D, or /quit leaves. All output goes through one ``agent.ui.UI``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
 
-from agent import ui
+from agent import render
 from agent.llm_client import KEY_HELP, describe_endpoint, resolve_endpoint
-from agent.llm_tools import KNOBS, build_session_tools, explain_features, finish_scored_round, latest_feedback
+from agent.decision import Decision
+from agent.knobs import NAMES as KNOBS
+from agent.knobs import knob_completions, parse_knob_arguments
+from agent.llm_tools import SessionTools, explain_features, latest_feedback
 from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
+from agent.ui import UI
 from tools.atomic import atomic_write_json
 from tools.errors import AldarError, ConfigError, InputError
 from tools.secrets import KEY_NAMES, api_key, mask, redact
@@ -51,10 +55,10 @@ class Command:
 class Repl:
     """One chat: a lazily opened ``Session`` (it locks the results folder) and an optional LLM."""
 
-    def __init__(self, settings: Settings, *, assume_yes: bool = False, quiet: bool = False) -> None:
+    def __init__(self, settings: Settings, ui: UI | None = None) -> None:
         self.settings = settings
-        self.assume_yes = assume_yes
-        self.quiet = quiet
+        self.ui = ui or UI()
+        self.quiet = self.ui.quiet
         self._session = None
         self.loop: ChatLoop | None = None
         self.model = ""
@@ -68,13 +72,13 @@ class Repl:
         if self._session is None:
             from agent.session import Session
 
-            self._session = Session(self.settings, assume_yes=self.assume_yes, quiet=self.quiet)
+            self._session = Session(self.settings, quiet=self.quiet, events=self.ui.session_events())
         return self._session
 
     def close(self) -> None:
         if self.loop is not None and self.loop.usage.requests:
             usage = self.loop.usage
-            ui.info(f"[dim]LLM tokens this session: {usage.total_tokens:,} "
+            self.ui.info(f"[dim]LLM tokens this session: {usage.total_tokens:,} "
                     f"({usage.prompt_tokens:,} in, {usage.completion_tokens:,} out, {usage.requests} requests)[/dim]")
         if self._session is not None:
             self._session.close()
@@ -91,13 +95,13 @@ class Repl:
                 return self._slash(text)
             self.chat(text)
         except AldarError as error:
-            ui.error(str(error))
+            self.ui.error(str(error))
             self.last_failed = True
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # a bug in one action must not end the chat; the log keeps the traceback
             log.debug("action failed", exc_info=True)
-            ui.error(escape(f"{text.split()[0]} failed: {type(error).__name__}: {error}"))
+            self.ui.error(escape(f"{text.split()[0]} failed: {type(error).__name__}: {error}"))
             self.last_failed = True
         return True
 
@@ -131,10 +135,10 @@ class Repl:
         reason = self.llm_ready()
         if reason:
             self.last_failed = True
-            ui.warn(reason)
+            self.ui.warn(reason)
             return
         loop = self._chat_loop()
-        renderer = StreamRenderer()
+        renderer = StreamRenderer(self.ui)
         loop.events = LoopEvents(on_text=renderer.feed, on_tool_start=renderer.tool_start,
                                  on_tool_end=renderer.tool_end)
         try:
@@ -143,10 +147,10 @@ class Repl:
             renderer.finish()
             self._save_transcript()
         if result.stop_reason != "answer":
-            ui.warn(result.text)  # step limit or a repeated failing call: say why the turn ended
+            self.ui.warn(result.text)  # step limit or a repeated failing call: say why the turn ended
         elif not renderer.streamed_text:
-            ui.markdown(result.text)
-        ui.info(f"[dim]tokens: {result.usage.total_tokens:,} this turn · {loop.usage.total_tokens:,} this session[/dim]")
+            self.ui.markdown(result.text)
+        self.ui.info(f"[dim]tokens: {result.usage.total_tokens:,} this turn · {loop.usage.total_tokens:,} this session[/dim]")
 
     def _chat_loop(self) -> ChatLoop:
         if self.loop is None:
@@ -155,7 +159,7 @@ class Repl:
 
             client, self.model = make_client(self.settings)
             session = self.session
-            tools = build_session_tools(session, assume_yes=self.assume_yes, decided_by=f"llm:{self.model}")
+            tools = SessionTools(session, self.ui.confirm, decided_by=f"llm:{self.model}").specs()
             self.loop = ChatLoop(client, self.model, tools, system_prompt=chat_system_prompt(self.settings, session.bounds),
                                  max_steps=self.settings.llm_max_steps, thinking=self.settings.llm_thinking)
         return self.loop
@@ -167,7 +171,7 @@ class Repl:
         try:
             atomic_write_json(path, self.loop.transcript())
         except OSError as exc:
-            ui.warn(f"could not save the chat transcript to {path} ({exc})")
+            self.ui.warn(f"could not save the chat transcript to {path} ({exc})")
 
     # ------------------------------------------------------------------ slash commands
     def _command_table(self) -> list[Command]:
@@ -193,7 +197,7 @@ class Repl:
         ]
 
     def cmd_help(self, args: list[str]) -> None:
-        ui.table("slash commands (no LLM needed)", ["command", "what it does"],
+        self.ui.table("slash commands (no LLM needed)", ["command", "what it does"],
                  [[escape(c.usage), escape(c.help)] for c in self.commands.values()],
                  caption="Plain text goes to the LLM. Esc+Enter or a trailing \\ for a new line; Tab completes; "
                          "Ctrl-C cancels the running action.")
@@ -201,48 +205,44 @@ class Repl:
     def cmd_analyze(self, args: list[str]) -> None:
         _no_extra(args, allowed={"--force"})
         analysis = self.session.analyze(force="--force" in args)
-        rows = [[name, ", ".join(f"{t.get('feature')} ({t.get('probability', 0):.2f})" for t in entry.get("top", []))]
-                for name, entry in (analysis.get("categories") or {}).items()]
-        ui.table("feature analysis", ["category", "top features (probability)"], rows,
-                 caption=_notice(analysis))
-        ui.info(f"key features: {escape(', '.join(analysis.get('key_features') or []))}")
-        ui.info(f"training prompt: {escape(analysis.get('training_prompt') or '')}")
+        render.show(self.ui, render.analysis_table(analysis))
+        self.ui.info(f"key features: {escape(', '.join(analysis.get('key_features') or []))}")
+        self.ui.info(f"training prompt: {escape(analysis.get('training_prompt') or '')}")
 
     def cmd_train(self, args: list[str]) -> None:
-        from agent.session import Decision
-
-        adjustments = parse_knobs(args)
+        adjustments = parse_knob_arguments(args)
         session = self.session
-        if not ui.confirm(f"Train round {session.next_round_number if session.current is None else session.current.number}"
-                          f"'s LoRA now?", self.assume_yes):
-            ui.info("training skipped")
+        if not self.ui.confirm(f"Train round {session.next_round_number if session.current is None else session.current.number}"
+                          f"'s LoRA now?"):
+            self.ui.info("training skipped")
             return
-        finish_scored_round(session, Decision(adjustments, "set with /train", "user"))
+        session.finish_scored_round(Decision(adjustments, "set with /train", "user"))
         try:
             result = session.train(adjustments or None)
         except KeyboardInterrupt:  # the trainer saved a checkpoint first; the round stays unfinished
             number = session.current.number if session.current else session.next_round_number
             run_dir = session.store.relative(session.store.round_run_dir(number))
-            ui.warn(f"training interrupted; the checkpoint in {escape(str(run_dir))} is kept — /train resumes it")
+            self.ui.warn(f"training interrupted; the checkpoint in {escape(str(run_dir))} is kept — /train resumes it")
             return
-        ui.success(f"trained {result.get('steps')} steps → {escape(str(session.store.relative(result.get('lora_path'))))}")
+        self.ui.success(f"trained {result.get('steps')} steps → {escape(str(session.store.relative(result.get('lora_path'))))}")
 
     def cmd_generate(self, args: list[str]) -> None:
         session = self.session
         paid = session.keyed_competitors()
-        if paid and not ui.confirm(f"Ask the paid APIs ({', '.join(paid)}) for images?", self.assume_yes):
-            session.competitors = [c for c in session.competitors if c not in paid]
+        if paid and not self.ui.confirm(f"Ask the paid APIs ({', '.join(paid)}) for images?"):
+            session.skip_competitors(paid)
         prompt = " ".join(args).strip()
         images = session.generate([prompt] if prompt else None)
-        ui.table("generated images", ["generator", "images", "folder"],
+        self.ui.table("generated images", ["generator", "images", "folder"],
                  [[name, len(paths), session.store.relative(Path(paths[0]).parent) if paths else "-"]
                   for name, paths in images.items()])
 
     def cmd_score(self, args: list[str]) -> None:
         _no_extra(args)
         result = self.session.score()
-        show_scores(result["report"], result["feedback"])
-        ui.info(f"feedback: {escape(str(self.session.store.relative(result.get('feedback_path'))))}")
+        render.show(self.ui, render.report_scores(result["report"]))
+        render.show_feedback(self.ui, result["feedback"])
+        self.ui.info(f"feedback: {escape(str(self.session.store.relative(result.get('feedback_path'))))}")
 
     def cmd_auto(self, args: list[str]) -> None:
         from agent.llm_decider import make_decider
@@ -251,40 +251,39 @@ class Repl:
             raise InputError("/auto needs a number of rounds", "write e.g. /auto 2")
         rounds = int(args[0])
         session = self.session
-        if not ui.confirm(f"Run {rounds} full round(s) (training each, and paid APIs where keys are set)?",
-                          self.assume_yes):
-            ui.info("nothing run")
+        if not self.ui.confirm(f"Run {rounds} full round(s) (training each, and paid APIs where keys are set)?"):
+            self.ui.info("nothing run")
             return
         events = None if self.quiet else LoopEvents(
-            on_tool_start=lambda name, args: ui.info(f"[dim]  llm → {escape(name)}({escape(' '.join(args.split())[:100])})[/dim]"))
+            on_tool_start=lambda name, args: self.ui.info(f"[dim]  llm → {escape(name)}({escape(' '.join(args.split())[:100])})[/dim]"))
         decider, reason = make_decider(self.settings, session.bounds, events)
-        ui.info(f"decisions by [bold]{escape(decider.name)}[/bold]" + (f" — {escape(reason)}" if reason else ""))
+        self.ui.info(f"decisions by [bold]{escape(decider.name)}[/bold]" + (f" — {escape(reason)}" if reason else ""))
         records = session.run_rounds(len(session.history()) + rounds, decider)
         if records:
-            show_history(records)
+            render.show(self.ui, render.history_table(records))
 
     def cmd_history(self, args: list[str]) -> None:
         _no_extra(args)
         history = self.session.history()
         if not history:
-            ui.info("no finished rounds yet — /auto 1, or /train, /generate, /score")
+            self.ui.info("no finished rounds yet — /auto 1, or /train, /generate, /score")
             return
-        show_history(history)
+        render.show(self.ui, render.history_table(history))
 
     def cmd_explain(self, args: list[str]) -> None:
         feedback = latest_feedback(self.session)
         if feedback is None:
-            ui.info("no feedback yet — /score a round first (or /auto 1)")
+            self.ui.info("no feedback yet — /score a round first (or /auto 1)")
             return
         explained = explain_features(feedback, " ".join(args) or None)
         if not explained:
-            ui.success("no weak key features: the LoRA shows every key feature at least as often as the target")
+            self.ui.success("no weak key features: the LoRA shows every key feature at least as often as the target")
             return
         for item in explained:
             if not item.get("weak"):
-                ui.info(f"[bold]{escape(str(item['feature']))}[/bold]: {escape(item['why'])}")
+                self.ui.info(f"[bold]{escape(str(item['feature']))}[/bold]: {escape(item['why'])}")
                 continue
-            ui.info(f"[bold]{escape(str(item['feature']))}[/bold] ({escape(str(item.get('category')))}): "
+            self.ui.info(f"[bold]{escape(str(item['feature']))}[/bold] ({escape(str(item.get('category')))}): "
                     f"{escape(item['why'])}.\n  → {escape(item['suggestion'])}")
 
     def cmd_report(self, args: list[str]) -> None:
@@ -293,7 +292,7 @@ class Repl:
         _no_extra(args)
         session = self.session
         path = write_report(session.store, session.references, session.history())
-        ui.success(f"report: {escape(str(path))}")
+        self.ui.success(f"report: {escape(str(path))}")
 
     def cmd_config(self, args: list[str]) -> None:
         _no_extra(args)
@@ -306,8 +305,8 @@ class Repl:
                 ["llm_max_steps", str(s.llm_max_steps)], ["llm_timeout_s", f"{s.llm_timeout_s:g}"]]
         rows += [[name, mask(api_key(name))] for name in KEY_NAMES]
         if self._session is not None:
-            rows.append(["next round params", ", ".join(f"{k}={v}" for k, v in self._session.params.items() if k in KNOBS)])
-        ui.table("configuration", ["setting", "value"], [[escape(a), escape(str(b))] for a, b in rows])
+            rows.append(["next round params", render.params_text(self._session.params)])
+        self.ui.table("configuration", ["setting", "value"], [[escape(a), escape(str(b))] for a, b in rows])
 
     def cmd_doctor(self, args: list[str]) -> None:
         import argparse
@@ -315,16 +314,16 @@ class Repl:
         from agent.commands import doctor
 
         _no_extra(args)
-        doctor.run(argparse.Namespace(references=None, taxonomy=None), self.settings)
+        doctor.run(argparse.Namespace(references=None, taxonomy=None), self.settings, self.ui)
 
     # ------------------------------------------------------------------ interactive loop
     def interact(self) -> int:
         """The prompt loop (prompt_toolkit on a terminal, plain lines otherwise)."""
-        read = self._terminal_reader() if sys.stdin.isatty() and sys.stdout.isatty() else _plain_reader
-        ui.info(f"[bold]aldar chat[/bold] — profile {self.settings.profile}, results in {escape(self.settings.output_dir)}. "
+        read = self._terminal_reader() if sys.stdin.isatty() and sys.stdout.isatty() else self._plain_reader
+        self.ui.info(f"[bold]aldar chat[/bold] — profile {self.settings.profile}, results in {escape(self.settings.output_dir)}. "
                 "/help lists commands; Esc+Enter or a trailing \\ for a new line; Ctrl-D to leave.")
         if self.llm_ready():
-            ui.warn(NO_LLM_LINE)
+            self.ui.warn(NO_LLM_LINE)
         interrupts = 0
         try:
             while True:
@@ -334,7 +333,7 @@ class Repl:
                     interrupts += 1
                     if interrupts >= 2:
                         break
-                    ui.info("^C again to exit")
+                    self.ui.info("^C again to exit")
                     continue
                 except EOFError:
                     break
@@ -343,7 +342,7 @@ class Repl:
                     if not self.handle(line):
                         break
                 except KeyboardInterrupt:
-                    ui.warn("cancelled — back at the prompt")
+                    self.ui.warn("cancelled — back at the prompt")
         finally:
             self.close()
         return 0
@@ -354,7 +353,7 @@ class Repl:
         try:
             self.handle(message)
         except KeyboardInterrupt:
-            ui.warn("cancelled")
+            self.ui.warn("cancelled")
             return 130
         finally:
             self.close()
@@ -387,21 +386,21 @@ class Repl:
 
         return read
 
+    def _plain_reader(self) -> str:
+        lines = [self._read_line(PROMPT)]
+        while lines[-1].endswith("\\"):
+            lines[-1] = lines[-1][:-1]
+            lines.append(self._read_line(CONTINUATION))
+        return "\n".join(lines)
 
-def _plain_reader() -> str:
-    lines = [_read_line(PROMPT)]
-    while lines[-1].endswith("\\"):
-        lines[-1] = lines[-1][:-1]
-        lines.append(_read_line(CONTINUATION))
-    return "\n".join(lines)
+    def _read_line(self, prompt: str) -> str:
+        self.ui.console.print(prompt, end="")
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
 
 
-def _read_line(prompt: str) -> str:
-    ui.console.print(prompt, end="")
-    line = sys.stdin.readline()
-    if not line:
-        raise EOFError
-    return line.rstrip("\n")
 
 
 def history_file() -> Path:
@@ -409,7 +408,7 @@ def history_file() -> Path:
 
 
 class SlashCompleter(Completer):
-    """Tab completes slash command names."""
+    """Tab completes slash command names, and knob names after ``/train``."""
 
     def __init__(self, repl: Repl) -> None:
         self.repl = repl
@@ -420,13 +419,19 @@ class SlashCompleter(Completer):
             for name in list(self.repl.commands) + ["exit"]:
                 if ("/" + name).startswith(text):
                     yield Completion("/" + name, start_position=-len(text))
+        elif text.startswith("/train "):
+            word = text.rsplit(" ", 1)[-1]
+            if "=" not in word:
+                for completion in knob_completions(word):
+                    yield Completion(completion, start_position=-len(word))
 
 
 class StreamRenderer:
     """Shows the model's answer as Markdown while it streams in (rich Live on a terminal; printed once
     complete otherwise), and tool calls as dim lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, ui: UI) -> None:
+        self.ui = ui
         self.text = ""
         self.streamed_text = False
         self.live: Live | None = None
@@ -438,7 +443,7 @@ class StreamRenderer:
         if not self.animate:
             return
         if self.live is None:
-            self.live = Live(Markdown(""), console=ui.console, refresh_per_second=8, transient=False)
+            self.live = Live(Markdown(""), console=self.ui.console, refresh_per_second=8, transient=False)
             self.live.start()
         self.live.update(Markdown(redact(self.text)))
 
@@ -448,98 +453,27 @@ class StreamRenderer:
             self.live.stop()
             self.live = None
         elif self.text.strip():
-            ui.markdown(self.text)
+            self.ui.markdown(self.text)
         self.text = ""
 
     def tool_start(self, name: str, arguments: str) -> None:
         self.pause()
         shown = " ".join(arguments.split())
         shown = shown if len(shown) <= 100 else shown[:97] + "..."
-        ui.info(f"[dim]→ {escape(name)}({escape(shown)})[/dim]")
+        self.ui.info(f"[dim]→ {escape(name)}({escape(shown)})[/dim]")
 
     def tool_end(self, record: ToolCallRecord) -> None:
         if record.ok:
-            ui.info(f"[dim]  ✓ {escape(record.name)}[/dim]")
+            self.ui.info(f"[dim]  ✓ {escape(record.name)}[/dim]")
         else:
             try:
                 reason = json.loads(record.result).get("error", "")
             except (ValueError, AttributeError):
                 reason = record.result
-            ui.info(f"[dim]  ✗ {escape(record.name)}: {escape(str(reason)[:160])}[/dim]")
+            self.ui.info(f"[dim]  ✗ {escape(record.name)}: {escape(str(reason)[:160])}[/dim]")
 
     def finish(self) -> None:
         self.pause()
-
-
-# --------------------------------------------------------------------------- shared printing helpers
-def parse_knobs(args: list[str]) -> dict:
-    """``steps=40 learning_rate=1e-4 feature_emphasis="thin mustache,round face"`` → adjustments."""
-    adjustments: dict = {}
-    for arg in args:
-        name, sep, raw = arg.partition("=")
-        if not sep or name not in KNOBS:
-            raise InputError(f"cannot read {arg!r}", f"write knob=value with a knob among {', '.join(KNOBS)}")
-        if name == "feature_emphasis":
-            adjustments[name] = [part.strip() for part in raw.split(",") if part.strip()]
-            continue
-        try:
-            number = float(raw)
-        except ValueError:
-            raise InputError(f"{name}={raw!r} is not a number", f"write e.g. {name}=2") from None
-        adjustments[name] = int(number) if number.is_integer() and name in ("steps", "rank") else number
-    return adjustments
-
-
-def show_scores(report: dict, feedback: dict) -> None:
-    rows = []
-    for entry in report.get("ranking") or []:
-        generator = (report.get("generators") or {}).get(entry.get("generator"), {})
-        rows.append([entry.get("rank"), entry.get("generator"), _stat(generator.get("quality")),
-                     _stat(generator.get("clip")), _stat(generator.get("features")), _stat(generator.get("ssim")),
-                     entry.get("band")])
-    ceiling = report.get("ceiling")
-    if ceiling:
-        rows.append(["—", "references (ceiling)", _stat(ceiling.get("quality")), _stat(ceiling.get("clip")),
-                     _stat(ceiling.get("features")), _stat(ceiling.get("ssim")), ceiling.get("band", "")])
-    ui.table("scores (mean ± std)", ["#", "generator", "quality", "CLIP", "features", "SSIM", "band"],
-             [[escape(str(c)) if isinstance(c, str) else c for c in row] for row in rows], caption=_notice(report))
-    gap = feedback.get("score_gap")
-    if feedback.get("lora_score") is not None:
-        versus = feedback.get("compared_against") or "target"
-        ui.info(f"LoRA {feedback['lora_score']:.3f} ({feedback.get('band')}), "
-                f"gap to {escape(str(versus))}: {gap:.3f}" if isinstance(gap, (int, float)) else
-                f"LoRA {feedback['lora_score']:.3f} ({feedback.get('band')})")
-    for recommendation in feedback.get("recommendations") or []:
-        ui.info(f"  [{_priority_style(recommendation.get('priority'))}]{escape(str(recommendation.get('priority')))}"
-                f"[/] {escape(str(recommendation.get('message')))}")
-
-
-def show_history(history: list[dict]) -> None:
-    rows = []
-    for record in history:
-        params = record.get("params") or {}
-        rows.append([record.get("round"), record.get("lora_score"), record.get("band") or "",
-                     record.get("best_competitor") or "-", record.get("score_gap"),
-                     f"{params.get('steps')} / {params.get('learning_rate')} / {params.get('rank')}",
-                     record.get("decided_by") or "", escape(str(record.get("rationale") or ""))[:120]])
-    ui.table("rounds", ["round", "LoRA", "band", "best competitor", "gap", "steps / lr / rank", "decided by", "why"],
-             [[("-" if c is None else c) for c in row] for row in rows])
-
-
-def _stat(value) -> str:  # noqa: ANN001
-    if isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
-        std = value.get("std")
-        return f"{value['mean']:.3f} ± {std:.3f}" if isinstance(std, (int, float)) else f"{value['mean']:.3f}"
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
-
-
-def _priority_style(priority) -> str:  # noqa: ANN001
-    return {"high": "red", "medium": "yellow"}.get(priority, "dim")
-
-
-def _notice(document: dict) -> str | None:
-    notice = document.get("notice") or (document.get("profile") or {}).get("notice")
-    return escape(notice) if notice else None
 
 
 def _no_extra(args: list[str], allowed: set[str] | None = None) -> None:

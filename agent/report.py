@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from agent.render import params_text, record_scores
 from tools.atomic import atomic_write_bytes, atomic_write_text
 from tools.images import list_images, load_image
 
@@ -164,19 +165,11 @@ def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: lis
 def _round_section(record: dict, is_best: bool) -> str:
     esc = html.escape
     title = f"Round {record['round']}" + (" — best round" if is_best else "")
-    rows = []
-    for name, s in sorted((record.get("scores") or {}).items(), key=lambda kv: -(kv[1].get("quality") or 0)):
-        rows.append(f"<tr><td>{esc(name)}</td><td>{_num(s.get('quality'))} ± {_num(s.get('quality_std'))}</td>"
-                    f"<td>{_num(s.get('clip'))}</td><td>{_num(s.get('features'))}</td><td>{_num(s.get('ssim'))}</td>"
-                    f"<td>{esc(str(s.get('band') or ''))}</td></tr>")
-    ceiling = record.get("ceiling")
-    if ceiling:
-        rows.append(f"<tr class=\"ceiling\"><td>reference ceiling</td><td>{_num(ceiling.get('quality'))}</td>"
-                    f"<td>{_num(ceiling.get('clip'))}</td><td>{_num(ceiling.get('features'))}</td>"
-                    f"<td>{_num(ceiling.get('ssim'))}</td><td></td></tr>")
-    params = record.get("params") or {}
-    shown = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("steps", "learning_rate", "rank", "alpha",
-                                                                       "feature_emphasis"))
+    scores = record_scores(record)
+    rows = ["<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in scores.rows]
+    if scores.ceiling:
+        rows.append('<tr class="ceiling">' + "".join(f"<td>{esc(cell)}</td>" for cell in scores.ceiling) + "</tr>")
+    shown = params_text(record.get("params") or {})
     decision = record.get("decision") or {}
     grid = []
     for name, paths in ((record.get("paths") or {}).get("images") or {}).items():
@@ -187,17 +180,13 @@ def _round_section(record: dict, is_best: bool) -> str:
         f"<h2>{esc(title)}</h2>",
         f"<p class=\"meta\">parameters: {esc(shown)}</p>",
         *(f"<p class=\"meta\">prompt: {esc(prompt)}</p>" for prompt in record.get("prompts") or []),
-        "<table><tr><th>generator</th><th>quality</th><th>CLIP</th><th>features</th><th>SSIM</th><th>band</th></tr>",
+        "<table><tr>" + "".join(f"<th>{esc(column)}</th>" for column in scores.columns) + "</tr>",
         *rows, "</table>",
         f"<p><strong>Decision ({esc(str(record.get('decided_by')))}):</strong> {esc(str(record.get('rationale')))} "
         f"<code>{esc(json.dumps(decision.get('adjustments'), ensure_ascii=False))}</code></p>",
         f"<p class=\"meta\">not competing: {esc('; '.join(skipped))}</p>" if skipped else "",
         "<table class=\"grid\">", *grid, "</table>",
     ])
-
-
-def _num(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "—"
 
 
 _HEAD = """<!doctype html>

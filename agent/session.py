@@ -14,15 +14,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Callable, Iterator, NotRequired, TypedDict
 
-from rich.markup import escape
-
-from agent import ui
+from agent.decision import Decider, Decision
+from agent.knobs import bounds_for, clamp_adjustments
+from agent.records import GeneratorScores, Overfitting, RoundRecord, SessionFeedback
 from agent.store import RunStore
 from tools.atomic import read_json_object
-from tools.errors import AldarError, ConfigError, InputError
+from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
+from tools.scoring.records import Analysis, ComparisonReport
 from tools.settings import Settings
 
 LORA = "lora"
@@ -32,19 +33,28 @@ TINY_GENERATION_STEPS = 4
 
 
 @dataclass
-class Decision:
-    """The next round's adjustment: ``adjustments`` maps parameter → new value."""
+class SessionEvents:
+    """What a ``Session`` reports while it works (as ``LoopEvents`` for the LLM loop); every hook is
+    optional. The session never prints: ``aldar run`` and the REPL render these."""
 
-    adjustments: dict
-    rationale: str
-    decided_by: str
-    stop: bool = False
+    on_status: Callable[[str], None] | None = None  # progress of a stage: "round 2: training …"
+    on_notice: Callable[[str], None] | None = None  # worth showing even in quiet mode: a round resumes
+    on_warning: Callable[[str], None] | None = None  # a problem the run survives (a clamp, a skipped competitor)
+    on_missing_key: Callable[[str], None] | None = None  # a competitor without its key; said every round
 
 
-class Decider(Protocol):
-    name: str  # "rule-policy" or "llm:<model>"
+def _emit(hook: Callable[[str], None] | None, message: str) -> None:
+    if hook is not None:
+        hook(message)
 
-    def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision: ...
+
+class TrainedRound(TypedDict):
+    run_dir: Path | None
+    lora_path: Path | None
+    kohya_path: NotRequired[Path | None]
+    steps: int
+    final_loss: float
+    interrupted: bool
 
 
 @dataclass
@@ -56,12 +66,12 @@ class RoundState:
     stamp: str
     timings: dict[str, float] = field(default_factory=dict)  # stage → seconds (wall)
     compute: dict[str, float] = field(default_factory=dict)  # stage → seconds inside model code
-    train: dict | None = None
+    train: TrainedRound | None = None
     images: dict[str, list[Path]] | None = None
     skipped: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
-    report: dict | None = None
-    feedback: dict | None = None
+    report: ComparisonReport | None = None
+    feedback: SessionFeedback | None = None
     report_path: Path | None = None
     feedback_path: Path | None = None
 
@@ -69,14 +79,13 @@ class RoundState:
 class Session:
     """Drives rounds over one results folder; holds its lock until ``close()``."""
 
-    def __init__(self, settings: Settings, *, assume_yes: bool = False, quiet: bool = False) -> None:
+    def __init__(self, settings: Settings, *, quiet: bool = False, events: SessionEvents | None = None) -> None:
         self.settings = settings
-        self.assume_yes = assume_yes
-        self.quiet = quiet
+        self.quiet = quiet  # no progress bars from the capabilities
+        self.events = events or SessionEvents()
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
         _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
-        from agent.policy import bounds_for
 
         self.default_params = default_params(self.profile)
         if "trigger_token" in self.default_params:
@@ -94,10 +103,9 @@ class Session:
         interrupted = self.store.data.get("in_progress") or {}
         if interrupted.get("params"):  # resume with what the interrupted round trained with (checkpoints match)
             self.params = dict(interrupted["params"])
-        self.analysis: dict | None = None
+        self.analysis: Analysis | None = None
         self.current: RoundState | None = None
         self.competitors: list[str] = list(settings.competitors)
-        self._announced: set[str] = set()
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -117,8 +125,7 @@ class Session:
         return len(self.store.rounds) + 1
 
     def _say(self, message: str) -> None:
-        if not self.quiet:
-            ui.info(escape(message))
+        _emit(self.events.on_status, message)
 
     @contextmanager
     def _stage(self, name: str, params: dict | None = None) -> Iterator[None]:
@@ -145,13 +152,13 @@ class Session:
         return self.current
 
     # ---------------------------------------------------------------- analyze
-    def analyze(self, force: bool = False) -> dict:
+    def analyze(self, force: bool = False) -> Analysis:
         """The feature analysis of the references: reused from settings.analysis_path when it
         matches the references' hashes and the CLIP model, else computed and saved there."""
         if self.analysis is not None and not force:
             return self.analysis
-        from tools.analyzer import analysis_matches, analyze_references
-        from tools.taxonomy import load_taxonomy
+        from tools.scoring.analyzer import analysis_matches, analyze_references
+        from tools.scoring.taxonomy import load_taxonomy
 
         cached_path = Path(self.settings.analysis_path)
         with self._stage("analyze"):
@@ -167,13 +174,13 @@ class Session:
                                                    self.settings.trigger_token, self.settings.character_name,
                                                    cached_path)
                 self._compute("analyze", started)
-                self._say(f"analysis: key features {', '.join(self.analysis.get('key_features', []))}")
+                self._say(f"analysis: key features {', '.join(self.analysis['key_features'])}")
         return self.analysis
 
     # ---------------------------------------------------------------- train
-    def train(self, adjustments: dict | None = None) -> dict:
+    def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
-        from tools.trainer import train_lora
+        from tools.training.trainer import train_lora
 
         if adjustments:
             self.apply(adjustments)
@@ -188,14 +195,13 @@ class Session:
             started = time.perf_counter()
             try:
                 result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
-            except ConfigError as error:
-                if not error.problem.startswith("cannot resume"):
-                    raise
+            except ResumeMismatchError as error:
                 # Checkpoints of this round made with other settings (e.g. changed by hand): keep them
                 # aside and train the round afresh rather than stop the run.
                 aside = run_dir.with_name(f"{run_dir.name}_stale_{time.strftime('%Y%m%d_%H%M%S')}")
                 run_dir.rename(aside)
-                ui.warn(f"{error.problem}; kept it as {self.store.relative(aside)} and retrained the round")
+                _emit(self.events.on_warning,
+                      f"{error.problem}; kept it as {self.store.relative(aside)} and retrained the round")
                 result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
@@ -207,21 +213,42 @@ class Session:
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}")
         return state.train
 
-    def apply(self, adjustments: dict) -> dict:
-        """Clamp ``adjustments`` to the safe bounds, apply them to ``params``; returns what was applied."""
-        from agent.policy import clamp_adjustments
-
+    def apply(self, adjustments: dict) -> tuple[dict, list[str]]:
+        """Clamp ``adjustments`` to the safe bounds and apply them to ``params``: (applied, clamp notes)."""
         applied, notes = clamp_adjustments(self.params, adjustments, self.bounds)
         for note in notes:
-            ui.warn(note)
+            _emit(self.events.on_warning, note)
         self.params.update(applied)
-        return applied
+        return applied, notes
+
+    def set_next_params(self, adjustments: dict, rationale: str, decided_by: str) -> tuple[dict, list[str]]:
+        """Change the next round's parameters outside a round's decision: (applied, clamp notes).
+
+        Between rounds the change must outlive this process: the next ``Session`` starts from the last
+        record's ``next_params``, so it is written there too, with who changed it and why.
+        """
+        applied, notes = self.apply(adjustments)
+        if applied and self.current is None and self.store.rounds:
+            self.store.amend_next_params(dict(self.params),
+                                         {"adjustments": applied, "rationale": rationale, "decided_by": decided_by})
+        return applied, notes
+
+    def finish_scored_round(self, decision: Decision) -> dict | None:
+        """Record the round in progress if it has been scored (a manual train → generate → score),
+        so that the next ``train`` starts a new round; None when there is nothing to record."""
+        if self.current is not None and self.current.feedback is not None:
+            return self.finish_round(decision)
+        return None
+
+    def skip_competitors(self, names: list[str]) -> None:
+        """Leave these competitors out from now on (the user declined paying for them)."""
+        self.competitors = [name for name in self.competitors if name not in names]
 
     # ---------------------------------------------------------------- generate
     def generate(self, prompts: list[str] | None = None) -> dict:
         """Images of this round's LoRA, the base model and every configured competitor,
         from the same prompts and seeds. Returns generator → list of image paths."""
-        from tools.generator import generate_local
+        from tools.generation.local import generate_local
         from tools.providers import configured_providers, generate_with_provider
 
         state = self._round()
@@ -247,9 +274,7 @@ class Session:
             providers, skipped = configured_providers(settings, self.competitors)
             state.skipped = list(skipped)
             for line in skipped:
-                if line not in self._announced:  # one line per missing key per run, not per round
-                    self._announced.add(line)
-                    ui.warn(line)
+                _emit(self.events.on_missing_key, line)
             for provider in providers:
                 self._say(f"round {state.number}: asking {provider.name} …")
                 started = time.perf_counter()
@@ -258,7 +283,7 @@ class Session:
                                                   settings.images_per_prompt, settings.seed, skipped=state.skipped,
                                                   quiet=self.quiet)
                 except AldarError as exc:  # one failing competitor must not end the round
-                    ui.warn(f"{provider.name} skipped this round: {exc}")
+                    _emit(self.events.on_warning, f"{provider.name} skipped this round: {exc}")
                     state.skipped.append(f"{provider.name}: {exc}")
                     continue
                 finally:
@@ -284,7 +309,7 @@ class Session:
     # ---------------------------------------------------------------- score
     def score(self) -> dict:
         """Score every generator of this round against the references; save report and feedback."""
-        from tools.scorer import build_feedback, score_generators
+        from tools.scoring.scorer import build_feedback, score_generators
 
         state = self._round()
         if not state.images:
@@ -314,10 +339,8 @@ class Session:
             decision = decider.decide(state.feedback, self.history(), dict(self.params))
         return decision
 
-    def finish_round(self, decision: Decision) -> dict:
+    def finish_round(self, decision: Decision) -> RoundRecord:
         """Apply ``decision`` to the params of the next round and append this round to the history."""
-        from agent.policy import clamp_adjustments
-
         state = self._round()
         with self._stage("store"):
             applied, notes = clamp_adjustments(self.params, decision.adjustments, self.bounds)
@@ -369,8 +392,8 @@ class Session:
         finished: list[dict] = []
         if self.store.data.get("in_progress") and self.current is None:  # else: this process's own round goes on
             number = self.store.data["in_progress"]["round"]
-            ui.info(f"resuming: round {number} was interrupted and restarts "  # shown even when quiet
-                    f"({len(self.store.rounds)} finished round(s) kept)")
+            _emit(self.events.on_notice, f"resuming: round {number} was interrupted and restarts "
+                                         f"({len(self.store.rounds)} finished round(s) kept)")
         # Tiny scores come from random weights: stopping on them would end runs at random.
         score_stops = not self.profile.is_tiny
         if not score_stops:
@@ -420,7 +443,7 @@ def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
 
 def default_params(profile: ModelProfile) -> dict:
     """The trainer's defaults for ``profile`` plus the knobs the agent adds on top."""
-    from tools.trainer import default_train_config
+    from tools.training.trainer import default_train_config
 
     config = dataclasses.asdict(default_train_config(profile))
     params = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
@@ -435,7 +458,7 @@ def default_params(profile: ModelProfile) -> dict:
 
 def train_config(profile: ModelProfile, params: dict):
     """A ``TrainConfig`` from the profile's defaults with every matching param applied."""
-    from tools.trainer import default_train_config
+    from tools.training.trainer import default_train_config
 
     config = default_train_config(profile)
     names = {f.name for f in dataclasses.fields(config)}
@@ -473,37 +496,28 @@ def emphasise(text: str, features: list[str], trigger: str = "") -> str:
     return ", ".join(head + wanted + rest)
 
 
-def overfitting_signals(report: dict) -> dict:
+def overfitting_signals(report: ComparisonReport) -> Overfitting:
     """Signs that the LoRA copies references: its closest image to one single reference
     (CLIP cosine and SSIM) and the variety of its own images, all from the comparison report."""
-    rows = [row for row in report.get("images", []) if row.get("generator") == LORA]
-    return {
-        "max_reference_clip": max((row["clip_max"] for row in rows if row.get("clip_max") is not None), default=None),
-        "max_reference_ssim": max((row["ssim"] for row in rows if row.get("ssim") is not None), default=None),
-        "variety": ((report.get("generators") or {}).get(LORA) or {}).get("variety"),
-    }
+    rows = [row for row in report["images"] if row["generator"] == LORA]
+    lora = report["generators"].get(LORA)
+    return {"max_reference_clip": max((row["clip_max"] for row in rows), default=None),
+            "max_reference_ssim": max((row["ssim"] for row in rows), default=None),
+            "variety": lora["variety"] if lora else None}
 
 
-def scores_by_generator(report: dict) -> dict[str, dict]:
-    """generator → {quality, quality_std, clip, features, ssim, band} from a comparison report."""
-    table = {}
-    for name, entry in (report.get("generators") or {}).items():
-        table[name] = {"quality": _mean(entry.get("quality")), "quality_std": _std(entry.get("quality")),
-                       "clip": _mean(entry.get("clip")), "features": _mean(entry.get("features")),
-                       "ssim": _mean(entry.get("ssim")), "band": entry.get("band"), "count": entry.get("count")}
-    return table
-
-
-def _mean(value: Any) -> float | None:
-    return value.get("mean") if isinstance(value, dict) else value
-
-
-def _std(value: Any) -> float | None:
-    return value.get("std") if isinstance(value, dict) else None
+def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
+    """generator → {quality, quality_std, clip, features, ssim, band, count} (means) from a comparison report."""
+    return {name: {"quality": entry["quality"]["mean"], "quality_std": entry["quality"]["std"],
+                   "clip": entry["clip"]["mean"], "features": entry["features"]["mean"],
+                   "ssim": entry["ssim"]["mean"], "band": entry["band"], "count": entry["count"]}
+            for name, entry in (report.get("generators") or {}).items()}
 
 
 def round_record(state: RoundState, store: RunStore, profile: dict, decision: Decision, applied: dict,
-                 notes: list[str], next_params: dict) -> dict:
+                 notes: list[str], next_params: dict) -> RoundRecord:
+    """The history's record of a finished round. Tolerant of missing stages: a round may be recorded
+    before it was scored (then it has no scores)."""
     report = state.report or {}
     feedback = state.feedback or {}
     ceiling = report.get("ceiling")
@@ -516,9 +530,8 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
                   "interrupted": train.get("interrupted")},
         "scores": scores_by_generator(report),
         "ranking": report.get("ranking", []),
-        "ceiling": {"quality": _mean(ceiling.get("quality")), "clip": _mean(ceiling.get("clip")),
-                    "features": _mean(ceiling.get("features")), "ssim": _mean(ceiling.get("ssim"))}
-        if ceiling else None,
+        "ceiling": {"quality": ceiling["quality"]["mean"], "clip": ceiling["clip"]["mean"],
+                    "features": ceiling["features"]["mean"], "ssim": ceiling["ssim"]["mean"]} if ceiling else None,
         "lora_score": feedback.get("lora_score"),
         "band": feedback.get("band"),
         "best_competitor": feedback.get("best_competitor"),

@@ -191,6 +191,14 @@ class RunStore:
         self._history["in_progress"] = None
         self.save()
 
+    def amend_next_params(self, next_params: dict[str, Any], change: dict[str, Any]) -> None:
+        """Between rounds: the last record's ``next_params`` become ``next_params``; ``change``
+        (adjustments, rationale, decided_by) is appended to its ``next_params_changes``."""
+        last = self.rounds[-1]
+        last["next_params"] = next_params
+        last.setdefault("next_params_changes", []).append(change)
+        self.save()
+
     def mark_stopped(self, reason: str) -> None:
         self._history["stopped"] = {"reason": reason, "at": _now()}
         self.save()

@@ -25,7 +25,7 @@ from agent.prompts import load_prompt
 from tools.atomic import unused_path
 from tools.errors import ConfigError, InputError, ProviderError
 from tools.settings import Settings
-from tools.storybook import write_storybook
+from tools.generation.storybook import write_storybook
 
 MIN_SCENES, MAX_SCENES = 3, 6
 LOCAL_GENERATORS = ("lora", "base")
@@ -138,7 +138,7 @@ def _check_generator(settings: Settings, generator: str, lora_path: Path | None)
     if generator not in GENERATORS:
         raise InputError(f"unknown generator {generator!r}", f"use one of: {', '.join(GENERATORS)}")
     if generator == "lora":
-        from tools.generator import resolve_lora_file
+        from tools.generation.local import resolve_lora_file
 
         lora_path = lora_path or find_latest_lora(settings)
         if lora_path is None:
@@ -166,7 +166,7 @@ def illustrate(settings: Settings, story: dict[str, Any], book_dir: Path, genera
     images_dir = book_dir / "images"
     notes: list[str] = []
     if generator in LOCAL_GENERATORS:
-        from tools.generator import LCM_NOT_APPLIED, generate_local
+        from tools.generation.local import LCM_NOT_APPLIED, generate_local
         from tools.models import resolve_profile
 
         profile = resolve_profile(settings)

@@ -8,7 +8,10 @@ function's signature and its Google-style docstring, so they cannot drift apart:
 - a parameter with a default is not required;
 - descriptions from the ``Args:`` section (``name: text`` or ``name (type): text``, continuation
   lines indented), the tool description from the docstring's text before the sections;
-- ranges from ``typing.Annotated[float, Range(min, max)]``.
+- ranges from ``typing.Annotated[float, Range(min, max)]``;
+- a parameter group: ``**knobs`` plus ``groups={"knobs": [ExtraParameter(...), ...]}`` puts each
+  ``ExtraParameter`` into the schema as an optional argument, and the call passes them as keywords.
+  So one table (``agent.knobs``) gives several tools the same parameters without copied signatures.
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ class Range:
 
     minimum: float | None = None
     maximum: float | None = None
+
+
+@dataclass(frozen=True)
+class ExtraParameter:
+    """One optional parameter of a group that ``tool_spec`` expands in place of ``**name``."""
+
+    name: str
+    annotation: Any
+    description: str = ""
 
 
 class ToolArgumentError(ValueError):
@@ -72,14 +84,25 @@ class ToolSpec:
         return self.function(**kwargs)
 
 
-def tool_spec(function: Callable[..., Any], name: str | None = None) -> ToolSpec:
-    """Derive the tool's schema from ``function``'s signature and docstring."""
+def tool_spec(function: Callable[..., Any], name: str | None = None,
+              groups: dict[str, list[ExtraParameter]] | None = None) -> ToolSpec:
+    """Derive the tool's schema from ``function``'s signature and docstring.
+
+    ``groups`` names the parameter groups that stand for ``**<name>`` in the signature.
+    """
     doc = inspect.getdoc(function) or ""
     summary, arg_docs = parse_docstring(doc)
     hints = typing.get_type_hints(function, include_extras=True)
     properties: dict[str, dict] = {}
     required: list[str] = []
     for param in inspect.signature(function).parameters.values():
+        if param.kind is param.VAR_KEYWORD and groups and param.name in groups:
+            for extra in groups[param.name]:
+                schema = type_schema(extra.annotation)
+                if extra.description:
+                    schema["description"] = extra.description
+                properties[extra.name] = schema
+            continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.name == "self":
             continue
         if param.name not in hints:

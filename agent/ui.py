@@ -1,60 +1,103 @@
-"""All terminal output goes through here (as aider's io.py): colours, tables, warnings, confirmations."""
+"""The one object that talks to the user (as aider's io.py): output, confirmations, progress bars.
+
+A ``UI`` is made once per command (``agent.cli.main``) and handed to whoever talks to the user: the
+commands, the REPL and the chat's tools (its ``confirm``). The yes/no policy (``--yes``, or a
+non-terminal stdin answering no) and quiet mode live here, not threaded through the session.
+Modules that decide (``agent.session``, the policies) never print: they emit events that a ``UI``
+renders (``session_events``). Tables of scores and parameters are built by ``agent.render``.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
+from agent.render import number
+from tools.progress import progress_on
 from tools.secrets import redact
 
-console = Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR")))
-err_console = Console(stderr=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")))
+if TYPE_CHECKING:
+    from agent.session import SessionEvents
 
 
-def info(message: str) -> None:
-    console.print(redact(message))
+class UI:
+    def __init__(self, *, assume_yes: bool = False, quiet: bool = False, console: Console | None = None,
+                 err_console: Console | None = None) -> None:
+        no_color = bool(os.environ.get("NO_COLOR"))
+        self.console = console or Console(highlight=False, no_color=no_color)
+        self.err_console = err_console or Console(stderr=True, highlight=False, no_color=no_color)
+        self.assume_yes = assume_yes
+        self.quiet = quiet
+        self._said_once: set[str] = set()
 
+    # ---------------------------------------------------------------- output
+    def info(self, message: str) -> None:
+        self.console.print(redact(message))
 
-def success(message: str) -> None:
-    console.print(f"[green]✓[/green] {redact(message)}")
+    def status(self, message: str) -> None:
+        """Progress talk (plain text, not markup); silent in quiet mode."""
+        if not self.quiet:
+            self.info(escape(message))
 
+    def success(self, message: str) -> None:
+        self.console.print(f"[green]✓[/green] {redact(message)}")
 
-def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {redact(message)}")
+    def warn(self, message: str) -> None:
+        self.err_console.print(f"[yellow]warning:[/yellow] {redact(message)}")
 
+    def warn_once(self, message: str) -> None:
+        """A warning that would repeat every round (a missing key): shown the first time only."""
+        if message not in self._said_once:
+            self._said_once.add(message)
+            self.warn(escape(message))
 
-def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {redact(message)}", soft_wrap=True)
+    def error(self, message: str) -> None:
+        self.err_console.print(f"[bold red]error:[/bold red] {redact(message)}", soft_wrap=True)
 
+    def markdown(self, text: str) -> None:
+        self.console.print(Markdown(redact(text)))
 
-def markdown(text: str) -> None:
-    console.print(Markdown(redact(text)))
+    def table(self, title: str, columns: list[str], rows: list[list[object]], caption: str | None = None) -> None:
+        grid = Table(title=title, caption=caption)
+        for column in columns:
+            grid.add_column(column)
+        for row in rows:
+            grid.add_row(*[_cell(v) for v in row])
+        self.console.print(grid)
 
+    # ---------------------------------------------------------------- input
+    def confirm(self, question: str) -> bool:
+        """Ask before paid or long work; ``--yes`` or a non-terminal stdin answers for the user."""
+        if self.assume_yes:
+            return True
+        if not sys.stdin.isatty():
+            return False
+        answer = self.console.input(f"{question} [y/N] ").strip().lower()
+        return answer in ("y", "yes")
 
-def table(title: str, columns: list[str], rows: list[list[object]], caption: str | None = None) -> None:
-    grid = Table(title=title, caption=caption)
-    for column in columns:
-        grid.add_column(column)
-    for row in rows:
-        grid.add_row(*[_cell(v) for v in row])
-    console.print(grid)
+    # ---------------------------------------------------------------- wiring
+    @contextmanager
+    def progress_bars(self) -> Iterator[None]:
+        """Progress bars of the capabilities (training, generation, scoring) draw on this console."""
+        with progress_on(self.console):
+            yield
+
+    def session_events(self) -> "SessionEvents":
+        """How this UI shows what a ``Session`` reports."""
+        from agent.session import SessionEvents
+
+        return SessionEvents(on_status=self.status, on_notice=lambda message: self.info(escape(message)),
+                             on_warning=lambda message: self.warn(escape(message)), on_missing_key=self.warn_once)
 
 
 def _cell(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return number(value)
     return redact(str(value))
-
-
-def confirm(question: str, assume_yes: bool = False) -> bool:
-    """Ask before paid or long work; ``--yes`` or a non-terminal stdin answers for the user."""
-    if assume_yes:
-        return True
-    if not sys.stdin.isatty():
-        return False
-    answer = console.input(f"{question} [y/N] ").strip().lower()
-    return answer in ("y", "yes")

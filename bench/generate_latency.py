@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from tests.test_generator import write_random_lora  # noqa: E402 - the same random LoRA the tests use
-from tools.generator import activate_lora, generate_local, loaded_adapters, quiet_lora_loading  # noqa: E402
+from tools.generation.local import activate_lora, generate_local, loaded_adapters, quiet_lora_loading  # noqa: E402
 from tools.models import clear_model_cache, load_sdxl_pipeline, resolve_profile  # noqa: E402
 from tools.settings import load_settings  # noqa: E402
 

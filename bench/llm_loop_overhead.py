@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.knobs import SAFE_BOUNDS, knob_parameters  # noqa: E402
 from agent.llm_client import make_client  # noqa: E402
 from agent.llm_decider import DecisionTools  # noqa: E402
 from agent.loop import ChatLoop  # noqa: E402
@@ -30,8 +31,7 @@ from agent.toolspec import tool_spec  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer, Reply  # noqa: E402
 from tools.settings import load_settings  # noqa: E402
 
-BOUNDS = {"steps": (1, 5000), "learning_rate": (1e-6, 1e-3), "rank": (1, 128), "alpha": (0.5, 256),
-          "lora_scale": (0.3, 1.5), "feature_emphasis": (0, 4)}
+BOUNDS = {**SAFE_BOUNDS, "steps": (1, 5000)}
 ARGUMENTS = '{"rationale": "the mustache is missing", "steps": 1500, "learning_rate": 0.0001, ' \
             '"feature_emphasis": ["thin mustache", "round face"]}'
 
@@ -70,7 +70,7 @@ def main() -> None:
     derive_n, validate_n = 2000, 20000
     started = time.perf_counter()
     for _ in range(derive_n):
-        tool_spec(propose.function)
+        tool_spec(propose.function, groups={"knobs": knob_parameters(BOUNDS)})  # as DecisionTools.specs does
     derive_us = (time.perf_counter() - started) / derive_n * 1e6
     started = time.perf_counter()
     for _ in range(validate_n):

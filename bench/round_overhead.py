@@ -43,9 +43,9 @@ def session_round(session: Session, decider) -> tuple[dict, float, float]:
 
 def direct_round(session: Session, params: dict, scratch: Path) -> tuple[float, float]:
     """The same model work without the agent: (wall seconds, CPU seconds)."""
-    from tools.generator import generate_local
-    from tools.scorer import build_feedback, score_generators
-    from tools.trainer import train_lora
+    from tools.generation.local import generate_local
+    from tools.scoring.scorer import build_feedback, score_generators
+    from tools.training.trainer import train_lora
 
     settings, profile = session.settings, session.profile
     started, cpu = time.perf_counter(), time.process_time()

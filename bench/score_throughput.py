@@ -26,11 +26,11 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.analyzer import analyze_references  # noqa: E402
-from tools.clip import ClipEncoder  # noqa: E402
-from tools.embedding_cache import EmbeddingCache  # noqa: E402
+from tools.scoring.analyzer import analyze_references  # noqa: E402
+from tools.scoring.clip import ClipEncoder  # noqa: E402
+from tools.scoring.embedding_cache import EmbeddingCache  # noqa: E402
 from tools.models import build_tiny_clip, resolve_profile  # noqa: E402
-from tools.scorer import score_generators  # noqa: E402
+from tools.scoring.scorer import score_generators  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, BUNDLED_TAXONOMY, load_settings  # noqa: E402
 
 WEIGHTS = {"clip": 0.4, "features": 0.4, "ssim": 0.2}

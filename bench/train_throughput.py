@@ -78,8 +78,8 @@ def install_pipeline(profile, unet_scale: str, full_text: bool = False) -> None:
 
 def add_uncached_work() -> None:
     """Make every micro-batch also do what an uncached trainer does: VAE-encode the batch, run the text encoders."""
-    from tools import trainer
-    from tools.train_data import batch_indices
+    from tools.training import trainer
+    from tools.training.data import batch_indices
 
     original = trainer._Run._micro_batch_loss
 
@@ -99,7 +99,7 @@ def add_uncached_work() -> None:
 def one_mode(scale: str, cached: bool, steps: int) -> dict:
     """Train ``steps`` steps in this process; return steps/s and peak memory."""
     from tools.models import ModelProfile
-    from tools.trainer import default_train_config, train_lora
+    from tools.training.trainer import default_train_config, train_lora
 
     spec = SCALES[scale]
     profile = ModelProfile("tiny", f"bench-{scale}-sdxl", "tiny-random-clip", "cpu", "fp32", 0)
@@ -151,7 +151,7 @@ def full_gpu(args) -> None:
               file=sys.stderr)
         raise SystemExit(2)
     from tools.models import ModelProfile
-    from tools.trainer import default_train_config, train_lora
+    from tools.training.trainer import default_train_config, train_lora
 
     dtype = "bf16" if args.precision == "bf16" else "fp16"
     profile = ModelProfile("tiny", "bench-full-sdxl", "tiny-random-clip", "cuda", dtype, 0)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from tools.analyzer import analyze_references, select_key_features, text_embeddings
-from tools.embedding_cache import EmbeddingCache
+from tools.scoring.analyzer import analyze_references, select_key_features, text_embeddings
+from tools.scoring.embedding_cache import EmbeddingCache
 from tools.errors import InputError
 from tools.models import load_clip, resolve_profile
 from tools.settings import BUNDLED_TAXONOMY, load_settings
-from tools.taxonomy import load_taxonomy
+from tools.scoring.taxonomy import load_taxonomy
 
 TRIGGER = "aldarkose"
 

@@ -9,7 +9,7 @@ import pytest
 from agent.cli import main
 from tests.fakes.provider_servers import FreepikFake, assert_secret_absent
 from tools.images import load_image
-from tools.png_metadata import read_generation_parameters
+from tools.generation.png_metadata import read_generation_parameters
 
 KEY = "fpk-SECRET-cli-77aa88bb99"
 
@@ -91,7 +91,7 @@ def test_bad_arguments_fail_before_any_request(argv, message, freepik, monkeypat
 
 
 def test_local_generators_get_the_lora_settings_and_share_prompts_and_seed(freepik, monkeypatch, tmp_path, capsys):
-    import tools.generator as generator
+    import tools.generation.local as generator
 
     calls = []
 

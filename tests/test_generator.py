@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from tools.errors import InputError, ModelNotFoundError
-from tools.generator import (LCM_NOT_APPLIED, check_lcm_available, generate_local, loaded_adapters,
+from tools.generation.local import (LCM_NOT_APPLIED, check_lcm_available, generate_local, loaded_adapters,
                              quiet_lora_loading, resolve_lora_file)
 from tools.models import ModelProfile, load_sdxl_pipeline
-from tools.png_metadata import format_parameters, parse_parameters, read_generation_parameters
+from tools.generation.png_metadata import format_parameters, parse_parameters, read_generation_parameters
 
 PROMPT = "aldarkose, smiling trickster in an orange robe"
 FAST = dict(steps=3, quiet=True)  # a few Euler steps keep each 64 px image well under a second
@@ -129,7 +129,7 @@ def test_lora_scale_changes_image_and_swaps_reuse_loaded_adapters(tiny_profile, 
 
 
 def test_only_the_newest_loras_stay_loaded(tiny_profile, tmp_path, loras, monkeypatch):
-    import tools.generator as generator
+    import tools.generation.local as generator
 
     monkeypatch.setattr(generator, "MAX_LOADED_LORAS", 2)
     pipe = load_sdxl_pipeline(tiny_profile)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from agent.repl import Repl
+from agent.ui import UI
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from tools.settings import load_settings
 
@@ -36,7 +37,7 @@ def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
                                             "target_score": 1.0, "patience": 5, "num_inference_steps": 2},
                                  environ={})
         server.enqueue(*decision_script(1), *decision_script(2))
-        repl = Repl(settings, assume_yes=True, quiet=True)
+        repl = Repl(settings, UI(assume_yes=True, quiet=True))
         repl.session.params["steps"] = 2  # seconds, not minutes: the pipeline is what is checked here
         assert repl.run_once("/auto 2") == 0
 
@@ -77,7 +78,7 @@ def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
                         ("explain_feature", "{}"), ("apply_adjustment", '{"rationale": "x", "lora_scale": 9}')),
             Reply.tools(("apply_adjustment", '{"rationale": "images look overcooked", "lora_scale": 0.8}')),
             Reply.text("Round 2 is in; next round uses **lora_scale 0.8**."))
-        chat = Repl(settings, assume_yes=True, quiet=True)
+        chat = Repl(settings, UI(assume_yes=True, quiet=True))
         assert chat.run_once("what should change next?") == 0
         sent = server.requests[5].messages
         outcomes = {m["tool_call_id"]: json.loads(m["content"]) for m in sent if m["role"] == "tool"}

@@ -6,15 +6,15 @@ import copy
 
 import pytest
 
-from agent.policy import (COPY_CLIP, COPY_SSIM, LOW_CLIP, LOW_VARIETY, SAFE_BOUNDS, RulePolicy, bounds_for,
-                          clamp_adjustments, read_signals)
+from agent.knobs import SAFE_BOUNDS, bounds_for, clamp_adjustments
+from agent.policy import COPY_CLIP, COPY_SSIM, LOW_CLIP, LOW_VARIETY, RulePolicy, read_signals
 from agent.session import emphasise, stop_reason
 
 PARAMS = {"steps": 1500, "learning_rate": 1e-4, "rank": 32, "alpha": 16.0, "lora_scale": 1.0, "feature_emphasis": []}
 
 
 def feedback(clip=0.75, features=0.8, ssim=0.4, feature_gaps=(), overfitting=None, lora_score=0.7) -> dict:
-    """A feedback dict shaped as tools.scorer.build_feedback writes it, plus Session's overfitting block."""
+    """A feedback dict shaped as tools.scoring.scorer.build_feedback writes it, plus Session's overfitting block."""
     return {
         "schema": "aldar.feedback/1", "lora_generator": "lora", "lora_score": lora_score,
         "best_competitor": "freepik", "competitor_score": 0.82, "score_gap": 0.82 - lora_score,

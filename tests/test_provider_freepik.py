@@ -10,7 +10,7 @@ import pytest
 from tests.fakes.provider_servers import FakeClock, FreepikFake, Reply, assert_secret_absent, fast_http
 from tools.errors import ProviderError
 from tools.images import load_image
-from tools.png_metadata import read_generation_parameters
+from tools.generation.png_metadata import read_generation_parameters
 from tools.providers import generate_with_provider
 from tools.providers.freepik import FreepikMysticProvider, FreepikProvider
 

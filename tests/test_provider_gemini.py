@@ -11,7 +11,7 @@ from tests.fakes.provider_servers import (FakeClock, GeminiFake, Reply, assert_s
                                           gemini_error, gemini_no_image, gemini_quota_error, png_base64)
 from tools.errors import ProviderError
 from tools.images import load_image
-from tools.png_metadata import read_generation_parameters
+from tools.generation.png_metadata import read_generation_parameters
 from tools.providers import configured_providers, generate_with_provider
 from tools.providers.gemini import GeminiProvider, ImagenProvider
 from tools.settings import load_settings

@@ -10,7 +10,9 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from agent.repl import Repl, parse_knobs
+from agent.knobs import parse_knob_arguments as parse_knobs
+from agent.repl import Repl
+from agent.ui import UI
 from tools.errors import InputError
 
 ALDAR = str(Path(sys.executable).with_name("aldar"))
@@ -81,7 +83,7 @@ def test_ctrl_d_and_double_ctrl_c_exit(tmp_path) -> None:
 
 
 def test_ctrl_c_during_training_returns_to_the_prompt_with_a_checkpoint(tmp_path) -> None:
-    from tools.lora_files import latest_checkpoint, load_checkpoint
+    from tools.training.lora_files import latest_checkpoint, load_checkpoint
 
     child = spawn(tmp_path)
     child.sendline("/train steps=60")
@@ -102,7 +104,7 @@ def test_ctrl_c_during_training_returns_to_the_prompt_with_a_checkpoint(tmp_path
 
 
 def test_message_mode_and_knob_parsing(tmp_path, tiny_settings, capsys) -> None:
-    repl = Repl(tiny_settings, assume_yes=True)
+    repl = Repl(tiny_settings, UI(assume_yes=True))
     assert repl.run_once("/history") == 0
     assert "no finished rounds yet" in capsys.readouterr().out
     assert Repl(tiny_settings).run_once("/nope") == 2
@@ -145,3 +147,52 @@ def test_chat_text_streams_from_the_llm_and_counts_tokens(tmp_path) -> None:
     assert server.requests[0].messages[0]["role"] == "system" and "Aldar" in server.requests[0].messages[0]["content"]
     tool_result = server.requests[1].messages[-1]
     assert tool_result["role"] == "tool" and '"rounds":[]' in tool_result["content"]
+
+
+def test_a_knob_outside_its_valid_domain_is_refused_like_aldar_train_refuses_it(tiny_settings, capsys) -> None:
+    # steps=-5 is no number of steps at all (refused); steps=500 is a valid one outside tiny's safe range (clamped).
+    from agent.cli import main
+
+    assert Repl(tiny_settings, UI(assume_yes=True)).run_once("/train steps=-5") == 2
+    chat_error = capsys.readouterr().err
+    assert "steps is -5" in chat_error
+    assert not (Path(tiny_settings.output_dir) / "runs").exists()  # nothing trained
+    cli_args = ["train", "--profile", "tiny", "--device", "cpu", "--references", str(tiny_settings.references),
+                "--run-dir", str(Path(tiny_settings.output_dir) / "cli_run"), "--steps", "-5", "-q"]
+    assert main(cli_args) == 2
+    cli_error = capsys.readouterr().err
+    assert " ".join(chat_error.split()) == " ".join(cli_error.split())  # the same one line
+
+    from agent.knobs import SAFE_BOUNDS, clamp_adjustments
+
+    clamped, notes = clamp_adjustments({}, {"steps": -5, "rank": 4})  # a decider gets the same refusal
+    assert clamped == {"rank": 4} and any("steps is -5" in note for note in notes)
+    assert clamp_adjustments({}, {"steps": 50})[0] == {"steps": SAFE_BOUNDS["steps"][0]}
+
+
+def test_tab_completes_knob_names_after_train(tiny_settings) -> None:
+    from prompt_toolkit.document import Document
+
+    from agent.repl import SlashCompleter
+
+    completer = SlashCompleter(Repl(tiny_settings))
+    complete = lambda text: [c.text for c in completer.get_completions(Document(text), None)]  # noqa: E731
+    assert complete("/tr") == ["/train"]
+    assert complete("/train st") == ["steps="]
+    assert complete("/train steps=40 l") == ["learning_rate=", "lora_scale="]
+
+
+def test_session_events_render_through_one_ui_and_missing_keys_show_once() -> None:
+    import io
+
+    from rich.console import Console
+
+    out, err = io.StringIO(), io.StringIO()
+    ui = UI(console=Console(file=out, width=200), err_console=Console(file=err, width=200), quiet=True)
+    events = ui.session_events()
+    for _ in range(3):  # one line per round, as Session.generate reports it
+        events.on_missing_key("freepik: FREEPIK_API_KEY is not set [skipped]")
+    events.on_status("round 1: training …")  # quiet: progress talk is not shown
+    events.on_notice("resuming: round 2 was interrupted")  # shown even when quiet
+    assert err.getvalue().count("FREEPIK_API_KEY is not set [skipped]") == 1
+    assert "training" not in out.getvalue() and "resuming: round 2" in out.getvalue()

@@ -139,13 +139,13 @@ def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpo
 
 
 def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, references_dir, monkeypatch):
-    import tools.analyzer
+    import tools.scoring.analyzer
 
     with Session(tiny_settings, quiet=True) as session:
         first = session.analyze()
     calls = []
-    real = tools.analyzer.analyze_references
-    monkeypatch.setattr(tools.analyzer, "analyze_references", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = tools.scoring.analyzer.analyze_references
+    monkeypatch.setattr(tools.scoring.analyzer, "analyze_references", lambda *a, **k: calls.append(a) or real(*a, **k))
     with Session(tiny_settings, quiet=True) as session:
         assert session.analyze() == first and calls == []  # read back from analysis_path
     (references_dir / "aldar5.png").unlink()
@@ -156,7 +156,7 @@ def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, re
 
 def test_hosted_competitors_compete_and_a_failing_one_sits_out(tiny_settings, monkeypatch):
     from tests.fakes.provider_servers import DeepAIFake, FreepikFake
-    from tools.png_metadata import read_generation_parameters
+    from tools.generation.png_metadata import read_generation_parameters
 
     monkeypatch.setenv("FREEPIK_API_KEY", "fpk-round-key-0123456789")
     monkeypatch.setenv("DEEPAI_API_KEY", "wrong-deepai-key-0123456789")  # the fake answers 401
@@ -197,12 +197,12 @@ def test_auto_after_manual_stages_does_not_train_or_generate_the_round_again(tin
 
 def test_training_again_drops_the_images_and_feedback_of_the_previous_lora(tiny_settings, monkeypatch):
     import agent.session as session_module
-    import tools.trainer
+    import tools.training.trainer
 
     class Result:
         run_dir, lora_path, kohya_path, steps, final_loss, interrupted = "r", "r/l.safetensors", None, 3, 0.5, False
 
-    monkeypatch.setattr(tools.trainer, "train_lora", lambda *a, **k: Result())
+    monkeypatch.setattr(tools.training.trainer, "train_lora", lambda *a, **k: Result())
     monkeypatch.setattr(session_module, "training_dataset", lambda *a, **k: [])
     with Session(tiny_settings.replace(competitors=[]), quiet=True) as session:
         monkeypatch.setattr(session, "analyze", lambda force=False: {})

@@ -10,11 +10,11 @@ from skimage.metrics import structural_similarity
 
 from agent.cli import main
 from tests.test_analyzer import TRIGGER, CountingEncoder, draw_character, make_references, tiny_profile
-from tools.analyzer import analyze_references
-from tools.embedding_cache import EmbeddingCache
+from tools.scoring.analyzer import analyze_references
+from tools.scoring.embedding_cache import EmbeddingCache
 from tools.errors import ConfigError, InputError
 from tools.models import TINY_NOTICE, load_clip
-from tools.scorer import band, build_feedback, priority, score_generators, variety
+from tools.scoring.scorer import band, build_feedback, priority, score_generators, variety
 from tools.settings import BUNDLED_TAXONOMY
 
 WEIGHTS = {"clip": 0.4, "features": 0.4, "ssim": 0.2}

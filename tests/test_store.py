@@ -226,7 +226,7 @@ def test_ctrl_c_while_copying_the_best_lora_leaves_best_round_unchanged_and_is_r
 
 
 def test_ctrl_c_after_a_round_is_recorded_does_not_leave_it_in_progress(tiny_settings, monkeypatch):
-    from agent.session import Decision
+    from agent.decision import Decision
 
     with Session(tiny_settings, quiet=True) as session:
         monkeypatch.setattr(session, "_update_best", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))

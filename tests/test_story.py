@@ -12,8 +12,8 @@ from agent.cli import main
 from agent.story import StoryFormatError, parse_story, scene_prompt
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from tests.test_generator import write_random_lora
-from tools.generator import GeneratedImage
-from tools.storybook import render_html, render_markdown, write_storybook
+from tools.generation.local import GeneratedImage
+from tools.generation.storybook import render_html, render_markdown, write_storybook
 
 SCENES = [
     {"text": "Aldar rode into the aul on his old horse.", "image_prompt": "Aldar on a thin horse, steppe, morning"},

@@ -4,7 +4,7 @@ import pytest
 
 from tools.errors import InputError
 from tools.settings import BUNDLED_TAXONOMY
-from tools.taxonomy import load_taxonomy
+from tools.scoring.taxonomy import load_taxonomy
 
 
 def write(tmp_path, data, name="taxonomy.json"):

@@ -128,3 +128,31 @@ def test_docstring_parser_handles_typed_names_and_sections() -> None:
     summary, args = parse_docstring("Do it.\n\nArgs:\n    a (int): first\n        more\n    b: second\n\nRaises:\n    X: never")
     assert summary == "Do it."
     assert args == {"a": "first more", "b": "second"}
+
+
+def test_a_parameter_group_expands_in_place_of_its_keyword_arguments() -> None:
+    # The knob table gives every knob tool the same parameters, ranged by the session's bounds.
+    from pathlib import Path
+
+    from agent.knobs import NAMES, bounds_for, knob_parameters
+    from agent.llm_decider import DecisionTools
+
+    def adjust(rationale: str, **knobs) -> dict:
+        """Change knobs.
+
+        Args:
+            rationale: Why.
+        """
+        return knobs
+
+    bounds = bounds_for({"steps": 30}, tiny=True)
+    spec = tool_spec(adjust, groups={"knobs": knob_parameters(bounds)})
+    properties = spec.parameters["properties"]
+    assert list(properties) == ["rationale", *NAMES] and spec.parameters["required"] == ["rationale"]
+    assert properties["steps"]["type"] == "integer" and properties["steps"]["maximum"] == 60
+    assert properties["feature_emphasis"]["type"] == "array" and properties["learning_rate"]["nullable"]
+    assert spec(**spec.parse_arguments('{"rationale": "r", "steps": 40}')) == {"steps": 40}
+    with pytest.raises(ToolArgumentError, match="steps = 500 is above the maximum 60"):
+        spec.parse_arguments('{"rationale": "r", "steps": 500}')
+    propose = next(t for t in DecisionTools({}, [], {}, bounds, Path(".")).specs() if t.name == "propose_adjustment")
+    assert {name: propose.parameters["properties"][name] for name in NAMES} == {name: properties[name] for name in NAMES}

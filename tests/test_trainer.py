@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from tools.errors import ConfigError, InputError, TrainingError
-from tools.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
+from tools.training.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
 from tools.models import build_tiny_sdxl_components, load_sdxl_pipeline, resolve_profile
 from tools.settings import load_settings
-from tools import trainer
-from tools.train_data import clear_latent_cache
-from tools.trainer import default_train_config, evaluation_loss, train_lora
+from tools.training import trainer
+from tools.training.data import clear_latent_cache
+from tools.training.trainer import default_train_config, evaluation_loss, train_lora
 
 
 
@@ -273,8 +273,8 @@ def test_text_encoder_lora_left_active_by_the_generator_is_off_while_unet_only_t
     """A previous round's LoRA with text-encoder layers must not shape the cached text embeddings."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    from tools.train_data import encode_prompts
-    from tools.train_setup import lora_adapters
+    from tools.training.data import encode_prompts
+    from tools.training.setup import lora_adapters
 
     pipe = fresh_pipeline(profile)
 
@@ -314,7 +314,7 @@ def test_latents_cached_on_disk_are_reused_by_a_new_process(profile, dataset, tm
 
 
 def test_crop_and_original_size_go_to_the_time_ids(dataset):
-    from tools.train_data import batch_indices, prepare_images
+    from tools.training.data import batch_indices, prepare_images
 
     image = prepare_images(dataset[:1], 64)[0]  # 96 x 80 (w x h) -> resized 77 x 64, centre crop 64 x 64
     assert image.pixels.shape == (3, 64, 64) and -1.0 <= float(image.pixels.min()) <= float(image.pixels.max()) <= 1.0
@@ -323,3 +323,20 @@ def test_crop_and_original_size_go_to_the_time_ids(dataset):
     epoch = batch_indices(0, 3, 3, seed=5) + batch_indices(3, 3, 3, seed=5)
     assert sorted(epoch[:3]) == sorted(epoch[3:]) == [0, 1, 2]  # every image once per epoch
     assert batch_indices(4, 2, 3, seed=5) == epoch[4:6]  # a pure function of the position: exact resume
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_follow_kohyas_convention(prediction_type):
+    # kohya's apply_snr_weight: min(SNR, gamma) / SNR on epsilon, min(SNR, gamma) / (SNR + 1) on v-prediction;
+    # older diffusers examples clamped SNR + 1 on v-prediction, which differs where SNR + 1 > gamma > SNR.
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    timesteps = torch.tensor([0, 300, 600, 999])
+    snr = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod))[timesteps]
+    gamma = 5.0
+    expected = torch.minimum(snr, torch.full_like(snr, gamma)) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    torch.testing.assert_close(trainer.min_snr_weights(scheduler, timesteps, gamma), expected)
+    if prediction_type == "v_prediction":
+        older = torch.minimum(snr + 1, torch.full_like(snr, gamma)) / (snr + 1)
+        assert not torch.allclose(older, expected)

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from agent.cli import build_parser, main
-from tools import trainer
-from tools.train_config import knobs
+from tools.training import trainer
+from tools.training.config import knobs
 
 
 @pytest.fixture(autouse=True)

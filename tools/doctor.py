@@ -251,9 +251,9 @@ def check_references(settings: Settings) -> list[CheckResult]:
 def check_taxonomy(settings: Settings) -> list[CheckResult]:
     path = settings.taxonomy_path()
     try:
-        from tools.taxonomy import load_taxonomy
+        from tools.scoring.taxonomy import load_taxonomy
     except ImportError as error:
-        return [CheckResult("taxonomy", WARN, f"cannot check {path}: tools.taxonomy does not import ({error})",
+        return [CheckResult("taxonomy", WARN, f"cannot check {path}: tools.scoring.taxonomy does not import ({error})",
                             "reinstall the project with `pip install -e .`")]
     taxonomy = load_taxonomy(path)
     features = sum(len(items) for items in taxonomy.categories.values())

@@ -29,6 +29,10 @@ class ConfigError(AldarError):
     """``aldar.toml``, an environment variable or a flag holds a bad setting."""
 
 
+class ResumeMismatchError(ConfigError):
+    """A run folder's checkpoint was made with other settings or images, so it cannot be continued."""
+
+
 class ModelNotFoundError(AldarError):
     """Model weights are neither cached, nor local, nor downloadable."""
 

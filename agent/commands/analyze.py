@@ -7,8 +7,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from agent import ui
-from tools.analyzer import analyze_references
+from agent import render
+from agent.ui import UI
+from tools.scoring.analyzer import analyze_references
 from tools.models import resolve_profile
 from tools.settings import Settings
 
@@ -30,27 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the reference-embedding cache")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     profile = resolve_profile(settings)
     analysis = analyze_references(Path(settings.references), profile, settings.taxonomy_path(),
                                   settings.trigger_token, settings.character_name, Path(settings.analysis_path),
                                   use_cache=not args.no_cache)
-    show_analysis(analysis)
+    render.show(ui, render.analysis_table(analysis))
+    ui.info(f"[bold]training prompt:[/bold] {escape(analysis['training_prompt'])}")
     ui.success(f"feature analysis saved to {settings.analysis_path}")
     return 0
-
-
-def show_analysis(analysis: dict) -> None:
-    count = len(analysis["references"])
-    key = {(d["category"], d["feature"]) for d in analysis["key_feature_details"]}
-    rows = []
-    for category, entry in analysis["categories"].items():
-        for rank, item in enumerate(entry["top"], start=1):
-            mark = "[bold green]key[/bold green]" if (category, item["feature"]) in key else ""
-            rows.append([escape(category) if rank == 1 else "", escape(item["feature"]), item["probability"],
-                         f"{item['agreement']}/{count}", mark])
-    ui.table(f"key features of {analysis['character_name']} ({count} references, CLIP {analysis['model']})",
-             ["category", "feature (top-2)", "mean probability", "top-1 in", ""], rows)
-    ui.info(f"[bold]training prompt:[/bold] {escape(analysis['training_prompt'])}")
-    if analysis.get("notice"):
-        ui.warn(analysis["notice"])

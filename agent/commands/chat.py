@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from agent.repl import Repl
+from agent.ui import UI
 from tools.settings import Settings
 
 NAME = "chat"
@@ -19,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not ask before training or paid API calls")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    repl = Repl(settings, assume_yes=args.yes, quiet=bool(getattr(args, "quiet", False)))
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    repl = Repl(settings, ui)
     if args.message is not None:
         return repl.run_once(args.message)
     return repl.interact()

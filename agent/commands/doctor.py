@@ -6,7 +6,7 @@ import argparse
 
 from rich.markup import escape
 
-from agent import ui
+from agent.ui import UI
 from tools.doctor import FAIL, INFO, OK, WARN, CheckResult, exit_code, import_all, run_checks
 from tools.settings import Settings
 
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--taxonomy", metavar="FILE", help="feature taxonomy to check")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     results = run_checks(settings, extra_checks=[check_agent])
     # Details hold paths and error texts: escape them so rich never reads "[...]" as markup.
     rows = [[escape(r.name), _STATUS_STYLE.get(r.status, r.status), escape(r.detail)] for r in results]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from agent import ui
+from agent.ui import UI
 from tools.errors import AldarError, InputError
 from tools.providers import PROVIDERS, configured_providers, generate_with_provider
 from tools.settings import Settings
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fast local generation with LCM (4-8 steps)")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     args.lora = getattr(args, "lora", None)
     chosen = getattr(args, "providers", None)
     names = list(dict.fromkeys(chosen or [*settings.competitors, *(["lora"] if args.lora else [])]))
@@ -88,13 +88,13 @@ def _validate(names: list[str], prompts: list[str], args: argparse.Namespace) ->
     if "lora" in names and not args.lora:
         raise InputError("--provider lora needs the LoRA to use", "pass --lora PATH (a .safetensors file or a run folder)")
     if args.lora:
-        from tools.generator import resolve_lora_file  # raises InputError for a missing file or folder
+        from tools.generation.local import resolve_lora_file  # raises InputError for a missing file or folder
 
         resolve_lora_file(args.lora)
 
 
 def _generate_local(name: str, prompts: list[str], out_dir: Path, args: argparse.Namespace, settings: Settings):
-    from tools.generator import generate_local  # heavy (torch, diffusers): only when asked for
+    from tools.generation.local import generate_local  # heavy (torch, diffusers): only when asked for
     from tools.models import resolve_profile
 
     return generate_local(resolve_profile(settings), prompts, out_dir,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from rich.markup import escape
-
-from agent import ui
-from agent.session import Decider, Session
+from agent.ui import UI
+from agent import render
+from agent.decision import Decider
+from agent.session import Session
 from tools.secrets import api_key
 from tools.settings import Settings
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask before paid hosted generation")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.competitors is not None:
         names = [] if args.competitors.strip().lower() == "none" else args.competitors
         settings = settings.replace(competitors=_names(names))
@@ -45,16 +45,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--rounds is {rounds}", "pass --rounds 1 or more")
     settings = settings.replace(max_rounds=rounds)
     quiet = bool(getattr(args, "quiet", False))
-    with Session(settings, assume_yes=args.yes, quiet=quiet) as session:
+    with Session(settings, quiet=quiet, events=ui.session_events()) as session:
         if settings.is_tiny:
             ui.warn(session.profile.describe()["notice"])
-        _confirm_paid_competitors(session, args.yes)
-        decider = choose_decider(session, use_llm=not args.no_llm)
+        _confirm_paid_competitors(session, ui)
+        decider = choose_decider(session, use_llm=not args.no_llm, ui=ui)
         done = len(session.history())
         ui.info(f"results: {session.store.root} · decider: {decider.name} · rounds: {rounds}"
                 + (f" ({done} already finished)" if done else ""))
-        session.run_rounds(rounds, decider, on_round=show_round)
-        show_summary(session)
+        session.run_rounds(rounds, decider, on_round=lambda record: render.show(ui, render.record_scores(record)))
+        show_summary(session, ui)
     return 0
 
 
@@ -64,8 +64,9 @@ def _names(value) -> list[str]:
     return [part.strip() for part in str(value).split(",") if part.strip()]
 
 
-def choose_decider(session: Session, use_llm: bool) -> Decider:
+def choose_decider(session: Session, use_llm: bool, ui: UI | None = None) -> Decider:
     """The LLM decider when asked for and a key is set (imported only then), else the rule policy."""
+    ui = ui or UI(quiet=True)
     if use_llm and any(api_key(name) for name in LLM_KEYS):
         from agent.llm_decider import make_decider
 
@@ -80,48 +81,26 @@ def choose_decider(session: Session, use_llm: bool) -> Decider:
     return RulePolicy(bounds=session.bounds)
 
 
-def _confirm_paid_competitors(session: Session, assume_yes: bool) -> None:
+def _confirm_paid_competitors(session: Session, ui: UI) -> None:
     """Hosted generation can cost credits: ask once, unless --yes. Without a yes they sit out."""
     keyed = session.keyed_competitors()
     if not keyed:
         return
     per_round = session.settings.images_per_prompt
     question = (f"each round asks {', '.join(keyed)} for {per_round} image(s) each (may use paid credits). Continue?")
-    if not ui.confirm(question, assume_yes):
+    if not ui.confirm(question):
         ui.warn(f"hosted competitors sit out ({', '.join(keyed)}); pass --yes to include them")
-        session.competitors = [name for name in session.competitors if name not in keyed]
+        session.skip_competitors(keyed)
 
 
 
-def show_round(record: dict) -> None:
-    """The ranking table of one finished round, with the reference ceiling under it."""
-    rows = []
-    for name, scores in sorted(record["scores"].items(), key=lambda kv: -(kv[1].get("quality") or 0.0)):
-        rows.append([escape(name), _pm(scores.get("quality"), scores.get("quality_std")), _f(scores.get("clip")),
-                     _f(scores.get("features")), _f(scores.get("ssim")), escape(str(scores.get("band") or ""))])
-    ceiling = record.get("ceiling")
-    if ceiling:
-        rows.append(["[italic]reference ceiling[/italic]", _f(ceiling.get("quality")), _f(ceiling.get("clip")),
-                     _f(ceiling.get("features")), _f(ceiling.get("ssim")), ""])
-    ui.table(f"round {record['round']} ranking", ["generator", "quality", "CLIP", "features", "SSIM", "band"], rows,
-             caption=f"next: {escape(record['rationale'])} ({escape(record['decided_by'])})")
-
-
-def show_summary(session: Session) -> None:
+def show_summary(session: Session, ui: UI) -> None:
     data = session.store.data
     best = data.get("best_round")
     if best is not None:
         record = next(r for r in data["rounds"] if r["round"] == best)
-        ui.success(f"best round: {best} (LoRA score {_f(record.get('lora_score'))}) → "
+        ui.success(f"best round: {best} (LoRA score {render.number(record.get('lora_score'))}) → "
                    f"{session.store.root / (data.get('best_lora') or 'best_lora')}")
     ui.success(f"report: {session.store.report_path}")
     if session.profile.is_tiny:
         ui.warn("tiny profile: these scores check the pipeline, not image quality")
-
-
-def _f(value) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "—"
-
-
-def _pm(mean, std) -> str:
-    return f"{_f(mean)} ± {_f(std)}" if std is not None else _f(mean)

@@ -9,15 +9,15 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from agent import ui
-from agent.commands.analyze import show_analysis
-from tools.analyzer import ImageSet, analysis_matches, analyze_references, load_image_set
+from agent import render
+from agent.ui import UI
+from tools.scoring.analyzer import ImageSet, analysis_matches, analyze_references, load_image_set
 from tools.errors import InputError
 from tools.images import list_images
 from tools.models import load_clip, resolve_profile
-from tools.scorer import build_feedback, check_output_folder, score_generators, write_results
+from tools.scoring.scorer import build_feedback, check_output_folder, score_generators, write_results
 from tools.settings import Settings
-from tools.taxonomy import load_taxonomy
+from tools.scoring.taxonomy import load_taxonomy
 
 NAME = "score"
 HELP = ("score generated images against the references (CLIP, key features, SSIM), rank the generators beside the "
@@ -68,7 +68,7 @@ def parse_image_groups(groups: list[list[str]], default_name: str) -> dict[str, 
     return result
 
 
-def ensure_analysis(settings: Settings, profile, use_cache: bool) -> dict:
+def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dict:
     """The analysis at settings.analysis_path, (re)made when missing, unreadable or stale."""
     path = Path(settings.analysis_path)
     references = Path(settings.references)
@@ -86,63 +86,28 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool) -> dict:
     ui.info(f"running the feature analysis first ({reason}) → {escape(str(path))}")
     analysis = analyze_references(references, profile, settings.taxonomy_path(), settings.trigger_token,
                                   settings.character_name, path, use_cache=use_cache)
-    show_analysis(analysis)
+    render.show(ui, render.analysis_table(analysis))
+    ui.info(f"[bold]training prompt:[/bold] {escape(analysis['training_prompt'])}")
     return analysis
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     groups = parse_image_groups(args.images, args.generator)
     # Every input is checked before any model work or any file is written.
     image_sets: dict[str, ImageSet] = {name: load_image_set(paths) for name, paths in groups.items()}
     list_images(settings.references, "references")
     check_output_folder(settings.output_dir)
     profile = resolve_profile(settings)
-    analysis = ensure_analysis(settings, profile, not args.no_cache)
+    analysis = ensure_analysis(settings, profile, not args.no_cache, ui)
     report = score_generators(image_sets, Path(settings.references), profile, analysis, settings.metric_weights,
                               use_cache=not args.no_cache, quiet=args.quiet)
     feedback = build_feedback(report, args.lora) if args.lora in report["generators"] else None
     report_path, feedback_path = write_results(report, feedback, settings.output_dir)
-    show_report(report)
+    render.show(ui, render.report_scores(report))
     if feedback is None:
         ui.warn(f"no generator is named {args.lora!r}: no LoRA feedback written (name its images "
                 f"{args.lora}=PATH or pass --lora NAME)")
     else:
-        show_feedback(feedback)
+        render.show_feedback(ui, feedback)
     ui.success(f"report: {report_path}" + (f"  feedback: {feedback_path}" if feedback_path else ""))
     return 0
-
-
-def _pm(figure: dict) -> str:
-    return f"{figure['mean']:.3f}±{figure['std']:.3f}"
-
-
-def show_report(report: dict) -> None:
-    rows = []
-    for entry in report["ranking"]:
-        g = report["generators"][entry["generator"]]
-        rows.append([str(entry["rank"]), escape(entry["generator"]), str(g["count"]), _pm(g["quality"]),
-                     g["clip"]["mean"], g["features"]["mean"], g["ssim"]["mean"], g["band"]])
-    ceiling = report.get("ceiling")
-    if ceiling:
-        rows.append(["—", "[italic]ceiling[/italic]", str(ceiling["count"]), _pm(ceiling["quality"]),
-                     ceiling["clip"]["mean"], ceiling["features"]["mean"], ceiling["ssim"]["mean"], ceiling["band"]])
-    w = report["weights"]
-    caption = (f"quality = {w['clip']:g}·CLIP + {w['features']:g}·features + {w['ssim']:g}·SSIM (mean±std); "
-               + ("ceiling = the references scored leave-one-out against each other" if ceiling
-                  else "no ceiling: it needs at least two references"))
-    ui.table("generators ranked by mean quality", ["#", "generator", "n", "quality", "CLIP", "features",
-                                                   "SSIM", "band"], rows, caption=caption)
-    if report["profile"].get("notice"):
-        ui.warn(report["profile"]["notice"])
-
-
-def show_feedback(feedback: dict) -> None:
-    gap = feedback["score_gap"]
-    versus = feedback["compared_against"]
-    line = f"LoRA {feedback['lora_generator']!r}: {feedback['lora_score']:.3f} ({feedback['band']})"
-    if gap is not None:
-        line += f", {abs(gap):.3f} {'behind' if gap > 0 else 'ahead of'} {versus}"
-    ui.info(escape(line))
-    for rec in feedback["recommendations"]:
-        ui.info(f"  [{'red' if rec['priority'] == 'high' else 'yellow' if rec['priority'] == 'medium' else 'blue'}]"
-                f"{rec['priority']}[/] {escape(rec['message'])}")

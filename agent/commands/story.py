@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from agent import ui
+from agent.ui import UI
 from agent.story import GENERATORS, MAX_SCENES, MIN_SCENES, create_storybook
 from tools.settings import Settings
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference steps for local generators; None = num_inference_steps from settings (30)")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     book = create_storybook(settings, args.prompt, generator=args.generator, lora_path=args.lora,
                             scenes=args.scenes, quiet=args.quiet)
     for line in book.notes:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from agent import ui
+from agent.ui import UI
 from tools.errors import InputError
 from tools.images import list_images
-from tools.lora_files import latest_checkpoint
+from tools.training.lora_files import latest_checkpoint
 from tools.models import ModelProfile, resolve_profile
 from tools.settings import Settings
-from tools.train_config import TrainConfig, default_train_config, knobs
+from tools.training.config import TrainConfig, default_train_config, knobs
 
 NAME = "train"
 HELP = ("train an SDXL LoRA of the character on the reference pictures (diffusers + peft + accelerate); "
@@ -74,8 +74,8 @@ def training_config(args: argparse.Namespace, profile: ModelProfile, trigger_tok
     return config
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    from tools.trainer import train_lora
+def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from tools.training.trainer import train_lora
 
     profile = resolve_profile(settings)
     analysis = _read_analysis(args, settings)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tools.atomic import unused_path
 from tools.errors import InputError
-from tools.png_metadata import ALDAR_CHUNK, save_png_with_parameters
+from tools.generation.png_metadata import ALDAR_CHUNK, save_png_with_parameters
 from tools.progress import progress_bar
 from tools.providers.base import ImageProvider, ProviderImage
 from tools.providers.deepai import DeepAIProvider
@@ -23,7 +23,7 @@ from tools.secrets import api_key, install_log_redaction, redact
 from tools.settings import Settings
 
 if TYPE_CHECKING:
-    from tools.generator import GeneratedImage
+    from tools.generation.local import GeneratedImage
 
 __all__ = ["PROVIDERS", "ImageProvider", "ProviderImage", "configured_providers", "generate_with_provider",
            "PNG_METADATA_KEY"]
@@ -72,7 +72,7 @@ def generate_with_provider(provider: ImageProvider, prompts: list[str], out_dir:
     saved: one line each goes to ``skipped`` (or to the log as a warning when ``skipped`` is None).
     ``ProviderError`` propagates; images saved before it stay on disk.
     """
-    from tools.generator import GeneratedImage  # local SDXL module: imported only when saving
+    from tools.generation.local import GeneratedImage  # local SDXL module: imported only when saving
 
     out_dir = Path(out_dir)
     timestamp = time.strftime("%Y%m%d_%H%M%S")

@@ -26,11 +26,12 @@ import torch
 from PIL import Image
 
 from tools.atomic import atomic_write_json
-from tools.embedding_cache import EmbeddingCache, embed_images_cached, encoder_key
+from tools.scoring.embedding_cache import EmbeddingCache, embed_images_cached, encoder_key
 from tools.errors import InputError
 from tools.images import file_sha256, list_images, load_image
 from tools.models import ModelProfile, load_clip
-from tools.taxonomy import Taxonomy, load_taxonomy
+from tools.scoring.records import Analysis
+from tools.scoring.taxonomy import Taxonomy, load_taxonomy
 
 SCHEMA = "aldar.feature_analysis/1"
 LOGIT_SCALE = 100.0
@@ -148,7 +149,7 @@ def build_prompt(trigger_token: str, features: Sequence[str]) -> str:
 
 def analyze_references(references: Path, profile: ModelProfile, taxonomy_path: Path, trigger_token: str,
                        character_name: str, out_path: Path | None, *, encoder=None,
-                       cache: EmbeddingCache | None = None, use_cache: bool = True) -> dict:
+                       cache: EmbeddingCache | None = None, use_cache: bool = True) -> Analysis:
     """The feature-analysis dict (shape in docs/ARCHITECTURE.md); written atomically to ``out_path`` if given.
 
     Inputs are validated (taxonomy, every reference image, the output path) before the model is loaded.

@@ -1,6 +1,6 @@
 """Setting up and tearing down a LoRA training run: adapters on the shared pipeline, accelerate, optimizer.
 
-Kept apart from the training loop in ``tools.trainer`` so that the loop reads top to bottom.
+Kept apart from the training loop in ``tools.training.trainer`` so that the loop reads top to bottom.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, Iterator
 
 import torch
 
-from tools.errors import ConfigError, TrainingError
+from tools.errors import ResumeMismatchError, TrainingError
 from tools.models import quiet_lora_loading
-from tools.train_config import TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainConfig, bitsandbytes_available
-from tools.train_data import TrainingImage, dataset_sha256
+from tools.training.config import TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainConfig, bitsandbytes_available
+from tools.training.data import TrainingImage, dataset_sha256
 
 ADAPTER_NAME = "aldar_training"  # never "default": the generator's own LoRA may already live in the UNet
 RUN_CONFIG = "train_config.json"
@@ -190,7 +190,7 @@ def check_resumable(run_dir: Path, config: TrainConfig, profile, images: list[Tr
     changed = [k for k in now if before[k] != now[k]]
     if changed:
         detail = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed)
-        raise ConfigError(f"cannot resume {checkpoint}: {detail}",
+        raise ResumeMismatchError(f"cannot resume {checkpoint}: {detail}",
                           "resume with the same settings and images, or start a new --run-dir")
 
 

@@ -44,7 +44,9 @@ class TrainConfig:
     max_grad_norm: float = _knob(1.0, "gradient clipping norm (0 = off)")
     lr_scheduler: str = _knob("cosine", "learning-rate schedule after warmup", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = _knob(100, "steps of linear learning-rate warmup")
-    snr_gamma: float = _knob(5.0, "min-SNR loss weighting gamma (0 = plain MSE); 5 is the paper's value")
+    snr_gamma: float = _knob(5.0, "min-SNR loss weighting gamma (0 = plain MSE); 5 is the paper's value. "
+                                  "kohya's convention: min(SNR, gamma)/(SNR+1) on v-prediction (older "
+                                  "diffusers examples clamped SNR+1 instead)")
     noise_offset: float = _knob(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
     train_text_encoder: bool = _knob(False, "also train LoRA on both text encoders (disables text-embedding caching)")
     gradient_checkpointing: bool = _knob(True, "recompute activations in backward: far less memory, "
@@ -85,14 +87,10 @@ class TrainConfig:
 
     def validate(self, profile=None) -> None:
         """Raise ``ConfigError`` (problem + fix) for the first bad value; with ``profile``, also device checks."""
-        for name in ("rank", "steps", "batch_size", "gradient_accumulation", "validation_inference_steps"):
-            _at_least(name, getattr(self, name), 1)
-        for name in ("lr_warmup_steps", "checkpoint_every", "checkpoints_to_keep", "validation_images", "seed"):
-            _at_least(name, getattr(self, name), 0)
-        if self.rank > 1024:
-            raise ConfigError(f"rank {self.rank} is too large", "use a rank between 1 and 1024 (16-32 is typical)")
-        _positive_finite("alpha", self.alpha)
-        _positive_finite("learning_rate", self.learning_rate)
+        for name in _WHOLE_AT_LEAST:
+            check_setting(name, getattr(self, name))
+        check_setting("alpha", self.alpha)
+        check_setting("learning_rate", self.learning_rate)
         if self.text_encoder_learning_rate < 0 or not math.isfinite(self.text_encoder_learning_rate):
             raise ConfigError(f"text_encoder_learning_rate is {self.text_encoder_learning_rate!r}",
                               "set it to 0 (same as learning_rate) or a positive number")
@@ -134,6 +132,29 @@ class TrainConfig:
             if not bitsandbytes_available():
                 raise ConfigError("8-bit AdamW needs the bitsandbytes package",
                                   "pip install bitsandbytes, or use --optimizer adamw")
+
+
+# Whole-number settings and their smallest valid value.
+_WHOLE_AT_LEAST = {"rank": 1, "steps": 1, "batch_size": 1, "gradient_accumulation": 1, "validation_inference_steps": 1,
+                   "lr_warmup_steps": 0, "checkpoint_every": 0, "checkpoints_to_keep": 0, "validation_images": 0,
+                   "seed": 0}
+RANK_LIMIT = 1024
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Raise the ``ConfigError`` that ``validate`` raises when this one setting is outside its valid domain.
+
+    The agent's knob table (``agent/knobs.py``) refuses values with this same check, so a bad
+    ``steps`` reads the same from ``aldar train``, ``/train`` and a decider. (Checks between settings,
+    such as warmup below steps or a learning rate above 1, stay in ``validate``: the agent's safe
+    ranges keep its values far inside them.)
+    """
+    if name in _WHOLE_AT_LEAST:
+        _at_least(name, value, _WHOLE_AT_LEAST[name])
+    if name == "rank" and value > RANK_LIMIT:
+        raise ConfigError(f"rank {value} is too large", f"use a rank between 1 and {RANK_LIMIT} (16-32 is typical)")
+    if name in ("alpha", "learning_rate"):
+        _positive_finite(name, value)
 
 
 def _at_least(name: str, value: int, low: int) -> None:

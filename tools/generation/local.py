@@ -12,7 +12,7 @@ switches so the fast path runs, and each image's metadata says the adapter was n
 
 Image ``i`` of a prompt uses seed ``seed + i`` from a CPU ``torch.Generator``, so the
 same seed gives the same picture on any device. Every PNG carries its parameters
-(``tools.png_metadata``) and is written atomically.
+(``tools.generation.png_metadata``) and is written atomically.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 from tools.errors import InputError, ModelNotFoundError
 from tools.models import ModelProfile, load_sdxl_pipeline, model_location, quiet_lora_loading
-from tools.png_metadata import save_png_with_parameters
+from tools.generation.png_metadata import save_png_with_parameters
 from tools.progress import progress_bar
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"

@@ -33,15 +33,16 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from tools.analyzer import (ImageSet, aggregate_categories, category_probabilities, embed_set, load_image_set,
+from tools.scoring.analyzer import (ImageSet, aggregate_categories, category_probabilities, embed_set, load_image_set,
                             load_references, now_iso, select_key_features, text_embeddings)
 from tools.atomic import atomic_write_json
-from tools.embedding_cache import EmbeddingCache
+from tools.scoring.embedding_cache import EmbeddingCache
 from tools.errors import InputError
 from tools.models import ModelProfile, load_clip
 from tools.progress import progress_bar
 from tools.settings import validate_weights
-from tools.taxonomy import Taxonomy, taxonomy_from_dict
+from tools.scoring.records import Analysis, ComparisonReport, Feedback
+from tools.scoring.taxonomy import Taxonomy, taxonomy_from_dict
 
 SCHEMA = "aldar.comparison_report/1"
 FEEDBACK_SCHEMA = "aldar.feedback/1"
@@ -174,9 +175,9 @@ def _analysis_parts(analysis: dict) -> tuple[Taxonomy, list[str], dict[str, str]
 
 
 # --------------------------------------------------------------------------- scoring
-def score_generators(images: dict[str, list[Path] | ImageSet], references: Path, profile: ModelProfile, analysis: dict,
-                     weights: dict[str, float], *, encoder=None, cache: EmbeddingCache | None = None,
-                     use_cache: bool = True, batch_size: int = 16, quiet: bool = True) -> dict:
+def score_generators(images: dict[str, list[Path] | ImageSet], references: Path, profile: ModelProfile,
+                     analysis: Analysis, weights: dict[str, float], *, encoder=None, cache: EmbeddingCache | None = None,
+                     use_cache: bool = True, batch_size: int = 16, quiet: bool = True) -> ComparisonReport:
     """The comparison report: every image scored, generators summarised and ranked, the reference ceiling.
 
     Everything is validated (weights, analysis, every image file) before a model is loaded.
@@ -276,7 +277,7 @@ def reference_ceiling(reference_set: ImageSet, embeddings: torch.Tensor, luma: l
 
 
 # --------------------------------------------------------------------------- feedback
-def build_feedback(report: dict, lora_generator: str = "lora") -> dict:
+def build_feedback(report: ComparisonReport, lora_generator: str = "lora") -> Feedback:
     """The original feedback shape (lora_score, best_competitor, ..., recommendations) plus gaps and band.
 
     Each metric is compared with the best-ranked competitor; where the LoRA is not behind it, with the
@@ -290,7 +291,7 @@ def build_feedback(report: dict, lora_generator: str = "lora") -> dict:
     competitors = [r["generator"] for r in report["ranking"] if r["generator"] != lora_generator]
     best = competitors[0] if competitors else None
     rival = generators[best] if best else None
-    ceiling = report.get("ceiling")
+    ceiling = report["ceiling"]
     lora_score = lora["quality"]["mean"]
     competitor_score = rival["quality"]["mean"] if rival else None
     ceiling_score = ceiling["quality"]["mean"] if ceiling else None
@@ -372,7 +373,7 @@ def _category(report: dict, feature: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- saving
-def write_results(report: dict, feedback: dict | None, output_dir: str | Path) -> tuple[Path, Path | None]:
+def write_results(report: ComparisonReport, feedback: Feedback | None, output_dir: str | Path) -> tuple[Path, Path | None]:
     """``comparisons/comparison_report_<ts>.json`` and ``feedback/feedback_<ts>.json``, both atomic."""
     output_dir = Path(output_dir)
     stamp = report["created_at"].replace("-", "").replace(":", "").replace("T", "-").rstrip("Z")

@@ -28,15 +28,15 @@ import torch.nn.functional as F
 
 from tools.atomic import atomic_write, atomic_write_json
 from tools.errors import ConfigError, InputError, TrainingError
-from tools.lora_files import (DIFFUSERS_WEIGHTS, capture_rng_state, checkpoint_dirs, kohya_metadata, latest_checkpoint,
+from tools.training.lora_files import (DIFFUSERS_WEIGHTS, capture_rng_state, checkpoint_dirs, kohya_metadata, latest_checkpoint,
                               load_checkpoint, restore_rng_state, save_checkpoint, save_diffusers_lora, save_kohya_lora)
 from tools.progress import progress_bar
-from tools.train_config import TrainConfig, default_train_config
-from tools.train_data import (batch_indices, cached_latent_distributions, dataset_sha256,
+from tools.training.config import TrainConfig, default_train_config
+from tools.training.data import (batch_indices, cached_latent_distributions, dataset_sha256,
                               default_latent_cache_dir, encode_prompts, prepare_images, sample_latents, vae_identity)
-from tools.train_setup import (ADAPTER_NAME, RUN_CONFIG, check_resumable, jsonable, lora_adapters,
+from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, check_resumable, jsonable, lora_adapters,
                                make_accelerator, make_optimizer, out_of_memory)
-from tools.train_report import LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_loss_log, write_loss_log
+from tools.training.report import LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_loss_log, write_loss_log
 
 __all__ = ["TrainConfig", "TrainResult", "default_train_config", "train_lora", "denoising_loss", "evaluation_loss"]
 
@@ -348,12 +348,25 @@ def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embe
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if kind == "v_prediction" else noise
     if not snr_gamma:
         return F.mse_loss(prediction, target.float())
+    weights = min_snr_weights(noise_scheduler, timesteps, snr_gamma)
+    per_sample = F.mse_loss(prediction, target.float(), reduction="none").mean(dim=list(range(1, prediction.ndim)))
+    return (per_sample * weights).mean()
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample min-SNR-gamma loss weights (Hang et al. 2023), kohya's convention.
+
+    epsilon: ``min(SNR, gamma) / SNR``; v-prediction: ``min(SNR, gamma) / (SNR + 1)``. This is kohya's
+    ``apply_snr_weight`` and what diffusers' training examples do today. Older diffusers examples added
+    1 to the SNR *before* clamping on v-prediction (``min(SNR + 1, gamma) / (SNR + 1)``), which weighs
+    the noisiest timesteps more. We follow kohya so that a LoRA's ``ss_min_snr_gamma`` means what it
+    means to the kohya/A1111 users who read that metadata, and because it is the paper's v-loss weight.
+    """
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(noise_scheduler, timesteps)
-    weights = torch.clamp(snr, max=snr_gamma) / (snr + 1 if kind == "v_prediction" else snr)
-    per_sample = F.mse_loss(prediction, target.float(), reduction="none").mean(dim=list(range(1, prediction.ndim)))
-    return (per_sample * weights).mean()
+    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
+    return torch.clamp(snr, max=gamma) / (snr + 1 if v_prediction else snr)
 
 
 @torch.no_grad()

@@ -1,0 +1,97 @@
+"""The shapes the rounds add: the feedback deciders get, and the round record in training_history.json.
+
+``TypedDict``s over plain JSON, like ``tools.scoring.records`` (whose analysis, comparison report and
+feedback they extend); docs/ARCHITECTURE.md ("training_history.json") explains each key. A record is
+written by ``agent.session.round_record``. Readers of a history from disk still read with ``.get``
+where a key is ``NotRequired``: the original system's bare-list history has none of the newer keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+from tools.scoring.records import Feedback, RankingEntry
+
+
+class Overfitting(TypedDict):
+    max_reference_clip: float | None  # the LoRA image closest to one single reference (raw cosine)
+    max_reference_ssim: float | None
+    variety: float | None  # mean pairwise 1 - cosine of the LoRA's images
+
+
+class SessionFeedback(Feedback):
+    """``build_feedback``'s document plus what ``Session.score`` adds for the deciders."""
+
+    round: int
+    overfitting: Overfitting
+
+
+class GeneratorScores(TypedDict):
+    quality: float
+    quality_std: float
+    clip: float
+    features: float
+    ssim: float
+    band: str
+    count: int
+
+
+class CeilingScores(TypedDict):
+    quality: float
+    clip: float
+    features: float
+    ssim: float
+
+
+class RoundTrain(TypedDict):
+    steps: int | None
+    final_loss: float | None
+    interrupted: bool | None
+
+
+class RoundDecision(TypedDict):
+    adjustments: dict[str, Any]  # what was applied (clamped)
+    requested: dict[str, Any]  # what the decider asked for
+    clamped: list[str]  # one note per value changed or dropped
+    stop: bool
+
+
+class RoundPaths(TypedDict):  # relative to the results folder
+    run_dir: str | None
+    lora: str | None
+    kohya_lora: str | None
+    comparison_report: str | None
+    feedback: str | None
+    images: dict[str, list[str]]
+
+
+class NextParamsChange(TypedDict):
+    adjustments: dict[str, Any]
+    rationale: str
+    decided_by: str
+
+
+class RoundRecord(TypedDict):
+    round: int
+    finished_at: str
+    params: dict[str, Any]
+    train: RoundTrain
+    scores: dict[str, GeneratorScores]
+    ranking: list[RankingEntry]
+    ceiling: CeilingScores | None
+    lora_score: float | None
+    band: str | None
+    best_competitor: str | None
+    score_gap: float | None
+    overfitting: Overfitting | None
+    decision: RoundDecision
+    rationale: str
+    decided_by: str
+    next_params: dict[str, Any]
+    prompts: list[str]
+    skipped_competitors: list[str]
+    paths: RoundPaths
+    timings_s: dict[str, float]
+    compute_s: dict[str, float]
+    profile: dict[str, Any]
+    next_params_changes: NotRequired[list[NextParamsChange]]  # set by Session.set_next_params

@@ -1,0 +1,28 @@
+"""README's "Development" layout names every module and package that exists (and only those)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def layout_block() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.search(r"## Development\n\n```\n(.*?)```", text, re.S).group(1)
+
+
+def test_readme_layout_names_every_module_and_package():
+    block = layout_block()
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", block))
+    agent_modules = {p.stem for p in (ROOT / "agent").glob("*.py") if p.stem != "__init__"}
+    tools_packages = {p.name for p in (ROOT / "tools").iterdir() if (p / "__init__.py").is_file()}
+    tools_modules = {p.stem for p in (ROOT / "tools").glob("*.py") if p.stem != "__init__"}
+    package_modules = {p.stem for package in tools_packages for p in (ROOT / "tools" / package).glob("*.py")
+                       if p.stem != "__init__" and package != "providers"}
+    assert agent_modules - words == set()
+    assert {f"{name}/" for name in tools_packages} - set(re.findall(r"\b(\w+/)", block)) == set()
+    assert tools_modules - words == set() and package_modules - words == set()
+    named_packages = set(re.findall(r"^  (\w+)/", block, re.M)) - {"commands"}
+    assert named_packages <= tools_packages  # no package in the README that the tree lacks
