@@ -35,11 +35,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.analyzer import category_probabilities, text_embeddings  # noqa: E402
-from tools.clip import ClipEncoder  # noqa: E402
+from tools.scoring.analyzer import category_probabilities, text_embeddings  # noqa: E402
+from tools.scoring.clip import ClipEncoder  # noqa: E402
 from tools.models import load_toy_world_clip, load_toy_world_pipeline  # noqa: E402
 from tools.settings import BUNDLED_TAXONOMY  # noqa: E402
-from tools.taxonomy import load_taxonomy  # noqa: E402
+from tools.scoring.taxonomy import load_taxonomy  # noqa: E402
 from tools.world.attributes import ATTRIBUTES, sample_character, tag_caption  # noqa: E402
 from tools.world.dataset import render_split, to_unit_range  # noqa: E402
 

@@ -376,7 +376,7 @@ def _load_sdxl_pipeline(profile: ModelProfile):
 
 
 def load_clip(profile: ModelProfile):
-    """The CLIP scorer for ``profile`` as a ``tools.clip.ClipEncoder``, loaded once per process."""
+    """The CLIP scorer for ``profile`` as a ``tools.scoring.clip.ClipEncoder``, loaded once per process."""
     from tools.scoring.clip import ClipEncoder
 
     key = ("clip", profile.clip_model, profile.device, profile.seed)

@@ -251,7 +251,7 @@ def stage_data(build: Build) -> None:
 def tokenizer_corpus(build: Build) -> list[str]:
     """The world's captions, the taxonomy's phrases in the analyzer's templates, and the product's prompts."""
     from tools.settings import Settings
-    from tools.taxonomy import load_taxonomy
+    from tools.scoring.taxonomy import load_taxonomy
 
     rng = random.Random(build.recipe.seed)
     split = build.load_split("train")
@@ -278,7 +278,7 @@ def stage_tokenizer(build: Build) -> None:
 
 
 def clip_pixels(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC at the CLIP's input size → normalised NCHW, as ``tools.clip.ClipEncoder`` prepares it."""
+    """uint8 NHWC at the CLIP's input size → normalised NCHW, as ``tools.scoring.clip.ClipEncoder`` prepares it."""
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
     return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
