@@ -43,8 +43,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (override aldar.toml and ALDAR_* variables)")
     group.add_argument("--config", metavar="FILE", help="settings file (default: ./aldar.toml, or $ALDAR_CONFIG)")
     group.add_argument("--profile", choices=["tiny", "sdxl"],
-                       help="models: sdxl = real weights; tiny = random-weight offline models that check the "
-                            "pipeline, not quality (default from settings: sdxl; env ALDAR_PROFILE)")
+                       help="models: sdxl = real weights; tiny = small models trained in the bundled toy world, "
+                            "offline (scores meaningful in that world only; default from settings: sdxl; "
+                            "env ALDAR_PROFILE)")
     group.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], help="compute device (auto: cuda > mps > cpu)")
     group.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="precision (auto: fp16 on GPU, fp32 on CPU)")
     group.add_argument("--base-model", dest="base_model", metavar="ID|DIR|FILE",

@@ -31,8 +31,9 @@ def _common(settings: Settings, bounds: dict[str, tuple]) -> dict[str, str]:
         "character": settings.character_name,
         "weights": " + ".join(f"{v:g}·{k}" for k, v in weights.items()),
         "bounds_table": bounds_table(bounds),
-        "profile_note": ("- This session runs the `tiny` profile: random-weight models that check the pipeline, "
-                         "not image quality. Say so when you report scores.") if settings.is_tiny else "",
+        "profile_note": ("- This session runs the `tiny` profile: small models trained in a bundled toy world. "
+                         "Scores are meaningful inside that world only, not for real SDXL. Say so when you "
+                         "report scores.") if settings.is_tiny else "",
     }
 
 

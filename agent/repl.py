@@ -297,7 +297,7 @@ class Repl:
     def cmd_config(self, args: list[str]) -> None:
         _no_extra(args)
         s = self.settings
-        rows = [["profile", s.profile + (" (random weights: checks the pipeline, not quality)" if s.is_tiny else "")],
+        rows = [["profile", s.profile + (" (toy world: scores meaningful in that world only)" if s.is_tiny else "")],
                 ["output_dir", s.output_dir], ["references", s.references], ["device / dtype", f"{s.device} / {s.dtype}"],
                 ["weights", ", ".join(f"{k} {v:g}" for k, v in s.metric_weights.items())],
                 ["competitors", ", ".join(s.competitors) or "none"],

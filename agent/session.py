@@ -394,13 +394,8 @@ class Session:
             number = self.store.data["in_progress"]["round"]
             _emit(self.events.on_notice, f"resuming: round {number} was interrupted and restarts "
                                          f"({len(self.store.rounds)} finished round(s) kept)")
-        # Tiny scores come from random weights: stopping on them would end runs at random.
-        score_stops = not self.profile.is_tiny
-        if not score_stops:
-            self._say("tiny profile: only the round limit stops the run (scores check the pipeline)")
         while True:
-            reason = stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience,
-                                 score_stops)
+            reason = stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience)
             if reason:
                 break
             record = self.run_round(decider)
@@ -555,12 +550,12 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
     }
 
 
-def stop_reason(history: list[dict], rounds: int, target: float, patience: int, score_stops: bool = True) -> str:
-    """Why no further round should run, or '' to go on. ``score_stops=False`` leaves only the round limit."""
+def stop_reason(history: list[dict], rounds: int, target: float, patience: int) -> str:
+    """Why no further round should run, or '' to go on (the tiny profile too: its toy-world scores mean something)."""
     if len(history) >= rounds:
         return f"round limit reached ({len(history)} of {rounds})"
     scored = [r for r in history if r.get("lora_score") is not None]
-    if not scored or not score_stops:
+    if not scored:
         return ""
     last = scored[-1]
     if last["lora_score"] >= target:

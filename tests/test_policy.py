@@ -156,8 +156,6 @@ def test_stop_reasons():
     assert stop_reason(rounds(0.6, 0.5, 0.55), 5, 0.8, 2).startswith("no improvement for 2")
     assert stop_reason(rounds(0.6, 0.5, 0.7), 5, 0.8, 2) == ""
     assert stop_reason([], 3, 0.8, 2) == ""
-    assert stop_reason(rounds(0.9), 3, 0.8, 2, score_stops=False) == ""  # tiny: only the round limit
-    assert stop_reason(rounds(0.9, 0.9), 2, 0.8, 2, score_stops=False).startswith("round limit")
 
 
 def test_clamp_adjustments_drops_nan_and_infinity():

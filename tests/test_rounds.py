@@ -39,7 +39,7 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
     rounds = history["rounds"]
     assert len(rounds) == 2 and history["in_progress"] is None
     assert history["stopped"]["reason"].startswith("round limit")
-    assert history["profile"]["profile"] == "tiny" and "not image quality" in history["profile"]["notice"]
+    assert history["profile"]["profile"] == "tiny" and "toy world" in history["profile"]["notice"]
     for record in rounds:
         assert record["decided_by"] == "rule-policy"
         assert record["rationale"].endswith(".") and len(record["rationale"]) > 20

@@ -103,4 +103,6 @@ def show_summary(session: Session, ui: UI) -> None:
                    f"{session.store.root / (data.get('best_lora') or 'best_lora')}")
     ui.success(f"report: {session.store.report_path}")
     if session.profile.is_tiny:
-        ui.warn("tiny profile: these scores check the pipeline, not image quality")
+        from tools.models import TINY_NOTICE
+
+        ui.warn(TINY_NOTICE)

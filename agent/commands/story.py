@@ -39,5 +39,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                f"({book.story['generator']})")
     ui.info(f"open {escape(str(book.files['html']))}")
     if book.story.get("profile") == "tiny":
-        ui.warn("tiny profile: the pictures come from random-weight models and only check the pipeline")
+        from tools.models import TINY_NOTICE
+
+        ui.warn(TINY_NOTICE)
     return 0

@@ -79,5 +79,5 @@ def write_storybook(book_dir: Path, story: dict[str, Any]) -> dict[str, Path]:
 def _credit(story: dict[str, Any]) -> str:
     credit = f"Written by {story.get('llm_model', 'an LLM')}, illustrated by {story.get('generator', 'a generator')}"
     if story.get("profile") == "tiny":
-        credit += " (tiny profile: random-weight models, pictures check the pipeline only)"
+        credit += " (tiny profile: small models of a bundled toy world, not real SDXL)"
     return credit + "."
