@@ -1,12 +1,15 @@
 """Train the toy world's tokenizer, CLIP, VAE and SDXL-layout UNet from seeds, resumably.
 
-    python -m tools.world.build                  # every stage in order (about an hour of one CPU core)
-    python -m tools.world.build --stage clip     # one stage (clip and vae may run side by side)
+    python -m tools.world.build                  # every stage in order (about 1.5 hours of one CPU core)
+    python -m tools.world.build --stage clip     # one stage (see below for which may run side by side)
     python -m tools.world.build --export         # write fp16 weights from the latest checkpoints
 
-Stages: ``data`` (render the splits) → ``tokenizer`` → ``clip`` and ``vae`` → ``unet``. Each training
-stage checkpoints model, optimizer and step every few minutes into the cache folder
-(``$ALDAR_WORLD_CACHE``, default ``~/.cache/aldar/world-build``; never committed) and on Ctrl-C; a rerun
+Stages: ``data`` (render the splits) → ``tokenizer`` → ``clip`` and ``vae`` side by side. The CLIP locks
+its text tower at ``text_lock_step`` and the VAE its encoder at ``encoder_lock_step``; from then on
+``unet`` can train on the final encoders while the CLIP's image tower and the VAE's decoder go on, and
+``vision`` (the image tower alone, after ``clip``) beside it. Each training stage checkpoints model,
+optimizer and step every few minutes into the cache folder (``$ALDAR_CACHE/world-build``, default
+``~/.cache/aldar/world-build``; never committed) and on Ctrl-C; a rerun
 continues from the checkpoint. Batches and noise are pure functions of (seed, step), so a resumed run
 trains exactly as an uninterrupted one. Finished stages export fp16 safetensors into ``weights/``:
 ``weights/clip`` (a ``CLIPModel`` with its tokenizer, the analyzer's and scorer's model) and
@@ -63,6 +66,11 @@ class Recipe:
     encoder_lock_step: int = 600
     vae_batch: int = 16
     vae_lr: float = 8e-4
+    # Then the image tower alone goes on with captions naming every attribute: the fine attributes (face,
+    # eyes, mustache, mouth) are what a contrastive start learns last.
+    vision_steps: int = 1_500
+    vision_batch: int = 128
+    vision_lr: float = 3e-4
     unet_steps: int = 5_000
     unet_batch: int = 32
     unet_lr: float = 4e-4
@@ -150,6 +158,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 STAGE_RECIPE_FIELDS = {"clip": ("text_lock_step",), "vae": ("encoder_lock_step",),
+                       "vision": ("clip_steps", "clip_batch", "clip_lr", "text_lock_step"),
                        "unet": ("caption_dropout", "min_snr_gamma", "ema_decay", "text_lock_step", "encoder_lock_step")}
 
 
@@ -405,10 +414,43 @@ def load_trained_vae(build: Build, encoder_only: bool = False):
     return vae.eval()
 
 
-def load_trained_clip(build: Build):
+def load_trained_clip(build: Build, stage: str | None = None):
+    """The CLIP of ``stage`` (default: the image-tower stage when it has a checkpoint, else the first stage)."""
+    stage = stage or ("vision" if build.checkpoint_path("vision").is_file() else "clip")
     model, tokenizer = new_clip(build)
-    model.load_state_dict(torch.load(build.checkpoint_path("clip"), map_location="cpu", weights_only=False)["modules"]["model"])
+    model.load_state_dict(torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)["modules"]["model"])
     return model.eval(), tokenizer
+
+
+def stage_vision(build: Build) -> None:
+    """Go on training the CLIP's image tower alone (text locked), on captions that name every attribute."""
+    recipe = build.recipe
+    first = torch.load(build.checkpoint_path("clip"), map_location="cpu", weights_only=False)
+    if first["step"] < recipe.clip_steps:
+        raise RuntimeError(f"the clip stage is at step {first['step']} of {recipe.clip_steps}: finish it first")
+    split = build.load_split("train")
+    model, tokenizer = load_trained_clip(build, "clip")
+    model.train()
+    for part in TEXT_TOWER_PARTS:
+        getattr(model, part).requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=recipe.vision_lr, betas=(0.9, 0.98), weight_decay=0.1)
+    trainer = Trainer(build, "vision", {"model": model}, optimizer, recipe.vision_steps, recipe.vision_lr, warmup=100)
+
+    def step(index: int) -> torch.Tensor:
+        rng = random.Random(recipe.seed * 6007 + index)
+        rows = np.random.default_rng(recipe.seed * 6007 + index).choice(len(split), recipe.vision_batch, replace=False)
+        captions = [tag_caption(split.characters[r], rng, keep=1.0) if rng.random() < 0.7
+                    else sentence_caption(split.characters[r], rng) for r in rows]
+        tokens = tokenizer(captions, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        return model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                     pixel_values=clip_pixels(split.pixels[rows]), return_loss=True).loss
+
+    def clamp_scale() -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+
+    trainer.run(step, clamp_scale)
 
 
 def text_towers(clip_model):
@@ -547,7 +589,7 @@ def export(build: Build) -> list[str]:
     if log_path.is_file():
         log = json.loads(log_path.read_text())
         log["recipe"] = asdict(build.recipe)
-        for stage in ("clip", "vae", "unet"):
+        for stage in ("clip", "vision", "vae", "unet"):
             if build.checkpoint_path(stage).is_file():
                 state = torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)
                 log.setdefault(stage, {}).update(steps_done=state["step"], cpu_minutes=round(state["cpu_seconds"] / 60, 1))
@@ -555,11 +597,12 @@ def export(build: Build) -> list[str]:
     return written
 
 
-STAGES = {"data": stage_data, "tokenizer": stage_tokenizer, "clip": stage_clip, "vae": stage_vae, "unet": stage_unet}
+STAGES = {"data": stage_data, "tokenizer": stage_tokenizer, "clip": stage_clip, "vae": stage_vae, "unet": stage_unet,
+          "vision": stage_vision}
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("ALDAR_WORLD_CACHE", Path.home() / ".cache" / "aldar" / "world-build"))
+    return Path(os.environ.get("ALDAR_CACHE", Path.home() / ".cache" / "aldar")) / "world-build"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -575,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.export:
             for name in (STAGES if args.stage == "all" else [args.stage]):
-                if name in ("clip", "vae", "unet") and args.stage == "all":
+                if name in ("clip", "vae", "unet", "vision") and args.stage == "all":
                     state = build.checkpoint_path(name)
                     if state.is_file() and torch.load(state, weights_only=False)["step"] >= getattr(build.recipe, f"{name}_steps"):
                         continue
