@@ -30,6 +30,8 @@ CHECKPOINT_PREFIX = "checkpoint-"
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
+MAGNITUDE = ".lora_magnitude_vector"  # PEFT's DoRA magnitude (one per output feature)
+KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _TEXT_ENCODER_TOP = ("text_model.", "text_projection.")
 
@@ -79,6 +81,7 @@ def save_diffusers_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tenso
     try:
         StableDiffusionXLPipeline.save_lora_weights(staging, weight_name=path.name, safe_serialization=True, **kwargs)
         _fsync(staging / path.name)
+        os.chmod(staging / path.name, 0o666 & ~current_umask())  # safetensors writes 0600
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -96,10 +99,14 @@ def kohya_state_dict(state_dicts: dict[str, dict[str, torch.Tensor]], alpha: flo
 
     prefixed = {f"{component}.{key}": value
                 for component, state in standard_layout(state_dicts).items() for key, value in state.items()}
+    magnitudes = {key: prefixed.pop(key) for key in [k for k in prefixed if k.endswith(MAGNITUDE)]}
     converted = convert_state_dict_to_kohya(prefixed)
     for key in converted:
         if key.endswith(".alpha"):
             converted[key] = torch.tensor(float(alpha), dtype=torch.float32)
+    for key, magnitude in magnitudes.items():  # DoRA: LyCORIS' dora_scale, one norm per output row
+        component, _, module = key[:-len(MAGNITUDE)].partition(".")
+        converted[f"{KOHYA_PREFIXES[component]}_{module.replace('.', '_')}.dora_scale"] = magnitude.reshape(-1, 1)
     return {key: value.contiguous() for key, value in converted.items()}
 
 

@@ -137,6 +137,10 @@ class TrainConfig:
         if not (0.0 <= self.caption_dropout < 1.0):
             raise ConfigError(f"caption_dropout {self.caption_dropout} is outside [0, 1)", "use 0 to 0.1")
         _positive_finite("prodigy_d_coef", self.prodigy_d_coef)
+        if self.use_dora and self.train_text_encoder:
+            # diffusers 0.42 drops DoRA magnitudes of text encoders on load: such a LoRA would load half.
+            raise ConfigError("DoRA on the text encoders does not load in diffusers (its magnitudes are dropped)",
+                              "use --use-dora with --no-train-text-encoder, or plain LoRA")
         if self.lr_warmup_steps >= self.steps and self.lr_warmup_steps > 0:
             raise ConfigError(f"lr_warmup_steps {self.lr_warmup_steps} is not below steps {self.steps}",
                               "use fewer warmup steps (about 5-10% of steps)")
