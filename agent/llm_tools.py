@@ -238,7 +238,7 @@ def build_session_tools(session: "Session", *, assume_yes: bool = False, decided
         return {"ok": True, "round": session.current.number if session.current else None,
                 "steps": result.get("steps"), "final_loss": _round3(result.get("final_loss")),
                 "interrupted": result.get("interrupted"), "lora": session.store.relative(result.get("lora_path")),
-                "applied": applied, "notes": notes}
+                "chosen_checkpoint": result.get("chosen_checkpoint"), "applied": applied, "notes": notes}
 
     def generate_images(prompt: str | None = None) -> dict:
         """Generate this round's images: the LoRA, the base model and every configured hosted competitor.

@@ -184,6 +184,7 @@ def _round_section(record: dict, is_best: bool) -> str:
         grid.append(f"<tr><th>{esc(name)}</th><td>{cells}</td></tr>")
     skipped = record.get("skipped_competitors") or []
     return "\n".join([
+        _checkpoint_choice((record.get("train") or {})),
         f"<h2>{esc(title)}</h2>",
         f"<p class=\"meta\">parameters: {esc(shown)}</p>",
         *(f"<p class=\"meta\">prompt: {esc(prompt)}</p>" for prompt in record.get("prompts") or []),
@@ -194,6 +195,20 @@ def _round_section(record: dict, is_best: bool) -> str:
         f"<p class=\"meta\">not competing: {esc('; '.join(skipped))}</p>" if skipped else "",
         "<table class=\"grid\">", *grid, "</table>",
     ])
+
+
+def _checkpoint_choice(train: dict) -> str:
+    """Which training checkpoint became the round's LoRA, why, and every checkpoint's score."""
+    chosen, scores = train.get("chosen_checkpoint"), train.get("checkpoint_scores") or []
+    if not chosen:
+        return ""
+    esc = html.escape
+    marked = ' class="chosen"'
+    cells = "".join(f"<td{marked if s.get('step') == chosen.get('step') else ''}>step {s.get('step')}: "
+                    f"{_num(s.get('quality'))}</td>" for s in scores)
+    table = f"<table class=\"checkpoints\"><tr><th>checkpoint quality</th>{cells}</tr></table>" if scores else ""
+    return (f"<p><strong>LoRA used: checkpoint at step {esc(str(chosen.get('step')))}</strong> — "
+            f"{esc(str(chosen.get('why', '')))}</p>{table}")
 
 
 def _num(value: Any) -> str:
@@ -209,6 +224,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: .5em 0 1em; }
 td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
 tr.ceiling { font-style: italic; background: #f4f4f4; }
+td.chosen { font-weight: bold; background: #e6f4e6; }
 img.thumb { width: 128px; height: 128px; object-fit: contain; margin: 2px; image-rendering: pixelated; }
 .row { display: flex; flex-wrap: wrap; }
 </style></head><body>"""
