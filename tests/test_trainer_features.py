@@ -235,3 +235,7 @@ def test_the_run_hands_over_the_best_scoring_checkpoint(profile, shapes, tmp_pat
     assert summary["chosen_checkpoint"]["step"] == chosen
     assert [s["quality"] for s in summary["checkpoint_scores"]] == [0.2, 0.9, 0.5]
     assert int(safe_open(str(result.kohya_path), "pt").metadata()["ss_steps"]) == chosen
+    from tools.train_report import BEST_COLOUR, SCORE_COLOUR
+
+    colours = set(Image.open(result.loss_curve).convert("RGB").getdata())
+    assert SCORE_COLOUR in colours and (BEST_COLOUR in colours) == select  # scores drawn, the chosen one ringed
