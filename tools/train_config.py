@@ -32,7 +32,7 @@ class TrainConfig:
 
     rank: int = _knob(32, "LoRA rank (network dim): capacity of the adapter; 16-32 suits one character")
     alpha: float = _knob(16.0, "LoRA alpha: the update is scaled by alpha/rank; rank or rank/2 is usual")
-    learning_rate: float = _knob(1e-4, "AdamW learning rate for the UNet's LoRA weights")
+    learning_rate: float = _knob(1e-4, "AdamW learning rate for the UNet's LoRA weights (Prodigy sets its own)")
     text_encoder_learning_rate: float = _knob(0.0, "learning rate for the text encoders' LoRA when they train "
                                                    "(0 = learning_rate; kohya users often take half)")
     steps: int = _knob(1500, "optimizer steps to train (each sees batch_size x gradient_accumulation images)")
@@ -55,7 +55,7 @@ class TrainConfig:
     prodigy_use_bias_correction: bool = _knob(True, "Prodigy: Adam-style bias correction (its authors' advice "
                                                     "for diffusion models)")
     use_dora: bool = _knob(False, "DoRA (peft use_dora): weight-decomposed LoRA, often more faithful at low rank, "
-                                  "about a third slower")
+                                  "a little slower per step; UNet only")
     max_grad_norm: float = _knob(1.0, "gradient clipping norm (0 = off)")
     lr_scheduler: str = _knob("cosine", "learning-rate schedule after warmup", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = _knob(100, "steps of linear learning-rate warmup")
