@@ -264,9 +264,11 @@ def test_text_encoder_lora_under_bf16_is_exported_and_removed_afterwards(profile
     assert not hasattr(pipe.text_encoder, "peft_config") and not pipe.text_encoder.training
     for module in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):  # accelerate's autocast wrapper is gone
         assert "forward" not in module.__dict__ and "_original_forward" not in module.__dict__
-    fresh = fresh_pipeline(profile)
-    fresh.load_lora_weights(str(result.lora_path))  # text-encoder parts load too
-    assert any("lora" in key for key in fresh.text_encoder_2.state_dict())
+    for path in (result.lora_path, result.kohya_path):  # both text encoders' parts load too, from both files
+        fresh = fresh_pipeline(profile)
+        fresh.load_lora_weights(str(path))
+        assert any("lora" in key for key in fresh.text_encoder.state_dict()), path
+        assert any("lora" in key for key in fresh.text_encoder_2.state_dict()), path
 
 
 def test_text_encoder_lora_left_active_by_the_generator_is_off_while_unet_only_training(profile):
