@@ -147,7 +147,7 @@ def test_each_optimizer_and_dora_train_a_lora_that_loads_in_diffusers(profile, s
         assert groups[0]["lr"] == 1.0 and groups[0]["use_bias_correction"] and groups[0]["safeguard_warmup"]
         assert groups[0]["betas"] == (0.9, 0.99) and groups[0]["d"] > 0
         meta = safe_open(str(result.kohya_path), "pt").metadata()
-        assert meta["ss_optimizer"] == "prodigyopt.prodigy.Prodigy"
+        assert meta["ss_optimizer"] == "prodigyopt.prodigy.Prodigy" and meta["ss_learning_rate"] == "1"
 
 
 def test_dora_with_text_encoders_is_refused(profile, shapes, tmp_path):

@@ -146,6 +146,9 @@ def kohya_metadata(config, profile, *, steps: int, epochs: tuple[int, int], data
     editor calls ``float()`` on them), JSON where kohya writes JSON, ``str(int)`` for counts.
     """
     info = profile.describe()
+    # Prodigy runs at lr 1.0 (text encoders at their ratio to the UNet): the rates the optimizer really had.
+    scale = 1.0 / config.learning_rate if config.optimizer == "prodigy" else 1.0
+    unet_lr, text_lr = config.learning_rate * scale, config.effective_text_encoder_learning_rate * scale
     frequency: dict[str, int] = {}
     for caption in captions:
         for tag in caption_tags(caption):
@@ -162,9 +165,9 @@ def kohya_metadata(config, profile, *, steps: int, epochs: tuple[int, int], data
         "ss_steps": str(steps),
         "ss_epoch": str(epochs[0]),  # epochs done, of
         "ss_num_epochs": str(epochs[1]),  # the epochs planned
-        "ss_learning_rate": f"{config.learning_rate:g}",
-        "ss_unet_lr": f"{config.learning_rate:g}",
-        "ss_text_encoder_lr": f"{config.effective_text_encoder_learning_rate:g}" if config.train_text_encoder else "0",
+        "ss_learning_rate": f"{unet_lr:g}",
+        "ss_unet_lr": f"{unet_lr:g}",
+        "ss_text_encoder_lr": f"{text_lr:g}" if config.train_text_encoder else "0",
         "ss_network_train_unet_only": str(not config.train_text_encoder),
         "ss_output_name": config.output_name,
         "ss_resolution": f"({config.resolution}, {config.resolution})",
