@@ -13,7 +13,7 @@ from PIL import Image
 
 from tools.errors import ConfigError, InputError, TrainingError
 from tools.training.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
-from tools.models import build_tiny_sdxl_components, load_sdxl_pipeline, resolve_profile
+from tools.models import load_sdxl_pipeline, load_toy_world_pipeline, resolve_profile
 from tools.settings import load_settings
 from tools.training import trainer
 from tools.training.data import clear_latent_cache
@@ -55,9 +55,8 @@ class StopAfter(threading.Event):
 
 
 def fresh_pipeline(profile):
-    from diffusers import StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline(**build_tiny_sdxl_components(profile.seed))
+    """A new copy of the tiny profile's models (the toy world's), not the cached one the trainer uses."""
+    pipe = load_toy_world_pipeline()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from tools.models import build_tiny_sdxl_components, resolve_profile
+from tools.models import load_toy_world_pipeline, resolve_profile
 from tools.settings import load_settings
 from tools.training.data import prepare_images, training_caption
 from tools.training.lora_files import DIFFUSERS_WEIGHTS, best_checkpoint
@@ -49,9 +49,8 @@ def quick(profile, **changes):
 
 
 def fresh_pipeline(profile):
-    from diffusers import StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline(**build_tiny_sdxl_components(profile.seed))
+    """A new copy of the tiny profile's models (the toy world's), not the cached one the trainer uses."""
+    pipe = load_toy_world_pipeline()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
