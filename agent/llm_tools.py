@@ -263,10 +263,11 @@ class SessionTools(RoundTools):
         session.finish_scored_round(Decision(adjustments, "adjusted in chat", self.decided_by))
         applied, notes = session.apply(adjustments)
         result = session.train()
+        chosen = {k: _round3(v) for k, v in (result.get("chosen_checkpoint") or {}).items()} or None
         return {"ok": True, "round": session.current.number if session.current else None,
                 "steps": result.get("steps"), "final_loss": _round3(result.get("final_loss")),
                 "interrupted": result.get("interrupted"), "lora": session.store.relative(result.get("lora_path")),
-                "applied": applied, "notes": notes}
+                "chosen_checkpoint": chosen, "applied": applied, "notes": notes}
 
     def generate_images(self, prompt: str | None = None) -> dict:
         """Generate this round's images: the LoRA, the base model and every configured hosted competitor.

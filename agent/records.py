@@ -43,10 +43,26 @@ class CeilingScores(TypedDict):
     ssim: float
 
 
+class CheckpointScore(TypedDict):  # one scored training checkpoint (train_lora's checkpoint_scores)
+    step: int
+    quality: float
+    clip: NotRequired[float]
+    features: NotRequired[float]
+    ssim: NotRequired[float]
+
+
+class ChosenCheckpoint(TypedDict):  # the checkpoint exported as the round's LoRA, and why
+    step: int
+    why: str
+    quality: NotRequired[float]  # absent when no checkpoint was scored (the last step is used)
+
+
 class RoundTrain(TypedDict):
     steps: int | None
     final_loss: float | None
     interrupted: bool | None
+    checkpoint_scores: NotRequired[list[CheckpointScore]]  # NotRequired: histories from before checkpoint scoring
+    chosen_checkpoint: NotRequired[ChosenCheckpoint | None]
 
 
 class RoundDecision(TypedDict):

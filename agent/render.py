@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from agent.knobs import knob_values
-from agent.records import RoundRecord
+from agent.records import RoundRecord, RoundTrain
 from tools.scoring.records import Analysis, ComparisonReport, Feedback
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 SCORE_COLUMNS = ["generator", "quality", "CLIP", "features", "SSIM", "band"]
 MISSING = "—"
+CHOSEN = "LoRA"  # marks the checkpoint exported as the round's LoRA
 
 
 def number(value: Any) -> str:
@@ -94,6 +95,19 @@ def record_scores(record: RoundRecord) -> Table:
                        number(ceiling.get("features")), number(ceiling.get("ssim")), ""]
     caption = f"next: {record.get('rationale')} ({record.get('decided_by')})" if record.get("rationale") else None
     return Table(f"round {record.get('round')} ranking", SCORE_COLUMNS, rows, ceiling_row, caption)
+
+
+def checkpoint_choice(train: RoundTrain) -> Table | None:
+    """Which training checkpoint became the round's LoRA (the title) and why (the caption), with every
+    scored checkpoint's quality, the chosen one marked; None when the record names no chosen checkpoint
+    (histories from before checkpoints were scored)."""
+    chosen = train.get("chosen_checkpoint")
+    if not chosen:
+        return None
+    rows = [[f"step {s.get('step')}", number(s.get("quality")), CHOSEN if s.get("step") == chosen.get("step") else ""]
+            for s in train.get("checkpoint_scores") or []]
+    return Table(f"LoRA used: checkpoint at step {chosen.get('step')}", ["checkpoint", "quality", ""], rows,
+                 caption=str(chosen.get("why") or ""))
 
 
 def history_table(history: list[RoundRecord]) -> Table:

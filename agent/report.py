@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from agent.render import params_text, record_scores
+from agent.render import CHOSEN, checkpoint_choice, params_text, record_scores
 from tools.atomic import atomic_write_bytes, atomic_write_text
 from tools.images import list_images, load_image
 
@@ -180,6 +180,7 @@ def _round_section(record: dict, is_best: bool) -> str:
         f"<h2>{esc(title)}</h2>",
         f"<p class=\"meta\">parameters: {esc(shown)}</p>",
         *(f"<p class=\"meta\">prompt: {esc(prompt)}</p>" for prompt in record.get("prompts") or []),
+        _checkpoint_choice(record.get("train") or {}),
         "<table><tr>" + "".join(f"<th>{esc(column)}</th>" for column in scores.columns) + "</tr>",
         *rows, "</table>",
         f"<p><strong>Decision ({esc(str(record.get('decided_by')))}):</strong> {esc(str(record.get('rationale')))} "
@@ -187,6 +188,19 @@ def _round_section(record: dict, is_best: bool) -> str:
         f"<p class=\"meta\">not competing: {esc('; '.join(skipped))}</p>" if skipped else "",
         "<table class=\"grid\">", *grid, "</table>",
     ])
+
+
+def _checkpoint_choice(train: dict) -> str:
+    """Which training checkpoint became the round's LoRA, why, and every checkpoint's quality."""
+    choice = checkpoint_choice(train)
+    if choice is None:
+        return ""
+    esc = html.escape
+    rows = [('<tr class="chosen">' if row[-1] == CHOSEN else "<tr>") + "".join(f"<td>{esc(cell)}</td>" for cell in row)
+            + "</tr>" for row in choice.rows]
+    table = ("<table class=\"checkpoints\"><tr>" + "".join(f"<th>{esc(column)}</th>" for column in choice.columns)
+             + "</tr>" + "".join(rows) + "</table>") if rows else ""
+    return f"<p><strong>{esc(choice.title)}</strong> — {esc(choice.caption or '')}</p>{table}"
 
 
 _HEAD = """<!doctype html>
@@ -198,6 +212,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: .5em 0 1em; }
 td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
 tr.ceiling { font-style: italic; background: #f4f4f4; }
+tr.chosen { font-weight: bold; background: #e6f4e6; }
 img.thumb { width: 128px; height: 128px; object-fit: contain; margin: 2px; image-rendering: pixelated; }
 .row { display: flex; flex-wrap: wrap; }
 </style></head><body>"""

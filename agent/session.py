@@ -18,7 +18,8 @@ from typing import Callable, Iterator, NotRequired, TypedDict
 
 from agent.decision import Decider, Decision
 from agent.knobs import bounds_for, clamp_adjustments
-from agent.records import GeneratorScores, Overfitting, RoundRecord, SessionFeedback
+from agent.records import (CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
+                           SessionFeedback)
 from agent.store import RunStore
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
@@ -55,6 +56,8 @@ class TrainedRound(TypedDict):
     steps: int
     final_loss: float
     interrupted: bool
+    checkpoint_scores: list[CheckpointScore]
+    chosen_checkpoint: ChosenCheckpoint | None
 
 
 @dataclass
@@ -180,6 +183,7 @@ class Session:
     # ---------------------------------------------------------------- train
     def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
+        from tools.scoring.scorer import checkpoint_scorer
         from tools.training.trainer import train_lora
 
         if adjustments:
@@ -190,11 +194,13 @@ class Session:
         config = train_config(self.profile, self.params)
         dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
         run_dir = self.store.round_run_dir(state.number)
+        # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
+        scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
         with self._stage("train", params=state.params):
             self._say(f"round {state.number}: training {_describe_params(self.params)} → {self.store.relative(run_dir)}")
             started = time.perf_counter()
             try:
-                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
+                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer)
             except ResumeMismatchError as error:
                 # Checkpoints of this round made with other settings (e.g. changed by hand): keep them
                 # aside and train the round afresh rather than stop the run.
@@ -202,15 +208,18 @@ class Session:
                 run_dir.rename(aside)
                 _emit(self.events.on_warning,
                       f"{error.problem}; kept it as {self.store.relative(aside)} and retrained the round")
-                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet)
+                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer)
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
             raise KeyboardInterrupt
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
-                       "final_loss": result.final_loss, "interrupted": result.interrupted}
+                       "final_loss": result.final_loss, "interrupted": result.interrupted,
+                       "checkpoint_scores": result.checkpoint_scores, "chosen_checkpoint": result.chosen_checkpoint}
         state.images = state.report = state.feedback = None  # they came from the previous LoRA
-        self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}")
+        chosen = result.chosen_checkpoint or {}
+        self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "
+                  f"LoRA = step {chosen.get('step', result.steps)} ({chosen.get('why', 'last step')})")
         return state.train
 
     def apply(self, adjustments: dict) -> tuple[dict, list[str]]:
@@ -442,10 +451,8 @@ def default_params(profile: ModelProfile) -> dict:
 
     config = dataclasses.asdict(default_train_config(profile))
     params = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    # Each round renders its own images from the LoRA right after training: the trainer's
-    # checkpoint validation renders would be the same work twice.
-    if "validation_images" in params:
-        params["validation_images"] = 0
+    # validation_images stays on: each checkpoint's validation renders are scored against the references,
+    # and the best-scoring checkpoint becomes the round's LoRA (select_best_checkpoint).
     params.setdefault("lora_scale", 1.0)
     params.setdefault("feature_emphasis", [])
     return params
@@ -522,7 +529,8 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "params": state.params,
         "train": {"steps": train.get("steps"), "final_loss": train.get("final_loss"),
-                  "interrupted": train.get("interrupted")},
+                  "interrupted": train.get("interrupted"), "checkpoint_scores": train.get("checkpoint_scores") or [],
+                  "chosen_checkpoint": train.get("chosen_checkpoint")},
         "scores": scores_by_generator(report),
         "ranking": report.get("ranking", []),
         "ceiling": {"quality": ceiling["quality"]["mean"], "clip": ceiling["clip"]["mean"],

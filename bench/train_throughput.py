@@ -1,6 +1,6 @@
 """LoRA training throughput: steps/s and peak memory, with latent + text-embedding caching on vs off.
 
-    python bench/train_throughput.py [--steps-tiny 20] [--steps-mid 6] [--threads 1]
+    python bench/train_throughput.py [--steps-tiny 20] [--steps-mid 6] [--steps-variants 20] [--threads 1]
     python bench/train_throughput.py --full-gpu [--steps 10] [--precision bf16]
 
 CPU part (figures, not a test), each measured in the same run:
@@ -12,6 +12,10 @@ train_dreambooth_lora_sdxl.py without --cache_latents): a VAE encode of the batc
 encoders — exactly the work the caches remove. Each mode runs in its own subprocess so that peak
 RSS (resource.getrusage maxrss) belongs to that mode alone; steps/s is timed from the loss log
 (first to last step, setup and saving excluded).
+
+Feature rows (same run, tiny UNet, batch 1 so a step is one image everywhere): aspect-ratio bucketing,
+Prodigy and DoRA, each as a ratio of steps/s to plain AdamW on centre-cropped squares, on references
+of three aspect ratios (tall, wide, square).
 
 ``--full-gpu``: the full-size SDXL UNet (random init, ``unet_scale="full"``) at 1024 px, batch 1,
 fp16/bf16 autocast, gradient checkpointing on: s/step and peak VRAM (torch.cuda.max_memory_allocated).
@@ -39,12 +43,20 @@ SCALES = {"tiny": dict(unet_scale="tiny", resolution=64, rank=8, batch_size=2),
           "mid": dict(unet_scale="mid", resolution=256, rank=16, batch_size=1)}
 
 
-def make_references(folder: Path, count: int = 4, size: int = 320) -> list[tuple[Path, str]]:
+VARIANTS = {"adamw": dict(bucketing=False, optimizer="adamw"),  # the baseline of the feature rows
+            "bucketing": dict(bucketing=True, optimizer="adamw"),
+            "prodigy": dict(bucketing=False, optimizer="prodigy"),
+            "dora": dict(bucketing=False, optimizer="adamw", use_dora=True)}
+SHAPES = ((256, 320), (320, 256), (288, 288))  # (width, height): tall, wide, square
+
+
+def make_references(folder: Path, count: int = 4, size: int = 320, shaped: bool = False) -> list[tuple[Path, str]]:
     rng = np.random.default_rng(0)
     pairs = []
     for index in range(count):
         path = folder / f"ref{index}.png"
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+        width, height = SHAPES[index % len(SHAPES)] if shaped else (size, size)
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
         pairs.append((path, f"aldarkose, reference {index}"))
     return pairs
 
@@ -79,14 +91,14 @@ def install_pipeline(profile, unet_scale: str, full_text: bool = False) -> None:
 def add_uncached_work() -> None:
     """Make every micro-batch also do what an uncached trainer does: VAE-encode the batch, run the text encoders."""
     from tools.training import trainer
-    from tools.training.data import batch_indices
+    from tools.training.data import bucket_batch
 
     original = trainer._Run._micro_batch_loss
 
     def micro_batch_loss(self, unet, micro):
         config = self.config
-        counter = (self.step * config.gradient_accumulation + micro) * config.batch_size
-        indices = batch_indices(counter, config.batch_size, len(self.images), config.seed)
+        indices = bucket_batch(self.step * config.gradient_accumulation + micro, self.buckets, config.batch_size,
+                               config.seed)
         with torch.no_grad():
             pixels = torch.stack([self.images[i].pixels for i in indices]).to(self.device, self.pipe.vae.dtype)
             self.pipe.vae.encode(pixels).latent_dist.sample()
@@ -96,8 +108,11 @@ def add_uncached_work() -> None:
     trainer._Run._micro_batch_loss = micro_batch_loss
 
 
-def one_mode(scale: str, cached: bool, steps: int) -> dict:
-    """Train ``steps`` steps in this process; return steps/s and peak memory."""
+def one_mode(scale: str, cached: bool, steps: int, variant: str | None = None) -> dict:
+    """Train ``steps`` steps in this process; return steps/s and peak memory.
+
+    ``variant`` (a VARIANTS name): batch 1 on references of three aspect ratios, with that variant's knobs.
+    """
     from tools.models import ModelProfile
     from tools.training.trainer import default_train_config, train_lora
 
@@ -108,9 +123,10 @@ def one_mode(scale: str, cached: bool, steps: int) -> dict:
         add_uncached_work()
     config = default_train_config(profile).replace(
         steps=steps, resolution=spec["resolution"], rank=spec["rank"], alpha=float(spec["rank"]),
-        batch_size=spec["batch_size"], checkpoint_every=0, validation_images=0)
+        batch_size=1 if variant else spec["batch_size"], checkpoint_every=0, validation_images=0,
+        **(VARIANTS[variant] if variant else {"bucketing": False}))
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = make_references(Path(tmp))
+        dataset = make_references(Path(tmp), shaped=variant is not None)
         result = train_lora(config, profile, dataset, Path(tmp) / "run", quiet=True)
         rows = [line.split(",") for line in result.loss_log.read_text().splitlines()[1:]]
     elapsed = float(rows[-1][4]) - float(rows[0][4])
@@ -118,13 +134,16 @@ def one_mode(scale: str, cached: bool, steps: int) -> dict:
     return {"steps_per_s": (len(rows) - 1) / elapsed, "peak_rss_mb": peak_rss_mb}
 
 
-def run_subprocess(scale: str, cached: bool, steps: int, threads: int) -> dict:
+def run_subprocess(scale: str, cached: bool, steps: int, threads: int, variant: str | None = None) -> dict:
     command = [sys.executable, __file__, "--one", scale, "--steps", str(steps), "--threads", str(threads)]
     if not cached:
         command.append("--uncached")
+    if variant:
+        command += ["--variant", variant]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
-        raise SystemExit(f"{scale} {'cached' if cached else 'uncached'} failed:\n{done.stderr[-2000:]}")
+        raise SystemExit(f"{scale} {variant or ('cached' if cached else 'uncached')} failed:\n"
+                         f"{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -142,6 +161,15 @@ def cpu_report(args) -> None:
                   f"{figures['peak_rss_mb']:>13.0f}")
         print(f"{'':<28}{'on/off':>9}{on['steps_per_s'] / off['steps_per_s']:>9.2f}x"
               f"{'':>9}{on['peak_rss_mb'] / off['peak_rss_mb']:>12.2f}x")
+    print(f"\nfeatures ({args.variants_scale} UNet, batch 1, references tall/wide/square), ratio to plain AdamW "
+          "on centre-cropped squares")
+    print(f"{'variant':<28}{'steps/s':>9}{'ratio':>9}{'peak RSS MB':>13}")
+    figures = {name: run_subprocess(args.variants_scale, True, args.steps_variants, args.threads, name)
+               for name in VARIANTS}
+    base = figures["adamw"]
+    for name, measured in figures.items():
+        print(f"{name:<28}{measured['steps_per_s']:>9.2f}{measured['steps_per_s'] / base['steps_per_s']:>8.2f}x"
+              f"{measured['peak_rss_mb']:>13.0f}")
 
 
 def full_gpu(args) -> None:
@@ -183,14 +211,17 @@ def main() -> None:
     parser.add_argument("--full-gpu", action="store_true", help="full-size SDXL UNet at 1024 px on a CUDA GPU")
     parser.add_argument("--precision", choices=["bf16", "fp16"], default="bf16", help="--full-gpu autocast precision")
     parser.add_argument("--steps", type=int, default=10, help="steps per measurement (--full-gpu / --one)")
+    parser.add_argument("--steps-variants", type=int, default=20, help="steps per feature row")
+    parser.add_argument("--variants-scale", choices=list(SCALES), default="tiny", help="UNet of the feature rows")
     parser.add_argument("--one", choices=list(SCALES), help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--uncached", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.full_gpu:
         full_gpu(args)
     elif args.one:
-        print(json.dumps(one_mode(args.one, not args.uncached, args.steps)))
+        print(json.dumps(one_mode(args.one, not args.uncached, args.steps, args.variant)))
     else:
         cpu_report(args)
 

@@ -146,6 +146,16 @@ def test_missing_or_old_packages_and_old_python_fail(tiny_settings, monkeypatch)
     assert python.status == FAIL and "99.0" in python.fix
 
 
+def test_a_package_past_the_tested_major_is_a_warning(tiny_settings, monkeypatch):
+    assert doctor.tested_below()["transformers"] == "6"  # from the installed project's pyproject ranges
+    monkeypatch.setattr(doctor, "required_packages", lambda: {"rich": "1.0", "pillow": "1.0"})
+    monkeypatch.setattr(doctor, "tested_below", lambda: {"rich": "2", "pillow": "999"})
+    checks = by_name(doctor.check_packages(tiny_settings))
+    assert checks["rich"].status == WARN and "newer than tested (< 2)" in checks["rich"].detail
+    assert checks["rich"].fix.startswith("pip install 'rich<2'")
+    assert checks["pillow"].status == OK
+
+
 def test_required_packages_come_from_the_project_metadata():
     packages = doctor.required_packages()
     for name in ("torch", "diffusers", "peft", "transformers", "accelerate", "safetensors", "openai",

@@ -73,6 +73,13 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
     assert (root / history["best_lora"]).read_bytes() == (root / rounds[best - 1]["paths"]["lora"]).read_bytes()
 
     page = (root / "report.html").read_text()
+    for record in rounds:  # each round's LoRA is its best-scoring checkpoint, and the report says so
+        scores, chosen = record["train"]["checkpoint_scores"], record["train"]["chosen_checkpoint"]
+        steps, every = record["params"]["steps"], record["params"]["checkpoint_every"]
+        assert [s["step"] for s in scores] == sorted({*range(every, steps + 1, every), steps})
+        assert all(0.0 <= s["quality"] <= 1.0 for s in scores)
+        assert chosen["step"] == max(scores, key=lambda s: (s["quality"], s["step"]))["step"]
+        assert f"LoRA used: checkpoint at step {chosen['step']}" in page and "highest validation quality" in page
     sources = re.findall(r'src="([^"]+)"', page)
     images = [s for s in sources if s.startswith("comparisons/")]
     assert len(images) == 2 * 2 * 2  # rounds × generators × images
@@ -201,6 +208,7 @@ def test_training_again_drops_the_images_and_feedback_of_the_previous_lora(tiny_
 
     class Result:
         run_dir, lora_path, kohya_path, steps, final_loss, interrupted = "r", "r/l.safetensors", None, 3, 0.5, False
+        checkpoint_scores, chosen_checkpoint = [], {"step": 3, "why": "last step"}
 
     monkeypatch.setattr(tools.training.trainer, "train_lora", lambda *a, **k: Result())
     monkeypatch.setattr(session_module, "training_dataset", lambda *a, **k: [])

@@ -145,6 +145,24 @@ def test_report_html_opens_offline_with_relative_existing_files(tmp_path, refere
     store.close()
 
 
+def test_report_says_inside_each_round_which_checkpoint_became_its_lora(tmp_path, references_dir):
+    store = RunStore(tmp_path / "results", {"profile": "tiny"})
+    chosen = _record(1, 0.6, store)
+    chosen["train"] = {"steps": 30, "checkpoint_scores": [{"step": 10, "quality": 0.41}, {"step": 20, "quality": 0.5234},
+                                                          {"step": 30, "quality": 0.47}],
+                       "chosen_checkpoint": {"step": 20, "quality": 0.5234, "why": "highest validation quality"}}
+    older = _record(2, 0.5, store)  # a history from before checkpoints were scored: no train.chosen_checkpoint
+    store.finish_round(chosen)
+    store.finish_round(older)
+    page = write_report(store, references_dir, [chosen, older]).read_text()
+    store.close()
+    first, second = page.split("<h2>Round 1")[1].split("<h2>Round 2")
+    assert "<strong>LoRA used: checkpoint at step 20</strong> — highest validation quality" in first
+    assert '<tr class="chosen"><td>step 20</td><td>0.523</td><td>LoRA</td></tr>' in first
+    assert "<tr><td>step 10</td><td>0.410</td><td></td></tr>" in first
+    assert "LoRA used" not in second and "LoRA used" not in page.split("<h2>Round 1")[0]
+
+
 def test_lock_file_is_emptied_on_close(tmp_path):
     store = RunStore(tmp_path)
     assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()

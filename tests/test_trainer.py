@@ -13,7 +13,7 @@ from PIL import Image
 
 from tools.errors import ConfigError, InputError, TrainingError
 from tools.training.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
-from tools.models import build_tiny_sdxl_components, load_sdxl_pipeline, resolve_profile
+from tools.models import load_sdxl_pipeline, load_toy_world_pipeline, resolve_profile
 from tools.settings import load_settings
 from tools.training import trainer
 from tools.training.data import clear_latent_cache
@@ -55,9 +55,8 @@ class StopAfter(threading.Event):
 
 
 def fresh_pipeline(profile):
-    from diffusers import StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline(**build_tiny_sdxl_components(profile.seed))
+    """A new copy of the tiny profile's models (the toy world's), not the cached one the trainer uses."""
+    pipe = load_toy_world_pipeline()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -264,9 +263,11 @@ def test_text_encoder_lora_under_bf16_is_exported_and_removed_afterwards(profile
     assert not hasattr(pipe.text_encoder, "peft_config") and not pipe.text_encoder.training
     for module in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):  # accelerate's autocast wrapper is gone
         assert "forward" not in module.__dict__ and "_original_forward" not in module.__dict__
-    fresh = fresh_pipeline(profile)
-    fresh.load_lora_weights(str(result.lora_path))  # text-encoder parts load too
-    assert any("lora" in key for key in fresh.text_encoder_2.state_dict())
+    for path in (result.lora_path, result.kohya_path):  # both text encoders' parts load too, from both files
+        fresh = fresh_pipeline(profile)
+        fresh.load_lora_weights(str(path))
+        assert any("lora" in key for key in fresh.text_encoder.state_dict()), path
+        assert any("lora" in key for key in fresh.text_encoder_2.state_dict()), path
 
 
 def test_text_encoder_lora_left_active_by_the_generator_is_off_while_unet_only_training(profile):
@@ -314,15 +315,16 @@ def test_latents_cached_on_disk_are_reused_by_a_new_process(profile, dataset, tm
 
 
 def test_crop_and_original_size_go_to_the_time_ids(dataset):
-    from tools.training.data import batch_indices, prepare_images
+    from tools.training.data import bucket_batch, prepare_images
 
     image = prepare_images(dataset[:1], 64)[0]  # 96 x 80 (w x h) -> resized 77 x 64, centre crop 64 x 64
     assert image.pixels.shape == (3, 64, 64) and -1.0 <= float(image.pixels.min()) <= float(image.pixels.max()) <= 1.0
-    assert image.time_ids(64, flipped=False).tolist() == [80, 96, 0, 6, 64, 64]
-    assert image.time_ids(64, flipped=True).tolist() == [80, 96, 0, 7, 64, 64]  # the mirrored crop's left edge
-    epoch = batch_indices(0, 3, 3, seed=5) + batch_indices(3, 3, 3, seed=5)
+    assert image.time_ids(flipped=False).tolist() == [80, 96, 0, 6, 64, 64]
+    assert image.time_ids(flipped=True).tolist() == [80, 96, 0, 7, 64, 64]  # the mirrored crop's left edge
+    one_bucket = [(64, 64)] * 3
+    epoch = bucket_batch(0, one_bucket, 3, seed=5) + bucket_batch(1, one_bucket, 3, seed=5)
     assert sorted(epoch[:3]) == sorted(epoch[3:]) == [0, 1, 2]  # every image once per epoch
-    assert batch_indices(4, 2, 3, seed=5) == epoch[4:6]  # a pure function of the position: exact resume
+    assert bucket_batch(1, one_bucket, 3, seed=5) == epoch[3:]  # a pure function of the position: exact resume
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

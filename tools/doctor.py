@@ -29,7 +29,7 @@ MIN_PYTHON = (3, 11)
 REQUIRED_PACKAGES = {
     "torch": "2.4", "diffusers": "0.32", "peft": "0.14", "transformers": "4.46", "accelerate": "1.0",
     "safetensors": "0.4", "openai": "1.50", "scikit-image": "0.24", "requests": "2.31", "rich": "13.7",
-    "prompt-toolkit": "3.0.43", "pillow": "10.0",
+    "prompt-toolkit": "3.0.43", "pillow": "10.0", "prodigyopt": "1.0",
 }
 KEY_PURPOSES = {
     "DEEPSEEK_API_KEY": "the LLM agent (without it the embedded rule policy decides each round)",
@@ -108,10 +108,27 @@ def required_packages() -> dict[str, str]:
     return found or dict(REQUIRED_PACKAGES)
 
 
+def tested_below() -> dict[str, str]:
+    """Distribution name → the first version past the majors the LoRA files were checked with (``<`` bounds)."""
+    from packaging.requirements import Requirement
+
+    try:
+        requirements = importlib.metadata.requires("aldar-lora") or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    bounds = {}
+    for line in requirements:
+        requirement = Requirement(line)
+        bound = next((s.version for s in requirement.specifier if s.operator == "<"), None)
+        if requirement.marker is None and bound:
+            bounds[requirement.name] = bound
+    return bounds
+
+
 def check_packages(settings: Settings) -> list[CheckResult]:
     from packaging.version import InvalidVersion, Version
 
-    results = []
+    results, untested = [], tested_below()
     for name, minimum in required_packages().items():
         try:
             installed = importlib.metadata.version(name)
@@ -125,9 +142,23 @@ def check_packages(settings: Settings) -> list[CheckResult]:
         if too_old:
             results.append(CheckResult(name, FAIL, f"{installed} (needs >= {minimum})",
                                        f"pip install -U '{name}>={minimum}'"))
+        elif name in untested and _at_least(installed, untested[name]):
+            results.append(CheckResult(name, WARN, f"{installed} is newer than tested (< {untested[name]}): module "
+                                                   "renames can break LoRA key names",
+                                       f"pip install '{name}<{untested[name]}', or run "
+                                       "python -m pytest tests/test_lora_layout.py"))
         else:
             results.append(CheckResult(name, OK, installed))
     return results
+
+
+def _at_least(installed: str, bound: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(installed) >= Version(bound)
+    except InvalidVersion:
+        return False
 
 
 def import_all(package_name: str) -> tuple[int, list[CheckResult]]:

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     dataset = [(path, _with_trigger(captions.get(path.name), analysis.get("trigger_token"), config.trigger_token)
                 or fallback) for path in images]
     run_dir = _run_dir(args, settings)
+    scorer = _checkpoint_scorer(analysis, settings, profile, config)
     if not _main_process():  # under accelerate launch / torchrun every process runs this; one reports
         result = train_lora(config, profile, dataset, run_dir, quiet=True, resume=bool(_flag(args, "resume")))
         return 130 if result.interrupted else 0
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     resume = bool(_flag(args, "resume"))
     if resume and not latest_checkpoint(run_dir):
         ui.warn(f"no checkpoint in {escape(str(run_dir))} to resume: starting from step 0")
-    result = train_lora(config, profile, dataset, run_dir, quiet=settings_quiet(args), resume=resume)
+    result = train_lora(config, profile, dataset, run_dir, quiet=settings_quiet(args), resume=resume,
+                        score_checkpoint=scorer)
     if result.interrupted:
         if not result.checkpoints:
             ui.warn("interrupted before the first step finished: nothing to resume")
@@ -110,9 +112,19 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     ui.table("LoRA training", ["", ""], [
         ["steps", result.steps], ["final loss (moving average)", result.final_loss],
         ["diffusers LoRA", result.lora_path], ["kohya / A1111 / ComfyUI LoRA", result.kohya_path],
-        ["loss curve", result.loss_curve], ["checkpoints", len(result.checkpoints)]])
+        ["loss curve", result.loss_curve], ["checkpoints", len(result.checkpoints)],
+        ["LoRA from", f"step {result.chosen_checkpoint['step']}: {result.chosen_checkpoint['why']}"]])
     ui.success(f"LoRA saved to {result.lora_path}")
     return 0
+
+
+def _checkpoint_scorer(analysis: dict, settings: Settings, profile: ModelProfile, config: TrainConfig):
+    """The rounds' scorer for each checkpoint when there is an analysis to score against, else None."""
+    if not (config.select_best_checkpoint and config.validation_images):
+        return None
+    from tools.scoring.scorer import checkpoint_scorer
+
+    return checkpoint_scorer(Path(settings.references), profile, analysis, settings.metric_weights)
 
 
 def _with_trigger(caption, analysis_trigger, trigger: str):

@@ -238,6 +238,30 @@ def score_generators(images: dict[str, list[Path] | ImageSet], references: Path,
             "method": METHOD, "images": rows, "generators": generators, "ranking": ranking, "ceiling": ceiling}
 
 
+def checkpoint_scorer(references: Path, profile: ModelProfile, analysis: dict, weights: dict[str, float]):
+    """A function scoring a training checkpoint's validation images as the rounds score the LoRA: the same
+    scorer and weights, CLIP loaded once, reference embeddings from the embedding cache. Returns the means
+    of quality, clip, features and ssim (what ``train_lora(score_checkpoint=...)`` records).
+
+    None when ``analysis`` names no key features (no `aldar analyze` yet): there is nothing to score against.
+    """
+    if not (isinstance(analysis, dict) and analysis.get("key_features")):
+        return None
+    validate_weights(weights)
+    _analysis_parts(analysis)  # an unusable analysis fails here, before training, not at the first checkpoint
+    cache, encoders = EmbeddingCache(), []
+
+    def score(images: list[Path]) -> dict[str, float]:
+        if not encoders:
+            encoders.append(load_clip(profile))
+        report = score_generators({"checkpoint": list(images)}, references, profile, analysis, weights,
+                                  encoder=encoders[0], cache=cache)
+        summary = report["generators"]["checkpoint"]
+        return {name: summary[name]["mean"] for name in ("quality", "clip", "features", "ssim")}
+
+    return score
+
+
 def variety(embeddings: torch.Tensor) -> float | None:
     """Mean pairwise 1 - cosine of unit embeddings: near 0 when a generator draws the same picture every time."""
     n = embeddings.shape[0]

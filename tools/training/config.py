@@ -13,7 +13,9 @@ from typing import Any
 
 from tools.errors import ConfigError
 
-OPTIMIZERS = ("auto", "adamw", "adamw8bit")
+OPTIMIZERS = ("auto", "adamw", "adamw8bit", "prodigy")
+SAVE_PRECISIONS = ("fp16", "bf16", "fp32")
+REPORT_TO = ("none", "tensorboard")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -30,17 +32,30 @@ class TrainConfig:
 
     rank: int = _knob(32, "LoRA rank (network dim): capacity of the adapter; 16-32 suits one character")
     alpha: float = _knob(16.0, "LoRA alpha: the update is scaled by alpha/rank; rank or rank/2 is usual")
-    learning_rate: float = _knob(1e-4, "AdamW learning rate for the UNet's LoRA weights")
+    learning_rate: float = _knob(1e-4, "AdamW learning rate for the UNet's LoRA weights (Prodigy sets its own)")
     text_encoder_learning_rate: float = _knob(0.0, "learning rate for the text encoders' LoRA when they train "
                                                    "(0 = learning_rate; kohya users often take half)")
     steps: int = _knob(1500, "optimizer steps to train (each sees batch_size x gradient_accumulation images)")
     batch_size: int = _knob(1, "images per forward pass")
     gradient_accumulation: int = _knob(2, "forward passes summed before each optimizer step")
-    resolution: int = _knob(1024, "training size in px (images are resized and centre-cropped); multiple of 8")
+    resolution: int = _knob(1024, "training size in px: buckets hold about resolution^2 pixels (square crops "
+                                  "of this side without --bucketing); multiple of 8")
+    bucketing: bool = _knob(True, "aspect-ratio bucketing (kohya/SimpleTuner): each image trains at the bucket "
+                                  "nearest its shape instead of a centre-cropped square")
+    bucket_step: int = _knob(64, "bucket sides are multiples of this many px (kohya's bucket_reso_steps); "
+                                 "multiple of 8")
     seed: int = _knob(42, "seed for data order, noise, timesteps and LoRA initialisation")
-    optimizer: str = _knob("auto", "adamw | adamw8bit (bitsandbytes, CUDA only) | auto (8-bit when available)",
+    optimizer: str = _knob("auto", "adamw | adamw8bit (bitsandbytes, CUDA only) | prodigy (prodigyopt: "
+                                   "learning-rate free, ignores --learning-rate) | auto (8-bit AdamW when available)",
                            choices=OPTIMIZERS)
-    weight_decay: float = _knob(1e-4, "AdamW weight decay")
+    weight_decay: float = _knob(1e-4, "decoupled weight decay (AdamW and Prodigy; Prodigy's authors suggest 0.01)")
+    prodigy_d_coef: float = _knob(1.0, "Prodigy: multiplies its estimated step size (below 1 = gentler)")
+    prodigy_safeguard_warmup: bool = _knob(True, "Prodigy: keep the step-size estimate from jumping during "
+                                                 "learning-rate warmup (its authors' advice with warmup)")
+    prodigy_use_bias_correction: bool = _knob(True, "Prodigy: Adam-style bias correction (its authors' advice "
+                                                    "for diffusion models)")
+    use_dora: bool = _knob(False, "DoRA (peft use_dora): weight-decomposed LoRA, often more faithful at low rank, "
+                                  "a little slower per step; UNet only")
     max_grad_norm: float = _knob(1.0, "gradient clipping norm (0 = off)")
     lr_scheduler: str = _knob("cosine", "learning-rate schedule after warmup", choices=LR_SCHEDULERS)
     lr_warmup_steps: int = _knob(100, "steps of linear learning-rate warmup")
@@ -48,6 +63,12 @@ class TrainConfig:
                                   "kohya's convention: min(SNR, gamma)/(SNR+1) on v-prediction (older "
                                   "diffusers examples clamped SNR+1 instead)")
     noise_offset: float = _knob(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
+    caption_dropout: float = _knob(0.0, "chance per sample of training on an empty caption (0-1; 0.05-0.1 helps "
+                                        "the LoRA work without its trigger word)")
+    shuffle_caption_tags: bool = _knob(False, "shuffle each caption's comma-separated tags every step (kohya's "
+                                              "shuffle_caption); the first --keep-tokens stay in front")
+    keep_tokens: int = _knob(1, "leading caption tags never shuffled or dropped by shuffling (1 keeps the trigger "
+                                "word first)")
     train_text_encoder: bool = _knob(False, "also train LoRA on both text encoders (disables text-embedding caching)")
     gradient_checkpointing: bool = _knob(True, "recompute activations in backward: far less memory, "
                                                "about a fifth slower")
@@ -62,6 +83,12 @@ class TrainConfig:
     validation_prompt: str = _knob("", "prompt rendered at every checkpoint (empty: '<trigger>, portrait')")
     validation_images: int = _knob(2, "validation images per checkpoint, at fixed seeds (0 = none)")
     validation_inference_steps: int = _knob(25, "denoising steps for validation images")
+    select_best_checkpoint: bool = _knob(True, "the run's LoRA is the checkpoint whose validation images score "
+                                               "best against the references (off: the last step's)")
+    save_precision: str = _knob("fp16", "dtype of the exported LoRA files: fp16 | bf16 | fp32 (as kohya's "
+                                        "--save_precision)", choices=SAVE_PRECISIONS)
+    report_to: str = _knob("none", "experiment tracker through accelerate: none | tensorboard (loss and lr per "
+                                   "step, validation images per checkpoint, in <run-dir>/logs)", choices=REPORT_TO)
     cache_latents_to_disk: bool = _knob(True, "also keep VAE latents on disk (keyed by image hash + VAE id)")
     trigger_token: str = _knob("aldarkose", "trigger word recorded in the LoRA metadata and validation prompt")
     output_name: str = _knob("aldar_kose_lora", "name recorded in the kohya file (ss_output_name) and its file name")
@@ -101,6 +128,16 @@ class TrainConfig:
         if self.resolution < 64 or self.resolution % 8:
             raise ConfigError(f"resolution {self.resolution} is not a multiple of 8 of at least 64",
                               "use e.g. 1024 (SDXL), 768, 512, or 64 on the tiny profile")
+        if self.bucket_step < 8 or self.bucket_step % 8 or self.bucket_step > self.resolution:
+            raise ConfigError(f"bucket_step {self.bucket_step} is not a multiple of 8 between 8 and the resolution",
+                              "use 64 (kohya's default) or 32; 8 on the tiny profile")
+        if not (0.0 <= self.caption_dropout < 1.0):
+            raise ConfigError(f"caption_dropout {self.caption_dropout} is outside [0, 1)", "use 0 to 0.1")
+        _positive_finite("prodigy_d_coef", self.prodigy_d_coef)
+        if self.use_dora and self.train_text_encoder:
+            # diffusers 0.42 drops DoRA magnitudes of text encoders on load: such a LoRA would load half.
+            raise ConfigError("DoRA on the text encoders does not load in diffusers (its magnitudes are dropped)",
+                              "use --use-dora with --no-train-text-encoder, or plain LoRA")
         if self.lr_warmup_steps >= self.steps and self.lr_warmup_steps > 0:
             raise ConfigError(f"lr_warmup_steps {self.lr_warmup_steps} is not below steps {self.steps}",
                               "use fewer warmup steps (about 5-10% of steps)")
@@ -111,7 +148,8 @@ class TrainConfig:
         if not (0.0 <= self.noise_offset < 1.0):
             raise ConfigError(f"noise_offset {self.noise_offset} is outside [0, 1)", "use 0 to 0.1 (0.0357 is SDXL's)")
         for name, allowed in (("optimizer", OPTIMIZERS), ("mixed_precision", MIXED_PRECISIONS),
-                              ("lr_scheduler", LR_SCHEDULERS)):
+                              ("lr_scheduler", LR_SCHEDULERS), ("save_precision", SAVE_PRECISIONS),
+                              ("report_to", REPORT_TO)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}", f"use one of: {', '.join(allowed)}")
         if not self.trigger_token.strip():
@@ -126,6 +164,12 @@ class TrainConfig:
         if self.mixed_precision == "fp16" and device_type != "cuda":
             raise ConfigError(f"mixed_precision fp16 needs a CUDA GPU (device is {device_type})",
                               "use --mixed-precision no (or bf16)")
+        if self.optimizer == "prodigy" and not _available("prodigyopt"):
+            raise ConfigError("the Prodigy optimizer needs the prodigyopt package",
+                              "pip install prodigyopt, or use --optimizer adamw")
+        if self.report_to == "tensorboard" and not (_available("tensorboard") or _available("tensorboardX")):
+            raise ConfigError("--report-to tensorboard needs the tensorboard package",
+                              "pip install tensorboard, or use --report-to none")
         if self.optimizer == "adamw8bit":
             if device_type != "cuda":
                 raise ConfigError("8-bit AdamW needs a CUDA GPU", "use --optimizer adamw (or auto)")
@@ -137,7 +181,7 @@ class TrainConfig:
 # Whole-number settings and their smallest valid value.
 _WHOLE_AT_LEAST = {"rank": 1, "steps": 1, "batch_size": 1, "gradient_accumulation": 1, "validation_inference_steps": 1,
                    "lr_warmup_steps": 0, "checkpoint_every": 0, "checkpoints_to_keep": 0, "validation_images": 0,
-                   "seed": 0}
+                   "seed": 0, "keep_tokens": 0}
 RANK_LIMIT = 1024
 
 
@@ -167,10 +211,14 @@ def _positive_finite(name: str, value: float) -> None:
         raise ConfigError(f"{name} is {value!r}", f"set {name} to a positive number")
 
 
-def bitsandbytes_available() -> bool:
+def _available(package: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("bitsandbytes") is not None
+    return importlib.util.find_spec(package) is not None
+
+
+def bitsandbytes_available() -> bool:
+    return _available("bitsandbytes")
 
 
 def default_train_config(profile) -> TrainConfig:
@@ -183,7 +231,7 @@ def default_train_config(profile) -> TrainConfig:
         return TrainConfig(seed=profile.seed, mixed_precision=mixed)
     return TrainConfig(rank=8, alpha=8.0, learning_rate=3e-2, steps=30, batch_size=2, gradient_accumulation=1,
                        resolution=64, seed=profile.seed, lr_scheduler="constant", lr_warmup_steps=0,
-                       gradient_checkpointing=False, mixed_precision=mixed, checkpoint_every=10,
+                       gradient_checkpointing=False, mixed_precision=mixed, checkpoint_every=10, bucket_step=8,
                        validation_images=1, validation_inference_steps=2, cache_latents_to_disk=False)
 
 

@@ -9,6 +9,7 @@ cached, not one sample, so each step still draws a fresh latent exactly as witho
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ _MEMORY_LATENTS: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (me
 
 @dataclass
 class TrainingImage:
-    """One (image, caption) pair resized and centre-cropped to the training resolution."""
+    """One (image, caption) pair resized to cover its bucket and centre-cropped to it."""
 
     path: Path
     caption: str
@@ -33,20 +34,46 @@ class TrainingImage:
     original_size: tuple[int, int]  # (height, width) before resizing, as SDXL's add_time_ids expect
     crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
     resized_size: tuple[int, int]   # (height, width) after resizing, before cropping
-    pixels: torch.Tensor            # (3, R, R) in [-1, 1]
+    pixels: torch.Tensor            # (3, H, W) in [-1, 1], (H, W) = the bucket
 
-    def time_ids(self, resolution: int, flipped: bool) -> torch.Tensor:
+    @property
+    def bucket(self) -> tuple[int, int]:
+        """(height, width) this image trains at: its aspect-ratio bucket (a square without bucketing)."""
+        return tuple(self.pixels.shape[1:])
+
+    def time_ids(self, flipped: bool) -> torch.Tensor:
         """SDXL micro-conditioning: original size, crop top-left, target size (mirrored crop when flipped)."""
         top, left = self.crop_top_left
+        height, width = self.bucket
         if flipped:
-            left = self.resized_size[1] - left - resolution
-        return torch.tensor([*self.original_size, top, left, resolution, resolution], dtype=torch.float32)
+            left = self.resized_size[1] - left - width
+        return torch.tensor([*self.original_size, top, left, height, width], dtype=torch.float32)
 
 
-def prepare_images(dataset: list[tuple[Path, str]], resolution: int) -> list[TrainingImage]:
-    """Load, resize (shorter side = ``resolution``) and centre-crop every image; InputError for bad pairs."""
+def bucket_sizes(resolution: int, step: int) -> list[tuple[int, int]]:
+    """kohya-style buckets: (height, width) in multiples of ``step`` holding at most ``resolution``^2 pixels,
+    each side between half and twice ``resolution`` (aspect ratios up to 4:1)."""
+    area, sizes = resolution * resolution, set()
+    for width in range(max(step, resolution // 2 // step * step), 2 * resolution + 1, step):
+        height = min(2 * resolution, area // width // step * step)
+        if height >= resolution // 2 and height >= step:
+            sizes.update({(height, width), (width, height)})
+    return sorted(sizes)
+
+
+def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is closest to ``size`` (height, width) in log scale; larger on ties."""
+    aspect = math.log(size[1] / size[0])
+    return min(buckets, key=lambda b: (abs(math.log(b[1] / b[0]) - aspect), -b[0] * b[1]))
+
+
+def prepare_images(dataset: list[tuple[Path, str]], resolution: int, bucket_step: int | None = None
+                   ) -> list[TrainingImage]:
+    """Load every image and fit it to its bucket (``bucket_step``) or a ``resolution`` square; InputError for
+    bad pairs. Fitting = resize to cover the target, centre-crop the (small, with buckets) excess."""
     if not dataset:
         raise InputError("the training dataset is empty", "pass at least one (image, caption) pair / reference image")
+    buckets = bucket_sizes(resolution, bucket_step) if bucket_step else None
     images = []
     for entry in dataset:
         if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
@@ -55,17 +82,20 @@ def prepare_images(dataset: list[tuple[Path, str]], resolution: int) -> list[Tra
         path, caption = Path(entry[0]), entry[1]
         if not isinstance(caption, str) or not caption.strip():
             raise InputError(f"caption for {path.name} is empty", "give every image a caption with the trigger token")
-        images.append(_crop(load_image(path), path, caption.strip(), resolution))
+        image = load_image(path)
+        target = nearest_bucket((image.height, image.width), buckets) if buckets else (resolution, resolution)
+        images.append(_fit(image, path, caption.strip(), target))
     return images
 
 
-def _crop(image: Image.Image, path: Path, caption: str, resolution: int) -> TrainingImage:
+def _fit(image: Image.Image, path: Path, caption: str, target: tuple[int, int]) -> TrainingImage:
     original = (image.height, image.width)
-    scale = resolution / min(image.size)
-    width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+    height_out, width_out = target
+    scale = max(height_out / image.height, width_out / image.width)
+    width, height = max(width_out, round(image.width * scale)), max(height_out, round(image.height * scale))
     resized = image.resize((width, height), Image.Resampling.BICUBIC)
-    top, left = (height - resolution) // 2, (width - resolution) // 2
-    cropped = resized.crop((left, top, left + resolution, top + resolution))
+    top, left = (height - height_out) // 2, (width - width_out) // 2
+    cropped = resized.crop((left, top, left + width_out, top + height_out))
     array = np.asarray(cropped, dtype=np.float32) / 127.5 - 1.0
     pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
     return TrainingImage(path, caption, file_sha256(path), original, (top, left), (height, width), pixels)
@@ -86,13 +116,15 @@ def vae_identity(profile, vae) -> str:
     return f"{profile.base_model}{seed}-{str(vae.dtype).replace('torch.', '')}"
 
 
-def cached_latent_distributions(images: list[TrainingImage], vae, vae_id: str, resolution: int, flips: bool,
+def cached_latent_distributions(images: list[TrainingImage], vae, vae_id: str, flips: bool,
                                 disk_dir: Path | None) -> dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]]:
-    """(image index, flipped) -> (mean, std) of the VAE latent, encoding only what no cache holds."""
+    """(image index, flipped) -> (mean, std) of the VAE latent at the image's bucket, encoding only what no
+    cache holds (the key names the bucket and crop, so a new bucket size never reuses another's latent)."""
     out = {}
     for index, image in enumerate(images):
         for flipped in ((False, True) if flips else (False,)):
-            key = hashlib.sha256(f"{image.sha256}|{vae_id}|{resolution}|{int(flipped)}".encode()).hexdigest()[:32]
+            fit = f"{image.bucket[0]}x{image.bucket[1]}@{image.crop_top_left[0]},{image.crop_top_left[1]}"
+            key = hashlib.sha256(f"{image.sha256}|{vae_id}|{fit}|{int(flipped)}".encode()).hexdigest()[:32]
             if key not in _MEMORY_LATENTS:
                 _MEMORY_LATENTS[key] = _from_disk(disk_dir, key) or _encode(vae, image.pixels, flipped)
                 _to_disk(disk_dir, key, _MEMORY_LATENTS[key])
@@ -164,14 +196,46 @@ def encode_prompts(captions: list[str], tokenizers: list, text_encoders: list,
     return torch.cat(hidden_states, dim=-1), pooled
 
 
-def batch_indices(sample_counter: int, batch_size: int, dataset_size: int, seed: int) -> list[int]:
-    """Indices of the next batch: a fresh shuffle per epoch, a pure function of (seed, position).
+def bucket_batch(batch_number: int, buckets: list[tuple[int, int]], batch_size: int, seed: int) -> list[int]:
+    """Image indices of batch ``batch_number``: every batch from one bucket (its latents stack), each image once
+    per epoch, a fresh shuffle per epoch — a pure function of (seed, position), which makes resuming exact
+    without saving any data-loader state. A bucket's last batch may be smaller (as kohya's)."""
+    epoch_batches = _epoch_batches(buckets, batch_size, seed, 0)
+    epoch, position = divmod(batch_number, len(epoch_batches))
+    return _epoch_batches(buckets, batch_size, seed, epoch)[position] if epoch else epoch_batches[position]
 
-    Being a pure function of the position makes resuming exact without saving any data-loader state.
-    """
-    indices = []
-    for n in range(sample_counter, sample_counter + batch_size):
-        epoch, position = divmod(n, dataset_size)
-        order = torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        indices.append(int(order[position]))
-    return indices
+
+def _epoch_batches(buckets: list[tuple[int, int]], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(buckets), generator=generator).tolist()
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index in order:
+        groups.setdefault(buckets[index], []).append(index)
+    batches = [members[i:i + batch_size] for _, members in sorted(groups.items())
+               for i in range(0, len(members), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def epochs_for(steps: int, buckets: list[tuple[int, int]], batch_size: int, gradient_accumulation: int) -> int:
+    """Epochs that ``steps`` optimizer steps run through (kohya's ss_num_epochs)."""
+    return math.ceil(steps * gradient_accumulation / len(_epoch_batches(buckets, batch_size, 0, 0)))
+
+
+def caption_tags(caption: str) -> list[str]:
+    """A caption's comma-separated tags, as kohya splits them (shuffling, ``ss_tag_frequency``)."""
+    return [tag.strip() for tag in caption.split(",") if tag.strip()]
+
+
+def training_caption(caption: str, generator: torch.Generator, dropout: float, shuffle: bool, keep: int) -> str:
+    """The caption one sample trains on: empty with chance ``dropout``, else its tags after the first ``keep``
+    shuffled (kohya's caption_dropout_rate / shuffle_caption / keep_tokens). Random draws come from
+    ``generator`` (seeded by position), so resuming replays them exactly."""
+    drop = bool(torch.rand((), generator=generator) < dropout) if dropout else False
+    if drop:
+        return ""
+    if not shuffle:
+        return caption
+    tags = caption_tags(caption)
+    head, tail = tags[:keep], tags[keep:]
+    tail = [tail[i] for i in torch.randperm(len(tail), generator=generator).tolist()]
+    return ", ".join(head + tail)

@@ -6,25 +6,61 @@ half-written LoRA that a loader would accept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tools.atomic import atomic_write, atomic_write_json
+from tools.atomic import atomic_write, atomic_write_json, current_umask
 from tools.errors import TrainingError
+from tools.training.data import caption_tags
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_WEIGHTS = "adapter_weights.safetensors"  # raw PEFT keys, for resuming
 TRAINING_STATE = "training_state.pt"
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+MAGNITUDE = ".lora_magnitude_vector"  # PEFT's DoRA magnitude (one per output feature)
+KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_TEXT_ENCODER_TOP = ("text_model.", "text_projection.")
+
+
+def standard_layout(state_dicts: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """PEFT state dicts with text-encoder keys as every LoRA loader names them: ``text_model.encoder.layers.N…``.
+
+    transformers 5 dropped ``CLIPTextModel``'s ``text_model`` child (its modules sit at the top), so PEFT
+    names CLIP-L's modules ``encoder.layers.N…`` there; kohya, A1111, ComfyUI and older diffusers only know
+    the original checkpoints' names and would silently skip the whole first text encoder. UNet keys pass as-is.
+    """
+    return {component: state if component == "unet" else
+            {key if key.startswith(_TEXT_ENCODER_TOP) else "text_model." + key: value for key, value in state.items()}
+            for component, state in state_dicts.items()}
+
+
+def in_precision(state_dicts: dict[str, dict[str, torch.Tensor]], precision: str) -> dict[str, dict[str, torch.Tensor]]:
+    """The weights cast to the ``--save-precision`` dtype (kohya's ``--save_precision``), on the CPU."""
+    dtype = SAVE_PRECISIONS[precision]
+    return {component: {key: value.detach().to("cpu", dtype) for key, value in state.items()}
+            for component, state in state_dicts.items()}
+
+
+def export_lora(lora_path: Path, kohya_path: Path, state_dicts: dict[str, dict[str, torch.Tensor]],
+                lora_configs: dict[str, dict], alpha: float, metadata: dict[str, Any], precision: str = "fp16") -> None:
+    """The two files a finished run hands to users: diffusers (``load_lora_weights``) and kohya (A1111/ComfyUI)."""
+    weights = in_precision(standard_layout(state_dicts), precision)
+    save_diffusers_lora(lora_path, weights, lora_configs)
+    save_kohya_lora(kohya_path, weights, alpha, metadata)
 
 
 def save_diffusers_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]],
@@ -37,7 +73,7 @@ def save_diffusers_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tenso
     from diffusers.utils import convert_state_dict_to_diffusers
 
     kwargs: dict[str, Any] = {}
-    for component, state in state_dicts.items():
+    for component, state in standard_layout(state_dicts).items():
         kwargs[f"{component}_lora_layers"] = convert_state_dict_to_diffusers(state)
         kwargs[f"{component}_lora_adapter_metadata"] = lora_configs[component]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +81,7 @@ def save_diffusers_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tenso
     try:
         StableDiffusionXLPipeline.save_lora_weights(staging, weight_name=path.name, safe_serialization=True, **kwargs)
         _fsync(staging / path.name)
+        os.chmod(staging / path.name, 0o666 & ~current_umask())  # safetensors writes 0600
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -52,66 +89,119 @@ def save_diffusers_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tenso
 
 
 def kohya_state_dict(state_dicts: dict[str, dict[str, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
-    """PEFT state dicts -> kohya keys (``lora_unet_*``, ``lora_te1_*``, ``lora_te2_*``) with the TRUE alpha.
+    """PEFT state dicts -> kohya keys (``lora_unet_*``, ``lora_te1_text_model_*``, ``lora_te2_text_model_*``)
+    with the TRUE alpha.
 
     diffusers' ``convert_state_dict_to_kohya`` writes each ``.alpha`` as the rank, which is only right
     when alpha == rank; A1111 and ComfyUI scale by alpha/rank, so the real value is written here.
     """
     from diffusers.utils import convert_state_dict_to_kohya
 
-    prefixed = {f"{component}.{key}": value for component, state in state_dicts.items() for key, value in state.items()}
+    prefixed = {f"{component}.{key}": value
+                for component, state in standard_layout(state_dicts).items() for key, value in state.items()}
+    magnitudes = {key: prefixed.pop(key) for key in [k for k in prefixed if k.endswith(MAGNITUDE)]}
     converted = convert_state_dict_to_kohya(prefixed)
     for key in converted:
         if key.endswith(".alpha"):
             converted[key] = torch.tensor(float(alpha), dtype=torch.float32)
+    for key, magnitude in magnitudes.items():  # DoRA: LyCORIS' dora_scale, one norm per output row
+        component, _, module = key[:-len(MAGNITUDE)].partition(".")
+        converted[f"{KOHYA_PREFIXES[component]}_{module.replace('.', '_')}.dora_scale"] = magnitude.reshape(-1, 1)
     return {key: value.contiguous() for key, value in converted.items()}
 
 
 def save_kohya_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]], alpha: float,
                     metadata: dict[str, Any]) -> Path:
+    """The kohya file, its metadata completed with the hashes kohya precomputes (``sshs_*``)."""
     from safetensors.torch import save_file
 
     tensors = kohya_state_dict(state_dicts, alpha)
     text_metadata = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    text_metadata.update(safetensors_hashes(tensors, text_metadata))
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=text_metadata))
 
 
-def kohya_metadata(config, profile, *, steps: int, dataset_hash: str, num_images: int, started_at: str,
-                   finished_at: str) -> dict[str, str]:
-    """kohya ``ss_*`` keys (what A1111/ComfyUI metadata viewers read) plus aldar's own keys."""
+def safetensors_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """``sshs_model_hash`` / ``sshs_legacy_hash`` as kohya precomputes them (sd-webui-additional-networks reads them).
+
+    Both are taken over the file as serialised with only its ``ss_*`` metadata, so that later user metadata
+    edits do not change them: the model hash is the sha256 of the tensor bytes after the header (the same in
+    the final file, so anyone can recompute it), the legacy hash the first 8 hex digits of the sha256 of the
+    64 KiB at offset 1 MiB.
+    """
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata={key: value for key, value in metadata.items() if key.startswith("ss_")})
+    header_length = int.from_bytes(blob[:8], "little")
+    return {"sshs_model_hash": hashlib.sha256(blob[8 + header_length:]).hexdigest(),
+            "sshs_legacy_hash": hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]}
+
+
+def kohya_metadata(config, profile, *, steps: int, epochs: tuple[int, int], dataset_hash: str, captions: list[str],
+                   dataset_dir: str, started_at: float, finished_at: float, prediction_type: str, optimizer: str,
+                   buckets: dict[str, int] | None = None) -> dict[str, str]:
+    """kohya ``ss_*`` keys and the SAI model spec (what A1111, ComfyUI and Civitai read) plus aldar's own keys.
+
+    Every value is a string, typed as the readers parse it: timestamps are epoch seconds (A1111's metadata
+    editor calls ``float()`` on them), JSON where kohya writes JSON, ``str(int)`` for counts.
+    """
     info = profile.describe()
+    # Prodigy runs at lr 1.0 (text encoders at their ratio to the UNet): the rates the optimizer really had.
+    scale = 1.0 / config.learning_rate if config.optimizer == "prodigy" else 1.0
+    unet_lr, text_lr = config.learning_rate * scale, config.effective_text_encoder_learning_rate * scale
+    frequency: dict[str, int] = {}
+    for caption in captions:
+        for tag in caption_tags(caption):
+            frequency[tag] = frequency.get(tag, 0) + 1
+    resolution = f"{config.resolution}x{config.resolution}"
     meta = {
         "ss_base_model_version": "sdxl_base_v1-0",
         "ss_sd_model_name": profile.base_model,
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.rank),
         "ss_network_alpha": f"{config.alpha:g}",
+        "ss_network_args": json.dumps({"dora": "True"} if config.use_dora else {}),
         "ss_max_train_steps": str(config.steps),
         "ss_steps": str(steps),
-        "ss_learning_rate": f"{config.learning_rate:g}",
-        "ss_unet_lr": f"{config.learning_rate:g}",
-        "ss_text_encoder_lr": f"{config.effective_text_encoder_learning_rate:g}" if config.train_text_encoder else "0",
+        "ss_epoch": str(epochs[0]),  # epochs done, of
+        "ss_num_epochs": str(epochs[1]),  # the epochs planned
+        "ss_learning_rate": f"{unet_lr:g}",
+        "ss_unet_lr": f"{unet_lr:g}",
+        "ss_text_encoder_lr": f"{text_lr:g}" if config.train_text_encoder else "0",
         "ss_network_train_unet_only": str(not config.train_text_encoder),
         "ss_output_name": config.output_name,
         "ss_resolution": f"({config.resolution}, {config.resolution})",
+        "ss_enable_bucket": str(config.bucketing),
+        "ss_bucket_info": json.dumps({"buckets": buckets or {}}),
         "ss_batch_size_per_device": str(config.batch_size),
         "ss_gradient_accumulation_steps": str(config.gradient_accumulation),
         "ss_lr_scheduler": config.lr_scheduler,
         "ss_lr_warmup_steps": str(config.lr_warmup_steps),
-        "ss_optimizer": config.optimizer,
+        "ss_optimizer": optimizer,
         "ss_min_snr_gamma": f"{config.snr_gamma:g}",
         "ss_noise_offset": f"{config.noise_offset:g}",
         "ss_mixed_precision": config.mixed_precision,
+        "ss_save_precision": config.save_precision,
         "ss_gradient_checkpointing": str(config.gradient_checkpointing),
         "ss_flip_aug": str(config.flip_augmentation),
+        "ss_caption_dropout_rate": f"{config.caption_dropout:g}",
+        "ss_shuffle_caption": str(config.shuffle_caption_tags),
+        "ss_keep_tokens": str(config.keep_tokens),
+        "ss_clip_skip": "2",  # SDXL conditions on the penultimate layer of both encoders (A1111's clip skip 2)
         "ss_seed": str(config.seed),
-        "ss_num_train_images": str(num_images),
-        "ss_training_started_at": started_at,
-        "ss_training_finished_at": finished_at,
-        "ss_tag_frequency": json.dumps({config.output_name: {config.trigger_token: num_images}}),
+        "ss_num_train_images": str(len(captions)),
+        "ss_training_started_at": repr(float(started_at)),
+        "ss_training_finished_at": repr(float(finished_at)),
+        "ss_tag_frequency": json.dumps({dataset_dir: frequency}),
+        "ss_dataset_dirs": json.dumps({dataset_dir: {"n_repeats": 1, "img_count": len(captions)}}),
         "ss_dataset_hash": dataset_hash,
+        "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.title": config.output_name,
+        "modelspec.resolution": resolution,
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+        "modelspec.date": datetime.fromtimestamp(finished_at, timezone.utc).isoformat(timespec="seconds"),
         "aldar_trigger_token": config.trigger_token,
         "aldar_dataset_sha256": dataset_hash,
         "aldar_profile": info["profile"],
@@ -134,10 +224,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def best_checkpoint(scores: list[dict]) -> dict | None:
+    """The scored checkpoint with the highest ``quality`` (a tie goes to the later, longer-trained step)."""
+    return max(scores, key=lambda s: (s["quality"], s["step"])) if scores else None
+
+
 def save_checkpoint(run_dir: Path, step: int, state_dicts: dict[str, dict[str, torch.Tensor]],
                     lora_configs: dict[str, dict], training_state: dict[str, Any], keep: int,
-                    made_with: dict[str, Any] | None = None) -> Path:
-    """Write ``checkpoint-<step>/`` (LoRA in diffusers and PEFT form + optimizer/scheduler/RNG state) by rename."""
+                    made_with: dict[str, Any] | None = None, protect: int | None = None) -> Path:
+    """Write ``checkpoint-<step>/`` (LoRA in diffusers and PEFT form + optimizer/scheduler/RNG state) by rename.
+
+    Pruning to the newest ``keep`` spares checkpoint ``protect`` (the best-scoring one, the run's LoRA).
+    """
     from safetensors.torch import save_file
 
     for state in state_dicts.values():
@@ -154,12 +252,15 @@ def save_checkpoint(run_dir: Path, step: int, state_dicts: dict[str, dict[str, t
         atomic_write_json(staging / "checkpoint.json", {**(made_with or {}), "step": step, "lora_configs": lora_configs})
         if target.exists():  # same step saved again (e.g. interrupted right after a resume)
             shutil.rmtree(target)
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if keep > 0:
+        spared = f"{CHECKPOINT_PREFIX}{protect:06d}" if protect is not None else None
         for old in checkpoint_dirs(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name != spared:
+                shutil.rmtree(old, ignore_errors=True)
     return target
 
 

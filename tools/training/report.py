@@ -1,4 +1,4 @@
-"""The trainer's loss log (CSV, one row per optimizer step) and its loss-curve PNG, drawn with PIL."""
+"""The trainer's loss log (CSV, one row per optimizer step), checkpoint scores, and the loss-curve PNG (PIL)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from tools.atomic import atomic_write_bytes, atomic_write_text
+from tools.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_object
 
 LOSS_LOG = "loss_log.csv"
 LOSS_CURVE = "loss_curve.png"
+CHECKPOINT_SCORES = "checkpoint_scores.json"  # [{"step", "quality", ...}] one per scored checkpoint
 COLUMNS = ("step", "loss", "loss_ema", "lr", "elapsed_s")
-RAW_COLOUR, EMA_COLOUR = (150, 185, 230), (20, 70, 160)
+RAW_COLOUR, EMA_COLOUR, SCORE_COLOUR, BEST_COLOUR = (150, 185, 230), (20, 70, 160), (220, 120, 20), (200, 20, 20)
 
 
 def write_loss_log(path: Path, rows: list[dict]) -> Path:
@@ -36,11 +37,24 @@ def read_loss_log(path: Path, up_to_step: int | None = None) -> list[dict]:
     return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
 
 
+def write_checkpoint_scores(run_dir: Path, scores: list[dict]) -> Path:
+    return atomic_write_json(Path(run_dir) / CHECKPOINT_SCORES, {"checkpoints": scores})
+
+
+def read_checkpoint_scores(run_dir: Path) -> list[dict]:
+    """The scores recorded for a run's checkpoints (empty when none were scored or the file is unreadable)."""
+    data = read_json_object(Path(run_dir) / CHECKPOINT_SCORES) or {}
+    found = data.get("checkpoints")
+    return [s for s in found if isinstance(s, dict) and "step" in s and "quality" in s] if isinstance(found, list) else []
+
+
 def draw_loss_curve(path: Path, rows: list[dict], title: str = "LoRA training loss",
-                    size: tuple[int, int] = (800, 450)) -> Path:
-    """A line chart: raw loss (light) and its moving average (dark) against the step, with axes and ticks."""
+                    size: tuple[int, int] = (800, 450), scores: list[dict] | None = None,
+                    best_step: int | None = None) -> Path:
+    """A line chart: raw loss (light) and its moving average (dark) against the step, with axes and ticks;
+    checkpoint scores (quality, right axis) as dots, the chosen checkpoint ringed."""
     width, height = size
-    left, right, top, bottom = 70, 20, 52, 50
+    left, right, top, bottom = 70, 60 if scores else 20, 52, 50
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     try:
@@ -76,10 +90,35 @@ def draw_loss_curve(path: Path, rows: list[dict], title: str = "LoRA training lo
     if len(points) > 1:
         draw.line([xy(s, loss) for s, loss, _ in points], fill=RAW_COLOUR, width=1)
         draw.line([xy(s, ema) for s, _, ema in points], fill=EMA_COLOUR, width=2)
-    for offset, (colour, label) in enumerate(((RAW_COLOUR, "loss"), (EMA_COLOUR, "moving average"))):
-        lx, ly = left + plot_w - 170, top + 10 + 18 * offset
+    legend = [(RAW_COLOUR, "loss"), (EMA_COLOUR, "moving average")]
+    if scores:
+        _draw_scores(draw, font, scores, best_step, xy, (left, top, plot_w, plot_h))
+        legend.append((SCORE_COLOUR, "checkpoint quality (right)"))
+    for offset, (colour, label) in enumerate(legend):
+        lx, ly = left + plot_w - 210, top + 10 + 18 * offset
         draw.line((lx, ly + 7, lx + 24, ly + 7), fill=colour, width=2)
         draw.text((lx + 30, ly), label, fill="black", font=font)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _draw_scores(draw, font, scores: list[dict], best_step: int | None, xy, box) -> None:
+    """Quality per checkpoint on a right-hand axis spanning the scores' own range."""
+    left, top, plot_w, plot_h = box
+    values = [s["quality"] for s in scores]
+    low, high = min(values), max(values)
+    if high - low < 1e-9:
+        low, high = low - 0.05, high + 0.05
+    for i in range(5):
+        fraction = i / 4
+        draw.text((left + plot_w + 6, top + plot_h * (1 - fraction) - 7), f"{low + (high - low) * fraction:.3f}",
+                  fill=SCORE_COLOUR, font=font)
+    points = [(xy(s["step"], 0)[0], top + (1 - (s["quality"] - low) / (high - low)) * plot_h, s) for s in scores]
+    if len(points) > 1:
+        draw.line([(x, y) for x, y, _ in points], fill=SCORE_COLOUR, width=1)
+    for x, y, score in points:
+        draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=SCORE_COLOUR)
+        if score["step"] == best_step:
+            draw.ellipse((x - 8, y - 8, x + 8, y + 8), outline=BEST_COLOUR, width=2)
+            draw.text((x - 60, y - 24), f"chosen: step {score['step']}", fill=BEST_COLOUR, font=font)

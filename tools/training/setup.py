@@ -47,7 +47,7 @@ def lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Modu
             module.requires_grad_(False)
             targets = UNET_TARGETS if name == "unet" else TEXT_ENCODER_TARGETS
             lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
-                                     target_modules=targets)
+                                     target_modules=targets, use_dora=config.use_dora)
             if name == "unet":
                 with quiet_lora_loading():  # a second adapter beside the generator's is expected
                     module.add_adapter(lora_config, adapter_name=ADAPTER_NAME)
@@ -82,6 +82,13 @@ def lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Modu
         for name, module in frozen.items():
             for layer in _tuner_layers(module):
                 layer.enable_adapters(not frozen_disabled[name])
+
+
+def adapter_state_dicts(modules: dict[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
+    """Our adapter's weights per component, with PEFT's key names (export renames them; resume reads them)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {name: get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME) for name, module in modules.items()}
 
 
 def _tuner_layers(module) -> list:
@@ -143,7 +150,7 @@ def _set_gradient_checkpointing(module, enabled: bool) -> None:
         module.gradient_checkpointing_disable()  # a no-op when it was off
 
 
-def make_accelerator(config: TrainConfig, profile):
+def make_accelerator(config: TrainConfig, profile, run_dir: Path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
@@ -154,26 +161,38 @@ def make_accelerator(config: TrainConfig, profile):
     if PartialState(cpu=on_cpu).num_processes == 1:  # cpu=True here too, or a CPU torchrun is not seen
         # One process trains round after round, maybe with another precision: start from a clean state.
         AcceleratorState._reset_state(reset_partial_state=False)
+    tracking = {} if config.report_to == "none" else {"log_with": config.report_to, "project_dir": str(run_dir / "logs")}
     return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation,
-                       cpu=on_cpu)
+                       cpu=on_cpu, **tracking)
 
 
 def make_optimizer(config: TrainConfig, modules: dict[str, torch.nn.Module], device_type: str):
-    """AdamW over the trainable LoRA weights (8-bit on CUDA with bitsandbytes); text encoders get their own rate."""
+    """The optimizer over the trainable LoRA weights; text encoders get their own rate. Returns (optimizer, name).
+
+    AdamW (8-bit on CUDA with bitsandbytes), or Prodigy with its authors' settings for diffusion LoRAs:
+    lr 1.0 (it estimates the step size itself), betas (0.9, 0.99), decoupled weight decay, bias correction,
+    safeguard warmup. Under Prodigy a text encoder's rate is its ratio to the UNet's.
+    """
     name = config.optimizer
     if name == "auto":
         name = "adamw8bit" if device_type == "cuda" and bitsandbytes_available() else "adamw"
+    groups = []
+    for component, module in modules.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        rate = config.learning_rate if component == "unet" else config.effective_text_encoder_learning_rate
+        groups.append({"params": params, "lr": rate / config.learning_rate if name == "prodigy" else rate})
+    if name == "prodigy":
+        from prodigyopt import Prodigy  # imported only here: optional
+
+        return Prodigy(groups, lr=1.0, betas=(0.9, 0.99), weight_decay=config.weight_decay, decouple=True,
+                       use_bias_correction=config.prodigy_use_bias_correction,
+                       safeguard_warmup=config.prodigy_safeguard_warmup, d_coef=config.prodigy_d_coef), name
     if name == "adamw8bit":
         import bitsandbytes  # imported only here: optional, CUDA-only
 
         optimizer_class = bitsandbytes.optim.AdamW8bit
     else:
         optimizer_class = torch.optim.AdamW
-    groups = []
-    for component, module in modules.items():
-        params = [p for p in module.parameters() if p.requires_grad]
-        rate = config.learning_rate if component == "unet" else config.effective_text_encoder_learning_rate
-        groups.append({"params": params, "lr": rate})
     return optimizer_class(groups, lr=config.learning_rate, betas=(0.9, 0.999), weight_decay=config.weight_decay,
                            eps=1e-8), name
 
@@ -183,10 +202,11 @@ def check_resumable(run_dir: Path, config: TrainConfig, profile, images: list[Tr
     if checkpoint is None or not (run_dir / RUN_CONFIG).is_file():
         return
     saved = json.loads((run_dir / RUN_CONFIG).read_text(encoding="utf-8"))
-    before = {**{k: saved["config"].get(k) for k in ("rank", "alpha", "train_text_encoder", "resolution")},
+    fixed = ("rank", "alpha", "train_text_encoder", "resolution", "use_dora", "bucketing", "bucket_step", "optimizer")
+    before = {**{k: saved["config"].get(k, getattr(TrainConfig(), k)) for k in fixed},
               "base_model": saved.get("base_model"), "dataset": saved.get("dataset_sha256")}
-    now = {"rank": config.rank, "alpha": config.alpha, "train_text_encoder": config.train_text_encoder,
-           "resolution": config.resolution, "base_model": profile.base_model, "dataset": dataset_sha256(images)}
+    now = {**{k: getattr(config, k) for k in fixed}, "base_model": profile.base_model,
+           "dataset": dataset_sha256(images)}
     changed = [k for k in now if before[k] != now[k]]
     if changed:
         detail = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed)

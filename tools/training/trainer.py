@@ -21,26 +21,31 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from tools.atomic import atomic_write, atomic_write_json
 from tools.errors import ConfigError, InputError, TrainingError
-from tools.training.lora_files import (DIFFUSERS_WEIGHTS, capture_rng_state, checkpoint_dirs, kohya_metadata, latest_checkpoint,
-                              load_checkpoint, restore_rng_state, save_checkpoint, save_diffusers_lora, save_kohya_lora)
 from tools.progress import progress_bar
 from tools.training.config import TrainConfig, default_train_config
-from tools.training.data import (batch_indices, cached_latent_distributions, dataset_sha256,
-                              default_latent_cache_dir, encode_prompts, prepare_images, sample_latents, vae_identity)
-from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, check_resumable, jsonable, lora_adapters,
-                               make_accelerator, make_optimizer, out_of_memory)
-from tools.training.report import LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_loss_log, write_loss_log
+from tools.training.data import (bucket_batch, cached_latent_distributions, dataset_sha256, default_latent_cache_dir,
+                                 encode_prompts, epochs_for, prepare_images, sample_latents, training_caption,
+                                 vae_identity)
+from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
+                                       checkpoint_dirs, export_lora, kohya_metadata, latest_checkpoint,
+                                       load_checkpoint, restore_rng_state, save_checkpoint)
+from tools.training.report import (LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_checkpoint_scores, read_loss_log,
+                                   write_checkpoint_scores, write_loss_log)
+from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, adapter_state_dicts, check_resumable, jsonable,
+                                  lora_adapters, make_accelerator, make_optimizer, out_of_memory)
 
 __all__ = ["TrainConfig", "TrainResult", "default_train_config", "train_lora", "denoising_loss", "evaluation_loss"]
 
 EMA_DECAY = 0.9
+# A checkpoint's validation images -> its scores against the references ({"quality": float, ...}).
+CheckpointScorer = Callable[[list[Path]], dict[str, float]]
 
 
 @dataclass
@@ -55,20 +60,25 @@ class TrainResult:
     interrupted: bool = False
     loss_curve: Path | None = None
     validation_images: list[Path] = field(default_factory=list)
+    checkpoint_scores: list[dict] = field(default_factory=list)  # {"step", "quality", ...} per scored checkpoint
+    chosen_checkpoint: dict | None = None  # the checkpoint exported as the run's LoRA: {"step", "quality", "why"}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], run_dir: Path, quiet: bool = False,
-               stop: threading.Event | None = None, *, resume: bool = True) -> TrainResult:
+               stop: threading.Event | None = None, *, resume: bool = True,
+               score_checkpoint: CheckpointScorer | None = None) -> TrainResult:
     """Train a LoRA on ``dataset`` ((image, caption) pairs) into ``run_dir``; continue its latest checkpoint.
 
+    ``score_checkpoint`` scores each checkpoint's validation images against the references; with
+    ``config.select_best_checkpoint`` the best-scoring checkpoint becomes the run's LoRA.
     Ctrl-C or ``stop.set()`` saves a checkpoint and returns ``interrupted=True``. NaN loss and CUDA
     out-of-memory raise ``TrainingError`` (the last good checkpoint stays).
     """
     config.validate(profile)
-    images = prepare_images(dataset, config.resolution)
+    images = prepare_images(dataset, config.resolution, config.bucket_step if config.bucketing else None)
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
     checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
@@ -76,19 +86,20 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
         raise ConfigError(f"{run_dir} already holds training checkpoints",
                           "pass --resume to continue it, or choose a new --run-dir")
     check_resumable(run_dir, config, profile, images, checkpoint)
-    accelerator = make_accelerator(config, profile)
+    accelerator = make_accelerator(config, profile, run_dir)
     from tools.models import load_sdxl_pipeline
 
     pipe = load_sdxl_pipeline(profile)
     try:
         with lora_adapters(pipe, config) as modules:
-            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules)
+            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint)
             return run.train(checkpoint, quiet, stop)
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if "out of memory" not in str(error).lower():
             raise
         raise out_of_memory(config) from None
     finally:
+        accelerator.end_training()  # closes the TensorBoard writer, if any
         accelerator.free_memory()
 
 
@@ -96,13 +107,15 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
 class _Run:
     """State of one training run: models, optimizer, caches, step counter, loss rows."""
 
-    def __init__(self, config, profile, images, run_dir, accelerator, pipe, modules) -> None:
+    def __init__(self, config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint) -> None:
         self.config, self.profile, self.images, self.run_dir = config, profile, images, run_dir
         self.accelerator, self.pipe, self.modules = accelerator, pipe, modules
+        self.score_checkpoint = score_checkpoint
         self.device = accelerator.device
         self.dataset_hash = dataset_sha256(images)
-        self.started_at = _now()
-        self.step, self.rows, self.ema = 0, [], None
+        self.buckets = [image.bucket for image in images]
+        self.started_at = time.time()  # epoch seconds: what kohya's ss_training_started_at holds
+        self.step, self.rows, self.ema, self.scores = 0, [], None, []
         self.validation_paths: list[Path] = []
         from diffusers import DDPMScheduler
 
@@ -119,14 +132,14 @@ class _Run:
         try:
             disk = default_latent_cache_dir() if self.config.cache_latents_to_disk else None
             return cached_latent_distributions(self.images, vae, vae_identity(self.profile, vae),
-                                               self.config.resolution, self.config.flip_augmentation, disk)
+                                               self.config.flip_augmentation, disk)
         finally:
             if upcast:
                 vae.to(torch.float16)
 
     @torch.no_grad()
     def _cache_text(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        captions = sorted({image.caption for image in self.images})
+        captions = sorted({image.caption for image in self.images} | ({""} if self.config.caption_dropout else set()))
         cache = {}
         for caption in captions:
             embeds, pooled = self._encode([caption])
@@ -143,6 +156,7 @@ class _Run:
     def train(self, checkpoint: Path | None, quiet: bool, stop: threading.Event | None) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         optimizer, self.optimizer_name = make_optimizer(config, self.modules, self.device.type)
+        self.optimizer_class = f"{type(optimizer).__module__}.{type(optimizer).__name__}"
         from diffusers.optimization import get_scheduler
 
         lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
@@ -155,6 +169,8 @@ class _Run:
             self._resume(checkpoint)
         else:
             self._write_run_config()
+        if config.report_to != "none":
+            accelerator.init_trackers("aldar_lora", config=config.as_dict())
         interrupted, start_step, clock = False, self.step, time.monotonic()
         self.clock_origin = clock - (self.rows[-1]["elapsed_s"] if self.rows else 0.0)
         with progress_bar(f"training LoRA ({self.profile.name})", config.steps, quiet) as advance:
@@ -171,7 +187,7 @@ class _Run:
             except KeyboardInterrupt:
                 interrupted = True
         if interrupted:
-            if self.step > 0 and not (self.run_dir / f"checkpoint-{self.step:06d}").is_dir():
+            if self.step > 0 and not (self.run_dir / f"{CHECKPOINT_PREFIX}{self.step:06d}").is_dir():
                 self._checkpoint(render=False)
             return self._result(interrupted=True)
         return self._finish()
@@ -197,16 +213,18 @@ class _Run:
         self.step += 1
         step_loss = sum(losses) / len(losses)
         self.ema = step_loss if self.ema is None else EMA_DECAY * self.ema + (1 - EMA_DECAY) * step_loss
-        self.rows.append({"step": self.step, "loss": step_loss, "loss_ema": self.ema,
-                          "lr": self.lr_scheduler.get_last_lr()[0],
+        # Prodigy's step is its estimate d times the scheduled lr: that product is the learning rate in effect.
+        lr = self.lr_scheduler.get_last_lr()[0] * self.optimizer.param_groups[0].get("d", 1.0)
+        self.rows.append({"step": self.step, "loss": step_loss, "loss_ema": self.ema, "lr": lr,
                           "elapsed_s": round(time.monotonic() - self.clock_origin, 3)})
+        self.accelerator.log({"loss": step_loss, "loss_ema": self.ema, "lr": lr}, step=self.step)
 
     def _micro_batch_loss(self, unet, micro: int) -> torch.Tensor:
         """One batch: sample latents, noise and timesteps from a generator seeded by the position (exact resume)."""
         config, rank = self.config, self.accelerator.process_index
         generator = torch.Generator().manual_seed(_position_seed(config.seed, rank, self.step, micro))
-        counter = (self.step * config.gradient_accumulation + micro) * config.batch_size
-        indices = batch_indices(counter, config.batch_size, len(self.images), config.seed + 7919 * rank)
+        indices = bucket_batch(self.step * config.gradient_accumulation + micro, self.buckets, config.batch_size,
+                               config.seed + 7919 * rank)
         flips = (torch.rand(len(indices), generator=generator) < 0.5).tolist() if config.flip_augmentation \
             else [False] * len(indices)
         vae_config = self.pipe.vae.config
@@ -217,23 +235,24 @@ class _Run:
             noise += config.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(indices),),
                                   generator=generator)
-        captions = [self.images[i].caption for i in indices]
-        if self.text_cache is not None:
+        captions = [training_caption(self.images[i].caption, generator, config.caption_dropout,
+                                     config.shuffle_caption_tags, config.keep_tokens) for i in indices]
+        if self.text_cache is not None and all(c in self.text_cache for c in captions):
             embeds = torch.stack([self.text_cache[c][0] for c in captions])
             pooled = torch.stack([self.text_cache[c][1] for c in captions])
+        elif self.text_cache is not None:  # a shuffled caption: frozen encoders, no gradient needed
+            with torch.no_grad():
+                embeds, pooled = self._encode(captions)
         else:
             embeds, pooled = self._encode(captions)
-        time_ids = torch.stack([self.images[i].time_ids(config.resolution, f) for i, f in zip(indices, flips)])
+        time_ids = torch.stack([self.images[i].time_ids(f) for i, f in zip(indices, flips)])
         device = self.device
         return denoising_loss(unet, self.noise_scheduler, latents.to(device), noise.to(device), timesteps.to(device),
                               embeds, pooled, time_ids.to(device), config.snr_gamma)
 
     # ---- saving
     def _state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
-        from peft.utils import get_peft_model_state_dict
-
-        return {name: get_peft_model_state_dict(self.accelerator.unwrap_model(module), adapter_name=ADAPTER_NAME)
-                for name, module in self.wrapped.items()}
+        return adapter_state_dicts({name: self.accelerator.unwrap_model(m) for name, m in self.wrapped.items()})
 
     def _lora_configs(self) -> dict[str, dict]:
         return {name: jsonable(module.peft_config[ADAPTER_NAME].to_dict()) for name, module in self.modules.items()}
@@ -246,11 +265,26 @@ class _Run:
                      "lr_scheduler": self.lr_scheduler.state_dict(), "rng": capture_rng_state(),
                      "loss_ema": self.ema, "optimizer_name": self.optimizer_name}
             save_checkpoint(self.run_dir, self.step, self._state_dicts(), self._lora_configs(), state,
-                            self.config.checkpoints_to_keep, made_with=self.profile.describe())
-            self._write_loss_files()
+                            self.config.checkpoints_to_keep, made_with=self.profile.describe(),
+                            protect=self._best_step())
             if render:
-                self._render_validation()
+                self._score(self._render_validation())
+            self._write_loss_files()
         accelerator.wait_for_everyone()
+
+    def _score(self, images: list[Path]) -> None:
+        """This checkpoint's validation images scored against the references; kept beside the checkpoints."""
+        if self.score_checkpoint is None or not images:
+            return
+        self.scores = [s for s in self.scores if s["step"] != self.step]
+        self.scores.append({"step": self.step, **{k: float(v) for k, v in self.score_checkpoint(images).items()}})
+        write_checkpoint_scores(self.run_dir, self.scores)
+
+    def _best_step(self) -> int | None:
+        if not self.config.select_best_checkpoint:
+            return None
+        best = best_checkpoint(self.scores)
+        return best["step"] if best else None
 
     def _resume(self, checkpoint: Path) -> None:
         from peft.utils import set_peft_model_state_dict
@@ -263,11 +297,13 @@ class _Run:
         restore_rng_state(state["rng"])
         self.step, self.ema = state["step"], state["loss_ema"]
         self.rows = read_loss_log(self.run_dir / LOSS_LOG, up_to_step=self.step)
+        self.scores = [s for s in read_checkpoint_scores(self.run_dir) if s["step"] <= self.step]
 
-    def _render_validation(self) -> None:
-        config = self.config
+    def _render_validation(self) -> list[Path]:
+        """This checkpoint's validation images (fixed seeds), also sent to TensorBoard when it is on."""
+        config, paths = self.config, []
         if not config.validation_images:
-            return
+            return paths
         for module in self.modules.values():
             module.eval()
         try:
@@ -279,53 +315,89 @@ class _Run:
                                       generator=torch.Generator().manual_seed(seed)).images[0]
                     path = self.run_dir / "validation" / f"step-{self.step:06d}-seed-{seed}.png"
                     atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
-                    self.validation_paths.append(path)
+                    paths.append(path)
         finally:
             for module in self.modules.values():
                 module.train()
+        self.validation_paths.extend(paths)
+        tracker = next((t for t in self.accelerator.trackers if t.name == "tensorboard"), None)
+        if tracker is not None:
+            import numpy as np
+            from PIL import Image
+
+            arrays = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+            tracker.writer.add_images("validation", arrays, self.step, dataformats="NHWC")
+        return paths
 
     def _write_loss_files(self) -> None:
         write_loss_log(self.run_dir / LOSS_LOG, self.rows)
-        draw_loss_curve(self.run_dir / LOSS_CURVE, self.rows, title=f"{self.config.output_name}: loss per step")
+        draw_loss_curve(self.run_dir / LOSS_CURVE, self.rows, title=f"{self.config.output_name}: loss per step",
+                        scores=self.scores, best_step=self._best_step())
 
     def _write_run_config(self) -> None:
         if self.accelerator.is_main_process:
             atomic_write_json(self.run_dir / RUN_CONFIG, {
                 **self.profile.describe(), "config": self.config.as_dict(), "dataset_sha256": self.dataset_hash,
                 "images": [{"path": str(i.path), "sha256": i.sha256, "caption": i.caption} for i in self.images],
-                "started_at": self.started_at, "num_processes": self.accelerator.num_processes})
+                "started_at": _iso(self.started_at), "num_processes": self.accelerator.num_processes})
 
     def _finish(self) -> TrainResult:
-        """Final checkpoint, then the LoRA files — written only now, each by rename."""
+        """Final checkpoint, then the LoRA files — the best-scoring checkpoint's weights (or the last step's),
+        written only now, each by rename."""
         config = self.config
-        if config.checkpoint_every and not (self.run_dir / f"checkpoint-{self.step:06d}").is_dir():
+        if config.checkpoint_every and not (self.run_dir / f"{CHECKPOINT_PREFIX}{self.step:06d}").is_dir():
             self._checkpoint()
         elif not config.checkpoint_every and self.accelerator.is_main_process:
+            self._score(self._render_validation())
             self._write_loss_files()
-            self._render_validation()
         lora_path = self.run_dir / DIFFUSERS_WEIGHTS
         kohya_path = self.run_dir / f"{config.output_name}.safetensors"
+        self.chosen = self._choose_checkpoint()
         if self.accelerator.is_main_process:
-            state_dicts = self._state_dicts()
-            metadata = kohya_metadata(config.replace(optimizer=self.optimizer_name), self.profile, steps=self.step,
-                                      dataset_hash=self.dataset_hash, num_images=len(self.images),
-                                      started_at=self.started_at, finished_at=_now())
-            save_diffusers_lora(lora_path, state_dicts, self._lora_configs())
-            save_kohya_lora(kohya_path, state_dicts, config.alpha, metadata)
+            chosen_dir = self.run_dir / f"{CHECKPOINT_PREFIX}{self.chosen['step']:06d}"
+            state_dicts = load_checkpoint(chosen_dir)[0] if self.chosen["step"] != self.step else self._state_dicts()
+            finished_at = time.time()
+            metadata = kohya_metadata(
+                config.replace(optimizer=self.optimizer_name), self.profile, steps=self.chosen["step"],
+                epochs=(epochs_for(self.chosen["step"], self.buckets, config.batch_size, config.gradient_accumulation),
+                        epochs_for(config.steps, self.buckets, config.batch_size, config.gradient_accumulation)),
+                dataset_hash=self.dataset_hash, captions=[i.caption for i in self.images],
+                dataset_dir=_dataset_dir(self.images), started_at=self.started_at, finished_at=finished_at,
+                prediction_type=self.noise_scheduler.config.prediction_type, optimizer=self.optimizer_class,
+                buckets=_bucket_counts(self.buckets) if config.bucketing else None)
+            export_lora(lora_path, kohya_path, state_dicts, self._lora_configs(), config.alpha, metadata,
+                        config.save_precision)
         self.accelerator.wait_for_everyone()  # other processes return only once the files exist
         result = self._result(interrupted=False, lora_path=lora_path, kohya_path=kohya_path)
         if self.accelerator.is_main_process:
             atomic_write_json(self.run_dir / "training_summary.json",
                               {**self.profile.describe(), **result.as_dict(), "config": config.as_dict(),
                                "optimizer_used": self.optimizer_name, "dataset_sha256": self.dataset_hash,
-                               "started_at": self.started_at, "finished_at": _now()})
+                               "started_at": _iso(self.started_at), "finished_at": _iso(time.time())})
         return result
+
+    def _choose_checkpoint(self) -> dict:
+        """Which step's weights the run hands over, with the reason (report.html shows it)."""
+        best = best_checkpoint(self.scores) if self.config.select_best_checkpoint else None
+        on_disk = {int(p.name[len(CHECKPOINT_PREFIX):]) for p in checkpoint_dirs(self.run_dir)}
+        if best is not None and (best["step"] in on_disk or best["step"] == self.step):
+            others = ", ".join(f"step {s['step']}: {s['quality']:.3f}" for s in self.scores if s is not best)
+            return {**best, "why": f"highest validation quality against the references ({best['quality']:.3f}"
+                                   + (f"; {others}" if others else "") + ")"}
+        if not self.config.select_best_checkpoint:
+            why = "last step (best-checkpoint selection is off)"
+        elif not self.scores:
+            why = "last step (no checkpoint was scored: no scorer or no validation images)"
+        else:
+            why = "last step (the best-scoring checkpoint is no longer on disk)"
+        last = next((s for s in self.scores if s["step"] == self.step), {})
+        return {**last, "step": self.step, "why": why}
 
     def _result(self, interrupted: bool, lora_path: Path | None = None, kohya_path: Path | None = None):
         curve = self.run_dir / LOSS_CURVE
         return TrainResult(self.run_dir, lora_path, kohya_path, self.step, self.ema, checkpoint_dirs(self.run_dir),
                            self.run_dir / LOSS_LOG, interrupted, curve if curve.is_file() else None,
-                           list(self.validation_paths))
+                           list(self.validation_paths), list(self.scores), getattr(self, "chosen", None))
 
     def _diverged(self, value: float) -> TrainingError:
         last = latest_checkpoint(self.run_dir)
@@ -380,7 +452,7 @@ def evaluation_loss(pipe, profile, dataset: list[tuple[Path, str]], resolution: 
 
     images = prepare_images(dataset, resolution)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    dists = cached_latent_distributions(images, pipe.vae, vae_identity(profile, pipe.vae), resolution, False, None)
+    dists = cached_latent_distributions(images, pipe.vae, vae_identity(profile, pipe.vae), False, None)
     device, generator, losses = pipe.unet.device, torch.Generator().manual_seed(seed), []
     for index, image in enumerate(images):
         latent = (dists[(index, False)][0] - (getattr(pipe.vae.config, "shift_factor", None) or 0.0))
@@ -390,7 +462,7 @@ def evaluation_loss(pipe, profile, dataset: list[tuple[Path, str]], resolution: 
         for t in timesteps:
             noise = torch.randn(latent.shape, generator=generator).to(device)
             losses.append(denoising_loss(pipe.unet, scheduler, latent, noise, torch.tensor([t], device=device),
-                                         embeds, pooled, image.time_ids(resolution, False).unsqueeze(0).to(device))
+                                         embeds, pooled, image.time_ids(False).unsqueeze(0).to(device))
                           .item())
     return sum(losses) / len(losses)
 
@@ -410,5 +482,18 @@ def _position_seed(*parts: int) -> int:
     return int(hashlib.sha256("-".join(map(str, parts)).encode()).hexdigest()[:15], 16)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _iso(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def _dataset_dir(images) -> str:
+    """The references' folder name (kohya keys ss_tag_frequency and ss_dataset_dirs by dataset folder)."""
+    parents = {image.path.parent.name for image in images}
+    return parents.pop() if len(parents) == 1 else "references"
+
+
+def _bucket_counts(buckets: list[tuple[int, int]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for height, width in buckets:
+        counts[f"{width}x{height}"] = counts.get(f"{width}x{height}", 0) + 1
+    return dict(sorted(counts.items()))

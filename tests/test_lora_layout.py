@@ -1,0 +1,111 @@
+"""LoRA keys of the REAL SDXL architecture, built on the ``meta`` device (no weights, no memory).
+
+The expected names are derived here from the documented layouts, not from our modules: kohya sd-scripts'
+``lora_te1_`` / ``lora_te2_`` / ``lora_unet_`` + module path with dots flattened to underscores (what
+A1111 and ComfyUI map), and diffusers' ``unet.`` / ``text_encoder.`` / ``text_encoder_2.`` + module path,
+with the text encoders' modules under ``text_model.`` as in the original CLIP checkpoints. A transformers or
+diffusers upgrade that renames modules fails here instead of silently dropping part of users' LoRAs.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from tools.models import resolve_profile, tiny_unet_config
+from tools.settings import load_settings
+from tools.training.config import default_train_config
+from tools.training.lora_files import export_lora
+from tools.training.setup import ADAPTER_NAME, adapter_state_dicts, jsonable, lora_adapters
+
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              projection_dim=768, hidden_act="quick_gelu")
+OPEN_CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                   projection_dim=1280, hidden_act="gelu")
+ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def sdxl_unet_attention_modules() -> list[str]:
+    """diffusers module paths of SDXL base's attention projections, from its published block layout."""
+    config = tiny_unet_config("full")
+    depth = config["transformer_layers_per_block"]
+    places = []
+    for block, kind in enumerate(config["down_block_types"]):
+        if kind.startswith("CrossAttn"):
+            places += [(f"down_blocks.{block}.attentions.{i}", depth[block]) for i in range(config["layers_per_block"])]
+    places.append(("mid_block.attentions.0", depth[-1]))
+    up_depth = list(reversed(depth))
+    for block, kind in enumerate(config["up_block_types"]):
+        if kind.startswith("CrossAttn"):
+            places += [(f"up_blocks.{block}.attentions.{i}", up_depth[block])
+                       for i in range(config["layers_per_block"] + 1)]
+    return [f"{place}.transformer_blocks.{t}.{attn}.{proj}" for place, blocks in places for t in range(blocks)
+            for attn in ("attn1", "attn2") for proj in ("to_q", "to_k", "to_v", "to_out.0")]
+
+
+def clip_attention_modules(layers: int) -> list[str]:
+    return [f"text_model.encoder.layers.{n}.self_attn.{proj}" for n in range(layers) for proj in ATTENTION]
+
+
+def kohya_name(prefix: str, module: str) -> str:
+    return f"{prefix}_{module.replace('.', '_')}"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Our adapters on the real SDXL UNet and CLIP-L/G (meta device), exported by our code path."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    profile = resolve_profile(load_settings(overrides={"profile": "tiny", "device": "cpu"}))
+    config = default_train_config(profile).replace(train_text_encoder=True, rank=4, alpha=2.0)
+    with torch.device("meta"):
+        pipe = types.SimpleNamespace(
+            unet=UNet2DConditionModel(**tiny_unet_config("full")),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**OPEN_CLIP_G)))
+        with lora_adapters(pipe, config) as modules:
+            state_dicts = adapter_state_dicts(modules)
+            lora_configs = {name: jsonable(m.peft_config[ADAPTER_NAME].to_dict()) for name, m in modules.items()}
+    assert all(t.is_meta for state in state_dicts.values() for t in state.values())
+    # Meta tensors hold no data to write: one-element stand-ins keep every key through the real save path.
+    stand_ins = {c: {k: torch.zeros(1) for k in state} for c, state in state_dicts.items()}
+    folder = tmp_path_factory.mktemp("layout")
+    export_lora(folder / "diffusers.safetensors", folder / "kohya.safetensors", stand_ins, lora_configs,
+                config.alpha, {"ss_network_dim": "4"})
+    from safetensors import safe_open
+
+    keys = {}
+    for name in ("diffusers", "kohya"):
+        with safe_open(str(folder / f"{name}.safetensors"), "pt") as handle:
+            keys[name] = set(handle.keys())
+    return keys
+
+
+def test_the_expected_layout_counts_the_modules_of_sdxl():
+    assert len(sdxl_unet_attention_modules()) == 560  # 70 transformer blocks x 2 attentions x 4 projections
+    assert len(clip_attention_modules(12)) + len(clip_attention_modules(32)) == 176
+
+
+def test_kohya_file_has_every_standard_key_and_no_other(exported):
+    modules = ([kohya_name("lora_unet", m) for m in sdxl_unet_attention_modules()]
+               + [kohya_name("lora_te1", m) for m in clip_attention_modules(12)]
+               + [kohya_name("lora_te2", m) for m in clip_attention_modules(32)])
+    expected = {f"{m}.{part}" for m in modules for part in ("lora_down.weight", "lora_up.weight", "alpha")}
+    assert len(modules) == 736
+    assert exported["kohya"] == expected, (sorted(exported["kohya"] - expected)[:3], sorted(expected - exported["kohya"])[:3])
+    assert "lora_te1_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight" in exported["kohya"]
+
+
+def test_diffusers_file_has_every_standard_key_and_no_other(exported):
+    expected = ({f"unet.{m}.lora.{d}.weight" for m in sdxl_unet_attention_modules() for d in ("down", "up")}
+                | {f"text_encoder.{m}.lora_linear_layer.{d}.weight" for m in clip_attention_modules(12)
+                   for d in ("down", "up")}
+                | {f"text_encoder_2.{m}.lora_linear_layer.{d}.weight" for m in clip_attention_modules(32)
+                   for d in ("down", "up")})
+    assert exported["diffusers"] == expected, (sorted(exported["diffusers"] - expected)[:3],
+                                              sorted(expected - exported["diffusers"])[:3])
+    assert "text_encoder.text_model.encoder.layers.11.self_attn.out_proj.lora_linear_layer.up.weight" \
+        in exported["diffusers"]
