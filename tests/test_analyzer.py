@@ -78,7 +78,7 @@ def test_analysis_schema_and_values(tmp_path):
                       ("captions", dict), ("trigger_token", str), ("character_name", str), ("notice", str)]:
         assert isinstance(analysis[key], kind), key
     assert analysis["profile"] == profile.describe() and analysis["profile"]["profile"] == "tiny"
-    assert analysis["model"] == "tiny-random-clip"
+    assert analysis["model"].startswith("toy-world-clip@") and analysis["model"] == profile.clip_model
     names = ["ref1.png", "ref2.png", "ref3.png"]
     assert [r["file"] for r in analysis["references"]] == names
     assert all(len(r["sha256"]) == 64 for r in analysis["references"])

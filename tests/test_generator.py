@@ -79,7 +79,7 @@ def test_png_parameters_round_trip(tiny_profile, tmp_path, loras):
     read = read_generation_parameters(image.path)
     aldar = read.pop("aldar")
     assert read == {"prompt": PROMPT, "negative_prompt": "blurry, photo", "steps": 3, "sampler": "Euler",
-                    "cfg_scale": 5.5, "seed": 3, "width": 64, "height": 64, "model": "tiny-random-sdxl",
+                    "cfg_scale": 5.5, "seed": 3, "width": 64, "height": 64, "model": "toy-world-sdxl",
                     "lora_name": "lora", "lora_scale": 0.8}
     assert aldar["profile"] == "tiny" and "toy world" in aldar["notice"]
     assert aldar["lora_path"] == str(loras[0].resolve()) and aldar["seed"] == 3

@@ -82,7 +82,9 @@ def resolve_profile(settings) -> ModelProfile:
     device = pick_device(settings.device)
     dtype = pick_dtype(device, settings.dtype)
     if settings.profile == "tiny":
-        return ModelProfile("tiny", TINY_MODEL_ID, TINY_CLIP_ID, str(device), dtype_name(dtype), settings.seed)
+        # The CLIP id carries the weights' digest: saved analyses and embedding caches never outlive a rebuild.
+        return ModelProfile("tiny", TINY_MODEL_ID, f"{TINY_CLIP_ID}@{toy_world_fingerprint()}", str(device),
+                            dtype_name(dtype), settings.seed)
     return ModelProfile("sdxl", settings.base_model, settings.clip_model, str(device), dtype_name(dtype), settings.seed)
 
 
@@ -116,7 +118,10 @@ def toy_world_fingerprint() -> str:
     """A short digest of the toy CLIP's weights: embedding caches keyed on it never outlive a rebuild."""
     import hashlib
 
-    digest = hashlib.sha256((toy_world_weights()["clip"] / "model.safetensors").read_bytes()).hexdigest()
+    try:
+        digest = hashlib.sha256((toy_world_weights()["clip"] / "model.safetensors").read_bytes()).hexdigest()
+    except OSError:
+        return "missing"  # loading says what to do; naming the profile must not fail first
     return digest[:12]
 
 
@@ -382,13 +387,11 @@ def load_clip(profile: ModelProfile):
     key = ("clip", profile.clip_model, profile.device, profile.seed)
     with _cache_lock:
         if key not in _cache:
-            model_id = profile.clip_model
             if profile.is_tiny:
                 model, tokenizer = load_toy_world_clip()
-                model_id = f"{TINY_CLIP_ID}@{toy_world_fingerprint()}"
             else:
                 model, tokenizer = _load_real_clip(profile.clip_model)
-            _cache[key] = ClipEncoder(model.to(profile.torch_device), tokenizer, model_id=model_id,
+            _cache[key] = ClipEncoder(model.to(profile.torch_device), tokenizer, model_id=profile.clip_model,
                                       profile=profile.name)
         return _cache[key]
 
