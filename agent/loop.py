@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable
 import openai
 
 from agent.llm_client import api_error_message, thinking_extra_body
-from agent.toolspec import ToolArgumentError, ToolSpec
+from agent.toolspec import ToolArgumentError, ToolSpec, parse_json_arguments
 from tools.errors import AldarError, ProviderError
-from tools.secrets import redact
+from tools.secrets import redact, redact_value
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,12 @@ class ChatLoop:
         return request
 
     def _complete(self, tool_choice: str | dict | None) -> tuple[dict[str, Any], Usage]:
-        request = self._request(tool_choice)
+        """The model's next message, scrubbed of keys before anything (a tool, the history, a file) sees it:
+        a misbehaving proxy or model can echo the key it was called with."""
+        message, usage = self._receive(self._request(tool_choice))
+        return redact_value(message, [getattr(self.client, "api_key", None)]), usage
+
+    def _receive(self, request: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
         if not self.stream:
             response = self.client.chat.completions.create(**request)
             return _message_from_response(response), _usage_of(getattr(response, "usage", None))
@@ -311,9 +316,10 @@ def _usage_of(raw: Any) -> Usage:
 
 
 def _canonical_arguments(raw: str) -> str:
+    """The arguments in one spelling, so the same failing call is recognised; unparsable ones as sent."""
     try:
-        return json.dumps(json.loads(raw), sort_keys=True)
-    except (json.JSONDecodeError, TypeError):
+        return json.dumps(parse_json_arguments(raw or ""), sort_keys=True)
+    except ToolArgumentError:
         return (raw or "").strip()
 
 

@@ -213,3 +213,31 @@ def test_api_error_message_for_timeouts_names_the_setting() -> None:
     import httpx2
     error = openai.APITimeoutError(request=httpx2.Request("POST", "http://x"))
     assert "llm_timeout_s = 120" in api_error_message(error, settings)
+
+
+@pytest.mark.parametrize("hostile, words", [
+    ('{"learning_rate": ' + "[" * 49_000 + "]" * 49_000 + "}", "nested 49,001 levels deep"),
+    ('{"learning_rate": "' + "x" * 200_000 + '"}', "over the limit of 100,000"),
+    ('{"learning_rate": ' + "9" * 5000 + "}", "cannot be parsed"),
+])
+def test_hostile_arguments_become_a_tool_error_and_the_chat_goes_on(server, monkeypatch, hostile, words) -> None:
+    recorder = Recorder()
+    loop = make_loop(server, monkeypatch, recorder, stream=False)  # the fake streams 5 characters per event
+    server.enqueue(Reply.tools(("set_learning_rate", hostile)), Reply.text("sorry, fixed"))
+    result = loop.run_turn("lower the learning rate")
+
+    assert result.stop_reason == "answer" and result.text == "sorry, fixed"
+    assert recorder.calls == [] and [r.ok for r in result.tool_calls] == [False]
+    error = json.loads(server.requests[1].messages[-1]["content"])["error"]
+    assert words in error and "set_learning_rate" in error
+    server.enqueue(Reply.text("still here"))
+    assert loop.run_turn("and now?").text == "still here"
+
+
+def test_the_same_hostile_call_three_times_stops_the_turn_cleanly(server, monkeypatch) -> None:
+    recorder = Recorder()
+    loop = make_loop(server, monkeypatch, recorder, stream=False)
+    deep = ("set_learning_rate", "[" * 49_000 + "]" * 49_000)
+    server.enqueue(Reply.tools(deep), Reply.tools(deep), Reply.tools(deep))
+    result = loop.run_turn("go")
+    assert result.stop_reason == "repeated_failure" and "nested" in result.text
