@@ -241,3 +241,33 @@ def test_the_same_hostile_call_three_times_stops_the_turn_cleanly(server, monkey
     server.enqueue(Reply.tools(deep), Reply.tools(deep), Reply.tools(deep))
     result = loop.run_turn("go")
     assert result.stop_reason == "repeated_failure" and "nested" in result.text
+
+
+def test_a_key_the_model_echoes_reaches_no_tool_history_or_answer(server, monkeypatch) -> None:
+    from tests.fakes.openai_server import BEARER_KEY
+
+    received: list[str] = []
+
+    def remember(note: str) -> dict:
+        """Keep a note.
+
+        Args:
+            note: The text to keep.
+        """
+        received.append(note)
+        return {"kept": note}
+
+    monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
+    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": 5}, environ={})
+    client, model = make_client(settings)
+    shown: list[str] = []
+    loop = ChatLoop(client, model, [tool_spec(remember)], events=LoopEvents(on_tool_start=lambda n, a: shown.append(a)))
+    server.enqueue(Reply.tools(("remember", json.dumps({"note": f"the key is {BEARER_KEY}"})),
+                               reasoning_content=f"I was called with {BEARER_KEY}"),
+                   Reply.text(f"Your key: {BEARER_KEY}."))
+    result = loop.run_turn("what is my key?")
+
+    assert server.requests[0].headers["authorization"] == f"Bearer {SECRET}"  # the fake did echo this one
+    assert result.text == "Your key: ***."
+    assert received == ["the key is ***"] and SECRET not in "".join(shown)
+    assert SECRET not in json.dumps(loop.messages) and SECRET not in json.dumps(server.requests[1].body)

@@ -243,3 +243,22 @@ def test_a_session_continues_the_original_list_history_from_the_default_params(t
     (folder / "training_history.json").write_text(json.dumps([{"round": 1, "lora_score": 0.5}]))
     with Session(tiny_settings, quiet=True) as session:
         assert session.params == session.default_params and session.next_round_number == 2
+
+
+def test_every_text_file_and_png_chunk_the_project_writes_is_scrubbed_of_keys(tmp_path, monkeypatch) -> None:
+    """The sinks scrub too: text from a model or a server that reaches a writer without passing the entry
+    scrub (a feedback's rationale, a report's prompt, a picture's metadata) still loses the key."""
+    from PIL import Image
+
+    from tools.atomic import atomic_write_json, atomic_write_text
+    from tools.png_metadata import save_png_with_parameters
+
+    key = "fpk-SINK-0123456789abcdef"
+    monkeypatch.setenv("FREEPIK_API_KEY", key)
+    atomic_write_json(tmp_path / "feedback.json", {"rationale": f"because {key}", key: 1})
+    atomic_write_text(tmp_path / "report.html", f"<p>{key}</p>")
+    save_png_with_parameters(Image.new("RGB", (8, 8)), tmp_path / "scene.png", {"prompt": f"a {key}", "seed": 1},
+                             {"note": key})
+    for path in tmp_path.iterdir():
+        data = path.read_bytes()
+        assert key.encode() not in data and b"***" in data, path.name

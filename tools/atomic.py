@@ -1,7 +1,8 @@
 """Crash-safe file writes: write to a temp file in the same folder, fsync, rename.
 
 A reader (or a rerun after kill -9) sees either the old file or the new one,
-never half of one.
+never half of one. Text and JSON pass through ``tools.secrets.redact`` on the way:
+whatever a model or a server said, no API key reaches a file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from tools.secrets import redact
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -47,6 +50,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    text = redact(text)
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

@@ -1,8 +1,12 @@
 """API keys: read from the environment or ``.env`` only, never logged or saved.
 
-``redact`` scrubs every known key value out of a text; ``install_log_redaction``
-puts the same filter on the root logger so a key cannot leak through a
-third-party library's debug output either.
+``redact`` is the one scrubber: it removes every known key value from a text, and
+``redact_value`` from every string inside JSON-like data. Model and server text is
+scrubbed where it enters (``agent.loop``, ``agent.story``, ``tools.providers``) and
+again where text leaves the process: the terminal (``agent.ui``), the log
+(``install_log_redaction`` on the root logger, so a third-party library's debug
+output cannot leak a key either), text and JSON files (``tools.atomic``) and PNG
+text chunks (``tools.png_metadata``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 KEY_NAMES = ("DEEPSEEK_API_KEY", "OPENAI_API_KEY", "FREEPIK_API_KEY", "DEEPAI_API_KEY", "GEMINI_API_KEY")
 _loaded_dotenv: set[Path] = set()
@@ -64,10 +69,22 @@ def known_secret_values() -> list[str]:
     return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
 
 
-def redact(text: str, extra: list[str] | None = None) -> str:
+def redact(text: str, extra: list[str | None] | None = None) -> str:
+    """``text`` with every known key value (and each of ``extra``) replaced by ``***``."""
     for secret in known_secret_values() + [s for s in (extra or []) if s and len(s) >= 4]:
         text = text.replace(secret, "***")
     return text
+
+
+def redact_value(value: Any, extra: list[str | None] | None = None) -> Any:
+    """A copy of JSON-like ``value`` (dicts, lists, strings) with ``redact`` applied to every string in it."""
+    if isinstance(value, dict):
+        return {redact(str(k), extra): redact_value(v, extra) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_value(v, extra) for v in value]
+    if isinstance(value, str):
+        return redact(value, extra)
+    return value
 
 
 class RedactingFilter(logging.Filter):
