@@ -262,3 +262,43 @@ def test_every_text_file_and_png_chunk_the_project_writes_is_scrubbed_of_keys(tm
     for path in tmp_path.iterdir():
         data = path.read_bytes()
         assert key.encode() not in data and b"***" in data, path.name
+
+
+def test_staging_folders_a_killed_checkpoint_write_left_are_removed_when_the_folder_is_opened(tmp_path, monkeypatch):
+    """A kill -9 inside ``save_checkpoint`` skips its cleanup: the staging folder it made (the writer's own
+    name, not a copy of it) and those older versions named ``.checkpoint-XXXX-*`` / ``.lora-*`` go at start-up."""
+    import torch
+
+    import tools.lora_files as lora_files
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    results = tmp_path / "results"
+    run_dir = results / "runs" / "round_01"
+    run_dir.mkdir(parents=True)
+    finished = run_dir / "checkpoint-000002"
+    finished.mkdir()
+    (finished / "checkpoint.json").write_text("{}")
+    monkeypatch.setattr(lora_files, "save_diffusers_lora", killed)
+    monkeypatch.setattr(lora_files.shutil, "rmtree", lambda *a, **k: None)  # a kill runs no finally
+    with pytest.raises(Killed):
+        lora_files.save_checkpoint(run_dir, 4, {"unet": {"w": torch.zeros(1)}}, {"unet": {}}, {}, keep=2)
+    monkeypatch.undo()
+    [staging] = [p for p in run_dir.iterdir() if p.name.startswith(".checkpoint-000004")]
+    (staging / ".pytorch_lora_weights.safetensors.x1.tmp").write_bytes(b"half")
+    legacy = [run_dir / ".checkpoint-000006-ab12cd", run_dir / ".lora-9zq8", run_dir / "checkpoint-000002" / ".lora-7u"]
+    for folder in legacy:
+        folder.mkdir()
+        (folder / "pytorch_lora_weights.safetensors").write_bytes(b"half")
+    foreign = results / "runs" / "train_20261125_150000" / ".checkpoint-000004.k2.tmp"
+    foreign.mkdir(parents=True)  # `aldar train` writes there without the lock: maybe live
+
+    RunStore(results).close()
+
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-000002"]
+    assert (finished / "checkpoint.json").is_file() and not (finished / ".lora-7u").exists()
+    assert foreign.is_dir()

@@ -16,11 +16,30 @@ from typing import Any, Callable
 from tools.secrets import redact
 
 
+# Every staging file and folder the writers make is named ``.<target name>.<random>.tmp`` beside its
+# target, so one pattern finds what a kill left behind (``staging_glob``).
+STAGING_SUFFIX = ".tmp"
+# Names older versions' writers used for staging folders (a kill left them in runs/round_NN/ for good).
+LEGACY_STAGING_GLOBS = (".checkpoint-*-*", ".lora-*")
+
+
+def staging_glob(target_pattern: str = "*") -> str:
+    """The glob matching the staging names of targets matching ``target_pattern`` (one folder level)."""
+    return f".{target_pattern}.*{STAGING_SUFFIX}"
+
+
+def staging_dir(target: str | os.PathLike) -> Path:
+    """A new empty staging folder beside ``target``, to be renamed over it once complete."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=STAGING_SUFFIX, dir=target.parent))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` over ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=STAGING_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
