@@ -237,6 +237,14 @@ class RunStore:
         return atomic_write_json(self.feedback_dir / f"feedback_{stamp}.json", feedback)
 
     # ---------------------------------------------------------------- best LoRA
+    def best_lora_holds(self, record: dict[str, Any]) -> bool:
+        """Whether best_lora/ is complete for ``record``: the history names it, best_lora.json (written last)
+        names its round, and every file listed there exists. A kill during the copy leaves one of them unmet."""
+        saved = read_json_object(self.best_lora_dir / "best_lora.json")
+        return (self._history.get("best_round") == record["round"] and saved is not None
+                and saved.get("round") == record["round"]
+                and all((self.root / name).is_file() for name in saved.get("files") or []))
+
     def mark_best(self, record: dict[str, Any]) -> Path | None:
         """Copy the best round's LoRA files into best_lora/ and point the history at them.
 
