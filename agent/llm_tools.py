@@ -168,6 +168,12 @@ def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: d
     return {"adjustments": decision.adjustments, "rationale": decision.rationale, "decided_by": decision.decided_by}
 
 
+def _round_numbers(session: "Session") -> list[int]:
+    """The finished rounds' numbers and the round in progress."""
+    numbers = [r.get("round") for r in session.history()]
+    return numbers + ([session.current.number] if session.current is not None else [])
+
+
 def record_of(history: list[dict], number: int) -> dict:
     for record in history:
         if record.get("round") == number:
@@ -262,13 +268,20 @@ def build_session_tools(session: "Session", *, assume_yes: bool = False, decided
                 "feedback": feedback_summary(result["feedback"]),
                 "feedback_file": session.store.relative(result.get("feedback_path"))}
 
-    def read_feedback(round_number: int | None = None) -> dict:
+    def read_feedback(round_number: Optional[Annotated[int, Range(1)]] = None) -> dict:
         """Read the feedback of a round: scores, gaps to the best competitor, weak features, overfitting signs.
 
         Args:
             round_number: Which round; by default the latest one with feedback.
         """
-        feedback = feedback_of_round(session, round_number) if round_number else latest_feedback(session)
+        if round_number is None:
+            feedback = latest_feedback(session)
+        else:
+            feedback = feedback_of_round(session, round_number)
+            if feedback is None and round_number not in _round_numbers(session):
+                # "no feedback yet" for round 1e20 would send the model to train, generate and score
+                raise InputError(f"there is no round {round_number}",
+                                 f"rounds so far: {', '.join(map(str, _round_numbers(session))) or 'none'}")
         if feedback is None:
             return {"ok": False, "error": "no feedback yet: train, generate and score a round first"}
         return {"ok": True, **feedback_summary(feedback)}

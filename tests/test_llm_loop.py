@@ -271,3 +271,24 @@ def test_a_key_the_model_echoes_reaches_no_tool_history_or_answer(server, monkey
     assert result.text == "Your key: ***."
     assert received == ["the key is ***"] and SECRET not in "".join(shown)
     assert SECRET not in json.dumps(loop.messages) and SECRET not in json.dumps(server.requests[1].body)
+
+
+def test_read_feedback_refuses_round_numbers_that_cannot_be(server, monkeypatch, tiny_settings) -> None:
+    from agent.llm_tools import build_session_tools
+    from agent.session import Session
+
+    monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
+    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": 5}, environ={})
+    client, model = make_client(settings)
+    with Session(tiny_settings, quiet=True) as session:
+        tools = [spec for spec in build_session_tools(session) if spec.name == "read_feedback"]
+        loop = ChatLoop(client, model, tools)
+        server.enqueue(Reply.tools(("read_feedback", '{"round_number": -1}'), ("read_feedback", '{"round_number": 0}'),
+                                   ("read_feedback", '{"round_number": 1e20}'), ("read_feedback", "{}")),
+                       Reply.text("ok"))
+        assert loop.run_turn("feedback?").text == "ok"
+    errors = [json.loads(m["content"])["error"] for m in server.requests[1].messages if m["role"] == "tool"]
+    assert "round_number = -1 is below the minimum 1" in errors[0]
+    assert "round_number = 0 is below the minimum 1" in errors[1]
+    assert errors[2] == "there is no round 100000000000000000000 — rounds so far: none"
+    assert errors[3].startswith("no feedback yet")  # no round asked for: the honest answer
