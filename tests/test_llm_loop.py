@@ -15,6 +15,8 @@ from tools.errors import ConfigError, ProviderError
 from tools.settings import load_settings
 
 SECRET = "sk-test-very-secret-key-0123456789"
+# Only a guard against a hung test: no test here depends on it, so it is far above any loaded machine's delay.
+LLM_TIMEOUT_S = 120
 
 
 class Recorder:
@@ -48,7 +50,7 @@ def server():
 
 def make_loop(server, monkeypatch, recorder, **kwargs):
     monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
-    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": 5}, environ={})
+    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": LLM_TIMEOUT_S}, environ={})
     client, model = make_client(settings)
     tools = [tool_spec(recorder.set_learning_rate), tool_spec(recorder.list_rounds)]
     return ChatLoop(client, model, tools, system_prompt="You help.", **kwargs)
@@ -258,7 +260,7 @@ def test_a_key_the_model_echoes_reaches_no_tool_history_or_answer(server, monkey
         return {"kept": note}
 
     monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
-    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": 5}, environ={})
+    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": LLM_TIMEOUT_S}, environ={})
     client, model = make_client(settings)
     shown: list[str] = []
     loop = ChatLoop(client, model, [tool_spec(remember)], events=LoopEvents(on_tool_start=lambda n, a: shown.append(a)))
@@ -278,7 +280,7 @@ def test_read_feedback_refuses_round_numbers_that_cannot_be(server, monkeypatch,
     from agent.session import Session
 
     monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
-    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": 5}, environ={})
+    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": LLM_TIMEOUT_S}, environ={})
     client, model = make_client(settings)
     with Session(tiny_settings, quiet=True) as session:
         tools = [spec for spec in build_session_tools(session) if spec.name == "read_feedback"]
