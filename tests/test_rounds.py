@@ -217,8 +217,9 @@ class Killed(BaseException):
     """Stands in for kill -9 at one write: nothing after it in that process runs."""
 
 
-def _kill_at(monkeypatch, module, name, target_name, nth=1):
-    """Make ``module.name`` (a writer taking the target path first) die on its ``nth`` write of ``target_name``."""
+def _rounds_killed_at(settings, rounds, monkeypatch, module, name, target_name, nth=1) -> Path:
+    """Run ``rounds`` short rounds whose writer ``module.name`` (taking the target path first) dies on its
+    ``nth`` write of ``target_name``; returns the results folder as the kill left it."""
     original, seen = getattr(module, name), []
 
     def writer(path, *args, **kwargs):
@@ -229,6 +230,12 @@ def _kill_at(monkeypatch, module, name, target_name, nth=1):
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(module, name, writer)
+    with Session(settings.replace(images_per_prompt=1, competitors=[]), quiet=True) as session:
+        session.params.update(steps=2, checkpoint_every=0)
+        with pytest.raises(Killed):
+            session.run_rounds(rounds, RulePolicy(bounds=session.bounds))
+    monkeypatch.undo()
+    return session.store.root
 
 
 def _rerun(settings, rounds, capsys):
@@ -244,19 +251,13 @@ def test_a_kill_during_the_best_lora_copy_of_the_last_round_is_made_good_by_the_
                                                                                         capsys):
     import agent.store
 
-    settings = tiny_settings.replace(images_per_prompt=1, competitors=[])
-    _kill_at(monkeypatch, agent.store, "atomic_write", "pytorch_lora_weights.safetensors")
-    with Session(settings, quiet=True) as session:
-        session.params.update(steps=2, checkpoint_every=0)
-        with pytest.raises(Killed):
-            session.run_rounds(1, RulePolicy(bounds=session.bounds))
-        root = session.store.root
-    monkeypatch.undo()
+    root = _rounds_killed_at(tiny_settings, 1, monkeypatch, agent.store, "atomic_write",
+                             "pytorch_lora_weights.safetensors")
     killed = json.loads((root / "training_history.json").read_text())
     assert [r["round"] for r in killed["rounds"]] == [1] and killed["best_round"] is None
     assert not (root / "report.html").exists()
 
-    code, out = _rerun(settings, 1, capsys)  # the round limit is already reached: no round runs
+    code, out = _rerun(tiny_settings, 1, capsys)  # the round limit is already reached: no round runs
 
     history = json.loads((root / "training_history.json").read_text())
     assert code == 0 and history["best_round"] == 1
@@ -271,24 +272,16 @@ def test_a_kill_during_the_best_lora_copy_of_the_last_round_is_made_good_by_the_
 def test_a_kill_while_the_chart_of_the_last_round_is_written_is_made_good_by_the_rerun(tiny_settings, monkeypatch,
                                                                                          capsys):
     import agent.report
+    from PIL import Image
 
-    settings = tiny_settings.replace(images_per_prompt=1, competitors=[])
-    _kill_at(monkeypatch, agent.report, "atomic_write_bytes", "score_chart.png", nth=2)
-    with Session(settings, quiet=True) as session:
-        session.params.update(steps=2, checkpoint_every=0)
-        with pytest.raises(Killed):
-            session.run_rounds(2, RulePolicy(bounds=session.bounds))
-        root = session.store.root
-    monkeypatch.undo()
+    root = _rounds_killed_at(tiny_settings, 2, monkeypatch, agent.report, "atomic_write_bytes", "score_chart.png", nth=2)
     assert len(json.loads((root / "training_history.json").read_text())["rounds"]) == 2
     assert "<p>1 round(s);" in (root / "report.html").read_text()  # the page still shows round 1 only
 
-    code, out = _rerun(settings, 2, capsys)
+    code, out = _rerun(tiny_settings, 2, capsys)
 
     page = (root / "report.html").read_text()
     assert code == 0 and "<p>2 round(s);" in page and "<h2>Round 2" in page
-    from PIL import Image
-
     rounds = json.loads((root / "training_history.json").read_text())["rounds"]
     with Image.open(root / "score_chart.png") as chart:  # the chart of both rounds, not of round 1
         assert chart.convert("RGB").tobytes() == agent.report.draw_score_chart(rounds).tobytes()
