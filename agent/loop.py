@@ -19,7 +19,7 @@ import openai
 from agent.llm_client import api_error_message, thinking_extra_body
 from agent.toolspec import ToolArgumentError, ToolSpec, parse_json_arguments
 from tools.errors import AldarError, ProviderError
-from tools.secrets import redact, redact_value
+from tools.secrets import StreamRedactor, redact, redact_value
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,9 @@ class ChatLoop:
         reasoning: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         usage = Usage(requests=1)
+        # The pieces are shown as they arrive: a key the model echoes must not appear even in part.
+        key = [getattr(self.client, "api_key", None)]
+        shown_text, shown_reasoning = StreamRedactor(key), StreamRedactor(key)
         try:
             for chunk in stream:
                 if getattr(chunk, "usage", None):
@@ -190,16 +193,16 @@ class ChatLoop:
                     thought = _extra(delta, "reasoning_content")
                     if thought:
                         reasoning.append(thought)
-                        if self.events.on_reasoning:
-                            self.events.on_reasoning(thought)
+                        _emit(self.events.on_reasoning, shown_reasoning.feed(thought))
                     if delta.content:
                         content.append(delta.content)
-                        if self.events.on_text:
-                            self.events.on_text(delta.content)
+                        _emit(self.events.on_text, shown_text.feed(delta.content))
                     for fragment in delta.tool_calls or []:
                         _merge_tool_fragment(calls, fragment)
         finally:
             stream.close()
+        _emit(self.events.on_reasoning, shown_reasoning.flush())
+        _emit(self.events.on_text, shown_text.flush())
         return _assistant_message("".join(content), "".join(reasoning), calls), usage
 
     def _error(self, exc: BaseException) -> ProviderError:
@@ -263,6 +266,11 @@ def compact_json(value: Any) -> str:
     if len(text) > MAX_RESULT_CHARS:
         text = text[:MAX_RESULT_CHARS] + f"...[cut: {len(text) - MAX_RESULT_CHARS} more characters]"
     return text
+
+
+def _emit(hook: Callable[[str], None] | None, text: str) -> None:
+    if hook and text:
+        hook(text)
 
 
 def _extra(obj: Any, name: str) -> Any:

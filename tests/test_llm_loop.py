@@ -263,14 +263,17 @@ def test_a_key_the_model_echoes_reaches_no_tool_history_or_answer(server, monkey
     settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": LLM_TIMEOUT_S}, environ={})
     client, model = make_client(settings)
     shown: list[str] = []
-    loop = ChatLoop(client, model, [tool_spec(remember)], events=LoopEvents(on_tool_start=lambda n, a: shown.append(a)))
+    streamed: list[str] = []  # what a terminal shows while the answer streams in, piece by piece
+    loop = ChatLoop(client, model, [tool_spec(remember)], events=LoopEvents(
+        on_tool_start=lambda n, a: shown.append(a), on_text=streamed.append, on_reasoning=streamed.append))
     server.enqueue(Reply.tools(("remember", json.dumps({"note": f"the key is {BEARER_KEY}"})),
                                reasoning_content=f"I was called with {BEARER_KEY}"),
                    Reply.text(f"Your key: {BEARER_KEY}."))
     result = loop.run_turn("what is my key?")
 
     assert server.requests[0].headers["authorization"] == f"Bearer {SECRET}"  # the fake did echo this one
-    assert result.text == "Your key: ***."
+    assert result.text == "Your key: ***." and "".join(streamed).endswith("Your key: ***.")
+    assert not any(SECRET[:8] in "".join(streamed[:n]) for n in range(len(streamed) + 1))  # not even in part
     assert received == ["the key is ***"] and SECRET not in "".join(shown)
     assert SECRET not in json.dumps(loop.messages) and SECRET not in json.dumps(server.requests[1].body)
 

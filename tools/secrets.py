@@ -69,11 +69,37 @@ def known_secret_values() -> list[str]:
     return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
 
 
+def _secrets(extra: list[str | None] | None) -> list[str]:
+    return known_secret_values() + [s for s in (extra or []) if s and len(s) >= 4]
+
+
 def redact(text: str, extra: list[str | None] | None = None) -> str:
     """``text`` with every known key value (and each of ``extra``) replaced by ``***``."""
-    for secret in known_secret_values() + [s for s in (extra or []) if s and len(s) >= 4]:
+    for secret in _secrets(extra):
         text = text.replace(secret, "***")
     return text
+
+
+class StreamRedactor:
+    """``redact`` for text that arrives in pieces (a streamed answer shown as it comes): a tail that could be
+    the start of a key is held back until the next piece shows whether it is one."""
+
+    def __init__(self, extra: list[str | None] | None = None) -> None:
+        self.extra = extra
+        self.pending = ""
+
+    def feed(self, piece: str) -> str:
+        """What of the text so far can be shown now, scrubbed."""
+        text = redact(self.pending + piece, self.extra)
+        hold = max((n for secret in _secrets(self.extra) for n in range(1, len(secret))
+                    if text.endswith(secret[:n])), default=0)
+        self.pending = text[len(text) - hold:] if hold else ""
+        return text[:len(text) - hold]
+
+    def flush(self) -> str:
+        """The held-back tail at the end of the stream (it never became a key)."""
+        rest, self.pending = self.pending, ""
+        return rest
 
 
 def redact_value(value: Any, extra: list[str | None] | None = None) -> Any:
