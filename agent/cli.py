@@ -15,7 +15,7 @@ from typing import Sequence
 
 from tools.errors import AldarError
 from tools.secrets import install_log_redaction, load_dotenv
-from tools.settings import Settings, load_settings
+from tools.settings import Settings, load_settings, unknown_environment_names
 
 COMMAND_MODULES = [  # in the order --help lists them: the loop's steps, then the whole loop, then helpers
     "agent.commands.analyze",
@@ -112,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.ui import UI
 
     ui = UI(assume_yes=bool(getattr(args, "yes", False)), quiet=bool(getattr(args, "quiet", False)))
+    for line in unknown_environment_names():
+        ui.warn(line)
     try:
         settings = settings_from_args(args)
         if settings.is_tiny:

@@ -15,7 +15,7 @@ by the slash commands (no LLM) and by the LLM decider's briefing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 from agent.decision import Decision
 from agent.knobs import NAMES as KNOBS
@@ -169,12 +169,16 @@ class RoundTools:
         """What ``list_rounds`` adds beside the rounds."""
         return {}
 
+    def round_numbers(self) -> list[int]:
+        """The rounds ``read_feedback`` may be asked about: the finished ones (subclasses add more)."""
+        return [record.get("round") for record in self.history()]
+
     def specs(self) -> list[ToolSpec]:
         groups = {"knobs": knob_parameters(self.bounds)}
         return [tool_spec(getattr(self, name), groups=groups) for name in self.READ_ONLY + self.TOOLS]
 
     # ---- the tools
-    def read_feedback(self, round_number: int | None = None) -> dict:
+    def read_feedback(self, round_number: Optional[Annotated[int, Range(1)]] = None) -> dict:
         """Read the feedback of a round: scores, gaps to the best competitor, weak features, overfitting signs.
 
         Args:
@@ -183,8 +187,14 @@ class RoundTools:
         feedback = self.feedback_of(round_number)
         if feedback is not None:
             return {"ok": True, **feedback_summary(feedback)}
-        if round_number:
-            return {"ok": True, **round_summary(record_of(self.history(), round_number))}
+        if round_number is not None:
+            known = self.round_numbers()
+            if round_number not in known:
+                # "no feedback yet" for round 1e20 would send the model to train, generate and score
+                raise InputError(f"there is no round {round_number}",
+                                 f"rounds so far: {', '.join(map(str, known)) or 'none'}")
+            if any(record.get("round") == round_number for record in self.history()):
+                return {"ok": True, **round_summary(record_of(self.history(), round_number))}
         return {"ok": False, "error": "no feedback yet: train, generate and score a round first"}
 
     def list_rounds(self) -> dict:
@@ -236,6 +246,11 @@ class SessionTools(RoundTools):
             if record.get("round") == round_number:
                 return read_json_object(session.store.absolute((record.get("paths") or {}).get("feedback")))
         return None
+
+    def round_numbers(self) -> list[int]:
+        """The finished rounds and the round in progress."""
+        current = self.session.current
+        return super().round_numbers() + ([current.number] if current is not None else [])
 
     def rounds_extra(self) -> dict:
         session = self.session

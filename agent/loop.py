@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable
 import openai
 
 from agent.llm_client import api_error_message, thinking_extra_body
-from agent.toolspec import ToolArgumentError, ToolSpec
+from agent.toolspec import ToolArgumentError, ToolSpec, parse_json_arguments
 from tools.errors import AldarError, ProviderError
-from tools.secrets import redact
+from tools.secrets import StreamRedactor, redact, redact_value
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,12 @@ class ChatLoop:
         return request
 
     def _complete(self, tool_choice: str | dict | None) -> tuple[dict[str, Any], Usage]:
-        request = self._request(tool_choice)
+        """The model's next message, scrubbed of keys before anything (a tool, the history, a file) sees it:
+        a misbehaving proxy or model can echo the key it was called with."""
+        message, usage = self._receive(self._request(tool_choice))
+        return redact_value(message, [getattr(self.client, "api_key", None)]), usage
+
+    def _receive(self, request: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
         if not self.stream:
             response = self.client.chat.completions.create(**request)
             return _message_from_response(response), _usage_of(getattr(response, "usage", None))
@@ -174,6 +179,9 @@ class ChatLoop:
         reasoning: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         usage = Usage(requests=1)
+        # The pieces are shown as they arrive: a key the model echoes must not appear even in part.
+        key = [getattr(self.client, "api_key", None)]
+        shown_text, shown_reasoning = StreamRedactor(key), StreamRedactor(key)
         try:
             for chunk in stream:
                 if getattr(chunk, "usage", None):
@@ -185,16 +193,16 @@ class ChatLoop:
                     thought = _extra(delta, "reasoning_content")
                     if thought:
                         reasoning.append(thought)
-                        if self.events.on_reasoning:
-                            self.events.on_reasoning(thought)
+                        _emit(self.events.on_reasoning, shown_reasoning.feed(thought))
                     if delta.content:
                         content.append(delta.content)
-                        if self.events.on_text:
-                            self.events.on_text(delta.content)
+                        _emit(self.events.on_text, shown_text.feed(delta.content))
                     for fragment in delta.tool_calls or []:
                         _merge_tool_fragment(calls, fragment)
         finally:
             stream.close()
+        _emit(self.events.on_reasoning, shown_reasoning.flush())
+        _emit(self.events.on_text, shown_text.flush())
         return _assistant_message("".join(content), "".join(reasoning), calls), usage
 
     def _error(self, exc: BaseException) -> ProviderError:
@@ -260,6 +268,11 @@ def compact_json(value: Any) -> str:
     return text
 
 
+def _emit(hook: Callable[[str], None] | None, text: str) -> None:
+    if hook and text:
+        hook(text)
+
+
 def _extra(obj: Any, name: str) -> Any:
     value = getattr(obj, name, None)
     if value is None:
@@ -311,9 +324,10 @@ def _usage_of(raw: Any) -> Usage:
 
 
 def _canonical_arguments(raw: str) -> str:
+    """The arguments in one spelling, so the same failing call is recognised; unparsable ones as sent."""
     try:
-        return json.dumps(json.loads(raw), sort_keys=True)
-    except (json.JSONDecodeError, TypeError):
+        return json.dumps(parse_json_arguments(raw or ""), sort_keys=True)
+    except ToolArgumentError:
         return (raw or "").strip()
 
 

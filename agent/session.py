@@ -109,6 +109,12 @@ class Session:
         self.analysis: Analysis | None = None
         self.current: RoundState | None = None
         self.competitors: list[str] = list(settings.competitors)
+        self.report_written: Path | None = None  # report.html, once this process has written it
+        try:
+            self._derive_from_finished_rounds()
+        except BaseException:
+            self.store.close()
+            raise
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -363,17 +369,27 @@ class Session:
             self._write_report()
         return record
 
+    def _derive_from_finished_rounds(self) -> None:
+        """What the finished rounds imply — best round, best_lora/, report and chart — made true again.
+
+        A kill between recording a round and writing these (or during one of them) leaves the history
+        ahead of them; with the round limit reached no later round would ever redo them.
+        """
+        if self.store.rounds:
+            self._update_best()
+            self._write_report()
+
     def _update_best(self) -> None:
         scored = [r for r in self.store.rounds if r.get("lora_score") is not None]
         if scored:
             best = max(scored, key=lambda r: (r["lora_score"], -r["round"]))
-            if best["round"] != self.store.data.get("best_round"):
+            if not self.store.best_lora_holds(best):
                 self.store.mark_best(best)
 
     def _write_report(self) -> None:
         from agent.report import write_report
 
-        write_report(self.store, self.references, self.history())
+        self.report_written = write_report(self.store, self.references, self.history())
 
     def run_round(self, decider: Decider) -> dict:
         """analyze (once) → train → generate → score → feedback → decide → record.

@@ -24,19 +24,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.atomic import atomic_write, atomic_write_json
+from tools.atomic import LEGACY_STAGING_GLOBS, atomic_write, atomic_write_json, read_json_object, staging_glob
 from tools.errors import BusyError, InputError
 
 HISTORY_FILE = "training_history.json"
 LOCK_FILE = ".aldar.lock"
 HISTORY_VERSION = 1
 # Where only a lock holder writes. comparisons/, feedback/, runs/train_*/ and stories/ also take files
-# from `aldar generate`, `score`, `train` and `story`, which run without the lock: a temp file there
+# from `aldar generate`, `score`, `train` and `story`, which run without the lock: a staging file there
 # may belong to a live writer, and deleting it would crash that writer's rename.
-OWN_TEMP_FILES = (".*.tmp", "comparisons/round_*/**/.*.tmp", "runs/round_*/**/.*.tmp", "best_lora/**/.*.tmp",
-                  "report_assets/**/.*.tmp", "chat/**/.*.tmp",
-                  # the rounds' own reports: RunStore.timestamp names end in _roundNN, `aldar score`'s do not
-                  "comparisons/.comparison_report_*_round[0-9]*.json.*.tmp", "feedback/.feedback_*_round[0-9]*.json.*.tmp")
+_OWN_FOLDERS = ("", "comparisons/round_*/**/", "runs/round_*/**/", "best_lora/**/", "report_assets/**/", "chat/**/")
+OWN_STAGING = (
+    *(folder + staging_glob() for folder in _OWN_FOLDERS),
+    # the rounds' own reports: RunStore.timestamp names end in _roundNN, `aldar score`'s do not
+    "comparisons/" + staging_glob("comparison_report_*_round[0-9]*.json"),
+    "feedback/" + staging_glob("feedback_*_round[0-9]*.json"),
+    *("runs/round_*/**/" + legacy for legacy in LEGACY_STAGING_GLOBS))
 
 
 class FolderLock:
@@ -97,14 +100,18 @@ def _read_holder(fd: int) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def remove_own_temp_files(root: Path) -> int:
-    """Delete the temp files a killed lock holder left in the parts of ``root`` only lock holders write."""
+def remove_own_staging(root: Path) -> int:
+    """Delete the staging files and folders a killed lock holder left where only lock holders write."""
     removed = 0
-    for pattern in OWN_TEMP_FILES:
-        for path in root.glob(pattern):
-            if path.is_file():
+    for pattern in OWN_STAGING:
+        for path in sorted(root.glob(pattern)):  # a folder sorts before what is inside it
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_file() or path.is_symlink():
                 path.unlink(missing_ok=True)
-                removed += 1
+            else:
+                continue  # inside a folder removed just before
+            removed += 1
     return removed
 
 
@@ -120,7 +127,7 @@ class RunStore:
         self.profile = profile or {}
         self.lock = FolderLock(self.root)
         self.lock.acquire()  # before reading anything: the holder may be writing
-        remove_own_temp_files(self.root)  # what a kill -9 of an earlier holder left behind
+        remove_own_staging(self.root)  # what a kill -9 of an earlier holder left behind
         self.comparisons_dir = self.root / "comparisons"
         self.feedback_dir = self.root / "feedback"
         self.runs_dir = self.root / "runs"
@@ -238,6 +245,14 @@ class RunStore:
         return atomic_write_json(self.feedback_dir / f"feedback_{stamp}.json", feedback)
 
     # ---------------------------------------------------------------- best LoRA
+    def best_lora_holds(self, record: dict[str, Any]) -> bool:
+        """Whether best_lora/ is complete for ``record``: the history names it, best_lora.json (written last)
+        names its round, and every file listed there exists. A kill during the copy leaves one of them unmet."""
+        saved = read_json_object(self.best_lora_dir / "best_lora.json")
+        return (self._history.get("best_round") == record["round"] and saved is not None
+                and saved.get("round") == record["round"]
+                and all((self.root / name).is_file() for name in saved.get("files") or []))
+
     def mark_best(self, record: dict[str, Any]) -> Path | None:
         """Copy the best round's LoRA files into best_lora/ and point the history at them.
 

@@ -24,6 +24,7 @@ from agent.llm_client import make_client, provider_error, thinking_extra_body
 from agent.prompts import load_prompt
 from tools.atomic import unused_path
 from tools.errors import ConfigError, InputError, ProviderError
+from tools.secrets import redact
 from tools.settings import Settings
 from tools.generation.storybook import write_storybook
 
@@ -105,6 +106,7 @@ def write_story(settings: Settings, prompt: str, scenes: int = 4, *, client: ope
         except openai.OpenAIError as exc:
             raise provider_error(exc, settings) from None
         reply = (response.choices[0].message.content or "") if response.choices else ""
+        reply = redact(reply, [getattr(client, "api_key", None)])  # a model or proxy can echo the key
         try:
             story = parse_story(reply, scenes)
             story["attempts"] = attempt

@@ -50,6 +50,53 @@ class ToolArgumentError(ValueError):
     """The model's arguments do not fit the tool's schema; the message goes back to the model."""
 
 
+# Checked before json.loads: a hostile or confused model can send nesting deep enough to blow Python's
+# recursion limit inside the parser (RecursionError is no JSONDecodeError) or megabytes of text.
+# No tool takes anything near these; the error tells the model what to send instead.
+MAX_ARGUMENT_CHARS = 100_000
+MAX_ARGUMENT_DEPTH = 32
+
+
+def parse_json_arguments(text: str) -> Any:
+    """``json.loads(text)`` within the size and nesting bounds; every failure is a ``ToolArgumentError``."""
+    if len(text) > MAX_ARGUMENT_CHARS:
+        raise ToolArgumentError(f"the arguments are {len(text):,} characters long, over the limit of "
+                                f"{MAX_ARGUMENT_CHARS:,}; send a short JSON object")
+    depth = _nesting_depth(text)
+    if depth > MAX_ARGUMENT_DEPTH:
+        raise ToolArgumentError(f"the arguments are nested {depth:,} levels deep, over the limit of "
+                                f"{MAX_ARGUMENT_DEPTH}; send a flat JSON object")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ToolArgumentError(f"the arguments are not valid JSON ({exc.msg} at character {exc.pos}); "
+                                "send one JSON object matching the schema") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
+        raise ToolArgumentError(f"the arguments cannot be parsed ({exc}); send one JSON object matching the schema") from None
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest ``[``/``{`` nesting outside JSON strings (a scan, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 @dataclass
 class ToolSpec:
     name: str
@@ -71,11 +118,9 @@ class ToolSpec:
                 arguments = {}
             else:
                 try:
-                    arguments = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ToolArgumentError(
-                        f"{self.name}: the arguments are not valid JSON ({exc.msg} at character {exc.pos}); "
-                        f"send one JSON object matching the schema") from None
+                    arguments = parse_json_arguments(text)
+                except ToolArgumentError as exc:
+                    raise ToolArgumentError(f"{self.name}: {exc}") from None
         if not isinstance(arguments, dict):
             raise ToolArgumentError(f"{self.name}: the arguments must be a JSON object, got {type(arguments).__name__}")
         return validate_arguments(self.parameters, arguments, self.name)

@@ -113,3 +113,35 @@ def test_local_generators_get_the_lora_settings_and_share_prompts_and_seed(freep
         ("lora", lora, 0.7, True, 5, ["aldar"]), ("base", None, 0.7, True, 5, ["aldar"])]
     assert calls[0]["profile"] == "tiny" and calls[0]["images_per_prompt"] == 1
     assert freepik.requests[0].json()["seed"] == 5 and freepik.requests[0].json()["prompt"] == "aldar"
+
+
+@pytest.mark.parametrize("failure", ["401", "garbage", "timeout"])
+def test_a_keyed_provider_that_fails_is_named_instead_of_asking_for_a_key(freepik, monkeypatch, tmp_path, capsys,
+                                                                          failure):
+    import requests
+
+    from tests.fakes.provider_servers import FakeClock, Reply
+    from tools.providers.http import HttpClient
+
+    make_client = HttpClient.__init__
+
+    def client_without_waits(self, *args, **kwargs):  # retries back off on a fake clock: no sleeping
+        make_client(self, *args, **kwargs)
+        FakeClock().install(self)
+
+    monkeypatch.setattr(HttpClient, "__init__", client_without_waits)
+    monkeypatch.setenv("FREEPIK_API_KEY", KEY if failure != "401" else "fpk-WRONG-key-000000")
+    if failure == "garbage":
+        freepik.script("POST", "/v1/ai/text-to-image", *[Reply(200, body=b"<html>not json</html>",
+                                                               content_type="text/html")] * 5)
+    elif failure == "timeout":
+        def timed_out(*args, **kwargs):
+            raise requests.ReadTimeout("read timed out")
+
+        monkeypatch.setattr(requests.Session, "request", timed_out)
+
+    code = main(["generate", "--provider", "freepik", "-n", "1", "--out", str(tmp_path / "o"), "-q"])
+
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "freepik: failed" in err
+    assert "no generator produced an image: freepik failed" in err and "set a key in .env" not in err

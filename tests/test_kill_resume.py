@@ -7,10 +7,42 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
+
+
+# `aldar run` that SIGKILLs itself at a fixed point of round 2 (no polling: the same point on any machine
+# load): right after round 2's first training checkpoint, so the rerun resumes from it; should round 2 be
+# decided too short for a checkpoint, as soon as its training is done.
+KILLED_IN_ROUND_TWO = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+
+    import tools.training.lora_files as lora_files
+    from agent.store import RunStore
+
+    save_checkpoint, set_stage = lora_files.save_checkpoint, RunStore.set_stage
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def checkpoint_then_die(run_dir, *args, **kwargs):
+        written = save_checkpoint(run_dir, *args, **kwargs)
+        if Path(run_dir).name == "round_02":
+            die()
+        return written
+
+    def stage_then_die(self, stage, params=None):
+        set_stage(self, stage, params)
+        if stage == "generate" and (self.data.get("in_progress") or {}).get("round") == 2:
+            die()
+
+    lora_files.save_checkpoint, RunStore.set_stage = checkpoint_then_die, stage_then_die
+    from agent.cli import main  # imports the trainer after the patch: it binds the dying save_checkpoint
+    sys.exit(main(sys.argv[1:]))
+""")
 
 
 def _history(path: Path) -> dict | None:
@@ -22,35 +54,15 @@ def _history(path: Path) -> dict | None:
 
 def test_kill_during_round_two_then_rerun_resumes(tmp_path, references_dir):
     results = tmp_path / "results"
-    command = [sys.executable, "-m", "agent.cli", "run", "--profile", "tiny", "--rounds", "3",
-               "--references", str(references_dir), "--output-dir", str(results), "-q"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+    arguments = ["run", "--profile", "tiny", "--rounds", "3", "--references", str(references_dir),
+                 "--output-dir", str(results), "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT),
            "ALDAR_ANALYSIS_PATH": str(tmp_path / "analysis.json")}
     history_path = results / "training_history.json"
-    run = subprocess.Popen(command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT)
-    killed_at = None
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and run.poll() is None:
-            data = _history(history_path)
-            progress = (data or {}).get("in_progress") or {}
-            if data and len(data["rounds"]) == 1 and progress.get("round") == 2:
-                # Prefer a kill after round 2's first training checkpoint, so the rerun resumes from it.
-                checkpoints = list((results / "runs" / "round_02").glob("checkpoint-*"))
-                if checkpoints or progress.get("stage") not in ("start", "train"):
-                    run.send_signal(signal.SIGKILL)
-                    killed_at = progress.get("stage"), len(checkpoints)
-                    break
-            time.sleep(0.05)
-        run.wait(timeout=30)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    output = run.stdout.read().decode(errors="replace")
-    assert killed_at is not None, f"round 2 never started (exit {run.returncode}):\n{output[-3000:]}"
-    assert run.returncode == -signal.SIGKILL
+    # Timeouts only guard against a hung test; nothing waits on them.
+    run = subprocess.run([sys.executable, "-c", KILLED_IN_ROUND_TWO, *arguments], cwd=tmp_path, env=env,
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == -signal.SIGKILL, run.stdout[-3000:] + run.stderr[-3000:]
 
     # Every JSON in the folder is whole; round 1 is there, round 2 is marked unfinished.
     for path in results.rglob("*.json"):
@@ -60,8 +72,8 @@ def test_kill_during_round_two_then_rerun_resumes(tmp_path, references_dir):
     round_one = before["rounds"][0]
     assert (results / round_one["paths"]["lora"]).is_file()
 
-    rerun = subprocess.run(command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=300)
+    rerun = subprocess.run([sys.executable, "-m", "agent.cli", *arguments], cwd=tmp_path, env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "resuming: round 2 was interrupted" in rerun.stdout
     after = _history(history_path)

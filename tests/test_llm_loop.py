@@ -15,6 +15,8 @@ from tools.errors import ConfigError, ProviderError
 from tools.settings import load_settings
 
 SECRET = "sk-test-very-secret-key-0123456789"
+# Only a guard against a hung test: no test here depends on it, so it is far above any loaded machine's delay.
+LLM_TIMEOUT_S = 120
 
 
 class Recorder:
@@ -48,7 +50,7 @@ def server():
 
 def make_loop(server, monkeypatch, recorder, **kwargs):
     monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
-    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": 5}, environ={})
+    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": LLM_TIMEOUT_S}, environ={})
     client, model = make_client(settings)
     tools = [tool_spec(recorder.set_learning_rate), tool_spec(recorder.list_rounds)]
     return ChatLoop(client, model, tools, system_prompt="You help.", **kwargs)
@@ -213,3 +215,85 @@ def test_api_error_message_for_timeouts_names_the_setting() -> None:
     import httpx2
     error = openai.APITimeoutError(request=httpx2.Request("POST", "http://x"))
     assert "llm_timeout_s = 120" in api_error_message(error, settings)
+
+
+@pytest.mark.parametrize("hostile, words", [
+    ('{"learning_rate": ' + "[" * 49_000 + "]" * 49_000 + "}", "nested 49,001 levels deep"),
+    ('{"learning_rate": "' + "x" * 200_000 + '"}', "over the limit of 100,000"),
+    ('{"learning_rate": ' + "9" * 5000 + "}", "cannot be parsed"),
+])
+def test_hostile_arguments_become_a_tool_error_and_the_chat_goes_on(server, monkeypatch, hostile, words) -> None:
+    recorder = Recorder()
+    loop = make_loop(server, monkeypatch, recorder, stream=False)  # the fake streams 5 characters per event
+    server.enqueue(Reply.tools(("set_learning_rate", hostile)), Reply.text("sorry, fixed"))
+    result = loop.run_turn("lower the learning rate")
+
+    assert result.stop_reason == "answer" and result.text == "sorry, fixed"
+    assert recorder.calls == [] and [r.ok for r in result.tool_calls] == [False]
+    error = json.loads(server.requests[1].messages[-1]["content"])["error"]
+    assert words in error and "set_learning_rate" in error
+    server.enqueue(Reply.text("still here"))
+    assert loop.run_turn("and now?").text == "still here"
+
+
+def test_the_same_hostile_call_three_times_stops_the_turn_cleanly(server, monkeypatch) -> None:
+    recorder = Recorder()
+    loop = make_loop(server, monkeypatch, recorder, stream=False)
+    deep = ("set_learning_rate", "[" * 49_000 + "]" * 49_000)
+    server.enqueue(Reply.tools(deep), Reply.tools(deep), Reply.tools(deep))
+    result = loop.run_turn("go")
+    assert result.stop_reason == "repeated_failure" and "nested" in result.text
+
+
+def test_a_key_the_model_echoes_reaches_no_tool_history_or_answer(server, monkeypatch) -> None:
+    from tests.fakes.openai_server import BEARER_KEY
+
+    received: list[str] = []
+
+    def remember(note: str) -> dict:
+        """Keep a note.
+
+        Args:
+            note: The text to keep.
+        """
+        received.append(note)
+        return {"kept": note}
+
+    monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
+    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": LLM_TIMEOUT_S}, environ={})
+    client, model = make_client(settings)
+    shown: list[str] = []
+    streamed: list[str] = []  # what a terminal shows while the answer streams in, piece by piece
+    loop = ChatLoop(client, model, [tool_spec(remember)], events=LoopEvents(
+        on_tool_start=lambda n, a: shown.append(a), on_text=streamed.append, on_reasoning=streamed.append))
+    server.enqueue(Reply.tools(("remember", json.dumps({"note": f"the key is {BEARER_KEY}"})),
+                               reasoning_content=f"I was called with {BEARER_KEY}"),
+                   Reply.text(f"Your key: {BEARER_KEY}."))
+    result = loop.run_turn("what is my key?")
+
+    assert server.requests[0].headers["authorization"] == f"Bearer {SECRET}"  # the fake did echo this one
+    assert result.text == "Your key: ***." and "".join(streamed).endswith("Your key: ***.")
+    assert not any(SECRET[:8] in "".join(streamed[:n]) for n in range(len(streamed) + 1))  # not even in part
+    assert received == ["the key is ***"] and SECRET not in "".join(shown)
+    assert SECRET not in json.dumps(loop.messages) and SECRET not in json.dumps(server.requests[1].body)
+
+
+def test_read_feedback_refuses_round_numbers_that_cannot_be(server, monkeypatch, tiny_settings) -> None:
+    from agent.llm_tools import SessionTools
+    from agent.session import Session
+
+    monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
+    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": LLM_TIMEOUT_S}, environ={})
+    client, model = make_client(settings)
+    with Session(tiny_settings, quiet=True) as session:
+        tools = [spec for spec in SessionTools(session, lambda question: False).specs() if spec.name == "read_feedback"]
+        loop = ChatLoop(client, model, tools)
+        server.enqueue(Reply.tools(("read_feedback", '{"round_number": -1}'), ("read_feedback", '{"round_number": 0}'),
+                                   ("read_feedback", '{"round_number": 1e20}'), ("read_feedback", "{}")),
+                       Reply.text("ok"))
+        assert loop.run_turn("feedback?").text == "ok"
+    errors = [json.loads(m["content"])["error"] for m in server.requests[1].messages if m["role"] == "tool"]
+    assert "round_number = -1 is below the minimum 1" in errors[0]
+    assert "round_number = 0 is below the minimum 1" in errors[1]
+    assert errors[2] == "there is no round 100000000000000000000 — rounds so far: none"
+    assert errors[3].startswith("no feedback yet")  # no round asked for: the honest answer

@@ -33,7 +33,7 @@ def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
         settings = load_settings(overrides={**{k: getattr(tiny_settings, k) for k in
                                                ("profile", "references", "output_dir", "analysis_path")},
                                             "llm_base_url": server.url, "images_per_prompt": 1,
-                                            "competitors": "", "llm_timeout_s": 30,
+                                            "competitors": "", "llm_timeout_s": 120,
                                             "target_score": 1.0, "patience": 5, "num_inference_steps": 2},
                                  environ={})
         server.enqueue(*decision_script(1), *decision_script(2))
@@ -112,7 +112,7 @@ def make_decider(server, monkeypatch, **overrides):
     from agent.llm_decider import LLMDecider
 
     monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
-    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": 10, **overrides}, environ={})
+    settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": 120, **overrides}, environ={})
     return LLMDecider(settings, BOUNDS)
 
 

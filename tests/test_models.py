@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import pytest
 import torch
@@ -28,17 +27,14 @@ def sdxl_profile(**overrides):
 
 # --------------------------------------------------------------------------- tiny profile
 def test_tiny_components_are_deterministic_from_the_seed():
-    first = weights_of(build_tiny_sdxl_components(seed=3))  # also pays the one-off diffusers import
-    started = time.perf_counter()
+    first = weights_of(build_tiny_sdxl_components(seed=3))
     again = weights_of(build_tiny_sdxl_components(seed=3))
-    seconds = time.perf_counter() - started
     other = weights_of(build_tiny_sdxl_components(seed=4))
     assert first.keys() == again.keys() == other.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
     differing = [k for k in first if not torch.equal(first[k], other[k])]
     assert any(k.startswith("unet.") for k in differing) and any(k.startswith("vae.") for k in differing)
-    # ~0.2 s on an idle CPU; the loose bound tolerates a busy machine, not a full-size model built by mistake.
-    assert seconds < 5
+    # Tiny, not a full-size model built by mistake (counted, not timed: a busy machine must not fail it).
     assert sum(v.numel() for v in first.values()) < 5_000_000
 
 
@@ -129,10 +125,14 @@ def test_missing_toy_world_weights_fail_with_the_restore_command(tiny_profile, m
 
 # --------------------------------------------------------------------------- real models, offline
 def test_model_location_reports_missing_without_waiting(monkeypatch):
+    import socket
+
     monkeypatch.delenv("HF_HUB_OFFLINE")  # even when the Hub is not declared offline, nothing is fetched
-    started = time.perf_counter()
+    attempts: list = []  # "without waiting" = without a connection attempt (no timer to lose under load)
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: attempts.append(address))
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: attempts.append(address))
     assert model_location("nobody-aldar-test/absent-model") == "missing"
-    assert time.perf_counter() - started < 3
+    assert attempts == []
 
 
 def test_model_location_local_and_cached(tmp_path):

@@ -83,7 +83,7 @@ def test_500_then_success(deepai, fake):
 
 
 def test_read_timeout_on_the_download_is_retried(deepai, fake):
-    fake.script("GET", DOWNLOAD, Reply(body=b"late", delay_s=0.6))
+    fake.script("GET", DOWNLOAD, Reply(body=b"late", hold=True))  # nothing comes before the read timeout
 
     (image,) = deepai.generate("aldar", 1, 1)
     assert image.ok and [r.reason.split(" after")[0] for r in deepai.http.retries] == ["read timeout"]

@@ -123,7 +123,7 @@ def test_persistent_503_gives_up_after_the_attempt_limit(classic, fake):
 
 
 def test_read_timeout_is_retried(classic, fake):
-    fake.script("POST", CLASSIC, Reply(json={"data": []}, delay_s=0.6))  # longer than the 0.2 s read timeout
+    fake.script("POST", CLASSIC, Reply(json={"data": []}, hold=True))  # nothing comes before the read timeout
 
     images = classic.generate("aldar smiling", 1, 7)
 

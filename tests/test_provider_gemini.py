@@ -104,7 +104,7 @@ def test_500_then_success(gemini, fake):
 
 
 def test_read_timeout_then_success(gemini, fake):
-    fake.script("POST", GENERATE, Reply(json={}, delay_s=0.6))
+    fake.script("POST", GENERATE, Reply(json={}, hold=True))  # nothing comes before the read timeout
 
     assert gemini.generate("aldar", 1, 1)[0].ok
     assert [r.reason.split(" after")[0] for r in gemini.http.retries] == ["read timeout"]

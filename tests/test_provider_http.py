@@ -131,10 +131,11 @@ def test_client_logs_retries_without_headers(caplog):
 def test_a_body_dripping_in_slower_than_the_deadline_is_cut_off():
     from tests.fakes.provider_servers import png_bytes
 
+    clock = FakeClock()  # each piece of the body takes 1 s of the client's (fake) time, however busy the machine
     with FreepikFake() as fake:
-        fake.script("GET", "/cdn/*", Reply(body=png_bytes(1), drip_s=0.08))  # each gap < 0.2 s read timeout
-        http = fast_http("freepik", "FREEPIK_API_KEY", "k", deadline_s=0.3)
-        with pytest.raises(ProviderError, match="did not finish within the 0.3 s deadline"):
+        fake.script("GET", "/cdn/*", Reply(body=png_bytes(1), on_piece=lambda: clock.sleep(1.0)))
+        http = fast_http("freepik", "FREEPIK_API_KEY", "k", read_timeout_s=30.0, deadline_s=5.0, clock=clock)
+        with pytest.raises(ProviderError, match="did not finish within the 5 s deadline"):
             http.request("GET", fake.base_url + "/cdn/a.png", what="download")
 
 

@@ -219,3 +219,80 @@ def test_training_again_drops_the_images_and_feedback_of_the_previous_lora(tiny_
         session.train()
         assert state.train["steps"] == 3
         assert state.images is None and state.report is None and state.feedback is None
+
+
+class Killed(BaseException):
+    """Stands in for kill -9 at one write: nothing after it in that process runs."""
+
+
+def _rounds_killed_at(settings, rounds, monkeypatch, module, name, target_name, nth=1) -> Path:
+    """Run ``rounds`` short rounds whose writer ``module.name`` (taking the target path first) dies on its
+    ``nth`` write of ``target_name``; returns the results folder as the kill left it."""
+    original, seen = getattr(module, name), []
+
+    def writer(path, *args, **kwargs):
+        if Path(path).name == target_name:
+            seen.append(path)
+            if len(seen) == nth:
+                raise Killed(path)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, writer)
+    # target 1.0: the toy world's round 1 can reach the default target, and that stop would end the run
+    # before the kill in a later round
+    with Session(settings.replace(images_per_prompt=1, competitors=[], target_score=1.0), quiet=True) as session:
+        session.params.update(steps=2, checkpoint_every=0)
+        with pytest.raises(Killed):
+            session.run_rounds(rounds, RulePolicy(bounds=session.bounds))
+    monkeypatch.undo()
+    return session.store.root
+
+
+def _rerun(settings, rounds, capsys):
+    from agent.cli import main
+
+    capsys.readouterr()
+    code = main(["run", "--profile", "tiny", "--rounds", str(rounds), "--references", settings.references,
+                 "--output-dir", settings.output_dir, "--competitors", "none", "-q"])
+    return code, capsys.readouterr().out
+
+
+def test_a_kill_during_the_best_lora_copy_of_the_last_round_is_made_good_by_the_rerun(tiny_settings, monkeypatch,
+                                                                                        capsys):
+    import agent.store
+
+    root = _rounds_killed_at(tiny_settings, 1, monkeypatch, agent.store, "atomic_write",
+                             "pytorch_lora_weights.safetensors")
+    killed = json.loads((root / "training_history.json").read_text())
+    assert [r["round"] for r in killed["rounds"]] == [1] and killed["best_round"] is None
+    assert not (root / "report.html").exists()
+
+    code, out = _rerun(tiny_settings, 1, capsys)  # the round limit is already reached: no round runs
+
+    history = json.loads((root / "training_history.json").read_text())
+    assert code == 0 and history["best_round"] == 1
+    round_one = history["rounds"][0]
+    assert (root / history["best_lora"]).read_bytes() == (root / round_one["paths"]["lora"]).read_bytes()
+    assert json.loads((root / "best_lora" / "best_lora.json").read_text())["round"] == 1
+    assert (root / "report.html").is_file() and (root / "score_chart.png").is_file()
+    unwrapped = "".join(out.split())  # the terminal wraps long paths
+    assert f"report:{root / 'report.html'}" in unwrapped and "bestround:1" in unwrapped
+
+
+def test_a_kill_while_the_chart_of_the_last_round_is_written_is_made_good_by_the_rerun(tiny_settings, monkeypatch,
+                                                                                         capsys):
+    import agent.report
+    from PIL import Image
+
+    root = _rounds_killed_at(tiny_settings, 2, monkeypatch, agent.report, "atomic_write_bytes", "score_chart.png", nth=2)
+    assert len(json.loads((root / "training_history.json").read_text())["rounds"]) == 2
+    assert "<p>1 round(s);" in (root / "report.html").read_text()  # the page still shows round 1 only
+
+    code, out = _rerun(tiny_settings, 2, capsys)
+
+    page = (root / "report.html").read_text()
+    assert code == 0 and "<p>2 round(s);" in page and "<h2>Round 2" in page
+    rounds = json.loads((root / "training_history.json").read_text())["rounds"]
+    with Image.open(root / "score_chart.png") as chart:  # the chart of both rounds, not of round 1
+        assert chart.convert("RGB").tobytes() == agent.report.draw_score_chart(rounds).tobytes()
+    assert "report:" in out

@@ -197,3 +197,24 @@ def test_home_relative_paths_are_expanded_from_every_layer(tmp_path, monkeypatch
     assert settings.analysis_path == str(tmp_path / "m" / "a.json")
     assert settings.references == str(tmp_path / "refs")
     assert settings.replace(output_dir="~/other").output_dir == str(tmp_path / "other")
+
+
+def test_misspelt_aldar_variables_are_named_with_the_closest_valid_one():
+    from tools.settings import unknown_environment_names
+
+    lines = unknown_environment_names({"ALDAR_PROFLE": "tiny", "ALDAR_CACHE": "/c", "ALDAR_CONFIG": "a.toml",
+                                       "ALDAR_SEED": "1", "ALDAR_ZZZQQQ": "1", "HOME": "/root"})
+    assert lines == [
+        "environment variable ALDAR_PROFLE is not a setting and is ignored — did you mean ALDAR_PROFILE?",
+        "environment variable ALDAR_ZZZQQQ is not a setting and is ignored — settings are ALDAR_ + a setting "
+        "name in capitals"]
+
+
+def test_the_cli_warns_about_a_misspelt_variable_before_anything_fails(monkeypatch, capsys):
+    from agent.cli import main
+
+    monkeypatch.setenv("ALDAR_PROFLE", "tiny")
+    assert main(["run", "--rounds", "0"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "ALDAR_PROFLE is not a setting and is ignored — did you mean ALDAR_PROFILE?" in err
+    assert err.index("ALDAR_PROFLE") < err.index("--rounds is 0")

@@ -176,3 +176,31 @@ def test_hosted_story_keeps_scenes_the_provider_filtered(tmp_path, llm, monkeypa
     assert "profile" not in story  # no local model drew anything
     assert story["notes"] == ["deepai: prompt 2 gave no image — safety-filtered"]
     assert "no picture" in (only_book(tmp_path) / "index.html").read_text(encoding="utf-8")
+
+
+def test_a_key_the_model_echoes_reaches_no_page_picture_or_terminal(tmp_path, llm, capsys):
+    """A misbehaving proxy or model echoes the bearer key it was called with into the title, the scene
+    texts and the image prompts: none of the book's files (pictures' metadata included) nor the output holds it."""
+    from tests.fakes.openai_server import BEARER_KEY
+    from tools.generation.png_metadata import read_generation_parameters
+
+    key = "sk-test-story-0000"
+    scenes = [{"text": f"Aldar whispered {BEARER_KEY} to the bai.", "image_prompt": f"Aldar and a scroll saying {BEARER_KEY}"}
+              for _ in range(3)]
+    llm.enqueue(Reply.text(json.dumps({"title": f"The key {BEARER_KEY}", "scenes": scenes})))
+
+    assert story_cli(tmp_path, "--generator", "base") == 0
+
+    book = only_book(tmp_path)
+    story = json.loads((book / "story.json").read_text(encoding="utf-8"))
+    assert story["title"] == "The key ***"
+    assert story["scenes"][0]["text"] == "Aldar whispered *** to the bai."
+    written = [path for path in book.rglob("*") if path.is_file()]
+    assert {p.name for p in written} >= {"story.json", "story.md", "index.html"}
+    pictures = [p for p in written if p.suffix == ".png"]
+    assert len(pictures) == 3
+    for path in written:
+        assert key.encode() not in path.read_bytes(), path
+    assert read_generation_parameters(pictures[0])["prompt"] == "aldarkose, Aldar and a scroll saying ***"
+    shown = capsys.readouterr()
+    assert key not in shown.out + shown.err

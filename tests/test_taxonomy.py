@@ -51,6 +51,11 @@ GOOD = {"face": ["round face", "oval face"]}
     ({"templates": [], "categories": GOOD}, '"templates" must be a non-empty list', "remove the key"),
     ({"categories": {**GOOD, "shape": ["round face", "tall"]}}, "'round face' appears in category 'face'",
      "must be unique"),
+    ({"categories": {**GOOD, "shape": ["ROUND  FACE ", "tall"]}},
+     "'ROUND FACE' appears in category 'face' (as 'round face': only case or spaces differ) and again in 'shape'",
+     "must be unique"),
+    ({"categories": {"eyes": ["narrow eyes", "Narrow Eyes"]}}, "'Narrow Eyes' appears in category 'eyes'",
+     "must be unique"),
 ])
 def test_malformed_taxonomy_names_file_entry_and_fix(tmp_path, data, entry, fix):
     path = write(tmp_path, data, "my_taxonomy.json")

@@ -1,7 +1,8 @@
 """Crash-safe file writes: write to a temp file in the same folder, fsync, rename.
 
 A reader (or a rerun after kill -9) sees either the old file or the new one,
-never half of one.
+never half of one. Text and JSON pass through ``tools.secrets.redact`` on the way:
+whatever a model or a server said, no API key reaches a file.
 """
 
 from __future__ import annotations
@@ -12,12 +13,33 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from tools.secrets import redact
+
+
+# Every staging file and folder the writers make is named ``.<target name>.<random>.tmp`` beside its
+# target, so one pattern finds what a kill left behind (``staging_glob``).
+STAGING_SUFFIX = ".tmp"
+# Names older versions' writers used for staging folders (a kill left them in runs/round_NN/ for good).
+LEGACY_STAGING_GLOBS = (".checkpoint-*-*", ".lora-*")
+
+
+def staging_glob(target_pattern: str = "*") -> str:
+    """The glob matching the staging names of targets matching ``target_pattern`` (one folder level)."""
+    return f".{target_pattern}.*{STAGING_SUFFIX}"
+
+
+def staging_dir(target: str | os.PathLike) -> Path:
+    """A new empty staging folder beside ``target``, to be renamed over it once complete."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=STAGING_SUFFIX, dir=target.parent))
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` over ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=STAGING_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -62,6 +84,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    text = redact(text)
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

@@ -1,8 +1,12 @@
 """API keys: read from the environment or ``.env`` only, never logged or saved.
 
-``redact`` scrubs every known key value out of a text; ``install_log_redaction``
-puts the same filter on the root logger so a key cannot leak through a
-third-party library's debug output either.
+``redact`` is the one scrubber: it removes every known key value from a text, and
+``redact_value`` from every string inside JSON-like data. Model and server text is
+scrubbed where it enters (``agent.loop``, ``agent.story``, ``tools.providers``) and
+again where text leaves the process: the terminal (``agent.ui``), the log
+(``install_log_redaction`` on the root logger, so a third-party library's debug
+output cannot leak a key either), text and JSON files (``tools.atomic``) and PNG
+text chunks (``tools.generation.png_metadata``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 KEY_NAMES = ("DEEPSEEK_API_KEY", "OPENAI_API_KEY", "FREEPIK_API_KEY", "DEEPAI_API_KEY", "GEMINI_API_KEY")
 _loaded_dotenv: set[Path] = set()
@@ -64,10 +69,48 @@ def known_secret_values() -> list[str]:
     return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
 
 
-def redact(text: str, extra: list[str] | None = None) -> str:
-    for secret in known_secret_values() + [s for s in (extra or []) if s and len(s) >= 4]:
+def _secrets(extra: list[str | None] | None) -> list[str]:
+    return known_secret_values() + [s for s in (extra or []) if s and len(s) >= 4]
+
+
+def redact(text: str, extra: list[str | None] | None = None) -> str:
+    """``text`` with every known key value (and each of ``extra``) replaced by ``***``."""
+    for secret in _secrets(extra):
         text = text.replace(secret, "***")
     return text
+
+
+class StreamRedactor:
+    """``redact`` for text that arrives in pieces (a streamed answer shown as it comes): a tail that could be
+    the start of a key is held back until the next piece shows whether it is one."""
+
+    def __init__(self, extra: list[str | None] | None = None) -> None:
+        self.extra = extra
+        self.pending = ""
+
+    def feed(self, piece: str) -> str:
+        """What of the text so far can be shown now, scrubbed."""
+        text = redact(self.pending + piece, self.extra)
+        hold = max((n for secret in _secrets(self.extra) for n in range(1, len(secret))
+                    if text.endswith(secret[:n])), default=0)
+        self.pending = text[len(text) - hold:] if hold else ""
+        return text[:len(text) - hold]
+
+    def flush(self) -> str:
+        """The held-back tail at the end of the stream (it never became a key)."""
+        rest, self.pending = self.pending, ""
+        return rest
+
+
+def redact_value(value: Any, extra: list[str | None] | None = None) -> Any:
+    """A copy of JSON-like ``value`` (dicts, lists, strings) with ``redact`` applied to every string in it."""
+    if isinstance(value, dict):
+        return {redact(str(k), extra): redact_value(v, extra) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_value(v, extra) for v in value]
+    if isinstance(value, str):
+        return redact(value, extra)
+    return value
 
 
 class RedactingFilter(logging.Filter):

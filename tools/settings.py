@@ -215,6 +215,29 @@ def load_settings(config_file: str | os.PathLike | None = None, overrides: dict[
     return settings
 
 
+ENV_PREFIX = "ALDAR_"
+# ALDAR_* variables that are not settings: the settings file and the cache folder.
+OTHER_ENV_NAMES = ("ALDAR_CONFIG", "ALDAR_CACHE")
+
+
+def unknown_environment_names(environ: dict[str, str] | None = None) -> list[str]:
+    """One line per ``ALDAR_*`` variable that no setting reads, naming the closest valid one.
+
+    An unknown aldar.toml key is refused; a misspelt variable would otherwise be ignored in silence
+    (``ALDAR_PROFLE=tiny`` then fails on a missing model that never mentions the typo).
+    """
+    import difflib
+
+    env = os.environ if environ is None else environ
+    valid = [ENV_PREFIX + name.upper() for name in _field_types()] + list(OTHER_ENV_NAMES)
+    lines = []
+    for name in sorted(n for n in env if n.upper().startswith(ENV_PREFIX) and n not in valid):
+        close = difflib.get_close_matches(name.upper(), valid, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"settings are {ENV_PREFIX} + a setting name in capitals"
+        lines.append(f"environment variable {name} is not a setting and is ignored — {hint}")
+    return lines
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found", "create it (see aldar.toml in the repo) or drop --config")

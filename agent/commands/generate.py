@@ -70,9 +70,18 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         ui.table(f"generated images → {escape(str(out_dir))}", ["generator", "prompt", "seed", "file"], rows)
         ui.success(f"{len(saved)} image(s) saved" + (f"; failed: {', '.join(failures)}" if failures else ""))
         return 0
-    ui.error("no generator produced an image — set a key in .env for a hosted provider (see the lines above), "
-             "or use --provider base / --provider lora --lora PATH")
+    if failures or notes:  # a generator was asked and answered badly: a missing key is not the problem
+        ui.error(escape(f"no generator produced an image: {', '.join(failures + sorted(_no_image(notes)))} "
+                        "failed (see the lines above) — fix what they name and retry, or use --provider base"))
+    else:
+        ui.error("no generator produced an image — set a key in .env for a hosted provider (see the lines above), "
+                 "or use --provider base / --provider lora --lora PATH")
     return 2
+
+
+def _no_image(notes: list[str]) -> set[str]:
+    """The generators named by "<name>: prompt N gave no image — ..." lines."""
+    return {line.partition(":")[0] for line in notes}
 
 
 def _validate(names: list[str], prompts: list[str], args: argparse.Namespace) -> None:

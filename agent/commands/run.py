@@ -97,11 +97,12 @@ def _confirm_paid_competitors(session: Session, ui: UI) -> None:
 def show_summary(session: Session, ui: UI) -> None:
     data = session.store.data
     best = data.get("best_round")
-    if best is not None:
-        record = next(r for r in data["rounds"] if r["round"] == best)
+    record = next((r for r in data["rounds"] if r["round"] == best), None)
+    if record is not None and session.store.best_lora_holds(record):
         ui.success(f"best round: {best} (LoRA score {render.number(record.get('lora_score'))}) → "
                    f"{session.store.root / (data.get('best_lora') or 'best_lora')}")
-    ui.success(f"report: {session.store.report_path}")
+    if session.report_written:  # only what this process wrote: never a path that may not exist
+        ui.success(f"report: {session.report_written}")
     if session.profile.is_tiny:
         from tools.models import TINY_NOTICE
 

@@ -11,6 +11,7 @@ for assertions. Replies are ``Reply`` objects (or callables ``body -> Reply``) t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
+# In a reply's text, reasoning or tool arguments, replaced by the bearer key the request came with:
+# a misbehaving proxy or model echoing the caller's key.
+BEARER_KEY = "{bearer_key}"
 DEFAULT_USAGE = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
 
 
@@ -140,6 +144,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 return
             server._record(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             reply, number = server._next_reply(body)
+            reply = _echo_bearer_key(reply, self.headers.get("Authorization", "").removeprefix("Bearer "))
             if reply.status != 200:
                 self._send_json(reply.status, {"error": {"message": reply.error_message, "type": "fake_error",
                                                          "code": reply.status}})
@@ -187,6 +192,14 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
 
     return Handler
+
+
+def _echo_bearer_key(reply: Reply, key: str) -> Reply:
+    def echo(text: str | None) -> str | None:
+        return text.replace(BEARER_KEY, key) if text else text
+
+    return dataclasses.replace(reply, content=echo(reply.content), reasoning_content=echo(reply.reasoning_content),
+                               tool_calls=[(name, echo(args)) for name, args in reply.tool_calls])
 
 
 def _finish_reason(reply: Reply) -> str:

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
@@ -48,7 +48,12 @@ def png_base64(seed: int = 0) -> str:
 @dataclass
 class Reply:
     """One scripted answer. ``body`` (raw bytes) wins over ``json``; ``delay_s`` sleeps before answering,
-    ``drip_s`` between pieces of the body (each gap shorter than a read timeout, the sum maybe not)."""
+    ``drip_s`` between pieces of the body (each gap shorter than a read timeout, the sum maybe not).
+
+    For timeout tests that must not depend on how busy the machine is: ``hold`` sends nothing until the
+    next request reaches the server (a client can only send it after giving up on this one), and
+    ``on_piece`` is called before each of the body's 10 pieces (to move a fake clock, say).
+    """
 
     status: int = 200
     json: Any = None
@@ -57,6 +62,8 @@ class Reply:
     delay_s: float = 0.0
     content_type: str | None = None
     drip_s: float = 0.0  # > 0: send the body in 10 pieces with this pause before each
+    hold: bool = False
+    on_piece: Callable[[], None] | None = None
 
 
 @dataclass
@@ -85,6 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
         request = RecordedRequest(self.command, parts.path, parse_qs(parts.query),
                                   {k.lower(): v for k, v in self.headers.items()}, body)
         reply = fake.dispatch(request)
+        if reply.hold:
+            fake.wait_for_request_after(request)
         if reply.delay_s:
             time.sleep(reply.delay_s)
         payload = reply.body if reply.body is not None else (
@@ -97,9 +106,11 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in reply.headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            if reply.drip_s:
+            if reply.drip_s or reply.on_piece:
                 step = max(1, -(-len(payload) // 10))
                 for start in range(0, len(payload), step):
+                    if reply.on_piece:
+                        reply.on_piece()
                     time.sleep(reply.drip_s)
                     self.wfile.write(payload[start:start + step])
                     self.wfile.flush()
@@ -131,6 +142,7 @@ class FakeServer:
         self.requests: list[RecordedRequest] = []
         self._scripts: list[tuple[str, str, list[Reply]]] = []
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self  # type: ignore[attr-defined]
         # A short poll interval: shutdown() waits up to one interval, per test.
@@ -161,6 +173,7 @@ class FakeServer:
     def dispatch(self, request: RecordedRequest) -> Reply:
         with self._lock:
             self.requests.append(request)
+            self._arrived.notify_all()
             for method, pattern, replies in self._scripts:
                 if replies and method == request.method and fnmatch.fnmatchcase(request.path, pattern):
                     return replies.pop(0)
@@ -168,6 +181,11 @@ class FakeServer:
             return self.default(request)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return Reply(400, {"message": f"bad request: {exc}"})
+
+    def wait_for_request_after(self, request: RecordedRequest, cap_s: float = 60.0) -> None:
+        """Block until another request has arrived after ``request`` (at most ``cap_s``: a test never hangs)."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: self.requests[-1] is not request, timeout=cap_s)
 
     def default(self, request: RecordedRequest) -> Reply:
         return Reply(404, {"message": f"no route {request.method} {request.path}"})

@@ -26,6 +26,7 @@ from PIL import Image, PngImagePlugin
 
 from tools.atomic import atomic_write
 from tools.errors import InputError
+from tools.secrets import redact
 
 PARAMETERS_CHUNK = "parameters"
 ALDAR_CHUNK = "aldar"
@@ -98,8 +99,8 @@ def save_png_with_parameters(image: Image.Image, path: Path, params: dict[str, A
                              details: dict[str, Any] | None = None) -> Path:
     """Write ``image`` atomically with the ``parameters`` chunk and an ``aldar`` JSON chunk (params + details)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_CHUNK, format_parameters(params))
-    info.add_text(ALDAR_CHUNK, json.dumps({**params, **(details or {})}, ensure_ascii=False, default=str))
+    info.add_text(PARAMETERS_CHUNK, redact(format_parameters(params)))  # prompts can come from a model
+    info.add_text(ALDAR_CHUNK, redact(json.dumps({**params, **(details or {})}, ensure_ascii=False, default=str)))
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 

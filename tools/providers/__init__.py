@@ -19,7 +19,7 @@ from tools.providers.base import ImageProvider, ProviderImage
 from tools.providers.deepai import DeepAIProvider
 from tools.providers.freepik import FreepikMysticProvider, FreepikProvider
 from tools.providers.gemini import GeminiProvider, ImagenProvider
-from tools.secrets import api_key, install_log_redaction, redact
+from tools.secrets import api_key, install_log_redaction, redact_value
 from tools.settings import Settings
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def generate_with_provider(provider: ImageProvider, prompts: list[str], out_dir:
                     continue
                 path = unused_path(out_dir / f"{provider.name}_{timestamp}_{index}.png")
                 index += 1
-                metadata = scrub_metadata(dict(result.metadata, created_at=timestamp), provider.http.secrets)
+                metadata = redact_value(dict(result.metadata, created_at=timestamp), provider.http.secrets)
                 _save_png(result, path, metadata)
                 # Providers without a seed (DeepAI, Imagen) record the requested one for pairing.
                 image_seed = metadata.get("seed")
@@ -101,17 +101,6 @@ def generate_with_provider(provider: ImageProvider, prompts: list[str], out_dir:
                 saved.append(GeneratedImage(path=path, generator=provider.name, prompt=prompt,
                                             seed=image_seed, metadata=metadata))
     return saved
-
-
-def scrub_metadata(value: Any, secrets: list[str]) -> Any:
-    """Copy of ``value`` with every secret value redacted from every string in it."""
-    if isinstance(value, dict):
-        return {str(k): scrub_metadata(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub_metadata(v, secrets) for v in value]
-    if isinstance(value, str):
-        return redact(value, extra=secrets)
-    return value
 
 
 def _save_png(result: ProviderImage, path: Path, metadata: dict[str, Any]) -> None:

@@ -75,7 +75,7 @@ def taxonomy_from_dict(data: Any, source: str) -> Taxonomy:
     if not isinstance(categories, dict) or not categories:
         raise InputError(f"taxonomy {source}: \"categories\" is missing or empty",
                          'add "categories": {"face_shape": ["round face", "oval face"], ...}')
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}  # normalised description → (as written, category)
     clean: dict[str, list[str]] = {}
     for name, descriptions in categories.items():
         if not name.strip():
@@ -90,10 +90,14 @@ def taxonomy_from_dict(data: Any, source: str) -> Taxonomy:
                              "the category), or remove the category")
         stripped = [d.strip() for d in descriptions]
         for description in stripped:
-            if description in seen:
+            # "round face" and "ROUND FACE " are one feature to CLIP and to a reader: compare them as such.
+            key = " ".join(description.split()).casefold()
+            if key in seen:
+                first, category = seen[key]
+                same = "" if first == description else f" (as {first!r}: only case or spaces differ)"
                 raise InputError(f"taxonomy {source}: description {description!r} appears in category "
-                                 f"{seen[description]!r} and again in {name!r}",
+                                 f"{category!r}{same} and again in {name!r}",
                                  "feature names must be unique: reword or remove one of them")
-            seen[description] = name
+            seen[key] = (description, name)
         clean[name] = stripped
     return Taxonomy(path=source, templates=tuple(templates), categories=clean)

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tools.atomic import atomic_write, atomic_write_json, current_umask
+from tools.atomic import atomic_write, atomic_write_json, current_umask, staging_dir
 from tools.errors import TrainingError
 from tools.training.data import caption_tags
 
@@ -76,8 +75,7 @@ def save_diffusers_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tenso
     for component, state in standard_layout(state_dicts).items():
         kwargs[f"{component}_lora_layers"] = convert_state_dict_to_diffusers(state)
         kwargs[f"{component}_lora_adapter_metadata"] = lora_configs[component]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".lora-", dir=path.parent))
+    staging = staging_dir(path)
     try:
         StableDiffusionXLPipeline.save_lora_weights(staging, weight_name=path.name, safe_serialization=True, **kwargs)
         _fsync(staging / path.name)
@@ -243,7 +241,7 @@ def save_checkpoint(run_dir: Path, step: int, state_dicts: dict[str, dict[str, t
             raise TrainingError(f"the LoRA weights hold NaN/inf at step {step}; no checkpoint was written",
                                 "lower --learning-rate or use --mixed-precision bf16; resume from the last checkpoint")
     target = Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=run_dir))
+    staging = staging_dir(target)
     try:
         save_diffusers_lora(staging / DIFFUSERS_WEIGHTS, state_dicts, lora_configs)
         flat = {f"{c}.{k}": v.detach().cpu().contiguous() for c, s in state_dicts.items() for k, v in s.items()}
