@@ -26,11 +26,10 @@ from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
 from tools.scoring.records import Analysis, ComparisonReport
 from tools.settings import Settings
+from tools.world import TINY_SAMPLING_STEPS as TINY_GENERATION_STEPS  # the toy world's base needs ~20
 
 LORA = "lora"
 BASE = "base"
-# Denoising steps on the tiny profile: random weights, so more steps only cost time.
-TINY_GENERATION_STEPS = 4
 
 
 @dataclass

@@ -22,16 +22,18 @@ FAST = dict(steps=3, quiet=True)  # a few Euler steps keep each 64 px image well
 
 
 def write_random_lora(folder: Path, seed: int) -> Path:
-    """A diffusers-format LoRA for the tiny UNet with random (non-zero) A and B, so it changes the output."""
+    """A diffusers-format LoRA for the tiny profile's UNet with random (non-zero) A and B, so it changes the output."""
     import torch
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from tools.models import build_tiny_sdxl_components
+    from diffusers import UNet2DConditionModel
 
-    unet = build_tiny_sdxl_components(seed=0)["unet"]
+    from tools.models import toy_world_weights
+
+    unet = UNet2DConditionModel.from_pretrained(toy_world_weights()["sdxl"] / "unet")  # the tiny profile's UNet
     torch.manual_seed(seed)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))

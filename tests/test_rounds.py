@@ -27,7 +27,7 @@ def no_network(monkeypatch):
 
 
 def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
-    settings = tiny_settings.replace(images_per_prompt=2)
+    settings = tiny_settings.replace(images_per_prompt=2, target_score=1.0)  # both rounds run, whatever they score
     with Session(settings, quiet=True) as session:
         session.params.update(steps=ROUND_STEPS, checkpoint_every=ROUND_STEPS // 2)
         start = dict(session.params)

@@ -132,6 +132,7 @@ def load_toy_world_pipeline(dtype: torch.dtype = torch.float32, folder: Path | N
 
     if folder is None and missing_toy_world_weights():
         raise _toy_world_missing_error()
+    _quiet_loading_bars()
     return StableDiffusionXLPipeline.from_pretrained(folder or toy_world_weights()["sdxl"], use_safetensors=True,
                                                      **dtype_kwargs(dtype))
 
@@ -143,8 +144,18 @@ def load_toy_world_clip(folder: Path | None = None):
     if folder is None and missing_toy_world_weights():
         raise _toy_world_missing_error()
     folder = folder or toy_world_weights()["clip"]
+    _quiet_loading_bars()
     model = CLIPModel.from_pretrained(folder, **transformers_dtype_kwargs(torch.float32))
     return model.eval(), CLIPTokenizer.from_pretrained(folder)
+
+
+def _quiet_loading_bars() -> None:
+    # The toy world loads in a blink; tqdm's "Loading weights" bars would only clutter the rich output.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def transformers_dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:

@@ -18,3 +18,5 @@ from pathlib import Path
 
 # The committed fp16 weights: ``clip/`` (CLIPModel + tokenizer) and ``sdxl/`` (a StableDiffusionXLPipeline folder).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# Euler steps the toy world's UNet needs for clean pictures (more change little; 4 leave them noisy).
+TINY_SAMPLING_STEPS = 20

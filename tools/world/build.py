@@ -7,7 +7,7 @@
 Stages: ``data`` (render the splits) → ``tokenizer`` → ``clip`` and ``vae`` side by side. The CLIP locks
 its text tower at ``text_lock_step`` and the VAE its encoder at ``encoder_lock_step``; from then on
 ``unet`` can train on the final encoders while the CLIP's image tower and the VAE's decoder go on, and
-``vision`` (the image tower alone, after ``clip``) and ``decoder`` (the VAE's decoder alone, after ``vae``)
+``vision`` (the image tower alone, after ``clip``; then ``hardneg``, with hard-negative captions) and ``decoder`` (the VAE's decoder alone, after ``vae``)
 beside it. Each training stage checkpoints model,
 optimizer and step every few minutes into the cache folder (``$ALDAR_CACHE/world-build``, default
 ``~/.cache/aldar/world-build``; never committed) and on Ctrl-C; a rerun
@@ -76,6 +76,11 @@ class Recipe:
     vision_steps: int = 1_500
     vision_batch: int = 128
     vision_lr: float = 3e-4
+    # Last, the image tower learns with hard negatives (as NegCLIP): beside the in-batch captions, each
+    # picture is contrasted with the captions of its category's other values ("round face" against "oval
+    # face", ...), in every template. In-batch negatives almost never differ in one small attribute only.
+    hardneg_steps: int = 1_200
+    hardneg_lr: float = 2e-4
     unet_steps: int = 5_000
     unet_batch: int = 32
     unet_lr: float = 4e-4
@@ -165,6 +170,8 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 STAGE_RECIPE_FIELDS = {"clip": ("text_lock_step",), "vae": ("encoder_lock_step",),
                        "vision": ("clip_steps", "clip_batch", "clip_lr", "text_lock_step"),
                        "decoder": ("vae_steps", "vae_batch", "vae_lr", "encoder_lock_step"),
+                       "hardneg": ("clip_steps", "clip_batch", "clip_lr", "text_lock_step", "vision_steps",
+                                   "vision_batch", "vision_lr"),
                        "unet": ("caption_dropout", "min_snr_gamma", "ema_decay", "text_lock_step", "encoder_lock_step")}
 
 
@@ -356,6 +363,59 @@ def load_locked_clip(build: Build):
     return model.eval(), tokenizer
 
 
+def stage_hardneg(build: Build) -> None:
+    """The image tower with in-batch captions plus each category's other values as hard negatives."""
+    from tools.world.attributes import SENTENCE_TEMPLATES
+
+    recipe = build.recipe
+    previous = torch.load(build.checkpoint_path("vision"), map_location="cpu", weights_only=False)
+    if previous["step"] < recipe.vision_steps:
+        raise RuntimeError(f"the vision stage is at step {previous['step']} of {recipe.vision_steps}: finish it first")
+    split = build.load_split("train")
+    model, tokenizer = load_trained_clip(build, "vision")
+    model.train()
+    for part in TEXT_TOWER_PARTS:
+        getattr(model, part).requires_grad_(False)
+
+    def embed_texts(texts: list[str]) -> torch.Tensor:
+        tokens = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        out = model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+        out = out if isinstance(out, torch.Tensor) else out.pooler_output
+        return torch.nn.functional.normalize(out, dim=-1)
+
+    with torch.no_grad():  # the text tower is locked: every category's captions embed once
+        choices = {c: [embed_texts([t.replace("{}", d) for d in values]) for t in SENTENCE_TEMPLATES]
+                   for c, values in ATTRIBUTES.items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=recipe.hardneg_lr, betas=(0.9, 0.98), weight_decay=0.1)
+    trainer = Trainer(build, "hardneg", {"model": model}, optimizer, recipe.hardneg_steps, recipe.hardneg_lr, warmup=50)
+
+    def step(index: int) -> torch.Tensor:
+        seed = recipe.seed * 9973 + index
+        rng = random.Random(seed)
+        rows = np.random.default_rng(seed).choice(len(split), recipe.vision_batch, replace=False)
+        characters = [split.characters[r] for r in rows]
+        image = model.get_image_features(pixel_values=clip_pixels(split.pixels[rows]))
+        image = torch.nn.functional.normalize(image if isinstance(image, torch.Tensor) else image.pooler_output, dim=-1)
+        with torch.no_grad():
+            text = embed_texts([tag_caption(c, rng, keep=1.0) for c in characters])
+        scale = model.logit_scale.exp()
+        labels = torch.arange(len(rows))
+        logits = scale * image @ text.T
+        loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+        for category, values in ATTRIBUTES.items():
+            template = rng.randrange(len(SENTENCE_TEMPLATES))
+            truth = torch.tensor([values.index(c.labels()[category]) for c in characters])
+            loss = loss + torch.nn.functional.cross_entropy(scale * image @ choices[category][template].T, truth) / len(ATTRIBUTES)
+        return loss
+
+    def clamp_scale() -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+
+    trainer.run(step, clamp_scale)
+
+
 def new_vae():
     from diffusers import AutoencoderKL
 
@@ -458,7 +518,7 @@ def load_trained_vae(build: Build, encoder_only: bool = False, stage: str | None
 
 def load_trained_clip(build: Build, stage: str | None = None):
     """The CLIP of ``stage`` (default: the image-tower stage when it has a checkpoint, else the first stage)."""
-    stage = stage or ("vision" if build.checkpoint_path("vision").is_file() else "clip")
+    stage = stage or next(s for s in ("hardneg", "vision", "clip") if build.checkpoint_path(s).is_file())
     model, tokenizer = new_clip(build)
     model.load_state_dict(torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)["modules"]["model"])
     return model.eval(), tokenizer
@@ -631,7 +691,7 @@ def export(build: Build) -> list[str]:
     if log_path.is_file():
         log = json.loads(log_path.read_text())
         log["recipe"] = asdict(build.recipe)
-        for stage in ("clip", "vision", "vae", "decoder", "unet"):
+        for stage in ("clip", "vision", "hardneg", "vae", "decoder", "unet"):
             if build.checkpoint_path(stage).is_file():
                 state = torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)
                 log.setdefault(stage, {}).update(steps_done=state["step"], cpu_minutes=round(state["cpu_seconds"] / 60, 1))
@@ -640,7 +700,7 @@ def export(build: Build) -> list[str]:
 
 
 STAGES = {"data": stage_data, "tokenizer": stage_tokenizer, "clip": stage_clip, "vae": stage_vae, "unet": stage_unet,
-          "vision": stage_vision, "decoder": stage_decoder}
+          "vision": stage_vision, "decoder": stage_decoder, "hardneg": stage_hardneg}
 
 
 def default_cache() -> Path:
@@ -660,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.export:
             for name in (STAGES if args.stage == "all" else [args.stage]):
-                if name in ("clip", "vae", "unet", "vision", "decoder") and args.stage == "all":
+                if name in ("clip", "vae", "unet", "vision", "decoder", "hardneg") and args.stage == "all":
                     state = build.checkpoint_path(name)
                     if state.is_file() and torch.load(state, weights_only=False)["step"] >= getattr(build.recipe, f"{name}_steps"):
                         continue
