@@ -60,10 +60,10 @@ MAX_EMPHASIS = int(BY_NAME["feature_emphasis"].safe[1])
 
 def bounds_for(default_params: dict[str, Any], tiny: bool) -> dict[str, tuple]:
     """SAFE_BOUNDS, or on tiny: steps capped at twice the profile's default, and the higher
-    learning rates the tiny trainer uses (random weights learn nothing at SDXL's 1e-4).
+    learning rates the toy world's small UNet trains at (its LoRA learns in a hundred-odd steps at 2e-3).
 
-    Tiny runs check the pipeline in seconds; letting rounds multiply the steps there
-    would only make them slower without meaning anything.
+    Tiny rounds take seconds; letting them multiply the steps would make the quickstart slow
+    without teaching the small models more.
     """
     if not tiny:
         return SAFE_BOUNDS

@@ -79,7 +79,9 @@ def trained(profile, dataset, tmp_path_factory):
     original = pipe.vae.encode
     pipe.vae.encode = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
     # alpha = rank/2 halves each update: double the learning rate to keep the tiny defaults' pace.
-    config = default_train_config(profile).replace(alpha=4.0, learning_rate=6e-2, flip_augmentation=True)
+    defaults = default_train_config(profile)
+    config = defaults.replace(alpha=4.0, learning_rate=2 * defaults.learning_rate, steps=30, checkpoint_every=10,
+                              flip_augmentation=True)
     try:
         result = train_lora(config, profile, dataset, tmp_path_factory.mktemp("run") / "run", quiet=True)
     finally:
