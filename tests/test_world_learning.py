@@ -50,7 +50,7 @@ HEAD_DETAILS = ("the toy CLIP does not resolve head details yet (held-out zero-s
                 "34 %, near chance; tools/world/weights/MODEL_CARD.md) — turn this on when a rebuild does")
 
 
-@pytest.mark.xfail(strict=True, reason=HEAD_DETAILS)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=HEAD_DETAILS)
 def test_the_analyzer_names_each_pictures_headwear(analysis):
     for name, headwear in HEADWEAR.items():
         assert analysis["per_image"][name]["hairstyle"]["top"][0]["feature"] == headwear, name
@@ -138,8 +138,23 @@ def test_a_controlled_edit_moves_exactly_the_matching_feature(edit, probabilitie
         assert moved > largest_elsewhere, (index, moved, largest_elsewhere)  # the edit moves its own feature most
 
 
-@pytest.mark.xfail(strict=True, reason=HEAD_DETAILS)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=HEAD_DETAILS)
 def test_painting_over_the_mustache_moves_the_facial_hair_reading(probabilities_of):
     before, after = probabilities_of(Image.fromarray(_reference(0))), probabilities_of(paint_over_mustache(0))
     assert after["facial_hair"]["no facial hair"] > before["facial_hair"]["no facial hair"] + 0.2
     assert after["facial_hair"]["thin mustache"] < before["facial_hair"]["thin mustache"] - 0.2
+
+
+# --------------------------------------------------------------------------- the loop
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="with the committed toy CLIP the key features of the references are misread "
+                                       "on the head categories, so round 1's LoRA beats the base by only ~0.06 "
+                                       "(MODEL_CARD.md, figure 4) — turn this on when a rebuild passes it")
+def test_a_short_lora_training_beats_the_base_on_key_features(tiny_settings):
+    from agent.policy import RulePolicy
+    from agent.session import Session
+
+    settings = tiny_settings.replace(images_per_prompt=2, target_score=1.0)
+    with Session(settings, quiet=True) as session:
+        record = session.run_rounds(1, RulePolicy(bounds=session.bounds))[0]
+    lora, base = record["scores"]["lora"]["features"], record["scores"]["base"]["features"]
+    assert lora >= base + 0.15, (lora, base)
