@@ -177,25 +177,15 @@ def tiny_tokenizer():
     vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
     if not (vocab_file.is_file() and merges_file.is_file()):
         folder.mkdir(parents=True, exist_ok=True)
-        symbols = _byte_symbols()
+        from tools.world.tokenizer import byte_symbols
+
+        symbols = list(byte_symbols().values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
         from tools.atomic import atomic_write_text
 
         atomic_write_text(vocab_file, json.dumps({tok: i for i, tok in enumerate(vocab)}))
         atomic_write_text(merges_file, "#version: 0.2\n")
     return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
-
-
-def _byte_symbols() -> list[str]:
-    # GPT-2/CLIP byte-to-unicode table: printable bytes map to themselves, the rest above 255.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes, extra = list(printable), 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
 
 
 TINY_VOCAB_SIZE, TINY_BOS, TINY_EOS = 514, 512, 513

@@ -81,6 +81,13 @@ class Recipe:
     # face", ...), in every template. In-batch negatives almost never differ in one small attribute only.
     hardneg_steps: int = 1_200
     hardneg_lr: float = 2e-4
+    # Locked at step 800, the text tower had not yet told the head attributes apart (their captions embed
+    # at cosine 0.98-1.0), so no image tower could: ``textneg`` unlocks it and trains both towers with the
+    # hard negatives, and ``retune`` then fine-tunes the UNet (from its EMA) on the new text tower.
+    textneg_steps: int = 600
+    textneg_lr: float = 3e-4
+    retune_steps: int = 2_000
+    retune_lr: float = 1e-4
     unet_steps: int = 5_000
     unet_batch: int = 32
     unet_lr: float = 4e-4
@@ -172,6 +179,10 @@ STAGE_RECIPE_FIELDS = {"clip": ("text_lock_step",), "vae": ("encoder_lock_step",
                        "decoder": ("vae_steps", "vae_batch", "vae_lr", "encoder_lock_step"),
                        "hardneg": ("clip_steps", "clip_batch", "clip_lr", "text_lock_step", "vision_steps",
                                    "vision_batch", "vision_lr"),
+                       "textneg": ("clip_steps", "clip_batch", "clip_lr", "text_lock_step", "vision_steps",
+                                   "vision_batch", "vision_lr", "hardneg_steps", "hardneg_lr"),
+                       "retune": ("unet_steps", "unet_batch", "unet_lr", "caption_dropout", "min_snr_gamma",
+                                  "ema_decay", "text_lock_step", "encoder_lock_step", "textneg_steps", "textneg_lr"),
                        "unet": ("caption_dropout", "min_snr_gamma", "ema_decay", "text_lock_step", "encoder_lock_step")}
 
 
@@ -365,17 +376,26 @@ def load_locked_clip(build: Build):
 
 def stage_hardneg(build: Build) -> None:
     """The image tower with in-batch captions plus each category's other values as hard negatives."""
+    _train_with_hard_negatives(build, "hardneg", after="vision", text_trains=False)
+
+
+def stage_textneg(build: Build) -> None:
+    """Both towers with the hard negatives: the text tower learns to tell a category's values apart."""
+    _train_with_hard_negatives(build, "textneg", after="hardneg", text_trains=True)
+
+
+def _train_with_hard_negatives(build: Build, stage: str, after: str, text_trains: bool) -> None:
     from tools.world.attributes import SENTENCE_TEMPLATES
 
     recipe = build.recipe
-    previous = torch.load(build.checkpoint_path("vision"), map_location="cpu", weights_only=False)
-    if previous["step"] < recipe.vision_steps:
-        raise RuntimeError(f"the vision stage is at step {previous['step']} of {recipe.vision_steps}: finish it first")
+    previous = torch.load(build.checkpoint_path(after), map_location="cpu", weights_only=False)
+    if previous["step"] < getattr(recipe, f"{after}_steps"):
+        raise RuntimeError(f"the {after} stage is at step {previous['step']}: finish it first")
     split = build.load_split("train")
-    model, tokenizer = load_trained_clip(build, "vision")
+    model, tokenizer = load_trained_clip(build, after)
     model.train()
     for part in TEXT_TOWER_PARTS:
-        getattr(model, part).requires_grad_(False)
+        getattr(model, part).requires_grad_(text_trains)
 
     def embed_texts(texts: list[str]) -> torch.Tensor:
         tokens = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
@@ -383,12 +403,17 @@ def stage_hardneg(build: Build) -> None:
         out = out if isinstance(out, torch.Tensor) else out.pooler_output
         return torch.nn.functional.normalize(out, dim=-1)
 
-    with torch.no_grad():  # the text tower is locked: every category's captions embed once
-        choices = {c: [embed_texts([t.replace("{}", d) for d in values]) for t in SENTENCE_TEMPLATES]
-                   for c, values in ATTRIBUTES.items()}
+    def category_captions(template: int) -> dict[str, torch.Tensor]:
+        return {c: embed_texts([SENTENCE_TEMPLATES[template].replace("{}", d) for d in values])
+                for c, values in ATTRIBUTES.items()}
+
+    if not text_trains:
+        with torch.no_grad():  # the text tower is locked: every category's captions embed once
+            fixed = [category_captions(t) for t in range(len(SENTENCE_TEMPLATES))]
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=recipe.hardneg_lr, betas=(0.9, 0.98), weight_decay=0.1)
-    trainer = Trainer(build, "hardneg", {"model": model}, optimizer, recipe.hardneg_steps, recipe.hardneg_lr, warmup=50)
+    lr, steps = getattr(recipe, f"{stage}_lr"), getattr(recipe, f"{stage}_steps")
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
+    trainer = Trainer(build, stage, {"model": model}, optimizer, steps, lr, warmup=50)
 
     def step(index: int) -> torch.Tensor:
         seed = recipe.seed * 9973 + index
@@ -397,16 +422,17 @@ def stage_hardneg(build: Build) -> None:
         characters = [split.characters[r] for r in rows]
         image = model.get_image_features(pixel_values=clip_pixels(split.pixels[rows]))
         image = torch.nn.functional.normalize(image if isinstance(image, torch.Tensor) else image.pooler_output, dim=-1)
-        with torch.no_grad():
+        with torch.set_grad_enabled(text_trains):
             text = embed_texts([tag_caption(c, rng, keep=1.0) for c in characters])
         scale = model.logit_scale.exp()
         labels = torch.arange(len(rows))
         logits = scale * image @ text.T
         loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+        template = rng.randrange(len(SENTENCE_TEMPLATES))
+        choices = category_captions(template) if text_trains else fixed[template]
         for category, values in ATTRIBUTES.items():
-            template = rng.randrange(len(SENTENCE_TEMPLATES))
             truth = torch.tensor([values.index(c.labels()[category]) for c in characters])
-            loss = loss + torch.nn.functional.cross_entropy(scale * image @ choices[category][template].T, truth) / len(ATTRIBUTES)
+            loss = loss + torch.nn.functional.cross_entropy(scale * image @ choices[category].T, truth) / len(ATTRIBUTES)
         return loss
 
     def clamp_scale() -> None:
@@ -518,7 +544,7 @@ def load_trained_vae(build: Build, encoder_only: bool = False, stage: str | None
 
 def load_trained_clip(build: Build, stage: str | None = None):
     """The CLIP of ``stage`` (default: the image-tower stage when it has a checkpoint, else the first stage)."""
-    stage = stage or next(s for s in ("hardneg", "vision", "clip") if build.checkpoint_path(s).is_file())
+    stage = stage or next(s for s in ("textneg", "hardneg", "vision", "clip") if build.checkpoint_path(s).is_file())
     model, tokenizer = new_clip(build)
     model.load_state_dict(torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)["modules"]["model"])
     return model.eval(), tokenizer
@@ -581,12 +607,26 @@ def encode_captions(encoder_2, tokenizer, captions: list[str]) -> tuple[torch.Te
 
 
 def stage_unet(build: Build) -> None:
+    clip_model, tokenizer = load_locked_clip(build)
+    _train_unet(build, "unet", clip_model, tokenizer, init=None)
+
+
+def stage_retune(build: Build) -> None:
+    """Fine-tune the UNet (from the unet stage's EMA) on the text tower of the textneg stage."""
+    previous = torch.load(build.checkpoint_path("textneg"), map_location="cpu", weights_only=False)
+    if previous["step"] < build.recipe.textneg_steps:
+        raise RuntimeError("finish the textneg stage first")
+    clip_model, tokenizer = load_trained_clip(build, "textneg")
+    init = torch.load(build.checkpoint_path("unet"), map_location="cpu", weights_only=False)["modules"]["ema"]
+    _train_unet(build, "retune", clip_model, tokenizer, init=init)
+
+
+def _train_unet(build: Build, stage: str, clip_model, tokenizer, init: dict | None) -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     recipe = build.recipe
     split = build.load_split("unet")
     vae = load_trained_vae(build, encoder_only=True)
-    clip_model, tokenizer = load_locked_clip(build)
     _, encoder_2 = text_towers(clip_model)
     moments_path = build.cache / "unet_latent_moments.pt"
     if not moments_path.is_file():
@@ -600,6 +640,8 @@ def stage_unet(build: Build) -> None:
     scaling = vae.config.scaling_factor
     torch.manual_seed(recipe.seed + 2)
     unet = UNet2DConditionModel(**unet_config(clip_model.config.text_config.hidden_size, clip_model.config.projection_dim))
+    if init is not None:
+        unet.load_state_dict(init)
     unet.train()
     ema = UNet2DConditionModel(**unet_config(clip_model.config.text_config.hidden_size, clip_model.config.projection_dim))
     ema.load_state_dict(unet.state_dict())
@@ -607,8 +649,9 @@ def stage_unet(build: Build) -> None:
     noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "timestep_spacing"})
     alphas = noise_scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=1e-2)
-    trainer = Trainer(build, "unet", {"unet": unet, "ema": ema}, optimizer, recipe.unet_steps, recipe.unet_lr)
+    lr, steps = getattr(recipe, f"{stage}_lr"), getattr(recipe, f"{stage}_steps")
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    trainer = Trainer(build, stage, {"unet": unet, "ema": ema}, optimizer, steps, lr, warmup=200 if init is None else 50)
     time_ids = torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]], dtype=torch.float32)
 
     def step(index: int) -> torch.Tensor:
@@ -631,7 +674,7 @@ def stage_unet(build: Build) -> None:
         return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
 
     def update_ema() -> None:
-        decay = min(recipe.ema_decay, (1 + trainer.step) / (10 + trainer.step))
+        decay = recipe.ema_decay if init is not None else min(recipe.ema_decay, (1 + trainer.step) / (10 + trainer.step))
         with torch.no_grad():
             for ema_p, p in zip(ema.parameters(), unet.parameters()):
                 ema_p.lerp_(p, 1 - decay)
@@ -659,7 +702,8 @@ def export(build: Build) -> list[str]:
         return written
     clip_model, tokenizer = load_trained_clip(build)
     locked = build.cache / "text_tower.pt"
-    if locked.is_file():  # the pipeline's text encoders must be the ones the UNet trained on
+    unet_stage = "retune" if build.checkpoint_path("retune").is_file() else "unet"
+    if unet_stage == "unet" and locked.is_file():  # the pipeline's text encoders must be the ones the UNet trained on
         state = torch.load(locked, map_location="cpu", weights_only=False)
         for part in TEXT_TOWER_PARTS:
             for name, value in getattr(clip_model, part).state_dict().items():
@@ -674,7 +718,7 @@ def export(build: Build) -> list[str]:
     clip_model.float()
     if build.checkpoint_path("vae").is_file() and build.checkpoint_path("unet").is_file():
         encoder, encoder_2 = text_towers(clip_model)
-        state = torch.load(build.checkpoint_path("unet"), map_location="cpu", weights_only=False)
+        state = torch.load(build.checkpoint_path(unet_stage), map_location="cpu", weights_only=False)
         unet = UNet2DConditionModel(**unet_config(clip_model.config.text_config.hidden_size,
                                                   clip_model.config.projection_dim))
         unet.load_state_dict(state["modules"]["ema"])
@@ -691,7 +735,7 @@ def export(build: Build) -> list[str]:
     if log_path.is_file():
         log = json.loads(log_path.read_text())
         log["recipe"] = asdict(build.recipe)
-        for stage in ("clip", "vision", "hardneg", "vae", "decoder", "unet"):
+        for stage in ("clip", "vision", "hardneg", "textneg", "vae", "decoder", "unet", "retune"):
             if build.checkpoint_path(stage).is_file():
                 state = torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)
                 log.setdefault(stage, {}).update(steps_done=state["step"], cpu_minutes=round(state["cpu_seconds"] / 60, 1))
@@ -700,7 +744,8 @@ def export(build: Build) -> list[str]:
 
 
 STAGES = {"data": stage_data, "tokenizer": stage_tokenizer, "clip": stage_clip, "vae": stage_vae, "unet": stage_unet,
-          "vision": stage_vision, "decoder": stage_decoder, "hardneg": stage_hardneg}
+          "vision": stage_vision, "decoder": stage_decoder, "hardneg": stage_hardneg, "textneg": stage_textneg,
+          "retune": stage_retune}
 
 
 def default_cache() -> Path:
@@ -720,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.export:
             for name in (STAGES if args.stage == "all" else [args.stage]):
-                if name in ("clip", "vae", "unet", "vision", "decoder", "hardneg") and args.stage == "all":
+                if name in ("clip", "vae", "unet", "vision", "decoder", "hardneg", "textneg", "retune") and args.stage == "all":
                     state = build.checkpoint_path(name)
                     if state.is_file() and torch.load(state, weights_only=False)["step"] >= getattr(build.recipe, f"{name}_steps"):
                         continue
