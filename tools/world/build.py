@@ -1,6 +1,6 @@
 """Train the toy world's tokenizer, CLIP, VAE and SDXL-layout UNet from seeds, resumably.
 
-    python -m tools.world.build                  # every stage in order (about 1.5 hours of one CPU core)
+    python -m tools.world.build                  # every stage in order (about 1.7 hours of one CPU core)
     python -m tools.world.build --stage clip     # one stage (see below for which may run side by side)
     python -m tools.world.build --export         # write fp16 weights from the latest checkpoints
 
