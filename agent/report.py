@@ -141,7 +141,7 @@ def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: lis
     esc = html.escape
     parts = [_HEAD, "<h1>aldar — LoRA training rounds</h1>"]
     if profile.get("profile") == "tiny":
-        parts.append(f'<p class="notice"><strong>Pipeline check, not quality.</strong> {esc(profile.get("notice", ""))}</p>')
+        parts.append(f'<p class="notice"><strong>Toy world, not real SDXL.</strong> {esc(profile.get("notice", ""))}</p>')
     stopped = data.get("stopped") or {}
     summary = esc(f"{len(history)} round(s); best round: {best if best is not None else '—'}")
     if stopped.get("reason"):

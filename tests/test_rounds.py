@@ -84,7 +84,7 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
     images = [s for s in sources if s.startswith("comparisons/")]
     assert len(images) == 2 * 2 * 2  # rounds × generators × images
     assert all((root / s).is_file() for s in sources)
-    assert "Pipeline check, not quality" in page
+    assert "Toy world, not real SDXL" in page
 
 
 def test_a_finished_run_resumes_with_nothing_to_do(tiny_settings, no_network):

@@ -136,7 +136,7 @@ def test_report_html_opens_offline_with_relative_existing_files(tmp_path, refere
     store.finish_round(history[0])
     page_path = write_report(store, references_dir, history)
     page = page_path.read_text()
-    assert "Pipeline check, not quality" in page and "http" not in page.replace("http-equiv", "")
+    assert "Toy world, not real SDXL" in page and "http" not in page.replace("http-equiv", "")
     sources = [part.split('"', 1)[0] for part in page.split('src="')[1:]]
     assert len(sources) == 5 + 1 + 1  # references, chart, the round's image
     for source in sources:
