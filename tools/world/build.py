@@ -34,13 +34,12 @@ import numpy as np
 import torch
 
 from tools.atomic import atomic_write_json
+from tools.scoring.clip import CLIP_MEAN, CLIP_STD
 from tools.world import WEIGHTS_DIR
 from tools.world.attributes import ATTRIBUTES, sentence_caption, tag_caption
 from tools.world.dataset import WorldSplit, render_split, to_unit_range
 from tools.world.tokenizer import load_clip_tokenizer, train_clip_bpe
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESOLUTION = 64
 # SDXL base's noise schedule (epsilon prediction); the base UNet trains and samples on it.
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -316,6 +315,12 @@ def clip_pixels(pixels: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
 
+def cap_logit_scale(model) -> None:
+    """CLIP caps its learned logit scale at 100 (the analyzer and scorer assume that scale)."""
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+
+
 def new_clip(build: Build):
     from transformers import CLIPModel
 
@@ -345,11 +350,7 @@ def stage_clip(build: Build) -> None:
                     pixel_values=clip_pixels(split.pixels[rows]), return_loss=True)
         return out.loss
 
-    def clamp_scale() -> None:
-        with torch.no_grad():  # CLIP caps its logit scale at 100
-            model.logit_scale.clamp_(0, math.log(100))
-
-    trainer.run(step, clamp_scale)
+    trainer.run(step, lambda: cap_logit_scale(model))
 
 
 TEXT_TOWER_PARTS = ("text_model", "text_projection")
@@ -435,11 +436,7 @@ def _train_with_hard_negatives(build: Build, stage: str, after: str, text_trains
             loss = loss + torch.nn.functional.cross_entropy(scale * image @ choices[category].T, truth) / len(ATTRIBUTES)
         return loss
 
-    def clamp_scale() -> None:
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-
-    trainer.run(step, clamp_scale)
+    trainer.run(step, lambda: cap_logit_scale(model))
 
 
 def new_vae():
@@ -574,11 +571,7 @@ def stage_vision(build: Build) -> None:
         return model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
                      pixel_values=clip_pixels(split.pixels[rows]), return_loss=True).loss
 
-    def clamp_scale() -> None:
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-
-    trainer.run(step, clamp_scale)
+    trainer.run(step, lambda: cap_logit_scale(model))
 
 
 def text_towers(clip_model):
