@@ -10,6 +10,7 @@ import pytest
 
 from agent.cli import main
 from agent.policy import RulePolicy
+from agent.report import render_html
 from agent.session import overfitting_signals, ranked_rounds, scores_by_generator
 from tools.scoring.copies import MEMORISED, is_reference_copy
 from tools.world.attributes import sample_character
@@ -68,4 +69,12 @@ def test_a_scored_reference_is_a_memorised_copy_everywhere_and_never_the_winner(
     decision = RulePolicy().decide({**feedback, "overfitting": overfitting_signals(report)}, [],
                                    {"steps": 1000, "learning_rate": 1e-4})
     assert "nearly copies one reference" in decision.rationale and decision.adjustments["steps"] == 700
-    assert ranked_rounds([{"round": 1, "scores": scores_by_generator(report), "lora_score": 0.9}]) == []
+
+    # report.html: the round's table marks it, the verdict says so, and the round cannot be the best one
+    record = {"round": 1, "scores": scores_by_generator(report), "lora_score": feedback["lora_score"],
+              "ceiling": {"quality": report["ceiling"]["quality"]["mean"]}, "rationale": decision.rationale,
+              "decided_by": "rule-policy", "decision": {"adjustments": decision.adjustments}, "paths": {}}
+    page = render_html([record], {"profile": {"profile": "tiny"}, "best_round": None}, [], "score_chart.png")
+    assert f'<tr class="copy"><td>lora</td>' in page and f"<td>{MEMORISED}</td>" in page
+    assert f"Only base was ranked" in page and f"The LoRA&#x27;s images copy the references ({MEMORISED})" in page
+    assert ranked_rounds([record]) == []
