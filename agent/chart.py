@@ -189,9 +189,11 @@ def score_chart_svg(history: list[dict], size: tuple[int, int] = SIZE) -> str:
         out.append(f'<line x1="{layout.right + 18}" y1="{legend_y}" x2="{layout.right + 44}" y2="{legend_y}" '
                    f'stroke="{colour}" stroke-width="3"{dash}/>')
         out.append(f'<text x="{layout.right + 52}" y="{legend_y + 4}">{esc(line.name)}</text>')
-    if any(line.copied for line in lines):
+    if any(line.copied for line in lines):  # two lines: the legend column is narrow
         legend_y = layout.top + 8 + len(lines) * 22
-        out.append(f'<text x="{layout.right + 18}" y="{legend_y + 4}" class="note">○× {esc(MEMORISED)}</text>')
+        first, _, second = MEMORISED.partition(" — ")
+        out.append(f'<text x="{layout.right + 18}" y="{legend_y + 4}" class="note">○× {esc(first)}'
+                   f'<tspan x="{layout.right + 36}" dy="18">{esc(second)}</tspan></text>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -246,8 +248,11 @@ def draw_score_chart(history: list[dict], size: tuple[int, int] = SIZE) -> Image
     for index, line in enumerate(lines):
         text.text((layout.right + 52, layout.top + 8 + index * 22), line.name, fill="black", font=font, anchor="lm")
     if any(line.copied for line in lines):
-        text.text((layout.right + 18, layout.top + 8 + len(lines) * 22), f"hollow, crossed: {MEMORISED}",
+        first, _, second = MEMORISED.partition(" — ")
+        text.text((layout.right + 18, layout.top + 8 + len(lines) * 22), f"hollow, crossed: {first}",
                   fill="black", font=_font(11), anchor="lm")
+        text.text((layout.right + 36, layout.top + 26 + len(lines) * 22), second, fill="black", font=_font(11),
+                  anchor="lm")
     return image
 
 

@@ -141,8 +141,8 @@ def _round_section(record: dict, is_best: bool, root: Path | None, lightboxes: l
     changes = adjustments_text(decision.get("adjustments") or {}, record.get("params") or {})
     clamped = decision.get("clamped") or []
     facts = [
-        "<table class=\"scores\"><tr>" + "".join(f"<th>{esc(column)}</th>" for column in scores.columns) + "</tr>",
-        *rows, "</table>",
+        '<div class="table-wrap"><table class="scores"><tr>' + "".join(f"<th>{esc(column)}</th>" for column in scores.columns)
+        + "</tr>", *rows, "</table></div>",
         f"<p><strong>Decision ({esc(str(record.get('decided_by')))}):</strong> {esc(str(record.get('rationale')))}</p>",
         f'<p class="meta">next round: {esc(changes)}</p>',
         f'<p class="meta">clamped: {esc("; ".join(map(str, clamped)))}</p>' if clamped else "",
@@ -247,18 +247,20 @@ h1 { margin: .3em 0; } h2 { margin: .6em 0 .4em; } h3 { margin: .8em 0 .3em; fon
 .not-competing ul { margin: .2em 0; padding-left: 1.4em; }
 .overview { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 2em; align-items: start; }
 svg.chart { width: 100%; height: auto; max-height: 60vh; border: 1px solid #eee; }
-svg.chart text { font: 13px system-ui, sans-serif; fill: #222; } svg.chart .title { font-size: 15px; font-weight: 600; }
+svg.chart text { font: 15px system-ui, sans-serif; fill: #222; } svg.chart .title { font-size: 17px; font-weight: 600; }
 .verdicts { padding-left: 1.2em; }
 .round { border-top: 2px solid #ddd; margin-top: 1.5em; }
 .badge { background: #2e7d32; color: white; font-size: .6em; padding: .15em .5em; border-radius: 1em; vertical-align: middle; }
 .verdict { font-size: 1.15em; font-weight: 600; margin: .2em 0 .6em; }
-.round-body { display: grid; grid-template-columns: minmax(24em, 2fr) minmax(0, 3fr); gap: 2em; align-items: start; }
+.round-body { display: grid; grid-template-columns: minmax(34em, 1fr) minmax(0, 1.2fr); gap: 2em; align-items: start; }
+.facts { min-width: 0; } .table-wrap { overflow-x: auto; }
 @media (max-width: 1100px) { .overview, .round-body { grid-template-columns: minmax(0, 1fr); } }
-table { border-collapse: collapse; margin: .2em 0 .8em; }
-td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; white-space: nowrap; }
+table { border-collapse: collapse; margin: .2em 0 .8em; font-size: .92em; }
+td, th { border: 1px solid #ccc; padding: .25em .45em; text-align: left; vertical-align: top; white-space: nowrap; }
 tr.ceiling { font-style: italic; background: #f4f4f4; }
 tr.chosen { font-weight: bold; background: #e6f4e6; }
 tr.copy { background: #fde2e2; color: #8a1c1c; }
+table.scores td:last-child { white-space: normal; min-width: 6em; }  /* "reference copy — memorised" wraps */
 .params code { background: #f3f3f3; padding: .1em .4em; border-radius: 3px; white-space: nowrap; line-height: 1.9; }
 details.checkpoint summary { cursor: pointer; }
 .gallery { display: flex; flex-wrap: wrap; gap: .9em; }

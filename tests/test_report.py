@@ -58,6 +58,8 @@ def report(tmp_path, references_dir) -> tuple[Path, str, list[dict]]:
     second = {**first, "steps": 180, "feature_emphasis": ["skullcap", "happy"]}
     history = [_round(store, 1, 0.77, 0.80, first, {"steps": 180, "feature_emphasis": ["skullcap", "happy"]}),
                _round(store, 2, 0.82, 0.79, second, {})]
+    history[1]["scores"]["copycat"] = {"quality": 0.97, "quality_std": 0.0, "clip": 0.99, "features": 1.0, "ssim": 0.95,
+                                       "band": "excellent", "count": 2, "reference_copies": 2}
     for record in history:
         store.finish_round(record)
     store.mark_best(history[1])
@@ -74,7 +76,10 @@ def _section(page: str, number: int) -> str:
 def test_each_round_says_who_won_and_by_how_much(report):
     _, page, _ = report
     assert "base beat the LoRA by 0.030 (0.800 vs 0.770)." in _section(page, 1)
-    assert "The LoRA beat base by 0.030 (0.820 vs 0.790)." in _section(page, 2)
+    second = _section(page, 2)
+    assert "The LoRA beat base by 0.030 (0.820 vs 0.790)." in second  # copycat's higher 0.970 is a copy
+    assert "copycat&#x27;s images copy the references (reference copy — memorised)" in second
+    assert '<tr class="copy"><td>copycat</td><td>0.970 ± 0.000</td>' in second
 
 
 @pytest.mark.parametrize("scores, said", [
@@ -173,6 +178,9 @@ window.addEventListener('load', () => {
   out.round_body = document.querySelector('.round-body').getBoundingClientRect().width;
   out.chart = document.querySelector('svg.chart').getBoundingClientRect().width;
   out.shot = document.querySelector('figure.shot img').getBoundingClientRect().width;
+  out.tables_fit = [...document.querySelectorAll('.table-wrap')].every(wrap => wrap.scrollWidth <= wrap.clientWidth + 1);
+  const table = document.querySelector('table.scores').getBoundingClientRect();
+  out.table_clear = table.right <= document.querySelector('.images').getBoundingClientRect().left;
   const box = document.querySelector('figure.shot a').getAttribute('href');
   location.hash = box;
   const lightbox = document.querySelector(box);
@@ -210,4 +218,6 @@ def test_report_opens_in_headless_chromium_without_errors(report, tmp_path):
     assert check["broken"] == []  # every picture the page shows loads from the results folder
     assert check["round_body"] > 0.85 * check["page"]  # the rounds use the page's width
     assert check["chart"] > 400 and check["shot"] >= 192
+    assert check["table_clear"]  # the score table ends before the images begin: nothing drawn over it
+    assert check["tables_fit"]  # every score table (a reference copy's too) fits its column, no scroll bar
     assert check["lightbox"] == "flex" and check["lightbox_image"] > 2 * check["shot"]  # click: enlarged
