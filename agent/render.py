@@ -147,7 +147,7 @@ def round_verdict(record: RoundRecord) -> str:
     if len(scored) >= 2:
         (winner, top), (second, runner_up) = scored[0], scored[1]
         lora_score = next((q for n, q in scored if n == LORA), None)
-        if top - runner_up < 0.0005:  # equal at the three decimals shown
+        if f"{top - runner_up:.3f}" == "0.000":  # no difference at the three decimals shown
             first, other = (second, winner) if second == LORA else (winner, second)
             sentences.append(f"{_who(first, start=True)} and {_who(other)} tied at {top:.3f}.")
         elif winner == LORA:
