@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
-from agent import render
-from agent.ui import UI
-from tools.scoring.analyzer import analyze_references
-from tools.models import resolve_profile
-from tools.settings import Settings
+if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
+    from agent.ui import UI
+    from tools.settings import Settings
 
 NAME = "analyze"
 HELP = ("find the character's key features in the reference pictures (CLIP, zero-shot against the taxonomy) "
@@ -32,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from rich.markup import escape
+
+    from agent import render
+    from tools.models import resolve_profile
+    from tools.scoring.analyzer import analyze_references
+
     profile = resolve_profile(settings)
     analysis = analyze_references(Path(settings.references), profile, settings.taxonomy_path(),
                                   settings.trigger_token, settings.character_name, Path(settings.analysis_path),
