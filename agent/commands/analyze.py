@@ -18,7 +18,7 @@ HELP = ("find the character's key features in the reference pictures (CLIP, zero
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # dest names equal Settings fields, so these flags override aldar.toml / ALDAR_* like every setting.
     parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
-                        help="folder of reference pictures, png/jpg/webp (default: the bundled examples/aldar_kose)")
+                        help="folder of reference pictures, png/jpg/webp (default: the bundled Aldar Köse references)")
     parser.add_argument("--taxonomy", metavar="FILE", default=argparse.SUPPRESS,
                         help="feature taxonomy JSON (default: <references>/taxonomy.json, else the bundled one)")
     parser.add_argument("--out", dest="analysis_path", metavar="FILE", default=argparse.SUPPRESS,

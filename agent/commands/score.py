@@ -23,7 +23,7 @@ _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
-                        help="folder of reference pictures, png/jpg/webp (default: the bundled examples/aldar_kose)")
+                        help="folder of reference pictures, png/jpg/webp (default: the bundled Aldar Köse references)")
     parser.add_argument(
         "--images", action="append", nargs="+", required=True, metavar="[NAME=]PATH", default=argparse.SUPPRESS,
         help="generated images: files or folders. Write NAME=PATH to say which generator made them "
