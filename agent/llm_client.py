@@ -44,12 +44,12 @@ def resolve_endpoint(settings: Settings) -> tuple[str, str, str, str]:
 
 def make_client(settings: Settings) -> tuple[openai.OpenAI, str]:
     """An ``openai.OpenAI`` client for the configured endpoint, and the model name to ask for."""
+    _, key, base_url, model = resolve_endpoint(settings)  # no key: one line, before the libraries load
     import httpx2
     import openai
 
     from agent.llm_transport import DeadlineTransport
 
-    _, key, base_url, model = resolve_endpoint(settings)
     budget = float(settings.llm_timeout_s)
     http_client = httpx2.Client(transport=DeadlineTransport(budget), timeout=httpx2.Timeout(budget),
                                 follow_redirects=True)

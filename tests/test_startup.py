@@ -60,8 +60,9 @@ def test_help_of_aldar_and_of_every_command_loads_nothing_heavy(tmp_path):
     (["run", "--profile", "tiny", "--rounds", "-1"], "error: --rounds is -1 — pass --rounds 1 or more"),
     (["run", "--rounds", "two"], "argument --rounds: invalid int value: 'two'"),
     (["train", "--profile", "tiny", "--steps", "-5"], "error: steps is -5 — set steps to a whole number >= 1"),
+    (["story", "Aldar tricks the bai"], "error: no LLM API key is set — set DEEPSEEK_API_KEY"),
 ])
-def test_argument_errors_stop_before_anything_heavy_loads(tmp_path, argv, message):
+def test_input_errors_stop_before_anything_heavy_loads(tmp_path, argv, message):
     result, _, err = probe(tmp_path, argv)
     assert result == {"codes": [2], "loaded": []}
     assert message in " ".join(err.split())
