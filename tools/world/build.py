@@ -307,7 +307,7 @@ def stage_data(build: Build) -> None:
 
 def tokenizer_corpus(build: Build) -> list[str]:
     """The world's captions, the taxonomy's phrases in the analyzer's templates, and the product's prompts."""
-    from tools.settings import Settings
+    from tools.settings import BUNDLED_TAXONOMY, Settings
     from tools.scoring.taxonomy import load_taxonomy
 
     rng = random.Random(build.recipe.seed)
@@ -316,7 +316,7 @@ def tokenizer_corpus(build: Build) -> list[str]:
     for character in split.characters[:20_000]:
         texts.append(tag_caption(character, rng, keep=1.0))
         texts.append(sentence_caption(character, rng))
-    taxonomy = load_taxonomy(Path(__file__).resolve().parents[2] / "examples" / "aldar_kose" / "taxonomy.json")
+    taxonomy = load_taxonomy(BUNDLED_TAXONOMY)
     for descriptions in ATTRIBUTES.values():
         for description in descriptions:
             texts += taxonomy.fill(description) * 50
