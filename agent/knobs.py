@@ -60,7 +60,7 @@ MAX_EMPHASIS = int(BY_NAME["feature_emphasis"].safe[1])
 
 def bounds_for(default_params: dict[str, Any], tiny: bool) -> dict[str, tuple]:
     """SAFE_BOUNDS, or on tiny: steps capped at twice the profile's default, and the higher
-    learning rates the toy world's small UNet trains at (its LoRA learns in a hundred-odd steps at 2e-3).
+    learning rates the toy world's small UNet trains at (its LoRA learns in a couple of hundred steps at 5e-3).
 
     Tiny rounds take seconds; letting them multiply the steps would make the quickstart slow
     without teaching the small models more.

@@ -197,6 +197,8 @@ class Session:
         state = self._round()
         state.params = dict(self.params)
         config = train_config(self.profile, self.params)
+        if not config.validation_prompt:  # checkpoints are judged on the prompt the round will generate with
+            config = dataclasses.replace(config, validation_prompt=self.prompt())
         dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
         run_dir = self.store.round_run_dir(state.number)
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.

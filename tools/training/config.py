@@ -125,7 +125,7 @@ class TrainConfig:
         if max(self.learning_rate, self.text_encoder_learning_rate) > 1.0:
             raise ConfigError(f"learning rate {max(self.learning_rate, self.text_encoder_learning_rate):g} is above 1 "
                               "and will diverge",
-                              "use about 1e-4 for SDXL (the tiny profile uses 3e-2)")
+                              "use about 1e-4 for SDXL (the tiny profile uses 5e-3)")
         if self.resolution < 64 or self.resolution % 8:
             raise ConfigError(f"resolution {self.resolution} is not a multiple of 8 of at least 64",
                               "use e.g. 1024 (SDXL), 768, 512, or 64 on the tiny profile")
@@ -230,7 +230,7 @@ def default_train_config(profile) -> TrainConfig:
     mixed = {"fp16": "fp16", "bf16": "bf16"}.get(profile.dtype, "no")
     if not profile.is_tiny:
         return TrainConfig(seed=profile.seed, mixed_precision=mixed)
-    return TrainConfig(rank=8, alpha=8.0, learning_rate=2e-3, steps=120, batch_size=2, gradient_accumulation=1,
+    return TrainConfig(rank=8, alpha=8.0, learning_rate=5e-3, steps=200, batch_size=2, gradient_accumulation=1,
                        resolution=64, seed=profile.seed, lr_scheduler="constant", lr_warmup_steps=0,
                        gradient_checkpointing=False, mixed_precision=mixed, checkpoint_every=40, bucket_step=8,
                        validation_images=1, validation_inference_steps=TINY_SAMPLING_STEPS, cache_latents_to_disk=False)
