@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import shlex
-from datetime import datetime
 from pathlib import Path
 
 from rich.markup import escape
@@ -20,6 +19,7 @@ from tools.images import list_images
 from tools.training.lora_files import latest_checkpoint
 from tools.models import ModelProfile, resolve_profile
 from tools.settings import Settings
+from tools.timestamps import timestamp
 from tools.training.config import TrainConfig, default_train_config, knobs
 
 NAME = "train"
@@ -174,4 +174,4 @@ def _run_dir(args: argparse.Namespace, settings: Settings) -> Path:
         if not candidates:
             raise InputError(f"no run with checkpoints under {runs} to resume", "pass --run-dir DIR")
         return candidates[-1]
-    return runs / f"train_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+    return runs / f"train_{timestamp()}"
