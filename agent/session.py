@@ -26,6 +26,7 @@ from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
 from tools.scoring.records import Analysis, ComparisonReport
 from tools.settings import Settings
+from tools.timestamps import iso_timestamp, timestamp
 from tools.world import TINY_SAMPLING_STEPS as TINY_GENERATION_STEPS  # the toy world's base needs ~20
 
 LORA = "lora"
@@ -55,6 +56,7 @@ class TrainedRound(TypedDict):
     steps: int
     final_loss: float
     interrupted: bool
+    resumed_from_step: NotRequired[int]  # 0: trained from scratch
     checkpoint_scores: list[CheckpointScore]
     chosen_checkpoint: ChosenCheckpoint | None
 
@@ -132,6 +134,14 @@ class Session:
     def next_round_number(self) -> int:
         return len(self.store.rounds) + 1
 
+    @property
+    def training_round_number(self) -> int:
+        """The round the next ``train`` trains: the one in progress — unless that one is scored, because
+        then a new training first records it (``finish_scored_round``) and trains the round after it."""
+        if self.current is None:
+            return self.next_round_number
+        return self.current.number + 1 if self.current.feedback is not None else self.current.number
+
     def _say(self, message: str) -> None:
         _emit(self.events.on_status, message)
 
@@ -189,6 +199,7 @@ class Session:
     def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
         from tools.scoring.scorer import checkpoint_scorer
+        from tools.training.lora_files import checkpoint_step, latest_checkpoint
         from tools.training.trainer import train_lora
 
         if adjustments:
@@ -201,6 +212,11 @@ class Session:
         run_dir = self.store.round_run_dir(state.number)
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
         scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
+        checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+        resumed_from = checkpoint_step(checkpoint) if checkpoint else 0
+        if resumed_from:  # shown even when quiet: the round does not start from scratch
+            _emit(self.events.on_notice, f"round {state.number}: resuming training from step {resumed_from} "
+                                         f"({self.store.relative(checkpoint)})")
         with self._stage("train", params=state.params):
             self._say(f"round {state.number}: training {_describe_params(self.params)} → {self.store.relative(run_dir)}")
             started = time.perf_counter()
@@ -209,10 +225,11 @@ class Session:
             except ResumeMismatchError as error:
                 # Checkpoints of this round made with other settings (e.g. changed by hand): keep them
                 # aside and train the round afresh rather than stop the run.
-                aside = run_dir.with_name(f"{run_dir.name}_stale_{time.strftime('%Y%m%d_%H%M%S')}")
+                aside = run_dir.with_name(f"{run_dir.name}_stale_{timestamp()}")
                 run_dir.rename(aside)
                 _emit(self.events.on_warning,
                       f"{error.problem}; kept it as {self.store.relative(aside)} and retrained the round")
+                resumed_from = 0
                 result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer)
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
@@ -220,7 +237,7 @@ class Session:
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted,
-                       "checkpoint_scores": result.checkpoint_scores, "chosen_checkpoint": result.chosen_checkpoint}
+                       "resumed_from_step": resumed_from, "checkpoint_scores": result.checkpoint_scores, "chosen_checkpoint": result.chosen_checkpoint}
         state.images = state.report = state.feedback = None  # they came from the previous LoRA
         chosen = result.chosen_checkpoint or {}
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "
@@ -398,6 +415,11 @@ class Session:
         """
         state = self._round()
         self.analyze()
+        reused = [stage for stage, done in (("LoRA", state.train), ("images", state.images), ("scores", state.feedback))
+                  if done]
+        if reused:  # said even when quiet: otherwise "/auto 1" after "/train" looks as if it trained nothing
+            _emit(self.events.on_notice, f"round {state.number}: using the {_and(reused)} already made for it "
+                                         "in this session (not made again)")
         if state.train is None:
             self.train()
         if not state.images:
@@ -541,7 +563,7 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
     train = state.train or {}
     return {
         "round": state.number,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished_at": iso_timestamp(),
         "params": state.params,
         "train": {"steps": train.get("steps"), "final_loss": train.get("final_loss"),
                   "interrupted": train.get("interrupted"), "checkpoint_scores": train.get("checkpoint_scores") or [],
@@ -576,7 +598,10 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
 def stop_reason(history: list[dict], rounds: int, target: float, patience: int) -> str:
     """Why no further round should run, or '' to go on (the tiny profile too: its toy-world scores mean something)."""
     if len(history) >= rounds:
-        return f"round limit reached ({len(history)} of {rounds})"
+        if len(history) == rounds:
+            return f"round limit reached ({rounds} of {rounds})"
+        # More finished rounds than the limit: the limit counts the rounds already in the folder.
+        return f"round limit reached: {len(history)} rounds are finished already, the limit is {rounds}"
     scored = [r for r in history if r.get("lora_score") is not None]
     if not scored:
         return ""
@@ -590,6 +615,10 @@ def stop_reason(history: list[dict], rounds: int, target: float, patience: int) 
     return ""
 
 
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _describe_params(params: dict) -> str:
