@@ -26,13 +26,12 @@ from rich.markup import escape
 
 from agent import render
 from agent.llm_client import KEY_HELP, describe_endpoint, resolve_endpoint
-from agent.decision import Decision
 from agent.knobs import NAMES as KNOBS
-from agent.knobs import clamp_adjustments, knob_completions, parse_knob_arguments
+from agent.knobs import knob_completions, parse_knob_arguments
 from agent.llm_tools import SessionTools, explain_features, latest_feedback
 from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
 from agent.ui import UI
-from tools.atomic import atomic_write_json
+from tools.atomic import atomic_write_json, unused_path
 from tools.errors import AldarError, ConfigError, InputError
 from tools.secrets import KEY_NAMES, api_key, mask, redact
 from tools.settings import Settings
@@ -65,6 +64,7 @@ class Repl:
         self.started = timestamp()
         self.started_at = iso_timestamp()
         self.inputs: list[dict] = []  # every line typed, for the transcript (chat text and slash commands)
+        self.transcript_path: Path | None = None  # chosen at the first save
         self.outcome = "ok"  # of the input being handled: ok, declined (the user said no) or failed
         self.commands = {c.name: c for c in self._command_table()}
         self.aliases = {"exit": "quit", "q": "quit", "?": "help"}
@@ -195,7 +195,9 @@ class Repl:
         token use; keys scrubbed. Rewritten after each input, so a killed chat keeps what it did."""
         if not self.inputs:
             return
-        path = Path(self.settings.output_dir) / "chat" / f"transcript_{self.started}.json"
+        if self.transcript_path is None:  # two chats started in the same second keep one file each
+            self.transcript_path = unused_path(Path(self.settings.output_dir) / "chat" / f"transcript_{self.started}.json")
+        path = self.transcript_path
         transcript = {"started_at": self.started_at, "profile": self.settings.profile, "inputs": self.inputs,
                       **(self.loop.transcript() if self.loop is not None else {})}
         try:
@@ -248,12 +250,8 @@ class Repl:
             question = f"Record round {session.current.number} (scored) and train round {number}'s LoRA now?"
         if not self._confirmed(question, "training skipped"):
             return
-        # The recorded decision names the knobs the next round really trains with (clamped), not just "/train".
-        applied, _ = clamp_adjustments(session.params, adjustments, session.bounds)
         change = shlex.join(args) if args else "no changes"
-        session.finish_scored_round(Decision(
-            adjustments, f"set by hand with /train ({change}); round {number} trains with "
-                         f"{render.params_text({**session.params, **applied})}", "user"))
+        session.finish_scored_round_before_training(adjustments, f"set by hand with /train ({change})", "user")
         try:
             result = session.train(adjustments or None)
         except KeyboardInterrupt:  # the trainer saved a checkpoint first; the round stays unfinished

@@ -271,6 +271,15 @@ class Session:
             return self.finish_round(decision)
         return None
 
+    def finish_scored_round_before_training(self, adjustments: dict, how: str, decided_by: str) -> dict | None:
+        """``finish_scored_round`` for a training asked by hand (``/train``, the chat's ``train_lora``): the
+        recorded decision says ``how`` and names the knobs the next round will really train with (clamped)."""
+        from agent.render import params_text
+
+        applied, _ = clamp_adjustments(self.params, adjustments, self.bounds)
+        rationale = f"{how}; round {self.training_round_number} trains with {params_text({**self.params, **applied})}"
+        return self.finish_scored_round(Decision(adjustments, rationale, decided_by))
+
     def skip_competitors(self, names: list[str]) -> None:
         """Leave these competitors out from now on (the user declined paying for them)."""
         self.competitors = [name for name in self.competitors if name not in names]

@@ -360,3 +360,16 @@ def test_history_fits_80_columns_and_cuts_decisions_at_a_word_with_an_ellipsis()
     assert [line.split(" → ")[0] for line in decisions] == ["round 1", "round 2"]
     shown = decisions[0].split(" → ", 1)[1]
     assert shown.endswith(" …") and why.startswith(shown[:-2]) and why[len(shown) - 2] == " "  # cut between words
+
+
+def test_the_chat_llm_tool_asks_for_the_round_it_will_really_train() -> None:
+    from types import SimpleNamespace
+
+    from agent.knobs import SAFE_BOUNDS
+    from agent.llm_tools import SessionTools
+
+    questions = []
+    scored_round_1 = SimpleNamespace(bounds=SAFE_BOUNDS, next_round_number=1, training_round_number=2)
+    tools = SessionTools(scored_round_1, lambda question: questions.append(question) or False)
+    assert tools.train_lora()["ok"] is False  # declined: nothing recorded, nothing trained
+    assert questions == ["Train round 2's LoRA now?"]  # was "round 1", then it recorded round 1 and trained round 2
