@@ -373,7 +373,10 @@ class Repl:
                     interrupts += 1
                     if interrupts >= 2:
                         break
-                    self.ui.info("^C again to exit")
+                    try:
+                        self.ui.info("^C again to exit")
+                    except KeyboardInterrupt:  # the second ^C landed while the hint was printing: leave as asked
+                        break
                     continue
                 except EOFError:
                     break
