@@ -71,15 +71,26 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def use_one_torch_thread() -> None:
     """Tiny models are too small to gain from intra-op threads; on a busy CPU the spinning threads
-    made a 2-round tiny run 6x slower (3.5 min vs 34 s). An explicit OMP_NUM_THREADS wins."""
-    if not os.environ.get("OMP_NUM_THREADS"):
-        import torch
+    made a 2-round tiny run 6x slower (3.5 min vs 34 s). An explicit OMP_NUM_THREADS wins.
 
-        torch.set_num_threads(1)
+    torch is not imported for this: start-up stays light, and torch reads OMP_NUM_THREADS when the
+    command that needs it first imports it. Only an already imported torch is told directly."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    else:
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # allow_abbrev=False everywhere: `--round 2` must not silently mean `--rounds 2`.
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or, given the command line, only the flags of the command it names.
+
+    A command's flags can cost imports (``generate`` lists the providers, ``train`` the trainer's
+    knobs); ``--version``, ``--help`` and one command's argument errors should not pay for all of them.
+    The command modules themselves import nothing heavy: that waits for their ``run``.
+    allow_abbrev=False everywhere: ``--round 2`` must not silently mean ``--rounds 2``.
+    """
     parser = argparse.ArgumentParser(
         prog="aldar", allow_abbrev=False,
         description="Train an SDXL LoRA of one character, pit it against hosted generators, score everyone "
@@ -87,14 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     from tools import __version__
     parser.add_argument("--version", action="version", version=f"aldar {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    named = None if argv is None else _command_word(argv)
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
         sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP,
                                   formatter_class=HelpFormatter, allow_abbrev=False)
-        module.add_arguments(sub)
-        add_settings_flags(sub)
+        if argv is None or module.NAME == named:
+            module.add_arguments(sub)
+            add_settings_flags(sub)
         sub.set_defaults(handler=module.run, command_parser=sub)
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand argparse will pick: the first word that is not an option (the top level takes
+    no option with a value, and argparse never abbreviates subcommand names)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def refuse_unknown_arguments(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
@@ -116,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_dotenv()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     install_log_redaction()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would blame the top-level usage; the mistyped flag belongs to the subcommand
         refuse_unknown_arguments(getattr(args, "command_parser", None) or parser, unknown)

@@ -3,18 +3,15 @@
 Which endpoint: ``DEEPSEEK_API_KEY`` → ``settings.llm_base_url`` (https://api.deepseek.com) and
 ``settings.llm_model``; else ``OPENAI_API_KEY`` with ``OPENAI_BASE_URL`` (and ``OPENAI_MODEL`` if set).
 ``settings.llm_timeout_s`` is a *total* deadline per request: Deepseek keeps a busy connection open
-with blank keep-alive lines for minutes, which resets an ordinary read timeout forever.
+with blank keep-alive lines for minutes, which resets an ordinary read timeout forever
+(``agent.llm_transport``). openai and httpx2 load with the first client, not with this module.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from typing import Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-import httpx2
-import openai
 
 from tools.errors import ConfigError, ProviderError
 from tools.secrets import api_key, mask, redact
@@ -27,36 +24,8 @@ MAX_RETRIES = 1
 KEY_HELP = ("set DEEPSEEK_API_KEY (Deepseek), or OPENAI_API_KEY plus OPENAI_BASE_URL for an OpenAI-compatible "
             "server such as Ollama or vLLM, in the environment or in .env")
 
-
-class _DeadlineStream(httpx2.SyncByteStream):
-    """Wraps a response body and gives up once the request's total deadline has passed."""
-
-    def __init__(self, inner: httpx2.SyncByteStream, deadline: float, budget_s: float,
-                 request: httpx2.Request) -> None:
-        self._inner, self._deadline, self._budget_s, self._request = inner, deadline, budget_s, request
-
-    def __iter__(self) -> Iterator[bytes]:
-        for part in self._inner:
-            if time.monotonic() > self._deadline:
-                raise httpx2.ReadTimeout(f"no complete answer within {self._budget_s:g} s", request=self._request)
-            yield part
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class DeadlineTransport(httpx2.HTTPTransport):
-    """An HTTP transport whose every request must finish within ``budget_s`` seconds in total."""
-
-    def __init__(self, budget_s: float, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.budget_s = budget_s
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        deadline = time.monotonic() + self.budget_s
-        response = super().handle_request(request)
-        response.stream = _DeadlineStream(response.stream, deadline, self.budget_s, request)
-        return response
+if TYPE_CHECKING:  # the client libraries load with the first client: the chat reaches its prompt without them
+    import openai
 
 
 def resolve_endpoint(settings: Settings) -> tuple[str, str, str, str]:
@@ -75,7 +44,12 @@ def resolve_endpoint(settings: Settings) -> tuple[str, str, str, str]:
 
 def make_client(settings: Settings) -> tuple[openai.OpenAI, str]:
     """An ``openai.OpenAI`` client for the configured endpoint, and the model name to ask for."""
-    _, key, base_url, model = resolve_endpoint(settings)
+    _, key, base_url, model = resolve_endpoint(settings)  # no key: one line, before the libraries load
+    import httpx2
+    import openai
+
+    from agent.llm_transport import DeadlineTransport
+
     budget = float(settings.llm_timeout_s)
     http_client = httpx2.Client(transport=DeadlineTransport(budget), timeout=httpx2.Timeout(budget),
                                 follow_redirects=True)
@@ -107,6 +81,9 @@ def describe_endpoint(settings: Settings) -> str:
 
 def api_error_message(exc: BaseException, settings: Settings) -> str:
     """One clear line for an API failure: what happened and what to do; never a traceback, never a key."""
+    import httpx2
+    import openai
+
     timeout = f"{settings.llm_timeout_s:g}"
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
         return f"the LLM did not answer within llm_timeout_s = {timeout} s — retry, or raise llm_timeout_s in aldar.toml"

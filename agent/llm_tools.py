@@ -24,6 +24,7 @@ from agent.records import RoundRecord, SessionFeedback
 from agent.toolspec import Range, ToolSpec, tool_spec
 from tools.atomic import read_json_object
 from tools.errors import InputError
+from tools.scoring.copies import copying
 
 if TYPE_CHECKING:
     from agent.session import Session
@@ -47,6 +48,7 @@ def feedback_summary(feedback: SessionFeedback) -> dict:
         "score_gap": _round3(feedback.get("score_gap")),
         "compared_against": feedback.get("compared_against"),
         "needs_improvement": feedback.get("needs_improvement"),
+        "reference_copy": bool(feedback.get("reference_copy")),  # memorised: the score measures a copy
         "metrics": {name: {k: _round3(v) for k, v in (entry or {}).items()} for name, entry in gaps.items()},
         "feature_gaps": [{k: _round3(v) for k, v in gap.items()} for gap in (feedback.get("feature_gaps") or [])[:6]],
         "overfitting": {k: _round3(v) for k, v in (feedback.get("overfitting") or {}).items()},
@@ -91,8 +93,7 @@ def explain_features(feedback: SessionFeedback, feature: str | None = None) -> l
         if not gaps:
             return [{"feature": feature, "weak": False,
                      "why": "the LoRA shows it at least as often as the target, so it is not a weak feature"}]
-    overfit = feedback.get("overfitting") or {}
-    copying = (overfit.get("max_reference_clip") or 0) >= 0.95 or (overfit.get("max_reference_ssim") or 0) >= 0.85
+    copies = copying(feedback.get("overfitting"))
     explained = []
     for gap in gaps:
         lora, target = gap.get("lora_pass_rate"), gap.get("competitor_pass_rate") if gap.get("against") != "ceiling" \
@@ -101,7 +102,7 @@ def explain_features(feedback: SessionFeedback, feature: str | None = None) -> l
         why = (f"the LoRA shows '{gap.get('feature')}' in {rate:.0%} of its images, "
                f"{gap.get('against') or 'the target'} in {target:.0%}" if isinstance(target, (int, float))
                else f"the LoRA shows '{gap.get('feature')}' in {rate:.0%} of its images")
-        if copying:
+        if copies:
             suggestion = "the images already copy a reference: lower lora_scale or train fewer steps before emphasising it"
         elif rate < 0.5:
             suggestion = (f"put '{gap.get('feature')}' in feature_emphasis so the captions and prompt stress it; "

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
-
-import openai
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from agent.llm_client import api_error_message, thinking_extra_body
 from agent.toolspec import ToolArgumentError, ToolSpec, parse_json_arguments
 from tools.errors import AldarError, ProviderError
 from tools.secrets import StreamRedactor, redact, redact_value
+
+if TYPE_CHECKING:  # the client hands over a loaded openai; the chat reaches its prompt without it
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class ChatLoop:
         as it was before the turn, later the finished tool calls stay (with their results); Ctrl-C (KeyboardInterrupt) answers pending tool calls with "cancelled" and
         propagates, so the next turn starts from a valid conversation.
         """
+        import openai  # for its error classes; loaded by the first turn, not by the chat's start
+
         start = len(self.messages)
         self.messages.append({"role": "user", "content": user_message})
         turn_usage = Usage()

@@ -14,13 +14,13 @@ from typing import Any
 from agent.decision import Decision
 from agent.records import SessionFeedback
 from agent.knobs import MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number
+from tools.scoring.copies import COPY_CLIP, COPY_SSIM, copying
 
 # Thresholds (scores are 0-1). CLIP similarity of SDXL character LoRAs to their
 # references typically sits at 0.7-0.85; below 0.6 the character is not there yet.
 LOW_CLIP = 0.6
-# A generated image this close to one single reference is a near-copy, not the character.
-COPY_CLIP = 0.95
-COPY_SSIM = 0.85
+# A generated image this close to one single reference is a near-copy, not the character: the one
+# definition (tools.scoring.copies) that also ranks such images apart in the tables and the report.
 # Mean pairwise (1 - cosine) distance between the LoRA's own images: below this they all look alike.
 LOW_VARIETY = 0.05
 # Variety falling below this fraction of the previous round's: the LoRA is collapsing onto the references.
@@ -42,6 +42,7 @@ class Signals:
     max_reference_clip: float | None = None
     max_reference_ssim: float | None = None
     variety: float | None = None
+    copies_reference: bool = False  # a LoRA image nearly copies one reference (tools.scoring.copies)
 
 
 def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
@@ -64,6 +65,7 @@ def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
         max_reference_clip=finite_number(overfit.get("max_reference_clip")),
         max_reference_ssim=finite_number(overfit.get("max_reference_ssim")),
         variety=finite_number(overfit.get("variety")),
+        copies_reference=copying(overfit),
     )
 
 
@@ -122,15 +124,18 @@ def previous_variety(history: list[dict]) -> float | None:
 
 def overfitting_reason(signals: Signals, earlier_variety: float | None = None) -> str:
     """A short clause naming the overfitting sign, or '' when there is none."""
-    if signals.max_reference_clip is not None and signals.max_reference_clip >= COPY_CLIP:
-        return f"an image nearly copies one reference (CLIP {signals.max_reference_clip:.3f} ≥ {COPY_CLIP})"
-    if signals.max_reference_ssim is not None and signals.max_reference_ssim >= COPY_SSIM:
-        return f"an image nearly copies one reference (SSIM {signals.max_reference_ssim:.3f} ≥ {COPY_SSIM})"
+    if signals.copies_reference:
+        return (f"an image nearly copies one reference (CLIP ≥ {COPY_CLIP} and SSIM ≥ {COPY_SSIM} to it; "
+                f"closest CLIP {_figure(signals.max_reference_clip)}, SSIM {_figure(signals.max_reference_ssim)})")
     if signals.variety is not None and signals.variety < LOW_VARIETY:
         return f"the LoRA's images look alike (variety {signals.variety:.3f} < {LOW_VARIETY})"
     if signals.variety is not None and earlier_variety and signals.variety < earlier_variety * VARIETY_DROP:
         return f"the variety of the LoRA's images fell from {earlier_variety:.3f} to {signals.variety:.3f}"
     return ""
+
+
+def _figure(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3f}"
 
 
 def fewer_steps_lower_lr(params: dict[str, Any]) -> dict[str, Any]:

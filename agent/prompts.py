@@ -5,14 +5,17 @@ Placeholders are ``$name`` (``string.Template``), so JSON braces in a prompt nee
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from string import Template
 
 from agent.knobs import bounds_table
 from tools.errors import ConfigError
-from tools.settings import PROJECT_ROOT, Settings
+from tools.settings import Settings
 
-PROMPTS_DIR = PROJECT_ROOT / "prompts"
+# Package data (the repository's prompts/ folder, installed as aldar_prompts): found from any working folder,
+# in a checkout and in a wheel. Wheels install unpacked, so the resource is a real folder.
+PROMPTS_DIR = Path(str(files("aldar_prompts")))
 
 
 def load_prompt(name: str, folder: Path | None = None, **values: object) -> str:
@@ -21,7 +24,8 @@ def load_prompt(name: str, folder: Path | None = None, **values: object) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
-        raise ConfigError(f"prompt file {path} is missing", "restore the prompts/ folder from the repository") from None
+        raise ConfigError(f"prompt file {path} is missing",
+                          "reinstall aldar, or in a checkout restore prompts/ (git checkout prompts)") from None
     return Template(text).safe_substitute({k: str(v) for k, v in values.items()}).strip()
 
 

@@ -12,10 +12,13 @@ from typing import Any, NotRequired, TypedDict
 
 from tools.scoring.records import Feedback, RankingEntry
 
+LORA = "lora"  # the generator name of the round's own LoRA in scores, rankings and image folders
+
 
 class Overfitting(TypedDict):
     max_reference_clip: float | None  # the LoRA image closest to one single reference (raw cosine)
     max_reference_ssim: float | None
+    reference_copies: NotRequired[int]  # LoRA images that nearly copy one reference (tools.scoring.copies)
     variety: float | None  # mean pairwise 1 - cosine of the LoRA's images
 
 
@@ -34,6 +37,7 @@ class GeneratorScores(TypedDict):
     ssim: float
     band: str
     count: int
+    reference_copies: NotRequired[int]  # images that nearly copy a reference (absent in older histories)
 
 
 class CeilingScores(TypedDict):

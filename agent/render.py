@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from agent.knobs import knob_values
-from agent.records import RoundRecord, RoundTrain
+from agent.records import LORA, RoundRecord, RoundTrain
+from tools.scoring.copies import MEMORISED, copies_text, memorised
 from tools.scoring.records import Analysis, ComparisonReport, Feedback
 
 if TYPE_CHECKING:
@@ -40,16 +41,36 @@ def figure(value: Any) -> str:
     return number(value)
 
 
+def value_text(value: Any) -> str:
+    """A parameter value as a person reads it: lists joined with ", ", floats short (0.002, 1e-05)."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def params_items(params: dict) -> list[tuple[str, str]]:
+    """The knobs of ``params`` as (name, value text) pairs; an empty feature_emphasis is left out."""
+    return [(name, value_text(value)) for name, value in knob_values(params).items()
+            if not (name == "feature_emphasis" and not value)]
+
+
 def params_text(params: dict) -> str:
-    """The knobs of ``params`` as ``steps=30 learning_rate=0.03 …`` (emphasis as a phrase list)."""
+    """The knobs of ``params`` as ``steps: 30 · learning_rate: 0.03 · feature_emphasis: happy, round face``."""
+    return " · ".join(f"{name}: {value}" for name, value in params_items(params))
+
+
+def adjustments_text(adjustments: dict, before: dict | None = None) -> str:
+    """A decision's changes as ``steps: 120 → 180 · feature_emphasis: none → skullcap`` (no arrow without
+    ``before``); "no change" when there is none."""
     shown = []
-    for name, value in knob_values(params).items():
-        if name == "feature_emphasis":
-            if value:
-                shown.append(f"emphasis={', '.join(value)}")
+    for name, value in (adjustments or {}).items():
+        if before is not None and name in before:
+            shown.append(f"{name}: {value_text(before[name])} → {value_text(value)}")
         else:
-            shown.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
-    return " ".join(shown)
+            shown.append(f"{name}: {value_text(value)}")
+    return " · ".join(shown) or "no change"
 
 
 @dataclass
@@ -63,12 +84,20 @@ class Table:
 
 
 def report_scores(report: ComparisonReport) -> Table:
-    """The ranking of a fresh comparison report (``aldar score``, ``/score``): generators by mean quality."""
-    rows = []
+    """The ranking of a fresh comparison report (``aldar score``, ``/score``): generators by mean quality;
+    a generator whose images copy references is listed after the others, unranked, and named in a note."""
+    rows, notes = [], []
     for entry in report["ranking"]:
-        scores = report["generators"][entry["generator"]]
-        rows.append([f"{entry['rank']}. {entry['generator']}", figure(scores["quality"]), figure(scores["clip"]),
-                     figure(scores["features"]), figure(scores["ssim"]), scores["band"]])
+        name = entry["generator"]
+        scores = report["generators"][name]
+        copied = memorised(scores)
+        rows.append([name if copied or entry.get("rank") is None else f"{entry['rank']}. {name}",
+                     figure(scores["quality"]), figure(scores["clip"]), figure(scores["features"]),
+                     figure(scores["ssim"]), MEMORISED if copied else scores["band"]])
+        if copied:
+            copies = [row for row in report.get("images") or [] if row["generator"] == name and row.get("reference_copy")]
+            notes.append(f"{name} is a {MEMORISED}: {copies_text(scores['reference_copies'], scores['count'], copies)}; "
+                         "ranked apart, its score does not count")
     ceiling = report["ceiling"]
     ceiling_row = None
     if ceiling:
@@ -78,24 +107,72 @@ def report_scores(report: ComparisonReport) -> Table:
     caption = (f"quality = {weights['clip']:g}·CLIP + {weights['features']:g}·features + {weights['ssim']:g}·SSIM "
                "(mean ± std); " + ("ceiling = the references scored leave-one-out against each other" if ceiling
                                    else "no ceiling: it needs at least two references"))
-    return Table("generators ranked by mean quality", SCORE_COLUMNS, rows, ceiling_row, caption,
-                 notes=[notice] if (notice := _notice(report)) else [])
+    if notice := _notice(report):
+        notes.append(notice)
+    return Table("generators ranked by mean quality", SCORE_COLUMNS, rows, ceiling_row, caption, notes=notes)
+
+
+def ranked_scores(record: RoundRecord) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """A round's generators by mean quality: (ranked, memorised) — those whose images copy references apart."""
+    ordered = sorted((record.get("scores") or {}).items(), key=lambda kv: (-(kv[1].get("quality") or 0.0), kv[0]))
+    return ([(n, s) for n, s in ordered if not memorised(s)], [(n, s) for n, s in ordered if memorised(s)])
 
 
 def record_scores(record: RoundRecord) -> Table:
     """The scores of one finished round of the history (``aldar run``, the HTML report); tolerant,
     as a history read from disk may hold records of older versions."""
     rows = []
-    for name, scores in sorted((record.get("scores") or {}).items(), key=lambda kv: -(kv[1].get("quality") or 0.0)):
+    ranked, copied = ranked_scores(record)
+    for name, scores in ranked + copied:
         rows.append([name, mean_std(scores.get("quality"), scores.get("quality_std")), number(scores.get("clip")),
-                     number(scores.get("features")), number(scores.get("ssim")), str(scores.get("band") or "")])
+                     number(scores.get("features")), number(scores.get("ssim")),
+                     MEMORISED if memorised(scores) else str(scores.get("band") or "")])
     ceiling = record.get("ceiling")
     ceiling_row = None
     if ceiling:
         ceiling_row = ["reference ceiling", number(ceiling.get("quality")), number(ceiling.get("clip")),
                        number(ceiling.get("features")), number(ceiling.get("ssim")), ""]
+    verdict = round_verdict(record)
     caption = f"next: {record.get('rationale')} ({record.get('decided_by')})" if record.get("rationale") else None
+    if verdict:
+        caption = f"{verdict} {caption or ''}".strip()
     return Table(f"round {record.get('round')} ranking", SCORE_COLUMNS, rows, ceiling_row, caption)
+
+
+def round_verdict(record: RoundRecord) -> str:
+    """Who won the round and by how much, in words: "base beat the LoRA by 0.024." — from the record's
+    scores, generators whose images copy references left out of the contest and said so."""
+    ranked, copied = ranked_scores(record)
+    scored = [(name, float(s["quality"])) for name, s in ranked if isinstance(s.get("quality"), (int, float))]
+    sentences = []
+    if len(scored) >= 2:
+        (winner, top), (second, runner_up) = scored[0], scored[1]
+        lora_score = next((q for n, q in scored if n == LORA), None)
+        if f"{top - runner_up:.3f}" == "0.000":  # no difference at the three decimals shown
+            first, other = (second, winner) if second == LORA else (winner, second)
+            sentences.append(f"{_who(first, start=True)} and {_who(other)} tied at {top:.3f}.")
+        elif winner == LORA:
+            sentences.append(f"The LoRA beat {second} by {top - runner_up:.3f} ({top:.3f} vs {runner_up:.3f}).")
+        elif lora_score is not None:
+            sentences.append(f"{winner} beat the LoRA by {top - lora_score:.3f} ({top:.3f} vs {lora_score:.3f}).")
+        else:
+            sentences.append(f"{winner} won with {top:.3f}, ahead of {_who(second)} by {top - runner_up:.3f}.")
+    elif scored:
+        name, top = scored[0]
+        ceiling = (record.get("ceiling") or {}).get("quality")
+        against = (f", {abs(ceiling - top):.3f} {'below' if ceiling > top else 'above'} the reference ceiling"
+                   if isinstance(ceiling, (int, float)) else "")
+        sentences.append(f"Only {_who(name)} was ranked: {top:.3f}{against}.")
+    for name, scores in copied:
+        sentences.append(f"{_who(name, start=True)}'s images copy the references ({MEMORISED}): its "
+                         f"{number(scores.get('quality'))} does not count and it is not ranked.")
+    return " ".join(sentences)
+
+
+def _who(name: str, start: bool = False) -> str:
+    if name == LORA:
+        return "The LoRA" if start else "the LoRA"
+    return name
 
 
 def checkpoint_choice(train: RoundTrain) -> Table | None:
@@ -155,7 +232,10 @@ def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
     if feedback.get("lora_score") is not None:
         line = f"LoRA {feedback.get('lora_generator') or 'lora'}: {number(feedback['lora_score'])} ({feedback.get('band')})"
         gap = feedback.get("score_gap")
-        if isinstance(gap, (int, float)):
+        if feedback.get("reference_copy"):  # no "ahead of the ceiling" for a copy: the score does not count
+            line = (f"LoRA {feedback.get('lora_generator') or 'lora'}: {number(feedback['lora_score'])} — "
+                    f"{MEMORISED}, not ranked")
+        elif isinstance(gap, (int, float)):
             line += f", {abs(gap):.3f} {'behind' if gap > 0 else 'ahead of'} {feedback.get('compared_against') or 'target'}"
         lines.append(("", line))
     for recommendation in feedback.get("recommendations") or []:

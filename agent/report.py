@@ -1,40 +1,41 @@
 """report.html: one self-contained page per results folder that opens offline.
 
-References, the score-per-round chart (a PNG drawn with PIL: no matplotlib, no
-JavaScript, no CDN), the score table of every round with the reference
-ceiling, each round's decision, and an image grid per round × generator. All
-links are relative to the results folder, so it can be zipped and moved.
+What a reader wants first comes first: who won each round and by how much (in words), the score
+chart, the references; then per round its scores beside the reference ceiling, the decision and
+the images large enough to judge, each captioned with its prompt and seed and opening full size on a
+click (a CSS ``:target`` lightbox: no JavaScript, no CDN). All links are relative to the results
+folder, so it can be zipped and moved. ``score_chart.png`` is the chart as a picture file.
 """
 
 from __future__ import annotations
 
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from agent.render import CHOSEN, checkpoint_choice, params_text, record_scores
+from agent.chart import draw_score_chart, score_chart_svg
+from agent.render import (CHOSEN, adjustments_text, checkpoint_choice, params_items, record_scores,
+                          round_verdict)
 from tools.atomic import atomic_write_bytes, atomic_write_text
+from tools.errors import InputError
+from tools.generation.png_metadata import read_generation_parameters
 from tools.images import list_images, load_image
+from tools.scoring.copies import MEMORISED
 
-THUMBNAIL = 192
-CHART_SIZE = (720, 400)
-PALETTE = [(214, 96, 20), (31, 119, 180), (44, 160, 44), (148, 103, 189), (140, 86, 75), (227, 119, 194),
-           (127, 127, 127), (188, 189, 34)]
-CEILING_COLOUR = (90, 90, 90)
+REFERENCE_SIZE = 256  # the references' copies in report_assets/ (shown at 160 px: sharp on dense screens)
+SHOT = 224  # px an image of a round is shown at; smaller sources are scaled up pixelated, not blurred
 
 
 def write_report(store, references: Path, history: list[dict]) -> Path:
     """(Re)write ``report.html`` and ``score_chart.png`` of ``store`` from its history."""
     root = store.root
     reference_thumbs = _reference_thumbnails(references, root / "report_assets")
-    chart = draw_score_chart(history)
-    atomic_write_bytes(store.chart_path, _png_bytes(chart))
+    atomic_write_bytes(store.chart_path, _png_bytes(draw_score_chart(history)))
     page = render_html(history, store.data, [p.relative_to(root).as_posix() for p in reference_thumbs],
-                       store.chart_path.name)
+                       store.chart_path.name, root)
     return atomic_write_text(store.report_path, page)
 
 
@@ -45,7 +46,7 @@ def _reference_thumbnails(references: Path, folder: Path) -> list[Path]:
         target = folder / f"reference_{path.stem}.png"
         if not target.is_file() or target.stat().st_mtime < path.stat().st_mtime:
             image = load_image(path)
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
+            image.thumbnail((REFERENCE_SIZE, REFERENCE_SIZE))
             atomic_write_bytes(target, _png_bytes(image))
         thumbs.append(target)
     return thumbs
@@ -57,141 +58,172 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-# ------------------------------------------------------------------------ chart
-def chart_series(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    """generator → [(round, mean quality)], plus "reference ceiling" when the rounds have one."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    for record in history:
-        for name, scores in (record.get("scores") or {}).items():
-            if scores.get("quality") is not None:
-                series.setdefault(name, []).append((record["round"], float(scores["quality"])))
-        ceiling = record.get("ceiling") or {}
-        if ceiling.get("quality") is not None:
-            series.setdefault("reference ceiling", []).append((record["round"], float(ceiling["quality"])))
-    return series
-
-
-def draw_score_chart(history: list[dict], size: tuple[int, int] = CHART_SIZE) -> Image.Image:
-    """Quality score (0-1) per round, one line per generator, with axes, ticks, labels and a legend."""
-    width, height = size
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    font = _font(13)
-    left, right, top, bottom = 58, width - 170, 34, height - 50
-    draw.text((left, 8), "Quality score per round", fill="black", font=_font(15))
-    rounds = [r["round"] for r in history] or [1]
-    first, last = min(rounds), max(max(rounds), min(rounds) + 1)
-
-    def x_of(number: float) -> float:  # inset, so points never hide the y axis
-        inset = 24
-        return left + inset + (number - first) / (last - first) * (right - left - 2 * inset)
-
-    def y_of(score: float) -> float:
-        return bottom - max(0.0, min(1.0, score)) * (bottom - top)
-
-    for tick in range(6):  # horizontal grid and y ticks at 0, 0.2, ... 1
-        value = tick / 5
-        y = y_of(value)
-        draw.line([(left, y), (right, y)], fill=(230, 230, 230))
-        draw.text((left - 34, y - 7), f"{value:.1f}", fill="black", font=font)
-    for number in range(first, last + 1):
-        x = x_of(number)
-        draw.line([(x, bottom), (x, bottom + 5)], fill="black")
-        draw.text((x - 4, bottom + 8), str(number), fill="black", font=font)
-    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=2)
-    draw.text(((left + right) / 2 - 18, height - 22), "round", fill="black", font=font)
-    _vertical_text(image, "quality score", (6, (top + bottom) / 2), font)
-
-    for index, (name, points) in enumerate(sorted(chart_series(history).items(), key=_legend_order)):
-        colour = CEILING_COLOUR if name == "reference ceiling" else PALETTE[index % len(PALETTE)]
-        xy = [(x_of(r), y_of(s)) for r, s in points]
-        if len(xy) > 1:
-            draw.line(xy, fill=colour, width=3 if name == "lora" else 2)
-        for x, y in xy:
-            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
-        legend_y = top + 4 + index * 20
-        draw.line([(right + 16, legend_y + 7), (right + 40, legend_y + 7)], fill=colour, width=3)
-        draw.text((right + 46, legend_y), name, fill="black", font=font)
-    return image
-
-
-def _legend_order(item: tuple[str, list]) -> tuple[bool, bool, str]:
-    name = item[0]
-    return name == "reference ceiling", name != "lora", name  # the LoRA first (always orange), ceiling last
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _vertical_text(image: Image.Image, text: str, centre: tuple[float, float], font) -> None:
-    label = Image.new("RGB", (120, 18), "white")
-    ImageDraw.Draw(label).text((2, 1), text, fill="black", font=font)
-    rotated = label.rotate(90, expand=True)
-    image.paste(rotated, (int(centre[0]), int(centre[1] - rotated.height / 2)))
-
-
-# ------------------------------------------------------------------------ html
-def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: list[str], chart: str) -> str:
+# ------------------------------------------------------------------------ page
+def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: list[str], chart: str,
+                root: Path | None = None) -> str:
+    """The page; ``root`` (the results folder) lets it read each image's prompt, seed and size."""
+    esc = html.escape
     profile = data.get("profile") or {}
     best = data.get("best_round")
-    esc = html.escape
-    parts = [_HEAD, "<h1>aldar — LoRA training rounds</h1>"]
+    lightboxes: list[str] = []
+    parts = [_HEAD, '<header><h1>aldar — LoRA training rounds</h1>']
     if profile.get("profile") == "tiny":
         parts.append(f'<p class="notice"><strong>Toy world, not real SDXL.</strong> {esc(profile.get("notice", ""))}</p>')
-    stopped = data.get("stopped") or {}
-    summary = esc(f"{len(history)} round(s); best round: {best if best is not None else '—'}")
-    if stopped.get("reason"):
-        summary += esc(f"; stopped: {stopped['reason']}")
-    if data.get("best_lora"):
-        summary += f'; best LoRA: <a href="{esc(data["best_lora"])}">{esc(data["best_lora"])}</a>'
-    parts.append(f"<p>{summary}</p>")
+    parts.append(f'<p class="summary">{_summary(history, data)}</p>')
     parts.append(f"<p class=\"meta\">models: {esc(str(profile.get('base_model', '?')))} · scorer "
                  f"{esc(str(profile.get('clip_model', '?')))} · {esc(str(profile.get('device', '?')))}</p>")
-    parts.append("<h2>References</h2><div class=\"row\">")
-    parts += [f'<img class="thumb" src="{esc(src)}" alt="reference">' for src in reference_thumbs]
-    parts.append("</div>")
+    parts.append(_not_competing(history))
+    parts.append("</header>")
+    parts.append('<section class="overview">')
     if history:
-        parts.append(f'<h2>Score per round</h2><img src="{esc(chart)}" alt="quality score per round">')
+        verdicts = "".join(f'<li><a href="#round-{r["round"]}">Round {r["round"]}</a>: '
+                           f'{esc(round_verdict(r) or "not scored.")}</li>' for r in history)
+        parts.append(f'<div class="chart-box"><h2>Score per round</h2>{score_chart_svg(history)}'
+                     f'<p class="meta">The y axis spans the scores, not 0–1. Also as a picture: '
+                     f'<a href="{esc(chart)}">{esc(chart)}</a></p><ul class="verdicts">{verdicts}</ul></div>')
+    shots = "".join(_reference_figure(src, index, root, lightboxes) for index, src in enumerate(reference_thumbs))
+    parts.append(f'<div><h2>References</h2><div class="gallery references">{shots}</div></div>')
+    parts.append("</section>")
     for record in history:
-        parts.append(_round_section(record, record["round"] == best))
+        parts.append(_round_section(record, record["round"] == best, root, lightboxes))
+    parts += lightboxes
     parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part)
 
 
-def _round_section(record: dict, is_best: bool) -> str:
+def _summary(history: list[dict], data: dict[str, Any]) -> str:
     esc = html.escape
-    title = f"Round {record['round']}" + (" — best round" if is_best else "")
+    best = data.get("best_round")
+    record = next((r for r in history if r["round"] == best), None)
+    count = len(history)
+    text = f"{count} round{'' if count == 1 else 's'}; best round: "
+    if record is not None and isinstance(record.get("lora_score"), (int, float)):
+        text += f"{best} (LoRA {record['lora_score']:.3f})"
+    else:
+        text += "—" if best is None else str(best)
+    stopped = data.get("stopped") or {}
+    if stopped.get("reason"):
+        text += f"; stopped: {stopped['reason']}"
+    summary = esc(text)
+    if data.get("best_lora"):
+        summary += f'; best LoRA: <a href="{esc(data["best_lora"])}">{esc(data["best_lora"])}</a>'
+    return summary
+
+
+def _not_competing(history: list[dict]) -> str:
+    """The competitors that sat out, once for the whole report (each reason with its rounds unless all)."""
+    rounds_of: dict[str, list[int]] = {}
+    for record in history:
+        for reason in record.get("skipped_competitors") or []:
+            rounds_of.setdefault(reason, []).append(record["round"])
+    if not rounds_of:
+        return ""
+    every = len(history)
+    items = "".join(f"<li>{html.escape(reason)}"
+                    + ("" if len(numbers) == every else f" (round{'s' if len(numbers) > 1 else ''} "
+                                                        f"{', '.join(map(str, numbers))})") + "</li>"
+                    for reason, numbers in rounds_of.items())
+    return f'<div class="meta not-competing"><strong>Not competing:</strong><ul>{items}</ul></div>'
+
+
+def _round_section(record: dict, is_best: bool, root: Path | None, lightboxes: list[str]) -> str:
+    esc = html.escape
+    number = record["round"]
+    badge = ' <span class="badge">best round</span>' if is_best else ""
+    verdict = round_verdict(record)
     scores = record_scores(record)
-    rows = ["<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in scores.rows]
+    rows = [(f'<tr class="copy">' if row[-1] == MEMORISED else "<tr>")
+            + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in scores.rows]
     if scores.ceiling:
         rows.append('<tr class="ceiling">' + "".join(f"<td>{esc(cell)}</td>" for cell in scores.ceiling) + "</tr>")
-    shown = params_text(record.get("params") or {})
+    params = "".join(f"<code>{esc(name)}: {esc(value)}</code> " for name, value in params_items(record.get("params") or {}))
     decision = record.get("decision") or {}
-    grid = []
-    for name, paths in ((record.get("paths") or {}).get("images") or {}).items():
-        cells = "".join(f'<img class="thumb" src="{esc(p)}" alt="{esc(name)}">' for p in paths)
-        grid.append(f"<tr><th>{esc(name)}</th><td>{cells}</td></tr>")
-    skipped = record.get("skipped_competitors") or []
-    return "\n".join([
-        f"<h2>{esc(title)}</h2>",
-        f"<p class=\"meta\">parameters: {esc(shown)}</p>",
-        *(f"<p class=\"meta\">prompt: {esc(prompt)}</p>" for prompt in record.get("prompts") or []),
+    changes = adjustments_text(decision.get("adjustments") or {}, record.get("params") or {})
+    clamped = decision.get("clamped") or []
+    facts = [
+        '<div class="table-wrap"><table class="scores"><tr>' + "".join(f"<th>{esc(column)}</th>" for column in scores.columns)
+        + "</tr>", *rows, "</table></div>",
+        f"<p><strong>Decision ({esc(str(record.get('decided_by')))}):</strong> {esc(str(record.get('rationale')))}</p>",
+        f'<p class="meta">next round: {esc(changes)}</p>',
+        f'<p class="meta">clamped: {esc("; ".join(map(str, clamped)))}</p>' if clamped else "",
+        f'<p class="params"><span class="meta">parameters:</span> {params}</p>',
+        *(f'<p class="meta">prompt: {esc(prompt)}</p>' for prompt in record.get("prompts") or []),
         _checkpoint_choice(record.get("train") or {}),
-        "<table><tr>" + "".join(f"<th>{esc(column)}</th>" for column in scores.columns) + "</tr>",
-        *rows, "</table>",
-        f"<p><strong>Decision ({esc(str(record.get('decided_by')))}):</strong> {esc(str(record.get('rationale')))} "
-        f"<code>{esc(json.dumps(decision.get('adjustments'), ensure_ascii=False))}</code></p>",
-        f"<p class=\"meta\">not competing: {esc('; '.join(skipped))}</p>" if skipped else "",
-        "<table class=\"grid\">", *grid, "</table>",
+    ]
+    galleries = []
+    for name, paths in ((record.get("paths") or {}).get("images") or {}).items():
+        shots = "".join(_shot(path, f"r{number}-{name}-{index}", name, record, root, lightboxes)
+                        for index, path in enumerate(paths))
+        count = len(paths)
+        galleries.append(f'<h3>{esc(name)} <span class="meta">{count} image{"" if count == 1 else "s"}</span></h3>'
+                         f'<div class="gallery">{shots}</div>')
+    return "\n".join([
+        f'<section class="round" id="round-{number}">',
+        f"<h2>Round {number}{badge}</h2>",
+        f'<p class="verdict">{esc(verdict)}</p>' if verdict else "",
+        '<div class="round-body"><div class="facts">', *facts, "</div>",
+        '<div class="images">', *galleries, "</div></div></section>",
     ])
 
 
+def _shot(path: str, ident: str, generator: str, record: dict, root: Path | None, lightboxes: list[str]) -> str:
+    """One image of a round: shown at SHOT px, captioned with its seed and prompt, opening full size."""
+    esc = html.escape
+    meta = _generation_parameters(root, path)
+    prompt = str(meta.get("prompt") or next(iter(record.get("prompts") or []), ""))
+    seed = f"seed {meta['seed']}" if meta.get("seed") is not None else "seed unknown"
+    caption = f"{seed} · {prompt}" if prompt else seed
+    pixelated = " pixelated" if _smaller_than(root, path, SHOT) else ""
+    lightboxes.append(_lightbox(ident, path, f"{generator}, round {record['round']} · {caption}", pixelated,
+                                f"round-{record['round']}"))
+    return (f'<figure class="shot"><a href="#{ident}" title="click to enlarge">'
+            f'<img class="{pixelated.strip()}" src="{esc(path)}" alt="{esc(generator)}, {esc(caption)}" '
+            f'width="{SHOT}" height="{SHOT}"></a><figcaption><strong>{esc(seed)}</strong>'
+            f'{esc(f" · {prompt}" if prompt else "")}</figcaption></figure>')
+
+
+def _reference_figure(src: str, index: int, root: Path | None, lightboxes: list[str]) -> str:
+    esc = html.escape
+    name = Path(src).stem.removeprefix("reference_")
+    pixelated = " pixelated" if _smaller_than(root, src, 160) else ""
+    lightboxes.append(_lightbox(f"ref-{index}", src, f"reference {name}", pixelated, "top"))
+    return (f'<figure class="reference"><a href="#ref-{index}" title="click to enlarge">'
+            f'<img class="{pixelated.strip()}" src="{esc(src)}" alt="reference {esc(name)}" width="160" height="160">'
+            f'</a><figcaption>{esc(name)}</figcaption></figure>')
+
+
+def _lightbox(ident: str, src: str, caption: str, pixelated: str, back: str) -> str:
+    """A full-size view shown while the address ends in ``#ident``; a click anywhere closes it."""
+    esc = html.escape
+    return (f'<div class="lightbox" id="{ident}"><a class="backdrop" href="#{back}" aria-label="close"></a>'
+            f'<figure><a href="{esc(src)}" title="open the file"><img class="{pixelated.strip()}" src="{esc(src)}" '
+            f'alt="{esc(caption)}" loading="lazy"></a><figcaption>{esc(caption)} · '
+            f'<a href="#{back}">close</a></figcaption></figure></div>')
+
+
+def _generation_parameters(root: Path | None, path: str) -> dict:
+    """Prompt and seed from the PNG's own metadata ({} when the file has none, or no root was given)."""
+    if root is None:
+        return {}
+    try:
+        return read_generation_parameters(root / path)
+    except InputError:
+        return {}
+
+
+def _smaller_than(root: Path | None, path: str, size: int) -> bool:
+    """Whether the image is smaller than it is shown (then it is scaled up with crisp pixels)."""
+    if root is None:
+        return True
+    try:
+        with Image.open(root / path) as image:
+            return max(image.size) < size
+    except OSError:
+        return False
+
+
 def _checkpoint_choice(train: dict) -> str:
-    """Which training checkpoint became the round's LoRA, why, and every checkpoint's quality."""
+    """Which training checkpoint became the round's LoRA, why, and (folded) every checkpoint's quality."""
     choice = checkpoint_choice(train)
     if choice is None:
         return ""
@@ -200,19 +232,51 @@ def _checkpoint_choice(train: dict) -> str:
             + "</tr>" for row in choice.rows]
     table = ("<table class=\"checkpoints\"><tr>" + "".join(f"<th>{esc(column)}</th>" for column in choice.columns)
              + "</tr>" + "".join(rows) + "</table>") if rows else ""
-    return f"<p><strong>{esc(choice.title)}</strong> — {esc(choice.caption or '')}</p>{table}"
+    summary = f"<strong>{esc(choice.title)}</strong> — {esc(choice.caption or '')}"
+    return f"<details class=\"checkpoint\"><summary>{summary}</summary>{table}</details>" if table else f"<p>{summary}</p>"
 
 
 _HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>aldar report</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 0; padding: 1em 2em 3em; color: #222; line-height: 1.4; }
+h1 { margin: .3em 0; } h2 { margin: .6em 0 .4em; } h3 { margin: .8em 0 .3em; font-size: 1em; }
 .notice { background: #fff3cd; border: 1px solid #e0c060; padding: .6em 1em; }
 .meta { color: #666; font-size: .9em; }
-table { border-collapse: collapse; margin: .5em 0 1em; }
-td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
+.not-competing ul { margin: .2em 0; padding-left: 1.4em; }
+.overview { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 2em; align-items: start; }
+svg.chart { width: 100%; height: auto; max-height: 60vh; border: 1px solid #eee; }
+svg.chart text { font: 15px system-ui, sans-serif; fill: #222; } svg.chart .title { font-size: 17px; font-weight: 600; }
+.verdicts { padding-left: 1.2em; }
+.round { border-top: 2px solid #ddd; margin-top: 1.5em; }
+.badge { background: #2e7d32; color: white; font-size: .6em; padding: .15em .5em; border-radius: 1em; vertical-align: middle; }
+.verdict { font-size: 1.15em; font-weight: 600; margin: .2em 0 .6em; }
+.round-body { display: grid; grid-template-columns: minmax(34em, 1fr) minmax(0, 1.2fr); gap: 2em; align-items: start; }
+.facts { min-width: 0; } .table-wrap { overflow-x: auto; }
+@media (max-width: 1100px) { .overview, .round-body { grid-template-columns: minmax(0, 1fr); } }
+table { border-collapse: collapse; margin: .2em 0 .8em; font-size: .92em; }
+td, th { border: 1px solid #ccc; padding: .25em .45em; text-align: left; vertical-align: top; white-space: nowrap; }
 tr.ceiling { font-style: italic; background: #f4f4f4; }
 tr.chosen { font-weight: bold; background: #e6f4e6; }
-img.thumb { width: 128px; height: 128px; object-fit: contain; margin: 2px; image-rendering: pixelated; }
-.row { display: flex; flex-wrap: wrap; }
-</style></head><body>"""
+tr.copy { background: #fde2e2; color: #8a1c1c; }
+table.scores td:last-child { white-space: normal; min-width: 6em; }  /* "reference copy — memorised" wraps */
+.params code { background: #f3f3f3; padding: .1em .4em; border-radius: 3px; white-space: nowrap; line-height: 1.9; }
+details.checkpoint summary { cursor: pointer; }
+.gallery { display: flex; flex-wrap: wrap; gap: .9em; }
+figure { margin: 0; }
+figure.shot { width: 224px; }
+figure.shot img, figure.reference img { display: block; object-fit: contain; background: #f4f4f4; border: 1px solid #ddd; }
+figure.shot figcaption { font-size: .8em; color: #555; margin-top: .25em; display: -webkit-box; -webkit-line-clamp: 3;
+  -webkit-box-orient: vertical; overflow: hidden; }
+figure.reference figcaption { font-size: .8em; color: #555; text-align: center; }
+img.pixelated { image-rendering: pixelated; }
+.lightbox { display: none; position: fixed; inset: 0; z-index: 10; background: rgba(0, 0, 0, .86);
+  align-items: center; justify-content: center; }
+.lightbox:target { display: flex; }
+.lightbox .backdrop { position: absolute; inset: 0; }
+.lightbox figure { position: relative; max-width: 92vw; text-align: center; color: #eee; }
+.lightbox img { width: min(84vh, 90vw); height: min(84vh, 90vw); object-fit: contain; background: #fff; }
+.lightbox figcaption { margin-top: .5em; max-width: min(84vh, 90vw); }
+.lightbox a { color: #9cf; }
+</style></head><body id="top">"""

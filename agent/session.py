@@ -18,18 +18,18 @@ from typing import Callable, Iterator, NotRequired, TypedDict
 
 from agent.decision import Decider, Decision
 from agent.knobs import bounds_for, clamp_adjustments
-from agent.records import (CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
+from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
                            SessionFeedback)
 from agent.store import RunStore
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
+from tools.scoring.copies import memorised
 from tools.scoring.records import Analysis, ComparisonReport
 from tools.settings import Settings
 from tools.timestamps import iso_timestamp, timestamp
 from tools.world import TINY_SAMPLING_STEPS as TINY_GENERATION_STEPS  # the toy world's base needs ~20
 
-LORA = "lora"
 BASE = "base"
 
 
@@ -405,7 +405,7 @@ class Session:
             self._write_report()
 
     def _update_best(self) -> None:
-        scored = [r for r in self.store.rounds if r.get("lora_score") is not None]
+        scored = ranked_rounds(self.store.rounds)
         if scored:
             best = max(scored, key=lambda r: (r["lora_score"], -r["round"]))
             if not self.store.best_lora_holds(best):
@@ -546,20 +546,31 @@ def emphasise(text: str, features: list[str], trigger: str = "") -> str:
 
 def overfitting_signals(report: ComparisonReport) -> Overfitting:
     """Signs that the LoRA copies references: its closest image to one single reference
-    (CLIP cosine and SSIM) and the variety of its own images, all from the comparison report."""
+    (CLIP cosine and SSIM), how many of its images are reference copies, and the variety of its
+    own images, all from the comparison report."""
     rows = [row for row in report["images"] if row["generator"] == LORA]
     lora = report["generators"].get(LORA)
     return {"max_reference_clip": max((row["clip_max"] for row in rows), default=None),
             "max_reference_ssim": max((row["ssim"] for row in rows), default=None),
+            "reference_copies": sum(bool(row.get("reference_copy")) for row in rows),
             "variety": lora["variety"] if lora else None}
 
 
 def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
-    """generator → {quality, quality_std, clip, features, ssim, band, count} (means) from a comparison report."""
+    """generator → {quality, quality_std, clip, features, ssim, band, count, reference_copies} (means)
+    from a comparison report."""
     return {name: {"quality": entry["quality"]["mean"], "quality_std": entry["quality"]["std"],
                    "clip": entry["clip"]["mean"], "features": entry["features"]["mean"],
-                   "ssim": entry["ssim"]["mean"], "band": entry["band"], "count": entry["count"]}
+                   "ssim": entry["ssim"]["mean"], "band": entry["band"], "count": entry["count"],
+                   "reference_copies": entry.get("reference_copies", 0)}
             for name, entry in (report.get("generators") or {}).items()}
+
+
+def ranked_rounds(history: list[RoundRecord]) -> list[RoundRecord]:
+    """The rounds whose LoRA score can win (best round, target reached, patience): scored, and not a
+    LoRA that copied the references — a memorised round scores high for the wrong reason."""
+    return [r for r in history if r.get("lora_score") is not None
+            and not memorised((r.get("scores") or {}).get(LORA))]
 
 
 def round_record(state: RoundState, store: RunStore, profile: dict, decision: Decision, applied: dict,
@@ -611,7 +622,7 @@ def stop_reason(history: list[dict], rounds: int, target: float, patience: int) 
             return f"round limit reached ({rounds} of {rounds})"
         # More finished rounds than the limit: the limit counts the rounds already in the folder.
         return f"round limit reached: {len(history)} rounds are finished already, the limit is {rounds}"
-    scored = [r for r in history if r.get("lora_score") is not None]
+    scored = ranked_rounds(history)
     if not scored:
         return ""
     last = scored[-1]

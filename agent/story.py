@@ -15,9 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from agent.llm_client import make_client, provider_error, thinking_extra_body
 from agent.prompts import load_prompt
@@ -27,6 +25,9 @@ from tools.secrets import redact
 from tools.settings import Settings
 from tools.generation.storybook import write_storybook
 from tools.timestamps import iso_timestamp, timestamp
+
+if TYPE_CHECKING:  # `aldar story --help` lists GENERATORS without loading the openai package
+    import openai
 
 MIN_SCENES, MAX_SCENES = 3, 6
 LOCAL_GENERATORS = ("lora", "base")
@@ -90,6 +91,8 @@ def parse_story(reply: str, scenes_wanted: int | None = None) -> dict[str, Any]:
 def write_story(settings: Settings, prompt: str, scenes: int = 4, *, client: openai.OpenAI | None = None,
                 model: str | None = None) -> dict[str, Any]:
     """Ask the LLM for the tale; one retry with the validation error when the reply is unusable."""
+    import openai  # here, not at the top: `aldar story --help` and the chat never need the client library
+
     if client is None:
         client, model = make_client(settings)
     messages: list[dict[str, Any]] = [

@@ -26,3 +26,13 @@ def test_readme_layout_names_every_module_and_package():
     assert tools_modules - words == set() and package_modules - words == set()
     named_packages = set(re.findall(r"^  (\w+)/", block, re.M)) - {"commands"}
     assert named_packages <= tools_packages  # no package in the README that the tree lacks
+
+
+def test_readme_install_lines_name_the_wheel_that_pyproject_builds():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    built = f"{project['name'].replace('-', '_')}-{project['version']}-py3-none-any.whl"
+    named = re.findall(r"aldar_lora-\S+?\.whl", (ROOT / "README.md").read_text(encoding="utf-8"))
+    assert named and set(named) == {built}
+    assert f"pipx install --preinstall torch==2.13.0 dist/{built}" in (ROOT / "README.md").read_text(encoding="utf-8")

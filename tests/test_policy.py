@@ -71,8 +71,9 @@ def test_missed_features_are_capped_at_four():
 
 
 @pytest.mark.parametrize("overfit, phrase", [
-    ({"max_reference_clip": COPY_CLIP + 0.01, "max_reference_ssim": 0.2, "variety": 0.3}, "CLIP"),
-    ({"max_reference_clip": 0.7, "max_reference_ssim": COPY_SSIM + 0.05, "variety": 0.3}, "SSIM"),
+    ({"max_reference_clip": 0.99, "max_reference_ssim": 0.9, "reference_copies": 1, "variety": 0.3}, "copies"),
+    # feedback written before reference_copies was counted: its closest CLIP and SSIM decide
+    ({"max_reference_clip": COPY_CLIP + 0.01, "max_reference_ssim": COPY_SSIM + 0.05, "variety": 0.3}, "copies"),
     ({"max_reference_clip": 0.7, "max_reference_ssim": 0.2, "variety": LOW_VARIETY / 2}, "variety"),
 ])
 def test_overfitting_means_fewer_steps_and_lower_learning_rate(overfit, phrase):
@@ -82,6 +83,17 @@ def test_overfitting_means_fewer_steps_and_lower_learning_rate(overfit, phrase):
     assert decision.adjustments["learning_rate"] == pytest.approx(5e-5)
     assert "rank" not in decision.adjustments
     assert phrase in decision.rationale and "fewer steps" in decision.rationale
+
+
+@pytest.mark.parametrize("overfit", [
+    {"max_reference_clip": COPY_CLIP + 0.01, "max_reference_ssim": 0.2, "variety": 0.3},   # same content, other layout
+    {"max_reference_clip": 0.7, "max_reference_ssim": COPY_SSIM + 0.05, "variety": 0.3},   # flat pictures alike
+    {"max_reference_clip": 0.99, "max_reference_ssim": 0.9, "reference_copies": 0, "variety": 0.3},  # two references
+])
+def test_one_close_figure_alone_is_no_reference_copy(overfit):
+    # A copy is close to one reference in CLIP and SSIM both (tools.scoring.copies, the scorer's definition).
+    decision = decide(feedback(overfitting=overfit))
+    assert "copies" not in decision.rationale and "steps" not in decision.adjustments
 
 
 def test_falling_variety_against_the_previous_round_is_overfitting():
@@ -95,7 +107,7 @@ def test_falling_variety_against_the_previous_round_is_overfitting():
 
 
 def test_overfitting_and_missed_feature_combine():
-    decision = decide(feedback(overfitting={"max_reference_clip": 0.99}, feature_gaps=[gap("topknot", 0.0)]))
+    decision = decide(feedback(overfitting={"reference_copies": 2}, feature_gaps=[gap("topknot", 0.0)]))
     assert set(decision.adjustments) == {"steps", "learning_rate", "feature_emphasis"}
     assert "topknot" in decision.rationale
 

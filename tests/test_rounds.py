@@ -82,7 +82,8 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         assert f"LoRA used: checkpoint at step {chosen['step']}" in page and "highest validation quality" in page
     sources = re.findall(r'src="([^"]+)"', page)
     images = [s for s in sources if s.startswith("comparisons/")]
-    assert len(images) == 2 * 2 * 2  # rounds × generators × images
+    assert len(set(images)) == 2 * 2 * 2  # rounds × generators × images
+    assert all(images.count(s) == 2 for s in images)  # each in its round's grid and in its full-size view
     assert all((root / s).is_file() for s in sources)
     assert "Toy world, not real SDXL" in page
 
@@ -286,12 +287,12 @@ def test_a_kill_while_the_chart_of_the_last_round_is_written_is_made_good_by_the
 
     root = _rounds_killed_at(tiny_settings, 2, monkeypatch, agent.report, "atomic_write_bytes", "score_chart.png", nth=2)
     assert len(json.loads((root / "training_history.json").read_text())["rounds"]) == 2
-    assert "<p>1 round(s);" in (root / "report.html").read_text()  # the page still shows round 1 only
+    assert "<p class=\"summary\">1 round;" in (root / "report.html").read_text()  # the page still shows round 1 only
 
     code, out = _rerun(tiny_settings, 2, capsys)
 
     page = (root / "report.html").read_text()
-    assert code == 0 and "<p>2 round(s);" in page and "<h2>Round 2" in page
+    assert code == 0 and "<p class=\"summary\">2 rounds;" in page and "<h2>Round 2" in page
     rounds = json.loads((root / "training_history.json").read_text())["rounds"]
     with Image.open(root / "score_chart.png") as chart:  # the chart of both rounds, not of round 1
         assert chart.convert("RGB").tobytes() == agent.report.draw_score_chart(rounds).tobytes()

@@ -58,14 +58,14 @@ def test_image_against_itself_and_a_shuffled_copy(tmp_path):
     assert report["profile"]["profile"] == "tiny" and report["profile"]["notice"] == TINY_NOTICE
 
 
-def test_rankings_follow_mean_quality(tmp_path):
+def test_rankings_follow_mean_quality_with_reference_copies_ranked_apart(tmp_path):
     references = make_references(tmp_path / "refs", 3)
     gen = tmp_path / "gen"
     gen.mkdir()
     images = {
         "copies": [shutil.copy(references / "ref1.png", gen / "c1.png"), shutil.copy(references / "ref2.png", gen / "c2.png")],
-        "others": [draw_character(gen / f"o{i}.png", seed=50 + i) for i in range(3)],
         "noise": [shuffled_copy(references / "ref3.png", gen / "n1.png", seed=i) for i in range(1)],
+        "mixed": [shuffled_copy(references / "ref2.png", gen / f"m{i}.png", seed=10 + i) for i in range(2)],
     }
     report = score_generators(images, references, tiny_profile(), analysis_for(references), WEIGHTS)
     means = {}
@@ -79,9 +79,16 @@ def test_rankings_follow_mean_quality(tmp_path):
         assert summary["quality"]["std"] == pytest.approx(values.std())
         assert summary["band"] == band(values.mean())
         means[name] = values.mean()
-    assert [r["generator"] for r in report["ranking"]] == sorted(means, key=lambda n: -means[n])
-    assert [r["rank"] for r in report["ranking"]] == [1, 2, 3]
-    assert report["ranking"][0]["generator"] == "copies"  # exact copies of references must win
+    # Exact copies of references score highest, but a memorised reference is no winner: ranked apart, last.
+    assert means["copies"] > max(means["noise"], means["mixed"])
+    honest = sorted(["noise", "mixed"], key=lambda n: -means[n])
+    assert [r["generator"] for r in report["ranking"]] == honest + ["copies"]
+    assert [r["rank"] for r in report["ranking"]] == [1, 2, None]
+    assert [r["reference_copy"] for r in report["ranking"]] == [False, False, True]
+    assert report["generators"]["copies"]["reference_copies"] == 2
+    assert report["generators"]["noise"]["reference_copies"] == 0
+    copied = [r for r in report["images"] if r["generator"] == "copies"]
+    assert [r["copied_reference"] for r in copied] == ["ref1.png", "ref2.png"] and all(r["reference_copy"] for r in copied)
 
 
 def test_ceiling_is_leave_one_out(tmp_path):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.report import chart_series, draw_score_chart, write_report
+from agent.chart import chart_series, draw_score_chart
+from agent.report import write_report
 from agent.session import Session
 from agent.store import LOCK_FILE, RunStore
 from tools.errors import BusyError, InputError
@@ -116,18 +117,17 @@ def test_original_list_history_is_read(tmp_path):
     store.close()
 
 
-def test_score_chart_draws_one_line_per_generator_with_axes():
+def test_score_chart_png_draws_one_line_per_generator_with_axes():
     history = [{"round": 1, "scores": {"lora": {"quality": 0.4}, "base": {"quality": 0.3}}, "ceiling": {"quality": 0.9}},
                {"round": 2, "scores": {"lora": {"quality": 0.6}, "base": {"quality": 0.3}}, "ceiling": {"quality": 0.9}}]
     assert chart_series(history) == {"lora": [(1, 0.4), (2, 0.6)], "base": [(1, 0.3), (2, 0.3)],
                                      "reference ceiling": [(1, 0.9), (2, 0.9)]}
     chart = draw_score_chart(history)
-    assert chart.size == (720, 400)
-    colours = {colour for _, colour in chart.getcolors(maxcolors=100000)}
+    assert chart.size == (960, 420)
+    colours = {colour for _, colour in chart.getcolors(maxcolors=1000000)}
     assert (214, 96, 20) in colours and (31, 119, 180) in colours and (90, 90, 90) in colours
-    assert chart.getpixel((58 + 24, round(350 - 0.4 * 316))) == (214, 96, 20)  # round 1 of the LoRA: orange
-    # The y axis is a black vertical line at x=58 from the top to the bottom of the plot.
-    assert all(chart.getpixel((58, y)) == (0, 0, 0) for y in range(40, 340, 20))
+    # The y axis is a dark vertical line at x=64 from the top to the bottom of the plot.
+    assert all(max(chart.getpixel((64, y))) < 60 for y in range(50, 360, 20))
 
 
 def test_report_html_opens_offline_with_relative_existing_files(tmp_path, references_dir):
@@ -136,12 +136,16 @@ def test_report_html_opens_offline_with_relative_existing_files(tmp_path, refere
     store.finish_round(history[0])
     page_path = write_report(store, references_dir, history)
     page = page_path.read_text()
-    assert "Toy world, not real SDXL" in page and "http" not in page.replace("http-equiv", "")
+    assert "Toy world, not real SDXL" in page and "http" not in page.replace("http-equiv", "").replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
     sources = [part.split('"', 1)[0] for part in page.split('src="')[1:]]
-    assert len(sources) == 5 + 1 + 1  # references, chart, the round's image
-    for source in sources:
+    assert len(sources) == 2 * (5 + 1)  # references and the round's image, each in its grid and its full view
+    links = [part.split('"', 1)[0] for part in page.split('href="')[1:]]
+    for source in sources + [link for link in links if not link.startswith("#")]:
         assert not Path(source).is_absolute() and (store.root / source).is_file(), source
-    assert Image.open(store.chart_path).size == (720, 400)
+    for anchor in {link[1:] for link in links if link.startswith("#")}:
+        assert f'id="{anchor}"' in page, anchor  # every click-to-enlarge and close link has its target
+    assert Image.open(store.chart_path).size == (960, 420)
     store.close()
 
 

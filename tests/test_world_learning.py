@@ -154,3 +154,36 @@ def test_a_short_lora_training_beats_the_base_on_key_features(tiny_settings):
         record = session.run_rounds(1, RulePolicy(bounds=session.bounds))[0]
     lora, base = record["scores"]["lora"]["features"], record["scores"]["base"]["features"]
     assert lora >= base + 0.15, (lora, base)
+
+
+EMPHASIS_IMAGES = 6  # per round: pass rates in sixths, enough to see a feature come in
+
+
+def _pass_rates(results, record: dict, generator: str = "lora") -> dict[str, float]:
+    import json
+
+    report = json.loads((results / record["paths"]["comparison_report"]).read_text())
+    return report["generators"][generator]["feature_pass_rate"]
+
+
+def test_the_rule_policys_emphasis_on_missed_features_raises_their_pass_rate_next_round(tiny_settings):
+    """Controlled: round 2 trains with round 1's parameters plus the policy's ``feature_emphasis`` alone
+    (same steps, seeds and prompts otherwise), so what changes is the emphasis."""
+    from pathlib import Path
+
+    from agent.policy import RulePolicy
+    from agent.session import Session
+
+    settings = tiny_settings.replace(images_per_prompt=EMPHASIS_IMAGES, target_score=1.0)
+    with Session(settings, quiet=True) as session:
+        policy = RulePolicy(bounds=session.bounds)
+        first = session.run_rounds(1, policy)[0]
+        emphasised = first["decision"]["adjustments"].get("feature_emphasis") or []
+        assert emphasised, first["rationale"]  # the round missed key features and the policy named them
+        session.params = {**first["params"], "feature_emphasis": emphasised}
+        second = session.run_round(policy)
+    results = Path(settings.output_dir)
+    before, after = _pass_rates(results, first), _pass_rates(results, second)
+    rises = {f: (before[f], after[f]) for f in emphasised}
+    assert sum(after[f] for f in emphasised) > sum(before[f] for f in emphasised), rises
+    assert sum(after[f] > before[f] for f in emphasised) >= sum(after[f] < before[f] for f in emphasised) + 1, rises

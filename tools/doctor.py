@@ -175,7 +175,7 @@ def import_all(package_name: str) -> tuple[int, list[CheckResult]]:
         except Exception as error:  # noqa: BLE001 - any import failure is what this check reports
             failures.append(CheckResult(f"module {name}", FAIL, redact(f"does not import: {type(error).__name__}: "
                                                                          f"{error}"),
-                                        "reinstall with `pip install -e .`; if it persists, report it as a bug"))
+                                        "reinstall aldar (`pip install -e .` in a checkout); if it persists, report it as a bug"))
     return len(names) - len(failures), failures
 
 

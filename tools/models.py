@@ -11,7 +11,9 @@ Two profiles share every code path past loading:
   nothing about real SDXL. Random-weight builders of the same shapes remain for
   tests where only shapes matter.
 
-Loaded models are cached per process, so rounds and LoRA swaps never reload the base.
+Loaded models are cached per process, so rounds and LoRA swaps never reload the base. torch (and the
+model stack) is imported by the functions that load or build models, not by this module: naming a profile
+(``ModelProfile``, ``TINY_NOTICE``) costs the command line nothing.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-
-from tools.devices import dtype_name, pick_device, pick_dtype
 from tools.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    import torch
 
 TINY_NOTICE = ("profile 'tiny': small models trained in the bundled toy world — these scores are meaningful "
                "inside that world only, not for real SDXL")
@@ -62,10 +64,14 @@ class ModelProfile:
 
     @property
     def torch_device(self) -> torch.device:
+        import torch
+
         return torch.device(self.device)
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
 
     def describe(self) -> dict[str, Any]:
@@ -79,6 +85,8 @@ class ModelProfile:
 
 def resolve_profile(settings) -> ModelProfile:
     """Turn ``Settings`` into a concrete profile (device and dtype chosen)."""
+    from tools.devices import dtype_name, pick_device, pick_dtype  # torch: which devices exist
+
     device = pick_device(settings.device)
     dtype = pick_dtype(device, settings.dtype)
     if settings.profile == "tiny":
@@ -125,11 +133,13 @@ def toy_world_fingerprint() -> str:
     return digest[:12]
 
 
-def load_toy_world_pipeline(dtype: torch.dtype = torch.float32, folder: Path | None = None):
-    """The toy world's ``StableDiffusionXLPipeline``, loaded with the same ``from_pretrained`` as real SDXL
-    (``folder``: another build's ``sdxl`` folder, e.g. for the bench)."""
+def load_toy_world_pipeline(dtype: torch.dtype | None = None, folder: Path | None = None):
+    """The toy world's ``StableDiffusionXLPipeline`` (fp32 unless ``dtype``), loaded with the same
+    ``from_pretrained`` as real SDXL (``folder``: another build's ``sdxl`` folder, e.g. for the bench)."""
+    import torch
     from diffusers import StableDiffusionXLPipeline
 
+    dtype = torch.float32 if dtype is None else dtype
     if folder is None and missing_toy_world_weights():
         raise _toy_world_missing_error()
     _quiet_loading_bars()
@@ -139,6 +149,7 @@ def load_toy_world_pipeline(dtype: torch.dtype = torch.float32, folder: Path | N
 
 def load_toy_world_clip(folder: Path | None = None):
     """The toy world's CLIP (analyzer and scorer of the tiny profile) and its BPE tokenizer."""
+    import torch
     from transformers import CLIPModel, CLIPTokenizer
 
     if folder is None and missing_toy_world_weights():
@@ -247,6 +258,7 @@ SDXL_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_
 
 def build_tiny_sdxl_components(seed: int = 0, unet_scale: str = "tiny") -> dict[str, Any]:
     """All seven components of ``StableDiffusionXLPipeline``, random but deterministic from ``seed``."""
+    import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -282,6 +294,7 @@ def tiny_clip_config(size: str = "tiny"):
 
 
 def build_tiny_clip(seed: int = 0, size: str = "tiny"):
+    import torch
     from transformers import CLIPModel
 
     torch.manual_seed(seed + 10)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
-from agent import render
-from agent.ui import UI
-from tools.scoring.analyzer import analyze_references
-from tools.models import resolve_profile
-from tools.settings import Settings
+if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
+    from agent.ui import UI
+    from tools.settings import Settings
 
 NAME = "analyze"
 HELP = ("find the character's key features in the reference pictures (CLIP, zero-shot against the taxonomy) "
@@ -21,7 +18,7 @@ HELP = ("find the character's key features in the reference pictures (CLIP, zero
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # dest names equal Settings fields, so these flags override aldar.toml / ALDAR_* like every setting.
     parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
-                        help="folder of reference pictures, png/jpg/webp (default: the bundled examples/aldar_kose)")
+                        help="folder of reference pictures, png/jpg/webp (default: the bundled Aldar Köse references)")
     parser.add_argument("--taxonomy", metavar="FILE", default=argparse.SUPPRESS,
                         help="feature taxonomy JSON (default: <references>/taxonomy.json, else the bundled one)")
     parser.add_argument("--out", dest="analysis_path", metavar="FILE", default=argparse.SUPPRESS,
@@ -32,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from rich.markup import escape
+
+    from agent import render
+    from tools.models import resolve_profile
+    from tools.scoring.analyzer import analyze_references
+
     profile = resolve_profile(settings)
     analysis = analyze_references(Path(settings.references), profile, settings.taxonomy_path(),
                                   settings.trigger_token, settings.character_name, Path(settings.analysis_path),

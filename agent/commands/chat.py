@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from agent.repl import Repl
-from agent.ui import UI
-from tools.settings import Settings
+if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
+    from agent.ui import UI
+    from tools.settings import Settings
 
 NAME = "chat"
 HELP = ("chat with the assistant about training and scoring the LoRA; slash commands (/train, /score, /auto N, "
@@ -25,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from agent.repl import Repl  # reaches its prompt without torch or the LLM client: both load on first use
+
     repl = Repl(settings, ui)
     if args.message is not None:
         return repl.run_once(args.message)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
-from agent.ui import UI
 from tools.doctor import FAIL, INFO, OK, WARN, CheckResult, exit_code, import_all, run_checks
-from tools.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.ui import UI
+    from tools.settings import Settings
 
 NAME = "doctor"
 HELP = ("check that this machine can run aldar with these settings: packages, device, model weights, "
@@ -23,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from rich.markup import escape
+
     results = run_checks(settings, extra_checks=[check_agent])
     # Details hold paths and error texts: escape them so rich never reads "[...]" as markup.
     rows = [[escape(r.name), _STATUS_STYLE.get(r.status, r.status), escape(r.detail)] for r in results]
@@ -54,5 +57,5 @@ def check_agent(settings: Settings) -> list[CheckResult]:
         results.append(CheckResult("prompt files", OK, f"{PROMPTS_DIR}: {', '.join(prompts)}"))
     else:
         results.append(CheckResult("prompt files", FAIL, f"no prompts/*.md in {PROMPTS_DIR}",
-                                   "restore the prompts/ folder from the repository (git checkout prompts)"))
+                                   "reinstall aldar, or in a checkout restore prompts/ (git checkout prompts)"))
     return results

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
-from agent.ui import UI
 from tools.errors import AldarError, InputError
-from tools.providers import PROVIDERS, configured_providers, generate_with_provider
-from tools.settings import Settings
-from tools.timestamps import timestamp
+from tools.timestamps import timestamp  # the standard library's time only
+
+if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
+    from agent.ui import UI
+    from tools.settings import Settings
 
 NAME = "generate"
 HELP = ("generate images with hosted providers (freepik, deepai, gemini, ...) and/or the local model "
@@ -21,6 +21,8 @@ LOCAL = ("lora", "base")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tools.providers import PROVIDERS  # the names for the help (requests, PIL; no model stack)
+
     # SUPPRESS: an absent flag leaves no attribute, so the setting (or the default named in the help) applies.
     parser.add_argument("--provider", dest="providers", action="append", metavar="NAME", default=argparse.SUPPRESS,
                         help=f"repeatable; one of: {', '.join([*PROVIDERS, *LOCAL])} (default: lora — --lora, else "
@@ -40,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from rich.markup import escape
+
+    from tools.providers import configured_providers, generate_with_provider
+
     args.lora = getattr(args, "lora", None)
     chosen = getattr(args, "providers", None)
     names = list(dict.fromkeys(chosen)) if chosen else _default_generators(args, settings, ui)
@@ -91,6 +97,8 @@ def _no_image(notes: list[str]) -> set[str]:
 
 def _validate(names: list[str], prompts: list[str], args: argparse.Namespace) -> None:
     """Every bad input is reported before a single request or model load."""
+    from tools.providers import PROVIDERS
+
     known = [*PROVIDERS, *LOCAL]
     for name in names:
         if name not in known:

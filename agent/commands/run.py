@@ -9,13 +9,15 @@ adjustment. Rerunning the same command resumes: finished rounds are kept.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from agent.ui import UI
-from agent import render
-from agent.decision import Decider
-from agent.session import Session
-from tools.secrets import api_key
-from tools.settings import Settings
+from tools.errors import ConfigError
+
+if TYPE_CHECKING:  # the command line is parsed (and --rounds checked) before any of this loads
+    from agent.decision import Decider
+    from agent.session import Session
+    from agent.ui import UI
+    from tools.settings import Settings
 
 NAME = "run"
 HELP = ("autonomous rounds: train the LoRA, generate against the base model and hosted competitors, score "
@@ -40,10 +42,11 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         settings = settings.replace(competitors=_names(names))
     rounds = args.rounds if args.rounds is not None else settings.max_rounds
     if rounds < 1:
-        from tools.errors import ConfigError
-
         raise ConfigError(f"--rounds is {rounds}", "pass --rounds 1 or more")
     settings = settings.replace(max_rounds=rounds)
+    from agent import render
+    from agent.session import Session  # the rounds (and, through them, the model stack) load once the input is good
+
     quiet = bool(getattr(args, "quiet", False))
     with Session(settings, quiet=quiet, events=ui.session_events()) as session:
         if settings.is_tiny:
@@ -66,6 +69,9 @@ def _names(value) -> list[str]:
 
 def choose_decider(session: Session, use_llm: bool, ui: UI | None = None) -> Decider:
     """The LLM decider when asked for and a key is set (imported only then), else the rule policy."""
+    from agent.ui import UI
+    from tools.secrets import api_key
+
     ui = ui or UI(quiet=True)
     if use_llm and any(api_key(name) for name in LLM_KEYS):
         from agent.llm_decider import make_decider
@@ -95,6 +101,8 @@ def _confirm_paid_competitors(session: Session, ui: UI) -> None:
 
 
 def show_summary(session: Session, ui: UI) -> None:
+    from agent import render
+
     data = session.store.data
     best = data.get("best_round")
     record = next((r for r in data["rounds"] if r["round"] == best), None)

@@ -6,18 +6,14 @@ import argparse
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
-from agent import render
-from agent.ui import UI
-from tools.scoring.analyzer import ImageSet, analysis_matches, analyze_references, load_image_set
 from tools.errors import InputError
-from tools.images import list_images
-from tools.models import load_clip, resolve_profile
-from tools.scoring.scorer import build_feedback, check_output_folder, score_generators, write_results
-from tools.settings import Settings
-from tools.scoring.taxonomy import load_taxonomy
+
+if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
+    from agent.ui import UI
+    from tools.scoring.analyzer import ImageSet
+    from tools.settings import Settings
 
 NAME = "score"
 HELP = ("score generated images against the references (CLIP, key features, SSIM), rank the generators beside the "
@@ -27,7 +23,7 @@ _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
-                        help="folder of reference pictures, png/jpg/webp (default: the bundled examples/aldar_kose)")
+                        help="folder of reference pictures, png/jpg/webp (default: the bundled Aldar Köse references)")
     parser.add_argument(
         "--images", action="append", nargs="+", required=True, metavar="[NAME=]PATH", default=argparse.SUPPRESS,
         help="generated images: files or folders. Write NAME=PATH to say which generator made them "
@@ -47,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_image_groups(groups: list[list[str]], default_name: str) -> dict[str, list[Path]]:
     """``[[ "lora=dir", "x.png" ], ...]`` → ``{"lora": [...files], default_name: [x.png]}``; folders expanded."""
+    from tools.images import list_images
+
     result: dict[str, list[Path]] = {}
     for token in (t for group in groups for t in group):
         name, raw = default_name, token
@@ -70,6 +68,13 @@ def parse_image_groups(groups: list[list[str]], default_name: str) -> dict[str, 
 
 def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dict:
     """The analysis at settings.analysis_path, (re)made when missing, unreadable or stale."""
+    from rich.markup import escape
+
+    from agent import render
+    from tools.models import load_clip
+    from tools.scoring.analyzer import analysis_matches, analyze_references
+    from tools.scoring.taxonomy import load_taxonomy
+
     path = Path(settings.analysis_path)
     references = Path(settings.references)
     taxonomy = load_taxonomy(settings.taxonomy_path())  # validated even when the saved analysis is reused
@@ -92,6 +97,12 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dic
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from agent import render
+    from tools.images import list_images
+    from tools.models import resolve_profile
+    from tools.scoring.analyzer import load_image_set
+    from tools.scoring.scorer import build_feedback, check_output_folder, score_generators, write_results
+
     groups = parse_image_groups(args.images, args.generator)
     # Every input is checked before any model work or any file is written.
     image_sets: dict[str, ImageSet] = {name: load_image_set(paths) for name, paths in groups.items()}

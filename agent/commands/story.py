@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
-from agent.ui import UI
-from agent.story import GENERATORS, MAX_SCENES, MIN_SCENES, create_storybook
-from tools.settings import Settings
+if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
+    from agent.ui import UI
+    from tools.settings import Settings
 
 NAME = "story"
 HELP = ("write a short Aldar Köse tale from your idea with the LLM (Deepseek or any OpenAI-compatible server) "
@@ -17,6 +16,8 @@ HELP = ("write a short Aldar Köse tale from your idea with the LLM (Deepseek or
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from agent.story import GENERATORS, MAX_SCENES, MIN_SCENES
+
     parser.add_argument("prompt", help='what the tale is about, e.g. "Aldar tricks the greedy bai out of his horse"')
     parser.add_argument("--generator", choices=GENERATORS, default="lora",
                         help="who draws the scenes: the trained LoRA, the bare base model, or a hosted provider")
@@ -30,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    from rich.markup import escape
+
+    from agent.story import create_storybook
+
     book = create_storybook(settings, args.prompt, generator=args.generator, lora_path=args.lora,
                             scenes=args.scenes, quiet=args.quiet)
     for line in book.notes:

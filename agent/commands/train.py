@@ -10,24 +10,25 @@ import json
 import os
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
-from agent.ui import UI
 from tools.errors import InputError
-from tools.images import list_images
-from tools.training.lora_files import latest_checkpoint
-from tools.models import ModelProfile, resolve_profile
-from tools.settings import Settings
-from tools.timestamps import timestamp
+from tools.models import ModelProfile  # a plain dataclass: tools.models loads torch only where it loads models
+from tools.timestamps import timestamp  # the standard library's time only
 from tools.training.config import TrainConfig, default_train_config, knobs
+
+if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
+    from agent.ui import UI
+    from tools.settings import Settings
 
 NAME = "train"
 HELP = ("train an SDXL LoRA of the character on the reference pictures (diffusers + peft + accelerate); "
         "writes diffusers and kohya LoRA files, checkpoints, validation images and a loss curve")
 SHARED_FLAGS = {"seed"}  # already a settings flag (--seed) that sets the training seed too
-_HELP_PROFILES = {"sdxl": ModelProfile("sdxl", "sdxl", "clip", "cuda", "fp16", 42),
-                  "tiny": ModelProfile("tiny", "tiny", "clip", "cpu", "fp32", 42)}
+# Each profile as named, before its device is known (finding that loads torch): the help shows their
+# defaults, and every flag is checked against them before anything heavy loads.
+_NAMED_PROFILES = {"sdxl": ModelProfile("sdxl", "sdxl", "clip", "cuda", "fp16", 42),
+                   "tiny": ModelProfile("tiny", "tiny", "clip", "cpu", "fp32", 42)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue the latest checkpoint in --run-dir, else in the newest run under "
                              "<output_dir>/runs")
     group = parser.add_argument_group("hyperparameters (defaults: SDXL character LoRA; 'tiny:' the tiny profile)")
-    sdxl, tiny = (default_train_config(p) for p in _HELP_PROFILES.values())
+    sdxl, tiny = (default_train_config(p) for p in _NAMED_PROFILES.values())
     for knob in knobs():
         if knob.name in SHARED_FLAGS:
             continue
@@ -65,22 +66,32 @@ def _show(value) -> str:
     return repr(value) if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def training_config(args: argparse.Namespace, profile: ModelProfile, trigger_token: str) -> TrainConfig:
-    """The profile's defaults, the analysis' trigger token, then every flag given; validated."""
+def training_config(args: argparse.Namespace, profile: ModelProfile, trigger_token: str, *,
+                    device_checks: bool = True) -> TrainConfig:
+    """The profile's defaults, the analysis' trigger token, then every flag given; validated (on the
+    profile's device too, unless ``device_checks`` is False: the device is not known yet)."""
     given = {k.name: getattr(args, k.name) for k in knobs() if k.name not in SHARED_FLAGS and hasattr(args, k.name)}
     config = default_train_config(profile).replace(trigger_token=trigger_token)
     config = config.replace(**given)
-    config.validate(profile)
+    config.validate(profile if device_checks else None)
     return config
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
+    analysis = _read_analysis(args, settings)
+    trigger = getattr(args, "trigger_token", None) or analysis.get("trigger_token") or settings.trigger_token
+    # A bad flag exits 2 before torch loads; what depends on the device (fp16 needs CUDA, ...) right after,
+    # and all of it before any file is touched.
+    training_config(args, _NAMED_PROFILES[settings.profile], trigger, device_checks=False)
+    from rich.markup import escape
+
+    from tools.images import list_images
+    from tools.models import resolve_profile
+    from tools.training.lora_files import latest_checkpoint
     from tools.training.trainer import train_lora
 
     profile = resolve_profile(settings)
-    analysis = _read_analysis(args, settings)
-    trigger = getattr(args, "trigger_token", None) or analysis.get("trigger_token") or settings.trigger_token
-    config = training_config(args, profile, trigger)  # exit 2 here, before any file is touched
+    config = training_config(args, profile, trigger)
     images = list_images(Path(settings.references))
     captions = analysis.get("captions") or {}
     fallback = f"{config.trigger_token}, {settings.character_name}"
@@ -169,6 +180,9 @@ def _run_dir(args: argparse.Namespace, settings: Settings) -> Path:
         return Path(args.run_dir)
     runs = Path(settings.output_dir) / "runs"
     if _flag(args, "resume"):
+        from tools.training.lora_files import latest_checkpoint
+
+
         candidates = sorted((d for d in runs.glob("*") if d.is_dir() and latest_checkpoint(d)),
                             key=lambda d: d.stat().st_mtime)
         if not candidates:

@@ -70,6 +70,10 @@ class ImageScore(TypedDict):
     feature_passes: dict[str, bool]
     ssim: float
     quality: float
+    reference_copy: bool  # nearly copies one reference (tools.scoring.copies)
+    copied_reference: str | None  # which one
+    copy_clip: NotRequired[float]  # its CLIP cosine and SSIM to that reference (copies only)
+    copy_ssim: NotRequired[float]
 
 
 class GeneratorSummary(TypedDict):
@@ -82,14 +86,16 @@ class GeneratorSummary(TypedDict):
     feature_pass_rate: dict[str, float]
     band: str
     variety: float | None
+    reference_copies: NotRequired[int]  # how many of its images nearly copy a reference (not in the ceiling)
 
 
 class RankingEntry(TypedDict):
-    rank: int
+    rank: int | None  # None: the generator's images copy references, ranked apart after the others
     generator: str
     quality: float
     quality_std: float
     band: str
+    reference_copy: NotRequired[bool]  # absent in reports written before copies were flagged
 
 
 class Ceiling(GeneratorSummary):
@@ -143,6 +149,13 @@ class Recommendation(TypedDict):
     feature: NotRequired[str]
 
 
+class ReferenceCopy(TypedDict):
+    path: str
+    copied_reference: str | None
+    copy_clip: float
+    copy_ssim: float
+
+
 class Feedback(TypedDict):
     schema: str
     created_at: str
@@ -156,6 +169,8 @@ class Feedback(TypedDict):
     ceiling_score: float | None
     needs_improvement: bool
     band: str | None
+    reference_copy: bool  # the LoRA's images copy references: memorised, score_gap None
+    reference_copies: list[ReferenceCopy]
     metric_gaps: dict[str, MetricGap]
     feature_gaps: list[FeatureGap]
     recommendations: list[Recommendation]

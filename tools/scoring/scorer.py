@@ -15,9 +15,13 @@ Per image (shapes in docs/ARCHITECTURE.md):
   256x256 size (gaussian weights, sigma 1.5, 11 px window, population
   covariance, data range 255); the max over references, clamped to 0..1.
 * quality = w_clip·clip + w_features·features + w_ssim·SSIM.
+* reference copy: CLIP cosine and SSIM to one same reference both at the
+  near-copy thresholds of ``tools.scoring.copies`` — a memorised reference.
 
 Generators get mean ± population std over their images and are ranked by mean
-quality. The ceiling is the same figures computed leave-one-out among the
+quality; a generator with a reference copy among its images is ranked apart,
+after the others and without a rank number, so a memorised picture never wins.
+The ceiling is the same figures computed leave-one-out among the
 references (each against the others, key features re-derived without it).
 """
 
@@ -33,6 +37,7 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from tools.scoring.copies import COPY_CLIP, COPY_SSIM, copies_text, is_reference_copy, memorised
 from tools.scoring.analyzer import (ImageSet, aggregate_categories, category_probabilities, embed_set, load_image_set,
                             load_references, now_iso, select_key_features, text_embeddings)
 from tools.atomic import atomic_write_json
@@ -62,6 +67,9 @@ METHOD = {
     "quality": "w_clip*clip + w_features*features + w_ssim*ssim; generators: mean and population std",
     "ceiling": "the same scores leave-one-out among the references",
     "variety": "per generator: mean pairwise 1 - cosine of its images' CLIP embeddings (null under 2 images)",
+    "reference_copy": f"an image whose CLIP cosine >= {COPY_CLIP} and SSIM >= {COPY_SSIM} to one same reference "
+                      "nearly copies it (memorised; copy_clip, copy_ssim); a generator with any such image is ranked "
+                      "apart (rank null), after the others",
 }
 
 
@@ -219,16 +227,15 @@ def score_generators(images: dict[str, list[Path] | ImageSet], references: Path,
                 for row in range(len(batch)):
                     scores = image_scores(cosines[row], feature_passes(probabilities, row, taxonomy, key_categories),
                                           structure[row], weights)
+                    scores.update(reference_copy(cosines[row], structure[row], reference_set.names))
                     rows.append({"generator": name, "path": str(image_set.paths[start + row]), **scores})
                 advance(len(batch))
 
     generators = {name: summarize([r for r in rows if r["generator"] == name], key_features) for name in generated}
     for name, chunks in embedded.items():
         generators[name]["variety"] = variety(torch.cat(chunks))
-    order = sorted(generators, key=lambda n: (-generators[n]["quality"]["mean"], n))
-    ranking = [{"rank": i + 1, "generator": n, "quality": generators[n]["quality"]["mean"],
-                "quality_std": generators[n]["quality"]["std"], "band": generators[n]["band"]}
-               for i, n in enumerate(order)]
+        generators[name]["reference_copies"] = sum(r["reference_copy"] for r in rows if r["generator"] == name)
+    ranking = rank_generators(generators)
     ceiling = reference_ceiling(reference_set, reference_embeddings, reference_luma, texts, taxonomy,
                                 key_features, key_categories, weights)
     return {"schema": SCHEMA, "created_at": now_iso(), "profile": profile.describe(), "model": encoder.model_id,
@@ -236,6 +243,33 @@ def score_generators(images: dict[str, list[Path] | ImageSet], references: Path,
             "reference_dir": str(references), "weights": dict(weights), "key_features": key_features,
             "key_feature_categories": key_categories,
             "method": METHOD, "images": rows, "generators": generators, "ranking": ranking, "ceiling": ceiling}
+
+
+def reference_copy(cosines: torch.Tensor, ssims: Sequence[float], names: Sequence[str]) -> dict:
+    """Which reference an image nearly copies (CLIP and SSIM to that same reference at the thresholds;
+    the closest such one) with the two figures, or ``copied_reference`` None."""
+    matches = [j for j in range(len(names)) if is_reference_copy(float(cosines[j]), float(ssims[j]))]
+    if not matches:
+        return {"reference_copy": False, "copied_reference": None}
+    j = max(matches, key=lambda k: float(cosines[k]) + float(ssims[k]))
+    return {"reference_copy": True, "copied_reference": names[j], "copy_clip": float(cosines[j]),
+            "copy_ssim": float(ssims[j])}
+
+
+def rank_generators(generators: dict[str, dict]) -> list[dict]:
+    """Generators by mean quality, those with reference copies after the rest and unranked (rank None):
+    a memorised reference scores near 1.0 and must not be taken for the best generator."""
+    def order(name: str) -> tuple:
+        return (memorised(generators[name]), -generators[name]["quality"]["mean"], name)
+
+    ranking, rank = [], 0
+    for name in sorted(generators, key=order):
+        copy = memorised(generators[name])
+        rank += 0 if copy else 1
+        ranking.append({"rank": None if copy else rank, "generator": name,
+                        "quality": generators[name]["quality"]["mean"], "quality_std": generators[name]["quality"]["std"],
+                        "band": generators[name]["band"], "reference_copy": copy})
+    return ranking
 
 
 def checkpoint_scorer(references: Path, profile: ModelProfile, analysis: dict, weights: dict[str, float]):
@@ -312,7 +346,9 @@ def build_feedback(report: ComparisonReport, lora_generator: str = "lora") -> Fe
         raise InputError(f"the comparison has no generator named {lora_generator!r} "
                          f"(it has: {', '.join(generators)})", "name the LoRA's images lora=PATH or pass --lora NAME")
     lora = generators[lora_generator]
-    competitors = [r["generator"] for r in report["ranking"] if r["generator"] != lora_generator]
+    # A competitor that copies the references is no target to chase; the ranking lists it last anyway.
+    competitors = [r["generator"] for r in report["ranking"]
+                   if r["generator"] != lora_generator and not memorised(generators[r["generator"]])]
     best = competitors[0] if competitors else None
     rival = generators[best] if best else None
     ceiling = report["ceiling"]
@@ -321,6 +357,11 @@ def build_feedback(report: ComparisonReport, lora_generator: str = "lora") -> Fe
     ceiling_score = ceiling["quality"]["mean"] if ceiling else None
     target_score, against = ((competitor_score, best) if rival else
                              (ceiling_score, "ceiling") if ceiling else (None, None))
+    copies = [row for row in report.get("images") or [] if row["generator"] == lora_generator and row.get("reference_copy")]
+    lora_copies = memorised(lora)
+    # A memorised LoRA is not "ahead of" anyone: its score measures the copy, not the character.
+    if lora_copies:
+        target_score = against = None
     score_gap = target_score - lora_score if target_score is not None else None
 
     metric_gaps, recommendations = {}, []
@@ -360,15 +401,30 @@ def build_feedback(report: ComparisonReport, lora_generator: str = "lora") -> Fe
                        f"{other:.0%} for {source} (gap: {item['gap']:.3f}) — keep it in the training captions "
                        f"and prompts"})
     recommendations.sort(key=lambda r: (PRIORITY_ORDER[r["priority"]], -r["gap"]))
+    if lora_copies:
+        recommendations.insert(0, _memorisation_recommendation(lora, copies))
     lora_band = band(lora_score)
     return {"schema": FEEDBACK_SCHEMA, "created_at": now_iso(), "profile": report["profile"],
             "lora_generator": lora_generator, "lora_score": lora_score, "best_competitor": best,
             "competitor_score": competitor_score, "score_gap": score_gap, "compared_against": against,
             "ceiling_score": ceiling_score,
-            "needs_improvement": bool((score_gap is not None and score_gap > NO_GAP)
+            "needs_improvement": bool(lora_copies or (score_gap is not None and score_gap > NO_GAP)
                                       or lora_band in ("average", "poor")),
-            "band": lora_band, "metric_gaps": metric_gaps, "feature_gaps": feature_gaps,
+            "band": lora_band, "reference_copy": lora_copies,
+            "reference_copies": [{"path": row["path"], "copied_reference": row.get("copied_reference"),
+                                  "copy_clip": row.get("copy_clip"), "copy_ssim": row.get("copy_ssim")}
+                                 for row in copies], "metric_gaps": metric_gaps, "feature_gaps": feature_gaps,
             "recommendations": recommendations}
+
+
+def _memorisation_recommendation(lora: dict, copies: list[dict]) -> dict:
+    """The first recommendation when the LoRA's images copy references; gap = the share of copied images."""
+    count = lora.get("reference_copies") or len(copies)
+    total = lora.get("count") or count
+    return {"area": "memorisation", "priority": "high", "gap": count / total, "against": "references",
+            "message": f"Reference copy — memorised: {copies_text(count, total, copies)}; the LoRA's score "
+                       "measures the copy, not the character, so it is not ranked — train fewer steps at a lower "
+                       "learning rate, or lower lora_scale"}
 
 
 def _pick_gap(vs_competitor: float | None, competitor: str | None,

@@ -49,7 +49,7 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"taxonomy file {path} does not exist",
-                         "pass --taxonomy FILE, or drop the flag to use the bundled examples/aldar_kose/taxonomy.json")
+                         "pass --taxonomy FILE, or drop the flag to use the bundled Aldar Köse taxonomy")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -3,12 +3,15 @@
     python -m tools.world.build                  # every stage in order (about 1.7 hours of one CPU core)
     python -m tools.world.build --stage clip     # one stage (see below for which may run side by side)
     python -m tools.world.build --export         # write fp16 weights from the latest checkpoints
+    python -m tools.world.build --seed-from-weights --cache DIR   # start from the committed weights: only
+                                                 # the second passes (retune2, decoder2) train
 
 Stages: ``data`` (render the splits) → ``tokenizer`` → ``clip`` and ``vae`` side by side. The CLIP locks
 its text tower at ``text_lock_step`` and the VAE its encoder at ``encoder_lock_step``; from then on
 ``unet`` can train on the final encoders while the CLIP's image tower and the VAE's decoder go on, and
 ``vision`` (the image tower alone, after ``clip``; then ``hardneg``, with hard-negative captions) and ``decoder`` (the VAE's decoder alone, after ``vae``)
-beside it. Each training stage checkpoints model,
+beside it; then ``retune``/``retune2`` (the UNet on the final text tower, then with SDXL's varied original
+sizes and offset noise) and ``decoder2``. Each training stage checkpoints model,
 optimizer and step every few minutes into the cache folder (``$ALDAR_CACHE/world-build``, default
 ``~/.cache/aldar/world-build``; never committed) and on Ctrl-C; a rerun
 continues from the checkpoint. Batches and noise are pure functions of (seed, step), so a resumed run
@@ -87,12 +90,31 @@ class Recipe:
     textneg_lr: float = 3e-4
     retune_steps: int = 2_000
     retune_lr: float = 1e-4
+    # Second passes, after the first build was measured: the UNet again (SDXL's micro-conditioning, below)
+    # and the decoder longer (22.9 dB was blurry). They continue the stages before them, so they can also
+    # start from the committed weights (``--seed-from-weights``) instead of a rebuild.
+    retune2_steps: int = 3_000
+    retune2_lr: float = 1e-4
+    # SDXL's micro-conditioning: SDXL was trained on pictures of many original sizes, so a LoRA trainer
+    # conditions on each reference's own size (kohya and diffusers do). The first UNet passes saw only 64 px,
+    # so a 512 px reference put the base off its training distribution and the LoRA learnt noise; retune2
+    # conditions on random original sizes (of the same 64 px pictures) so that the base takes them in stride.
+    retune2_original_sizes: tuple[int, ...] = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
+    # SDXL was fine-tuned with offset noise, and LoRA trainers default to it (kohya's 0.0357 for SDXL, ours
+    # too): the toy base learns it as well, so a LoRA's first steps do not go into relearning brightness.
+    retune2_noise_offset: float = 0.0357
+    decoder2_steps: int = 1_500
+    decoder2_lr: float = 3e-4
     unet_steps: int = 5_000
     unet_batch: int = 32
     unet_lr: float = 4e-4
     caption_dropout: float = 0.1  # empty captions teach the UNet the unconditional score (guidance)
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
+
+
+# Where a second pass's batch (and noise) seeds start, so that it does not replay its first pass.
+SECOND_PASS_SEED_OFFSET = 1_000_003
 
 
 def clip_config(vocab_size: int, bos: int, eos: int):
@@ -183,12 +205,15 @@ STAGE_RECIPE_FIELDS = {"clip": ("text_lock_step",), "vae": ("encoder_lock_step",
                        "retune": ("unet_steps", "unet_batch", "unet_lr", "caption_dropout", "min_snr_gamma",
                                   "ema_decay", "text_lock_step", "encoder_lock_step", "textneg_steps", "textneg_lr"),
                        "unet": ("caption_dropout", "min_snr_gamma", "ema_decay", "text_lock_step", "encoder_lock_step")}
+# A second pass depends on what its first pass depended on, and on the first pass itself.
+STAGE_RECIPE_FIELDS["retune2"] = (*STAGE_RECIPE_FIELDS["retune"], "retune_steps", "retune_lr")
+STAGE_RECIPE_FIELDS["decoder2"] = (*STAGE_RECIPE_FIELDS["decoder"], "decoder_steps", "decoder_lr")
 
 
 def _recipe_key(recipe: Recipe, stage: str) -> dict:
     """The recipe fields a stage's checkpoint depends on: its own, the seed, and those of its inputs."""
     return {k: v for k, v in asdict(recipe).items()
-            if k.startswith(stage) or k == "seed" or k in STAGE_RECIPE_FIELDS.get(stage, ())}
+            if k.startswith(stage + "_") or k == "seed" or k in STAGE_RECIPE_FIELDS.get(stage, ())}
 
 
 class Trainer:
@@ -282,7 +307,7 @@ def stage_data(build: Build) -> None:
 
 def tokenizer_corpus(build: Build) -> list[str]:
     """The world's captions, the taxonomy's phrases in the analyzer's templates, and the product's prompts."""
-    from tools.settings import Settings
+    from tools.settings import BUNDLED_TAXONOMY, Settings
     from tools.scoring.taxonomy import load_taxonomy
 
     rng = random.Random(build.recipe.seed)
@@ -291,7 +316,7 @@ def tokenizer_corpus(build: Build) -> list[str]:
     for character in split.characters[:20_000]:
         texts.append(tag_caption(character, rng, keep=1.0))
         texts.append(sentence_caption(character, rng))
-    taxonomy = load_taxonomy(Path(__file__).resolve().parents[2] / "examples" / "aldar_kose" / "taxonomy.json")
+    taxonomy = load_taxonomy(BUNDLED_TAXONOMY)
     for descriptions in ATTRIBUTES.values():
         for description in descriptions:
             texts += taxonomy.fill(description) * 50
@@ -496,21 +521,38 @@ def edge_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def stage_decoder(build: Build) -> None:
     """Go on training the VAE's decoder alone on the locked encoder's latents, with an edge term."""
+    _train_decoder(build, "decoder", after="vae")
+
+
+def stage_decoder2(build: Build) -> None:
+    """A second, longer decoder pass (its own batches): 22.9 dB after the first was still blurry."""
+    _train_decoder(build, "decoder2", after="decoder")
+
+
+def _require_finished(build: Build, stage: str) -> dict:
+    state = torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)
+    total = getattr(build.recipe, f"{stage}_steps")
+    if state["step"] < total:
+        raise RuntimeError(f"the {stage} stage is at step {state['step']} of {total}: finish it first")
+    return state
+
+
+def _train_decoder(build: Build, stage: str, after: str) -> None:
     recipe = build.recipe
-    first = torch.load(build.checkpoint_path("vae"), map_location="cpu", weights_only=False)
-    if first["step"] < recipe.vae_steps:
-        raise RuntimeError(f"the vae stage is at step {first['step']} of {recipe.vae_steps}: finish it first")
+    _require_finished(build, after)
     split = build.load_split("train")
-    vae = load_trained_vae(build, stage="vae")
+    vae = load_trained_vae(build, stage=after)
     vae.train()
     for part in ENCODER_PARTS:
         getattr(vae, part).requires_grad_(False)
     trainable = [p for p in vae.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=recipe.decoder_lr, weight_decay=0.0)
-    trainer = Trainer(build, "decoder", {"vae": vae}, optimizer, recipe.decoder_steps, recipe.decoder_lr, warmup=50)
+    lr, steps = getattr(recipe, f"{stage}_lr"), getattr(recipe, f"{stage}_steps")
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    trainer = Trainer(build, stage, {"vae": vae}, optimizer, steps, lr, warmup=50)
+    offset = SECOND_PASS_SEED_OFFSET if stage.endswith("2") else 0
 
     def step(index: int) -> torch.Tensor:
-        seed = recipe.seed * 130363 + index
+        seed = recipe.seed * 130363 + offset + index
         rows = np.random.default_rng(seed).choice(len(split), recipe.vae_batch, replace=False)
         x = to_unit_range(split.pixels[rows])
         with torch.no_grad():
@@ -525,7 +567,7 @@ def load_trained_vae(build: Build, encoder_only: bool = False, stage: str | None
     """The VAE with the locked encoder and its scaling; the decoder from the latest checkpoint (the decoder
     stage's when it has one) unless ``encoder_only`` (the UNet stage needs only latents)."""
     vae = new_vae()
-    stage = stage or ("decoder" if build.checkpoint_path("decoder").is_file() else "vae")
+    stage = stage or next(s for s in ("decoder2", "decoder", "vae") if build.checkpoint_path(s).is_file())
     if not encoder_only:
         vae.load_state_dict(torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)["modules"]["vae"])
     locked = torch.load(build.cache / "vae_encoder.pt", map_location="cpu", weights_only=False)
@@ -604,14 +646,25 @@ def stage_unet(build: Build) -> None:
     _train_unet(build, "unet", clip_model, tokenizer, init=None)
 
 
+# Which CLIP stage's text tower each UNet stage trains on (and so which the exported pipeline must carry).
+UNET_TEXT_TOWER = {"retune2": "textneg", "retune": "textneg", "unet": "clip"}
+
+
 def stage_retune(build: Build) -> None:
     """Fine-tune the UNet (from the unet stage's EMA) on the text tower of the textneg stage."""
-    previous = torch.load(build.checkpoint_path("textneg"), map_location="cpu", weights_only=False)
-    if previous["step"] < build.recipe.textneg_steps:
-        raise RuntimeError("finish the textneg stage first")
-    clip_model, tokenizer = load_trained_clip(build, "textneg")
-    init = torch.load(build.checkpoint_path("unet"), map_location="cpu", weights_only=False)["modules"]["ema"]
-    _train_unet(build, "retune", clip_model, tokenizer, init=init)
+    _retune(build, "retune", after="unet")
+
+
+def stage_retune2(build: Build) -> None:
+    """Fine-tune the UNet again (from retune's EMA, same text tower) with SDXL's varied micro-conditioning."""
+    _retune(build, "retune2", after="retune")
+
+
+def _retune(build: Build, stage: str, after: str) -> None:
+    _require_finished(build, UNET_TEXT_TOWER[stage])
+    clip_model, tokenizer = load_trained_clip(build, UNET_TEXT_TOWER[stage])
+    init = _require_finished(build, after)["modules"]["ema"]
+    _train_unet(build, stage, clip_model, tokenizer, init=init)
 
 
 def _train_unet(build: Build, stage: str, clip_model, tokenizer, init: dict | None) -> None:
@@ -645,10 +698,12 @@ def _train_unet(build: Build, stage: str, clip_model, tokenizer, init: dict | No
     lr, steps = getattr(recipe, f"{stage}_lr"), getattr(recipe, f"{stage}_steps")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     trainer = Trainer(build, stage, {"unet": unet, "ema": ema}, optimizer, steps, lr, warmup=200 if init is None else 50)
-    time_ids = torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]], dtype=torch.float32)
+    original_sizes = getattr(recipe, f"{stage}_original_sizes", (RESOLUTION,))
+
+    offset = SECOND_PASS_SEED_OFFSET if stage.endswith("2") else 0
 
     def step(index: int) -> torch.Tensor:
-        seed = recipe.seed * 15485863 + index
+        seed = recipe.seed * 15485863 + offset + index
         rng = random.Random(seed)
         generator = torch.Generator().manual_seed(seed)
         rows = torch.from_numpy(np.random.default_rng(seed).choice(len(split), recipe.unet_batch, replace=False))
@@ -657,11 +712,17 @@ def _train_unet(build: Build, stage: str, clip_model, tokenizer, init: dict | No
         captions = ["" if rng.random() < recipe.caption_dropout else
                     tag_caption(split.characters[int(r)], rng, keep=rng.uniform(0.5, 1.0)) for r in rows]
         prompt_embeds, pooled = encode_captions(encoder_2, tokenizer, captions)
+        # (original height, width, crop top, left, target height, width) per picture, as SDXL's add_time_ids
+        time_ids = torch.tensor([[rng.choice(original_sizes), rng.choice(original_sizes), 0, 0, RESOLUTION, RESOLUTION]
+                                 for _ in rows], dtype=torch.float32)
         noise = torch.randn(latents.shape, generator=generator)
+        offset_noise = getattr(recipe, f"{stage}_noise_offset", 0.0)
+        if offset_noise:  # per picture and channel, as kohya's and diffusers' noise_offset
+            noise = noise + offset_noise * torch.randn((len(rows), noise.shape[1], 1, 1), generator=generator)
         timesteps = torch.randint(0, 1000, (len(rows),), generator=generator)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         pred = unet(noisy, timesteps, encoder_hidden_states=prompt_embeds,
-                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.repeat(len(rows), 1)}).sample
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
         # Min-SNR-γ weighting (Hang et al. 2023) for epsilon prediction: min(SNR, γ) / SNR.
         weight = torch.clamp(snr[timesteps], max=recipe.min_snr_gamma) / snr[timesteps]
         return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
@@ -693,9 +754,10 @@ def export(build: Build) -> list[str]:
     build.weights.mkdir(parents=True, exist_ok=True)
     if not build.checkpoint_path("clip").is_file():
         return written
-    clip_model, tokenizer = load_trained_clip(build)
+    unet_stage = next((s for s in UNET_TEXT_TOWER if build.checkpoint_path(s).is_file()), "unet")
+    # The scorer's CLIP and the pipeline's text encoders are one tower: the one the exported UNet trained on
+    clip_model, tokenizer = load_trained_clip(build, UNET_TEXT_TOWER[unet_stage] if unet_stage != "unet" else None)
     locked = build.cache / "text_tower.pt"
-    unet_stage = "retune" if build.checkpoint_path("retune").is_file() else "unet"
     if unet_stage == "unet" and locked.is_file():  # the pipeline's text encoders must be the ones the UNet trained on
         state = torch.load(locked, map_location="cpu", weights_only=False)
         for part in TEXT_TOWER_PARTS:
@@ -728,17 +790,56 @@ def export(build: Build) -> list[str]:
     if log_path.is_file():
         log = json.loads(log_path.read_text())
         log["recipe"] = asdict(build.recipe)
-        for stage in ("clip", "vision", "hardneg", "textneg", "vae", "decoder", "unet", "retune"):
+        for stage in TRAINING_STAGES:
             if build.checkpoint_path(stage).is_file():
                 state = torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)
-                log.setdefault(stage, {}).update(steps_done=state["step"], cpu_minutes=round(state["cpu_seconds"] / 60, 1))
+                if not state.get("seeded_from_weights"):
+                    log.setdefault(stage, {}).update(steps_done=state["step"],
+                                                     cpu_minutes=round(state["cpu_seconds"] / 60, 1))
         atomic_write_json(build.weights / "build_log.json", log)
     return written
 
 
 STAGES = {"data": stage_data, "tokenizer": stage_tokenizer, "clip": stage_clip, "vae": stage_vae, "unet": stage_unet,
           "vision": stage_vision, "decoder": stage_decoder, "hardneg": stage_hardneg, "textneg": stage_textneg,
-          "retune": stage_retune}
+          "retune": stage_retune, "retune2": stage_retune2, "decoder2": stage_decoder2}
+TRAINING_STAGES = [name for name in STAGES if name not in ("data", "tokenizer")]
+
+
+def seed_from_weights(build: Build) -> list[str]:
+    """Start a cache from the committed fp16 weights instead of the 1.7-hour rebuild: they become the
+    finished states of the stages that made them (through ``retune`` and ``decoder``), so the second passes
+    can run on them. Their result is then not bit-identical to a rebuild from seeds (the fp16 rounding of
+    the committed states); the build log says so. Returns the stages marked finished."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel
+
+    if any(build.checkpoint_path(s).is_file() for s in TRAINING_STAGES):
+        raise RuntimeError(f"{build.cache} already holds checkpoints: seed an empty cache folder")
+    stage_data(build)
+    tokenizer = json.loads((build.weights / "clip" / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    build.tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["merges"]]
+    atomic_write_json(build.tokenizer_dir / "vocab.json", tokenizer["vocab"])
+    (build.tokenizer_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{m}\n" for m in merges), encoding="utf-8")
+    clip = CLIPModel.from_pretrained(build.weights / "clip", torch_dtype=torch.float32).state_dict()
+    vae = AutoencoderKL.from_pretrained(build.weights / "sdxl" / "vae", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(build.weights / "sdxl" / "unet", torch_dtype=torch.float32).state_dict()
+    _save_checkpoint(build.cache / "vae_encoder.pt", {"scaling_factor": vae.config.scaling_factor,
+                                                      **{p: getattr(vae, p).state_dict() for p in ENCODER_PARTS}})
+    modules = {"textneg": {"model": clip}, "decoder": {"vae": vae.state_dict()}, "retune": {"unet": unet, "ema": unet}}
+    seeded = ["clip", "vision", "hardneg", "textneg", "vae", "decoder", "unet", "retune"]
+    for stage in seeded:
+        _save_checkpoint(build.checkpoint_path(stage), {
+            "recipe": _recipe_key(build.recipe, stage), "step": getattr(build.recipe, f"{stage}_steps"),
+            "cpu_seconds": 0.0, "losses": [], "optimizer": None, "modules": modules.get(stage, {}),
+            "seeded_from_weights": True})
+    log_path = build.weights / "build_log.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    log["seeded_from_weights"] = (f"stages {', '.join(seeded)} were taken from the committed fp16 weights; "
+                                  "the stages after them trained on those")
+    atomic_write_json(build.cache / "build_log.json", log)
+    return seeded
 
 
 def default_cache() -> Path:
@@ -752,13 +853,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", action="store_true", help="only write fp16 weights from the latest checkpoints")
     parser.add_argument("--cache", type=Path, default=default_cache(), help="checkpoints and rendered splits")
     parser.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="where the fp16 weights go")
+    parser.add_argument("--seed-from-weights", action="store_true",
+                        help="start an empty cache from the committed weights (the first passes), then go on")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     build = Build(args.cache, Recipe(), args.weights)
     try:
+        if args.seed_from_weights:
+            build.log("seed", f"marked {', '.join(seed_from_weights(build))} finished from {build.weights}")
         if not args.export:
             for name in (STAGES if args.stage == "all" else [args.stage]):
-                if name in ("clip", "vae", "unet", "vision", "decoder", "hardneg", "textneg", "retune") and args.stage == "all":
+                if name in TRAINING_STAGES and args.stage == "all":
                     state = build.checkpoint_path(name)
                     if state.is_file() and torch.load(state, weights_only=False)["step"] >= getattr(build.recipe, f"{name}_steps"):
                         continue
