@@ -91,9 +91,9 @@ class Repl:
     def round_number(self) -> int:
         """The round in progress, else the next one (without opening the results folder)."""
         if self._session is None:
-            from agent.store import peek_round_count
+            from agent.store import peek_history
 
-            return peek_round_count(self.settings.output_dir) + 1
+            return len(peek_history(self.settings.output_dir)["rounds"]) + 1
         current = self._session.current
         return current.number if current is not None else self._session.next_round_number
 
@@ -342,10 +342,14 @@ class Repl:
                 ["llm", describe_endpoint(s)], ["llm_thinking", str(s.llm_thinking)],
                 ["llm_max_steps", str(s.llm_max_steps)], ["llm_timeout_s", f"{s.llm_timeout_s:g}"]]
         rows += [[name, mask(api_key(name))] for name in KEY_NAMES]
-        try:  # what /help promises, before any round ran too (it opens the results folder)
-            rows.append(["next round params", render.params_text(self.session.params)])
-        except AldarError as error:
-            rows.append(["next round params", f"unknown: {error.problem}"])
+        # What /help promises, before any round ran too; without opening (locking) the folder or loading torch.
+        if self._session is not None:
+            params = self._session.params
+        else:
+            from agent.session import planned_params
+
+            params = planned_params(self.settings)
+        rows.append(["next round params", render.params_text(params)])
         self.ui.table("configuration", ["setting", "value"], [[escape(a), escape(str(b))] for a, b in rows])
 
     def cmd_doctor(self, args: list[str]) -> None:

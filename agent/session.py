@@ -101,12 +101,7 @@ class Session:
         except InputError:
             self.store.close()
             raise
-        rounds = self.store.rounds
-        # The original system's history (a bare list of rounds) has no next_params: start from the defaults.
-        self.params: dict = dict((rounds[-1].get("next_params") if rounds else None) or self.default_params)
-        interrupted = self.store.data.get("in_progress") or {}
-        if interrupted.get("params"):  # resume with what the interrupted round trained with (checkpoints match)
-            self.params = dict(interrupted["params"])
+        self.params: dict = starting_params(self.store.data, self.default_params)
         self.analysis: Analysis | None = None
         self.current: RoundState | None = None
         self.competitors: list[str] = list(settings.competitors)
@@ -491,9 +486,30 @@ def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
                          "pass --output-dir DIR for a new results folder, or the same models to resume")
 
 
+def starting_params(history: dict, defaults: dict) -> dict:
+    """The parameters the next round trains with: the interrupted round's (its checkpoints match them),
+    else the last finished round's ``next_params``, else ``defaults`` (the original system's history,
+    a bare list of rounds, has no next_params)."""
+    interrupted = history.get("in_progress") or {}
+    if interrupted.get("params"):
+        return dict(interrupted["params"])
+    rounds = history.get("rounds") or []
+    return dict((rounds[-1].get("next_params") if rounds else None) or defaults)
+
+
+def planned_params(settings: Settings) -> dict:
+    """``starting_params`` of the results folder without opening it: no lock, no torch (the chat's /config
+    before a session exists). The knobs' defaults depend on the profile's name only, so a stand-in profile
+    (no device detection) gives the same ones."""
+    from agent.store import peek_history
+
+    stand_in = ModelProfile(settings.profile, settings.base_model, settings.clip_model, "cpu", "fp32", settings.seed)
+    return starting_params(peek_history(settings.output_dir), default_params(stand_in))
+
+
 def default_params(profile: ModelProfile) -> dict:
     """The trainer's defaults for ``profile`` plus the knobs the agent adds on top."""
-    from tools.training.trainer import default_train_config
+    from tools.training.config import default_train_config  # the dataclass alone: no torch
 
     config = dataclasses.asdict(default_train_config(profile))
     params = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}

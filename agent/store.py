@@ -119,16 +119,19 @@ def _now() -> str:
     return iso_timestamp()
 
 
-def peek_round_count(root: str | Path) -> int:
-    """How many rounds the history in ``root`` holds, read without taking the lock (what the chat's
-    prompt shows before it opens the folder). The file is replaced by rename, so a read sees a whole
-    version; an unreadable or missing history counts as none."""
+def peek_history(root: str | Path) -> dict[str, Any]:
+    """The history in ``root`` read without taking the lock (what the chat shows before it opens the
+    folder): ``{"rounds": [...], "in_progress": ... | None}``. The file is replaced by rename, so a read
+    sees a whole version; a missing or unreadable history reads as no rounds."""
     try:
         data = json.loads((Path(root) / HISTORY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return 0
-    rounds = data.get("rounds") if isinstance(data, dict) else data  # a bare list: the original system's
-    return len(rounds) if isinstance(rounds, list) else 0
+        data = {}
+    if isinstance(data, list):  # the original system's bare list of rounds
+        data = {"rounds": data}
+    if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
+        data = {}
+    return {"rounds": data.get("rounds") or [], "in_progress": data.get("in_progress")}
 
 
 class RunStore:
