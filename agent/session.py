@@ -232,7 +232,8 @@ class Session:
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted,
-                       "resumed_from_step": resumed_from, "checkpoint_scores": result.checkpoint_scores, "chosen_checkpoint": result.chosen_checkpoint}
+                       "resumed_from_step": resumed_from, "checkpoint_scores": result.checkpoint_scores,
+                       "chosen_checkpoint": result.chosen_checkpoint}
         state.images = state.report = state.feedback = None  # they came from the previous LoRA
         chosen = result.chosen_checkpoint or {}
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "

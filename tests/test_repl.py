@@ -246,6 +246,8 @@ def test_train_generate_score_then_train_records_the_round_and_trains_the_next(t
 
     from rich.console import Console
 
+    from agent import render
+
     settings = tiny_settings.replace(images_per_prompt=1, competitors=[])
     results = Path(settings.output_dir)
     out = io.StringIO()
@@ -265,8 +267,9 @@ def test_train_generate_score_then_train_records_the_round_and_trains_the_next(t
     (first,) = json.loads((results / "training_history.json").read_text())["rounds"]
     assert first["round"] == 1 and first["params"]["steps"] == 10 and first["decided_by"] == "user"
     assert first["decision"]["adjustments"] == {"steps": 12, "rank": 4}
-    assert first["rationale"].startswith("set by hand with /train (steps=12 rank=4); round 2 trains with steps=12 ")
-    assert "rank=4" in first["rationale"] and "{}" not in first["rationale"]
+    assert first["next_params"]["steps"] == 12 and first["next_params"]["rank"] == 4
+    assert first["rationale"] == ("set by hand with /train (steps=12 rank=4); round 2 trains with "
+                                  + render.params_text(first["next_params"]))  # the knobs that ran, not "{}"
     assert repl.prompt_text() == "aldar (tiny, round 2)> "
 
     out.truncate(0)
@@ -334,7 +337,13 @@ def test_config_shows_the_next_round_params_and_a_slash_only_chat_is_saved(tiny_
     assert Repl(tiny_settings, ui).run_once("/config") == 0
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.getvalue().splitlines()
             if line.count("│") == 3}
-    assert re.match(r"steps=\d+ learning_rate=\S+ rank=\d+", rows["next round params"])  # before any /auto
+    from agent.render import params_text
+    from agent.session import default_params
+    from tools.models import resolve_profile
+
+    # before any /auto: the profile's defaults, as the first round will train with them
+    assert rows["next round params"] == params_text(default_params(resolve_profile(tiny_settings)))
+    assert "steps" in rows["next round params"] and "learning_rate" in rows["next round params"]
     assert rows["references"] == tiny_settings.references
 
     (transcript,) = (Path(tiny_settings.output_dir) / "chat").glob("transcript_*.json")
