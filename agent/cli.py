@@ -89,9 +89,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     A command's flags can cost imports (``generate`` lists the providers, ``train`` the trainer's
     knobs); ``--version``, ``--help`` and one command's argument errors should not pay for all of them.
     The command modules themselves import nothing heavy: that waits for their ``run``.
+    allow_abbrev=False everywhere: ``--round 2`` must not silently mean ``--rounds 2``.
     """
     parser = argparse.ArgumentParser(
-        prog="aldar",
+        prog="aldar", allow_abbrev=False,
         description="Train an SDXL LoRA of one character, pit it against hosted generators, score everyone "
                     "against the reference pictures and let an agent decide the next training round.")
     from tools import __version__
@@ -101,11 +102,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
         sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP,
-                                  formatter_class=HelpFormatter)
+                                  formatter_class=HelpFormatter, allow_abbrev=False)
         if argv is None or module.NAME == named:
             module.add_arguments(sub)
             add_settings_flags(sub)
-        sub.set_defaults(handler=module.run)
+        sub.set_defaults(handler=module.run, command_parser=sub)
     return parser
 
 
@@ -113,6 +114,17 @@ def _command_word(argv: Sequence[str]) -> str | None:
     """The subcommand argparse will pick: the first word that is not an option (the top level takes
     no option with a value, and argparse never abbreviates subcommand names)."""
     return next((word for word in argv if not word.startswith("-")), None)
+
+
+def refuse_unknown_arguments(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """Exit 2 with ``parser``'s usage, naming the unknown arguments and the closest flag of ``parser``."""
+    import difflib
+
+    flags = [option for action in parser._actions for option in action.option_strings]
+    typed = next((word.partition("=")[0] for word in unknown if word.startswith("--")), "")
+    close = difflib.get_close_matches(typed, flags, n=1) if typed else []
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_log_redaction()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would blame the top-level usage; the mistyped flag belongs to the subcommand
+        refuse_unknown_arguments(getattr(args, "command_parser", None) or parser, unknown)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

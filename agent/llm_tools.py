@@ -273,10 +273,10 @@ class SessionTools(RoundTools):
     def train_lora(self, **knobs: Any) -> dict:
         """Train the LoRA for the next round (asks the user first). Optional knob arguments adjust the parameters first."""
         session = self.session
-        if not self.confirm(f"Train round {session.next_round_number}'s LoRA now?"):
+        if not self.confirm(f"Train round {session.training_round_number}'s LoRA now?"):
             return {"ok": False, "error": "the user declined training; do not ask again this turn"}
         adjustments = given_knobs(knobs)
-        session.finish_scored_round(Decision(adjustments, "adjusted in chat", self.decided_by))
+        session.finish_scored_round_before_training(adjustments, "adjusted in chat", self.decided_by)
         applied, notes = session.apply(adjustments)
         result = session.train()
         chosen = {k: _round3(v) for k, v in (result.get("chosen_checkpoint") or {}).items()} or None

@@ -7,6 +7,7 @@ same figures the same way. Numbers: three decimals, ``mean ± std``, "—" for a
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -188,15 +189,27 @@ def checkpoint_choice(train: RoundTrain) -> Table | None:
 
 
 def history_table(history: list[RoundRecord]) -> Table:
+    """One short row per finished round; the decision texts are long, so ``show_history`` prints them
+    under the table, one line each (the report and training_history.json keep them whole)."""
     rows = []
     for record in history:
         params = record.get("params") or {}
         rows.append([str(record.get("round")), number(record.get("lora_score")), str(record.get("band") or ""),
                      str(record.get("best_competitor") or MISSING), number(record.get("score_gap")),
                      f"{params.get('steps')} / {params.get('learning_rate')} / {params.get('rank')}",
-                     str(record.get("decided_by") or ""), str(record.get("rationale") or "")[:120]])
-    return Table("rounds", ["round", "LoRA", "band", "best competitor", "gap", "steps / lr / rank", "decided by", "why"],
-                 rows)
+                     str(record.get("decided_by") or "")])
+    return Table("rounds", ["round", "LoRA", "band", "best rival", "gap", "steps / lr / rank", "decided by"], rows,
+                 caption="gap: the best rival's score minus the LoRA's")
+
+
+def decision_lines(history: list[RoundRecord], width: int) -> list[str]:
+    """``round N → <why the next round changed>``, each cut at a word to ``width`` columns with "…"."""
+    lines = []
+    for record in history:
+        head = f"round {record.get('round')} → "
+        why = " ".join(str(record.get("rationale") or MISSING).split())
+        lines.append(head + textwrap.shorten(why, max(width - len(head), 20), placeholder=" …"))
+    return lines
 
 
 def analysis_table(analysis: Analysis) -> Table:
@@ -240,6 +253,12 @@ def show(ui: "UI", table: Table) -> None:
     ui.table(table.title, table.columns, rows, caption=escape(table.caption) if table.caption else None)
     for note in table.notes:
         ui.warn(escape(note))
+
+
+def show_history(ui: "UI", history: list[RoundRecord]) -> None:
+    show(ui, history_table(history))
+    for line in decision_lines(history, ui.console.width - 1):  # -1: a full-width line would wrap in some terminals
+        ui.info(escape(line))
 
 
 def show_feedback(ui: "UI", feedback: Feedback) -> None:

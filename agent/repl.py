@@ -15,7 +15,6 @@ import logging
 import os
 import shlex
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,20 +26,20 @@ from rich.markup import escape
 
 from agent import render
 from agent.llm_client import KEY_HELP, describe_endpoint, resolve_endpoint
-from agent.decision import Decision
 from agent.knobs import NAMES as KNOBS
 from agent.knobs import knob_completions, parse_knob_arguments
 from agent.llm_tools import SessionTools, explain_features, latest_feedback
 from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
 from agent.ui import UI
-from tools.atomic import atomic_write_json
+from tools.atomic import atomic_write_json, unused_path
 from tools.errors import AldarError, ConfigError, InputError
 from tools.secrets import KEY_NAMES, api_key, mask, redact
 from tools.settings import Settings
+from tools.timestamps import iso_timestamp, timestamp
 
 log = logging.getLogger(__name__)
-PROMPT = "aldar> "
 CONTINUATION = "...    "
+EXIT_CODES = {"ok": 0, "declined": 1, "failed": 2}  # `aldar chat -m`: how the one action ended
 NO_LLM_LINE = ("chat needs an LLM: " + KEY_HELP + ". Slash commands work without one — type /help.")
 
 
@@ -62,7 +61,11 @@ class Repl:
         self._session = None
         self.loop: ChatLoop | None = None
         self.model = ""
-        self.started = time.strftime("%Y%m%d_%H%M%S")
+        self.started = timestamp()
+        self.started_at = iso_timestamp()
+        self.inputs: list[dict] = []  # every line typed, for the transcript (chat text and slash commands)
+        self.transcript_path: Path | None = None  # chosen at the first save
+        self.outcome = "ok"  # of the input being handled: ok, declined (the user said no) or failed
         self.commands = {c.name: c for c in self._command_table()}
         self.aliases = {"exit": "quit", "q": "quit", "?": "help"}
 
@@ -84,26 +87,50 @@ class Repl:
             self._session.close()
             self._session = None
 
+    @property
+    def round_number(self) -> int:
+        """The round in progress, else the next one (without opening the results folder)."""
+        if self._session is None:
+            from agent.store import peek_history
+
+            return len(peek_history(self.settings.output_dir)["rounds"]) + 1
+        current = self._session.current
+        return current.number if current is not None else self._session.next_round_number
+
+    def prompt_text(self) -> str:
+        return f"aldar ({self.settings.profile}, round {self.round_number})> "
+
     # ------------------------------------------------------------------ one line of input
     def handle(self, line: str) -> bool:
-        """Run one input; False when the chat should end. Errors print one line and return True."""
+        """Run one input; False when the chat should end. Errors print one line and return True.
+        Afterwards ``self.outcome`` tells whether the input did what it asked."""
         text = line.strip()
         if not text:
             return True
+        self.outcome = "ok"
+        entry = {"at": iso_timestamp(), "input": text, "outcome": "cancelled"}
+        self.inputs.append(entry)
+        keep_going = True
         try:
             if text.startswith("/"):
-                return self._slash(text)
-            self.chat(text)
+                keep_going = self._slash(text)
+            else:
+                self.chat(text)
         except AldarError as error:
             self.ui.error(str(error))
-            self.last_failed = True
-        except (KeyboardInterrupt, SystemExit):
+            self.outcome = "failed"
+        except KeyboardInterrupt:  # Ctrl-C: the entry stays "cancelled"
+            self._save_transcript()
+            raise
+        except SystemExit:
             raise
         except Exception as error:  # a bug in one action must not end the chat; the log keeps the traceback
             log.debug("action failed", exc_info=True)
             self.ui.error(escape(f"{text.split()[0]} failed: {type(error).__name__}: {error}"))
-            self.last_failed = True
-        return True
+            self.outcome = "failed"
+        entry["outcome"] = self.outcome
+        self._save_transcript()
+        return keep_going
 
     def _slash(self, text: str) -> bool:
         try:
@@ -134,7 +161,7 @@ class Repl:
     def chat(self, text: str) -> None:
         reason = self.llm_ready()
         if reason:
-            self.last_failed = True
+            self.outcome = "failed"
             self.ui.warn(reason)
             return
         loop = self._chat_loop()
@@ -145,7 +172,6 @@ class Repl:
             result = loop.run_turn(text)
         finally:
             renderer.finish()
-            self._save_transcript()
         if result.stop_reason != "answer":
             self.ui.warn(result.text)  # step limit or a repeated failing call: say why the turn ended
         elif not renderer.streamed_text:
@@ -165,11 +191,17 @@ class Repl:
         return self.loop
 
     def _save_transcript(self) -> None:
-        if self.loop is None:
+        """Every input so far (slash commands too) and, once the LLM was used, its conversation and
+        token use; keys scrubbed. Rewritten after each input, so a killed chat keeps what it did."""
+        if not self.inputs:
             return
-        path = Path(self.settings.output_dir) / "chat" / f"transcript_{self.started}.json"
+        if self.transcript_path is None:  # two chats started in the same second keep one file each
+            self.transcript_path = unused_path(Path(self.settings.output_dir) / "chat" / f"transcript_{self.started}.json")
+        path = self.transcript_path
+        transcript = {"started_at": self.started_at, "profile": self.settings.profile, "inputs": self.inputs,
+                      **(self.loop.transcript() if self.loop is not None else {})}
         try:
-            atomic_write_json(path, self.loop.transcript())
+            atomic_write_json(path, json.loads(redact(json.dumps(transcript, ensure_ascii=False))))
         except OSError as exc:
             self.ui.warn(f"could not save the chat transcript to {path} ({exc})")
 
@@ -212,11 +244,14 @@ class Repl:
     def cmd_train(self, args: list[str]) -> None:
         adjustments = parse_knob_arguments(args)
         session = self.session
-        if not self.ui.confirm(f"Train round {session.next_round_number if session.current is None else session.current.number}"
-                          f"'s LoRA now?"):
-            self.ui.info("training skipped")
+        number = session.training_round_number
+        question = f"Train round {number}'s LoRA now?"
+        if session.current is not None and session.current.number != number:  # it is scored: recorded first
+            question = f"Record round {session.current.number} (scored) and train round {number}'s LoRA now?"
+        if not self._confirmed(question, "training skipped"):
             return
-        session.finish_scored_round(Decision(adjustments, "set with /train", "user"))
+        change = shlex.join(args) if args else "no changes"
+        session.finish_scored_round_before_training(adjustments, f"set by hand with /train ({change})", "user")
         try:
             result = session.train(adjustments or None)
         except KeyboardInterrupt:  # the trainer saved a checkpoint first; the round stays unfinished
@@ -224,12 +259,15 @@ class Repl:
             run_dir = session.store.relative(session.store.round_run_dir(number))
             self.ui.warn(f"training interrupted; the checkpoint in {escape(str(run_dir))} is kept — /train resumes it")
             return
-        self.ui.success(f"trained {result.get('steps')} steps → {escape(str(session.store.relative(result.get('lora_path'))))}")
+        resumed = f" (resumed from step {result['resumed_from_step']})" if result.get("resumed_from_step") else ""
+        self.ui.success(f"trained {result.get('steps')} steps{resumed} → "
+                        f"{escape(str(session.store.relative(result.get('lora_path'))))}")
 
     def cmd_generate(self, args: list[str]) -> None:
         session = self.session
         paid = session.keyed_competitors()
-        if paid and not self.ui.confirm(f"Ask the paid APIs ({', '.join(paid)}) for images?"):
+        if paid and not self._confirmed(f"Ask the paid APIs ({', '.join(paid)}) for images?",
+                                        f"{', '.join(paid)} skipped (paid)", required=False):
             session.skip_competitors(paid)
         prompt = " ".join(args).strip()
         images = session.generate([prompt] if prompt else None)
@@ -251,8 +289,8 @@ class Repl:
             raise InputError("/auto needs a number of rounds", "write e.g. /auto 2")
         rounds = int(args[0])
         session = self.session
-        if not self.ui.confirm(f"Run {rounds} full round(s) (training each, and paid APIs where keys are set)?"):
-            self.ui.info("nothing run")
+        if not self._confirmed(f"Run {rounds} full round(s) (training each, and paid APIs where keys are set)?",
+                               "nothing run"):
             return
         events = None if self.quiet else LoopEvents(
             on_tool_start=lambda name, args: self.ui.info(f"[dim]  llm → {escape(name)}({escape(' '.join(args.split())[:100])})[/dim]"))
@@ -260,7 +298,7 @@ class Repl:
         self.ui.info(f"decisions by [bold]{escape(decider.name)}[/bold]" + (f" — {escape(reason)}" if reason else ""))
         records = session.run_rounds(len(session.history()) + rounds, decider)
         if records:
-            render.show(self.ui, render.history_table(records))
+            render.show_history(self.ui, records)
 
     def cmd_history(self, args: list[str]) -> None:
         _no_extra(args)
@@ -268,7 +306,7 @@ class Repl:
         if not history:
             self.ui.info("no finished rounds yet — /auto 1, or /train, /generate, /score")
             return
-        render.show(self.ui, render.history_table(history))
+        render.show_history(self.ui, history)
 
     def cmd_explain(self, args: list[str]) -> None:
         feedback = latest_feedback(self.session)
@@ -304,8 +342,14 @@ class Repl:
                 ["llm", describe_endpoint(s)], ["llm_thinking", str(s.llm_thinking)],
                 ["llm_max_steps", str(s.llm_max_steps)], ["llm_timeout_s", f"{s.llm_timeout_s:g}"]]
         rows += [[name, mask(api_key(name))] for name in KEY_NAMES]
+        # What /help promises, before any round ran too; without opening (locking) the folder or loading torch.
         if self._session is not None:
-            rows.append(["next round params", render.params_text(self._session.params)])
+            params = self._session.params
+        else:
+            from agent.session import planned_params
+
+            params = planned_params(self.settings)
+        rows.append(["next round params", render.params_text(params)])
         self.ui.table("configuration", ["setting", "value"], [[escape(a), escape(str(b))] for a, b in rows])
 
     def cmd_doctor(self, args: list[str]) -> None:
@@ -333,7 +377,10 @@ class Repl:
                     interrupts += 1
                     if interrupts >= 2:
                         break
-                    self.ui.info("^C again to exit")
+                    try:
+                        self.ui.info("^C again to exit")
+                    except KeyboardInterrupt:  # the second ^C landed while the hint was printing: leave as asked
+                        break
                     continue
                 except EOFError:
                     break
@@ -348,8 +395,9 @@ class Repl:
         return 0
 
     def run_once(self, message: str) -> int:
-        """``aldar chat --message``: one turn (or one slash command), then exit."""
-        self.last_failed = False
+        """``aldar chat --message``: one turn (or one slash command), then exit: 0 when it did what it
+        asked, 1 when the user answered no, 2 when it failed (a question declined because there is no
+        terminal to ask on counts as failed: the fix is --yes)."""
         try:
             self.handle(message)
         except KeyboardInterrupt:
@@ -357,9 +405,25 @@ class Repl:
             return 130
         finally:
             self.close()
-        return 2 if self.last_failed else 0
+        return EXIT_CODES[self.outcome]
 
-    last_failed = False
+    def _confirmed(self, question: str, skipped: str, *, required: bool = True) -> bool:
+        """Ask ``question``; on no, say ``skipped``. ``required``: the input asked for this very work, so
+        a no means it did not do what it asked (``self.outcome``)."""
+        if self.ui.confirm(question):
+            return True
+        if self.ui.can_ask:
+            self.ui.info(escape(skipped))
+            if required:
+                self.outcome = "declined"
+            return False
+        line = f"{skipped}: there is no terminal to ask on — pass --yes to allow it (aldar chat --yes -m ...)"
+        if required:
+            self.ui.error(escape(line))
+            self.outcome = "failed"
+        else:
+            self.ui.warn(escape(line))
+        return False
 
     def _terminal_reader(self) -> Callable[[], str]:
         from prompt_toolkit import PromptSession
@@ -378,7 +442,7 @@ class Repl:
                                key_bindings=bindings, complete_while_typing=False)
 
         def read() -> str:
-            lines = [prompt.prompt(PROMPT)]
+            lines = [prompt.prompt(self.prompt_text())]
             while lines[-1].endswith("\\"):
                 lines[-1] = lines[-1][:-1]
                 lines.append(prompt.prompt(CONTINUATION))
@@ -387,14 +451,14 @@ class Repl:
         return read
 
     def _plain_reader(self) -> str:
-        lines = [self._read_line(PROMPT)]
+        lines = [self._read_line(self.prompt_text())]
         while lines[-1].endswith("\\"):
             lines[-1] = lines[-1][:-1]
             lines.append(self._read_line(CONTINUATION))
         return "\n".join(lines)
 
     def _read_line(self, prompt: str) -> str:
-        self.ui.console.print(prompt, end="")
+        self.ui.console.print(escape(prompt), end="")
         line = sys.stdin.readline()
         if not line:
             raise EOFError
@@ -420,10 +484,12 @@ class SlashCompleter(Completer):
                 if ("/" + name).startswith(text):
                     yield Completion("/" + name, start_position=-len(text))
         elif text.startswith("/train "):
-            word = text.rsplit(" ", 1)[-1]
+            *given, word = text.split(" ")
+            typed = {part.partition("=")[0] for part in given}
             if "=" not in word:
                 for completion in knob_completions(word):
-                    yield Completion(completion, start_position=-len(word))
+                    if completion[:-1] not in typed:  # a knob set twice would only keep the last value
+                        yield Completion(completion, start_position=-len(word))
 
 
 class StreamRenderer:

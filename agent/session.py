@@ -27,6 +27,7 @@ from tools.models import ModelProfile, resolve_profile
 from tools.scoring.copies import memorised
 from tools.scoring.records import Analysis, ComparisonReport
 from tools.settings import Settings
+from tools.timestamps import iso_timestamp, timestamp
 from tools.world import TINY_SAMPLING_STEPS as TINY_GENERATION_STEPS  # the toy world's base needs ~20
 
 BASE = "base"
@@ -55,6 +56,7 @@ class TrainedRound(TypedDict):
     steps: int
     final_loss: float
     interrupted: bool
+    resumed_from_step: NotRequired[int]  # 0: trained from scratch
     checkpoint_scores: list[CheckpointScore]
     chosen_checkpoint: ChosenCheckpoint | None
 
@@ -99,12 +101,7 @@ class Session:
         except InputError:
             self.store.close()
             raise
-        rounds = self.store.rounds
-        # The original system's history (a bare list of rounds) has no next_params: start from the defaults.
-        self.params: dict = dict((rounds[-1].get("next_params") if rounds else None) or self.default_params)
-        interrupted = self.store.data.get("in_progress") or {}
-        if interrupted.get("params"):  # resume with what the interrupted round trained with (checkpoints match)
-            self.params = dict(interrupted["params"])
+        self.params: dict = starting_params(self.store.data, self.default_params)
         self.analysis: Analysis | None = None
         self.current: RoundState | None = None
         self.competitors: list[str] = list(settings.competitors)
@@ -131,6 +128,14 @@ class Session:
     @property
     def next_round_number(self) -> int:
         return len(self.store.rounds) + 1
+
+    @property
+    def training_round_number(self) -> int:
+        """The round the next ``train`` trains: the one in progress — unless that one is scored, because
+        then a new training first records it (``finish_scored_round``) and trains the round after it."""
+        if self.current is None:
+            return self.next_round_number
+        return self.current.number + 1 if self.current.feedback is not None else self.current.number
 
     def _say(self, message: str) -> None:
         _emit(self.events.on_status, message)
@@ -189,6 +194,7 @@ class Session:
     def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
         from tools.scoring.scorer import checkpoint_scorer
+        from tools.training.lora_files import checkpoint_step, latest_checkpoint
         from tools.training.trainer import train_lora
 
         if adjustments:
@@ -203,6 +209,11 @@ class Session:
         run_dir = self.store.round_run_dir(state.number)
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
         scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
+        checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+        resumed_from = checkpoint_step(checkpoint) if checkpoint else 0
+        if resumed_from:  # shown even when quiet: the round does not start from scratch
+            _emit(self.events.on_notice, f"round {state.number}: resuming training from step {resumed_from} "
+                                         f"({self.store.relative(checkpoint)})")
         with self._stage("train", params=state.params):
             self._say(f"round {state.number}: training {_describe_params(self.params)} → {self.store.relative(run_dir)}")
             started = time.perf_counter()
@@ -211,10 +222,11 @@ class Session:
             except ResumeMismatchError as error:
                 # Checkpoints of this round made with other settings (e.g. changed by hand): keep them
                 # aside and train the round afresh rather than stop the run.
-                aside = run_dir.with_name(f"{run_dir.name}_stale_{time.strftime('%Y%m%d_%H%M%S')}")
+                aside = run_dir.with_name(f"{run_dir.name}_stale_{timestamp()}")
                 run_dir.rename(aside)
                 _emit(self.events.on_warning,
                       f"{error.problem}; kept it as {self.store.relative(aside)} and retrained the round")
+                resumed_from = 0
                 result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer)
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
@@ -222,7 +234,8 @@ class Session:
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted,
-                       "checkpoint_scores": result.checkpoint_scores, "chosen_checkpoint": result.chosen_checkpoint}
+                       "resumed_from_step": resumed_from, "checkpoint_scores": result.checkpoint_scores,
+                       "chosen_checkpoint": result.chosen_checkpoint}
         state.images = state.report = state.feedback = None  # they came from the previous LoRA
         chosen = result.chosen_checkpoint or {}
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "
@@ -255,6 +268,15 @@ class Session:
         if self.current is not None and self.current.feedback is not None:
             return self.finish_round(decision)
         return None
+
+    def finish_scored_round_before_training(self, adjustments: dict, how: str, decided_by: str) -> dict | None:
+        """``finish_scored_round`` for a training asked by hand (``/train``, the chat's ``train_lora``): the
+        recorded decision says ``how`` and names the knobs the next round will really train with (clamped)."""
+        from agent.render import params_text
+
+        applied, _ = clamp_adjustments(self.params, adjustments, self.bounds)
+        rationale = f"{how}; round {self.training_round_number} trains with {params_text({**self.params, **applied})}"
+        return self.finish_scored_round(Decision(adjustments, rationale, decided_by))
 
     def skip_competitors(self, names: list[str]) -> None:
         """Leave these competitors out from now on (the user declined paying for them)."""
@@ -400,6 +422,11 @@ class Session:
         """
         state = self._round()
         self.analyze()
+        reused = [stage for stage, done in (("LoRA", state.train), ("images", state.images), ("scores", state.feedback))
+                  if done]
+        if reused:  # said even when quiet: otherwise "/auto 1" after "/train" looks as if it trained nothing
+            _emit(self.events.on_notice, f"round {state.number}: using the {_and(reused)} already made for it "
+                                         "in this session (not made again)")
         if state.train is None:
             self.train()
         if not state.images:
@@ -462,9 +489,30 @@ def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
                          "pass --output-dir DIR for a new results folder, or the same models to resume")
 
 
+def starting_params(history: dict, defaults: dict) -> dict:
+    """The parameters the next round trains with: the interrupted round's (its checkpoints match them),
+    else the last finished round's ``next_params``, else ``defaults`` (the original system's history,
+    a bare list of rounds, has no next_params)."""
+    interrupted = history.get("in_progress") or {}
+    if interrupted.get("params"):
+        return dict(interrupted["params"])
+    rounds = history.get("rounds") or []
+    return dict((rounds[-1].get("next_params") if rounds else None) or defaults)
+
+
+def planned_params(settings: Settings) -> dict:
+    """``starting_params`` of the results folder without opening it: no lock, no torch (the chat's /config
+    before a session exists). The knobs' defaults depend on the profile's name only, so a stand-in profile
+    (no device detection) gives the same ones."""
+    from agent.store import peek_history
+
+    stand_in = ModelProfile(settings.profile, settings.base_model, settings.clip_model, "cpu", "fp32", settings.seed)
+    return starting_params(peek_history(settings.output_dir), default_params(stand_in))
+
+
 def default_params(profile: ModelProfile) -> dict:
     """The trainer's defaults for ``profile`` plus the knobs the agent adds on top."""
-    from tools.training.trainer import default_train_config
+    from tools.training.config import default_train_config  # the dataclass alone: no torch
 
     config = dataclasses.asdict(default_train_config(profile))
     params = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
@@ -554,7 +602,7 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
     train = state.train or {}
     return {
         "round": state.number,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished_at": iso_timestamp(),
         "params": state.params,
         "train": {"steps": train.get("steps"), "final_loss": train.get("final_loss"),
                   "interrupted": train.get("interrupted"), "checkpoint_scores": train.get("checkpoint_scores") or [],
@@ -589,7 +637,10 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
 def stop_reason(history: list[dict], rounds: int, target: float, patience: int) -> str:
     """Why no further round should run, or '' to go on (the tiny profile too: its toy-world scores mean something)."""
     if len(history) >= rounds:
-        return f"round limit reached ({len(history)} of {rounds})"
+        if len(history) == rounds:
+            return f"round limit reached ({rounds} of {rounds})"
+        # More finished rounds than the limit: the limit counts the rounds already in the folder.
+        return f"round limit reached: {len(history)} rounds are finished already, the limit is {rounds}"
     scored = ranked_rounds(history)
     if not scored:
         return ""
@@ -603,6 +654,10 @@ def stop_reason(history: list[dict], rounds: int, target: float, patience: int) 
     return ""
 
 
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _describe_params(params: dict) -> str:

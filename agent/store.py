@@ -20,12 +20,12 @@ import json
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
 from tools.atomic import LEGACY_STAGING_GLOBS, atomic_write, atomic_write_json, read_json_object, staging_glob
 from tools.errors import BusyError, InputError
+from tools.timestamps import iso_timestamp, timestamp
 
 HISTORY_FILE = "training_history.json"
 LOCK_FILE = ".aldar.lock"
@@ -116,7 +116,22 @@ def remove_own_staging(root: Path) -> int:
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return iso_timestamp()
+
+
+def peek_history(root: str | Path) -> dict[str, Any]:
+    """The history in ``root`` read without taking the lock (what the chat shows before it opens the
+    folder): ``{"rounds": [...], "in_progress": ... | None}``. The file is replaced by rename, so a read
+    sees a whole version; a missing or unreadable history reads as no rounds."""
+    try:
+        data = json.loads((Path(root) / HISTORY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    if isinstance(data, list):  # the original system's bare list of rounds
+        data = {"rounds": data}
+    if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
+        data = {}
+    return {"rounds": data.get("rounds") or [], "in_progress": data.get("in_progress")}
 
 
 class RunStore:
@@ -236,7 +251,7 @@ class RunStore:
     @staticmethod
     def timestamp(number: int) -> str:
         # Seconds alone collide when tiny rounds take under a second; the round number keeps names unique.
-        return time.strftime("%Y%m%d_%H%M%S") + f"_round{number:02d}"
+        return timestamp() + f"_round{number:02d}"
 
     def write_comparison_report(self, report: dict[str, Any], stamp: str) -> Path:
         return atomic_write_json(self.comparisons_dir / f"comparison_report_{stamp}.json", report)

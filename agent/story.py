@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from tools.errors import ConfigError, InputError, ProviderError
 from tools.secrets import redact
 from tools.settings import Settings
 from tools.generation.storybook import write_storybook
+from tools.timestamps import iso_timestamp, timestamp
 
 if TYPE_CHECKING:  # `aldar story --help` lists GENERATORS without loading the openai package
     import openai
@@ -133,9 +133,9 @@ def scene_prompt(settings: Settings, image_prompt: str) -> str:
 
 def find_latest_lora(settings: Settings) -> Path | None:
     """The newest ``pytorch_lora_weights.safetensors`` under the results folder, if any."""
-    found = sorted(Path(settings.output_dir).glob("**/pytorch_lora_weights.safetensors"),
-                   key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+    from tools.generation.local import find_newest_lora
+
+    return find_newest_lora(settings.output_dir)
 
 
 def _check_generator(settings: Settings, generator: str, lora_path: Path | None):
@@ -215,13 +215,13 @@ def create_storybook(settings: Settings, prompt: str, *, generator: str = "lora"
     illustrator = _check_generator(settings, generator, lora_path)
 
     story = write_story(settings, prompt, scenes, client=client, model=model)
-    created = time.strftime("%Y%m%d_%H%M%S")
+    created = timestamp()
     book_dir = unused_path(Path(settings.output_dir) / "stories" / f"{created}_{_slug(prompt)}")
     book_dir.mkdir(parents=True)
     story = {"title": story["title"], "prompt": prompt, "generator": generator,
              "lora_path": str(illustrator) if generator == "lora" else None,
              "llm_model": model or settings.llm_model, "llm_attempts": story["attempts"],
-             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "scenes": story["scenes"]}
+             "created_at": iso_timestamp(), "scenes": story["scenes"]}
     notes = illustrate(settings, story, book_dir, generator, illustrator, quiet=quiet)
     if notes:
         story["notes"] = notes

@@ -73,14 +73,33 @@ class UI:
         self.console.print(grid)
 
     # ---------------------------------------------------------------- input
+    @property
+    def can_ask(self) -> bool:
+        """Whether ``confirm`` can put a question to a person (a terminal on stdin)."""
+        return sys.stdin.isatty()
+
     def confirm(self, question: str) -> bool:
-        """Ask before paid or long work; ``--yes`` or a non-terminal stdin answers for the user."""
+        """Ask before paid or long work; ``--yes`` answers yes, a non-terminal stdin answers no.
+
+        Enter alone takes the default (no); an answer that is neither yes nor no asks again, so a
+        typo ("yse", "maybe") never silently cancels the work. End of input (Ctrl-D) means no.
+        """
         if self.assume_yes:
             return True
-        if not sys.stdin.isatty():
+        if not self.can_ask:
             return False
-        answer = self.console.input(f"{question} [y/N] ").strip().lower()
-        return answer in ("y", "yes")
+        # rich would read "[y/N]" as a markup tag and print nothing: escape the whole prompt.
+        prompt = escape(f"{redact(question)} [y/N] ")
+        while True:
+            try:
+                answer = self.console.input(prompt).strip().lower()
+            except EOFError:
+                return False
+            if answer in ("", "n", "no"):
+                return False
+            if answer in ("y", "yes"):
+                return True
+            self.console.print(escape(f"please answer y or n (got {answer!r})"))
 
     # ---------------------------------------------------------------- wiring
     @contextmanager

@@ -46,7 +46,7 @@ def median_pair(samples: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--rounds", type=int, default=3, help="images per warm mode (interleaved)")
     parser.add_argument("--steps", type=int, default=None, help="standard steps (default: settings, 30)")
     parser.add_argument("--swaps", type=int, default=6, help="LoRA swaps / reloads to time")

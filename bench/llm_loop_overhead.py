@@ -37,7 +37,7 @@ ARGUMENTS = '{"rationale": "the mustache is missing", "steps": 1500, "learning_r
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--turns", type=int, default=30)
     parser.add_argument("--calls", type=int, default=3)
     args = parser.parse_args()

@@ -74,7 +74,7 @@ def stage_split(record: dict, wall: float) -> dict[str, tuple[float, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--rounds", type=int, default=2, help="rounds (the first is cold)")
     parser.add_argument("--steps", type=int, default=0, help="training steps per round (0: the trainer's tiny default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 suits a busy 2-core box)")

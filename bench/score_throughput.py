@@ -92,7 +92,7 @@ def bench_size(size: str, generated: list[Path], references: Path, repeats: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=512, help="side of the generated stand-ins (px)")
     parser.add_argument("--repeats", type=int, default=2)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PROMPT = b"aldar> "
+PROMPT = b")> "  # the end of "aldar (<profile>, round N)> "
 
 
 def aldar_command() -> list[str]:
@@ -40,7 +40,7 @@ def time_exit(command: list[str], folder: Path, env: dict[str, str]) -> float:
 
 
 def time_to_prompt(command: list[str], folder: Path, env: dict[str, str]) -> float:
-    """Seconds until ``aldar>`` appears on stdout; then the chat is told /quit and waited for."""
+    """Seconds until the chat prompt appears on stdout; then the chat is told /quit and waited for."""
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL)

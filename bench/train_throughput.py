@@ -202,7 +202,7 @@ def full_gpu(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--steps-tiny", type=int, default=20)
     parser.add_argument("--steps-mid", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1,

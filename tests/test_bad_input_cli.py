@@ -144,3 +144,35 @@ def test_installed_entry_point_exits_2_with_one_line(tmp_path):
                             capture_output=True, text=True, timeout=1200, env=os.environ.copy(), cwd=tmp_path)  # a hang guard
     assert_one_line_error(result.returncode, result.stderr, out, str(bad), "zero-byte")
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("command", [["analyze"], ["train", "--steps", "2"], ["run", "--rounds", "1"],
+                                     ["chat", "-m", "/analyze"], ["score", "--images", "PICTURE"]])
+def test_references_given_a_file_says_a_folder_is_expected(tmp_path, capsys, command):
+    picture = good_folder(tmp_path) / "aldar1.png"
+    command = [str(picture) if word == "PICTURE" else word for word in command]
+    code = main([*command, "--profile", "tiny", "--references", str(picture), "--output-dir", str(tmp_path / "out"),
+                 "-q"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert f"references {picture} is a file, not a folder — pass --references DIR" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_chat_takes_references_like_every_command(tmp_path, capsys):
+    good_folder(tmp_path)  # tmp_path/refs; tmp_path is the working folder
+    assert main(["chat", "--profile", "tiny", "--references", "refs", "--output-dir", "out", "-m", "/config"]) == 0
+    assert "│ references │ refs " in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv, usage, message", [
+    (["run", "--round", "2"], "usage: aldar run", "unrecognized arguments: --round 2 (did you mean --rounds?)"),
+    (["generate", "--prov", "base"], "usage: aldar generate", "unrecognized arguments: --prov base"),
+    (["chat", "--mesage", "/help"], "usage: aldar chat", "(did you mean --message?)"),
+])
+def test_flags_are_never_abbreviated_and_a_mistyped_flag_shows_its_command_usage(capsys, argv, usage, message):
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, "--profile", "tiny"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert stopped.value.code == 2
+    assert err.startswith(usage) and message in err

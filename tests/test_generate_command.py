@@ -145,3 +145,47 @@ def test_a_keyed_provider_that_fails_is_named_instead_of_asking_for_a_key(freepi
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "freepik: failed" in err
     assert "no generator produced an image: freepik failed" in err and "set a key in .env" not in err
+
+
+def test_without_provider_the_newest_lora_the_base_and_each_keyed_competitor_generate(freepik, monkeypatch,
+                                                                                      tmp_path, capsys):
+    import os
+
+    import tools.generation.local as generator
+
+    calls = []
+
+    def fake_generate_local(profile, prompts, out_dir, **kwargs):
+        calls.append(kwargs)
+        return [generator.GeneratedImage(out_dir / f"{kwargs['name']}.png", kwargs["name"], prompts[0], kwargs["seed"])]
+
+    monkeypatch.setattr(generator, "generate_local", fake_generate_local)
+    monkeypatch.setenv("FREEPIK_API_KEY", KEY)
+    results = tmp_path / "results"
+    older, newer = (results / "runs" / name / "pytorch_lora_weights.safetensors" for name in ("round_02", "round_01"))
+    for path, mtime in ((older, 1_000_000), (newer, 2_000_000)):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"weights")
+        os.utime(path, (mtime, mtime))
+
+    code = main(["generate", "--profile", "tiny", "--output-dir", str(results), "--prompt", "aldar", "-n", "1", "-q"])
+
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 0
+    assert [(c["name"], c["lora_path"]) for c in calls] == [("lora", newer), ("base", None)]
+    assert len(freepik.requests) == 1  # the one competitor with a key
+    assert "deepai: skipped — DEEPAI_API_KEY is not set" in err and "gemini: skipped" in err
+
+
+def test_two_calls_into_one_folder_keep_both_calls_images(tmp_path, capsys):
+    # No keys and no trained LoRA: the base model alone draws (it used to fail with "no generator produced an image").
+    import re
+
+    argv = ["generate", "--profile", "tiny", "--prompt", "aldarkose on a donkey", "-n", "1",
+            "--output-dir", str(tmp_path / "results"), "--out", str(tmp_path / "o"), "-q"]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    files = sorted(p.name for p in (tmp_path / "o").glob("*.png"))
+    assert len(files) == 2, files
+    assert all(re.fullmatch(r"base_\d{8}_\d{6}_p00_00_s42(-2)?\.png", name) for name in files), files
+    assert read_generation_parameters(tmp_path / "o" / files[0])["aldar"]["generator"] == "base"

@@ -94,8 +94,11 @@ def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
         assert last["next_params"]["lora_scale"] == 0.8  # the next chat or run starts from it
         assert last["next_params_changes"] == [{"adjustments": {"lora_scale": 0.8},
                                                 "rationale": "images look overcooked", "decided_by": f"llm:{MODEL}"}]
-        transcript = next((results / "chat").glob("transcript_*.json")).read_text()
-        assert SECRET not in transcript and "lora_scale 0.8" in transcript
+        # one transcript per chat: the /auto one (inputs only) and this LLM chat's, with its messages
+        transcripts = [path.read_text() for path in (results / "chat").glob("transcript_*.json")]
+        assert len(transcripts) == 2 and all(SECRET not in text for text in transcripts)
+        (llm_chat,) = [text for text in transcripts if '"messages"' in text]
+        assert "lora_scale 0.8" in llm_chat and "what should change next?" in llm_chat
 
 
 FEEDBACK = {"round": 1, "lora_score": 0.45, "band": "average", "best_competitor": "freepik", "competitor_score": 0.7,

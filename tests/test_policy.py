@@ -163,7 +163,10 @@ def test_stop_reasons():
     def rounds(*scores):
         return [{"round": i + 1, "lora_score": s} for i, s in enumerate(scores)]
 
-    assert stop_reason(rounds(0.5, 0.6), 2, 0.8, 2).startswith("round limit")
+    assert stop_reason(rounds(0.5, 0.6), 2, 0.8, 2) == "round limit reached (2 of 2)"
+    # --rounds 2 on a folder with 4 finished rounds: no "(4 of 2)", the line says what the limit counts
+    assert stop_reason(rounds(0.1, 0.2, 0.3, 0.4), 2, 0.8, 2) == \
+        "round limit reached: 4 rounds are finished already, the limit is 2"
     assert stop_reason(rounds(0.5, 0.85), 5, 0.8, 2).startswith("target reached")
     assert stop_reason(rounds(0.6, 0.5, 0.55), 5, 0.8, 2).startswith("no improvement for 2")
     assert stop_reason(rounds(0.6, 0.5, 0.7), 5, 0.8, 2) == ""

@@ -16,7 +16,7 @@ from agent.ui import UI
 from tools.errors import InputError
 
 ALDAR = str(Path(sys.executable).with_name("aldar"))
-PROMPT = "aldar>"  # prompt_toolkit draws the trailing space as a cursor move
+PROMPT = ")>"  # the end of "aldar (tiny, round 1)> "; prompt_toolkit draws the trailing space as a cursor move
 # pexpect's timeouts only guard against a hung chat: far above what a loaded 2-core machine needs to start one.
 EXPECT_TIMEOUT_S = 300
 
@@ -182,6 +182,8 @@ def test_tab_completes_knob_names_after_train(tiny_settings) -> None:
     assert complete("/tr") == ["/train"]
     assert complete("/train st") == ["steps="]
     assert complete("/train steps=40 l") == ["learning_rate=", "lora_scale="]
+    assert complete("/train steps=40 st") == []  # a knob already given is not offered again
+    assert "steps=" in complete("/train ")
 
 
 def test_session_events_render_through_one_ui_and_missing_keys_show_once() -> None:
@@ -198,3 +200,185 @@ def test_session_events_render_through_one_ui_and_missing_keys_show_once() -> No
     events.on_notice("resuming: round 2 was interrupted")  # shown even when quiet
     assert err.getvalue().count("FREEPIK_API_KEY is not set [skipped]") == 1
     assert "training" not in out.getvalue() and "resuming: round 2" in out.getvalue()
+
+
+# ---------------------------------------------------------------- issue 11: what a user of the chat relies on
+def quiet_ui(width: int = 80, **kwargs) -> tuple:
+    import io
+
+    from rich.console import Console
+
+    out, err = io.StringIO(), io.StringIO()
+    return UI(console=Console(file=out, width=width), err_console=Console(file=err, width=width), quiet=True,
+              **kwargs), out, err
+
+
+class AnsweringUI(UI):
+    """Answers every question yes, and remembers the questions."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.questions: list[str] = []
+
+    def confirm(self, question: str) -> bool:
+        self.questions.append(question)
+        return True
+
+
+def test_confirm_shows_y_n_enter_means_no_and_an_unclear_answer_asks_again(monkeypatch) -> None:
+    import builtins
+
+    ui, out, _ = quiet_ui(width=120)
+    monkeypatch.setattr(UI, "can_ask", property(lambda self: True))
+    answers = iter(["maybe", ""])
+    monkeypatch.setattr(builtins, "input", lambda *args: next(answers))
+    assert ui.confirm("Train round 1's LoRA now?") is False  # "maybe" asks again; then Enter is the default, no
+    shown = out.getvalue()
+    assert shown.count("Train round 1's LoRA now? [y/N]") == 2
+    assert "please answer y or n (got 'maybe')" in shown
+    answers = iter(["Yes"])
+    assert ui.confirm("Ask the paid APIs?") is True
+
+
+def test_train_generate_score_then_train_records_the_round_and_trains_the_next(tiny_settings) -> None:
+    import io
+    import json
+
+    from rich.console import Console
+
+    from agent import render
+
+    settings = tiny_settings.replace(images_per_prompt=1, competitors=[])
+    results = Path(settings.output_dir)
+    out = io.StringIO()
+    ui = AnsweringUI(console=Console(file=out, width=80), err_console=Console(file=out, width=80), quiet=True)
+    repl = Repl(settings, ui)
+    assert repl.prompt_text() == "aldar (tiny, round 1)> "
+    for line in ("/train steps=10", "/generate", "/score"):
+        repl.handle(line)
+        assert repl.outcome == "ok", out.getvalue()
+    assert repl.prompt_text() == "aldar (tiny, round 1)> "  # scored, but recorded only by the next training
+
+    repl.handle("/train steps=12 rank=4")
+    assert repl.outcome == "ok", out.getvalue()
+    assert ui.questions == ["Train round 1's LoRA now?", "Record round 1 (scored) and train round 2's LoRA now?"]
+    assert (results / "runs" / "round_02" / "pytorch_lora_weights.safetensors").is_file()
+    assert not (results / "runs" / "round_03").exists()
+    (first,) = json.loads((results / "training_history.json").read_text())["rounds"]
+    assert first["round"] == 1 and first["params"]["steps"] == 10 and first["decided_by"] == "user"
+    assert first["decision"]["adjustments"] == {"steps": 12, "rank": 4}
+    assert first["next_params"]["steps"] == 12 and first["next_params"]["rank"] == 4
+    assert first["rationale"] == ("set by hand with /train (steps=12 rank=4); round 2 trains with "
+                                  + render.params_text(first["next_params"]))  # the knobs that ran, not "{}"
+    assert repl.prompt_text() == "aldar (tiny, round 2)> "
+
+    out.truncate(0)
+    out.seek(0)
+    repl.handle("/auto 1")  # round 2 is trained already: /auto generates, scores and decides, and says so
+    assert repl.outcome == "ok", out.getvalue()
+    assert "round 2: using the LoRA already made for it in this session (not made again)" in " ".join(out.getvalue().split())
+    assert not (results / "runs" / "round_03").exists()
+    assert [r["round"] for r in json.loads((results / "training_history.json").read_text())["rounds"]] == [1, 2]
+    repl.close()
+
+    (transcript,) = (results / "chat").glob("transcript_*.json")
+    inputs = json.loads(transcript.read_text())["inputs"]
+    assert [(i["input"], i["outcome"]) for i in inputs] == [
+        ("/train steps=10", "ok"), ("/generate", "ok"), ("/score", "ok"), ("/train steps=12 rank=4", "ok"),
+        ("/auto 1", "ok")]
+
+
+def test_a_resumed_train_says_from_which_step(tiny_settings, monkeypatch) -> None:
+    from tools.training import trainer
+    from tools.training.lora_files import TRAINING_STATE
+
+    run_dir = Path(tiny_settings.output_dir) / "runs" / "round_01"
+    (run_dir / "checkpoint-000012").mkdir(parents=True)
+    (run_dir / "checkpoint-000012" / TRAINING_STATE).write_bytes(b"state")
+    lora = run_dir / "pytorch_lora_weights.safetensors"
+
+    def finish_training(config, profile, dataset, out_dir, **kwargs):  # what the trainer returns after resuming
+        lora.write_bytes(b"lora")
+        return trainer.TrainResult(out_dir, lora, None, config.steps, 0.1, [], out_dir / "loss_log.csv")
+
+    monkeypatch.setattr(trainer, "train_lora", finish_training)
+    ui, out, _ = quiet_ui(width=200, assume_yes=True)
+    assert Repl(tiny_settings, ui).run_once("/train") == 0
+    shown = out.getvalue()
+    assert "round 1: resuming training from step 12 (runs/round_01/checkpoint-000012)" in shown
+    assert re.search(r"trained \d+ steps \(resumed from step 12\) → runs/round_01/pytorch_lora_weights", shown)
+
+
+def test_message_mode_exit_codes_say_whether_the_action_ran(tiny_settings, monkeypatch, capsys) -> None:
+    import builtins
+
+    from agent.cli import main
+
+    # No terminal to ask on (pytest's stdin) and no --yes: the training did not run, and the line says why.
+    argv = ["chat", "--profile", "tiny", "--references", tiny_settings.references,
+            "--output-dir", tiny_settings.output_dir, "-m", "/train"]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "training skipped: there is no terminal to ask on — pass --yes" in err
+    assert not (Path(tiny_settings.output_dir) / "runs").exists()
+
+    monkeypatch.setattr(UI, "can_ask", property(lambda self: True))  # a terminal, and the user answers no
+    monkeypatch.setattr(builtins, "input", lambda *args: "n")
+    ui, out, _ = quiet_ui()
+    assert Repl(tiny_settings, ui).run_once("/auto 1") == 1
+    assert "nothing run" in out.getvalue()
+    assert not (Path(tiny_settings.output_dir) / "runs").exists()
+
+
+def test_config_shows_the_next_round_params_and_a_slash_only_chat_is_saved(tiny_settings) -> None:
+    import json
+
+    ui, out, _ = quiet_ui(width=200)
+    assert Repl(tiny_settings, ui).run_once("/config") == 0
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.getvalue().splitlines()
+            if line.count("│") == 3}
+    from agent.render import params_text
+    from agent.session import default_params
+    from tools.models import resolve_profile
+
+    # before any /auto: the profile's defaults, as the first round will train with them
+    assert rows["next round params"] == params_text(default_params(resolve_profile(tiny_settings)))
+    assert "steps" in rows["next round params"] and "learning_rate" in rows["next round params"]
+    assert rows["references"] == tiny_settings.references
+
+    (transcript,) = (Path(tiny_settings.output_dir) / "chat").glob("transcript_*.json")
+    saved = json.loads(transcript.read_text())
+    assert saved["profile"] == "tiny" and [i["input"] for i in saved["inputs"]] == ["/config"]
+    assert re.fullmatch(r"transcript_\d{8}_\d{6}\.json", transcript.name)
+
+
+def test_history_fits_80_columns_and_cuts_decisions_at_a_word_with_an_ellipsis() -> None:
+    from agent import render
+
+    why = ("CLIP similarity 0.021 is below 0.6, so train more steps; the images miss narrow eyes, no facial hair, "
+           "skullcap, orange robe, so the next captions and prompt stress them.")
+    history = [{"round": n, "lora_score": 0.2, "band": "poor", "best_competitor": "base", "score_gap": 0.03,
+                "params": {"steps": 120, "learning_rate": 0.002, "rank": 8}, "decided_by": "rule-policy",
+                "rationale": why} for n in (1, 2)]
+    ui, out, _ = quiet_ui(width=80)
+    render.show_history(ui, history)
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert len(lines) <= 12  # 2 rounds: title, header, 2 rows, caption, a decision line each (was 35 lines)
+    decisions = [line for line in lines if line.startswith("round ")]
+    assert [line.split(" → ")[0] for line in decisions] == ["round 1", "round 2"]
+    shown = decisions[0].split(" → ", 1)[1]
+    assert shown.endswith(" …") and why.startswith(shown[:-2]) and why[len(shown) - 2] == " "  # cut between words
+
+
+def test_the_chat_llm_tool_asks_for_the_round_it_will_really_train() -> None:
+    from types import SimpleNamespace
+
+    from agent.knobs import SAFE_BOUNDS
+    from agent.llm_tools import SessionTools
+
+    questions = []
+    scored_round_1 = SimpleNamespace(bounds=SAFE_BOUNDS, next_round_number=1, training_round_number=2)
+    tools = SessionTools(scored_round_1, lambda question: questions.append(question) or False)
+    assert tools.train_lora()["ok"] is False  # declined: nothing recorded, nothing trained
+    assert questions == ["Train round 2's LoRA now?"]  # was "round 1", then it recorded round 1 and trained round 2

@@ -72,5 +72,7 @@ def test_input_errors_stop_before_anything_heavy_loads(tmp_path, argv, message):
 def test_chat_reaches_its_prompt_and_answers_slash_commands_without_torch_or_the_llm_client(tmp_path):
     result, out, _ = probe(tmp_path, ["chat", "--profile", "tiny"], stdin="/help\n/config\n")
     assert result == {"codes": [0], "loaded": []}
-    assert out.count("aldar> ") == 3  # the prompt before /help, before /config, and before the end of input
+    # the prompt before /help, before /config, and before the end of input
+    assert out.count("aldar (tiny, round 1)> ") == 3
+    assert "next round params" in out  # /config shows them without opening the results folder (torch)
     assert "/auto N" in out and "toy world" in out  # /help's table and /config's profile line

@@ -324,3 +324,15 @@ def test_staging_folders_a_killed_checkpoint_write_left_are_removed_when_the_fol
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-000002"]
     assert (finished / "checkpoint.json").is_file() and not (finished / ".lora-7u").exists()
     assert foreign.is_dir()
+
+
+def test_one_timestamp_format_for_file_names_and_one_for_json_fields():
+    import re
+    import time
+
+    from tools.timestamps import ISO_FORMAT, iso_timestamp, timestamp
+
+    when = time.mktime((2026, 11, 25, 14, 0, 5, 0, 0, -1))
+    assert timestamp(when) == "20261125_140005"
+    assert iso_timestamp(when).startswith("2026-11-25T14:00:05") and time.strptime(iso_timestamp(when), ISO_FORMAT)
+    assert re.fullmatch(r"\d{8}_\d{6}_round03", RunStore.timestamp(3))  # the rounds' report and feedback names

@@ -63,6 +63,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def list_images(folder: str | Path, what: str = "references") -> list[Path]:
     """Image files in ``folder`` (sorted), or a clear error when there are none."""
     folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{what} {folder} is a file, not a folder",
+                         f"pass --{what} DIR, the folder that holds your png/jpg/webp images")
     if not folder.is_dir():
         raise InputError(f"{what} folder {folder} does not exist", f"pass --{what} DIR with your png/jpg/webp images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -18,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--message", metavar="TEXT",
                         help="run one turn (chat text or a slash command such as '/auto 2'), print, exit")
     parser.add_argument("-y", "--yes", action="store_true",
-                        help="do not ask before training or paid API calls")
+                        help="do not ask before training or paid API calls (needed with --message when no terminal "
+                             "can answer)")
+    # dest = the Settings field, so the flag overrides aldar.toml / ALDAR_REFERENCES like in every command.
+    parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
+                        help="folder of reference pictures, png/jpg/webp (default: the bundled examples/aldar_kose)")
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:

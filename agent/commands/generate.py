@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.errors import AldarError, InputError
+from tools.timestamps import timestamp  # the standard library's time only
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
     from agent.ui import UI
@@ -14,7 +15,8 @@ if TYPE_CHECKING:  # the command line is parsed before any of this loads (see ag
 
 NAME = "generate"
 HELP = ("generate images with hosted providers (freepik, deepai, gemini, ...) and/or the local model "
-        "(lora, base) for the same prompts and seed; providers without a key are skipped")
+        "(lora, base) for the same prompts and seed; without --provider: the newest trained LoRA, the base "
+        "model and every competitor whose key is set")
 LOCAL = ("lora", "base")
 
 
@@ -23,15 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     # SUPPRESS: an absent flag leaves no attribute, so the setting (or the default named in the help) applies.
     parser.add_argument("--provider", dest="providers", action="append", metavar="NAME", default=argparse.SUPPRESS,
-                        help=f"repeatable; one of: {', '.join([*PROVIDERS, *LOCAL])} "
-                             "(default: the competitors setting, plus lora when --lora is given)")
+                        help=f"repeatable; one of: {', '.join([*PROVIDERS, *LOCAL])} (default: lora — --lora, else "
+                             "the newest LoRA under output_dir, if any —, base, and each competitor with a key)")
     parser.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT", default=argparse.SUPPRESS,
                         help="repeatable (default: the test_prompt setting)")
     parser.add_argument("-n", "--images-per-prompt", dest="images_per_prompt", type=int, metavar="N",
                         default=argparse.SUPPRESS,
                         help="images per prompt and generator (default: the images_per_prompt setting)")
     parser.add_argument("--out", metavar="DIR", default=argparse.SUPPRESS, help="folder for the images (default: <output_dir>/comparisons)")
-    parser.add_argument("--lora", metavar="PATH", default=argparse.SUPPRESS, help="LoRA weights file or training run folder (for --provider lora)")
+    parser.add_argument("--lora", metavar="PATH", default=argparse.SUPPRESS,
+                        help="LoRA weights file or training run folder (for --provider lora; default: the newest "
+                             "pytorch_lora_weights.safetensors under output_dir)")
     parser.add_argument("--lora-scale", dest="lora_scale", type=float, default=1.0, help="LoRA strength")
     parser.add_argument("--lcm", dest="use_lcm", action="store_true", default=argparse.SUPPRESS,
                         help="fast local generation with LCM (4-8 steps)")
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
 
     args.lora = getattr(args, "lora", None)
     chosen = getattr(args, "providers", None)
-    names = list(dict.fromkeys(chosen or [*settings.competitors, *(["lora"] if args.lora else [])]))
+    names = list(dict.fromkeys(chosen)) if chosen else _default_generators(args, settings, ui)
     prompts = [p.strip() for p in (getattr(args, "prompts", None) or [settings.test_prompt])]
     out = getattr(args, "out", None)
     out_dir = Path(out) if out else Path(settings.output_dir) / "comparisons"
@@ -56,10 +60,11 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     ready = {p.name: p for p in hosted}
 
     saved, failures, notes = [], [], []
+    stamp = timestamp()  # one per call: a second call into the same folder adds images, never replaces them
     for name in names:
         try:
             if name in LOCAL:
-                saved += _generate_local(name, prompts, out_dir, args, settings)
+                saved += _generate_local(name, prompts, out_dir, args, settings, stamp)
             elif name in ready:
                 saved += generate_with_provider(ready[name], prompts, out_dir, settings.images_per_prompt,
                                                 settings.seed, skipped=notes, quiet=args.quiet)
@@ -110,7 +115,22 @@ def _validate(names: list[str], prompts: list[str], args: argparse.Namespace) ->
         resolve_lora_file(args.lora)
 
 
-def _generate_local(name: str, prompts: list[str], out_dir: Path, args: argparse.Namespace, settings: Settings):
+def _default_generators(args: argparse.Namespace, settings: Settings, ui: UI) -> list[str]:
+    """No --provider: the local model — the LoRA (--lora, else the newest one trained under output_dir,
+    as `aldar story` finds it) and the base — plus the competitors setting (those without a key are
+    skipped with one line each)."""
+    if args.lora is None:
+        from tools.generation.local import find_newest_lora
+
+        newest = find_newest_lora(settings.output_dir)
+        if newest is not None:
+            args.lora = str(newest)
+            ui.status(f"lora: the newest trained LoRA, {newest}")
+    return [*(["lora"] if args.lora else []), "base", *settings.competitors]
+
+
+def _generate_local(name: str, prompts: list[str], out_dir: Path, args: argparse.Namespace, settings: Settings,
+                    stamp: str):
     from tools.generation.local import generate_local  # heavy (torch, diffusers): only when asked for
     from tools.models import resolve_profile
 
@@ -119,7 +139,7 @@ def _generate_local(name: str, prompts: list[str], out_dir: Path, args: argparse
                           images_per_prompt=settings.images_per_prompt, seed=settings.seed,
                           steps=settings.num_inference_steps, guidance=settings.guidance_scale,
                           negative_prompt=settings.negative_prompt, use_lcm=settings.use_lcm, name=name,
-                          quiet=args.quiet)
+                          quiet=args.quiet, file_stamp=stamp)
 
 
 def _shown_path(path: Path, out_dir: Path) -> str:

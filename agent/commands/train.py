@@ -9,12 +9,12 @@ import argparse
 import json
 import os
 import shlex
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.errors import InputError
 from tools.models import ModelProfile  # a plain dataclass: tools.models loads torch only where it loads models
+from tools.timestamps import timestamp  # the standard library's time only
 from tools.training.config import TrainConfig, default_train_config, knobs
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
@@ -188,4 +188,4 @@ def _run_dir(args: argparse.Namespace, settings: Settings) -> Path:
         if not candidates:
             raise InputError(f"no run with checkpoints under {runs} to resume", "pass --run-dir DIR")
         return candidates[-1]
-    return runs / f"train_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+    return runs / f"train_{timestamp()}"

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from tools.atomic import unused_path
 from tools.errors import InputError, ModelNotFoundError
 from tools.models import ModelProfile, load_sdxl_pipeline, model_location, quiet_lora_loading
 from tools.generation.png_metadata import save_png_with_parameters
@@ -72,6 +73,12 @@ def loaded_adapters(pipe) -> LoadedAdapters:
     if pipe not in _adapters:
         _adapters[pipe] = LoadedAdapters()
     return _adapters[pipe]
+
+
+def find_newest_lora(folder: str | Path) -> Path | None:
+    """The newest ``pytorch_lora_weights.safetensors`` anywhere under ``folder`` (a results folder), if any."""
+    found = sorted(Path(folder).glob("**/pytorch_lora_weights.safetensors"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
 
 
 def resolve_lora_file(lora_path: str | Path) -> Path:
@@ -201,11 +208,15 @@ def check_lcm_available(profile: ModelProfile, lcm_lora: str = DEFAULT_LCM_LORA)
 def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, *, lora_path: Path | None,
                    lora_scale: float = 1.0, images_per_prompt: int = 1, seed: int = 42, steps: int = 30,
                    guidance: float = 7.0, negative_prompt: str = "", use_lcm: bool = False, name: str = "lora",
-                   quiet: bool = False, lcm_lora: str = DEFAULT_LCM_LORA) -> list[GeneratedImage]:
+                   quiet: bool = False, lcm_lora: str = DEFAULT_LCM_LORA,
+                   file_stamp: str | None = None) -> list[GeneratedImage]:
     """Generate ``images_per_prompt`` images for each prompt with the base model and (optionally) a LoRA.
 
     ``lora_path=None`` is the base model as a contestant (name it "base"). Image ``i`` of
-    each prompt uses seed ``seed + i``. Files: ``out_dir/<name>_p<prompt>_<i>_s<seed>.png``.
+    each prompt uses seed ``seed + i``. Files: ``out_dir/<name>_p<prompt>_<i>_s<seed>.png`` — a round's
+    own folder, where a regenerated round replaces its images. With ``file_stamp``
+    (``tools.timestamps.timestamp()``) they are ``<name>_<stamp>_p<prompt>_<i>_s<seed>.png`` and never
+    replace a file: a shared folder (``aldar generate``) keeps every call's images.
     """
     prompts = [p.strip() for p in prompts]
     _validate(prompts, images_per_prompt, steps, guidance, lora_scale, name)
@@ -241,7 +252,10 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, *, 
                         params = _parameters(profile, prompt, negative_prompt, steps, sampler, guidance, image_seed,
                                              size, name, lora_file, lora_scale)
                         details = _details(profile, name, lora_file, use_lcm, lcm_applied, lcm_lora)
-                        path = out_dir / f"{_slug(name)}_p{p_index:02d}_{i:02d}_s{image_seed}.png"
+                        stem = f"{_slug(name)}_{file_stamp}" if file_stamp else _slug(name)
+                        path = out_dir / f"{stem}_p{p_index:02d}_{i:02d}_s{image_seed}.png"
+                        if file_stamp:
+                            path = unused_path(path)  # two calls in the same second
                         save_png_with_parameters(image, path, params, details)
                         results.append(GeneratedImage(path, name, prompt, image_seed, {**params, **details}))
                         advance(1, status=f"seed {image_seed}")

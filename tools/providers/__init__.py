@@ -7,7 +7,6 @@ Adding a provider = one ``ImageProvider`` subclass (in its own module) plus one 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from tools.providers.freepik import FreepikMysticProvider, FreepikProvider
 from tools.providers.gemini import GeminiProvider, ImagenProvider
 from tools.secrets import api_key, install_log_redaction, redact_value
 from tools.settings import Settings
+from tools.timestamps import iso_timestamp, timestamp
 
 if TYPE_CHECKING:
     from tools.generation.local import GeneratedImage
@@ -75,7 +75,7 @@ def generate_with_provider(provider: ImageProvider, prompts: list[str], out_dir:
     from tools.generation.local import GeneratedImage  # local SDXL module: imported only when saving
 
     out_dir = Path(out_dir)
-    timestamp = time.strftime("%Y%m%d_%H%M%S")
+    stamp = timestamp()
     saved: list[GeneratedImage] = []
     index = 0
     with progress_bar(f"{provider.name}", total=len(prompts) * images_per_prompt, quiet=quiet) as advance:
@@ -90,9 +90,9 @@ def generate_with_provider(provider: ImageProvider, prompts: list[str], out_dir:
                     else:
                         log.warning("%s", line)
                     continue
-                path = unused_path(out_dir / f"{provider.name}_{timestamp}_{index}.png")
+                path = unused_path(out_dir / f"{provider.name}_{stamp}_{index}.png")
                 index += 1
-                metadata = redact_value(dict(result.metadata, created_at=timestamp), provider.http.secrets)
+                metadata = redact_value(dict(result.metadata, created_at=iso_timestamp()), provider.http.secrets)
                 _save_png(result, path, metadata)
                 # Providers without a seed (DeepAI, Imagen) record the requested one for pairing.
                 image_seed = metadata.get("seed")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +31,7 @@ from tools.images import file_sha256, list_images, load_image
 from tools.models import ModelProfile, load_clip
 from tools.scoring.records import Analysis
 from tools.scoring.taxonomy import Taxonomy, load_taxonomy
+from tools.timestamps import iso_timestamp
 
 SCHEMA = "aldar.feature_analysis/1"
 LOGIT_SCALE = 100.0
@@ -65,7 +65,7 @@ def load_references(folder: str | Path) -> ImageSet:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_timestamp()
 
 
 def cache_model_key(encoder, profile: ModelProfile) -> str:

@@ -214,7 +214,12 @@ def kohya_metadata(config, profile, *, steps: int, epochs: tuple[int, int], data
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Complete checkpoints (folders appear only by rename), oldest first."""
     found = [p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and (p / TRAINING_STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a ``checkpoint-<step>`` folder was saved at."""
+    return int(Path(checkpoint).name[len(CHECKPOINT_PREFIX):])
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

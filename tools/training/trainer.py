@@ -19,7 +19,6 @@ import hashlib
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +39,7 @@ from tools.training.report import (LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_c
                                    write_checkpoint_scores, write_loss_log)
 from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, adapter_state_dicts, check_resumable, jsonable,
                                   lora_adapters, make_accelerator, make_optimizer, out_of_memory)
+from tools.timestamps import iso_timestamp
 
 __all__ = ["TrainConfig", "TrainResult", "default_train_config", "train_lora", "denoising_loss", "evaluation_loss"]
 
@@ -339,7 +339,7 @@ class _Run:
             atomic_write_json(self.run_dir / RUN_CONFIG, {
                 **self.profile.describe(), "config": self.config.as_dict(), "dataset_sha256": self.dataset_hash,
                 "images": [{"path": str(i.path), "sha256": i.sha256, "caption": i.caption} for i in self.images],
-                "started_at": _iso(self.started_at), "num_processes": self.accelerator.num_processes})
+                "started_at": iso_timestamp(self.started_at), "num_processes": self.accelerator.num_processes})
 
     def _finish(self) -> TrainResult:
         """Final checkpoint, then the LoRA files — the best-scoring checkpoint's weights (or the last step's),
@@ -373,7 +373,7 @@ class _Run:
             atomic_write_json(self.run_dir / "training_summary.json",
                               {**self.profile.describe(), **result.as_dict(), "config": config.as_dict(),
                                "optimizer_used": self.optimizer_name, "dataset_sha256": self.dataset_hash,
-                               "started_at": _iso(self.started_at), "finished_at": _iso(time.time())})
+                               "started_at": iso_timestamp(self.started_at), "finished_at": iso_timestamp()})
         return result
 
     def _choose_checkpoint(self) -> dict:
@@ -480,10 +480,6 @@ def _check_run_dir(run_dir: Path) -> None:
 def _position_seed(*parts: int) -> int:
     """A stable seed per (seed, rank, step, micro-batch): Python's hash() is not promised to stay the same."""
     return int(hashlib.sha256("-".join(map(str, parts)).encode()).hexdigest()[:15], 16)
-
-
-def _iso(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).isoformat(timespec="seconds")
 
 
 def _dataset_dir(images) -> str:
