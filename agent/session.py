@@ -305,7 +305,7 @@ class Session:
                                       lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
                                       images_per_prompt=settings.images_per_prompt, seed=settings.seed,
                                       steps=steps, guidance=settings.guidance_scale,
-                                      negative_prompt=settings.negative_prompt, use_lcm=settings.use_lcm,
+                                      negative_prompt=settings.sampling_negative_prompt, use_lcm=settings.use_lcm,
                                       name=name, quiet=self.quiet)
                 self._compute("generate", started)
                 images[name] = [image.path for image in made]

@@ -177,7 +177,7 @@ def illustrate(settings: Settings, story: dict[str, Any], book_dir: Path, genera
         profile = resolve_profile(settings)
         results = generate_local(profile, prompts, images_dir, lora_path=illustrator, images_per_prompt=1,
                                  seed=settings.seed, steps=settings.num_inference_steps,
-                                 guidance=settings.guidance_scale, negative_prompt=settings.negative_prompt,
+                                 guidance=settings.guidance_scale, negative_prompt=settings.sampling_negative_prompt,
                                  use_lcm=settings.use_lcm, lcm_lora=settings.lcm_lora, name=generator, quiet=quiet)
         story.update(profile.describe())
         if any(r.metadata.get("lcm_lora") == LCM_NOT_APPLIED for r in results):

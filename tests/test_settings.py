@@ -218,3 +218,12 @@ def test_the_cli_warns_about_a_misspelt_variable_before_anything_fails(monkeypat
     err = " ".join(capsys.readouterr().err.split())
     assert "ALDAR_PROFLE is not a setting and is ignored — did you mean ALDAR_PROFILE?" in err
     assert err.index("ALDAR_PROFLE") < err.index("--rounds is 0")
+
+
+def test_tiny_samples_without_sdxls_default_negative_prompt_but_keeps_one_the_user_set():
+    from tools.settings import DEFAULT_NEGATIVE_PROMPT
+
+    assert load_settings(overrides={"profile": "sdxl"}, environ={}).sampling_negative_prompt == DEFAULT_NEGATIVE_PROMPT
+    assert load_settings(overrides={"profile": "tiny"}, environ={}).sampling_negative_prompt == ""
+    mine = load_settings(overrides={"profile": "tiny", "negative_prompt": "forest"}, environ={})
+    assert mine.sampling_negative_prompt == "forest"

@@ -138,7 +138,7 @@ def _generate_local(name: str, prompts: list[str], out_dir: Path, args: argparse
                           lora_path=Path(args.lora) if name == "lora" else None, lora_scale=args.lora_scale,
                           images_per_prompt=settings.images_per_prompt, seed=settings.seed,
                           steps=settings.num_inference_steps, guidance=settings.guidance_scale,
-                          negative_prompt=settings.negative_prompt, use_lcm=settings.use_lcm, name=name,
+                          negative_prompt=settings.sampling_negative_prompt, use_lcm=settings.use_lcm, name=name,
                           quiet=args.quiet, file_stamp=stamp)
 
 
