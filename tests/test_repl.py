@@ -78,6 +78,9 @@ def test_ctrl_d_and_double_ctrl_c_exit(tmp_path) -> None:
     child = spawn(tmp_path)
     child.sendintr()
     child.expect_exact("^C again to exit")
+    # A person's second ^C comes at the redrawn prompt; one sent before prompt_toolkit has the terminal
+    # again can land in its set-up, where it is not a key press (seen under load).
+    child.expect_exact(PROMPT)
     child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
@@ -88,8 +91,10 @@ def test_ctrl_c_during_training_returns_to_the_prompt_with_a_checkpoint(tmp_path
     from tools.training.lora_files import latest_checkpoint, load_checkpoint
 
     child = spawn(tmp_path)
-    child.sendline("/train steps=60")
-    child.expect(re.compile(r"training LoRA.*?\b([1-9]\d*)/60"), timeout=2 * EXPECT_TIMEOUT_S)
+    # Interrupted within its first 99 of 400 steps: the training cannot end before the ^C lands, however
+    # slowly the terminal output reaches the test (a 60-step run once finished first under load).
+    child.sendline("/train steps=400")
+    child.expect(re.compile(r"training LoRA.*?\b([1-9]\d?)/400"), timeout=2 * EXPECT_TIMEOUT_S)
     child.sendintr()
     child.expect_exact("training interrupted")
     child.expect_exact("/train resumes it")
@@ -101,7 +106,7 @@ def test_ctrl_c_during_training_returns_to_the_prompt_with_a_checkpoint(tmp_path
     checkpoint = latest_checkpoint(tmp_path / "results" / "runs" / "round_01")
     assert checkpoint is not None
     state_dicts, state = load_checkpoint(checkpoint)
-    assert 1 <= state["step"] < 60
+    assert 1 <= state["step"] < 400
     assert any(len(tensors) for tensors in state_dicts.values())
 
 

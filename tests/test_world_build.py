@@ -75,16 +75,18 @@ def test_a_changed_recipe_starts_the_stage_afresh_and_the_second_pass_needs_the_
     assert "the recipe changed since the checkpoint: starting afresh" in capsys.readouterr().out
 
 
-def test_the_committed_weights_seed_a_cache_whose_second_passes_continue_them(tmp_path):
-    recipe = replace(MINI, retune2_steps=2, decoder2_steps=2)
-    build = world_build.Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def test_the_committed_weights_seed_a_cache_that_exports_them_unchanged(tmp_path):
+    from tools.world import WEIGHTS_DIR
+
+    build = world_build.Build(tmp_path / "cache", MINI)  # weights: the committed folder (read only here)
     marked = world_build.seed_from_weights(build)
-    assert {"textneg", "decoder", "retune"} <= set(marked)
-    seeded_unet = _modules(build, "retune")["ema"]
-    world_build.stage_retune2(build)
-    world_build.stage_decoder2(build)
-    after = _modules(build, "retune2")["ema"]
-    assert seeded_unet.keys() == after.keys() and not _same(seeded_unet, after)
+    assert {"textneg", "decoder", "retune", "retune2", "decoder2", "hardneg2"} <= set(marked)
     # The tokenizer taken from the committed tokenizer.json tokenises as the committed one.
     from tools.models import load_toy_world_clip
 
@@ -93,17 +95,50 @@ def test_the_committed_weights_seed_a_cache_whose_second_passes_continue_them(tm
     assert build.tokenizer()(caption).input_ids == committed(caption).input_ids
     with pytest.raises(RuntimeError, match="already holds checkpoints"):
         world_build.seed_from_weights(build)
+    # Nothing is left to train, and the export gives back the committed weights bit for bit.
+    for stage in world_build.TRAINING_STAGES:
+        assert torch.load(build.checkpoint_path(stage), weights_only=False)["step"] == getattr(MINI, f"{stage}_steps")
+    assert world_build.export(world_build.Build(build.cache, MINI, weights=tmp_path / "weights")) == ["clip", "sdxl"]
+    for model in ("clip/model.safetensors", "sdxl/unet/diffusion_pytorch_model.safetensors",
+                  "sdxl/vae/diffusion_pytorch_model.safetensors", "sdxl/text_encoder_2/model.safetensors"):
+        mine, theirs = _tensors(tmp_path / "weights" / model), _tensors(WEIGHTS_DIR / model)
+        assert _same(mine, theirs), model
 
-    # The export carries the retune2 UNet with the text tower it trained on, in the scorer's CLIP and the pipeline.
+
+def test_weights_of_the_first_build_seed_a_cache_whose_second_passes_continue_them(tmp_path):
+    import shutil
+
+    from tools.world import WEIGHTS_DIR
+
+    first_build = tmp_path / "first"
+    shutil.copytree(WEIGHTS_DIR, first_build)
+    log = json.loads((first_build / "build_log.json").read_text())
+    for stage in ("retune2", "decoder2", "hardneg2"):
+        log.pop(stage, None)
+    (first_build / "build_log.json").write_text(json.dumps(log))
+
+    recipe = replace(MINI, retune2_steps=2, decoder2_steps=2, hardneg2_steps=2)
+    build = world_build.Build(tmp_path / "cache", recipe, weights=first_build)
+    assert set(world_build.seed_from_weights(build)) == set(world_build.FIRST_BUILD)
+    seeded_unet, seeded_clip = _modules(build, "retune")["ema"], _modules(build, "textneg")["model"]
+    world_build.stage_retune2(build)
+    world_build.stage_decoder2(build)
+    world_build.stage_hardneg2(build)
+    after, image_tower_on = _modules(build, "retune2")["ema"], _modules(build, "hardneg2")["model"]
+    assert seeded_unet.keys() == after.keys() and not _same(seeded_unet, after)
+    assert all(torch.equal(seeded_clip[k], image_tower_on[k]) for k in seeded_clip if k.startswith("text_"))
+    assert not all(torch.equal(seeded_clip[k], image_tower_on[k]) for k in seeded_clip if k.startswith("vision_"))
+
+    # The export carries the retune2 UNet with the text tower it trained on, in the scorer's CLIP (whose image
+    # tower is hardneg2's) and the pipeline.
     exported = world_build.Build(build.cache, recipe, weights=tmp_path / "weights")
     assert world_build.export(exported) == ["clip", "sdxl"]
-    from safetensors.torch import load_file
-
-    clip = load_file(tmp_path / "weights" / "clip" / "model.safetensors")
-    encoder_2 = load_file(tmp_path / "weights" / "sdxl" / "text_encoder_2" / "model.safetensors")
-    unet = load_file(tmp_path / "weights" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
-    name = "text_model.final_layer_norm.weight"
+    clip = _tensors(tmp_path / "weights" / "clip" / "model.safetensors")
+    encoder_2 = _tensors(tmp_path / "weights" / "sdxl" / "text_encoder_2" / "model.safetensors")
+    unet = _tensors(tmp_path / "weights" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
+    name, vision = "text_model.final_layer_norm.weight", "vision_model.post_layernorm.weight"
     assert torch.equal(clip[name], encoder_2[name])
+    assert torch.equal(clip[vision], image_tower_on[vision].half())
     assert all(torch.equal(unet[k], after[k].half()) for k in unet)
     log = json.loads((tmp_path / "weights" / "build_log.json").read_text())
     assert "taken from the committed fp16 weights" in log["seeded_from_weights"]

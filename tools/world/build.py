@@ -1,6 +1,6 @@
 """Train the toy world's tokenizer, CLIP, VAE and SDXL-layout UNet from seeds, resumably.
 
-    python -m tools.world.build                  # every stage in order (about 1.7 hours of one CPU core)
+    python -m tools.world.build                  # every stage in order (about 2.5 hours of one CPU core)
     python -m tools.world.build --stage clip     # one stage (see below for which may run side by side)
     python -m tools.world.build --export         # write fp16 weights from the latest checkpoints
     python -m tools.world.build --seed-from-weights --cache DIR   # start from the committed weights: only
@@ -94,6 +94,10 @@ class Recipe:
     # and the decoder longer (22.9 dB was blurry). They continue the stages before them, so they can also
     # start from the committed weights (``--seed-from-weights``) instead of a rebuild.
     retune2_steps: int = 3_000
+    # The image tower alone again on the hard negatives, now that the text tower tells the head attributes
+    # apart (textneg); the text tower stays locked, so the UNet's text encoders do not move.
+    hardneg2_steps: int = 1_500
+    hardneg2_lr: float = 2e-4
     retune2_lr: float = 1e-4
     # SDXL's micro-conditioning: SDXL was trained on pictures of many original sizes, so a LoRA trainer
     # conditions on each reference's own size (kohya and diffusers do). The first UNet passes saw only 64 px,
@@ -206,6 +210,7 @@ STAGE_RECIPE_FIELDS = {"clip": ("text_lock_step",), "vae": ("encoder_lock_step",
                                   "ema_decay", "text_lock_step", "encoder_lock_step", "textneg_steps", "textneg_lr"),
                        "unet": ("caption_dropout", "min_snr_gamma", "ema_decay", "text_lock_step", "encoder_lock_step")}
 # A second pass depends on what its first pass depended on, and on the first pass itself.
+STAGE_RECIPE_FIELDS["hardneg2"] = (*STAGE_RECIPE_FIELDS["textneg"], "textneg_steps", "textneg_lr")
 STAGE_RECIPE_FIELDS["retune2"] = (*STAGE_RECIPE_FIELDS["retune"], "retune_steps", "retune_lr")
 STAGE_RECIPE_FIELDS["decoder2"] = (*STAGE_RECIPE_FIELDS["decoder"], "decoder_steps", "decoder_lr")
 
@@ -231,7 +236,8 @@ class Trainer:
             if state["recipe"] == _recipe_key(build.recipe, stage):
                 for name, module in modules.items():
                     module.load_state_dict(state["modules"][name])
-                optimizer.load_state_dict(state["optimizer"])
+                if state["optimizer"] is not None:  # None: a finished stage seeded from the committed weights
+                    optimizer.load_state_dict(state["optimizer"])
                 self.step, self.cpu_seconds, self.losses = state["step"], state["cpu_seconds"], state["losses"]
                 build.log(stage, f"resumed at step {self.step}/{total_steps}")
             else:
@@ -410,6 +416,11 @@ def stage_textneg(build: Build) -> None:
     _train_with_hard_negatives(build, "textneg", after="hardneg", text_trains=True)
 
 
+def stage_hardneg2(build: Build) -> None:
+    """The image tower with the hard negatives again, on textneg's (locked) text tower."""
+    _train_with_hard_negatives(build, "hardneg2", after="textneg", text_trains=False)
+
+
 def _train_with_hard_negatives(build: Build, stage: str, after: str, text_trains: bool) -> None:
     from tools.world.attributes import SENTENCE_TEMPLATES
 
@@ -442,7 +453,7 @@ def _train_with_hard_negatives(build: Build, stage: str, after: str, text_trains
     trainer = Trainer(build, stage, {"model": model}, optimizer, steps, lr, warmup=50)
 
     def step(index: int) -> torch.Tensor:
-        seed = recipe.seed * 9973 + index
+        seed = recipe.seed * 9973 + (SECOND_PASS_SEED_OFFSET if stage.endswith("2") else 0) + index
         rng = random.Random(seed)
         rows = np.random.default_rng(seed).choice(len(split), recipe.vision_batch, replace=False)
         characters = [split.characters[r] for r in rows]
@@ -583,7 +594,7 @@ def load_trained_vae(build: Build, encoder_only: bool = False, stage: str | None
 
 def load_trained_clip(build: Build, stage: str | None = None):
     """The CLIP of ``stage`` (default: the image-tower stage when it has a checkpoint, else the first stage)."""
-    stage = stage or next(s for s in ("textneg", "hardneg", "vision", "clip") if build.checkpoint_path(s).is_file())
+    stage = stage or next(s for s in ("hardneg2", "textneg", "hardneg", "vision", "clip") if build.checkpoint_path(s).is_file())
     model, tokenizer = new_clip(build)
     model.load_state_dict(torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)["modules"]["model"])
     return model.eval(), tokenizer
@@ -756,7 +767,13 @@ def export(build: Build) -> list[str]:
         return written
     unet_stage = next((s for s in UNET_TEXT_TOWER if build.checkpoint_path(s).is_file()), "unet")
     # The scorer's CLIP and the pipeline's text encoders are one tower: the one the exported UNet trained on
-    clip_model, tokenizer = load_trained_clip(build, UNET_TEXT_TOWER[unet_stage] if unet_stage != "unet" else None)
+    clip_model, tokenizer = load_trained_clip(build)
+    if unet_stage != "unet":  # the image tower may have gone on (hardneg2); the text tower must be the UNet's
+        paired, _ = load_trained_clip(build, UNET_TEXT_TOWER[unet_stage])
+        for part in TEXT_TOWER_PARTS:
+            for name, value in getattr(clip_model, part).state_dict().items():
+                if not torch.equal(value, getattr(paired, part).state_dict()[name]):
+                    raise RuntimeError(f"the CLIP's {part}.{name} differs from the text tower {unet_stage} trained on")
     locked = build.cache / "text_tower.pt"
     if unet_stage == "unet" and locked.is_file():  # the pipeline's text encoders must be the ones the UNet trained on
         state = torch.load(locked, map_location="cpu", weights_only=False)
@@ -802,20 +819,29 @@ def export(build: Build) -> list[str]:
 
 STAGES = {"data": stage_data, "tokenizer": stage_tokenizer, "clip": stage_clip, "vae": stage_vae, "unet": stage_unet,
           "vision": stage_vision, "decoder": stage_decoder, "hardneg": stage_hardneg, "textneg": stage_textneg,
-          "retune": stage_retune, "retune2": stage_retune2, "decoder2": stage_decoder2}
+          "retune": stage_retune, "retune2": stage_retune2, "decoder2": stage_decoder2, "hardneg2": stage_hardneg2}
 TRAINING_STAGES = [name for name in STAGES if name not in ("data", "tokenizer")]
 
 
+# Each model's stages in training order: the committed weights of a model are its last finished stage's.
+MODEL_STAGES = {"model": ("clip", "vision", "hardneg", "textneg", "hardneg2"), "vae": ("vae", "decoder", "decoder2"),
+                "unet": ("unet", "retune", "retune2")}
+FIRST_BUILD = ("clip", "vision", "hardneg", "textneg", "vae", "decoder", "unet", "retune")
+
+
 def seed_from_weights(build: Build) -> list[str]:
-    """Start a cache from the committed fp16 weights instead of the 1.7-hour rebuild: they become the
-    finished states of the stages that made them (through ``retune`` and ``decoder``), so the second passes
-    can run on them. Their result is then not bit-identical to a rebuild from seeds (the fp16 rounding of
-    the committed states); the build log says so. Returns the stages marked finished."""
+    """Start a cache from the committed fp16 weights instead of the 2.5-hour rebuild: they become the
+    finished states of the stages that made them (those their ``build_log.json`` records), so the stages
+    after those can run on them. Their result is then not bit-identical to a rebuild from seeds (the fp16
+    rounding of the committed states); the build log says so. Returns the stages marked finished."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPModel
 
     if any(build.checkpoint_path(s).is_file() for s in TRAINING_STAGES):
         raise RuntimeError(f"{build.cache} already holds checkpoints: seed an empty cache folder")
+    log_path = build.weights / "build_log.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    seeded = [s for s in TRAINING_STAGES if (log.get(s) or {}).get("steps_done")] or list(FIRST_BUILD)
     stage_data(build)
     tokenizer = json.loads((build.weights / "clip" / "tokenizer.json").read_text(encoding="utf-8"))["model"]
     build.tokenizer_dir.mkdir(parents=True, exist_ok=True)
@@ -827,15 +853,15 @@ def seed_from_weights(build: Build) -> list[str]:
     unet = UNet2DConditionModel.from_pretrained(build.weights / "sdxl" / "unet", torch_dtype=torch.float32).state_dict()
     _save_checkpoint(build.cache / "vae_encoder.pt", {"scaling_factor": vae.config.scaling_factor,
                                                       **{p: getattr(vae, p).state_dict() for p in ENCODER_PARTS}})
-    modules = {"textneg": {"model": clip}, "decoder": {"vae": vae.state_dict()}, "retune": {"unet": unet, "ema": unet}}
-    seeded = ["clip", "vision", "hardneg", "textneg", "vae", "decoder", "unet", "retune"]
+    # Every finished stage of a model holds its committed state (the text tower is the same from textneg on,
+    # which the export checks against the UNet's).
+    states = {"model": {"model": clip}, "vae": {"vae": vae.state_dict()}, "unet": {"unet": unet, "ema": unet}}
     for stage in seeded:
+        family = next(f for f, stages in MODEL_STAGES.items() if stage in stages)
         _save_checkpoint(build.checkpoint_path(stage), {
             "recipe": _recipe_key(build.recipe, stage), "step": getattr(build.recipe, f"{stage}_steps"),
-            "cpu_seconds": 0.0, "losses": [], "optimizer": None, "modules": modules.get(stage, {}),
+            "cpu_seconds": 0.0, "losses": [], "optimizer": None, "modules": states[family],
             "seeded_from_weights": True})
-    log_path = build.weights / "build_log.json"
-    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
     log["seeded_from_weights"] = (f"stages {', '.join(seeded)} were taken from the committed fp16 weights; "
                                   "the stages after them trained on those")
     atomic_write_json(build.cache / "build_log.json", log)
