@@ -132,7 +132,7 @@ def _round_section(record: dict, is_best: bool, root: Path | None, lightboxes: l
     badge = ' <span class="badge">best round</span>' if is_best else ""
     verdict = round_verdict(record)
     scores = record_scores(record)
-    rows = [(f'<tr class="copy">' if row[-1] == MEMORISED else "<tr>")
+    rows = [('<tr class="copy">' if row[-1] == MEMORISED else "<tr>")
             + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in scores.rows]
     if scores.ceiling:
         rows.append('<tr class="ceiling">' + "".join(f"<td>{esc(cell)}</td>" for cell in scores.ceiling) + "</tr>")

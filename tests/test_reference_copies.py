@@ -75,6 +75,6 @@ def test_a_scored_reference_is_a_memorised_copy_everywhere_and_never_the_winner(
               "ceiling": {"quality": report["ceiling"]["quality"]["mean"]}, "rationale": decision.rationale,
               "decided_by": "rule-policy", "decision": {"adjustments": decision.adjustments}, "paths": {}}
     page = render_html([record], {"profile": {"profile": "tiny"}, "best_round": None}, [], "score_chart.png")
-    assert f'<tr class="copy"><td>lora</td>' in page and f"<td>{MEMORISED}</td>" in page
-    assert f"Only base was ranked" in page and f"The LoRA&#x27;s images copy the references ({MEMORISED})" in page
+    assert '<tr class="copy"><td>lora</td>' in page and f"<td>{MEMORISED}</td>" in page
+    assert "Only base was ranked" in page and f"The LoRA&#x27;s images copy the references ({MEMORISED})" in page
     assert ranked_rounds([record]) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -21,11 +22,17 @@ PROMPT = ")>"  # the end of "aldar (tiny, round 1)> "; prompt_toolkit draws the 
 EXPECT_TIMEOUT_S = 300
 
 
+def _default_sigint() -> None:
+    """A terminal's ^C must reach the chat even when pytest was started in the background (``cmd &`` in a
+    script starts it with SIGINT ignored, and an ignored signal stays ignored across fork and exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(tmp_path: Path, *extra: str) -> pexpect.spawn:
     env = dict(os.environ, PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm", COLUMNS="160", LINES="50")
     child = pexpect.spawn(ALDAR, ["chat", "--profile", "tiny", "--yes", "--output-dir", str(tmp_path / "results"),
                                   *extra], cwd=str(tmp_path), env=env, encoding="utf-8", timeout=EXPECT_TIMEOUT_S,
-                          dimensions=(50, 160))
+                          dimensions=(50, 160), preexec_fn=_default_sigint)
     child.expect_exact(PROMPT)
     return child
 

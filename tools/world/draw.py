@@ -12,7 +12,6 @@ finish (outline weight, blur, noise, shading).
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
