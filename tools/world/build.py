@@ -4,14 +4,15 @@
     python -m tools.world.build --stage clip     # one stage (see below for which may run side by side)
     python -m tools.world.build --export         # write fp16 weights from the latest checkpoints
     python -m tools.world.build --seed-from-weights --cache DIR   # start from the committed weights: only
-                                                 # the second passes (retune2, decoder2) train
+                                                 # the stages their build log lacks train
 
 Stages: ``data`` (render the splits) → ``tokenizer`` → ``clip`` and ``vae`` side by side. The CLIP locks
 its text tower at ``text_lock_step`` and the VAE its encoder at ``encoder_lock_step``; from then on
 ``unet`` can train on the final encoders while the CLIP's image tower and the VAE's decoder go on, and
 ``vision`` (the image tower alone, after ``clip``; then ``hardneg``, with hard-negative captions) and ``decoder`` (the VAE's decoder alone, after ``vae``)
 beside it; then ``retune``/``retune2`` (the UNet on the final text tower, then with SDXL's varied original
-sizes and offset noise) and ``decoder2``. Each training stage checkpoints model,
+sizes and offset noise), ``decoder2`` and ``hardneg2`` (the image tower again, text locked). Each training
+stage checkpoints model,
 optimizer and step every few minutes into the cache folder (``$ALDAR_CACHE/world-build``, default
 ``~/.cache/aldar/world-build``; never committed) and on Ctrl-C; a rerun
 continues from the checkpoint. Batches and noise are pure functions of (seed, step), so a resumed run
@@ -119,6 +120,13 @@ class Recipe:
 
 # Where a second pass's batch (and noise) seeds start, so that it does not replay its first pass.
 SECOND_PASS_SEED_OFFSET = 1_000_003
+# Each model's stages in training order: a model's latest state is its last stage with a checkpoint.
+MODEL_STAGES = {"model": ("clip", "vision", "hardneg", "textneg", "hardneg2"), "vae": ("vae", "decoder", "decoder2"),
+                "unet": ("unet", "retune", "retune2")}
+
+
+def seed_offset(stage: str) -> int:
+    return SECOND_PASS_SEED_OFFSET if stage.endswith("2") else 0
 
 
 def clip_config(vocab_size: int, bos: int, eos: int):
@@ -191,6 +199,11 @@ class Build:
         log = json.loads(path.read_text()) if path.is_file() else {}
         log[stage] = {**log.get(stage, {}), **fields}
         atomic_write_json(path, log)
+
+
+def latest_stage(build: Build, model: str) -> str | None:
+    """The last of ``model``'s stages (``MODEL_STAGES``) that has a checkpoint."""
+    return next((s for s in reversed(MODEL_STAGES[model]) if build.checkpoint_path(s).is_file()), None)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -453,7 +466,7 @@ def _train_with_hard_negatives(build: Build, stage: str, after: str, text_trains
     trainer = Trainer(build, stage, {"model": model}, optimizer, steps, lr, warmup=50)
 
     def step(index: int) -> torch.Tensor:
-        seed = recipe.seed * 9973 + (SECOND_PASS_SEED_OFFSET if stage.endswith("2") else 0) + index
+        seed = recipe.seed * 9973 + seed_offset(stage) + index
         rng = random.Random(seed)
         rows = np.random.default_rng(seed).choice(len(split), recipe.vision_batch, replace=False)
         characters = [split.characters[r] for r in rows]
@@ -560,10 +573,9 @@ def _train_decoder(build: Build, stage: str, after: str) -> None:
     lr, steps = getattr(recipe, f"{stage}_lr"), getattr(recipe, f"{stage}_steps")
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     trainer = Trainer(build, stage, {"vae": vae}, optimizer, steps, lr, warmup=50)
-    offset = SECOND_PASS_SEED_OFFSET if stage.endswith("2") else 0
 
     def step(index: int) -> torch.Tensor:
-        seed = recipe.seed * 130363 + offset + index
+        seed = recipe.seed * 130363 + seed_offset(stage) + index
         rows = np.random.default_rng(seed).choice(len(split), recipe.vae_batch, replace=False)
         x = to_unit_range(split.pixels[rows])
         with torch.no_grad():
@@ -578,7 +590,7 @@ def load_trained_vae(build: Build, encoder_only: bool = False, stage: str | None
     """The VAE with the locked encoder and its scaling; the decoder from the latest checkpoint (the decoder
     stage's when it has one) unless ``encoder_only`` (the UNet stage needs only latents)."""
     vae = new_vae()
-    stage = stage or next(s for s in ("decoder2", "decoder", "vae") if build.checkpoint_path(s).is_file())
+    stage = stage or latest_stage(build, "vae")
     if not encoder_only:
         vae.load_state_dict(torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)["modules"]["vae"])
     locked = torch.load(build.cache / "vae_encoder.pt", map_location="cpu", weights_only=False)
@@ -594,7 +606,7 @@ def load_trained_vae(build: Build, encoder_only: bool = False, stage: str | None
 
 def load_trained_clip(build: Build, stage: str | None = None):
     """The CLIP of ``stage`` (default: the image-tower stage when it has a checkpoint, else the first stage)."""
-    stage = stage or next(s for s in ("hardneg2", "textneg", "hardneg", "vision", "clip") if build.checkpoint_path(s).is_file())
+    stage = stage or latest_stage(build, "model")
     model, tokenizer = new_clip(build)
     model.load_state_dict(torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)["modules"]["model"])
     return model.eval(), tokenizer
@@ -711,10 +723,9 @@ def _train_unet(build: Build, stage: str, clip_model, tokenizer, init: dict | No
     trainer = Trainer(build, stage, {"unet": unet, "ema": ema}, optimizer, steps, lr, warmup=200 if init is None else 50)
     original_sizes = getattr(recipe, f"{stage}_original_sizes", (RESOLUTION,))
 
-    offset = SECOND_PASS_SEED_OFFSET if stage.endswith("2") else 0
 
     def step(index: int) -> torch.Tensor:
-        seed = recipe.seed * 15485863 + offset + index
+        seed = recipe.seed * 15485863 + seed_offset(stage) + index
         rng = random.Random(seed)
         generator = torch.Generator().manual_seed(seed)
         rows = torch.from_numpy(np.random.default_rng(seed).choice(len(split), recipe.unet_batch, replace=False))
@@ -765,7 +776,7 @@ def export(build: Build) -> list[str]:
     build.weights.mkdir(parents=True, exist_ok=True)
     if not build.checkpoint_path("clip").is_file():
         return written
-    unet_stage = next((s for s in UNET_TEXT_TOWER if build.checkpoint_path(s).is_file()), "unet")
+    unet_stage = latest_stage(build, "unet") or "unet"
     # The scorer's CLIP and the pipeline's text encoders are one tower: the one the exported UNet trained on
     clip_model, tokenizer = load_trained_clip(build)
     if unet_stage != "unet":  # the image tower may have gone on (hardneg2); the text tower must be the UNet's
@@ -823,9 +834,6 @@ STAGES = {"data": stage_data, "tokenizer": stage_tokenizer, "clip": stage_clip, 
 TRAINING_STAGES = [name for name in STAGES if name not in ("data", "tokenizer")]
 
 
-# Each model's stages in training order: the committed weights of a model are its last finished stage's.
-MODEL_STAGES = {"model": ("clip", "vision", "hardneg", "textneg", "hardneg2"), "vae": ("vae", "decoder", "decoder2"),
-                "unet": ("unet", "retune", "retune2")}
 FIRST_BUILD = ("clip", "vision", "hardneg", "textneg", "vae", "decoder", "unet", "retune")
 
 
