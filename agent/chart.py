@@ -13,8 +13,9 @@ import html
 import math
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from tools.images import label_font
 from tools.scoring.copies import MEMORISED, memorised
 
 SIZE = (960, 420)
@@ -236,8 +237,8 @@ def draw_score_chart(history: list[dict], size: tuple[int, int] = SIZE) -> Image
                   width=3 * k)
     image = big.resize((layout.width, layout.height), Image.LANCZOS)
     text = ImageDraw.Draw(image)
-    font = _font(13)
-    text.text((layout.left, 10), "Quality score per round", fill="black", font=_font(15))
+    font = label_font(13)
+    text.text((layout.left, 10), "Quality score per round", fill="black", font=label_font(15))
     for value in layout.y_ticks():
         text.text((layout.left - 8, layout.y(value)), tick_label(value, layout.step), fill="black", font=font,
                   anchor="rm")
@@ -250,8 +251,8 @@ def draw_score_chart(history: list[dict], size: tuple[int, int] = SIZE) -> Image
     if any(line.copied for line in lines):
         first, _, second = MEMORISED.partition(" — ")
         text.text((layout.right + 18, layout.top + 8 + len(lines) * 22), f"hollow, crossed: {first}",
-                  fill="black", font=_font(11), anchor="lm")
-        text.text((layout.right + 36, layout.top + 26 + len(lines) * 22), second, fill="black", font=_font(11),
+                  fill="black", font=label_font(11), anchor="lm")
+        text.text((layout.right + 36, layout.top + 26 + len(lines) * 22), second, fill="black", font=label_font(11),
                   anchor="lm")
     return image
 
@@ -288,13 +289,6 @@ def _dashed(draw: ImageDraw.ImageDraw, curve: list[tuple[float, float]], colour,
         pending.append((x1, y1))
     if drawing and len(pending) > 1:
         draw.line(pending, fill=colour, width=width)
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
 
 
 def _vertical_text(image: Image.Image, text: str, centre: tuple[float, float], font) -> None:

@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFont, ImageOps, UnidentifiedImageError
 
 from tools.errors import InputError
 
@@ -85,3 +85,12 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def label_font(size: int):
+    """PIL's default font at ``size`` px for chart labels; the small bitmap font where Pillow is older than
+    10.1 (no size argument) or built without FreeType."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()

@@ -7,9 +7,10 @@ import io
 import math
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from tools.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_object
+from tools.images import label_font
 
 LOSS_LOG = "loss_log.csv"
 LOSS_CURVE = "loss_curve.png"
@@ -57,10 +58,7 @@ def draw_loss_curve(path: Path, rows: list[dict], title: str = "LoRA training lo
     left, right, top, bottom = 70, 60 if scores else 20, 52, 50
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    try:
-        font = ImageFont.load_default(size=13)
-    except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
-        font = ImageFont.load_default()
+    font = label_font(13)
     draw.text((left, 10), title, fill="black", font=font)
     points = [(r["step"], r["loss"], r["loss_ema"]) for r in rows if math.isfinite(r["loss"])]
     x0, x1 = (points[0][0], points[-1][0]) if points else (0, 1)
