@@ -19,6 +19,7 @@ from typing import Annotated, Any, Optional
 
 from agent.toolspec import ExtraParameter, Range
 from tools.errors import ConfigError, InputError
+from tools.numbers import finite_number
 from tools.training.config import check_setting
 
 
@@ -180,14 +181,3 @@ def bounds_table(bounds: dict[str, tuple]) -> str:
 def _phrases(value: Any) -> list[str]:
     phrases = [value] if isinstance(value, str) else list(value or [])
     return list(dict.fromkeys(str(p).strip() for p in phrases if str(p).strip()))
-
-
-def finite_number(value: Any) -> float | None:
-    """``value`` as a float; None for non-numbers and NaN/infinity (NaN passes min/max clamping unchanged)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond float range
-        return None
-    return number if math.isfinite(number) else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -468,7 +467,9 @@ class Repl:
 
 
 def history_file() -> Path:
-    return Path(os.environ.get("ALDAR_CACHE") or Path.home() / ".cache" / "aldar") / "chat_history"
+    from tools.paths import aldar_cache
+
+    return aldar_cache("chat_history")
 
 
 class SlashCompleter(Completer):

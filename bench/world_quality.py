@@ -40,7 +40,7 @@ from tools.scoring.clip import ClipEncoder  # noqa: E402
 from tools.models import load_toy_world_clip, load_toy_world_pipeline  # noqa: E402
 from tools.settings import BUNDLED_TAXONOMY  # noqa: E402
 from tools.scoring.taxonomy import load_taxonomy  # noqa: E402
-from tools.world.attributes import ATTRIBUTES, sample_character, tag_caption  # noqa: E402
+from tools.world.attributes import sample_character, tag_caption  # noqa: E402
 from tools.world.dataset import render_split, to_unit_range  # noqa: E402
 
 HELDOUT_SEED = 9

@@ -184,7 +184,9 @@ def tiny_tokenizer():
     """
     from transformers import CLIPTokenizer
 
-    folder = Path(os.environ.get("ALDAR_CACHE", Path.home() / ".cache" / "aldar")) / "tiny-tokenizer"
+    from tools.paths import aldar_cache
+
+    folder = aldar_cache("tiny-tokenizer")
     vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
     if not (vocab_file.is_file() and merges_file.is_file()):
         folder.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tools.numbers import finite_number
+
 # Raw CLIP cosine and SSIM to one single reference at or above which an image is that reference again.
 # Different pictures of one character sit well below the pair (the bundled references: CLIP about 0.5,
 # SSIM about 0.56 between each other; toy-world characters at most 0.66 SSIM against them).
@@ -26,7 +28,7 @@ MEMORISED = "reference copy — memorised"
 
 def is_reference_copy(clip: Any, ssim: Any) -> bool:
     """Whether an image whose CLIP cosine and SSIM to one reference are these nearly copies it."""
-    return (_number(clip) or 0.0) >= COPY_CLIP and (_number(ssim) or 0.0) >= COPY_SSIM
+    return (finite_number(clip) or 0.0) >= COPY_CLIP and (finite_number(ssim) or 0.0) >= COPY_SSIM
 
 
 def copying(overfitting: Any) -> bool:
@@ -35,19 +37,19 @@ def copying(overfitting: Any) -> bool:
     if not isinstance(overfitting, dict):
         return False
     if overfitting.get("reference_copies") is not None:
-        return (_number(overfitting.get("reference_copies")) or 0) > 0
+        return (finite_number(overfitting.get("reference_copies")) or 0) > 0
     return is_reference_copy(overfitting.get("max_reference_clip"), overfitting.get("max_reference_ssim"))
 
 
 def copy_evidence(clip: Any, ssim: Any) -> str:
     """The figures that make an image a copy: ``CLIP 1.000 ≥ 0.95, SSIM 1.000 ≥ 0.85``."""
-    return f"CLIP {_number(clip) or 0.0:.3f} ≥ {COPY_CLIP}, SSIM {_number(ssim) or 0.0:.3f} ≥ {COPY_SSIM}"
+    return f"CLIP {finite_number(clip) or 0.0:.3f} ≥ {COPY_CLIP}, SSIM {finite_number(ssim) or 0.0:.3f} ≥ {COPY_SSIM}"
 
 
 def memorised(scores: Any) -> bool:
     """Whether a generator's scores (a comparison report's ``generators`` entry or a round record's
     ``scores`` entry) say some of its images copy a reference."""
-    return isinstance(scores, dict) and (_number(scores.get("reference_copies")) or 0) > 0
+    return isinstance(scores, dict) and (finite_number(scores.get("reference_copies")) or 0) > 0
 
 
 def copies_text(count: int, total: int, rows: list[dict] | None = None) -> str:
@@ -58,7 +60,3 @@ def copies_text(count: int, total: int, rows: list[dict] | None = None) -> str:
              for row in (rows or [])[:3]]
     detail = f" ({'; '.join(named)}{'; …' if len(rows or []) > 3 else ''})" if named else ""
     return f"{count} of {total} image{'' if total == 1 else 's'} nearly {verb} a reference{detail}"
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

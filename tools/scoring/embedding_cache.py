@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -23,8 +22,9 @@ from tools.atomic import atomic_write_bytes
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("ALDAR_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "aldar") / "embeddings"
+    from tools.paths import aldar_cache
+
+    return aldar_cache("embeddings")
 
 
 def encoder_key(encoder, seed: int | None = None) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,7 +163,9 @@ def _to_disk(disk_dir: Path | None, key: str, value: tuple[torch.Tensor, torch.T
 
 
 def default_latent_cache_dir() -> Path:
-    return Path(os.environ.get("ALDAR_CACHE", Path.home() / ".cache" / "aldar")) / "latents"
+    from tools.paths import aldar_cache
+
+    return aldar_cache("latents")
 
 
 def clear_latent_cache() -> None:
