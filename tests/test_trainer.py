@@ -81,7 +81,7 @@ def trained(profile, dataset, tmp_path_factory):
     # alpha = rank/2 halves each update: double the learning rate to keep the tiny defaults' pace.
     defaults = default_train_config(profile)
     config = defaults.replace(alpha=4.0, learning_rate=2 * defaults.learning_rate, steps=30, checkpoint_every=10,
-                              flip_augmentation=True)
+                              flip_augmentation=True, validation_images=1)
     try:
         result = train_lora(config, profile, dataset, tmp_path_factory.mktemp("run") / "run", quiet=True)
     finally:

@@ -105,7 +105,7 @@ def test_the_committed_weights_seed_a_cache_that_exports_them_unchanged(tmp_path
         assert _same(mine, theirs), model
 
 
-def test_weights_of_the_first_build_seed_a_cache_whose_second_passes_continue_them(tmp_path):
+def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_them(tmp_path):
     import shutil
 
     from tools.world import WEIGHTS_DIR
@@ -113,11 +113,12 @@ def test_weights_of_the_first_build_seed_a_cache_whose_second_passes_continue_th
     first_build = tmp_path / "first"
     shutil.copytree(WEIGHTS_DIR, first_build)
     log = json.loads((first_build / "build_log.json").read_text())
-    for stage in ("retune2", "decoder2", "hardneg2"):
+    for stage in set(world_build.TRAINING_STAGES) - set(world_build.FIRST_BUILD):
         log.pop(stage, None)
     (first_build / "build_log.json").write_text(json.dumps(log))
 
-    recipe = replace(MINI, retune2_steps=2, decoder2_steps=2, hardneg2_steps=2)
+    recipe = replace(MINI, retune2_steps=2, decoder2_steps=2, hardneg2_steps=2, textneg2_steps=2, retune3_steps=2,
+                     hardneg3_steps=2)
     build = world_build.Build(tmp_path / "cache", recipe, weights=first_build)
     assert set(world_build.seed_from_weights(build)) == set(world_build.FIRST_BUILD)
     seeded_unet, seeded_clip = _modules(build, "retune")["ema"], _modules(build, "textneg")["model"]
@@ -128,17 +129,35 @@ def test_weights_of_the_first_build_seed_a_cache_whose_second_passes_continue_th
     assert seeded_unet.keys() == after.keys() and not _same(seeded_unet, after)
     assert all(torch.equal(seeded_clip[k], image_tower_on[k]) for k in seeded_clip if k.startswith("text_"))
     assert not all(torch.equal(seeded_clip[k], image_tower_on[k]) for k in seeded_clip if k.startswith("vision_"))
+    with pytest.raises(RuntimeError, match="the textneg2 stage is at step 0 of 2: finish it first"):
+        torch.save({"step": 0}, build.checkpoint_path("textneg2"))
+        world_build.stage_retune3(build)  # the third UNet pass needs the text tower it trains on
+    build.checkpoint_path("textneg2").unlink()
 
-    # The export carries the retune2 UNet with the text tower it trained on, in the scorer's CLIP (whose image
-    # tower is hardneg2's) and the pipeline.
+    # Third passes: both towers again (the text tower moves), then the UNet onto the new text tower and the
+    # image tower alone on it.
+    world_build.stage_textneg2(build)
+    with pytest.raises(RuntimeError, match="differs from the text tower retune2 trained on: train the UNet on the new"):
+        world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "too-early"))
+    assert not (tmp_path / "too-early" / "clip").exists()  # a text tower without its UNet is never exported
+    world_build.stage_retune3(build)
+    world_build.stage_hardneg3(build)
+    both_towers, third_unet = _modules(build, "textneg2")["model"], _modules(build, "retune3")["ema"]
+    last_clip = _modules(build, "hardneg3")["model"]
+    assert not all(torch.equal(image_tower_on[k], both_towers[k]) for k in both_towers if k.startswith("text_"))
+    assert all(torch.equal(both_towers[k], last_clip[k]) for k in last_clip if k.startswith("text_"))
+    assert not _same(after, third_unet)
+
+    # The export carries the latest UNet with the text tower it trained on, in the scorer's CLIP and the pipeline.
     exported = world_build.Build(build.cache, recipe, weights=tmp_path / "weights")
     assert world_build.export(exported) == ["clip", "sdxl"]
     clip = _tensors(tmp_path / "weights" / "clip" / "model.safetensors")
     encoder_2 = _tensors(tmp_path / "weights" / "sdxl" / "text_encoder_2" / "model.safetensors")
     unet = _tensors(tmp_path / "weights" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
     name, vision = "text_model.final_layer_norm.weight", "vision_model.post_layernorm.weight"
-    assert torch.equal(clip[name], encoder_2[name])
-    assert torch.equal(clip[vision], image_tower_on[vision].half())
-    assert all(torch.equal(unet[k], after[k].half()) for k in unet)
+    assert torch.equal(clip[name], encoder_2[name]) and torch.equal(clip[name], both_towers[name].half())
+    assert torch.equal(clip[vision], last_clip[vision].half())
+    assert not all(torch.equal(clip[k], both_towers[k].half()) for k in clip if k.startswith("vision_"))
+    assert all(torch.equal(unet[k], third_unet[k].half()) for k in unet)
     log = json.loads((tmp_path / "weights" / "build_log.json").read_text())
     assert "taken from the committed fp16 weights" in log["seeded_from_weights"]

@@ -1,6 +1,6 @@
 """Learning outcomes inside the toy world (tiny profile, trained models, CPU):
 
-* the toy CLIP reads the bundled references correctly;
+* the toy CLIP reads the bundled references correctly (headwear, robe, background, face, eyes, mustache);
 * a controlled edit of a reference moves exactly the matching feature's probability;
 * a short LoRA training makes generated images match the character's key features better than the base;
 * the rule policy's emphasis on a missed feature raises that feature's pass rate the next round.
@@ -46,8 +46,11 @@ def test_the_analyzer_names_the_orange_robe_and_each_pictures_background(analysi
         assert top["clothing_color"].startswith("orange"), name
 
 
-HEAD_DETAILS = ("the toy CLIP does not resolve the thin mustache yet (held-out zero-shot: facial hair 56 %; "
-                "tools/world/weights/MODEL_CARD.md) — turn this on when a rebuild does")
+def test_the_analyzer_reads_aldars_face_round_with_narrow_eyes_and_a_thin_mustache(analysis):
+    assert {"round face", "narrow eyes", "thin mustache"} <= set(analysis["key_features"])
+    for name, entry in analysis["per_image"].items():
+        assert (entry["face_shape"]["top"][0]["feature"], entry["eyes"]["top"][0]["feature"]) == (
+            "round face", "narrow eyes"), name
 
 
 def test_the_analyzer_names_each_pictures_headwear(analysis):
@@ -137,11 +140,20 @@ def test_a_controlled_edit_moves_exactly_the_matching_feature(edit, probabilitie
         assert moved > largest_elsewhere, (index, moved, largest_elsewhere)  # the edit moves its own feature most
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=HEAD_DETAILS)
-def test_painting_over_the_mustache_moves_the_facial_hair_reading(probabilities_of):
-    before, after = probabilities_of(Image.fromarray(_reference(0))), probabilities_of(paint_over_mustache(0))
-    assert after["facial_hair"]["no facial hair"] > before["facial_hair"]["no facial hair"] + 0.2
-    assert after["facial_hair"]["thin mustache"] < before["facial_hair"]["thin mustache"] - 0.2
+def test_painting_over_the_mustache_moves_exactly_the_facial_hair_reading(probabilities_of):
+    read_before = 0
+    for index in range(5):
+        before, after = probabilities_of(Image.fromarray(_reference(index))), probabilities_of(paint_over_mustache(index))
+        hair_before, hair_after = before["facial_hair"], after["facial_hair"]
+        moved = hair_after["no facial hair"] - hair_before["no facial hair"]
+        # The edit can only take away what was seen: its size is bounded by how surely the mustache was read.
+        assert moved > 0.2 and hair_after["thin mustache"] < hair_before["thin mustache"] - 0.2, (index, hair_before,
+                                                                                                hair_after)
+        assert max(hair_after, key=hair_after.get) == "no facial hair", (index, hair_after)
+        largest_elsewhere = max(abs(after[c][f] - before[c][f]) for c in before if c != "facial_hair" for f in before[c])
+        assert moved > largest_elsewhere, (index, moved, largest_elsewhere)  # the edit moves its own feature most
+        read_before += max(hair_before, key=hair_before.get) == "thin mustache"
+    assert read_before >= 4  # the toy CLIP sees the thin mustache on (nearly) every reference
 
 
 # --------------------------------------------------------------------------- the loop
