@@ -32,6 +32,7 @@ from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
 from agent.ui import UI
 from tools.atomic import atomic_write_json, unused_path
 from tools.errors import AldarError, ConfigError, InputError
+from tools.paths import aldar_cache
 from tools.secrets import KEY_NAMES, api_key, mask, redact
 from tools.settings import Settings
 from tools.timestamps import iso_timestamp, timestamp
@@ -467,8 +468,6 @@ class Repl:
 
 
 def history_file() -> Path:
-    from tools.paths import aldar_cache
-
     return aldar_cache("chat_history")
 
 

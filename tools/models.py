@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from tools.errors import ModelNotFoundError
+from tools.paths import aldar_cache
 
 if TYPE_CHECKING:
     import torch
@@ -183,8 +184,6 @@ def tiny_tokenizer():
     fine for random-weight models and keeps the real ``CLIPTokenizer`` code path.
     """
     from transformers import CLIPTokenizer
-
-    from tools.paths import aldar_cache
 
     folder = aldar_cache("tiny-tokenizer")
     vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"

@@ -19,11 +19,10 @@ import torch
 from PIL import Image
 
 from tools.atomic import atomic_write_bytes
+from tools.paths import aldar_cache
 
 
 def default_cache_dir() -> Path:
-    from tools.paths import aldar_cache
-
     return aldar_cache("embeddings")
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from tools.errors import InputError
 from tools.images import file_sha256, load_image
+from tools.paths import aldar_cache
 
 _MEMORY_LATENTS: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (mean, std), CPU fp32
 
@@ -163,8 +164,6 @@ def _to_disk(disk_dir: Path | None, key: str, value: tuple[torch.Tensor, torch.T
 
 
 def default_latent_cache_dir() -> Path:
-    from tools.paths import aldar_cache
-
     return aldar_cache("latents")
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from tools.atomic import atomic_write_json
+from tools.paths import aldar_cache
 from tools.scoring.clip import CLIP_MEAN, CLIP_STD
 from tools.world import WEIGHTS_DIR
 from tools.world.attributes import ATTRIBUTES, sentence_caption, tag_caption
@@ -922,8 +923,6 @@ def seed_from_weights(build: Build) -> list[str]:
 
 
 def default_cache() -> Path:
-    from tools.paths import aldar_cache
-
     return aldar_cache("world-build")
 
 
