@@ -95,9 +95,11 @@ def test_the_committed_weights_seed_a_cache_that_exports_them_unchanged(tmp_path
     assert build.tokenizer()(caption).input_ids == committed(caption).input_ids
     with pytest.raises(RuntimeError, match="already holds checkpoints"):
         world_build.seed_from_weights(build)
-    # Nothing is left to train, and the export gives back the committed weights bit for bit.
-    for stage in world_build.TRAINING_STAGES:
+    # The stages the build log records are finished (only those after them are left to train), and the
+    # export gives back the committed weights bit for bit.
+    for stage in marked:
         assert torch.load(build.checkpoint_path(stage), weights_only=False)["step"] == getattr(MINI, f"{stage}_steps")
+    assert not any(build.checkpoint_path(s).is_file() for s in set(world_build.TRAINING_STAGES) - set(marked))
     assert world_build.export(world_build.Build(build.cache, MINI, weights=tmp_path / "weights")) == ["clip", "sdxl"]
     for model in ("clip/model.safetensors", "sdxl/unet/diffusion_pytorch_model.safetensors",
                   "sdxl/vae/diffusion_pytorch_model.safetensors", "sdxl/text_encoder_2/model.safetensors"):
@@ -118,7 +120,7 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     (first_build / "build_log.json").write_text(json.dumps(log))
 
     recipe = replace(MINI, retune2_steps=2, decoder2_steps=2, hardneg2_steps=2, textneg2_steps=2, retune3_steps=2,
-                     hardneg3_steps=2)
+                     hardneg3_steps=2, vae2_steps=2, retune4_steps=2, hardneg4_steps=2)
     build = world_build.Build(tmp_path / "cache", recipe, weights=first_build)
     assert set(world_build.seed_from_weights(build)) == set(world_build.FIRST_BUILD)
     seeded_unet, seeded_clip = _modules(build, "retune")["ema"], _modules(build, "textneg")["model"]
@@ -161,3 +163,26 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     assert all(torch.equal(unet[k], third_unet[k].half()) for k in unet)
     log = json.loads((tmp_path / "weights" / "build_log.json").read_text())
     assert "taken from the committed fp16 weights" in log["seeded_from_weights"]
+
+    # Fourth passes: encoder and decoder together (the encoder moves, then is locked), the UNet onto the new
+    # latents, the image tower once more. A VAE whose encoder the UNet never learnt is never exported.
+    world_build.stage_vae2(build)
+    before, joint = _modules(build, "decoder2")["vae"], _modules(build, "vae2")["vae"]
+    encoder_keys = [k for k in joint if k.startswith(("encoder.", "quant_conv."))]
+    assert not all(torch.equal(before[k], joint[k]) for k in encoder_keys)
+    build.cache.joinpath("vae2_encoder.pt").unlink()  # killed between the last checkpoint and the lock
+    assert all(torch.equal(world_build.locked_encoder(build, "vae2")[k.split(".", 1)[0]][k.split(".", 1)[1]], joint[k])
+               for k in encoder_keys)
+    with pytest.raises(RuntimeError, match="the VAE's encoder is vae2's but retune3 learnt the latents of vae's"):
+        world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "vae-too-early"))
+    assert not (tmp_path / "vae-too-early" / "clip").exists()
+    world_build.stage_retune4(build)
+    world_build.stage_hardneg4(build)
+    assert build.cache.joinpath("unet_latent_moments_vae2.pt").is_file()  # retune4 learnt vae2's latents
+    fourth_unet = _modules(build, "retune4")["ema"]
+    assert not _same(third_unet, fourth_unet)
+    assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "fourth")) == ["clip", "sdxl"]
+    vae = _tensors(tmp_path / "fourth" / "sdxl" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(vae[k], joint[k].half()) for k in vae)
+    unet = _tensors(tmp_path / "fourth" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(unet[k], fourth_unet[k].half()) for k in unet)

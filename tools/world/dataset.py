@@ -52,3 +52,19 @@ def to_unit_range(pixels: np.ndarray):
     import torch
 
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def head_weight_map(characters: list[Character], size: int, weight: float):
+    """(N, 1, size, size) float32 tensor: ``weight`` on each character's head (a disc of 1.2 head radii about
+    its centre, so a tilted head and its headwear stay inside), 1 elsewhere — a loss mask, as kohya's masked
+    loss, for the part of the picture that carries most of the attributes."""
+    import torch
+
+    from tools.world.draw import head_circle
+
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    out = np.ones((len(characters), 1, size, size), dtype=np.float32)
+    for index, character in enumerate(characters):
+        x, y, radius = head_circle(character, size)
+        out[index, 0][(xs - x) ** 2 + (ys - y) ** 2 <= (1.2 * radius) ** 2] = weight
+    return torch.from_numpy(out)

@@ -203,14 +203,27 @@ BACKGROUNDS = {"steppe landscape": _draw_steppe, "plain background": _draw_plain
 
 
 # --------------------------------------------------------------------------- character
+def figure_layout(character: Character, size: float) -> tuple[float, float, float]:
+    """(centre x, top, unit) of the figure on a ``size`` px canvas: laid out in units of half the canvas."""
+    unit = size * 0.5 * character.scale
+    cx = size / 2 + character.offset_x * size
+    top = size * 0.14 + character.offset_y * size + (1 - character.scale) * size * 0.42
+    return cx, top, unit
+
+
+def head_circle(character: Character, size: float) -> tuple[float, float, float]:
+    """(x, y, radius) of the head on a ``size`` px picture (before tilt, which turns it about its centre)."""
+    cx, top, unit = figure_layout(character, size)
+    head_r = unit * 0.30
+    return cx + character.head_shift * head_r, top + head_r * 1.05, head_r
+
+
 def _draw_figure(character: Character, rng: random.Random, cv: _Canvas, ink: Ink) -> Image.Image:
     big = cv.big
     layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))
-    unit = big * 0.5 * character.scale  # the figure is laid out in units of half the canvas
-    cx = big / 2 + character.offset_x * big
-    top = big * 0.14 + character.offset_y * big + (1 - character.scale) * big * 0.42
-    head_r = unit * 0.30
-    head_c = (cx + character.head_shift * head_r, top + head_r * 1.05)
+    cx, _, unit = figure_layout(character, big)
+    head_x, head_y, head_r = head_circle(character, big)
+    head_c = (head_x, head_y)
 
     body = ImageDraw.Draw(layer)
     _draw_robe(body, cx, head_c[1] + head_r * 0.85, unit, character, cv, ink)
