@@ -13,7 +13,8 @@ its text tower at ``text_lock_step`` and the VAE its encoder at ``encoder_lock_s
 beside it; then ``retune``/``retune2`` (the UNet on the final text tower, then with SDXL's varied original
 sizes and offset noise), ``decoder2`` and ``hardneg2`` (the image tower again, text locked); then ``textneg2``
 (both towers again on hard negatives, long), ``retune3`` (the UNet onto that text tower) and beside it
-``hardneg3`` (the image tower, text locked). Each training
+``hardneg3`` (the image tower, text locked); then ``vae2`` (encoder and decoder together, the head weighted
+up, its encoder locked at the end), ``retune4`` (the UNet onto its latents) and ``hardneg4``. Each training
 stage checkpoints model,
 optimizer and step every few minutes into the cache folder (``$ALDAR_CACHE/world-build``, default
 ``~/.cache/aldar/world-build``; never committed) and on Ctrl-C; a rerun
@@ -791,6 +792,11 @@ UNET_TEXT_TOWER = {"retune4": "textneg2", "retune3": "textneg2", "retune2": "tex
 UNET_LATENTS = {"retune4": "vae2"}
 
 
+def unet_latents(stage: str) -> str:
+    """The encoder stage whose latents the UNet stage ``stage`` learns (the first VAE's unless listed)."""
+    return UNET_LATENTS.get(stage, "vae")
+
+
 def stage_retune(build: Build) -> None:
     """Fine-tune the UNet (from the unet stage's EMA) on the text tower of the textneg stage."""
     _retune(build, "retune", after="unet")
@@ -813,7 +819,7 @@ def stage_retune4(build: Build) -> None:
 
 def _retune(build: Build, stage: str, after: str) -> None:
     _require_finished(build, UNET_TEXT_TOWER[stage])
-    _require_finished(build, UNET_LATENTS.get(stage, "vae"))
+    _require_finished(build, unet_latents(stage))
     clip_model, tokenizer = load_trained_clip(build, UNET_TEXT_TOWER[stage])
     init = _require_finished(build, after)["modules"]["ema"]
     _train_unet(build, stage, clip_model, tokenizer, init=init)
@@ -824,7 +830,7 @@ def _train_unet(build: Build, stage: str, clip_model, tokenizer, init: dict | No
 
     recipe = build.recipe
     split = build.load_split("unet")
-    latents_of = UNET_LATENTS.get(stage, "vae")
+    latents_of = unet_latents(stage)
     vae = load_trained_vae(build, encoder_only=True, stage=latents_of)
     _, encoder_2 = text_towers(clip_model)
     moments_path = build.cache / ("unet_latent_moments.pt" if latents_of == "vae" else f"unet_latent_moments_{latents_of}.pt")
@@ -917,10 +923,10 @@ def export(build: Build) -> list[str]:
                     raise RuntimeError(f"the CLIP's {part}.{name} differs from the text tower {unet_stage} trained on: "
                                        "train the UNet on the new text tower (the next retune stage), then export")
     vae_stage = latest_stage(build, "vae")
-    if vae_stage and encoder_stage(vae_stage) != UNET_LATENTS.get(unet_stage, "vae"):
+    if vae_stage and encoder_stage(vae_stage) != unet_latents(unet_stage):
         raise RuntimeError(f"the VAE's encoder is {encoder_stage(vae_stage)}'s but {unet_stage} learnt the latents of "
-                           f"{UNET_LATENTS.get(unet_stage, 'vae')}'s: train the UNet on the new latents (the next "
-                           "retune stage), then export")
+                           f"{unet_latents(unet_stage)}'s: train the UNet on the new latents (the next retune stage), "
+                           "then export")
     locked = build.cache / "text_tower.pt"
     if unet_stage == "unet" and locked.is_file():  # the pipeline's text encoders must be the ones the UNet trained on
         state = torch.load(locked, map_location="cpu", weights_only=False)
