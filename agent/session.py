@@ -303,7 +303,7 @@ class Session:
                 started = time.perf_counter()
                 made = generate_local(self.profile, prompts, self.store.round_images_dir(state.number, name),
                                       lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
-                                      images_per_prompt=settings.images_per_prompt, seed=settings.seed,
+                                      images_per_prompt=settings.sampling_images_per_prompt, seed=settings.seed,
                                       steps=steps, guidance=settings.guidance_scale,
                                       negative_prompt=settings.sampling_negative_prompt, use_lcm=settings.use_lcm,
                                       name=name, quiet=self.quiet)
@@ -318,7 +318,7 @@ class Session:
                 started = time.perf_counter()
                 try:
                     made = generate_with_provider(provider, prompts, self.store.round_images_dir(state.number, provider.name),
-                                                  settings.images_per_prompt, settings.seed, skipped=state.skipped,
+                                                  settings.sampling_images_per_prompt, settings.seed, skipped=state.skipped,
                                                   quiet=self.quiet)
                 except AldarError as exc:  # one failing competitor must not end the round
                     _emit(self.events.on_warning, f"{provider.name} skipped this round: {exc}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +101,7 @@ def test_unknown_keys_are_rejected(tmp_path):
     ({"ALDAR_DEVICE": "tpu"}, "unknown device 'tpu'"),
     ({"ALDAR_DTYPE": "fp8"}, "unknown dtype 'fp8'"),
     ({"ALDAR_NUM_INFERENCE_STEPS": "0"}, "num_inference_steps is 0"),
+    ({"ALDAR_IMAGES_PER_PROMPT": "-1"}, "images_per_prompt is -1"),
     ({"ALDAR_TARGET_SCORE": "1.5"}, "target_score is 1.5"),
     ({"ALDAR_LLM_TIMEOUT_S": "-1"}, "llm_timeout_s is -1"),
 ])
@@ -227,3 +229,13 @@ def test_tiny_samples_without_sdxls_default_negative_prompt_but_keeps_one_the_us
     assert load_settings(overrides={"profile": "tiny"}, environ={}).sampling_negative_prompt == ""
     mine = load_settings(overrides={"profile": "tiny", "negative_prompt": "forest"}, environ={})
     assert mine.sampling_negative_prompt == "forest"
+
+
+def test_images_per_prompt_zero_is_the_profiles_default_and_a_number_set_is_kept(tmp_path):
+    assert load_settings(overrides={"profile": "sdxl"}, environ={}).sampling_images_per_prompt == 2
+    assert load_settings(overrides={"profile": "tiny"}, environ={}).sampling_images_per_prompt == 8
+    assert load_settings(overrides={"profile": "tiny", "images_per_prompt": 2}, environ={}).sampling_images_per_prompt == 2
+    # the repository's aldar.toml leaves the choice to the profile
+    repo_toml = Path(__file__).resolve().parents[1] / "aldar.toml"
+    settings = load_settings(repo_toml, overrides={"profile": "tiny"}, environ={})
+    assert settings.images_per_prompt == 0 and settings.sampling_images_per_prompt == 8

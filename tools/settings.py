@@ -32,6 +32,8 @@ PATH_SETTINGS = ("references", "taxonomy", "analysis_path", "output_dir")
 
 
 DEFAULT_NEGATIVE_PROMPT = "photo, realistic, blurry, deformed, extra limbs, text, watermark"
+# images_per_prompt 0 means the profile's default: few paid or minutes-long SDXL images, many seconds-cheap tiny ones.
+IMAGES_PER_PROMPT = {"sdxl": 2, "tiny": 8}
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Settings:
     num_inference_steps: int = 30
     guidance_scale: float = 7.0
     use_lcm: bool = False
-    images_per_prompt: int = 2
+    images_per_prompt: int = 0  # 0: the profile's (IMAGES_PER_PROMPT)
     test_prompt: str = (
         "aldarkose, Aldar Kose the Kazakh folk trickster, smiling, round face, thin mustache, "
         "orange patterned robe, steppe landscape, children's book illustration"
@@ -110,6 +112,13 @@ class Settings:
             return ""
         return self.negative_prompt
 
+    @property
+    def sampling_images_per_prompt(self) -> int:
+        """Images per prompt and generator: ``images_per_prompt``, or with 0 the profile's default — 2 on
+        sdxl, 8 on tiny. A tiny image costs a quarter of a second, and with two per round one image moved a
+        key feature's pass rate by a half: measured, the rounds' differences were that noise."""
+        return self.images_per_prompt or IMAGES_PER_PROMPT[self.profile]
+
     def taxonomy_path(self) -> Path:
         if self.taxonomy:
             return Path(self.taxonomy).expanduser()
@@ -132,9 +141,12 @@ class Settings:
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}", f"use one of: {', '.join(DTYPES)}")
         validate_weights(self.metric_weights)
-        for name in ("num_inference_steps", "images_per_prompt", "max_rounds", "patience", "llm_max_steps"):
+        for name in ("num_inference_steps", "max_rounds", "patience", "llm_max_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+        if self.images_per_prompt < 0:
+            raise ConfigError(f"images_per_prompt is {self.images_per_prompt}",
+                              "set images_per_prompt to 1 or more, or 0 for the profile's default (2 on sdxl, 8 on tiny)")
         for name in ("llm_timeout_s", "provider_timeout_s"):
             if not getattr(self, name) > 0:  # also rejects nan
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to a positive number of seconds")

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="repeatable (default: the test_prompt setting)")
     parser.add_argument("-n", "--images-per-prompt", dest="images_per_prompt", type=int, metavar="N",
                         default=argparse.SUPPRESS,
-                        help="images per prompt and generator (default: the images_per_prompt setting)")
+                        help="images per prompt and generator (default: the images_per_prompt setting; 0 there: 2 on sdxl, 8 on tiny)")
     parser.add_argument("--out", metavar="DIR", default=argparse.SUPPRESS, help="folder for the images (default: <output_dir>/comparisons)")
     parser.add_argument("--lora", metavar="PATH", default=argparse.SUPPRESS,
                         help="LoRA weights file or training run folder (for --provider lora; default: the newest "
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
             if name in LOCAL:
                 saved += _generate_local(name, prompts, out_dir, args, settings, stamp)
             elif name in ready:
-                saved += generate_with_provider(ready[name], prompts, out_dir, settings.images_per_prompt,
+                saved += generate_with_provider(ready[name], prompts, out_dir, settings.sampling_images_per_prompt,
                                                 settings.seed, skipped=notes, quiet=args.quiet)
         except AldarError as error:  # one generator failing must not cost the others' images
             failures.append(name)
@@ -136,7 +136,7 @@ def _generate_local(name: str, prompts: list[str], out_dir: Path, args: argparse
 
     return generate_local(resolve_profile(settings), prompts, out_dir,
                           lora_path=Path(args.lora) if name == "lora" else None, lora_scale=args.lora_scale,
-                          images_per_prompt=settings.images_per_prompt, seed=settings.seed,
+                          images_per_prompt=settings.sampling_images_per_prompt, seed=settings.seed,
                           steps=settings.num_inference_steps, guidance=settings.guidance_scale,
                           negative_prompt=settings.sampling_negative_prompt, use_lcm=settings.use_lcm, name=name,
                           quiet=args.quiet, file_stamp=stamp)

@@ -92,7 +92,7 @@ def _confirm_paid_competitors(session: Session, ui: UI) -> None:
     keyed = session.keyed_competitors()
     if not keyed:
         return
-    per_round = session.settings.images_per_prompt
+    per_round = session.settings.sampling_images_per_prompt
     question = (f"each round asks {', '.join(keyed)} for {per_round} image(s) each (may use paid credits). Continue?")
     if not ui.confirm(question):
         ui.warn(f"hosted competitors sit out ({', '.join(keyed)}); pass --yes to include them")
