@@ -139,10 +139,10 @@ class Recipe:
     # decoder together again (from decoder2), the head weighted up in the pixel loss (it is a tenth of the
     # picture and carries five of the eight categories), and locks the new encoder at its end; retune4 moves
     # the UNet onto its latents; hardneg4 goes on with the CLIP's image tower (text locked) beside them.
-    vae2_steps: int = 4_000
+    vae2_steps: int = 1_500
     vae2_lr: float = 4e-4
     vae2_head_weight: float = 4.0
-    retune4_steps: int = 4_000
+    retune4_steps: int = 2_000
     retune4_lr: float = 2e-4
     retune4_original_sizes: tuple[int, ...] = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
     retune4_noise_offset: float = 0.0357
