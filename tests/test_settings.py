@@ -231,7 +231,7 @@ def test_tiny_samples_without_sdxls_default_negative_prompt_but_keeps_one_the_us
     assert mine.sampling_negative_prompt == "forest"
 
 
-def test_images_per_prompt_zero_is_the_profiles_default_and_a_number_set_is_kept(tmp_path):
+def test_images_per_prompt_zero_is_the_profiles_default_and_a_number_set_is_kept():
     assert load_settings(overrides={"profile": "sdxl"}, environ={}).sampling_images_per_prompt == 2
     assert load_settings(overrides={"profile": "tiny"}, environ={}).sampling_images_per_prompt == 8
     assert load_settings(overrides={"profile": "tiny", "images_per_prompt": 2}, environ={}).sampling_images_per_prompt == 2
