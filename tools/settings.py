@@ -34,6 +34,7 @@ PATH_SETTINGS = ("references", "taxonomy", "analysis_path", "output_dir")
 DEFAULT_NEGATIVE_PROMPT = "photo, realistic, blurry, deformed, extra limbs, text, watermark"
 # images_per_prompt 0 means the profile's default: few paid or minutes-long SDXL images, many seconds-cheap tiny ones.
 IMAGES_PER_PROMPT = {"sdxl": 2, "tiny": 8}
+PROFILE_IMAGES_TEXT = ", ".join(f"{count} on {name}" for name, count in IMAGES_PER_PROMPT.items())
 
 
 @dataclass
@@ -146,7 +147,7 @@ class Settings:
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to 1 or more")
         if self.images_per_prompt < 0:
             raise ConfigError(f"images_per_prompt is {self.images_per_prompt}",
-                              "set images_per_prompt to 1 or more, or 0 for the profile's default (2 on sdxl, 8 on tiny)")
+                              f"set images_per_prompt to 1 or more, or 0 for the profile's default ({PROFILE_IMAGES_TEXT})")
         for name in ("llm_timeout_s", "provider_timeout_s"):
             if not getattr(self, name) > 0:  # also rejects nan
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to a positive number of seconds")

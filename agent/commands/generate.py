@@ -22,6 +22,7 @@ LOCAL = ("lora", "base")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tools.providers import PROVIDERS  # the names for the help (requests, PIL; no model stack)
+    from tools.settings import PROFILE_IMAGES_TEXT  # stdlib only
 
     # SUPPRESS: an absent flag leaves no attribute, so the setting (or the default named in the help) applies.
     parser.add_argument("--provider", dest="providers", action="append", metavar="NAME", default=argparse.SUPPRESS,
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="repeatable (default: the test_prompt setting)")
     parser.add_argument("-n", "--images-per-prompt", dest="images_per_prompt", type=int, metavar="N",
                         default=argparse.SUPPRESS,
-                        help="images per prompt and generator (default: the images_per_prompt setting; 0 there: 2 on sdxl, 8 on tiny)")
+                        help="images per prompt and generator (default: the images_per_prompt setting; "
+                             f"0 there: {PROFILE_IMAGES_TEXT})")
     parser.add_argument("--out", metavar="DIR", default=argparse.SUPPRESS, help="folder for the images (default: <output_dir>/comparisons)")
     parser.add_argument("--lora", metavar="PATH", default=argparse.SUPPRESS,
                         help="LoRA weights file or training run folder (for --provider lora; default: the newest "
