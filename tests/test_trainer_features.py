@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from tools.errors import ConfigError
 from tools.models import load_toy_world_pipeline, resolve_profile
 from tools.settings import load_settings
 from tools.training.data import prepare_images, training_caption
@@ -150,8 +151,6 @@ def test_each_optimizer_and_dora_train_a_lora_that_loads_in_diffusers(profile, s
 
 
 def test_dora_with_text_encoders_is_refused(profile, shapes, tmp_path):
-    from tools.errors import ConfigError
-
     with pytest.raises(ConfigError, match="DoRA"):
         train_lora(quick(profile, use_dora=True, train_text_encoder=True), profile, shapes, tmp_path / "r", quiet=True)
 
@@ -238,3 +237,25 @@ def test_the_run_hands_over_the_best_scoring_checkpoint(profile, shapes, tmp_pat
 
     colours = set(Image.open(result.loss_curve).convert("RGB").getdata())
     assert SCORE_COLOUR in colours and (BEST_COLOUR in colours) == select  # scores drawn, the chosen one ringed
+
+
+def test_validation_images_are_drawn_as_the_rounds_draw_the_loras_images(profile, shapes, tmp_path):
+    """A checkpoint is judged on the picture the round will generate with its LoRA: same prompt, seed, steps
+    and guidance (``validation_guidance_scale``; 0 would mean diffusers' default 5)."""
+    from tools.generation.local import generate_local
+
+    config = quick(profile, steps=2, checkpoint_every=2, validation_images=1, validation_guidance_scale=7.0,
+                   validation_inference_steps=6, save_precision="fp32", validation_prompt="aldarkose, blue chapan")
+    result = train_lora(config, profile, shapes, tmp_path / "run", quiet=True)
+    validation = np.asarray(Image.open(result.validation_images[-1]).convert("RGB"), dtype=np.float32)
+
+    def drawn(guidance: float) -> np.ndarray:
+        image = generate_local(profile, [config.validation_prompt], tmp_path / f"g{guidance}", lora_path=result.lora_path,
+                               seed=config.seed, steps=6, guidance=guidance, quiet=True)[0]
+        return np.asarray(Image.open(image.path).convert("RGB"), dtype=np.float32)
+
+    assert np.abs(drawn(7.0) - validation).mean() < 1.0  # the same picture (measured: identical)
+    assert np.abs(drawn(5.0) - validation).mean() > 3.0  # another guidance draws another picture
+    assert config.replace(validation_guidance_scale=0.0).effective_validation_guidance_scale == 5.0
+    with pytest.raises(ConfigError, match="validation_guidance_scale is -1"):
+        config.replace(validation_guidance_scale=-1.0).validate()

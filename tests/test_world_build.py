@@ -120,7 +120,7 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     (first_build / "build_log.json").write_text(json.dumps(log))
 
     recipe = replace(MINI, retune2_steps=2, decoder2_steps=2, hardneg2_steps=2, textneg2_steps=2, retune3_steps=2,
-                     hardneg3_steps=2, vae2_steps=2, retune4_steps=2, hardneg4_steps=2)
+                     hardneg3_steps=2, vae2_steps=2, retune4_steps=2, hardneg4_steps=2, decoder3_steps=2)
     build = world_build.Build(tmp_path / "cache", recipe, weights=first_build)
     assert set(world_build.seed_from_weights(build)) == set(world_build.FIRST_BUILD)
     seeded_unet, seeded_clip = _modules(build, "retune")["ema"], _modules(build, "textneg")["model"]
@@ -186,3 +186,12 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     assert all(torch.equal(vae[k], joint[k].half()) for k in vae)
     unet = _tensors(tmp_path / "fourth" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(unet[k], fourth_unet[k].half()) for k in unet)
+
+    # Fifth pass: the decoder alone on vae2's locked encoder, so the UNet's latents stay and it exports as is.
+    world_build.stage_decoder3(build)
+    fifth = _modules(build, "decoder3")["vae"]
+    assert all(torch.equal(joint[k], fifth[k]) for k in encoder_keys)
+    assert not all(torch.equal(joint[k], fifth[k]) for k in fifth if k.startswith("decoder."))
+    assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "fifth")) == ["clip", "sdxl"]
+    vae = _tensors(tmp_path / "fifth" / "sdxl" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(vae[k], fifth[k].half()) for k in vae)

@@ -21,6 +21,7 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+DIFFUSERS_SDXL_GUIDANCE = 5.0  # StableDiffusionXLPipeline's guidance_scale default
 
 
 def _knob(default: Any, help_text: str, **extra: Any) -> Any:
@@ -84,6 +85,9 @@ class TrainConfig:
     validation_prompt: str = _knob("", "prompt rendered at every checkpoint (empty: '<trigger>, portrait')")
     validation_images: int = _knob(2, "validation images per checkpoint, at fixed seeds (0 = none)")
     validation_inference_steps: int = _knob(25, "denoising steps for validation images")
+    validation_guidance_scale: float = _knob(0.0, "classifier-free guidance of the validation images (0 = the "
+                                                  "guidance_scale images are generated with: aldar run and aldar train "
+                                                  "pass it; 5, diffusers' SDXL default, in the trainer alone)")
     select_best_checkpoint: bool = _knob(True, "the run's LoRA is the checkpoint whose validation images score "
                                                "best against the references (off: the last step's)")
     save_precision: str = _knob("fp16", "dtype of the exported LoRA files: fp16 | bf16 | fp32 (as kohya's "
@@ -98,6 +102,10 @@ class TrainConfig:
     @property
     def effective_text_encoder_learning_rate(self) -> float:
         return self.text_encoder_learning_rate or self.learning_rate
+
+    @property
+    def effective_validation_guidance_scale(self) -> float:
+        return self.validation_guidance_scale or DIFFUSERS_SDXL_GUIDANCE
 
     @property
     def effective_validation_prompt(self) -> str:
@@ -142,7 +150,7 @@ class TrainConfig:
         if self.lr_warmup_steps >= self.steps and self.lr_warmup_steps > 0:
             raise ConfigError(f"lr_warmup_steps {self.lr_warmup_steps} is not below steps {self.steps}",
                               "use fewer warmup steps (about 5-10% of steps)")
-        for name in ("weight_decay", "max_grad_norm", "snr_gamma"):
+        for name in ("weight_decay", "max_grad_norm", "snr_gamma", "validation_guidance_scale"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} is {value}", f"set {name} to 0 or a positive number")

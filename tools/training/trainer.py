@@ -312,6 +312,7 @@ class _Run:
                     seed = config.seed + index
                     image = self.pipe(config.effective_validation_prompt, height=config.resolution,
                                       width=config.resolution, num_inference_steps=config.validation_inference_steps,
+                                      guidance_scale=config.effective_validation_guidance_scale,
                                       generator=torch.Generator().manual_seed(seed)).images[0]
                     path = self.run_dir / "validation" / f"step-{self.step:06d}-seed-{seed}.png"
                     atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
