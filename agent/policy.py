@@ -43,6 +43,8 @@ class Signals:
     max_reference_ssim: float | None = None
     variety: float | None = None
     copies_reference: bool = False  # a LoRA image nearly copies one reference (tools.scoring.copies)
+    still_rising: bool = False  # the round's best checkpoint was its last: training stopped too early
+    best_step: int | None = None
 
 
 def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
@@ -54,6 +56,7 @@ def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
     """
     gaps = feedback.get("metric_gaps") or {}
     overfit = feedback.get("overfitting") or {}
+    training = feedback.get("training") or {}
     missed = [g["feature"] for g in feedback.get("feature_gaps") or []
               if g.get("feature") and (finite_number(g.get("lora_pass_rate")) or 0.0) < MISSED_PASS_RATE]
     return Signals(
@@ -66,6 +69,8 @@ def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
         max_reference_ssim=finite_number(overfit.get("max_reference_ssim")),
         variety=finite_number(overfit.get("variety")),
         copies_reference=copying(overfit),
+        still_rising=bool(training.get("still_rising")),
+        best_step=int(training["best_step"]) if finite_number(training.get("best_step")) is not None else None,
     )
 
 
@@ -75,7 +80,8 @@ class RulePolicy:
     1. overfitting (a near-copy of one reference, the LoRA's images all alike, or their
        variety halved since the previous round)
        → fewer steps and a lower learning rate; nothing that trains harder.
-    2. low CLIP similarity → more steps; once steps sit at their cap, a higher rank.
+    2. low CLIP similarity, or the validation quality still rising at the round's last checkpoint (its
+       best checkpoint was the last one) → more steps; once steps sit at their cap, a higher rank.
     3. key features the images miss → emphasise them in the next captions and prompt.
     With no rule firing the parameters stay as they are.
     """
@@ -97,6 +103,11 @@ class RulePolicy:
             more, why = train_harder(params, self.bounds)
             proposal.update(more)
             reasons.append(f"CLIP similarity {signals.clip:.3f} is below {LOW_CLIP}, so {why}")
+        elif signals.still_rising:
+            more, why = train_harder(params, self.bounds)
+            proposal.update(more)
+            reasons.append(f"the validation quality was still rising at the last checkpoint (step "
+                           f"{signals.best_step}), so {why}")
         if signals.missed_features:
             missed = signals.missed_features[:MAX_EMPHASIS]
             proposal["feature_emphasis"] = missed

@@ -22,11 +22,22 @@ class Overfitting(TypedDict):
     variety: float | None  # mean pairwise 1 - cosine of the LoRA's images
 
 
+class TrainingCurve(TypedDict):
+    """How the round's validation quality went over its checkpoints (``Session.score``, from the trainer)."""
+
+    steps: int | None  # steps trained
+    best_step: int | None  # the chosen checkpoint's step; None when no checkpoint was scored
+    scored_checkpoints: int
+    # The best-scoring checkpoint was the last of two or more: the score was still rising when training stopped.
+    still_rising: bool
+
+
 class SessionFeedback(Feedback):
     """``build_feedback``'s document plus what ``Session.score`` adds for the deciders."""
 
     round: int
     overfitting: Overfitting
+    training: NotRequired[TrainingCurve]  # absent in feedback files from before it, and for a LoRA made elsewhere
 
 
 class GeneratorScores(TypedDict):

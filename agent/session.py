@@ -19,11 +19,12 @@ from typing import Callable, Iterator, NotRequired, TypedDict
 from agent.decision import Decider, Decision
 from agent.knobs import bounds_for, clamp_adjustments
 from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
-                           SessionFeedback)
+                           SessionFeedback, TrainingCurve)
 from agent.store import RunStore
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
+from tools.numbers import finite_number
 from tools.scoring.copies import memorised
 from tools.scoring.records import Analysis, ComparisonReport
 from tools.settings import Settings
@@ -363,6 +364,8 @@ class Session:
                                       self.settings.metric_weights)
             feedback = build_feedback(report, LORA)
             feedback["overfitting"] = overfitting_signals(report)
+            if state.train:
+                feedback["training"] = training_curve(state.train)
             self._compute("score", started)
         with self._stage("store"):
             report["round"] = feedback["round"] = state.number
@@ -577,6 +580,17 @@ def overfitting_signals(report: ComparisonReport) -> Overfitting:
             "max_reference_ssim": max((row["ssim"] for row in rows), default=None),
             "reference_copies": sum(bool(row.get("reference_copy")) for row in rows),
             "variety": lora["variety"] if lora else None}
+
+
+def training_curve(train: dict) -> TrainingCurve:
+    """Where the round's best checkpoint lay among its scored ones: the last of several means the validation
+    quality was still rising when training stopped (what a kohya user reads off the sample images)."""
+    scores = [s for s in train.get("checkpoint_scores") or [] if finite_number(s.get("quality")) is not None]
+    chosen = train.get("chosen_checkpoint") or {}
+    best_step = chosen.get("step") if scores and chosen.get("quality") is not None else None
+    last_step = max((int(s["step"]) for s in scores), default=None)
+    return {"steps": train.get("steps"), "best_step": best_step, "scored_checkpoints": len(scores),
+            "still_rising": len(scores) >= 2 and best_step is not None and best_step == last_step}
 
 
 def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:

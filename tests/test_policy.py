@@ -43,6 +43,30 @@ def test_low_clip_similarity_trains_more_steps():
     assert decision.rationale.endswith(".") and decision.rationale.count(".") <= 4  # one sentence (decimals aside)
 
 
+def test_validation_quality_still_rising_at_the_last_checkpoint_trains_more_steps():
+    from agent.session import training_curve
+
+    scores = [{"step": 500, "quality": 0.5}, {"step": 1000, "quality": 0.55}, {"step": 1500, "quality": 0.6}]
+    rising = training_curve({"steps": 1500, "checkpoint_scores": scores,
+                             "chosen_checkpoint": {"step": 1500, "quality": 0.6, "why": "highest"}})
+    assert rising == {"steps": 1500, "best_step": 1500, "scored_checkpoints": 3, "still_rising": True}
+    decision = decide({**feedback(), "training": rising})
+    assert decision.adjustments == {"steps": 2250}
+    assert "still rising at the last checkpoint (step 1500)" in decision.rationale
+    # An earlier checkpoint won, or one checkpoint alone was scored, or none was: nothing to read, no change.
+    peaked = training_curve({"steps": 1500, "checkpoint_scores": scores,
+                             "chosen_checkpoint": {"step": 1000, "quality": 0.55, "why": "highest"}})
+    alone = training_curve({"steps": 1500, "checkpoint_scores": scores[-1:],
+                            "chosen_checkpoint": {"step": 1500, "quality": 0.6, "why": "highest"}})
+    unscored = training_curve({"steps": 1500, "chosen_checkpoint": {"step": 1500, "why": "last step"}})
+    assert not peaked["still_rising"] and not alone["still_rising"] and unscored["best_step"] is None
+    for curve in (peaked, alone, unscored):
+        assert decide({**feedback(), "training": curve}).adjustments == {}
+    # Overfitting outranks it: a LoRA that copies a reference never trains harder.
+    copying = decide({**feedback(overfitting={"reference_copies": 1}), "training": rising})
+    assert copying.adjustments == {"steps": 1050, "learning_rate": pytest.approx(5e-5)}
+
+
 def test_low_clip_with_steps_at_cap_raises_rank_and_alpha_together():
     params = {**PARAMS, "steps": SAFE_BOUNDS["steps"][1]}
     decision = decide(feedback(clip=0.3), params)

@@ -58,6 +58,11 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         assert re.fullmatch(r"feedback/feedback_\d{8}_\d{6}_round\d\d\.json", record["paths"]["feedback"])
         feedback = json.loads((root / record["paths"]["feedback"]).read_text())
         assert feedback["round"] == record["round"] and "overfitting" in feedback
+        # The deciders see where the round's best checkpoint lay (the rule policy trains more when it was the last).
+        scored = [s["step"] for s in record["train"]["checkpoint_scores"]]
+        assert feedback["training"] == {"steps": record["train"]["steps"], "scored_checkpoints": len(scored),
+                                        "best_step": record["train"]["chosen_checkpoint"]["step"],
+                                        "still_rising": record["train"]["chosen_checkpoint"]["step"] == max(scored)}
         assert feedback["profile"]["profile"] == "tiny"
         assert all(len(paths) == 2 for paths in record["paths"]["images"].values())
         assert record["prompts"] == [emphasise(settings.test_prompt, record["params"]["feature_emphasis"],
