@@ -120,7 +120,8 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     (first_build / "build_log.json").write_text(json.dumps(log))
 
     recipe = replace(MINI, retune2_steps=2, decoder2_steps=2, hardneg2_steps=2, textneg2_steps=2, retune3_steps=2,
-                     hardneg3_steps=2, vae2_steps=2, retune4_steps=2, hardneg4_steps=2, decoder3_steps=2)
+                     hardneg3_steps=2, vae2_steps=2, retune4_steps=2, hardneg4_steps=2, decoder3_steps=2,
+                     decoder4_steps=2)
     build = world_build.Build(tmp_path / "cache", recipe, weights=first_build)
     assert set(world_build.seed_from_weights(build)) == set(world_build.FIRST_BUILD)
     seeded_unet, seeded_clip = _modules(build, "retune")["ema"], _modules(build, "textneg")["model"]
@@ -195,3 +196,12 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "fifth")) == ["clip", "sdxl"]
     vae = _tensors(tmp_path / "fifth" / "sdxl" / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(vae[k], fifth[k].half()) for k in vae)
+
+    # Sixth pass: decoder3 continued (from its state, not from vae2's), the encoder still vae2's.
+    world_build.stage_decoder4(build)
+    sixth = _modules(build, "decoder4")["vae"]
+    assert all(torch.equal(joint[k], sixth[k]) for k in encoder_keys)
+    assert not all(torch.equal(fifth[k], sixth[k]) for k in sixth if k.startswith("decoder."))
+    assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "sixth")) == ["clip", "sdxl"]
+    vae = _tensors(tmp_path / "sixth" / "sdxl" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(vae[k], sixth[k].half()) for k in vae)

