@@ -52,6 +52,7 @@ def feedback_summary(feedback: SessionFeedback) -> dict:
         "metrics": {name: {k: _round3(v) for k, v in (entry or {}).items()} for name, entry in gaps.items()},
         "feature_gaps": [{k: _round3(v) for k, v in gap.items()} for gap in (feedback.get("feature_gaps") or [])[:6]],
         "overfitting": {k: _round3(v) for k, v in (feedback.get("overfitting") or {}).items()},
+        "training": {k: _round3(v) for k, v in (feedback.get("training") or {}).items()},  # still_rising etc.
         "recommendations": [r.get("message") for r in (feedback.get("recommendations") or [])[:5]],
         "profile": (feedback.get("profile") or {}).get("profile"),
     }

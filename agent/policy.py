@@ -56,7 +56,7 @@ def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
     """
     gaps = feedback.get("metric_gaps") or {}
     overfit = feedback.get("overfitting") or {}
-    training = feedback.get("training") or {}
+    training = feedback.get("training") if isinstance(feedback.get("training"), dict) else {}
     missed = [g["feature"] for g in feedback.get("feature_gaps") or []
               if g.get("feature") and (finite_number(g.get("lora_pass_rate")) or 0.0) < MISSED_PASS_RATE]
     return Signals(
@@ -69,7 +69,7 @@ def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
         max_reference_ssim=finite_number(overfit.get("max_reference_ssim")),
         variety=finite_number(overfit.get("variety")),
         copies_reference=copying(overfit),
-        still_rising=bool(training.get("still_rising")),
+        still_rising=training.get("still_rising") is True,  # a hand-edited "false" is not True
         best_step=int(training["best_step"]) if finite_number(training.get("best_step")) is not None else None,
     )
 
@@ -106,8 +106,8 @@ class RulePolicy:
         elif signals.still_rising:
             more, why = train_harder(params, self.bounds)
             proposal.update(more)
-            reasons.append(f"the validation quality was still rising at the last checkpoint (step "
-                           f"{signals.best_step}), so {why}")
+            at = f" (step {signals.best_step})" if signals.best_step is not None else ""
+            reasons.append(f"the validation quality was still rising at the last checkpoint{at}, so {why}")
         if signals.missed_features:
             missed = signals.missed_features[:MAX_EMPHASIS]
             proposal["feature_emphasis"] = missed

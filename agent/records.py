@@ -26,7 +26,7 @@ class TrainingCurve(TypedDict):
     """How the round's validation quality went over its checkpoints (``Session.score``, from the trainer)."""
 
     steps: int | None  # steps trained
-    best_step: int | None  # the chosen checkpoint's step; None when no checkpoint was scored
+    best_step: int | None  # the best-scoring checkpoint's step (normally the exported one); None: none scored
     scored_checkpoints: int
     # The best-scoring checkpoint was the last of two or more: the score was still rising when training stopped.
     still_rising: bool

@@ -583,14 +583,23 @@ def overfitting_signals(report: ComparisonReport) -> Overfitting:
 
 
 def training_curve(train: dict) -> TrainingCurve:
-    """Where the round's best checkpoint lay among its scored ones: the last of several means the validation
-    quality was still rising when training stopped (what a kohya user reads off the sample images)."""
-    scores = [s for s in train.get("checkpoint_scores") or [] if finite_number(s.get("quality")) is not None]
-    chosen = train.get("chosen_checkpoint") or {}
-    best_step = chosen.get("step") if scores and chosen.get("quality") is not None else None
-    last_step = max((int(s["step"]) for s in scores), default=None)
-    return {"steps": train.get("steps"), "best_step": best_step, "scored_checkpoints": len(scores),
-            "still_rising": len(scores) >= 2 and best_step is not None and best_step == last_step}
+    """Where the round's validation quality peaked among its checkpoints: the best-scoring of two or more being
+    the last one means the quality was still rising when training stopped (what a kohya user reads off the
+    sample images). Read from the trainer's record, which may come from an older or hand-edited history: a
+    score without a finite step or quality counts as unscored."""
+    from tools.training.lora_files import best_checkpoint  # imports torch; a round has trained by now
+
+    checkpoints = [s for s in train.get("checkpoint_scores") or []
+                   if isinstance(s, dict) and finite_number(s.get("step")) is not None]
+    scored = [{"step": int(s["step"]), "quality": s["quality"]} for s in checkpoints
+              if finite_number(s.get("quality")) is not None]
+    best = best_checkpoint(scored)
+    # The last checkpoint of all, scored or not: a peak before an unscored last checkpoint is no rise at the end.
+    last_step = max((int(s["step"]) for s in checkpoints), default=None)
+    steps = finite_number(train.get("steps"))
+    return {"steps": int(steps) if steps is not None else None, "best_step": best["step"] if best else None,
+            "scored_checkpoints": len(scored),
+            "still_rising": len(scored) >= 2 and best is not None and best["step"] == last_step}
 
 
 def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:

@@ -105,7 +105,8 @@ FEEDBACK = {"round": 1, "lora_score": 0.45, "band": "average", "best_competitor"
             "score_gap": 0.25, "metric_gaps": {"clip": {"lora": 0.5, "competitor": 0.7, "vs_competitor": 0.2}},
             "feature_gaps": [{"feature": "thin mustache", "category": "facial_hair", "lora_pass_rate": 0.0,
                               "competitor_pass_rate": 1.0, "gap": 1.0, "against": "freepik"}],
-            "overfitting": {"max_reference_clip": 0.5, "max_reference_ssim": 0.2, "variety": 0.3}}
+            "overfitting": {"max_reference_clip": 0.5, "max_reference_ssim": 0.2, "variety": 0.3},
+            "training": {"steps": 30, "best_step": 20, "scored_checkpoints": 3, "still_rising": False}}
 PARAMS = {"steps": 30, "learning_rate": 2e-3, "rank": 4, "alpha": 4.0, "lora_scale": 1.0, "feature_emphasis": []}
 BOUNDS = {"steps": (1, 60), "learning_rate": (1e-6, 1e-2), "rank": (1, 128), "alpha": (0.5, 256),
           "lora_scale": (0.3, 1.5), "feature_emphasis": (0, 4)}
@@ -137,6 +138,8 @@ def test_decider_validates_clamps_and_reminds(monkeypatch) -> None:
     assert out_of_range["ok"] is False and "steps = 500 is above the maximum 60" in out_of_range["error"]
     briefing = server.requests[0].messages[1]["content"]
     assert '"rule_policy_would"' in briefing and "thin mustache" in briefing
+    # The model reads where the round's validation quality peaked, as the rule policy does.
+    assert '"training": {"steps": 30, "best_step": 20, "scored_checkpoints": 3, "still_rising": false}' in briefing
     schema = {t["function"]["name"]: t["function"]["parameters"] for t in server.requests[0].body["tools"]}
     assert schema["propose_adjustment"]["properties"]["learning_rate"]["maximum"] == 1e-2  # the session's bounds
     assert decider.usage.requests == 3

@@ -46,22 +46,35 @@ def test_low_clip_similarity_trains_more_steps():
 def test_validation_quality_still_rising_at_the_last_checkpoint_trains_more_steps():
     from agent.session import training_curve
 
-    scores = [{"step": 500, "quality": 0.5}, {"step": 1000, "quality": 0.55}, {"step": 1500, "quality": 0.6}]
-    rising = training_curve({"steps": 1500, "checkpoint_scores": scores,
-                             "chosen_checkpoint": {"step": 1500, "quality": 0.6, "why": "highest"}})
+    def curve(qualities: list[float], chosen: int = 1500, **train) -> dict:
+        scores = [{"step": 500 * (i + 1), "quality": q} for i, q in enumerate(qualities)]
+        return training_curve({"steps": 1500, "checkpoint_scores": scores,
+                               "chosen_checkpoint": {"step": chosen, "why": "highest"}, **train})
+
+    rising = curve([0.5, 0.55, 0.6])
     assert rising == {"steps": 1500, "best_step": 1500, "scored_checkpoints": 3, "still_rising": True}
     decision = decide({**feedback(), "training": rising})
     assert decision.adjustments == {"steps": 2250}
     assert "still rising at the last checkpoint (step 1500)" in decision.rationale
-    # An earlier checkpoint won, or one checkpoint alone was scored, or none was: nothing to read, no change.
-    peaked = training_curve({"steps": 1500, "checkpoint_scores": scores,
-                             "chosen_checkpoint": {"step": 1000, "quality": 0.55, "why": "highest"}})
-    alone = training_curve({"steps": 1500, "checkpoint_scores": scores[-1:],
-                            "chosen_checkpoint": {"step": 1500, "quality": 0.6, "why": "highest"}})
+    # The peak came earlier — even when the last step was exported (selection off, or the best checkpoint
+    # pruned) — or one checkpoint alone was scored, or none was: nothing to read, no change.
+    peaked = curve([0.5, 0.6, 0.55], chosen=1000)
+    exported_last = curve([0.5, 0.6, 0.55], chosen=1500)
+    alone = curve([0.6])
     unscored = training_curve({"steps": 1500, "chosen_checkpoint": {"step": 1500, "why": "last step"}})
-    assert not peaked["still_rising"] and not alone["still_rising"] and unscored["best_step"] is None
-    for curve in (peaked, alone, unscored):
-        assert decide({**feedback(), "training": curve}).adjustments == {}
+    assert peaked["best_step"] == exported_last["best_step"] == 1000 and unscored["best_step"] is None
+    for still in (peaked, exported_last, alone, unscored):
+        assert not still["still_rising"]
+        assert decide({**feedback(), "training": still}).adjustments == {}
+    # A record from an older or hand-edited history: unreadable scores count as unscored, never as a rise.
+    edited = training_curve({"steps": "1500", "checkpoint_scores": [
+        {"step": 500, "quality": 0.5}, {"step": 1000, "quality": 0.6}, {"step": 1500, "quality": float("nan")},
+        {"quality": 0.9}, {"step": None, "quality": 0.9}, "junk"]})
+    assert edited == {"steps": None, "best_step": 1000, "scored_checkpoints": 2, "still_rising": False}
+    for junk in ([1], {"still_rising": "false", "best_step": "80"}, {"still_rising": True, "best_step": None}):
+        signals = read_signals({**feedback(), "training": junk})
+        assert signals.still_rising is (junk == {"still_rising": True, "best_step": None})
+    assert "(step" not in decide({**feedback(), "training": {"still_rising": True}}).rationale
     # Overfitting outranks it: a LoRA that copies a reference never trains harder.
     copying = decide({**feedback(overfitting={"reference_copies": 1}), "training": rising})
     assert copying.adjustments == {"steps": 1050, "learning_rate": pytest.approx(5e-5)}

@@ -59,10 +59,13 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         feedback = json.loads((root / record["paths"]["feedback"]).read_text())
         assert feedback["round"] == record["round"] and "overfitting" in feedback
         # The deciders see where the round's best checkpoint lay (the rule policy trains more when it was the last).
-        scored = [s["step"] for s in record["train"]["checkpoint_scores"]]
-        assert feedback["training"] == {"steps": record["train"]["steps"], "scored_checkpoints": len(scored),
-                                        "best_step": record["train"]["chosen_checkpoint"]["step"],
-                                        "still_rising": record["train"]["chosen_checkpoint"]["step"] == max(scored)}
+        scores = record["train"]["checkpoint_scores"]
+        assert len(scores) >= 2  # a round scores every checkpoint
+        best = max(scores, key=lambda s: (s["quality"], s["step"]))
+        assert best["step"] == record["train"]["chosen_checkpoint"]["step"]  # the best one became the LoRA
+        assert feedback["training"] == {"steps": record["train"]["steps"], "scored_checkpoints": len(scores),
+                                        "best_step": best["step"],
+                                        "still_rising": best["step"] == max(s["step"] for s in scores)}
         assert feedback["profile"]["profile"] == "tiny"
         assert all(len(paths) == 2 for paths in record["paths"]["images"].values())
         assert record["prompts"] == [emphasise(settings.test_prompt, record["params"]["feature_emphasis"],

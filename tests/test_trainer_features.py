@@ -250,8 +250,8 @@ def test_validation_images_are_drawn_as_the_rounds_draw_the_loras_images(profile
     validation = np.asarray(Image.open(result.validation_images[-1]).convert("RGB"), dtype=np.float32)
 
     def drawn(guidance: float) -> np.ndarray:
-        image = generate_local(profile, [config.validation_prompt], tmp_path / f"g{guidance}", lora_path=result.lora_path,
-                               seed=config.seed, steps=6, guidance=guidance, quiet=True)[0]
+        image = generate_local(profile, [config.validation_prompt], tmp_path / f"g{guidance}",
+                               lora_path=result.lora_path, seed=config.seed, steps=6, guidance=guidance, quiet=True)[0]
         return np.asarray(Image.open(image.path).convert("RGB"), dtype=np.float32)
 
     assert np.abs(drawn(7.0) - validation).mean() < 1.0  # the same picture (measured: identical)

@@ -188,8 +188,8 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     unet = _tensors(tmp_path / "fourth" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(unet[k], fourth_unet[k].half()) for k in unet)
 
-    # Fifth and sixth passes: the decoder alone on vae2's locked encoder (decoder4 goes on from decoder3), so the
-    # UNet's latents stay and it exports as is.
+    # Fifth and sixth passes: the decoder alone on vae2's locked encoder, each moving it on, so the UNet's latents
+    # stay and it exports as is.
     previous = joint
     for stage in ("decoder3", "decoder4"):
         world_build.STAGES[stage](build)

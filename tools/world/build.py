@@ -1013,7 +1013,7 @@ FIRST_BUILD = ("clip", "vision", "hardneg", "textneg", "vae", "decoder", "unet",
 
 
 def seed_from_weights(build: Build) -> list[str]:
-    """Start a cache from the committed fp16 weights instead of the 2.5-hour rebuild: they become the
+    """Start a cache from the committed fp16 weights instead of the 7-hour rebuild: they become the
     finished states of the stages that made them (those their ``build_log.json`` records), so the stages
     after those can run on them. Their result is then not bit-identical to a rebuild from seeds (the fp16
     rounding of the committed states); the build log says so. Returns the stages marked finished."""
