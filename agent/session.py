@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 
 from agent.decision import Decider, Decision
 from agent.knobs import bounds_for, clamp_adjustments
@@ -30,6 +30,9 @@ from tools.scoring.records import Analysis, ComparisonReport
 from tools.settings import Settings
 from tools.timestamps import iso_timestamp, timestamp
 from tools.world import TINY_SAMPLING_STEPS as TINY_GENERATION_STEPS  # the toy world's base needs ~20
+
+if TYPE_CHECKING:  # annotations only: the trainer loads when a round trains
+    from tools.training.config import TrainConfig
 
 BASE = "base"
 
@@ -192,6 +195,19 @@ class Session:
         return self.analysis
 
     # ---------------------------------------------------------------- train
+    def round_train_config(self) -> TrainConfig:
+        """The trainer's config for ``self.params``, its checkpoints judged as the round will draw its images."""
+        config = train_config(self.profile, self.params)
+        if not config.validation_prompt:  # checkpoints are judged on the prompt the round will generate with
+            config = dataclasses.replace(config, validation_prompt=self.prompt())
+        # ... and at its guidance: judged at diffusers' 5 but drawn at 7, two seeds of four chose another
+        # checkpoint and their rounds scored lower (tiny, 3 rounds: best round 0.613 -> 0.674, 0.625 -> 0.676)
+        if not config.validation_guidance_scale:
+            config = dataclasses.replace(config, validation_guidance_scale=self.settings.guidance_scale)
+        if not config.validation_negative_prompt:  # ... and negative prompt (none on tiny, SDXL's default otherwise)
+            config = dataclasses.replace(config, validation_negative_prompt=self.settings.sampling_negative_prompt)
+        return config
+
     def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
         from tools.scoring.scorer import checkpoint_scorer
@@ -203,13 +219,7 @@ class Session:
         analysis = self.analyze()
         state = self._round()
         state.params = dict(self.params)
-        config = train_config(self.profile, self.params)
-        if not config.validation_prompt:  # checkpoints are judged on the prompt the round will generate with
-            config = dataclasses.replace(config, validation_prompt=self.prompt())
-        # ... and at its guidance: judged at diffusers' 5 but drawn at 7, two seeds of four chose another
-        # checkpoint and their rounds scored lower (tiny, 3 rounds: best round 0.613 -> 0.674, 0.625 -> 0.676)
-        if not config.validation_guidance_scale:
-            config = dataclasses.replace(config, validation_guidance_scale=self.settings.guidance_scale)
+        config = self.round_train_config()
         dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
         run_dir = self.store.round_run_dir(state.number)
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.

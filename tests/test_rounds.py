@@ -118,6 +118,23 @@ def test_bad_input_is_refused_before_any_work(tiny_settings, tmp_path):
     assert not Path(tiny_settings.output_dir).exists()
 
 
+def test_checkpoints_are_judged_with_the_prompt_guidance_and_negative_prompt_the_round_draws_with(tiny_settings):
+    from tools.settings import DEFAULT_NEGATIVE_PROMPT
+
+    settings = tiny_settings.replace(guidance_scale=6.0, negative_prompt="green background")
+    with Session(settings, quiet=True) as session:
+        session.params["feature_emphasis"] = ["skullcap"]
+        config = session.round_train_config()
+        assert (config.validation_prompt, config.validation_guidance_scale, config.validation_negative_prompt) == \
+            (session.prompt(), 6.0, "green background")
+        assert config.validation_prompt.startswith(f"{settings.trigger_token}, skullcap")
+    # tiny samples without SDXL's default negative prompt, and so do its checkpoints; a setting of the knob wins.
+    with Session(tiny_settings.replace(negative_prompt=DEFAULT_NEGATIVE_PROMPT), quiet=True) as session:
+        assert session.round_train_config().validation_negative_prompt == ""
+        session.params["validation_negative_prompt"] = "blurry"
+        assert session.round_train_config().validation_negative_prompt == "blurry"
+
+
 def test_decider_is_the_llm_only_with_a_key(tiny_settings, monkeypatch):
     from agent.commands.run import choose_decider
 

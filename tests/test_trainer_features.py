@@ -240,22 +240,26 @@ def test_the_run_hands_over_the_best_scoring_checkpoint(profile, shapes, tmp_pat
 
 
 def test_validation_images_are_drawn_as_the_rounds_draw_the_loras_images(profile, shapes, tmp_path):
-    """A checkpoint is judged on the picture the round will generate with its LoRA: same prompt, seed, steps
-    and guidance (``validation_guidance_scale``; 0 would mean diffusers' default 5)."""
+    """A checkpoint is judged on the picture the round will generate with its LoRA: same prompt, seed, steps,
+    guidance (``validation_guidance_scale``; 0 would mean diffusers' default 5) and negative prompt."""
     from tools.generation.local import generate_local
 
+    negative = "green background, photo"
     config = quick(profile, steps=2, checkpoint_every=2, validation_images=1, validation_guidance_scale=7.0,
-                   validation_inference_steps=6, save_precision="fp32", validation_prompt="aldarkose, blue chapan")
+                   validation_inference_steps=6, save_precision="fp32", validation_prompt="aldarkose, blue chapan",
+                   validation_negative_prompt=negative)
     result = train_lora(config, profile, shapes, tmp_path / "run", quiet=True)
     validation = np.asarray(Image.open(result.validation_images[-1]).convert("RGB"), dtype=np.float32)
 
-    def drawn(guidance: float) -> np.ndarray:
-        image = generate_local(profile, [config.validation_prompt], tmp_path / f"g{guidance}",
-                               lora_path=result.lora_path, seed=config.seed, steps=6, guidance=guidance, quiet=True)[0]
+    def drawn(guidance: float, negative_prompt: str = negative) -> np.ndarray:
+        image = generate_local(profile, [config.validation_prompt], tmp_path / f"g{guidance}{bool(negative_prompt)}",
+                               lora_path=result.lora_path, seed=config.seed, steps=6, guidance=guidance,
+                               negative_prompt=negative_prompt, quiet=True)[0]
         return np.asarray(Image.open(image.path).convert("RGB"), dtype=np.float32)
 
     assert np.abs(drawn(7.0) - validation).mean() < 1.0  # the same picture (measured: identical)
     assert np.abs(drawn(5.0) - validation).mean() > 3.0  # another guidance draws another picture
+    assert np.abs(drawn(7.0, negative_prompt="") - validation).mean() > 3.0  # so does no negative prompt
     assert config.replace(validation_guidance_scale=0.0).effective_validation_guidance_scale == 5.0
     with pytest.raises(ConfigError, match="validation_guidance_scale is -1"):
         config.replace(validation_guidance_scale=-1.0).validate()

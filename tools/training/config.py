@@ -88,6 +88,9 @@ class TrainConfig:
     validation_guidance_scale: float = _knob(0.0, "classifier-free guidance of the validation images (0 = the "
                                                   "guidance_scale images are generated with: aldar run and aldar train "
                                                   "pass it; 5, diffusers' SDXL default, in the trainer alone)")
+    validation_negative_prompt: str = _knob("", "negative prompt of the validation images (empty: none; aldar run "
+                                                "and aldar train pass the one images are generated with, as "
+                                                "kohya's sample prompts take --n)")
     select_best_checkpoint: bool = _knob(True, "the run's LoRA is the checkpoint whose validation images score "
                                                "best against the references (off: the last step's)")
     save_precision: str = _knob("fp16", "dtype of the exported LoRA files: fp16 | bf16 | fp32 (as kohya's "

@@ -310,8 +310,10 @@ class _Run:
             with torch.no_grad(), self.accelerator.autocast():
                 for index in range(config.validation_images):
                     seed = config.seed + index
-                    image = self.pipe(config.effective_validation_prompt, height=config.resolution,
-                                      width=config.resolution, num_inference_steps=config.validation_inference_steps,
+                    image = self.pipe(config.effective_validation_prompt,
+                                      negative_prompt=config.validation_negative_prompt or None,
+                                      height=config.resolution, width=config.resolution,
+                                      num_inference_steps=config.validation_inference_steps,
                                       guidance_scale=config.effective_validation_guidance_scale,
                                       generator=torch.Generator().manual_seed(seed)).images[0]
                     path = self.run_dir / "validation" / f"step-{self.step:06d}-seed-{seed}.png"
