@@ -80,8 +80,8 @@ class RulePolicy:
     1. overfitting (a near-copy of one reference, the LoRA's images all alike, or their
        variety halved since the previous round)
        → fewer steps and a lower learning rate; nothing that trains harder.
-    2. low CLIP similarity, or the validation quality still rising at the round's last checkpoint (its
-       best checkpoint was the last one) → more steps; once steps sit at their cap, a higher rank.
+    2. low CLIP similarity, or the validation quality still rising at the round's last checkpoint (of two
+       or more scored checkpoints the best was the last) → more steps; once steps sit at their cap, a higher rank.
     3. key features the images miss → emphasise them in the next captions and prompt.
     With no rule firing the parameters stay as they are.
     """
