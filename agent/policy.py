@@ -8,12 +8,14 @@ rationale naming the signal that triggered it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.decision import Decision
 from agent.records import SessionFeedback
-from agent.knobs import MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number
+from agent.knobs import BY_NAME, MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number, knob_values
+from agent.ranking import best_round
 from tools.scoring.copies import COPY_CLIP, COPY_SSIM, copying
 
 # Thresholds (scores are 0-1). CLIP similarity of SDXL character LoRAs to their
@@ -80,9 +82,11 @@ class RulePolicy:
     1. overfitting (a near-copy of one reference, the LoRA's images all alike, or their
        variety halved since the previous round)
        → fewer steps and a lower learning rate; nothing that trains harder.
-    2. low CLIP similarity, or the validation quality still rising at the round's last checkpoint (of two
+    2. this round scored below the best earlier round → that round's parameters plus half the change tried
+       from them (``backtrack``); nothing else this round, since the change just tried is what went wrong.
+    3. low CLIP similarity, or the validation quality still rising at the round's last checkpoint (of two
        or more scored checkpoints the best was the last) → more steps; once steps sit at their cap, a higher rank.
-    3. key features the images miss → emphasise them in the next captions and prompt.
+    4. key features the images miss → emphasise them in the next captions and prompt.
     With no rule firing the parameters stay as they are.
     """
 
@@ -96,9 +100,13 @@ class RulePolicy:
         proposal: dict[str, Any] = {}
         reasons: list[str] = []
         overfit = overfitting_reason(signals, previous_variety(history))
+        back = None if overfit else backtrack(signals.lora_score, history, params)
         if overfit:
             proposal.update(fewer_steps_lower_lr(params))
             reasons.append(f"{overfit}, so train fewer steps at a lower learning rate")
+        elif back:
+            proposal.update(back[0])
+            reasons.append(back[1])
         elif signals.clip is not None and signals.clip < LOW_CLIP:
             more, why = train_harder(params, self.bounds)
             proposal.update(more)
@@ -108,7 +116,7 @@ class RulePolicy:
             proposal.update(more)
             at = f" (step {signals.best_step})" if signals.best_step is not None else ""
             reasons.append(f"the validation quality was still rising at the last checkpoint{at}, so {why}")
-        if signals.missed_features:
+        if signals.missed_features and not back:
             missed = signals.missed_features[:MAX_EMPHASIS]
             proposal["feature_emphasis"] = missed
             reasons.append(f"the images miss {', '.join(missed)}, so the next captions and prompt stress "
@@ -122,6 +130,53 @@ class RulePolicy:
         if notes:
             rationale = rationale[:-1] + f" ({'; '.join(notes)})."
         return Decision(adjustments=adjustments, rationale=rationale, decided_by=self.name)
+
+
+def backtrack(score: float | None, history: list[dict], params: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """When this round (``params``, scoring ``score``) fell below the best earlier round: go back to that round's
+    parameters plus half the change tried from them, as a backtracking line search halves a step that
+    overshot. Returns (adjustments from ``params``, reason), or None when this round is the best so far or no
+    untried half-step is left (one emphasised phrase cannot be halved): then the other rules go on from here."""
+    best = best_round(history)
+    if score is None or best is None or score >= best["lora_score"]:
+        return None
+    start, tried = knob_values(best.get("params") or {}), knob_values(params)
+    candidate = {**start, **half_change(start, tried)}
+    if candidate in [knob_values(r.get("params") or {}) for r in history] + [tried]:
+        return None
+    adjustments = {name: value for name, value in candidate.items() if tried.get(name) != value}
+    half = ", ".join(f"{name} {_knob_text(value)}" for name, value in candidate.items() if start.get(name) != value)
+    return adjustments, (f"this round scored {score:.3f}, below round {best['round']}'s {best['lora_score']:.3f}, so go "
+                         f"back to round {best['round']}'s parameters with half the change tried from them ({half})")
+
+
+def half_change(start: dict[str, Any], tried: dict[str, Any]) -> dict[str, Any]:
+    """The knobs of ``tried`` halfway back to ``start``: numbers at the midpoint (the learning rate at the
+    geometric one, as it is searched on a log scale), emphasis with the first half of the phrases it added.
+    Knobs that cannot be halved (one added phrase) are left out, so they stay at ``start``."""
+    half: dict[str, Any] = {}
+    for name, value in tried.items():
+        before = start.get(name)
+        if name not in start or before == value:
+            continue
+        knob = BY_NAME[name]
+        if knob.kind is list:
+            added = [phrase for phrase in value or [] if phrase not in (before or [])]
+            if len(added) >= 2:
+                half[name] = [*(before or []), *added[:len(added) // 2]]
+            continue
+        a, b = finite_number(before), finite_number(value)
+        if a is None or b is None:
+            continue
+        middle = math.sqrt(a * b) if name == "learning_rate" and a > 0 and b > 0 else (a + b) / 2
+        half[name] = int(round(middle)) if knob.kind is int else middle
+    return half
+
+
+def _knob_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(value) if value else "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def previous_variety(history: list[dict]) -> float | None:

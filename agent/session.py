@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 
 from agent.decision import Decider, Decision
 from agent.knobs import bounds_for, clamp_adjustments
+from agent.ranking import best_round, ranked_rounds
 from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
                            SessionFeedback, TrainingCurve)
 from agent.store import RunStore
@@ -25,7 +26,6 @@ from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
 from tools.numbers import finite_number
-from tools.scoring.copies import memorised
 from tools.scoring.records import Analysis, ComparisonReport
 from tools.settings import Settings
 from tools.timestamps import iso_timestamp, timestamp
@@ -420,9 +420,8 @@ class Session:
             self._write_report()
 
     def _update_best(self) -> None:
-        scored = ranked_rounds(self.store.rounds)
-        if scored:
-            best = max(scored, key=lambda r: (r["lora_score"], -r["round"]))
+        best = best_round(self.store.rounds)
+        if best is not None:
             if not self.store.best_lora_holds(best):
                 self.store.mark_best(best)
 
@@ -622,13 +621,6 @@ def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
             for name, entry in (report.get("generators") or {}).items()}
 
 
-def ranked_rounds(history: list[RoundRecord]) -> list[RoundRecord]:
-    """The rounds whose LoRA score can win (best round, target reached, patience): scored, and not a
-    LoRA that copied the references — a memorised round scores high for the wrong reason."""
-    return [r for r in history if r.get("lora_score") is not None
-            and not memorised((r.get("scores") or {}).get(LORA))]
-
-
 def round_record(state: RoundState, store: RunStore, profile: dict, decision: Decision, applied: dict,
                  notes: list[str], next_params: dict) -> RoundRecord:
     """The history's record of a finished round. Tolerant of missing stages: a round may be recorded
@@ -684,7 +676,7 @@ def stop_reason(history: list[dict], rounds: int, target: float, patience: int) 
     last = scored[-1]
     if last["lora_score"] >= target:
         return f"target reached: round {last['round']} scored {last['lora_score']:.3f} ≥ {target}"
-    best = max(scored, key=lambda r: (r["lora_score"], -r["round"]))
+    best = best_round(history)
     since_best = sum(1 for r in scored if r["round"] > best["round"])
     if since_best >= patience:
         return f"no improvement for {since_best} round(s) since round {best['round']} (patience {patience})"

@@ -216,3 +216,51 @@ def test_clamp_adjustments_drops_nan_and_infinity():
                                                 "steps": 10**400})
     assert clamped == {}
     assert len(notes) == 3 and all("not a number" in n for n in notes)
+
+
+def _round(number: int, score: float, params: dict, **record) -> dict:
+    return {"round": number, "lora_score": score, "params": copy.deepcopy(params), "scores": {}, **record}
+
+
+def test_a_round_below_the_best_goes_back_with_half_the_change_tried_from_it():
+    best = {**PARAMS, "feature_emphasis": []}
+    tried = {**PARAMS, "steps": 2500, "learning_rate": 4e-4, "feature_emphasis": ["topknot", "skullcap", "smiling"]}
+    history = [_round(1, 0.65, best)]
+    fb = feedback(lora_score=0.60, feature_gaps=[gap("round face", 0.0)])
+    decision = RulePolicy().decide(fb, history, copy.deepcopy(tried))
+    # Steps at the midpoint, the learning rate at the geometric one, the first of the three phrases; and no new
+    # emphasis from this round's misses: the change just tried is what went wrong.
+    assert decision.adjustments == {"steps": 2000, "learning_rate": pytest.approx(2e-4), "feature_emphasis": ["topknot"]}
+    assert "below round 1's 0.650" in decision.rationale and "back to round 1's parameters" in decision.rationale
+    assert "feature_emphasis topknot" in decision.rationale and decision.rationale.endswith(".")
+    # The next step back is the half of that half; one phrase cannot be halved, so it goes.
+    half = {**tried, **decision.adjustments}
+    again = RulePolicy().decide(feedback(lora_score=0.62), [*history, _round(2, 0.60, tried)], copy.deepcopy(half))
+    assert again.adjustments == {"steps": 1750, "learning_rate": pytest.approx(2e-4 ** 0.5 * 1e-4 ** 0.5),
+                                 "feature_emphasis": []}
+
+
+def test_no_backtrack_from_the_best_round_or_onto_parameters_already_tried():
+    best = {**PARAMS, "feature_emphasis": []}
+    one_phrase = {**PARAMS, "feature_emphasis": ["topknot"]}
+    missed = [gap("skullcap", 0.0)]
+    history = [_round(1, 0.65, best)]
+    # At or above the best: the other rules go on (here: emphasise what this round missed).
+    assert decide_with(history, feedback(lora_score=0.65, feature_gaps=missed), one_phrase) == {
+        "feature_emphasis": ["skullcap"]}
+    # Below it, but halving one phrase leads back to round 1's parameters, already tried: the rules go on.
+    assert decide_with(history, feedback(lora_score=0.5, feature_gaps=missed), one_phrase) == {
+        "feature_emphasis": ["skullcap"]}
+    # Below it, and the half-step was tried in an earlier round: no second try.
+    two = {**PARAMS, "feature_emphasis": ["topknot", "skullcap"]}
+    tried = [*history, _round(2, 0.6, one_phrase)]
+    assert decide_with(tried, feedback(lora_score=0.55), two) == {}
+    # A memorised round never counts as the best to go back to; overfitting outranks going back.
+    copied = [_round(1, 0.9, best, scores={"lora": {"reference_copies": 1}})]
+    assert decide_with(copied, feedback(lora_score=0.5), two) == {}
+    overfit = feedback(lora_score=0.5, overfitting={"reference_copies": 1})
+    assert set(decide_with(history, overfit, two)) == {"steps", "learning_rate"}
+
+
+def decide_with(history: list[dict], fb: dict, params: dict) -> dict:
+    return RulePolicy().decide(fb, copy.deepcopy(history), copy.deepcopy(params)).adjustments
