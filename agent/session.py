@@ -200,13 +200,8 @@ class Session:
         config = train_config(self.profile, self.params)
         if not config.validation_prompt:  # checkpoints are judged on the prompt the round will generate with
             config = dataclasses.replace(config, validation_prompt=self.prompt())
-        # ... and at its guidance: judged at diffusers' 5 but drawn at 7, two seeds of four chose another
-        # checkpoint and their rounds scored lower (tiny, 3 rounds: best round 0.613 -> 0.674, 0.625 -> 0.676)
-        if not config.validation_guidance_scale:
-            config = dataclasses.replace(config, validation_guidance_scale=self.settings.guidance_scale)
-        if not config.validation_negative_prompt:  # ... and negative prompt (none on tiny, SDXL's default otherwise)
-            config = dataclasses.replace(config, validation_negative_prompt=self.settings.sampling_negative_prompt)
-        return config
+        # ... and at its guidance and negative prompt (none on tiny, SDXL's default otherwise)
+        return config.judged_as_drawn(self.settings.guidance_scale, self.settings.sampling_negative_prompt)
 
     def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""

@@ -261,5 +261,11 @@ def test_validation_images_are_drawn_as_the_rounds_draw_the_loras_images(profile
     assert np.abs(drawn(5.0) - validation).mean() > 3.0  # another guidance draws another picture
     assert np.abs(drawn(7.0, negative_prompt="") - validation).mean() > 3.0  # so does no negative prompt
     assert config.replace(validation_guidance_scale=0.0).effective_validation_guidance_scale == 5.0
+    # aldar run and aldar train fill in only what was left unset: the images' guidance and negative prompt.
+    unset = config.replace(validation_guidance_scale=0.0, validation_negative_prompt="")
+    filled = unset.judged_as_drawn(6.0, "photo")
+    assert (filled.validation_guidance_scale, filled.validation_negative_prompt) == (6.0, "photo")
+    kept = config.judged_as_drawn(6.0, "photo")
+    assert (kept.validation_guidance_scale, kept.validation_negative_prompt) == (7.0, negative)
     with pytest.raises(ConfigError, match="validation_guidance_scale is -1"):
         config.replace(validation_guidance_scale=-1.0).validate()

@@ -92,10 +92,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
 
     profile = resolve_profile(settings)
     config = training_config(args, profile, trigger)
-    if not config.validation_guidance_scale:  # validation images at the guidance `aldar generate` will use
-        config = config.replace(validation_guidance_scale=settings.guidance_scale)
-    if not config.validation_negative_prompt:  # ... and with its negative prompt
-        config = config.replace(validation_negative_prompt=settings.sampling_negative_prompt)
+    # validation images at the guidance and negative prompt `aldar generate` will use
+    config = config.judged_as_drawn(settings.guidance_scale, settings.sampling_negative_prompt)
     images = list_images(Path(settings.references))
     captions = analysis.get("captions") or {}
     fallback = f"{config.trigger_token}, {settings.character_name}"
