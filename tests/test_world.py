@@ -104,3 +104,21 @@ def test_world_captions_fit_sdxls_77_token_window():
     rng = random.Random(1)
     longest = max(len(tokenizer(tag_caption(sample_character(rng), rng, keep=1.0)).input_ids) for _ in range(200))
     assert longest <= 40  # whole-word tokens: a full caption is ~30 tokens, one per byte would be ~150
+
+
+def test_the_latent_head_mask_weighs_the_cells_under_each_head_and_nothing_else():
+    import torch
+
+    from tools.world.dataset import head_weight_map, latent_head_weight_map
+    from tools.world.draw import head_circle
+
+    left, right = replace(ALDAR, offset_x=-0.2), replace(ALDAR, offset_x=0.2)
+    pixels = head_weight_map([left, right], 64, 4.0)
+    cells = latent_head_weight_map([left, right], 64, 8, 4.0)
+    assert cells.shape == (2, 1, 8, 8)
+    assert torch.allclose(cells.mean(dim=(2, 3)), pixels.mean(dim=(2, 3)))  # pooled: the same weight in all
+    for index, character in enumerate((left, right)):
+        x, y, _ = head_circle(character, 64)
+        assert cells[index, 0, int(y // 8), int(x // 8)] > 3.0  # the cell at the head's centre is (nearly) all head
+        assert cells[index, 0, 7].eq(1.0).all()  # the bottom row (robe, ground) keeps weight 1
+    assert not np.array_equal(cells[0].numpy(), cells[1].numpy())  # the mask follows the head

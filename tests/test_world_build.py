@@ -121,7 +121,7 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
 
     recipe = replace(MINI, retune2_steps=2, decoder2_steps=2, hardneg2_steps=2, textneg2_steps=2, retune3_steps=2,
                      hardneg3_steps=2, vae2_steps=2, retune4_steps=2, hardneg4_steps=2, decoder3_steps=2,
-                     decoder4_steps=2)
+                     decoder4_steps=2, retune5_steps=2)
     build = world_build.Build(tmp_path / "cache", recipe, weights=first_build)
     assert set(world_build.seed_from_weights(build)) == set(world_build.FIRST_BUILD)
     seeded_unet, seeded_clip = _modules(build, "retune")["ema"], _modules(build, "textneg")["model"]
@@ -200,3 +200,11 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
         vae = _tensors(tmp_path / stage / "sdxl" / "vae" / "diffusion_pytorch_model.safetensors")
         assert all(torch.equal(vae[k], trained[k].half()) for k in vae)
         previous = trained
+
+    # Seventh pass: the UNet again, the head weighted up in its latent loss, on the same text tower and latents.
+    world_build.stage_retune5(build)
+    fifth_unet = _modules(build, "retune5")["ema"]
+    assert not _same(fourth_unet, fifth_unet)
+    assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "seventh")) == ["clip", "sdxl"]
+    unet = _tensors(tmp_path / "seventh" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(unet[k], fifth_unet[k].half()) for k in unet)

@@ -68,3 +68,11 @@ def head_weight_map(characters: list[Character], size: int, weight: float):
         x, y, radius = head_circle(character, size)
         out[index, 0][(xs - x) ** 2 + (ys - y) ** 2 <= (1.2 * radius) ** 2] = weight
     return torch.from_numpy(out)
+
+
+def latent_head_weight_map(characters: list[Character], size: int, latent_size: int, weight: float):
+    """``head_weight_map`` at ``size`` px average-pooled onto the ``latent_size`` grid of the VAE's latents (a
+    latent cell half on the head weighs halfway between 1 and ``weight``): the loss mask of a latent loss."""
+    import torch
+
+    return torch.nn.functional.avg_pool2d(head_weight_map(characters, size, weight), size // latent_size)
