@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Optional
+from functools import partial
+from typing import Annotated, Any, Callable, Optional
 
 from agent.toolspec import ExtraParameter, Range
 from tools.errors import ConfigError, InputError
+from tools.generation.sampling import check_lora_scale
 from tools.numbers import finite_number
 from tools.training.config import check_setting
 
@@ -30,6 +32,7 @@ class Knob:
     safe: tuple[float, float]  # clamped into this range; for a list: (0, most phrases)
     help: str
     trainer_setting: bool = True  # a TrainConfig field: its valid domain is TrainConfig's
+    check: Optional[Callable[[Any], None]] = None  # else the valid domain's check (raises InputError)
 
     def refuse_invalid(self, value: Any) -> None:
         """Raise ``InputError`` when ``value`` is outside the knob's valid domain."""
@@ -40,8 +43,8 @@ class Knob:
                 check_setting(self.name, value)
             except ConfigError as error:
                 raise InputError(error.problem, error.fix) from None
-        elif not (math.isfinite(value) and value >= 0):
-            raise InputError(f"{self.name} is {value!r}", f"set {self.name} to 0 or a positive number")
+        elif self.check is not None:
+            self.check(value)
 
 
 KNOBS: tuple[Knob, ...] = (
@@ -49,7 +52,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("learning_rate", float, (1e-6, 1e-3), "Optimiser step size."),
     Knob("rank", int, (1, 128), "LoRA rank (capacity)."),
     Knob("alpha", float, (0.5, 256), "LoRA alpha (strength is alpha / rank)."),
-    Knob("lora_scale", float, (0.3, 1.5), "LoRA strength when generating (no retraining).", trainer_setting=False),
+    Knob("lora_scale", float, (0.3, 1.5), "LoRA strength when generating (no retraining).", trainer_setting=False,
+         check=partial(check_lora_scale, name="lora_scale")),
     Knob("feature_emphasis", list, (0, 4), "Key feature phrases to stress in the captions and prompt.",
          trainer_setting=False),
 )

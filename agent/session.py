@@ -29,7 +29,6 @@ from tools.numbers import finite_number
 from tools.scoring.records import Analysis, ComparisonReport
 from tools.settings import Settings
 from tools.timestamps import iso_timestamp, timestamp
-from tools.world import TINY_SAMPLING_STEPS as TINY_GENERATION_STEPS  # the toy world's base needs ~20
 
 if TYPE_CHECKING:  # annotations only: the trainer loads when a round trains
     from tools.training.config import TrainConfig
@@ -201,7 +200,9 @@ class Session:
         if not config.validation_prompt:  # checkpoints are judged on the prompt the round will generate with
             config = dataclasses.replace(config, validation_prompt=self.prompt())
         # ... and at its guidance and negative prompt (none on tiny, SDXL's default otherwise)
-        return config.judged_as_drawn(self.settings.guidance_scale, self.settings.sampling_negative_prompt)
+        from tools.generation.sampling import SamplingSpec
+
+        return config.judged_as_drawn(SamplingSpec.from_settings(self.settings))
 
     def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
@@ -297,6 +298,7 @@ class Session:
         """Images of this round's LoRA, the base model and every configured competitor,
         from the same prompts and seeds. Returns generator → list of image paths."""
         from tools.generation.local import generate_local
+        from tools.generation.sampling import SamplingSpec
         from tools.providers import configured_providers, generate_with_provider
 
         state = self._round()
@@ -304,18 +306,14 @@ class Session:
             raise InputError(f"round {state.number} has no trained LoRA yet", "run the train step first")
         prompts = prompts or [self.prompt()]
         settings = self.settings
-        steps = min(settings.num_inference_steps, TINY_GENERATION_STEPS) if self.profile.is_tiny \
-            else settings.num_inference_steps
+        sampling = SamplingSpec.from_settings(settings)
         images: dict[str, list[Path]] = {}
         with self._stage("generate"):
             for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
                 self._say(f"round {state.number}: generating {name} images …")
                 started = time.perf_counter()
-                made = generate_local(self.profile, prompts, self.store.round_images_dir(state.number, name),
+                made = generate_local(self.profile, prompts, self.store.round_images_dir(state.number, name), sampling,
                                       lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
-                                      images_per_prompt=settings.sampling_images_per_prompt, seed=settings.seed,
-                                      steps=steps, guidance=settings.guidance_scale,
-                                      negative_prompt=settings.sampling_negative_prompt, use_lcm=settings.use_lcm,
                                       name=name, quiet=self.quiet)
                 self._compute("generate", started)
                 images[name] = [image.path for image in made]
@@ -328,7 +326,7 @@ class Session:
                 started = time.perf_counter()
                 try:
                     made = generate_with_provider(provider, prompts, self.store.round_images_dir(state.number, provider.name),
-                                                  settings.sampling_images_per_prompt, settings.seed, skipped=state.skipped,
+                                                  sampling.images_per_prompt, sampling.seed, skipped=state.skipped,
                                                   quiet=self.quiet)
                 except AldarError as exc:  # one failing competitor must not end the round
                     _emit(self.events.on_warning, f"{provider.name} skipped this round: {exc}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,13 +172,13 @@ def illustrate(settings: Settings, story: dict[str, Any], book_dir: Path, genera
     notes: list[str] = []
     if generator in LOCAL_GENERATORS:
         from tools.generation.local import LCM_NOT_APPLIED, generate_local
+        from tools.generation.sampling import SamplingSpec
         from tools.models import resolve_profile
 
         profile = resolve_profile(settings)
-        results = generate_local(profile, prompts, images_dir, lora_path=illustrator, images_per_prompt=1,
-                                 seed=settings.seed, steps=settings.num_inference_steps,
-                                 guidance=settings.guidance_scale, negative_prompt=settings.sampling_negative_prompt,
-                                 use_lcm=settings.use_lcm, lcm_lora=settings.lcm_lora, name=generator, quiet=quiet)
+        one_per_scene = replace(SamplingSpec.from_settings(settings), images_per_prompt=1)
+        results = generate_local(profile, prompts, images_dir, one_per_scene, lora_path=illustrator, name=generator,
+                                 quiet=quiet)
         story.update(profile.describe())
         if any(r.metadata.get("lcm_lora") == LCM_NOT_APPLIED for r in results):
             notes.append(f"fast mode: LCMScheduler at {results[0].metadata['steps']} steps; the LCM-LoRA adapter was "

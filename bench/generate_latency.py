@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from tests.test_generator import write_random_lora  # noqa: E402 - the same random LoRA the tests use
 from tools.generation.local import activate_lora, generate_local, loaded_adapters, quiet_lora_loading  # noqa: E402
+from tools.generation.sampling import SamplingSpec  # noqa: E402
 from tools.models import clear_model_cache, load_sdxl_pipeline, resolve_profile  # noqa: E402
 from tools.settings import load_settings  # noqa: E402
 
@@ -62,9 +63,9 @@ def main() -> None:
         (work / f"lora_{seed}").mkdir()
         loras.append(write_random_lora(work / f"lora_{seed}", seed=seed).resolve())
 
-    def image(**kwargs):
-        return lambda: generate_local(profile, [PROMPT], work / "images", steps=steps, quiet=True,
-                                      **{"lora_path": None, **kwargs})
+    def image(lora_path=None, **sampling):
+        spec = SamplingSpec(steps=steps, **sampling)
+        return lambda: generate_local(profile, [PROMPT], work / "images", spec, lora_path=lora_path, quiet=True)
 
     clear_model_cache()
     build = timed(lambda: load_sdxl_pipeline(profile))

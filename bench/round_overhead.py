@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from agent.policy import RulePolicy  # noqa: E402
-from agent.session import (BASE, LORA, TINY_GENERATION_STEPS, Session, emphasise, train_config,  # noqa: E402
-                           training_dataset)
+from agent.session import BASE, LORA, Session, emphasise, train_config, training_dataset  # noqa: E402
+from tools.generation.sampling import SamplingSpec  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
 
 STAGES = ("analyze", "train", "generate", "score", "decide", "store/report")
@@ -55,9 +55,7 @@ def direct_round(session: Session, params: dict, scratch: Path) -> tuple[float, 
     prompt = emphasise(settings.test_prompt, params.get("feature_emphasis") or [], settings.trigger_token)
     images = {}
     for name, lora in ((BASE, None), (LORA, result.lora_path)):
-        made = generate_local(profile, [prompt], scratch / name, lora_path=lora, images_per_prompt=settings.images_per_prompt,
-                              seed=settings.seed, steps=min(settings.num_inference_steps, TINY_GENERATION_STEPS),
-                              guidance=settings.guidance_scale, negative_prompt=settings.negative_prompt,
+        made = generate_local(profile, [prompt], scratch / name, SamplingSpec.from_settings(settings), lora_path=lora,
                               name=name, quiet=True)
         images[name] = [m.path for m in made]
     report = score_generators(images, session.references, profile, session.analysis, settings.metric_weights)

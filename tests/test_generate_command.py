@@ -81,7 +81,8 @@ def test_one_failing_provider_does_not_stop_the_others(freepik, monkeypatch, tmp
     (["--provider", "dalle"], "unknown provider 'dalle'"),
     (["--provider", "lora"], "--provider lora needs the LoRA"),
     (["--provider", "lora", "--lora", "missing.safetensors"], "missing.safetensors"),
-    (["--provider", "freepik", "--lora-scale", "-1"], "--lora-scale -1 is negative"),
+    (["--provider", "freepik", "--lora-scale", "-1"], "--lora-scale -1 is out of range — use a scale from 0 to 4"),
+    (["--provider", "freepik", "--lora-scale", "9"], "--lora-scale 9 is out of range — use a scale from 0 to 4"),
 ])
 def test_bad_arguments_fail_before_any_request(argv, message, freepik, monkeypatch, capsys):
     monkeypatch.setenv("FREEPIK_API_KEY", KEY)
@@ -95,12 +96,13 @@ def test_local_generators_get_the_lora_settings_and_share_prompts_and_seed(freep
 
     calls = []
 
-    def fake_generate_local(profile, prompts, out_dir, **kwargs):
-        calls.append(dict(kwargs, prompts=prompts, out_dir=out_dir, profile=profile.name))
-        return [generator.GeneratedImage(out_dir / f"{kwargs['name']}.png", kwargs["name"], prompts[0], kwargs["seed"])]
+    def fake_generate_local(profile, prompts, out_dir, sampling, **kwargs):
+        calls.append(dict(kwargs, prompts=prompts, out_dir=out_dir, profile=profile.name, sampling=sampling))
+        return [generator.GeneratedImage(out_dir / f"{kwargs['name']}.png", kwargs["name"], prompts[0], sampling.seed)]
 
     monkeypatch.setattr(generator, "generate_local", fake_generate_local)
     monkeypatch.setenv("FREEPIK_API_KEY", KEY)
+    monkeypatch.setenv("ALDAR_LCM_LORA", str(tmp_path / "my-lcm-lora"))  # a configured LCM-LoRA reaches the sampler
     lora = tmp_path / "pytorch_lora_weights.safetensors"
     lora.write_bytes(b"not empty")
 
@@ -109,9 +111,10 @@ def test_local_generators_get_the_lora_settings_and_share_prompts_and_seed(freep
                  "--out", str(tmp_path / "o"), "-q"])
 
     assert code == 0
-    assert [(c["name"], c["lora_path"], c["lora_scale"], c["use_lcm"], c["seed"], c["prompts"]) for c in calls] == [
-        ("lora", lora, 0.7, True, 5, ["aldar"]), ("base", None, 0.7, True, 5, ["aldar"])]
-    assert calls[0]["profile"] == "tiny" and calls[0]["images_per_prompt"] == 1
+    assert [(c["name"], c["lora_path"], c["lora_scale"], c["sampling"].use_lcm, c["sampling"].seed, c["prompts"])
+            for c in calls] == [("lora", lora, 0.7, True, 5, ["aldar"]), ("base", None, 0.7, True, 5, ["aldar"])]
+    assert calls[0]["profile"] == "tiny" and calls[0]["sampling"].images_per_prompt == 1
+    assert {c["sampling"].lcm_lora for c in calls} == {str(tmp_path / "my-lcm-lora")}
     assert freepik.requests[0].json()["seed"] == 5 and freepik.requests[0].json()["prompt"] == "aldar"
 
 
@@ -155,9 +158,9 @@ def test_without_provider_the_newest_lora_the_base_and_each_keyed_competitor_gen
 
     calls = []
 
-    def fake_generate_local(profile, prompts, out_dir, **kwargs):
+    def fake_generate_local(profile, prompts, out_dir, sampling, **kwargs):
         calls.append(kwargs)
-        return [generator.GeneratedImage(out_dir / f"{kwargs['name']}.png", kwargs["name"], prompts[0], kwargs["seed"])]
+        return [generator.GeneratedImage(out_dir / f"{kwargs['name']}.png", kwargs["name"], prompts[0], sampling.seed)]
 
     monkeypatch.setattr(generator, "generate_local", fake_generate_local)
     monkeypatch.setenv("FREEPIK_API_KEY", KEY)

@@ -12,11 +12,12 @@ from PIL import Image
 from tools.errors import InputError, ModelNotFoundError
 from tools.generation.local import (LCM_NOT_APPLIED, check_lcm_available, generate_local, loaded_adapters,
                              quiet_lora_loading, resolve_lora_file)
+from tools.generation.sampling import SamplingSpec
 from tools.models import ModelProfile, load_sdxl_pipeline
 from tools.generation.png_metadata import format_parameters, parse_parameters, read_generation_parameters
 
 PROMPT = "aldarkose, smiling trickster in an orange robe"
-FAST = dict(steps=3, quiet=True)  # a few Euler steps keep each 64 px image well under a second
+FAST = SamplingSpec(steps=3)  # a few Euler steps keep each 64 px image well under a second
 
 
 
@@ -61,10 +62,9 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def test_same_seed_gives_identical_pixels_and_image_i_uses_seed_plus_i(tiny_profile, tmp_path):
-    first = generate_local(tiny_profile, [PROMPT], tmp_path / "a", lora_path=None, name="base",
-                           images_per_prompt=2, seed=7, **FAST)
-    again = generate_local(tiny_profile, [PROMPT], tmp_path / "b", lora_path=None, name="base",
-                           images_per_prompt=2, seed=7, **FAST)
+    two = SamplingSpec(steps=3, images_per_prompt=2, seed=7)
+    first = generate_local(tiny_profile, [PROMPT], tmp_path / "a", two, lora_path=None, name="base", quiet=True)
+    again = generate_local(tiny_profile, [PROMPT], tmp_path / "b", two, lora_path=None, name="base", quiet=True)
     assert [g.seed for g in first] == [7, 8]
     assert all(g.path.is_file() and g.generator == "base" for g in first)
     assert np.array_equal(pixels(first[0].path), pixels(again[0].path))
@@ -76,8 +76,9 @@ def test_same_seed_gives_identical_pixels_and_image_i_uses_seed_plus_i(tiny_prof
 
 
 def test_png_parameters_round_trip(tiny_profile, tmp_path, loras):
-    [image] = generate_local(tiny_profile, [PROMPT], tmp_path, lora_path=loras[0], lora_scale=0.8, seed=3,
-                             guidance=5.5, negative_prompt="blurry, photo", name="lora", **FAST)
+    sampling = SamplingSpec(steps=3, seed=3, guidance=5.5, negative_prompt="blurry, photo")
+    [image] = generate_local(tiny_profile, [PROMPT], tmp_path, sampling, lora_path=loras[0], lora_scale=0.8,
+                             name="lora", quiet=True)
     read = read_generation_parameters(image.path)
     aldar = read.pop("aldar")
     assert read == {"prompt": PROMPT, "negative_prompt": "blurry, photo", "steps": 3, "sampler": "Euler",
@@ -110,8 +111,9 @@ def test_lora_scale_changes_image_and_swaps_reuse_loaded_adapters(tiny_profile, 
     registry = loaded_adapters(pipe)
     loads_before = registry.loads
     new_files = {str(lora.resolve()) for lora in loras} - {path for path, _, _ in registry.by_file}
-    run = lambda lora, scale, sub: generate_local(tiny_profile, [PROMPT], tmp_path / sub, lora_path=lora,  # noqa: E731
-                                                  lora_scale=scale, seed=11, **FAST)[0].path
+    run = lambda lora, scale, sub: generate_local(tiny_profile, [PROMPT], tmp_path / sub,  # noqa: E731
+                                                  SamplingSpec(steps=3, seed=11), lora_path=lora, lora_scale=scale,
+                                                  quiet=True)[0].path
     full, half = run(loras[0].parent, 1.0, "full"), run(loras[0], 0.5, "half")
     zero, base = run(loras[0], 0.0, "zero"), run(None, 1.0, "base")
     other, full_again = run(loras[1], 1.0, "other"), run(loras[0], 1.0, "full_again")
@@ -152,7 +154,8 @@ def test_base_disables_an_adapter_someone_else_added_to_the_shared_unet(tiny_pro
     import torch
     from peft import LoraConfig
 
-    before = generate_local(tiny_profile, [PROMPT], tmp_path / "before", lora_path=None, name="base", **FAST)[0]
+    before = generate_local(tiny_profile, [PROMPT], tmp_path / "before", FAST, lora_path=None, name="base",
+                            quiet=True)[0]
     pipe = load_sdxl_pipeline(tiny_profile)
     with quiet_lora_loading():
         pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
@@ -163,7 +166,8 @@ def test_base_disables_an_adapter_someone_else_added_to_the_shared_unet(tiny_pro
                 if "lora_B.trainer_run" in name:
                     param.normal_(std=0.5)
         pipe.unet.set_adapters(["trainer_run"])
-        after = generate_local(tiny_profile, [PROMPT], tmp_path / "after", lora_path=None, name="base", **FAST)[0]
+        after = generate_local(tiny_profile, [PROMPT], tmp_path / "after", FAST, lora_path=None, name="base",
+                               quiet=True)[0]
     finally:
         with quiet_lora_loading():
             pipe.delete_adapters("trainer_run")
@@ -179,8 +183,8 @@ def test_a_lora_of_another_shape_is_refused_and_the_pipeline_still_works(tiny_pr
     (tmp_path / "wrong").mkdir()
     save_file(weights, tmp_path / "wrong" / "pytorch_lora_weights.safetensors")
     with pytest.raises(InputError, match="does not fit this base model"):
-        generate_local(tiny_profile, [PROMPT], tmp_path / "x", lora_path=tmp_path / "wrong", **FAST)
-    [image] = generate_local(tiny_profile, [PROMPT], tmp_path / "ok", lora_path=loras[0], **FAST)
+        generate_local(tiny_profile, [PROMPT], tmp_path / "x", FAST, lora_path=tmp_path / "wrong", quiet=True)
+    [image] = generate_local(tiny_profile, [PROMPT], tmp_path / "ok", FAST, lora_path=loras[0], quiet=True)
     assert image.path.is_file()
 
 
@@ -190,8 +194,8 @@ def test_lcm_fast_mode_runs_four_steps_and_restores_the_scheduler(tiny_profile, 
     unet_calls = []
     hook = pipe.unet.register_forward_hook(lambda *args: unet_calls.append(1))
     try:
-        [image] = generate_local(tiny_profile, [PROMPT], tmp_path, lora_path=None, name="base", use_lcm=True,
-                                 steps=30, guidance=7.0, quiet=True)
+        [image] = generate_local(tiny_profile, [PROMPT], tmp_path, SamplingSpec(steps=30, guidance=7.0, use_lcm=True),
+                                 lora_path=None, name="base", quiet=True)
     finally:
         hook.remove()
     assert len(unet_calls) == 4  # 4 steps, guidance 1 → no classifier-free doubling
@@ -204,16 +208,18 @@ def test_lcm_fast_mode_runs_four_steps_and_restores_the_scheduler(tiny_profile, 
 def test_fast_mode_applies_a_local_lcm_lora_beside_the_character_lora(tiny_profile, tmp_path, loras):
     """No real LCM-LoRA fits the tiny UNet, so a random one stands in for it: both adapters must be active."""
     pipe = load_sdxl_pipeline(tiny_profile)
-    common = dict(lora_path=loras[0], lora_scale=0.7, use_lcm=True, steps=6, guidance=1.5, quiet=True)
-    without = generate_local(tiny_profile, [PROMPT], tmp_path / "without", **common)[0]
-    [image] = generate_local(tiny_profile, [PROMPT], tmp_path / "with", lcm_lora=str(loras[1].parent), **common)
+    common = dict(lora_path=loras[0], lora_scale=0.7, quiet=True)
+    fast = SamplingSpec(use_lcm=True, steps=6, guidance=1.5)
+    with_lcm_lora = SamplingSpec(use_lcm=True, steps=6, guidance=1.5, lcm_lora=str(loras[1].parent))
+    without = generate_local(tiny_profile, [PROMPT], tmp_path / "without", fast, **common)[0]
+    [image] = generate_local(tiny_profile, [PROMPT], tmp_path / "with", with_lcm_lora, **common)
     assert without.metadata["lcm_lora"] == LCM_NOT_APPLIED
     assert image.metadata["lcm_lora"] == str(loras[1].parent)
     assert (image.metadata["steps"], image.metadata["cfg_scale"], image.metadata["sampler"]) == (6, 1.5, "LCM")
     active = pipe.get_active_adapters()
     assert len(active) == 2 and any(name.startswith("lcm_") for name in active)
     assert not np.array_equal(pixels(without.path), pixels(image.path))
-    again = generate_local(tiny_profile, [PROMPT], tmp_path / "again", lcm_lora=str(loras[1].parent), **common)[0]
+    again = generate_local(tiny_profile, [PROMPT], tmp_path / "again", with_lcm_lora, **common)[0]
     assert np.array_equal(pixels(image.path), pixels(again.path))  # LCM adapter reused, same picture
 
 
@@ -234,5 +240,7 @@ def test_bad_inputs_fail_before_any_work(tiny_profile, tmp_path):
     with pytest.raises(InputError, match="non-empty prompt"):
         generate_local(tiny_profile, ["  "], tmp_path, lora_path=None, quiet=True)
     with pytest.raises(InputError, match="images_per_prompt"):
-        generate_local(tiny_profile, [PROMPT], tmp_path, lora_path=None, images_per_prompt=0, quiet=True)
+        SamplingSpec(images_per_prompt=0)
+    with pytest.raises(InputError, match="LoRA scale 5 is out of range"):
+        generate_local(tiny_profile, [PROMPT], tmp_path, lora_path=None, lora_scale=5.0, quiet=True)
     assert not list(tmp_path.glob("*.png"))

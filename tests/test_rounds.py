@@ -214,6 +214,29 @@ def test_hosted_competitors_compete_and_a_failing_one_sits_out(tiny_settings, mo
     assert "fpk-round-key" not in json.dumps(record)
 
 
+def test_the_rounds_draw_with_the_configured_sampler_and_lcm_lora(tiny_settings, tmp_path):
+    """aldar run draws as the settings say: fast mode with the configured LCM-LoRA (it fell back to the
+    default one before), the tiny profile's step cap, the images per prompt."""
+    from tests.test_generator import write_random_lora
+    from tools.generation.png_metadata import read_generation_parameters
+
+    (tmp_path / "character").mkdir()
+    (tmp_path / "lcm").mkdir()
+    character = write_random_lora(tmp_path / "character", seed=1)
+    write_random_lora(tmp_path / "lcm", seed=2)
+    settings = tiny_settings.replace(competitors=[], images_per_prompt=1, use_lcm=True, lcm_lora=str(tmp_path / "lcm"),
+                                     num_inference_steps=6, guidance_scale=1.5)
+    with Session(settings, quiet=True) as session:
+        session._round().train = {"run_dir": None, "lora_path": str(character), "steps": 3, "final_loss": 0.5,
+                                  "interrupted": False}
+        images = session.generate(["aldarkose, smiling"])
+    for name in ("lora", "base"):
+        (image,) = images[name]
+        drawn = read_generation_parameters(image)
+        assert drawn["aldar"]["lcm_lora"] == str(tmp_path / "lcm")
+        assert (drawn["steps"], drawn["cfg_scale"], drawn["sampler"]) == (6, 1.5, "LCM")
+
+
 def test_auto_after_manual_stages_does_not_train_or_generate_the_round_again(tiny_settings, monkeypatch):
     """/train, /generate, /score, then /auto: the round is decided and recorded as it is (no second paid call)."""
     with Session(tiny_settings.replace(competitors=[]), quiet=True) as session:

@@ -243,6 +243,7 @@ def test_validation_images_are_drawn_as_the_rounds_draw_the_loras_images(profile
     """A checkpoint is judged on the picture the round will generate with its LoRA: same prompt, seed, steps,
     guidance (``validation_guidance_scale``; 0 would mean diffusers' default 5) and negative prompt."""
     from tools.generation.local import generate_local
+    from tools.generation.sampling import SamplingSpec
 
     negative = "green background, photo"
     config = quick(profile, steps=2, checkpoint_every=2, validation_images=1, validation_guidance_scale=7.0,
@@ -252,9 +253,9 @@ def test_validation_images_are_drawn_as_the_rounds_draw_the_loras_images(profile
     validation = np.asarray(Image.open(result.validation_images[-1]).convert("RGB"), dtype=np.float32)
 
     def drawn(guidance: float, negative_prompt: str = negative) -> np.ndarray:
+        sampling = SamplingSpec(seed=config.seed, steps=6, guidance=guidance, negative_prompt=negative_prompt)
         image = generate_local(profile, [config.validation_prompt], tmp_path / f"g{guidance}{bool(negative_prompt)}",
-                               lora_path=result.lora_path, seed=config.seed, steps=6, guidance=guidance,
-                               negative_prompt=negative_prompt, quiet=True)[0]
+                               sampling, lora_path=result.lora_path, quiet=True)[0]
         return np.asarray(Image.open(image.path).convert("RGB"), dtype=np.float32)
 
     assert np.abs(drawn(7.0) - validation).mean() < 1.0  # the same picture (measured: identical)
@@ -263,9 +264,9 @@ def test_validation_images_are_drawn_as_the_rounds_draw_the_loras_images(profile
     assert config.replace(validation_guidance_scale=0.0).effective_validation_guidance_scale == 5.0
     # aldar run and aldar train fill in only what was left unset: the images' guidance and negative prompt.
     unset = config.replace(validation_guidance_scale=0.0, validation_negative_prompt="")
-    filled = unset.judged_as_drawn(6.0, "photo")
+    filled = unset.judged_as_drawn(SamplingSpec(guidance=6.0, negative_prompt="photo"))
     assert (filled.validation_guidance_scale, filled.validation_negative_prompt) == (6.0, "photo")
-    kept = config.judged_as_drawn(6.0, "photo")
+    kept = config.judged_as_drawn(SamplingSpec(guidance=6.0, negative_prompt="photo"))
     assert (kept.validation_guidance_scale, kept.validation_negative_prompt) == (7.0, negative)
     with pytest.raises(ConfigError, match="validation_guidance_scale is -1"):
         config.replace(validation_guidance_scale=-1.0).validate()

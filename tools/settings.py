@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from tools.errors import ConfigError
+from tools.generation.sampling import DEFAULT_LCM_LORA
 
 # The bundled references and taxonomy are package data (the repository's examples/ folder, installed as
 # aldar_examples), so they resolve from a checkout, an editable install and a wheel alike, whatever the
@@ -43,7 +44,7 @@ class Settings:
     profile: str = "sdxl"
     base_model: str = "stabilityai/stable-diffusion-xl-base-1.0"
     clip_model: str = "openai/clip-vit-large-patch14"
-    lcm_lora: str = "latent-consistency/lcm-lora-sdxl"
+    lcm_lora: str = DEFAULT_LCM_LORA
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 42

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.errors import AldarError, InputError
+from tools.generation.sampling import check_lora_scale  # stdlib and tools.errors only
 from tools.timestamps import timestamp  # the standard library's time only
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
@@ -107,8 +108,7 @@ def _validate(names: list[str], prompts: list[str], args: argparse.Namespace) ->
             raise InputError(f"unknown provider {name!r}", f"use one of: {', '.join(known)}")
     if not all(prompts):
         raise InputError("a --prompt is empty", "give each --prompt some text")
-    if args.lora_scale < 0:
-        raise InputError(f"--lora-scale {args.lora_scale:g} is negative", "use a scale from 0 to about 1.5")
+    check_lora_scale(args.lora_scale, "--lora-scale")
     if "lora" in names and not args.lora:
         raise InputError("--provider lora needs the LoRA to use", "pass --lora PATH (a .safetensors file or a run folder)")
     if args.lora:
@@ -134,14 +134,12 @@ def _default_generators(args: argparse.Namespace, settings: Settings, ui: UI) ->
 def _generate_local(name: str, prompts: list[str], out_dir: Path, args: argparse.Namespace, settings: Settings,
                     stamp: str):
     from tools.generation.local import generate_local  # heavy (torch, diffusers): only when asked for
+    from tools.generation.sampling import SamplingSpec
     from tools.models import resolve_profile
 
-    return generate_local(resolve_profile(settings), prompts, out_dir,
+    return generate_local(resolve_profile(settings), prompts, out_dir, SamplingSpec.from_settings(settings),
                           lora_path=Path(args.lora) if name == "lora" else None, lora_scale=args.lora_scale,
-                          images_per_prompt=settings.sampling_images_per_prompt, seed=settings.seed,
-                          steps=settings.num_inference_steps, guidance=settings.guidance_scale,
-                          negative_prompt=settings.sampling_negative_prompt, use_lcm=settings.use_lcm, name=name,
-                          quiet=args.quiet, file_stamp=stamp)
+                          name=name, quiet=args.quiet, file_stamp=stamp)
 
 
 def _shown_path(path: Path, out_dir: Path) -> str:

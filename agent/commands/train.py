@@ -85,6 +85,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     training_config(args, _NAMED_PROFILES[settings.profile], trigger, device_checks=False)
     from rich.markup import escape
 
+    from tools.generation.sampling import SamplingSpec
     from tools.images import list_images
     from tools.models import resolve_profile
     from tools.training.lora_files import latest_checkpoint
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     profile = resolve_profile(settings)
     config = training_config(args, profile, trigger)
     # validation images at the guidance and negative prompt `aldar generate` will use
-    config = config.judged_as_drawn(settings.guidance_scale, settings.sampling_negative_prompt)
+    config = config.judged_as_drawn(SamplingSpec.from_settings(settings))
     images = list_images(Path(settings.references))
     captions = analysis.get("captions") or {}
     fallback = f"{config.trigger_token}, {settings.character_name}"

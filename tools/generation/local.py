@@ -30,14 +30,12 @@ from tools.atomic import unused_path
 from tools.errors import InputError, ModelNotFoundError
 from tools.models import ModelProfile, load_sdxl_pipeline, model_location, quiet_lora_loading
 from tools.generation.png_metadata import save_png_with_parameters
+from tools.generation.sampling import DEFAULT_LCM_LORA, SamplingSpec, check_lora_scale
 from tools.progress import progress_bar
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdxl"
 LCM_ADAPTER = "lcm"
 MAX_LOADED_LORAS = 4  # adapters kept in memory; each SDXL LoRA holds tens of MB
-LCM_STEPS = (4, 8)  # LCM-LoRA's useful range; outside it we use the lower bound
-LCM_MAX_GUIDANCE = 2.0  # LCM is distilled for guidance ~1; higher values burn the image
 LCM_NOT_APPLIED = "not applied: no LCM-LoRA fits the tiny profile (LCMScheduler only)"
 _SAMPLER_NAMES = {"EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a",
                   "LCMScheduler": "LCM", "DPMSolverMultistepScheduler": "DPM++ 2M", "DDIMScheduler": "DDIM"}
@@ -205,26 +203,22 @@ def check_lcm_available(profile: ModelProfile, lcm_lora: str = DEFAULT_LCM_LORA)
 
 
 # --------------------------------------------------------------------------- generation
-def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, *, lora_path: Path | None,
-                   lora_scale: float = 1.0, images_per_prompt: int = 1, seed: int = 42, steps: int = 30,
-                   guidance: float = 7.0, negative_prompt: str = "", use_lcm: bool = False, name: str = "lora",
-                   quiet: bool = False, lcm_lora: str = DEFAULT_LCM_LORA,
+def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sampling: SamplingSpec = SamplingSpec(),
+                   *, lora_path: Path | None, lora_scale: float = 1.0, name: str = "lora", quiet: bool = False,
                    file_stamp: str | None = None) -> list[GeneratedImage]:
-    """Generate ``images_per_prompt`` images for each prompt with the base model and (optionally) a LoRA.
+    """Generate ``sampling.images_per_prompt`` images for each prompt with the base model and (optionally) a LoRA.
 
     ``lora_path=None`` is the base model as a contestant (name it "base"). Image ``i`` of
-    each prompt uses seed ``seed + i``. Files: ``out_dir/<name>_p<prompt>_<i>_s<seed>.png`` — a round's
+    each prompt uses seed ``sampling.seed + i``. Files: ``out_dir/<name>_p<prompt>_<i>_s<seed>.png`` — a round's
     own folder, where a regenerated round replaces its images. With ``file_stamp``
     (``tools.timestamps.timestamp()``) they are ``<name>_<stamp>_p<prompt>_<i>_s<seed>.png`` and never
     replace a file: a shared folder (``aldar generate``) keeps every call's images.
     """
     prompts = [p.strip() for p in prompts]
-    _validate(prompts, images_per_prompt, steps, guidance, lora_scale, name)
+    _validate(prompts, lora_scale, name)
     lora_file = resolve_lora_file(lora_path) if lora_path is not None else None
-    lcm_applied = check_lcm_available(profile, lcm_lora) if use_lcm else False
-    if use_lcm:
-        steps = steps if LCM_STEPS[0] <= steps <= LCM_STEPS[1] else LCM_STEPS[0]
-        guidance = guidance if guidance <= LCM_MAX_GUIDANCE else 1.0
+    lcm_applied = check_lcm_available(profile, sampling.lcm_lora) if sampling.use_lcm else False
+    drawn = sampling.as_drawn()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -232,26 +226,26 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, *, 
     size = profile.resolution
     results: list[GeneratedImage] = []
     with _generation_lock:
-        extra = {_ensure_lcm_adapter(pipe, lcm_lora): 1.0} if lcm_applied else None
+        extra = {_ensure_lcm_adapter(pipe, drawn.lcm_lora): 1.0} if lcm_applied else None
         activate_lora(pipe, lora_file, lora_scale, extra=extra)
         standard_scheduler = pipe.scheduler
         try:
-            if use_lcm:
+            if drawn.use_lcm:
                 from diffusers import LCMScheduler
 
                 pipe.scheduler = LCMScheduler.from_config(standard_scheduler.config)
             sampler = _SAMPLER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
-            total = len(prompts) * images_per_prompt
+            total = len(prompts) * drawn.images_per_prompt
             with progress_bar(f"generating {name}", total, quiet) as advance:
                 for p_index, prompt in enumerate(prompts):
-                    for i in range(images_per_prompt):
-                        image_seed = seed + i
-                        image = pipe(prompt=prompt, negative_prompt=negative_prompt or None,
-                                     num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-                                     generator=torch.Generator("cpu").manual_seed(image_seed)).images[0]
-                        params = _parameters(profile, prompt, negative_prompt, steps, sampler, guidance, image_seed,
-                                             size, name, lora_file, lora_scale)
-                        details = _details(profile, name, lora_file, use_lcm, lcm_applied, lcm_lora)
+                    for i in range(drawn.images_per_prompt):
+                        image_seed = drawn.seed + i
+                        image = pipe(prompt=prompt, negative_prompt=drawn.negative_prompt or None,
+                                     num_inference_steps=drawn.steps, guidance_scale=drawn.guidance, height=size,
+                                     width=size, generator=torch.Generator("cpu").manual_seed(image_seed)).images[0]
+                        params = _parameters(profile, prompt, drawn, sampler, image_seed, size, name, lora_file,
+                                             lora_scale)
+                        details = _details(profile, name, lora_file, drawn, lcm_applied)
                         stem = f"{_slug(name)}_{file_stamp}" if file_stamp else _slug(name)
                         path = out_dir / f"{stem}_p{p_index:02d}_{i:02d}_s{image_seed}.png"
                         if file_stamp:
@@ -264,39 +258,30 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, *, 
     return results
 
 
-def _validate(prompts: list[str], images_per_prompt: int, steps: int, guidance: float, lora_scale: float,
-              name: str) -> None:
+def _validate(prompts: list[str], lora_scale: float, name: str) -> None:
     if not prompts or any(not p for p in prompts):
         raise InputError("no prompt to generate from (empty prompt in the list)", "give at least one non-empty prompt")
-    if images_per_prompt < 1:
-        raise InputError(f"images_per_prompt is {images_per_prompt}", "ask for 1 or more images per prompt")
-    if steps < 1:
-        raise InputError(f"steps is {steps}", "use 1 or more inference steps (30 is the default, 4 with LCM)")
-    if guidance < 0:
-        raise InputError(f"guidance is {guidance}", "use a guidance scale of 0 or more (7.0 default, ~1 with LCM)")
-    if not -4.0 <= lora_scale <= 4.0:
-        raise InputError(f"LoRA scale {lora_scale} is out of range",
-                         "use a scale from -4 to 4 (1.0 = as trained, 0 = the base model; 0.6-1.2 is usual)")
+    check_lora_scale(lora_scale)
     if not _slug(name):
         raise InputError(f"generator name {name!r} is empty", "name the contestant, e.g. lora or base")
 
 
-def _parameters(profile: ModelProfile, prompt: str, negative: str, steps: int, sampler: str, guidance: float,
-                seed: int, size: int, name: str, lora_file: Path | None, lora_scale: float) -> dict[str, Any]:
-    params: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative, "steps": steps, "sampler": sampler,
-                              "cfg_scale": float(guidance), "seed": seed, "width": size, "height": size,
-                              "model": profile.base_model}
+def _parameters(profile: ModelProfile, prompt: str, drawn: SamplingSpec, sampler: str, seed: int, size: int,
+                name: str, lora_file: Path | None, lora_scale: float) -> dict[str, Any]:
+    params: dict[str, Any] = {"prompt": prompt, "negative_prompt": drawn.negative_prompt, "steps": drawn.steps,
+                              "sampler": sampler, "cfg_scale": float(drawn.guidance), "seed": seed, "width": size,
+                              "height": size, "model": profile.base_model}
     if lora_file is not None:
         params.update(lora_name=name, lora_scale=float(lora_scale))
     return params
 
 
-def _details(profile: ModelProfile, name: str, lora_file: Path | None, use_lcm: bool, lcm_applied: bool,
-             lcm_lora: str) -> dict[str, Any]:
+def _details(profile: ModelProfile, name: str, lora_file: Path | None, drawn: SamplingSpec,
+             lcm_applied: bool) -> dict[str, Any]:
     details: dict[str, Any] = {"generator": name, "lora_path": str(lora_file) if lora_file else None,
                                **profile.describe()}
-    if use_lcm:
-        details["lcm_lora"] = lcm_lora if lcm_applied else LCM_NOT_APPLIED
+    if drawn.use_lcm:
+        details["lcm_lora"] = drawn.lcm_lora if lcm_applied else LCM_NOT_APPLIED
     return details
 
 

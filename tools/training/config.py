@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.errors import ConfigError
 from tools.world import TINY_SAMPLING_STEPS
+
+if TYPE_CHECKING:
+    from tools.generation.sampling import SamplingSpec
 
 OPTIMIZERS = ("auto", "adamw", "adamw8bit", "prodigy")
 SAVE_PRECISIONS = ("fp16", "bf16", "fp32")
@@ -117,12 +120,12 @@ class TrainConfig:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def judged_as_drawn(self, guidance_scale: float, negative_prompt: str) -> "TrainConfig":
+    def judged_as_drawn(self, sampling: "SamplingSpec") -> "TrainConfig":
         """The validation guidance and negative prompt, where unset, those the images will be drawn with
-        (``aldar run`` and ``aldar train`` pass the settings' ``guidance_scale`` and sampling negative prompt):
-        judged at diffusers' 5 but drawn at 7, two tiny seeds of four chose another checkpoint and scored lower."""
-        return self.replace(validation_guidance_scale=self.validation_guidance_scale or guidance_scale,
-                            validation_negative_prompt=self.validation_negative_prompt or negative_prompt)
+        (``aldar run`` and ``aldar train`` pass ``SamplingSpec.from_settings``): judged at diffusers' 5 but
+        drawn at 7, two tiny seeds of four chose another checkpoint and scored lower."""
+        return self.replace(validation_guidance_scale=self.validation_guidance_scale or sampling.guidance,
+                            validation_negative_prompt=self.validation_negative_prompt or sampling.negative_prompt)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
