@@ -1,12 +1,12 @@
 """Scoring throughput: 64 generated images against the 5 references, with and without the embedding cache.
 
-Two CLIP sizes, both random weights (offline): the tiny profile's CLIP and a
-ViT-L/14-shaped one (the real scorer's shape, ``build_tiny_clip(size="vit-l-14")``).
+Two CLIP sizes, both random weights (offline): a small one (seconds on a CPU) and a
+ViT-L/14-shaped one (the real scorer's shape, ``random_clip(size="vit-l-14")``).
 "no cache" embeds the references on every call; "cache" reads them from a warm
 on-disk cache. Text embeddings are memoised per process in both cases (the
 analysis, run first, fills that memo), so the difference is the references alone.
 
-    /work/venv/bin/python bench/score_throughput.py [--images 64] [--repeats 2] [--sizes tiny,vit-l-14]
+    /work/venv/bin/python bench/score_throughput.py [--images 64] [--repeats 2] [--sizes small,vit-l-14]
 
 Prints one line per case: seconds, images/s, and for the cached case the speed-up over no cache.
 Each figure is the best of ``--repeats`` runs, measured in this same process.
@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.scoring.analyzer import analyze_references  # noqa: E402
 from tools.scoring.clip import ClipEncoder  # noqa: E402
 from tools.scoring.embedding_cache import EmbeddingCache  # noqa: E402
-from tools.models import build_tiny_clip, resolve_profile  # noqa: E402
+from tests.random_models import random_clip  # noqa: E402
+from tools.models import resolve_profile  # noqa: E402
 from tools.scoring.scorer import score_generators  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, BUNDLED_TAXONOMY, load_settings  # noqa: E402
 
@@ -65,7 +66,7 @@ def best_time(run, repeats: int) -> float:
 
 def bench_size(size: str, generated: list[Path], references: Path, repeats: int, workdir: Path) -> None:
     profile = resolve_profile(load_settings(overrides={"profile": "tiny", "device": "cpu"}, environ={}))
-    model, tokenizer = build_tiny_clip(profile.seed, size=size)
+    model, tokenizer = random_clip(profile.seed, size=size)
     encoder = ClipEncoder(model, tokenizer, model_id=f"random-clip-{size}", profile="tiny")
     cache = EmbeddingCache(workdir / f"cache-{size}")
     analysis = analyze_references(references, profile, BUNDLED_TAXONOMY, "aldarkose", "Aldar Köse", None,
@@ -96,7 +97,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=512, help="side of the generated stand-ins (px)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--sizes", default="tiny,vit-l-14")
+    parser.add_argument("--sizes", default="small,vit-l-14")
     parser.add_argument("--references", type=Path, default=BUNDLED_REFERENCES)
     args = parser.parse_args()
     torch.set_grad_enabled(False)

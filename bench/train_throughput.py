@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-SCALES = {"tiny": dict(unet_scale="tiny", resolution=64, rank=8, batch_size=2),
+SCALES = {"tiny": dict(unet_scale="small", resolution=64, rank=8, batch_size=2),
           "mid": dict(unet_scale="mid", resolution=256, rank=16, batch_size=1)}
 
 
@@ -74,15 +74,16 @@ def install_pipeline(profile, unet_scale: str, full_text: bool = False) -> None:
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    from tests import random_models
     from tools import models
 
-    components = models.build_tiny_sdxl_components(profile.seed, unet_scale=unet_scale)
-    if unet_scale != "tiny":
+    components = random_models.random_sdxl_components(profile.seed, unet_scale=unet_scale)
+    if unet_scale != "small":
         components["vae"] = AutoencoderKL(**SDXL_VAE_CONFIG)
     if full_text:  # the full UNet cross-attends to 768 + 1280 features and pools a 1280 projection
-        components["text_encoder"] = CLIPTextModel(models.tiny_text_config(hidden=768, projection=768))
+        components["text_encoder"] = CLIPTextModel(random_models.text_config(hidden=768, projection=768))
         components["text_encoder_2"] = CLIPTextModelWithProjection(
-            models.tiny_text_config(hidden=1280, projection=1280))
+            random_models.text_config(hidden=1280, projection=1280))
     pipe = StableDiffusionXLPipeline(**components).to(profile.torch_device, profile.torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     models._cache[("sdxl-pipeline", profile)] = pipe

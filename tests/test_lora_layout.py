@@ -14,7 +14,8 @@ import types
 import pytest
 import torch
 
-from tools.models import resolve_profile, tiny_unet_config
+from tests.random_models import unet_config
+from tools.models import resolve_profile
 from tools.settings import load_settings
 from tools.training.config import default_train_config
 from tools.training.lora_files import export_lora
@@ -29,7 +30,7 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 def sdxl_unet_attention_modules() -> list[str]:
     """diffusers module paths of SDXL base's attention projections, from its published block layout."""
-    config = tiny_unet_config("full")
+    config = unet_config("full")
     depth = config["transformer_layers_per_block"]
     places = []
     for block, kind in enumerate(config["down_block_types"]):
@@ -63,7 +64,7 @@ def exported(tmp_path_factory):
     config = default_train_config(profile).replace(train_text_encoder=True, rank=4, alpha=2.0)
     with torch.device("meta"):
         pipe = types.SimpleNamespace(
-            unet=UNet2DConditionModel(**tiny_unet_config("full")),
+            unet=UNet2DConditionModel(**unet_config("full")),
             text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
             text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**OPEN_CLIP_G)))
         with lora_adapters(pipe, config) as modules:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tools.errors import ModelNotFoundError
-from tools.models import (TINY_NOTICE, TINY_RESOLUTION, build_tiny_clip, build_tiny_sdxl_components, load_clip,
-                          load_sdxl_pipeline, model_location, resolve_profile)
+from tests.random_models import random_clip, random_sdxl_components
+from tools.models import (TINY_NOTICE, TINY_RESOLUTION, load_clip, load_sdxl_pipeline, model_location,
+                          resolve_profile)
 from tools.settings import Settings, load_settings
 
 TINY_PROMPT = Settings().test_prompt
@@ -26,10 +27,10 @@ def sdxl_profile(**overrides):
 
 
 # --------------------------------------------------------------------------- tiny profile
-def test_tiny_components_are_deterministic_from_the_seed():
-    first = weights_of(build_tiny_sdxl_components(seed=3))
-    again = weights_of(build_tiny_sdxl_components(seed=3))
-    other = weights_of(build_tiny_sdxl_components(seed=4))
+def test_random_components_are_deterministic_from_the_seed():
+    first = weights_of(random_sdxl_components(seed=3))
+    again = weights_of(random_sdxl_components(seed=3))
+    other = weights_of(random_sdxl_components(seed=4))
     assert first.keys() == again.keys() == other.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
     differing = [k for k in first if not torch.equal(first[k], other[k])]
@@ -38,10 +39,10 @@ def test_tiny_components_are_deterministic_from_the_seed():
     assert sum(v.numel() for v in first.values()) < 5_000_000
 
 
-def test_tiny_clip_is_deterministic_and_small():
-    model_a, tokenizer = build_tiny_clip(seed=1)
-    model_b, _ = build_tiny_clip(seed=1)
-    model_c, _ = build_tiny_clip(seed=2)
+def test_random_clip_is_deterministic_and_small():
+    model_a, tokenizer = random_clip(seed=1)
+    model_b, _ = random_clip(seed=1)
+    model_c, _ = random_clip(seed=2)
     state_a, state_b, state_c = model_a.state_dict(), model_b.state_dict(), model_c.state_dict()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     assert any(not torch.equal(state_a[k], state_c[k]) for k in state_a)
@@ -176,13 +177,13 @@ def test_home_relative_local_models_load(tmp_path, monkeypatch):
     from diffusers import StableDiffusionXLPipeline
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    StableDiffusionXLPipeline(**build_tiny_sdxl_components(5)).save_pretrained(tmp_path / "sdxl")
-    clip, tokenizer = build_tiny_clip(5)
+    StableDiffusionXLPipeline(**random_sdxl_components(5)).save_pretrained(tmp_path / "sdxl")
+    clip, tokenizer = random_clip(5)
     clip.save_pretrained(tmp_path / "clip")
     tokenizer.save_pretrained(tmp_path / "clip")
     assert model_location("~/sdxl") == model_location("~/clip") == "local"
     pipe = load_sdxl_pipeline(sdxl_profile(base_model="~/sdxl"))
-    expected = build_tiny_sdxl_components(5)["unet"].config.block_out_channels
+    expected = random_sdxl_components(5)["unet"].config.block_out_channels
     assert list(pipe.unet.config.block_out_channels) == list(expected)
     encoder = load_clip(sdxl_profile(clip_model="~/clip"))
     assert encoder.model_id == "~/clip" and encoder.image_size == clip.config.vision_config.image_size

@@ -75,10 +75,6 @@ def list_images(folder: str | Path, what: str = "references") -> list[Path]:
     return files
 
 
-def load_images(paths: list[Path]) -> list[Image.Image]:
-    return [load_image(p) for p in paths]
-
-
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

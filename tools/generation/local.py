@@ -28,7 +28,7 @@ import torch
 
 from tools.atomic import unused_path
 from tools.errors import InputError, ModelNotFoundError
-from tools.models import ModelProfile, load_sdxl_pipeline, model_location, quiet_lora_loading
+from tools.models import ModelProfile, hub_reachable, load_sdxl_pipeline, model_location, quiet_lora_loading
 from tools.generation.png_metadata import save_png_with_parameters
 from tools.generation.sampling import DEFAULT_LCM_LORA, SamplingSpec, check_lora_scale
 from tools.progress import progress_bar
@@ -191,9 +191,7 @@ def check_lcm_available(profile: ModelProfile, lcm_lora: str = DEFAULT_LCM_LORA)
     if profile.is_tiny:
         return model_location(lcm_lora) == "local"
     if model_location(lcm_lora) == "missing":
-        from tools.models import _hub_reachable  # noqa: PLC0415 - same fail-fast rule as the base model
-
-        if not _hub_reachable():
+        if not hub_reachable():
             raise ModelNotFoundError(
                 f"fast mode needs the LCM-LoRA {lcm_lora!r}, which is not in the Hugging Face cache and the Hub "
                 "cannot be reached",
