@@ -82,6 +82,27 @@ def knob_values(params: dict[str, Any]) -> dict[str, Any]:
     return {name: params[name] for name in NAMES if name in params}
 
 
+def value_text(value: Any) -> str:
+    """A knob's value as a person reads it: lists joined with ", ", floats short (0.002, 1e-05)."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def params_items(params: dict) -> list[tuple[str, str]]:
+    """The knobs of ``params`` as (name, value text) pairs; an empty feature_emphasis is left out."""
+    return [(name, value_text(value)) for name, value in knob_values(params).items()
+            if not (name == "feature_emphasis" and not value)]
+
+
+def params_text(params: dict) -> str:
+    """The knobs of ``params`` as ``steps: 30 · learning_rate: 0.03 · feature_emphasis: happy, round face``:
+    one spelling of parameters for the terminal, the history's rationales and the report."""
+    return " · ".join(f"{name}: {value}" for name, value in params_items(params))
+
+
 def clamp_adjustments(params: dict[str, Any], adjustments: dict[str, Any],
                       bounds: dict[str, tuple] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Keep only known knobs with valid values, each clamped into its safe range.

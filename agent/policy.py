@@ -14,7 +14,8 @@ from typing import Any
 
 from agent.decision import Decision
 from agent.records import SessionFeedback
-from agent.knobs import BY_NAME, MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number, knob_values
+from agent.knobs import (BY_NAME, MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number, knob_values,
+                         value_text)
 from agent.ranking import best_round
 from tools.scoring.copies import COPY_CLIP, COPY_SSIM, copying
 
@@ -145,7 +146,7 @@ def backtrack(score: float | None, history: list[dict], params: dict[str, Any]) 
     if candidate in [knob_values(r.get("params") or {}) for r in history] + [tried]:
         return None
     adjustments = {name: value for name, value in candidate.items() if tried.get(name) != value}
-    half = ", ".join(f"{name} {_knob_text(value)}" for name, value in candidate.items() if start.get(name) != value)
+    half = ", ".join(f"{name} {value_text(value)}" for name, value in candidate.items() if start.get(name) != value)
     return adjustments, (f"this round scored {score:.3f}, below round {best['round']}'s {best['lora_score']:.3f}, so go "
                          f"back to round {best['round']}'s parameters with half the change tried from them ({half})")
 
@@ -171,12 +172,6 @@ def half_change(start: dict[str, Any], tried: dict[str, Any]) -> dict[str, Any]:
         middle = math.sqrt(a * b) if name == "learning_rate" and a > 0 and b > 0 else (a + b) / 2
         half[name] = int(round(middle)) if knob.kind is int else middle
     return half
-
-
-def _knob_text(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(value) if value else "none"
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def previous_variety(history: list[dict]) -> float | None:

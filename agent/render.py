@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
-from agent.knobs import knob_values
+from agent.knobs import value_text
 from agent.records import LORA, RoundRecord, RoundTrain
 from tools.scoring.copies import MEMORISED, copies_text, memorised
 from tools.scoring.records import Analysis, ComparisonReport, Feedback
@@ -39,26 +39,6 @@ def figure(value: Any) -> str:
     if isinstance(value, dict):
         return mean_std(value.get("mean"), value.get("std"))
     return number(value)
-
-
-def value_text(value: Any) -> str:
-    """A parameter value as a person reads it: lists joined with ", ", floats short (0.002, 1e-05)."""
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(item) for item in value) or "none"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def params_items(params: dict) -> list[tuple[str, str]]:
-    """The knobs of ``params`` as (name, value text) pairs; an empty feature_emphasis is left out."""
-    return [(name, value_text(value)) for name, value in knob_values(params).items()
-            if not (name == "feature_emphasis" and not value)]
-
-
-def params_text(params: dict) -> str:
-    """The knobs of ``params`` as ``steps: 30 · learning_rate: 0.03 · feature_emphasis: happy, round face``."""
-    return " · ".join(f"{name}: {value}" for name, value in params_items(params))
 
 
 def adjustments_text(adjustments: dict, before: dict | None = None) -> str:

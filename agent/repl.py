@@ -26,7 +26,7 @@ from rich.markup import escape
 from agent import render
 from agent.llm_client import KEY_HELP, describe_endpoint, resolve_endpoint
 from agent.knobs import NAMES as KNOBS
-from agent.knobs import knob_completions, parse_knob_arguments
+from agent.knobs import knob_completions, params_text, parse_knob_arguments
 from agent.llm_tools import SessionTools, explain_features, latest_feedback
 from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
 from agent.ui import UI
@@ -349,7 +349,7 @@ class Repl:
             from agent.session import planned_params
 
             params = planned_params(self.settings)
-        rows.append(["next round params", render.params_text(params)])
+        rows.append(["next round params", params_text(params)])
         self.ui.table("configuration", ["setting", "value"], [[escape(a), escape(str(b))] for a, b in rows])
 
     def cmd_doctor(self, args: list[str]) -> None:

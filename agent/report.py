@@ -17,8 +17,8 @@ from typing import Any
 from PIL import Image
 
 from agent.chart import draw_score_chart, score_chart_svg
-from agent.render import (CHOSEN, adjustments_text, checkpoint_choice, params_items, record_scores,
-                          round_verdict)
+from agent.knobs import params_items
+from agent.render import CHOSEN, adjustments_text, checkpoint_choice, record_scores, round_verdict
 from tools.atomic import atomic_write_bytes, atomic_write_text
 from tools.errors import InputError
 from tools.generation.png_metadata import read_generation_parameters

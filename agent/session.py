@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 
 from agent.decision import Decider, Decision
-from agent.knobs import bounds_for, clamp_adjustments
+from agent.knobs import bounds_for, clamp_adjustments, params_text
 from agent.ranking import best_round, ranked_rounds
 from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
                            SessionFeedback, TrainingCurve)
@@ -226,7 +226,7 @@ class Session:
             _emit(self.events.on_notice, f"round {state.number}: resuming training from step {resumed_from} "
                                          f"({self.store.relative(checkpoint)})")
         with self._stage("train", params=state.params):
-            self._say(f"round {state.number}: training {_describe_params(self.params)} → {self.store.relative(run_dir)}")
+            self._say(f"round {state.number}: training {params_text(self.params)} → {self.store.relative(run_dir)}")
             started = time.perf_counter()
             try:
                 result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer)
@@ -283,8 +283,6 @@ class Session:
     def finish_scored_round_before_training(self, adjustments: dict, how: str, decided_by: str) -> dict | None:
         """``finish_scored_round`` for a training asked by hand (``/train``, the chat's ``train_lora``): the
         recorded decision says ``how`` and names the knobs the next round will really train with (clamped)."""
-        from agent.render import params_text
-
         applied, _ = clamp_adjustments(self.params, adjustments, self.bounds)
         rationale = f"{how}; round {self.training_round_number} trains with {params_text({**self.params, **applied})}"
         return self.finish_scored_round(Decision(adjustments, rationale, decided_by))
@@ -680,11 +678,3 @@ def stop_reason(history: list[dict], rounds: int, target: float, patience: int) 
 
 def _and(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
-def _describe_params(params: dict) -> str:
-    shown = [f"{k}={params[k]:g}" if isinstance(params[k], float) else f"{k}={params[k]}"
-             for k in ("steps", "learning_rate", "rank", "alpha") if k in params]
-    if params.get("feature_emphasis"):
-        shown.append(f"emphasis={', '.join(params['feature_emphasis'])}")
-    return " ".join(shown)

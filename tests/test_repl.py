@@ -258,7 +258,7 @@ def test_train_generate_score_then_train_records_the_round_and_trains_the_next(t
 
     from rich.console import Console
 
-    from agent import render
+    from agent.knobs import params_text
 
     settings = tiny_settings.replace(images_per_prompt=1, competitors=[])
     results = Path(settings.output_dir)
@@ -281,7 +281,7 @@ def test_train_generate_score_then_train_records_the_round_and_trains_the_next(t
     assert first["decision"]["adjustments"] == {"steps": 12, "rank": 4}
     assert first["next_params"]["steps"] == 12 and first["next_params"]["rank"] == 4
     assert first["rationale"] == ("set by hand with /train (steps=12 rank=4); round 2 trains with "
-                                  + render.params_text(first["next_params"]))  # the knobs that ran, not "{}"
+                                  + params_text(first["next_params"]))  # the knobs that ran, not "{}"
     assert repl.prompt_text() == "aldar (tiny, round 2)> "
 
     out.truncate(0)
@@ -349,7 +349,7 @@ def test_config_shows_the_next_round_params_and_a_slash_only_chat_is_saved(tiny_
     assert Repl(tiny_settings, ui).run_once("/config") == 0
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.getvalue().splitlines()
             if line.count("│") == 3}
-    from agent.render import params_text
+    from agent.knobs import params_text
     from agent.session import default_params
     from tools.models import resolve_profile
 

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageStat
 
 from agent.chart import axis_range, draw_score_chart, monotone_segments, score_chart_svg
-from agent.render import params_text, round_verdict
+from agent.knobs import params_text
+from agent.render import round_verdict
 from agent.report import SHOT, write_report
 from agent.store import RunStore
 from tools.generation.png_metadata import save_png_with_parameters
