@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 from agent.decision import Decision
 from agent.knobs import NAMES as KNOBS
 from agent.knobs import knob_parameters, knob_values
+from agent.policy import MISSED_PASS_RATE
 from agent.records import RoundRecord, SessionFeedback
 from agent.toolspec import Range, ToolSpec, tool_spec
 from tools.atomic import read_json_object
@@ -105,7 +106,7 @@ def explain_features(feedback: SessionFeedback, feature: str | None = None) -> l
                else f"the LoRA shows '{gap.get('feature')}' in {rate:.0%} of its images")
         if copies:
             suggestion = "the images already copy a reference: lower lora_scale or train fewer steps before emphasising it"
-        elif rate < 0.5:
+        elif rate < MISSED_PASS_RATE:
             suggestion = (f"put '{gap.get('feature')}' in feature_emphasis so the captions and prompt stress it; "
                           "if it stays missing, train more steps")
         else:
