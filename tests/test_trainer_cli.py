@@ -11,7 +11,7 @@ from PIL import Image
 
 from agent.cli import build_parser, main
 from tools.training import trainer
-from tools.training.config import knobs
+from tools.training.config import training_settings
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,7 @@ def test_help_documents_every_knob_with_its_default():
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
     text = " ".join(train.format_help().split())
-    for knob in knobs():
+    for knob in training_settings():
         if knob.name == "seed":  # the shared --seed setting
             assert "--seed" in text
             continue

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from tools.errors import InputError
 from tools.models import ModelProfile  # a plain dataclass: tools.models loads torch only where it loads models
 from tools.timestamps import timestamp  # the standard library's time only
-from tools.training.config import TrainConfig, default_train_config, knobs
+from tools.training.config import TrainConfig, default_train_config, training_settings
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
     from agent.ui import UI
@@ -45,21 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "<output_dir>/runs")
     group = parser.add_argument_group("hyperparameters (defaults: SDXL character LoRA; 'tiny:' the tiny profile)")
     sdxl, tiny = (default_train_config(p) for p in _NAMED_PROFILES.values())
-    for knob in knobs():
-        if knob.name in SHARED_FLAGS:
+    for setting in training_settings():
+        if setting.name in SHARED_FLAGS:
             continue
-        flag = "--" + knob.name.replace("_", "-")
-        shown = f"{knob.metadata['help']} (default: {_show(getattr(sdxl, knob.name))}"
-        if getattr(tiny, knob.name) != getattr(sdxl, knob.name):
-            shown += f"; tiny: {_show(getattr(tiny, knob.name))}"
+        flag = "--" + setting.name.replace("_", "-")
+        shown = f"{setting.metadata['help']} (default: {_show(getattr(sdxl, setting.name))}"
+        if getattr(tiny, setting.name) != getattr(sdxl, setting.name):
+            shown += f"; tiny: {_show(getattr(tiny, setting.name))}"
         shown = (shown + ")").replace("%", "%%")
-        kwargs = dict(dest=knob.name, default=argparse.SUPPRESS, help=shown)
-        if knob.type in (bool, "bool"):
+        kwargs = dict(dest=setting.name, default=argparse.SUPPRESS, help=shown)
+        if setting.type in (bool, "bool"):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(knob.type, knob.type)
-            group.add_argument(flag, type=kind, choices=knob.metadata.get("choices"),
-                               metavar=knob.name.upper() if not knob.metadata.get("choices") else None, **kwargs)
+            kind = {"int": int, "float": float, "str": str}.get(setting.type, setting.type)
+            group.add_argument(flag, type=kind, choices=setting.metadata.get("choices"),
+                               metavar=setting.name.upper() if not setting.metadata.get("choices") else None, **kwargs)
 
 
 def _show(value) -> str:
@@ -70,7 +70,7 @@ def training_config(args: argparse.Namespace, profile: ModelProfile, trigger_tok
                     device_checks: bool = True) -> TrainConfig:
     """The profile's defaults, the analysis' trigger token, then every flag given; validated (on the
     profile's device too, unless ``device_checks`` is False: the device is not known yet)."""
-    given = {k.name: getattr(args, k.name) for k in knobs() if k.name not in SHARED_FLAGS and hasattr(args, k.name)}
+    given = {k.name: getattr(args, k.name) for k in training_settings() if k.name not in SHARED_FLAGS and hasattr(args, k.name)}
     config = default_train_config(profile).replace(trigger_token=trigger_token)
     config = config.replace(**given)
     config.validate(profile if device_checks else None)

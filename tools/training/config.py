@@ -1,7 +1,7 @@
 """LoRA training hyperparameters: one dataclass, its defaults per profile, and up-front validation.
 
 Every field carries its own help text (``field(metadata={"help": ...})``) so the CLI builds one
-documented flag per knob from this file and the two can never drift apart.
+documented flag per setting from this file and the two can never drift apart.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 DIFFUSERS_SDXL_GUIDANCE = 5.0  # StableDiffusionXLPipeline's guidance_scale default
 
 
-def _knob(default: Any, help_text: str, **extra: Any) -> Any:
+def _setting(default: Any, help_text: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help_text, **extra})
 
 
@@ -35,74 +35,74 @@ def _knob(default: Any, help_text: str, **extra: Any) -> Any:
 class TrainConfig:
     """Hyperparameters of one SDXL LoRA training run (defaults: an SDXL character LoRA)."""
 
-    rank: int = _knob(32, "LoRA rank (network dim): capacity of the adapter; 16-32 suits one character")
-    alpha: float = _knob(16.0, "LoRA alpha: the update is scaled by alpha/rank; rank or rank/2 is usual")
-    learning_rate: float = _knob(1e-4, "AdamW learning rate for the UNet's LoRA weights (Prodigy sets its own)")
-    text_encoder_learning_rate: float = _knob(0.0, "learning rate for the text encoders' LoRA when they train "
+    rank: int = _setting(32, "LoRA rank (network dim): capacity of the adapter; 16-32 suits one character")
+    alpha: float = _setting(16.0, "LoRA alpha: the update is scaled by alpha/rank; rank or rank/2 is usual")
+    learning_rate: float = _setting(1e-4, "AdamW learning rate for the UNet's LoRA weights (Prodigy sets its own)")
+    text_encoder_learning_rate: float = _setting(0.0, "learning rate for the text encoders' LoRA when they train "
                                                    "(0 = learning_rate; kohya users often take half)")
-    steps: int = _knob(1500, "optimizer steps to train (each sees batch_size x gradient_accumulation images)")
-    batch_size: int = _knob(1, "images per forward pass")
-    gradient_accumulation: int = _knob(2, "forward passes summed before each optimizer step")
-    resolution: int = _knob(1024, "training size in px: buckets hold about resolution^2 pixels (square crops "
+    steps: int = _setting(1500, "optimizer steps to train (each sees batch_size x gradient_accumulation images)")
+    batch_size: int = _setting(1, "images per forward pass")
+    gradient_accumulation: int = _setting(2, "forward passes summed before each optimizer step")
+    resolution: int = _setting(1024, "training size in px: buckets hold about resolution^2 pixels (square crops "
                                   "of this side without --bucketing); multiple of 8")
-    bucketing: bool = _knob(True, "aspect-ratio bucketing (kohya/SimpleTuner): each image trains at the bucket "
+    bucketing: bool = _setting(True, "aspect-ratio bucketing (kohya/SimpleTuner): each image trains at the bucket "
                                   "nearest its shape instead of a centre-cropped square")
-    bucket_step: int = _knob(64, "bucket sides are multiples of this many px (kohya's bucket_reso_steps); "
+    bucket_step: int = _setting(64, "bucket sides are multiples of this many px (kohya's bucket_reso_steps); "
                                  "multiple of 8")
-    seed: int = _knob(42, "seed for data order, noise, timesteps and LoRA initialisation")
-    optimizer: str = _knob("auto", "adamw | adamw8bit (bitsandbytes, CUDA only) | prodigy (prodigyopt: "
+    seed: int = _setting(42, "seed for data order, noise, timesteps and LoRA initialisation")
+    optimizer: str = _setting("auto", "adamw | adamw8bit (bitsandbytes, CUDA only) | prodigy (prodigyopt: "
                                    "learning-rate free, ignores --learning-rate) | auto (8-bit AdamW when available)",
                            choices=OPTIMIZERS)
-    weight_decay: float = _knob(1e-4, "decoupled weight decay (AdamW and Prodigy; Prodigy's authors suggest 0.01)")
-    prodigy_d_coef: float = _knob(1.0, "Prodigy: multiplies its estimated step size (below 1 = gentler)")
-    prodigy_safeguard_warmup: bool = _knob(True, "Prodigy: keep the step-size estimate from jumping during "
+    weight_decay: float = _setting(1e-4, "decoupled weight decay (AdamW and Prodigy; Prodigy's authors suggest 0.01)")
+    prodigy_d_coef: float = _setting(1.0, "Prodigy: multiplies its estimated step size (below 1 = gentler)")
+    prodigy_safeguard_warmup: bool = _setting(True, "Prodigy: keep the step-size estimate from jumping during "
                                                  "learning-rate warmup (its authors' advice with warmup)")
-    prodigy_use_bias_correction: bool = _knob(True, "Prodigy: Adam-style bias correction (its authors' advice "
+    prodigy_use_bias_correction: bool = _setting(True, "Prodigy: Adam-style bias correction (its authors' advice "
                                                     "for diffusion models)")
-    use_dora: bool = _knob(False, "DoRA (peft use_dora): weight-decomposed LoRA, often more faithful at low rank, "
+    use_dora: bool = _setting(False, "DoRA (peft use_dora): weight-decomposed LoRA, often more faithful at low rank, "
                                   "a little slower per step; UNet only")
-    max_grad_norm: float = _knob(1.0, "gradient clipping norm (0 = off)")
-    lr_scheduler: str = _knob("cosine", "learning-rate schedule after warmup", choices=LR_SCHEDULERS)
-    lr_warmup_steps: int = _knob(100, "steps of linear learning-rate warmup")
-    snr_gamma: float = _knob(5.0, "min-SNR loss weighting gamma (0 = plain MSE); 5 is the paper's value. "
+    max_grad_norm: float = _setting(1.0, "gradient clipping norm (0 = off)")
+    lr_scheduler: str = _setting("cosine", "learning-rate schedule after warmup", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = _setting(100, "steps of linear learning-rate warmup")
+    snr_gamma: float = _setting(5.0, "min-SNR loss weighting gamma (0 = plain MSE); 5 is the paper's value. "
                                   "kohya's convention: min(SNR, gamma)/(SNR+1) on v-prediction (older "
                                   "diffusers examples clamped SNR+1 instead)")
-    noise_offset: float = _knob(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
-    caption_dropout: float = _knob(0.0, "chance per sample of training on an empty caption (0-1; 0.05-0.1 helps "
+    noise_offset: float = _setting(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
+    caption_dropout: float = _setting(0.0, "chance per sample of training on an empty caption (0-1; 0.05-0.1 helps "
                                         "the LoRA work without its trigger word)")
-    shuffle_caption_tags: bool = _knob(False, "shuffle each caption's comma-separated tags every step (kohya's "
+    shuffle_caption_tags: bool = _setting(False, "shuffle each caption's comma-separated tags every step (kohya's "
                                               "shuffle_caption); the first --keep-tokens stay in front")
-    keep_tokens: int = _knob(1, "leading caption tags never shuffled or dropped by shuffling (1 keeps the trigger "
+    keep_tokens: int = _setting(1, "leading caption tags never shuffled or dropped by shuffling (1 keeps the trigger "
                                 "word first)")
-    train_text_encoder: bool = _knob(False, "also train LoRA on both text encoders (disables text-embedding caching)")
-    gradient_checkpointing: bool = _knob(True, "recompute activations in backward: far less memory, "
+    train_text_encoder: bool = _setting(False, "also train LoRA on both text encoders (disables text-embedding caching)")
+    gradient_checkpointing: bool = _setting(True, "recompute activations in backward: far less memory, "
                                                "about a fifth slower")
-    allow_tf32: bool = _knob(True, "TF32 matmuls on Ampere+ CUDA GPUs (faster, same results in practice)")
-    mixed_precision: str = _knob("no", "autocast precision: no | fp16 | bf16 "
+    allow_tf32: bool = _setting(True, "TF32 matmuls on Ampere+ CUDA GPUs (faster, same results in practice)")
+    mixed_precision: str = _setting("no", "autocast precision: no | fp16 | bf16 "
                                        "(fp16 needs CUDA; default follows --dtype)",
                                  choices=MIXED_PRECISIONS)
-    checkpoint_every: int = _knob(250, "save a resumable checkpoint every N steps (0 = only on interrupt)")
-    checkpoints_to_keep: int = _knob(3, "keep the newest N checkpoints (0 = keep all)")
-    flip_augmentation: bool = _knob(False, "add horizontally flipped copies "
+    checkpoint_every: int = _setting(250, "save a resumable checkpoint every N steps (0 = only on interrupt)")
+    checkpoints_to_keep: int = _setting(3, "keep the newest N checkpoints (0 = keep all)")
+    flip_augmentation: bool = _setting(False, "add horizontally flipped copies "
                                            "(off: asymmetric characters mirror wrongly)")
-    validation_prompt: str = _knob("", "prompt rendered at every checkpoint (empty: '<trigger>, portrait')")
-    validation_images: int = _knob(2, "validation images per checkpoint, at fixed seeds (0 = none)")
-    validation_inference_steps: int = _knob(25, "denoising steps for validation images")
-    validation_guidance_scale: float = _knob(0.0, "classifier-free guidance of the validation images (0 = the "
+    validation_prompt: str = _setting("", "prompt rendered at every checkpoint (empty: '<trigger>, portrait')")
+    validation_images: int = _setting(2, "validation images per checkpoint, at fixed seeds (0 = none)")
+    validation_inference_steps: int = _setting(25, "denoising steps for validation images")
+    validation_guidance_scale: float = _setting(0.0, "classifier-free guidance of the validation images (0 = the "
                                                   "guidance_scale images are generated with: aldar run and aldar train "
                                                   "pass it; 5, diffusers' SDXL default, in the trainer alone)")
-    validation_negative_prompt: str = _knob("", "negative prompt of the validation images (empty: none; aldar run "
+    validation_negative_prompt: str = _setting("", "negative prompt of the validation images (empty: none; aldar run "
                                                 "and aldar train pass the one images are generated with, as "
                                                 "kohya's sample prompts take --n)")
-    select_best_checkpoint: bool = _knob(True, "the run's LoRA is the checkpoint whose validation images score "
+    select_best_checkpoint: bool = _setting(True, "the run's LoRA is the checkpoint whose validation images score "
                                                "best against the references (off: the last step's)")
-    save_precision: str = _knob("fp16", "dtype of the exported LoRA files: fp16 | bf16 | fp32 (as kohya's "
+    save_precision: str = _setting("fp16", "dtype of the exported LoRA files: fp16 | bf16 | fp32 (as kohya's "
                                         "--save_precision)", choices=SAVE_PRECISIONS)
-    report_to: str = _knob("none", "experiment tracker through accelerate: none | tensorboard (loss and lr per "
+    report_to: str = _setting("none", "experiment tracker through accelerate: none | tensorboard (loss and lr per "
                                    "step, validation images per checkpoint, in <run-dir>/logs)", choices=REPORT_TO)
-    cache_latents_to_disk: bool = _knob(True, "also keep VAE latents on disk (keyed by image hash + VAE id)")
-    trigger_token: str = _knob("aldarkose", "trigger word recorded in the LoRA metadata and validation prompt")
-    output_name: str = _knob("aldar_kose_lora", "name recorded in the kohya file (ss_output_name) and its file name")
+    cache_latents_to_disk: bool = _setting(True, "also keep VAE latents on disk (keyed by image hash + VAE id)")
+    trigger_token: str = _setting("aldarkose", "trigger word recorded in the LoRA metadata and validation prompt")
+    output_name: str = _setting("aldar_kose_lora", "name recorded in the kohya file (ss_output_name) and its file name")
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -259,6 +259,7 @@ def default_train_config(profile) -> TrainConfig:
                        validation_images=4, validation_inference_steps=TINY_SAMPLING_STEPS, cache_latents_to_disk=False)
 
 
-def knobs() -> list[dataclasses.Field]:
-    """The fields of ``TrainConfig`` in declaration order (the CLI makes one flag per knob)."""
+def training_settings() -> list[dataclasses.Field]:
+    """The fields of ``TrainConfig`` in declaration order (the CLI makes one flag per setting). "Knobs" are the
+    few of them a decider may turn between rounds (``agent/knobs.py``)."""
     return list(dataclasses.fields(TrainConfig))
