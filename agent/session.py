@@ -94,6 +94,10 @@ class Session:
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
         _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        from tools.images import skipped_note
+
+        if skipped := skipped_note(self.references):  # said once per session: the folder is read many times
+            _emit(self.events.on_warning, skipped)
 
         self.default_params = default_params(self.profile)
         if "trigger_token" in self.default_params:

@@ -118,6 +118,18 @@ def test_bad_input_is_refused_before_any_work(tiny_settings, tmp_path):
     assert not Path(tiny_settings.output_dir).exists()
 
 
+def test_a_session_names_the_skipped_files_of_the_references_folder_once(tiny_settings):
+    from agent.session import SessionEvents
+
+    (Path(tiny_settings.references) / "notes.txt").write_text("the cap is red")
+    warnings = []
+    with Session(tiny_settings, quiet=True, events=SessionEvents(on_warning=warnings.append)) as session:
+        session.analyze()
+        session.prompt()
+    assert warnings == [f"references folder {tiny_settings.references}: skipped 1 file(s) that are not png/jpg/webp "
+                        "images: notes.txt"]
+
+
 def test_checkpoints_are_judged_with_the_prompt_guidance_and_negative_prompt_the_round_draws_with(tiny_settings):
     from tools.settings import DEFAULT_NEGATIVE_PROMPT
 

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     training_config(args, _NAMED_PROFILES[settings.profile], trigger, device_checks=False)
     from rich.markup import escape
 
-    from tools.images import list_images
+    from tools.images import list_images, skipped_note
     from tools.models import resolve_profile
     from tools.training.lora_files import latest_checkpoint
     from tools.training.trainer import train_lora
@@ -95,6 +95,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     # validation images at the guidance and negative prompt `aldar generate` will use
     config = config.judged_as_drawn(settings.guidance_scale, settings.sampling_negative_prompt)
     images = list_images(Path(settings.references))
+    if skipped := skipped_note(settings.references):
+        ui.warn_once(skipped)
     captions = analysis.get("captions") or {}
     fallback = f"{config.trigger_token}, {settings.character_name}"
     dataset = [(path, _with_trigger(captions.get(path.name), analysis.get("trigger_token"), config.trigger_token)
