@@ -109,6 +109,17 @@ def test_cli_exit_codes_and_fix_lines(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # doctor probes, it does not create the results folder
 
 
+def test_tiny_lists_as_many_fix_lines_as_it_counts_missing_and_no_sdxl_downloads(capsys):
+    import re
+
+    assert main(["doctor", "--profile", "tiny"]) == 0
+    out = capsys.readouterr().out
+    fixes = [line for line in out.splitlines() if re.match(r"\s+(warn|FAIL) \S", line)]
+    (count,) = re.findall(r"\((\d+) optional item\(s\) missing\)", flat(out))
+    assert len(fixes) == int(count) == 5  # the five API keys; was "5 missing" above 8 lines
+    assert "hf download" not in out and "not needed with --profile tiny" in flat(out)
+
+
 def test_bad_references_and_taxonomy_fail_with_fixes(tiny_settings, tmp_path):
     empty = tmp_path / "no-pictures"
     empty.mkdir()
