@@ -383,6 +383,21 @@ def test_history_fits_80_columns_and_cuts_decisions_at_a_word_with_an_ellipsis()
     assert shown.endswith(" …") and why.startswith(shown[:-2]) and why[len(shown) - 2] == " "  # cut between words
 
 
+def test_history_shows_a_lora_ahead_as_a_positive_lead() -> None:
+    from agent import render
+
+    history = [{"round": 1, "lora_score": 0.64, "band": "good", "best_competitor": "base", "score_gap": -0.23,
+                "params": {"steps": 60, "learning_rate": 0.005, "rank": 8}, "decided_by": "rule-policy"},
+               {"round": 2, "lora_score": 0.5, "band": "average", "best_competitor": None, "score_gap": 0.1,
+                "params": {"steps": 60, "learning_rate": 0.005, "rank": 8}, "decided_by": "rule-policy"}]
+    ui, out, _ = quiet_ui(width=100)
+    render.show_history(ui, history)
+    text = " ".join(out.getvalue().split())
+    assert "┃ lead ┃" in text and "positive: the LoRA is ahead" in text and " gap" not in text
+    assert "│ 1 │ 0.640 │ good │ base │ +0.230 │" in text  # score_gap -0.23: the LoRA 0.23 ahead of the base
+    assert "│ 2 │ 0.500 │ average │ reference ceiling │ -0.100 │" in text  # no rival: compared with the ceiling
+
+
 def test_the_chat_llm_tool_asks_for_the_round_it_will_really_train() -> None:
     from types import SimpleNamespace
 

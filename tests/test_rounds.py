@@ -27,13 +27,25 @@ def no_network(monkeypatch):
 
 
 def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
+    from agent.render import record_scores
+    from agent.session import SessionEvents
+
     settings = tiny_settings.replace(images_per_prompt=2, target_score=1.0)  # both rounds run, whatever they score
-    with Session(settings, quiet=True) as session:
+    said = []
+    events = SessionEvents(on_status=said.append, on_notice=said.append)
+    with Session(settings, quiet=True, events=events) as session:
         session.params.update(steps=ROUND_STEPS, checkpoint_every=ROUND_STEPS // 2)
         start = dict(session.params)
         records = session.run_rounds(2, RulePolicy(bounds=session.bounds))
         root = session.store.root
     assert [r["round"] for r in records] == [1, 2]
+    # Each decision is said once, and the last round's not at all (no plan for a round that will not run):
+    # the run says why it stopped instead. The score table's caption holds the verdict only.
+    assert [line for line in said if records[0]["rationale"] in line] == [
+        f"next, round 2 (rule-policy): {records[0]['rationale']}"]
+    assert not [line for line in said if line.startswith("next, round 3")]
+    assert said[-1] == "stopped: round limit reached (2 of 2)"
+    assert all(record["rationale"] not in record_scores(record).caption for record in records)
 
     history = json.loads((root / "training_history.json").read_text())
     rounds = history["rounds"]
