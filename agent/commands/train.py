@@ -126,10 +126,12 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         return 130
     ui.table("LoRA training", ["", ""], [
         ["steps", result.steps], ["final loss (moving average)", result.final_loss],
-        ["diffusers LoRA", result.lora_path], ["kohya / A1111 / ComfyUI LoRA", result.kohya_path],
-        ["loss curve", result.loss_curve], ["checkpoints", len(result.checkpoints)],
+        ["checkpoints", len(result.checkpoints)],
         ["LoRA from", f"step {result.chosen_checkpoint['step']}: {result.chosen_checkpoint['why']}"]])
-    ui.success(f"LoRA saved to {result.lora_path}")
+    # The files under the table, one line each: a table cell cuts a long path, and a path must copy whole.
+    ui.paths([("diffusers LoRA", result.lora_path), ("kohya / A1111 / ComfyUI LoRA", result.kohya_path),
+              ("loss curve", result.loss_curve)])
+    ui.success(f"LoRA saved to {escape(str(result.lora_path))}")
     return 0
 
 
