@@ -40,7 +40,7 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         root = session.store.root
     assert [r["round"] for r in records] == [1, 2]
     # Each decision is said once, and the last round's not at all (no plan for a round that will not run):
-    # the run says why it stopped instead. The score table's caption holds the verdict only.
+    # the run says why it stopped instead. The score table's caption holds the verdict and notes, not the decision.
     assert [line for line in said if records[0]["rationale"] in line] == [
         f"next, round 2 (rule-policy): {records[0]['rationale']}"]
     assert not [line for line in said if line.startswith("next, round 3")]
