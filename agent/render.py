@@ -148,7 +148,7 @@ def record_scores(record: RoundRecord, previous: RoundRecord | None = None) -> T
 
 
 CEILING_METRICS = {"clip": "CLIP", "features": "features", "ssim": "SSIM"}
-CEILING_TEXT = "Reference ceiling: each reference scored against the other references (leave-one-out)"
+CEILING_TEXT = "Reference ceiling: each reference scored against the others (leave-one-out)"
 
 
 def ceiling_note(scores: dict[str, dict], ceiling: dict) -> str:
@@ -163,10 +163,11 @@ def ceiling_note(scores: dict[str, dict], ceiling: dict) -> str:
             above.append((name, labels))
     if not above:
         return CEILING_TEXT + "."
-    who = "; ".join(f"{_who(name)} is above it on {and_words(labels)}" for name, labels in above)
-    return (f"{CEILING_TEXT}; {who}. It is not a maximum: each reference has a pose and details the others "
-            "lack, while an image close to what all of them share resembles every one, so it can score above them "
-            "on CLIP and SSIM.")
+    (first, labels), others = above[0], above[1:]
+    who = "; ".join([f"{_who(first, start=True)} is above it on {and_words(labels)}",
+                     *(f"{_who(name)} on {and_words(labels)}" for name, labels in others)])
+    return (f"{CEILING_TEXT}. {who}: it is not a maximum, as an image close to what all references share can "
+            "resemble each of them more than they, each with its own pose and details, resemble one another.")
 
 
 def record_ceiling_note(record: RoundRecord) -> str:

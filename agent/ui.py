@@ -71,7 +71,7 @@ class UI:
         self.console.print(Markdown(redact(text)))
 
     def table(self, title: str, columns: list[str], rows: list[list[object]], caption: str | None = None) -> None:
-        grid = Table(title=title, caption=caption)
+        grid = Table(title=title, caption=caption, caption_justify="left")  # a caption of sentences reads left
         for column in columns:
             grid.add_column(column, overflow="fold")  # a long value (a path) breaks onto the next line, never "…"
         for row in rows:
