@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from agent.cli import main
 from tools import doctor
@@ -118,6 +119,13 @@ def test_tiny_lists_as_many_fix_lines_as_it_counts_missing_and_no_sdxl_downloads
     (count,) = re.findall(r"\((\d+) optional item\(s\) missing\)", flat(out))
     assert len(fixes) == int(count) == 5  # the five API keys; was "5 missing" above 8 lines
     assert "hf download" not in out and "not needed with --profile tiny" in flat(out)
+
+
+def test_files_skipped_in_the_references_are_named(tiny_settings):
+    (Path(tiny_settings.references) / "notes.txt").write_text("x")
+    results = doctor.check_references(tiny_settings)
+    assert [r.status for r in results] == [OK, INFO] and "skipped 1 file(s)" in results[1].detail
+    assert "notes.txt" in results[1].detail
 
 
 def test_bad_references_and_taxonomy_fail_with_fixes(tiny_settings, tmp_path):

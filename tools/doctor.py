@@ -269,14 +269,16 @@ def check_tiny_build(settings: Settings) -> list[CheckResult]:
 
 
 def check_references(settings: Settings) -> list[CheckResult]:
-    from tools.images import list_images, load_image
+    from tools.images import list_images, load_image, skipped_note
 
     folder = Path(settings.references)
     files = list_images(folder)  # InputError → fail with its fix
     sizes = set()
     for path in files:
         sizes.add("x".join(map(str, load_image(path).size)))
-    return [CheckResult("references", OK, f"{len(files)} images in {folder} ({', '.join(sorted(sizes))})")]
+    skipped = skipped_note(folder)
+    return [CheckResult("references", OK, f"{len(files)} images in {folder} ({', '.join(sorted(sizes))})"),
+            *([CheckResult("references: skipped", INFO, skipped)] if skipped else [])]
 
 
 def check_taxonomy(settings: Settings) -> list[CheckResult]:
