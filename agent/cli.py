@@ -116,15 +116,28 @@ def _command_word(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
-def refuse_unknown_arguments(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
-    """Exit 2 with ``parser``'s usage, naming the unknown arguments and the closest flag of ``parser``."""
+def did_you_mean(typed: str, choices: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for the choice closest to ``typed``, or '' when none is close."""
     import difflib
 
+    close = difflib.get_close_matches(typed, list(choices), n=1) if typed else []
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def refuse_unknown_arguments(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """Exit 2 with ``parser``'s usage, naming the unknown arguments and the closest flag of ``parser``."""
     flags = [option for action in parser._actions for option in action.option_strings]
     typed = next((word.partition("=")[0] for word in unknown if word.startswith("--")), "")
-    close = difflib.get_close_matches(typed, flags, n=1) if typed else []
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}{did_you_mean(typed, flags)}")
+
+
+def refuse_unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Exit 2 with the usage when the command word names no command, and the closest command, as flags get:
+    argparse's own "invalid choice" lists every command but never says which one was meant."""
+    word = _command_word(argv)
+    names = [importlib.import_module(module).NAME for module in COMMAND_MODULES]
+    if word is not None and word not in names:
+        parser.error(f"unknown command {word!r}{did_you_mean(word, names)}; the commands: {', '.join(names)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_log_redaction()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
+    refuse_unknown_command(parser, argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would blame the top-level usage; the mistyped flag belongs to the subcommand
         refuse_unknown_arguments(getattr(args, "command_parser", None) or parser, unknown)
@@ -155,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ui.progress_bars():
             return int(args.handler(args, settings, ui) or 0)
     except AldarError as error:
-        ui.error(str(error))
+        from rich.markup import escape  # a fix naming "[scoring]" (a TOML table) is text, not a rich tag
+
+        ui.error(escape(str(error)))
         return error.exit_code
     except KeyboardInterrupt:
         ui.warn("interrupted — finished work is saved; rerun the same command to resume")

@@ -91,7 +91,9 @@ def explain_features(feedback: SessionFeedback, feature: str | None = None) -> l
     gaps = feedback.get("feature_gaps") or []
     if feature:
         wanted = feature.strip().lower()
-        gaps = [g for g in gaps if wanted in str(g.get("feature", "")).lower()]
+        # a word of the feature ("mustache") or of its category ("expression", "face" of face_shape)
+        gaps = [g for g in gaps if wanted in str(g.get("feature", "")).lower()
+                or wanted in str(g.get("category") or "").lower().replace("_", " ")]
         if not gaps:
             return [{"feature": feature, "weak": False,
                      "why": "the LoRA shows it at least as often as the target, so it is not a weak feature"}]

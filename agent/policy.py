@@ -120,8 +120,10 @@ class RulePolicy:
         if signals.missed_features and not back:
             missed = signals.missed_features[:MAX_EMPHASIS]
             proposal["feature_emphasis"] = missed
-            reasons.append(f"the images miss {', '.join(missed)}, so the next captions and prompt stress "
-                           f"{'it' if len(missed) == 1 else 'them'}")
+            # Quoted: the phrases are taxonomy entries, often adjectives ("friendly") that read as English otherwise.
+            named = ", ".join(f"'{phrase}'" for phrase in missed)
+            reasons.append(f"under {MISSED_PASS_RATE:.0%} of the LoRA's images show {named}, so the next captions and prompt "
+                           f"stress {'it' if len(missed) == 1 else 'them'}")
         adjustments, notes = clamp_adjustments(params, proposal, self.bounds)
         if not reasons:
             score = f"{signals.lora_score:.3f}" if signals.lora_score is not None else "unknown"

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from agent.knobs import value_text
 from agent.records import LORA, RoundRecord, RoundTrain
+from tools.numbers import finite_number
 from tools.scoring.copies import MEMORISED, copies_text, memorised
 from tools.scoring.records import Analysis, ComparisonReport, Feedback
 
@@ -28,6 +29,11 @@ CHOSEN = "LoRA"  # marks the checkpoint exported as the round's LoRA
 
 def number(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING
+
+
+def signed(value: Any) -> str:
+    """A difference with its sign always shown (``+0.042``, ``-0.013``): which side is ahead at a glance."""
+    return f"{value:+.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING
 
 
 def mean_std(mean: Any, std: Any = None) -> str:
@@ -84,9 +90,11 @@ def report_scores(report: ComparisonReport) -> Table:
         ceiling_row = ["reference ceiling", figure(ceiling["quality"]), figure(ceiling["clip"]),
                        figure(ceiling["features"]), figure(ceiling["ssim"]), ceiling["band"]]
     weights = report["weights"]
+    means = {name: {metric: (scores.get(metric) or {}).get("mean") for metric in CEILING_METRICS}
+             for name, scores in report["generators"].items() if not memorised(scores)}
     caption = (f"quality = {weights['clip']:g}·CLIP + {weights['features']:g}·features + {weights['ssim']:g}·SSIM "
-               "(mean ± std); " + ("ceiling = the references scored leave-one-out against each other" if ceiling
-                                   else "no ceiling: it needs at least two references"))
+               "(mean ± std). " + (ceiling_note(means, {m: (ceiling.get(m) or {}).get("mean") for m in CEILING_METRICS})
+                                   if ceiling else "No ceiling: it needs at least two references."))
     if notice := _notice(report):
         notes.append(notice)
     return Table("generators ranked by mean quality", SCORE_COLUMNS, rows, ceiling_row, caption, notes=notes)
@@ -98,9 +106,10 @@ def ranked_scores(record: RoundRecord) -> tuple[list[tuple[str, dict]], list[tup
     return ([(n, s) for n, s in ordered if not memorised(s)], [(n, s) for n, s in ordered if memorised(s)])
 
 
-def record_scores(record: RoundRecord) -> Table:
+def record_scores(record: RoundRecord, previous: RoundRecord | None = None) -> Table:
     """The scores of one finished round of the history (``aldar run``, the HTML report); tolerant,
-    as a history read from disk may hold records of older versions."""
+    as a history read from disk may hold records of older versions. The caption: who won, how the prompt
+    changed since ``previous`` (the round before), what the ceiling is."""
     rows = []
     ranked, copied = ranked_scores(record)
     for name, scores in ranked + copied:
@@ -112,11 +121,63 @@ def record_scores(record: RoundRecord) -> Table:
     if ceiling:
         ceiling_row = ["reference ceiling", number(ceiling.get("quality")), number(ceiling.get("clip")),
                        number(ceiling.get("features")), number(ceiling.get("ssim")), ""]
-    verdict = round_verdict(record)
-    caption = f"next: {record.get('rationale')} ({record.get('decided_by')})" if record.get("rationale") else None
-    if verdict:
-        caption = f"{verdict} {caption or ''}".strip()
-    return Table(f"round {record.get('round')} ranking", SCORE_COLUMNS, rows, ceiling_row, caption)
+    # The decision is not repeated here: the run says it once, after the table, and only when a round follows.
+    caption = " ".join(part for part in (round_verdict(record), prompt_note(record, previous),
+                                         record_ceiling_note(record)) if part)
+    return Table(f"round {record.get('round')} ranking", SCORE_COLUMNS, rows, ceiling_row, caption or None)
+
+
+CEILING_METRICS = {"clip": "CLIP", "features": "features", "ssim": "SSIM"}
+CEILING_TEXT = "Reference ceiling: each reference scored against the others (leave-one-out)"
+
+
+def ceiling_note(scores: dict[str, dict], ceiling: dict) -> str:
+    """What the reference ceiling is and, where a generator scores above it (``scores``: name → metric → mean),
+    why that can happen: it is the references' agreement with each other, not a maximum."""
+    above = []
+    for name, values in scores.items():
+        labels = [label for metric, label in CEILING_METRICS.items()
+                  if None not in (mine := finite_number(values.get(metric)), top := finite_number(ceiling.get(metric)))
+                  and mine > top]
+        if labels:
+            above.append((name, labels))
+    if not above:
+        return CEILING_TEXT + "."
+    (first, labels), others = above[0], above[1:]
+    who = "; ".join([f"{_who(first, start=True)} is above it on {and_words(labels)}",
+                     *(f"{_who(name)} on {and_words(labels)}" for name, labels in others)])
+    return (f"{CEILING_TEXT}. {who}: it is not a maximum, as an image close to what all references share can "
+            "resemble each of them more than they, each with its own pose and details, resemble one another.")
+
+
+def record_ceiling_note(record: RoundRecord) -> str:
+    """``ceiling_note`` of a finished round ('' when the round had no ceiling)."""
+    ceiling = record.get("ceiling")
+    if not ceiling:
+        return ""
+    ranked, _ = ranked_scores(record)
+    return ceiling_note({name: scores for name, scores in ranked}, ceiling)
+
+
+def prompt_note(record: RoundRecord, previous: RoundRecord | None) -> str:
+    """How the prompt every generator drew from changed since the round before (emphasised features added to
+    or dropped from it): the base model's score moves with its prompt, not with any training."""
+    if previous is None:
+        return ""
+    before = list((previous.get("params") or {}).get("feature_emphasis") or [])
+    now = list((record.get("params") or {}).get("feature_emphasis") or [])
+    added, dropped = [f for f in now if f not in before], [f for f in before if f not in now]
+    if not (added or dropped):
+        return ""
+    def quoted(phrases: list[str]) -> str:
+        return and_words([f"'{phrase}'" for phrase in phrases])
+
+    changes = ([f"adds {quoted(added)}"] if added else []) + ([f"drops {quoted(dropped)}"] if dropped else [])
+    others = [name for name in record.get("scores") or {} if name != LORA]
+    moved = ("" if not others else f": {others[0]}'s score moves" if len(others) == 1
+             else f": the scores of {and_words(others)} move")
+    return (f"Since round {previous.get('round')} the prompt all generators draw from {' and '.join(changes)} "
+            f"(feature_emphasis){moved + ' with the prompt, not with training' if moved else ''}.")
 
 
 def round_verdict(record: RoundRecord) -> str:
@@ -149,6 +210,11 @@ def round_verdict(record: RoundRecord) -> str:
     return " ".join(sentences)
 
 
+def and_words(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def _who(name: str, start: bool = False) -> str:
     if name == LORA:
         return "The LoRA" if start else "the LoRA"
@@ -174,12 +240,15 @@ def history_table(history: list[RoundRecord]) -> Table:
     rows = []
     for record in history:
         params = record.get("params") or {}
+        gap = record.get("score_gap")
+        lead = -gap if isinstance(gap, (int, float)) and not isinstance(gap, bool) else None
+        # score_gap is target minus LoRA (the deciders read "positive: behind"); a person reads a lead.
+        rival = record.get("best_competitor") or ("reference ceiling" if lead is not None else MISSING)
         rows.append([str(record.get("round")), number(record.get("lora_score")), str(record.get("band") or ""),
-                     str(record.get("best_competitor") or MISSING), number(record.get("score_gap")),
-                     f"{params.get('steps')} / {params.get('learning_rate')} / {params.get('rank')}",
+                     str(rival), signed(lead), f"{params.get('steps')} / {params.get('learning_rate')} / {params.get('rank')}",
                      str(record.get("decided_by") or "")])
-    return Table("rounds", ["round", "LoRA", "band", "best rival", "gap", "steps / lr / rank", "decided by"], rows,
-                 caption="gap: the best rival's score minus the LoRA's")
+    return Table("rounds", ["round", "LoRA", "band", "best rival", "lead", "steps / lr / rank", "decided by"],
+                 rows, caption="lead: the LoRA's score minus the best rival's (positive: the LoRA is ahead)")
 
 
 def decision_lines(history: list[RoundRecord], width: int) -> list[str]:
@@ -218,6 +287,14 @@ def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
         elif isinstance(gap, (int, float)):
             line += f", {abs(gap):.3f} {'behind' if gap > 0 else 'ahead of'} {feedback.get('compared_against') or 'target'}"
         lines.append(("", line))
+        gaps = feedback.get("metric_gaps") or {}
+        if not feedback.get("reference_copy") and any(isinstance(g, dict) and g.get("ceiling") is not None
+                                                      for g in gaps.values()):
+            mine = {metric: (gaps.get(metric) or {}).get("lora") for metric in CEILING_METRICS}
+            top = {metric: (gaps.get(metric) or {}).get("ceiling") for metric in CEILING_METRICS}
+            note = ceiling_note({LORA: mine}, top)
+            if note != CEILING_TEXT + ".":  # only where the LoRA passes it: the plain definition is in the table
+                lines.append(("", note))
     for recommendation in feedback.get("recommendations") or []:
         priority = recommendation.get("priority")
         lines.append(({"high": "red", "medium": "yellow"}.get(priority, "blue"),

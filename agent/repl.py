@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from rich.markup import escape
 from agent import render
 from agent.llm_client import KEY_HELP, describe_endpoint, resolve_endpoint
 from agent.knobs import NAMES as KNOBS
-from agent.knobs import knob_completions, params_text, parse_knob_arguments
+from agent.knobs import clamp_adjustments, knob_completions, params_text, parse_knob_arguments
 from agent.llm_tools import SessionTools, explain_features, latest_feedback
 from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
 from agent.ui import UI
@@ -117,7 +118,7 @@ class Repl:
             else:
                 self.chat(text)
         except AldarError as error:
-            self.ui.error(str(error))
+            self.ui.error(escape(str(error)))
             self.outcome = "failed"
         except KeyboardInterrupt:  # Ctrl-C: the entry stays "cancelled"
             self._save_transcript()
@@ -163,6 +164,7 @@ class Repl:
         if reason:
             self.outcome = "failed"
             self.ui.warn(reason)
+            self.ui.info(escape(self.answered_by(text)))
             return
         loop = self._chat_loop()
         renderer = StreamRenderer(self.ui)
@@ -177,6 +179,22 @@ class Repl:
         elif not renderer.streamed_text:
             self.ui.markdown(result.text)
         self.ui.info(f"[dim]tokens: {result.usage.total_tokens:,} this turn · {loop.usage.total_tokens:,} this session[/dim]")
+
+    def answered_by(self, question: str) -> str:
+        """The slash commands that answer ``question`` without an LLM: ``/explain <word>`` for each word naming
+        a key feature or its category in the taxonomy ("why is the face weak?" → /explain face), else the
+        commands that read the results."""
+        words = list(dict.fromkeys(re.findall(r"[a-z][a-z'-]+", question.lower())))
+        named = feature_words(self.settings)
+        # "mustaches" asks about the mustache: /explain matches words inside feature names
+        asked = list(dict.fromkeys(word if word in named else word.removesuffix("s") for word in words
+                                   if word in named or word.removesuffix("s") in named))[:3]
+        if asked:
+            return ("without an LLM: " + ", ".join(f"/explain {word}" for word in asked)
+                    + (" says why it is" if len(asked) == 1 else " say why they are") + " weak, from the latest feedback")
+        commands = list(dict.fromkeys(COMMAND_WORDS[word] for word in words if word in COMMAND_WORDS))
+        shown = [self.commands[name] for name in commands or ["explain", "history", "score"]]
+        return ("without an LLM: " + ", ".join(f"{c.usage} ({c.help})" for c in shown) + " — /help lists them all")
 
     def _chat_loop(self) -> ChatLoop:
         if self.loop is None:
@@ -248,6 +266,13 @@ class Repl:
         question = f"Train round {number}'s LoRA now?"
         if session.current is not None and session.current.number != number:  # it is scored: recorded first
             question = f"Record round {session.current.number} (scored) and train round {number}'s LoRA now?"
+        elif resumed := session.resume_step():  # the round's checkpoints are kept: a second /train goes on from them
+            applied, _ = clamp_adjustments(session.params, adjustments, session.bounds)
+            steps = {**session.params, **applied}.get("steps")
+            question = (f"Train round {number}'s LoRA now? It continues from step {resumed} to {steps}."
+                        if isinstance(steps, int) and steps > resumed else
+                        f"Train round {number}'s LoRA now? Its checkpoint at step {resumed} already reaches "
+                        f"steps={steps}: nothing more is trained (raise steps to train on).")
         if not self._confirmed(question, "training skipped"):
             return
         change = shlex.join(args) if args else "no changes"
@@ -289,6 +314,13 @@ class Repl:
             raise InputError("/auto needs a number of rounds", "write e.g. /auto 2")
         rounds = int(args[0])
         session = self.session
+        blocked = session.stop_before(len(session.history()) + rounds)
+        if blocked:  # asking first would promise rounds that stop before training anything
+            from agent.session import how_to_go_on
+
+            self.ui.warn(escape(f"/auto runs no round: {blocked} — {how_to_go_on(blocked)}, then restart the chat"))
+            self.outcome = "failed"
+            return
         if not self._confirmed(f"Run {rounds} full round(s) (training each, and paid APIs where keys are set)?",
                                "nothing run"):
             return
@@ -465,6 +497,27 @@ class Repl:
         return line.rstrip("\n")
 
 
+
+
+# Words of a question that name the slash command answering it (when no key feature is named).
+COMMAND_WORDS = {"weak": "explain", "feature": "explain", "features": "explain", "history": "history",
+                 "rounds": "history", "score": "score", "scores": "score", "scored": "score", "report": "report",
+                 "settings": "config", "config": "config", "parameters": "config", "api": "doctor",
+                 "install": "doctor", "analysis": "analyze", "train": "train", "training": "train",
+                 "generate": "generate", "images": "generate"}
+
+
+def feature_words(settings: Settings) -> set[str]:
+    """The words of the taxonomy's features and category names ("round face", face_shape → round, face, shape);
+    none when the taxonomy does not load (the chat's commands say why)."""
+    from tools.scoring.taxonomy import load_taxonomy
+
+    try:
+        taxonomy = load_taxonomy(settings.taxonomy_path())
+    except AldarError:
+        return set()
+    phrases = [*taxonomy.categories, *(f for features in taxonomy.categories.values() for f in features)]
+    return {word for phrase in phrases for word in re.split(r"[\s_]+", phrase.lower()) if len(word) >= 3}
 
 
 def history_file() -> Path:

@@ -18,7 +18,8 @@ from PIL import Image
 
 from agent.chart import draw_score_chart, score_chart_svg
 from agent.knobs import params_items
-from agent.render import CHOSEN, adjustments_text, checkpoint_choice, record_scores, round_verdict
+from agent.render import (CHOSEN, adjustments_text, checkpoint_choice, prompt_note, record_ceiling_note,
+                          record_scores, round_verdict)
 from tools.atomic import atomic_write_bytes, atomic_write_text
 from tools.errors import InputError
 from tools.generation.png_metadata import read_generation_parameters
@@ -84,8 +85,9 @@ def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: lis
     shots = "".join(_reference_figure(src, index, root, lightboxes) for index, src in enumerate(reference_thumbs))
     parts.append(f'<div><h2>References</h2><div class="gallery references">{shots}</div></div>')
     parts.append("</section>")
-    for record in history:
-        parts.append(_round_section(record, record["round"] == best, root, lightboxes))
+    for index, record in enumerate(history):
+        previous = history[index - 1] if index else None
+        parts.append(_round_section(record, previous, record["round"] == best, root, lightboxes))
     parts += lightboxes
     parts.append("</body></html>\n")
     return "\n".join(part for part in parts if part)
@@ -126,11 +128,13 @@ def _not_competing(history: list[dict]) -> str:
     return f'<div class="meta not-competing"><strong>Not competing:</strong><ul>{items}</ul></div>'
 
 
-def _round_section(record: dict, is_best: bool, root: Path | None, lightboxes: list[str]) -> str:
+def _round_section(record: dict, previous: dict | None, is_best: bool, root: Path | None,
+                   lightboxes: list[str]) -> str:
     esc = html.escape
     number = record["round"]
     badge = ' <span class="badge">best round</span>' if is_best else ""
     verdict = round_verdict(record)
+    notes = [note for note in (prompt_note(record, previous), record_ceiling_note(record)) if note]
     scores = record_scores(record)
     rows = [('<tr class="copy">' if row[-1] == MEMORISED else "<tr>")
             + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in scores.rows]
@@ -142,7 +146,7 @@ def _round_section(record: dict, is_best: bool, root: Path | None, lightboxes: l
     clamped = decision.get("clamped") or []
     facts = [
         '<div class="table-wrap"><table class="scores"><tr>' + "".join(f"<th>{esc(column)}</th>" for column in scores.columns)
-        + "</tr>", *rows, "</table></div>",
+        + "</tr>", *rows, "</table></div>", *(f'<p class="meta">{esc(note)}</p>' for note in notes),
         f"<p><strong>Decision ({esc(str(record.get('decided_by')))}):</strong> {esc(str(record.get('rationale')))}</p>",
         f'<p class="meta">next round: {esc(changes)}</p>',
         f'<p class="meta">clamped: {esc("; ".join(map(str, clamped)))}</p>' if clamped else "",

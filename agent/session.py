@@ -93,6 +93,10 @@ class Session:
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
         _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        from tools.images import skipped_note
+
+        if skipped := skipped_note(self.references):  # said once per session: the folder is read many times
+            _emit(self.events.on_warning, skipped)
 
         self.default_params = default_params(self.profile)
         if "trigger_token" in self.default_params:
@@ -207,7 +211,7 @@ class Session:
     def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
         from tools.scoring.scorer import checkpoint_scorer
-        from tools.training.lora_files import checkpoint_step, latest_checkpoint
+        from tools.training.lora_files import checkpoint_step
         from tools.training.trainer import train_lora
 
         if adjustments:
@@ -220,7 +224,7 @@ class Session:
         run_dir = self.store.round_run_dir(state.number)
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
         scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
-        checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+        checkpoint = self._latest_checkpoint(state.number)
         resumed_from = checkpoint_step(checkpoint) if checkpoint else 0
         if resumed_from:  # shown even when quiet: the round does not start from scratch
             _emit(self.events.on_notice, f"round {state.number}: resuming training from step {resumed_from} "
@@ -252,6 +256,21 @@ class Session:
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "
                   f"LoRA = step {chosen.get('step', result.steps)} ({chosen.get('why', 'last step')})")
         return state.train
+
+    def _latest_checkpoint(self, number: int) -> Path | None:
+        from tools.training.lora_files import latest_checkpoint
+
+        run_dir = self.store.round_run_dir(number)
+        return latest_checkpoint(run_dir) if run_dir.is_dir() else None
+
+    def resume_step(self) -> int:
+        """The step the next ``train`` continues from: the latest checkpoint of the round it trains (a
+        finished ``/train`` of the same round too), 0 when it starts afresh. A checkpoint made with another
+        rank, alpha or captions cannot be continued: ``train`` then sets it aside and starts afresh."""
+        from tools.training.lora_files import checkpoint_step
+
+        checkpoint = self._latest_checkpoint(self.training_round_number)
+        return checkpoint_step(checkpoint) if checkpoint else 0
 
     def apply(self, adjustments: dict) -> tuple[dict, list[str]]:
         """Clamp ``adjustments`` to the safe bounds and apply them to ``params``: (applied, clamp notes)."""
@@ -432,7 +451,9 @@ class Session:
         reused = [stage for stage, done in (("LoRA", state.train), ("images", state.images), ("scores", state.feedback))
                   if done]
         if reused:  # said even when quiet: otherwise "/auto 1" after "/train" looks as if it trained nothing
-            _emit(self.events.on_notice, f"round {state.number}: using the {_and(reused)} already made for it "
+            from agent.render import and_words
+
+            _emit(self.events.on_notice, f"round {state.number}: using the {and_words(reused)} already made for it "
                                          "in this session (not made again)")
         if state.train is None:
             self.train()
@@ -440,9 +461,11 @@ class Session:
             self.generate()
         if state.feedback is None:
             self.score()
-        decision = self.decide(decider)
-        self._say(f"round {self.current.number}: {decision.decided_by} — {decision.rationale}")
-        return self.finish_round(decision)
+        return self.finish_round(self.decide(decider))
+
+    def stop_before(self, rounds: int) -> str:
+        """Why ``run_rounds(rounds)`` would stop before training anything, or '' when it would run a round."""
+        return stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience)
 
     def run_rounds(self, rounds: int, decider: Decider,
                    on_round: Callable[[dict], None] | None = None) -> list[dict]:
@@ -455,18 +478,21 @@ class Session:
             _emit(self.events.on_notice, f"resuming: round {number} was interrupted and restarts "
                                          f"({len(self.store.rounds)} finished round(s) kept)")
         while True:
-            reason = stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience)
+            reason = self.stop_before(rounds)
             if reason:
                 break
             record = self.run_round(decider)
             finished.append(record)
             if on_round:
                 on_round(record)
-            if record["decision"].get("stop"):
-                reason = f"{record['decided_by']} asked to stop"
+            reason = f"{record['decided_by']} asked to stop" if record["decision"].get("stop") else self.stop_before(rounds)
+            if reason:  # no plan for a round that will not run: say why the run ends instead
                 break
+            # The decision, said once (shown even when quiet: it is what the next round changes).
+            _emit(self.events.on_notice, f"next, round {record['round'] + 1} ({record['decided_by']}): "
+                                         f"{record.get('rationale')}")
         self.store.mark_stopped(reason)
-        self._say(f"stopped: {reason}")
+        _emit(self.events.on_notice, f"stopped: {reason}")
         return finished
 
 
@@ -654,6 +680,15 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
     }
 
 
+def how_to_go_on(reason: str) -> str:
+    """What lets rounds run again after ``stop_reason`` gave ``reason`` (the setting that stopped them)."""
+    if reason.startswith("target reached"):
+        return "raise target_score ([rounds] in aldar.toml, or ALDAR_TARGET_SCORE) to train further"
+    if reason.startswith("no improvement"):
+        return "raise patience ([rounds] in aldar.toml, or ALDAR_PATIENCE) to keep trying"
+    return "ask for more rounds (aldar run --rounds N)"
+
+
 def stop_reason(history: list[dict], rounds: int, target: float, patience: int) -> str:
     """Why no further round should run, or '' to go on (the tiny profile too: its toy-world scores mean something)."""
     if len(history) >= rounds:
@@ -672,9 +707,3 @@ def stop_reason(history: list[dict], rounds: int, target: float, patience: int) 
     if since_best >= patience:
         return f"no improvement for {since_best} round(s) since round {best['round']} (patience {patience})"
     return ""
-
-
-
-
-def _and(words: list[str]) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]

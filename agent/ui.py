@@ -47,7 +47,13 @@ class UI:
             self.info(escape(message))
 
     def success(self, message: str) -> None:
-        self.console.print(f"[green]✓[/green] {redact(message)}")
+        # soft_wrap: the terminal wraps a long line, rich breaks nothing, so a path in it copies whole
+        self.console.print(f"[green]✓[/green] {redact(message)}", soft_wrap=True)
+
+    def paths(self, rows: list[tuple[str, object]]) -> None:
+        """Files as ``label: path`` lines, never cut or broken by rich (see ``success``); None shows as "—"."""
+        for label, path in rows:
+            self.console.print(escape(f"{label}: {redact(str(path)) if path else '—'}"), soft_wrap=True)
 
     def warn(self, message: str) -> None:
         self.err_console.print(f"[yellow]warning:[/yellow] {redact(message)}")
@@ -65,9 +71,9 @@ class UI:
         self.console.print(Markdown(redact(text)))
 
     def table(self, title: str, columns: list[str], rows: list[list[object]], caption: str | None = None) -> None:
-        grid = Table(title=title, caption=caption)
+        grid = Table(title=title, caption=caption, caption_justify="left")  # a caption of sentences reads left
         for column in columns:
-            grid.add_column(column)
+            grid.add_column(column, overflow="fold")  # a long value (a path) breaks onto the next line, never "…"
         for row in rows:
             grid.add_row(*[_cell(v) for v in row])
         self.console.print(grid)

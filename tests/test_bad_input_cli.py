@@ -106,6 +106,12 @@ def test_weights_flag_not_summing_to_one(tmp_path, capsys, weights, words):
     assert_one_line_error(code, err, out, words)
 
 
+def test_an_error_naming_a_toml_table_keeps_its_brackets(tmp_path, capsys):
+    # rich read "[scoring]" as a markup tag and dropped it, leaving "aldar.toml  or"
+    code, _, err, out = run_analyze(tmp_path, capsys, "--weights", "0.5,0.5,0.5")
+    assert_one_line_error(code, err, out, "in aldar.toml [scoring] or on the command line")
+
+
 @pytest.mark.parametrize("text, words", [
     ('{"categories": {"eyes": ["narrow eyes", "round eyes"]', "not valid JSON"),
     ('{"categories": {"eyes": ["narrow eyes"]}}', "single description"),
@@ -176,3 +182,11 @@ def test_flags_are_never_abbreviated_and_a_mistyped_flag_shows_its_command_usage
     err = " ".join(capsys.readouterr().err.split())
     assert stopped.value.code == 2
     assert err.startswith(usage) and message in err
+
+
+def test_a_mistyped_command_gets_the_closest_command_and_the_usage(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["trian", "--profile", "tiny"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert stopped.value.code == 2
+    assert err.startswith("usage: aldar") and "unknown command 'trian' (did you mean train?)" in err

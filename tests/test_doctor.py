@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from agent.cli import main
 from tools import doctor
@@ -107,6 +108,24 @@ def test_cli_exit_codes_and_fix_lines(tmp_path, capsys):
     assert "or run offline with --profile tiny" in shown
     assert "2 required check(s) failed" in shown
     assert not (tmp_path / "out").exists()  # doctor probes, it does not create the results folder
+
+
+def test_tiny_lists_as_many_fix_lines_as_it_counts_missing_and_no_sdxl_downloads(capsys):
+    import re
+
+    assert main(["doctor", "--profile", "tiny"]) == 0
+    out = capsys.readouterr().out
+    fixes = [line for line in out.splitlines() if re.match(r"\s+(warn|FAIL) \S", line)]
+    (count,) = re.findall(r"\((\d+) optional item\(s\) missing\)", flat(out))
+    assert len(fixes) == int(count) == 5  # the five API keys; was "5 missing" above 8 lines
+    assert "hf download" not in out and "not needed with --profile tiny" in flat(out)
+
+
+def test_files_skipped_in_the_references_are_named(tiny_settings):
+    (Path(tiny_settings.references) / "notes.txt").write_text("x")
+    results = doctor.check_references(tiny_settings)
+    assert [r.status for r in results] == [OK, INFO] and "skipped 1 file(s)" in results[1].detail
+    assert "notes.txt" in results[1].detail
 
 
 def test_bad_references_and_taxonomy_fail_with_fixes(tiny_settings, tmp_path):

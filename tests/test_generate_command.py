@@ -35,7 +35,7 @@ def test_generate_with_freepik_saves_images_and_skips_providers_without_keys(fre
 
     out, err = capsys.readouterr()
     assert code == 0
-    assert "deepai: skipped — DEEPAI_API_KEY is not set (add it to .env)" in " ".join(err.split())
+    assert "deepai: skipped — DEEPAI_API_KEY is not set (add it to .env; get one at" in " ".join(err.split())
     files = sorted((tmp_path / "cmp").glob("freepik_*.png"))
     assert len(files) == 2 and all(load_image(f).size == (64, 64) for f in files)
     assert read_generation_parameters(files[0])["aldar"]["seed"] == 11

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tools.errors import InputError
-from tools.images import MIN_SIDE, file_sha256, list_images, load_image
+from tools.images import MIN_SIDE, file_sha256, list_images, load_image, skipped_note
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -208,6 +208,48 @@ def test_decompression_bomb_is_an_input_error(tmp_path, monkeypatch):
     with pytest.raises(InputError) as error:
         load_image(path)
     assert_names_file_and_fix(error, path, "too large")
+
+
+def test_files_that_are_not_pictures_are_named_once_and_the_list_is_cut_with_a_count(tmp_path):
+    from tools.settings import BUNDLED_REFERENCES
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    for name in ("notes.txt", "pose.gif", "taxonomy.json", "README.md", ".DS_Store"):
+        (tmp_path / name).write_text("x")
+    # a .gif is a picture aldar does not read: it must not vanish in silence; the companions are no news
+    assert skipped_note(tmp_path) == (f"references folder {tmp_path}: skipped 2 file(s) that are not png/jpg/webp "
+                                      "images: notes.txt, pose.gif")
+    for index in range(6):
+        (tmp_path / f"scan{index}.pdf").write_text("x")
+    assert skipped_note(tmp_path).endswith("skipped 8 file(s) that are not png/jpg/webp images: notes.txt, pose.gif, "
+                                           "scan0.pdf, scan1.pdf, scan2.pdf and 3 more")
+    assert skipped_note(BUNDLED_REFERENCES) == ""  # its drawing script is part of the example
+    (tmp_path / "only").mkdir()
+    assert skipped_note(tmp_path / "only") == ""
+
+
+def png_header_only(path, width: int, height: int) -> None:
+    """A greyscale PNG that declares ``width`` x ``height`` but holds a few bytes of data: decoding it would
+    fail as truncated (and a real one would take gigabytes), so only a check of the header refuses it cleanly."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header_before_decoding(tmp_path, recwarn):
+    path = tmp_path / "scan.png"
+    png_header_only(path, 13_000, 12_000)  # 156 megapixels: under PIL's own refusal (179), was decoded whole
+    with pytest.raises(InputError) as error:
+        load_image(path)
+    assert_names_file_and_fix(error, path, "13000x12000 (156 megapixels), over the 64-megapixel limit")
+    assert "downscale" in error.value.fix
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]  # one line, no warning
 
 
 def test_bundled_references_are_reproducible_from_the_drawing_script(tmp_path):

@@ -101,6 +101,13 @@ def test_missed_key_feature_is_emphasised_but_shown_features_are_not():
     assert "thin mustache" in decision.rationale and "orange robe" not in decision.rationale
 
 
+def test_missed_features_are_named_as_quoted_phrases_in_a_sentence():
+    # "the images miss skullcap, friendly" read as broken English: the phrases are quoted taxonomy entries
+    decision = decide(feedback(feature_gaps=[gap("skullcap", 0.0), gap("friendly", 0.25)]))
+    assert decision.rationale == ("Under 50% of the LoRA's images show 'skullcap', 'friendly', so the next captions "
+                                  "and prompt stress them.")
+
+
 def test_missed_features_are_capped_at_four():
     gaps = [gap(f"feature {i}", 0.0) for i in range(6)]
     decision = decide(feedback(feature_gaps=gaps))

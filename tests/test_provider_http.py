@@ -82,9 +82,9 @@ def test_configured_providers_skips_missing_keys_with_one_line_each(monkeypatch)
     ready, skipped = configured_providers(settings, ["freepik", "gemini", "deepai", "freepik"])
 
     assert [p.name for p in ready] == ["gemini"]
-    assert [line.split(" (get")[0] for line in skipped] == [
-        "freepik: skipped — FREEPIK_API_KEY is not set (add it to .env)",
-        "deepai: skipped — DEEPAI_API_KEY is not set (add it to .env)"]
+    assert skipped == [  # one pair of parentheses: "(add it to .env) (get one at …)" read as two asides
+        "freepik: skipped — FREEPIK_API_KEY is not set (add it to .env; get one at https://www.freepik.com/api)",
+        "deepai: skipped — DEEPAI_API_KEY is not set (add it to .env; get one at https://deepai.org/dashboard/profile)"]
     with pytest.raises(InputError, match="unknown provider 'midjourney'"):
         configured_providers(settings, ["midjourney"])
 

@@ -364,6 +364,58 @@ def test_config_shows_the_next_round_params_and_a_slash_only_chat_is_saved(tiny_
     assert re.fullmatch(r"transcript_\d{8}_\d{6}\.json", transcript.name)
 
 
+@pytest.mark.parametrize("question, pointer", [
+    ("why is the face weak?", "without an LLM: /explain face says why it is weak, from the latest feedback"),
+    ("how do I get the mustaches right?", "without an LLM: /explain mustache says why"),
+    ("show me the scores", "without an LLM: /score (score this round's images"),
+    ("hello there", "without an LLM: /explain [feature] (why key features are weak"),
+])
+def test_a_question_without_an_llm_points_to_the_slash_command_that_answers_it(tiny_settings, capsys, question,
+                                                                                pointer) -> None:
+    assert Repl(tiny_settings).run_once(question) == 2
+    captured = capsys.readouterr()
+    assert "chat needs an LLM" in captured.err
+    assert pointer in " ".join(captured.out.split())
+
+
+def test_explain_takes_a_word_of_the_category_too() -> None:
+    from agent.llm_tools import explain_features
+
+    feedback = {"feature_gaps": [{"feature": "friendly", "category": "expression", "lora_pass_rate": 0.1,
+                                  "ceiling_pass_rate": 0.8, "against": "ceiling", "gap": 0.7},
+                                 {"feature": "round face", "category": "face_shape", "lora_pass_rate": 0.2,
+                                  "ceiling_pass_rate": 1.0, "against": "ceiling", "gap": 0.8}]}
+    assert [item["feature"] for item in explain_features(feedback, "expression")] == ["friendly"]
+    assert [item["feature"] for item in explain_features(feedback, "face")] == ["round face"]
+
+
+def test_a_second_train_says_it_continues_from_the_first_ones_checkpoint(tiny_settings) -> None:
+    ui = AnsweringUI(quiet=True)
+    repl = Repl(tiny_settings.replace(competitors=[]), ui)
+    for line in ("/train steps=4", "/train steps=6"):
+        repl.handle(line)
+        assert repl.outcome == "ok"
+    repl.close()
+    assert ui.questions == ["Train round 1's LoRA now?",
+                            "Train round 1's LoRA now? It continues from step 4 to 6."]
+
+
+def test_auto_past_a_stop_says_why_and_how_to_go_on_without_asking(tiny_settings, capsys) -> None:
+    from agent.store import RunStore
+    from tools.models import resolve_profile
+
+    store = RunStore(tiny_settings.output_dir, resolve_profile(tiny_settings).describe())
+    store.finish_round({"round": 1, "lora_score": 0.85, "band": "excellent", "params": {"steps": 4},
+                        "scores": {"lora": {"quality": 0.85}}})
+    store.close()
+    ui = AnsweringUI()
+    assert Repl(tiny_settings, ui).run_once("/auto 1") == 2
+    assert ui.questions == []  # asking would promise a round that stops before training anything
+    err = " ".join(capsys.readouterr().err.split())
+    assert "/auto runs no round: target reached: round 1 scored 0.850 ≥ 0.8 — raise target_score" in err
+    assert "ALDAR_TARGET_SCORE" in err
+
+
 def test_history_fits_80_columns_and_cuts_decisions_at_a_word_with_an_ellipsis() -> None:
     from agent import render
 
@@ -381,6 +433,21 @@ def test_history_fits_80_columns_and_cuts_decisions_at_a_word_with_an_ellipsis()
     assert [line.split(" → ")[0] for line in decisions] == ["round 1", "round 2"]
     shown = decisions[0].split(" → ", 1)[1]
     assert shown.endswith(" …") and why.startswith(shown[:-2]) and why[len(shown) - 2] == " "  # cut between words
+
+
+def test_history_shows_a_lora_ahead_as_a_positive_lead() -> None:
+    from agent import render
+
+    history = [{"round": 1, "lora_score": 0.64, "band": "good", "best_competitor": "base", "score_gap": -0.23,
+                "params": {"steps": 60, "learning_rate": 0.005, "rank": 8}, "decided_by": "rule-policy"},
+               {"round": 2, "lora_score": 0.5, "band": "average", "best_competitor": None, "score_gap": 0.1,
+                "params": {"steps": 60, "learning_rate": 0.005, "rank": 8}, "decided_by": "rule-policy"}]
+    ui, out, _ = quiet_ui(width=100)
+    render.show_history(ui, history)
+    text = " ".join(out.getvalue().split())
+    assert "┃ lead ┃" in text and "positive: the LoRA is ahead" in text and " gap" not in text
+    assert "│ 1 │ 0.640 │ good │ base │ +0.230 │" in text  # score_gap -0.23: the LoRA 0.23 ahead of the base
+    assert "│ 2 │ 0.500 │ average │ reference ceiling │ -0.100 │" in text  # no rival: compared with the ceiling
 
 
 def test_the_chat_llm_tool_asks_for_the_round_it_will_really_train() -> None:

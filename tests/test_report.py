@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageStat
 
 from agent.chart import axis_range, draw_score_chart, monotone_segments, score_chart_svg
 from agent.knobs import params_text
-from agent.render import round_verdict
+from agent.render import feedback_lines, record_scores, round_verdict
 from agent.report import SHOT, write_report
 from agent.store import RunStore
 from tools.generation.png_metadata import save_png_with_parameters
@@ -91,6 +91,26 @@ def test_each_round_says_who_won_and_by_how_much(report):
 def test_the_verdict_names_the_winner_against_the_lora(scores, said):
     record = {"round": 1, "scores": {n: {"quality": q} for n, q in scores.items()}, "ceiling": {"quality": 0.84}}
     assert round_verdict(record) == said
+
+
+def test_the_ceiling_is_explained_and_so_is_a_base_score_moved_by_the_prompt(report):
+    _, page, history = report
+    first, second = _section(page, 1), _section(page, 2)
+    for section in (first, second):
+        assert "Reference ceiling: each reference scored against the others (leave-one-out)." in section
+    assert "Since round" not in first  # nothing to compare the first prompt with
+    assert ("Since round 1 the prompt all generators draw from adds &#x27;skullcap&#x27; and &#x27;happy&#x27; "
+            "(feature_emphasis): the scores of base and copycat move with the prompt, not with training.") in second
+    # A LoRA above the ceiling is told why that can be, in the terminal's caption and in the feedback lines.
+    above = {**history[1], "ceiling": {"quality": 0.6, "clip": 0.65, "features": 0.9, "ssim": 0.48}}
+    caption = record_scores(above, history[0]).caption
+    assert "(leave-one-out). The LoRA is above it on CLIP and SSIM: it is not a maximum" in caption
+    assert "copycat is above" not in caption  # a reference copy's scores do not count
+    feedback = {"lora_score": 0.6, "band": "good", "score_gap": -0.1, "compared_against": "base",
+                "metric_gaps": {"clip": {"lora": 0.7, "ceiling": 0.65}, "features": {"lora": 0.5, "ceiling": 0.9},
+                                "ssim": {"lora": 0.5, "ceiling": 0.48}}}
+    assert any("The LoRA is above it on CLIP and SSIM: it is not a maximum" in text
+               for _, text in feedback_lines(feedback))
 
 
 def test_parameters_and_changes_read_as_name_colon_value(report):

@@ -27,13 +27,25 @@ def no_network(monkeypatch):
 
 
 def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
+    from agent.render import record_scores
+    from agent.session import SessionEvents
+
     settings = tiny_settings.replace(images_per_prompt=2, target_score=1.0)  # both rounds run, whatever they score
-    with Session(settings, quiet=True) as session:
+    said = []
+    events = SessionEvents(on_status=said.append, on_notice=said.append)
+    with Session(settings, quiet=True, events=events) as session:
         session.params.update(steps=ROUND_STEPS, checkpoint_every=ROUND_STEPS // 2)
         start = dict(session.params)
         records = session.run_rounds(2, RulePolicy(bounds=session.bounds))
         root = session.store.root
     assert [r["round"] for r in records] == [1, 2]
+    # Each decision is said once, and the last round's not at all (no plan for a round that will not run):
+    # the run says why it stopped instead. The score table's caption holds the verdict and notes, not the decision.
+    assert [line for line in said if records[0]["rationale"] in line] == [
+        f"next, round 2 (rule-policy): {records[0]['rationale']}"]
+    assert not [line for line in said if line.startswith("next, round 3")]
+    assert said[-1] == "stopped: round limit reached (2 of 2)"
+    assert all(record["rationale"] not in record_scores(record).caption for record in records)
 
     history = json.loads((root / "training_history.json").read_text())
     rounds = history["rounds"]
@@ -116,6 +128,18 @@ def test_bad_input_is_refused_before_any_work(tiny_settings, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         Session(tiny_settings.replace(references=str(tmp_path / "missing")), quiet=True)
     assert not Path(tiny_settings.output_dir).exists()
+
+
+def test_a_session_names_the_skipped_files_of_the_references_folder_once(tiny_settings):
+    from agent.session import SessionEvents
+
+    (Path(tiny_settings.references) / "notes.txt").write_text("the cap is red")
+    warnings = []
+    with Session(tiny_settings, quiet=True, events=SessionEvents(on_warning=warnings.append)) as session:
+        session.analyze()
+        session.prompt()
+    assert warnings == [f"references folder {tiny_settings.references}: skipped 1 file(s) that are not png/jpg/webp "
+                        "images: notes.txt"]
 
 
 def test_checkpoints_are_judged_with_the_prompt_guidance_and_negative_prompt_the_round_draws_with(tiny_settings):

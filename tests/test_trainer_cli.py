@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,34 @@ def test_train_with_analysis_then_ctrl_c_and_resume(references, tmp_path, capsys
 
     with safe_open(str(run_dir / "aldar_kose_lora.safetensors"), "pt") as handle:
         assert handle.metadata()["aldar_trigger_token"] == "kose"
+
+
+def test_at_80_columns_the_summary_paths_are_whole(references, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    run_dir = tmp_path / "a_folder_with_a_long_name_as_people_make_them" / "and_another_one_under_it" / "run"
+    assert main(base_args(references, run_dir)) == 0
+    out = capsys.readouterr().out
+    for name in ("pytorch_lora_weights.safetensors", "aldar_kose_lora.safetensors"):
+        assert str(run_dir / name) in out  # on one line: it copies whole (was cut to "…" in a table cell)
+    assert f"LoRA saved to {run_dir / 'pytorch_lora_weights.safetensors'}" in out
+
+
+def test_at_80_columns_a_progress_bar_narrows_its_description_not_its_numbers():
+    import io
+
+    from rich.console import Console
+
+    from tools.progress import progress_bar, progress_on
+
+    for width, description in ((80, "training Lo…"), (120, "training LoRA (tiny)")):
+        out = io.StringIO()
+        with progress_on(Console(file=out, width=width, force_terminal=True, color_system=None)):
+            with progress_bar("training LoRA (tiny)", 200) as advance:
+                advance(200, status="loss 0.0316 · 2.61 it/s")
+        last = out.getvalue().split("\r")[-1]
+        # was "200/2… 0:00:00 eta 0:00:…" at 80 columns
+        assert f"{description} " in last
+        assert re.search(r" 200/200 \d+:\d\d:\d\d eta \d+:\d\d:\d\d loss 0\.0316 · 2\.61 it/s", last), last
 
 
 def test_trigger_token_flag_replaces_the_analysis_token_in_the_captions(references, tmp_path, monkeypatch):

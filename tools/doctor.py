@@ -217,8 +217,8 @@ def check_models(settings: Settings) -> list[CheckResult]:
             results.append(CheckResult(name, OK, f"{model_id} ({'local path' if where == 'local' else 'in the HF cache'})"))
             continue
         fix = model_fix(model_id, setting)
-        if settings.profile == "tiny":
-            results.append(CheckResult(name, INFO, f"{model_id} missing — not needed with --profile tiny", fix))
+        if settings.profile == "tiny":  # nothing to fix: how to get it is for `aldar doctor --profile sdxl`
+            results.append(CheckResult(name, INFO, f"{model_id} missing — not needed with --profile tiny"))
         elif needed:
             results.append(CheckResult(name, FAIL, f"{model_id} is neither a local path nor in the HF cache",
                                        fix + "; or run offline with --profile tiny"))
@@ -269,14 +269,16 @@ def check_tiny_build(settings: Settings) -> list[CheckResult]:
 
 
 def check_references(settings: Settings) -> list[CheckResult]:
-    from tools.images import list_images, load_image
+    from tools.images import list_images, load_image, skipped_note
 
     folder = Path(settings.references)
     files = list_images(folder)  # InputError → fail with its fix
     sizes = set()
     for path in files:
         sizes.add("x".join(map(str, load_image(path).size)))
-    return [CheckResult("references", OK, f"{len(files)} images in {folder} ({', '.join(sorted(sizes))})")]
+    skipped = skipped_note(folder)
+    return [CheckResult("references", OK, f"{len(files)} images in {folder} ({', '.join(sorted(sizes))})"),
+            *([CheckResult("references: skipped", INFO, skipped)] if skipped else [])]
 
 
 def check_taxonomy(settings: Settings) -> list[CheckResult]:

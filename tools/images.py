@@ -4,6 +4,7 @@ unusable files rejected with the file named and the fix given."""
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,10 @@ from tools.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MIN_SIDE = 64
+# Larger pictures are refused from their header, before decoding: 64 megapixels (8192 x 8192) hold an
+# 8K frame or a 60-megapixel photo, take ~200 MB as RGB and far more while converting, and nothing aldar
+# does uses more than 1024 px a side. PIL's own bomb check stops only at ~179 megapixels.
+MAX_PIXELS = 64_000_000
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -23,7 +28,15 @@ def load_image(path: str | Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise InputError(f"image {path} is an empty (zero-byte) file", "replace it with a real image or remove it")
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():  # PIL warns from 89 megapixels; MAX_PIXELS, lower, refuses in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            width, height = opened.size  # read from the header: nothing is decoded yet
+            if width * height > MAX_PIXELS:
+                raise InputError(f"image {path} is {width}x{height} ({width * height / 1e6:.0f} megapixels), over "
+                                 f"the {MAX_PIXELS // 1_000_000}-megapixel limit",
+                                 "downscale it (1024-2048 px per side is plenty) and try again")
             opened.load()  # forces a full decode: truncated files fail here, not later
             image = ImageOps.exif_transpose(opened)
             image = _to_rgb(image)
@@ -73,6 +86,25 @@ def list_images(folder: str | Path, what: str = "references") -> list[Path]:
         raise InputError(f"{what} folder {folder} holds no png/jpg/webp images",
                          f"put images of the character there or pass another --{what} DIR")
     return files
+
+
+def skipped_note(folder: str | Path, what: str = "references", shown: int = 5) -> str:
+    """One line naming the files of ``folder`` that ``list_images`` leaves out (notes, PDFs, .gif/.tiff
+    pictures), or '' when there are none: a picture in another format must not vanish in silence. The files
+    a references folder holds by design are not named: hidden files, the taxonomy.json it may carry, a
+    README, and everything beside the bundled example's pictures (its drawing script)."""
+    from tools.settings import BUNDLED_REFERENCES
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir() or folder.resolve() == BUNDLED_REFERENCES.resolve():
+        return ""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
+                   and not p.name.startswith(".") and p.name != "taxonomy.json"
+                   and not p.name.upper().startswith("README"))
+    if not names:
+        return ""
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    return (f"{what} folder {folder}: skipped {len(names)} file(s) that are not png/jpg/webp images: {listed}")
 
 
 def file_sha256(path: str | Path) -> str:

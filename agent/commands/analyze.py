@@ -32,10 +32,13 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from rich.markup import escape
 
     from agent import render
+    from tools.images import skipped_note
     from tools.models import resolve_profile
     from tools.scoring.analyzer import analyze_references
 
     profile = resolve_profile(settings)
+    if skipped := skipped_note(settings.references):
+        ui.warn_once(skipped)
     analysis = analyze_references(Path(settings.references), profile, settings.taxonomy_path(),
                                   settings.trigger_token, settings.character_name, Path(settings.analysis_path),
                                   use_cache=not args.no_cache)

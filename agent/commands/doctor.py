@@ -30,11 +30,14 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     # Details hold paths and error texts: escape them so rich never reads "[...]" as markup.
     rows = [[escape(r.name), _STATUS_STYLE.get(r.status, r.status), escape(r.detail)] for r in results]
     ui.table(f"aldar doctor — profile {settings.profile}", ["check", "status", "detail"], rows)
-    # Fixes go below the table as whole lines: a table column would cut model ids and commands short.
-    to_fix = [r for r in results if r.fix and r.status != OK]
-    if to_fix:
-        ui.info("[bold]how to fix[/bold]")
-        for r in sorted(to_fix, key=lambda r: [FAIL, WARN, INFO].index(r.status) if r.status in (FAIL, WARN, INFO) else 3):
+    # Fixes go below the table as whole lines: a table column would cut model ids and commands short. What is
+    # missing (fail, warn) comes under "how to fix", one line each, so the count in the last line is what it lists;
+    # an info line's advice is not a missing item and comes apart.
+    for heading, statuses in (("how to fix", (FAIL, WARN)), ("good to know", (INFO,))):
+        lines = [r for status in statuses for r in results if r.status == status and r.fix]
+        if lines:
+            ui.info(f"[bold]{heading}[/bold]")
+        for r in lines:
             ui.info(f"  {_STATUS_STYLE.get(r.status, r.status)} {escape(r.name)}: {escape(r.fix)}")
     failed = [r for r in results if r.status == FAIL]
     warnings = sum(r.status == WARN for r in results)

@@ -56,9 +56,16 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         done = len(session.history())
         ui.info(f"results: {session.store.root} · decider: {decider.name} · rounds: {rounds}"
                 + (f" ({done} already finished)" if done else ""))
-        session.run_rounds(rounds, decider, on_round=lambda record: render.show(ui, render.record_scores(record)))
+        session.run_rounds(rounds, decider, on_round=lambda record: render.show(
+            ui, render.record_scores(record, previous=_before(session.history(), record))))
         show_summary(session, ui)
     return 0
+
+
+def _before(history: list[dict], record: dict) -> dict | None:
+    """The round recorded just before ``record`` (its prompt is what the round's prompt changed from)."""
+    earlier = [r for r in history if r.get("round", 0) < record.get("round", 0)]
+    return earlier[-1] if earlier else None
 
 
 def _names(value) -> list[str]:

@@ -98,7 +98,7 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dic
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from agent import render
-    from tools.images import list_images
+    from tools.images import list_images, skipped_note
     from tools.models import resolve_profile
     from tools.scoring.analyzer import load_image_set
     from tools.scoring.scorer import build_feedback, check_output_folder, score_generators, write_results
@@ -107,6 +107,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     # Every input is checked before any model work or any file is written.
     image_sets: dict[str, ImageSet] = {name: load_image_set(paths) for name, paths in groups.items()}
     list_images(settings.references, "references")
+    if skipped := skipped_note(settings.references):
+        ui.warn_once(skipped)
     check_output_folder(settings.output_dir)
     profile = resolve_profile(settings)
     analysis = ensure_analysis(settings, profile, not args.no_cache, ui)

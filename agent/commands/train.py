@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from rich.markup import escape
 
     from tools.generation.sampling import SamplingSpec
-    from tools.images import list_images
+    from tools.images import list_images, skipped_note
     from tools.models import resolve_profile
     from tools.training.lora_files import latest_checkpoint
     from tools.training.trainer import train_lora
@@ -96,6 +96,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     # validation images at the guidance and negative prompt `aldar generate` will use
     config = config.judged_as_drawn(SamplingSpec.from_settings(settings))
     images = list_images(Path(settings.references))
+    if skipped := skipped_note(settings.references):
+        ui.warn_once(skipped)
     captions = analysis.get("captions") or {}
     fallback = f"{config.trigger_token}, {settings.character_name}"
     dataset = [(path, _with_trigger(captions.get(path.name), analysis.get("trigger_token"), config.trigger_token)
@@ -125,10 +127,12 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         return 130
     ui.table("LoRA training", ["", ""], [
         ["steps", result.steps], ["final loss (moving average)", result.final_loss],
-        ["diffusers LoRA", result.lora_path], ["kohya / A1111 / ComfyUI LoRA", result.kohya_path],
-        ["loss curve", result.loss_curve], ["checkpoints", len(result.checkpoints)],
+        ["checkpoints", len(result.checkpoints)],
         ["LoRA from", f"step {result.chosen_checkpoint['step']}: {result.chosen_checkpoint['why']}"]])
-    ui.success(f"LoRA saved to {result.lora_path}")
+    # The files under the table, one line each: a table cell cuts a long path, and a path must copy whole.
+    ui.paths([("diffusers LoRA", result.lora_path), ("kohya / A1111 / ComfyUI LoRA", result.kohya_path),
+              ("loss curve", result.loss_curve)])
+    ui.success(f"LoRA saved to {escape(str(result.lora_path))}")
     return 0
 
 

@@ -55,8 +55,8 @@ def configured_providers(settings: Settings, names: list[str]) -> tuple[list[Ima
         cls = PROVIDERS[name]
         key = api_key(cls.key_env)
         if key is None:
-            where = f" (get one at {cls.signup_url})" if cls.signup_url else ""
-            skipped.append(f"{name}: skipped — {cls.key_env} is not set (add it to .env){where}")
+            where = f"; get one at {cls.signup_url}" if cls.signup_url else ""
+            skipped.append(f"{name}: skipped — {cls.key_env} is not set (add it to .env{where})")
             continue
         ready.append(cls.from_settings(settings, key))
     return ready, skipped
