@@ -47,3 +47,15 @@ class TrainingError(AldarError):
 
 class BusyError(AldarError):
     """Another process holds the results folder."""
+
+
+class StorageError(AldarError, OSError):
+    """A file or folder could not be written or read: no space, a file where a folder belongs, no permission.
+
+    Also an ``OSError``, so best-effort writers that catch ``OSError`` (caches) keep going as before;
+    ``errno`` is the original one. Built by ``tools.atomic.storage_error``.
+    """
+
+    def __init__(self, problem: str, fix: str = "", errno: int | None = None) -> None:
+        super().__init__(problem, fix)
+        self.errno = errno
