@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Sequence
 
+from agent.termination import interrupt_on_termination, interrupted_exit_code, terminated_by
+from tools.atomic import DISK_FULL_ERRNOS, storage_error
 from tools.errors import AldarError
 from tools.secrets import install_log_redaction, load_dotenv
 from tools.settings import Settings, load_settings, unknown_environment_names
@@ -148,6 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ui = UI(assume_yes=bool(getattr(args, "yes", False)), quiet=bool(getattr(args, "quiet", False)))
     for line in unknown_environment_names():
         ui.warn(line)
+    with interrupt_on_termination():
+        code = run_command(args, ui)
+    # A command that caught the interrupt itself (the chat) still ends as the signal asked.
+    return interrupted_exit_code() if terminated_by() else code
+
+
+def run_command(args: argparse.Namespace, ui) -> int:
+    """The command's exit code; every error a user can meet ends as one line."""
     try:
         settings = settings_from_args(args)
         if settings.is_tiny:
@@ -157,9 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AldarError as error:
         ui.error(str(error))
         return error.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: the trainer checkpointed the step it reached
         ui.warn("interrupted — finished work is saved; rerun the same command to resume")
-        return 130
+        return interrupted_exit_code()
+    except (OSError, RuntimeError) as exc:
+        # The last net for a full disk met outside the atomic writers (a library's own cache, a log).
+        error = storage_error(exc, getattr(exc, "filename", None) or os.getcwd())
+        if error is None or error.errno not in DISK_FULL_ERRNOS:
+            raise
+        ui.error(str(error))
+        return error.exit_code
 
 
 if __name__ == "__main__":

@@ -168,3 +168,58 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_fix(tmp_path, failure
     assert re.search(r"^no space left on /\S*( \([\d.]+ MB free\))?: writing .*training_state\.pt — free at least "
                      r"\d+ MB there and rerun \(finished rounds are kept\), or pass --output-dir DIR", message), message
     assert not any(target.parent.iterdir()), "the partial file is removed"
+
+
+def test_a_full_disk_met_outside_the_writers_is_one_line(tmp_path, references_dir, capsys, monkeypatch):
+    import agent.commands.run as run_command
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results" / "log.txt"))
+
+    monkeypatch.setattr(run_command, "run", full)
+    line = one_line_error(*run_cli(capsys, *tiny_run(tmp_path, references_dir)))
+    assert line.startswith("error: no space left on /") and "log.txt" in line and "--output-dir" in line
+
+
+# ----------------------------------------------------------------------------- 5: SIGTERM, SIGHUP
+# `aldar train` that sends itself the signal right after a given optimizer step: the same point on any machine.
+SIGNALLED_AT_STEP = textwrap.dedent("""
+    import os, signal, sys
+    import tools.training.trainer as trainer
+
+    step_then_signal = trainer._Run._optimizer_step
+    at_step, signum = int(sys.argv[1]), getattr(signal, sys.argv[2])
+
+    def optimizer_step(self):
+        step_then_signal(self)
+        if self.step == at_step:
+            os.kill(os.getpid(), signum)
+
+    trainer._Run._optimizer_step = optimizer_step
+    from agent.cli import main
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_and_sighup_checkpoint_the_step_reached_as_ctrl_c_does(tmp_path, references_dir, signame, code):
+    run_dir = tmp_path / "run"
+    argv = ["train", "--profile", "tiny", "--references", str(references_dir), "--steps", "30",
+            "--checkpoint-every", "10", "--validation-images", "0", "--run-dir", str(run_dir), "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT),
+           "ALDAR_ANALYSIS_PATH": str(tmp_path / "analysis.json")}
+    result = subprocess.run([sys.executable, "-c", SIGNALLED_AT_STEP, "13", signame, *argv], cwd=tmp_path, env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)  # a hang guard
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output[-3000:]
+    assert "Traceback" not in output
+    assert "interrupted at step 13/30; checkpoint saved in" in " ".join(output.split())  # as after Ctrl-C
+    checkpoints = sorted(p.name for p in run_dir.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-000010", "checkpoint-000013"]  # the step reached, past the periodic one
+
+
+def test_termination_handlers_are_restored_after_a_command(capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    main(["doctor", "--profile", "tiny"])
+    capsys.readouterr()
+    assert signal.getsignal(signal.SIGTERM) is before
