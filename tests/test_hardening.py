@@ -223,3 +223,46 @@ def test_termination_handlers_are_restored_after_a_command(capsys):
     main(["doctor", "--profile", "tiny"])
     capsys.readouterr()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ----------------------------------------------------------------------------- 6: keys only over TLS
+@pytest.mark.parametrize("url, words", [
+    ("http://169.254.169.254", "an API key would travel over plain http to another machine"),
+    ("http://user:s3cretpw@10.0.0.1:8080", "it holds credentials"),
+    ("ftp://files.example.com", "neither https nor http"),
+])
+def test_a_provider_url_that_would_expose_the_key_is_refused_before_connecting(tmp_path, capsys, monkeypatch,
+                                                                               url, words):
+    monkeypatch.setenv("ALDAR_DEEPAI_BASE_URL", url)
+    monkeypatch.setenv("DEEPAI_API_KEY", "sk-deepai-secret-1234")
+    line = one_line_error(*run_cli(capsys, "generate", "--profile", "tiny", "--provider", "deepai",
+                                   "--prompt", "a cat", "--output-dir", str(tmp_path / "out")))
+    assert "deepai_base_url (ALDAR_DEEPAI_BASE_URL) is" in line and words in line and "https://" in line
+    assert "s3cretpw" not in line and "sk-deepai" not in line  # neither credentials nor the key
+
+
+def test_the_llm_url_that_would_expose_the_key_is_refused(monkeypatch):
+    from agent.llm_client import make_client
+    from tools.settings import load_settings
+
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-secret-1234")
+    settings = load_settings(overrides={"llm_base_url": "http://169.254.169.254/v1"}, environ={})
+    with pytest.raises(ConfigError, match=r"the LLM base URL \(llm_base_url.*\) is http://169\.254\.169\.254/v1: "
+                                          r"an API key would travel over plain http"):
+        make_client(settings)
+
+
+@pytest.mark.parametrize("url", ["https://api.deepai.org", "http://127.0.0.1:8080/v1", "http://localhost:11434/v1",
+                                 "http://127.3.2.1", "http://[::1]:8000"])
+def test_tls_and_this_machine_are_allowed(url):
+    from tools.urls import check_key_url
+
+    check_key_url(url, "deepai_base_url")
+
+
+def test_doctor_shows_the_url_check(capsys, monkeypatch):
+    monkeypatch.setenv("ALDAR_FREEPIK_BASE_URL", "http://10.0.0.5")
+    code, output = run_cli(capsys, "doctor", "--profile", "tiny")
+    text = " ".join(output.split())
+    assert "deepai_base_url URL │ ok │ https://api.deepai.org — keys go over TLS" in text
+    assert re.search(r"freepik_base_url URL │ warn │ http://10\.0\.0\.5: an API key would travel", text)
