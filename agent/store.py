@@ -31,6 +31,8 @@ from tools.timestamps import iso_timestamp, timestamp
 HISTORY_FILE = "training_history.json"
 LOCK_FILE = ".aldar.lock"
 HISTORY_VERSION = 1
+# What makes two rounds comparable, and a checkpoint resumable: the same models.
+MODEL_KEYS = ("profile", "base_model", "clip_model")
 # Where only a lock holder writes. comparisons/, feedback/, runs/train_*/ and stories/ also take files
 # from `aldar generate`, `score`, `train` and `story`, which run without the lock: a staging file there
 # may belong to a live writer, and deleting it would crash that writer's rename.
@@ -181,7 +183,8 @@ def peek_history(root: str | Path) -> dict[str, Any]:
         data = {"rounds": data}
     if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
         data = {}
-    return {"rounds": data.get("rounds") or [], "in_progress": data.get("in_progress")}
+    return {"rounds": data.get("rounds") or [], "in_progress": data.get("in_progress"),
+            "profile": data.get("profile") if isinstance(data.get("profile"), dict) else {}}
 
 
 class RunStore:
@@ -233,6 +236,9 @@ class RunStore:
             data.setdefault(key, None)
         return data
 
+    def _damaged(self, what: str, fix: str) -> InputError:
+        return InputError(f"history is damaged — {self.history_path}: {what}", fix)
+
     @property
     def data(self) -> dict[str, Any]:
         return self._history
@@ -270,6 +276,25 @@ class RunStore:
         self._history["rounds"] = rounds
         self._history["in_progress"] = None
         self.save()
+
+    def discard_round_of_other_models(self) -> str:
+        """With no finished round yet, a round in progress that other models started (a failed sdxl run,
+        then ``--profile tiny``) is dropped and the history takes the current models: its parameters
+        belong to those models. Returns why, for one info line, or '' when nothing was dropped. (With
+        finished rounds the session refuses other models outright.)"""
+        saved = self._history.get("profile") or {}
+        changed = [key for key in MODEL_KEYS if saved.get(key) != self.profile.get(key)]
+        if self.rounds or not saved or not changed:
+            return ""
+        dropped = self._history.get("in_progress")
+        self._history["profile"] = self.profile
+        self._history["in_progress"] = None
+        self.save()
+        if not dropped:
+            return ""
+        detail = ", ".join(f"{key} {saved.get(key)!r} → {self.profile.get(key)!r}" for key in changed)
+        return (f"round {dropped.get('round')} was started with other models ({detail}); it is discarded "
+                f"and starts afresh with this profile's parameters")
 
     def amend_next_params(self, next_params: dict[str, Any], change: dict[str, Any]) -> None:
         """Between rounds: the last record's ``next_params`` become ``next_params``; ``change``

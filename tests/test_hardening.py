@@ -266,3 +266,23 @@ def test_doctor_shows_the_url_check(capsys, monkeypatch):
     text = " ".join(output.split())
     assert "deepai_base_url URL │ ok │ https://api.deepai.org — keys go over TLS" in text
     assert re.search(r"freepik_base_url URL │ warn │ http://10\.0\.0\.5: an API key would travel", text)
+
+
+# ----------------------------------------------------------------------------- 7: sdxl's round in a tiny run
+def test_a_round_started_by_other_models_is_discarded_not_resumed(tiny_settings):
+    sdxl = {"profile": "sdxl", "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
+            "clip_model": "openai/clip-vit-large-patch14", "device": "cpu", "dtype": "fp32"}
+    sdxl_params = {"steps": 1500, "learning_rate": 1e-4, "rank": 32, "resolution": 1024}
+    write_history(Path(tiny_settings.output_dir),
+                  {"version": 1, "profile": sdxl, "rounds": [], "best_round": None,
+                   "in_progress": {"round": 1, "stage": "train", "started_at": "x", "params": sdxl_params}})
+    notices: list[str] = []
+    with Session(tiny_settings, quiet=True, events=SessionEvents(on_notice=notices.append)) as session:
+        assert session.params == session.default_params and session.params["resolution"] != 1024
+        assert session.store.data["in_progress"] is None and session.store.data["profile"]["profile"] == "tiny"
+    assert len(notices) == 1 and notices[0].startswith("round 1 was started with other models (profile 'sdxl' → "
+                                                       "'tiny'") and "discarded" in notices[0]
+    # Saved: the next run neither resumes it nor refuses the folder as another profile's.
+    with Session(tiny_settings, quiet=True, events=SessionEvents(on_notice=notices.append)) as session:
+        assert session.params == session.default_params
+    assert len(notices) == 1
