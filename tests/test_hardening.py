@@ -286,3 +286,20 @@ def test_a_round_started_by_other_models_is_discarded_not_resumed(tiny_settings)
     with Session(tiny_settings, quiet=True, events=SessionEvents(on_notice=notices.append)) as session:
         assert session.params == session.default_params
     assert len(notices) == 1
+
+
+# ----------------------------------------------------------------------------- 8: the README's variable
+def test_known_variables_that_are_not_settings_are_not_warned_about():
+    assert unknown_environment_names({"ALDAR_SKIP_BROWSER": "1", "ALDAR_CACHE": "/c", "ALDAR_CONFIG": "a"}) == []
+    assert unknown_environment_names({"ALDAR_SKIP_BROWSR": "1"})  # a typo still is
+
+
+def test_every_aldar_variable_the_code_reads_is_a_setting_or_listed():
+    settings = {"ALDAR_" + name.upper() for name in Settings.__dataclass_fields__}
+    read = set()
+    for path in [*PROJECT.glob("agent/**/*.py"), *PROJECT.glob("tools/**/*.py"), *PROJECT.glob("tests/*.py"),
+                 *PROJECT.glob("bench/*.py"), PROJECT / "README.md"]:
+        read |= set(re.findall(r"(?:environ(?:\.get)?\(|environ\[|getenv\()[\"'](ALDAR_[A-Z_]+)[\"']",
+                               path.read_text(encoding="utf-8")))
+    readme = set(re.findall(r"`(ALDAR_[A-Z_]+)=", (PROJECT / "README.md").read_text(encoding="utf-8")))
+    assert read | readme <= settings | set(OTHER_ENV_NAMES), (read | readme) - settings - set(OTHER_ENV_NAMES)
