@@ -11,10 +11,11 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from agent.termination import interrupt_on_termination, interrupted_exit_code, terminated_by
-from tools.atomic import DISK_FULL_ERRNOS, storage_error
+from tools.atomic import disk_full_error, says_disk_full
 from tools.errors import AldarError
 from tools.secrets import install_log_redaction, load_dotenv
 from tools.settings import Settings, load_settings, unknown_environment_names
@@ -172,9 +173,9 @@ def run_command(args: argparse.Namespace, ui) -> int:
         return interrupted_exit_code()
     except (OSError, RuntimeError) as exc:
         # The last net for a full disk met outside the atomic writers (a library's own cache, a log).
-        error = storage_error(exc, getattr(exc, "filename", None) or os.getcwd())
-        if error is None or error.errno not in DISK_FULL_ERRNOS:
+        if not says_disk_full(exc):
             raise
+        error = disk_full_error(Path(getattr(exc, "filename", None) or os.getcwd()))
         ui.error(str(error))
         return error.exit_code
 

@@ -170,6 +170,20 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_fix(tmp_path, failure
     assert not any(target.parent.iterdir()), "the partial file is removed"
 
 
+@pytest.mark.parametrize("free_mb, full", [(0.5, True), (500, False)])
+def test_a_writer_failing_in_its_own_words_on_a_nearly_full_disk_is_a_full_disk(tmp_path, monkeypatch, free_mb, full):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=int(free_mb * 2**20)))
+
+    def torch_save(tmp: Path) -> None:  # torch.save's second message on a 3 MB tmpfs: no errno, no "space"
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 724672 vs 724564")
+
+    with pytest.raises(StorageError if full else RuntimeError, match="no space left on" if full else "unexpected"):
+        atomic_write(tmp_path / "training_state.pt", torch_save)
+
+
 def test_a_full_disk_met_outside_the_writers_is_one_line(tmp_path, references_dir, capsys, monkeypatch):
     import agent.commands.run as run_command
 

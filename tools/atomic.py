@@ -49,26 +49,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=STAGING_SUFFIX, dir=target.parent)
         os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+    tmp = Path(tmp_name)
+    try:
+        with writing(target):  # inside: a full disk is recognised while the partial file still fills it
             write(tmp)
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             # mkstemp makes it 0600 (and some writers replace the file): users share LoRAs and reports.
             os.chmod(tmp, 0o666 & ~current_umask())
             os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 
 # --------------------------------------------------------------------- file-system errors as one line
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # Writers in other libraries report a full disk in their own words, without an errno: torch.save
-# ("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file ...: file write failed")
-# and safetensors (an IoError with "code: 28" / StorageFull).
+# ("[enforce fail at inline_container.cc:672] ... file write failed", "... unexpected pos 724672 vs 724564",
+# "basic_ios::clear: iostream error") and safetensors (an IoError with "code: 28" / StorageFull).
 _DISK_FULL_WORDS = ("No space left on device", "file write failed", "StorageFull", "code: 28", "Disk quota exceeded")
+# Their words vary with the version and with where the write stopped, so a writer's failure that is no OSError
+# also counts as a full disk when the disk has less than this left (a checkpoint of the tiny profile is ~1 MB).
+NEARLY_FULL_BYTES = 16 * 2**20
 _MB = 2**20
 
 
@@ -92,8 +96,8 @@ def storage_error(exc: BaseException, target: str | os.PathLike, what: str = "")
     """The one-line error for a file-system failure while writing ``target``, or None when ``exc`` is none."""
     target = Path(target)
     code = exc.errno if isinstance(exc, OSError) else None
-    if code in DISK_FULL_ERRNOS or (code is None and any(word in str(exc) for word in _DISK_FULL_WORDS)):
-        return disk_full_error(target, what, code or errno.ENOSPC)
+    if says_disk_full(exc) or (code is None and _nearly_full(target)):
+        return disk_full_error(target, what, code if code in DISK_FULL_ERRNOS else errno.ENOSPC)
     if not isinstance(exc, OSError):
         return None
     if code == errno.EISDIR or (code in (errno.EEXIST, errno.EPERM) and target.is_dir() and not target.is_symlink()):
@@ -113,6 +117,13 @@ def storage_error(exc: BaseException, target: str | os.PathLike, what: str = "")
                         "--output-dir DIR", code)
 
 
+def says_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` itself says the disk is full (its errno, or a library's words for it)."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    return any(word in str(exc) for word in _DISK_FULL_WORDS)
+
+
 def disk_full_error(target: Path, what: str = "", code: int = errno.ENOSPC) -> StorageError:
     """"no space left on <folder>: writing <what> — free N MB or pass --output-dir". N: what a file of this
     kind already on that disk takes (a checkpoint is as big as the last one), at least 1 MB."""
@@ -125,6 +136,13 @@ def disk_full_error(target: Path, what: str = "", code: int = errno.ENOSPC) -> S
     return StorageError(f"no space left on {_mount_point(folder)}{free}: writing {what or target}",
                         f"free at least {needed} MB there and rerun (finished rounds are kept), or pass "
                         "--output-dir DIR on another disk", code)
+
+
+def _nearly_full(target: Path) -> bool:
+    try:
+        return shutil.disk_usage(_existing_folder(target)).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def _existing_folder(path: Path) -> Path:
