@@ -523,7 +523,8 @@ def planned_params(settings: Settings) -> dict:
     stand_in = ModelProfile(settings.profile, settings.base_model, settings.clip_model, "cpu", "fp32", settings.seed)
     history = peek_history(settings.output_dir)
     if history["profile"].get("profile", settings.profile) != settings.profile:
-        history["in_progress"] = None  # another profile's round: the session discards it (discard_round_of_other_models)
+        # another profile's round: the session will discard it (RunStore.discard_round_of_other_models)
+        history["in_progress"] = None
     return starting_params(history, default_params(stand_in))
 
 

@@ -173,8 +173,8 @@ def _now() -> str:
 
 def peek_history(root: str | Path) -> dict[str, Any]:
     """The history in ``root`` read without taking the lock (what the chat shows before it opens the
-    folder): ``{"rounds": [...], "in_progress": ... | None, "profile": {...}}``. The file is replaced by rename, so a read
-    sees a whole version; a missing or unreadable history reads as no rounds."""
+    folder): ``{"rounds": [...], "in_progress": ... | None, "profile": {...}}``. The file is replaced by
+    rename, so a read sees a whole version; a missing or unreadable history reads as no rounds."""
     try:
         data = read_json(Path(root) / HISTORY_FILE)
     except (OSError, ValueError):

@@ -317,3 +317,23 @@ def test_every_aldar_variable_the_code_reads_is_a_setting_or_listed():
                                path.read_text(encoding="utf-8")))
     readme = set(re.findall(r"`(ALDAR_[A-Z_]+)=", (PROJECT / "README.md").read_text(encoding="utf-8")))
     assert read | readme <= settings | set(OTHER_ENV_NAMES), (read | readme) - settings - set(OTHER_ENV_NAMES)
+
+
+# ----------------------------------------------------------------------------- 9: the fault campaign
+def test_fault_campaign_file_system_cases(tmp_path, monkeypatch):
+    """bench/fault_campaign.py's file-system cases on a made-up finished round (its disk-full and signal cases
+    train, minutes on two cores: run the script for those), so the campaign cannot rot unnoticed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fault_campaign", PROJECT / "bench" / "fault_campaign.py")
+    campaign = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, campaign)  # its dataclasses look their module up there
+    spec.loader.exec_module(campaign)
+    seed = campaign.fabricated_seed(tmp_path / "seed")
+    lines: list[str] = []
+    outcomes = campaign.run_campaign(tmp_path / "work", campaign.FILE_SYSTEM_CASES, nesting=NESTING, seed=seed,
+                                     show=lines.append)
+    assert [o.problem for o in outcomes] == [""] * len(campaign.FILE_SYSTEM_CASES), "\n".join(lines)
+    ran = sum(not o.skipped for o in outcomes)  # chattr +i needs root and a file system that has it
+    assert ran >= len(campaign.FILE_SYSTEM_CASES) - 1
+    assert campaign.summary(outcomes) == f"{ran} cases, 0 tracebacks, 0 finished rounds lost"

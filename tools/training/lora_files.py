@@ -78,7 +78,8 @@ def save_diffusers_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tenso
     staging = staging_dir(path)
     try:
         with writing(path):
-            StableDiffusionXLPipeline.save_lora_weights(staging, weight_name=path.name, safe_serialization=True, **kwargs)
+            StableDiffusionXLPipeline.save_lora_weights(staging, weight_name=path.name, safe_serialization=True,
+                                                        **kwargs)
             _fsync(staging / path.name)
             os.chmod(staging / path.name, 0o666 & ~current_umask())  # safetensors writes 0600
             os.replace(staging / path.name, path)
