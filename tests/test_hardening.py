@@ -19,7 +19,7 @@ import pytest
 from agent.cli import main
 from agent.session import Session, SessionEvents
 from tools.atomic import atomic_write, atomic_write_text
-from tools.errors import ConfigError, StorageError
+from tools.errors import InsecureUrlError, StorageError
 from tools.settings import OTHER_ENV_NAMES, Settings, unknown_environment_names
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -261,9 +261,19 @@ def test_the_llm_url_that_would_expose_the_key_is_refused(monkeypatch):
 
     monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-secret-1234")
     settings = load_settings(overrides={"llm_base_url": "http://169.254.169.254/v1"}, environ={})
-    with pytest.raises(ConfigError, match=r"the LLM base URL \(llm_base_url.*\) is http://169\.254\.169\.254/v1: "
+    with pytest.raises(InsecureUrlError, match=r"the LLM base URL \(llm_base_url.*\) is http://169\.254\.169\.254/v1: "
                                           r"an API key would travel over plain http"):
         make_client(settings)
+
+
+def test_aldar_run_refuses_the_llm_url_instead_of_falling_back_to_the_rule_policy(tmp_path, references_dir, capsys,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-secret-1234")
+    monkeypatch.setenv("ALDAR_LLM_BASE_URL", "http://169.254.169.254/v1")
+    argv = [word for word in tiny_run(tmp_path, references_dir) if word != "--no-llm"]
+    line = one_line_error(*run_cli(capsys, *argv))
+    assert "the LLM base URL (llm_base_url / ALDAR_LLM_BASE_URL, or OPENAI_BASE_URL) is http://169.254.169.254/v1" in line
+    assert not (tmp_path / "results" / "runs").exists()  # refused before the first round
 
 
 @pytest.mark.parametrize("url", ["https://api.deepai.org", "http://127.0.0.1:8080/v1", "http://localhost:11434/v1",

@@ -29,6 +29,10 @@ class ConfigError(AldarError):
     """``aldar.toml``, an environment variable or a flag holds a bad setting."""
 
 
+class InsecureUrlError(ConfigError):
+    """A base URL an API key would be sent to in clear text (or with credentials in it): never a fallback."""
+
+
 class ResumeMismatchError(ConfigError):
     """A run folder's checkpoint was made with other settings or images, so it cannot be continued."""
 

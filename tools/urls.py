@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from tools.errors import ConfigError
+from tools.errors import InsecureUrlError
 
 LOOPBACK_NAMES = ("localhost",)
 FIX = ("use an https:// URL; plain http:// only to this machine (localhost, 127.0.0.1, ::1), "
@@ -57,7 +57,7 @@ def shown_url(url: str) -> str:
 
 
 def check_key_url(url: str, setting: str) -> None:
-    """Raise ``ConfigError`` naming ``setting`` when a key must not be sent to ``url``."""
+    """Raise ``InsecureUrlError`` naming ``setting`` when a key must not be sent to ``url``."""
     problem = key_url_problem(url)
     if problem:
-        raise ConfigError(f"{setting} is {shown_url(url)}: {problem}", FIX)
+        raise InsecureUrlError(f"{setting} is {shown_url(url)}: {problem}", FIX)
