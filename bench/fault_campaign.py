@@ -466,8 +466,12 @@ def make_seed(c: Campaign) -> str:
     return ""
 
 
+def print_now(line: str) -> None:
+    print(line, flush=True)  # a row as its case ends, also when the output goes to a file
+
+
 def run_campaign(work: Path, cases: list[Case], *, nesting: int = NESTING, seed: Path | None = None,
-                 show: Callable[[str], None] = print) -> list[Outcome]:
+                 show: Callable[[str], None] = print_now) -> list[Outcome]:
     """Run ``cases`` in ``work``; ``seed`` (a results folder with a finished round) spares making one."""
     c = Campaign(work, nesting)
     shutil.copytree(PROJECT / "examples" / "aldar_kose", c.references)
@@ -518,7 +522,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="aldar-faults-") as temporary:
         work = Path(args.keep) if args.keep else Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        print(f"{'case':<40} {'rc (want)':>10} {'trace':>5} {'lost':>4} {'secs':>6}  result / message")
+        print_now(f"{'case':<40} {'rc (want)':>10} {'trace':>5} {'lost':>4} {'secs':>6}  result / message")
         outcomes = run_campaign(work, cases)
     skipped = [o for o in outcomes if o.skipped]
     if skipped:
