@@ -11,8 +11,11 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
+from agent.termination import interrupt_on_termination, interrupted_exit_code, terminated_by
+from tools.atomic import disk_full_error, says_disk_full
 from tools.errors import AldarError
 from tools.secrets import install_log_redaction, load_dotenv
 from tools.settings import Settings, load_settings, unknown_environment_names
@@ -162,6 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ui = UI(assume_yes=bool(getattr(args, "yes", False)), quiet=bool(getattr(args, "quiet", False)))
     for line in unknown_environment_names():
         ui.warn(line)
+    with interrupt_on_termination():
+        code = run_command(args, ui)
+    # A command that caught the interrupt itself (the chat) still ends as the signal asked.
+    return interrupted_exit_code() if terminated_by() else code
+
+
+def run_command(args: argparse.Namespace, ui) -> int:
+    """The command's exit code; every error a user can meet ends as one line."""
     try:
         settings = settings_from_args(args)
         if settings.is_tiny:
@@ -173,9 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ui.error(escape(str(error)))
         return error.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: the trainer checkpointed the step it reached
         ui.warn("interrupted — finished work is saved; rerun the same command to resume")
-        return 130
+        return interrupted_exit_code()
+    except (OSError, RuntimeError) as exc:
+        # The last net for a full disk met outside the atomic writers (a library's own cache, a log).
+        if not says_disk_full(exc):
+            raise
+        error = disk_full_error(Path(getattr(exc, "filename", None) or os.getcwd()))
+        ui.error(str(error))
+        return error.exit_code
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from tools.errors import ConfigError, ProviderError
 from tools.secrets import api_key, mask, redact
 from tools.settings import Settings
+from tools.urls import check_key_url
 
 DEEPSEEK_DEFAULT_URL = "https://api.deepseek.com"
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
@@ -45,6 +46,7 @@ def resolve_endpoint(settings: Settings) -> tuple[str, str, str, str]:
 def make_client(settings: Settings) -> tuple[openai.OpenAI, str]:
     """An ``openai.OpenAI`` client for the configured endpoint, and the model name to ask for."""
     _, key, base_url, model = resolve_endpoint(settings)  # no key: one line, before the libraries load
+    check_key_url(base_url, "the LLM base URL (llm_base_url / ALDAR_LLM_BASE_URL, or OPENAI_BASE_URL)")
     import httpx2
     import openai
 

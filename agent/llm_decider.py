@@ -23,7 +23,7 @@ from agent.loop import ChatLoop, LoopEvents, TurnResult, Usage
 from agent.policy import RulePolicy
 from agent.prompts import decider_system_prompt
 from tools.atomic import read_json_object
-from tools.errors import AldarError
+from tools.errors import AldarError, InsecureUrlError
 from tools.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,5 +147,7 @@ def make_decider(settings: Settings, bounds: dict[str, tuple], events: LoopEvent
     """The LLM decider when a key is configured, else the rule policy (and the reason why)."""
     try:
         return LLMDecider(settings, bounds, events=events), ""
+    except InsecureUrlError:  # the user asked for that LLM: a silent switch to the rule policy would hide it
+        raise
     except AldarError as exc:
         return RulePolicy(bounds), str(exc)

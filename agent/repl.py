@@ -30,6 +30,7 @@ from agent.knobs import NAMES as KNOBS
 from agent.knobs import clamp_adjustments, knob_completions, params_text, parse_knob_arguments
 from agent.llm_tools import SessionTools, explain_features, latest_feedback
 from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
+from agent.termination import terminated_by
 from agent.ui import UI
 from tools.atomic import atomic_write_json, unused_path
 from tools.errors import AldarError, ConfigError, InputError
@@ -407,7 +408,7 @@ class Repl:
                     line = read()
                 except KeyboardInterrupt:
                     interrupts += 1
-                    if interrupts >= 2:
+                    if interrupts >= 2 or terminated_by():
                         break
                     try:
                         self.ui.info("^C again to exit")
@@ -421,6 +422,9 @@ class Repl:
                     if not self.handle(line):
                         break
                 except KeyboardInterrupt:
+                    if terminated_by():  # SIGTERM/SIGHUP: the work is saved as for Ctrl-C, and the chat ends
+                        self.ui.warn("interrupted — finished work is saved; rerun the same command to resume")
+                        break
                     self.ui.warn("cancelled — back at the prompt")
         finally:
             self.close()

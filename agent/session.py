@@ -21,7 +21,7 @@ from agent.knobs import bounds_for, clamp_adjustments, params_text
 from agent.ranking import best_round, ranked_rounds
 from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
                            SessionFeedback, TrainingCurve)
-from agent.store import RunStore
+from agent.store import MODEL_KEYS, RunStore
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
@@ -105,9 +105,12 @@ class Session:
         self.store = RunStore(settings.output_dir, self.profile.describe())
         try:
             _check_same_models(self.store, self.profile)
-        except InputError:
+            discarded = self.store.discard_round_of_other_models()
+        except BaseException:
             self.store.close()
             raise
+        if discarded:
+            _emit(self.events.on_notice, discarded)
         self.params: dict = starting_params(self.store.data, self.default_params)
         self.analysis: Analysis | None = None
         self.current: RoundState | None = None
@@ -515,7 +518,7 @@ def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
     if not store.rounds or not saved:
         return
     now = profile.describe()
-    changed = [k for k in ("profile", "base_model", "clip_model") if saved.get(k) != now[k]]
+    changed = [k for k in MODEL_KEYS if saved.get(k) != now[k]]
     if changed:
         detail = ", ".join(f"{k} {saved.get(k)!r} → {now[k]!r}" for k in changed)
         raise InputError(f"{store.root} holds rounds made with other models ({detail})",
@@ -540,7 +543,11 @@ def planned_params(settings: Settings) -> dict:
     from agent.store import peek_history
 
     stand_in = ModelProfile(settings.profile, settings.base_model, settings.clip_model, "cpu", "fp32", settings.seed)
-    return starting_params(peek_history(settings.output_dir), default_params(stand_in))
+    history = peek_history(settings.output_dir)
+    if history["profile"].get("profile", settings.profile) != settings.profile:
+        # another profile's round: the session will discard it (RunStore.discard_round_of_other_models)
+        history["in_progress"] = None
+    return starting_params(history, default_params(stand_in))
 
 
 def default_params(profile: ModelProfile) -> dict:

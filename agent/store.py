@@ -23,13 +23,16 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from tools.atomic import LEGACY_STAGING_GLOBS, atomic_write, atomic_write_json, read_json_object, staging_glob
+from tools.atomic import (LEGACY_STAGING_GLOBS, atomic_write, atomic_write_json, read_json, read_json_object,
+                          staging_glob, storage_error, writing)
 from tools.errors import BusyError, InputError
 from tools.timestamps import iso_timestamp, timestamp
 
 HISTORY_FILE = "training_history.json"
 LOCK_FILE = ".aldar.lock"
 HISTORY_VERSION = 1
+# What makes two rounds comparable, and a checkpoint resumable: the same models.
+MODEL_KEYS = ("profile", "base_model", "clip_model")
 # Where only a lock holder writes. comparisons/, feedback/, runs/train_*/ and stories/ also take files
 # from `aldar generate`, `score`, `train` and `story`, which run without the lock: a staging file there
 # may belong to a live writer, and deleting it would crash that writer's rename.
@@ -59,8 +62,9 @@ class FolderLock:
     def acquire(self) -> None:
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with writing(self.path):  # the results folder may be a file, full, or not writable
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -115,23 +119,72 @@ def remove_own_staging(root: Path) -> int:
     return removed
 
 
+# The types the code relies on in a record read from disk (None: absent in older histories, or unset).
+# Checked once here, at load, so that a hand-edited "round": "one" is named as damaged instead of
+# failing as a TypeError rounds later (agent/ranking.py sorts and compares these).
+_RECORD_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "params": (dict,), "train": (dict,), "scores": (dict,), "ranking": (list,), "decision": (dict,),
+    "next_params": (dict,), "paths": (dict,), "prompts": (list,), "skipped_competitors": (list,),
+    "timings_s": (dict,), "compute_s": (dict,), "overfitting": (dict,), "ceiling": (dict,),
+    "lora_score": (int, float), "score_gap": (int, float), "rationale": (str,), "decided_by": (str,)}
+
+
+def damaged_entry(history: dict[str, Any]) -> str:
+    """What is wrong with the first damaged entry of ``history`` (its rounds, then in_progress), or ''."""
+    for index, record in enumerate(history["rounds"]):
+        problem = _record_problem(record, _RECORD_FIELD_TYPES)
+        if problem:
+            return f"round entry {index + 1} of 'rounds' {problem}"
+    in_progress = history.get("in_progress")
+    if in_progress is not None:
+        problem = _record_problem(in_progress, {"params": (dict,), "stage": (str,)})
+        if problem:
+            return f"'in_progress' {problem}"
+    return ""
+
+
+def _record_problem(record: Any, field_types: dict[str, tuple[type, ...]]) -> str:
+    if not isinstance(record, dict):
+        return f"is {_json_type(record)}, not an object"
+    number = record.get("round")
+    if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+        return f"has 'round' {_shown(number)}, not a round number (1, 2, ...)"
+    for field, types in field_types.items():
+        value = record.get(field)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"(round {number}) has '{field}' {_shown(value)}, not {_json_type(types[0]())}"
+    return ""
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _now() -> str:
     return iso_timestamp()
 
 
 def peek_history(root: str | Path) -> dict[str, Any]:
     """The history in ``root`` read without taking the lock (what the chat shows before it opens the
-    folder): ``{"rounds": [...], "in_progress": ... | None}``. The file is replaced by rename, so a read
-    sees a whole version; a missing or unreadable history reads as no rounds."""
+    folder): ``{"rounds": [...], "in_progress": ... | None, "profile": {...}}``. The file is replaced by
+    rename, so a read sees a whole version; a missing or unreadable history reads as no rounds."""
     try:
-        data = json.loads((Path(root) / HISTORY_FILE).read_text(encoding="utf-8"))
+        data = read_json(Path(root) / HISTORY_FILE)
     except (OSError, ValueError):
         data = {}
     if isinstance(data, list):  # the original system's bare list of rounds
         data = {"rounds": data}
     if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
         data = {}
-    return {"rounds": data.get("rounds") or [], "in_progress": data.get("in_progress")}
+    return {"rounds": data.get("rounds") or [], "in_progress": data.get("in_progress"),
+            "profile": data.get("profile") if isinstance(data.get("profile"), dict) else {}}
 
 
 class RunStore:
@@ -161,26 +214,37 @@ class RunStore:
 
     # ---------------------------------------------------------------- history
     def _load_history(self) -> dict[str, Any]:
-        if not self.history_path.is_file():
+        if not self.history_path.exists():
             return {"version": HISTORY_VERSION, "profile": self.profile, "rounds": [], "in_progress": None,
                     "best_round": None, "best_lora": None, "stopped": None}
         try:
-            data = json.loads(self.history_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"{self.history_path} is not valid JSON ({exc})",
-                             "restore it from a backup, or move it away to start a fresh run") from None
+            data = read_json(self.history_path)
+        except ValueError as exc:  # truncated, not UTF-8, nested too deeply
+            raise self._damaged(f"not valid JSON ({exc})", "restore it from a backup, or move it away to "
+                                                           "start a fresh run") from None
+        except OSError as exc:  # a folder by that name, no permission
+            raise storage_error(exc, self.history_path) from None
         if isinstance(data, list):  # the original system's bare list of rounds
             data = {"version": HISTORY_VERSION, "profile": self.profile, "rounds": data}
         if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
-            raise InputError(f"{self.history_path} has no 'rounds' list",
-                             "move it away to start a fresh run in this folder")
+            raise self._damaged("it has no 'rounds' list", "move it away to start a fresh run in this folder")
+        problem = damaged_entry(data)
+        if problem:
+            raise self._damaged(problem, "fix or delete that entry (keep a copy), or move the file away to "
+                                         "start a fresh run")
         for key in ("in_progress", "best_round", "best_lora", "stopped"):
             data.setdefault(key, None)
         return data
 
+    def _damaged(self, what: str, fix: str) -> InputError:
+        return InputError(f"history is damaged — {self.history_path}: {what}", fix)
+
     @property
     def data(self) -> dict[str, Any]:
         return self._history
+
+    def _damaged(self, what: str, fix: str) -> InputError:
+        return InputError(f"history is damaged — {self.history_path}: {what}", fix)
 
     @property
     def rounds(self) -> list[dict[str, Any]]:
@@ -212,6 +276,25 @@ class RunStore:
         self._history["rounds"] = rounds
         self._history["in_progress"] = None
         self.save()
+
+    def discard_round_of_other_models(self) -> str:
+        """With no finished round yet, a round in progress that other models started (a failed sdxl run,
+        then ``--profile tiny``) is dropped and the history takes the current models: its parameters
+        belong to those models. Returns why, for one info line, or '' when nothing was dropped. (With
+        finished rounds the session refuses other models outright.)"""
+        saved = self._history.get("profile") or {}
+        changed = [key for key in MODEL_KEYS if saved.get(key) != self.profile.get(key)]
+        if self.rounds or not saved or not changed:
+            return ""
+        dropped = self._history.get("in_progress")
+        self._history["profile"] = self.profile
+        self._history["in_progress"] = None
+        self.save()
+        if not dropped:
+            return ""
+        detail = ", ".join(f"{key} {saved.get(key)!r} → {self.profile.get(key)!r}" for key in changed)
+        return (f"round {dropped.get('round')} was started with other models ({detail}); it is discarded "
+                f"and starts afresh with this profile's parameters")
 
     def amend_next_params(self, next_params: dict[str, Any], change: dict[str, Any]) -> None:
         """Between rounds: the last record's ``next_params`` become ``next_params``; ``change``

@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 from tools.errors import AldarError
 from tools.secrets import KEY_NAMES, api_key, mask, redact
 from tools.settings import Settings
+from tools.urls import FIX as URL_FIX
+from tools.urls import key_url_problem, shown_url
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 MIN_PYTHON = (3, 11)
@@ -58,7 +60,8 @@ def run_checks(settings: Settings, extra_checks: Sequence[Check] = ()) -> list[C
     which ``tools`` cannot import.
     """
     checks: list[Check] = [check_python, check_packages, check_modules, *extra_checks, check_device, check_models,
-                           check_tiny_build, check_references, check_taxonomy, check_api_keys, check_output_folder]
+                           check_tiny_build, check_references, check_taxonomy, check_api_keys, check_key_urls,
+                           check_output_folder]
     results: list[CheckResult] = []
     for check in checks:
         results.extend(run_check(check, settings))
@@ -309,6 +312,33 @@ def check_api_keys(settings: Settings) -> list[CheckResult]:
             results.append(CheckResult(name, INFO, "not set — not needed, the other LLM key is set", fix))
         else:
             results.append(CheckResult(name, WARN, f"not set — needed for {purpose}", fix))
+    return results
+
+
+def check_key_urls(settings: Settings) -> list[CheckResult]:
+    """One line per base URL a key is sent to (tools.urls: https, or plain http to this machine only). Unsafe
+    fails where its key is set (every request would be refused), else warns."""
+    from tools.providers import PROVIDERS
+
+    urls: dict[str, tuple[str, tuple[str, ...]]] = {"llm_base_url": (settings.llm_base_url, LLM_KEYS)}
+    if os.environ.get("OPENAI_BASE_URL", "").strip():
+        urls["OPENAI_BASE_URL"] = (os.environ["OPENAI_BASE_URL"].strip(), ("OPENAI_API_KEY",))
+    for provider in PROVIDERS.values():
+        if provider.base_url_setting:
+            url = getattr(settings, provider.base_url_setting, "") or provider.default_base_url
+            keys = urls.get(provider.base_url_setting, (url, ()))[1]
+            urls[provider.base_url_setting] = (url, (*keys, provider.key_env))
+    results = []
+    for setting, (url, keys) in urls.items():
+        problem = key_url_problem(url)
+        if not problem:
+            how = "over TLS" if url.strip().startswith("https") else "in plain http to this machine only"
+            results.append(CheckResult(f"{setting} URL", OK, f"{shown_url(url)} — keys go {how}"))
+            continue
+        status = FAIL if any(api_key(name) for name in keys) else WARN
+        results.append(CheckResult(f"{setting} URL", status,
+                                   f"{shown_url(url)}: {problem}; {', '.join(dict.fromkeys(keys))} will not be sent "
+                                   "there", URL_FIX))
     return results
 
 

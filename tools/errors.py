@@ -29,6 +29,10 @@ class ConfigError(AldarError):
     """``aldar.toml``, an environment variable or a flag holds a bad setting."""
 
 
+class InsecureUrlError(ConfigError):
+    """A base URL an API key would be sent to in clear text (or with credentials in it): never a fallback."""
+
+
 class ResumeMismatchError(ConfigError):
     """A run folder's checkpoint was made with other settings or images, so it cannot be continued."""
 
@@ -47,3 +51,15 @@ class TrainingError(AldarError):
 
 class BusyError(AldarError):
     """Another process holds the results folder."""
+
+
+class StorageError(AldarError, OSError):
+    """A file or folder could not be written or read: no space, a file where a folder belongs, no permission.
+
+    Also an ``OSError``, so best-effort writers that catch ``OSError`` (caches) keep going as before;
+    ``errno`` is the original one. Built by ``tools.atomic.storage_error``.
+    """
+
+    def __init__(self, problem: str, fix: str = "", errno: int | None = None) -> None:
+        super().__init__(problem, fix)
+        self.errno = errno

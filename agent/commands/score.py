@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tools.atomic import read_json
 from tools.errors import InputError
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
@@ -81,8 +81,8 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dic
     reason = "there is none yet"
     if path.is_file():
         try:
-            analysis = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            analysis = read_json(path)
+        except (OSError, ValueError):
             analysis, reason = None, "the saved one is unreadable"
         if analysis is not None:
             if analysis_matches(analysis, references, load_clip(profile).model_id, taxonomy):

@@ -6,12 +6,12 @@ Several GPUs: ``accelerate launch -m agent.cli train ...`` runs the same code on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tools.atomic import read_json
 from tools.errors import InputError
 from tools.models import ModelProfile  # a plain dataclass: tools.models loads torch only where it loads models
 from tools.timestamps import timestamp  # the standard library's time only
@@ -174,8 +174,8 @@ def _read_analysis(args: argparse.Namespace, settings: Settings) -> dict:
             raise InputError(f"analysis file {path} does not exist", "run `aldar analyze` first or fix --analysis")
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = read_json(path)
+    except ValueError as exc:  # also not UTF-8, or nested too deeply
         raise InputError(f"analysis file {path} is not valid JSON ({exc})", "rerun `aldar analyze`") from None
     if not isinstance(data, dict) or not isinstance(data.get("captions", {}), dict):
         raise InputError(f"analysis file {path} has no captions mapping", "rerun `aldar analyze`")

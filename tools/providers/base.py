@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from tools.errors import ProviderError
 from tools.providers.http import HttpClient
 from tools.settings import Settings
+from tools.urls import check_key_url
 
 OK, SAFETY_FILTERED, NO_IMAGE = "ok", "safety-filtered", "no-image"
 
@@ -61,6 +62,7 @@ class ImageProvider:
             raise ProviderError(f"{self.name} needs an API key", f"set {self.key_env} in .env or the environment")
         if not base_url:
             raise ProviderError(f"{self.name} has no base URL", f"set {self.base_url_setting or 'default_base_url'}")
+        check_key_url(base_url, self.base_url_label())  # before any request carries the key
         self._api_key = api_key  # private: only ever placed in a request header
         self.base_url = base_url.rstrip("/")
         self.model = model or self.default_model
@@ -78,6 +80,13 @@ class ImageProvider:
         provider = cls(api_key, base_url=base_url or cls.default_base_url, http=http)
         provider.negative_prompt = settings.negative_prompt
         return provider
+
+    @classmethod
+    def base_url_label(cls) -> str:
+        """The setting that holds the base URL, as a user sets it (for messages)."""
+        if not cls.base_url_setting:
+            return f"{cls.name}'s base URL"
+        return f"{cls.base_url_setting} (ALDAR_{cls.base_url_setting.upper()})"
 
     def __repr__(self) -> str:  # the key stays out of reprs, tracebacks and logs
         return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r})"

@@ -34,6 +34,7 @@ import urllib3
 
 from tools.errors import ProviderError
 from tools.secrets import redact
+from tools.urls import check_key_url
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class HttpClient:
         # requests drops only "Authorization" on a cross-host redirect, not x-api-key style headers:
         # a request that carries a key never follows redirects.
         carries_key = any(secret in str(value) for value in (headers or {}).values() for secret in self.secrets)
+        if carries_key:
+            check_key_url(url, f"the {self.provider} {what} URL")  # never in clear text to another machine
         started = self.clock()
         attempt = 0
         while True:

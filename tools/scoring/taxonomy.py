@@ -13,11 +13,11 @@ so names must be unique across the whole taxonomy. ``templates`` is optional
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.atomic import read_json
 from tools.errors import InputError
 
 DEFAULT_TEMPLATES = ("{}",)
@@ -51,8 +51,8 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
         raise InputError(f"taxonomy file {path} does not exist",
                          "pass --taxonomy FILE, or drop the flag to use the bundled Aldar Köse taxonomy")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = read_json(path)
+    except ValueError as exc:  # also not UTF-8, or nested too deeply
         raise InputError(f"taxonomy {path} is not valid JSON ({exc})",
                          'fix the syntax; the format is {"templates": [...], "categories": {"name": ["a", "b"]}}') from None
     return taxonomy_from_dict(data, str(path))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tools.atomic import atomic_write, atomic_write_json, current_umask, staging_dir
+from tools.atomic import atomic_write, atomic_write_json, current_umask, staging_dir, writing
 from tools.errors import TrainingError
 from tools.training.data import caption_tags
 
@@ -77,10 +77,12 @@ def save_diffusers_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tenso
         kwargs[f"{component}_lora_adapter_metadata"] = lora_configs[component]
     staging = staging_dir(path)
     try:
-        StableDiffusionXLPipeline.save_lora_weights(staging, weight_name=path.name, safe_serialization=True, **kwargs)
-        _fsync(staging / path.name)
-        os.chmod(staging / path.name, 0o666 & ~current_umask())  # safetensors writes 0600
-        os.replace(staging / path.name, path)
+        with writing(path):
+            StableDiffusionXLPipeline.save_lora_weights(staging, weight_name=path.name, safe_serialization=True,
+                                                        **kwargs)
+            _fsync(staging / path.name)
+            os.chmod(staging / path.name, 0o666 & ~current_umask())  # safetensors writes 0600
+            os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
@@ -246,19 +248,21 @@ def save_checkpoint(run_dir: Path, step: int, state_dicts: dict[str, dict[str, t
             raise TrainingError(f"the LoRA weights hold NaN/inf at step {step}; no checkpoint was written",
                                 "lower --learning-rate or use --mixed-precision bf16; resume from the last checkpoint")
     target = Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}"
-    staging = staging_dir(target)
-    try:
-        save_diffusers_lora(staging / DIFFUSERS_WEIGHTS, state_dicts, lora_configs)
-        flat = {f"{c}.{k}": v.detach().cpu().contiguous() for c, s in state_dicts.items() for k, v in s.items()}
-        atomic_write(staging / ADAPTER_WEIGHTS, lambda tmp: save_file(flat, str(tmp)))
-        atomic_write(staging / TRAINING_STATE, lambda tmp: torch.save(training_state, tmp))
-        atomic_write_json(staging / "checkpoint.json", {**(made_with or {}), "step": step, "lora_configs": lora_configs})
-        if target.exists():  # same step saved again (e.g. interrupted right after a resume)
-            shutil.rmtree(target)
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with writing(target, f"the checkpoint of step {step} ({target})"):
+        staging = staging_dir(target)
+        try:
+            save_diffusers_lora(staging / DIFFUSERS_WEIGHTS, state_dicts, lora_configs)
+            flat = {f"{c}.{k}": v.detach().cpu().contiguous() for c, s in state_dicts.items() for k, v in s.items()}
+            atomic_write(staging / ADAPTER_WEIGHTS, lambda tmp: save_file(flat, str(tmp)))
+            atomic_write(staging / TRAINING_STATE, lambda tmp: torch.save(training_state, tmp))
+            atomic_write_json(staging / "checkpoint.json",
+                              {**(made_with or {}), "step": step, "lora_configs": lora_configs})
+            if target.exists():  # same step saved again (e.g. interrupted right after a resume)
+                shutil.rmtree(target)
+            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     if keep > 0:
         spared = f"{CHECKPOINT_PREFIX}{protect:06d}" if protect is not None else None
         for old in checkpoint_dirs(run_dir)[:-keep]:
