@@ -243,9 +243,6 @@ class RunStore:
     def data(self) -> dict[str, Any]:
         return self._history
 
-    def _damaged(self, what: str, fix: str) -> InputError:
-        return InputError(f"history is damaged — {self.history_path}: {what}", fix)
-
     @property
     def rounds(self) -> list[dict[str, Any]]:
         return self._history["rounds"]

@@ -84,6 +84,7 @@ def test_truncated_history_says_the_same_damaged(tmp_path, references_dir, capsy
     history = write_history(tmp_path / "results", '{"rounds": [{"round": 1')
     line = one_line_error(*run_cli(capsys, *tiny_run(tmp_path, references_dir)))
     assert "history is damaged" in line and "not valid JSON" in line
+    assert history.read_text() == '{"rounds": [{"round": 1'  # left as it was
 
 
 @pytest.mark.parametrize("entry, words", [
