@@ -21,7 +21,10 @@ Every figure here is measured inside the toy world: it says whether the loop hel
 character per step, nothing about real SDXL. Runs are deterministic per seed (one torch thread).
 
 Tried and measured (record each change to the loop with its figures here):
-- the loop as of this bench's first run — see the figures in the README's "Does the loop pay?" section.
+- the loop as of this bench's first run (rule policy with the backtrack rule, every round trained from
+  scratch), Aldar Köse, seeds 42/1/2/3, 3 rounds: loop 0.641 ± 0.023, one run of equal steps 0.625 ± 0.023,
+  the defaults 0.609 ± 0.024; loop − equal +0.016 ± 0.010 (+0.013/+0.001/+0.024/+0.025), every scenario at
+  likeness by step 80-120. Rerun at seed 42: the same figures to the digit.
 """
 
 from __future__ import annotations
