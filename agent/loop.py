@@ -336,7 +336,9 @@ def _argument_text(arguments: Any) -> str:
 
 
 def _assistant_message(content: str, reasoning: str, calls: dict[int, dict[str, str]]) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
+    # "" rather than null beside tool calls: llama.cpp's Python server (llama-cpp-python 0.3) refuses a null
+    # assistant content with a 500, and the OpenAI API and Deepseek take either.
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning:
         message["reasoning_content"] = reasoning
     if calls:
