@@ -118,6 +118,7 @@ class ChatLoop:
         self.max_steps = max_steps
         self.max_tokens = max_tokens  # per answer; 0 leaves it to the server
         self.stream = stream
+        self.stream_usage = True  # ask for usage in streamed answers until the server refuses stream_options
         self.events = events or LoopEvents()
         self.terminal_tools = set(terminal_tools)
         self.extra_body = thinking_extra_body(str(client.base_url), thinking)
@@ -211,7 +212,7 @@ class ChatLoop:
         if not self.stream:
             response = self.client.chat.completions.create(**request)
             return _message_from_response(response), _usage_of(getattr(response, "usage", None))
-        stream = self.client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+        stream = self._open_stream(request)
         content: list[str] = []
         reasoning: list[str] = []
         calls: dict[int, dict[str, str]] = {}
@@ -241,6 +242,21 @@ class ChatLoop:
         _emit(self.events.on_reasoning, shown_reasoning.flush())
         _emit(self.events.on_text, shown_text.flush())
         return _assistant_message("".join(content), "".join(reasoning), calls), usage
+
+    def _open_stream(self, request: dict[str, Any]) -> Any:
+        """A streamed answer, asking for its token usage where the server takes ``stream_options``: a server
+        that refuses the field (400 naming it) is asked once more without it, and from then on never."""
+        import openai
+
+        if self.stream_usage:
+            try:
+                return self.client.chat.completions.create(**request, stream=True,
+                                                           stream_options={"include_usage": True})
+            except openai.BadRequestError as exc:
+                if "stream_options" not in str(exc):
+                    raise
+                self.stream_usage = False
+        return self.client.chat.completions.create(**request, stream=True)
 
     def _error(self, exc: BaseException) -> ProviderError:
         return provider_error(exc, _TimeoutView(getattr(self.client, "timeout", None)))

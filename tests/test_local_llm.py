@@ -234,3 +234,15 @@ def test_a_decision_that_would_retrain_a_round_ends_the_run(tiny_settings) -> No
                                   "only reproduce its LoRA), so the run stops here.")
         changed = session.decide(Scripted({"steps": session.params["steps"] + 1}))
         assert changed.stop is False and changed.rationale == "as scripted."
+
+
+def test_a_server_that_refuses_stream_options_is_asked_without_them(server) -> None:
+    recorder = Recorder()
+    loop = local_loop(server, recorder)
+    server.enqueue(Reply.error(400, "Unrecognized request argument supplied: stream_options"), Reply.text("hi", usage=None),
+                   Reply.text("again", usage=None))
+    assert loop.run_turn("hello").text == "hi"
+    assert loop.run_turn("and?").text == "again"
+    assert "stream_options" in server.requests[0].body
+    assert ["stream_options" in r.body for r in server.requests[1:]] == [False, False]  # never asked again
+    assert loop.usage.total_text() == "unknown"
