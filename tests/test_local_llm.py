@@ -246,3 +246,10 @@ def test_a_server_that_refuses_stream_options_is_asked_without_them(server) -> N
     assert "stream_options" in server.requests[0].body
     assert ["stream_options" in r.body for r in server.requests[1:]] == [False, False]  # never asked again
     assert loop.usage.total_text() == "unknown"
+
+
+def test_run_steps_below_one_is_one_line(capsys) -> None:
+    from agent.cli import main
+
+    assert main(["run", "--profile", "tiny", "--steps", "0"]) == 2
+    assert "--steps is 0 — pass --steps 1 or more" in capsys.readouterr().err
