@@ -58,10 +58,9 @@ class LlamaServer:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_file),
                         "--host", "127.0.0.1", "--port", str(self.port), "--chat_format", CHAT_FORMAT,
-                        "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--seed", str(seed),
-                        # Keep evaluated prompts: the decider's ~3,000-token system prompt and tools are read at
-                        # 20-40 tokens/s here, and llama.cpp alone keeps only the last prompt's prefix.
-                        "--cache", "true"]
+                        "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--seed", str(seed)]
+        # No --cache: its saved states hold every prompt token's logits (n_vocab floats each) — measured 14.6 GB
+        # for SmolLM2 after eight decisions, and Gemma 3 (262k vocabulary) was OOM-killed at 13 GB.
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "LlamaServer":
