@@ -107,9 +107,14 @@ class LLMDecider:
             if turn.terminal is None:
                 turn = loop.run_turn(REMINDER, tool_choice=self._forced_choice())
                 self.last_turns.append(turn)
+            def repeats(decision: Decision) -> int | None:  # the round that already trained its parameters
+                if decision.stop:
+                    return None
+                return already_trained({**params, **decision.adjustments}, history, params, feedback.get("round"))
+
             decision = self._decision(tools.proposal if turn.terminal else None, params)
-            repeated = already_trained({**params, **decision.adjustments}, history, params, feedback.get("round"))
-            if repeated is None or decision.stop:
+            repeated = repeats(decision)
+            if repeated is None:
                 return decision
             # Those parameters would reproduce round `repeated`'s LoRA: one more try, told so.
             tried = [{"decided_by": self.name, "adjustments": decision.adjustments, "round": repeated}]
@@ -121,8 +126,8 @@ class LLMDecider:
                 decision = self._decision(tools.proposal if turn.terminal else None, params)
             except NoDecision as nothing:
                 raise NoDecision(nothing.label, nothing.text, tried) from None
-            repeated = already_trained({**params, **decision.adjustments}, history, params, feedback.get("round"))
-            if repeated is not None and not decision.stop:
+            repeated = repeats(decision)
+            if repeated is not None:
                 tried.append({"decided_by": self.name, "adjustments": decision.adjustments, "round": repeated})
                 raise NoDecision(REPEATED, self._said(), tried)
             decision.already_tried = tried
