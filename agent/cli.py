@@ -58,6 +58,10 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--output-dir", dest="output_dir", metavar="DIR", help="results folder (lora_training_results)")
     group.add_argument("--weights", metavar="CLIP,FEATURES,SSIM",
                        help="quality-score weights, non-negative, summing to 1 (default 0.4,0.4,0.2)")
+    group.add_argument("--llm-base-url", dest="llm_base_url", metavar="URL",
+                       help="OpenAI-compatible LLM endpoint, e.g. http://127.0.0.1:8080/v1 for a local llama.cpp "
+                            "server (a server on this machine needs no key; default from settings: Deepseek)")
+    group.add_argument("--llm-model", dest="llm_model", metavar="NAME", help="model name the LLM endpoint serves")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 

@@ -1,7 +1,10 @@
-"""The OpenAI-compatible chat client: Deepseek by default, any local server (Ollama, vLLM) otherwise.
+"""The OpenAI-compatible chat client: Deepseek by default, any local server (llama.cpp, Ollama, LM Studio, vLLM) otherwise.
 
 Which endpoint: ``DEEPSEEK_API_KEY`` → ``settings.llm_base_url`` (https://api.deepseek.com) and
-``settings.llm_model``; else ``OPENAI_API_KEY`` with ``OPENAI_BASE_URL`` (and ``OPENAI_MODEL`` if set).
+``settings.llm_model``; else ``OPENAI_API_KEY`` with ``OPENAI_BASE_URL`` (and ``OPENAI_MODEL`` if set);
+else, with no key at all, a server on this machine (``llm_base_url`` or ``OPENAI_BASE_URL`` on a loopback
+host): local servers take no key, but the openai client refuses to start without one, so it gets
+``LOCAL_PLACEHOLDER_KEY`` — no secret ever goes there.
 ``settings.llm_timeout_s`` is a *total* deadline per request: Deepseek keeps a busy connection open
 with blank keep-alive lines for minutes, which resets an ordinary read timeout forever
 (``agent.llm_transport``). openai and httpx2 load with the first client, not with this module.
@@ -9,6 +12,7 @@ with blank keep-alive lines for minutes, which resets an ordinary read timeout f
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -23,7 +27,10 @@ OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 # One retry covers a dropped connection or a 429/5xx blip; more would multiply the deadline.
 MAX_RETRIES = 1
 KEY_HELP = ("set DEEPSEEK_API_KEY (Deepseek), or OPENAI_API_KEY plus OPENAI_BASE_URL for an OpenAI-compatible "
-            "server such as Ollama or vLLM, in the environment or in .env")
+            "server, in the environment or in .env; a server on this machine needs no key: "
+            "--llm-base-url http://127.0.0.1:8080/v1 --llm-model NAME")
+# What the openai client is given for a keyless local server (it will not start with an empty key).
+LOCAL_PLACEHOLDER_KEY = "no-key-local-server"
 
 if TYPE_CHECKING:  # the client libraries load with the first client: the chat reaches its prompt without them
     import openai
@@ -40,7 +47,31 @@ def resolve_endpoint(settings: Settings) -> tuple[str, str, str, str]:
         base_url = os.environ.get("OPENAI_BASE_URL", "").strip() or configured or OPENAI_DEFAULT_URL
         model = os.environ.get("OPENAI_MODEL", "").strip() or settings.llm_model
         return "OPENAI_API_KEY", openai_key, base_url, model
+    local_url = os.environ.get("OPENAI_BASE_URL", "").strip() or settings.llm_base_url
+    if is_loopback(local_url):
+        model = os.environ.get("OPENAI_MODEL", "").strip() or settings.llm_model
+        return "", LOCAL_PLACEHOLDER_KEY, local_url, model
     raise ConfigError("no LLM API key is set", KEY_HELP)
+
+
+def llm_configured(settings: Settings) -> bool:
+    """Whether an LLM can be asked: a key is set, or the endpoint is a keyless local server."""
+    try:
+        resolve_endpoint(settings)
+    except ConfigError:
+        return False
+    return True
+
+
+def is_loopback(base_url: str) -> bool:
+    """True for a URL on this machine (localhost, 127.0.0.0/8, ::1): a local server that needs no key."""
+    host = (urlparse(base_url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def make_client(settings: Settings) -> tuple[openai.OpenAI, str]:
@@ -78,7 +109,29 @@ def describe_endpoint(settings: Settings) -> str:
         env_name, key, base_url, model = resolve_endpoint(settings)
     except ConfigError:
         return f"not configured — {KEY_HELP}"
-    return f"{model} at {base_url} ({env_name} {mask(key)})"
+    return f"{model} at {base_url} ({f'{env_name} {mask(key)}' if env_name else 'local server, no key'})"
+
+
+class ToolsUnsupportedError(ProviderError):
+    """The server refused the request because of its tools: it (or its chat template) has no tool calling."""
+
+
+TOOLS_HELP = ("serve a model with tool calling (llama.cpp: --chat_format chatml-function-calling; Ollama: a model "
+              "tagged 'tools'; LM Studio/vLLM: tool use enabled), or decide with the rule policy (--no-llm)")
+# Servers without tool calling answer a request with tools 400 (llama.cpp, vLLM), 422 (schema
+# validation) or 500 (a chat template that cannot render them), with the word in the message.
+_TOOL_REFUSAL_STATUS = (400, 422, 500, 501)
+_TOOL_WORDS = ("tool", "function call", "function_call")
+
+
+def refuses_tools(exc: BaseException) -> bool:
+    """Whether an API error says the server does not take the request's tools."""
+    import openai
+
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code not in _TOOL_REFUSAL_STATUS:
+        return False
+    detail = _server_message(exc).lower() or str(exc).lower()
+    return any(word in detail for word in _TOOL_WORDS)
 
 
 def api_error_message(exc: BaseException, settings: Settings) -> str:
@@ -91,7 +144,9 @@ def api_error_message(exc: BaseException, settings: Settings) -> str:
         return f"the LLM did not answer within llm_timeout_s = {timeout} s — retry, or raise llm_timeout_s in aldar.toml"
     if isinstance(exc, openai.APIStatusError):
         status, detail = exc.status_code, _server_message(exc)
-        if status == 401:
+        if refuses_tools(exc):
+            text = f"the LLM server does not take tools ({status}{': ' + detail if detail else ''}) — {TOOLS_HELP}"
+        elif status == 401:
             text = "the LLM endpoint rejected the API key (401) — check DEEPSEEK_API_KEY / OPENAI_API_KEY in .env"
         elif status == 402:
             text = ("the LLM account has insufficient balance (402) — top it up, or point OPENAI_API_KEY + "
@@ -119,6 +174,6 @@ def _server_message(exc: openai.APIStatusError) -> str:
 
 
 def provider_error(exc: BaseException, settings: Settings) -> ProviderError:
-    """The same message as a typed error for code that raises."""
+    """The same message as a typed error for code that raises (``ToolsUnsupportedError`` for a tool refusal)."""
     problem, _, fix = api_error_message(exc, settings).partition(" — ")
-    return ProviderError(problem, fix)
+    return (ToolsUnsupportedError if refuses_tools(exc) else ProviderError)(problem, fix)

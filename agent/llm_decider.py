@@ -4,8 +4,11 @@ The model gets this round's feedback, the earlier rounds, the current parameters
 policy's suggestion, with the guidance in ``prompts/`` (decider, feedback guide, knobs). It may look
 things up with read-only tools and must end with one ``propose_adjustment`` call, whose arguments
 are validated against the schema (ranges = the session's bounds) and then clamped with
-``agent.knobs.clamp_adjustments``. Whatever goes wrong — no key, an API error, no proposal after a
-reminder — the rule policy decides instead, and the reason is logged and kept in the rationale.
+``agent.knobs.clamp_adjustments``. Whatever goes wrong — no key, an API error, a server that refuses
+tools (not asked again that run) — the rule policy decides instead, and the reason is logged and kept in
+the rationale. A decision must decide: no proposal after a reminder, an empty one without ``stop`` or one
+without a rationale is "LLM proposed nothing — rule policy" (the model's text kept in the record); a
+proposal of parameters an earlier round trained is sent back once, then the rule policy decides.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agent.llm_client import is_deepseek, make_client
-from agent.decision import Decision
+from agent.decision import Decision, already_trained
+from agent.llm_client import ToolsUnsupportedError, is_deepseek, make_client
 from agent.knobs import SAFE_BOUNDS, clamp_adjustments, knob_values
 from agent.llm_tools import RoundTools, given_knobs, feedback_summary, round_summary, rule_suggestion
 from agent.loop import ChatLoop, LoopEvents, TurnResult, Usage
@@ -29,7 +32,21 @@ from tools.settings import Settings
 log = logging.getLogger(__name__)
 PROPOSE = "propose_adjustment"
 REMINDER = ("You have not called propose_adjustment yet. Call it now, once, with the knobs to change "
-            "(or none) and a one-sentence rationale.")
+            "(or stop=true) and a one-sentence rationale.")
+ALREADY_TRIED = ("Round {round} already trained exactly these parameters: {params}. Training them again would only "
+                 "reproduce that LoRA. Call propose_adjustment once more with a change that was not tried yet "
+                 "(or stop=true).")
+# What the history records when the rule policy decided because the LLM did not.
+NOTHING = "LLM proposed nothing — rule policy"
+REPEATED = "LLM proposed already-trained parameters twice — rule policy"
+
+
+class NoDecision(ValueError):
+    """The model decided nothing usable; the rule policy decides and the record says why (``label``)."""
+
+    def __init__(self, label: str, text: str, tried: list[dict] | None = None) -> None:
+        super().__init__(label)
+        self.label, self.text, self.tried = label, text, tried or []
 
 
 class LLMDecider:
@@ -48,16 +65,29 @@ class LLMDecider:
         self.usage = Usage()
         self.last_turns: list[TurnResult] = []
         self.fallbacks: list[str] = []
+        self.tools_refused = ""  # set once the server refused the tool schemas: not asked again this run
 
     def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision:
         rule = RulePolicy(self.bounds)
-        try:
-            return self._ask_model(feedback, history, params)
-        except (AldarError, ValueError) as exc:
-            reason = str(exc)
-        except Exception as exc:  # noqa: BLE001 — a decider failure must never end the run
-            log.warning("LLM decider failed", exc_info=True)
-            reason = f"{type(exc).__name__}: {exc}"
+        if self.tools_refused:
+            reason = self.tools_refused
+        else:
+            try:
+                return self._ask_model(feedback, history, params)
+            except NoDecision as nothing:
+                log.warning("LLM decider: %s", nothing.label)
+                self.fallbacks.append(nothing.label)
+                decision = rule.decide(feedback, history, params)
+                decision.rationale = f"{nothing.label}: {decision.rationale}"
+                decision.llm_text, decision.already_tried = nothing.text, nothing.tried
+                return decision
+            except ToolsUnsupportedError as exc:
+                reason = self.tools_refused = str(exc)
+            except (AldarError, ValueError) as exc:
+                reason = str(exc)
+            except Exception as exc:  # noqa: BLE001 — a decider failure must never end the run
+                log.warning("LLM decider failed", exc_info=True)
+                reason = f"{type(exc).__name__}: {exc}"
         log.warning("LLM decider fell back to the rule policy: %s", reason)
         self.fallbacks.append(reason)
         decision = rule.decide(feedback, history, params)
@@ -69,7 +99,7 @@ class LLMDecider:
         tools = DecisionTools(feedback, history, params, self.bounds, Path(self.settings.output_dir))
         loop = ChatLoop(self.client, self.model, tools.specs(), system_prompt=self.system_prompt,
                         max_steps=self.settings.llm_max_steps, thinking=self.settings.llm_thinking,
-                        events=self.events, terminal_tools=[PROPOSE])
+                        events=self.events, terminal_tools=[PROPOSE], max_tokens=self.settings.llm_max_tokens)
         self.last_turns = []
         try:
             turn = loop.run_turn(self._briefing(feedback, history, params))
@@ -77,17 +107,49 @@ class LLMDecider:
             if turn.terminal is None:
                 turn = loop.run_turn(REMINDER, tool_choice=self._forced_choice())
                 self.last_turns.append(turn)
+            def repeats(decision: Decision) -> int | None:  # the round that already trained its parameters
+                if decision.stop:
+                    return None
+                return already_trained({**params, **decision.adjustments}, history, params, feedback.get("round"))
+
+            decision = self._decision(tools.proposal if turn.terminal else None, params)
+            repeated = repeats(decision)
+            if repeated is None:
+                return decision
+            # Those parameters would reproduce round `repeated`'s LoRA: one more try, told so.
+            tried = [{"decided_by": self.name, "adjustments": decision.adjustments, "round": repeated}]
+            tools.proposal = None
+            turn = loop.run_turn(ALREADY_TRIED.format(round=repeated, params=json.dumps(
+                knob_values({**params, **decision.adjustments}), default=str)), tool_choice=self._forced_choice())
+            self.last_turns.append(turn)
+            try:
+                decision = self._decision(tools.proposal if turn.terminal else None, params)
+            except NoDecision as nothing:
+                raise NoDecision(nothing.label, nothing.text, tried) from None
+            repeated = repeats(decision)
+            if repeated is not None:
+                tried.append({"decided_by": self.name, "adjustments": decision.adjustments, "round": repeated})
+                raise NoDecision(REPEATED, self._said(), tried)
+            decision.already_tried = tried
+            return decision
         finally:
             self.usage.add(loop.usage)
-        if turn.terminal is None or tools.proposal is None:
-            raise ValueError(f"the model gave no valid {PROPOSE} call ({turn.stop_reason})")
-        proposal = tools.proposal
+
+    def _decision(self, proposal: dict | None, params: dict) -> Decision:
+        """The clamped decision of a proposal that decides something; NoDecision for none, an empty one
+        (no knob and no stop) or one without a rationale — a round would otherwise repeat for nothing."""
+        rationale = (proposal or {}).get("rationale", "").strip()
+        if proposal is None or not rationale or not (proposal["adjustments"] or proposal["stop"]):
+            raise NoDecision(NOTHING, self._said())
         adjustments, notes = clamp_adjustments(params, proposal["adjustments"], self.bounds)
-        rationale = proposal["rationale"].strip() or "no rationale given"
         if notes:
             rationale = f"{rationale} (clamped: {'; '.join(notes)})"
         return Decision(adjustments=adjustments, rationale=rationale, decided_by=self.name,
                         stop=bool(proposal["stop"]))
+
+    def _said(self) -> str:
+        """What the model wrote in this decision's turns (kept in the record when it decided nothing)."""
+        return "\n".join(turn.text.strip() for turn in self.last_turns if turn.text.strip())[:2000]
 
     def _forced_choice(self) -> Any:
         # Deepseek's thinking mode does not take a forced tool_choice; the reminder alone has to do there.

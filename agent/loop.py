@@ -5,16 +5,24 @@ error fed back to the model as an observation (role "tool", same ``tool_call_id`
 and never a call with ``{}``; the same failing call three times ends the turn. Assistant messages
 are appended whole — Deepseek's thinking mode rejects the next request when an assistant message
 with tool calls comes back without its ``reasoning_content``.
+
+Local servers answer tool calls in more shapes than ``tool_calls``: small models behind llama.cpp,
+Ollama or LM Studio often write the call into the text — a JSON object ``{"name": ..., "arguments":
+{...}}`` (bare, fenced, or a list of them) or Hermes/Qwen's ``<tool_call>…</tool_call>``.
+``calls_in_content`` reads those as calls, so they run (or go back as tool errors) like any other.
+Not every server reports token usage in a streamed answer: such requests are counted as
+``Usage.unknown_requests`` and shown as unknown, never as a silent 0.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from agent.llm_client import api_error_message, thinking_extra_body
+from agent.llm_client import provider_error, thinking_extra_body
 from agent.toolspec import ToolArgumentError, ToolSpec, parse_json_arguments
 from tools.errors import AldarError, ProviderError
 from tools.secrets import StreamRedactor, redact, redact_value
@@ -34,16 +42,35 @@ class Usage:
     completion_tokens: int = 0
     total_tokens: int = 0
     requests: int = 0
+    unknown_requests: int = 0  # answers that carried no token usage (some local servers send none)
 
     def add(self, other: "Usage | Any") -> None:
         self.prompt_tokens += int(getattr(other, "prompt_tokens", 0) or 0)
         self.completion_tokens += int(getattr(other, "completion_tokens", 0) or 0)
         self.total_tokens += int(getattr(other, "total_tokens", 0) or 0)
         self.requests += int(getattr(other, "requests", 0) or 0)
+        self.unknown_requests += int(getattr(other, "unknown_requests", 0) or 0)
 
     def as_dict(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens, "requests": self.requests}
+                "total_tokens": self.total_tokens, "requests": self.requests,
+                "unknown_requests": self.unknown_requests}
+
+    def total_text(self) -> str:
+        """The total as shown: '1,234'; 'unknown' when the server reported no usage; '1,234 + unknown' partly."""
+        if self.requests and self.unknown_requests == self.requests:
+            return "unknown"
+        return f"{self.total_tokens:,}" + (" + unknown" if self.unknown_requests else "")
+
+    def describe(self) -> str:
+        """'1,234 tokens (1,000 in, 234 out, 3 requests)', saying where the server reported no usage."""
+        if self.requests and self.unknown_requests == self.requests:
+            return f"tokens unknown (the server reported no usage; {self.requests} requests)"
+        text = (f"{self.total_tokens:,} tokens ({self.prompt_tokens:,} in, {self.completion_tokens:,} out, "
+                f"{self.requests} requests)")
+        if self.unknown_requests:
+            text += f"; {self.unknown_requests} request(s) whose usage the server did not report"
+        return text
 
 
 @dataclass
@@ -85,11 +112,13 @@ class ChatLoop:
 
     def __init__(self, client: openai.OpenAI, model: str, tools: Iterable[ToolSpec], *, system_prompt: str = "",
                  max_steps: int = 12, thinking: bool = True, stream: bool = True,
-                 events: LoopEvents | None = None, terminal_tools: Iterable[str] = ()) -> None:
+                 events: LoopEvents | None = None, terminal_tools: Iterable[str] = (), max_tokens: int = 0) -> None:
         self.client, self.model = client, model
         self.tools = {spec.name: spec for spec in tools}
         self.max_steps = max_steps
+        self.max_tokens = max_tokens  # per answer; 0 leaves it to the server
         self.stream = stream
+        self.stream_usage = True  # ask for usage in streamed answers until the server refuses stream_options
         self.events = events or LoopEvents()
         self.terminal_tools = set(terminal_tools)
         self.extra_body = thinking_extra_body(str(client.base_url), thinking)
@@ -128,6 +157,10 @@ class ChatLoop:
             self.usage.add(usage)
             self.messages.append(message)
             calls = message.get("tool_calls") or []
+            if not calls and self.tools:
+                calls = calls_in_content(message.get("content") or "")
+                if calls:  # the call ran from the text: the history must say so, or its result has no call
+                    message["tool_calls"] = calls
             if not calls:
                 return TurnResult(message.get("content") or "", "answer", step, turn_usage, records)
             for index, call in enumerate(calls):
@@ -163,6 +196,8 @@ class ChatLoop:
             request["tools"] = [spec.openai_schema() for spec in self.tools.values()]
             if tool_choice is not None:
                 request["tool_choice"] = tool_choice
+        if self.max_tokens:
+            request["max_tokens"] = self.max_tokens
         if self.extra_body:
             request["extra_body"] = self.extra_body
         return request
@@ -177,11 +212,11 @@ class ChatLoop:
         if not self.stream:
             response = self.client.chat.completions.create(**request)
             return _message_from_response(response), _usage_of(getattr(response, "usage", None))
-        stream = self.client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+        stream = self._open_stream(request)
         content: list[str] = []
         reasoning: list[str] = []
         calls: dict[int, dict[str, str]] = {}
-        usage = Usage(requests=1)
+        usage = Usage(requests=1, unknown_requests=1)
         # The pieces are shown as they arrive: a key the model echoes must not appear even in part.
         key = [getattr(self.client, "api_key", None)]
         shown_text, shown_reasoning = StreamRedactor(key), StreamRedactor(key)
@@ -208,10 +243,23 @@ class ChatLoop:
         _emit(self.events.on_text, shown_text.flush())
         return _assistant_message("".join(content), "".join(reasoning), calls), usage
 
+    def _open_stream(self, request: dict[str, Any]) -> Any:
+        """A streamed answer, asking for its token usage where the server takes ``stream_options``: a server
+        that refuses the field (400 naming it) is asked once more without it, and from then on never."""
+        import openai
+
+        if self.stream_usage:
+            try:
+                return self.client.chat.completions.create(**request, stream=True,
+                                                           stream_options={"include_usage": True})
+            except openai.BadRequestError as exc:
+                if "stream_options" not in str(exc):
+                    raise
+                self.stream_usage = False
+        return self.client.chat.completions.create(**request, stream=True)
+
     def _error(self, exc: BaseException) -> ProviderError:
-        settings_like = _TimeoutView(getattr(self.client, "timeout", None))
-        problem, _, fix = api_error_message(exc, settings_like).partition(" — ")
-        return ProviderError(problem, fix)
+        return provider_error(exc, _TimeoutView(getattr(self.client, "timeout", None)))
 
     # ------------------------------------------------------------------ tools
     def _run_tool_call(self, call: dict[str, Any]) -> ToolCallRecord:
@@ -295,11 +343,18 @@ def _merge_tool_fragment(calls: dict[int, dict[str, str]], fragment: Any) -> Non
         if function.name and function.name != slot["name"]:
             slot["name"] += function.name
         if function.arguments:
-            slot["arguments"] += function.arguments
+            slot["arguments"] += _argument_text(function.arguments)
+
+
+def _argument_text(arguments: Any) -> str:
+    """Arguments as the JSON text the tools parse: some servers send an object instead of a string."""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
 
 
 def _assistant_message(content: str, reasoning: str, calls: dict[int, dict[str, str]]) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
+    # "" rather than null beside tool calls: llama.cpp's Python server (llama-cpp-python 0.3) refuses a null
+    # assistant content with a 500, and the OpenAI API and Deepseek take either.
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning:
         message["reasoning_content"] = reasoning
     if calls:
@@ -312,18 +367,69 @@ def _assistant_message(content: str, reasoning: str, calls: dict[int, dict[str, 
 
 def _message_from_response(response: Any) -> dict[str, Any]:
     message = response.choices[0].message
-    calls = {i: {"id": c.id or "", "name": c.function.name or "", "arguments": c.function.arguments or ""}
+    calls = {i: {"id": c.id or "", "name": c.function.name or "", "arguments": _argument_text(c.function.arguments or "")}
              for i, c in enumerate(message.tool_calls or [])}
     return _assistant_message(message.content or "", _extra(message, "reasoning_content") or "", calls)
 
 
 def _usage_of(raw: Any) -> Usage:
-    usage = Usage(requests=1)
+    usage = Usage(requests=1, unknown_requests=1 if raw is None else 0)
     if raw is not None:
         usage.prompt_tokens = int(getattr(raw, "prompt_tokens", 0) or 0)
         usage.completion_tokens = int(getattr(raw, "completion_tokens", 0) or 0)
         usage.total_tokens = int(getattr(raw, "total_tokens", 0) or 0)
     return usage
+
+
+_TAGGED_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def calls_in_content(text: str) -> list[dict[str, Any]]:
+    """Tool calls a model wrote into its answer text instead of ``tool_calls``: ``<tool_call>{...}</tool_call>``
+    (Hermes, Qwen), or JSON objects naming a tool — ``{"name": ..., "arguments": {...}}`` (``parameters`` too,
+    or wrapped as ``{"function": {...}}``), bare, in a code fence or a list. Nothing else in the text is read
+    as a call: an answer that merely mentions a tool stays an answer."""
+    tagged = _TAGGED_CALL.findall(text)
+    candidates: list[Any] = []
+    for chunk in tagged or [text]:
+        candidates.extend(_json_values(chunk))
+    calls: list[dict[str, Any]] = []
+    for value in candidates:
+        for item in value if isinstance(value, list) else [value]:
+            call = _as_call(item)
+            if call is not None:
+                calls.append({"id": f"call_text_{len(calls)}", "type": "function", "function": call})
+    return calls
+
+
+def _json_values(text: str) -> list[Any]:
+    """Every top-level JSON object or list in ``text`` (prose and code fences around them are skipped)."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    position = 0
+    while True:
+        starts = [i for i in (text.find("{", position), text.find("[", position)) if i >= 0]
+        if not starts:
+            return values
+        start = min(starts)
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except (json.JSONDecodeError, RecursionError):
+            position = start + 1
+            continue
+        values.append(value)
+        position = end
+
+
+def _as_call(item: Any) -> dict[str, str] | None:
+    if isinstance(item, dict) and isinstance(item.get("function"), dict):
+        item = item["function"]
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        return None
+    arguments = item.get("arguments", item.get("parameters"))
+    if arguments is None:
+        return None  # some other object that happens to have a name
+    return {"name": item["name"], "arguments": _argument_text(arguments)}
 
 
 def _canonical_arguments(raw: str) -> str:

@@ -85,6 +85,8 @@ class RoundDecision(TypedDict):
     requested: dict[str, Any]  # what the decider asked for
     clamped: list[str]  # one note per value changed or dropped
     stop: bool
+    llm_text: NotRequired[str]  # the LLM's answer when it proposed nothing and the rule policy decided
+    already_tried: NotRequired[list[dict[str, Any]]]  # proposals turned down: an earlier round trained them
 
 
 class RoundPaths(TypedDict):  # relative to the results folder

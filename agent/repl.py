@@ -83,8 +83,7 @@ class Repl:
     def close(self) -> None:
         if self.loop is not None and self.loop.usage.requests:
             usage = self.loop.usage
-            self.ui.info(f"[dim]LLM tokens this session: {usage.total_tokens:,} "
-                    f"({usage.prompt_tokens:,} in, {usage.completion_tokens:,} out, {usage.requests} requests)[/dim]")
+            self.ui.info(f"[dim]LLM this session: {usage.describe()}[/dim]")
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -179,7 +178,7 @@ class Repl:
             self.ui.warn(result.text)  # step limit or a repeated failing call: say why the turn ended
         elif not renderer.streamed_text:
             self.ui.markdown(result.text)
-        self.ui.info(f"[dim]tokens: {result.usage.total_tokens:,} this turn · {loop.usage.total_tokens:,} this session[/dim]")
+        self.ui.info(f"[dim]tokens: {result.usage.total_text()} this turn · {loop.usage.total_text()} this session[/dim]")
 
     def answered_by(self, question: str) -> str:
         """The slash commands that answer ``question`` without an LLM: ``/explain <word>`` for each word naming
@@ -206,7 +205,8 @@ class Repl:
             session = self.session
             tools = SessionTools(session, self.ui.confirm, decided_by=f"llm:{self.model}").specs()
             self.loop = ChatLoop(client, self.model, tools, system_prompt=chat_system_prompt(self.settings, session.bounds),
-                                 max_steps=self.settings.llm_max_steps, thinking=self.settings.llm_thinking)
+                                 max_steps=self.settings.llm_max_steps, thinking=self.settings.llm_thinking,
+                                 max_tokens=self.settings.llm_max_tokens)
         return self.loop
 
     def _save_transcript(self) -> None:

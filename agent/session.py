@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 
-from agent.decision import Decider, Decision
+from agent.decision import Decider, Decision, already_trained
 from agent.knobs import bounds_for, clamp_adjustments, params_text
 from agent.ranking import best_round, ranked_rounds
 from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
@@ -405,6 +405,13 @@ class Session:
             raise InputError(f"round {state.number} has no feedback yet", "run the score step first")
         with self._stage("decide"):
             decision = decider.decide(state.feedback, self.history(), dict(self.params))
+        # The LLM decider asks again and falls back itself; what still repeats a trained round ends the run.
+        applied, _ = clamp_adjustments(self.params, decision.adjustments, self.bounds)
+        repeated = already_trained({**self.params, **applied}, self.history(), state.params, state.number)
+        if repeated is not None and not decision.stop:
+            decision.stop = True
+            decision.rationale += (f" Round {repeated} already trained these parameters (training them again would "
+                                   "only reproduce its LoRA), so the run stops here.")
         return decision
 
     def finish_round(self, decision: Decision) -> RoundRecord:
@@ -670,7 +677,8 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
         "score_gap": feedback.get("score_gap"),
         "overfitting": feedback.get("overfitting"),
         "decision": {"adjustments": applied, "requested": decision.adjustments, "clamped": notes,
-                     "stop": decision.stop},
+                     "stop": decision.stop, **({"llm_text": decision.llm_text} if decision.llm_text else {}),
+                     **({"already_tried": decision.already_tried} if decision.already_tried else {})},
         "rationale": decision.rationale,
         "decided_by": decision.decided_by,
         "next_params": next_params,

@@ -112,7 +112,7 @@ def test_streaming_text_usage_and_no_key_in_requests_or_transcript(server, monke
     assert len(pieces) > 3  # it really arrived in pieces
     assert recorder.calls == [{"list_rounds": True}]  # empty argument string is a call without arguments
     assert result.usage.as_dict() == {"prompt_tokens": 120, "completion_tokens": 17, "total_tokens": 137,
-                                      "requests": 2}
+                                      "requests": 2, "unknown_requests": 0}
     server.enqueue(Reply.text("ok", usage={"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}))
     second = loop.run_turn("thanks")
     assert second.usage.total_tokens == 11 and loop.usage.total_tokens == 148 and loop.usage.requests == 3

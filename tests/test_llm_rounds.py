@@ -158,4 +158,6 @@ def test_decider_falls_back_to_the_rule_policy(monkeypatch, caplog) -> None:
 
         server.enqueue(Reply.text("no idea"), Reply.text("still no idea"))
         decision = decider.decide(FEEDBACK, [], PARAMS)
-        assert decision.decided_by == "rule-policy" and "no valid propose_adjustment call" in decision.rationale
+        assert decision.decided_by == "rule-policy"
+        assert decision.rationale.startswith("LLM proposed nothing — rule policy: ")
+        assert decision.llm_text == "no idea\nstill no idea"  # the model's words, kept for the record

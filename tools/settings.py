@@ -80,6 +80,9 @@ class Settings:
     llm_thinking: bool = True
     llm_max_steps: int = 12
     llm_timeout_s: float = 120.0
+    # Tokens one answer may take (0: the server's own limit). A small local model can ramble until its context
+    # is full — minutes on a CPU — so cap it there; hosted servers stop on their own.
+    llm_max_tokens: int = 0
     # [providers]
     freepik_base_url: str = "https://api.freepik.com"
     deepai_base_url: str = "https://api.deepai.org"
@@ -146,6 +149,9 @@ class Settings:
         for name in ("num_inference_steps", "max_rounds", "patience", "llm_max_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+        if self.llm_max_tokens < 0:
+            raise ConfigError(f"llm_max_tokens is {self.llm_max_tokens}",
+                              "set llm_max_tokens to 0 (the server's limit) or a number of tokens such as 512")
         if self.images_per_prompt < 0:
             raise ConfigError(f"images_per_prompt is {self.images_per_prompt}",
                               f"set images_per_prompt to 1 or more, or 0 for the profile's default ({PROFILE_IMAGES_TEXT})")

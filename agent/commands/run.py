@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # the command line is parsed (and --rounds checked) before an
 NAME = "run"
 HELP = ("autonomous rounds: train the LoRA, generate against the base model and hosted competitors, score "
         "everyone against the references, let the LLM or the rule policy adjust, repeat (resumes when rerun)")
-LLM_KEYS = ("DEEPSEEK_API_KEY", "OPENAI_API_KEY")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--competitors", metavar="A,B",
                         help="hosted generators to compete (default from settings: freepik,deepai,gemini; "
                              "'none' for only the LoRA and the base model)")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help="training steps of the next round (clamped to the profile's safe range; the decider "
+                             "changes them from there; default: the profile's, or what the last round decided)")
     parser.add_argument("--no-llm", action="store_true", help="decide with the embedded rule policy even if an LLM key is set")
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask before paid hosted generation")
 
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     rounds = args.rounds if args.rounds is not None else settings.max_rounds
     if rounds < 1:
         raise ConfigError(f"--rounds is {rounds}", "pass --rounds 1 or more")
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps is {args.steps}", "pass --steps 1 or more")
     settings = settings.replace(max_rounds=rounds)
     from agent import render
     from agent.session import Session  # the rounds (and, through them, the model stack) load once the input is good
@@ -52,6 +56,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         if settings.is_tiny:
             ui.warn(session.profile.describe()["notice"])
         _confirm_paid_competitors(session, ui)
+        if args.steps is not None:
+            session.apply({"steps": args.steps})  # a clamp note is shown as a warning
         decider = choose_decider(session, use_llm=not args.no_llm, ui=ui)
         done = len(session.history())
         ui.info(f"results: {session.store.root} · decider: {decider.name} · rounds: {rounds}"
@@ -76,11 +82,11 @@ def _names(value) -> list[str]:
 
 def choose_decider(session: Session, use_llm: bool, ui: UI | None = None) -> Decider:
     """The LLM decider when asked for and a key is set (imported only then), else the rule policy."""
+    from agent.llm_client import llm_configured
     from agent.ui import UI
-    from tools.secrets import api_key
 
     ui = ui or UI(quiet=True)
-    if use_llm and any(api_key(name) for name in LLM_KEYS):
+    if use_llm and llm_configured(session.settings):
         from agent.llm_decider import make_decider
 
         decider, reason = make_decider(session.settings, session.bounds)
@@ -90,7 +96,8 @@ def choose_decider(session: Session, use_llm: bool, ui: UI | None = None) -> Dec
     from agent.policy import RulePolicy
 
     if use_llm:
-        ui.info("no LLM key set (DEEPSEEK_API_KEY or OPENAI_API_KEY): the embedded rule policy decides")
+        ui.info("no LLM key set (DEEPSEEK_API_KEY or OPENAI_API_KEY) and llm_base_url is no local server: "
+                "the embedded rule policy decides")
     return RulePolicy(bounds=session.bounds)
 
 
