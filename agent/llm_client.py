@@ -12,7 +12,6 @@ with blank keep-alive lines for minutes, which resets an ordinary read timeout f
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -20,7 +19,7 @@ from urllib.parse import urlparse
 from tools.errors import ConfigError, ProviderError
 from tools.secrets import api_key, mask, redact
 from tools.settings import Settings
-from tools.urls import check_key_url
+from tools.urls import check_key_url, url_is_loopback
 
 DEEPSEEK_DEFAULT_URL = "https://api.deepseek.com"
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
@@ -48,7 +47,7 @@ def resolve_endpoint(settings: Settings) -> tuple[str, str, str, str]:
         model = os.environ.get("OPENAI_MODEL", "").strip() or settings.llm_model
         return "OPENAI_API_KEY", openai_key, base_url, model
     local_url = os.environ.get("OPENAI_BASE_URL", "").strip() or settings.llm_base_url
-    if is_loopback(local_url):
+    if url_is_loopback(local_url):
         model = os.environ.get("OPENAI_MODEL", "").strip() or settings.llm_model
         return "", LOCAL_PLACEHOLDER_KEY, local_url, model
     raise ConfigError("no LLM API key is set", KEY_HELP)
@@ -61,17 +60,6 @@ def llm_configured(settings: Settings) -> bool:
     except ConfigError:
         return False
     return True
-
-
-def is_loopback(base_url: str) -> bool:
-    """True for a URL on this machine (localhost, 127.0.0.0/8, ::1): a local server that needs no key."""
-    host = (urlparse(base_url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def make_client(settings: Settings) -> tuple[openai.OpenAI, str]:

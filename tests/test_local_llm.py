@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from agent.llm_client import (LOCAL_PLACEHOLDER_KEY, ToolsUnsupportedError, describe_endpoint, is_loopback,
+from agent.llm_client import (LOCAL_PLACEHOLDER_KEY, ToolsUnsupportedError, describe_endpoint,
                               make_client)
 from agent.llm_decider import NOTHING, REPEATED, LLMDecider
 from agent.loop import ChatLoop, calls_in_content
@@ -18,6 +18,7 @@ from tests.test_llm_loop import Recorder
 from tests.test_llm_rounds import BOUNDS, FEEDBACK, PARAMS
 from tools.errors import ConfigError
 from tools.settings import load_settings
+from tools.urls import url_is_loopback
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_a_loopback_server_needs_no_key_and_gets_no_deepseek_fields(server) -> N
                                            ("http://192.168.1.5:8000/v1", False),
                                            ("https://api.deepseek.com", False), ("http://localhost.evil.com/v1", False)])
 def test_only_a_server_on_this_machine_goes_without_a_key(url, loopback) -> None:
-    assert is_loopback(url) is loopback
+    assert url_is_loopback(url) is loopback
     if not loopback:
         with pytest.raises(ConfigError):
             make_client(local_settings(url))

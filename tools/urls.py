@@ -37,6 +37,14 @@ def key_url_problem(url: str) -> str:
     return f"its scheme {parts.scheme or '(none)'!r} is neither https nor http"
 
 
+def url_is_loopback(url: str) -> bool:
+    """True for a URL on this machine: a local server (an LLM on loopback needs no key)."""
+    try:
+        return is_loopback(urlsplit(url.strip()).hostname or "")
+    except ValueError:
+        return False
+
+
 def is_loopback(host: str) -> bool:
     if host.lower() in LOOPBACK_NAMES:
         return True

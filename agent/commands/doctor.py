@@ -73,7 +73,8 @@ def check_llm(settings: Settings) -> list[CheckResult]:
     A hosted endpoint is not called (doctor spends no tokens and touches no network); a local one costs a
     one-token-ish completion. Without an LLM the rule policy decides, so nothing here is a FAIL.
     """
-    from agent.llm_client import KEY_HELP, is_loopback, resolve_endpoint
+    from agent.llm_client import KEY_HELP, resolve_endpoint
+    from tools.urls import url_is_loopback
     from tools.errors import ConfigError
 
     try:
@@ -81,7 +82,7 @@ def check_llm(settings: Settings) -> list[CheckResult]:
     except ConfigError:
         return [CheckResult("LLM back-end", INFO, "none configured: the rule policy decides each round", KEY_HELP)]
     backend = f"{model} at {base_url}"
-    if not is_loopback(base_url):
+    if not url_is_loopback(base_url):
         return [CheckResult("LLM back-end", OK, f"{backend} ({env_name}; hosted, not called by doctor)")]
     return [CheckResult("LLM back-end", OK, f"{backend} (local server{', ' + env_name if env_name else ', no key'})"),
             *probe_local_server(settings, base_url, model)]
