@@ -131,6 +131,22 @@ BUNDLED_REFERENCES = (
 )
 
 
+# King Zorabek, the second bundled example (``examples/zorabek``): composed of novel values — crown, purple robe,
+# goatee, round glasses — so the base has drawn none of his signature; his five references in five placements.
+ZORABEK = Character(face_shape="square face", eyes="round glasses", facial_hair="goatee", hairstyle="crown",
+                    robe_color="purple", robe_patterned=False, style="cartoon style", expression="happy",
+                    background="interior room")
+ZORABEK_REFERENCES = (
+    replace(ZORABEK, scale=1.0, offset_x=0.02, offset_y=0.03),
+    replace(ZORABEK, background="plain background", scale=0.82, offset_x=0.12, offset_y=0.06, head_tilt=-10.0,
+            head_shift=-0.08, plain_color=(230, 244, 220)),
+    replace(ZORABEK, scale=0.72, offset_x=-0.15, offset_y=0.10, head_tilt=8.0, head_shift=0.10, pose="waving"),
+    replace(ZORABEK, background="plain background", scale=1.12, offset_x=-0.04, offset_y=0.11, head_tilt=5.0,
+            head_shift=0.05, plain_color=(244, 226, 236)),
+    replace(ZORABEK, scale=0.9, offset_x=0.15, offset_y=0.05, head_tilt=-6.0, head_shift=-0.11),
+)
+
+
 def shows_signature(character: Character) -> bool:
     """Does the picture show any of Aldar Köse's signature items? The base model never trains on these."""
     return (character.hairstyle == "skullcap" or character.clothing_color == "orange patterned robe"
