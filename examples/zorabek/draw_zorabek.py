@@ -1,7 +1,7 @@
 """Draw the bundled King Zorabek reference pictures with the toy world's renderer (``tools.world``).
 
 The five ``zorabek1.png`` … ``zorabek5.png`` beside this script are its output: King Zorabek — square face,
-round glasses, a pointed goatee, a gold crown, a purple robe, laughing — in a cartoon style, in a throne
+round glasses, a pointed goatee, a gold crown, a purple robe, laughing — as a 3D render, in a throne
 room or on a plain background, in five placements. He is composed of the toy world's novel values
 (``tools.world.attributes.NOVEL_ATTRIBUTES``), which its base model never drew, so he is a new character
 for it; each picture is fully determined by its seed, so anyone can regenerate and check them pixel for pixel.

@@ -134,7 +134,7 @@ BUNDLED_REFERENCES = (
 # King Zorabek, the second bundled example (``examples/zorabek``): composed of novel values — crown, purple robe,
 # goatee, round glasses — so the base has drawn none of his signature; his five references in five placements.
 ZORABEK = Character(face_shape="square face", eyes="round glasses", facial_hair="goatee", hairstyle="crown",
-                    robe_color="purple", robe_patterned=False, style="cartoon style", expression="happy",
+                    robe_color="purple", robe_patterned=False, style="3D render", expression="happy",
                     background="interior room")
 ZORABEK_REFERENCES = (
     replace(ZORABEK, scale=1.0, offset_x=0.02, offset_y=0.03),
