@@ -125,3 +125,36 @@ def test_the_second_examples_files_never_name_the_first_character():
     assert sorted(p.name for p in files if p.suffix != ".png") == ["README.md", "draw_zorabek.py"]
     for path in files:
         assert b"aldar" not in path.read_bytes().lower(), path.name
+
+
+def _scorer_knows_the_novel_values() -> bool:
+    import json
+
+    from tools.world import WEIGHTS_DIR
+    from tools.world.build import SCORER_ONLY_STAGES
+
+    log = json.loads((WEIGHTS_DIR / "build_log.json").read_text())
+    return any(stage in log for stage in SCORER_ONLY_STAGES)
+
+
+@pytest.fixture(scope="module")
+def zorabek_analysis():
+    from tools.models import resolve_profile
+    from tools.scoring.analyzer import analyze_references
+    from tools.settings import BUNDLED_REFERENCES, BUNDLED_TAXONOMY, load_settings
+
+    settings = load_settings(overrides={"profile": "tiny"}, environ={})
+    return analyze_references(BUNDLED_REFERENCES.parent / "zorabek", resolve_profile(settings), BUNDLED_TAXONOMY,
+                              "zorabek", "King Zorabek", None, use_cache=False)
+
+
+@pytest.mark.skipif(not _scorer_knows_the_novel_values(),
+                    reason="the committed scorer's CLIP has not learnt the novel values (novel stages not committed)")
+def test_the_scorers_clip_reads_zorabeks_novel_features_in_every_reference(zorabek_analysis):
+    """The committed scorer learnt the novel values (the build's novel stage): the analysis of the second
+    example names his crown, purple robe, goatee and glasses, and each reference shows crown, robe and goatee."""
+    assert {"crown", "purple robe", "goatee", "round glasses"} <= set(zorabek_analysis["key_features"])
+    for name, entry in zorabek_analysis["per_image"].items():
+        assert entry["hairstyle"]["top"][0]["feature"] == "crown", name
+        assert entry["clothing_color"]["top"][0]["feature"] == "purple robe", name
+        assert entry["facial_hair"]["top"][0]["feature"] == "goatee", name
