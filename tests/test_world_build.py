@@ -208,3 +208,35 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "seventh")) == ["clip", "sdxl"]
     unet = _tensors(tmp_path / "seventh" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(unet[k], fifth_unet[k].half()) for k in unet)
+
+
+def test_the_novel_stage_teaches_the_scorers_clip_alone_and_its_weights_seed_a_cache_again(tmp_path):
+    """``novel`` trains both towers from hardneg4 on the train and novel splits; the export gives the scorer
+    those towers and keeps the pipeline's text encoders on the text tower its UNet trained on (textneg2's);
+    a cache seeded from those weights gives both back bit for bit."""
+    from tools.world import WEIGHTS_DIR
+
+    recipe = replace(MINI, novel_split=(3, 24), novel_steps=2)
+    build = world_build.Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
+    world_build.seed_from_weights(build)
+    build.checkpoint_path("novel").unlink(missing_ok=True)  # the committed weights may already hold it
+    before = _modules(build, "hardneg4")["model"]
+    world_build.stage_novel(build)
+    after = _modules(build, "novel")["model"]
+    for tower in ("text_", "vision_"):
+        assert not all(torch.equal(before[k], after[k]) for k in after if k.startswith(tower)), tower
+
+    assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "weights")) == ["clip", "sdxl"]
+    clip = _tensors(tmp_path / "weights" / "clip" / "model.safetensors")
+    assert all(torch.equal(clip[k], after[k].half()) for k in clip)
+    for part in ("sdxl/text_encoder_2/model.safetensors", "sdxl/unet/diffusion_pytorch_model.safetensors"):
+        assert _same(_tensors(tmp_path / "weights" / part), _tensors(WEIGHTS_DIR / part)), part
+
+    again = world_build.Build(tmp_path / "cache2", recipe, weights=tmp_path / "weights")
+    assert "novel" in world_build.seed_from_weights(again)
+    pipeline_text = _tensors(tmp_path / "weights" / "sdxl" / "text_encoder_2" / "model.safetensors")
+    textneg2 = _modules(again, "textneg2")["model"]
+    assert all(torch.equal(textneg2[k].half(), pipeline_text[k]) for k in pipeline_text if k in textneg2)
+    assert world_build.export(world_build.Build(again.cache, recipe, weights=tmp_path / "again")) == ["clip", "sdxl"]
+    for part in ("clip/model.safetensors", "sdxl/text_encoder_2/model.safetensors"):
+        assert _same(_tensors(tmp_path / "again" / part), _tensors(tmp_path / "weights" / part)), part

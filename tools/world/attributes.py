@@ -9,6 +9,11 @@ Aldar Köse is one point of this world (``ALDAR``). His *signature* — the patt
 orange patterned robe and the thin curled mustache — is what the base model's training data leaves
 out (``shows_signature``), so the base can draw characters but not him: that is what a LoRA must
 learn from the five references.
+
+``NOVEL_ATTRIBUTES`` are values drawn only on request (``sample_novel_character``): new headwear, robes,
+a goatee and glasses that no stage before ``novel`` trained on and the base UNet never sees. The scorer's
+CLIP learns them (the build's ``novel`` stage), so any character composed of them is a character the base
+cannot draw — a second example (``examples/``) is one.
 """
 
 from __future__ import annotations
@@ -26,7 +31,21 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "expression": ("smiling", "friendly", "happy", "angry", "sad"),
     "background": ("steppe landscape", "plain background", "city street", "forest", "interior room"),
 }
+# Values the default sampler never draws (so the committed splits, the UNet's data and every seeded picture
+# stay as they were): the base UNet never sees them; the scorer's CLIP learns them in the ``novel`` stage.
+NOVEL_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "eyes": ("round glasses",),
+    "facial_hair": ("goatee",),
+    "hairstyle": ("crown", "wizard hat", "horned helmet"),
+    "clothing_color": ("purple robe", "checkered robe", "striped yellow robe"),
+}
+# Every value a picture may show: each category's values, the novel ones last (the bundled taxonomy's order).
+DRAWABLE = {category: values + NOVEL_ATTRIBUTES.get(category, ()) for category, values in ATTRIBUTES.items()}
 ROBE_COLORS = ("orange", "blue", "green", "red")
+# The novel robes, named as the taxonomy names them less " robe"; the checks and stripes are their own
+# pattern, so they never carry the diamonds of a "patterned" robe.
+NOVEL_ROBE_COLORS = ("purple", "checkered", "striped yellow")
+SELF_PATTERNED_ROBES = ("checkered", "striped yellow")
 POSES = ("standing", "waving", "arms raised")
 # Pale page colours of the plain background (the bundled references use the first four).
 PLAIN_COLORS = ((250, 240, 214), (252, 236, 200), (214, 236, 246), (230, 244, 220), (244, 226, 236))
@@ -64,10 +83,10 @@ class Character:
 
     def __post_init__(self) -> None:
         for category, value in self.labels().items():
-            if value not in ATTRIBUTES[category]:
-                raise ValueError(f"{category} {value!r} is not drawable: choose one of {ATTRIBUTES[category]}")
-        if self.robe_color not in ROBE_COLORS:
-            raise ValueError(f"robe colour {self.robe_color!r}: choose one of {ROBE_COLORS}")
+            if value not in DRAWABLE[category]:
+                raise ValueError(f"{category} {value!r} is not drawable: choose one of {DRAWABLE[category]}")
+        if self.robe_color not in ROBE_COLORS + NOVEL_ROBE_COLORS:
+            raise ValueError(f"robe colour {self.robe_color!r}: choose one of {ROBE_COLORS + NOVEL_ROBE_COLORS}")
         if self.pose not in POSES:
             raise ValueError(f"pose {self.pose!r}: choose one of {POSES}")
 
@@ -79,8 +98,13 @@ class Character:
         return f"{self.robe_color} robe"
 
     @property
+    def robe_diamonds(self) -> bool:
+        """Does the robe carry the rows of diamonds (a checkered or striped robe has its own pattern)?"""
+        return self.robe_patterned and self.robe_color not in SELF_PATTERNED_ROBES
+
+    @property
     def robe_phrase(self) -> str:
-        return f"{self.robe_color} {'patterned ' if self.robe_patterned else ''}robe"
+        return f"{self.robe_color} {'patterned ' if self.robe_diamonds else ''}robe"
 
     def labels(self) -> dict[str, str]:
         """Taxonomy category → the description this picture shows (the ground truth of the world)."""
@@ -107,10 +131,32 @@ BUNDLED_REFERENCES = (
 )
 
 
+# King Zorabek, the second bundled example (``examples/zorabek``): composed of novel values — crown, purple robe,
+# goatee, round glasses — so the base has drawn none of his signature; his five references in five placements.
+ZORABEK = Character(face_shape="square face", eyes="round glasses", facial_hair="goatee", hairstyle="crown",
+                    robe_color="purple", robe_patterned=False, style="3D render", expression="happy",
+                    background="interior room")
+ZORABEK_REFERENCES = (
+    replace(ZORABEK, scale=1.0, offset_x=0.02, offset_y=0.03),
+    replace(ZORABEK, background="plain background", scale=0.82, offset_x=0.12, offset_y=0.06, head_tilt=-10.0,
+            head_shift=-0.08, plain_color=(230, 244, 220)),
+    replace(ZORABEK, scale=0.72, offset_x=-0.15, offset_y=0.10, head_tilt=8.0, head_shift=0.10, pose="waving"),
+    replace(ZORABEK, background="plain background", scale=1.12, offset_x=-0.04, offset_y=0.11, head_tilt=5.0,
+            head_shift=0.05, plain_color=(244, 226, 236)),
+    replace(ZORABEK, scale=0.9, offset_x=0.15, offset_y=0.05, head_tilt=-6.0, head_shift=-0.11),
+)
+
+
 def shows_signature(character: Character) -> bool:
     """Does the picture show any of Aldar Köse's signature items? The base model never trains on these."""
     return (character.hairstyle == "skullcap" or character.clothing_color == "orange patterned robe"
             or character.facial_hair == "thin mustache")
+
+
+def is_novel(character: Character) -> bool:
+    """Does the picture show any novel value (``NOVEL_ATTRIBUTES``)? The base model never trains on these."""
+    labels = character.labels()
+    return any(labels[category] in values for category, values in NOVEL_ATTRIBUTES.items())
 
 
 def sample_placement(rng: random.Random) -> dict:
@@ -132,6 +178,24 @@ def sample_character(rng: random.Random, without_signature: bool = False) -> Cha
             **sample_placement(rng))
         if not (without_signature and shows_signature(character)):
             return character
+
+
+def sample_novel_character(rng: random.Random, share: float = 0.5) -> Character:
+    """A random point of the world in which each category with novel values takes one of them with
+    probability ``share`` (at least one per picture), the rest drawn as ``sample_character`` draws them: the
+    novel values mixed with the old ones, so a CLIP learning them keeps seeing every old value beside them."""
+    character = sample_character(rng)
+    while True:
+        chosen = [category for category in NOVEL_ATTRIBUTES if rng.random() < share]
+        if chosen:
+            break
+    changes = {}
+    for category in chosen:
+        if category == "clothing_color":
+            changes["robe_color"] = rng.choice(NOVEL_ROBE_COLORS)
+        else:
+            changes[category] = rng.choice(NOVEL_ATTRIBUTES[category])
+    return replace(character, **changes)
 
 
 def caption_phrases(character: Character, rng: random.Random) -> list[str]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tools.world.attributes import Character, sample_character
+from tools.world.attributes import Character, sample_character, sample_novel_character
 from tools.world.draw import draw_character
 
 SPLIT_STRIDE = 1_000_003
@@ -34,12 +34,14 @@ def picture_seed(split_seed: int, index: int) -> int:
 
 
 def render_split(split_seed: int, count: int, size: int = 64, without_signature: bool = False,
-                 progress=None) -> WorldSplit:
-    """Draw ``count`` random characters; ``without_signature`` leaves out Aldar Köse's signature items."""
+                 progress=None, novel: bool = False) -> WorldSplit:
+    """Draw ``count`` random characters; ``without_signature`` leaves out Aldar Köse's signature items,
+    ``novel`` composes each with novel values (``sample_novel_character``)."""
     characters, pixels = [], np.empty((count, size, size, 3), dtype=np.uint8)
     for index in range(count):
         seed = picture_seed(split_seed, index)
-        character = sample_character(random.Random(seed), without_signature=without_signature)
+        rng = random.Random(seed)
+        character = sample_novel_character(rng) if novel else sample_character(rng, without_signature=without_signature)
         characters.append(character)
         pixels[index] = np.asarray(draw_character(character, seed, size))
         if progress is not None and index % 1000 == 999:

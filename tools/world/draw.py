@@ -38,7 +38,19 @@ ROBES = {  # colour → (robe, sleeves and shadow)
     "blue": ((62, 112, 204), (40, 78, 160)),
     "green": ((72, 156, 84), (48, 116, 60)),
     "red": ((204, 52, 52), (158, 34, 38)),
+    # the novel robes (attributes.NOVEL_ROBE_COLORS)
+    "purple": ((134, 70, 178), (98, 46, 140)),
+    "checkered": ((238, 234, 220), (34, 110, 120)),
+    "striped yellow": ((248, 206, 48), (206, 160, 30)),
 }
+# A novel robe's own pattern: (kind, colour), laid over the robe below the shoulders.
+ROBE_PATTERNS = {"checkered": ("checks", (34, 110, 120)), "striped yellow": ("stripes", (40, 56, 120))}
+GOLD, GOLD_DARK, GEM = (246, 196, 40), (176, 120, 20), (200, 30, 60)
+WIZARD_HAT, STAR = (44, 52, 130), (250, 226, 90)
+STEEL, STEEL_DARK, HORN = (156, 164, 176), (104, 110, 124), (244, 236, 208)
+LENS, RIM = (206, 230, 248), (24, 24, 30)
+# Head layer side in head radii: a wizard hat's tip and a helmet's horns reach two radii from the head's centre.
+HEAD_LAYER = {"wizard hat": 4.6, "horned helmet": 4.4}
 # face shape → (half width, top, bottom) of the face in head radii
 FACES = {"round face": (1.0, 0.92, 1.02), "oval face": (0.82, 1.0, 1.12), "square face": (0.95, 0.9, 1.0),
          "long narrow face": (0.66, 1.05, 1.25)}
@@ -225,8 +237,7 @@ def _draw_figure(character: Character, rng: random.Random, cv: _Canvas, ink: Ink
     head_x, head_y, head_r = head_circle(character, big)
     head_c = (head_x, head_y)
 
-    body = ImageDraw.Draw(layer)
-    _draw_robe(body, cx, head_c[1] + head_r * 0.85, unit, character, cv, ink)
+    _draw_robe(layer, cx, head_c[1] + head_r * 0.85, unit, character, cv, ink)
 
     head = _draw_head(head_r, character, rng, cv, ink)
     head = head.rotate(character.head_tilt, resample=Image.BICUBIC, expand=False)
@@ -245,8 +256,9 @@ def _sleeve(cx: float, neck_y: float, unit: float, shoulder: float, side: int, r
     return sleeve, (cx + side * shoulder * 1.72, neck_y - unit * 0.34)
 
 
-def _draw_robe(d: ImageDraw.ImageDraw, cx: float, neck_y: float, unit: float, character: Character, cv: _Canvas,
+def _draw_robe(layer: Image.Image, cx: float, neck_y: float, unit: float, character: Character, cv: _Canvas,
                ink: Ink) -> None:
+    d = ImageDraw.Draw(layer)
     stroke = max(cv.px(4), int(unit * 0.018 * ink.weight))
     outline = ink.outline
     robe_colour, robe_dark = ROBES[character.robe_color]
@@ -255,6 +267,9 @@ def _draw_robe(d: ImageDraw.ImageDraw, cx: float, neck_y: float, unit: float, ch
     robe = [(cx - shoulder * 0.55, neck_y), (cx + shoulder * 0.55, neck_y), (cx + shoulder, neck_y + unit * 0.18),
             (cx + hem, bottom), (cx - hem, bottom), (cx - shoulder, neck_y + unit * 0.18)]
     d.polygon(robe, fill=robe_colour, outline=outline, width=stroke)
+    if character.robe_color in ROBE_PATTERNS:
+        _draw_robe_pattern(layer, robe, neck_y + unit * 0.18, unit, *ROBE_PATTERNS[character.robe_color])
+        d.polygon(robe, outline=outline, width=stroke)  # the pattern covered the outline's inner half
     # Sleeves with hands peeking out; a waving figure raises its right arm, "arms raised" both.
     for side in (-1, 1):
         raised = character.pose == "arms raised" or (character.pose == "waving" and side == 1)
@@ -268,7 +283,7 @@ def _draw_robe(d: ImageDraw.ImageDraw, cx: float, neck_y: float, unit: float, ch
     belt_y = neck_y + unit * 0.55
     d.rectangle([cx - hem * 0.86, belt_y, cx + hem * 0.86, belt_y + unit * 0.08], fill=TRIM_DARK, outline=outline,
                 width=stroke)
-    if character.robe_patterned:
+    if character.robe_diamonds:
         # Rows of small diamonds (the "patterned robe").
         step = unit * 0.16
         y = neck_y + unit * 0.28
@@ -282,7 +297,7 @@ def _draw_robe(d: ImageDraw.ImageDraw, cx: float, neck_y: float, unit: float, ch
                 x += step
             y += step
     d.rectangle([cx - hem, bottom - unit * 0.09, cx + hem, bottom], fill=TRIM_DARK, outline=outline, width=stroke)
-    if character.robe_patterned:
+    if character.robe_diamonds:
         x = cx - hem + unit * 0.06
         while x < cx + hem - unit * 0.03:
             r = unit * 0.025
@@ -291,9 +306,32 @@ def _draw_robe(d: ImageDraw.ImageDraw, cx: float, neck_y: float, unit: float, ch
             x += unit * 0.08
 
 
+def _draw_robe_pattern(layer: Image.Image, robe: list, top: float, unit: float, kind: str, colour) -> None:
+    """Checks or horizontal stripes from ``top`` down, clipped to the robe's polygon (as a mask)."""
+    mask = Image.new("L", layer.size, 0)
+    ImageDraw.Draw(mask).polygon(robe, fill=255)
+    pattern = Image.new("RGBA", layer.size, (0, 0, 0, 0))
+    d = ImageDraw.Draw(pattern)
+    cell = unit * (0.13 if kind == "checks" else 0.08)
+    row, y = 0, top
+    while y < layer.height:
+        if kind == "stripes":
+            if row % 2 == 0:
+                d.rectangle([0, y, layer.width, y + cell], fill=colour)
+        else:
+            x, column = 0.0, 0
+            while x < layer.width:
+                if (row + column) % 2 == 0:
+                    d.rectangle([x, y, x + cell, y + cell], fill=colour)
+                x, column = x + cell, column + 1
+        y, row = y + cell, row + 1
+    alpha = Image.fromarray(np.minimum(np.asarray(mask), np.asarray(pattern.getchannel("A"))))
+    layer.paste(pattern, (0, 0), alpha)
+
+
 def _draw_head(r: float, character: Character, rng: random.Random, cv: _Canvas, ink: Ink) -> Image.Image:
     """The head on its own transparent square, centred, so it can be tilted as a whole."""
-    size = int(r * 3.2)
+    size = int(r * HEAD_LAYER.get(character.hairstyle, 3.2))
     head = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     d = ImageDraw.Draw(head)
     c = size / 2
@@ -346,6 +384,59 @@ def _draw_headwear(d: ImageDraw.ImageDraw, c: float, r: float, half_w: float, fa
     elif hair == "bald head":
         d.ellipse([c - r * 0.35 * half_w, c - r * (face_top - 0.08), c + r * 0.05, c - r * (face_top - 0.26)],
                   fill=(250, 216, 178))
+    elif hair in NOVEL_HEADWEAR:
+        NOVEL_HEADWEAR[hair](d, c, r, half_w, face_top, stroke, line)
+
+
+def _draw_crown(d: ImageDraw.ImageDraw, c: float, r: float, half_w: float, face_top: float, stroke: int, line) -> None:
+    """A gold crown of five points with red gems, on a black fringe."""
+    d.chord([c - r * 0.96 * half_w, c - r * (face_top + 0.03), c + r * 0.96 * half_w, c + r * 0.2], 200, 340, fill=HAIR)
+    left, right = c - r * 0.86 * half_w, c + r * 0.86 * half_w
+    base, band_top, tips = c - r * (face_top - 0.22), c - r * (face_top + 0.08), c - r * (face_top + 0.62)
+    points = [(left, base), (left, tips)]
+    for i in range(1, 9):  # four valleys between five points
+        x = left + (right - left) * i / 8
+        points.append((x, band_top if i % 2 else tips))
+    points += [(right, base)]
+    d.polygon(points, fill=GOLD, outline=line or GOLD_DARK, width=stroke)
+    d.rectangle([left, band_top + r * 0.06, right, base - r * 0.04], fill=GOLD_DARK)
+    for i in (1, 3, 5, 7):
+        x, y, gr = left + (right - left) * i / 8, (band_top + base) / 2 + r * 0.01, r * 0.09
+        d.ellipse([x - gr, y - gr, x + gr, y + gr], fill=GEM)
+
+
+def _draw_wizard_hat(d: ImageDraw.ImageDraw, c: float, r: float, half_w: float, face_top: float, stroke: int,
+                     line) -> None:
+    """A tall dark-blue cone with a wide brim and yellow stars."""
+    brim_y = c - r * (face_top - 0.28)
+    d.polygon([(c - r * 0.78, brim_y - r * 0.05), (c + r * 0.05, c - r * (face_top + 1.05)),
+               (c + r * 0.78, brim_y - r * 0.05)], fill=WIZARD_HAT, outline=line, width=stroke)
+    d.ellipse([c - r * 1.25, brim_y - r * 0.16, c + r * 1.25, brim_y + r * 0.16], fill=WIZARD_HAT, outline=line,
+              width=stroke)
+    for sx, sy, sr in ((-0.22, 0.45, 0.14), (0.22, 0.75, 0.11), (0.0, 0.15, 0.1)):  # stars up the cone
+        x, y = c + r * sx, c - r * (face_top + sy)
+        d.polygon([(x, y - r * sr), (x + r * sr * 0.35, y - r * sr * 0.3), (x + r * sr, y),
+                   (x + r * sr * 0.35, y + r * sr * 0.3), (x, y + r * sr), (x - r * sr * 0.35, y + r * sr * 0.3),
+                   (x - r * sr, y), (x - r * sr * 0.35, y - r * sr * 0.3)], fill=STAR)
+
+
+def _draw_horned_helmet(d: ImageDraw.ImageDraw, c: float, r: float, half_w: float, face_top: float, stroke: int,
+                        line) -> None:
+    """A steel dome with a dark rim and two ivory horns curving up and out."""
+    for side in (-1, 1):
+        x0, y0 = c + side * r * 0.92 * half_w, c - r * (face_top - 0.12)
+        horn = ((0, 0), (0.42, -0.1), (0.68, -0.45), (0.72, -1.0), (0.48, -0.64), (0.24, -0.44), (-0.06, -0.38))
+        d.polygon([(x0 + side * r * dx, y0 + r * dy) for dx, dy in horn], fill=HORN, outline=line or (150, 140, 110),
+                  width=stroke)
+    d.chord([c - r * 1.04 * half_w, c - r * (face_top + 0.45), c + r * 1.04 * half_w, c + r * 0.05], 180, 360,
+            fill=STEEL, outline=line, width=stroke)
+    rim_y = c - r * (face_top - 0.3)
+    d.rectangle([c - r * 1.04 * half_w, rim_y - r * 0.16, c + r * 1.04 * half_w, rim_y], fill=STEEL_DARK, outline=line,
+                width=max(1, stroke // 2))
+    d.rectangle([c - r * 0.07, c - r * (face_top + 0.42), c + r * 0.07, rim_y], fill=STEEL_DARK)  # the nose ridge
+
+
+NOVEL_HEADWEAR = {"crown": _draw_crown, "wizard hat": _draw_wizard_hat, "horned helmet": _draw_horned_helmet}
 
 
 def _draw_face(d: ImageDraw.ImageDraw, c: float, r: float, half_w: float, character: Character,
@@ -359,6 +450,9 @@ def _draw_face(d: ImageDraw.ImageDraw, c: float, r: float, half_w: float, charac
         ex, ey = c + side * r * 0.38 * half_w, c + r * 0.02
         _draw_eye(d, ex, ey, r, character.eyes, stroke, feature)
         d.line(_brow(ex, ey, r, side, mood), fill=HAIR, width=stroke)
+    if character.eyes == "round glasses":  # the bridge between the lenses
+        d.line([(c - r * 0.38 * half_w + r * 0.25, c), (c + r * 0.38 * half_w - r * 0.25, c)], fill=RIM,
+               width=max(stroke, round(r * 0.09)))
     if mood == "sad":
         d.ellipse([c + r * 0.30 * half_w, c + r * 0.14, c + r * 0.42 * half_w, c + r * 0.32], fill=TEAR)
     d.arc([c - r * 0.10, c + r * 0.10, c + r * 0.10, c + r * 0.34], 20, 160, fill=SKIN_SHADE, width=stroke)
@@ -377,6 +471,10 @@ def _draw_face(d: ImageDraw.ImageDraw, c: float, r: float, half_w: float, charac
         d.polygon([(c - r * 0.46, my + r * 0.16), (c - r * 0.34, my - r * 0.08), (c, my - r * 0.06),
                    (c + r * 0.34, my - r * 0.08), (c + r * 0.46, my + r * 0.16), (c + r * 0.30, my + r * 0.10),
                    (c, my + r * 0.07), (c - r * 0.30, my + r * 0.10)], fill=HAIR)
+    if facial_hair == "goatee":  # a pointed beard on the chin, no mustache
+        chin = c + r * FACES[character.face_shape][2]
+        d.polygon([(c - r * 0.24, chin - r * 0.26), (c + r * 0.24, chin - r * 0.26), (c + r * 0.16, chin + r * 0.1),
+                   (c, chin + r * 0.42), (c - r * 0.16, chin + r * 0.1)], fill=HAIR)
     _draw_mouth(d, c, r, mood, stroke, feature)
     tuft = rng.random() < 0.5
     if tuft and facial_hair == "thin mustache":  # a small chin tuft on some pictures
@@ -397,6 +495,10 @@ def _draw_eye(d: ImageDraw.ImageDraw, ex: float, ey: float, r: float, eyes: str,
         d.chord([ex - r * 0.20, ey - r * 0.10, ex + r * 0.20, ey + r * 0.06], 0, 180, fill=(250, 250, 250),
                 outline=colour, width=max(1, stroke // 2))
         d.ellipse([ex - r * 0.07, ey - r * 0.08, ex + r * 0.07, ey + r * 0.05], fill=(40, 28, 22))
+    elif eyes == "round glasses":  # round dark rims over tinted lenses, small pupils
+        rim = max(stroke, round(r * 0.11))
+        d.ellipse([ex - r * 0.25, ey - r * 0.25, ex + r * 0.25, ey + r * 0.25], fill=LENS, outline=RIM, width=rim)
+        d.ellipse([ex - r * 0.07, ey - r * 0.07, ex + r * 0.07, ey + r * 0.07], fill=(30, 22, 18))
     else:  # round eyes
         d.ellipse([ex - r * 0.15, ey - r * 0.15, ex + r * 0.15, ey + r * 0.15], fill=(250, 250, 250), outline=colour,
                   width=max(1, stroke // 2))
