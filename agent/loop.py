@@ -56,15 +56,20 @@ class Usage:
                 "total_tokens": self.total_tokens, "requests": self.requests,
                 "unknown_requests": self.unknown_requests}
 
+    @property
+    def all_unknown(self) -> bool:
+        """No answer carried token usage (a server that reports none)."""
+        return bool(self.requests) and self.unknown_requests == self.requests
+
     def total_text(self) -> str:
         """The total as shown: '1,234'; 'unknown' when the server reported no usage; '1,234 + unknown' partly."""
-        if self.requests and self.unknown_requests == self.requests:
+        if self.all_unknown:
             return "unknown"
         return f"{self.total_tokens:,}" + (" + unknown" if self.unknown_requests else "")
 
     def describe(self) -> str:
         """'1,234 tokens (1,000 in, 234 out, 3 requests)', saying where the server reported no usage."""
-        if self.requests and self.unknown_requests == self.requests:
+        if self.all_unknown:
             return f"tokens unknown (the server reported no usage; {self.requests} requests)"
         text = (f"{self.total_tokens:,} tokens ({self.prompt_tokens:,} in, {self.completion_tokens:,} out, "
                 f"{self.requests} requests)")
