@@ -46,8 +46,10 @@ class Signals:
     max_reference_ssim: float | None = None
     variety: float | None = None
     copies_reference: bool = False  # a LoRA image nearly copies one reference (tools.scoring.copies)
-    still_rising: bool = False  # the round's best checkpoint was its last: training stopped too early
+    still_rising: bool = False  # the round's best checkpoint was its last, beyond the spread: stopped too early
     best_step: int | None = None
+    best_early: bool = False  # the best checkpoint came before the last: more steps would not help
+    spread: float | None = None  # standard error of the LoRA's quality this round (std / √images)
 
 
 def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
@@ -74,6 +76,8 @@ def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
         copies_reference=copying(overfit),
         still_rising=training.get("still_rising") is True,  # a hand-edited "false" is not True
         best_step=int(training["best_step"]) if finite_number(training.get("best_step")) is not None else None,
+        best_early=training.get("best_early") is True,
+        spread=finite_number(feedback.get("lora_spread")),
     )
 
 
@@ -101,7 +105,7 @@ class RulePolicy:
         proposal: dict[str, Any] = {}
         reasons: list[str] = []
         overfit = overfitting_reason(signals, previous_variety(history))
-        back = None if overfit else backtrack(signals.lora_score, history, params)
+        back = None if overfit else backtrack(signals.lora_score, history, params, signals.spread or 0.0)
         if overfit:
             proposal.update(fewer_steps_lower_lr(params))
             reasons.append(f"{overfit}, so train fewer steps at a lower learning rate")
@@ -109,7 +113,7 @@ class RulePolicy:
             proposal.update(back[0])
             reasons.append(back[1])
         elif signals.clip is not None and signals.clip < LOW_CLIP:
-            more, why = train_harder(params, self.bounds)
+            more, why = train_harder(params, self.bounds, steps_help=not signals.best_early)
             proposal.update(more)
             reasons.append(f"CLIP similarity {signals.clip:.3f} is below {LOW_CLIP}, so {why}")
         elif signals.still_rising:
@@ -135,13 +139,15 @@ class RulePolicy:
         return Decision(adjustments=adjustments, rationale=rationale, decided_by=self.name)
 
 
-def backtrack(score: float | None, history: list[dict], params: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+def backtrack(score: float | None, history: list[dict], params: dict[str, Any],
+              spread: float = 0.0) -> tuple[dict[str, Any], str] | None:
     """When this round (``params``, scoring ``score``) fell below the best earlier round: go back to that round's
     parameters plus half the change tried from them, as a backtracking line search halves a step that
     overshot. Returns (adjustments from ``params``, reason), or None when this round is the best so far or no
-    untried half-step is left (one emphasised phrase cannot be halved): then the other rules go on from here."""
+    untried half-step is left (one emphasised phrase cannot be halved): then the other rules go on from here.
+    Noise-aware: a round counts as below only by more than ``spread`` (its images' standard error)."""
     best = best_round(history)
-    if score is None or best is None or score >= best["lora_score"]:
+    if score is None or best is None or score >= best["lora_score"] - spread:
         return None
     start, tried = knob_values(best.get("params") or {}), knob_values(params)
     candidate = {**start, **half_change(start, tried)}
@@ -210,11 +216,13 @@ def fewer_steps_lower_lr(params: dict[str, Any]) -> dict[str, Any]:
     return change
 
 
-def train_harder(params: dict[str, Any], bounds: dict[str, tuple]) -> tuple[dict[str, Any], str]:
-    """More steps while below the cap; at the cap, double the rank (alpha along, so alpha/rank holds)."""
+def train_harder(params: dict[str, Any], bounds: dict[str, tuple],
+                 steps_help: bool = True) -> tuple[dict[str, Any], str]:
+    """More steps while below the cap; at the cap, or when the best checkpoint came early (``steps_help``
+    False: more steps would only repeat the round), double the rank (alpha along, so alpha/rank holds)."""
     steps = int(params.get("steps") or 1)
     step_cap, rank_cap = bounds["steps"][1], bounds["rank"][1]
-    if steps < step_cap:
+    if steps < step_cap and steps_help:
         return {"steps": min(max(int(round(steps * STEP_UP)), steps + 1), step_cap)}, "train more steps"
     rank = int(params.get("rank") or 4)
     if rank >= rank_cap:
@@ -223,7 +231,8 @@ def train_harder(params: dict[str, Any], bounds: dict[str, tuple]) -> tuple[dict
     change: dict[str, Any] = {"rank": new_rank}
     if params.get("alpha"):
         change["alpha"] = params["alpha"] * new_rank / rank
-    return change, "raise the LoRA rank (steps are at their cap)"
+    return change, ("raise the LoRA rank (steps are at their cap)" if steps_help or steps >= step_cap else
+                    "raise the LoRA rank (the best checkpoint came early: more steps would not help)")
 
 
 def _sentence(text: str) -> str:

@@ -28,8 +28,15 @@ class TrainingCurve(TypedDict):
     steps: int | None  # steps trained
     best_step: int | None  # the best-scoring checkpoint's step (normally the exported one); None: none scored
     scored_checkpoints: int
-    # The best-scoring checkpoint was the last of two or more: the score was still rising when training stopped.
+    # The best-scoring checkpoint was the last of two or more and above the best earlier one beyond their spread:
+    # the score was still rising when training stopped.
     still_rising: bool
+    spread: NotRequired[float | None]  # the best checkpoint's standard error (std of its images / √images)
+    best_early: NotRequired[bool]  # the best checkpoint came before the last: later steps did not help
+    likeness_step: NotRequired[int | None]  # first checkpoint at 90 % of the reference ceiling's quality
+    stopped_early: NotRequired[str]  # why training stopped before its steps (plateau), or ""
+    lora_steps_before: NotRequired[int]  # steps the warm start's checkpoint had had (0: a fresh LoRA)
+    seconds: NotRequired[float]  # wall seconds the round trained
 
 
 class SessionFeedback(Feedback):
@@ -38,6 +45,7 @@ class SessionFeedback(Feedback):
     round: int
     overfitting: Overfitting
     training: NotRequired[TrainingCurve]  # absent in feedback files from before it, and for a LoRA made elsewhere
+    lora_spread: NotRequired[float | None]  # standard error of the LoRA's quality (std / √images) this round
 
 
 class GeneratorScores(TypedDict):
@@ -61,6 +69,8 @@ class CeilingScores(TypedDict):
 class CheckpointScore(TypedDict):  # one scored training checkpoint (train_lora's checkpoint_scores)
     step: int
     quality: float
+    quality_std: NotRequired[float]  # spread of its validation images' quality
+    images: NotRequired[float]  # how many validation images it was scored on
     clip: NotRequired[float]
     features: NotRequired[float]
     ssim: NotRequired[float]

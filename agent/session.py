@@ -22,7 +22,7 @@ from agent.ranking import best_round, ranked_rounds
 from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
                            SessionFeedback, TrainingCurve)
 from agent.store import MODEL_KEYS, RunStore
-from tools.atomic import read_json_object
+from tools.atomic import atomic_write_json, read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
 from tools.numbers import finite_number
@@ -34,6 +34,11 @@ if TYPE_CHECKING:  # annotations only: the trainer loads when a round trains
     from tools.training.config import TrainConfig
 
 BASE = "base"
+WARM_START = "warm_start.json"  # in a round's run folder: the checkpoint it continues (kept for its resume)
+# The agent's plateau stop: a round ends once its validation quality is flat over this many checkpoints.
+PLATEAU_CHECKPOINTS = 3
+# Likeness: a checkpoint's validation quality at this fraction of the reference ceiling's (steps to likeness).
+LIKENESS = 0.9
 
 
 @dataclass
@@ -60,6 +65,8 @@ class TrainedRound(TypedDict):
     final_loss: float
     interrupted: bool
     resumed_from_step: NotRequired[int]  # 0: trained from scratch
+    warm_start: NotRequired[dict | None]  # continued from an earlier round's checkpoint: {from_round, from_step, ...}
+    stopped_early: NotRequired[str]  # why training stopped before its steps (a plateau), or ""
     checkpoint_scores: list[CheckpointScore]
     chosen_checkpoint: ChosenCheckpoint | None
 
@@ -77,6 +84,7 @@ class RoundState:
     images: dict[str, list[Path]] | None = None
     skipped: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+    base_prompts: list[str] = field(default_factory=list)  # what the base model drew: the prompts without emphasis
     report: ComparisonReport | None = None
     feedback: SessionFeedback | None = None
     report_path: Path | None = None
@@ -201,9 +209,15 @@ class Session:
         return self.analysis
 
     # ---------------------------------------------------------------- train
-    def round_train_config(self) -> TrainConfig:
-        """The trainer's config for ``self.params``, its checkpoints judged as the round will draw its images."""
+    def round_train_config(self, warm: dict | None = None) -> TrainConfig:
+        """The trainer's config for ``self.params``, its checkpoints judged as the round will draw its images;
+        with ``warm`` (``_warm_start``) it continues that checkpoint for the steps left of ``params['steps']``."""
         config = train_config(self.profile, self.params)
+        if warm:
+            config = dataclasses.replace(config, init_weights=str(self.store.absolute(warm["checkpoint"])),
+                                         steps=int(warm["steps"]))
+            if config.lr_warmup_steps >= config.steps:
+                config = dataclasses.replace(config, lr_warmup_steps=config.steps // 10)
         if not config.validation_prompt:  # checkpoints are judged on the prompt the round will generate with
             config = dataclasses.replace(config, validation_prompt=self.prompt())
         # ... and at its guidance and negative prompt (none on tiny, SDXL's default otherwise)
@@ -222,13 +236,17 @@ class Session:
         analysis = self.analyze()
         state = self._round()
         state.params = dict(self.params)
-        config = self.round_train_config()
-        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
         run_dir = self.store.round_run_dir(state.number)
-        # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
-        scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
         checkpoint = self._latest_checkpoint(state.number)
         resumed_from = checkpoint_step(checkpoint) if checkpoint else 0
+        # A resumed round continues as it began (warm or fresh): its own record of that, not a new choice.
+        warm = read_json_object(run_dir / WARM_START) if checkpoint else self._warm_start(state.number)
+        if warm and not checkpoint:
+            atomic_write_json(run_dir / WARM_START, warm)
+        config = self.round_train_config(warm)
+        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
+        # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
+        scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
         if resumed_from:  # shown even when quiet: the round does not start from scratch
             _emit(self.events.on_notice, f"round {state.number}: resuming training from step {resumed_from} "
                                          f"({self.store.relative(checkpoint)})")
@@ -245,6 +263,8 @@ class Session:
                 _emit(self.events.on_warning,
                       f"{error.problem}; kept it as {self.store.relative(aside)} and retrained the round")
                 resumed_from = 0
+                if warm:
+                    atomic_write_json(run_dir / WARM_START, warm)
                 result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer)
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
@@ -253,12 +273,52 @@ class Session:
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted,
                        "resumed_from_step": resumed_from, "checkpoint_scores": result.checkpoint_scores,
-                       "chosen_checkpoint": result.chosen_checkpoint}
+                       "chosen_checkpoint": result.chosen_checkpoint, "warm_start": warm or None,
+                       "stopped_early": getattr(result, "stopped_early", "")}
         state.images = state.report = state.feedback = None  # they came from the previous LoRA
         chosen = result.chosen_checkpoint or {}
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "
                   f"LoRA = step {chosen.get('step', result.steps)} ({chosen.get('why', 'last step')})")
         return state.train
+
+    def _warm_start(self, number: int) -> dict | None:
+        """Where round ``number`` continues from: the best finished round's chosen checkpoint, trained on for
+        the steps ``params['steps']`` asks beyond those that checkpoint already had (kohya's --network_weights
+        continuation). None — a fresh LoRA — when warm starts are off, no round finished, or that checkpoint
+        cannot be continued (deleted, other models, another rank, no steps left), said in one line."""
+        from tools.training.lora_files import CHECKPOINT_PREFIX
+        from tools.training.setup import check_init_weights
+
+        if not self.params.get("warm_start") or not self.store.rounds:
+            return None
+        best = best_round(self.store.rounds)
+        train = (best or {}).get("train") or {}
+        chosen = train.get("chosen_checkpoint") or {}
+        run_dir = self.store.absolute(((best or {}).get("paths") or {}).get("run_dir"))
+        if best is None or finite_number(chosen.get("step")) is None or run_dir is None:
+            return None
+        step = int(chosen["step"])
+        folder = run_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+        inherited = int(((train.get("warm_start") or {}).get("lora_steps_before")) or 0) + step
+        left = int(self.params.get("steps") or 0) - inherited
+        every = int(self.params.get("checkpoint_every") or 0)
+        why = ""
+        if left < max(every, 1):
+            why = (f"steps {self.params.get('steps')} leave no checkpoint's worth beyond the {inherited} steps round "
+                   f"{best['round']}'s LoRA has had")
+        else:
+            try:
+                check_init_weights(dataclasses.replace(train_config(self.profile, self.params),
+                                                       init_weights=str(folder)), self.profile)
+            except AldarError as error:
+                why = error.problem
+        if why:
+            _emit(self.events.on_notice, f"round {number}: trains a fresh LoRA ({why})")
+            return None
+        _emit(self.events.on_notice, f"round {number}: continues round {best['round']}'s LoRA from step {step} "
+                                     f"for {left} more steps")
+        return {"from_round": best["round"], "from_step": step, "checkpoint": self.store.relative(folder),
+                "lora_steps_before": inherited, "steps": left}
 
     def _latest_checkpoint(self, number: int) -> Path | None:
         from tools.training.lora_files import latest_checkpoint
@@ -324,7 +384,10 @@ class Session:
         state = self._round()
         if state.train is None:
             raise InputError(f"round {state.number} has no trained LoRA yet", "run the train step first")
-        prompts = prompts or [self.prompt()]
+        # The base model draws the prompt without the emphasis phrases (they stress what the LoRA learns, and would
+        # move the base too): the LoRA's lead then measures the LoRA. Prompts given here are drawn as given.
+        drawn = {LORA: prompts or [self.prompt()], BASE: prompts or [self.prompt(emphasis=False)]}
+        prompts = drawn[LORA]
         settings = self.settings
         sampling = SamplingSpec.from_settings(settings)
         images: dict[str, list[Path]] = {}
@@ -332,7 +395,7 @@ class Session:
             for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
                 self._say(f"round {state.number}: generating {name} images …")
                 started = time.perf_counter()
-                made = generate_local(self.profile, prompts, self.store.round_images_dir(state.number, name), sampling,
+                made = generate_local(self.profile, drawn[name], self.store.round_images_dir(state.number, name), sampling,
                                       lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
                                       name=name, quiet=self.quiet)
                 self._compute("generate", started)
@@ -357,6 +420,7 @@ class Session:
                 if made:  # every image safety-filtered: nothing to score, the reason is in skipped
                     images[provider.name] = [image.path for image in made]
         state.images, state.prompts = images, list(prompts)
+        state.base_prompts = list(drawn[BASE])
         state.report = state.feedback = None  # they scored the previous images
         return images
 
@@ -367,9 +431,10 @@ class Session:
         ready, _ = configured_providers(self.settings, self.competitors)
         return [provider.name for provider in ready]
 
-    def prompt(self) -> str:
-        """The test prompt, with the emphasised features right after the trigger token."""
-        return emphasise(self.settings.test_prompt, self.params.get("feature_emphasis") or [],
+    def prompt(self, emphasis: bool = True) -> str:
+        """The test prompt, with the emphasised features right after the trigger token (``emphasis=False``: as
+        the settings give it, what the base model draws)."""
+        return emphasise(self.settings.test_prompt, (self.params.get("feature_emphasis") or []) if emphasis else [],
                          self.settings.trigger_token)
 
     # ---------------------------------------------------------------- score
@@ -387,8 +452,10 @@ class Session:
                                       self.settings.metric_weights)
             feedback = build_feedback(report, LORA)
             feedback["overfitting"] = overfitting_signals(report)
+            feedback["lora_spread"] = lora_spread(report)
             if state.train:
-                feedback["training"] = training_curve(state.train)
+                ceiling = (report.get("ceiling") or {}).get("quality") or {}
+                feedback["training"] = training_curve(state.train, ceiling.get("mean"), state.timings.get("train"))
             self._compute("score", started)
         with self._stage("store"):
             report["round"] = feedback["round"] = state.number
@@ -567,6 +634,9 @@ def default_params(profile: ModelProfile) -> dict:
     # and the best-scoring checkpoint becomes the round's LoRA (select_best_checkpoint).
     params.setdefault("lora_scale", 1.0)
     params.setdefault("feature_emphasis", [])
+    # Rounds continue the best round's LoRA (warm start) and stop at a plateau of validation quality.
+    params["warm_start"] = True
+    params["plateau_checkpoints"] = PLATEAU_CHECKPOINTS
     return params
 
 
@@ -610,6 +680,16 @@ def emphasise(text: str, features: list[str], trigger: str = "") -> str:
     return ", ".join(head + wanted + rest)
 
 
+def lora_spread(report: ComparisonReport) -> float | None:
+    """The spread of the LoRA's quality this round: the standard error of its images' mean (std / √images).
+    A round counts as better or worse than another only beyond it."""
+    import math
+
+    lora = (report.get("generators") or {}).get(LORA) or {}
+    std, count = finite_number(((lora.get("quality") or {}).get("std"))), lora.get("count")
+    return round(std / math.sqrt(count), 4) if std is not None and count else None
+
+
 def overfitting_signals(report: ComparisonReport) -> Overfitting:
     """Signs that the LoRA copies references: its closest image to one single reference
     (CLIP cosine and SSIM), how many of its images are reference copies, and the variety of its
@@ -622,24 +702,44 @@ def overfitting_signals(report: ComparisonReport) -> Overfitting:
             "variety": lora["variety"] if lora else None}
 
 
-def training_curve(train: dict) -> TrainingCurve:
+def training_curve(train: dict, ceiling: float | None = None, seconds: float | None = None) -> TrainingCurve:
     """Where the round's validation quality peaked among its checkpoints: the best-scoring of two or more being
     the last one means the quality was still rising when training stopped (what a kohya user reads off the
     sample images). Read from the trainer's record, which may come from an older or hand-edited history: a
-    score without a finite step or quality counts as unscored."""
-    from tools.training.lora_files import best_checkpoint  # imports torch; a round has trained by now
+    score without a finite step or quality counts as unscored.
+
+    Noise-aware: ``still_rising`` needs the last checkpoint above the best earlier one by more than their
+    spread (the standard error of a checkpoint's validation images, ``spread``), not by 0.001. With
+    ``ceiling`` (the references' own quality), ``likeness_step`` is the first checkpoint at 90 % of it; the
+    round's compute (``steps``, ``seconds``) and a warm start's inherited steps come along for the deciders."""
+    from tools.training.lora_files import best_checkpoint, quality_spread, rose_beyond_spread  # torch: trained by now
 
     checkpoints = [s for s in train.get("checkpoint_scores") or []
                    if isinstance(s, dict) and finite_number(s.get("step")) is not None]
-    scored = [{"step": int(s["step"]), "quality": s["quality"]} for s in checkpoints
-              if finite_number(s.get("quality")) is not None]
+    scored = [{"step": int(s["step"]), "quality": s["quality"],
+               **{k: s[k] for k in ("quality_std", "images") if finite_number(s.get(k)) is not None}}
+              for s in checkpoints if finite_number(s.get("quality")) is not None]
+    scored.sort(key=lambda s: s["step"])
     best = best_checkpoint(scored)
     # The last checkpoint of all, scored or not: a peak before an unscored last checkpoint is no rise at the end.
     last_step = max((int(s["step"]) for s in checkpoints), default=None)
     steps = finite_number(train.get("steps"))
-    return {"steps": int(steps) if steps is not None else None, "best_step": best["step"] if best else None,
-            "scored_checkpoints": len(scored),
-            "still_rising": len(scored) >= 2 and best is not None and best["step"] == last_step}
+    earlier = best_checkpoint([s for s in scored if best is not None and s["step"] < best["step"]])
+    rising = (len(scored) >= 2 and best is not None and best["step"] == last_step and earlier is not None
+              and rose_beyond_spread(best, earlier))
+    target = LIKENESS * ceiling if finite_number(ceiling) is not None else None
+    likeness = next((s["step"] for s in scored if target is not None and s["quality"] >= target), None)
+    warm = train.get("warm_start") or {}
+    curve: TrainingCurve = {
+        "steps": int(steps) if steps is not None else None, "best_step": best["step"] if best else None,
+        "scored_checkpoints": len(scored), "still_rising": rising,
+        "spread": round(quality_spread(best), 4) if best else None,
+        "best_early": best is not None and last_step is not None and best["step"] < last_step,
+        "likeness_step": likeness, "stopped_early": train.get("stopped_early") or "",
+        "lora_steps_before": int(warm.get("lora_steps_before") or 0)}
+    if seconds is not None:
+        curve["seconds"] = round(seconds, 1)
+    return curve
 
 
 def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
@@ -666,7 +766,9 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
         "params": state.params,
         "train": {"steps": train.get("steps"), "final_loss": train.get("final_loss"),
                   "interrupted": train.get("interrupted"), "checkpoint_scores": train.get("checkpoint_scores") or [],
-                  "chosen_checkpoint": train.get("chosen_checkpoint")},
+                  "chosen_checkpoint": train.get("chosen_checkpoint"), "warm_start": train.get("warm_start"),
+                  "stopped_early": train.get("stopped_early") or "",
+                  "seconds": round(state.timings.get("train", 0.0), 3)},
         "scores": scores_by_generator(report),
         "ranking": report.get("ranking", []),
         "ceiling": {"quality": ceiling["quality"]["mean"], "clip": ceiling["clip"]["mean"],
@@ -683,6 +785,7 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
         "decided_by": decision.decided_by,
         "next_params": next_params,
         "prompts": state.prompts,
+        "base_prompts": state.base_prompts or state.prompts,
         "skipped_competitors": state.skipped,
         "paths": {"run_dir": store.relative(train.get("run_dir")), "lora": store.relative(train.get("lora_path")),
                   "kohya_lora": store.relative(train.get("kohya_path")),

@@ -79,6 +79,8 @@ def run_scenario(scenario: str, character: str, seed: int, rounds: int, loop_ste
         if scenario == "loop":
             records = session.run_rounds(rounds, policy)
         else:
+            # One plain run: every step trained (no plateau stop), as a user's single training would.
+            session.params["plateau_checkpoints"] = 0
             if scenario == "single_equal":
                 session.bounds = {**session.bounds, "steps": (1, loop_steps)}
                 session.params["steps"] = loop_steps

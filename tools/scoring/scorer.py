@@ -291,7 +291,10 @@ def checkpoint_scorer(references: Path, profile: ModelProfile, analysis: dict, w
         report = score_generators({"checkpoint": list(images)}, references, profile, analysis, weights,
                                   encoder=encoders[0], cache=cache)
         summary = report["generators"]["checkpoint"]
-        return {name: summary[name]["mean"] for name in ("quality", "clip", "features", "ssim")}
+        # quality_std / images: the spread of the mean (its standard error is std / √images), so that a later
+        # checkpoint counts as better only beyond it (plateau stop, still_rising).
+        return {**{name: summary[name]["mean"] for name in ("quality", "clip", "features", "ssim")},
+                "quality_std": summary["quality"]["std"], "images": summary["count"]}
 
     return score
 

@@ -94,6 +94,11 @@ class TrainConfig:
     validation_negative_prompt: str = _setting("", "negative prompt of the validation images (empty: none; aldar run "
                                                 "and aldar train pass the one images are generated with, as "
                                                 "kohya's sample prompts take --n)")
+    plateau_checkpoints: int = _setting(0, "stop early once the validation quality has not risen beyond its spread "
+                                        "(the best checkpoint's standard error) over this many checkpoints (0 = "
+                                        "train every step)")
+    init_weights: str = _setting("", "start from this checkpoint folder's LoRA weights instead of a fresh LoRA "
+                                  "(kohya's --network_weights): same base model, rank and components")
     select_best_checkpoint: bool = _setting(True, "the run's LoRA is the checkpoint whose validation images score "
                                                "best against the references (off: the last step's)")
     save_precision: str = _setting("fp16", "dtype of the exported LoRA files: fp16 | bf16 | fp32 (as kohya's "
@@ -203,7 +208,7 @@ class TrainConfig:
 # Whole-number settings and their smallest valid value.
 _WHOLE_AT_LEAST = {"rank": 1, "steps": 1, "batch_size": 1, "gradient_accumulation": 1, "validation_inference_steps": 1,
                    "lr_warmup_steps": 0, "checkpoint_every": 0, "checkpoints_to_keep": 0, "validation_images": 0,
-                   "seed": 0, "keep_tokens": 0}
+                   "seed": 0, "keep_tokens": 0, "plateau_checkpoints": 0}
 RANK_LIMIT = 1024
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -232,6 +233,31 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def best_checkpoint(scores: list[dict]) -> dict | None:
     """The scored checkpoint with the highest ``quality`` (a tie goes to the later, longer-trained step)."""
     return max(scores, key=lambda s: (s["quality"], s["step"])) if scores else None
+
+
+def quality_spread(score: dict) -> float:
+    """The spread of a checkpoint's validation quality: the standard error of its mean (std / √images) as the
+    checkpoint scorer records it; 0 for a score without them (older runs, hand-made scores)."""
+    std, images = score.get("quality_std"), score.get("images")
+    try:
+        return float(std) / math.sqrt(float(images)) if std is not None and images and float(images) > 0 else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def rose_beyond_spread(later: dict, earlier: dict) -> bool:
+    """``later`` scored above ``earlier`` by more than the larger of their spreads: a rise that is no noise."""
+    return later["quality"] > earlier["quality"] + max(quality_spread(later), quality_spread(earlier))
+
+
+def plateaued(scores: list[dict], patience: int) -> bool:
+    """The last ``patience`` scored checkpoints rose nowhere beyond the spread of the best one before them:
+    the validation quality is flat, further steps are spent for nothing (0 = never)."""
+    if patience <= 0 or len(scores) <= patience:
+        return False
+    ordered = sorted(scores, key=lambda s: s["step"])
+    before = best_checkpoint(ordered[:-patience])
+    return not any(rose_beyond_spread(s, before) for s in ordered[-patience:])
 
 
 def save_checkpoint(run_dir: Path, step: int, state_dicts: dict[str, dict[str, torch.Tensor]],

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
-from tools.errors import ResumeMismatchError, TrainingError
+from tools.errors import ConfigError, ResumeMismatchError, TrainingError
 from tools.models import quiet_lora_loading
 from tools.training.config import TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainConfig, bitsandbytes_available
 from tools.training.data import TrainingImage, dataset_sha256
@@ -212,6 +212,44 @@ def check_resumable(run_dir: Path, config: TrainConfig, profile, images: list[Tr
         detail = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed)
         raise ResumeMismatchError(f"cannot resume {checkpoint}: {detail}",
                           "resume with the same settings and images, or start a new --run-dir")
+
+
+def check_init_weights(config: TrainConfig, profile) -> None:
+    """``ConfigError`` (one line) when ``config.init_weights`` cannot start this run: no checkpoint there (a
+    deleted round folder), or one of another base model, rank, DoRA or set of trained components. The session
+    catches it and starts the round afresh; ``aldar train`` refuses."""
+    if not config.init_weights:
+        return
+    from tools.training.lora_files import ADAPTER_WEIGHTS
+
+    path = Path(config.init_weights)
+    made = _read_json(path / "checkpoint.json") if (path / ADAPTER_WEIGHTS).is_file() else None
+    if made is None:
+        raise ConfigError(f"cannot start from {path}: no LoRA checkpoint there (deleted or never finished)",
+                          "pass a checkpoint-<step> folder of an earlier run, or no init weights")
+    configs = made.get("lora_configs") or {}
+    components = {"unet", "text_encoder", "text_encoder_2"} if config.train_text_encoder else {"unet"}
+    unet = configs.get("unet") or {}
+    problems = []
+    if made.get("base_model") != profile.base_model:
+        problems.append(f"base model {made.get('base_model')!r}, not {profile.base_model!r}")
+    if unet.get("r") != config.rank:
+        problems.append(f"rank {unet.get('r')}, not {config.rank}")
+    if bool(unet.get("use_dora")) != bool(config.use_dora):
+        problems.append("DoRA " + ("on" if unet.get("use_dora") else "off"))
+    if set(configs) != components:
+        problems.append(f"components {', '.join(sorted(configs)) or 'none'}, not {', '.join(sorted(components))}")
+    if problems:
+        raise ConfigError(f"cannot start from {path}: it was trained with {'; '.join(problems)}",
+                          "start from a checkpoint of the same models and rank, or afresh")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def out_of_memory(config: TrainConfig) -> TrainingError:

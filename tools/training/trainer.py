@@ -34,11 +34,11 @@ from tools.training.data import (bucket_batch, cached_latent_distributions, data
                                  vae_identity)
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
                                        checkpoint_dirs, export_lora, kohya_metadata, latest_checkpoint,
-                                       load_checkpoint, restore_rng_state, save_checkpoint)
+                                       load_checkpoint, plateaued, restore_rng_state, save_checkpoint)
 from tools.training.report import (LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_checkpoint_scores, read_loss_log,
                                    write_checkpoint_scores, write_loss_log)
-from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, adapter_state_dicts, check_resumable, jsonable,
-                                  lora_adapters, make_accelerator, make_optimizer, out_of_memory)
+from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, adapter_state_dicts, check_init_weights, check_resumable,
+                                  jsonable, lora_adapters, make_accelerator, make_optimizer, out_of_memory)
 from tools.timestamps import iso_timestamp
 
 __all__ = ["TrainConfig", "TrainResult", "default_train_config", "train_lora", "denoising_loss", "evaluation_loss"]
@@ -62,6 +62,7 @@ class TrainResult:
     validation_images: list[Path] = field(default_factory=list)
     checkpoint_scores: list[dict] = field(default_factory=list)  # {"step", "quality", ...} per scored checkpoint
     chosen_checkpoint: dict | None = None  # the checkpoint exported as the run's LoRA: {"step", "quality", "why"}
+    stopped_early: str = ""  # why training stopped before config.steps (a plateau of validation quality), or ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +87,8 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
         raise ConfigError(f"{run_dir} already holds training checkpoints",
                           "pass --resume to continue it, or choose a new --run-dir")
     check_resumable(run_dir, config, profile, images, checkpoint)
+    if checkpoint is None:  # a resumed run continues its own checkpoint, whatever it started from
+        check_init_weights(config, profile)
     accelerator = make_accelerator(config, profile, run_dir)
     from tools.models import load_sdxl_pipeline
 
@@ -116,6 +119,7 @@ class _Run:
         self.buckets = [image.bucket for image in images]
         self.started_at = time.time()  # epoch seconds: what kohya's ss_training_started_at holds
         self.step, self.rows, self.ema, self.scores = 0, [], None, []
+        self.stopped_early = ""
         self.validation_paths: list[Path] = []
         from diffusers import DDPMScheduler
 
@@ -168,6 +172,8 @@ class _Run:
         if checkpoint is not None:
             self._resume(checkpoint)
         else:
+            if config.init_weights:  # kohya's --network_weights: this run's LoRA starts where that one ended
+                self._load_weights(Path(config.init_weights))
             self._write_run_config()
         if config.report_to != "none":
             accelerator.init_trackers("aldar_lora", config=config.as_dict())
@@ -176,7 +182,7 @@ class _Run:
         with progress_bar(f"training LoRA ({self.profile.name})", config.steps, quiet) as advance:
             advance(self.step, status=f"resumed at step {self.step}" if self.step else "")
             try:
-                while self.step < config.steps:
+                while self.step < config.steps and not self._plateau():
                     if stop is not None and stop.is_set():
                         raise KeyboardInterrupt
                     self._optimizer_step()
@@ -285,6 +291,23 @@ class _Run:
             return None
         best = best_checkpoint(self.scores)
         return best["step"] if best else None
+
+    def _plateau(self) -> bool:
+        """The validation quality has been flat (no rise beyond its spread) over ``plateau_checkpoints``
+        checkpoints: further steps would be spent for nothing. Checked before every step, so a run resumed
+        after its plateau stops at once, as it would have."""
+        if not plateaued(self.scores, self.config.plateau_checkpoints):
+            return False
+        self.stopped_early = (f"validation quality flat over the last {self.config.plateau_checkpoints} "
+                              f"checkpoints (best step {best_checkpoint(self.scores)['step']})")
+        return True
+
+    def _load_weights(self, checkpoint: Path) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        state_dicts, _ = load_checkpoint(checkpoint)
+        for name, module in self.modules.items():
+            set_peft_model_state_dict(module, state_dicts[name], adapter_name=ADAPTER_NAME)
 
     def _resume(self, checkpoint: Path) -> None:
         from peft.utils import set_peft_model_state_dict
@@ -400,7 +423,8 @@ class _Run:
         curve = self.run_dir / LOSS_CURVE
         return TrainResult(self.run_dir, lora_path, kohya_path, self.step, self.ema, checkpoint_dirs(self.run_dir),
                            self.run_dir / LOSS_LOG, interrupted, curve if curve.is_file() else None,
-                           list(self.validation_paths), list(self.scores), getattr(self, "chosen", None))
+                           list(self.validation_paths), list(self.scores), getattr(self, "chosen", None),
+                           "" if interrupted else self.stopped_early)
 
     def _diverged(self, value: float) -> TrainingError:
         last = latest_checkpoint(self.run_dir)

@@ -1,0 +1,147 @@
+"""Warm-start rounds and plateau stops (issue 25): a run may continue an earlier checkpoint's LoRA (kohya's
+--network_weights), refuses one it cannot continue, resumes exactly after a kill, and stops once its validation
+quality is flat beyond its spread."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tools.errors import ConfigError
+from tools.models import load_toy_world_pipeline, resolve_profile
+from tools.settings import load_settings
+from tools.training.lora_files import (DIFFUSERS_WEIGHTS, load_checkpoint, plateaued, quality_spread,
+                                       rose_beyond_spread)
+from tools.training.trainer import default_train_config, train_lora
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return resolve_profile(load_settings(overrides={"profile": "tiny", "device": "cpu"}))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> list[tuple[Path, str]]:
+    folder = tmp_path_factory.mktemp("refs")
+    rng = np.random.default_rng(0)
+    pairs = []
+    for index in range(3):
+        pixels = np.full((80, 80, 3), 40 * index, np.uint8)
+        pixels[..., index] = 220
+        pixels[16:56, 20:60] = rng.integers(0, 255, (40, 40, 3))
+        path = folder / f"aldar{index + 1}.png"
+        Image.fromarray(pixels).save(path)
+        pairs.append((path, f"aldarkose, picture {index + 1}"))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def first(profile, dataset, tmp_path_factory) -> Path:
+    """A 4-step run's last checkpoint: what a later round continues."""
+    config = default_train_config(profile).replace(steps=4, checkpoint_every=2, validation_images=0)
+    run = tmp_path_factory.mktemp("first") / "run"
+    train_lora(config, profile, dataset, run, quiet=True)
+    return run / "checkpoint-000004"
+
+
+class StopAfter(threading.Event):
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps, self.checks = steps, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks > self.steps
+
+
+def warm_config(profile, first: Path, **changes):
+    return default_train_config(profile).replace(steps=6, checkpoint_every=3, validation_images=0,
+                                                 init_weights=str(first), **changes)
+
+
+def test_a_warm_run_starts_from_the_checkpoint_and_its_lora_loads_alone(profile, dataset, first, tmp_path):
+    start, _ = load_checkpoint(first)
+    # At a vanishing learning rate the continued LoRA is the checkpoint's: it started from those weights.
+    still = train_lora(warm_config(profile, first, learning_rate=1e-12), profile, dataset, tmp_path / "still",
+                       quiet=True)
+    ended, _ = load_checkpoint(tmp_path / "still" / "checkpoint-000006")
+    for key, value in start["unet"].items():
+        assert torch.allclose(value, ended["unet"][key], atol=1e-6), key
+    assert json.loads((tmp_path / "still" / "train_config.json").read_text())["config"]["init_weights"] == str(first)
+    # The exported LoRA file is whole: a fresh pipeline loads it with no reference to the checkpoint it came from.
+    shutil.copy(still.lora_path, tmp_path / DIFFUSERS_WEIGHTS)
+    load_toy_world_pipeline().load_lora_weights(str(tmp_path), weight_name=DIFFUSERS_WEIGHTS)
+
+
+def test_a_warm_start_is_refused_from_a_deleted_folder_another_rank_or_other_models(profile, dataset, first,
+                                                                                    tmp_path):
+    cases = {"deleted": (tmp_path / "gone", {}), "rank": (first, {"rank": 4, "alpha": 4.0})}
+    other = tmp_path / "other_models"
+    shutil.copytree(first, other)
+    made = json.loads((other / "checkpoint.json").read_text())
+    (other / "checkpoint.json").write_text(json.dumps({**made, "base_model": "stabilityai/sdxl-other"}))
+    cases["models"] = (other, {})
+    words = {"deleted": "no LoRA checkpoint there", "rank": "rank 8, not 4", "models": "base model 'stabilityai"}
+    for name, (source, changes) in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            train_lora(warm_config(profile, source, **changes), profile, dataset, tmp_path / name, quiet=True)
+        assert words[name] in caught.value.problem and "\n" not in str(caught.value)
+        assert not (tmp_path / name / "checkpoint-000003").exists()  # refused before any work
+
+
+def test_a_killed_warm_run_resumes_exactly_even_with_its_source_gone(profile, dataset, first, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(first, source)
+    config = warm_config(profile, source)
+    train_lora(config, profile, dataset, tmp_path / "straight", quiet=True)
+    stopped = train_lora(config, profile, dataset, tmp_path / "resumed", quiet=True, stop=StopAfter(4))
+    assert stopped.interrupted and stopped.steps == 4
+    shutil.rmtree(source)  # the resumed run continues its own checkpoint; the warm start is behind it
+    resumed = train_lora(config, profile, dataset, tmp_path / "resumed", quiet=True)
+    assert resumed.steps == 6 and not resumed.interrupted
+    lora_a, state_a = load_checkpoint(tmp_path / "straight" / "checkpoint-000006")
+    lora_b, state_b = load_checkpoint(tmp_path / "resumed" / "checkpoint-000006")
+    for key, value in lora_a["unet"].items():
+        assert torch.allclose(value, lora_b["unet"][key], atol=1e-6), key
+    for slot_a, slot_b in zip(state_a["optimizer"]["state"].values(), state_b["optimizer"]["state"].values()):
+        assert torch.allclose(slot_a["exp_avg"], slot_b["exp_avg"], atol=1e-6)
+
+
+def test_plateau_needs_a_flat_curve_beyond_the_spread():
+    def scores(qualities, std=0.08, images=4):
+        return [{"step": 40 * (i + 1), "quality": q, "quality_std": std, "images": images}
+                for i, q in enumerate(qualities)]
+
+    assert quality_spread(scores([0.5])[0]) == pytest.approx(0.04)
+    assert quality_spread({"step": 1, "quality": 0.5}) == 0.0  # an older score: no spread known
+    # Best at step 80, then three checkpoints none of which beats it beyond 0.04: flat.
+    assert plateaued(scores([0.47, 0.66, 0.54, 0.51, 0.69]), 3)
+    assert not plateaued(scores([0.47, 0.66, 0.54, 0.51, 0.71]), 3)  # 0.71 > 0.66 + 0.04: a real rise
+    assert not plateaued(scores([0.47, 0.66, 0.54]), 3)  # not enough checkpoints yet
+    assert not plateaued(scores([0.47, 0.66, 0.54, 0.51, 0.50]), 0)  # off
+    assert rose_beyond_spread({"quality": 0.601}, {"quality": 0.6})  # no spread: any rise counts
+    assert not rose_beyond_spread(scores([0.601])[0], scores([0.6])[0])
+
+
+def test_a_plateau_stops_training_and_a_resume_after_it_stops_at_once(profile, dataset, tmp_path, monkeypatch):
+    qualities = iter([0.5, 0.7, 0.6, 0.65, 0.62, 0.9, 0.9, 0.9])
+
+    def scorer(images):
+        return {"quality": next(qualities), "quality_std": 0.08, "images": 4.0}
+
+    config = default_train_config(profile).replace(steps=16, checkpoint_every=2, validation_images=1,
+                                                   validation_inference_steps=1, plateau_checkpoints=3)
+    result = train_lora(config, profile, dataset, tmp_path / "run", quiet=True, score_checkpoint=scorer)
+    # Steps 6, 8 and 10 never beat step 4's 0.7 by more than its spread 0.04: it stops at 10 of 16.
+    assert result.steps == 10 and not result.interrupted
+    assert "flat over the last 3 checkpoints (best step 4)" in result.stopped_early
+    assert result.chosen_checkpoint["step"] == 4
+    again = train_lora(config, profile, dataset, tmp_path / "run", quiet=True, score_checkpoint=scorer)
+    assert again.steps == 10  # resumed past its plateau: stops as it did, trains nothing more
