@@ -296,3 +296,91 @@ def _vertical_text(image: Image.Image, text: str, centre: tuple[float, float], f
     ImageDraw.Draw(label).text((2, 1), text, fill="black", font=font)
     rotated = label.rotate(90, expand=True)
     image.paste(rotated, (int(centre[0]), int(centre[1] - rotated.height / 2)))
+
+
+# ------------------------------------------------------------------------ quality per training step
+SINGLE_RUN = "one run (round 1's curve)"
+
+
+def cumulative_checkpoints(history: list[dict]) -> list[tuple[int, float, int]]:
+    """Every scored checkpoint of the rounds as (optimiser steps spent so far, validation quality, round): the
+    steps of the rounds before it plus its own step — what the loop paid to get there."""
+    points, spent = [], 0
+    for record in history:
+        train = record.get("train") or {}
+        for score in sorted((s for s in train.get("checkpoint_scores") or []
+                             if isinstance(s, dict) and isinstance(s.get("step"), (int, float))
+                             and isinstance(s.get("quality"), (int, float)) and math.isfinite(s["quality"])),
+                            key=lambda s: s["step"]):
+            points.append((spent + int(score["step"]), float(score["quality"]), record["round"]))
+        spent += int(train.get("steps") or 0)
+    return points
+
+
+def single_run_curve(history: list[dict]) -> list[tuple[int, float]]:
+    """A single run's checkpoints where the history has one: round 1 trained a fresh LoRA at the starting
+    parameters, so its checkpoint scores are the first steps of one plain run (none past its length)."""
+    if not history or (history[0].get("train") or {}).get("warm_start"):
+        return []
+    return [(step, quality) for step, quality, number in cumulative_checkpoints(history[:1])]
+
+
+def steps_chart_svg(history: list[dict], single: list[tuple[int, float]] | None = None,
+                    size: tuple[int, int] = SIZE) -> str:
+    """Validation quality against cumulative optimiser steps: the loop's checkpoints (coloured by round, the
+    rounds' boundaries marked) beside a single run's curve of the same steps (``single``: e.g. the bench's;
+    else round 1's own, which is one)."""
+    loop = cumulative_checkpoints(history)
+    single = single if single is not None else single_run_curve(history)
+    if not loop:
+        return ""
+    esc = html.escape
+    low, high, step = axis_range([q for _, q, _ in loop] + [q for _, q in single])
+    last = max([s for s, _, _ in loop] + [s for s, _ in single])
+    width, height = size
+    layout = Layout(width, height, left=64, right=width - 190, top=40, bottom=height - 52,
+                    first=0, last=max(last, 1), low=low, high=high, step=step)
+    out = [f'<svg class="chart steps" viewBox="0 0 {width} {height}" role="img" '
+           f'aria-label="validation quality against cumulative training steps" xmlns="http://www.w3.org/2000/svg">',
+           '<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{layout.left}" y="22" class="title">Validation quality per training step spent</text>']
+    for value in layout.y_ticks():
+        y = layout.y(value)
+        out.append(f'<line x1="{layout.left}" y1="{y:.1f}" x2="{layout.right}" y2="{y:.1f}" stroke="#e6e6e6"/>')
+        out.append(f'<text x="{layout.left - 8}" y="{y + 4:.1f}" text-anchor="end">{tick_label(value, layout.step)}</text>')
+    tick = next((t for t in (10, 20, 25, 40, 50, 100, 200, 250, 500, 1000, 2000, 5000) if last / t <= 8), 10000)
+    for value in range(0, last + 1, tick):
+        x = layout.x(value)
+        out.append(f'<line x1="{x:.1f}" y1="{layout.bottom}" x2="{x:.1f}" y2="{layout.bottom + 5}" stroke="black"/>')
+        out.append(f'<text x="{x:.1f}" y="{layout.bottom + 20}" text-anchor="middle">{value}</text>')
+    out.append(f'<path d="M{layout.left} {layout.top} V{layout.bottom} H{layout.right}" fill="none" stroke="black" '
+               'stroke-width="1.5"/>')
+    out.append(f'<text x="{(layout.left + layout.right) / 2:.1f}" y="{height - 10}" text-anchor="middle">'
+               'optimiser steps (cumulative over the rounds)</text>')
+    middle = (layout.top + layout.bottom) / 2
+    out.append(f'<text transform="translate(16 {middle:.1f}) rotate(-90)" text-anchor="middle">validation quality</text>')
+    legend = []
+    if len(single) > 1:
+        d = "M" + " L".join(f"{layout.x(s):.1f} {layout.y(q):.1f}" for s, q in single)
+        out.append(f'<path class="series" data-name="{esc(SINGLE_RUN)}" d="{d}" fill="none" stroke="#888" '
+                   'stroke-width="2" stroke-dasharray="7 5"/>')
+        legend.append((SINGLE_RUN, "#888"))
+    rounds = sorted({number for _, _, number in loop})
+    for index, number in enumerate(rounds):
+        colour = "#%02x%02x%02x" % PALETTE[index % len(PALETTE)]
+        points = [(s, q) for s, q, n in loop if n == number]
+        d = "M" + " L".join(f"{layout.x(s):.1f} {layout.y(q):.1f}" for s, q in points)
+        out.append(f'<path class="series" data-name="round {number}" d="{d}" fill="none" stroke="{colour}" '
+                   'stroke-width="2.5"/>')
+        for s, q in points:
+            out.append(f'<circle cx="{layout.x(s):.1f}" cy="{layout.y(q):.1f}" r="4" fill="{colour}">'
+                       f'<title>round {number} · {s} steps spent: {q:.3f}</title></circle>')
+        legend.append((f"round {number}", colour))
+    for index, (name, colour) in enumerate(legend):
+        legend_y = layout.top + 8 + index * 22
+        dash = ' stroke-dasharray="7 5"' if name == SINGLE_RUN else ""
+        out.append(f'<line x1="{layout.right + 18}" y1="{legend_y}" x2="{layout.right + 44}" y2="{legend_y}" '
+                   f'stroke="{colour}" stroke-width="3"{dash}/>')
+        out.append(f'<text x="{layout.right + 52}" y="{legend_y + 4}">{esc(name)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)

@@ -54,6 +54,7 @@ def feedback_summary(feedback: SessionFeedback) -> dict:
         "feature_gaps": [{k: _round3(v) for k, v in gap.items()} for gap in (feedback.get("feature_gaps") or [])[:6]],
         "overfitting": {k: _round3(v) for k, v in (feedback.get("overfitting") or {}).items()},
         "training": {k: _round3(v) for k, v in (feedback.get("training") or {}).items()},  # still_rising etc.
+        "lora_spread": _round3(feedback.get("lora_spread")),  # a score differs from another only beyond this
         "recommendations": [r.get("message") for r in (feedback.get("recommendations") or [])[:5]],
         "profile": (feedback.get("profile") or {}).get("profile"),
     }
@@ -65,7 +66,28 @@ def round_summary(record: RoundRecord) -> dict:
             "best_competitor": record.get("best_competitor"), "score_gap": _round3(record.get("score_gap")),
             "params": knob_values(params),
             "decided_by": record.get("decided_by"), "rationale": record.get("rationale"),
-            "adjustments": (record.get("decision") or {}).get("adjustments")}
+            "adjustments": (record.get("decision") or {}).get("adjustments"), **round_compute(record)}
+
+
+def round_compute(record: RoundRecord) -> dict:
+    """What a round cost and how far its score is from noise: optimiser steps and training seconds, the warm
+    start it continued, the spread of its LoRA score (standard error of its images) and its steps to likeness
+    (the first checkpoint at 90 % of the reference ceiling's quality; null: none reached it)."""
+    import math
+
+    train = record.get("train") or {}
+    lora = (record.get("scores") or {}).get("lora") or {}
+    std, count = lora.get("quality_std"), lora.get("count")
+    spread = std / math.sqrt(count) if isinstance(std, (int, float)) and isinstance(count, int) and count else None
+    ceiling = (record.get("ceiling") or {}).get("quality")
+    likeness = next((s.get("step") for s in sorted(train.get("checkpoint_scores") or [], key=lambda s: s.get("step") or 0)
+                     if isinstance(ceiling, (int, float)) and isinstance(s.get("quality"), (int, float))
+                     and s["quality"] >= 0.9 * ceiling), None)
+    warm = train.get("warm_start") or {}
+    return {"compute": {"optimizer_steps": train.get("steps"), "train_seconds": _round3(train.get("seconds")),
+                        "warm_start": {"from_round": warm.get("from_round"), "from_step": warm.get("from_step")}
+                        if warm else None, "stopped_early": train.get("stopped_early") or None},
+            "spread": _round3(spread), "steps_to_likeness": likeness}
 
 
 def compare_records(first: RoundRecord, second: RoundRecord) -> dict:

@@ -173,7 +173,13 @@ def prompt_note(record: RoundRecord, previous: RoundRecord | None) -> str:
         return and_words([f"'{phrase}'" for phrase in phrases])
 
     changes = ([f"adds {quoted(added)}"] if added else []) + ([f"drops {quoted(dropped)}"] if dropped else [])
-    others = [name for name in record.get("scores") or {} if name != LORA]
+    plain_base = record.get("base_prompts") not in (None, record.get("prompts"))
+    others = [name for name in record.get("scores") or {} if name != LORA and not (plain_base and name == "base")]
+    if plain_base:  # the base drew the prompt without the emphasis phrases: its score did not move with them
+        moved = (f": {and_words(others)}'s score{'s' if len(others) > 1 else ''} move with the prompt, not with "
+                 "training" if others else "")
+        return (f"Since round {previous.get('round')} the LoRA's prompt {' and '.join(changes)} (feature_emphasis); "
+                f"the base model draws the prompt without the emphasis phrases{moved}.")
     moved = ("" if not others else f": {others[0]}'s score moves" if len(others) == 1
              else f": the scores of {and_words(others)} move")
     return (f"Since round {previous.get('round')} the prompt all generators draw from {' and '.join(changes)} "
@@ -219,6 +225,28 @@ def _who(name: str, start: bool = False) -> str:
     if name == LORA:
         return "The LoRA" if start else "the LoRA"
     return name
+
+
+def compute_text(record: RoundRecord) -> str:
+    """What the round's training cost and started from: ``compute: 120 optimiser steps, 41.3 s training;
+    continued round 1's LoRA from step 80 (the LoRA has had 200 steps)`` — or that it started afresh."""
+    train = record.get("train") or {}
+    steps = train.get("steps")
+    if steps is None:
+        return ""
+    seconds = train.get("seconds", (record.get("timings_s") or {}).get("train"))
+    parts = [f"compute: {steps} optimiser steps" + (f", {float(seconds):.1f} s training"
+                                                    if isinstance(seconds, (int, float)) else "")]
+    warm = train.get("warm_start") or {}
+    if warm:
+        had = int(warm.get("lora_steps_before") or 0) + int(steps)
+        parts.append(f"continued round {warm.get('from_round')}'s LoRA from step {warm.get('from_step')} "
+                     f"(the LoRA has had {had} steps)")
+    else:
+        parts.append("a fresh LoRA")
+    if train.get("stopped_early"):
+        parts.append(f"stopped early: {train['stopped_early']}")
+    return "; ".join(parts)
 
 
 def checkpoint_choice(train: RoundTrain) -> Table | None:

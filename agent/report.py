@@ -16,9 +16,9 @@ from typing import Any
 
 from PIL import Image
 
-from agent.chart import draw_score_chart, score_chart_svg
+from agent.chart import draw_score_chart, score_chart_svg, steps_chart_svg
 from agent.knobs import params_items
-from agent.render import (CHOSEN, adjustments_text, checkpoint_choice, prompt_note, record_ceiling_note,
+from agent.render import (CHOSEN, adjustments_text, checkpoint_choice, compute_text, prompt_note, record_ceiling_note,
                           record_scores, round_verdict)
 from tools.atomic import atomic_write_bytes, atomic_write_text
 from tools.errors import InputError
@@ -81,7 +81,8 @@ def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: lis
                            f'{esc(round_verdict(r) or "not scored.")}</li>' for r in history)
         parts.append(f'<div class="chart-box"><h2>Score per round</h2>{score_chart_svg(history)}'
                      f'<p class="meta">The y axis spans the scores, not 0–1. Also as a picture: '
-                     f'<a href="{esc(chart)}">{esc(chart)}</a></p><ul class="verdicts">{verdicts}</ul></div>')
+                     f'<a href="{esc(chart)}">{esc(chart)}</a></p><ul class="verdicts">{verdicts}</ul>'
+                     f'{_steps_chart(history)}</div>')
     shots = "".join(_reference_figure(src, index, root, lightboxes) for index, src in enumerate(reference_thumbs))
     parts.append(f'<div><h2>References</h2><div class="gallery references">{shots}</div></div>')
     parts.append("</section>")
@@ -91,6 +92,20 @@ def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: lis
     parts += lightboxes
     parts.append("</body></html>\n")
     return "\n".join(part for part in parts if part)
+
+
+def _steps_chart(history: list[dict]) -> str:
+    """Did the rounds pay? Quality against the training steps spent, beside one run's curve, and the total."""
+    svg = steps_chart_svg(history)
+    if not svg:
+        return ""
+    total = sum(int((r.get("train") or {}).get("steps") or 0) for r in history)
+    seconds = sum(float((r.get("train") or {}).get("seconds") or (r.get("timings_s") or {}).get("train") or 0.0)
+                  for r in history)
+    return (f'<h2>Quality per training step</h2>{svg}<p class="meta">Every scored checkpoint of the rounds at the '
+            f'optimiser steps spent to reach it ({total} steps, {seconds:.0f} s of training in all); dashed: round 1 '
+            'alone, the first steps of one plain run. A round pays when its checkpoints rise above what one run '
+            'reached for the same steps, beyond the spread of their images.</p>')
 
 
 def _summary(history: list[dict], data: dict[str, Any]) -> str:
@@ -152,6 +167,9 @@ def _round_section(record: dict, previous: dict | None, is_best: bool, root: Pat
         f'<p class="meta">clamped: {esc("; ".join(map(str, clamped)))}</p>' if clamped else "",
         f'<p class="params"><span class="meta">parameters:</span> {params}</p>',
         *(f'<p class="meta">prompt: {esc(prompt)}</p>' for prompt in record.get("prompts") or []),
+        *(f'<p class="meta">base model\'s prompt (without the emphasis): {esc(prompt)}</p>'
+          for prompt in (record.get("base_prompts") or []) if record.get("base_prompts") != record.get("prompts")),
+        f'<p class="meta compute">{esc(compute_text(record))}</p>' if compute_text(record) else "",
         _checkpoint_choice(record.get("train") or {}),
     ]
     galleries = []

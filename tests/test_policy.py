@@ -52,7 +52,8 @@ def test_validation_quality_still_rising_at_the_last_checkpoint_trains_more_step
                                "chosen_checkpoint": {"step": chosen, "why": "highest"}, **train})
 
     rising = curve([0.5, 0.55, 0.6])
-    assert rising == {"steps": 1500, "best_step": 1500, "scored_checkpoints": 3, "still_rising": True}
+    assert {k: rising[k] for k in ("steps", "best_step", "scored_checkpoints", "still_rising", "best_early")} == \
+        {"steps": 1500, "best_step": 1500, "scored_checkpoints": 3, "still_rising": True, "best_early": False}
     decision = decide({**feedback(), "training": rising})
     assert decision.adjustments == {"steps": 2250}
     assert "still rising at the last checkpoint (step 1500)" in decision.rationale
@@ -70,7 +71,8 @@ def test_validation_quality_still_rising_at_the_last_checkpoint_trains_more_step
     edited = training_curve({"steps": "1500", "checkpoint_scores": [
         {"step": 500, "quality": 0.5}, {"step": 1000, "quality": 0.6}, {"step": 1500, "quality": float("nan")},
         {"quality": 0.9}, {"step": None, "quality": 0.9}, "junk"]})
-    assert edited == {"steps": None, "best_step": 1000, "scored_checkpoints": 2, "still_rising": False}
+    assert {k: edited[k] for k in ("steps", "best_step", "scored_checkpoints", "still_rising")} == \
+        {"steps": None, "best_step": 1000, "scored_checkpoints": 2, "still_rising": False}
     for junk in ([1], {"still_rising": "false", "best_step": "80"}, {"still_rising": True, "best_step": None}):
         signals = read_signals({**feedback(), "training": junk})
         assert signals.still_rising is (junk == {"still_rising": True, "best_step": None})
@@ -271,3 +273,36 @@ def test_no_backtrack_from_the_best_round_or_onto_parameters_already_tried():
 
 def decide_with(history: list[dict], fb: dict, params: dict) -> dict:
     return RulePolicy().decide(fb, copy.deepcopy(history), copy.deepcopy(params)).adjustments
+
+
+def test_still_rising_needs_a_rise_beyond_the_spread_and_an_early_best_adds_no_steps():
+    from agent.session import training_curve
+
+    def curve(qualities: list[float], std: float = 0.08, ceiling=None) -> dict:
+        scores = [{"step": 40 * (i + 1), "quality": q, "quality_std": std, "images": 4}
+                  for i, q in enumerate(qualities)]
+        return training_curve({"steps": 40 * len(qualities), "checkpoint_scores": scores}, ceiling)
+
+    # 0.601 over 0.6 is a rise of 0.001: within the spread (0.08 / √4 = 0.04), no reason to train more.
+    flat = curve([0.5, 0.6, 0.601])
+    assert not flat["still_rising"] and flat["spread"] == pytest.approx(0.04)
+    assert decide({**feedback(), "training": flat}).adjustments == {}
+    assert curve([0.5, 0.6, 0.65])["still_rising"]
+    # Steps to likeness: the first checkpoint at 90 % of the ceiling's quality.
+    assert curve([0.5, 0.6, 0.65], ceiling=0.66)["likeness_step"] == 80
+    assert curve([0.5, 0.6, 0.65], ceiling=0.9)["likeness_step"] is None
+    # Low CLIP with the best checkpoint early: more steps would repeat the round, so the rank goes up instead.
+    early = curve([0.5, 0.7, 0.6])
+    assert early["best_early"]
+    decision = decide({**feedback(clip=LOW_CLIP - 0.1), "training": early})
+    assert "steps" not in decision.adjustments and decision.adjustments["rank"] == 64
+    assert "came early" in decision.rationale
+
+
+def test_a_round_below_the_best_only_within_its_spread_is_no_reason_to_go_back():
+    history = [{"round": 1, "lora_score": 0.64, "params": dict(PARAMS), "scores": {"lora": {"quality": 0.64}}}]
+    tried = {**PARAMS, "steps": 2250}
+    noisy = RulePolicy().decide({**feedback(lora_score=0.62), "lora_spread": 0.03}, history, dict(tried))
+    assert "go back" not in noisy.rationale
+    real = RulePolicy().decide({**feedback(lora_score=0.58), "lora_spread": 0.03}, history, dict(tried))
+    assert "go back to round 1's parameters" in real.rationale

@@ -4,6 +4,7 @@ with smooth lines, images large enough to judge with prompt and seed, click to e
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -242,3 +243,37 @@ def test_report_opens_in_headless_chromium_without_errors(report, tmp_path):
     assert check["table_clear"]  # the score table ends before the images begin: nothing drawn over it
     assert check["tables_fit"]  # every score table (a reference copy's too) fits its column, no scroll bar
     assert check["lightbox"] == "flex" and check["lightbox_image"] > 2 * check["shot"]  # click: enlarged
+
+
+def test_each_round_shows_its_compute_and_a_chart_of_quality_per_step_spent(tmp_path, references_dir):
+    """Issue 25: did the rounds pay? Steps and seconds per round, the warm start, and quality against the
+    cumulative optimiser steps beside round 1's curve (one plain run's first steps)."""
+    from agent.chart import SINGLE_RUN, cumulative_checkpoints, steps_chart_svg
+
+    store = RunStore(tmp_path / "results", {"profile": "tiny", "notice": "toy-world scores"})
+    params = {"steps": 120, "learning_rate": 0.002, "rank": 8, "alpha": 8.0, "feature_emphasis": []}
+    first = _round(store, 1, 0.64, 0.5, params, {"feature_emphasis": ["skullcap"]})
+    first["train"] = {"steps": 120, "seconds": 41.25, "checkpoint_scores": [
+        {"step": 40, "quality": 0.47}, {"step": 80, "quality": 0.66}, {"step": 120, "quality": 0.54}],
+        "chosen_checkpoint": {"step": 80, "quality": 0.66, "why": "highest"}, "warm_start": None,
+        "stopped_early": ""}
+    second = _round(store, 2, 0.65, 0.5, {**params, "feature_emphasis": ["skullcap"]}, {})
+    second["base_prompts"] = [PROMPT]
+    second["train"] = {"steps": 40, "seconds": 12.0, "checkpoint_scores": [{"step": 40, "quality": 0.68}],
+                       "chosen_checkpoint": {"step": 40, "quality": 0.68, "why": "highest"},
+                       "warm_start": {"from_round": 1, "from_step": 80, "lora_steps_before": 80, "steps": 40},
+                       "stopped_early": "validation quality flat over the last 3 checkpoints (best step 40)"}
+    history = [first, second]
+    assert [(s, n) for s, _, n in cumulative_checkpoints(history)] == [(40, 1), (80, 1), (120, 1), (160, 2)]
+    for record in history:
+        store.finish_round(record)
+    page = write_report(store, references_dir, history).read_text()
+    store.close()
+    assert "compute: 120 optimiser steps, 41.2 s training; a fresh LoRA" in page
+    assert ("compute: 40 optimiser steps, 12.0 s training; continued round 1&#x27;s LoRA from step 80 (the LoRA has "
+            "had 120 steps); stopped early: validation quality flat") in page
+    assert "160 steps, 53 s of training in all" in page
+    assert "base model's prompt (without the emphasis): " + PROMPT in _section(page, 2)
+    svg = steps_chart_svg(history)
+    assert f'data-name="{html.escape(SINGLE_RUN)}"' in svg and 'data-name="round 2"' in svg
+    assert "round 2 · 160 steps spent: 0.680" in svg
