@@ -39,6 +39,8 @@ WARM_START = "warm_start.json"  # in a round's run folder: the checkpoint it con
 PLATEAU_CHECKPOINTS = 3
 # Likeness: a checkpoint's validation quality at this fraction of the reference ceiling's (steps to likeness).
 LIKENESS = 0.9
+# With rounds_must_pay (the default) round 1 may train this many times the profile's steps (a plateau stops it).
+LONG_ROUND = 2
 
 
 @dataclass
@@ -106,7 +108,7 @@ class Session:
         if skipped := skipped_note(self.references):  # said once per session: the folder is read many times
             _emit(self.events.on_warning, skipped)
 
-        self.default_params = default_params(self.profile)
+        self.default_params = session_defaults(self.profile, settings)
         if "trigger_token" in self.default_params:
             self.default_params["trigger_token"] = settings.trigger_token
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
@@ -475,6 +477,10 @@ class Session:
         # The LLM decider asks again and falls back itself; what still repeats a trained round ends the run.
         applied, _ = clamp_adjustments(self.params, decision.adjustments, self.bounds)
         repeated = already_trained({**self.params, **applied}, self.history(), state.params, state.number)
+        unpaid = unpaid_round(state.feedback, self.history()) if self.settings.rounds_must_pay else ""
+        if unpaid and not decision.stop and repeated is None:
+            decision.stop = True
+            decision.rationale += " " + unpaid
         if repeated is not None and not decision.stop:
             decision.stop = True
             decision.rationale += (f" Round {repeated} already trained these parameters (training them again would "
@@ -621,7 +627,7 @@ def planned_params(settings: Settings) -> dict:
     if history["profile"].get("profile", settings.profile) != settings.profile:
         # another profile's round: the session will discard it (RunStore.discard_round_of_other_models)
         history["in_progress"] = None
-    return starting_params(history, default_params(stand_in))
+    return starting_params(history, session_defaults(stand_in, settings))
 
 
 def default_params(profile: ModelProfile) -> dict:
@@ -638,6 +644,42 @@ def default_params(profile: ModelProfile) -> dict:
     params["warm_start"] = True
     params["plateau_checkpoints"] = PLATEAU_CHECKPOINTS
     return params
+
+
+def session_defaults(profile: ModelProfile, settings: Settings) -> dict:
+    """``default_params``, with ``rounds_must_pay`` (the default) one longer round: LONG_ROUND times the
+    profile's steps, stopped at a plateau of validation quality, its best checkpoint kept."""
+    params = default_params(profile)
+    if settings.rounds_must_pay:
+        params["steps"] = int(params["steps"]) * LONG_ROUND
+    return params
+
+
+def unpaid_round(feedback: dict, history: list[dict]) -> str:
+    """Why another round would not pay after the round ``feedback`` scored ('' when it would): more steps pay
+    while the validation quality was still rising beyond its spread at the last checkpoint, a fix pays when the
+    LoRA overfits, and more rounds pay while the last one beat the best before it beyond its spread. Measured
+    (bench/loop_value.py, README 'Does the loop pay?'): otherwise the rounds did not beat one run of equal steps."""
+    from agent.policy import overfitting_reason, previous_variety, read_signals
+
+    signals = read_signals(feedback)
+    training = feedback.get("training") if isinstance(feedback.get("training"), dict) else {}
+    if signals.still_rising or overfitting_reason(signals, previous_variety(history)):
+        return ""
+    best = best_round(history)
+    spread = signals.spread or 0.0
+    if best is not None and signals.lora_score is not None and signals.lora_score > best["lora_score"] + spread:
+        return ""
+    if best is not None and signals.lora_score is not None:
+        why = (f"it scored {signals.lora_score:.3f}, not above round {best['round']}'s {best['lora_score']:.3f} "
+               f"beyond its spread ±{spread:.3f}")
+    elif signals.best_step is not None:
+        why = (f"its validation quality peaked at step {signals.best_step} of {training.get('steps')} and did not "
+               f"rise beyond its spread ±{finite_number(training.get('spread')) or 0.0:.3f} after it")
+    else:
+        why = "no signal says more training would help"
+    return (f"Another round would not pay ({why}; rounds that only add steps or emphasis did not beat one run of "
+            "equal steps in bench/loop_value.py), so the run stops here — set rounds_must_pay = false to run them.")
 
 
 def train_config(profile: ModelProfile, params: dict):

@@ -46,7 +46,7 @@ from agent.session import Session  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
 
 LIKENESS = 0.9  # of the reference ceiling's quality
-SCENARIOS = ("loop", "single_equal", "single_default")
+SCENARIOS = ("loop", "single_equal", "single_default", "default")
 EXAMPLES = BUNDLED_REFERENCES.parent
 
 
@@ -72,11 +72,13 @@ def run_scenario(scenario: str, character: str, seed: int, rounds: int, loop_ste
                                         "output_dir": str(work / f"{character}_{seed}_{scenario}"),
                                         "analysis_path": str(work / f"{character}_{seed}_{scenario}" / "analysis.json"),
                                         "target_score": 1.0, "patience": rounds + 1, "max_rounds": rounds,
+                                        # the product's default (d) is the one with rounds that must pay
+                                        "rounds_must_pay": scenario == "default",
                                         **character_overrides(character)}, environ={})
     started_cpu, started_wall = time.process_time(), time.perf_counter()
     with Session(settings, quiet=True) as session:
         policy = RulePolicy(bounds=session.bounds)
-        if scenario == "loop":
+        if scenario in ("loop", "default"):
             records = session.run_rounds(rounds, policy)
         else:
             # One plain run: every step trained (no plateau stop), as a user's single training would.
@@ -101,7 +103,9 @@ def summarise(records: list[dict], cpu_s: float, wall_s: float) -> dict:
                 to_likeness = steps_done + int(checkpoint["step"])
         steps_done += int(record["train"]["steps"] or 0)
     lora, base = best["scores"]["lora"], best["scores"]["base"]
-    return {"best_quality": round(best["lora_score"], 4), "best_round": best["round"], "rounds": len(records),
+    spread = (lora["quality_std"] / lora["count"] ** 0.5) if lora.get("count") else None
+    return {"best_quality": round(best["lora_score"], 4), "spread": round(spread, 4) if spread is not None else None,
+            "best_round": best["round"], "rounds": len(records),
             "lead_features": round(lora["features"] - base["features"], 4),
             "round_qualities": [round(r["lora_score"], 4) for r in records],
             "optimizer_steps": steps_done, "steps_to_likeness": to_likeness, "ceiling_quality": ceiling,
@@ -125,14 +129,14 @@ def print_table(results: dict) -> None:
         print(f"  {'seed':>4s} {'scenario':15s} {'best q':>7s} {'round':>5s} {'lead f':>7s} {'steps':>6s} "
               f"{'to likeness':>11s} {'cpu s':>7s}  qualities per round")
         for seed, scenarios in by_seed.items():
-            for name in SCENARIOS:
+            for name in [n for n in SCENARIOS if n in scenarios]:
                 row = scenarios[name]
                 print(f"  {seed:>4} {name:15s} {row['best_quality']:7.3f} {row['best_round']:5d} "
                       f"{row['lead_features']:+7.3f} {row['optimizer_steps']:6d} "
                       f"{likeness_text(row['steps_to_likeness']):>11s} {row['cpu_s']:7.1f}  "
                       f"{' → '.join(f'{q:.3f}' for q in row['round_qualities'])}")
         print("  mean ± spread over the seeds:")
-        for name in SCENARIOS:
+        for name in [n for n in SCENARIOS if all(n in s for s in by_seed.values())]:
             rows = [scenarios[name] for scenarios in by_seed.values()]
             reached = [r["steps_to_likeness"] for r in rows if r["steps_to_likeness"] is not None]
             print(f"    {name:15s} best q {mean_spread([r['best_quality'] for r in rows])}   "
@@ -140,11 +144,39 @@ def print_table(results: dict) -> None:
                   f"steps {mean_spread([float(r['optimizer_steps']) for r in rows])}   "
                   f"to likeness {mean_spread([float(v) for v in reached])} ({len(reached)}/{len(rows)} reached)   "
                   f"cpu s {mean_spread([r['cpu_s'] for r in rows])}")
-        loop = [s["loop"]["best_quality"] for s in by_seed.values()]
-        equal = [s["single_equal"]["best_quality"] for s in by_seed.values()]
-        lead = [a - b for a, b in zip(loop, equal)]
-        print(f"  loop − single_equal best quality: {mean_spread(lead)} "
-              f"(per seed: {', '.join(f'{v:+.3f}' for v in lead)}; target mean ≥ +0.03)")
+        if all("loop" in s and "single_equal" in s for s in by_seed.values()):
+            print(verdict(list(by_seed.values())))
+
+
+def verdict(rows: list[dict]) -> str:
+    """The issue's must-show, each part met or missed, in figures."""
+    loop = [s["loop"]["best_quality"] for s in rows]
+    equal = [s["single_equal"]["best_quality"] for s in rows]
+    lead = [a - b for a, b in zip(loop, equal)]
+    below = [s for s in rows if s["loop"]["best_quality"] < s["single_equal"]["best_quality"]
+             - (s["single_equal"].get("spread") or 0.0)]
+    likeness_loop = [s["loop"]["steps_to_likeness"] for s in rows]
+    likeness_equal = [s["single_equal"]["steps_to_likeness"] for s in rows]
+    reached = [(a, b) for a, b in zip(likeness_loop, likeness_equal) if a is not None and b is not None]
+    ratio = (statistics.fmean(a for a, _ in reached) / statistics.fmean(b for _, b in reached)) if reached else None
+    steps = statistics.fmean(s["loop"]["optimizer_steps"] for s in rows)
+    default_steps = (statistics.fmean(s["single_default"]["optimizer_steps"] for s in rows)
+                     if all("single_default" in s for s in rows) else None)
+    lines = [f"  loop − single_equal best quality: {mean_spread(lead)} (per seed: "
+             f"{', '.join(f'{v:+.3f}' for v in lead)}): target mean ≥ +0.03 "
+             f"{'MET' if statistics.fmean(lead) >= 0.03 else 'MISSED'}; seeds below single_equal by more than its "
+             f"spread: {len(below)}",
+             f"  steps to likeness, loop / single_equal: "
+             + (f"{ratio:.2f}× over {len(reached)} seed(s) where both reached it: target ≤ 0.5× "
+                f"{'MET' if ratio <= 0.5 else 'MISSED'}" if ratio is not None else "not comparable (never reached)")]
+    if default_steps:
+        lines.append(f"  loop optimiser steps {steps:.0f} = {steps / default_steps:.2f}× the defaults' "
+                     f"({default_steps:.0f}): target ≤ 3× {'MET' if steps <= 3 * default_steps else 'MISSED'}")
+    if all("default" in s for s in rows):
+        gain = [s["default"]["best_quality"] - s["single_equal"]["best_quality"] for s in rows]
+        lines.append(f"  default (one longer round, more only where they pay) − single_equal: {mean_spread(gain)} at "
+                     f"{statistics.fmean(s['default']['optimizer_steps'] for s in rows):.0f} steps")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -154,21 +186,27 @@ def main() -> int:
     parser.add_argument("--character", action="append", default=None,
                         help="a bundled character's folder name under examples/ (repeatable; default aldar_kose)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated, of {', '.join(SCENARIOS)} (single_equal needs loop)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs' results folders here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     characters = args.character or [BUNDLED_REFERENCES.name]
     work = args.work or Path(tempfile.mkdtemp(prefix="aldar-loop-value-"))
+    wanted = [name for name in SCENARIOS if name in args.scenarios.split(",")]
+    if "single_equal" in wanted and "loop" not in wanted:
+        raise SystemExit("single_equal is as long as the loop: add loop to --scenarios")
     results: dict = {}
     for character in characters:
         for seed in seeds:
-            loop = run_scenario("loop", character, seed, args.rounds, None, work)
-            equal = run_scenario("single_equal", character, seed, args.rounds, loop["optimizer_steps"], work)
-            default = run_scenario("single_default", character, seed, args.rounds, None, work)
-            results.setdefault(character, {})[seed] = {"loop": loop, "single_equal": equal, "single_default": default}
-            print(f"{character} seed {seed}: loop {loop['best_quality']:.3f} ({loop['optimizer_steps']} steps), "
-                  f"single_equal {equal['best_quality']:.3f}, single_default {default['best_quality']:.3f}",
+            row: dict = {}
+            for name in wanted:
+                steps = row["loop"]["optimizer_steps"] if name == "single_equal" else None
+                row[name] = run_scenario(name, character, seed, args.rounds, steps, work)
+            results.setdefault(character, {})[seed] = row
+            print(f"{character} seed {seed}: " + ", ".join(
+                f"{name} {row[name]['best_quality']:.3f} ({row[name]['optimizer_steps']} steps)" for name in wanted),
                   flush=True)
             if args.json:  # written as it goes: a long bench keeps what it measured
                 args.json.write_text(json.dumps(results, indent=2))

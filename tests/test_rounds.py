@@ -62,7 +62,8 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         assert record["ceiling"]["quality"] is not None
         assert len(record["skipped_competitors"]) == 3
         assert record["profile"]["profile"] == "tiny"
-        assert record["train"]["steps"] == record["params"]["steps"]
+        inherited = (record["train"].get("warm_start") or {}).get("lora_steps_before") or 0
+        assert record["train"]["steps"] + inherited == record["params"]["steps"] or record["train"]["stopped_early"]
         for key in ("comparison_report", "feedback", "lora", "run_dir"):
             assert (root / record["paths"][key]).exists(), key
         assert re.fullmatch(r"comparisons/comparison_report_\d{8}_\d{6}_round\d\d\.json",

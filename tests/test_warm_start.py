@@ -145,3 +145,73 @@ def test_a_plateau_stops_training_and_a_resume_after_it_stops_at_once(profile, d
     assert result.chosen_checkpoint["step"] == 4
     again = train_lora(config, profile, dataset, tmp_path / "run", quiet=True, score_checkpoint=scorer)
     assert again.steps == 10  # resumed past its plateau: stops as it did, trains nothing more
+
+
+def _finished_round(store_root: Path, checkpoint: Path | None, step: int = 4, score: float = 0.6) -> dict:
+    """A finished round 1 whose chosen checkpoint is ``checkpoint`` (copied into its run folder)."""
+    run_dir = store_root / "runs" / "round_01"
+    if checkpoint is not None:
+        shutil.copytree(checkpoint, run_dir / f"checkpoint-{step:06d}")
+    return {"round": 1, "lora_score": score, "params": {}, "scores": {"lora": {"quality": score}},
+            "train": {"steps": step, "chosen_checkpoint": {"step": step, "quality": score, "why": "highest"}},
+            "paths": {"run_dir": "runs/round_01"}}
+
+
+def test_a_round_continues_the_best_rounds_checkpoint_or_says_in_one_line_why_not(tiny_settings, first):
+    from agent.session import Session, SessionEvents
+
+    said: list[str] = []
+    with Session(tiny_settings, quiet=True, events=SessionEvents(on_notice=said.append)) as session:
+        root = session.store.root
+        session.store.rounds.append(_finished_round(root, first))
+        session.params.update(warm_start=True, steps=10, checkpoint_every=2)
+        warm = session._warm_start(2)
+        assert warm == {"from_round": 1, "from_step": 4, "checkpoint": "runs/round_01/checkpoint-000004",
+                        "lora_steps_before": 4, "steps": 6}
+        assert said[-1] == "round 2: continues round 1's LoRA from step 4 for 6 more steps"
+        config = session.round_train_config(warm)
+        assert config.steps == 6 and config.init_weights == str(root / "runs/round_01/checkpoint-000004")
+        # Another rank: a fresh LoRA, and one line saying why.
+        session.params.update(rank=4, alpha=4.0)
+        assert session._warm_start(2) is None
+        assert said[-1].startswith("round 2: trains a fresh LoRA (cannot start from ") and "rank 8, not 4" in said[-1]
+        session.params.update(rank=8, alpha=8.0)
+        # No steps left beyond those the checkpoint had: fresh.
+        session.params.update(steps=5)
+        assert session._warm_start(2) is None and "leave no checkpoint's worth beyond the 4 steps" in said[-1]
+        # The round folder deleted by hand: fresh.
+        session.params.update(steps=10)
+        shutil.rmtree(root / "runs" / "round_01")
+        assert session._warm_start(2) is None and "no LoRA checkpoint there" in said[-1]
+        assert all("\n" not in line for line in said)
+        # Warm starts off: fresh, silently.
+        session.params["warm_start"] = False
+        count = len(said)
+        assert session._warm_start(2) is None and len(said) == count
+        session.store.rounds.clear()
+
+
+def test_by_default_one_longer_round_and_another_only_where_it_pays(tiny_settings):
+    from agent.session import LONG_ROUND, planned_params, session_defaults, unpaid_round
+    from tools.models import resolve_profile
+
+    profile = resolve_profile(tiny_settings)
+    paying = tiny_settings.replace(rounds_must_pay=True)
+    assert session_defaults(profile, paying)["steps"] == LONG_ROUND * session_defaults(profile, tiny_settings)["steps"]
+    assert planned_params(paying)["steps"] == session_defaults(profile, paying)["steps"]
+    assert session_defaults(profile, paying)["plateau_checkpoints"] == 3
+
+    def fed(score=0.64, spread=0.03, **training):
+        return {"lora_score": score, "lora_spread": spread,
+                "overfitting": {"max_reference_clip": 0.8, "max_reference_ssim": 0.3, "variety": 0.2},
+                "training": {"steps": 200, "best_step": 80, "still_rising": False, "spread": 0.04, **training}}
+
+    # Round 1 peaked early and was flat after: another round would not pay.
+    said = unpaid_round(fed(), [])
+    assert said.startswith("Another round would not pay (its validation quality peaked at step 80 of 200")
+    assert "rounds_must_pay = false" in said
+    assert unpaid_round(fed(best_step=200, still_rising=True), []) == ""  # still rising: more steps pay
+    assert unpaid_round({**fed(), "overfitting": {"variety": 0.01}}, []) == ""  # overfitting: a fix pays
+    best = [{"round": 1, "lora_score": 0.60, "scores": {"lora": {"quality": 0.60}}}]
+    assert unpaid_round(fed(score=0.64), best) == ""  # beat round 1 beyond the spread: rounds are paying
+    assert "not above round 1's 0.600 beyond its spread ±0.030" in unpaid_round(fed(score=0.62), best)
