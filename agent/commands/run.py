@@ -62,10 +62,18 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         done = len(session.history())
         ui.info(f"results: {session.store.root} · decider: {decider.name} · rounds: {rounds}"
                 + (f" ({done} already finished)" if done else ""))
-        session.run_rounds(rounds, decider, on_round=lambda record: render.show(
-            ui, render.record_scores(record, previous=_before(session.history(), record))))
+        session.run_rounds(rounds, decider, on_round=lambda record: _show_round(ui, record, session.history()))
         show_summary(session, ui)
     return 0
+
+
+def _show_round(ui, record: dict, history: list[dict]) -> None:
+    """A finished round: its ranking on the character's own prompt, then how it does in new scenes."""
+    from agent import render
+
+    render.show(ui, render.record_scores(record, previous=_before(history, record)))
+    if (suite := render.suite_scores(record)) is not None:
+        render.show(ui, suite)
 
 
 def _before(history: list[dict], record: dict) -> dict | None:
@@ -98,7 +106,7 @@ def choose_decider(session: Session, use_llm: bool, ui: UI | None = None) -> Dec
     if use_llm:
         ui.info("no LLM key set (DEEPSEEK_API_KEY or OPENAI_API_KEY) and llm_base_url is no local server: "
                 "the embedded rule policy decides")
-    return RulePolicy(bounds=session.bounds)
+    return RulePolicy(bounds=session.bounds, ranking=session.settings.round_ranking)
 
 
 def _confirm_paid_competitors(session: Session, ui: UI) -> None:
