@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from agent.policy import RulePolicy  # noqa: E402
-from agent.session import Session  # noqa: E402
+from agent.rounds.policy import RulePolicy  # noqa: E402
+from agent.rounds.session import Session  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
 
 LIKENESS = 0.9  # of the reference ceiling's quality

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from agent.policy import RulePolicy  # noqa: E402
-from agent.session import BASE, LORA, Session, emphasise, train_config, training_dataset  # noqa: E402
+from agent.rounds.policy import RulePolicy  # noqa: E402
+from agent.rounds.session import BASE, LORA, Session, emphasise, train_config, training_dataset  # noqa: E402
 from tools.generation.sampling import SamplingSpec  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "analyze"
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from rich.markup import escape
 
-    from agent import render
+    from agent.views import render
     from tools.images import skipped_note
     from tools.models import resolve_profile
     from tools.scoring.analyzer import analyze_references

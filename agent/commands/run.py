@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from tools.errors import ConfigError
 
 if TYPE_CHECKING:  # the command line is parsed (and --rounds checked) before any of this loads
-    from agent.decision import Decider
-    from agent.session import Session
-    from agent.ui import UI
+    from agent.rounds.decision import Decider
+    from agent.rounds.session import Session
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "run"
@@ -48,8 +48,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps is {args.steps}", "pass --steps 1 or more")
     settings = settings.replace(max_rounds=rounds)
-    from agent import render
-    from agent.session import Session  # the rounds (and, through them, the model stack) load once the input is good
+    from agent.views import render
+    from agent.rounds.session import Session  # the rounds (and, through them, the model stack) load once the input is good
 
     quiet = bool(getattr(args, "quiet", False))
     with Session(settings, quiet=quiet, events=ui.session_events()) as session:
@@ -82,18 +82,18 @@ def _names(value) -> list[str]:
 
 def choose_decider(session: Session, use_llm: bool, ui: UI | None = None) -> Decider:
     """The LLM decider when asked for and a key is set (imported only then), else the rule policy."""
-    from agent.llm_client import llm_configured
-    from agent.ui import UI
+    from agent.llm.client import llm_configured
+    from agent.views.ui import UI
 
     ui = ui or UI(quiet=True)
     if use_llm and llm_configured(session.settings):
-        from agent.llm_decider import make_decider
+        from agent.llm.decider import make_decider
 
         decider, reason = make_decider(session.settings, session.bounds)
         if reason:
             ui.warn(f"{reason}: the embedded rule policy decides")
         return decider
-    from agent.policy import RulePolicy
+    from agent.rounds.policy import RulePolicy
 
     if use_llm:
         ui.info("no LLM key set (DEEPSEEK_API_KEY or OPENAI_API_KEY) and llm_base_url is no local server: "
@@ -115,7 +115,7 @@ def _confirm_paid_competitors(session: Session, ui: UI) -> None:
 
 
 def show_summary(session: Session, ui: UI) -> None:
-    from agent import render
+    from agent.views import render
 
     data = session.store.data
     best = data.get("best_round")

@@ -11,7 +11,7 @@ from tools.atomic import read_json
 from tools.errors import InputError
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.scoring.analyzer import ImageSet
     from tools.settings import Settings
 
@@ -70,7 +70,7 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dic
     """The analysis at settings.analysis_path, (re)made when missing, unreadable or stale."""
     from rich.markup import escape
 
-    from agent import render
+    from agent.views import render
     from tools.models import load_clip
     from tools.scoring.analyzer import analysis_matches, analyze_references
     from tools.scoring.taxonomy import load_taxonomy
@@ -97,7 +97,7 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dic
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
-    from agent import render
+    from agent.views import render
     from tools.images import list_images, skipped_note
     from tools.models import resolve_profile
     from tools.scoring.analyzer import load_image_set

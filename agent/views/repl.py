@@ -1,10 +1,10 @@
 """``aldar chat``: talk to the assistant, or drive every step yourself with slash commands.
 
 Slash commands need no LLM at all; plain text goes to the LLM with the tools of
-``agent.llm_tools``. Input: history in ``$ALDAR_CACHE/chat_history`` (default ``~/.cache/aldar``),
+``agent.llm.tools``. Input: history in ``$ALDAR_CACHE/chat_history`` (default ``~/.cache/aldar``),
 Tab completes commands, Esc+Enter inserts a newline, and a line ending in ``\\`` continues on
 the next one. Ctrl-C cancels the running action (training stops at a checkpoint) and returns to the
-prompt; Ctrl-C twice at the prompt, Ctrl-D, or /quit leaves. All output goes through one ``agent.ui.UI``.
+prompt; Ctrl-C twice at the prompt, Ctrl-D, or /quit leaves. All output goes through one ``agent.views.ui.UI``.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
 
-from agent import render
-from agent.llm_client import KEY_HELP, describe_endpoint, resolve_endpoint
-from agent.knobs import NAMES as KNOBS
-from agent.knobs import clamp_adjustments, knob_completions, params_text, parse_knob_arguments
-from agent.llm_tools import SessionTools, explain_features, latest_feedback
-from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
+from agent.views import render
+from agent.llm.client import KEY_HELP, describe_endpoint, resolve_endpoint
+from agent.rounds.knobs import NAMES as KNOBS
+from agent.rounds.knobs import clamp_adjustments, knob_completions, params_text, parse_knob_arguments
+from agent.llm.tools import SessionTools, explain_features, latest_feedback
+from agent.llm.loop import ChatLoop, LoopEvents, ToolCallRecord
 from agent.termination import terminated_by
-from agent.ui import UI
+from agent.views.ui import UI
 from tools.atomic import atomic_write_json, unused_path
 from tools.errors import AldarError, ConfigError, InputError
 from tools.paths import aldar_cache
@@ -75,7 +75,7 @@ class Repl:
     @property
     def session(self):
         if self._session is None:
-            from agent.session import Session
+            from agent.rounds.session import Session
 
             self._session = Session(self.settings, quiet=self.quiet, events=self.ui.session_events())
         return self._session
@@ -92,7 +92,7 @@ class Repl:
     def round_number(self) -> int:
         """The round in progress, else the next one (without opening the results folder)."""
         if self._session is None:
-            from agent.store import peek_history
+            from agent.rounds.store import peek_history
 
             return len(peek_history(self.settings.output_dir)["rounds"]) + 1
         current = self._session.current
@@ -198,8 +198,8 @@ class Repl:
 
     def _chat_loop(self) -> ChatLoop:
         if self.loop is None:
-            from agent.llm_client import make_client
-            from agent.prompts import chat_system_prompt
+            from agent.llm.client import make_client
+            from agent.llm.prompts import chat_system_prompt
 
             client, self.model = make_client(self.settings)
             session = self.session
@@ -309,7 +309,7 @@ class Repl:
         self.ui.info(f"feedback: {escape(str(self.session.store.relative(result.get('feedback_path'))))}")
 
     def cmd_auto(self, args: list[str]) -> None:
-        from agent.llm_decider import make_decider
+        from agent.llm.decider import make_decider
 
         if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
             raise InputError("/auto needs a number of rounds", "write e.g. /auto 2")
@@ -317,7 +317,7 @@ class Repl:
         session = self.session
         blocked = session.stop_before(len(session.history()) + rounds)
         if blocked:  # asking first would promise rounds that stop before training anything
-            from agent.session import how_to_go_on
+            from agent.rounds.session import how_to_go_on
 
             self.ui.warn(escape(f"/auto runs no round: {blocked} — {how_to_go_on(blocked)}, then restart the chat"))
             self.outcome = "failed"
@@ -358,7 +358,7 @@ class Repl:
                     f"{escape(item['why'])}.\n  → {escape(item['suggestion'])}")
 
     def cmd_report(self, args: list[str]) -> None:
-        from agent.report import write_report
+        from agent.views.report import write_report
 
         _no_extra(args)
         session = self.session
@@ -379,7 +379,7 @@ class Repl:
         if self._session is not None:
             params = self._session.params
         else:
-            from agent.session import planned_params
+            from agent.rounds.session import planned_params
 
             params = planned_params(self.settings)
         rows.append(["next round params", params_text(params)])

@@ -3,7 +3,7 @@ rule policy (going back to the best round), so both agree on what "best" means."
 
 from __future__ import annotations
 
-from agent.records import LORA, RoundRecord
+from agent.rounds.records import LORA, RoundRecord
 from tools.numbers import finite_number
 from tools.scoring.copies import memorised
 

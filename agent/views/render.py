@@ -1,7 +1,7 @@
 """Scores and parameters as tables and lines: one place for the REPL, the CLI and the HTML report.
 
 The builders return plain data (``Table``: title, columns, rows of text, the ceiling row apart, a
-caption) so the terminal (``show``, through a ``UI``) and the report (``agent.report``) print the
+caption) so the terminal (``show``, through a ``UI``) and the report (``agent.views.report``) print the
 same figures the same way. Numbers: three decimals, ``mean ± std``, "—" for a missing value.
 """
 
@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
-from agent.knobs import value_text
-from agent.records import LORA, RoundRecord, RoundTrain
+from agent.rounds.knobs import value_text
+from agent.rounds.records import LORA, RoundRecord, RoundTrain
 from tools.numbers import finite_number
 from tools.scoring.copies import MEMORISED, copies_text, memorised
 from tools.scoring.records import Analysis, ComparisonReport, Feedback
 
 if TYPE_CHECKING:
-    from agent.ui import UI
+    from agent.views.ui import UI
 
 SCORE_COLUMNS = ["generator", "quality", "CLIP", "features", "SSIM", "band"]
 MISSING = "—"

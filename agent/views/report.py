@@ -16,9 +16,9 @@ from typing import Any
 
 from PIL import Image
 
-from agent.chart import draw_score_chart, score_chart_svg
-from agent.knobs import params_items
-from agent.render import (CHOSEN, adjustments_text, checkpoint_choice, prompt_note, record_ceiling_note,
+from agent.views.chart import draw_score_chart, score_chart_svg
+from agent.rounds.knobs import params_items
+from agent.views.render import (CHOSEN, adjustments_text, checkpoint_choice, prompt_note, record_ceiling_note,
                           record_scores, round_verdict)
 from tools.atomic import atomic_write_bytes, atomic_write_text
 from tools.errors import InputError

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 
-from agent.decision import Decider, Decision, already_trained
-from agent.knobs import bounds_for, clamp_adjustments, params_text
-from agent.ranking import best_round, ranked_rounds
-from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
+from agent.rounds.decision import Decider, Decision, already_trained
+from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
+from agent.rounds.ranking import best_round, ranked_rounds
+from agent.rounds.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
                            SessionFeedback, TrainingCurve)
-from agent.store import MODEL_KEYS, RunStore
+from agent.rounds.store import MODEL_KEYS, RunStore
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
@@ -446,7 +446,7 @@ class Session:
                 self.store.mark_best(best)
 
     def _write_report(self) -> None:
-        from agent.report import write_report
+        from agent.views.report import write_report
 
         self.report_written = write_report(self.store, self.references, self.history())
 
@@ -461,7 +461,7 @@ class Session:
         reused = [stage for stage, done in (("LoRA", state.train), ("images", state.images), ("scores", state.feedback))
                   if done]
         if reused:  # said even when quiet: otherwise "/auto 1" after "/train" looks as if it trained nothing
-            from agent.render import and_words
+            from agent.views.render import and_words
 
             _emit(self.events.on_notice, f"round {state.number}: using the {and_words(reused)} already made for it "
                                          "in this session (not made again)")
@@ -547,7 +547,7 @@ def planned_params(settings: Settings) -> dict:
     """``starting_params`` of the results folder without opening it: no lock, no torch (the chat's /config
     before a session exists). The knobs' defaults depend on the profile's name only, so a stand-in profile
     (no device detection) gives the same ones."""
-    from agent.store import peek_history
+    from agent.rounds.store import peek_history
 
     stand_in = ModelProfile(settings.profile, settings.base_model, settings.clip_model, "cpu", "fp32", settings.seed)
     history = peek_history(settings.output_dir)

@@ -3,8 +3,8 @@
 A ``UI`` is made once per command (``agent.cli.main``) and handed to whoever talks to the user: the
 commands, the REPL and the chat's tools (its ``confirm``). The yes/no policy (``--yes``, or a
 non-terminal stdin answering no) and quiet mode live here, not threaded through the session.
-Modules that decide (``agent.session``, the policies) never print: they emit events that a ``UI``
-renders (``session_events``). Tables of scores and parameters are built by ``agent.render``.
+Modules that decide (``agent.rounds.session``, the policies) never print: they emit events that a ``UI``
+renders (``session_events``). Tables of scores and parameters are built by ``agent.views.render``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
-from agent.render import number
+from agent.views.render import number
 from tools.progress import progress_on
 from tools.secrets import redact
 
 if TYPE_CHECKING:
-    from agent.session import SessionEvents
+    from agent.rounds.session import SessionEvents
 
 
 class UI:
@@ -116,7 +116,7 @@ class UI:
 
     def session_events(self) -> "SessionEvents":
         """How this UI shows what a ``Session`` reports."""
-        from agent.session import SessionEvents
+        from agent.rounds.session import SessionEvents
 
         return SessionEvents(on_status=self.status, on_notice=lambda message: self.info(escape(message)),
                              on_warning=lambda message: self.warn(escape(message)), on_missing_key=self.warn_once)
