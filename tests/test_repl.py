@@ -425,7 +425,7 @@ def test_history_fits_80_columns_and_cuts_decisions_at_a_word_with_an_ellipsis()
                 "params": {"steps": 120, "learning_rate": 0.002, "rank": 8}, "decided_by": "rule-policy",
                 "rationale": why} for n in (1, 2)]
     ui, out, _ = quiet_ui(width=80)
-    render.show_history(ui, history)
+    ui.show_history(history)
     lines = out.getvalue().splitlines()
     assert all(len(line) <= 80 for line in lines)
     assert len(lines) <= 12  # 2 rounds: title, header, 2 rows, caption, a decision line each (was 35 lines)
@@ -443,7 +443,7 @@ def test_history_shows_a_lora_ahead_as_a_positive_lead() -> None:
                {"round": 2, "lora_score": 0.5, "band": "average", "best_competitor": None, "score_gap": 0.1,
                 "params": {"steps": 60, "learning_rate": 0.005, "rank": 8}, "decided_by": "rule-policy"}]
     ui, out, _ = quiet_ui(width=100)
-    render.show_history(ui, history)
+    ui.show_history(history)
     text = " ".join(out.getvalue().split())
     assert "┃ lead ┃" in text and "positive: the LoRA is ahead" in text and " gap" not in text
     assert "│ 1 │ 0.640 │ good │ base │ +0.230 │" in text  # score_gap -0.23: the LoRA 0.23 ahead of the base

@@ -27,12 +27,14 @@ def no_network(monkeypatch):
 
 
 def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
-    from agent.views.render import record_scores
     from agent.rounds.session import SessionEvents
+    from agent.views.render import record_scores
+    from agent.views.report import ReportWriter
 
     settings = tiny_settings.replace(images_per_prompt=2, target_score=1.0)  # both rounds run, whatever they score
     said = []
-    events = SessionEvents(on_status=said.append, on_notice=said.append)
+    report = ReportWriter()
+    events = SessionEvents(on_status=said.append, on_notice=said.append, on_round_recorded=report)
     with Session(settings, quiet=True, events=events) as session:
         session.params.update(steps=ROUND_STEPS, checkpoint_every=ROUND_STEPS // 2)
         start = dict(session.params)
@@ -92,7 +94,8 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
     assert best == max(rounds, key=lambda r: (r["lora_score"], -r["round"]))["round"]
     assert (root / history["best_lora"]).read_bytes() == (root / rounds[best - 1]["paths"]["lora"]).read_bytes()
 
-    page = (root / "report.html").read_text()
+    assert report.written == root / "report.html"  # written by the listener of "round recorded", not the Session
+    page = report.written.read_text()
     for record in rounds:  # each round's LoRA is its best-scoring checkpoint, and the report says so
         scores, chosen = record["train"]["checkpoint_scores"], record["train"]["chosen_checkpoint"]
         steps, every = record["params"]["steps"], record["params"]["checkpoint_every"]

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     analysis = analyze_references(Path(settings.references), profile, settings.taxonomy_path(),
                                   settings.trigger_token, settings.character_name, Path(settings.analysis_path),
                                   use_cache=not args.no_cache)
-    render.show(ui, render.analysis_table(analysis))
+    ui.show(render.analysis_table(analysis))
     ui.info(f"[bold]training prompt:[/bold] {escape(analysis['training_prompt'])}")
     ui.success(f"feature analysis saved to {settings.analysis_path}")
     return 0

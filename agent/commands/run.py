@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from tools.errors import ConfigError
 
 if TYPE_CHECKING:  # the command line is parsed (and --rounds checked) before any of this loads
+    from pathlib import Path
+
     from agent.rounds.decision import Decider
     from agent.rounds.session import Session
     from agent.views.ui import UI
@@ -51,8 +53,11 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from agent.views import render
     from agent.rounds.session import Session  # the rounds (and, through them, the model stack) load once the input is good
 
+    from agent.views.report import ReportWriter
+
     quiet = bool(getattr(args, "quiet", False))
-    with Session(settings, quiet=quiet, events=ui.session_events()) as session:
+    report = ReportWriter()
+    with Session(settings, quiet=quiet, events=ui.session_events(on_round_recorded=report)) as session:
         if settings.is_tiny:
             ui.warn(session.profile.describe()["notice"])
         _confirm_paid_competitors(session, ui)
@@ -62,9 +67,9 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         done = len(session.history())
         ui.info(f"results: {session.store.root} · decider: {decider.name} · rounds: {rounds}"
                 + (f" ({done} already finished)" if done else ""))
-        session.run_rounds(rounds, decider, on_round=lambda record: render.show(
-            ui, render.record_scores(record, previous=_before(session.history(), record))))
-        show_summary(session, ui)
+        session.run_rounds(rounds, decider, on_round=lambda record: ui.show(
+            render.record_scores(record, previous=_before(session.history(), record))))
+        show_summary(session, ui, report.written)
     return 0
 
 
@@ -114,7 +119,7 @@ def _confirm_paid_competitors(session: Session, ui: UI) -> None:
 
 
 
-def show_summary(session: Session, ui: UI) -> None:
+def show_summary(session: Session, ui: UI, report: Path | None) -> None:
     from agent.views import render
 
     data = session.store.data
@@ -123,8 +128,8 @@ def show_summary(session: Session, ui: UI) -> None:
     if record is not None and session.store.best_lora_holds(record):
         ui.success(f"best round: {best} (LoRA score {render.number(record.get('lora_score'))}) → "
                    f"{session.store.root / (data.get('best_lora') or 'best_lora')}")
-    if session.report_written:  # only what this process wrote: never a path that may not exist
-        ui.success(f"report: {session.report_written}")
+    if report:  # only what this process wrote: never a path that may not exist
+        ui.success(f"report: {report}")
     if session.profile.is_tiny:
         from tools.models import TINY_NOTICE
 

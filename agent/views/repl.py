@@ -76,8 +76,10 @@ class Repl:
     def session(self):
         if self._session is None:
             from agent.rounds.session import Session
+            from agent.views.report import ReportWriter
 
-            self._session = Session(self.settings, quiet=self.quiet, events=self.ui.session_events())
+            self._session = Session(self.settings, quiet=self.quiet,
+                                    events=self.ui.session_events(on_round_recorded=ReportWriter()))
         return self._session
 
     def close(self) -> None:
@@ -256,7 +258,7 @@ class Repl:
     def cmd_analyze(self, args: list[str]) -> None:
         _no_extra(args, allowed={"--force"})
         analysis = self.session.analyze(force="--force" in args)
-        render.show(self.ui, render.analysis_table(analysis))
+        self.ui.show(render.analysis_table(analysis))
         self.ui.info(f"key features: {escape(', '.join(analysis.get('key_features') or []))}")
         self.ui.info(f"training prompt: {escape(analysis.get('training_prompt') or '')}")
 
@@ -304,8 +306,8 @@ class Repl:
     def cmd_score(self, args: list[str]) -> None:
         _no_extra(args)
         result = self.session.score()
-        render.show(self.ui, render.report_scores(result["report"]))
-        render.show_feedback(self.ui, result["feedback"])
+        self.ui.show(render.report_scores(result["report"]))
+        self.ui.show_feedback(result["feedback"])
         self.ui.info(f"feedback: {escape(str(self.session.store.relative(result.get('feedback_path'))))}")
 
     def cmd_auto(self, args: list[str]) -> None:
@@ -331,7 +333,7 @@ class Repl:
         self.ui.info(f"decisions by [bold]{escape(decider.name)}[/bold]" + (f" — {escape(reason)}" if reason else ""))
         records = session.run_rounds(len(session.history()) + rounds, decider)
         if records:
-            render.show_history(self.ui, records)
+            self.ui.show_history(records)
 
     def cmd_history(self, args: list[str]) -> None:
         _no_extra(args)
@@ -339,7 +341,7 @@ class Repl:
         if not history:
             self.ui.info("no finished rounds yet — /auto 1, or /train, /generate, /score")
             return
-        render.show_history(self.ui, history)
+        self.ui.show_history(history)
 
     def cmd_explain(self, args: list[str]) -> None:
         feedback = latest_feedback(self.session)

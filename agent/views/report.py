@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -26,8 +26,22 @@ from tools.generation.png_metadata import read_generation_parameters
 from tools.images import list_images, load_image
 from tools.scoring.copies import MEMORISED
 
+if TYPE_CHECKING:
+    from agent.rounds.session import Session
+
 REFERENCE_SIZE = 256  # the references' copies in report_assets/ (shown at 160 px: sharp on dense screens)
 SHOT = 224  # px an image of a round is shown at; smaller sources are scaled up pixelated, not blurred
+
+
+class ReportWriter:
+    """Listens to a ``Session``'s ``on_round_recorded``: (re)writes report.html and score_chart.png whenever its
+    history changed. ``written`` is the page this process wrote (None before: never a path that may not exist)."""
+
+    def __init__(self) -> None:
+        self.written: Path | None = None
+
+    def __call__(self, session: Session) -> None:
+        self.written = write_report(session.store, session.references, session.history())
 
 
 def write_report(store, references: Path, history: list[dict]) -> Path:
