@@ -314,9 +314,13 @@ def _rounds_killed_at(settings, rounds, monkeypatch, module, name, target_name, 
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(module, name, writer)
+    from agent.rounds.session import SessionEvents
+    from agent.views.report import ReportWriter
+
     # target 1.0: the toy world's round 1 can reach the default target, and that stop would end the run
-    # before the kill in a later round
-    with Session(settings.replace(images_per_prompt=1, competitors=[], target_score=1.0), quiet=True) as session:
+    # before the kill in a later round. The report is written as aldar run writes it: by a listener.
+    settings = settings.replace(images_per_prompt=1, competitors=[], target_score=1.0)
+    with Session(settings, quiet=True, events=SessionEvents(on_round_recorded=ReportWriter())) as session:
         session.params.update(steps=2, checkpoint_every=0)
         with pytest.raises(Killed):
             session.run_rounds(rounds, RulePolicy(bounds=session.bounds))

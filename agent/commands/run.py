@@ -86,13 +86,13 @@ def _names(value) -> list[str]:
 
 
 def choose_decider(session: Session, use_llm: bool, ui: UI | None = None) -> Decider:
-    """The LLM decider when asked for and a key is set (imported only then), else the rule policy."""
-    from agent.llm.client import llm_configured
+    """The LLM decider when asked for (``make_decider`` falls back to the rule policy and says why), else the
+    rule policy."""
     from agent.views.ui import UI
 
     ui = ui or UI(quiet=True)
-    if use_llm and llm_configured(session.settings):
-        from agent.llm.decider import make_decider
+    if use_llm:
+        from agent.llm.decider import make_decider  # says why the rule policy decides when the LLM cannot
 
         decider, reason = make_decider(session.settings, session.bounds)
         if reason:
@@ -100,22 +100,18 @@ def choose_decider(session: Session, use_llm: bool, ui: UI | None = None) -> Dec
         return decider
     from agent.rounds.policy import RulePolicy
 
-    if use_llm:
-        ui.info("no LLM key set (DEEPSEEK_API_KEY or OPENAI_API_KEY) and llm_base_url is no local server: "
-                "the embedded rule policy decides")
     return RulePolicy(bounds=session.bounds)
 
 
 def _confirm_paid_competitors(session: Session, ui: UI) -> None:
     """Hosted generation can cost credits: ask once, unless --yes. Without a yes they sit out."""
-    keyed = session.keyed_competitors()
-    if not keyed:
-        return
+    from agent.rounds.actions import consent_to_paid
+
     per_round = session.settings.sampling_images_per_prompt
-    question = (f"each round asks {', '.join(keyed)} for {per_round} image(s) each (may use paid credits). Continue?")
-    if not ui.confirm(question):
-        ui.warn(f"hosted competitors sit out ({', '.join(keyed)}); pass --yes to include them")
-        session.skip_competitors(keyed)
+    declined = consent_to_paid(session, ui.confirm, lambda paid: f"each round asks {', '.join(paid)} for {per_round} "
+                                                                 "image(s) each (may use paid credits). Continue?")
+    if declined:
+        ui.warn(f"hosted competitors sit out ({', '.join(declined)}); pass --yes to include them")
 
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
+from agent.rounds.actions import generate_with_consent, train_next_round
 from agent.rounds.decision import Decision
 from agent.rounds.knobs import NAMES as KNOBS
 from agent.rounds.knobs import knob_parameters, knob_values
@@ -279,10 +280,7 @@ class SessionTools(RoundTools):
         session = self.session
         if not self.confirm(f"Train round {session.training_round_number}'s LoRA now?"):
             return {"ok": False, "error": "the user declined training; do not ask again this turn"}
-        adjustments = given_knobs(knobs)
-        session.finish_scored_round_before_training(adjustments, "adjusted in chat", self.decided_by)
-        applied, notes = session.apply(adjustments)
-        result = session.train()
+        result, applied, notes = train_next_round(session, given_knobs(knobs), "adjusted in chat", self.decided_by)
         chosen = {k: _round3(v) for k, v in (result.get("chosen_checkpoint") or {}).items()} or None
         return {"ok": True, "round": session.current.number if session.current else None,
                 "steps": result.get("steps"), "final_loss": _round3(result.get("final_loss")),
@@ -296,10 +294,7 @@ class SessionTools(RoundTools):
             prompt: A test prompt; by default the configured one with the emphasised features.
         """
         session = self.session
-        paid = session.keyed_competitors()
-        if paid and not self.confirm(f"Ask the paid APIs ({', '.join(paid)}) for images?"):
-            session.skip_competitors(paid)
-        images = session.generate([prompt] if prompt else None)
+        images = generate_with_consent(session, self.confirm, prompt)
         return {"ok": True, "round": session.current.number if session.current else None,
                 "images": {name: len(paths) for name, paths in images.items()},
                 "skipped": list(session.current.skipped) if session.current else []}

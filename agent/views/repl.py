@@ -30,6 +30,7 @@ from agent.rounds.knobs import NAMES as KNOBS
 from agent.rounds.knobs import clamp_adjustments, knob_completions, params_text, parse_knob_arguments
 from agent.llm.tools import SessionTools, explain_features, latest_feedback
 from agent.llm.loop import ChatLoop, LoopEvents, ToolCallRecord
+from agent.rounds.actions import generate_with_consent, train_next_round
 from agent.termination import terminated_by
 from agent.views.ui import UI
 from tools.atomic import atomic_write_json, unused_path
@@ -279,9 +280,8 @@ class Repl:
         if not self._confirmed(question, "training skipped"):
             return
         change = shlex.join(args) if args else "no changes"
-        session.finish_scored_round_before_training(adjustments, f"set by hand with /train ({change})", "user")
         try:
-            result = session.train(adjustments or None)
+            result, _, _ = train_next_round(session, adjustments, f"set by hand with /train ({change})", "user")
         except KeyboardInterrupt:  # the trainer saved a checkpoint first; the round stays unfinished
             number = session.current.number if session.current else session.next_round_number
             run_dir = session.store.relative(session.store.round_run_dir(number))
@@ -293,12 +293,10 @@ class Repl:
 
     def cmd_generate(self, args: list[str]) -> None:
         session = self.session
-        paid = session.keyed_competitors()
-        if paid and not self._confirmed(f"Ask the paid APIs ({', '.join(paid)}) for images?",
-                                        f"{', '.join(paid)} skipped (paid)", required=False):
-            session.skip_competitors(paid)
-        prompt = " ".join(args).strip()
-        images = session.generate([prompt] if prompt else None)
+        paid = ", ".join(session.keyed_competitors())
+        images = generate_with_consent(session, lambda question: self._confirmed(question, f"{paid} skipped (paid)",
+                                                                                 required=False),
+                                       " ".join(args).strip() or None)
         self.ui.table("generated images", ["generator", "images", "folder"],
                  [[name, len(paths), session.store.relative(Path(paths[0]).parent) if paths else "-"]
                   for name, paths in images.items()])
