@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.policy import RulePolicy
-from agent.session import Session, emphasise
+from agent.rounds.policy import RulePolicy
+from agent.rounds.session import Session, emphasise
 
 ROUND_STEPS = 8  # tiny steps for the test: the pipeline, not the learning, is under test
 
@@ -27,12 +27,14 @@ def no_network(monkeypatch):
 
 
 def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
-    from agent.render import record_scores
-    from agent.session import SessionEvents
+    from agent.rounds.session import SessionEvents
+    from agent.views.render import record_scores
+    from agent.views.report import ReportWriter
 
     settings = tiny_settings.replace(images_per_prompt=2, target_score=1.0)  # both rounds run, whatever they score
     said = []
-    events = SessionEvents(on_status=said.append, on_notice=said.append)
+    report = ReportWriter()
+    events = SessionEvents(on_status=said.append, on_notice=said.append, on_round_recorded=report)
     with Session(settings, quiet=True, events=events) as session:
         session.params.update(steps=ROUND_STEPS, checkpoint_every=ROUND_STEPS // 2)
         start = dict(session.params)
@@ -92,7 +94,8 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
     assert best == max(rounds, key=lambda r: (r["lora_score"], -r["round"]))["round"]
     assert (root / history["best_lora"]).read_bytes() == (root / rounds[best - 1]["paths"]["lora"]).read_bytes()
 
-    page = (root / "report.html").read_text()
+    assert report.written == root / "report.html"  # written by the listener of "round recorded", not the Session
+    page = report.written.read_text()
     for record in rounds:  # each round's LoRA is its best-scoring checkpoint, and the report says so
         scores, chosen = record["train"]["checkpoint_scores"], record["train"]["chosen_checkpoint"]
         steps, every = record["params"]["steps"], record["params"]["checkpoint_every"]
@@ -131,7 +134,7 @@ def test_bad_input_is_refused_before_any_work(tiny_settings, tmp_path):
 
 
 def test_a_session_names_the_skipped_files_of_the_references_folder_once(tiny_settings):
-    from agent.session import SessionEvents
+    from agent.rounds.session import SessionEvents
 
     (Path(tiny_settings.references) / "notes.txt").write_text("the cap is red")
     warnings = []
@@ -276,7 +279,7 @@ def test_auto_after_manual_stages_does_not_train_or_generate_the_round_again(tin
 
 
 def test_training_again_drops_the_images_and_feedback_of_the_previous_lora(tiny_settings, monkeypatch):
-    import agent.session as session_module
+    import agent.rounds.session as session_module
     import tools.training.trainer
 
     class Result:
@@ -311,9 +314,13 @@ def _rounds_killed_at(settings, rounds, monkeypatch, module, name, target_name, 
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(module, name, writer)
+    from agent.rounds.session import SessionEvents
+    from agent.views.report import ReportWriter
+
     # target 1.0: the toy world's round 1 can reach the default target, and that stop would end the run
-    # before the kill in a later round
-    with Session(settings.replace(images_per_prompt=1, competitors=[], target_score=1.0), quiet=True) as session:
+    # before the kill in a later round. The report is written as aldar run writes it: by a listener.
+    settings = settings.replace(images_per_prompt=1, competitors=[], target_score=1.0)
+    with Session(settings, quiet=True, events=SessionEvents(on_round_recorded=ReportWriter())) as session:
         session.params.update(steps=2, checkpoint_every=0)
         with pytest.raises(Killed):
             session.run_rounds(rounds, RulePolicy(bounds=session.bounds))
@@ -332,9 +339,9 @@ def _rerun(settings, rounds, capsys):
 
 def test_a_kill_during_the_best_lora_copy_of_the_last_round_is_made_good_by_the_rerun(tiny_settings, monkeypatch,
                                                                                         capsys):
-    import agent.store
+    import agent.rounds.store
 
-    root = _rounds_killed_at(tiny_settings, 1, monkeypatch, agent.store, "atomic_write",
+    root = _rounds_killed_at(tiny_settings, 1, monkeypatch, agent.rounds.store, "atomic_write",
                              "pytorch_lora_weights.safetensors")
     killed = json.loads((root / "training_history.json").read_text())
     assert [r["round"] for r in killed["rounds"]] == [1] and killed["best_round"] is None
@@ -354,10 +361,10 @@ def test_a_kill_during_the_best_lora_copy_of_the_last_round_is_made_good_by_the_
 
 def test_a_kill_while_the_chart_of_the_last_round_is_written_is_made_good_by_the_rerun(tiny_settings, monkeypatch,
                                                                                          capsys):
-    import agent.report
+    import agent.views.report
     from PIL import Image
 
-    root = _rounds_killed_at(tiny_settings, 2, monkeypatch, agent.report, "atomic_write_bytes", "score_chart.png", nth=2)
+    root = _rounds_killed_at(tiny_settings, 2, monkeypatch, agent.views.report, "atomic_write_bytes", "score_chart.png", nth=2)
     assert len(json.loads((root / "training_history.json").read_text())["rounds"]) == 2
     assert "<p class=\"summary\">1 round;" in (root / "report.html").read_text()  # the page still shows round 1 only
 
@@ -367,5 +374,5 @@ def test_a_kill_while_the_chart_of_the_last_round_is_written_is_made_good_by_the
     assert code == 0 and "<p class=\"summary\">2 rounds;" in page and "<h2>Round 2" in page
     rounds = json.loads((root / "training_history.json").read_text())["rounds"]
     with Image.open(root / "score_chart.png") as chart:  # the chart of both rounds, not of round 1
-        assert chart.convert("RGB").tobytes() == agent.report.draw_score_chart(rounds).tobytes()
+        assert chart.convert("RGB").tobytes() == agent.views.report.draw_score_chart(rounds).tobytes()
     assert "report:" in out

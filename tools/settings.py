@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from tools.errors import ConfigError
-from tools.generation.sampling import DEFAULT_LCM_LORA
 
 # The bundled references and taxonomy are package data (the repository's examples/ folder, installed as
 # aldar_examples), so they resolve from a checkout, an editable install and a wheel alike, whatever the
@@ -27,6 +26,7 @@ from tools.generation.sampling import DEFAULT_LCM_LORA
 BUNDLED_REFERENCES = Path(str(files("aldar_examples") / "aldar_kose"))
 BUNDLED_TAXONOMY = BUNDLED_REFERENCES / "taxonomy.json"
 PROFILES = ("tiny", "sdxl")
+DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdxl"  # fast mode's LoRA (use_lcm); tools.generation.sampling draws with it
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 ROUND_RANKINGS = ("guarded", "quality")

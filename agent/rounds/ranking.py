@@ -9,7 +9,7 @@ references' scene is what the suite catches."""
 
 from __future__ import annotations
 
-from agent.records import LORA, RoundRecord
+from agent.rounds.records import LORA, RoundRecord
 from tools.numbers import finite_number
 from tools.scoring.copies import memorised
 

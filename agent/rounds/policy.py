@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.decision import Decision
-from agent.records import SessionFeedback
-from agent.knobs import (BY_NAME, MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number, knob_values,
+from agent.rounds.decision import Decision
+from agent.rounds.records import SessionFeedback
+from agent.rounds.knobs import (BY_NAME, MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number, knob_values,
                          value_text)
-from agent.ranking import best_round
+from agent.rounds.ranking import best_round
 from tools.scoring.copies import COPY_CLIP, COPY_SSIM, copying
 
 # Thresholds (scores are 0-1). CLIP similarity of SDXL character LoRAs to their

@@ -12,23 +12,37 @@ from __future__ import annotations
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from agent.chart import draw_score_chart, score_chart_svg
-from agent.knobs import params_items
-from agent.render import (CHOSEN, adjustments_text, checkpoint_choice, prompt_note, record_ceiling_note,
-                          record_scores, round_verdict, suite_prompt_title, suite_scores)
+from agent.views.chart import draw_score_chart, score_chart_svg
+from agent.rounds.knobs import params_items
+from agent.views.render import (CHOSEN, adjustments_text, checkpoint_choice, prompt_note, record_ceiling_note,
+                                record_scores, round_verdict, suite_prompt_title, suite_scores)
 from tools.atomic import atomic_write_bytes, atomic_write_text
 from tools.errors import InputError
 from tools.generation.png_metadata import read_generation_parameters
 from tools.images import list_images, load_image
 from tools.scoring.copies import MEMORISED
 
+if TYPE_CHECKING:
+    from agent.rounds.session import Session
+
 REFERENCE_SIZE = 256  # the references' copies in report_assets/ (shown at 160 px: sharp on dense screens)
 SHOT = 224  # px an image of a round is shown at; smaller sources are scaled up pixelated, not blurred
 SUITE_SHOT = 96  # px of a suite image: up to 8 per generator and prompt side by side
+
+
+class ReportWriter:
+    """Listens to a ``Session``'s ``on_round_recorded``: (re)writes report.html and score_chart.png whenever its
+    history changed. ``written`` is the page this process wrote (None before: never a path that may not exist)."""
+
+    def __init__(self) -> None:
+        self.written: Path | None = None
+
+    def __call__(self, session: Session) -> None:
+        self.written = write_report(session.store, session.references, session.history())
 
 
 def write_report(store, references: Path, history: list[dict]) -> Path:

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 
-from agent.decision import Decider, Decision, already_trained
-from agent.knobs import bounds_for, clamp_adjustments, params_text
-from agent.ranking import best_round, ranked_rounds
-from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
+from agent.rounds.decision import Decider, Decision, already_trained
+from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
+from agent.rounds.ranking import best_round, ranked_rounds
+from agent.rounds.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
                            SessionFeedback, TrainingCurve)
-from agent.store import MODEL_KEYS, RunStore
+from agent.rounds.store import MODEL_KEYS, RunStore
+from agent.words import and_words
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
@@ -45,6 +46,9 @@ class SessionEvents:
     on_notice: Callable[[str], None] | None = None  # worth showing even in quiet mode: a round resumes
     on_warning: Callable[[str], None] | None = None  # a problem the run survives (a clamp, a skipped competitor)
     on_missing_key: Callable[[str], None] | None = None  # a competitor without its key; said every round
+    # The history changed: a round was recorded, or a resumed session found recorded rounds (a kill may have
+    # left their report behind). The report is written by whoever listens (agent.views.report.ReportWriter).
+    on_round_recorded: Callable[["Session"], None] | None = None
 
 
 def _emit(hook: Callable[[str], None] | None, message: str) -> None:
@@ -121,7 +125,6 @@ class Session:
         self.analysis: Analysis | None = None
         self.current: RoundState | None = None
         self.competitors: list[str] = list(settings.competitors)
-        self.report_written: Path | None = None  # report.html, once this process has written it
         try:
             self._derive_from_finished_rounds()
         except BaseException:
@@ -523,7 +526,7 @@ class Session:
             self.params = dict(next_params)
             self.current = None
             self._update_best()
-            self._write_report()
+            self._round_recorded()
         return record
 
     def _derive_from_finished_rounds(self) -> None:
@@ -534,7 +537,7 @@ class Session:
         """
         if self.store.rounds:
             self._update_best()
-            self._write_report()
+            self._round_recorded()
 
     def _update_best(self) -> None:
         best = best_round(self.store.rounds, self.settings.round_ranking)
@@ -542,10 +545,9 @@ class Session:
             if not self.store.best_lora_holds(best):
                 self.store.mark_best(best)
 
-    def _write_report(self) -> None:
-        from agent.report import write_report
-
-        self.report_written = write_report(self.store, self.references, self.history())
+    def _round_recorded(self) -> None:
+        if self.events.on_round_recorded is not None:
+            self.events.on_round_recorded(self)
 
     def run_round(self, decider: Decider) -> dict:
         """analyze (once) → train → generate → score → feedback → decide → record.
@@ -558,8 +560,6 @@ class Session:
         reused = [stage for stage, done in (("LoRA", state.train), ("images", state.images), ("scores", state.feedback))
                   if done]
         if reused:  # said even when quiet: otherwise "/auto 1" after "/train" looks as if it trained nothing
-            from agent.render import and_words
-
             _emit(self.events.on_notice, f"round {state.number}: using the {and_words(reused)} already made for it "
                                          "in this session (not made again)")
         if state.train is None:
@@ -645,7 +645,7 @@ def planned_params(settings: Settings) -> dict:
     """``starting_params`` of the results folder without opening it: no lock, no torch (the chat's /config
     before a session exists). The knobs' defaults depend on the profile's name only, so a stand-in profile
     (no device detection) gives the same ones."""
-    from agent.store import peek_history
+    from agent.rounds.store import peek_history
 
     stand_in = ModelProfile(settings.profile, settings.base_model, settings.clip_model, "cpu", "fp32", settings.seed)
     history = peek_history(settings.output_dir)

@@ -1,7 +1,7 @@
 """Scores and parameters as tables and lines: one place for the REPL, the CLI and the HTML report.
 
 The builders return plain data (``Table``: title, columns, rows of text, the ceiling row apart, a
-caption) so the terminal (``show``, through a ``UI``) and the report (``agent.report``) print the
+caption) so the terminal (``UI.show``) and the report (``agent.views.report``) print the
 same figures the same way. Numbers: three decimals, ``mean ± std``, "—" for a missing value.
 """
 
@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rich.markup import escape
-
-from agent.knobs import value_text
-from agent.records import LORA, RoundRecord, RoundTrain
+from agent.rounds.knobs import value_text
+from agent.words import and_words
+from agent.rounds.records import LORA, RoundRecord, RoundTrain
 from tools.numbers import finite_number
 from tools.scoring.copies import MEMORISED, copies_text, memorised
 from tools.scoring.records import Analysis, ComparisonReport, Feedback
-
-if TYPE_CHECKING:
-    from agent.ui import UI
 
 SCORE_COLUMNS = ["generator", "quality", "CLIP", "features", "SSIM", "band"]
 MISSING = "—"
@@ -252,11 +248,6 @@ def round_verdict(record: RoundRecord) -> str:
     return " ".join(sentences)
 
 
-def and_words(words: list[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
 def _who(name: str, start: bool = False) -> str:
     if name == LORA:
         return "The LoRA" if start else "the LoRA"
@@ -277,7 +268,7 @@ def checkpoint_choice(train: RoundTrain) -> Table | None:
 
 
 def history_table(history: list[RoundRecord]) -> Table:
-    """One short row per finished round; the decision texts are long, so ``show_history`` prints them
+    """One short row per finished round; the decision texts are long, so ``UI.show_history`` prints them
     under the table, one line each (the report and training_history.json keep them whole)."""
     rows = []
     for record in history:
@@ -343,26 +334,6 @@ def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
                       f"{priority} {recommendation.get('message')}"))
     return lines
 
-
-# --------------------------------------------------------------------------- on the terminal
-def show(ui: "UI", table: Table) -> None:
-    rows = [[escape(cell) for cell in row] for row in table.rows]
-    if table.ceiling:
-        rows.append([f"[italic]{escape(cell)}[/italic]" for cell in table.ceiling])
-    ui.table(table.title, table.columns, rows, caption=escape(table.caption) if table.caption else None)
-    for note in table.notes:
-        ui.warn(escape(note))
-
-
-def show_history(ui: "UI", history: list[RoundRecord]) -> None:
-    show(ui, history_table(history))
-    for line in decision_lines(history, ui.console.width - 1):  # -1: a full-width line would wrap in some terminals
-        ui.info(escape(line))
-
-
-def show_feedback(ui: "UI", feedback: Feedback) -> None:
-    for style, text in feedback_lines(feedback):
-        ui.info(f"  [{style}]{escape(text)}[/]" if style else escape(text))
 
 
 def _notice(document: dict) -> str | None:
