@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageStat
 
-from agent.chart import axis_range, draw_score_chart, monotone_segments, score_chart_svg
-from agent.knobs import params_text
-from agent.render import feedback_lines, record_scores, round_verdict
-from agent.report import SHOT, write_report
-from agent.store import RunStore
+from agent.views.chart import axis_range, draw_score_chart, monotone_segments, score_chart_svg
+from agent.rounds.knobs import params_text
+from agent.views.render import feedback_lines, record_scores, round_verdict
+from agent.views.report import SHOT, write_report
+from agent.rounds.store import RunStore
 from tools.generation.png_metadata import save_png_with_parameters
 
 SKIPPED = "freepik: skipped — FREEPIK_API_KEY is not set (add it to .env)"
@@ -248,7 +248,7 @@ def test_report_opens_in_headless_chromium_without_errors(report, tmp_path):
 def test_each_round_shows_its_compute_and_a_chart_of_quality_per_step_spent(tmp_path, references_dir):
     """Issue 25: did the rounds pay? Steps and seconds per round, the warm start, and quality against the
     cumulative optimiser steps beside round 1's curve (one plain run's first steps)."""
-    from agent.chart import SINGLE_RUN, cumulative_checkpoints, steps_chart_svg
+    from agent.views.chart import SINGLE_RUN, cumulative_checkpoints, steps_chart_svg
 
     store = RunStore(tmp_path / "results", {"profile": "tiny", "notice": "toy-world scores"})
     params = {"steps": 120, "learning_rate": 0.002, "rank": 8, "alpha": 8.0, "feature_emphasis": []}

@@ -158,7 +158,7 @@ def _finished_round(store_root: Path, checkpoint: Path | None, step: int = 4, sc
 
 
 def test_a_round_continues_the_best_rounds_checkpoint_or_says_in_one_line_why_not(tiny_settings, first):
-    from agent.session import Session, SessionEvents
+    from agent.rounds.session import Session, SessionEvents
 
     said: list[str] = []
     with Session(tiny_settings, quiet=True, events=SessionEvents(on_notice=said.append)) as session:
@@ -192,7 +192,7 @@ def test_a_round_continues_the_best_rounds_checkpoint_or_says_in_one_line_why_no
 
 
 def test_by_default_one_longer_round_and_another_only_where_it_pays(tiny_settings):
-    from agent.session import LONG_ROUND, planned_params, session_defaults, unpaid_round
+    from agent.rounds.session import LONG_ROUND, planned_params, session_defaults, unpaid_round
     from tools.models import resolve_profile
 
     profile = resolve_profile(tiny_settings)
