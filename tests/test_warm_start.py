@@ -165,7 +165,7 @@ def test_a_round_continues_the_best_rounds_checkpoint_or_says_in_one_line_why_no
         root = session.store.root
         session.store.rounds.append(_finished_round(root, first))
         session.params.update(warm_start=True, steps=10, checkpoint_every=2)
-        warm = session._warm_start(2)
+        warm = session.warm_start(2)
         assert warm == {"from_round": 1, "from_step": 4, "checkpoint": "runs/round_01/checkpoint-000004",
                         "lora_steps_before": 4, "steps": 6}
         assert said[-1] == "round 2: continues round 1's LoRA from step 4 for 6 more steps"
@@ -173,33 +173,36 @@ def test_a_round_continues_the_best_rounds_checkpoint_or_says_in_one_line_why_no
         assert config.steps == 6 and config.init_weights == str(root / "runs/round_01/checkpoint-000004")
         # Another rank: a fresh LoRA, and one line saying why.
         session.params.update(rank=4, alpha=4.0)
-        assert session._warm_start(2) is None
+        assert session.warm_start(2) is None
         assert said[-1].startswith("round 2: trains a fresh LoRA (cannot start from ") and "rank 8, not 4" in said[-1]
         session.params.update(rank=8, alpha=8.0)
         # No steps left beyond those the checkpoint had: fresh.
         session.params.update(steps=5)
-        assert session._warm_start(2) is None and "leave no checkpoint's worth beyond the 4 steps" in said[-1]
+        assert session.warm_start(2) is None and "leave no checkpoint's worth beyond the 4 steps" in said[-1]
         # The round folder deleted by hand: fresh.
         session.params.update(steps=10)
         shutil.rmtree(root / "runs" / "round_01")
-        assert session._warm_start(2) is None and "no LoRA checkpoint there" in said[-1]
+        assert session.warm_start(2) is None and "no LoRA checkpoint there" in said[-1]
         assert all("\n" not in line for line in said)
         # Warm starts off: fresh, silently.
         session.params["warm_start"] = False
         count = len(said)
-        assert session._warm_start(2) is None and len(said) == count
+        assert session.warm_start(2) is None and len(said) == count
         session.store.rounds.clear()
 
 
 def test_by_default_one_longer_round_and_another_only_where_it_pays(tiny_settings):
-    from agent.rounds.session import LONG_ROUND, planned_params, session_defaults, unpaid_round
+    from agent.rounds.payoff import LONG_ROUND, session_defaults, unpaid_round
+    from agent.rounds.session import default_params, planned_params
     from tools.models import resolve_profile
 
     profile = resolve_profile(tiny_settings)
     paying = tiny_settings.replace(rounds_must_pay=True)
-    assert session_defaults(profile, paying)["steps"] == LONG_ROUND * session_defaults(profile, tiny_settings)["steps"]
-    assert planned_params(paying)["steps"] == session_defaults(profile, paying)["steps"]
-    assert session_defaults(profile, paying)["plateau_checkpoints"] == 3
+    defaults = default_params(profile)
+    assert session_defaults(paying, defaults)["steps"] == LONG_ROUND * defaults["steps"]
+    assert session_defaults(tiny_settings, defaults)["steps"] == defaults["steps"]  # rounds_must_pay off
+    assert planned_params(paying)["steps"] == LONG_ROUND * defaults["steps"]
+    assert defaults["plateau_checkpoints"] == 3 and defaults["warm_start"] is True
 
     def fed(score=0.64, spread=0.03, **training):
         return {"lora_score": score, "lora_spread": spread,

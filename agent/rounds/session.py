@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 
 from agent.rounds.decision import Decider, Decision, already_trained
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
+from agent.rounds.payoff import PLATEAU_CHECKPOINTS, session_defaults, unpaid_round, warm_start_plan
 from agent.rounds.ranking import best_round, ranked_rounds
 from agent.rounds.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
                            SessionFeedback, TrainingCurve)
@@ -36,12 +37,8 @@ if TYPE_CHECKING:  # annotations only: the trainer loads when a round trains
 
 BASE = "base"
 WARM_START = "warm_start.json"  # in a round's run folder: the checkpoint it continues (kept for its resume)
-# The agent's plateau stop: a round ends once its validation quality is flat over this many checkpoints.
-PLATEAU_CHECKPOINTS = 3
 # Likeness: a checkpoint's validation quality at this fraction of the reference ceiling's (steps to likeness).
 LIKENESS = 0.9
-# With rounds_must_pay (the default) round 1 may train this many times the profile's steps (a plateau stops it).
-LONG_ROUND = 2
 
 
 @dataclass
@@ -118,7 +115,7 @@ class Session:
         if skipped := skipped_note(self.references):  # said once per session: the folder is read many times
             _emit(self.events.on_warning, skipped)
 
-        self.default_params = session_defaults(self.profile, settings)
+        self.default_params = session_defaults(settings, default_params(self.profile))
         if "trigger_token" in self.default_params:
             self.default_params["trigger_token"] = settings.trigger_token
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
@@ -222,7 +219,7 @@ class Session:
     # ---------------------------------------------------------------- train
     def round_train_config(self, warm: dict | None = None) -> TrainConfig:
         """The trainer's config for ``self.params``, its checkpoints judged as the round will draw its images;
-        with ``warm`` (``_warm_start``) it continues that checkpoint for the steps left of ``params['steps']``."""
+        with ``warm`` (``warm_start``) it continues that checkpoint for the steps left of ``params['steps']``."""
         config = train_config(self.profile, self.params)
         if warm:
             config = dataclasses.replace(config, init_weights=str(self.store.absolute(warm["checkpoint"])),
@@ -251,7 +248,7 @@ class Session:
         checkpoint = self._latest_checkpoint(state.number)
         resumed_from = checkpoint_step(checkpoint) if checkpoint else 0
         # A resumed round continues as it began (warm or fresh): its own record of that, not a new choice.
-        warm = read_json_object(run_dir / WARM_START) if checkpoint else self._warm_start(state.number)
+        warm = read_json_object(run_dir / WARM_START) if checkpoint else self.warm_start(state.number)
         if warm and not checkpoint:
             atomic_write_json(run_dir / WARM_START, warm)
         config = self.round_train_config(warm)
@@ -293,44 +290,11 @@ class Session:
                   f"LoRA = step {chosen.get('step', result.steps)} ({chosen.get('why', 'last step')})")
         return state.train
 
-    def _warm_start(self, number: int) -> dict | None:
-        """Where round ``number`` continues from: the best finished round's chosen checkpoint, trained on for
-        the steps ``params['steps']`` asks beyond those that checkpoint already had (kohya's --network_weights
-        continuation). None — a fresh LoRA — when warm starts are off, no round finished, or that checkpoint
-        cannot be continued (deleted, other models, another rank, no steps left), said in one line."""
-        from tools.training.lora_files import CHECKPOINT_PREFIX
-        from tools.training.setup import check_init_weights
-
-        if not self.params.get("warm_start") or not self.store.rounds:
-            return None
-        best = best_round(self.store.rounds, self.settings.round_ranking)
-        train = (best or {}).get("train") or {}
-        chosen = train.get("chosen_checkpoint") or {}
-        run_dir = self.store.absolute(((best or {}).get("paths") or {}).get("run_dir"))
-        if best is None or finite_number(chosen.get("step")) is None or run_dir is None:
-            return None
-        step = int(chosen["step"])
-        folder = run_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
-        inherited = int(((train.get("warm_start") or {}).get("lora_steps_before")) or 0) + step
-        left = int(self.params.get("steps") or 0) - inherited
-        every = int(self.params.get("checkpoint_every") or 0)
-        why = ""
-        if left < max(every, 1):
-            why = (f"steps {self.params.get('steps')} leave no checkpoint's worth beyond the {inherited} steps round "
-                   f"{best['round']}'s LoRA has had")
-        else:
-            try:
-                check_init_weights(dataclasses.replace(train_config(self.profile, self.params),
-                                                       init_weights=str(folder)), self.profile)
-            except AldarError as error:
-                why = error.problem
-        if why:
-            _emit(self.events.on_notice, f"round {number}: trains a fresh LoRA ({why})")
-            return None
-        _emit(self.events.on_notice, f"round {number}: continues round {best['round']}'s LoRA from step {step} "
-                                     f"for {left} more steps")
-        return {"from_round": best["round"], "from_step": step, "checkpoint": self.store.relative(folder),
-                "lora_steps_before": inherited, "steps": left}
+    def warm_start(self, number: int) -> dict | None:
+        """Where round ``number`` continues from (``payoff.warm_start_plan``), or None for a fresh LoRA."""
+        return warm_start_plan(self.store.rounds, self.params, train_config(self.profile, self.params), self.profile,
+                               number, self.settings.round_ranking,
+                               self.store.absolute, self.store.relative, lambda line: _emit(self.events.on_notice, line))
 
     def _latest_checkpoint(self, number: int) -> Path | None:
         from tools.training.lora_files import latest_checkpoint
@@ -726,7 +690,7 @@ def planned_params(settings: Settings) -> dict:
     if history["profile"].get("profile", settings.profile) != settings.profile:
         # another profile's round: the session will discard it (RunStore.discard_round_of_other_models)
         history["in_progress"] = None
-    return starting_params(history, session_defaults(stand_in, settings))
+    return starting_params(history, session_defaults(settings, default_params(stand_in)))
 
 
 def default_params(profile: ModelProfile) -> dict:
@@ -743,42 +707,6 @@ def default_params(profile: ModelProfile) -> dict:
     params["warm_start"] = True
     params["plateau_checkpoints"] = PLATEAU_CHECKPOINTS
     return params
-
-
-def session_defaults(profile: ModelProfile, settings: Settings) -> dict:
-    """``default_params``, with ``rounds_must_pay`` (the default) one longer round: LONG_ROUND times the
-    profile's steps, stopped at a plateau of validation quality, its best checkpoint kept."""
-    params = default_params(profile)
-    if settings.rounds_must_pay:
-        params["steps"] = int(params["steps"]) * LONG_ROUND
-    return params
-
-
-def unpaid_round(feedback: dict, history: list[dict], ranking: str = "guarded") -> str:
-    """Why another round would not pay after the round ``feedback`` scored ('' when it would): more steps pay
-    while the validation quality was still rising beyond its spread at the last checkpoint, a fix pays when the
-    LoRA overfits, and more rounds pay while the last one beat the best before it beyond its spread. Measured
-    (bench/loop_value.py, README 'Does the loop pay?'): otherwise the rounds did not beat one run of equal steps."""
-    from agent.rounds.policy import overfitting_reason, previous_variety, read_signals
-
-    signals = read_signals(feedback)
-    training = feedback.get("training") if isinstance(feedback.get("training"), dict) else {}
-    if signals.still_rising or overfitting_reason(signals, previous_variety(history)):
-        return ""
-    best = best_round(history, ranking)
-    spread = signals.spread or 0.0
-    if best is not None and signals.lora_score is not None and signals.lora_score > best["lora_score"] + spread:
-        return ""
-    if best is not None and signals.lora_score is not None:
-        why = (f"it scored {signals.lora_score:.3f}, not above round {best['round']}'s {best['lora_score']:.3f} "
-               f"beyond its spread ±{spread:.3f}")
-    elif signals.best_step is not None:
-        why = (f"its validation quality peaked at step {signals.best_step} of {training.get('steps')} and did not "
-               f"rise beyond its spread ±{finite_number(training.get('spread')) or 0.0:.3f} after it")
-    else:
-        why = "no signal says more training would help"
-    return (f"Another round would not pay ({why}; rounds that only add steps or emphasis did not beat one run of "
-            "equal steps in bench/loop_value.py), so the run stops here — set rounds_must_pay = false to run them.")
 
 
 def train_config(profile: ModelProfile, params: dict):

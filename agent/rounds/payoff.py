@@ -1,0 +1,102 @@
+"""Rounds that earn their compute (issue 25): where a round starts from, how long the first one may train, and
+whether another one would pay.
+
+Measured in ``bench/loop_value.py`` (README "Does the loop pay?"): rounds that retrain, add steps or add
+emphasis did not beat one run of equal steps that keeps its best checkpoint. So by default (``rounds_must_pay``)
+a run trains one longer round, stopped at a plateau of validation quality, and another round only where a signal
+beyond noise says it would help; a later round continues the best round's LoRA (a warm start) rather than
+re-learning what round 1 knew.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from agent.rounds.ranking import best_round
+from tools.errors import AldarError
+from tools.models import ModelProfile
+from tools.numbers import finite_number
+from tools.settings import Settings
+
+# The agent's plateau stop: a round ends once its validation quality is flat over this many checkpoints.
+PLATEAU_CHECKPOINTS = 3
+# With rounds_must_pay (the default) round 1 may train this many times the profile's steps (a plateau stops it).
+LONG_ROUND = 2
+
+
+def session_defaults(settings: Settings, defaults: dict) -> dict:
+    """``defaults`` (the trainer's and the agent's knobs), with ``rounds_must_pay`` one longer round: LONG_ROUND
+    times the profile's steps, stopped at a plateau of validation quality, its best checkpoint kept."""
+    params = dict(defaults)
+    if settings.rounds_must_pay:
+        params["steps"] = int(params["steps"]) * LONG_ROUND
+    return params
+
+
+def warm_start_plan(rounds: list[dict], params: dict, config, profile: ModelProfile, number: int, ranking: str,
+                    absolute: Callable, relative: Callable, say: Callable[[str], None]) -> dict | None:
+    """Where round ``number`` continues from: the best finished round's chosen checkpoint, trained on for the
+    steps ``params['steps']`` asks beyond those that checkpoint already had (kohya's --network_weights
+    continuation). None — a fresh LoRA — when warm starts are off, no round finished, or that checkpoint cannot
+    be continued (deleted, other models, another rank, no steps left), said in one line through ``say``.
+    ``config``: the round's ``TrainConfig`` for ``params``; ``absolute`` and ``relative`` map the results
+    folder's stored paths (``RunStore``)."""
+    from tools.training.lora_files import CHECKPOINT_PREFIX
+    from tools.training.setup import check_init_weights
+
+    if not params.get("warm_start") or not rounds:
+        return None
+    best = best_round(rounds, ranking)
+    train = (best or {}).get("train") or {}
+    chosen = train.get("chosen_checkpoint") or {}
+    run_dir = absolute(((best or {}).get("paths") or {}).get("run_dir"))
+    if best is None or finite_number(chosen.get("step")) is None or run_dir is None:
+        return None
+    step = int(chosen["step"])
+    folder = run_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+    inherited = int(((train.get("warm_start") or {}).get("lora_steps_before")) or 0) + step
+    left = int(params.get("steps") or 0) - inherited
+    every = int(params.get("checkpoint_every") or 0)
+    why = ""
+    if left < max(every, 1):
+        why = (f"steps {params.get('steps')} leave no checkpoint's worth beyond the {inherited} steps round "
+               f"{best['round']}'s LoRA has had")
+    else:
+        try:
+            check_init_weights(dataclasses.replace(config, init_weights=str(folder)), profile)
+        except AldarError as error:
+            why = error.problem
+    if why:
+        say(f"round {number}: trains a fresh LoRA ({why})")
+        return None
+    say(f"round {number}: continues round {best['round']}'s LoRA from step {step} for {left} more steps")
+    return {"from_round": best["round"], "from_step": step, "checkpoint": relative(folder),
+            "lora_steps_before": inherited, "steps": left}
+
+
+def unpaid_round(feedback: dict, history: list[dict], ranking: str = "guarded") -> str:
+    """Why another round would not pay after the round ``feedback`` scored ('' when it would): more steps pay
+    while the validation quality was still rising beyond its spread at the last checkpoint, a fix pays when the
+    LoRA overfits, and more rounds pay while the last one beat the best before it beyond its spread. Measured
+    (bench/loop_value.py, README 'Does the loop pay?'): otherwise the rounds did not beat one run of equal steps."""
+    from agent.rounds.policy import overfitting_reason, previous_variety, read_signals  # the policy's reading
+
+    signals = read_signals(feedback)
+    training = feedback.get("training") if isinstance(feedback.get("training"), dict) else {}
+    if signals.still_rising or overfitting_reason(signals, previous_variety(history)):
+        return ""
+    best = best_round(history, ranking)
+    spread = signals.spread or 0.0
+    if best is not None and signals.lora_score is not None and signals.lora_score > best["lora_score"] + spread:
+        return ""
+    if best is not None and signals.lora_score is not None:
+        why = (f"it scored {signals.lora_score:.3f}, not above round {best['round']}'s {best['lora_score']:.3f} "
+               f"beyond its spread ±{spread:.3f}")
+    elif signals.best_step is not None:
+        why = (f"its validation quality peaked at step {signals.best_step} of {training.get('steps')} and did not "
+               f"rise beyond its spread ±{finite_number(training.get('spread')) or 0.0:.3f} after it")
+    else:
+        why = "no signal says more training would help"
+    return (f"Another round would not pay ({why}; rounds that only add steps or emphasis did not beat one run of "
+            "equal steps in bench/loop_value.py), so the run stops here — set rounds_must_pay = false to run them.")
