@@ -105,12 +105,17 @@ def summarise(records: list[dict], cpu_s: float, wall_s: float) -> dict:
         steps_done += int(record["train"]["steps"] or 0)
     lora, base = best["scores"]["lora"], best["scores"]["base"]
     spread = (lora["quality_std"] / lora["count"] ** 0.5) if lora.get("count") else None
+    suite = (best.get("suite") or {}).get("scores") or {}  # the prompt suite's, when the round drew one
+    extra = {"identity": (suite.get("identity") or {}).get("score"),
+             "editability": (suite.get("editability") or {}).get("rate"),
+             "bleed": (suite.get("bleed") or {}).get("score")}
     return {"best_quality": round(best["lora_score"], 4), "spread": round(spread, 4) if spread is not None else None,
             "best_round": best["round"], "rounds": len(records),
             "lead_features": round(lora["features"] - base["features"], 4),
             "round_qualities": [round(r["lora_score"], 4) for r in records],
             "optimizer_steps": steps_done, "steps_to_likeness": to_likeness, "ceiling_quality": ceiling,
-            "cpu_s": round(cpu_s, 1), "wall_s": round(wall_s, 1)}
+            "cpu_s": round(cpu_s, 1), "wall_s": round(wall_s, 1),
+            **{k: (round(v, 4) if isinstance(v, (int, float)) else None) for k, v in extra.items()}}
 
 
 def mean_spread(values: list[float]) -> str:
@@ -118,6 +123,10 @@ def mean_spread(values: list[float]) -> str:
         return "—"
     spread = statistics.pstdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.3f} ± {spread:.3f}"
+
+
+def figure(value: float | None, signed: bool = False) -> str:
+    return "—" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
 
 def likeness_text(value: int | None) -> str:
@@ -128,13 +137,15 @@ def print_table(results: dict) -> None:
     for character, by_seed in results.items():
         print(f"\n{character} (toy world, tiny: these figures hold inside the toy world only)")
         print(f"  {'seed':>4s} {'scenario':15s} {'best q':>7s} {'round':>5s} {'lead f':>7s} {'steps':>6s} "
-              f"{'to likeness':>11s} {'cpu s':>7s}  qualities per round")
+              f"{'to likeness':>11s} {'cpu s':>7s} {'ident':>6s} {'edit':>5s} {'bleed':>6s}  qualities per round")
         for seed, scenarios in by_seed.items():
             for name in [n for n in SCENARIOS if n in scenarios]:
                 row = scenarios[name]
                 print(f"  {seed:>4} {name:15s} {row['best_quality']:7.3f} {row['best_round']:5d} "
                       f"{row['lead_features']:+7.3f} {row['optimizer_steps']:6d} "
-                      f"{likeness_text(row['steps_to_likeness']):>11s} {row['cpu_s']:7.1f}  "
+                      f"{likeness_text(row['steps_to_likeness']):>11s} {row['cpu_s']:7.1f} "
+                      f"{figure(row.get('identity')):>6s} {figure(row.get('editability')):>5s} "
+                      f"{figure(row.get('bleed'), signed=True):>6s}  "
                       f"{' → '.join(f'{q:.3f}' for q in row['round_qualities'])}")
         print("  mean ± spread over the seeds:")
         for name in [n for n in SCENARIOS if all(n in s for s in by_seed.values())]:
@@ -144,7 +155,9 @@ def print_table(results: dict) -> None:
                   f"lead f {mean_spread([r['lead_features'] for r in rows])}   "
                   f"steps {mean_spread([float(r['optimizer_steps']) for r in rows])}   "
                   f"to likeness {mean_spread([float(v) for v in reached])} ({len(reached)}/{len(rows)} reached)   "
-                  f"cpu s {mean_spread([r['cpu_s'] for r in rows])}")
+                  f"cpu s {mean_spread([r['cpu_s'] for r in rows])}"
+                  + "".join(f"   {name} {mean_spread([r[name] for r in rows])}" for name in ("identity", "editability", "bleed")
+                            if all(r.get(name) is not None for r in rows)))
         if all("loop" in s and "single_equal" in s for s in by_seed.values()):
             print(verdict(list(by_seed.values())))
 
