@@ -218,3 +218,18 @@ def test_by_default_one_longer_round_and_another_only_where_it_pays(tiny_setting
     best = [{"round": 1, "lora_score": 0.60, "scores": {"lora": {"quality": 0.60}}}]
     assert unpaid_round(fed(score=0.64), best) == ""  # beat round 1 beyond the spread: rounds are paying
     assert "not above round 1's 0.600 beyond its spread ±0.030" in unpaid_round(fed(score=0.62), best)
+
+
+def test_the_llm_briefing_carries_each_rounds_compute_spread_and_steps_to_likeness():
+    from agent.llm.tools import feedback_summary, round_summary
+
+    record = {"round": 2, "lora_score": 0.65, "params": {"steps": 200},
+              "scores": {"lora": {"quality": 0.65, "quality_std": 0.08, "count": 4}}, "ceiling": {"quality": 0.7},
+              "train": {"steps": 120, "seconds": 41.234, "stopped_early": "",
+                        "checkpoint_scores": [{"step": 40, "quality": 0.6}, {"step": 80, "quality": 0.64}],
+                        "warm_start": {"from_round": 1, "from_step": 80, "lora_steps_before": 80, "steps": 120}}}
+    summary = round_summary(record)
+    assert summary["compute"] == {"optimizer_steps": 120, "train_seconds": 41.234,
+                                  "warm_start": {"from_round": 1, "from_step": 80}, "stopped_early": None}
+    assert summary["spread"] == 0.04 and summary["steps_to_likeness"] == 80  # 0.64 ≥ 0.9 × 0.7
+    assert feedback_summary({"lora_spread": 0.0412})["lora_spread"] == 0.041
