@@ -296,7 +296,8 @@ class _Run:
         """The validation quality has been flat (no rise beyond its spread) over ``plateau_checkpoints``
         checkpoints: further steps would be spent for nothing. Checked before every step, so a run resumed
         after its plateau stops at once, as it would have."""
-        if not plateaued(self.scores, self.config.plateau_checkpoints):
+        # Only rank 0 scores checkpoints: under several processes each would decide alone, so no plateau stop.
+        if self.accelerator.num_processes > 1 or not plateaued(self.scores, self.config.plateau_checkpoints):
             return False
         self.stopped_early = (f"validation quality flat over the last {self.config.plateau_checkpoints} "
                               f"checkpoints (best step {best_checkpoint(self.scores)['step']})")
