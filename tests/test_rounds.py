@@ -76,7 +76,8 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         assert feedback["round"] == record["round"] and "overfitting" in feedback
         # The deciders see where the round's best checkpoint lay (the rule policy trains more when it was the last).
         scores = record["train"]["checkpoint_scores"]
-        assert len(scores) >= 2  # a round scores every checkpoint
+        # a round scores every checkpoint (a warm-started one trains only the steps beyond its start: maybe one)
+        assert len(scores) >= 2 or record["train"]["warm_start"]
         best = max(scores, key=lambda s: (s["quality"], s["step"]))
         assert best["step"] == record["train"]["chosen_checkpoint"]["step"]  # the best one became the LoRA
         training = feedback["training"]

@@ -191,7 +191,7 @@ def test_a_round_continues_the_best_rounds_checkpoint_or_says_in_one_line_why_no
         session.store.rounds.clear()
 
 
-def test_by_default_one_longer_round_and_another_only_where_it_pays(tiny_settings):
+def test_rounds_must_pay_trains_one_longer_round_and_another_only_where_it_pays(tiny_settings):
     from agent.rounds.payoff import LONG_ROUND, session_defaults, unpaid_round
     from agent.rounds.session import default_params, planned_params
     from tools.models import resolve_profile
@@ -214,6 +214,7 @@ def test_by_default_one_longer_round_and_another_only_where_it_pays(tiny_setting
     assert said.startswith("Another round would not pay (its validation quality peaked at step 80 of 200")
     assert "rounds_must_pay = false" in said
     assert unpaid_round(fed(best_step=200, still_rising=True), []) == ""  # still rising: more steps pay
+    assert unpaid_round({**fed(), "metric_gaps": {"clip": {"lora": 0.5}}}, []) == ""  # low CLIP: train harder
     assert unpaid_round({**fed(), "overfitting": {"variety": 0.01}}, []) == ""  # overfitting: a fix pays
     best = [{"round": 1, "lora_score": 0.60, "scores": {"lora": {"quality": 0.60}}}]
     assert unpaid_round(fed(score=0.64), best) == ""  # beat round 1 beyond the spread: rounds are paying
