@@ -47,7 +47,7 @@ from agent.views.report import ReportWriter  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
 
 LIKENESS = 0.9  # of the reference ceiling's quality
-SCENARIOS = ("loop", "single_equal", "single_default", "default")
+SCENARIOS = ("loop", "single_equal", "single_default", "must_pay")
 EXAMPLES = BUNDLED_REFERENCES.parent
 
 
@@ -73,13 +73,13 @@ def run_scenario(scenario: str, character: str, seed: int, rounds: int, loop_ste
                                         "output_dir": str(work / f"{character}_{seed}_{scenario}"),
                                         "analysis_path": str(work / f"{character}_{seed}_{scenario}" / "analysis.json"),
                                         "target_score": 1.0, "patience": rounds + 1, "max_rounds": rounds,
-                                        # the product's default (d) is the one with rounds that must pay
-                                        "rounds_must_pay": scenario == "default",
+                                        # (d) rounds_must_pay: one longer round, another only where it pays
+                                        "rounds_must_pay": scenario == "must_pay",
                                         **character_overrides(character)}, environ={})
     started_cpu, started_wall = time.process_time(), time.perf_counter()
     with Session(settings, quiet=True, events=SessionEvents(on_round_recorded=ReportWriter())) as session:
         policy = RulePolicy(bounds=session.bounds)
-        if scenario in ("loop", "default"):
+        if scenario in ("loop", "must_pay"):
             records = session.run_rounds(rounds, policy)
         else:
             # One plain run: every step trained (no plateau stop), as a user's single training would.
@@ -186,10 +186,10 @@ def verdict(rows: list[dict]) -> str:
     if default_steps:
         lines.append(f"  loop optimiser steps {steps:.0f} = {steps / default_steps:.2f}× the defaults' "
                      f"({default_steps:.0f}): target ≤ 3× {'MET' if steps <= 3 * default_steps else 'MISSED'}")
-    if all("default" in s for s in rows):
-        gain = [s["default"]["best_quality"] - s["single_equal"]["best_quality"] for s in rows]
-        lines.append(f"  default (one longer round, more only where they pay) − single_equal: {mean_spread(gain)} at "
-                     f"{statistics.fmean(s['default']['optimizer_steps'] for s in rows):.0f} steps")
+    if all("must_pay" in s for s in rows):
+        gain = [s["must_pay"]["best_quality"] - s["single_equal"]["best_quality"] for s in rows]
+        lines.append(f"  must_pay (one longer round, more only where they pay) − single_equal: {mean_spread(gain)} at "
+                     f"{statistics.fmean(s['must_pay']['optimizer_steps'] for s in rows):.0f} steps")
     return "\n".join(lines)
 
 
