@@ -9,7 +9,8 @@ For each character and seed, on the toy world (``tiny``), with the rule policy a
   (b) ``single_equal``   one run of the profile's defaults lengthened to the loop's total optimiser steps (the
                          tiny profile's step cap, twice the default, is lifted for it: a 600-step single run must
                          not silently train 400), best checkpoint kept;
-  (c) ``single_default`` one run at the defaults.
+  (c) ``single_default`` one run at the defaults;
+  (d) ``must_pay``       ``rounds_must_pay``: one longer round stopped at a plateau, more only where they pay.
 
 Printed per seed and as mean ± spread (population standard deviation over the seeds): best quality (the
 original 0.4/0.4/0.2 formula on the round's eight images of the character's own prompt), LoRA − base key-feature
@@ -25,6 +26,17 @@ Tried and measured (record each change to the loop with its figures here):
   scratch), Aldar Köse, seeds 42/1/2/3, 3 rounds: loop 0.641 ± 0.023, one run of equal steps 0.625 ± 0.023,
   the defaults 0.609 ± 0.024; loop − equal +0.016 ± 0.010 (+0.013/+0.001/+0.024/+0.025), every scenario at
   likeness by step 80-120. Rerun at seed 42: the same figures to the digit.
+- issue 25, warm-start rounds (a round continues the best round's chosen checkpoint for the steps beyond it),
+  plateau stop (3 checkpoints without a rise beyond the best's standard error), noise-aware still_rising /
+  backtrack, no added steps when the best checkpoint came early (rank × 2 instead), the base drawing the prompt
+  without the emphasis; Aldar, seeds 42/1/2/3: loop 0.641 ± 0.011 at 480 ± 73 steps (was 725 ± 83), one run of
+  equal steps 0.625 ± 0.023, the defaults 0.609 ± 0.024; loop − equal +0.016 ± 0.027 (+0.000/+0.000/+0.001/
+  +0.063): target +0.03 MISSED; steps to likeness 90 ± 17 in every scenario (round 1 is a single run's start):
+  target ≤ 0.5× MISSED; loop steps 2.4× the defaults': met. Kept: the same quality for two thirds of the steps.
+- must_pay (rounds_must_pay: round 1 up to 2× the steps with the plateau stop, another round only while still
+  rising beyond the spread, overfitting, or the last round beating the best beyond its spread), same seeds:
+  0.609 ± 0.024 at 210 ± 17 steps — it stopped after round 1 everywhere, losing seeds 2/3's paying round 2
+  (a rank-16 round after low CLIP). Not the default; low CLIP now counts as paying (re-measured below when run).
 """
 
 from __future__ import annotations
