@@ -74,8 +74,8 @@ def check_llm(settings: Settings) -> list[CheckResult]:
     one-token-ish completion. Without an LLM the rule policy decides, so nothing here is a FAIL.
     """
     from agent.llm.client import KEY_HELP, resolve_endpoint
-    from tools.urls import url_is_loopback
     from tools.errors import ConfigError
+    from tools.urls import url_is_loopback
 
     try:
         env_name, _, base_url, model = resolve_endpoint(settings)

@@ -21,9 +21,9 @@ from agent.llm.client import make_client, provider_error, thinking_extra_body
 from agent.llm.prompts import load_prompt
 from tools.atomic import unused_path
 from tools.errors import ConfigError, InputError, ProviderError
+from tools.generation.storybook import write_storybook
 from tools.secrets import redact
 from tools.settings import Settings
-from tools.generation.storybook import write_storybook
 from tools.timestamps import iso_timestamp, timestamp
 
 if TYPE_CHECKING:  # `aldar story --help` lists GENERATORS without loading the openai package
