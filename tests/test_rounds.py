@@ -32,7 +32,8 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
     from agent.views.render import record_scores
     from agent.views.report import ReportWriter
 
-    settings = tiny_settings.replace(images_per_prompt=2, target_score=1.0)  # both rounds run, whatever they score
+    # Both rounds run, whatever they score; a suite of two prompts (one new context, one without the trigger).
+    settings = tiny_settings.replace(images_per_prompt=2, target_score=1.0, suite_size=2)
     said = []
     report = ReportWriter()
     events = SessionEvents(on_status=said.append, on_notice=said.append, on_round_recorded=report)
@@ -85,6 +86,25 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         assert all(len(paths) == 2 for paths in record["paths"]["images"].values())
         assert record["prompts"] == [emphasise(settings.test_prompt, record["params"]["feature_emphasis"],
                                                settings.trigger_token)]
+        # The prompt suite: listed in the record, drawn by the LoRA and the base at images_per_prompt each, scored.
+        suite = record["suite"]
+        assert [p["kind"] for p in suite["prompts"]] == ["new_context", "no_trigger"]
+        assert settings.trigger_token in suite["prompts"][0]["text"]
+        assert settings.trigger_token not in suite["prompts"][1]["text"]
+        assert {name: [len(group) for group in groups] for name, groups in suite["images"].items()} == \
+            {"lora": [2, 2], "base": [2, 2]}
+        assert all((root / p).is_file() for groups in suite["images"].values() for group in groups for p in group)
+        for name, key in (("identity", "score"), ("editability", "rate"), ("bleed", "score")):
+            assert isinstance(suite["scores"][name][key], float), name
+            assert feedback[name] == suite["scores"][name]  # the deciders read the same blocks
+        assert 0.0 <= suite["scores"]["identity"]["score"] <= 1.0
+        assert suite["scores"]["bleed"]["score"] == pytest.approx(
+            suite["scores"]["bleed"]["lora_clip"] - suite["scores"]["bleed"]["base_clip"])
+        assert (root / suite["report"]).is_file()
+    # The base's suite images depend on the prompts, sampling and models only: round 2 reuses round 1's.
+    assert rounds[0]["suite"]["base_from_round"] is None and rounds[1]["suite"]["base_from_round"] == 1
+    assert rounds[1]["suite"]["images"]["base"] == rounds[0]["suite"]["images"]["base"]
+    assert rounds[1]["suite"]["prompts"] == rounds[0]["suite"]["prompts"]  # deterministic from analysis and seed
     assert rounds[0]["params"] == start
     # The second round trained with what the first round decided.
     assert rounds[1]["params"] == rounds[0]["next_params"]
@@ -105,8 +125,11 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         assert chosen["step"] == max(scores, key=lambda s: (s["quality"], s["step"]))["step"]
         assert f"LoRA used: checkpoint at step {chosen['step']}" in page and "highest validation quality" in page
     sources = re.findall(r'src="([^"]+)"', page)
-    images = [s for s in sources if s.startswith("comparisons/")]
+    images = [s for s in sources if s.startswith("comparisons/") and "/suite/" not in s]
     assert len(set(images)) == 2 * 2 * 2  # rounds × generators × images
+    suite_images = [s for s in sources if "/suite/" in s]
+    assert len(set(suite_images)) == 2 * 2 * 2 + 2 * 2  # LoRA: rounds × prompts × images; base: drawn once
+    assert "in new scenes" in page and "new background:" in page
     assert all(images.count(s) == 2 for s in images)  # each in its round's grid and in its full-size view
     assert all((root / s).is_file() for s in sources)
     assert "Toy world, not real SDXL" in page

@@ -67,10 +67,18 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         done = len(session.history())
         ui.info(f"results: {session.store.root} · decider: {decider.name} · rounds: {rounds}"
                 + (f" ({done} already finished)" if done else ""))
-        session.run_rounds(rounds, decider, on_round=lambda record: ui.show(
-            render.record_scores(record, previous=_before(session.history(), record))))
+        session.run_rounds(rounds, decider, on_round=lambda record: _show_round(ui, record, session.history()))
         show_summary(session, ui, report.written)
     return 0
+
+
+def _show_round(ui, record: dict, history: list[dict]) -> None:
+    """A finished round: its ranking on the character's own prompt, then how it does in new scenes."""
+    from agent.views import render
+
+    ui.show(render.record_scores(record, previous=_before(history, record)))
+    if (suite := render.suite_scores(record)) is not None:
+        ui.show(suite)
 
 
 def _before(history: list[dict], record: dict) -> dict | None:
@@ -100,7 +108,7 @@ def choose_decider(session: Session, use_llm: bool, ui: UI | None = None) -> Dec
         return decider
     from agent.rounds.policy import RulePolicy
 
-    return RulePolicy(bounds=session.bounds)
+    return RulePolicy(bounds=session.bounds, ranking=session.settings.round_ranking)
 
 
 def _confirm_paid_competitors(session: Session, ui: UI) -> None:

@@ -12,24 +12,24 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from agent.rounds.decision import Decider, Decision, already_trained
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
 from agent.rounds.params import default_params, emphasise, starting_params, train_config, training_dataset
 from agent.rounds.ranking import best_round, stop_reason
-from agent.rounds.records import (LORA, CheckpointScore, ChosenCheckpoint, RoundRecord, SessionFeedback,
-                                  overfitting_signals, scores_by_generator, training_curve)
+from agent.rounds.recording import SUITE_SCORES, RoundState, TrainedRound, round_record, suite_base_key
+from agent.rounds.records import LORA, RoundRecord, overfitting_signals, training_curve
 from agent.rounds.store import MODEL_KEYS, RunStore
 from agent.words import and_words
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
-from tools.scoring.records import Analysis, ComparisonReport
+from tools.scoring.records import Analysis
 from tools.settings import Settings
-from tools.timestamps import iso_timestamp, timestamp
+from tools.timestamps import timestamp
 
 if TYPE_CHECKING:  # annotations only: the trainer loads when a round trains
     from tools.training.config import TrainConfig
@@ -54,37 +54,6 @@ class SessionEvents:
 def _emit(hook: Callable[[str], None] | None, message: str) -> None:
     if hook is not None:
         hook(message)
-
-
-class TrainedRound(TypedDict):
-    run_dir: Path | None
-    lora_path: Path | None
-    kohya_path: NotRequired[Path | None]
-    steps: int
-    final_loss: float
-    interrupted: bool
-    resumed_from_step: NotRequired[int]  # 0: trained from scratch
-    checkpoint_scores: list[CheckpointScore]
-    chosen_checkpoint: ChosenCheckpoint | None
-
-
-@dataclass
-class RoundState:
-    """What the stages of the round in progress have produced so far."""
-
-    number: int
-    params: dict
-    stamp: str
-    timings: dict[str, float] = field(default_factory=dict)  # stage → seconds (wall)
-    compute: dict[str, float] = field(default_factory=dict)  # stage → seconds inside model code
-    train: TrainedRound | None = None
-    images: dict[str, list[Path]] | None = None
-    skipped: list[str] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)
-    report: ComparisonReport | None = None
-    feedback: SessionFeedback | None = None
-    report_path: Path | None = None
-    feedback_path: Path | None = None
 
 
 class Session:
@@ -258,6 +227,7 @@ class Session:
                        "resumed_from_step": resumed_from, "checkpoint_scores": result.checkpoint_scores,
                        "chosen_checkpoint": result.chosen_checkpoint}
         state.images = state.report = state.feedback = None  # they came from the previous LoRA
+        state.suite_images = state.suite_report = None
         chosen = result.chosen_checkpoint or {}
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "
                   f"LoRA = step {chosen.get('step', result.steps)} ({chosen.get('why', 'last step')})")
@@ -361,7 +331,75 @@ class Session:
                     images[provider.name] = [image.path for image in made]
         state.images, state.prompts = images, list(prompts)
         state.report = state.feedback = None  # they scored the previous images
+        self._generate_suite(state, providers, sampling)
         return images
+
+    def suite(self) -> list:
+        """The round's prompt suite (``tools.scoring.suite``): deterministic from the analysis and the seed."""
+        from tools.scoring.suite import build_suite
+
+        if not self.settings.suite_size:
+            return []
+        return build_suite(self.analyze(), self.settings.seed, self.settings.suite_size)
+
+    def _generate_suite(self, state: RoundState, providers: list, sampling) -> None:
+        """The LoRA, the base and each competitor on the suite, every prompt at ``images_per_prompt`` images.
+        The base's suite images depend on the prompts, the sampling and the models only, so a round reuses an
+        earlier round's (same key) instead of drawing them again."""
+        from tools.generation.local import generate_local
+        from tools.providers import generate_with_provider
+
+        suite = self.suite()
+        state.suite, state.suite_images, state.suite_base_from = suite or None, None, None
+        if not suite:
+            return
+        texts = [prompt.text for prompt in suite]
+        per_prompt = sampling.images_per_prompt
+        images: dict[str, list[list[Path]]] = {}
+        key = suite_base_key(texts, sampling, self.profile.describe())
+        with self._stage("generate_suite"):
+            reused = self._reusable_base_suite(key, len(texts))
+            if reused is not None:
+                state.suite_base_from, images[BASE] = reused
+            for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
+                if name in images:
+                    continue
+                self._say(f"round {state.number}: drawing the prompt suite ({len(texts)} prompts) with {name} …")
+                started = time.perf_counter()
+                made = generate_local(self.profile, texts, self.store.round_suite_dir(state.number, name), sampling,
+                                      lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
+                                      name=name, quiet=self.quiet, batch_size=per_prompt)
+                self._compute("generate_suite", started)
+                images[name] = [[image.path for image in made[i * per_prompt:(i + 1) * per_prompt]]
+                                for i in range(len(texts))]
+            for provider in providers:
+                if provider.name not in (state.images or {}):
+                    continue  # it failed on the own prompt already this round
+                started = time.perf_counter()
+                try:
+                    made = generate_with_provider(provider, texts, self.store.round_suite_dir(state.number, provider.name),
+                                                  per_prompt, sampling.seed, skipped=state.skipped, quiet=self.quiet)
+                except AldarError as exc:
+                    _emit(self.events.on_warning, f"{provider.name} skipped the prompt suite this round: {exc}")
+                    state.skipped.append(f"{provider.name} (suite): {exc}")
+                    continue
+                finally:
+                    self._compute("generate_suite", started)
+                images[provider.name] = [[image.path for image in made if image.prompt == text] for text in texts]
+        state.suite_images = images
+        state.suite_key = key
+
+    def _reusable_base_suite(self, key: str, count: int) -> tuple[int, list[list[Path]]] | None:
+        """(round, base images per suite prompt) of the latest finished round drawn with the same suite key."""
+        for record in reversed(self.store.rounds):
+            suite = record.get("suite") if isinstance(record.get("suite"), dict) else {}
+            stored = (suite.get("images") or {}).get(BASE)
+            if suite.get("base_key") != key or not isinstance(stored, list) or len(stored) != count:
+                continue
+            paths = [[self.store.absolute(p) for p in group] for group in stored]
+            if all(group and all(p is not None and p.is_file() for p in group) for group in paths):
+                return suite.get("base_from_round") or record["round"], paths
+        return None
 
     def keyed_competitors(self) -> list[str]:
         """The competitors that will really be asked (their API key is set): the paid ones."""
@@ -393,13 +431,35 @@ class Session:
             if state.train:
                 feedback["training"] = training_curve(state.train)
             self._compute("score", started)
+        suite_report = self._score_suite(state)
+        if suite_report is not None:
+            feedback.update({name: suite_report[name] for name in SUITE_SCORES})
+            feedback["suite_prompts"] = suite_report["prompts"]
         with self._stage("store"):
             report["round"] = feedback["round"] = state.number
+            if suite_report is not None:
+                suite_report["round"] = state.number
+                state.suite_report_path = self.store.write_suite_report(suite_report, state.number)
             state.report_path = self.store.write_comparison_report(report, state.stamp)
             state.feedback_path = self.store.write_feedback(feedback, state.stamp)
         state.report, state.feedback = report, feedback
         return {"report": report, "feedback": feedback, "report_path": state.report_path,
                 "feedback_path": state.feedback_path}
+
+    def _score_suite(self, state: RoundState) -> dict | None:
+        """Identity, editability and bleed of every generator on the round's suite (None: no suite drawn)."""
+        from tools.scoring.suite import score_suite
+
+        if not state.suite or not state.suite_images:
+            return None
+        with self._stage("score_suite"):
+            count = sum(len(group) for groups in state.suite_images.values() for group in groups)
+            self._say(f"round {state.number}: scoring the prompt suite ({count} images) …")
+            started = time.perf_counter()
+            state.suite_report = score_suite(state.suite, state.suite_images, self.references, self.profile,
+                                             self.analyze(), lora=LORA, base=BASE)
+            self._compute("score_suite", started)
+        return state.suite_report
 
     # ---------------------------------------------------------------- decide + record
     def decide(self, decider: Decider) -> Decision:
@@ -443,7 +503,7 @@ class Session:
             self._round_recorded()
 
     def _update_best(self) -> None:
-        best = best_round(self.store.rounds)
+        best = best_round(self.store.rounds, self.settings.round_ranking)
         if best is not None:
             if not self.store.best_lora_holds(best):
                 self.store.mark_best(best)
@@ -475,7 +535,8 @@ class Session:
 
     def stop_before(self, rounds: int) -> str:
         """Why ``run_rounds(rounds)`` would stop before training anything, or '' when it would run a round."""
-        return stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience)
+        return stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience,
+                           self.settings.round_ranking)
 
     def run_rounds(self, rounds: int, decider: Decider,
                    on_round: Callable[[dict], None] | None = None) -> list[dict]:
@@ -530,46 +591,3 @@ def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
         detail = ", ".join(f"{k} {saved.get(k)!r} → {now[k]!r}" for k in changed)
         raise InputError(f"{store.root} holds rounds made with other models ({detail})",
                          "pass --output-dir DIR for a new results folder, or the same models to resume")
-
-
-def round_record(state: RoundState, store: RunStore, profile: dict, decision: Decision, applied: dict,
-                 notes: list[str], next_params: dict) -> RoundRecord:
-    """The history's record of a finished round. Tolerant of missing stages: a round may be recorded
-    before it was scored (then it has no scores)."""
-    report = state.report or {}
-    feedback = state.feedback or {}
-    ceiling = report.get("ceiling")
-    train = state.train or {}
-    return {
-        "round": state.number,
-        "finished_at": iso_timestamp(),
-        "params": state.params,
-        "train": {"steps": train.get("steps"), "final_loss": train.get("final_loss"),
-                  "interrupted": train.get("interrupted"), "checkpoint_scores": train.get("checkpoint_scores") or [],
-                  "chosen_checkpoint": train.get("chosen_checkpoint")},
-        "scores": scores_by_generator(report),
-        "ranking": report.get("ranking", []),
-        "ceiling": {"quality": ceiling["quality"]["mean"], "clip": ceiling["clip"]["mean"],
-                    "features": ceiling["features"]["mean"], "ssim": ceiling["ssim"]["mean"]} if ceiling else None,
-        "lora_score": feedback.get("lora_score"),
-        "band": feedback.get("band"),
-        "best_competitor": feedback.get("best_competitor"),
-        "score_gap": feedback.get("score_gap"),
-        "overfitting": feedback.get("overfitting"),
-        "decision": {"adjustments": applied, "requested": decision.adjustments, "clamped": notes,
-                     "stop": decision.stop, **({"llm_text": decision.llm_text} if decision.llm_text else {}),
-                     **({"already_tried": decision.already_tried} if decision.already_tried else {})},
-        "rationale": decision.rationale,
-        "decided_by": decision.decided_by,
-        "next_params": next_params,
-        "prompts": state.prompts,
-        "skipped_competitors": state.skipped,
-        "paths": {"run_dir": store.relative(train.get("run_dir")), "lora": store.relative(train.get("lora_path")),
-                  "kohya_lora": store.relative(train.get("kohya_path")),
-                  "comparison_report": store.relative(state.report_path),
-                  "feedback": store.relative(state.feedback_path),
-                  "images": {name: [store.relative(p) for p in paths] for name, paths in (state.images or {}).items()}},
-        "timings_s": {k: round(v, 4) for k, v in state.timings.items()},
-        "compute_s": {k: round(v, 4) for k, v in state.compute.items()},
-        "profile": profile,
-    }

@@ -386,6 +386,12 @@ class RunStore:
     def round_images_dir(self, number: int, generator: str) -> Path:
         return self.comparisons_dir / f"round_{number:02d}" / generator
 
+    def round_suite_dir(self, number: int, generator: str) -> Path:
+        return self.comparisons_dir / f"round_{number:02d}" / "suite" / generator
+
+    def write_suite_report(self, report: dict[str, Any], number: int) -> Path:
+        return atomic_write_json(self.comparisons_dir / f"round_{number:02d}" / "suite_report.json", report)
+
     def relative(self, path: str | Path | None) -> str | None:
         """``path`` relative to the results folder (history and report stay valid if the folder moves)."""
         if path is None:

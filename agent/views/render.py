@@ -123,6 +123,48 @@ def record_scores(record: RoundRecord, previous: RoundRecord | None = None) -> T
     return Table(f"round {record.get('round')} ranking", SCORE_COLUMNS, rows, ceiling_row, caption or None)
 
 
+SUITE_COLUMNS = ["score", "LoRA", "base", "reference / target", "what it is"]
+
+
+def suite_prompt_title(prompt: dict) -> str:
+    """``new background: forest`` or ``no trigger: another character``."""
+    if prompt.get("kind") == "new_context":
+        return f"new {str(prompt.get('category', 'context')).replace('_', ' ')}: {prompt.get('value')}"
+    return "no trigger: another character"
+
+
+def suite_scores(record: RoundRecord) -> Table | None:
+    """A round's identity, editability and bleed on its prompt suite, the LoRA beside the base (None: no suite)."""
+    suite = record.get("suite") if isinstance(record.get("suite"), dict) else None
+    scores = (suite or {}).get("scores") or {}
+    if not scores or not any(isinstance(v, dict) for v in scores.values()):
+        return None
+    identity, edit, bleed = (scores.get(k) if isinstance(scores.get(k), dict) else {}
+                             for k in ("identity", "editability", "bleed"))
+    rows = [
+        ["identity", mean_std(identity.get("score"), identity.get("spread")), number(identity.get("base")),
+         f"{number(identity.get('ceiling'))} (references)",
+         f"key traits {_share(identity.get('feature_pass_rate'))} · CLIP {number(identity.get('clip'))}"],
+        ["editability", mean_std(edit.get("rate"), edit.get("spread")), number(edit.get("base")),
+         f"≥ 0.85 × base ({number(edit.get('vs_base'))} ×)",
+         "share drawing what the prompt asked: " + ", ".join(
+             f"{c.replace('_', ' ')} {number(v.get('lora'))} vs {number(v.get('base'))}"
+             for c, v in (edit.get("by_category") or {}).items())],
+        ["bleed", signed(bleed.get("score")), "0 (by definition)", "≤ 0.05",
+         f"CLIP to the references without the trigger: LoRA {number(bleed.get('lora_clip'))}, "
+         f"base {number(bleed.get('base_clip'))}"],
+    ]
+    count = len((suite or {}).get("prompts") or [])
+    caption = (f"The LoRA in new scenes ({count} suite prompts): identity = (key traits shown + CLIP similarity) / 2 "
+               "on new contexts; editability = the prompted background or style drawn; bleed = how much closer to "
+               "the references the LoRA draws another character than the base does.")
+    return Table(f"round {record.get('round')} in new scenes", SUITE_COLUMNS, rows, None, caption)
+
+
+def _share(value: Any) -> str:
+    return f"{value:.0%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING
+
+
 CEILING_METRICS = {"clip": "CLIP", "features": "features", "ssim": "SSIM"}
 CEILING_TEXT = "Reference ceiling: each reference scored against the others (leave-one-out)"
 
