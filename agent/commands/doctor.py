@@ -115,7 +115,7 @@ def probe_local_server(settings: Settings, base_url: str, model: str) -> list[Ch
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Call ping."}],
                                        tools=[ping], max_tokens=16, temperature=0)
     except openai.OpenAIError as exc:
-        error = provider_error(exc, settings)
+        error = provider_error(exc, settings.llm_timeout_s)
         if isinstance(error, ToolsUnsupportedError):
             return [answering, CheckResult("LLM tools", WARN, f"the server does not take tools ({error.problem})",
                                            error.fix)]

@@ -107,7 +107,7 @@ def write_story(settings: Settings, prompt: str, scenes: int = 4, *, client: ope
                                                       response_format={"type": "json_object"},
                                                       extra_body=extra_body)
         except openai.OpenAIError as exc:
-            raise provider_error(exc, settings) from None
+            raise provider_error(exc, settings.llm_timeout_s) from None
         reply = (response.choices[0].message.content or "") if response.choices else ""
         reply = redact(reply, [getattr(client, "api_key", None)])  # a model or proxy can echo the key
         try:
