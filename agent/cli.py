@@ -120,7 +120,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser, or, given the command line, only the flags of the command it names.
 
     A command's flags can cost imports (``generate`` lists the providers, ``train`` the trainer's
-    knobs); ``--version``, ``--help`` and one command's argument errors should not pay for all of them.
+    settings); ``--version``, ``--help`` and one command's argument errors should not pay for all of them.
     The command modules themselves import nothing heavy: that waits for their ``run``.
     allow_abbrev=False everywhere: ``--round 2`` must not silently mean ``--rounds 2``.
     """
