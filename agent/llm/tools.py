@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
+from agent.llm.toolspec import Range, ToolSpec, tool_spec
 from agent.rounds.actions import generate_with_consent, train_next_round
 from agent.rounds.decision import Decision
 from agent.rounds.knobs import NAMES as KNOBS
 from agent.rounds.knobs import knob_parameters, knob_values
 from agent.rounds.policy import MISSED_PASS_RATE
 from agent.rounds.records import RoundRecord, SessionFeedback
-from agent.llm.toolspec import Range, ToolSpec, tool_spec
-from tools.atomic import read_json_object
 from tools.errors import InputError
 from tools.scoring.copies import copying
 
@@ -153,13 +152,7 @@ def latest_feedback(session: "Session") -> dict | None:
     """This round's feedback, else the newest recorded round's, else the newest file in feedback/."""
     if session.current is not None and session.current.feedback is not None:
         return session.current.feedback
-    for record in reversed(session.history()):
-        path = session.store.absolute((record.get("paths") or {}).get("feedback"))
-        data = read_json_object(path)
-        if data is not None:
-            return data
-    files = sorted(session.store.feedback_dir.glob("feedback_*.json"))
-    return read_json_object(files[-1]) if files else None
+    return session.store.latest_feedback()
 
 
 def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple]) -> dict:
@@ -171,9 +164,9 @@ def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: d
 
 def record_of(history: list[dict], number: int) -> dict:
     for record in history:
-        if record.get("round") == number:
+        if record["round"] == number:  # a whole number: the store checked every record at load
             return record
-    known = ", ".join(str(r.get("round")) for r in history) or "none yet"
+    known = ", ".join(str(r["round"]) for r in history) or "none yet"
     raise InputError(f"there is no finished round {number}", f"finished rounds: {known}")
 
 
@@ -205,7 +198,7 @@ class RoundTools:
 
     def round_numbers(self) -> list[int]:
         """The rounds ``read_feedback`` may be asked about: the finished ones (subclasses add more)."""
-        return [record.get("round") for record in self.history()]
+        return [record["round"] for record in self.history()]
 
     def specs(self) -> list[ToolSpec]:
         groups = {"knobs": knob_parameters(self.bounds)}
@@ -227,7 +220,7 @@ class RoundTools:
                 # "no feedback yet" for round 1e20 would send the model to train, generate and score
                 raise InputError(f"there is no round {round_number}",
                                  f"rounds so far: {', '.join(map(str, known)) or 'none'}")
-            if any(record.get("round") == round_number for record in self.history()):
+            if any(record["round"] == round_number for record in self.history()):
                 return {"ok": True, **round_summary(record_of(self.history(), round_number))}
         return {"ok": False, "error": "no feedback yet: train, generate and score a round first"}
 
@@ -276,10 +269,7 @@ class SessionTools(RoundTools):
             return latest_feedback(session)
         if session.current is not None and session.current.number == round_number:
             return session.current.feedback
-        for record in session.history():
-            if record.get("round") == round_number:
-                return read_json_object(session.store.absolute((record.get("paths") or {}).get("feedback")))
-        return None
+        return session.store.feedback(round_number)
 
     def round_numbers(self) -> list[int]:
         """The finished rounds and the round in progress."""

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.rounds.knobs import value_text
-from agent.words import and_words
 from agent.rounds.records import LORA, RoundRecord, RoundTrain
+from agent.words import and_words
 from tools.numbers import finite_number
 from tools.scoring.copies import MEMORISED, copies_text, memorised
 from tools.scoring.records import Analysis, ComparisonReport, Feedback

@@ -28,11 +28,11 @@ import torch
 
 from tools.atomic import unused_path
 from tools.errors import InputError, ModelNotFoundError
-from tools.models import ModelProfile, hub_reachable, load_sdxl_pipeline, model_location, quiet_lora_loading
 from tools.generation.png_metadata import save_png_with_parameters
 from tools.generation.sampling import SamplingSpec, check_lora_scale
-from tools.settings import DEFAULT_LCM_LORA
+from tools.models import ModelProfile, hub_reachable, load_sdxl_pipeline, model_location, quiet_lora_loading
 from tools.progress import progress_bar
+from tools.settings import DEFAULT_LCM_LORA
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LCM_ADAPTER = "lcm"
