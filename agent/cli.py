@@ -42,6 +42,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def add_character_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """The character's settings a command takes (its CHARACTER_FLAGS), from the one table in tools.settings.
+    SUPPRESS: an absent flag leaves no attribute, so aldar.toml, ALDAR_* or the references folder decide."""
+    from tools.settings import CHARACTER_FLAGS
+
+    if not names:
+        return
+    group = parser.add_argument_group("character (override aldar.toml, ALDAR_* and <references>/character.json)")
+    for name in names:
+        flag, metavar, help_text = CHARACTER_FLAGS[name]
+        group.add_argument(flag, dest=name, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
+
+
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (override aldar.toml and ALDAR_* variables)")
     group.add_argument("--config", metavar="FILE", help="settings file (default: ./aldar.toml, or $ALDAR_CONFIG)")
@@ -112,6 +125,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                                   formatter_class=HelpFormatter, allow_abbrev=False)
         if argv is None or module.NAME == named:
             module.add_arguments(sub)
+            add_character_flags(sub, getattr(module, "CHARACTER_FLAGS", ()))
             add_settings_flags(sub)
         sub.set_defaults(handler=module.run, command_parser=sub)
     return parser

@@ -93,14 +93,22 @@ class Session:
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
         _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        from tools.character import character_warnings, check_saved_analysis
         from tools.images import skipped_note
 
+        check_saved_analysis(settings)  # another character's analysis: refused before anything is written
         if skipped := skipped_note(self.references):  # said once per session: the folder is read many times
             _emit(self.events.on_warning, skipped)
+        for line in character_warnings(settings):
+            _emit(self.events.on_warning, line)
 
         self.default_params = default_params(self.profile)
         if "trigger_token" in self.default_params:
             self.default_params["trigger_token"] = settings.trigger_token
+        if "output_name" in self.default_params:  # the LoRA's file: this character's, never another's
+            from tools.character import lora_name
+
+            self.default_params["output_name"] = lora_name(settings.character_name, settings.trigger_token)
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
         self.store = RunStore(settings.output_dir, self.profile.describe())
         try:
@@ -180,14 +188,16 @@ class Session:
         matches the references' hashes and the CLIP model, else computed and saved there."""
         if self.analysis is not None and not force:
             return self.analysis
-        from tools.scoring.analyzer import analysis_matches, analyze_references
+        from tools.scoring.analyzer import analyze_references, reusable_analysis
         from tools.scoring.taxonomy import load_taxonomy
 
         cached_path = Path(self.settings.analysis_path)
         with self._stage("analyze"):
-            cached = None if force else read_json_object(cached_path)
             taxonomy = load_taxonomy(self.settings.taxonomy_path())
-            if cached and analysis_matches(cached, self.references, self.profile.clip_model, taxonomy):
+            # another character's analysis (trigger token, pictures) is refused here, before anything is written
+            cached = None if force else reusable_analysis(cached_path, self.references, self.settings.trigger_token,
+                                                          self.profile.clip_model, taxonomy)
+            if cached:
                 self._say(f"analysis: reusing {cached_path} (references, CLIP model and taxonomy unchanged)")
                 self.analysis = cached
             else:
@@ -198,6 +208,8 @@ class Session:
                                                    cached_path)
                 self._compute("analyze", started)
                 self._say(f"analysis: key features {', '.join(self.analysis['key_features'])}")
+                for line in self.analysis.get("warnings") or []:
+                    _emit(self.events.on_warning, line)
         return self.analysis
 
     # ---------------------------------------------------------------- train
@@ -368,9 +380,12 @@ class Session:
         return [provider.name for provider in ready]
 
     def prompt(self) -> str:
-        """The test prompt, with the emphasised features right after the trigger token."""
-        return emphasise(self.settings.test_prompt, self.params.get("feature_emphasis") or [],
-                         self.settings.trigger_token)
+        """The test prompt — the test_prompt setting, else the trigger token and key features the analysis
+        found — with the emphasised features right after the trigger token."""
+        from tools.character import prompt_from_analysis
+
+        text = self.settings.test_prompt or prompt_from_analysis(self.analyze())
+        return emphasise(text, self.params.get("feature_emphasis") or [], self.settings.trigger_token)
 
     # ---------------------------------------------------------------- score
     def score(self) -> dict:
