@@ -87,16 +87,20 @@ class Session:
     """Drives rounds over one results folder; holds its lock until ``close()``."""
 
     def __init__(self, settings: Settings, *, quiet: bool = False, events: SessionEvents | None = None) -> None:
+        from tools.character import check_saved_analysis
+
+        _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        # the saved analysis' trigger token and name where the settings only derived them; another
+        # character's analysis is refused here, before anything is written
+        settings = check_saved_analysis(settings)
         self.settings = settings
         self.quiet = quiet  # no progress bars from the capabilities
         self.events = events or SessionEvents()
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
-        _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
-        from tools.character import character_warnings, check_saved_analysis
+        from tools.character import character_warnings
         from tools.images import skipped_note
 
-        check_saved_analysis(settings)  # another character's analysis: refused before anything is written
         if skipped := skipped_note(self.references):  # said once per session: the folder is read many times
             _emit(self.events.on_warning, skipped)
         for line in character_warnings(settings):

@@ -102,16 +102,14 @@ def character_warnings(settings, taxonomy=None) -> list[str]:
     return [line for line in lines if line]
 
 
-def check_saved_analysis(settings) -> None:
-    """``InputError`` up front when the analysis at analysis_path belongs to another trigger token or other
-    pictures (``check_analysis_fits``): said before any folder or file is written."""
+def check_saved_analysis(settings):
+    """The settings to run with beside the analysis at analysis_path (``adopt_analysis``); ``InputError`` up
+    front when it belongs to another trigger token or other pictures — before any folder or file is written."""
     from tools.atomic import read_json_object
 
     path = Path(settings.analysis_path)
     saved = read_json_object(path)
-    if saved:
-        check_analysis_fits(saved, path, settings.trigger_token, reference_hashes(Path(settings.references)),
-                            Path(settings.references))
+    return adopt_analysis(saved, path, settings) if saved else settings
 
 
 def reference_hashes(references: Path) -> list[tuple[str, str]]:
@@ -135,6 +133,19 @@ def check_prompts(prompts: Sequence[str], what: str = "prompt") -> list[str]:
                              f"make each {what} different, or leave the repeat out")
         seen[key] = index
     return cleaned
+
+
+def adopt_analysis(analysis: dict, path: Path, settings):
+    """The settings a command runs with beside a saved analysis: a trigger token and name the settings only
+    derived (from character.json or the folder's name: no flag, aldar.toml or ALDAR_* gave them) are the
+    analysis' — downstream takes them from it; one given that differs is refused (``check_analysis_fits``),
+    as are other pictures."""
+    adopted = {name: analysis[name] for name in ("trigger_token", "character_name")
+               if name in settings.derived and isinstance(analysis.get(name), str) and analysis[name].strip()}
+    settings = settings.replace(**adopted) if adopted else settings
+    check_analysis_fits(analysis, path, settings.trigger_token, reference_hashes(Path(settings.references)),
+                        Path(settings.references))
+    return settings
 
 
 def check_analysis_fits(analysis: dict, path: Path, trigger_token: str, reference_hashes: list[tuple[str, str]],

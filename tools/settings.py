@@ -203,7 +203,10 @@ class Settings:
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to a positive number of seconds")
         if not self.trigger_token.strip():  # it heads every caption and prompt
             raise ConfigError(f"trigger_token {self.trigger_token!r} is empty",
-                              "set a rare word such as 'aldarkose' (--trigger-token)")
+                              "set a made-up word such as 'bluebot' (--trigger-token)")
+        if len(self.trigger_token.split()) > 1 or "," in self.trigger_token:  # captions are split at commas
+            raise ConfigError(f"trigger_token {self.trigger_token!r} is not one word",
+                              "set a made-up word without spaces or commas, such as 'bluebot' (--trigger-token)")
         if not 0 <= self.seed < 2**32:  # torch/numpy generators and provider APIs take 32-bit seeds
             raise ConfigError(f"seed is {self.seed}", "set seed to a whole number from 0 to 4294967295")
         if not 0.0 < self.target_score <= 1.0:

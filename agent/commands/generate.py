@@ -55,6 +55,10 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     args.lora = getattr(args, "lora", None)
     chosen = getattr(args, "providers", None)
     names = list(dict.fromkeys(chosen)) if chosen else _default_generators(args, settings, ui)
+    if not getattr(args, "prompts", None):
+        from tools.character import check_saved_analysis
+
+        settings = check_saved_analysis(settings)
     prompts = getattr(args, "prompts", None) or [default_prompt(settings)]
     out = getattr(args, "out", None)
     out_dir = Path(out) if out else Path(settings.output_dir) / "comparisons"
@@ -113,9 +117,8 @@ def default_prompt(settings: Settings) -> str:
     if settings.test_prompt:
         return settings.test_prompt
     from tools.atomic import read_json_object
-    from tools.character import check_saved_analysis, prompt_from_analysis
+    from tools.character import prompt_from_analysis
 
-    check_saved_analysis(settings)
     saved = read_json_object(Path(settings.analysis_path))
     if saved and isinstance(saved.get("training_prompt"), str):
         return prompt_from_analysis(saved)

@@ -69,9 +69,11 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dic
 
     from agent import render
     from tools.models import load_clip
+    from tools.character import check_saved_analysis
     from tools.scoring.analyzer import analyze_references, reusable_analysis
     from tools.scoring.taxonomy import load_taxonomy
 
+    settings = check_saved_analysis(settings)  # its trigger token and name, unless given otherwise (refused)
     path = Path(settings.analysis_path)
     references = Path(settings.references)
     taxonomy = load_taxonomy(settings.taxonomy_path())  # validated even when the saved analysis is reused

@@ -80,7 +80,7 @@ def training_config(args: argparse.Namespace, profile: ModelProfile, trigger_tok
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
-    analysis = _read_analysis(args, settings)
+    analysis, settings = _read_analysis(args, settings)
     trigger = settings.trigger_token  # an analysis made for another one is refused by _read_analysis
     # A bad flag exits 2 before torch loads; what depends on the device (fp16 needs CUDA, ...) right after,
     # and all of it before any file is touched.
@@ -164,25 +164,25 @@ def settings_quiet(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "quiet", False))
 
 
-def _read_analysis(args: argparse.Namespace, settings: Settings) -> dict:
+def _read_analysis(args: argparse.Namespace, settings: Settings) -> tuple[dict, Settings]:
+    """The analysis (``{}`` when there is none) and the settings beside it (its trigger token and name where
+    the settings only derived theirs)."""
     given = _flag(args, "analysis")
     path = Path(given) if given else Path(settings.analysis_path)
     if not path.is_file():
         if given:
             raise InputError(f"analysis file {path} does not exist", "run `aldar analyze` first or fix --analysis")
-        return {}
+        return {}, settings
     try:
         data = read_json(path)
     except ValueError as exc:  # also not UTF-8, or nested too deeply
         raise InputError(f"analysis file {path} is not valid JSON ({exc})", "rerun `aldar analyze`") from None
     if not isinstance(data, dict) or not isinstance(data.get("captions", {}), dict):
         raise InputError(f"analysis file {path} has no captions mapping", "rerun `aldar analyze`")
-    from tools.character import check_analysis_fits, reference_hashes
+    from tools.character import adopt_analysis
 
     # Captions made for another trigger token or other pictures would train this LoRA on another character's.
-    check_analysis_fits(data, path, settings.trigger_token, reference_hashes(Path(settings.references)),
-                        Path(settings.references))
-    return data
+    return data, adopt_analysis(data, path, settings)
 
 
 def _run_dir(args: argparse.Namespace, settings: Settings) -> Path:

@@ -246,7 +246,7 @@ def check_output_file(path: Path) -> None:
 
 
 def reusable_analysis(path: Path, references: Path, trigger_token: str, model_id: str,
-                      taxonomy: Taxonomy) -> Analysis | None:
+                      taxonomy: Taxonomy) -> Analysis | None:  # the trigger token: after adopt_analysis
     """The analysis saved at ``path`` when it can be reused for this run; None when there is none, it is
     unreadable, or it was made with another CLIP model or taxonomy (then it is made afresh). One made for
     another trigger token or other reference pictures is refused (``InputError``): it belongs to another
