@@ -212,8 +212,8 @@ class Session:
                                                    cached_path)
                 self._compute("analyze", started)
                 self._say(f"analysis: key features {', '.join(self.analysis['key_features'])}")
-                for line in self.analysis.get("warnings") or []:
-                    _emit(self.events.on_warning, line)
+                for line in self.analysis.get("warnings") or []:  # said as it is made, as its key features
+                    self._say(f"analysis: {line}")
         return self.analysis
 
     # ---------------------------------------------------------------- train

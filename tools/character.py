@@ -163,6 +163,11 @@ def check_analysis_fits(analysis: dict, path: Path, trigger_token: str, referenc
         return  # an analysis without its references' hashes (hand-written): nothing to compare
     if saved_refs != reference_hashes:
         made_from = analysis.get("reference_dir") or f"{len(saved_refs)} other pictures"
+        if Path(made_from).expanduser().resolve() == Path(references).expanduser().resolve():
+            change = f"{len(saved_refs)} pictures that have changed since (now {len(reference_hashes)})"
+            raise InputError(f"analysis {path} was made from {references} when it held {change}",
+                             f"rerun `aldar analyze --references {references}` (it replaces {path.name}), "
+                             "or use another --output-dir")
         raise InputError(f"analysis {path} was made from the references in {made_from}, this run's are "
                          f"{references} (the pictures differ)",
                          f"pass --references {made_from}, or rerun `aldar analyze --references {references}` "
