@@ -126,6 +126,9 @@ class Session:
         self.params: dict = starting_params(self.store.data, self.default_params)
         self.analysis: Analysis | None = None
         self.current: RoundState | None = None
+        # Stage seconds spent before a round began (the analysis, made before round 1 is marked started so that
+        # a taxonomy that fits nothing leaves no half-begun round): the next round counts them as its own.
+        self._pending = RoundState(number=0, params={}, stamp="")
         self.competitors: list[str] = list(settings.competitors)
         self.report_written: Path | None = None  # report.html, once this process has written it
         try:
@@ -171,18 +174,20 @@ class Session:
         try:
             yield
         finally:
-            if self.current is not None:
-                self.current.timings[name] = self.current.timings.get(name, 0.0) + time.perf_counter() - started
+            state = self.current or self._pending
+            state.timings[name] = state.timings.get(name, 0.0) + time.perf_counter() - started
 
     def _compute(self, stage: str, started: float) -> None:
-        if self.current is not None:
-            self.current.compute[stage] = self.current.compute.get(stage, 0.0) + time.perf_counter() - started
+        state = self.current or self._pending
+        state.compute[stage] = state.compute.get(stage, 0.0) + time.perf_counter() - started
 
     def _round(self) -> RoundState:
         """The round in progress, begun (and marked in the history) on first use."""
         if self.current is None:
             number = self.next_round_number
-            self.current = RoundState(number=number, params=dict(self.params), stamp=RunStore.timestamp(number))
+            self.current = RoundState(number=number, params=dict(self.params), stamp=RunStore.timestamp(number),
+                                      timings=self._pending.timings, compute=self._pending.compute)
+            self._pending = RoundState(number=0, params={}, stamp="")
             self.store.begin_round(number, self.current.params)
         return self.current
 
@@ -475,8 +480,8 @@ class Session:
         Stages this round already finished in this process (``/train``, ``/generate``, ``/score``
         or the chat's tools before ``/auto``) are not run again: no second training, no second paid call.
         """
+        self.analyze()  # first: an analysis that fails (a taxonomy that fits nothing) leaves no round begun
         state = self._round()
-        self.analyze()
         reused = [stage for stage, done in (("LoRA", state.train), ("images", state.images), ("scores", state.feedback))
                   if done]
         if reused:  # said even when quiet: otherwise "/auto 1" after "/train" looks as if it trained nothing

@@ -202,6 +202,19 @@ def test_a_taxonomy_that_fits_none_of_the_pictures_is_one_line_and_writes_nothin
     assert not out.exists()
 
 
+def test_a_run_with_a_taxonomy_that_fits_nothing_begins_no_round(tmp_path, capsys):
+    taxonomy = tmp_path / "unfit.json"
+    taxonomy.write_text(json.dumps(UNFIT_TAXONOMY))
+    out = tmp_path / "out"
+    code = main(["run", "--profile", "tiny", "--taxonomy", str(taxonomy), "--output-dir", str(out), "--rounds", "1",
+                 "--competitors", "none", "-q"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(err) == 1 and "fits none of the pictures" in err[0]
+    history = out / "training_history.json"
+    assert not history.exists() or not json.loads(history.read_text()).get("in_progress")
+    assert not (out / "feature_analysis.json").exists() and not (out / "runs").exists()
+
+
 def test_the_robot_example_taxonomy_loads():
     from tools.scoring.taxonomy import load_taxonomy
 
