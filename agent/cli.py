@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    from agent.ui import UI
+    from agent.views.ui import UI
 
     ui = UI(assume_yes=bool(getattr(args, "yes", False)), quiet=bool(getattr(args, "quiet", False)))
     for line in unknown_environment_names():

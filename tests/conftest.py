@@ -90,9 +90,11 @@ def references_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def tiny_settings(tmp_path, references_dir) -> Settings:
-    """Settings on the tiny profile, writing only inside ``tmp_path``."""
+    """Settings on the tiny profile, writing only inside ``tmp_path``; without the prompt suite (its own tests
+    turn it on: it draws five more prompts per round)."""
     return load_settings(overrides={
         "profile": "tiny",
+        "suite_size": 0,
         "references": str(references_dir),
         "output_dir": str(tmp_path / "results"),
         "analysis_path": str(tmp_path / "models" / "aldar_feature_analysis.json"),

@@ -85,7 +85,7 @@ def test_every_command_takes_the_character_flags(command, capsys):
 
 # ------------------------------------------------------------------ downstream of the analysis
 def test_zorabek_round_prompt_and_lora_come_from_his_analysis(tmp_path):
-    from agent.session import Session
+    from agent.rounds.session import Session
 
     settings = load_settings(overrides={"profile": "tiny", "references": str(ZORABEK), "competitors": [],
                                         "output_dir": str(tmp_path / "out")}, environ={})
@@ -102,7 +102,7 @@ def test_zorabek_round_prompt_and_lora_come_from_his_analysis(tmp_path):
 
 
 def test_aldar_draws_with_the_same_prompt_as_before(tiny_settings):
-    from agent.session import Session
+    from agent.rounds.session import Session
 
     with Session(tiny_settings.replace(competitors=[]), quiet=True) as session:
         assert session.prompt() == ALDAR_PROMPT
@@ -140,7 +140,7 @@ def test_an_analysis_with_the_derived_trigger_is_taken_as_it_is(tmp_path, capsys
     mine = copy_pictures(ZORABEK, tmp_path / "mine")
     assert main(["analyze", "--profile", "tiny", "--references", str(mine), "--trigger-token", "kingz",
                  "--output-dir", str(out), "-q"]) == 0
-    from agent.session import Session
+    from agent.rounds.session import Session
 
     settings = load_settings(overrides={"profile": "tiny", "references": str(mine), "output_dir": str(out),
                                         "competitors": []}, environ={})
@@ -177,18 +177,16 @@ def test_the_bundled_taxonomy_fits_both_bundled_characters_but_aldars_expression
 
 
 def test_analysis_table_says_no_clear_match():
-    from rich.console import Console
+    from agent.views import render
 
-    from agent import render
-
-    analysis = {"references": [{}, {}], "character_name": "Blue Bot", "model": "m", "key_feature_details": [],
-                "categories": {"expression": {"top": [{"feature": "sad", "probability": 0.999, "agreement": 2}],
+    analysis = {"references": [{}, {}], "character_name": "Blue Bot", "model": "m",
+                "key_feature_details": [{"category": "expression", "feature": "sad"}],
+                "categories": {"expression": {"top": [{"feature": "sad", "probability": 0.999, "agreement": 2},
+                                                      {"feature": "happy", "probability": 0.001, "agreement": 0}],
                                               "margin": 0.2, "clear": False}}}
-    console = Console(width=120, record=True)
-    console.print(render.analysis_table(analysis).render() if hasattr(render.analysis_table(analysis), "render")
-                  else render.analysis_table(analysis))
-    text = console.export_text()
-    assert "no clear match" in text and "key features of Blue Bot" in text
+    table = render.analysis_table(analysis)
+    assert table.title.startswith("key features of Blue Bot")
+    assert [row[:2] for row in table.rows] == [["expression", "no clear match (nearest: sad)"]]
 
 
 def test_a_taxonomy_that_fits_none_of_the_pictures_is_one_line_and_writes_nothing(tmp_path, capsys):
@@ -232,7 +230,7 @@ def test_a_common_word_as_trigger_token_is_warned_about(tmp_path, capsys):
 
 
 def test_a_prompt_without_the_trigger_token_is_warned_about(tmp_path):
-    from agent.session import Session, SessionEvents
+    from agent.rounds.session import Session, SessionEvents
 
     assert missing_trigger_warning("a king on a throne", "zorabek").startswith("prompt 'a king on a throne'")
     assert missing_trigger_warning("zorabek, a king", "zorabek") == ""

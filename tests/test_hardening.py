@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.session import Session, SessionEvents
+from agent.rounds.session import Session, SessionEvents
 from tools.atomic import atomic_write, atomic_write_text
 from tools.errors import InsecureUrlError, StorageError
 from tools.settings import OTHER_ENV_NAMES, Settings, unknown_environment_names
@@ -257,7 +257,7 @@ def test_a_provider_url_that_would_expose_the_key_is_refused_before_connecting(t
 
 
 def test_the_llm_url_that_would_expose_the_key_is_refused(monkeypatch):
-    from agent.llm_client import make_client
+    from agent.llm.client import make_client
     from tools.settings import load_settings
 
     monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-secret-1234")

@@ -21,7 +21,7 @@ KILLED_IN_ROUND_TWO = textwrap.dedent("""
     from pathlib import Path
 
     import tools.training.lora_files as lora_files
-    from agent.store import RunStore
+    from agent.rounds.store import RunStore
 
     save_checkpoint, set_stage = lora_files.save_checkpoint, RunStore.set_stage
 

@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 import pytest
 
-from agent.llm_client import api_error_message, make_client, thinking_extra_body
-from agent.loop import ChatLoop, LoopEvents
-from agent.toolspec import Range, tool_spec
+from agent.llm.client import api_error_message, make_client, thinking_extra_body
+from agent.llm.loop import ChatLoop, LoopEvents
+from agent.llm.toolspec import Range, tool_spec
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from tools.errors import ConfigError, ProviderError
 from tools.settings import load_settings
@@ -279,8 +279,8 @@ def test_a_key_the_model_echoes_reaches_no_tool_history_or_answer(server, monkey
 
 
 def test_read_feedback_refuses_round_numbers_that_cannot_be(server, monkeypatch, tiny_settings) -> None:
-    from agent.llm_tools import SessionTools
-    from agent.session import Session
+    from agent.llm.tools import SessionTools
+    from agent.rounds.session import Session
 
     monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
     settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": LLM_TIMEOUT_S}, environ={})

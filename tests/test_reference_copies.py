@@ -9,9 +9,9 @@ import random
 import pytest
 
 from agent.cli import main
-from agent.policy import RulePolicy
-from agent.report import render_html
-from agent.session import overfitting_signals, ranked_rounds, scores_by_generator
+from agent.rounds.policy import RulePolicy
+from agent.views.report import render_html
+from agent.rounds.session import overfitting_signals, ranked_rounds, scores_by_generator
 from tools.scoring.copies import MEMORISED, is_reference_copy
 from tools.world.attributes import sample_character
 from tools.world.draw import draw_character

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.chart import chart_series, draw_score_chart
-from agent.report import write_report
-from agent.session import Session
-from agent.store import LOCK_FILE, RunStore
+from agent.views.chart import chart_series, draw_score_chart
+from agent.views.report import write_report
+from agent.rounds.session import Session
+from agent.rounds.store import LOCK_FILE, RunStore
 from tools.errors import BusyError, InputError
 
 
@@ -37,7 +37,7 @@ def test_lock_held_by_another_process_names_it(tmp_path):
     # The holder keeps the lock until it is killed (it waits on its stdin), however long the machine takes.
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
-        from agent.store import RunStore
+        from agent.rounds.store import RunStore
         RunStore({str(tmp_path)!r})
         print("held", flush=True)
         sys.stdin.read()
@@ -248,7 +248,7 @@ def test_ctrl_c_while_copying_the_best_lora_leaves_best_round_unchanged_and_is_r
 
 
 def test_ctrl_c_after_a_round_is_recorded_does_not_leave_it_in_progress(tiny_settings, monkeypatch):
-    from agent.decision import Decision
+    from agent.rounds.decision import Decision
 
     with Session(tiny_settings, quiet=True) as session:
         monkeypatch.setattr(session, "_update_best", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from tools.errors import ConfigError
-from tools.generation.sampling import DEFAULT_LCM_LORA
 
 # The bundled references and taxonomy are package data (the repository's examples/ folder, installed as
 # aldar_examples), so they resolve from a checkout, an editable install and a wheel alike, whatever the
@@ -27,8 +26,10 @@ from tools.generation.sampling import DEFAULT_LCM_LORA
 BUNDLED_REFERENCES = Path(str(files("aldar_examples") / "aldar_kose"))
 BUNDLED_TAXONOMY = BUNDLED_REFERENCES / "taxonomy.json"
 PROFILES = ("tiny", "sdxl")
+DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdxl"  # fast mode's LoRA (use_lcm); tools.generation.sampling draws with it
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+ROUND_RANKINGS = ("guarded", "quality")
 PATH_SETTINGS = ("references", "taxonomy", "analysis_path", "output_dir")
 # Left empty, these come from the references folder (tools.character) and the output folder.
 DERIVED_SETTINGS = ("trigger_token", "character_name", "test_prompt", "analysis_path")
@@ -78,6 +79,12 @@ class Settings:
     weight_clip: float = 0.4
     weight_features: float = 0.4
     weight_ssim: float = 0.2
+    # Prompts of the round's suite beside the character's own (tools.scoring.suite): new contexts and no-trigger
+    # prompts, for identity, editability and bleed. 0: no suite (quality only).
+    suite_size: int = 5
+    # How rounds are ranked (best round, best_lora/): "guarded" = by quality, but a round whose editability or
+    # bleed is clearly worse than the best round's does not win on quality alone; "quality" = quality only.
+    round_ranking: str = "guarded"
     # [generation]
     num_inference_steps: int = 30
     guidance_scale: float = 7.0
@@ -192,6 +199,11 @@ class Settings:
         for name in ("num_inference_steps", "max_rounds", "patience", "llm_max_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+        if self.suite_size and not 2 <= self.suite_size <= 12:
+            raise ConfigError(f"suite_size is {self.suite_size}",
+                              "set suite_size to 2..12 prompts, or 0 for no suite (quality on the own prompt only)")
+        if self.round_ranking not in ROUND_RANKINGS:
+            raise ConfigError(f"unknown round_ranking {self.round_ranking!r}", f"use one of: {', '.join(ROUND_RANKINGS)}")
         if self.llm_max_tokens < 0:
             raise ConfigError(f"llm_max_tokens is {self.llm_max_tokens}",
                               "set llm_max_tokens to 0 (the server's limit) or a number of tokens such as 512")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "analyze"
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from rich.markup import escape
 
-    from agent import render
+    from agent.views import render
     from tools.character import character_warnings
     from tools.images import skipped_note
     from tools.models import resolve_profile
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     analysis = analyze_references(Path(settings.references), profile, settings.taxonomy_path(),
                                   settings.trigger_token, settings.character_name, Path(settings.analysis_path),
                                   use_cache=not args.no_cache)
-    render.show(ui, render.analysis_table(analysis))
+    ui.show(render.analysis_table(analysis))
     for line in analysis.get("warnings") or []:
         ui.warn(escape(line))
     ui.info(f"[bold]training prompt:[/bold] {escape(analysis['training_prompt'])}")

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "chat"
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
-    from agent.repl import Repl  # reaches its prompt without torch or the LLM client: both load on first use
+    from agent.views.repl import Repl  # reaches its prompt without torch or the LLM client: both load on first use
 
     repl = Repl(settings, ui)
     if args.message is not None:

@@ -11,7 +11,7 @@ from tools.generation.sampling import check_lora_scale  # stdlib and tools.error
 from tools.timestamps import timestamp  # the standard library's time only
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "generate"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from tools.errors import InputError
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.scoring.analyzer import ImageSet
     from tools.settings import Settings
 
@@ -67,7 +67,7 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dic
     """The analysis at settings.analysis_path, (re)made when missing, unreadable or stale."""
     from rich.markup import escape
 
-    from agent import render
+    from agent.views import render
     from tools.models import load_clip
     from tools.character import check_saved_analysis
     from tools.scoring.analyzer import analyze_references, reusable_analysis
@@ -87,7 +87,7 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dic
     ui.info(f"running the feature analysis first ({reason}) → {escape(str(path))}")
     analysis = analyze_references(references, profile, settings.taxonomy_path(), settings.trigger_token,
                                   settings.character_name, path, use_cache=use_cache)
-    render.show(ui, render.analysis_table(analysis))
+    ui.show(render.analysis_table(analysis))
     for line in analysis.get("warnings") or []:
         ui.warn(escape(line))
     ui.info(f"[bold]training prompt:[/bold] {escape(analysis['training_prompt'])}")
@@ -95,7 +95,7 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dic
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
-    from agent import render
+    from agent.views import render
     from tools.images import list_images, skipped_note
     from tools.models import resolve_profile
     from tools.scoring.analyzer import load_image_set
@@ -114,11 +114,11 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                               use_cache=not args.no_cache, quiet=args.quiet)
     feedback = build_feedback(report, args.lora) if args.lora in report["generators"] else None
     report_path, feedback_path = write_results(report, feedback, settings.output_dir)
-    render.show(ui, render.report_scores(report))
+    ui.show(render.report_scores(report))
     if feedback is None:
         ui.warn(f"no generator is named {args.lora!r}: no LoRA feedback written (name its images "
                 f"{args.lora}=PATH or pass --lora NAME)")
     else:
-        render.show_feedback(ui, feedback)
+        ui.show_feedback(feedback)
     ui.success(f"report: {report_path}" + (f"  feedback: {feedback_path}" if feedback_path else ""))
     return 0

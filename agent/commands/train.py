@@ -18,7 +18,7 @@ from tools.timestamps import timestamp  # the standard library's time only
 from tools.training.config import TrainConfig, default_train_config, training_settings
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "train"

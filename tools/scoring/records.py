@@ -122,7 +122,7 @@ class ComparisonReport(TypedDict):
     generators: dict[str, GeneratorSummary]
     ranking: list[RankingEntry]
     ceiling: Ceiling | None
-    round: NotRequired[int]  # set by agent.session
+    round: NotRequired[int]  # set by agent.rounds.session
 
 
 # ---------------------------------------------------------------- feedback

@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from agent.llm_client import provider_error, thinking_extra_body
-from agent.toolspec import ToolArgumentError, ToolSpec, parse_json_arguments
+from agent.llm.client import provider_error, thinking_extra_body
+from agent.llm.toolspec import ToolArgumentError, ToolSpec, parse_json_arguments
 from tools.errors import AldarError, ProviderError
 from tools.secrets import StreamRedactor, redact, redact_value
 

@@ -7,7 +7,7 @@ host): local servers take no key, but the openai client refuses to start without
 ``LOCAL_PLACEHOLDER_KEY`` — no secret ever goes there.
 ``settings.llm_timeout_s`` is a *total* deadline per request: Deepseek keeps a busy connection open
 with blank keep-alive lines for minutes, which resets an ordinary read timeout forever
-(``agent.llm_transport``). openai and httpx2 load with the first client, not with this module.
+(``agent.llm.transport``). openai and httpx2 load with the first client, not with this module.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def make_client(settings: Settings) -> tuple[openai.OpenAI, str]:
     import httpx2
     import openai
 
-    from agent.llm_transport import DeadlineTransport
+    from agent.llm.transport import DeadlineTransport
 
     budget = float(settings.llm_timeout_s)
     http_client = httpx2.Client(transport=DeadlineTransport(budget), timeout=httpx2.Timeout(budget),

@@ -1,10 +1,10 @@
 """``aldar chat``: talk to the assistant, or drive every step yourself with slash commands.
 
 Slash commands need no LLM at all; plain text goes to the LLM with the tools of
-``agent.llm_tools``. Input: history in ``$ALDAR_CACHE/chat_history`` (default ``~/.cache/aldar``),
+``agent.llm.tools``. Input: history in ``$ALDAR_CACHE/chat_history`` (default ``~/.cache/aldar``),
 Tab completes commands, Esc+Enter inserts a newline, and a line ending in ``\\`` continues on
 the next one. Ctrl-C cancels the running action (training stops at a checkpoint) and returns to the
-prompt; Ctrl-C twice at the prompt, Ctrl-D, or /quit leaves. All output goes through one ``agent.ui.UI``.
+prompt; Ctrl-C twice at the prompt, Ctrl-D, or /quit leaves. All output goes through one ``agent.views.ui.UI``.
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
 
-from agent import render
-from agent.llm_client import KEY_HELP, describe_endpoint, resolve_endpoint
-from agent.knobs import NAMES as KNOBS
-from agent.knobs import clamp_adjustments, knob_completions, params_text, parse_knob_arguments
-from agent.llm_tools import SessionTools, explain_features, latest_feedback
-from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
+from agent.views import render
+from agent.llm.client import KEY_HELP, describe_endpoint, resolve_endpoint
+from agent.rounds.knobs import NAMES as KNOBS
+from agent.rounds.knobs import clamp_adjustments, knob_completions, params_text, parse_knob_arguments
+from agent.llm.tools import SessionTools, explain_features, latest_feedback
+from agent.llm.loop import ChatLoop, LoopEvents, ToolCallRecord
+from agent.rounds.actions import generate_with_consent, train_next_round
 from agent.termination import terminated_by
-from agent.ui import UI
+from agent.views.ui import UI
 from tools.atomic import atomic_write_json, unused_path
 from tools.errors import AldarError, ConfigError, InputError
 from tools.paths import aldar_cache
@@ -75,9 +76,11 @@ class Repl:
     @property
     def session(self):
         if self._session is None:
-            from agent.session import Session
+            from agent.rounds.session import Session
+            from agent.views.report import ReportWriter
 
-            self._session = Session(self.settings, quiet=self.quiet, events=self.ui.session_events())
+            self._session = Session(self.settings, quiet=self.quiet,
+                                    events=self.ui.session_events(on_round_recorded=ReportWriter()))
         return self._session
 
     def close(self) -> None:
@@ -92,7 +95,7 @@ class Repl:
     def round_number(self) -> int:
         """The round in progress, else the next one (without opening the results folder)."""
         if self._session is None:
-            from agent.store import peek_history
+            from agent.rounds.store import peek_history
 
             return len(peek_history(self.settings.output_dir)["rounds"]) + 1
         current = self._session.current
@@ -198,8 +201,8 @@ class Repl:
 
     def _chat_loop(self) -> ChatLoop:
         if self.loop is None:
-            from agent.llm_client import make_client
-            from agent.prompts import chat_system_prompt
+            from agent.llm.client import make_client
+            from agent.llm.prompts import chat_system_prompt
 
             client, self.model = make_client(self.settings)
             session = self.session
@@ -256,7 +259,7 @@ class Repl:
     def cmd_analyze(self, args: list[str]) -> None:
         _no_extra(args, allowed={"--force"})
         analysis = self.session.analyze(force="--force" in args)
-        render.show(self.ui, render.analysis_table(analysis))
+        self.ui.show(render.analysis_table(analysis))
         self.ui.info(f"key features: {escape(', '.join(analysis.get('key_features') or []))}")
         self.ui.info(f"training prompt: {escape(analysis.get('training_prompt') or '')}")
 
@@ -277,9 +280,8 @@ class Repl:
         if not self._confirmed(question, "training skipped"):
             return
         change = shlex.join(args) if args else "no changes"
-        session.finish_scored_round_before_training(adjustments, f"set by hand with /train ({change})", "user")
         try:
-            result = session.train(adjustments or None)
+            result, _, _ = train_next_round(session, adjustments, f"set by hand with /train ({change})", "user")
         except KeyboardInterrupt:  # the trainer saved a checkpoint first; the round stays unfinished
             number = session.current.number if session.current else session.next_round_number
             run_dir = session.store.relative(session.store.round_run_dir(number))
@@ -291,12 +293,10 @@ class Repl:
 
     def cmd_generate(self, args: list[str]) -> None:
         session = self.session
-        paid = session.keyed_competitors()
-        if paid and not self._confirmed(f"Ask the paid APIs ({', '.join(paid)}) for images?",
-                                        f"{', '.join(paid)} skipped (paid)", required=False):
-            session.skip_competitors(paid)
-        prompt = " ".join(args).strip()
-        images = session.generate([prompt] if prompt else None)
+        paid = ", ".join(session.keyed_competitors())
+        images = generate_with_consent(session, lambda question: self._confirmed(question, f"{paid} skipped (paid)",
+                                                                                 required=False),
+                                       " ".join(args).strip() or None)
         self.ui.table("generated images", ["generator", "images", "folder"],
                  [[name, len(paths), session.store.relative(Path(paths[0]).parent) if paths else "-"]
                   for name, paths in images.items()])
@@ -304,12 +304,12 @@ class Repl:
     def cmd_score(self, args: list[str]) -> None:
         _no_extra(args)
         result = self.session.score()
-        render.show(self.ui, render.report_scores(result["report"]))
-        render.show_feedback(self.ui, result["feedback"])
+        self.ui.show(render.report_scores(result["report"]))
+        self.ui.show_feedback(result["feedback"])
         self.ui.info(f"feedback: {escape(str(self.session.store.relative(result.get('feedback_path'))))}")
 
     def cmd_auto(self, args: list[str]) -> None:
-        from agent.llm_decider import make_decider
+        from agent.llm.decider import make_decider
 
         if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
             raise InputError("/auto needs a number of rounds", "write e.g. /auto 2")
@@ -317,7 +317,7 @@ class Repl:
         session = self.session
         blocked = session.stop_before(len(session.history()) + rounds)
         if blocked:  # asking first would promise rounds that stop before training anything
-            from agent.session import how_to_go_on
+            from agent.rounds.session import how_to_go_on
 
             self.ui.warn(escape(f"/auto runs no round: {blocked} — {how_to_go_on(blocked)}, then restart the chat"))
             self.outcome = "failed"
@@ -331,7 +331,7 @@ class Repl:
         self.ui.info(f"decisions by [bold]{escape(decider.name)}[/bold]" + (f" — {escape(reason)}" if reason else ""))
         records = session.run_rounds(len(session.history()) + rounds, decider)
         if records:
-            render.show_history(self.ui, records)
+            self.ui.show_history(records)
 
     def cmd_history(self, args: list[str]) -> None:
         _no_extra(args)
@@ -339,7 +339,7 @@ class Repl:
         if not history:
             self.ui.info("no finished rounds yet — /auto 1, or /train, /generate, /score")
             return
-        render.show_history(self.ui, history)
+        self.ui.show_history(history)
 
     def cmd_explain(self, args: list[str]) -> None:
         feedback = latest_feedback(self.session)
@@ -358,7 +358,7 @@ class Repl:
                     f"{escape(item['why'])}.\n  → {escape(item['suggestion'])}")
 
     def cmd_report(self, args: list[str]) -> None:
-        from agent.report import write_report
+        from agent.views.report import write_report
 
         _no_extra(args)
         session = self.session
@@ -379,7 +379,7 @@ class Repl:
         if self._session is not None:
             params = self._session.params
         else:
-            from agent.session import planned_params
+            from agent.rounds.session import planned_params
 
             params = planned_params(self.settings)
         rows.append(["next round params", params_text(params)])

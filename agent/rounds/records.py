@@ -2,7 +2,7 @@
 
 ``TypedDict``s over plain JSON, like ``tools.scoring.records`` (whose analysis, comparison report and
 feedback they extend); docs/ARCHITECTURE.md ("training_history.json") explains each key. A record is
-written by ``agent.session.round_record``. Readers of a history from disk still read with ``.get``
+written by ``agent.rounds.session.round_record``. Readers of a history from disk still read with ``.get``
 where a key is ``NotRequired``: the original system's bare-list history has none of the newer keys.
 """
 

@@ -1,14 +1,14 @@
 """The tools the LLM may call: methods of small classes over a ``Session`` or a decider's data.
 
-Each tool's JSON schema is derived from its signature and docstring (``agent.toolspec``). The knob
+Each tool's JSON schema is derived from its signature and docstring (``agent.llm.toolspec``). The knob
 parameters are not written out per tool: a tool takes ``**knobs`` and the schema builder expands
-the knob group of ``agent.knobs`` there, ranged by this session's bounds (the same bounds the clamp
+the knob group of ``agent.rounds.knobs`` there, ranged by this session's bounds (the same bounds the clamp
 uses), so the schema the model sees, the validation of its arguments and the clamp never disagree.
 Results are small JSON-able dicts: the model's context is precious. The helpers read feedback and
 records from disk too (older histories lack newer keys), so they read optional keys with ``.get``.
 
 ``RoundTools`` holds the read-only tools both the chat (``SessionTools``) and the LLM decider
-(``agent.llm_decider.DecisionTools``) offer. Every change to the session goes through ``Session``
+(``agent.llm.decider.DecisionTools``) offer. Every change to the session goes through ``Session``
 methods. The read-only helpers below (``feedback_summary``, ``explain_features`` …) are also used
 by the slash commands (no LLM) and by the LLM decider's briefing.
 """
@@ -17,18 +17,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
-from agent.decision import Decision
-from agent.knobs import NAMES as KNOBS
-from agent.knobs import knob_parameters, knob_values
-from agent.policy import MISSED_PASS_RATE
-from agent.records import RoundRecord, SessionFeedback
-from agent.toolspec import Range, ToolSpec, tool_spec
+from agent.rounds.actions import generate_with_consent, train_next_round
+from agent.rounds.decision import Decision
+from agent.rounds.knobs import NAMES as KNOBS
+from agent.rounds.knobs import knob_parameters, knob_values
+from agent.rounds.policy import MISSED_PASS_RATE
+from agent.rounds.records import RoundRecord, SessionFeedback
+from agent.llm.toolspec import Range, ToolSpec, tool_spec
 from tools.atomic import read_json_object
 from tools.errors import InputError
 from tools.scoring.copies import copying
 
 if TYPE_CHECKING:
-    from agent.session import Session
+    from agent.rounds.session import Session
 
 
 # --------------------------------------------------------------------------- read-only helpers
@@ -134,7 +135,7 @@ def latest_feedback(session: "Session") -> dict | None:
 
 
 def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple]) -> dict:
-    from agent.policy import RulePolicy
+    from agent.rounds.policy import RulePolicy
 
     decision = RulePolicy(bounds).decide(feedback, history, params)
     return {"adjustments": decision.adjustments, "rationale": decision.rationale, "decided_by": decision.decided_by}
@@ -279,10 +280,7 @@ class SessionTools(RoundTools):
         session = self.session
         if not self.confirm(f"Train round {session.training_round_number}'s LoRA now?"):
             return {"ok": False, "error": "the user declined training; do not ask again this turn"}
-        adjustments = given_knobs(knobs)
-        session.finish_scored_round_before_training(adjustments, "adjusted in chat", self.decided_by)
-        applied, notes = session.apply(adjustments)
-        result = session.train()
+        result, applied, notes = train_next_round(session, given_knobs(knobs), "adjusted in chat", self.decided_by)
         chosen = {k: _round3(v) for k, v in (result.get("chosen_checkpoint") or {}).items()} or None
         return {"ok": True, "round": session.current.number if session.current else None,
                 "steps": result.get("steps"), "final_loss": _round3(result.get("final_loss")),
@@ -296,10 +294,7 @@ class SessionTools(RoundTools):
             prompt: A test prompt; by default the configured one with the emphasised features.
         """
         session = self.session
-        paid = session.keyed_competitors()
-        if paid and not self.confirm(f"Ask the paid APIs ({', '.join(paid)}) for images?"):
-            session.skip_competitors(paid)
-        images = session.generate([prompt] if prompt else None)
+        images = generate_with_consent(session, self.confirm, prompt)
         return {"ok": True, "round": session.current.number if session.current else None,
                 "images": {name: len(paths) for name, paths in images.items()},
                 "skipped": list(session.current.skipped) if session.current else []}
@@ -345,7 +340,7 @@ class SessionTools(RoundTools):
             scenes: How many scenes (3 to 6).
         """
         try:
-            from agent import story
+            from agent.llm import story
         except ImportError:
             return {"ok": False, "error": "story writing is not available in this installation"}
         tale = story.write_story(self.session.settings, idea, scenes)

@@ -4,7 +4,7 @@ The model gets this round's feedback, the earlier rounds, the current parameters
 policy's suggestion, with the guidance in ``prompts/`` (decider, feedback guide, knobs). It may look
 things up with read-only tools and must end with one ``propose_adjustment`` call, whose arguments
 are validated against the schema (ranges = the session's bounds) and then clamped with
-``agent.knobs.clamp_adjustments``. Whatever goes wrong — no key, an API error, a server that refuses
+``agent.rounds.knobs.clamp_adjustments``. Whatever goes wrong — no key, an API error, a server that refuses
 tools (not asked again that run) — the rule policy decides instead, and the reason is logged and kept in
 the rationale. A decision must decide: no proposal after a reminder, an empty one without ``stop`` or one
 without a rationale is "LLM proposed nothing — rule policy" (the model's text kept in the record); a
@@ -18,13 +18,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agent.decision import Decision, already_trained
-from agent.llm_client import ToolsUnsupportedError, is_deepseek, make_client
-from agent.knobs import SAFE_BOUNDS, clamp_adjustments, knob_values
-from agent.llm_tools import RoundTools, given_knobs, feedback_summary, round_summary, rule_suggestion
-from agent.loop import ChatLoop, LoopEvents, TurnResult, Usage
-from agent.policy import RulePolicy
-from agent.prompts import decider_system_prompt
+from agent.rounds.decision import Decision, already_trained
+from agent.llm.client import ToolsUnsupportedError, is_deepseek, make_client
+from agent.rounds.knobs import SAFE_BOUNDS, clamp_adjustments, knob_values
+from agent.llm.tools import RoundTools, given_knobs, feedback_summary, round_summary, rule_suggestion
+from agent.llm.loop import ChatLoop, LoopEvents, TurnResult, Usage
+from agent.rounds.policy import RulePolicy
+from agent.llm.prompts import decider_system_prompt
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InsecureUrlError
 from tools.settings import Settings
@@ -50,7 +50,7 @@ class NoDecision(ValueError):
 
 
 class LLMDecider:
-    """Implements ``agent.decision.Decider`` with an OpenAI-compatible model."""
+    """Implements ``agent.rounds.decision.Decider`` with an OpenAI-compatible model."""
 
     def __init__(self, settings: Settings, bounds: dict[str, tuple] | None = None, *, client: Any = None,
                  model: str | None = None, events: LoopEvents | None = None) -> None:

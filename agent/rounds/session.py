@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
 
-from agent.decision import Decider, Decision, already_trained
-from agent.knobs import bounds_for, clamp_adjustments, params_text
-from agent.ranking import best_round, ranked_rounds
-from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
+from agent.rounds.decision import Decider, Decision, already_trained
+from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
+from agent.rounds.ranking import best_round, ranked_rounds
+from agent.rounds.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
                            SessionFeedback, TrainingCurve)
-from agent.store import MODEL_KEYS, RunStore
+from agent.rounds.store import MODEL_KEYS, RunStore
+from agent.words import and_words
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
@@ -45,6 +46,9 @@ class SessionEvents:
     on_notice: Callable[[str], None] | None = None  # worth showing even in quiet mode: a round resumes
     on_warning: Callable[[str], None] | None = None  # a problem the run survives (a clamp, a skipped competitor)
     on_missing_key: Callable[[str], None] | None = None  # a competitor without its key; said every round
+    # The history changed: a round was recorded, or a resumed session found recorded rounds (a kill may have
+    # left their report behind). The report is written by whoever listens (agent.views.report.ReportWriter).
+    on_round_recorded: Callable[["Session"], None] | None = None
 
 
 def _emit(hook: Callable[[str], None] | None, message: str) -> None:
@@ -77,6 +81,12 @@ class RoundState:
     images: dict[str, list[Path]] | None = None
     skipped: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+    suite: list | None = None  # the prompt suite (tools.scoring.suite.SuitePrompt), drawn beside the own prompt
+    suite_images: dict[str, list[list[Path]]] | None = None  # generator → images of each suite prompt
+    suite_base_from: int | None = None  # the round whose base suite images were reused (same prompts and seeds)
+    suite_report: dict | None = None
+    suite_report_path: Path | None = None
+    suite_key: str | None = None
     report: ComparisonReport | None = None
     feedback: SessionFeedback | None = None
     report_path: Path | None = None
@@ -130,7 +140,6 @@ class Session:
         # a taxonomy that fits nothing leaves no half-begun round): the next round counts them as its own.
         self._pending = RoundState(number=0, params={}, stamp="")
         self.competitors: list[str] = list(settings.competitors)
-        self.report_written: Path | None = None  # report.html, once this process has written it
         try:
             self._derive_from_finished_rounds()
         except BaseException:
@@ -276,6 +285,7 @@ class Session:
                        "resumed_from_step": resumed_from, "checkpoint_scores": result.checkpoint_scores,
                        "chosen_checkpoint": result.chosen_checkpoint}
         state.images = state.report = state.feedback = None  # they came from the previous LoRA
+        state.suite_images = state.suite_report = None
         chosen = result.chosen_checkpoint or {}
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "
                   f"LoRA = step {chosen.get('step', result.steps)} ({chosen.get('why', 'last step')})")
@@ -379,7 +389,75 @@ class Session:
                     images[provider.name] = [image.path for image in made]
         state.images, state.prompts = images, list(prompts)
         state.report = state.feedback = None  # they scored the previous images
+        self._generate_suite(state, providers, sampling)
         return images
+
+    def suite(self) -> list:
+        """The round's prompt suite (``tools.scoring.suite``): deterministic from the analysis and the seed."""
+        from tools.scoring.suite import build_suite
+
+        if not self.settings.suite_size:
+            return []
+        return build_suite(self.analyze(), self.settings.seed, self.settings.suite_size)
+
+    def _generate_suite(self, state: RoundState, providers: list, sampling) -> None:
+        """The LoRA, the base and each competitor on the suite, every prompt at ``images_per_prompt`` images.
+        The base's suite images depend on the prompts, the sampling and the models only, so a round reuses an
+        earlier round's (same key) instead of drawing them again."""
+        from tools.generation.local import generate_local
+        from tools.providers import generate_with_provider
+
+        suite = self.suite()
+        state.suite, state.suite_images, state.suite_base_from = suite or None, None, None
+        if not suite:
+            return
+        texts = [prompt.text for prompt in suite]
+        per_prompt = sampling.images_per_prompt
+        images: dict[str, list[list[Path]]] = {}
+        key = suite_base_key(texts, sampling, self.profile.describe())
+        with self._stage("generate_suite"):
+            reused = self._reusable_base_suite(key, len(texts))
+            if reused is not None:
+                state.suite_base_from, images[BASE] = reused
+            for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
+                if name in images:
+                    continue
+                self._say(f"round {state.number}: drawing the prompt suite ({len(texts)} prompts) with {name} …")
+                started = time.perf_counter()
+                made = generate_local(self.profile, texts, self.store.round_suite_dir(state.number, name), sampling,
+                                      lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
+                                      name=name, quiet=self.quiet, batch_size=per_prompt)
+                self._compute("generate_suite", started)
+                images[name] = [[image.path for image in made[i * per_prompt:(i + 1) * per_prompt]]
+                                for i in range(len(texts))]
+            for provider in providers:
+                if provider.name not in (state.images or {}):
+                    continue  # it failed on the own prompt already this round
+                started = time.perf_counter()
+                try:
+                    made = generate_with_provider(provider, texts, self.store.round_suite_dir(state.number, provider.name),
+                                                  per_prompt, sampling.seed, skipped=state.skipped, quiet=self.quiet)
+                except AldarError as exc:
+                    _emit(self.events.on_warning, f"{provider.name} skipped the prompt suite this round: {exc}")
+                    state.skipped.append(f"{provider.name} (suite): {exc}")
+                    continue
+                finally:
+                    self._compute("generate_suite", started)
+                images[provider.name] = [[image.path for image in made if image.prompt == text] for text in texts]
+        state.suite_images = images
+        state.suite_key = key
+
+    def _reusable_base_suite(self, key: str, count: int) -> tuple[int, list[list[Path]]] | None:
+        """(round, base images per suite prompt) of the latest finished round drawn with the same suite key."""
+        for record in reversed(self.store.rounds):
+            suite = record.get("suite") if isinstance(record.get("suite"), dict) else {}
+            stored = (suite.get("images") or {}).get(BASE)
+            if suite.get("base_key") != key or not isinstance(stored, list) or len(stored) != count:
+                continue
+            paths = [[self.store.absolute(p) for p in group] for group in stored]
+            if all(group and all(p is not None and p.is_file() for p in group) for group in paths):
+                return suite.get("base_from_round") or record["round"], paths
+        return None
 
     def keyed_competitors(self) -> list[str]:
         """The competitors that will really be asked (their API key is set): the paid ones."""
@@ -414,13 +492,35 @@ class Session:
             if state.train:
                 feedback["training"] = training_curve(state.train)
             self._compute("score", started)
+        suite_report = self._score_suite(state)
+        if suite_report is not None:
+            feedback.update({name: suite_report[name] for name in SUITE_SCORES})
+            feedback["suite_prompts"] = suite_report["prompts"]
         with self._stage("store"):
             report["round"] = feedback["round"] = state.number
+            if suite_report is not None:
+                suite_report["round"] = state.number
+                state.suite_report_path = self.store.write_suite_report(suite_report, state.number)
             state.report_path = self.store.write_comparison_report(report, state.stamp)
             state.feedback_path = self.store.write_feedback(feedback, state.stamp)
         state.report, state.feedback = report, feedback
         return {"report": report, "feedback": feedback, "report_path": state.report_path,
                 "feedback_path": state.feedback_path}
+
+    def _score_suite(self, state: RoundState) -> dict | None:
+        """Identity, editability and bleed of every generator on the round's suite (None: no suite drawn)."""
+        from tools.scoring.suite import score_suite
+
+        if not state.suite or not state.suite_images:
+            return None
+        with self._stage("score_suite"):
+            count = sum(len(group) for groups in state.suite_images.values() for group in groups)
+            self._say(f"round {state.number}: scoring the prompt suite ({count} images) …")
+            started = time.perf_counter()
+            state.suite_report = score_suite(state.suite, state.suite_images, self.references, self.profile,
+                                             self.analyze(), lora=LORA, base=BASE)
+            self._compute("score_suite", started)
+        return state.suite_report
 
     # ---------------------------------------------------------------- decide + record
     def decide(self, decider: Decider) -> Decision:
@@ -450,7 +550,7 @@ class Session:
             self.params = dict(next_params)
             self.current = None
             self._update_best()
-            self._write_report()
+            self._round_recorded()
         return record
 
     def _derive_from_finished_rounds(self) -> None:
@@ -461,18 +561,17 @@ class Session:
         """
         if self.store.rounds:
             self._update_best()
-            self._write_report()
+            self._round_recorded()
 
     def _update_best(self) -> None:
-        best = best_round(self.store.rounds)
+        best = best_round(self.store.rounds, self.settings.round_ranking)
         if best is not None:
             if not self.store.best_lora_holds(best):
                 self.store.mark_best(best)
 
-    def _write_report(self) -> None:
-        from agent.report import write_report
-
-        self.report_written = write_report(self.store, self.references, self.history())
+    def _round_recorded(self) -> None:
+        if self.events.on_round_recorded is not None:
+            self.events.on_round_recorded(self)
 
     def run_round(self, decider: Decider) -> dict:
         """analyze (once) → train → generate → score → feedback → decide → record.
@@ -485,8 +584,6 @@ class Session:
         reused = [stage for stage, done in (("LoRA", state.train), ("images", state.images), ("scores", state.feedback))
                   if done]
         if reused:  # said even when quiet: otherwise "/auto 1" after "/train" looks as if it trained nothing
-            from agent.render import and_words
-
             _emit(self.events.on_notice, f"round {state.number}: using the {and_words(reused)} already made for it "
                                          "in this session (not made again)")
         if state.train is None:
@@ -499,7 +596,8 @@ class Session:
 
     def stop_before(self, rounds: int) -> str:
         """Why ``run_rounds(rounds)`` would stop before training anything, or '' when it would run a round."""
-        return stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience)
+        return stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience,
+                           self.settings.round_ranking)
 
     def run_rounds(self, rounds: int, decider: Decider,
                    on_round: Callable[[dict], None] | None = None) -> list[dict]:
@@ -571,7 +669,7 @@ def planned_params(settings: Settings) -> dict:
     """``starting_params`` of the results folder without opening it: no lock, no torch (the chat's /config
     before a session exists). The knobs' defaults depend on the profile's name only, so a stand-in profile
     (no device detection) gives the same ones."""
-    from agent.store import peek_history
+    from agent.rounds.store import peek_history
 
     stand_in = ModelProfile(settings.profile, settings.base_model, settings.clip_model, "cpu", "fp32", settings.seed)
     history = peek_history(settings.output_dir)
@@ -707,6 +805,7 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
         "decided_by": decision.decided_by,
         "next_params": next_params,
         "prompts": state.prompts,
+        "suite": suite_record(state, store),
         "skipped_competitors": state.skipped,
         "paths": {"run_dir": store.relative(train.get("run_dir")), "lora": store.relative(train.get("lora_path")),
                   "kohya_lora": store.relative(train.get("kohya_path")),
@@ -719,6 +818,36 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
     }
 
 
+SUITE_SCORES = ("identity", "editability", "bleed")
+
+
+def suite_base_key(texts: list[str], sampling, profile: dict) -> str:
+    """What the base's suite images depend on: the prompts, how they are drawn and the models."""
+    import hashlib
+    import json
+
+    drawn = dataclasses.asdict(sampling.as_drawn())
+    models = {k: profile.get(k) for k in MODEL_KEYS}
+    text = json.dumps({"prompts": texts, "sampling": drawn, "models": models}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def suite_record(state: RoundState, store: RunStore) -> dict | None:
+    """The round record's ``suite``: its prompts, the LoRA's three scores, every generator's images."""
+    if not state.suite:
+        return None
+    report = state.suite_report or {}
+    return {"prompts": [prompt.as_dict() for prompt in state.suite],
+            "scores": {name: report.get(name) for name in SUITE_SCORES},
+            "generators": {name: {"identity": entry["identity"]["mean"], "editability": entry["editability"]["rate"],
+                                  "no_trigger_clip": entry["no_trigger"]["clip"]["mean"]}
+                           for name, entry in (report.get("generators") or {}).items()},
+            "images": {name: [[store.relative(p) for p in group] for group in groups]
+                       for name, groups in (state.suite_images or {}).items()},
+            "base_key": state.suite_key, "base_from_round": state.suite_base_from,
+            "report": store.relative(state.suite_report_path)}
+
+
 def how_to_go_on(reason: str) -> str:
     """What lets rounds run again after ``stop_reason`` gave ``reason`` (the setting that stopped them)."""
     if reason.startswith("target reached"):
@@ -728,7 +857,7 @@ def how_to_go_on(reason: str) -> str:
     return "ask for more rounds (aldar run --rounds N)"
 
 
-def stop_reason(history: list[dict], rounds: int, target: float, patience: int) -> str:
+def stop_reason(history: list[dict], rounds: int, target: float, patience: int, ranking: str = "guarded") -> str:
     """Why no further round should run, or '' to go on (the tiny profile too: its toy-world scores mean something)."""
     if len(history) >= rounds:
         if len(history) == rounds:
@@ -741,7 +870,7 @@ def stop_reason(history: list[dict], rounds: int, target: float, patience: int) 
     last = scored[-1]
     if last["lora_score"] >= target:
         return f"target reached: round {last['round']} scored {last['lora_score']:.3f} ≥ {target}"
-    best = best_round(history)
+    best = best_round(history, ranking)
     since_best = sum(1 for r in scored if r["round"] > best["round"])
     if since_best >= patience:
         return f"no improvement for {since_best} round(s) since round {best['round']} (patience {patience})"

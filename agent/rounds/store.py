@@ -121,7 +121,7 @@ def remove_own_staging(root: Path) -> int:
 
 # The types the code relies on in a record read from disk (None: absent in older histories, or unset).
 # Checked once here, at load, so that a hand-edited "round": "one" is named as damaged instead of
-# failing as a TypeError rounds later (agent/ranking.py sorts and compares these).
+# failing as a TypeError rounds later (agent/rounds/ranking.py sorts and compares these).
 _RECORD_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "params": (dict,), "train": (dict,), "scores": (dict,), "ranking": (list,), "decision": (dict,),
     "next_params": (dict,), "paths": (dict,), "prompts": (list,), "skipped_competitors": (list,),
@@ -311,6 +311,12 @@ class RunStore:
 
     def round_images_dir(self, number: int, generator: str) -> Path:
         return self.comparisons_dir / f"round_{number:02d}" / generator
+
+    def round_suite_dir(self, number: int, generator: str) -> Path:
+        return self.comparisons_dir / f"round_{number:02d}" / "suite" / generator
+
+    def write_suite_report(self, report: dict[str, Any], number: int) -> Path:
+        return atomic_write_json(self.comparisons_dir / f"round_{number:02d}" / "suite_report.json", report)
 
     def relative(self, path: str | Path | None) -> str | None:
         """``path`` relative to the results folder (history and report stay valid if the folder moves)."""

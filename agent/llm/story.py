@@ -1,7 +1,7 @@
 """Illustrated Aldar Köse stories: the LLM writes a short tale as scenes, a generator draws each scene.
 
 As in the original project, the story comes from Deepseek (any OpenAI-compatible endpoint works:
-``agent.llm_client.make_client``). The model must answer with JSON
+``agent.llm.client.make_client``). The model must answer with JSON
 ``{"title": str, "scenes": [{"text": str, "image_prompt": str}, ...]}`` (3–6 scenes); a reply that
 is not valid gets one retry carrying the error, then a ``ProviderError``. Each scene's
 picture comes from the local LoRA, the bare base model, or a hosted provider, with the
@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.llm_client import make_client, provider_error, thinking_extra_body
-from agent.prompts import load_prompt
+from agent.llm.client import make_client, provider_error, thinking_extra_body
+from agent.llm.prompts import load_prompt
 from tools.atomic import unused_path
 from tools.errors import ConfigError, InputError, ProviderError
 from tools.secrets import redact
