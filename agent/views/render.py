@@ -300,6 +300,11 @@ def analysis_table(analysis: Analysis) -> Table:
     key = {(d["category"], d["feature"]) for d in analysis["key_feature_details"]}
     rows = []
     for category, entry in analysis["categories"].items():
+        if entry.get("clear") is False:  # a probability near 1 would claim a match the pictures do not show
+            best = entry["top"][0]
+            rows.append([category, f"no clear match (nearest: {best['feature']})", number(best["probability"]),
+                         f"{best.get('agreement')}/{count}", "key" if (category, best["feature"]) in key else ""])
+            continue
         for rank, item in enumerate(entry["top"], start=1):
             rows.append([category if rank == 1 else "", item["feature"], number(item["probability"]),
                          f"{item.get('agreement')}/{count}", "key" if (category, item["feature"]) in key else ""])
