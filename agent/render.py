@@ -228,9 +228,13 @@ def checkpoint_choice(train: RoundTrain) -> Table | None:
     chosen = train.get("chosen_checkpoint")
     if not chosen:
         return None
-    rows = [[f"step {s.get('step')}", number(s.get("quality")), CHOSEN if s.get("step") == chosen.get("step") else ""]
-            for s in train.get("checkpoint_scores") or []]
-    return Table(f"LoRA used: checkpoint at step {chosen.get('step')}", ["checkpoint", "quality", ""], rows,
+    scores = train.get("checkpoint_scores") or []
+    with_loss = any("validation_loss" in s for s in scores)  # histories from before issue 26 have none
+    rows = [[f"step {s.get('step')}", number(s.get("quality")),
+             *([_loss(s.get("validation_loss"))] if with_loss else []),
+             CHOSEN if s.get("step") == chosen.get("step") else ""] for s in scores]
+    columns = ["checkpoint", "quality", *(["validation loss"] if with_loss else []), ""]
+    return Table(f"LoRA used: checkpoint at step {chosen.get('step')}", columns, rows,
                  caption=str(chosen.get("why") or ""))
 
 
@@ -325,3 +329,8 @@ def show_feedback(ui: "UI", feedback: Feedback) -> None:
 
 def _notice(document: dict) -> str | None:
     return document.get("notice") or (document.get("profile") or {}).get("notice")
+
+
+def _loss(value: Any) -> str:
+    """A validation loss: four decimals, as neighbouring checkpoints differ in the third."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING

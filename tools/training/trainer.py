@@ -44,6 +44,8 @@ from tools.timestamps import iso_timestamp
 __all__ = ["TrainConfig", "TrainResult", "default_train_config", "train_lora", "denoising_loss", "evaluation_loss"]
 
 EMA_DECAY = 0.9
+# Validation loss: every reference at these fractions of the noise schedule, each with its own seeded noise.
+VALIDATION_TIMESTEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 # A checkpoint's validation images -> its scores against the references ({"quality": float, ...}).
 CheckpointScorer = Callable[[list[Path]], dict[str, float]]
 
@@ -62,6 +64,7 @@ class TrainResult:
     validation_images: list[Path] = field(default_factory=list)
     checkpoint_scores: list[dict] = field(default_factory=list)  # {"step", "quality", ...} per scored checkpoint
     chosen_checkpoint: dict | None = None  # the checkpoint exported as the run's LoRA: {"step", "quality", "why"}
+    validation_losses: dict[int, float] = field(default_factory=dict)  # step -> validation loss, per checkpoint
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,12 +119,14 @@ class _Run:
         self.buckets = [image.bucket for image in images]
         self.started_at = time.time()  # epoch seconds: what kohya's ss_training_started_at holds
         self.step, self.rows, self.ema, self.scores = 0, [], None, []
+        self.validation_losses: dict[int, float] = {}
         self.validation_paths: list[Path] = []
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.latents = self._cache_latents()
         self.text_cache = None if config.train_text_encoder else self._cache_text()
+        self.validation_set = self._validation_set()
 
     # ---- caches
     def _cache_latents(self):
@@ -151,6 +156,60 @@ class _Run:
         encoders = [models.get("text_encoder", self.pipe.text_encoder),
                     models.get("text_encoder_2", self.pipe.text_encoder_2)]
         return encode_prompts(captions, [self.pipe.tokenizer, self.pipe.tokenizer_2], encoders, self.device)
+
+    def _validation_set(self) -> list[dict]:
+        """What the validation loss is measured on: each reference's latent mean (no sampling), its caption,
+        and fixed timesteps with noise seeded by (seed, image) — the same numbers at every checkpoint and round."""
+        scale, shift = self.pipe.vae.config.scaling_factor, getattr(self.pipe.vae.config, "shift_factor", None)
+        count = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.tensor([int(f * count) for f in VALIDATION_TIMESTEP_FRACTIONS])
+        items = []
+        for index, image in enumerate(self.images):
+            latent = ((self.latents[(index, False)][0] - (shift or 0.0)) * scale).unsqueeze(0)
+            latents = latent.expand(len(timesteps), *latent.shape[1:])
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(
+                _position_seed(self.config.seed, 104729, index)))
+            items.append({"latents": latents, "noise": noise, "timesteps": timesteps, "caption": image.caption,
+                          "time_ids": image.time_ids(False).unsqueeze(0).expand(len(timesteps), -1)})
+        return items
+
+    @torch.no_grad()
+    def _validation_loss(self) -> float:
+        """Mean plain-MSE denoising loss of the current weights on the validation set: deterministic, so
+        checkpoints (and rounds with the same references) compare; kohya, OneTrainer and SimpleTuner log it too."""
+        unet = self.accelerator.unwrap_model(self.wrapped["unet"]) if hasattr(self, "wrapped") else self.pipe.unet
+        for module in self.modules.values():
+            module.eval()
+        losses = []
+        try:
+            with self.accelerator.autocast():
+                for item in self.validation_set:
+                    count = len(item["timesteps"])
+                    if self.text_cache is not None and item["caption"] in self.text_cache:
+                        embeds, pooled = self.text_cache[item["caption"]]
+                        embeds, pooled = embeds.unsqueeze(0), pooled.unsqueeze(0)
+                    else:
+                        embeds, pooled = self._encode([item["caption"]])
+                    device = self.device
+                    loss = denoising_loss(unet, self.noise_scheduler, item["latents"].to(device),
+                                          item["noise"].to(device), item["timesteps"].to(device),
+                                          embeds.expand(count, *embeds.shape[1:]), pooled.expand(count, -1),
+                                          item["time_ids"].to(device), 0.0, weights=item.get("weights"))
+                    losses.append(loss.item())
+        finally:
+            for module in self.modules.values():
+                module.train()
+        return sum(losses) / len(losses)
+
+    def _record_validation_loss(self) -> float:
+        value = self._validation_loss()
+        self.validation_losses[self.step] = value
+        for row in reversed(self.rows):
+            if row["step"] == self.step:
+                row["validation_loss"] = value
+                break
+        self.accelerator.log({"validation_loss": value}, step=self.step)
+        return value
 
     # ---- main loop
     def train(self, checkpoint: Path | None, quiet: bool, stop: threading.Event | None) -> TrainResult:
@@ -261,11 +320,13 @@ class _Run:
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            validation_loss = self._record_validation_loss()
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "lr_scheduler": self.lr_scheduler.state_dict(), "rng": capture_rng_state(),
                      "loss_ema": self.ema, "optimizer_name": self.optimizer_name}
             save_checkpoint(self.run_dir, self.step, self._state_dicts(), self._lora_configs(), state,
-                            self.config.checkpoints_to_keep, made_with=self.profile.describe(),
+                            self.config.checkpoints_to_keep,
+                            made_with={**self.profile.describe(), "validation_loss": validation_loss},
                             protect=self._best_step())
             if render:
                 self._score(self._render_validation())
@@ -277,7 +338,9 @@ class _Run:
         if self.score_checkpoint is None or not images:
             return
         self.scores = [s for s in self.scores if s["step"] != self.step]
-        self.scores.append({"step": self.step, **{k: float(v) for k, v in self.score_checkpoint(images).items()}})
+        self.scores.append({"step": self.step, **{k: float(v) for k, v in self.score_checkpoint(images).items()},
+                            **({"validation_loss": self.validation_losses[self.step]}
+                               if self.step in self.validation_losses else {})})
         write_checkpoint_scores(self.run_dir, self.scores)
 
     def _best_step(self) -> int | None:
@@ -297,6 +360,7 @@ class _Run:
         restore_rng_state(state["rng"])
         self.step, self.ema = state["step"], state["loss_ema"]
         self.rows = read_loss_log(self.run_dir / LOSS_LOG, up_to_step=self.step)
+        self.validation_losses = {r["step"]: r["validation_loss"] for r in self.rows if "validation_loss" in r}
         self.scores = [s for s in read_checkpoint_scores(self.run_dir) if s["step"] <= self.step]
 
     def _render_validation(self) -> list[Path]:
@@ -351,6 +415,7 @@ class _Run:
         if config.checkpoint_every and not (self.run_dir / f"{CHECKPOINT_PREFIX}{self.step:06d}").is_dir():
             self._checkpoint()
         elif not config.checkpoint_every and self.accelerator.is_main_process:
+            self._record_validation_loss()
             self._score(self._render_validation())
             self._write_loss_files()
         lora_path = self.run_dir / DIFFUSERS_WEIGHTS
@@ -368,6 +433,8 @@ class _Run:
                 dataset_dir=_dataset_dir(self.images), started_at=self.started_at, finished_at=finished_at,
                 prediction_type=self.noise_scheduler.config.prediction_type, optimizer=self.optimizer_class,
                 buckets=_bucket_counts(self.buckets) if config.bucketing else None)
+            if self.chosen["step"] in self.validation_losses:  # kohya logs it (val_loss) but writes no ss_ key
+                metadata["aldar_validation_loss"] = f"{self.validation_losses[self.chosen['step']]:.6g}"
             export_lora(lora_path, kohya_path, state_dicts, self._lora_configs(), config.alpha, metadata,
                         config.save_precision)
         self.accelerator.wait_for_everyone()  # other processes return only once the files exist
@@ -386,7 +453,7 @@ class _Run:
         if best is not None and (best["step"] in on_disk or best["step"] == self.step):
             others = ", ".join(f"step {s['step']}: {s['quality']:.3f}" for s in self.scores if s is not best)
             return {**best, "why": f"highest validation quality against the references ({best['quality']:.3f}"
-                                   + (f"; {others}" if others else "") + ")"}
+                                   + (f"; {others}" if others else "") + ")" + self._loss_disagreement(best["step"])}
         if not self.config.select_best_checkpoint:
             why = "last step (best-checkpoint selection is off)"
         elif not self.scores:
@@ -396,11 +463,24 @@ class _Run:
         last = next((s for s in self.scores if s["step"] == self.step), {})
         return {**last, "step": self.step, "why": why}
 
+    def _loss_disagreement(self, chosen_step: int) -> str:
+        """A note when the lowest validation loss among the scored checkpoints is at another step: the loss
+        measures fit to the references, the quality what the LoRA draws — they can part (overfitting)."""
+        losses = {s["step"]: self.validation_losses[s["step"]] for s in self.scores if s["step"] in self.validation_losses}
+        if len(losses) < 2:
+            return ""
+        lowest = min(losses, key=lambda step: (losses[step], -step))
+        if lowest == chosen_step:
+            return "; validation loss agrees (lowest there too)"
+        return (f"; validation loss disagrees: lowest at step {lowest} ({losses[lowest]:.4f}, "
+                f"{losses[chosen_step]:.4f} at step {chosen_step})")
+
     def _result(self, interrupted: bool, lora_path: Path | None = None, kohya_path: Path | None = None):
         curve = self.run_dir / LOSS_CURVE
         return TrainResult(self.run_dir, lora_path, kohya_path, self.step, self.ema, checkpoint_dirs(self.run_dir),
                            self.run_dir / LOSS_LOG, interrupted, curve if curve.is_file() else None,
-                           list(self.validation_paths), list(self.scores), getattr(self, "chosen", None))
+                           list(self.validation_paths), list(self.scores), getattr(self, "chosen", None),
+                           dict(self.validation_losses))
 
     def _diverged(self, value: float) -> TrainingError:
         last = latest_checkpoint(self.run_dir)
@@ -412,8 +492,11 @@ class _Run:
 
 # --------------------------------------------------------------------------- pieces
 def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embeds, pooled_embeds, time_ids,
-                   snr_gamma: float = 0.0) -> torch.Tensor:
-    """SDXL's training objective: predict the added noise (or velocity); min-SNR weighting when gamma > 0."""
+                   snr_gamma: float = 0.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """SDXL's training objective: predict the added noise (or velocity); min-SNR weighting when gamma > 0.
+
+    ``weights`` (batch, 1, h, w) on the latent grid weigh each latent pixel (masked loss: the character's mask
+    average-pooled, kohya's ``apply_masked_loss``); None weighs all alike."""
     dtype = next(unet.parameters()).dtype
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(noisy.to(dtype), timesteps, prompt_embeds.to(dtype),
@@ -421,11 +504,15 @@ def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embe
                       return_dict=False)[0].float()
     kind = noise_scheduler.config.prediction_type
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if kind == "v_prediction" else noise
-    if not snr_gamma:
+    if not snr_gamma and weights is None:
         return F.mse_loss(prediction, target.float())
-    weights = min_snr_weights(noise_scheduler, timesteps, snr_gamma)
-    per_sample = F.mse_loss(prediction, target.float(), reduction="none").mean(dim=list(range(1, prediction.ndim)))
-    return (per_sample * weights).mean()
+    squared = F.mse_loss(prediction, target.float(), reduction="none")
+    if weights is not None:
+        squared = squared * weights.to(squared.device, squared.dtype)
+    per_sample = squared.mean(dim=list(range(1, prediction.ndim)))
+    if snr_gamma:
+        per_sample = per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma)
+    return per_sample.mean()
 
 
 def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
