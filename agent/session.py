@@ -249,6 +249,8 @@ class Session:
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
             raise KeyboardInterrupt
+        for note in getattr(result, "notes", []):  # masks resized or missing: said once per round
+            _emit(self.events.on_notice, f"round {state.number}: {note}")
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted,

@@ -89,3 +89,176 @@ def test_the_choice_says_when_validation_loss_and_quality_disagree(profile, refe
     assert ("disagrees" in why) == (lowest != 1) and ("agrees" in why), why
     if lowest != 1:
         assert f"lowest at step {lowest}" in why
+
+
+# --------------------------------------------------------------------------- LoKr and LoHa
+def _lycoris_delta(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A module's weight change as ComfyUI / A1111 compute it from the kohya (LyCORIS) file."""
+    get = lambda name: parts[name].float()  # noqa: E731
+    if "hada_w1_a" in parts:
+        return (get("hada_w1_a") @ get("hada_w1_b")) * (get("hada_w2_a") @ get("hada_w2_b")) \
+            * get("alpha") / parts["hada_w1_b"].shape[0]
+    low_rank = "lokr_w2_a" in parts
+    w2 = get("lokr_w2_a") @ get("lokr_w2_b") if low_rank else get("lokr_w2")
+    scale = get("alpha") / parts["lokr_w2_b"].shape[0] if low_rank else 1.0
+    return torch.kron(get("lokr_w1"), w2) * scale
+
+
+@pytest.mark.parametrize("adapter", ["lokr", "loha"])
+def test_lokr_and_loha_train_export_and_reload_bit_exactly(profile, references, tmp_path, adapter):
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from tools.generation.local import generate_local
+    from tools.generation.lycoris import load_lycoris_weights
+    from tools.generation.sampling import SamplingSpec
+    from tools.models import load_toy_world_pipeline
+
+    config = quick(profile, steps=3, adapter=adapter, save_precision="fp32", train_text_encoder=True,
+                   learning_rate=1e-2)
+    result = train_lora(config, profile, references, tmp_path / "run", quiet=True)
+    saved = load_file(str(result.lora_path))
+    pipe = load_toy_world_pipeline()
+    load_lycoris_weights(pipe, result.lora_path, "check")
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        loaded = get_peft_model_state_dict(getattr(pipe, component), adapter_name="check")
+        prefix = component + ("." if component == "unet" else ".text_model.")
+        assert loaded and all(torch.equal(value, saved[prefix + key.removeprefix("text_model.")])
+                              for key, value in loaded.items()), component
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if "w2" in k)  # it trained: w2 left its zero start
+    # The kohya file's modules give the weight change peft applies, as LyCORIS loaders compute it.
+    kohya = load_file(str(result.kohya_path))
+    meta = safe_open(str(result.kohya_path), "pt").metadata()
+    assert meta["ss_network_module"] == "lycoris.kohya" and json.loads(meta["ss_network_args"]) == {"algo": adapter}
+    layers = {name: layer for name, layer in pipe.unet.named_modules() if hasattr(layer, "get_delta_weight")}
+    checked = 0
+    for name, layer in layers.items():
+        stem = "lora_unet_" + name.replace(".", "_")
+        parts = {k.rpartition(".")[2]: v for k, v in kohya.items() if k.rpartition(".")[0] == stem}
+        if parts:
+            torch.testing.assert_close(_lycoris_delta(parts), layer.get_delta_weight("check").float(),
+                                       rtol=1e-5, atol=1e-7)
+            checked += 1
+    assert checked == len([k for k in kohya if k.startswith("lora_unet_") and k.endswith(".alpha")]) > 0
+    # aldar's own generator draws with it.
+    images = generate_local(profile, ["aldarkose"], tmp_path / "drawn", SamplingSpec(seed=1, steps=2),
+                            lora_path=result.lora_path, quiet=True)
+    assert images and images[0].path.is_file()
+
+
+def test_dora_is_refused_with_lokr(profile):
+    from tools.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="DoRA is a LoRA variant"):
+        quick(profile, adapter="lokr", use_dora=True).validate()
+
+
+@pytest.mark.parametrize("adapter", ["lokr", "loha"])
+def test_lokr_and_loha_beat_the_base_on_key_features(tiny_settings, adapter):
+    """As the LoRA's learning test (tests/test_world_learning.py): one round on the toy world, the adapter's
+    images against the base model's on the references' key features."""
+    from agent.policy import RulePolicy
+    from agent.session import Session
+
+    settings = tiny_settings.replace(images_per_prompt=0, target_score=1.0)
+    with Session(settings, quiet=True) as session:
+        session.params["adapter"] = adapter
+        record = session.run_rounds(1, RulePolicy(bounds=session.bounds))[0]
+    assert record["params"]["adapter"] == adapter
+    lora, base = record["scores"]["lora"]["features"], record["scores"]["base"]["features"]
+    assert lora >= base + 0.15, (lora, base)
+
+
+# --------------------------------------------------------------------------- masked loss
+def _masked_references(folder: Path, sizes=((64, 64), (64, 64), (64, 64)), masked=(0, 1, 2)) -> list[tuple[Path, str]]:
+    """The figure-on-background pictures with masks/ beside them (white = the dark figure)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(exist_ok=True)
+    pairs = []
+    for index, background in enumerate([(200, 60, 60), (60, 200, 60), (60, 60, 200)]):
+        pixels = np.full((64, 64, 3), background, np.uint8)
+        pixels[16:48, 20:44] = (30, 30, 30)
+        Image.fromarray(pixels).save(folder / f"ref{index}.png")
+        if index in masked:
+            mask = np.zeros((64, 64), np.uint8)
+            mask[16:48, 20:44] = 255
+            Image.fromarray(mask).resize(sizes[index], Image.NEAREST).save(folder / "masks" / f"ref{index}.png")
+        pairs.append((folder / f"ref{index}.png", CAPTIONS[index]))
+    return pairs
+
+
+def test_masks_move_with_their_picture_through_buckets_and_crops(tmp_path):
+    from tools.training.data import load_masks, prepare_images
+
+    folder = tmp_path / "refs"
+    (folder / "masks").mkdir(parents=True)
+    pixels = np.zeros((96, 160, 3), np.uint8)  # wide: bucketed and cropped
+    mask = np.zeros((96, 160), np.uint8)
+    pixels[:, :40] = mask[:, :40] = 255  # the character on the left edge
+    Image.fromarray(pixels).save(folder / "wide.png")
+    Image.fromarray(mask).save(folder / "masks" / "wide.png")
+    masks, notes = load_masks([folder / "wide.png"])
+    assert notes == []
+    for step in (None, 8):
+        image = prepare_images([(folder / "wide.png", "aldarkose")], 64, step, masks)[0]
+        assert image.mask.shape[1:] == image.pixels.shape[1:]
+        bright = (image.pixels.mean(0) > 0).float()  # where the white picture part landed
+        assert torch.allclose(bright, (image.mask[0] > 0.5).float())
+
+
+def test_an_alpha_channel_is_a_mask_and_an_opaque_one_is_not(tmp_path):
+    from tools.training.data import load_masks
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 3] = 0
+    rgba[8:24, 8:24, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    Image.fromarray(np.full((32, 32, 4), 255, np.uint8), "RGBA").save(tmp_path / "opaque.png")
+    masks, notes = load_masks([tmp_path / "cut.png", tmp_path / "opaque.png"])
+    assert list(masks) == [tmp_path / "cut.png"] and np.asarray(masks[tmp_path / "cut.png"])[16, 16] == 255
+    assert notes == ["no mask for opaque.png: trained unmasked (whole picture)"]
+
+
+def test_bad_masks_are_resized_refused_or_listed_once(tmp_path):
+    from tools.errors import InputError
+    from tools.training.data import load_masks
+
+    pairs = _masked_references(tmp_path / "a", sizes=((64, 64), (32, 32), (64, 64)), masked=(0, 1))
+    masks, notes = load_masks([p for p, _ in pairs])
+    assert len(masks) == 2 and masks[pairs[1][0]].size == (64, 64)
+    assert notes == ["masks resized to their picture: ref1.png (32x32 -> 64x64)",
+                     "no mask for ref2.png: trained unmasked (whole picture)"]
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "a" / "masks" / "ref2.png")
+    with pytest.raises(InputError, match="ref2.png is all black"):
+        load_masks([p for p, _ in pairs])
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a" / "nomask.png")
+    with pytest.raises(InputError, match="found no mask"):
+        load_masks([tmp_path / "a" / "nomask.png"])
+
+
+def test_masked_loss_weighs_only_the_character(profile, tmp_path):
+    """With the outside weight 0 the loss sees the character alone: two reference sets that differ only in their
+    backgrounds give the same validation loss; without masks, they differ."""
+    from tools.training.data import clear_latent_cache
+
+    first = _masked_references(tmp_path / "a")
+    second = _masked_references(tmp_path / "b")
+    for path, _ in second:  # same figures, other backgrounds
+        pixels = np.asarray(Image.open(path)).copy()
+        pixels[:8] = (250, 250, 0)
+        Image.fromarray(pixels).save(path)
+    config = quick(profile, steps=1, masked_loss=True, bucketing=False)
+    runs = {}
+    for name, pairs in (("a", first), ("b", second)):
+        clear_latent_cache()
+        runs[name] = train_lora(config, profile, pairs, tmp_path / f"run-{name}", quiet=True)
+    assert runs["a"].notes == []
+    # The VAE's latents mix neighbouring pixels: the character's own latent cells stay nearly alike.
+    a, b = runs["a"].validation_losses[1], runs["b"].validation_losses[1]
+    plain = {name: train_lora(config.replace(masked_loss=False), profile, pairs, tmp_path / f"plain-{name}",
+                              quiet=True).validation_losses[1] for name, pairs in (("a", first), ("b", second))}
+    assert abs(a - b) < abs(plain["a"] - plain["b"]), (a, b, plain)
+    from safetensors import safe_open
+
+    assert safe_open(str(runs["a"].kohya_path), "pt").metadata()["ss_masked_loss"] == "True"

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("auto", "adamw", "adamw8bit", "prodigy")
 SAVE_PRECISIONS = ("fp16", "bf16", "fp32")
 REPORT_TO = ("none", "tensorboard")
+ADAPTERS = ("lora", "lokr", "loha")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -59,6 +60,10 @@ class TrainConfig:
                                                  "learning-rate warmup (its authors' advice with warmup)")
     prodigy_use_bias_correction: bool = _setting(True, "Prodigy: Adam-style bias correction (its authors' advice "
                                                     "for diffusion models)")
+    adapter: str = _setting("lora", "adapter kind: lora | lokr (LyCORIS LoKr: Kronecker factors, far fewer weights) | "
+                                 "loha (LyCORIS LoHa: Hadamard product of two low-rank pairs); --use-dora is LoRA's "
+                                 "DoRA. LoKr/LoHa files load in ComfyUI, A1111 and kohya (LyCORIS keys); diffusers "
+                                 "loads LoKr, aldar loads both", choices=ADAPTERS)
     use_dora: bool = _setting(False, "DoRA (peft use_dora): weight-decomposed LoRA, often more faithful at low rank, "
                                   "a little slower per step; UNet only")
     max_grad_norm: float = _setting(1.0, "gradient clipping norm (0 = off)")
@@ -68,6 +73,11 @@ class TrainConfig:
                                   "kohya's convention: min(SNR, gamma)/(SNR+1) on v-prediction (older "
                                   "diffusers examples clamped SNR+1 instead)")
     noise_offset: float = _setting(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
+    masked_loss: bool = _setting(False, "weigh the loss by each reference's character mask (kohya's masked_loss): "
+                                     "masks/<same name> beside the references (white = character) or the alpha "
+                                     "channel; the background is then not learned, so prompts can change it")
+    mask_outside_weight: float = _setting(0.0, "masked loss: weight of the loss outside the mask (0 = kohya's: the "
+                                               "background is not trained at all; 0.1-0.3 keeps some context)")
     caption_dropout: float = _setting(0.0, "chance per sample of training on an empty caption (0-1; 0.05-0.1 helps "
                                         "the LoRA work without its trigger word)")
     shuffle_caption_tags: bool = _setting(False, "shuffle each caption's comma-separated tags every step (kohya's "
@@ -156,6 +166,12 @@ class TrainConfig:
         if not (0.0 <= self.caption_dropout < 1.0):
             raise ConfigError(f"caption_dropout {self.caption_dropout} is outside [0, 1)", "use 0 to 0.1")
         _positive_finite("prodigy_d_coef", self.prodigy_d_coef)
+        if not (0.0 <= self.mask_outside_weight < 1.0) or not math.isfinite(self.mask_outside_weight):
+            raise ConfigError(f"mask_outside_weight {self.mask_outside_weight} is outside [0, 1)",
+                              "use 0 (kohya's masked loss) to 0.3")
+        if self.use_dora and self.adapter != "lora":
+            raise ConfigError(f"DoRA is a LoRA variant; it does not apply to --adapter {self.adapter}",
+                              "use --adapter lora with --use-dora, or drop --use-dora")
         if self.use_dora and self.train_text_encoder:
             # diffusers 0.42 drops DoRA magnitudes of text encoders on load: such a LoRA would load half.
             raise ConfigError("DoRA on the text encoders does not load in diffusers (its magnitudes are dropped)",
@@ -171,7 +187,7 @@ class TrainConfig:
             raise ConfigError(f"noise_offset {self.noise_offset} is outside [0, 1)", "use 0 to 0.1 (0.0357 is SDXL's)")
         for name, allowed in (("optimizer", OPTIMIZERS), ("mixed_precision", MIXED_PRECISIONS),
                               ("lr_scheduler", LR_SCHEDULERS), ("save_precision", SAVE_PRECISIONS),
-                              ("report_to", REPORT_TO)):
+                              ("report_to", REPORT_TO), ("adapter", ADAPTERS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}", f"use one of: {', '.join(allowed)}")
         if not self.trigger_token.strip():

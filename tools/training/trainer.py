@@ -30,8 +30,8 @@ from tools.errors import ConfigError, InputError, TrainingError
 from tools.progress import progress_bar
 from tools.training.config import TrainConfig, default_train_config
 from tools.training.data import (bucket_batch, cached_latent_distributions, dataset_sha256, default_latent_cache_dir,
-                                 encode_prompts, epochs_for, prepare_images, sample_latents, training_caption,
-                                 vae_identity)
+                                 encode_prompts, epochs_for, load_masks, prepare_images, sample_latents,
+                                 training_caption, vae_identity)
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
                                        checkpoint_dirs, export_lora, kohya_metadata, latest_checkpoint,
                                        load_checkpoint, restore_rng_state, save_checkpoint)
@@ -65,6 +65,7 @@ class TrainResult:
     checkpoint_scores: list[dict] = field(default_factory=list)  # {"step", "quality", ...} per scored checkpoint
     chosen_checkpoint: dict | None = None  # the checkpoint exported as the run's LoRA: {"step", "quality", "why"}
     validation_losses: dict[int, float] = field(default_factory=dict)  # step -> validation loss, per checkpoint
+    notes: list[str] = field(default_factory=list)  # what the run changed or skipped in its input (one line each)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +82,8 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     out-of-memory raise ``TrainingError`` (the last good checkpoint stays).
     """
     config.validate(profile)
-    images = prepare_images(dataset, config.resolution, config.bucket_step if config.bucketing else None)
+    masks, notes = load_masks([path for path, _ in dataset]) if config.masked_loss else ({}, [])
+    images = prepare_images(dataset, config.resolution, config.bucket_step if config.bucketing else None, masks)
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
     checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
@@ -96,7 +98,9 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     try:
         with lora_adapters(pipe, config) as modules:
             run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint)
-            return run.train(checkpoint, quiet, stop)
+            result = run.train(checkpoint, quiet, stop)
+            result.notes = notes + result.notes
+            return result
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if "out of memory" not in str(error).lower():
             raise
@@ -126,6 +130,7 @@ class _Run:
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.latents = self._cache_latents()
         self.text_cache = None if config.train_text_encoder else self._cache_text()
+        self.loss_weights = self._loss_weights()
         self.validation_set = self._validation_set()
 
     # ---- caches
@@ -157,6 +162,25 @@ class _Run:
                     models.get("text_encoder_2", self.pipe.text_encoder_2)]
         return encode_prompts(captions, [self.pipe.tokenizer, self.pipe.tokenizer_2], encoders, self.device)
 
+    def _loss_weights(self) -> dict[tuple[int, bool], torch.Tensor]:
+        """(image, flipped) -> the masked loss's weights on the latent grid: the mask average-pooled to it
+        (kohya's), ``mask_outside_weight`` outside; images without a mask are absent (weighed all alike)."""
+        weights = {}
+        for (index, flipped), (mean, _) in self.latents.items():
+            mask = self.images[index].mask
+            if mask is None:
+                continue
+            pooled = F.adaptive_avg_pool2d((mask.flip(-1) if flipped else mask).unsqueeze(0), mean.shape[-2:])[0]
+            outside = self.config.mask_outside_weight
+            weights[(index, flipped)] = outside + (1.0 - outside) * pooled
+        return weights
+
+    def _batch_weights(self, keys: list[tuple[int, bool]]) -> torch.Tensor | None:
+        if not any(key in self.loss_weights for key in keys):
+            return None
+        return torch.stack([self.loss_weights[key] if key in self.loss_weights
+                            else torch.ones((1, *self.latents[key][0].shape[-2:])) for key in keys])
+
     def _validation_set(self) -> list[dict]:
         """What the validation loss is measured on: each reference's latent mean (no sampling), its caption,
         and fixed timesteps with noise seeded by (seed, image) — the same numbers at every checkpoint and round."""
@@ -169,8 +193,10 @@ class _Run:
             latents = latent.expand(len(timesteps), *latent.shape[1:])
             noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(
                 _position_seed(self.config.seed, 104729, index)))
+            weights = self._batch_weights([(index, False)])
             items.append({"latents": latents, "noise": noise, "timesteps": timesteps, "caption": image.caption,
-                          "time_ids": image.time_ids(False).unsqueeze(0).expand(len(timesteps), -1)})
+                          "time_ids": image.time_ids(False).unsqueeze(0).expand(len(timesteps), -1),
+                          "weights": None if weights is None else weights.expand(len(timesteps), -1, -1, -1)})
         return items
 
     @torch.no_grad()
@@ -306,8 +332,9 @@ class _Run:
             embeds, pooled = self._encode(captions)
         time_ids = torch.stack([self.images[i].time_ids(f) for i, f in zip(indices, flips)])
         device = self.device
+        weights = self._batch_weights(list(zip(indices, flips)))
         return denoising_loss(unet, self.noise_scheduler, latents.to(device), noise.to(device), timesteps.to(device),
-                              embeds, pooled, time_ids.to(device), config.snr_gamma)
+                              embeds, pooled, time_ids.to(device), config.snr_gamma, weights=weights)
 
     # ---- saving
     def _state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
