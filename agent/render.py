@@ -279,6 +279,16 @@ def analysis_table(analysis: Analysis) -> Table:
                  notes=[n] if (n := _notice(analysis)) else [])
 
 
+def captions_table(analysis: Analysis) -> Table:
+    """Each reference's training caption in both --caption-mode values: full, and identity-free (the trigger and
+    what varies; the traits every reference shares are left to the trigger)."""
+    from tools.scoring.analyzer import captions_for
+
+    full, free = captions_for(analysis, "full"), captions_for(analysis, "identity-free")
+    rows = [[name, full.get(name, MISSING), free.get(name, MISSING)] for name in sorted(full)]
+    return Table("training captions", ["reference", "full", "identity-free"], rows)
+
+
 def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
     """(style, text) lines: the LoRA's score and gap, then each recommendation by priority."""
     lines = []

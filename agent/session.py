@@ -223,7 +223,8 @@ class Session:
         state = self._round()
         state.params = dict(self.params)
         config = self.round_train_config()
-        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
+        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [],
+                                   self.params.get("caption_mode", "full"))
         run_dir = self.store.round_run_dir(state.number)
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
         scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
@@ -585,9 +586,12 @@ def train_config(profile: ModelProfile, params: dict):
     return config
 
 
-def training_dataset(references: Path, analysis: dict, emphasis: list[str]) -> list[tuple[Path, str]]:
-    """(image, caption) pairs from the analysis captions, emphasised features first."""
-    captions = analysis.get("captions") or {}
+def training_dataset(references: Path, analysis: dict, emphasis: list[str],
+                     caption_mode: str = "full") -> list[tuple[Path, str]]:
+    """(image, caption) pairs from the analysis captions (``caption_mode``), emphasised features first."""
+    from tools.scoring.analyzer import captions_for
+
+    captions = captions_for(analysis, caption_mode)
     trigger = analysis.get("trigger_token", "")
     pairs = []
     for name, caption in sorted(captions.items()):

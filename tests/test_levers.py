@@ -262,3 +262,37 @@ def test_masked_loss_weighs_only_the_character(profile, tmp_path):
     from safetensors import safe_open
 
     assert safe_open(str(runs["a"].kohya_path), "pt").metadata()["ss_masked_loss"] == "True"
+
+
+# --------------------------------------------------------------------------- caption modes
+def _per_image(tops: dict[str, dict[str, str]]) -> dict:
+    return {name: {c: {"top": [{"feature": f, "probability": 0.9}]} for c, f in cats.items()}
+            for name, cats in tops.items()}
+
+
+def test_identity_free_captions_keep_only_what_varies():
+    from tools.scoring.analyzer import captions_for
+
+    analysis = {"trigger_token": "aldarkose", "taxonomy": {"categories": {"robe": [], "face": [], "background": []}},
+                "per_image": _per_image({
+                    "a.png": {"robe": "orange robe", "face": "round face", "background": "steppe landscape"},
+                    "b.png": {"robe": "orange robe", "face": "round face", "background": "plain background"}}),
+                "captions": {"a.png": "aldarkose, orange robe, round face, steppe landscape",
+                             "b.png": "aldarkose, orange robe, round face, plain background"}}
+    assert captions_for(analysis, "identity-free") == {"a.png": "aldarkose, steppe landscape",
+                                                      "b.png": "aldarkose, plain background"}
+    assert captions_for(analysis, "full") == analysis["captions"]
+
+
+def test_the_session_trains_on_the_chosen_caption_mode(tmp_path):
+    from agent.session import training_dataset
+
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / name)
+    analysis = {"trigger_token": "aldarkose",
+                "per_image": _per_image({"a.png": {"robe": "orange robe", "pose": "standing"},
+                                         "b.png": {"robe": "orange robe", "pose": "sitting"}}),
+                "captions": {"a.png": "aldarkose, orange robe, standing", "b.png": "aldarkose, orange robe, sitting"}}
+    assert [c for _, c in training_dataset(tmp_path, analysis, [], "identity-free")] == \
+        ["aldarkose, standing", "aldarkose, sitting"]
+    assert [c for _, c in training_dataset(tmp_path, analysis, [])] == list(analysis["captions"].values())

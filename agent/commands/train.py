@@ -98,7 +98,9 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     images = list_images(Path(settings.references))
     if skipped := skipped_note(settings.references):
         ui.warn_once(skipped)
-    captions = analysis.get("captions") or {}
+    from tools.scoring.analyzer import captions_for
+
+    captions = captions_for(analysis, config.caption_mode)
     fallback = f"{config.trigger_token}, {settings.character_name}"
     dataset = [(path, _with_trigger(captions.get(path.name), analysis.get("trigger_token"), config.trigger_token)
                 or fallback) for path in images]

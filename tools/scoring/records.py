@@ -56,6 +56,7 @@ class Analysis(TypedDict):
     key_feature_details: list[KeyFeatureDetail]
     training_prompt: str
     captions: dict[str, str]
+    captions_identity_free: NotRequired[dict[str, str]]  # trigger + what varies (--caption-mode identity-free)
     notice: NotRequired[str]
 
 

@@ -78,6 +78,10 @@ class TrainConfig:
                                      "channel; the background is then not learned, so prompts can change it")
     mask_outside_weight: float = _setting(0.0, "masked loss: weight of the loss outside the mask (0 = kohya's: the "
                                                "background is not trained at all; 0.1-0.3 keeps some context)")
+    caption_mode: str = _setting("full", "training captions from the analysis: full (trigger + every trait, key "
+                                        "features included) | identity-free (trigger + only what varies across the "
+                                        "references: the traits common to all are left to the trigger)",
+                                 choices=("full", "identity-free"))
     caption_dropout: float = _setting(0.0, "chance per sample of training on an empty caption (0-1; 0.05-0.1 helps "
                                         "the LoRA work without its trigger word)")
     shuffle_caption_tags: bool = _setting(False, "shuffle each caption's comma-separated tags every step (kohya's "
@@ -187,7 +191,8 @@ class TrainConfig:
             raise ConfigError(f"noise_offset {self.noise_offset} is outside [0, 1)", "use 0 to 0.1 (0.0357 is SDXL's)")
         for name, allowed in (("optimizer", OPTIMIZERS), ("mixed_precision", MIXED_PRECISIONS),
                               ("lr_scheduler", LR_SCHEDULERS), ("save_precision", SAVE_PRECISIONS),
-                              ("report_to", REPORT_TO), ("adapter", ADAPTERS)):
+                              ("report_to", REPORT_TO), ("adapter", ADAPTERS),
+                              ("caption_mode", ("full", "identity-free"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}", f"use one of: {', '.join(allowed)}")
         if not self.trigger_token.strip():
