@@ -296,3 +296,54 @@ def test_the_session_trains_on_the_chosen_caption_mode(tmp_path):
     assert [c for _, c in training_dataset(tmp_path, analysis, [], "identity-free")] == \
         ["aldarkose, standing", "aldarkose, sitting"]
     assert [c for _, c in training_dataset(tmp_path, analysis, [])] == list(analysis["captions"].values())
+
+
+# --------------------------------------------------------------------------- prior preservation
+def test_the_class_prompt_leaves_out_the_trigger_and_name_and_refuses_the_trigger(profile):
+    from tools.errors import ConfigError
+    from tools.training.prior import class_prompt_for, default_class_prompt
+
+    assert class_prompt_for("aldarkose, Aldar Kose, orange robe, round face", "aldarkose", "Aldar Kose") == \
+        "orange robe, round face"
+    assert default_class_prompt(CAPTIONS, "aldarkose") == "a person"  # the three share only the trigger
+    assert default_class_prompt(CAPTIONS[:2], "aldarkose") == "blue chapan"
+    with pytest.raises(ConfigError, match="contains the trigger token"):
+        quick(profile, prior_preservation=True, class_prompt="a man, aldarkose style").validate()
+
+
+def test_prior_preservation_draws_the_class_images_once_and_trains_beside_them(profile, references, tmp_path,
+                                                                              monkeypatch):
+    import tools.generation.local as local
+
+    monkeypatch.setenv("ALDAR_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = local.generate_local
+    monkeypatch.setattr(local, "generate_local", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    config = quick(profile, steps=2, prior_preservation=True, class_prompt="a man in a robe", num_class_images=3)
+    first = train_lora(config, profile, references, tmp_path / "a", quiet=True)
+    second = train_lora(config, profile, references, tmp_path / "b", quiet=True)
+    assert calls == [["a man in a robe"]]  # cached by (model, prompt, seed, count): drawn once
+    assert len(list((tmp_path / "cache" / "class_images").rglob("*.png"))) == 3
+    assert first.validation_losses == second.validation_losses
+    plain = train_lora(config.replace(prior_preservation=False), profile, references, tmp_path / "c", quiet=True)
+    assert plain.validation_losses[2] != first.validation_losses[2]  # the class images are in the average
+    from safetensors import safe_open
+
+    assert safe_open(str(first.kohya_path), "pt").metadata()["ss_prior_loss_weight"] == "1"
+
+
+def test_a_users_regularisation_folder_is_used_with_its_captions(profile, references, tmp_path, monkeypatch):
+    import tools.generation.local as local
+
+    monkeypatch.setattr(local, "generate_local", lambda *a, **k: pytest.fail("nothing is drawn"))
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    for index in range(2):
+        Image.fromarray(np.full((64, 64, 3), 90 + index * 40, np.uint8)).save(reg / f"r{index}.png")
+    (reg / "r0.txt").write_text("a man standing\n")
+    from tools.training.prior import class_images
+
+    config = quick(profile, prior_preservation=True, class_images_dir=str(reg))
+    assert [c for _, c in class_images(config, profile, "a person", 8)] == ["a man standing", "a person"]
+    result = train_lora(config, profile, references, tmp_path / "run", quiet=True)
+    assert result.steps == 2

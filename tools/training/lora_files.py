@@ -231,6 +231,7 @@ def kohya_metadata(config, profile, *, steps: int, epochs: tuple[int, int], data
         "ss_flip_aug": str(config.flip_augmentation),
         "ss_caption_dropout_rate": f"{config.caption_dropout:g}",
         "ss_masked_loss": str(config.masked_loss),
+        "ss_prior_loss_weight": f"{config.prior_loss_weight:g}" if config.prior_preservation else "0",
         "ss_shuffle_caption": str(config.shuffle_caption_tags),
         "ss_keep_tokens": str(config.keep_tokens),
         "ss_clip_skip": "2",  # SDXL conditions on the penultimate layer of both encoders (A1111's clip skip 2)

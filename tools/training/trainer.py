@@ -95,9 +95,10 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     from tools.models import load_sdxl_pipeline
 
     pipe = load_sdxl_pipeline(profile)
+    prior = _class_images(config, profile, dataset, images, quiet) if config.prior_preservation else []
     try:
         with lora_adapters(pipe, config) as modules:
-            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint)
+            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint, prior)
             result = run.train(checkpoint, quiet, stop)
             result.notes = notes + result.notes
             return result
@@ -114,8 +115,11 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
 class _Run:
     """State of one training run: models, optimizer, caches, step counter, loss rows."""
 
-    def __init__(self, config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint) -> None:
+    def __init__(self, config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint,
+                 class_images=()) -> None:
         self.config, self.profile, self.images, self.run_dir = config, profile, images, run_dir
+        self.class_images = list(class_images)  # prior preservation: the base model's pictures of the class
+        self.class_buckets = [image.bucket for image in self.class_images]
         self.accelerator, self.pipe, self.modules = accelerator, pipe, modules
         self.score_checkpoint = score_checkpoint
         self.device = accelerator.device
@@ -128,20 +132,21 @@ class _Run:
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.latents = self._cache_latents()
+        self.latents = self._cache_latents(self.images)
+        self.class_latents = self._cache_latents(self.class_images) if self.class_images else {}
         self.text_cache = None if config.train_text_encoder else self._cache_text()
         self.loss_weights = self._loss_weights()
         self.validation_set = self._validation_set()
 
     # ---- caches
-    def _cache_latents(self):
+    def _cache_latents(self, images):
         vae = self.pipe.vae
         upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         if upcast:  # SDXL's VAE overflows in fp16
             vae.to(torch.float32)
         try:
             disk = default_latent_cache_dir() if self.config.cache_latents_to_disk else None
-            return cached_latent_distributions(self.images, vae, vae_identity(self.profile, vae),
+            return cached_latent_distributions(images, vae, vae_identity(self.profile, vae),
                                                self.config.flip_augmentation, disk)
         finally:
             if upcast:
@@ -149,7 +154,8 @@ class _Run:
 
     @torch.no_grad()
     def _cache_text(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        captions = sorted({image.caption for image in self.images} | ({""} if self.config.caption_dropout else set()))
+        captions = sorted({image.caption for image in self.images + self.class_images}
+                          | ({""} if self.config.caption_dropout else set()))
         cache = {}
         for caption in captions:
             embeds, pooled = self._encode([caption])
@@ -188,12 +194,14 @@ class _Run:
         count = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.tensor([int(f * count) for f in VALIDATION_TIMESTEP_FRACTIONS])
         items = []
-        for index, image in enumerate(self.images):
-            latent = ((self.latents[(index, False)][0] - (shift or 0.0)) * scale).unsqueeze(0)
+        sets = [(self.images, self.latents, True), (self.class_images, self.class_latents, False)]
+        for number, (index, image, cache, masked) in enumerate(
+                (i, image, cache, masked) for images, cache, masked in sets for i, image in enumerate(images)):
+            latent = ((cache[(index, False)][0] - (shift or 0.0)) * scale).unsqueeze(0)
             latents = latent.expand(len(timesteps), *latent.shape[1:])
             noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(
-                _position_seed(self.config.seed, 104729, index)))
-            weights = self._batch_weights([(index, False)])
+                _position_seed(self.config.seed, 104729, number)))
+            weights = self._batch_weights([(index, False)]) if masked else None
             items.append({"latents": latents, "noise": noise, "timesteps": timesteps, "caption": image.caption,
                           "time_ids": image.time_ids(False).unsqueeze(0).expand(len(timesteps), -1),
                           "weights": None if weights is None else weights.expand(len(timesteps), -1, -1, -1)})
@@ -305,22 +313,34 @@ class _Run:
         self.accelerator.log({"loss": step_loss, "loss_ema": self.ema, "lr": lr}, step=self.step)
 
     def _micro_batch_loss(self, unet, micro: int) -> torch.Tensor:
-        """One batch: sample latents, noise and timesteps from a generator seeded by the position (exact resume)."""
+        """One batch: sample latents, noise and timesteps from a generator seeded by the position (exact resume);
+        with prior preservation a batch of class images too, its loss weighed by ``prior_loss_weight``."""
         config, rank = self.config, self.accelerator.process_index
         generator = torch.Generator().manual_seed(_position_seed(config.seed, rank, self.step, micro))
-        indices = bucket_batch(self.step * config.gradient_accumulation + micro, self.buckets, config.batch_size,
-                               config.seed + 7919 * rank)
+        position = self.step * config.gradient_accumulation + micro
+        loss = self._batch_loss(unet, self.images, self.latents, self.buckets, position, config.seed + 7919 * rank,
+                                generator, masked=True)
+        if self.class_images:
+            loss = loss + config.prior_loss_weight * self._batch_loss(
+                unet, self.class_images, self.class_latents, self.class_buckets, position,
+                config.seed + 7919 * rank + 15485863, generator, masked=False)
+        return loss
+
+    def _batch_loss(self, unet, images, latent_cache, buckets, position: int, order_seed: int,
+                    generator: torch.Generator, masked: bool) -> torch.Tensor:
+        config = self.config
+        indices = bucket_batch(position, buckets, config.batch_size, order_seed)
         flips = (torch.rand(len(indices), generator=generator) < 0.5).tolist() if config.flip_augmentation \
             else [False] * len(indices)
         vae_config = self.pipe.vae.config
-        latents = sample_latents([self.latents[(i, f)] for i, f in zip(indices, flips)], generator,
+        latents = sample_latents([latent_cache[(i, f)] for i, f in zip(indices, flips)], generator,
                                  vae_config.scaling_factor, getattr(vae_config, "shift_factor", None))
         noise = torch.randn(latents.shape, generator=generator)
         if config.noise_offset:
             noise += config.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(indices),),
                                   generator=generator)
-        captions = [training_caption(self.images[i].caption, generator, config.caption_dropout,
+        captions = [training_caption(images[i].caption, generator, config.caption_dropout,
                                      config.shuffle_caption_tags, config.keep_tokens) for i in indices]
         if self.text_cache is not None and all(c in self.text_cache for c in captions):
             embeds = torch.stack([self.text_cache[c][0] for c in captions])
@@ -330,9 +350,9 @@ class _Run:
                 embeds, pooled = self._encode(captions)
         else:
             embeds, pooled = self._encode(captions)
-        time_ids = torch.stack([self.images[i].time_ids(f) for i, f in zip(indices, flips)])
+        time_ids = torch.stack([images[i].time_ids(f) for i, f in zip(indices, flips)])
         device = self.device
-        weights = self._batch_weights(list(zip(indices, flips)))
+        weights = self._batch_weights(list(zip(indices, flips))) if masked else None
         return denoising_loss(unet, self.noise_scheduler, latents.to(device), noise.to(device), timesteps.to(device),
                               embeds, pooled, time_ids.to(device), config.snr_gamma, weights=weights)
 
@@ -582,6 +602,16 @@ def evaluation_loss(pipe, profile, dataset: list[tuple[Path, str]], resolution: 
                                          embeds, pooled, image.time_ids(False).unsqueeze(0).to(device))
                           .item())
     return sum(losses) / len(losses)
+
+
+def _class_images(config: TrainConfig, profile, dataset, images, quiet: bool):
+    """Prior preservation's class images, prepared as the references are (drawn by the base model once, cached)."""
+    from tools.training.prior import class_images, default_class_prompt
+
+    class_prompt = config.class_prompt or default_class_prompt([i.caption for i in images], config.trigger_token)
+    count = config.num_class_images or 4 * len(images)
+    pairs = class_images(config, profile, class_prompt, count, quiet)
+    return prepare_images(pairs, config.resolution, config.bucket_step if config.bucketing else None)
 
 
 def _check_run_dir(run_dir: Path) -> None:
