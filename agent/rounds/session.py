@@ -216,7 +216,8 @@ class Session:
         state = self._round()
         state.params = dict(self.params)
         config = self.round_train_config()
-        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
+        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [],
+                                   self.params.get("caption_mode", "full"))
         run_dir = self.store.round_run_dir(state.number)
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
         scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
@@ -242,6 +243,8 @@ class Session:
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
             raise KeyboardInterrupt
+        for note in getattr(result, "notes", []):  # masks resized or missing: said once per round
+            _emit(self.events.on_notice, f"round {state.number}: {note}")
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted,
