@@ -68,6 +68,19 @@ def with_default(names: tuple[str, ...], options: dict) -> dict:
     return {**options, "help": f"{text} (default: %(default)s)"}
 
 
+def add_character_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """The character's settings a command takes (its CHARACTER_FLAGS), from the one table in tools.settings.
+    SUPPRESS: an absent flag leaves no attribute, so aldar.toml, ALDAR_* or the references folder decide."""
+    from tools.settings import CHARACTER_FLAGS
+
+    if not names:
+        return
+    group = parser.add_argument_group("character (override aldar.toml, ALDAR_* and <references>/character.json)")
+    for name in names:
+        flag, metavar, help_text = CHARACTER_FLAGS[name]
+        group.add_argument(flag, dest=name, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
+
+
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (override aldar.toml and ALDAR_* variables)")
     group.add_argument("--config", metavar="FILE", help="settings file (default: ./aldar.toml, or $ALDAR_CONFIG)")
@@ -137,6 +150,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP, allow_abbrev=False)
         if argv is None or module.NAME == named:
             module.add_arguments(sub)
+            add_character_flags(sub, getattr(module, "CHARACTER_FLAGS", ()))
             add_settings_flags(sub)
         sub.set_defaults(handler=module.run, command_parser=sub)
     return parser

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the command line is parsed (and --rounds checked) before an
     from tools.settings import Settings
 
 NAME = "run"
+CHARACTER_FLAGS = ("references", "taxonomy", "trigger_token", "character_name", "test_prompt")
 HELP = ("autonomous rounds: train the LoRA, generate against the base model and hosted competitors, score "
         "everyone against the references, let the LLM or the rule policy adjust, repeat (resumes when rerun)")
 
@@ -29,7 +30,6 @@ HELP = ("autonomous rounds: train the LoRA, generate against the base model and 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, metavar="N",
                         help="rounds in the history when the run ends (default: max_rounds, 3); finished rounds count")
-    parser.add_argument("--references", metavar="DIR", help="folder of reference pictures (png/jpg/webp)")
     parser.add_argument("--competitors", metavar="A,B",
                         help="hosted generators to compete (default from settings: freepik,deepai,gemini; "
                              "'none' for only the LoRA and the base model)")

@@ -56,7 +56,24 @@ def feedback_summary(feedback: SessionFeedback) -> dict:
         "training": {k: _round3(v) for k, v in (feedback.get("training") or {}).items()},  # still_rising etc.
         "recommendations": [r.get("message") for r in (feedback.get("recommendations") or [])[:5]],
         "profile": (feedback.get("profile") or {}).get("profile"),
+        **suite_summary(feedback),
     }
+
+
+def suite_summary(feedback: SessionFeedback) -> dict:
+    """The prompt suite's identity, editability and bleed (the feedback guide explains them), numbers rounded;
+    nothing when the round drew no suite."""
+    blocks = {name: feedback.get(name) for name in ("identity", "editability", "bleed")}
+    if not any(isinstance(block, dict) for block in blocks.values()):
+        return {}
+    shown = {name: {k: (_round3(v) if not isinstance(v, dict) else
+                        {c: {g: _round3(x) for g, x in (r or {}).items()} for c, r in v.items()})
+                    for k, v in block.items()}
+             for name, block in blocks.items() if isinstance(block, dict)}
+    prompts = [{"kind": p.get("kind"), **({"asks": f"{p.get('category')}: {p.get('value')}"}
+                                          if p.get("kind") == "new_context" else {})}
+               for p in feedback.get("suite_prompts") or []]
+    return {**shown, "suite_prompts": prompts}
 
 
 def round_summary(record: RoundRecord) -> dict:
@@ -64,8 +81,19 @@ def round_summary(record: RoundRecord) -> dict:
     return {"round": record["round"], "lora_score": _round3(record.get("lora_score")), "band": record.get("band"),
             "best_competitor": record.get("best_competitor"), "score_gap": _round3(record.get("score_gap")),
             "params": knob_values(params),
+            **({"suite": {k: _round3(v) for k, v in suite_figures(record).items()}} if suite_figures(record) else {}),
             "decided_by": record.get("decided_by"), "rationale": record.get("rationale"),
             "adjustments": (record.get("decision") or {}).get("adjustments")}
+
+
+def suite_figures(record: RoundRecord) -> dict:
+    """identity, editability and bleed of a recorded round's suite ({} without one)."""
+    scores = ((record.get("suite") or {}).get("scores") or {}) if isinstance(record.get("suite"), dict) else {}
+    figures = {"identity": (scores.get("identity") or {}).get("score"),
+               "editability": (scores.get("editability") or {}).get("rate"),
+               "editability_base": (scores.get("editability") or {}).get("base"),
+               "bleed": (scores.get("bleed") or {}).get("score")}
+    return {k: v for k, v in figures.items() if v is not None}
 
 
 def compare_records(first: RoundRecord, second: RoundRecord) -> dict:

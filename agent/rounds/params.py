@@ -59,9 +59,12 @@ def train_config(profile: ModelProfile, params: dict):
     return config
 
 
-def training_dataset(references: Path, analysis: dict, emphasis: list[str]) -> list[tuple[Path, str]]:
-    """(image, caption) pairs from the analysis captions, emphasised features first."""
-    captions = analysis.get("captions") or {}
+def training_dataset(references: Path, analysis: dict, emphasis: list[str],
+                     caption_mode: str = "full") -> list[tuple[Path, str]]:
+    """(image, caption) pairs from the analysis captions (``caption_mode``), emphasised features first."""
+    from tools.scoring.analyzer import captions_for
+
+    captions = captions_for(analysis, caption_mode)
     trigger = analysis.get("trigger_token", "")
     pairs = []
     for name, caption in sorted(captions.items()):

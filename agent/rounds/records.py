@@ -65,6 +65,7 @@ class CheckpointScore(TypedDict):  # one scored training checkpoint (train_lora'
     clip: NotRequired[float]
     features: NotRequired[float]
     ssim: NotRequired[float]
+    validation_loss: NotRequired[float]  # deterministic denoising loss on the references (issue 26)
 
 
 class ChosenCheckpoint(TypedDict):  # the checkpoint exported as the round's LoRA, and why

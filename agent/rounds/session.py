@@ -60,20 +60,32 @@ class Session:
     """Drives rounds over one results folder; holds its lock until ``close()``."""
 
     def __init__(self, settings: Settings, *, quiet: bool = False, events: SessionEvents | None = None) -> None:
+        from tools.character import check_saved_analysis
+
+        _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        # the saved analysis' trigger token and name where the settings only derived them; another
+        # character's analysis is refused here, before anything is written
+        settings = check_saved_analysis(settings)
         self.settings = settings
         self.quiet = quiet  # no progress bars from the capabilities
         self.events = events or SessionEvents()
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
-        _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        from tools.character import character_warnings
         from tools.images import skipped_note
 
         if skipped := skipped_note(self.references):  # said once per session: the folder is read many times
             _emit(self.events.on_warning, skipped)
+        for line in character_warnings(settings):
+            _emit(self.events.on_warning, line)
 
         self.default_params = default_params(self.profile)
         if "trigger_token" in self.default_params:
             self.default_params["trigger_token"] = settings.trigger_token
+        if "output_name" in self.default_params:  # the LoRA's file: this character's, never another's
+            from tools.character import lora_name
+
+            self.default_params["output_name"] = lora_name(settings.character_name, settings.trigger_token)
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
         self.store = RunStore(settings.output_dir, self.profile.describe())
         try:
@@ -87,6 +99,9 @@ class Session:
         self.params: dict = starting_params(self.store.state, self.default_params)
         self.analysis: Analysis | None = None
         self.current: RoundState | None = None
+        # Stage seconds spent before a round began (the analysis, made before round 1 is marked started so that
+        # a taxonomy that fits nothing leaves no half-begun round): the next round counts them as its own.
+        self._pending = RoundState(number=0, params={}, stamp="")
         self.competitors: list[str] = list(settings.competitors)
         try:
             self._derive_from_finished_rounds()
@@ -131,18 +146,20 @@ class Session:
         try:
             yield
         finally:
-            if self.current is not None:
-                self.current.timings[name] = self.current.timings.get(name, 0.0) + time.perf_counter() - started
+            state = self.current or self._pending
+            state.timings[name] = state.timings.get(name, 0.0) + time.perf_counter() - started
 
     def _compute(self, stage: str, started: float) -> None:
-        if self.current is not None:
-            self.current.compute[stage] = self.current.compute.get(stage, 0.0) + time.perf_counter() - started
+        state = self.current or self._pending
+        state.compute[stage] = state.compute.get(stage, 0.0) + time.perf_counter() - started
 
     def _round(self) -> RoundState:
         """The round in progress, begun (and marked in the history) on first use."""
         if self.current is None:
             number = self.next_round_number
-            self.current = RoundState(number=number, params=dict(self.params), stamp=RunStore.timestamp(number))
+            self.current = RoundState(number=number, params=dict(self.params), stamp=RunStore.timestamp(number),
+                                      timings=self._pending.timings, compute=self._pending.compute)
+            self._pending = RoundState(number=0, params={}, stamp="")
             self.store.begin_round(number, self.current.params)
         return self.current
 
@@ -152,14 +169,16 @@ class Session:
         matches the references' hashes and the CLIP model, else computed and saved there."""
         if self.analysis is not None and not force:
             return self.analysis
-        from tools.scoring.analyzer import analysis_matches, analyze_references
+        from tools.scoring.analyzer import analyze_references, reusable_analysis
         from tools.scoring.taxonomy import load_taxonomy
 
         cached_path = Path(self.settings.analysis_path)
         with self._stage("analyze"):
-            cached = None if force else read_json_object(cached_path)
             taxonomy = load_taxonomy(self.settings.taxonomy_path())
-            if cached and analysis_matches(cached, self.references, self.profile.clip_model, taxonomy):
+            # another character's analysis (trigger token, pictures) is refused here, before anything is written
+            cached = None if force else reusable_analysis(cached_path, self.references, self.settings.trigger_token,
+                                                          self.profile.clip_model, taxonomy)
+            if cached:
                 self._say(f"analysis: reusing {cached_path} (references, CLIP model and taxonomy unchanged)")
                 self.analysis = cached
             else:
@@ -170,6 +189,8 @@ class Session:
                                                    cached_path)
                 self._compute("analyze", started)
                 self._say(f"analysis: key features {', '.join(self.analysis['key_features'])}")
+                for line in self.analysis.get("warnings") or []:  # said as it is made, as its key features
+                    self._say(f"analysis: {line}")
         return self.analysis
 
     # ---------------------------------------------------------------- train
@@ -195,7 +216,8 @@ class Session:
         state = self._round()
         state.params = dict(self.params)
         config = self.round_train_config()
-        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
+        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [],
+                                   self.params.get("caption_mode", "full"))
         run_dir = self.store.round_run_dir(state.number)
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
         scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
@@ -221,6 +243,8 @@ class Session:
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
             raise KeyboardInterrupt
+        for note in getattr(result, "notes", []):  # masks resized or missing: said once per round
+            _emit(self.events.on_notice, f"round {state.number}: {note}")
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted,
@@ -409,9 +433,12 @@ class Session:
         return [provider.name for provider in ready]
 
     def prompt(self) -> str:
-        """The test prompt, with the emphasised features right after the trigger token."""
-        return emphasise(self.settings.test_prompt, self.params.get("feature_emphasis") or [],
-                         self.settings.trigger_token)
+        """The test prompt — the test_prompt setting, else the trigger token and key features the analysis
+        found — with the emphasised features right after the trigger token."""
+        from tools.character import prompt_from_analysis
+
+        text = self.settings.test_prompt or prompt_from_analysis(self.analyze())
+        return emphasise(text, self.params.get("feature_emphasis") or [], self.settings.trigger_token)
 
     # ---------------------------------------------------------------- score
     def score(self) -> dict:
@@ -518,8 +545,8 @@ class Session:
         Stages this round already finished in this process (``/train``, ``/generate``, ``/score``
         or the chat's tools before ``/auto``) are not run again: no second training, no second paid call.
         """
+        self.analyze()  # first: an analysis that fails (a taxonomy that fits nothing) leaves no round begun
         state = self._round()
-        self.analyze()
         reused = [stage for stage, done in (("LoRA", state.train), ("images", state.images), ("scores", state.feedback))
                   if done]
         if reused:  # said even when quiet: otherwise "/auto 1" after "/train" looks as if it trained nothing

@@ -261,9 +261,13 @@ def checkpoint_choice(train: RoundTrain) -> Table | None:
     chosen = train.get("chosen_checkpoint")
     if not chosen:
         return None
-    rows = [[f"step {s.get('step')}", number(s.get("quality")), CHOSEN if s.get("step") == chosen.get("step") else ""]
-            for s in train.get("checkpoint_scores") or []]
-    return Table(f"LoRA used: checkpoint at step {chosen.get('step')}", ["checkpoint", "quality", ""], rows,
+    scores = train.get("checkpoint_scores") or []
+    with_loss = any("validation_loss" in s for s in scores)  # histories from before issue 26 have none
+    rows = [[f"step {s.get('step')}", number(s.get("quality")),
+             *([_loss(s.get("validation_loss"))] if with_loss else []),
+             CHOSEN if s.get("step") == chosen.get("step") else ""] for s in scores]
+    columns = ["checkpoint", "quality", *(["validation loss"] if with_loss else []), ""]
+    return Table(f"LoRA used: checkpoint at step {chosen.get('step')}", columns, rows,
                  caption=str(chosen.get("why") or ""))
 
 
@@ -300,12 +304,27 @@ def analysis_table(analysis: Analysis) -> Table:
     key = {(d["category"], d["feature"]) for d in analysis["key_feature_details"]}
     rows = []
     for category, entry in analysis["categories"].items():
+        if entry.get("clear") is False:  # a probability near 1 would claim a match the pictures do not show
+            best = entry["top"][0]
+            rows.append([category, f"no clear match (nearest: {best['feature']})", number(best["probability"]),
+                         f"{best.get('agreement')}/{count}", "key" if (category, best["feature"]) in key else ""])
+            continue
         for rank, item in enumerate(entry["top"], start=1):
             rows.append([category if rank == 1 else "", item["feature"], number(item["probability"]),
                          f"{item.get('agreement')}/{count}", "key" if (category, item["feature"]) in key else ""])
     return Table(f"key features of {analysis['character_name']} ({count} references, CLIP {analysis['model']})",
                  ["category", "feature (top-2)", "mean probability", "top-1 in", ""], rows,
                  notes=[n] if (n := _notice(analysis)) else [])
+
+
+def captions_table(analysis: Analysis) -> Table:
+    """Each reference's training caption in both --caption-mode values: full, and identity-free (the trigger and
+    what varies; the traits every reference shares are left to the trigger)."""
+    from tools.scoring.analyzer import captions_for
+
+    full, free = captions_for(analysis, "full"), captions_for(analysis, "identity-free")
+    rows = [[name, full.get(name, MISSING), free.get(name, MISSING)] for name in sorted(full)]
+    return Table("training captions", ["reference", "full", "identity-free"], rows)
 
 
 def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
@@ -338,3 +357,8 @@ def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
 
 def _notice(document: dict) -> str | None:
     return document.get("notice") or (document.get("profile") or {}).get("notice")
+
+
+def _loss(value: Any) -> str:
+    """A validation loss: four decimals, as neighbouring checkpoints differ in the third."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING
