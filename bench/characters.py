@@ -99,7 +99,7 @@ def run_loop(character: str, seed: int, rounds: int, work: Path) -> dict:
             # No prompt of its own: the character's trigger and key features, as the analysis reads them.
             session.settings = session.settings.replace(test_prompt=session.analyze()["training_prompt"])
         records = session.run_rounds(rounds, RulePolicy(bounds=session.bounds, ranking=settings.round_ranking))
-        best_number = session.store.data.get("best_round")
+        best_number = session.store.state.best_round
     cpu_s = time.process_time() - started
     best = next(r for r in records if r["round"] == best_number)
     return {"round1": figures(records[0]), "best": figures(best), "best_round": best_number,
