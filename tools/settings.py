@@ -14,7 +14,6 @@ import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -23,8 +22,8 @@ from tools.errors import ConfigError
 # The bundled references and taxonomy are package data (the repository's examples/ folder, installed as
 # aldar_examples), so they resolve from a checkout, an editable install and a wheel alike, whatever the
 # working folder. pip and pipx install wheels unpacked, so the resource is a real folder.
-BUNDLED_REFERENCES = Path(str(files("aldar_examples") / "aldar_kose"))
-BUNDLED_TAXONOMY = BUNDLED_REFERENCES / "taxonomy.json"
+from tools.bundled import BUNDLED_REFERENCES, BUNDLED_TAXONOMY  # noqa: E402,F401  (the settings' defaults)
+
 PROFILES = ("tiny", "sdxl")
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdxl"  # fast mode's LoRA (use_lcm); tools.generation.sampling draws with it
 DEVICES = ("auto", "cuda", "mps", "cpu")
