@@ -91,7 +91,7 @@ def run_loop(character: str, seed: int, rounds: int, work: Path) -> dict:
     started = time.process_time()
     with Session(settings, quiet=True) as session:  # no prompt of its own: built from the analysis
         records = session.run_rounds(rounds, RulePolicy(bounds=session.bounds, ranking=settings.round_ranking))
-        best_number = session.store.data.get("best_round")
+        best_number = session.store.state.best_round
     cpu_s = time.process_time() - started
     best = next(r for r in records if r["round"] == best_number)
     return {"round1": figures(records[0]), "best": figures(best), "best_round": best_number,
