@@ -18,11 +18,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from tools.errors import ConfigError
-
-# The bundled references and taxonomy are package data (the repository's examples/ folder, installed as
-# aldar_examples), so they resolve from a checkout, an editable install and a wheel alike, whatever the
-# working folder. pip and pipx install wheels unpacked, so the resource is a real folder.
-from tools.bundled import BUNDLED_REFERENCES, BUNDLED_TAXONOMY  # noqa: E402,F401  (the settings' defaults)
+from tools.paths import BUNDLED_REFERENCES, BUNDLED_TAXONOMY
 
 PROFILES = ("tiny", "sdxl")
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdxl"  # fast mode's LoRA (use_lcm); tools.generation.sampling draws with it

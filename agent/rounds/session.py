@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from agent.rounds.decision import Decider, Decision, already_trained
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
-from agent.rounds.params import default_params, emphasise, starting_params, train_config, training_dataset
+from agent.rounds.params import (default_params, emphasise, starting_params, train_config, training_dataset,
+                                 validate_inputs)
 from agent.rounds.ranking import best_round, stop_reason
 from agent.rounds.recording import (SUITE_SCORES, RoundState, TrainedRound, reusable_base_suite, round_record,
                                    suite_base_key)
 from agent.rounds.records import BASE, LORA, RoundRecord, overfitting_signals, training_curve
-from agent.rounds.store import MODEL_KEYS, RunStore
+from agent.rounds.store import RunStore
 from agent.words import and_words
-from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
 from tools.scoring.records import Analysis
@@ -62,7 +62,7 @@ class Session:
     def __init__(self, settings: Settings, *, quiet: bool = False, events: SessionEvents | None = None) -> None:
         from tools.character import check_saved_analysis
 
-        _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
         # the saved analysis' trigger token and name where the settings only derived them; another
         # character's analysis is refused here, before anything is written
         settings = check_saved_analysis(settings)
@@ -89,7 +89,7 @@ class Session:
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
         self.store = RunStore(settings.output_dir, self.profile.describe())
         try:
-            _check_same_models(self.store, self.profile)
+            self.store.refuse_other_models(self.profile.describe())
             discarded = self.store.discard_round_of_other_models()
         except BaseException:
             self.store.close()
@@ -567,29 +567,3 @@ class Session:
         self.store.mark_stopped(reason)
         _emit(self.events.on_notice, f"stopped: {reason}")
         return finished
-
-
-# -------------------------------------------------------------------- helpers
-def _validate_inputs(settings: Settings) -> None:
-    """Unknown competitor names and an unusable references folder fail here, not rounds later."""
-    from tools.images import list_images
-    from tools.providers import PROVIDERS
-
-    unknown = [name for name in settings.competitors if name not in PROVIDERS]
-    if unknown:
-        raise InputError(f"unknown competitor {unknown[0]!r}",
-                         f"use some of: {', '.join(PROVIDERS)} (comma-separated), or 'none'")
-    list_images(settings.references)
-
-
-def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
-    """Rounds of one history must be comparable: refuse to append rounds made with other models."""
-    saved = store.state.profile
-    if not store.rounds or not saved:
-        return
-    now = profile.describe()
-    changed = [k for k in MODEL_KEYS if saved.get(k) != now[k]]
-    if changed:
-        detail = ", ".join(f"{k} {saved.get(k)!r} → {now[k]!r}" for k in changed)
-        raise InputError(f"{store.root} holds rounds made with other models ({detail})",
-                         "pass --output-dir DIR for a new results folder, or the same models to resume")

@@ -1,5 +1,5 @@
-"""The training objective and its yardstick: SDXL's denoising loss (min-SNR and masked weighting) and the
-mean loss of a pipeline on a dataset at fixed noise (``evaluation_loss``)."""
+"""The denoising objective the trainer minimises (min-SNR weighting, masked loss) and the fixed-noise
+evaluation loss that says whether a UNet learnt its training images."""
 
 from __future__ import annotations
 

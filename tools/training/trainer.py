@@ -32,6 +32,7 @@ from tools.training.config import TrainConfig, default_train_config
 from tools.training.data import (bucket_batch, cached_latent_distributions, dataset_sha256, default_latent_cache_dir,
                                  encode_prompts, epochs_for, load_masks, prepare_images, sample_latents,
                                  training_caption, vae_identity)
+from tools.training.losses import denoising_loss
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
                                        checkpoint_dirs, export_lora, kohya_metadata, latest_checkpoint,
                                        load_checkpoint, restore_rng_state, save_checkpoint)
