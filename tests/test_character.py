@@ -79,7 +79,7 @@ def test_every_command_takes_the_character_flags(command, capsys):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--trigger-token TOKEN" in text and "--character-name NAME" in text and "--references DIR" in text
-    if command in ("run", "chat", "generate"):
+    if command in ("run", "chat", "generate", "train"):
         assert "--prompt TEXT" in text
 
 
