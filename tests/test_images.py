@@ -267,6 +267,9 @@ def test_bundled_references_are_reproducible_from_the_drawing_script(tmp_path):
         bundled = np.asarray(load_image(BUNDLED_REFERENCES / f"aldar{i}.png"), dtype=np.int16)
         assert drawn.shape == (512, 512, 3) and (drawn == bundled).all(), f"aldar{i}.png"
         assert (BUNDLED_REFERENCES / f"aldar{i}.png").stat().st_size < 150_000
+        # ... and its character mask (masked loss), as the drawing knows it
+        assert (tmp_path / "masks" / f"aldar{i}.png").read_bytes() == \
+            (BUNDLED_REFERENCES / "masks" / f"aldar{i}.png").read_bytes()
     extra = np.asarray(load_image(tmp_path / "aldar6.png"), dtype=np.int16)
     assert np.abs(extra - drawn).mean() > 10  # past the fifth, a new random placement
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.rounds.params import emphasise
 from agent.rounds.policy import RulePolicy
-from agent.rounds.session import Session, emphasise
+from agent.rounds.session import Session
 from tools.errors import InputError
 
 ROUND_STEPS = 8  # tiny steps for the test: the pipeline, not the learning, is under test
@@ -214,7 +215,7 @@ def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpo
         trained = dict(session.params)
     with Session(settings, quiet=True) as again:
         assert again.params == trained  # the in-progress round's params, not the defaults
-        assert again.store.data["in_progress"]["stage"] == "train"
+        assert again.store.state.in_progress.stage == "train"
         again.params["rank"] = trained["rank"] * 2  # its checkpoints no longer fit
         result = again.train()
         assert result["steps"] == 2

@@ -127,7 +127,7 @@ def test_kohya_file_has_true_alpha_metadata_and_matches_the_diffusers_file(train
 def test_run_folder_holds_log_curve_checkpoints_and_validation_images(trained):
     result = trained["result"]
     rows = result.loss_log.read_text().splitlines()
-    assert rows[0] == "step,loss,loss_ema,lr,elapsed_s" and len(rows) == 31
+    assert rows[0] == "step,loss,loss_ema,lr,elapsed_s,validation_loss" and len(rows) == 31
     assert [p.name for p in result.checkpoints] == ["checkpoint-000010", "checkpoint-000020", "checkpoint-000030"]
     with Image.open(result.loss_curve) as curve:
         assert curve.size == (800, 450)

@@ -50,8 +50,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps is {args.steps}", "pass --steps 1 or more")
     settings = settings.replace(max_rounds=rounds)
-    from agent.views import render
     from agent.rounds.session import Session  # the rounds (and, through them, the model stack) load once the input is good
+    from agent.views import render
 
     from agent.views.report import ReportWriter
 
@@ -126,12 +126,11 @@ def _confirm_paid_competitors(session: Session, ui: UI) -> None:
 def show_summary(session: Session, ui: UI, report: Path | None) -> None:
     from agent.views import render
 
-    data = session.store.data
-    best = data.get("best_round")
-    record = next((r for r in data["rounds"] if r["round"] == best), None)
-    if record is not None and session.store.best_lora_holds(record):
-        ui.success(f"best round: {best} (LoRA score {render.number(record.get('lora_score'))}) → "
-                   f"{session.store.root / (data.get('best_lora') or 'best_lora')}")
+    store = session.store
+    record = store.best_record()
+    if record is not None and store.best_lora_holds(record):
+        ui.success(f"best round: {record['round']} (LoRA score {render.number(record.get('lora_score'))}) → "
+                   f"{store.root / (store.state.best_lora or 'best_lora')}")
     if report:  # only what this process wrote: never a path that may not exist
         ui.success(f"report: {report}")
     if session.profile.is_tiny:

@@ -106,11 +106,12 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if skipped := skipped_note(settings.references):
         ui.warn_once(skipped)
     from tools.character import character_warnings
+    from tools.scoring.analyzer import captions_for
 
     if _main_process():
         for line in character_warnings(settings):
             ui.warn(escape(line))
-    captions = analysis.get("captions") or {}
+    captions = captions_for(analysis, config.caption_mode)
     fallback = f"{config.trigger_token}, {settings.character_name}"
     dataset = [(path, captions.get(path.name) or fallback) for path in images]
     run_dir = _run_dir(args, settings)
@@ -136,6 +137,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                     f"{escape(str(result.checkpoints[-1]))}. Resume with the same flags plus: "
                     f"--resume --run-dir {escape(shlex.quote(str(run_dir)))}")
         return 130
+    for note in result.notes:
+        ui.warn(escape(note))
     ui.table("LoRA training", ["", ""], [
         ["steps", result.steps], ["final loss (moving average)", result.final_loss],
         ["checkpoints", len(result.checkpoints)],
@@ -143,6 +146,10 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     # The files under the table, one line each: a table cell cuts a long path, and a path must copy whole.
     ui.paths([("diffusers LoRA", result.lora_path), ("kohya / A1111 / ComfyUI LoRA", result.kohya_path),
               ("loss curve", result.loss_curve)])
+    if config.adapter != "lora":
+        from tools.generation.lycoris import DIFFUSERS_NOTE
+
+        ui.info(DIFFUSERS_NOTE)
     ui.success(f"LoRA saved to {escape(str(result.lora_path))}")
     return 0
 

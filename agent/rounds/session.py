@@ -12,24 +12,24 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from agent.rounds.decision import Decider, Decision, already_trained
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
-from agent.rounds.ranking import best_round, ranked_rounds
-from agent.rounds.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
-                           SessionFeedback, TrainingCurve)
+from agent.rounds.params import default_params, emphasise, starting_params, train_config, training_dataset
+from agent.rounds.ranking import best_round, stop_reason
+from agent.rounds.recording import SUITE_SCORES, RoundState, TrainedRound, round_record, suite_base_key
+from agent.rounds.records import LORA, RoundRecord, overfitting_signals, training_curve
 from agent.rounds.store import MODEL_KEYS, RunStore
 from agent.words import and_words
 from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
-from tools.numbers import finite_number
-from tools.scoring.records import Analysis, ComparisonReport
+from tools.scoring.records import Analysis
 from tools.settings import Settings
-from tools.timestamps import iso_timestamp, timestamp
+from tools.timestamps import timestamp
 
 if TYPE_CHECKING:  # annotations only: the trainer loads when a round trains
     from tools.training.config import TrainConfig
@@ -54,43 +54,6 @@ class SessionEvents:
 def _emit(hook: Callable[[str], None] | None, message: str) -> None:
     if hook is not None:
         hook(message)
-
-
-class TrainedRound(TypedDict):
-    run_dir: Path | None
-    lora_path: Path | None
-    kohya_path: NotRequired[Path | None]
-    steps: int
-    final_loss: float
-    interrupted: bool
-    resumed_from_step: NotRequired[int]  # 0: trained from scratch
-    checkpoint_scores: list[CheckpointScore]
-    chosen_checkpoint: ChosenCheckpoint | None
-
-
-@dataclass
-class RoundState:
-    """What the stages of the round in progress have produced so far."""
-
-    number: int
-    params: dict
-    stamp: str
-    timings: dict[str, float] = field(default_factory=dict)  # stage → seconds (wall)
-    compute: dict[str, float] = field(default_factory=dict)  # stage → seconds inside model code
-    train: TrainedRound | None = None
-    images: dict[str, list[Path]] | None = None
-    skipped: list[str] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)
-    suite: list | None = None  # the prompt suite (tools.scoring.suite.SuitePrompt), drawn beside the own prompt
-    suite_images: dict[str, list[list[Path]]] | None = None  # generator → images of each suite prompt
-    suite_base_from: int | None = None  # the round whose base suite images were reused (same prompts and seeds)
-    suite_report: dict | None = None
-    suite_report_path: Path | None = None
-    suite_key: str | None = None
-    report: ComparisonReport | None = None
-    feedback: SessionFeedback | None = None
-    report_path: Path | None = None
-    feedback_path: Path | None = None
 
 
 class Session:
@@ -133,7 +96,7 @@ class Session:
             raise
         if discarded:
             _emit(self.events.on_notice, discarded)
-        self.params: dict = starting_params(self.store.data, self.default_params)
+        self.params: dict = starting_params(self.store.state, self.default_params)
         self.analysis: Analysis | None = None
         self.current: RoundState | None = None
         # Stage seconds spent before a round began (the analysis, made before round 1 is marked started so that
@@ -253,7 +216,8 @@ class Session:
         state = self._round()
         state.params = dict(self.params)
         config = self.round_train_config()
-        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
+        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [],
+                                   self.params.get("caption_mode", "full"))
         run_dir = self.store.round_run_dir(state.number)
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
         scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
@@ -279,6 +243,8 @@ class Session:
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
             raise KeyboardInterrupt
+        for note in getattr(result, "notes", []):  # masks resized or missing: said once per round
+            _emit(self.events.on_notice, f"round {state.number}: {note}")
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted,
@@ -605,9 +571,9 @@ class Session:
         ``settings.patience`` rounds pass without improvement. Finished rounds are kept on resume;
         ``on_round(record)`` is called after each (``aldar run`` prints the ranking there)."""
         finished: list[dict] = []
-        if self.store.data.get("in_progress") and self.current is None:  # else: this process's own round goes on
-            number = self.store.data["in_progress"]["round"]
-            _emit(self.events.on_notice, f"resuming: round {number} was interrupted and restarts "
+        interrupted = self.store.state.in_progress
+        if interrupted is not None and self.current is None:  # else: this process's own round goes on
+            _emit(self.events.on_notice, f"resuming: round {interrupted.round} was interrupted and restarts "
                                          f"({len(self.store.rounds)} finished round(s) kept)")
         while True:
             reason = self.stop_before(rounds)
@@ -643,7 +609,7 @@ def _validate_inputs(settings: Settings) -> None:
 
 def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
     """Rounds of one history must be comparable: refuse to append rounds made with other models."""
-    saved = store.data.get("profile") or {}
+    saved = store.state.profile
     if not store.rounds or not saved:
         return
     now = profile.describe()
@@ -652,226 +618,3 @@ def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
         detail = ", ".join(f"{k} {saved.get(k)!r} → {now[k]!r}" for k in changed)
         raise InputError(f"{store.root} holds rounds made with other models ({detail})",
                          "pass --output-dir DIR for a new results folder, or the same models to resume")
-
-
-def starting_params(history: dict, defaults: dict) -> dict:
-    """The parameters the next round trains with: the interrupted round's (its checkpoints match them),
-    else the last finished round's ``next_params``, else ``defaults`` (the original system's history,
-    a bare list of rounds, has no next_params)."""
-    interrupted = history.get("in_progress") or {}
-    if interrupted.get("params"):
-        return dict(interrupted["params"])
-    rounds = history.get("rounds") or []
-    return dict((rounds[-1].get("next_params") if rounds else None) or defaults)
-
-
-def planned_params(settings: Settings) -> dict:
-    """``starting_params`` of the results folder without opening it: no lock, no torch (the chat's /config
-    before a session exists). The knobs' defaults depend on the profile's name only, so a stand-in profile
-    (no device detection) gives the same ones."""
-    from agent.rounds.store import peek_history
-
-    stand_in = ModelProfile(settings.profile, settings.base_model, settings.clip_model, "cpu", "fp32", settings.seed)
-    history = peek_history(settings.output_dir)
-    if history["profile"].get("profile", settings.profile) != settings.profile:
-        # another profile's round: the session will discard it (RunStore.discard_round_of_other_models)
-        history["in_progress"] = None
-    return starting_params(history, default_params(stand_in))
-
-
-def default_params(profile: ModelProfile) -> dict:
-    """The trainer's defaults for ``profile`` plus the knobs the agent adds on top."""
-    from tools.training.config import default_train_config  # the dataclass alone: no torch
-
-    config = dataclasses.asdict(default_train_config(profile))
-    params = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    # validation_images stays on: each checkpoint's validation renders are scored against the references,
-    # and the best-scoring checkpoint becomes the round's LoRA (select_best_checkpoint).
-    params.setdefault("lora_scale", 1.0)
-    params.setdefault("feature_emphasis", [])
-    return params
-
-
-def train_config(profile: ModelProfile, params: dict):
-    """A ``TrainConfig`` from the profile's defaults with every matching param applied."""
-    from tools.training.trainer import default_train_config
-
-    config = default_train_config(profile)
-    names = {f.name for f in dataclasses.fields(config)}
-    config = dataclasses.replace(config, **{k: v for k, v in params.items() if k in names})
-    if config.lr_warmup_steps >= config.steps:  # fewer steps after an overfitting round: warmup shrinks along
-        config = dataclasses.replace(config, lr_warmup_steps=config.steps // 10)
-    config.validate(profile)
-    return config
-
-
-def training_dataset(references: Path, analysis: dict, emphasis: list[str]) -> list[tuple[Path, str]]:
-    """(image, caption) pairs from the analysis captions, emphasised features first."""
-    captions = analysis.get("captions") or {}
-    trigger = analysis.get("trigger_token", "")
-    pairs = []
-    for name, caption in sorted(captions.items()):
-        path = references / name
-        if path.is_file():
-            pairs.append((path, emphasise(caption, emphasis, trigger)))
-    if not pairs:
-        raise InputError(f"none of the analysed captions match an image in {references}",
-                         "re-run the analysis (aldar analyze --force) after changing the references")
-    return pairs
-
-
-def emphasise(text: str, features: list[str], trigger: str = "") -> str:
-    """Put ``features`` right after the trigger token (early tokens weigh most in CLIP's text
-    encoder, and SDXL truncates at 77 tokens), without repeating them later."""
-    if not features:
-        return text
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    wanted = [f for f in features if f.strip()]
-    rest = [p for p in parts if p.lower() not in {f.lower() for f in wanted}]
-    head = [rest.pop(0)] if rest and trigger and rest[0].lower().startswith(trigger.lower()) else []
-    return ", ".join(head + wanted + rest)
-
-
-def overfitting_signals(report: ComparisonReport) -> Overfitting:
-    """Signs that the LoRA copies references: its closest image to one single reference
-    (CLIP cosine and SSIM), how many of its images are reference copies, and the variety of its
-    own images, all from the comparison report."""
-    rows = [row for row in report["images"] if row["generator"] == LORA]
-    lora = report["generators"].get(LORA)
-    return {"max_reference_clip": max((row["clip_max"] for row in rows), default=None),
-            "max_reference_ssim": max((row["ssim"] for row in rows), default=None),
-            "reference_copies": sum(bool(row.get("reference_copy")) for row in rows),
-            "variety": lora["variety"] if lora else None}
-
-
-def training_curve(train: dict) -> TrainingCurve:
-    """Where the round's validation quality peaked among its checkpoints: the best-scoring of two or more being
-    the last one means the quality was still rising when training stopped (what a kohya user reads off the
-    sample images). Read from the trainer's record, which may come from an older or hand-edited history: a
-    score without a finite step or quality counts as unscored."""
-    from tools.training.lora_files import best_checkpoint  # imports torch; a round has trained by now
-
-    checkpoints = [s for s in train.get("checkpoint_scores") or []
-                   if isinstance(s, dict) and finite_number(s.get("step")) is not None]
-    scored = [{"step": int(s["step"]), "quality": s["quality"]} for s in checkpoints
-              if finite_number(s.get("quality")) is not None]
-    best = best_checkpoint(scored)
-    # The last checkpoint of all, scored or not: a peak before an unscored last checkpoint is no rise at the end.
-    last_step = max((int(s["step"]) for s in checkpoints), default=None)
-    steps = finite_number(train.get("steps"))
-    return {"steps": int(steps) if steps is not None else None, "best_step": best["step"] if best else None,
-            "scored_checkpoints": len(scored),
-            "still_rising": len(scored) >= 2 and best is not None and best["step"] == last_step}
-
-
-def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
-    """generator → {quality, quality_std, clip, features, ssim, band, count, reference_copies} (means)
-    from a comparison report."""
-    return {name: {"quality": entry["quality"]["mean"], "quality_std": entry["quality"]["std"],
-                   "clip": entry["clip"]["mean"], "features": entry["features"]["mean"],
-                   "ssim": entry["ssim"]["mean"], "band": entry["band"], "count": entry["count"],
-                   "reference_copies": entry.get("reference_copies", 0)}
-            for name, entry in (report.get("generators") or {}).items()}
-
-
-def round_record(state: RoundState, store: RunStore, profile: dict, decision: Decision, applied: dict,
-                 notes: list[str], next_params: dict) -> RoundRecord:
-    """The history's record of a finished round. Tolerant of missing stages: a round may be recorded
-    before it was scored (then it has no scores)."""
-    report = state.report or {}
-    feedback = state.feedback or {}
-    ceiling = report.get("ceiling")
-    train = state.train or {}
-    return {
-        "round": state.number,
-        "finished_at": iso_timestamp(),
-        "params": state.params,
-        "train": {"steps": train.get("steps"), "final_loss": train.get("final_loss"),
-                  "interrupted": train.get("interrupted"), "checkpoint_scores": train.get("checkpoint_scores") or [],
-                  "chosen_checkpoint": train.get("chosen_checkpoint")},
-        "scores": scores_by_generator(report),
-        "ranking": report.get("ranking", []),
-        "ceiling": {"quality": ceiling["quality"]["mean"], "clip": ceiling["clip"]["mean"],
-                    "features": ceiling["features"]["mean"], "ssim": ceiling["ssim"]["mean"]} if ceiling else None,
-        "lora_score": feedback.get("lora_score"),
-        "band": feedback.get("band"),
-        "best_competitor": feedback.get("best_competitor"),
-        "score_gap": feedback.get("score_gap"),
-        "overfitting": feedback.get("overfitting"),
-        "decision": {"adjustments": applied, "requested": decision.adjustments, "clamped": notes,
-                     "stop": decision.stop, **({"llm_text": decision.llm_text} if decision.llm_text else {}),
-                     **({"already_tried": decision.already_tried} if decision.already_tried else {})},
-        "rationale": decision.rationale,
-        "decided_by": decision.decided_by,
-        "next_params": next_params,
-        "prompts": state.prompts,
-        "suite": suite_record(state, store),
-        "skipped_competitors": state.skipped,
-        "paths": {"run_dir": store.relative(train.get("run_dir")), "lora": store.relative(train.get("lora_path")),
-                  "kohya_lora": store.relative(train.get("kohya_path")),
-                  "comparison_report": store.relative(state.report_path),
-                  "feedback": store.relative(state.feedback_path),
-                  "images": {name: [store.relative(p) for p in paths] for name, paths in (state.images or {}).items()}},
-        "timings_s": {k: round(v, 4) for k, v in state.timings.items()},
-        "compute_s": {k: round(v, 4) for k, v in state.compute.items()},
-        "profile": profile,
-    }
-
-
-SUITE_SCORES = ("identity", "editability", "bleed")
-
-
-def suite_base_key(texts: list[str], sampling, profile: dict) -> str:
-    """What the base's suite images depend on: the prompts, how they are drawn and the models."""
-    import hashlib
-    import json
-
-    drawn = dataclasses.asdict(sampling.as_drawn())
-    models = {k: profile.get(k) for k in MODEL_KEYS}
-    text = json.dumps({"prompts": texts, "sampling": drawn, "models": models}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def suite_record(state: RoundState, store: RunStore) -> dict | None:
-    """The round record's ``suite``: its prompts, the LoRA's three scores, every generator's images."""
-    if not state.suite:
-        return None
-    report = state.suite_report or {}
-    return {"prompts": [prompt.as_dict() for prompt in state.suite],
-            "scores": {name: report.get(name) for name in SUITE_SCORES},
-            "generators": {name: {"identity": entry["identity"]["mean"], "editability": entry["editability"]["rate"],
-                                  "no_trigger_clip": entry["no_trigger"]["clip"]["mean"]}
-                           for name, entry in (report.get("generators") or {}).items()},
-            "images": {name: [[store.relative(p) for p in group] for group in groups]
-                       for name, groups in (state.suite_images or {}).items()},
-            "base_key": state.suite_key, "base_from_round": state.suite_base_from,
-            "report": store.relative(state.suite_report_path)}
-
-
-def how_to_go_on(reason: str) -> str:
-    """What lets rounds run again after ``stop_reason`` gave ``reason`` (the setting that stopped them)."""
-    if reason.startswith("target reached"):
-        return "raise target_score ([rounds] in aldar.toml, or ALDAR_TARGET_SCORE) to train further"
-    if reason.startswith("no improvement"):
-        return "raise patience ([rounds] in aldar.toml, or ALDAR_PATIENCE) to keep trying"
-    return "ask for more rounds (aldar run --rounds N)"
-
-
-def stop_reason(history: list[dict], rounds: int, target: float, patience: int, ranking: str = "guarded") -> str:
-    """Why no further round should run, or '' to go on (the tiny profile too: its toy-world scores mean something)."""
-    if len(history) >= rounds:
-        if len(history) == rounds:
-            return f"round limit reached ({rounds} of {rounds})"
-        # More finished rounds than the limit: the limit counts the rounds already in the folder.
-        return f"round limit reached: {len(history)} rounds are finished already, the limit is {rounds}"
-    scored = ranked_rounds(history)
-    if not scored:
-        return ""
-    last = scored[-1]
-    if last["lora_score"] >= target:
-        return f"target reached: round {last['round']} scored {last['lora_score']:.3f} ≥ {target}"
-    best = best_round(history, ranking)
-    since_best = sum(1 for r in scored if r["round"] > best["round"])
-    if since_best >= patience:
-        return f"no improvement for {since_best} round(s) since round {best['round']} (patience {patience})"
-    return ""

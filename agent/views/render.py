@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.rounds.knobs import value_text
-from agent.words import and_words
 from agent.rounds.records import LORA, RoundRecord, RoundTrain
+from agent.words import and_words
 from tools.numbers import finite_number
 from tools.scoring.copies import MEMORISED, copies_text, memorised
 from tools.scoring.records import Analysis, ComparisonReport, Feedback
@@ -261,9 +261,13 @@ def checkpoint_choice(train: RoundTrain) -> Table | None:
     chosen = train.get("chosen_checkpoint")
     if not chosen:
         return None
-    rows = [[f"step {s.get('step')}", number(s.get("quality")), CHOSEN if s.get("step") == chosen.get("step") else ""]
-            for s in train.get("checkpoint_scores") or []]
-    return Table(f"LoRA used: checkpoint at step {chosen.get('step')}", ["checkpoint", "quality", ""], rows,
+    scores = train.get("checkpoint_scores") or []
+    with_loss = any("validation_loss" in s for s in scores)  # histories from before issue 26 have none
+    rows = [[f"step {s.get('step')}", number(s.get("quality")),
+             *([_loss(s.get("validation_loss"))] if with_loss else []),
+             CHOSEN if s.get("step") == chosen.get("step") else ""] for s in scores]
+    columns = ["checkpoint", "quality", *(["validation loss"] if with_loss else []), ""]
+    return Table(f"LoRA used: checkpoint at step {chosen.get('step')}", columns, rows,
                  caption=str(chosen.get("why") or ""))
 
 
@@ -313,6 +317,16 @@ def analysis_table(analysis: Analysis) -> Table:
                  notes=[n] if (n := _notice(analysis)) else [])
 
 
+def captions_table(analysis: Analysis) -> Table:
+    """Each reference's training caption in both --caption-mode values: full, and identity-free (the trigger and
+    what varies; the traits every reference shares are left to the trigger)."""
+    from tools.scoring.analyzer import captions_for
+
+    full, free = captions_for(analysis, "full"), captions_for(analysis, "identity-free")
+    rows = [[name, full.get(name, MISSING), free.get(name, MISSING)] for name in sorted(full)]
+    return Table("training captions", ["reference", "full", "identity-free"], rows)
+
+
 def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
     """(style, text) lines: the LoRA's score and gap, then each recommendation by priority."""
     lines = []
@@ -343,3 +357,8 @@ def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
 
 def _notice(document: dict) -> str | None:
     return document.get("notice") or (document.get("profile") or {}).get("notice")
+
+
+def _loss(value: Any) -> str:
+    """A validation loss: four decimals, as neighbouring checkpoints differ in the third."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING

@@ -174,6 +174,33 @@ def build_prompt(trigger_token: str, features: Sequence[str]) -> str:
     return ", ".join([trigger_token, *features])
 
 
+CAPTION_MODES = ("full", "identity-free")
+
+
+def varying_categories(per_image: dict[str, dict], categories: Sequence[str]) -> list[str]:
+    """The categories whose top feature is not the same on every reference (background, pose, …): what a caption
+    must name so the trigger does not absorb it. With one reference nothing varies."""
+    return [c for c in categories
+            if len({per_image[name][c]["top"][0]["feature"] for name in per_image if c in per_image[name]}) > 1]
+
+
+def identity_free_captions(analysis: dict) -> dict[str, str]:
+    """Captions that name the trigger and only what varies across the references, leaving the traits common to all
+    of them (the identity) to the trigger token, as character-LoRA guides advise. Works on older analyses too
+    (it reads ``per_image``)."""
+    per_image, trigger = analysis.get("per_image") or {}, analysis.get("trigger_token", "")
+    order = list((analysis.get("taxonomy") or {}).get("categories") or
+                 next(iter(per_image.values()), {}).keys())
+    varying = varying_categories(per_image, order)
+    return {name: build_prompt(trigger, [per_image[name][c]["top"][0]["feature"] for c in varying])
+            for name in per_image}
+
+
+def captions_for(analysis: dict, mode: str) -> dict[str, str]:
+    """The analysis' training captions in ``mode``: ``full`` (every category's top feature) or ``identity-free``."""
+    return identity_free_captions(analysis) if mode == "identity-free" else (analysis.get("captions") or {})
+
+
 def analyze_references(references: Path, profile: ModelProfile, taxonomy_path: Path, trigger_token: str,
                        character_name: str, out_path: Path | None, *, encoder=None,
                        cache: EmbeddingCache | None = None, use_cache: bool = True) -> Analysis:
@@ -215,6 +242,7 @@ def analyze_references(references: Path, profile: ModelProfile, taxonomy_path: P
         "training_prompt": build_prompt(trigger_token, key_features), "captions": captions,
         "unclear_categories": unclear, "warnings": unclear_lines(categories),
     }
+    analysis["captions_identity_free"] = identity_free_captions(analysis)
     if "notice" in description:
         analysis["notice"] = description["notice"]
     if out_path is not None:

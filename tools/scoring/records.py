@@ -60,6 +60,7 @@ class Analysis(TypedDict):
     captions: dict[str, str]
     unclear_categories: NotRequired[list[str]]  # categories with no clear match (analyzer.CLEAR_MARGIN)
     warnings: NotRequired[list[str]]  # one line each, shown where the analysis is made
+    captions_identity_free: NotRequired[dict[str, str]]  # trigger + what varies (--caption-mode identity-free)
     notice: NotRequired[str]
 
 
