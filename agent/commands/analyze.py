@@ -44,6 +44,6 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     for line in analysis.get("warnings") or []:
         ui.warn(escape(line))
     ui.info(f"[bold]training prompt:[/bold] {escape(analysis['training_prompt'])}")
-    render.show(ui, render.captions_table(analysis))
+    ui.show(render.captions_table(analysis))
     ui.success(f"feature analysis saved to {settings.analysis_path}")
     return 0
