@@ -35,6 +35,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from tools.character import check_prompts
 from tools.errors import InputError
 from tools.scoring.records import Analysis
 from tools.scoring.taxonomy import Taxonomy, taxonomy_from_dict
@@ -174,16 +175,11 @@ def other_character(character: Character, rng: random.Random) -> str:
 
 
 def check_suite(prompts: Sequence[SuitePrompt], trigger: str) -> None:
-    """One clear line for an empty or duplicate prompt, or a no-trigger prompt that holds the trigger."""
-    seen: set[str] = set()
-    for number, prompt in enumerate(prompts, start=1):
-        text = " ".join(prompt.text.split())
-        if not text:
-            raise InputError(f"suite prompt {number} is empty", "give every suite prompt some text")
-        if text.casefold() in seen:
-            raise InputError(f"suite prompt {number} repeats an earlier one ({text!r})",
-                             "make every suite prompt different (another context value or character)")
-        seen.add(text.casefold())
+    """One clear line for an empty or duplicate prompt (``tools.character.check_prompts``, as for --prompt), or
+    a no-trigger prompt that holds the trigger."""
+    texts = check_prompts([prompt.text for prompt in prompts], "suite prompt")
+    for number, (prompt, text) in enumerate(zip(prompts, texts), start=1):
+        text = " ".join(text.split())
         if prompt.kind == NO_TRIGGER and trigger and trigger.casefold() in text.casefold().split(", "):
             raise InputError(f"suite prompt {number} is meant to have no trigger but holds {trigger!r}",
                              "remove the trigger token from the no-trigger prompts")
