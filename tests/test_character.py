@@ -79,7 +79,7 @@ def test_every_command_takes_the_character_flags(command, capsys):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--trigger-token TOKEN" in text and "--character-name NAME" in text and "--references DIR" in text
-    if command in ("run", "chat", "generate"):
+    if command in ("run", "chat", "generate", "train"):
         assert "--prompt TEXT" in text
 
 
@@ -246,25 +246,25 @@ def test_empty_or_repeated_prompts_are_one_line(tmp_path, capsys):
     assert check_prompts([" zorabek, a king ", "zorabek, at sea"]) == ["zorabek, a king", "zorabek, at sea"]
     with pytest.raises(InputError, match="suite prompt 2 is empty"):
         check_prompts(["zorabek, a king", "  "], "suite prompt")
-    with pytest.raises(InputError, match="suite prompt 3 repeats suite prompt 1"):
+    with pytest.raises(InputError, match=r"suite prompt 3 repeats an earlier one \(suite prompt 1"):
         check_prompts(["zorabek, a king", "zorabek, at sea", "Zorabek,  a king"], "suite prompt")
     out = tmp_path / "images"
     code = main(["generate", "--profile", "tiny", "--provider", "base", "--prompt", "zorabek, a king", "--prompt",
                  "zorabek, a king", "--out", str(out)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "--prompt 2 repeats --prompt 1" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "--prompt 2 repeats an earlier one (--prompt 1" in err
     assert not out.exists()
 
 
 # ------------------------------------------------------------------ Must show: no trace of the first character
 # The package and command name `aldar` may appear, and only in these forms: the settings file, a command
-# line, the results folder's lock file, a record's schema id, the LoRA's metadata keys, the PNG text chunk's key
-# and the report's heading.
+# line, the results folder's lock file, a record's schema id, the LoRA's metadata keys ("aldar_<key>": in the
+# safetensors header), the PNG text chunk's key and the report's heading.
 ALLOWED = re.compile(
     r"aldar\.toml|\.aldar\.lock"
     r"|aldar (?:analyze|train|generate|score|run|chat|story|doctor)\b"
     r"|aldar\.[a-z_]+/\d+"
-    r"|aldar_(?:trigger_token|dataset_sha256|profile_info|profile|notice)\b"
+    r'|"aldar_(?!kose)[a-z0-9_]+":'
     r"|iTXtaldar\x00"
     r"|<title>aldar report</title>|<h1>aldar — ")
 FIRST_CHARACTER = re.compile(r"aldar|k[öo]se", re.IGNORECASE)
@@ -276,9 +276,10 @@ def first_character_mentions(text: str) -> list[str]:
 
 
 def test_the_allowed_forms_are_only_the_package_name():
-    assert first_character_mentions('see aldar.toml; run aldar run --rounds 2; "schema": "aldar.feedback/1"') == []
+    assert first_character_mentions('see aldar.toml; run aldar run --rounds 2; "schema": "aldar.feedback/1", '
+                                    '"aldar_trigger_token":"zorabek"') == []
     for leak in ("aldar_kose_lora", "Aldar Köse", "aldarkose", "ALDAR", "key features of Aldar", "Kose",
-                 "examples/aldar_kose/taxonomy.json", "aldar_kose"):
+                 "examples/aldar_kose/taxonomy.json", "aldar_kose", '"aldar_kose_lora":', '"name": "aldar"'):
         assert first_character_mentions(leak), leak
 
 

@@ -143,14 +143,16 @@ def test_the_lora_is_named_for_the_character(references, tmp_path, monkeypatch):
     seen = {}
 
     def fake_train(config, profile, dataset, run_dir, **kwargs):
-        seen.update(name=config.output_name, trigger=config.trigger_token, captions=[c for _, c in dataset])
+        seen.update(name=config.output_name, trigger=config.trigger_token, captions=[c for _, c in dataset],
+                    prompt=config.validation_prompt)
         return trainer.TrainResult(run_dir, None, None, 0, None, [], run_dir / "loss.csv", interrupted=True)
 
     monkeypatch.setattr(trainer, "train_lora", fake_train)
     args = base_args(references, tmp_path / "runs" / "one") + ["--trigger-token", "bluebot", "--character-name",
-                                                                 "Blue Bot"]
+                                                                 "Blue Bot", "--prompt", "bluebot, waving"]
     assert main(args) == 130
-    assert seen == {"name": "blue_bot_lora", "trigger": "bluebot", "captions": ["bluebot, Blue Bot"] * 2}
+    assert seen == {"name": "blue_bot_lora", "trigger": "bluebot", "captions": ["bluebot, Blue Bot"] * 2,
+                    "prompt": "bluebot, waving"}
 
 
 def test_two_processes_under_torchrun_train_one_lora(references, tmp_path):

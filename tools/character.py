@@ -9,46 +9,12 @@ takes the trigger and name the analysis recorded.
 
 from __future__ import annotations
 
-import json
 import re
-import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from tools.errors import InputError
-
-CARD_NAME = "character.json"
-CARD_KEYS = ("trigger_token", "character_name", "test_prompt")
-
-
-def read_character_card(references: str | Path) -> dict[str, str]:
-    """The ``character.json`` beside the references: its known keys with non-empty text values, else {}.
-    An unreadable card is refused with the file named: it would otherwise silently name nobody."""
-    path = Path(references).expanduser() / CARD_NAME
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc})",
-                         'fix it, e.g. {"trigger_token": "bluebot", "character_name": "Blue Bot"}') from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path} is not a JSON object", 'write it as {"trigger_token": "...", "character_name": "..."}')
-    return {key: data[key].strip() for key in CARD_KEYS if isinstance(data.get(key), str) and data[key].strip()}
-
-
-def folder_identity(references: str | Path) -> dict[str, str]:
-    """A trigger token and name from the folder's name (``my_hero`` → ``myhero``, ``my hero``) for pictures
-    that come with no card and no settings: a made-up word of the user's own, not the bundled character's."""
-    name = Path(references).expanduser().resolve().name or "character"
-    spaced = " ".join(re.split(r"[\s_\-.]+", name)).strip() or "character"
-    return {"trigger_token": slug(spaced).replace("_", "") or "character", "character_name": spaced}
-
-
-def slug(text: str) -> str:
-    """Lower-case ASCII letters, digits and underscores (``King Zorabek`` → ``king_zorabek``): file names."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
+from tools.settings import slug  # character.json itself is read with the settings (read_character_card)
 
 
 def lora_name(character_name: str, trigger_token: str) -> str:
@@ -129,7 +95,7 @@ def check_prompts(prompts: Sequence[str], what: str = "prompt") -> list[str]:
             raise InputError(f"{what} {index} is empty", f"give each {what} some text, or leave it out")
         key = " ".join(prompt.lower().split())
         if key in seen:
-            raise InputError(f"{what} {index} repeats {what} {seen[key]} ({shorten(prompt)!r})",
+            raise InputError(f"{what} {index} repeats an earlier one ({what} {seen[key]}: {shorten(prompt)!r})",
                              f"make each {what} different, or leave the repeat out")
         seen[key] = index
     return cleaned

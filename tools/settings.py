@@ -10,14 +10,17 @@ API keys are *not* settings: they come from the environment or ``.env`` only
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from tools.errors import ConfigError
+from tools.errors import ConfigError, InputError
 from tools.paths import BUNDLED_REFERENCES, BUNDLED_TAXONOMY
 
 PROFILES = ("tiny", "sdxl")
@@ -124,8 +127,6 @@ class Settings:
     def _derive_character(self) -> None:
         """Fill the empty trigger token, name and test prompt from <references>/character.json, else the folder's
         name; an empty analysis_path becomes <output_dir>/feature_analysis.json."""
-        from tools.character import folder_identity, read_character_card
-
         empty = [name for name in DERIVED_SETTINGS if not str(getattr(self, name)).strip()]
         if not empty:
             return
@@ -218,6 +219,43 @@ class Settings:
             raise ConfigError(f"seed is {self.seed}", "set seed to a whole number from 0 to 4294967295")
         if not 0.0 < self.target_score <= 1.0:
             raise ConfigError(f"target_score is {self.target_score}", "set target_score in (0, 1]")
+
+
+# ---------------------------------------------------------------- the character beside the references
+# A references folder may hold a character.json (as it may hold a taxonomy.json) naming its character; what the
+# settings leave empty comes from there, else from the folder's name (tools.character: the checks on them).
+CARD_NAME = "character.json"
+CARD_KEYS = ("trigger_token", "character_name", "test_prompt")  # what a character.json may set
+
+
+def read_character_card(references: str | Path) -> dict[str, str]:
+    """The ``character.json`` beside the references: its known keys with non-empty text values, else {}.
+    An unreadable card is refused with the file named: it would otherwise silently name nobody."""
+    path = Path(references).expanduser() / CARD_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc})",
+                         'fix it, e.g. {"trigger_token": "bluebot", "character_name": "Blue Bot"}') from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a JSON object", 'write it as {"trigger_token": "...", "character_name": "..."}')
+    return {key: data[key].strip() for key in CARD_KEYS if isinstance(data.get(key), str) and data[key].strip()}
+
+
+def folder_identity(references: str | Path) -> dict[str, str]:
+    """A trigger token and name from the folder's name (``my_hero`` → ``myhero``, ``my hero``) for pictures
+    that come with no card and no settings: a made-up word of the user's own, not the bundled character's."""
+    name = Path(references).expanduser().resolve().name or "character"
+    spaced = " ".join(re.split(r"[\s_\-.]+", name)).strip() or "character"
+    return {"trigger_token": slug(spaced).replace("_", "") or "character", "character_name": spaced}
+
+
+def slug(text: str) -> str:
+    """Lower-case ASCII letters, digits and underscores (``King Zorabek`` → ``king_zorabek``): file names."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
 
 
 def validate_weights(weights: dict[str, float]) -> None:

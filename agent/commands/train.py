@@ -26,7 +26,9 @@ HELP = ("train an SDXL LoRA of the character on the reference pictures (diffuser
         "writes diffusers and kohya LoRA files, checkpoints, validation images and a loss curve")
 # Already settings flags that set the trainer's too: --seed, and --trigger-token (a character flag).
 SHARED_FLAGS = {"seed", "trigger_token"}
-CHARACTER_FLAGS = ("references", "taxonomy", "trigger_token", "character_name")
+# --prompt (test_prompt, given on the command line, aldar.toml or ALDAR_TEST_PROMPT): the validation prompt
+# unless --validation-prompt says otherwise.
+CHARACTER_FLAGS = ("references", "taxonomy", "trigger_token", "character_name", "test_prompt")
 # Each profile as named, before its device is known (finding that loads torch): the help shows their
 # defaults, and every flag is checked against them before anything heavy loads.
 _NAMED_PROFILES = {"sdxl": ModelProfile("sdxl", "sdxl", "clip", "cuda", "fp16", 42),
@@ -66,14 +68,15 @@ def _show(value) -> str:
 
 
 def training_config(args: argparse.Namespace, profile: ModelProfile, trigger_token: str, *,
-                    device_checks: bool = True, character_name: str = "") -> TrainConfig:
+                    device_checks: bool = True, character_name: str = "", prompt: str = "") -> TrainConfig:
     """The profile's defaults, the character's trigger token and LoRA name, then every flag given; validated
     (on the profile's device too, unless ``device_checks`` is False: the device is not known yet)."""
     from tools.character import lora_name
 
     given = {k.name: getattr(args, k.name) for k in training_settings() if k.name not in SHARED_FLAGS and hasattr(args, k.name)}
     config = default_train_config(profile).replace(trigger_token=trigger_token,
-                                                   output_name=lora_name(character_name, trigger_token))
+                                                   output_name=lora_name(character_name, trigger_token),
+                                                   validation_prompt=prompt)
     config = config.replace(**given)
     config.validate(profile if device_checks else None)
     return config
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     # A bad flag exits 2 before torch loads; what depends on the device (fp16 needs CUDA, ...) right after,
     # and all of it before any file is touched.
     training_config(args, _NAMED_PROFILES[settings.profile], trigger, device_checks=False,
-                    character_name=settings.character_name)
+                    character_name=settings.character_name, prompt=_given_prompt(settings))
     from rich.markup import escape
 
     from tools.generation.sampling import SamplingSpec
@@ -95,7 +98,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from tools.training.trainer import train_lora
 
     profile = resolve_profile(settings)
-    config = training_config(args, profile, trigger, character_name=settings.character_name)
+    config = training_config(args, profile, trigger, character_name=settings.character_name,
+                             prompt=_given_prompt(settings))
     # validation images at the guidance and negative prompt `aldar generate` will use
     config = config.judged_as_drawn(SamplingSpec.from_settings(settings))
     images = list_images(Path(settings.references))
@@ -148,6 +152,12 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         ui.info(DIFFUSERS_NOTE)
     ui.success(f"LoRA saved to {escape(str(result.lora_path))}")
     return 0
+
+
+def _given_prompt(settings: Settings) -> str:
+    """A test prompt the user gave (--prompt, aldar.toml, ALDAR_TEST_PROMPT), else '' — a character.json's
+    prompt is for the rounds: `aldar train` validates on '<trigger>, portrait' unless told otherwise."""
+    return "" if "test_prompt" in settings.derived else settings.test_prompt
 
 
 def _checkpoint_scorer(analysis: dict, settings: Settings, profile: ModelProfile, config: TrainConfig):

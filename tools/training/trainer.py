@@ -41,6 +41,7 @@ from tools.training.report import (LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_c
 from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, adapter_state_dicts, check_resumable, jsonable,
                                   lora_adapters, make_accelerator, make_optimizer, out_of_memory)
 from tools.timestamps import iso_timestamp
+from tools.training.losses import denoising_loss, evaluation_loss, min_snr_weights  # noqa: F401  (re-exported)
 
 __all__ = ["TrainConfig", "TrainResult", "default_train_config", "train_lora", "denoising_loss", "evaluation_loss"]
 
