@@ -80,10 +80,10 @@ def fresh_models_per_module():
 
 @pytest.fixture
 def references_dir(tmp_path) -> Path:
-    """A private copy of the five bundled reference pictures and ``taxonomy.json``."""
+    """A private copy of the five bundled reference pictures, ``taxonomy.json`` and ``character.json``."""
     folder = tmp_path / "references"
     folder.mkdir()
-    for name in (*REFERENCE_NAMES, "taxonomy.json"):
+    for name in (*REFERENCE_NAMES, "taxonomy.json", "character.json"):
         shutil.copy2(BUNDLED_REFERENCES / name, folder / name)
     return folder
 

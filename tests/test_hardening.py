@@ -304,7 +304,7 @@ def test_a_round_started_by_other_models_is_discarded_not_resumed(tiny_settings)
     notices: list[str] = []
     with Session(tiny_settings, quiet=True, events=SessionEvents(on_notice=notices.append)) as session:
         assert session.params == session.default_params and session.params["resolution"] != 1024
-        assert session.store.data["in_progress"] is None and session.store.data["profile"]["profile"] == "tiny"
+        assert session.store.state.in_progress is None and session.store.state.profile["profile"] == "tiny"
     assert len(notices) == 1 and notices[0].startswith("round 1 was started with other models (profile 'sdxl' → "
                                                        "'tiny'") and "discarded" in notices[0]
     # Saved: the next run neither resumes it nor refuses the folder as another profile's.

@@ -350,7 +350,7 @@ def test_config_shows_the_next_round_params_and_a_slash_only_chat_is_saved(tiny_
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.getvalue().splitlines()
             if line.count("│") == 3}
     from agent.rounds.knobs import params_text
-    from agent.rounds.session import default_params
+    from agent.rounds.params import default_params
     from tools.models import resolve_profile
 
     # before any /auto: the profile's defaults, as the first round will train with them

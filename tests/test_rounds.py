@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.rounds.params import emphasise
 from agent.rounds.policy import RulePolicy
-from agent.rounds.session import Session, emphasise
+from agent.rounds.session import Session
+from tools.errors import InputError
 
 ROUND_STEPS = 8  # tiny steps for the test: the pipeline, not the learning, is under test
 
@@ -218,7 +220,7 @@ def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpo
         trained = dict(session.params)
     with Session(settings, quiet=True) as again:
         assert again.params == trained  # the in-progress round's params, not the defaults
-        assert again.store.data["in_progress"]["stage"] == "train"
+        assert again.store.state.in_progress.stage == "train"
         again.params["rank"] = trained["rank"] * 2  # its checkpoints no longer fit
         result = again.train()
         assert result["steps"] == 2
@@ -226,7 +228,7 @@ def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpo
     assert len(stale) == 1 and list(stale[0].glob("checkpoint-*"))
 
 
-def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, references_dir, monkeypatch):
+def test_analysis_is_reused_while_the_references_are_unchanged_and_refused_once_they_change(tiny_settings, references_dir, monkeypatch):
     import tools.scoring.analyzer
 
     with Session(tiny_settings, quiet=True) as session:
@@ -237,9 +239,10 @@ def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, re
     with Session(tiny_settings, quiet=True) as session:
         assert session.analyze() == first and calls == []  # read back from analysis_path
     (references_dir / "aldar5.png").unlink()
-    with Session(tiny_settings, quiet=True) as session:
-        again = session.analyze()
-    assert len(calls) == 1 and [r["file"] for r in again["references"]] == [f"aldar{i}.png" for i in range(1, 5)]
+    # pictures changed under a saved analysis: refused, never silently re-made into the run's history
+    with pytest.raises(InputError, match=r"when it held 5 pictures that have changed since \(now 4\)") as error:
+        Session(tiny_settings, quiet=True)
+    assert "rerun `aldar analyze --references" in error.value.fix and calls == []
 
 
 def test_hosted_competitors_compete_and_a_failing_one_sits_out(tiny_settings, monkeypatch):

@@ -45,6 +45,9 @@ def test_the_suite_asks_for_new_scenes_and_for_another_character_without_the_tri
         parts = prompt.text.split(", ")
         assert "aldarkose" not in parts
         assert not {"round face", "narrow eyes", "thin mustache", "skullcap", "orange patterned robe"} & set(parts)
+    # The expression is context, not identity: a new scene may change it (kept as the references show it,
+    # not varied: the toy base draws a prompted expression 45 % of the time).
+    assert all("smiling" in p.text.split(", ") for p in contexts)
     # Deterministic from the analysis and the seed; another seed may pick other values.
     assert build_suite(analysis(), seed=42) == suite
     assert build_suite(analysis(), seed=7) != suite
@@ -117,3 +120,17 @@ def test_a_round_clearly_worse_in_new_scenes_does_not_win_on_quality_alone():
     # Within the margins (noise), and without a suite, quality decides.
     assert best_round([record(1, 0.60, 0.95, 0.0), record(2, 0.65, 0.85, 0.04)])["round"] == 2
     assert best_round([record(1, 0.60, None, None), record(2, 0.65, None, None)])["round"] == 2
+
+
+def test_the_llm_briefing_carries_the_three_scores_and_what_each_prompt_asked():
+    from agent.llm.tools import feedback_summary, round_summary
+
+    brief = feedback(0.712345, 0.8, 1.0, 0.0412345)
+    brief["suite_prompts"] = [{"kind": "new_context", "text": "t, x", "category": "background", "value": "forest"},
+                              {"kind": "no_trigger", "text": "y"}]
+    summary = feedback_summary(brief)
+    assert summary["identity"] == {"score": 0.712} and summary["bleed"] == {"score": 0.041}
+    assert summary["suite_prompts"] == [{"kind": "new_context", "asks": "background: forest"}, {"kind": "no_trigger"}]
+    assert "identity" not in feedback_summary({"lora_score": 0.5})
+    past = round_summary({"round": 1, "lora_score": 0.6, **record(1, 0.6, 0.9, 0.02)})
+    assert past["suite"] == {"editability": 0.9, "bleed": 0.02}

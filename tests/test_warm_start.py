@@ -193,7 +193,7 @@ def test_a_round_continues_the_best_rounds_checkpoint_or_says_in_one_line_why_no
 
 def test_rounds_must_pay_trains_one_longer_round_and_another_only_where_it_pays(tiny_settings):
     from agent.rounds.payoff import LONG_ROUND, session_defaults, unpaid_round
-    from agent.rounds.session import default_params, planned_params
+    from agent.rounds.params import default_params, planned_params
     from tools.models import resolve_profile
 
     profile = resolve_profile(tiny_settings)

@@ -74,8 +74,8 @@ def check_llm(settings: Settings) -> list[CheckResult]:
     one-token-ish completion. Without an LLM the rule policy decides, so nothing here is a FAIL.
     """
     from agent.llm.client import KEY_HELP, resolve_endpoint
-    from tools.urls import url_is_loopback
     from tools.errors import ConfigError
+    from tools.urls import url_is_loopback
 
     try:
         env_name, _, base_url, model = resolve_endpoint(settings)
@@ -115,7 +115,7 @@ def probe_local_server(settings: Settings, base_url: str, model: str) -> list[Ch
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Call ping."}],
                                        tools=[ping], max_tokens=16, temperature=0)
     except openai.OpenAIError as exc:
-        error = provider_error(exc, settings)
+        error = provider_error(exc, settings.llm_timeout_s)
         if isinstance(error, ToolsUnsupportedError):
             return [answering, CheckResult("LLM tools", WARN, f"the server does not take tools ({error.problem})",
                                            error.fix)]

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the command line is parsed (and --rounds checked) before an
     from tools.settings import Settings
 
 NAME = "run"
+CHARACTER_FLAGS = ("references", "taxonomy", "trigger_token", "character_name", "test_prompt")
 HELP = ("autonomous rounds: train the LoRA, generate against the base model and hosted competitors, score "
         "everyone against the references, let the LLM or the rule policy adjust, repeat (resumes when rerun)")
 
@@ -29,7 +30,6 @@ HELP = ("autonomous rounds: train the LoRA, generate against the base model and 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, metavar="N",
                         help="rounds in the history when the run ends (default: max_rounds, 3); finished rounds count")
-    parser.add_argument("--references", metavar="DIR", help="folder of reference pictures (png/jpg/webp)")
     parser.add_argument("--competitors", metavar="A,B",
                         help="hosted generators to compete (default from settings: freepik,deepai,gemini; "
                              "'none' for only the LoRA and the base model)")
@@ -50,8 +50,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps is {args.steps}", "pass --steps 1 or more")
     settings = settings.replace(max_rounds=rounds)
-    from agent.views import render
     from agent.rounds.session import Session  # the rounds (and, through them, the model stack) load once the input is good
+    from agent.views import render
 
     from agent.views.report import ReportWriter
 
@@ -83,7 +83,7 @@ def _show_round(ui, record: dict, history: list[dict]) -> None:
 
 def _before(history: list[dict], record: dict) -> dict | None:
     """The round recorded just before ``record`` (its prompt is what the round's prompt changed from)."""
-    earlier = [r for r in history if r.get("round", 0) < record.get("round", 0)]
+    earlier = [r for r in history if r["round"] < record["round"]]
     return earlier[-1] if earlier else None
 
 
@@ -126,12 +126,11 @@ def _confirm_paid_competitors(session: Session, ui: UI) -> None:
 def show_summary(session: Session, ui: UI, report: Path | None) -> None:
     from agent.views import render
 
-    data = session.store.data
-    best = data.get("best_round")
-    record = next((r for r in data["rounds"] if r["round"] == best), None)
-    if record is not None and session.store.best_lora_holds(record):
-        ui.success(f"best round: {best} (LoRA score {render.number(record.get('lora_score'))}) → "
-                   f"{session.store.root / (data.get('best_lora') or 'best_lora')}")
+    store = session.store
+    record = store.best_record()
+    if record is not None and store.best_lora_holds(record):
+        ui.success(f"best round: {record['round']} (LoRA score {render.number(record.get('lora_score'))}) → "
+                   f"{store.root / (store.state.best_lora or 'best_lora')}")
     if report:  # only what this process wrote: never a path that may not exist
         ui.success(f"report: {report}")
     if session.profile.is_tiny:

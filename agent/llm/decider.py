@@ -18,14 +18,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agent.rounds.decision import Decision, already_trained
 from agent.llm.client import ToolsUnsupportedError, is_deepseek, make_client
-from agent.rounds.knobs import SAFE_BOUNDS, clamp_adjustments, knob_values
-from agent.llm.tools import RoundTools, given_knobs, feedback_summary, round_summary, rule_suggestion
 from agent.llm.loop import ChatLoop, LoopEvents, TurnResult, Usage
-from agent.rounds.policy import RulePolicy
 from agent.llm.prompts import decider_system_prompt
-from tools.atomic import read_json_object
+from agent.llm.tools import RoundTools, given_knobs, feedback_summary, round_summary, rule_suggestion
+from agent.rounds.decision import Decision, already_trained
+from agent.rounds.knobs import SAFE_BOUNDS, clamp_adjustments, knob_values
+from agent.rounds.policy import RulePolicy
+from agent.rounds.store import round_feedback
 from tools.errors import AldarError, InsecureUrlError
 from tools.settings import Settings
 
@@ -186,11 +186,8 @@ class DecisionTools(RoundTools):
     def feedback_of(self, round_number: int | None) -> dict | None:
         if not round_number or round_number == self.feedback.get("round"):
             return self.feedback
-        for record in self.rounds:
-            path = (record.get("paths") or {}).get("feedback") if record.get("round") == round_number else None
-            if path:
-                return read_json_object(self.results_root / path)
-        return None
+        record = next((record for record in self.rounds if record["round"] == round_number), None)
+        return round_feedback(self.results_root, record) if record is not None else None
 
     def propose_adjustment(self, rationale: str, stop: bool = False, **knobs: Any) -> dict:
         """Decide the next round: the knobs to change (leave out the ones that stay) and why.

@@ -21,9 +21,9 @@ from agent.llm.client import make_client, provider_error, thinking_extra_body
 from agent.llm.prompts import load_prompt
 from tools.atomic import unused_path
 from tools.errors import ConfigError, InputError, ProviderError
+from tools.generation.storybook import write_storybook
 from tools.secrets import redact
 from tools.settings import Settings
-from tools.generation.storybook import write_storybook
 from tools.timestamps import iso_timestamp, timestamp
 
 if TYPE_CHECKING:  # `aldar story --help` lists GENERATORS without loading the openai package
@@ -107,7 +107,7 @@ def write_story(settings: Settings, prompt: str, scenes: int = 4, *, client: ope
                                                       response_format={"type": "json_object"},
                                                       extra_body=extra_body)
         except openai.OpenAIError as exc:
-            raise provider_error(exc, settings) from None
+            raise provider_error(exc, settings.llm_timeout_s) from None
         reply = (response.choices[0].message.content or "") if response.choices else ""
         reply = redact(reply, [getattr(client, "api_key", None)])  # a model or proxy can echo the key
         try:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from agent.rounds.session import Session, TrainedRound
+    from agent.rounds.recording import TrainedRound
+    from agent.rounds.session import Session
 
 
 def paid_question(paid: list[str]) -> str:

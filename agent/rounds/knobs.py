@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 from agent.llm.toolspec import ExtraParameter, Range
 from tools.errors import ConfigError, InputError
@@ -28,16 +28,21 @@ from tools.training.config import check_setting
 @dataclass(frozen=True)
 class Knob:
     name: str
-    kind: type  # int, float, or list (of feature phrases)
-    safe: tuple[float, float]  # clamped into this range; for a list: (0, most phrases)
+    kind: type  # int, float, bool (a switch), str (one of ``choices``), or list (of feature phrases)
+    safe: tuple[float, float]  # clamped into this range; for a list: (0, most phrases); (0, 1) for bool and str
     help: str
     trainer_setting: bool = True  # a TrainConfig field: its valid domain is TrainConfig's
     check: Optional[Callable[[Any], None]] = None  # else the valid domain's check (raises InputError)
+    choices: tuple[str, ...] = ()  # a str knob's values
+    unshown: tuple = ()  # values left out of the parameter lines (a lever at its default)
 
     def refuse_invalid(self, value: Any) -> None:
         """Raise ``InputError`` when ``value`` is outside the knob's valid domain."""
         if self.kind is list:
             return
+        if self.kind is str and value not in self.choices:
+            raise InputError(f"{self.name} {value!r} is not one of {', '.join(self.choices)}",
+                             f"use {self.name}={self.choices[0]}")
         if self.trainer_setting:
             try:
                 check_setting(self.name, value)
@@ -56,6 +61,19 @@ KNOBS: tuple[Knob, ...] = (
          check=partial(check_lora_scale, name="lora_scale")),
     Knob("feature_emphasis", list, (0, 4), "Key feature phrases to stress in the captions and prompt.",
          trainer_setting=False),
+    # The levers of issue 26 (bench/levers.py measures each on the toy world; prompts/ says when each helps).
+    Knob("masked_loss", bool, (0, 1), "Train on the character only (reference masks): prompts can change the "
+         "background; needs masks/ beside the references or alpha channels.", unshown=(False,)),
+    Knob("mask_outside_weight", float, (0.0, 0.5), "Masked loss: weight of the background (0 = not learned).",
+         unshown=(0.0,)),
+    Knob("prior_preservation", bool, (0, 1), "Train beside the base model's class images: less bleed into "
+         "prompts without the trigger, about twice the time per step.", unshown=(False,)),
+    Knob("prior_loss_weight", float, (0.1, 2.0), "Prior preservation: weight of the class images' loss.",
+         unshown=(1.0,)),
+    Knob("caption_mode", str, (0, 1), "Captions: full (every trait) or identity-free (only what varies; the "
+         "identity is left to the trigger).", choices=("full", "identity-free"), unshown=("full",)),
+    Knob("adapter", str, (0, 1), "Adapter kind: lora, lokr or loha (same rank/alpha).",
+         choices=("lora", "lokr", "loha"), unshown=("lora",)),
 )
 BY_NAME: dict[str, Knob] = {knob.name: knob for knob in KNOBS}
 NAMES: tuple[str, ...] = tuple(BY_NAME)
@@ -92,9 +110,12 @@ def value_text(value: Any) -> str:
 
 
 def params_items(params: dict) -> list[tuple[str, str]]:
-    """The knobs of ``params`` as (name, value text) pairs; an empty feature_emphasis is left out."""
+    """The knobs of ``params`` as (name, value text) pairs; an empty feature_emphasis and a lever at its default
+    (masked_loss off, adapter lora, …) are left out."""
     return [(name, value_text(value)) for name, value in knob_values(params).items()
-            if not (name == "feature_emphasis" and not value)]
+            if not (name == "feature_emphasis" and not value)
+            and not any(value is unshown or (type(value) is type(unshown) and value == unshown)
+                        for unshown in BY_NAME[name].unshown)]
 
 
 def params_text(params: dict) -> str:
@@ -118,6 +139,17 @@ def clamp_adjustments(params: dict[str, Any], adjustments: dict[str, Any],
             notes.append(f"dropped unknown parameter {name!r}")
             continue
         knob, (low, high) = BY_NAME[name], bounds[name]
+        if knob.kind in (bool, str):
+            value = _switch(value) if knob.kind is bool else value
+            try:
+                if value is None:
+                    raise InputError(f"{adjustments[name]!r} is not on or off", "use true or false")
+                knob.refuse_invalid(value)
+            except InputError as error:
+                notes.append(f"dropped {name}={adjustments[name]!r}: {error}")
+                continue
+            clamped[name] = value
+            continue
         if knob.kind is list:
             phrases = _phrases(value)
             if len(phrases) > high:
@@ -159,6 +191,15 @@ def parse_knob_arguments(args: list[str]) -> dict[str, Any]:
         if knob.kind is list:
             adjustments[name] = [part.strip() for part in raw.split(",") if part.strip()]
             continue
+        if knob.kind is bool:
+            if _switch(raw) is None:
+                raise InputError(f"{name}={raw!r} is not on or off", f"write {name}=true or {name}=false")
+            adjustments[name] = _switch(raw)
+            continue
+        if knob.kind is str:
+            knob.refuse_invalid(raw)
+            adjustments[name] = raw
+            continue
         try:
             number = float(raw)
         except ValueError:
@@ -184,6 +225,10 @@ def knob_parameters(bounds: dict[str, tuple]) -> list[ExtraParameter]:
         if knob.kind is list:
             annotation: Any = Optional[list[str]]
             description = f"{knob.help} At most {int(high)}."
+        elif knob.kind is bool:
+            annotation, description = Optional[bool], knob.help
+        elif knob.kind is str:
+            annotation, description = Optional[Literal[knob.choices]], knob.help  # type: ignore[valid-type]
         else:
             annotation = Optional[Annotated[knob.kind, Range(low, high)]]
             description = knob.help
@@ -198,9 +243,23 @@ def bounds_table(bounds: dict[str, tuple]) -> str:
         low, high = bounds.get(knob.name, knob.safe)
         if knob.kind is list:
             lines.append(f"- {knob.name}: at most {int(high)} phrases")
+        elif knob.kind is bool:
+            lines.append(f"- {knob.name}: true or false")
+        elif knob.kind is str:
+            lines.append(f"- {knob.name}: {' | '.join(knob.choices)}")
         else:
             lines.append(f"- {knob.name}: {low:g} … {high:g}")
     return "\n".join(lines)
+
+
+def _switch(value: Any) -> bool | None:
+    """A bool knob's value from a bool, 0/1 or on/off words; None when it is none of them."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    return {"true": True, "on": True, "yes": True, "1": True,
+            "false": False, "off": False, "no": False, "0": False}.get(str(value).strip().lower())
 
 
 def _phrases(value: Any) -> list[str]:

@@ -206,6 +206,8 @@ def half_change(start: dict[str, Any], tried: dict[str, Any]) -> dict[str, Any]:
         if name not in start or before == value:
             continue
         knob = BY_NAME[name]
+        if knob.kind in (bool, str):  # a switch or a choice has no half-way: it stays at ``start``
+            continue
         if knob.kind is list:
             added = [phrase for phrase in value or [] if phrase not in (before or [])]
             if len(added) >= 2:

@@ -58,3 +58,32 @@ def best_round(history: list[RoundRecord], ranking: str = "guarded") -> RoundRec
             if not clearly_worse(record, scored):
                 return record
     return scored[0] if scored else None
+
+
+def how_to_go_on(reason: str) -> str:
+    """What lets rounds run again after ``stop_reason`` gave ``reason`` (the setting that stopped them)."""
+    if reason.startswith("target reached"):
+        return "raise target_score ([rounds] in aldar.toml, or ALDAR_TARGET_SCORE) to train further"
+    if reason.startswith("no improvement"):
+        return "raise patience ([rounds] in aldar.toml, or ALDAR_PATIENCE) to keep trying"
+    return "ask for more rounds (aldar run --rounds N)"
+
+
+def stop_reason(history: list[dict], rounds: int, target: float, patience: int, ranking: str = "guarded") -> str:
+    """Why no further round should run, or '' to go on (the tiny profile too: its toy-world scores mean something)."""
+    if len(history) >= rounds:
+        if len(history) == rounds:
+            return f"round limit reached ({rounds} of {rounds})"
+        # More finished rounds than the limit: the limit counts the rounds already in the folder.
+        return f"round limit reached: {len(history)} rounds are finished already, the limit is {rounds}"
+    scored = ranked_rounds(history)
+    if not scored:
+        return ""
+    last = scored[-1]
+    if last["lora_score"] >= target:
+        return f"target reached: round {last['round']} scored {last['lora_score']:.3f} ≥ {target}"
+    best = best_round(history, ranking)
+    since_best = sum(1 for r in scored if r["round"] > best["round"])
+    if since_best >= patience:
+        return f"no improvement for {since_best} round(s) since round {best['round']} (patience {patience})"
+    return ""

@@ -2,7 +2,7 @@
 
 ``TypedDict``s over plain JSON, like ``tools.scoring.records`` (whose analysis, comparison report and
 feedback they extend); docs/ARCHITECTURE.md ("training_history.json") explains each key. A record is
-written by ``agent.rounds.session.round_record``. Readers of a history from disk still read with ``.get``
+written by ``agent.rounds.recording.round_record``. Readers of a history from disk still read with ``.get``
 where a key is ``NotRequired``: the original system's bare-list history has none of the newer keys.
 """
 
@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
-from tools.scoring.records import Feedback, RankingEntry
+from tools.numbers import finite_number
+from tools.scoring.records import ComparisonReport, Feedback, RankingEntry
 
 LORA = "lora"  # the generator name of the round's own LoRA in scores, rankings and image folders
+BASE = "base"  # the base model as a contestant
+
+
+# Likeness: a checkpoint's validation quality at this fraction of the reference ceiling's (steps to likeness).
+LIKENESS = 0.9
 
 
 class Overfitting(TypedDict):
@@ -74,6 +80,7 @@ class CheckpointScore(TypedDict):  # one scored training checkpoint (train_lora'
     clip: NotRequired[float]
     features: NotRequired[float]
     ssim: NotRequired[float]
+    validation_loss: NotRequired[float]  # deterministic denoising loss on the references (issue 26)
 
 
 class ChosenCheckpoint(TypedDict):  # the checkpoint exported as the round's LoRA, and why
@@ -138,3 +145,76 @@ class RoundRecord(TypedDict):
     compute_s: dict[str, float]
     profile: dict[str, Any]
     next_params_changes: NotRequired[list[NextParamsChange]]  # set by Session.set_next_params
+
+
+# --------------------------------------------------------------------------- parts of a record, from a report
+def lora_spread(report: ComparisonReport) -> float | None:
+    """The spread of the LoRA's quality this round: the standard error of its images' mean (std / √images).
+    A round counts as better or worse than another only beyond it."""
+    import math
+
+    lora = (report.get("generators") or {}).get(LORA) or {}
+    std, count = finite_number(((lora.get("quality") or {}).get("std"))), lora.get("count")
+    return round(std / math.sqrt(count), 4) if std is not None and count else None
+
+
+def overfitting_signals(report: ComparisonReport) -> Overfitting:
+    """Signs that the LoRA copies references: its closest image to one single reference
+    (CLIP cosine and SSIM), how many of its images are reference copies, and the variety of its
+    own images, all from the comparison report."""
+    rows = [row for row in report["images"] if row["generator"] == LORA]
+    lora = report["generators"].get(LORA)
+    return {"max_reference_clip": max((row["clip_max"] for row in rows), default=None),
+            "max_reference_ssim": max((row["ssim"] for row in rows), default=None),
+            "reference_copies": sum(bool(row.get("reference_copy")) for row in rows),
+            "variety": lora["variety"] if lora else None}
+
+
+def training_curve(train: dict, ceiling: float | None = None, seconds: float | None = None) -> TrainingCurve:
+    """Where the round's validation quality peaked among its checkpoints: the best-scoring of two or more being
+    the last one means the quality was still rising when training stopped (what a kohya user reads off the
+    sample images). Read from the trainer's record, which may come from an older or hand-edited history: a
+    score without a finite step or quality counts as unscored.
+
+    Noise-aware: ``still_rising`` needs the last checkpoint above the best earlier one by more than their
+    spread (the standard error of a checkpoint's validation images, ``spread``), not by 0.001. With
+    ``ceiling`` (the references' own quality), ``likeness_step`` is the first checkpoint at 90 % of it; the
+    round's compute (``steps``, ``seconds``) and a warm start's inherited steps come along for the deciders."""
+    from tools.training.lora_files import best_checkpoint, quality_spread, rose_beyond_spread  # torch: trained by now
+
+    checkpoints = [s for s in train.get("checkpoint_scores") or []
+                   if isinstance(s, dict) and finite_number(s.get("step")) is not None]
+    scored = [{"step": int(s["step"]), "quality": s["quality"],
+               **{k: s[k] for k in ("quality_std", "images") if finite_number(s.get(k)) is not None}}
+              for s in checkpoints if finite_number(s.get("quality")) is not None]
+    scored.sort(key=lambda s: s["step"])
+    best = best_checkpoint(scored)
+    # The last checkpoint of all, scored or not: a peak before an unscored last checkpoint is no rise at the end.
+    last_step = max((int(s["step"]) for s in checkpoints), default=None)
+    steps = finite_number(train.get("steps"))
+    earlier = best_checkpoint([s for s in scored if best is not None and s["step"] < best["step"]])
+    rising = (len(scored) >= 2 and best is not None and best["step"] == last_step and earlier is not None
+              and rose_beyond_spread(best, earlier))
+    target = LIKENESS * ceiling if finite_number(ceiling) is not None else None
+    likeness = next((s["step"] for s in scored if target is not None and s["quality"] >= target), None)
+    warm = train.get("warm_start") or {}
+    curve: TrainingCurve = {
+        "steps": int(steps) if steps is not None else None, "best_step": best["step"] if best else None,
+        "scored_checkpoints": len(scored), "still_rising": rising,
+        "spread": round(quality_spread(best), 4) if best else None,
+        "best_early": best is not None and last_step is not None and best["step"] < last_step,
+        "likeness_step": likeness, "stopped_early": train.get("stopped_early") or "",
+        "lora_steps_before": int(warm.get("lora_steps_before") or 0)}
+    if seconds is not None:
+        curve["seconds"] = round(seconds, 1)
+    return curve
+
+
+def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
+    """generator → {quality, quality_std, clip, features, ssim, band, count, reference_copies} (means)
+    from a comparison report."""
+    return {name: {"quality": entry["quality"]["mean"], "quality_std": entry["quality"]["std"],
+                   "clip": entry["clip"]["mean"], "features": entry["features"]["mean"],
+                   "ssim": entry["ssim"]["mean"], "band": entry["band"], "count": entry["count"],
+                   "reference_copies": entry.get("reference_copies", 0)}
+            for name, entry in (report.get("generators") or {}).items()}

@@ -12,33 +12,32 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from agent.rounds.decision import Decider, Decision, already_trained
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
-from agent.rounds.payoff import PLATEAU_CHECKPOINTS, session_defaults, unpaid_round, warm_start_plan
-from agent.rounds.ranking import best_round, ranked_rounds
-from agent.rounds.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
-                           SessionFeedback, TrainingCurve)
-from agent.rounds.store import MODEL_KEYS, RunStore
+from agent.rounds.payoff import session_defaults, unpaid_round, warm_start_plan
+from agent.rounds.params import (default_params, emphasise, starting_params, train_config, training_dataset,
+                                 validate_inputs)
+from agent.rounds.ranking import best_round, stop_reason
+from agent.rounds.recording import (SUITE_SCORES, RoundState, TrainedRound, reusable_base_suite, round_record,
+                                   suite_base_key)
+from agent.rounds.records import BASE, LORA, RoundRecord, lora_spread, overfitting_signals, training_curve
+from agent.rounds.store import RunStore
 from agent.words import and_words
 from tools.atomic import atomic_write_json, read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
-from tools.numbers import finite_number
-from tools.scoring.records import Analysis, ComparisonReport
+from tools.scoring.records import Analysis
 from tools.settings import Settings
-from tools.timestamps import iso_timestamp, timestamp
+from tools.timestamps import timestamp
 
 if TYPE_CHECKING:  # annotations only: the trainer loads when a round trains
     from tools.training.config import TrainConfig
 
-BASE = "base"
 WARM_START = "warm_start.json"  # in a round's run folder: the checkpoint it continues (kept for its resume)
-# Likeness: a checkpoint's validation quality at this fraction of the reference ceiling's (steps to likeness).
-LIKENESS = 0.9
 
 
 @dataclass
@@ -60,77 +59,52 @@ def _emit(hook: Callable[[str], None] | None, message: str) -> None:
         hook(message)
 
 
-class TrainedRound(TypedDict):
-    run_dir: Path | None
-    lora_path: Path | None
-    kohya_path: NotRequired[Path | None]
-    steps: int
-    final_loss: float
-    interrupted: bool
-    resumed_from_step: NotRequired[int]  # 0: trained from scratch
-    warm_start: NotRequired[dict | None]  # continued from an earlier round's checkpoint: {from_round, from_step, ...}
-    stopped_early: NotRequired[str]  # why training stopped before its steps (a plateau), or ""
-    checkpoint_scores: list[CheckpointScore]
-    chosen_checkpoint: ChosenCheckpoint | None
-
-
-@dataclass
-class RoundState:
-    """What the stages of the round in progress have produced so far."""
-
-    number: int
-    params: dict
-    stamp: str
-    timings: dict[str, float] = field(default_factory=dict)  # stage → seconds (wall)
-    compute: dict[str, float] = field(default_factory=dict)  # stage → seconds inside model code
-    train: TrainedRound | None = None
-    images: dict[str, list[Path]] | None = None
-    skipped: list[str] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)
-    base_prompts: list[str] = field(default_factory=list)  # what the base model drew: the prompts without emphasis
-    suite: list | None = None  # the prompt suite (tools.scoring.suite.SuitePrompt), drawn beside the own prompt
-    suite_images: dict[str, list[list[Path]]] | None = None  # generator → images of each suite prompt
-    suite_base_from: int | None = None  # the round whose base suite images were reused (same prompts and seeds)
-    suite_report: dict | None = None
-    suite_report_path: Path | None = None
-    suite_key: str | None = None
-    report: ComparisonReport | None = None
-    feedback: SessionFeedback | None = None
-    report_path: Path | None = None
-    feedback_path: Path | None = None
-
-
 class Session:
     """Drives rounds over one results folder; holds its lock until ``close()``."""
 
     def __init__(self, settings: Settings, *, quiet: bool = False, events: SessionEvents | None = None) -> None:
+        from tools.character import check_saved_analysis
+
+        validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        # the saved analysis' trigger token and name where the settings only derived them; another
+        # character's analysis is refused here, before anything is written
+        settings = check_saved_analysis(settings)
         self.settings = settings
         self.quiet = quiet  # no progress bars from the capabilities
         self.events = events or SessionEvents()
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
-        _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        from tools.character import character_warnings
         from tools.images import skipped_note
 
         if skipped := skipped_note(self.references):  # said once per session: the folder is read many times
             _emit(self.events.on_warning, skipped)
+        for line in character_warnings(settings):
+            _emit(self.events.on_warning, line)
 
         self.default_params = session_defaults(settings, default_params(self.profile))
         if "trigger_token" in self.default_params:
             self.default_params["trigger_token"] = settings.trigger_token
+        if "output_name" in self.default_params:  # the LoRA's file: this character's, never another's
+            from tools.character import lora_name
+
+            self.default_params["output_name"] = lora_name(settings.character_name, settings.trigger_token)
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
         self.store = RunStore(settings.output_dir, self.profile.describe())
         try:
-            _check_same_models(self.store, self.profile)
+            self.store.refuse_other_models(self.profile.describe())
             discarded = self.store.discard_round_of_other_models()
         except BaseException:
             self.store.close()
             raise
         if discarded:
             _emit(self.events.on_notice, discarded)
-        self.params: dict = starting_params(self.store.data, self.default_params)
+        self.params: dict = starting_params(self.store.state, self.default_params)
         self.analysis: Analysis | None = None
         self.current: RoundState | None = None
+        # Stage seconds spent before a round began (the analysis, made before round 1 is marked started so that
+        # a taxonomy that fits nothing leaves no half-begun round): the next round counts them as its own.
+        self._pending = RoundState(number=0, params={}, stamp="")
         self.competitors: list[str] = list(settings.competitors)
         try:
             self._derive_from_finished_rounds()
@@ -175,18 +149,20 @@ class Session:
         try:
             yield
         finally:
-            if self.current is not None:
-                self.current.timings[name] = self.current.timings.get(name, 0.0) + time.perf_counter() - started
+            state = self.current or self._pending
+            state.timings[name] = state.timings.get(name, 0.0) + time.perf_counter() - started
 
     def _compute(self, stage: str, started: float) -> None:
-        if self.current is not None:
-            self.current.compute[stage] = self.current.compute.get(stage, 0.0) + time.perf_counter() - started
+        state = self.current or self._pending
+        state.compute[stage] = state.compute.get(stage, 0.0) + time.perf_counter() - started
 
     def _round(self) -> RoundState:
         """The round in progress, begun (and marked in the history) on first use."""
         if self.current is None:
             number = self.next_round_number
-            self.current = RoundState(number=number, params=dict(self.params), stamp=RunStore.timestamp(number))
+            self.current = RoundState(number=number, params=dict(self.params), stamp=RunStore.timestamp(number),
+                                      timings=self._pending.timings, compute=self._pending.compute)
+            self._pending = RoundState(number=0, params={}, stamp="")
             self.store.begin_round(number, self.current.params)
         return self.current
 
@@ -196,14 +172,16 @@ class Session:
         matches the references' hashes and the CLIP model, else computed and saved there."""
         if self.analysis is not None and not force:
             return self.analysis
-        from tools.scoring.analyzer import analysis_matches, analyze_references
+        from tools.scoring.analyzer import analyze_references, reusable_analysis
         from tools.scoring.taxonomy import load_taxonomy
 
         cached_path = Path(self.settings.analysis_path)
         with self._stage("analyze"):
-            cached = None if force else read_json_object(cached_path)
             taxonomy = load_taxonomy(self.settings.taxonomy_path())
-            if cached and analysis_matches(cached, self.references, self.profile.clip_model, taxonomy):
+            # another character's analysis (trigger token, pictures) is refused here, before anything is written
+            cached = None if force else reusable_analysis(cached_path, self.references, self.settings.trigger_token,
+                                                          self.profile.clip_model, taxonomy)
+            if cached:
                 self._say(f"analysis: reusing {cached_path} (references, CLIP model and taxonomy unchanged)")
                 self.analysis = cached
             else:
@@ -214,6 +192,8 @@ class Session:
                                                    cached_path)
                 self._compute("analyze", started)
                 self._say(f"analysis: key features {', '.join(self.analysis['key_features'])}")
+                for line in self.analysis.get("warnings") or []:  # said as it is made, as its key features
+                    self._say(f"analysis: {line}")
         return self.analysis
 
     # ---------------------------------------------------------------- train
@@ -252,7 +232,8 @@ class Session:
         if warm and not checkpoint:
             atomic_write_json(run_dir / WARM_START, warm)
         config = self.round_train_config(warm)
-        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [])
+        dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [],
+                                   self.params.get("caption_mode", "full"))
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
         scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
         if resumed_from:  # shown even when quiet: the round does not start from scratch
@@ -277,6 +258,8 @@ class Session:
             self._compute("train", started)
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
             raise KeyboardInterrupt
+        for note in getattr(result, "notes", []):  # masks resized or missing: said once per round
+            _emit(self.events.on_notice, f"round {state.number}: {note}")
         state.train = {"run_dir": result.run_dir, "lora_path": result.lora_path,
                        "kohya_path": getattr(result, "kohya_path", None), "steps": result.steps,
                        "final_loss": result.final_loss, "interrupted": result.interrupted,
@@ -352,54 +335,74 @@ class Session:
     # ---------------------------------------------------------------- generate
     def generate(self, prompts: list[str] | None = None) -> dict:
         """Images of this round's LoRA, the base model and every configured competitor,
-        from the same prompts and seeds. Returns generator → list of image paths."""
-        from tools.generation.local import generate_local
+        from the same prompts and seeds, then the prompt suite's. Returns generator → list of image paths."""
         from tools.generation.sampling import SamplingSpec
-        from tools.providers import configured_providers, generate_with_provider
+        from tools.providers import configured_providers
 
         state = self._round()
         if state.train is None:
             raise InputError(f"round {state.number} has no trained LoRA yet", "run the train step first")
         # The base model draws the prompt without the emphasis phrases (they stress what the LoRA learns, and would
         # move the base too): the LoRA's lead then measures the LoRA. Prompts given here are drawn as given.
-        drawn = {LORA: prompts or [self.prompt()], BASE: prompts or [self.prompt(emphasis=False)]}
-        prompts = drawn[LORA]
-        settings = self.settings
-        sampling = SamplingSpec.from_settings(settings)
-        images: dict[str, list[Path]] = {}
+        plain = prompts or [self.prompt(emphasis=False)]
+        prompts = prompts or [self.prompt()]
+        sampling = SamplingSpec.from_settings(self.settings)
         with self._stage("generate"):
-            for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
-                self._say(f"round {state.number}: generating {name} images …")
-                started = time.perf_counter()
-                made = generate_local(self.profile, drawn[name], self.store.round_images_dir(state.number, name), sampling,
-                                      lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
-                                      name=name, quiet=self.quiet)
-                self._compute("generate", started)
-                images[name] = [image.path for image in made]
-            providers, skipped = configured_providers(settings, self.competitors)
+            providers, skipped = configured_providers(self.settings, self.competitors)
             state.skipped = list(skipped)
             for line in skipped:
                 _emit(self.events.on_missing_key, line)
-            for provider in providers:
-                self._say(f"round {state.number}: asking {provider.name} …")
-                started = time.perf_counter()
-                try:
-                    made = generate_with_provider(provider, prompts, self.store.round_images_dir(state.number, provider.name),
-                                                  sampling.images_per_prompt, sampling.seed, skipped=state.skipped,
-                                                  quiet=self.quiet)
-                except AldarError as exc:  # one failing competitor must not end the round
-                    _emit(self.events.on_warning, f"{provider.name} skipped this round: {exc}")
-                    state.skipped.append(f"{provider.name}: {exc}")
-                    continue
-                finally:
-                    self._compute("generate", started)
-                if made:  # every image safety-filtered: nothing to score, the reason is in skipped
-                    images[provider.name] = [image.path for image in made]
+            drawn = self._draw(state, prompts, providers, sampling, "generate", {}, base_prompts=plain)
+        # dict.fromkeys: a prompt given twice groups a provider's images twice; a competitor whose every image
+        # was safety-filtered has nothing to score.
+        images = {name: list(dict.fromkeys(path for group in groups for path in group))
+                  for name, groups in drawn.items() if any(groups)}
         state.images, state.prompts = images, list(prompts)
-        state.base_prompts = list(drawn[BASE])
+        state.base_prompts = list(plain)
         state.report = state.feedback = None  # they scored the previous images
-        self._generate_suite(state, providers, sampling)
+        self._generate_suite(state, [p for p in providers if p.name in images], sampling)
         return images
+
+    def _draw(self, state: RoundState, prompts: list[str], providers: list, sampling, stage: str,
+              drawn: dict[str, list[list[Path]]], base_prompts: list[str] | None = None) -> dict[str, list[list[Path]]]:
+        """The base, the LoRA and each provider on ``prompts`` (those not in ``drawn`` already): generator →
+        images per prompt, image ``i`` of every prompt at seed + i. The suite's prompts are denoised a prompt
+        at a time (``batch_size``); the own prompt one image at a time, as every figure so far was measured.
+        A failing provider sits out (said once, in ``state.skipped``). The base draws ``base_prompts`` where given
+        (the own prompt without the emphasis phrases), one for one with ``prompts``."""
+        from tools.generation.local import generate_local
+        from tools.providers import generate_with_provider
+
+        suite = stage == "generate_suite"
+        folder = self.store.round_suite_dir if suite else self.store.round_images_dir
+        for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
+            if name in drawn:  # the base's suite images, reused
+                continue
+            self._say(f"round {state.number}: {'drawing the prompt suite with' if suite else 'generating'} {name} …")
+            started = time.perf_counter()
+            texts = base_prompts if name == BASE and base_prompts else prompts
+            made = generate_local(self.profile, texts, folder(state.number, name), sampling, lora_path=lora,
+                                  lora_scale=float(self.params.get("lora_scale", 1.0)), name=name, quiet=self.quiet,
+                                  batch_size=sampling.images_per_prompt if suite else 1)
+            self._compute(stage, started)
+            per = sampling.images_per_prompt  # in prompt order, per images each
+            drawn[name] = [[image.path for image in made[i * per:(i + 1) * per]] for i in range(len(prompts))]
+        for provider in providers:
+            self._say(f"round {state.number}: asking {provider.name} …")
+            started = time.perf_counter()
+            try:
+                made = generate_with_provider(provider, prompts, folder(state.number, provider.name),
+                                              sampling.images_per_prompt, sampling.seed, skipped=state.skipped,
+                                              quiet=self.quiet)
+            except AldarError as exc:  # one failing competitor must not end the round
+                what = "the prompt suite" if suite else "this round"
+                _emit(self.events.on_warning, f"{provider.name} skipped {what}: {exc}")
+                state.skipped.append(f"{provider.name}{' (suite)' if suite else ''}: {exc}")
+                continue
+            finally:
+                self._compute(stage, started)
+            drawn[provider.name] = [[image.path for image in made if image.prompt == text] for text in prompts]
+        return drawn
 
     def suite(self) -> list:
         """The round's prompt suite (``tools.scoring.suite``): deterministic from the analysis and the seed."""
@@ -410,63 +413,20 @@ class Session:
         return build_suite(self.analyze(), self.settings.seed, self.settings.suite_size)
 
     def _generate_suite(self, state: RoundState, providers: list, sampling) -> None:
-        """The LoRA, the base and each competitor on the suite, every prompt at ``images_per_prompt`` images.
-        The base's suite images depend on the prompts, the sampling and the models only, so a round reuses an
-        earlier round's (same key) instead of drawing them again."""
-        from tools.generation.local import generate_local
-        from tools.providers import generate_with_provider
-
+        """The LoRA, the base and each competitor that drew this round on the suite, ``images_per_prompt`` images
+        per prompt. The base's suite images depend on the prompts, the sampling and the models only, so a round
+        reuses an earlier round's (same key) instead of drawing them again."""
         suite = self.suite()
         state.suite, state.suite_images, state.suite_base_from = suite or None, None, None
         if not suite:
             return
         texts = [prompt.text for prompt in suite]
-        per_prompt = sampling.images_per_prompt
-        images: dict[str, list[list[Path]]] = {}
-        key = suite_base_key(texts, sampling, self.profile.describe())
+        state.suite_key = suite_base_key(texts, sampling, self.profile.describe())
+        drawn: dict[str, list[list[Path]]] = {}
         with self._stage("generate_suite"):
-            reused = self._reusable_base_suite(key, len(texts))
-            if reused is not None:
-                state.suite_base_from, images[BASE] = reused
-            for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
-                if name in images:
-                    continue
-                self._say(f"round {state.number}: drawing the prompt suite ({len(texts)} prompts) with {name} …")
-                started = time.perf_counter()
-                made = generate_local(self.profile, texts, self.store.round_suite_dir(state.number, name), sampling,
-                                      lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
-                                      name=name, quiet=self.quiet, batch_size=per_prompt)
-                self._compute("generate_suite", started)
-                images[name] = [[image.path for image in made[i * per_prompt:(i + 1) * per_prompt]]
-                                for i in range(len(texts))]
-            for provider in providers:
-                if provider.name not in (state.images or {}):
-                    continue  # it failed on the own prompt already this round
-                started = time.perf_counter()
-                try:
-                    made = generate_with_provider(provider, texts, self.store.round_suite_dir(state.number, provider.name),
-                                                  per_prompt, sampling.seed, skipped=state.skipped, quiet=self.quiet)
-                except AldarError as exc:
-                    _emit(self.events.on_warning, f"{provider.name} skipped the prompt suite this round: {exc}")
-                    state.skipped.append(f"{provider.name} (suite): {exc}")
-                    continue
-                finally:
-                    self._compute("generate_suite", started)
-                images[provider.name] = [[image.path for image in made if image.prompt == text] for text in texts]
-        state.suite_images = images
-        state.suite_key = key
-
-    def _reusable_base_suite(self, key: str, count: int) -> tuple[int, list[list[Path]]] | None:
-        """(round, base images per suite prompt) of the latest finished round drawn with the same suite key."""
-        for record in reversed(self.store.rounds):
-            suite = record.get("suite") if isinstance(record.get("suite"), dict) else {}
-            stored = (suite.get("images") or {}).get(BASE)
-            if suite.get("base_key") != key or not isinstance(stored, list) or len(stored) != count:
-                continue
-            paths = [[self.store.absolute(p) for p in group] for group in stored]
-            if all(group and all(p is not None and p.is_file() for p in group) for group in paths):
-                return suite.get("base_from_round") or record["round"], paths
-        return None
+            if (reused := reusable_base_suite(self.store, state.suite_key, len(texts))) is not None:
+                state.suite_base_from, drawn[BASE] = reused
+            state.suite_images = self._draw(state, texts, providers, sampling, "generate_suite", drawn)
 
     def keyed_competitors(self) -> list[str]:
         """The competitors that will really be asked (their API key is set): the paid ones."""
@@ -476,9 +436,13 @@ class Session:
         return [provider.name for provider in ready]
 
     def prompt(self, emphasis: bool = True) -> str:
-        """The test prompt, with the emphasised features right after the trigger token (``emphasis=False``: as
-        the settings give it, what the base model draws)."""
-        return emphasise(self.settings.test_prompt, (self.params.get("feature_emphasis") or []) if emphasis else [],
+        """The test prompt — the test_prompt setting, else the trigger token and key features the analysis
+        found — with the emphasised features right after the trigger token (``emphasis=False``: without them,
+        what the base model draws)."""
+        from tools.character import prompt_from_analysis
+
+        text = self.settings.test_prompt or prompt_from_analysis(self.analyze())
+        return emphasise(text, (self.params.get("feature_emphasis") or []) if emphasis else [],
                          self.settings.trigger_token)
 
     # ---------------------------------------------------------------- score
@@ -593,8 +557,8 @@ class Session:
         Stages this round already finished in this process (``/train``, ``/generate``, ``/score``
         or the chat's tools before ``/auto``) are not run again: no second training, no second paid call.
         """
+        self.analyze()  # first: an analysis that fails (a taxonomy that fits nothing) leaves no round begun
         state = self._round()
-        self.analyze()
         reused = [stage for stage, done in (("LoRA", state.train), ("images", state.images), ("scores", state.feedback))
                   if done]
         if reused:  # said even when quiet: otherwise "/auto 1" after "/train" looks as if it trained nothing
@@ -619,9 +583,9 @@ class Session:
         ``settings.patience`` rounds pass without improvement. Finished rounds are kept on resume;
         ``on_round(record)`` is called after each (``aldar run`` prints the ranking there)."""
         finished: list[dict] = []
-        if self.store.data.get("in_progress") and self.current is None:  # else: this process's own round goes on
-            number = self.store.data["in_progress"]["round"]
-            _emit(self.events.on_notice, f"resuming: round {number} was interrupted and restarts "
+        interrupted = self.store.state.in_progress
+        if interrupted is not None and self.current is None:  # else: this process's own round goes on
+            _emit(self.events.on_notice, f"resuming: round {interrupted.round} was interrupted and restarts "
                                          f"({len(self.store.rounds)} finished round(s) kept)")
         while True:
             reason = self.stop_before(rounds)
@@ -640,288 +604,3 @@ class Session:
         self.store.mark_stopped(reason)
         _emit(self.events.on_notice, f"stopped: {reason}")
         return finished
-
-
-# -------------------------------------------------------------------- helpers
-def _validate_inputs(settings: Settings) -> None:
-    """Unknown competitor names and an unusable references folder fail here, not rounds later."""
-    from tools.images import list_images
-    from tools.providers import PROVIDERS
-
-    unknown = [name for name in settings.competitors if name not in PROVIDERS]
-    if unknown:
-        raise InputError(f"unknown competitor {unknown[0]!r}",
-                         f"use some of: {', '.join(PROVIDERS)} (comma-separated), or 'none'")
-    list_images(settings.references)
-
-
-def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
-    """Rounds of one history must be comparable: refuse to append rounds made with other models."""
-    saved = store.data.get("profile") or {}
-    if not store.rounds or not saved:
-        return
-    now = profile.describe()
-    changed = [k for k in MODEL_KEYS if saved.get(k) != now[k]]
-    if changed:
-        detail = ", ".join(f"{k} {saved.get(k)!r} → {now[k]!r}" for k in changed)
-        raise InputError(f"{store.root} holds rounds made with other models ({detail})",
-                         "pass --output-dir DIR for a new results folder, or the same models to resume")
-
-
-def starting_params(history: dict, defaults: dict) -> dict:
-    """The parameters the next round trains with: the interrupted round's (its checkpoints match them),
-    else the last finished round's ``next_params``, else ``defaults`` (the original system's history,
-    a bare list of rounds, has no next_params)."""
-    interrupted = history.get("in_progress") or {}
-    if interrupted.get("params"):
-        return dict(interrupted["params"])
-    rounds = history.get("rounds") or []
-    return dict((rounds[-1].get("next_params") if rounds else None) or defaults)
-
-
-def planned_params(settings: Settings) -> dict:
-    """``starting_params`` of the results folder without opening it: no lock, no torch (the chat's /config
-    before a session exists). The knobs' defaults depend on the profile's name only, so a stand-in profile
-    (no device detection) gives the same ones."""
-    from agent.rounds.store import peek_history
-
-    stand_in = ModelProfile(settings.profile, settings.base_model, settings.clip_model, "cpu", "fp32", settings.seed)
-    history = peek_history(settings.output_dir)
-    if history["profile"].get("profile", settings.profile) != settings.profile:
-        # another profile's round: the session will discard it (RunStore.discard_round_of_other_models)
-        history["in_progress"] = None
-    return starting_params(history, session_defaults(settings, default_params(stand_in)))
-
-
-def default_params(profile: ModelProfile) -> dict:
-    """The trainer's defaults for ``profile`` plus the knobs the agent adds on top."""
-    from tools.training.config import default_train_config  # the dataclass alone: no torch
-
-    config = dataclasses.asdict(default_train_config(profile))
-    params = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    # validation_images stays on: each checkpoint's validation renders are scored against the references,
-    # and the best-scoring checkpoint becomes the round's LoRA (select_best_checkpoint).
-    params.setdefault("lora_scale", 1.0)
-    params.setdefault("feature_emphasis", [])
-    # Rounds continue the best round's LoRA (warm start) and stop at a plateau of validation quality.
-    params["warm_start"] = True
-    params["plateau_checkpoints"] = PLATEAU_CHECKPOINTS
-    return params
-
-
-def train_config(profile: ModelProfile, params: dict):
-    """A ``TrainConfig`` from the profile's defaults with every matching param applied."""
-    from tools.training.trainer import default_train_config
-
-    config = default_train_config(profile)
-    names = {f.name for f in dataclasses.fields(config)}
-    config = dataclasses.replace(config, **{k: v for k, v in params.items() if k in names})
-    if config.lr_warmup_steps >= config.steps:  # fewer steps after an overfitting round: warmup shrinks along
-        config = dataclasses.replace(config, lr_warmup_steps=config.steps // 10)
-    config.validate(profile)
-    return config
-
-
-def training_dataset(references: Path, analysis: dict, emphasis: list[str]) -> list[tuple[Path, str]]:
-    """(image, caption) pairs from the analysis captions, emphasised features first."""
-    captions = analysis.get("captions") or {}
-    trigger = analysis.get("trigger_token", "")
-    pairs = []
-    for name, caption in sorted(captions.items()):
-        path = references / name
-        if path.is_file():
-            pairs.append((path, emphasise(caption, emphasis, trigger)))
-    if not pairs:
-        raise InputError(f"none of the analysed captions match an image in {references}",
-                         "re-run the analysis (aldar analyze --force) after changing the references")
-    return pairs
-
-
-def emphasise(text: str, features: list[str], trigger: str = "") -> str:
-    """Put ``features`` right after the trigger token (early tokens weigh most in CLIP's text
-    encoder, and SDXL truncates at 77 tokens), without repeating them later."""
-    if not features:
-        return text
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    wanted = [f for f in features if f.strip()]
-    rest = [p for p in parts if p.lower() not in {f.lower() for f in wanted}]
-    head = [rest.pop(0)] if rest and trigger and rest[0].lower().startswith(trigger.lower()) else []
-    return ", ".join(head + wanted + rest)
-
-
-def lora_spread(report: ComparisonReport) -> float | None:
-    """The spread of the LoRA's quality this round: the standard error of its images' mean (std / √images).
-    A round counts as better or worse than another only beyond it."""
-    import math
-
-    lora = (report.get("generators") or {}).get(LORA) or {}
-    std, count = finite_number(((lora.get("quality") or {}).get("std"))), lora.get("count")
-    return round(std / math.sqrt(count), 4) if std is not None and count else None
-
-
-def overfitting_signals(report: ComparisonReport) -> Overfitting:
-    """Signs that the LoRA copies references: its closest image to one single reference
-    (CLIP cosine and SSIM), how many of its images are reference copies, and the variety of its
-    own images, all from the comparison report."""
-    rows = [row for row in report["images"] if row["generator"] == LORA]
-    lora = report["generators"].get(LORA)
-    return {"max_reference_clip": max((row["clip_max"] for row in rows), default=None),
-            "max_reference_ssim": max((row["ssim"] for row in rows), default=None),
-            "reference_copies": sum(bool(row.get("reference_copy")) for row in rows),
-            "variety": lora["variety"] if lora else None}
-
-
-def training_curve(train: dict, ceiling: float | None = None, seconds: float | None = None) -> TrainingCurve:
-    """Where the round's validation quality peaked among its checkpoints: the best-scoring of two or more being
-    the last one means the quality was still rising when training stopped (what a kohya user reads off the
-    sample images). Read from the trainer's record, which may come from an older or hand-edited history: a
-    score without a finite step or quality counts as unscored.
-
-    Noise-aware: ``still_rising`` needs the last checkpoint above the best earlier one by more than their
-    spread (the standard error of a checkpoint's validation images, ``spread``), not by 0.001. With
-    ``ceiling`` (the references' own quality), ``likeness_step`` is the first checkpoint at 90 % of it; the
-    round's compute (``steps``, ``seconds``) and a warm start's inherited steps come along for the deciders."""
-    from tools.training.lora_files import best_checkpoint, quality_spread, rose_beyond_spread  # torch: trained by now
-
-    checkpoints = [s for s in train.get("checkpoint_scores") or []
-                   if isinstance(s, dict) and finite_number(s.get("step")) is not None]
-    scored = [{"step": int(s["step"]), "quality": s["quality"],
-               **{k: s[k] for k in ("quality_std", "images") if finite_number(s.get(k)) is not None}}
-              for s in checkpoints if finite_number(s.get("quality")) is not None]
-    scored.sort(key=lambda s: s["step"])
-    best = best_checkpoint(scored)
-    # The last checkpoint of all, scored or not: a peak before an unscored last checkpoint is no rise at the end.
-    last_step = max((int(s["step"]) for s in checkpoints), default=None)
-    steps = finite_number(train.get("steps"))
-    earlier = best_checkpoint([s for s in scored if best is not None and s["step"] < best["step"]])
-    rising = (len(scored) >= 2 and best is not None and best["step"] == last_step and earlier is not None
-              and rose_beyond_spread(best, earlier))
-    target = LIKENESS * ceiling if finite_number(ceiling) is not None else None
-    likeness = next((s["step"] for s in scored if target is not None and s["quality"] >= target), None)
-    warm = train.get("warm_start") or {}
-    curve: TrainingCurve = {
-        "steps": int(steps) if steps is not None else None, "best_step": best["step"] if best else None,
-        "scored_checkpoints": len(scored), "still_rising": rising,
-        "spread": round(quality_spread(best), 4) if best else None,
-        "best_early": best is not None and last_step is not None and best["step"] < last_step,
-        "likeness_step": likeness, "stopped_early": train.get("stopped_early") or "",
-        "lora_steps_before": int(warm.get("lora_steps_before") or 0)}
-    if seconds is not None:
-        curve["seconds"] = round(seconds, 1)
-    return curve
-
-
-def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
-    """generator → {quality, quality_std, clip, features, ssim, band, count, reference_copies} (means)
-    from a comparison report."""
-    return {name: {"quality": entry["quality"]["mean"], "quality_std": entry["quality"]["std"],
-                   "clip": entry["clip"]["mean"], "features": entry["features"]["mean"],
-                   "ssim": entry["ssim"]["mean"], "band": entry["band"], "count": entry["count"],
-                   "reference_copies": entry.get("reference_copies", 0)}
-            for name, entry in (report.get("generators") or {}).items()}
-
-
-def round_record(state: RoundState, store: RunStore, profile: dict, decision: Decision, applied: dict,
-                 notes: list[str], next_params: dict) -> RoundRecord:
-    """The history's record of a finished round. Tolerant of missing stages: a round may be recorded
-    before it was scored (then it has no scores)."""
-    report = state.report or {}
-    feedback = state.feedback or {}
-    ceiling = report.get("ceiling")
-    train = state.train or {}
-    return {
-        "round": state.number,
-        "finished_at": iso_timestamp(),
-        "params": state.params,
-        "train": {"steps": train.get("steps"), "final_loss": train.get("final_loss"),
-                  "interrupted": train.get("interrupted"), "checkpoint_scores": train.get("checkpoint_scores") or [],
-                  "chosen_checkpoint": train.get("chosen_checkpoint"), "warm_start": train.get("warm_start"),
-                  "stopped_early": train.get("stopped_early") or "",
-                  "seconds": round(state.timings.get("train", 0.0), 3)},
-        "scores": scores_by_generator(report),
-        "ranking": report.get("ranking", []),
-        "ceiling": {"quality": ceiling["quality"]["mean"], "clip": ceiling["clip"]["mean"],
-                    "features": ceiling["features"]["mean"], "ssim": ceiling["ssim"]["mean"]} if ceiling else None,
-        "lora_score": feedback.get("lora_score"),
-        "band": feedback.get("band"),
-        "best_competitor": feedback.get("best_competitor"),
-        "score_gap": feedback.get("score_gap"),
-        "overfitting": feedback.get("overfitting"),
-        "decision": {"adjustments": applied, "requested": decision.adjustments, "clamped": notes,
-                     "stop": decision.stop, **({"llm_text": decision.llm_text} if decision.llm_text else {}),
-                     **({"already_tried": decision.already_tried} if decision.already_tried else {})},
-        "rationale": decision.rationale,
-        "decided_by": decision.decided_by,
-        "next_params": next_params,
-        "prompts": state.prompts,
-        "base_prompts": state.base_prompts or state.prompts,
-        "suite": suite_record(state, store),
-        "skipped_competitors": state.skipped,
-        "paths": {"run_dir": store.relative(train.get("run_dir")), "lora": store.relative(train.get("lora_path")),
-                  "kohya_lora": store.relative(train.get("kohya_path")),
-                  "comparison_report": store.relative(state.report_path),
-                  "feedback": store.relative(state.feedback_path),
-                  "images": {name: [store.relative(p) for p in paths] for name, paths in (state.images or {}).items()}},
-        "timings_s": {k: round(v, 4) for k, v in state.timings.items()},
-        "compute_s": {k: round(v, 4) for k, v in state.compute.items()},
-        "profile": profile,
-    }
-
-
-SUITE_SCORES = ("identity", "editability", "bleed")
-
-
-def suite_base_key(texts: list[str], sampling, profile: dict) -> str:
-    """What the base's suite images depend on: the prompts, how they are drawn and the models."""
-    import hashlib
-    import json
-
-    drawn = dataclasses.asdict(sampling.as_drawn())
-    models = {k: profile.get(k) for k in MODEL_KEYS}
-    text = json.dumps({"prompts": texts, "sampling": drawn, "models": models}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def suite_record(state: RoundState, store: RunStore) -> dict | None:
-    """The round record's ``suite``: its prompts, the LoRA's three scores, every generator's images."""
-    if not state.suite:
-        return None
-    report = state.suite_report or {}
-    return {"prompts": [prompt.as_dict() for prompt in state.suite],
-            "scores": {name: report.get(name) for name in SUITE_SCORES},
-            "generators": {name: {"identity": entry["identity"]["mean"], "editability": entry["editability"]["rate"],
-                                  "no_trigger_clip": entry["no_trigger"]["clip"]["mean"]}
-                           for name, entry in (report.get("generators") or {}).items()},
-            "images": {name: [[store.relative(p) for p in group] for group in groups]
-                       for name, groups in (state.suite_images or {}).items()},
-            "base_key": state.suite_key, "base_from_round": state.suite_base_from,
-            "report": store.relative(state.suite_report_path)}
-
-
-def how_to_go_on(reason: str) -> str:
-    """What lets rounds run again after ``stop_reason`` gave ``reason`` (the setting that stopped them)."""
-    if reason.startswith("target reached"):
-        return "raise target_score ([rounds] in aldar.toml, or ALDAR_TARGET_SCORE) to train further"
-    if reason.startswith("no improvement"):
-        return "raise patience ([rounds] in aldar.toml, or ALDAR_PATIENCE) to keep trying"
-    return "ask for more rounds (aldar run --rounds N)"
-
-
-def stop_reason(history: list[dict], rounds: int, target: float, patience: int, ranking: str = "guarded") -> str:
-    """Why no further round should run, or '' to go on (the tiny profile too: its toy-world scores mean something)."""
-    if len(history) >= rounds:
-        if len(history) == rounds:
-            return f"round limit reached ({rounds} of {rounds})"
-        # More finished rounds than the limit: the limit counts the rounds already in the folder.
-        return f"round limit reached: {len(history)} rounds are finished already, the limit is {rounds}"
-    scored = ranked_rounds(history)
-    if not scored:
-        return ""
-    last = scored[-1]
-    if last["lora_score"] >= target:
-        return f"target reached: round {last['round']} scored {last['lora_score']:.3f} ≥ {target}"
-    best = best_round(history, ranking)
-    since_best = sum(1 for r in scored if r["round"] > best["round"])
-    if since_best >= patience:
-        return f"no improvement for {since_best} round(s) since round {best['round']} (patience {patience})"
-    return ""

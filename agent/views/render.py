@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.rounds.knobs import value_text
-from agent.words import and_words
 from agent.rounds.records import LORA, RoundRecord, RoundTrain
+from agent.words import and_words
 from tools.numbers import finite_number
 from tools.scoring.copies import MEMORISED, copies_text, memorised
 from tools.scoring.records import Analysis, ComparisonReport, Feedback
@@ -120,7 +120,7 @@ def record_scores(record: RoundRecord, previous: RoundRecord | None = None) -> T
     # The decision is not repeated here: the run says it once, after the table, and only when a round follows.
     caption = " ".join(part for part in (round_verdict(record), prompt_note(record, previous),
                                          record_ceiling_note(record)) if part)
-    return Table(f"round {record.get('round')} ranking", SCORE_COLUMNS, rows, ceiling_row, caption or None)
+    return Table(f"round {record['round']} ranking", SCORE_COLUMNS, rows, ceiling_row, caption or None)
 
 
 SUITE_COLUMNS = ["score", "LoRA", "base", "reference / target", "what it is"]
@@ -158,7 +158,7 @@ def suite_scores(record: RoundRecord) -> Table | None:
     caption = (f"The LoRA in new scenes ({count} suite prompts): identity = (key traits shown + CLIP similarity) / 2 "
                "on new contexts; editability = the prompted background or style drawn; bleed = how much closer to "
                "the references the LoRA draws another character than the base does.")
-    return Table(f"round {record.get('round')} in new scenes", SUITE_COLUMNS, rows, None, caption)
+    return Table(f"round {record['round']} in new scenes", SUITE_COLUMNS, rows, None, caption)
 
 
 def _share(value: Any) -> str:
@@ -220,7 +220,7 @@ def prompt_note(record: RoundRecord, previous: RoundRecord | None) -> str:
                 f"the base model draws the prompt without the emphasis phrases{moved}.")
     moved = ("" if not others else f": {others[0]}'s score moves" if len(others) == 1
              else f": the scores of {and_words(others)} move")
-    return (f"Since round {previous.get('round')} the prompt all generators draw from {' and '.join(changes)} "
+    return (f"Since round {previous['round']} the prompt all generators draw from {' and '.join(changes)} "
             f"(feature_emphasis){moved + ' with the prompt, not with training' if moved else ''}.")
 
 
@@ -289,9 +289,13 @@ def checkpoint_choice(train: RoundTrain) -> Table | None:
     chosen = train.get("chosen_checkpoint")
     if not chosen:
         return None
-    rows = [[f"step {s.get('step')}", number(s.get("quality")), CHOSEN if s.get("step") == chosen.get("step") else ""]
-            for s in train.get("checkpoint_scores") or []]
-    return Table(f"LoRA used: checkpoint at step {chosen.get('step')}", ["checkpoint", "quality", ""], rows,
+    scores = train.get("checkpoint_scores") or []
+    with_loss = any("validation_loss" in s for s in scores)  # histories from before issue 26 have none
+    rows = [[f"step {s.get('step')}", number(s.get("quality")),
+             *([_loss(s.get("validation_loss"))] if with_loss else []),
+             CHOSEN if s.get("step") == chosen.get("step") else ""] for s in scores]
+    columns = ["checkpoint", "quality", *(["validation loss"] if with_loss else []), ""]
+    return Table(f"LoRA used: checkpoint at step {chosen.get('step')}", columns, rows,
                  caption=str(chosen.get("why") or ""))
 
 
@@ -305,7 +309,7 @@ def history_table(history: list[RoundRecord]) -> Table:
         lead = -gap if isinstance(gap, (int, float)) and not isinstance(gap, bool) else None
         # score_gap is target minus LoRA (the deciders read "positive: behind"); a person reads a lead.
         rival = record.get("best_competitor") or ("reference ceiling" if lead is not None else MISSING)
-        rows.append([str(record.get("round")), number(record.get("lora_score")), str(record.get("band") or ""),
+        rows.append([str(record["round"]), number(record.get("lora_score")), str(record.get("band") or ""),
                      str(rival), signed(lead), f"{params.get('steps')} / {params.get('learning_rate')} / {params.get('rank')}",
                      str(record.get("decided_by") or "")])
     return Table("rounds", ["round", "LoRA", "band", "best rival", "lead", "steps / lr / rank", "decided by"],
@@ -316,7 +320,7 @@ def decision_lines(history: list[RoundRecord], width: int) -> list[str]:
     """``round N → <why the next round changed>``, each cut at a word to ``width`` columns with "…"."""
     lines = []
     for record in history:
-        head = f"round {record.get('round')} → "
+        head = f"round {record['round']} → "
         why = " ".join(str(record.get("rationale") or MISSING).split())
         lines.append(head + textwrap.shorten(why, max(width - len(head), 20), placeholder=" …"))
     return lines
@@ -328,12 +332,27 @@ def analysis_table(analysis: Analysis) -> Table:
     key = {(d["category"], d["feature"]) for d in analysis["key_feature_details"]}
     rows = []
     for category, entry in analysis["categories"].items():
+        if entry.get("clear") is False:  # a probability near 1 would claim a match the pictures do not show
+            best = entry["top"][0]
+            rows.append([category, f"no clear match (nearest: {best['feature']})", number(best["probability"]),
+                         f"{best.get('agreement')}/{count}", "key" if (category, best["feature"]) in key else ""])
+            continue
         for rank, item in enumerate(entry["top"], start=1):
             rows.append([category if rank == 1 else "", item["feature"], number(item["probability"]),
                          f"{item.get('agreement')}/{count}", "key" if (category, item["feature"]) in key else ""])
     return Table(f"key features of {analysis['character_name']} ({count} references, CLIP {analysis['model']})",
                  ["category", "feature (top-2)", "mean probability", "top-1 in", ""], rows,
                  notes=[n] if (n := _notice(analysis)) else [])
+
+
+def captions_table(analysis: Analysis) -> Table:
+    """Each reference's training caption in both --caption-mode values: full, and identity-free (the trigger and
+    what varies; the traits every reference shares are left to the trigger)."""
+    from tools.scoring.analyzer import captions_for
+
+    full, free = captions_for(analysis, "full"), captions_for(analysis, "identity-free")
+    rows = [[name, full.get(name, MISSING), free.get(name, MISSING)] for name in sorted(full)]
+    return Table("training captions", ["reference", "full", "identity-free"], rows)
 
 
 def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
@@ -366,3 +385,8 @@ def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
 
 def _notice(document: dict) -> str | None:
     return document.get("notice") or (document.get("profile") or {}).get("notice")
+
+
+def _loss(value: Any) -> str:
+    """A validation loss: four decimals, as neighbouring checkpoints differ in the third."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING

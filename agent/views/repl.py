@@ -20,18 +20,17 @@ from pathlib import Path
 from typing import Callable
 
 from prompt_toolkit.completion import Completer, Completion
-from rich.live import Live
-from rich.markdown import Markdown
 from rich.markup import escape
 
-from agent.views import render
 from agent.llm.client import KEY_HELP, describe_endpoint, resolve_endpoint
+from agent.llm.loop import ChatLoop, LoopEvents
+from agent.llm.tools import SessionTools, explain_features, latest_feedback
+from agent.rounds.actions import generate_with_consent, train_next_round
 from agent.rounds.knobs import NAMES as KNOBS
 from agent.rounds.knobs import clamp_adjustments, knob_completions, params_text, parse_knob_arguments
-from agent.llm.tools import SessionTools, explain_features, latest_feedback
-from agent.llm.loop import ChatLoop, LoopEvents, ToolCallRecord
-from agent.rounds.actions import generate_with_consent, train_next_round
 from agent.termination import terminated_by
+from agent.views import render
+from agent.views.stream import StreamRenderer
 from agent.views.ui import UI
 from tools.atomic import atomic_write_json, unused_path
 from tools.errors import AldarError, ConfigError, InputError
@@ -97,7 +96,7 @@ class Repl:
         if self._session is None:
             from agent.rounds.store import peek_history
 
-            return len(peek_history(self.settings.output_dir)["rounds"]) + 1
+            return len(peek_history(self.settings.output_dir).rounds) + 1
         current = self._session.current
         return current.number if current is not None else self._session.next_round_number
 
@@ -317,7 +316,7 @@ class Repl:
         session = self.session
         blocked = session.stop_before(len(session.history()) + rounds)
         if blocked:  # asking first would promise rounds that stop before training anything
-            from agent.rounds.session import how_to_go_on
+            from agent.rounds.ranking import how_to_go_on
 
             self.ui.warn(escape(f"/auto runs no round: {blocked} — {how_to_go_on(blocked)}, then restart the chat"))
             self.outcome = "failed"
@@ -379,7 +378,7 @@ class Repl:
         if self._session is not None:
             params = self._session.params
         else:
-            from agent.rounds.session import planned_params
+            from agent.rounds.params import planned_params
 
             params = planned_params(self.settings)
         rows.append(["next round params", params_text(params)])
@@ -494,13 +493,11 @@ class Repl:
         return "\n".join(lines)
 
     def _read_line(self, prompt: str) -> str:
-        self.ui.console.print(escape(prompt), end="")
+        self.ui.write(prompt)
         line = sys.stdin.readline()
         if not line:
             raise EOFError
         return line.rstrip("\n")
-
-
 
 
 # Words of a question that name the slash command answering it (when no key feature is named).
@@ -547,56 +544,6 @@ class SlashCompleter(Completer):
                 for completion in knob_completions(word):
                     if completion[:-1] not in typed:  # a knob set twice would only keep the last value
                         yield Completion(completion, start_position=-len(word))
-
-
-class StreamRenderer:
-    """Shows the model's answer as Markdown while it streams in (rich Live on a terminal; printed once
-    complete otherwise), and tool calls as dim lines."""
-
-    def __init__(self, ui: UI) -> None:
-        self.ui = ui
-        self.text = ""
-        self.streamed_text = False
-        self.live: Live | None = None
-        self.animate = ui.console.is_terminal
-
-    def feed(self, piece: str) -> None:
-        self.text += piece
-        self.streamed_text = True
-        if not self.animate:
-            return
-        if self.live is None:
-            self.live = Live(Markdown(""), console=self.ui.console, refresh_per_second=8, transient=False)
-            self.live.start()
-        self.live.update(Markdown(redact(self.text)))
-
-    def pause(self) -> None:
-        """End the current block of text (before a tool call, or at the end of the turn)."""
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-        elif self.text.strip():
-            self.ui.markdown(self.text)
-        self.text = ""
-
-    def tool_start(self, name: str, arguments: str) -> None:
-        self.pause()
-        shown = " ".join(arguments.split())
-        shown = shown if len(shown) <= 100 else shown[:97] + "..."
-        self.ui.info(f"[dim]→ {escape(name)}({escape(shown)})[/dim]")
-
-    def tool_end(self, record: ToolCallRecord) -> None:
-        if record.ok:
-            self.ui.info(f"[dim]  ✓ {escape(record.name)}[/dim]")
-        else:
-            try:
-                reason = json.loads(record.result).get("error", "")
-            except (ValueError, AttributeError):
-                reason = record.result
-            self.ui.info(f"[dim]  ✗ {escape(record.name)}: {escape(str(reason)[:160])}[/dim]")
-
-    def finish(self) -> None:
-        self.pause()
 
 
 def _no_extra(args: list[str], allowed: set[str] | None = None) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import html
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from agent.views.chart import draw_score_chart, score_chart_svg, steps_chart_svg
 from agent.rounds.knobs import params_items
+from agent.views.chart import draw_score_chart, score_chart_svg, steps_chart_svg
 from agent.views.render import (CHOSEN, adjustments_text, checkpoint_choice, compute_text, prompt_note, record_ceiling_note,
                                 record_scores, round_verdict, suite_prompt_title, suite_scores)
 from tools.atomic import atomic_write_bytes, atomic_write_text
@@ -28,6 +28,7 @@ from tools.scoring.copies import MEMORISED
 
 if TYPE_CHECKING:
     from agent.rounds.session import Session
+    from agent.rounds.store import HistoryState
 
 REFERENCE_SIZE = 256  # the references' copies in report_assets/ (shown at 160 px: sharp on dense screens)
 SHOT = 224  # px an image of a round is shown at; smaller sources are scaled up pixelated, not blurred
@@ -50,7 +51,7 @@ def write_report(store, references: Path, history: list[dict]) -> Path:
     root = store.root
     reference_thumbs = _reference_thumbnails(references, root / "report_assets")
     atomic_write_bytes(store.chart_path, _png_bytes(draw_score_chart(history)))
-    page = render_html(history, store.data, [p.relative_to(root).as_posix() for p in reference_thumbs],
+    page = render_html(history, store.state, [p.relative_to(root).as_posix() for p in reference_thumbs],
                        store.chart_path.name, root)
     return atomic_write_text(store.report_path, page)
 
@@ -75,17 +76,16 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 # ------------------------------------------------------------------------ page
-def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: list[str], chart: str,
+def render_html(history: list[dict], state: HistoryState, reference_thumbs: list[str], chart: str,
                 root: Path | None = None) -> str:
     """The page; ``root`` (the results folder) lets it read each image's prompt, seed and size."""
     esc = html.escape
-    profile = data.get("profile") or {}
-    best = data.get("best_round")
+    profile, best = state.profile, state.best_round
     lightboxes: list[str] = []
     parts = [_HEAD, '<header><h1>aldar — LoRA training rounds</h1>']
     if profile.get("profile") == "tiny":
         parts.append(f'<p class="notice"><strong>Toy world, not real SDXL.</strong> {esc(profile.get("notice", ""))}</p>')
-    parts.append(f'<p class="summary">{_summary(history, data)}</p>')
+    parts.append(f'<p class="summary">{_summary(history, state)}</p>')
     parts.append(f"<p class=\"meta\">models: {esc(str(profile.get('base_model', '?')))} · scorer "
                  f"{esc(str(profile.get('clip_model', '?')))} · {esc(str(profile.get('device', '?')))}</p>")
     parts.append(_not_competing(history))
@@ -123,9 +123,9 @@ def _steps_chart(history: list[dict]) -> str:
             'reached for the same steps, beyond the spread of their images.</p>')
 
 
-def _summary(history: list[dict], data: dict[str, Any]) -> str:
+def _summary(history: list[dict], state: HistoryState) -> str:
     esc = html.escape
-    best = data.get("best_round")
+    best = state.best_round
     record = next((r for r in history if r["round"] == best), None)
     count = len(history)
     text = f"{count} round{'' if count == 1 else 's'}; best round: "
@@ -133,12 +133,11 @@ def _summary(history: list[dict], data: dict[str, Any]) -> str:
         text += f"{best} (LoRA {record['lora_score']:.3f})"
     else:
         text += "—" if best is None else str(best)
-    stopped = data.get("stopped") or {}
-    if stopped.get("reason"):
-        text += f"; stopped: {stopped['reason']}"
+    if state.stopped is not None and state.stopped.reason:
+        text += f"; stopped: {state.stopped.reason}"
     summary = esc(text)
-    if data.get("best_lora"):
-        summary += f'; best LoRA: <a href="{esc(data["best_lora"])}">{esc(data["best_lora"])}</a>'
+    if state.best_lora:
+        summary += f'; best LoRA: <a href="{esc(state.best_lora)}">{esc(state.best_lora)}</a>'
     return summary
 
 
@@ -343,6 +342,7 @@ tr.ceiling { font-style: italic; background: #f4f4f4; }
 tr.chosen { font-weight: bold; background: #e6f4e6; }
 tr.copy { background: #fde2e2; color: #8a1c1c; }
 table.scores td:last-child { white-space: normal; min-width: 6em; }  /* "reference copy — memorised" wraps */
+table.suite td:last-child { white-space: normal; min-width: 12em; }
 .params code { background: #f3f3f3; padding: .1em .4em; border-radius: 3px; white-space: nowrap; line-height: 1.9; }
 details.checkpoint summary { cursor: pointer; }
 .gallery { display: flex; flex-wrap: wrap; gap: .9em; }

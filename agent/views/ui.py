@@ -27,6 +27,8 @@ from tools.scoring.records import Feedback
 from tools.secrets import redact
 
 if TYPE_CHECKING:
+    from rich.live import Live
+
     from agent.rounds.session import Session, SessionEvents
 
 
@@ -69,6 +71,20 @@ class UI:
 
     def error(self, message: str) -> None:
         self.err_console.print(f"[bold red]error:[/bold red] {redact(message)}", soft_wrap=True)
+
+    def write(self, text: str) -> None:
+        """``text`` as it is (no markup), without a line end: a prompt before the user types."""
+        self.console.print(escape(text), end="")
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.console.is_terminal
+
+    def live_markdown(self) -> Live:
+        """A live view of Markdown on this console, started by the caller (``StreamRenderer``)."""
+        from rich.live import Live
+
+        return Live(Markdown(""), console=self.console, refresh_per_second=8, transient=False)
 
     def markdown(self, text: str) -> None:
         self.console.print(Markdown(redact(text)))

@@ -28,11 +28,12 @@ import torch
 
 from tools.atomic import unused_path
 from tools.errors import InputError, ModelNotFoundError
-from tools.models import ModelProfile, hub_reachable, load_sdxl_pipeline, model_location, quiet_lora_loading
+from tools.generation.lycoris import is_lycoris_file, load_lycoris_weights
 from tools.generation.png_metadata import save_png_with_parameters
 from tools.generation.sampling import SamplingSpec, check_lora_scale
-from tools.settings import DEFAULT_LCM_LORA
+from tools.models import ModelProfile, hub_reachable, load_sdxl_pipeline, model_location, quiet_lora_loading
 from tools.progress import progress_bar
+from tools.settings import DEFAULT_LCM_LORA
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LCM_ADAPTER = "lcm"
@@ -135,8 +136,14 @@ def _adapter_for_file(pipe, registry: LoadedAdapters, lora_file: Path) -> str:
     name = f"lora_{registry.loads}_{re.sub(r'[^A-Za-z0-9_]', '_', lora_file.parent.name)[:40]}"
     try:
         with quiet_lora_loading():
-            pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=name)
-    except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            if is_lycoris_file(lora_file):  # LoKr/LoHa: diffusers' SDXL loader reads LoRA keys only
+                load_lycoris_weights(pipe, lora_file, name)
+            else:
+                pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=name)
+    except InputError:
+        _drop_partial_adapter(pipe, name)
+        raise
+    except (ValueError, RuntimeError, KeyError, OSError, TypeError) as exc:
         _drop_partial_adapter(pipe, name)
         raise InputError(f"LoRA {lora_file} does not fit this base model ({str(exc).splitlines()[0][:160]})",
                          "use a LoRA trained for the same base model and profile (tiny LoRAs only fit --profile tiny)"
