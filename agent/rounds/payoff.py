@@ -35,14 +35,28 @@ def session_defaults(settings: Settings, defaults: dict) -> dict:
     return params
 
 
+def warm_config(config, warm: dict | None, absolute: Callable):
+    """``config`` continuing ``warm``'s checkpoint (``warm_start_plan``) for the steps it has left; as it is
+    without a warm start. ``absolute`` resolves the results folder's stored path."""
+    if not warm:
+        return config
+    config = dataclasses.replace(config, init_weights=str(absolute(warm["checkpoint"])), steps=int(warm["steps"]))
+    if config.lr_warmup_steps >= config.steps:
+        config = dataclasses.replace(config, lr_warmup_steps=config.steps // 10)
+    return config
+
+
 def warm_start_plan(rounds: list[dict], params: dict, config, profile: ModelProfile, number: int, ranking: str,
-                    absolute: Callable, relative: Callable, say: Callable[[str], None]) -> dict | None:
+                    store, on_notice: Callable[[str], None] | None) -> dict | None:
     """Where round ``number`` continues from: the best finished round's chosen checkpoint, trained on for the
     steps ``params['steps']`` asks beyond those that checkpoint already had (kohya's --network_weights
     continuation). None — a fresh LoRA — when warm starts are off, no round finished, or that checkpoint cannot
-    be continued (deleted, other models, another rank, no steps left), said in one line through ``say``.
-    ``config``: the round's ``TrainConfig`` for ``params``; ``absolute`` and ``relative`` map the results
-    folder's stored paths (``RunStore``)."""
+    be continued (deleted, other models, another rank, no steps left), said in one line to ``on_notice``.
+    ``config``: the round's ``TrainConfig`` for ``params``; ``store``: the ``RunStore`` (its stored paths)."""
+    def say(line: str) -> None:
+        if on_notice is not None:
+            on_notice(line)
+
     from tools.training.lora_files import CHECKPOINT_PREFIX
     from tools.training.setup import check_init_weights
 
@@ -51,7 +65,7 @@ def warm_start_plan(rounds: list[dict], params: dict, config, profile: ModelProf
     best = best_round(rounds, ranking)
     train = (best or {}).get("train") or {}
     chosen = train.get("chosen_checkpoint") or {}
-    run_dir = absolute(((best or {}).get("paths") or {}).get("run_dir"))
+    run_dir = store.absolute(((best or {}).get("paths") or {}).get("run_dir"))
     if best is None or finite_number(chosen.get("step")) is None or run_dir is None:
         return None
     step = int(chosen["step"])
@@ -72,7 +86,7 @@ def warm_start_plan(rounds: list[dict], params: dict, config, profile: ModelProf
         say(f"round {number}: trains a fresh LoRA ({why})")
         return None
     say(f"round {number}: continues round {best['round']}'s LoRA from step {step} for {left} more steps")
-    return {"from_round": best["round"], "from_step": step, "checkpoint": relative(folder),
+    return {"from_round": best["round"], "from_step": step, "checkpoint": store.relative(folder),
             "lora_steps_before": inherited, "steps": left}
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from agent.rounds.decision import Decider, Decision, already_trained
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
-from agent.rounds.payoff import session_defaults, unpaid_round, warm_start_plan
+from agent.rounds.payoff import session_defaults, unpaid_round, warm_config, warm_start_plan
 from agent.rounds.params import (default_params, emphasise, starting_params, train_config, training_dataset,
                                  validate_inputs)
 from agent.rounds.ranking import best_round, stop_reason
@@ -200,12 +200,7 @@ class Session:
     def round_train_config(self, warm: dict | None = None) -> TrainConfig:
         """The trainer's config for ``self.params``, its checkpoints judged as the round will draw its images;
         with ``warm`` (``warm_start``) it continues that checkpoint for the steps left of ``params['steps']``."""
-        config = train_config(self.profile, self.params)
-        if warm:
-            config = dataclasses.replace(config, init_weights=str(self.store.absolute(warm["checkpoint"])),
-                                         steps=int(warm["steps"]))
-            if config.lr_warmup_steps >= config.steps:
-                config = dataclasses.replace(config, lr_warmup_steps=config.steps // 10)
+        config = warm_config(train_config(self.profile, self.params), warm, self.store.absolute)
         if not config.validation_prompt:  # checkpoints are judged on the prompt the round will generate with
             config = dataclasses.replace(config, validation_prompt=self.prompt())
         # ... and at its guidance and negative prompt (none on tiny, SDXL's default otherwise)
@@ -276,8 +271,7 @@ class Session:
     def warm_start(self, number: int) -> dict | None:
         """Where round ``number`` continues from (``payoff.warm_start_plan``), or None for a fresh LoRA."""
         return warm_start_plan(self.store.rounds, self.params, train_config(self.profile, self.params), self.profile,
-                               number, self.settings.round_ranking,
-                               self.store.absolute, self.store.relative, lambda line: _emit(self.events.on_notice, line))
+                               number, self.settings.round_ranking, self.store, self.events.on_notice)
 
     def _latest_checkpoint(self, number: int) -> Path | None:
         from tools.training.lora_files import latest_checkpoint

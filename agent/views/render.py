@@ -216,7 +216,7 @@ def prompt_note(record: RoundRecord, previous: RoundRecord | None) -> str:
     if plain_base:  # the base drew the prompt without the emphasis phrases: its score did not move with them
         moved = (f": {and_words(others)}'s score{'s' if len(others) > 1 else ''} move with the prompt, not with "
                  "training" if others else "")
-        return (f"Since round {previous.get('round')} the LoRA's prompt {' and '.join(changes)} (feature_emphasis); "
+        return (f"Since round {previous['round']} the LoRA's prompt {' and '.join(changes)} (feature_emphasis); "
                 f"the base model draws the prompt without the emphasis phrases{moved}.")
     moved = ("" if not others else f": {others[0]}'s score moves" if len(others) == 1
              else f": the scores of {and_words(others)} move")

@@ -405,29 +405,25 @@ class _Run:
         return best["step"] if best else None
 
     def _plateau(self) -> bool:
-        """The validation quality has been flat (no rise beyond its spread) over ``plateau_checkpoints``
-        checkpoints: further steps would be spent for nothing. Checked before every step, so a run resumed
-        after its plateau stops at once, as it would have."""
-        # Only rank 0 scores checkpoints: under several processes each would decide alone, so no plateau stop.
+        """Flat validation quality (``lora_files.plateaued``): checked before every step, so a run resumed after
+        its plateau stops at once. One process only: rank 0 alone scores checkpoints."""
         if self.accelerator.num_processes > 1 or not plateaued(self.scores, self.config.plateau_checkpoints):
             return False
         self.stopped_early = (f"validation quality flat over the last {self.config.plateau_checkpoints} "
                               f"checkpoints (best step {best_checkpoint(self.scores)['step']})")
         return True
 
-    def _load_weights(self, checkpoint: Path) -> None:
-        from peft.utils import set_peft_model_state_dict
-
-        state_dicts, _ = load_checkpoint(checkpoint)
-        for name, module in self.modules.items():
-            set_peft_model_state_dict(module, state_dicts[name], adapter_name=ADAPTER_NAME)
-
-    def _resume(self, checkpoint: Path) -> None:
+    def _load_weights(self, checkpoint: Path) -> dict:
+        """The checkpoint's LoRA weights into this run's adapter; returns its training state."""
         from peft.utils import set_peft_model_state_dict
 
         state_dicts, state = load_checkpoint(checkpoint)
         for name, module in self.modules.items():
             set_peft_model_state_dict(module, state_dicts[name], adapter_name=ADAPTER_NAME)
+        return state
+
+    def _resume(self, checkpoint: Path) -> None:
+        state = self._load_weights(checkpoint)
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         restore_rng_state(state["rng"])
