@@ -125,7 +125,8 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
     page = report.written.read_text()
     for record in rounds:  # each round's LoRA is its best-scoring checkpoint, and the report says so
         scores, chosen = record["train"]["checkpoint_scores"], record["train"]["chosen_checkpoint"]
-        steps, every = record["params"]["steps"], record["params"]["checkpoint_every"]
+        # the steps the round trained (a warm-started round: those beyond its starting checkpoint)
+        steps, every = record["train"]["steps"], record["params"]["checkpoint_every"]
         assert [s["step"] for s in scores] == sorted({*range(every, steps + 1, every), steps})
         assert all(0.0 <= s["quality"] <= 1.0 for s in scores)
         assert chosen["step"] == max(scores, key=lambda s: (s["quality"], s["step"]))["step"]
