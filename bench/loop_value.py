@@ -37,7 +37,8 @@ Tried and measured (record each change to the loop with its figures here):
   rising beyond the spread, overfitting, or the last round beating the best beyond its spread), same seeds:
   0.609 ± 0.024 at 210 ± 17 steps — it stopped after round 1 everywhere, losing seeds 2/3's paying round 2
   (a rank-16 round after low CLIP). Not the default; low CLIP now counts as paying: seeds 42 / 1 re-measured
-  after merging the prompt suite, 0.642 at 200 steps / 0.622 at 240 (unchanged: no low CLIP there).
+  after merging the prompt suite: 0.642 / 0.622 / 0.647 / 0.652 (0.641 ± 0.011, the loop's) at 200 / 240 /
+  680 / 760 steps (470 ± 245; seeds 2/3 ran 3 rounds after low CLIP, above 3× the defaults' steps).
 - Zorabek, after merging the prompt suite, seeds 42 / 1 only (2 and 3 not run for time): loop 0.349 / 0.299
   against one run of equal steps 0.239 / 0.237 (+0.110 / +0.062); its later rounds (rank up, emphasis) pay.
 """
