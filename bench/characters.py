@@ -15,8 +15,9 @@ editability beside the base's on the same suite, bleed, and LoRA − base key fe
 (LoRA − base key features ≥ 0.25, identity ≥ 0.6, editability ≥ 0.85 × the base's, bleed ≤ 0.05) as met/missed.
 
 ``--overtrained``: per seed, ``aldar train`` trains the first character's LoRA at 5× the learning rate and 3× the
-steps of the defaults, outside the loop's safe bounds, its last step kept; its suite is drawn and scored beside
-the default LoRA (the loop's round 1): the scores must see the overfitting (lower editability, higher bleed).
+steps of the defaults, outside the loop's safe bounds, its last step kept — and at 3× the steps alone; each
+one's suite is drawn and scored beside the default LoRA (the loop's round 1): the scores must see the
+overfitting (lower editability, higher bleed).
 
 Speed: per round, the suite's generation seconds beside the round's own generation (the LoRA and the base on the
 character's prompt, as a round drew before the suite) — the ratio must stay ≤ 1.6. Round 1 draws the base's suite
@@ -52,7 +53,8 @@ DEFAULT_CHARACTERS = ("aldar_kose", "zorabek",
                       "glasses=round glasses,style=cartoon style,background=forest")
 COMPOSED_TRIGGER, COMPOSED_NAME = "novelhero", "the composed hero"
 TARGETS = {"lead_features": 0.25, "identity": 0.6, "editability_vs_base": 0.85, "bleed": 0.05}
-OVERTRAIN_LR, OVERTRAIN_STEPS = 5, 3
+# (learning-rate factor, steps factor) of the overtrained LoRAs: the issue's, and the steps alone.
+OVERTRAINED = {"lr x5, steps x3": (5, 3), "steps x3": (1, 3)}
 
 
 def character_overrides(character: str, work: Path) -> dict:
@@ -68,14 +70,7 @@ def character_overrides(character: str, work: Path) -> dict:
     if not folder.is_dir():
         known = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir() and not p.name.startswith("_"))
         raise SystemExit(f"no bundled character {character!r}: choose one of {', '.join(known)}, or give a SPEC")
-    overrides: dict = {"references": str(folder)}
-    card = folder / "character.json"
-    if card.is_file():
-        data = json.loads(card.read_text())
-        overrides.update({k: v for k, v in data.items() if k in ("trigger_token", "character_name")})
-        if data.get("prompt") or data.get("test_prompt"):
-            overrides["test_prompt"] = data.get("prompt") or data.get("test_prompt")
-    return overrides
+    return {"references": str(folder)}  # its character.json gives trigger, name and prompt (tools.settings)
 
 
 def slug(character: str) -> str:
@@ -94,12 +89,9 @@ def run_loop(character: str, seed: int, rounds: int, work: Path) -> dict:
                                         "analysis_path": str(folder / "analysis.json"), "target_score": 1.0,
                                         "patience": rounds + 1, "max_rounds": rounds, **overrides}, environ={})
     started = time.process_time()
-    with Session(settings, quiet=True) as session:
-        if "test_prompt" not in overrides and "aldar_kose" not in str(settings.references):
-            # No prompt of its own: the character's trigger and key features, as the analysis reads them.
-            session.settings = session.settings.replace(test_prompt=session.analyze()["training_prompt"])
+    with Session(settings, quiet=True) as session:  # no prompt of its own: built from the analysis
         records = session.run_rounds(rounds, RulePolicy(bounds=session.bounds, ranking=settings.round_ranking))
-        best_number = session.store.data.get("best_round")
+        best_number = session.store.state.best_round
     cpu_s = time.process_time() - started
     best = next(r for r in records if r["round"] == best_number)
     return {"round1": figures(records[0]), "best": figures(best), "best_round": best_number,
@@ -121,9 +113,9 @@ def figures(record: dict) -> dict:
             "suite_record": record.get("suite")}
 
 
-def overtrained(run: dict, seed: int, work: Path) -> dict:
-    """``aldar train`` at OVERTRAIN_LR × the learning rate and OVERTRAIN_STEPS × the steps of the defaults (the last
-    step kept), then its suite drawn and scored beside the default LoRA's (the loop's round 1)."""
+def overtrained(run: dict, seed: int, lr_factor: float, steps_factor: int) -> dict:
+    """``aldar train`` at ``lr_factor`` × the learning rate and ``steps_factor`` × the steps of the defaults (the
+    last step kept), then its suite drawn and scored beside the default LoRA's (the loop's round 1)."""
     from tools.generation.local import generate_local
     from tools.generation.sampling import SamplingSpec
     from tools.models import resolve_profile
@@ -133,11 +125,11 @@ def overtrained(run: dict, seed: int, work: Path) -> dict:
     settings = load_settings(overrides={"profile": "tiny", "seed": seed, "references": run["references"]}, environ={})
     profile = resolve_profile(settings)
     defaults = default_train_config(profile)
-    run_dir = Path(run["results"]) / "overtrained"
+    run_dir = Path(run["results"]) / f"overtrained_lr{lr_factor}_steps{steps_factor}"
     command = [sys.executable, "-m", "agent.cli", "train", "--profile", "tiny", "--seed", str(seed), "--quiet",
                "--references", run["references"], "--analysis", run["analysis"], "--run-dir", str(run_dir),
-               "--steps", str(defaults.steps * OVERTRAIN_STEPS),
-               "--learning-rate", str(defaults.learning_rate * OVERTRAIN_LR), "--no-select-best-checkpoint"]
+               "--steps", str(defaults.steps * steps_factor),
+               "--learning-rate", str(defaults.learning_rate * lr_factor), "--no-select-best-checkpoint"]
     started = time.process_time()
     subprocess.run(command, check=True, capture_output=True, text=True)
     suite_record = run["round1"]["suite_record"]
@@ -154,7 +146,7 @@ def overtrained(run: dict, seed: int, work: Path) -> dict:
     report = score_suite(suite, images, Path(run["references"]), profile, analysis)
     return {"identity": report["identity"]["score"], "editability": report["editability"]["rate"],
             "bleed": report["bleed"]["score"], "cpu_s": round(time.process_time() - started, 1),
-            "steps": defaults.steps * OVERTRAIN_STEPS, "learning_rate": defaults.learning_rate * OVERTRAIN_LR}
+            "steps": defaults.steps * steps_factor, "learning_rate": defaults.learning_rate * lr_factor}
 
 
 def mean_spread(values: list) -> str:
@@ -199,9 +191,8 @@ def print_table(results: dict, overtrained_runs: dict) -> None:
         ratios = [x for r in runs for x in r["suite_vs_generation"]]
         print(f"  suite generation / round generation: max {max(ratios):.2f} (round 1, base suite drawn), "
               f"later rounds {mean_spread([x for r in runs for x in r['suite_vs_generation'][1:]])}; target ≤ 1.6")
-    for character, by_seed in overtrained_runs.items():
-        print(f"\n{label(character)}: overtrained (lr × {OVERTRAIN_LR}, steps × {OVERTRAIN_STEPS}, last step) "
-              "against the default LoRA (round 1)")
+    for (character, variant), by_seed in overtrained_runs.items():
+        print(f"\n{label(character)}: overtrained ({variant}, last step) against the default LoRA (round 1)")
         sees = []
         for seed, over in by_seed.items():
             default = results[character][seed]["round1"]
@@ -238,13 +229,15 @@ def main() -> int:
                   f"(round {run['best_round']}), identity {number(run['best']['identity'])}, editability "
                   f"{number(run['best']['editability'])}, bleed {number(run['best']['bleed'])}", flush=True)
             if args.overtrained and character == characters[0]:
-                over.setdefault(character, {})[seed] = overtrained(run, seed, work)
-                print(f"  overtrained: {over[character][seed]}", flush=True)
+                for variant, (lr_factor, steps_factor) in OVERTRAINED.items():
+                    over.setdefault((character, variant), {})[seed] = overtrained(run, seed, lr_factor, steps_factor)
+                    print(f"  overtrained {variant}: {over[(character, variant)][seed]}", flush=True)
             if args.json:
                 strip = {c: {s: {**r, "round1": {k: v for k, v in r["round1"].items() if k != "suite_record"},
                                  "best": {k: v for k, v in r["best"].items() if k != "suite_record"}}
                              for s, r in runs.items()} for c, runs in results.items()}
-                args.json.write_text(json.dumps({"loop": strip, "overtrained": over}, indent=2))
+                args.json.write_text(json.dumps({"loop": strip, "overtrained": {f"{c} / {v}": runs for (c, v), runs
+                                                                                 in over.items()}}, indent=2))
     print_table(results, over)
     return 0
 

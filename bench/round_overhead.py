@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from agent.rounds.params import emphasise, train_config, training_dataset  # noqa: E402
 from agent.rounds.policy import RulePolicy  # noqa: E402
-from agent.rounds.session import BASE, LORA, Session, SessionEvents  # noqa: E402
+from agent.rounds.records import BASE, LORA  # noqa: E402
+from agent.rounds.session import Session, SessionEvents  # noqa: E402
 from agent.views.report import ReportWriter  # noqa: E402
 from tools.generation.sampling import SamplingSpec  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402

@@ -110,3 +110,24 @@ def test_no_module_over_600_lines_outside_the_world_build():
     long = {name: line_count(path) for name, path in modules().items()
             if not name.startswith("tools.world") and line_count(path) > MODULE_LIMIT}
     assert long == {}
+
+
+def test_the_history_and_feedback_files_are_read_by_the_store_alone():
+    """training_history.json and the rounds' feedback files are read in agent/rounds/store.py (the loader that
+    checks every record and fills the header's defaults once, ``history_state``); elsewhere a record's round
+    number is indexed, never guessed with ``.get``: the loader refused a history whose record has none."""
+    readers, guessed = [], []
+    for name, path in modules().items():
+        if not name.startswith("agent.") or name == "agent.rounds.store":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id in ("HISTORY_FILE", "round_feedback") and name != "agent.llm.decider":
+                readers.append(f"{name}: {node.id}")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                    and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "round"
+                    and "feedback" not in ast.unparse(node.func.value)):
+                guessed.append(f"{name}:{node.lineno}")
+            if isinstance(node, ast.Constant) and node.value in ("training_history.json", "feedback_*.json"):
+                readers.append(f"{name}: {node.value}")
+    assert readers == [] and guessed == []

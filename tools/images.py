@@ -93,7 +93,7 @@ def skipped_note(folder: str | Path, what: str = "references", shown: int = 5) -
     pictures), or '' when there are none: a picture in another format must not vanish in silence. The files
     a references folder holds by design are not named: hidden files, the taxonomy.json and character.json it
     may carry, a README, and everything beside the bundled examples' pictures (their drawing scripts)."""
-    from tools.settings import BUNDLED_REFERENCES
+    from tools.paths import BUNDLED_REFERENCES
 
     folder = Path(folder).expanduser()
     if not folder.is_dir() or folder.resolve().parent == BUNDLED_REFERENCES.parent.resolve():

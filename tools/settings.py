@@ -17,17 +17,12 @@ import re
 import tomllib
 import unicodedata
 from dataclasses import dataclass, field, fields
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from tools.errors import ConfigError, InputError
+from tools.paths import BUNDLED_REFERENCES, BUNDLED_TAXONOMY
 
-# The bundled references and taxonomy are package data (the repository's examples/ folder, installed as
-# aldar_examples), so they resolve from a checkout, an editable install and a wheel alike, whatever the
-# working folder. pip and pipx install wheels unpacked, so the resource is a real folder.
-BUNDLED_REFERENCES = Path(str(files("aldar_examples") / "aldar_kose"))
-BUNDLED_TAXONOMY = BUNDLED_REFERENCES / "taxonomy.json"
 PROFILES = ("tiny", "sdxl")
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdxl"  # fast mode's LoRA (use_lcm); tools.generation.sampling draws with it
 DEVICES = ("auto", "cuda", "mps", "cpu")

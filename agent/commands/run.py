@@ -83,7 +83,7 @@ def _show_round(ui, record: dict, history: list[dict]) -> None:
 
 def _before(history: list[dict], record: dict) -> dict | None:
     """The round recorded just before ``record`` (its prompt is what the round's prompt changed from)."""
-    earlier = [r for r in history if r.get("round", 0) < record.get("round", 0)]
+    earlier = [r for r in history if r["round"] < record["round"]]
     return earlier[-1] if earlier else None
 
 

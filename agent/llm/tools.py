@@ -78,7 +78,7 @@ def suite_summary(feedback: SessionFeedback) -> dict:
 
 def round_summary(record: RoundRecord) -> dict:
     params = record.get("params") or {}
-    return {"round": record.get("round"), "lora_score": _round3(record.get("lora_score")), "band": record.get("band"),
+    return {"round": record["round"], "lora_score": _round3(record.get("lora_score")), "band": record.get("band"),
             "best_competitor": record.get("best_competitor"), "score_gap": _round3(record.get("score_gap")),
             "params": knob_values(params),
             **({"suite": {k: _round3(v) for k, v in suite_figures(record).items()}} if suite_figures(record) else {}),
@@ -110,7 +110,7 @@ def compare_records(first: RoundRecord, second: RoundRecord) -> dict:
                                       if isinstance(a.get(metric), (int, float)) and isinstance(b.get(metric), (int, float))
                                       else None}
                              for metric in ("quality", "clip", "features", "ssim")}
-    return {"rounds": [first.get("round"), second.get("round")], "changed_params": changed, "scores": scores}
+    return {"rounds": [first["round"], second["round"]], "changed_params": changed, "scores": scores}
 
 
 def explain_features(feedback: SessionFeedback, feature: str | None = None) -> list[dict]:

@@ -40,5 +40,5 @@ def already_trained(next_params: dict, history: list[dict], current_params: dict
     wanted = knob_values(next_params)
     for record in history:
         if knob_values(record.get("params") or {}) == wanted:
-            return record.get("round")
+            return record["round"]
     return current_round if knob_values(current_params) == wanted else None

@@ -87,3 +87,15 @@ def emphasise(text: str, features: list[str], trigger: str = "") -> str:
     rest = [p for p in parts if p.lower() not in {f.lower() for f in wanted}]
     head = [rest.pop(0)] if rest and trigger and rest[0].lower().startswith(trigger.lower()) else []
     return ", ".join(head + wanted + rest)
+
+
+def validate_inputs(settings: Settings) -> None:
+    """Unknown competitor names and an unusable references folder fail here, not rounds later."""
+    from tools.images import list_images
+    from tools.providers import PROVIDERS
+
+    unknown = [name for name in settings.competitors if name not in PROVIDERS]
+    if unknown:
+        raise InputError(f"unknown competitor {unknown[0]!r}",
+                         f"use some of: {', '.join(PROVIDERS)} (comma-separated), or 'none'")
+    list_images(settings.references)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NotRequired, TypedDict
 
 from agent.rounds.decision import Decision
-from agent.rounds.records import CheckpointScore, ChosenCheckpoint, RoundRecord, SessionFeedback, scores_by_generator
+from agent.rounds.records import BASE, CheckpointScore, ChosenCheckpoint, RoundRecord, SessionFeedback, scores_by_generator
 from agent.rounds.store import MODEL_KEYS, RunStore
 from tools.scoring.records import ComparisonReport
 from tools.timestamps import iso_timestamp
@@ -108,6 +108,19 @@ def suite_base_key(texts: list[str], sampling, profile: dict) -> str:
     models = {k: profile.get(k) for k in MODEL_KEYS}
     text = json.dumps({"prompts": texts, "sampling": drawn, "models": models}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reusable_base_suite(store: RunStore, key: str, count: int) -> tuple[int, list[list[Path]]] | None:
+    """(round, base images per suite prompt) of the latest finished round drawn with the same suite key."""
+    for record in reversed(store.rounds):
+        suite = record.get("suite") if isinstance(record.get("suite"), dict) else {}
+        stored = (suite.get("images") or {}).get(BASE)
+        if suite.get("base_key") != key or not isinstance(stored, list) or len(stored) != count:
+            continue
+        paths = [[store.absolute(p) for p in group] for group in stored]
+        if all(group and all(p is not None and p.is_file() for p in group) for group in paths):
+            return suite.get("base_from_round") or record["round"], paths
+    return None
 
 
 def suite_record(state: RoundState, store: RunStore) -> dict | None:

@@ -14,6 +14,7 @@ from tools.numbers import finite_number
 from tools.scoring.records import ComparisonReport, Feedback, RankingEntry
 
 LORA = "lora"  # the generator name of the round's own LoRA in scores, rankings and image folders
+BASE = "base"  # the base model as a contestant
 
 
 class Overfitting(TypedDict):

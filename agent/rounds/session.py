@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from agent.rounds.decision import Decider, Decision, already_trained
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
-from agent.rounds.params import default_params, emphasise, starting_params, train_config, training_dataset
+from agent.rounds.params import (default_params, emphasise, starting_params, train_config, training_dataset,
+                                 validate_inputs)
 from agent.rounds.ranking import best_round, stop_reason
-from agent.rounds.recording import SUITE_SCORES, RoundState, TrainedRound, round_record, suite_base_key
-from agent.rounds.records import LORA, RoundRecord, overfitting_signals, training_curve
-from agent.rounds.store import MODEL_KEYS, RunStore
+from agent.rounds.recording import (SUITE_SCORES, RoundState, TrainedRound, reusable_base_suite, round_record,
+                                   suite_base_key)
+from agent.rounds.records import BASE, LORA, RoundRecord, overfitting_signals, training_curve
+from agent.rounds.store import RunStore
 from agent.words import and_words
-from tools.atomic import read_json_object
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
 from tools.scoring.records import Analysis
@@ -34,7 +35,6 @@ from tools.timestamps import timestamp
 if TYPE_CHECKING:  # annotations only: the trainer loads when a round trains
     from tools.training.config import TrainConfig
 
-BASE = "base"
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Session:
     def __init__(self, settings: Settings, *, quiet: bool = False, events: SessionEvents | None = None) -> None:
         from tools.character import check_saved_analysis
 
-        _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
         # the saved analysis' trigger token and name where the settings only derived them; another
         # character's analysis is refused here, before anything is written
         settings = check_saved_analysis(settings)
@@ -89,7 +89,7 @@ class Session:
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
         self.store = RunStore(settings.output_dir, self.profile.describe())
         try:
-            _check_same_models(self.store, self.profile)
+            self.store.refuse_other_models(self.profile.describe())
             discarded = self.store.discard_round_of_other_models()
         except BaseException:
             self.store.close()
@@ -313,50 +313,68 @@ class Session:
     # ---------------------------------------------------------------- generate
     def generate(self, prompts: list[str] | None = None) -> dict:
         """Images of this round's LoRA, the base model and every configured competitor,
-        from the same prompts and seeds. Returns generator → list of image paths."""
-        from tools.generation.local import generate_local
+        from the same prompts and seeds, then the prompt suite's. Returns generator → list of image paths."""
         from tools.generation.sampling import SamplingSpec
-        from tools.providers import configured_providers, generate_with_provider
+        from tools.providers import configured_providers
 
         state = self._round()
         if state.train is None:
             raise InputError(f"round {state.number} has no trained LoRA yet", "run the train step first")
         prompts = prompts or [self.prompt()]
-        settings = self.settings
-        sampling = SamplingSpec.from_settings(settings)
-        images: dict[str, list[Path]] = {}
+        sampling = SamplingSpec.from_settings(self.settings)
         with self._stage("generate"):
-            for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
-                self._say(f"round {state.number}: generating {name} images …")
-                started = time.perf_counter()
-                made = generate_local(self.profile, prompts, self.store.round_images_dir(state.number, name), sampling,
-                                      lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
-                                      name=name, quiet=self.quiet)
-                self._compute("generate", started)
-                images[name] = [image.path for image in made]
-            providers, skipped = configured_providers(settings, self.competitors)
+            providers, skipped = configured_providers(self.settings, self.competitors)
             state.skipped = list(skipped)
             for line in skipped:
                 _emit(self.events.on_missing_key, line)
-            for provider in providers:
-                self._say(f"round {state.number}: asking {provider.name} …")
-                started = time.perf_counter()
-                try:
-                    made = generate_with_provider(provider, prompts, self.store.round_images_dir(state.number, provider.name),
-                                                  sampling.images_per_prompt, sampling.seed, skipped=state.skipped,
-                                                  quiet=self.quiet)
-                except AldarError as exc:  # one failing competitor must not end the round
-                    _emit(self.events.on_warning, f"{provider.name} skipped this round: {exc}")
-                    state.skipped.append(f"{provider.name}: {exc}")
-                    continue
-                finally:
-                    self._compute("generate", started)
-                if made:  # every image safety-filtered: nothing to score, the reason is in skipped
-                    images[provider.name] = [image.path for image in made]
+            drawn = self._draw(state, prompts, providers, sampling, "generate", {})
+        # dict.fromkeys: a prompt given twice groups a provider's images twice; a competitor whose every image
+        # was safety-filtered has nothing to score.
+        images = {name: list(dict.fromkeys(path for group in groups for path in group))
+                  for name, groups in drawn.items() if any(groups)}
         state.images, state.prompts = images, list(prompts)
         state.report = state.feedback = None  # they scored the previous images
-        self._generate_suite(state, providers, sampling)
+        self._generate_suite(state, [p for p in providers if p.name in images], sampling)
         return images
+
+    def _draw(self, state: RoundState, prompts: list[str], providers: list, sampling, stage: str,
+              drawn: dict[str, list[list[Path]]]) -> dict[str, list[list[Path]]]:
+        """The base, the LoRA and each provider on ``prompts`` (those not in ``drawn`` already): generator →
+        images per prompt, image ``i`` of every prompt at seed + i. The suite's prompts are denoised a prompt
+        at a time (``batch_size``); the own prompt one image at a time, as every figure so far was measured.
+        A failing provider sits out (said once, in ``state.skipped``)."""
+        from tools.generation.local import generate_local
+        from tools.providers import generate_with_provider
+
+        suite = stage == "generate_suite"
+        folder = self.store.round_suite_dir if suite else self.store.round_images_dir
+        for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
+            if name in drawn:  # the base's suite images, reused
+                continue
+            self._say(f"round {state.number}: {'drawing the prompt suite with' if suite else 'generating'} {name} …")
+            started = time.perf_counter()
+            made = generate_local(self.profile, prompts, folder(state.number, name), sampling, lora_path=lora,
+                                  lora_scale=float(self.params.get("lora_scale", 1.0)), name=name, quiet=self.quiet,
+                                  batch_size=sampling.images_per_prompt if suite else 1)
+            self._compute(stage, started)
+            per = sampling.images_per_prompt  # in prompt order, per images each
+            drawn[name] = [[image.path for image in made[i * per:(i + 1) * per]] for i in range(len(prompts))]
+        for provider in providers:
+            self._say(f"round {state.number}: asking {provider.name} …")
+            started = time.perf_counter()
+            try:
+                made = generate_with_provider(provider, prompts, folder(state.number, provider.name),
+                                              sampling.images_per_prompt, sampling.seed, skipped=state.skipped,
+                                              quiet=self.quiet)
+            except AldarError as exc:  # one failing competitor must not end the round
+                what = "the prompt suite" if suite else "this round"
+                _emit(self.events.on_warning, f"{provider.name} skipped {what}: {exc}")
+                state.skipped.append(f"{provider.name}{' (suite)' if suite else ''}: {exc}")
+                continue
+            finally:
+                self._compute(stage, started)
+            drawn[provider.name] = [[image.path for image in made if image.prompt == text] for text in prompts]
+        return drawn
 
     def suite(self) -> list:
         """The round's prompt suite (``tools.scoring.suite``): deterministic from the analysis and the seed."""
@@ -367,63 +385,20 @@ class Session:
         return build_suite(self.analyze(), self.settings.seed, self.settings.suite_size)
 
     def _generate_suite(self, state: RoundState, providers: list, sampling) -> None:
-        """The LoRA, the base and each competitor on the suite, every prompt at ``images_per_prompt`` images.
-        The base's suite images depend on the prompts, the sampling and the models only, so a round reuses an
-        earlier round's (same key) instead of drawing them again."""
-        from tools.generation.local import generate_local
-        from tools.providers import generate_with_provider
-
+        """The LoRA, the base and each competitor that drew this round on the suite, ``images_per_prompt`` images
+        per prompt. The base's suite images depend on the prompts, the sampling and the models only, so a round
+        reuses an earlier round's (same key) instead of drawing them again."""
         suite = self.suite()
         state.suite, state.suite_images, state.suite_base_from = suite or None, None, None
         if not suite:
             return
         texts = [prompt.text for prompt in suite]
-        per_prompt = sampling.images_per_prompt
-        images: dict[str, list[list[Path]]] = {}
-        key = suite_base_key(texts, sampling, self.profile.describe())
+        state.suite_key = suite_base_key(texts, sampling, self.profile.describe())
+        drawn: dict[str, list[list[Path]]] = {}
         with self._stage("generate_suite"):
-            reused = self._reusable_base_suite(key, len(texts))
-            if reused is not None:
-                state.suite_base_from, images[BASE] = reused
-            for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
-                if name in images:
-                    continue
-                self._say(f"round {state.number}: drawing the prompt suite ({len(texts)} prompts) with {name} …")
-                started = time.perf_counter()
-                made = generate_local(self.profile, texts, self.store.round_suite_dir(state.number, name), sampling,
-                                      lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
-                                      name=name, quiet=self.quiet, batch_size=per_prompt)
-                self._compute("generate_suite", started)
-                images[name] = [[image.path for image in made[i * per_prompt:(i + 1) * per_prompt]]
-                                for i in range(len(texts))]
-            for provider in providers:
-                if provider.name not in (state.images or {}):
-                    continue  # it failed on the own prompt already this round
-                started = time.perf_counter()
-                try:
-                    made = generate_with_provider(provider, texts, self.store.round_suite_dir(state.number, provider.name),
-                                                  per_prompt, sampling.seed, skipped=state.skipped, quiet=self.quiet)
-                except AldarError as exc:
-                    _emit(self.events.on_warning, f"{provider.name} skipped the prompt suite this round: {exc}")
-                    state.skipped.append(f"{provider.name} (suite): {exc}")
-                    continue
-                finally:
-                    self._compute("generate_suite", started)
-                images[provider.name] = [[image.path for image in made if image.prompt == text] for text in texts]
-        state.suite_images = images
-        state.suite_key = key
-
-    def _reusable_base_suite(self, key: str, count: int) -> tuple[int, list[list[Path]]] | None:
-        """(round, base images per suite prompt) of the latest finished round drawn with the same suite key."""
-        for record in reversed(self.store.rounds):
-            suite = record.get("suite") if isinstance(record.get("suite"), dict) else {}
-            stored = (suite.get("images") or {}).get(BASE)
-            if suite.get("base_key") != key or not isinstance(stored, list) or len(stored) != count:
-                continue
-            paths = [[self.store.absolute(p) for p in group] for group in stored]
-            if all(group and all(p is not None and p.is_file() for p in group) for group in paths):
-                return suite.get("base_from_round") or record["round"], paths
-        return None
+            if (reused := reusable_base_suite(self.store, state.suite_key, len(texts))) is not None:
+                state.suite_base_from, drawn[BASE] = reused
+            state.suite_images = self._draw(state, texts, providers, sampling, "generate_suite", drawn)
 
     def keyed_competitors(self) -> list[str]:
         """The competitors that will really be asked (their API key is set): the paid ones."""
@@ -592,29 +567,3 @@ class Session:
         self.store.mark_stopped(reason)
         _emit(self.events.on_notice, f"stopped: {reason}")
         return finished
-
-
-# -------------------------------------------------------------------- helpers
-def _validate_inputs(settings: Settings) -> None:
-    """Unknown competitor names and an unusable references folder fail here, not rounds later."""
-    from tools.images import list_images
-    from tools.providers import PROVIDERS
-
-    unknown = [name for name in settings.competitors if name not in PROVIDERS]
-    if unknown:
-        raise InputError(f"unknown competitor {unknown[0]!r}",
-                         f"use some of: {', '.join(PROVIDERS)} (comma-separated), or 'none'")
-    list_images(settings.references)
-
-
-def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
-    """Rounds of one history must be comparable: refuse to append rounds made with other models."""
-    saved = store.state.profile
-    if not store.rounds or not saved:
-        return
-    now = profile.describe()
-    changed = [k for k in MODEL_KEYS if saved.get(k) != now[k]]
-    if changed:
-        detail = ", ".join(f"{k} {saved.get(k)!r} → {now[k]!r}" for k in changed)
-        raise InputError(f"{store.root} holds rounds made with other models ({detail})",
-                         "pass --output-dir DIR for a new results folder, or the same models to resume")

@@ -348,6 +348,17 @@ class RunStore:
         self._history["in_progress"] = None
         self.save()
 
+    def refuse_other_models(self, profile: dict[str, Any]) -> None:
+        """Rounds of one history must be comparable: refuse to append rounds made with other models."""
+        saved = self._history.get("profile") or {}
+        if not self.rounds or not saved:
+            return
+        changed = [k for k in MODEL_KEYS if saved.get(k) != profile[k]]
+        if changed:
+            detail = ", ".join(f"{k} {saved.get(k)!r} → {profile[k]!r}" for k in changed)
+            raise InputError(f"{self.root} holds rounds made with other models ({detail})",
+                             "pass --output-dir DIR for a new results folder, or the same models to resume")
+
     def discard_round_of_other_models(self) -> str:
         """With no finished round yet, a round in progress that other models started (a failed sdxl run,
         then ``--profile tiny``) is dropped and the history takes the current models: its parameters

@@ -120,7 +120,7 @@ def record_scores(record: RoundRecord, previous: RoundRecord | None = None) -> T
     # The decision is not repeated here: the run says it once, after the table, and only when a round follows.
     caption = " ".join(part for part in (round_verdict(record), prompt_note(record, previous),
                                          record_ceiling_note(record)) if part)
-    return Table(f"round {record.get('round')} ranking", SCORE_COLUMNS, rows, ceiling_row, caption or None)
+    return Table(f"round {record['round']} ranking", SCORE_COLUMNS, rows, ceiling_row, caption or None)
 
 
 SUITE_COLUMNS = ["score", "LoRA", "base", "reference / target", "what it is"]
@@ -158,7 +158,7 @@ def suite_scores(record: RoundRecord) -> Table | None:
     caption = (f"The LoRA in new scenes ({count} suite prompts): identity = (key traits shown + CLIP similarity) / 2 "
                "on new contexts; editability = the prompted background or style drawn; bleed = how much closer to "
                "the references the LoRA draws another character than the base does.")
-    return Table(f"round {record.get('round')} in new scenes", SUITE_COLUMNS, rows, None, caption)
+    return Table(f"round {record['round']} in new scenes", SUITE_COLUMNS, rows, None, caption)
 
 
 def _share(value: Any) -> str:
@@ -214,7 +214,7 @@ def prompt_note(record: RoundRecord, previous: RoundRecord | None) -> str:
     others = [name for name in record.get("scores") or {} if name != LORA]
     moved = ("" if not others else f": {others[0]}'s score moves" if len(others) == 1
              else f": the scores of {and_words(others)} move")
-    return (f"Since round {previous.get('round')} the prompt all generators draw from {' and '.join(changes)} "
+    return (f"Since round {previous['round']} the prompt all generators draw from {' and '.join(changes)} "
             f"(feature_emphasis){moved + ' with the prompt, not with training' if moved else ''}.")
 
 
@@ -281,7 +281,7 @@ def history_table(history: list[RoundRecord]) -> Table:
         lead = -gap if isinstance(gap, (int, float)) and not isinstance(gap, bool) else None
         # score_gap is target minus LoRA (the deciders read "positive: behind"); a person reads a lead.
         rival = record.get("best_competitor") or ("reference ceiling" if lead is not None else MISSING)
-        rows.append([str(record.get("round")), number(record.get("lora_score")), str(record.get("band") or ""),
+        rows.append([str(record["round"]), number(record.get("lora_score")), str(record.get("band") or ""),
                      str(rival), signed(lead), f"{params.get('steps')} / {params.get('learning_rate')} / {params.get('rank')}",
                      str(record.get("decided_by") or "")])
     return Table("rounds", ["round", "LoRA", "band", "best rival", "lead", "steps / lr / rank", "decided by"],
@@ -292,7 +292,7 @@ def decision_lines(history: list[RoundRecord], width: int) -> list[str]:
     """``round N → <why the next round changed>``, each cut at a word to ``width`` columns with "…"."""
     lines = []
     for record in history:
-        head = f"round {record.get('round')} → "
+        head = f"round {record['round']} → "
         why = " ".join(str(record.get("rationale") or MISSING).split())
         lines.append(head + textwrap.shorten(why, max(width - len(head), 20), placeholder=" …"))
     return lines
