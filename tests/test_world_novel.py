@@ -122,9 +122,24 @@ def test_the_second_examples_files_never_name_the_first_character():
     from tools.settings import BUNDLED_REFERENCES
 
     files = [p for p in (BUNDLED_REFERENCES.parent / "zorabek").iterdir() if p.is_file()]
-    assert sorted(p.name for p in files if p.suffix != ".png") == ["README.md", "draw_zorabek.py"]
+    assert sorted(p.name for p in files if p.suffix != ".png") == ["README.md", "character.json", "draw_zorabek.py"]
     for path in files:
         assert b"aldar" not in path.read_bytes().lower(), path.name
+
+
+def test_the_second_examples_card_names_him_and_a_prompt_of_his_features():
+    """character.json (bench/loop_value.py reads it, as a references folder's card): his trigger, name, and a prompt that starts
+    with the trigger and names every one of his values."""
+    import json
+
+    from tools.settings import BUNDLED_REFERENCES
+    from tools.world.attributes import ZORABEK
+
+    card = json.loads((BUNDLED_REFERENCES.parent / "zorabek" / "character.json").read_text(encoding="utf-8"))
+    assert set(card) == {"trigger_token", "character_name", "test_prompt"}
+    assert (card["trigger_token"], card["character_name"]) == ("zorabek", "King Zorabek")
+    assert card["test_prompt"].startswith("zorabek, ")
+    assert all(value in card["test_prompt"] for value in ZORABEK.labels().values())
 
 
 def _scorer_knows_the_novel_values() -> bool:
