@@ -214,7 +214,7 @@ def test_files_that_are_not_pictures_are_named_once_and_the_list_is_cut_with_a_c
     from tools.settings import BUNDLED_REFERENCES
 
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
-    for name in ("notes.txt", "pose.gif", "taxonomy.json", "README.md", ".DS_Store"):
+    for name in ("notes.txt", "pose.gif", "taxonomy.json", "character.json", "README.md", ".DS_Store"):
         (tmp_path / name).write_text("x")
     # a .gif is a picture aldar does not read: it must not vanish in silence; the companions are no news
     assert skipped_note(tmp_path) == (f"references folder {tmp_path}: skipped 2 file(s) that are not png/jpg/webp "
@@ -267,6 +267,9 @@ def test_bundled_references_are_reproducible_from_the_drawing_script(tmp_path):
         bundled = np.asarray(load_image(BUNDLED_REFERENCES / f"aldar{i}.png"), dtype=np.int16)
         assert drawn.shape == (512, 512, 3) and (drawn == bundled).all(), f"aldar{i}.png"
         assert (BUNDLED_REFERENCES / f"aldar{i}.png").stat().st_size < 150_000
+        # ... and its character mask (masked loss), as the drawing knows it
+        assert (tmp_path / "masks" / f"aldar{i}.png").read_bytes() == \
+            (BUNDLED_REFERENCES / "masks" / f"aldar{i}.png").read_bytes()
     extra = np.asarray(load_image(tmp_path / "aldar6.png"), dtype=np.int16)
     assert np.abs(extra - drawn).mean() > 10  # past the fifth, a new random placement
 

@@ -54,14 +54,13 @@ def kohya_name(prefix: str, module: str) -> str:
     return f"{prefix}_{module.replace('.', '_')}"
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def export_on_meta(folder, adapter: str = "lora") -> dict[str, set[str]]:
     """Our adapters on the real SDXL UNet and CLIP-L/G (meta device), exported by our code path."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     profile = resolve_profile(load_settings(overrides={"profile": "tiny", "device": "cpu"}))
-    config = default_train_config(profile).replace(train_text_encoder=True, rank=4, alpha=2.0)
+    config = default_train_config(profile).replace(train_text_encoder=True, rank=4, alpha=2.0, adapter=adapter)
     with torch.device("meta"):
         pipe = types.SimpleNamespace(
             unet=UNet2DConditionModel(**unet_config("full")),
@@ -73,7 +72,6 @@ def exported(tmp_path_factory):
     assert all(t.is_meta for state in state_dicts.values() for t in state.values())
     # Meta tensors hold no data to write: one-element stand-ins keep every key through the real save path.
     stand_ins = {c: {k: torch.zeros(1) for k in state} for c, state in state_dicts.items()}
-    folder = tmp_path_factory.mktemp("layout")
     export_lora(folder / "diffusers.safetensors", folder / "kohya.safetensors", stand_ins, lora_configs,
                 config.alpha, {"ss_network_dim": "4"})
     from safetensors import safe_open
@@ -83,6 +81,18 @@ def exported(tmp_path_factory):
         with safe_open(str(folder / f"{name}.safetensors"), "pt") as handle:
             keys[name] = set(handle.keys())
     return keys
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export_on_meta(tmp_path_factory.mktemp("layout"))
+
+
+def all_attention_modules() -> list[tuple[str, str]]:
+    """(component, module path) of every attention projection an adapter targets."""
+    return ([("unet", m) for m in sdxl_unet_attention_modules()]
+            + [("text_encoder", m) for m in clip_attention_modules(12)]
+            + [("text_encoder_2", m) for m in clip_attention_modules(32)])
 
 
 def test_the_expected_layout_counts_the_modules_of_sdxl():
@@ -110,3 +120,32 @@ def test_diffusers_file_has_every_standard_key_and_no_other(exported):
                                               sorted(expected - exported["diffusers"])[:3])
     assert "text_encoder.text_model.encoder.layers.11.self_attn.out_proj.lora_linear_layer.up.weight" \
         in exported["diffusers"]
+
+
+# --------------------------------------------------------------------------- LoKr and LoHa (LyCORIS layout)
+KOHYA = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+# What kohya's LyCORIS, ComfyUI and A1111 read per module: LoKr's w2 is one matrix or a low-rank pair.
+LYCORIS_PARTS = {"lokr": ({"lokr_w1", "lokr_w2", "alpha"}, {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"}),
+                 "loha": ({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},)}
+
+
+def _parts_by_module(keys: set[str]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for key in keys:
+        module, _, part = key.rpartition(".")
+        found.setdefault(module, set()).add(part)
+    return found
+
+
+@pytest.mark.parametrize("adapter", ["lokr", "loha"])
+def test_lycoris_files_have_every_standard_key_and_no_other(tmp_path, adapter):
+    keys = export_on_meta(tmp_path, adapter)
+    kohya = _parts_by_module(keys["kohya"])
+    assert set(kohya) == {kohya_name(KOHYA[c], m) for c, m in all_attention_modules()}
+    assert all(parts in LYCORIS_PARTS[adapter] for parts in kohya.values()), \
+        sorted({frozenset(p) for p in kohya.values()}, key=len)
+    assert "lora_te1_text_model_encoder_layers_0_self_attn_k_proj.alpha" in keys["kohya"]
+    # The diffusers file keeps peft's names per component, as diffusers' LoKr loader reads them.
+    diffusers = _parts_by_module(keys["diffusers"])
+    assert set(diffusers) == {f"{c}.{m}" for c, m in all_attention_modules()}
+    assert all(parts | {"alpha"} in LYCORIS_PARTS[adapter] for parts in diffusers.values())

@@ -15,9 +15,10 @@ from tools.errors import ConfigError, InputError, TrainingError
 from tools.training.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
 from tools.models import load_sdxl_pipeline, load_toy_world_pipeline, resolve_profile
 from tools.settings import load_settings
-from tools.training import trainer
+from tools.training import losses, trainer
 from tools.training.data import clear_latent_cache
-from tools.training.trainer import default_train_config, evaluation_loss, train_lora
+from tools.training.losses import evaluation_loss
+from tools.training.trainer import default_train_config, train_lora
 
 
 
@@ -127,7 +128,7 @@ def test_kohya_file_has_true_alpha_metadata_and_matches_the_diffusers_file(train
 def test_run_folder_holds_log_curve_checkpoints_and_validation_images(trained):
     result = trained["result"]
     rows = result.loss_log.read_text().splitlines()
-    assert rows[0] == "step,loss,loss_ema,lr,elapsed_s" and len(rows) == 31
+    assert rows[0] == "step,loss,loss_ema,lr,elapsed_s,validation_loss" and len(rows) == 31
     assert [p.name for p in result.checkpoints] == ["checkpoint-000010", "checkpoint-000020", "checkpoint-000030"]
     with Image.open(result.loss_curve) as curve:
         assert curve.size == (800, 450)
@@ -198,6 +199,8 @@ def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(profile, dataset, tm
     real = trainer.denoising_loss
 
     def nan_from_fifth(*args, **kwargs):
+        if not torch.is_grad_enabled():  # a checkpoint's validation loss, not a training step
+            return real(*args, **kwargs)
         calls["n"] += 1
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] >= 5 else loss
@@ -340,7 +343,7 @@ def test_min_snr_weights_follow_kohyas_convention(prediction_type):
     snr = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod))[timesteps]
     gamma = 5.0
     expected = torch.minimum(snr, torch.full_like(snr, gamma)) / (snr + 1 if prediction_type == "v_prediction" else snr)
-    torch.testing.assert_close(trainer.min_snr_weights(scheduler, timesteps, gamma), expected)
+    torch.testing.assert_close(losses.min_snr_weights(scheduler, timesteps, gamma), expected)
     if prediction_type == "v_prediction":
         older = torch.minimum(snr + 1, torch.full_like(snr, gamma)) / (snr + 1)
         assert not torch.allclose(older, expected)

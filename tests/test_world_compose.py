@@ -71,7 +71,7 @@ def test_the_command_line_writes_the_pictures_or_refuses_with_exit_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tools.world.compose", novel_only, "--out", str(tmp_path)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"character{i}.png" for i in range(1, 6)]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [f"character{i}.png" for i in range(1, 6)]
     refused = subprocess.run([sys.executable, "-m", "tools.world.compose", "robe=tartan", "--out", str(tmp_path / "x")],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr

@@ -127,19 +127,17 @@ def test_the_second_examples_files_never_name_the_first_character():
         assert b"aldar" not in path.read_bytes().lower(), path.name
 
 
-def test_the_second_examples_card_names_him_and_a_prompt_of_his_features():
-    """character.json (bench/loop_value.py reads it, as a references folder's card): his trigger, name, and a prompt that starts
-    with the trigger and names every one of his values."""
+def test_the_second_examples_card_names_him():
+    """character.json (read with the settings): his trigger and name; a test prompt, if it
+    gives one, starts with his trigger (without one each round's prompt comes from his analysis)."""
     import json
 
-    from tools.settings import BUNDLED_REFERENCES
-    from tools.world.attributes import ZORABEK
+    from tools.settings import BUNDLED_REFERENCES, CARD_KEYS
 
     card = json.loads((BUNDLED_REFERENCES.parent / "zorabek" / "character.json").read_text(encoding="utf-8"))
-    assert set(card) == {"trigger_token", "character_name", "test_prompt"}
+    assert set(card) <= set(CARD_KEYS)
     assert (card["trigger_token"], card["character_name"]) == ("zorabek", "King Zorabek")
-    assert card["test_prompt"].startswith("zorabek, ")
-    assert all(value in card["test_prompt"] for value in ZORABEK.labels().values())
+    assert card.get("test_prompt", "zorabek, ").startswith("zorabek, ")
 
 
 def _scorer_knows_the_novel_values() -> bool:

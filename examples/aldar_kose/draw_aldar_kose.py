@@ -27,13 +27,13 @@ def another_picture(rng: random.Random) -> Character:
                    **{**sample_placement(rng), "pose": "standing"})
 
 
-def write_pictures(out_dir: Path, count: int = 5, seed: int = 0) -> list[Path]:
+def write_pictures(out_dir: Path, count: int = 5, seed: int = 0, backgrounds=None) -> list[Path]:
     """Draw ``count`` pictures of Aldar Köse into ``out_dir`` as aldar1.png, aldar2.png, …
 
     Seed 0 gives the five bundled placements first; any other seed (and any picture past the fifth)
     places him at random, with a random headwear of his two and a steppe or plain background.
     """
-    return write_references(out_dir, "aldar", BUNDLED_REFERENCES, another_picture, count, seed)
+    return write_references(out_dir, "aldar", BUNDLED_REFERENCES, another_picture, count, seed, backgrounds)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,13 @@ def another_picture(rng: random.Random) -> Character:
                    **sample_placement(rng))
 
 
-def write_pictures(out_dir: Path, count: int = 5, seed: int = 0) -> list[Path]:
+def write_pictures(out_dir: Path, count: int = 5, seed: int = 0, backgrounds=None) -> list[Path]:
     """Draw ``count`` pictures of King Zorabek into ``out_dir`` as zorabek1.png, zorabek2.png, …
 
     Seed 0 gives the five bundled placements first; any other seed (and any picture past the fifth)
     places him at random, in a throne room or on a plain background.
     """
-    return write_references(out_dir, "zorabek", ZORABEK_REFERENCES, another_picture, count, seed)
+    return write_references(out_dir, "zorabek", ZORABEK_REFERENCES, another_picture, count, seed, backgrounds)
 
 
 if __name__ == "__main__":

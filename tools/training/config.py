@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("auto", "adamw", "adamw8bit", "prodigy")
 SAVE_PRECISIONS = ("fp16", "bf16", "fp32")
 REPORT_TO = ("none", "tensorboard")
+ADAPTERS = ("lora", "lokr", "loha")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -59,6 +60,10 @@ class TrainConfig:
                                                  "learning-rate warmup (its authors' advice with warmup)")
     prodigy_use_bias_correction: bool = _setting(True, "Prodigy: Adam-style bias correction (its authors' advice "
                                                     "for diffusion models)")
+    adapter: str = _setting("lora", "adapter kind: lora | lokr (LyCORIS LoKr: Kronecker factors, far fewer weights) | "
+                                 "loha (LyCORIS LoHa: Hadamard product of two low-rank pairs); --use-dora is LoRA's "
+                                 "DoRA. LoKr/LoHa files load in ComfyUI, A1111 and kohya (LyCORIS keys); diffusers "
+                                 "loads LoKr, aldar loads both", choices=ADAPTERS)
     use_dora: bool = _setting(False, "DoRA (peft use_dora): weight-decomposed LoRA, often more faithful at low rank, "
                                   "a little slower per step; UNet only")
     max_grad_norm: float = _setting(1.0, "gradient clipping norm (0 = off)")
@@ -68,6 +73,26 @@ class TrainConfig:
                                   "kohya's convention: min(SNR, gamma)/(SNR+1) on v-prediction (older "
                                   "diffusers examples clamped SNR+1 instead)")
     noise_offset: float = _setting(0.0357, "noise offset (SDXL base was trained with 0.0357); helps dark/bright images")
+    masked_loss: bool = _setting(False, "weigh the loss by each reference's character mask (kohya's masked_loss): "
+                                     "masks/<same name> beside the references (white = character) or the alpha "
+                                     "channel; the background is then not learned, so prompts can change it")
+    mask_outside_weight: float = _setting(0.0, "masked loss: weight of the loss outside the mask (0 = kohya's: the "
+                                               "background is not trained at all; 0.1-0.3 keeps some context)")
+    prior_preservation: bool = _setting(False, "prior preservation (DreamBooth; kohya's reg images): train on class "
+                                              "images of the base model beside the references so that prompts "
+                                              "without the trigger drift less toward the character; about twice "
+                                              "the time per step")
+    class_prompt: str = _setting("", "prior preservation: prompt of the class images (empty: the analysis' "
+                                     "description without the trigger and name); must not contain the trigger")
+    num_class_images: int = _setting(0, "prior preservation: class images to draw (0 = four per reference)")
+    prior_loss_weight: float = _setting(1.0, "prior preservation: weight of the class images' loss (kohya's "
+                                             "prior_loss_weight)")
+    class_images_dir: str = _setting("", "prior preservation: a folder of your own regularisation images (captions "
+                                         "from same-stem .txt files, else the class prompt) instead of drawing them")
+    caption_mode: str = _setting("full", "training captions from the analysis: full (trigger + every trait, key "
+                                        "features included) | identity-free (trigger + only what varies across the "
+                                        "references: the traits common to all are left to the trigger)",
+                                 choices=("full", "identity-free"))
     caption_dropout: float = _setting(0.0, "chance per sample of training on an empty caption (0-1; 0.05-0.1 helps "
                                         "the LoRA work without its trigger word)")
     shuffle_caption_tags: bool = _setting(False, "shuffle each caption's comma-separated tags every step (kohya's "
@@ -156,6 +181,15 @@ class TrainConfig:
         if not (0.0 <= self.caption_dropout < 1.0):
             raise ConfigError(f"caption_dropout {self.caption_dropout} is outside [0, 1)", "use 0 to 0.1")
         _positive_finite("prodigy_d_coef", self.prodigy_d_coef)
+        if self.prior_preservation:
+            _positive_finite("prior_loss_weight", self.prior_loss_weight)
+            check_class_prompt(self.class_prompt, self.trigger_token)
+        if not (0.0 <= self.mask_outside_weight < 1.0) or not math.isfinite(self.mask_outside_weight):
+            raise ConfigError(f"mask_outside_weight {self.mask_outside_weight} is outside [0, 1)",
+                              "use 0 (kohya's masked loss) to 0.3")
+        if self.use_dora and self.adapter != "lora":
+            raise ConfigError(f"DoRA is a LoRA variant; it does not apply to --adapter {self.adapter}",
+                              "use --adapter lora with --use-dora, or drop --use-dora")
         if self.use_dora and self.train_text_encoder:
             # diffusers 0.42 drops DoRA magnitudes of text encoders on load: such a LoRA would load half.
             raise ConfigError("DoRA on the text encoders does not load in diffusers (its magnitudes are dropped)",
@@ -171,7 +205,8 @@ class TrainConfig:
             raise ConfigError(f"noise_offset {self.noise_offset} is outside [0, 1)", "use 0 to 0.1 (0.0357 is SDXL's)")
         for name, allowed in (("optimizer", OPTIMIZERS), ("mixed_precision", MIXED_PRECISIONS),
                               ("lr_scheduler", LR_SCHEDULERS), ("save_precision", SAVE_PRECISIONS),
-                              ("report_to", REPORT_TO)):
+                              ("report_to", REPORT_TO), ("adapter", ADAPTERS),
+                              ("caption_mode", ("full", "identity-free"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}", f"use one of: {', '.join(allowed)}")
         if not self.trigger_token.strip():
@@ -203,14 +238,14 @@ class TrainConfig:
 # Whole-number settings and their smallest valid value.
 _WHOLE_AT_LEAST = {"rank": 1, "steps": 1, "batch_size": 1, "gradient_accumulation": 1, "validation_inference_steps": 1,
                    "lr_warmup_steps": 0, "checkpoint_every": 0, "checkpoints_to_keep": 0, "validation_images": 0,
-                   "seed": 0, "keep_tokens": 0}
+                   "seed": 0, "keep_tokens": 0, "num_class_images": 0}
 RANK_LIMIT = 1024
 
 
 def check_setting(name: str, value: Any) -> None:
     """Raise the ``ConfigError`` that ``validate`` raises when this one setting is outside its valid domain.
 
-    The agent's knob table (``agent/knobs.py``) refuses values with this same check, so a bad
+    The agent's knob table (``agent/rounds/knobs.py``) refuses values with this same check, so a bad
     ``steps`` reads the same from ``aldar train``, ``/train`` and a decider. (Checks between settings,
     such as warmup below steps or a learning rate above 1, stay in ``validate``: the agent's safe
     ranges keep its values far inside them.)
@@ -221,6 +256,16 @@ def check_setting(name: str, value: Any) -> None:
         raise ConfigError(f"rank {value} is too large", f"use a rank between 1 and {RANK_LIMIT} (16-32 is typical)")
     if name in ("alpha", "learning_rate"):
         _positive_finite(name, value)
+
+
+def check_class_prompt(class_prompt: str, trigger: str) -> None:
+    """ConfigError when the class prompt names the trigger: the class images would teach the trigger the base's look."""
+    import re
+
+    if trigger.strip() and re.search(rf"(?i)\b{re.escape(trigger.strip())}\b", class_prompt):
+        raise ConfigError(f"the class prompt {class_prompt!r} contains the trigger token {trigger!r}",
+                          "describe the class without the trigger (e.g. 'a man in an orange robe'), or leave "
+                          "--class-prompt empty to take the analysis' description")
 
 
 def _at_least(name: str, value: int, low: int) -> None:
@@ -261,5 +306,5 @@ def default_train_config(profile) -> TrainConfig:
 
 def training_settings() -> list[dataclasses.Field]:
     """The fields of ``TrainConfig`` in declaration order (the CLI makes one flag per setting). "Knobs" are the
-    few of them a decider may turn between rounds (``agent/knobs.py``)."""
+    few of them a decider may turn between rounds (``agent/rounds/knobs.py``)."""
     return list(dataclasses.fields(TrainConfig))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tools.errors import InputError
 from tools.images import file_sha256, load_image
@@ -35,6 +35,8 @@ class TrainingImage:
     crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
     resized_size: tuple[int, int]   # (height, width) after resizing, before cropping
     pixels: torch.Tensor            # (3, H, W) in [-1, 1], (H, W) = the bucket
+    mask: torch.Tensor | None = None  # (1, H, W) in [0, 1], 1 = the character (masked loss); cropped as pixels
+    mask_sha256: str = ""
 
     @property
     def bucket(self) -> tuple[int, int]:
@@ -67,10 +69,11 @@ def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tup
     return min(buckets, key=lambda b: (abs(math.log(b[1] / b[0]) - aspect), -b[0] * b[1]))
 
 
-def prepare_images(dataset: list[tuple[Path, str]], resolution: int, bucket_step: int | None = None
-                   ) -> list[TrainingImage]:
+def prepare_images(dataset: list[tuple[Path, str]], resolution: int, bucket_step: int | None = None,
+                   masks: dict[Path, Image.Image] | None = None) -> list[TrainingImage]:
     """Load every image and fit it to its bucket (``bucket_step``) or a ``resolution`` square; InputError for
-    bad pairs. Fitting = resize to cover the target, centre-crop the (small, with buckets) excess."""
+    bad pairs. Fitting = resize to cover the target, centre-crop the (small, with buckets) excess; an image's
+    mask (``masks``, from ``load_masks``) is resized and cropped with it."""
     if not dataset:
         raise InputError("the training dataset is empty", "pass at least one (image, caption) pair / reference image")
     buckets = bucket_sizes(resolution, bucket_step) if bucket_step else None
@@ -84,11 +87,12 @@ def prepare_images(dataset: list[tuple[Path, str]], resolution: int, bucket_step
             raise InputError(f"caption for {path.name} is empty", "give every image a caption with the trigger token")
         image = load_image(path)
         target = nearest_bucket((image.height, image.width), buckets) if buckets else (resolution, resolution)
-        images.append(_fit(image, path, caption.strip(), target))
+        images.append(_fit(image, path, caption.strip(), target, (masks or {}).get(path)))
     return images
 
 
-def _fit(image: Image.Image, path: Path, caption: str, target: tuple[int, int]) -> TrainingImage:
+def _fit(image: Image.Image, path: Path, caption: str, target: tuple[int, int],
+         mask: Image.Image | None = None) -> TrainingImage:
     original = (image.height, image.width)
     height_out, width_out = target
     scale = max(height_out / image.height, width_out / image.width)
@@ -98,7 +102,76 @@ def _fit(image: Image.Image, path: Path, caption: str, target: tuple[int, int]) 
     cropped = resized.crop((left, top, left + width_out, top + height_out))
     array = np.asarray(cropped, dtype=np.float32) / 127.5 - 1.0
     pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-    return TrainingImage(path, caption, file_sha256(path), original, (top, left), (height, width), pixels)
+    fitted = None
+    if mask is not None:  # the same resize and crop as the picture: the mask stays on the character
+        box = (left, top, left + width_out, top + height_out)
+        mask_array = np.asarray(mask.convert("L").resize((width, height), Image.Resampling.BILINEAR).crop(box),
+                                dtype=np.float32) / 255.0
+        fitted = torch.from_numpy(mask_array).unsqueeze(0).contiguous()
+    return TrainingImage(path, caption, file_sha256(path), original, (top, left), (height, width), pixels, fitted,
+                         hashlib.sha256(fitted.numpy().tobytes()).hexdigest()[:16] if fitted is not None else "")
+
+
+# --------------------------------------------------------------------------- masks
+MASKS_FOLDER = "masks"
+
+
+def load_masks(paths: list[Path]) -> tuple[dict[Path, Image.Image], list[str]]:
+    """Each reference's character mask for ``--masked-loss`` (white = character), as kohya reads them: a file of the
+    same name (or stem, as .png) in a ``masks/`` folder beside the references, else the image's alpha channel.
+
+    Returns (masks by path, notes): a mask of another size than its picture is resized (noted); references
+    without a mask train unmasked (listed in one note). InputError for an all-black mask (it would train nothing)
+    or when no reference has a mask.
+    """
+    masks, notes, unmasked, resized = {}, [], [], []
+    for path in map(Path, paths):
+        mask = _mask_file(path) or _alpha_mask(path)
+        if mask is None:
+            unmasked.append(path.name)
+            continue
+        if np.asarray(mask).max() == 0:
+            raise InputError(f"the mask of {path.name} is all black: masked loss would train nothing on it",
+                             f"paint the character white in {path.parent / MASKS_FOLDER / path.name}, or remove "
+                             "that mask")
+        with Image.open(path) as picture:
+            size = ImageOps.exif_transpose(picture).size
+        if mask.size != size:
+            resized.append(f"{path.name} ({mask.size[0]}x{mask.size[1]} -> {size[0]}x{size[1]})")
+            mask = mask.resize(size, Image.Resampling.BILINEAR)
+        masks[path] = mask
+    if not masks:
+        raise InputError("--masked-loss found no mask for any reference",
+                         f"put {MASKS_FOLDER}/<same file name>.png beside the references (white = the character) or "
+                         "use pictures with an alpha channel; or drop --masked-loss")
+    if resized:
+        notes.append(f"masks resized to their picture: {', '.join(resized)}")
+    if unmasked:
+        notes.append(f"no mask for {', '.join(unmasked)}: trained unmasked (whole picture)")
+    return masks, notes
+
+
+def _mask_file(path: Path) -> Image.Image | None:
+    folder = path.parent / MASKS_FOLDER
+    for candidate in (folder / path.name, folder / f"{path.stem}.png"):
+        if candidate.is_file():
+            try:
+                with Image.open(candidate) as opened:
+                    return ImageOps.exif_transpose(opened).convert("L")  # upright, as its picture
+            except (OSError, SyntaxError, ValueError):
+                raise InputError(f"mask {candidate} is not an image PIL can read",
+                                 "save it as a black-and-white PNG of the picture's size, or remove it") from None
+    return None
+
+
+def _alpha_mask(path: Path) -> Image.Image | None:
+    """The alpha channel of a picture that has a real one (not fully opaque), else None."""
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+        if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+            return None
+        alpha = image.convert("RGBA").getchannel("A")
+    return alpha if alpha.getextrema()[0] < 255 else None
 
 
 def dataset_sha256(images: list[TrainingImage]) -> str:
@@ -124,6 +197,8 @@ def cached_latent_distributions(images: list[TrainingImage], vae, vae_id: str, f
     for index, image in enumerate(images):
         for flipped in ((False, True) if flips else (False,)):
             fit = f"{image.bucket[0]}x{image.bucket[1]}@{image.crop_top_left[0]},{image.crop_top_left[1]}"
+            if image.mask_sha256:  # kohya caches the mask beside the latent: a new mask is a new entry
+                fit += f"|mask{image.mask_sha256}"
             key = hashlib.sha256(f"{image.sha256}|{vae_id}|{fit}|{int(flipped)}".encode()).hexdigest()[:32]
             if key not in _MEMORY_LATENTS:
                 _MEMORY_LATENTS[key] = _from_disk(disk_dir, key) or _encode(vae, image.pixels, flipped)

@@ -33,6 +33,17 @@ MAGNITUDE = ".lora_magnitude_vector"  # PEFT's DoRA magnitude (one per output fe
 KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 SAVE_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _TEXT_ENCODER_TOP = ("text_model.", "text_projection.")
+# LyCORIS weight names as peft, kohya's LyCORIS, ComfyUI and A1111 spell them (the part after the module path).
+LYCORIS_MARKERS = {"lokr": ".lokr_", "loha": ".hada_"}
+
+
+def adapter_kind(state_dicts: dict[str, dict[str, torch.Tensor]]) -> str:
+    """``lora``, ``lokr`` or ``loha``: which adapter these PEFT state dicts hold (read from their key names)."""
+    keys = [key for state in state_dicts.values() for key in state]
+    for kind, marker in LYCORIS_MARKERS.items():
+        if any(marker in key for key in keys):
+            return kind
+    return "lora"
 
 
 def standard_layout(state_dicts: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
@@ -59,7 +70,7 @@ def export_lora(lora_path: Path, kohya_path: Path, state_dicts: dict[str, dict[s
     """The two files a finished run hands to users: diffusers (``load_lora_weights``) and kohya (A1111/ComfyUI)."""
     weights = in_precision(standard_layout(state_dicts), precision)
     save_diffusers_lora(lora_path, weights, lora_configs)
-    save_kohya_lora(kohya_path, weights, alpha, metadata)
+    save_kohya_lora(kohya_path, weights, alpha, metadata, lora_configs)
 
 
 def save_diffusers_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]],
@@ -72,8 +83,9 @@ def save_diffusers_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tenso
     from diffusers.utils import convert_state_dict_to_diffusers
 
     kwargs: dict[str, Any] = {}
+    lycoris = adapter_kind(state_dicts) != "lora"  # LoKr/LoHa keep peft's names, which diffusers' LoKr loader reads
     for component, state in standard_layout(state_dicts).items():
-        kwargs[f"{component}_lora_layers"] = convert_state_dict_to_diffusers(state)
+        kwargs[f"{component}_lora_layers"] = state if lycoris else convert_state_dict_to_diffusers(state)
         kwargs[f"{component}_lora_adapter_metadata"] = lora_configs[component]
     staging = staging_dir(path)
     try:
@@ -110,12 +122,44 @@ def kohya_state_dict(state_dicts: dict[str, dict[str, torch.Tensor]], alpha: flo
     return {key: value.contiguous() for key, value in converted.items()}
 
 
+def lycoris_state_dict(state_dicts: dict[str, dict[str, torch.Tensor]], alpha: float,
+                       ranks: dict[str, int]) -> dict[str, torch.Tensor]:
+    """PEFT LoKr/LoHa state dicts -> the LyCORIS layout kohya, ComfyUI and A1111 load: ``lora_unet_<module>.lokr_w1``,
+    ``….lokr_w2`` (or ``lokr_w2_a``/``lokr_w2_b``), ``….hada_w1_a`` … ``hada_w2_b``, and ``….alpha`` per module.
+
+    Loaders scale by alpha / (the rank read off a low-rank factor), as peft does (alpha / r) — except a LoKr module
+    whose factors are both full matrices, which loaders apply unscaled: there peft's alpha/r is folded into
+    ``lokr_w1`` (exact when alpha/r is a power of two, as at the defaults).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for component, state in standard_layout(state_dicts).items():
+        rank = ranks[component]
+        modules: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            marker = next(m for m in LYCORIS_MARKERS.values() if m in key)
+            module, _, part = key.rpartition(marker)
+            modules.setdefault(module, {})[marker[1:] + part] = value
+        for module, parts in modules.items():
+            name = f"{KOHYA_PREFIXES[component]}_{module.replace('.', '_')}"
+            if "lokr_w1" in parts and "lokr_w2" in parts:  # no low-rank factor: loaders apply it unscaled
+                parts = {**parts, "lokr_w1": (parts["lokr_w1"].float() * (alpha / rank)).to(parts["lokr_w1"].dtype)}
+            for part, value in parts.items():
+                out[f"{name}.{part}"] = value.contiguous()
+            out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+    return out
+
+
 def save_kohya_lora(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]], alpha: float,
-                    metadata: dict[str, Any]) -> Path:
-    """The kohya file, its metadata completed with the hashes kohya precomputes (``sshs_*``)."""
+                    metadata: dict[str, Any], lora_configs: dict[str, dict] | None = None) -> Path:
+    """The kohya file, its metadata completed with the hashes kohya precomputes (``sshs_*``); LoKr/LoHa in the
+    LyCORIS layout."""
     from safetensors.torch import save_file
 
-    tensors = kohya_state_dict(state_dicts, alpha)
+    if adapter_kind(state_dicts) == "lora":
+        tensors = kohya_state_dict(state_dicts, alpha)
+    else:
+        ranks = {component: int((lora_configs or {}).get(component, {}).get("r", 0)) for component in state_dicts}
+        tensors = lycoris_state_dict(state_dicts, alpha, ranks)
     text_metadata = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
     text_metadata.update(safetensors_hashes(tensors, text_metadata))
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=text_metadata))
@@ -157,10 +201,11 @@ def kohya_metadata(config, profile, *, steps: int, epochs: tuple[int, int], data
     meta = {
         "ss_base_model_version": "sdxl_base_v1-0",
         "ss_sd_model_name": profile.base_model,
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "networks.lora" if config.adapter == "lora" else "lycoris.kohya",
         "ss_network_dim": str(config.rank),
         "ss_network_alpha": f"{config.alpha:g}",
-        "ss_network_args": json.dumps({"dora": "True"} if config.use_dora else {}),
+        "ss_network_args": json.dumps({"dora": "True"} if config.use_dora else
+                                      {"algo": config.adapter} if config.adapter != "lora" else {}),
         "ss_max_train_steps": str(config.steps),
         "ss_steps": str(steps),
         "ss_epoch": str(epochs[0]),  # epochs done, of
@@ -185,6 +230,8 @@ def kohya_metadata(config, profile, *, steps: int, epochs: tuple[int, int], data
         "ss_gradient_checkpointing": str(config.gradient_checkpointing),
         "ss_flip_aug": str(config.flip_augmentation),
         "ss_caption_dropout_rate": f"{config.caption_dropout:g}",
+        "ss_masked_loss": str(config.masked_loss),
+        "ss_prior_loss_weight": f"{config.prior_loss_weight:g}" if config.prior_preservation else "0",
         "ss_shuffle_caption": str(config.shuffle_caption_tags),
         "ss_keep_tokens": str(config.keep_tokens),
         "ss_clip_skip": "2",  # SDXL conditions on the penultimate layer of both encoders (A1111's clip skip 2)
@@ -203,6 +250,8 @@ def kohya_metadata(config, profile, *, steps: int, epochs: tuple[int, int], data
         "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
         "modelspec.date": datetime.fromtimestamp(finished_at, timezone.utc).isoformat(timespec="seconds"),
         "aldar_trigger_token": config.trigger_token,
+        "aldar_adapter": config.adapter,
+        "aldar_mask_outside_weight": f"{config.mask_outside_weight:g}",
         "aldar_dataset_sha256": dataset_hash,
         "aldar_profile": info["profile"],
         "aldar_profile_info": json.dumps(info),

@@ -15,7 +15,7 @@ from tools.images import label_font
 LOSS_LOG = "loss_log.csv"
 LOSS_CURVE = "loss_curve.png"
 CHECKPOINT_SCORES = "checkpoint_scores.json"  # [{"step", "quality", ...}] one per scored checkpoint
-COLUMNS = ("step", "loss", "loss_ema", "lr", "elapsed_s")
+COLUMNS = ("step", "loss", "loss_ema", "lr", "elapsed_s", "validation_loss")  # validation_loss: checkpoint rows only
 RAW_COLOUR, EMA_COLOUR, SCORE_COLOUR, BEST_COLOUR = (150, 185, 230), (20, 70, 160), (220, 120, 20), (200, 20, 20)
 
 
@@ -24,7 +24,7 @@ def write_loss_log(path: Path, rows: list[dict]) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in COLUMNS})
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in COLUMNS})
     return atomic_write_text(path, buffer.getvalue())
 
 
@@ -34,7 +34,9 @@ def read_loss_log(path: Path, up_to_step: int | None = None) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8") as handle:
         rows = [{"step": int(r["step"]), "loss": float(r["loss"]), "loss_ema": float(r["loss_ema"]),
-                 "lr": float(r["lr"]), "elapsed_s": float(r["elapsed_s"])} for r in csv.DictReader(handle)]
+                 "lr": float(r["lr"]), "elapsed_s": float(r["elapsed_s"]),
+                 **({"validation_loss": float(r["validation_loss"])} if r.get("validation_loss") else {})}
+                for r in csv.DictReader(handle)]
     return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
 
 

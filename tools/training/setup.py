@@ -23,9 +23,8 @@ RUN_CONFIG = "train_config.json"
 
 @contextmanager
 def lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Module]]:
-    """Add a trainable LoRA to the shared UNet (and text encoders); remove it and every training change after."""
-    from peft import LoraConfig
-
+    """Add a trainable LoRA (or LoKr / LoHa) to the shared UNet (and text encoders); remove it and every training
+    change after."""
     unet = pipe.unet
     previous = unet.active_adapters() if getattr(unet, "peft_config", None) else []
     modules: dict[str, torch.nn.Module] = {"unet": unet}
@@ -46,8 +45,7 @@ def lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Modu
         for name, module in modules.items():
             module.requires_grad_(False)
             targets = UNET_TARGETS if name == "unet" else TEXT_ENCODER_TARGETS
-            lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
-                                     target_modules=targets, use_dora=config.use_dora)
+            lora_config = adapter_config(config, targets)
             if name == "unet":
                 with quiet_lora_loading():  # a second adapter beside the generator's is expected
                     module.add_adapter(lora_config, adapter_name=ADAPTER_NAME)
@@ -84,6 +82,26 @@ def lora_adapters(pipe, config: TrainConfig) -> Iterator[dict[str, torch.nn.Modu
                 layer.enable_adapters(not frozen_disabled[name])
 
 
+def adapter_config(config: TrainConfig, targets: list[str]):
+    """The peft config of ``config.adapter``: LoRA (DoRA with ``use_dora``), LoKr or LoHa at the same rank/alpha.
+
+    LoKr and LoHa keep peft's (LyCORIS') defaults: Kronecker factors chosen by peft (w2 low-rank when the rank is
+    below half its side), Hadamard product of two rank-r pairs; both scale by alpha/rank as LyCORIS does."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    if config.adapter == "lokr":
+        return LoKrConfig(r=config.rank, alpha=config.alpha, target_modules=targets)
+    if config.adapter == "loha":
+        return LoHaConfig(r=config.rank, alpha=config.alpha, target_modules=targets)
+    return LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian", target_modules=targets,
+                      use_dora=config.use_dora)
+
+
+def holds_adapter(layer, name: str = ADAPTER_NAME) -> bool:
+    """Whether a peft tuner layer (LoRA, LoKr or LoHa) holds adapter ``name``."""
+    return any(name in getattr(layer, attribute, {}) for attribute in layer.adapter_layer_names)
+
+
 def adapter_state_dicts(modules: dict[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
     """Our adapter's weights per component, with PEFT's key names (export renames them; resume reads them)."""
     from peft.utils import get_peft_model_state_dict
@@ -100,7 +118,7 @@ def _tuner_layers(module) -> list:
 def _activate_only_ours(module) -> None:
     """Train on the bare base model: our adapter on, any LoRA the generator loaded earlier off."""
     for layer in _tuner_layers(module):
-        if ADAPTER_NAME in layer.lora_A:
+        if holds_adapter(layer):
             layer.enable_adapters(True)
             layer.set_adapter(ADAPTER_NAME)  # also makes only our weights trainable
         else:
@@ -126,8 +144,9 @@ def _remove_plain_adapter(module) -> None:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for name, layer in list(module.named_modules()):
-        if isinstance(layer, BaseTunerLayer) and ADAPTER_NAME in layer.lora_A:
-            if set(layer.lora_A) == {ADAPTER_NAME}:
+        if isinstance(layer, BaseTunerLayer) and holds_adapter(layer):
+            held = getattr(layer, layer.adapter_layer_names[0])
+            if set(held) == {ADAPTER_NAME}:
                 parent, _, child = name.rpartition(".")
                 setattr(module.get_submodule(parent), child, layer.get_base_layer())
             else:
@@ -202,7 +221,8 @@ def check_resumable(run_dir: Path, config: TrainConfig, profile, images: list[Tr
     if checkpoint is None or not (run_dir / RUN_CONFIG).is_file():
         return
     saved = json.loads((run_dir / RUN_CONFIG).read_text(encoding="utf-8"))
-    fixed = ("rank", "alpha", "train_text_encoder", "resolution", "use_dora", "bucketing", "bucket_step", "optimizer")
+    fixed = ("rank", "alpha", "train_text_encoder", "resolution", "use_dora", "adapter", "bucketing", "bucket_step",
+             "optimizer")
     before = {**{k: saved["config"].get(k, getattr(TrainConfig(), k)) for k in fixed},
               "base_model": saved.get("base_model"), "dataset": saved.get("dataset_sha256")}
     now = {**{k: getattr(config, k) for k in fixed}, "base_model": profile.base_model,

@@ -30,8 +30,9 @@ from tools.errors import ConfigError, InputError, TrainingError
 from tools.progress import progress_bar
 from tools.training.config import TrainConfig, default_train_config
 from tools.training.data import (bucket_batch, cached_latent_distributions, dataset_sha256, default_latent_cache_dir,
-                                 encode_prompts, epochs_for, prepare_images, sample_latents, training_caption,
-                                 vae_identity)
+                                 encode_prompts, epochs_for, load_masks, prepare_images, sample_latents,
+                                 training_caption, vae_identity)
+from tools.training.losses import denoising_loss
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
                                        checkpoint_dirs, export_lora, kohya_metadata, latest_checkpoint,
                                        load_checkpoint, restore_rng_state, save_checkpoint)
@@ -40,10 +41,13 @@ from tools.training.report import (LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_c
 from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, adapter_state_dicts, check_resumable, jsonable,
                                   lora_adapters, make_accelerator, make_optimizer, out_of_memory)
 from tools.timestamps import iso_timestamp
+from tools.training.losses import denoising_loss, evaluation_loss, min_snr_weights  # noqa: F401  (re-exported)
 
 __all__ = ["TrainConfig", "TrainResult", "default_train_config", "train_lora", "denoising_loss", "evaluation_loss"]
 
 EMA_DECAY = 0.9
+# Validation loss: every reference at these fractions of the noise schedule, each with its own seeded noise.
+VALIDATION_TIMESTEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 # A checkpoint's validation images -> its scores against the references ({"quality": float, ...}).
 CheckpointScorer = Callable[[list[Path]], dict[str, float]]
 
@@ -62,6 +66,8 @@ class TrainResult:
     validation_images: list[Path] = field(default_factory=list)
     checkpoint_scores: list[dict] = field(default_factory=list)  # {"step", "quality", ...} per scored checkpoint
     chosen_checkpoint: dict | None = None  # the checkpoint exported as the run's LoRA: {"step", "quality", "why"}
+    validation_losses: dict[int, float] = field(default_factory=dict)  # step -> validation loss, per checkpoint
+    notes: list[str] = field(default_factory=list)  # what the run changed or skipped in its input (one line each)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +84,8 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     out-of-memory raise ``TrainingError`` (the last good checkpoint stays).
     """
     config.validate(profile)
-    images = prepare_images(dataset, config.resolution, config.bucket_step if config.bucketing else None)
+    masks, notes = load_masks([path for path, _ in dataset]) if config.masked_loss else ({}, [])
+    images = prepare_images(dataset, config.resolution, config.bucket_step if config.bucketing else None, masks)
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
     checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
@@ -90,10 +97,13 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     from tools.models import load_sdxl_pipeline
 
     pipe = load_sdxl_pipeline(profile)
+    prior = _class_images(config, profile, dataset, images, quiet) if config.prior_preservation else []
     try:
         with lora_adapters(pipe, config) as modules:
-            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint)
-            return run.train(checkpoint, quiet, stop)
+            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint, prior)
+            result = run.train(checkpoint, quiet, stop)
+            result.notes = notes + result.notes
+            return result
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if "out of memory" not in str(error).lower():
             raise
@@ -107,8 +117,11 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
 class _Run:
     """State of one training run: models, optimizer, caches, step counter, loss rows."""
 
-    def __init__(self, config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint) -> None:
+    def __init__(self, config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint,
+                 class_images=()) -> None:
         self.config, self.profile, self.images, self.run_dir = config, profile, images, run_dir
+        self.class_images = list(class_images)  # prior preservation: the base model's pictures of the class
+        self.class_buckets = [image.bucket for image in self.class_images]
         self.accelerator, self.pipe, self.modules = accelerator, pipe, modules
         self.score_checkpoint = score_checkpoint
         self.device = accelerator.device
@@ -116,22 +129,26 @@ class _Run:
         self.buckets = [image.bucket for image in images]
         self.started_at = time.time()  # epoch seconds: what kohya's ss_training_started_at holds
         self.step, self.rows, self.ema, self.scores = 0, [], None, []
+        self.validation_losses: dict[int, float] = {}
         self.validation_paths: list[Path] = []
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.latents = self._cache_latents()
+        self.latents = self._cache_latents(self.images)
+        self.class_latents = self._cache_latents(self.class_images) if self.class_images else {}
         self.text_cache = None if config.train_text_encoder else self._cache_text()
+        self.loss_weights = self._loss_weights()
+        self.validation_set = self._validation_set()
 
     # ---- caches
-    def _cache_latents(self):
+    def _cache_latents(self, images):
         vae = self.pipe.vae
         upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         if upcast:  # SDXL's VAE overflows in fp16
             vae.to(torch.float32)
         try:
             disk = default_latent_cache_dir() if self.config.cache_latents_to_disk else None
-            return cached_latent_distributions(self.images, vae, vae_identity(self.profile, vae),
+            return cached_latent_distributions(images, vae, vae_identity(self.profile, vae),
                                                self.config.flip_augmentation, disk)
         finally:
             if upcast:
@@ -139,7 +156,8 @@ class _Run:
 
     @torch.no_grad()
     def _cache_text(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        captions = sorted({image.caption for image in self.images} | ({""} if self.config.caption_dropout else set()))
+        captions = sorted({image.caption for image in self.images + self.class_images}
+                          | ({""} if self.config.caption_dropout else set()))
         cache = {}
         for caption in captions:
             embeds, pooled = self._encode([caption])
@@ -151,6 +169,83 @@ class _Run:
         encoders = [models.get("text_encoder", self.pipe.text_encoder),
                     models.get("text_encoder_2", self.pipe.text_encoder_2)]
         return encode_prompts(captions, [self.pipe.tokenizer, self.pipe.tokenizer_2], encoders, self.device)
+
+    def _loss_weights(self) -> dict[tuple[int, bool], torch.Tensor]:
+        """(image, flipped) -> the masked loss's weights on the latent grid: the mask average-pooled to it
+        (kohya's), ``mask_outside_weight`` outside; images without a mask are absent (weighed all alike)."""
+        weights = {}
+        for (index, flipped), (mean, _) in self.latents.items():
+            mask = self.images[index].mask
+            if mask is None:
+                continue
+            pooled = F.adaptive_avg_pool2d((mask.flip(-1) if flipped else mask).unsqueeze(0), mean.shape[-2:])[0]
+            outside = self.config.mask_outside_weight
+            weights[(index, flipped)] = outside + (1.0 - outside) * pooled
+        return weights
+
+    def _batch_weights(self, keys: list[tuple[int, bool]]) -> torch.Tensor | None:
+        if not any(key in self.loss_weights for key in keys):
+            return None
+        return torch.stack([self.loss_weights[key] if key in self.loss_weights
+                            else torch.ones((1, *self.latents[key][0].shape[-2:])) for key in keys])
+
+    def _validation_set(self) -> list[dict]:
+        """What the validation loss is measured on: each reference's latent mean (no sampling), its caption,
+        and fixed timesteps with noise seeded by (seed, image) — the same numbers at every checkpoint and round."""
+        scale, shift = self.pipe.vae.config.scaling_factor, getattr(self.pipe.vae.config, "shift_factor", None)
+        count = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.tensor([int(f * count) for f in VALIDATION_TIMESTEP_FRACTIONS])
+        items = []
+        sets = [(self.images, self.latents, True), (self.class_images, self.class_latents, False)]
+        for number, (index, image, cache, masked) in enumerate(
+                (i, image, cache, masked) for images, cache, masked in sets for i, image in enumerate(images)):
+            latent = ((cache[(index, False)][0] - (shift or 0.0)) * scale).unsqueeze(0)
+            latents = latent.expand(len(timesteps), *latent.shape[1:])
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(
+                _position_seed(self.config.seed, 104729, number)))
+            weights = self._batch_weights([(index, False)]) if masked else None
+            items.append({"latents": latents, "noise": noise, "timesteps": timesteps, "caption": image.caption,
+                          "time_ids": image.time_ids(False).unsqueeze(0).expand(len(timesteps), -1),
+                          "weights": None if weights is None else weights.expand(len(timesteps), -1, -1, -1)})
+        return items
+
+    @torch.no_grad()
+    def _validation_loss(self) -> float:
+        """Mean plain-MSE denoising loss of the current weights on the validation set: deterministic, so
+        checkpoints (and rounds with the same references) compare; kohya, OneTrainer and SimpleTuner log it too."""
+        unet = self.accelerator.unwrap_model(self.wrapped["unet"]) if hasattr(self, "wrapped") else self.pipe.unet
+        for module in self.modules.values():
+            module.eval()
+        losses = []
+        try:
+            with self.accelerator.autocast():
+                for item in self.validation_set:
+                    count = len(item["timesteps"])
+                    if self.text_cache is not None and item["caption"] in self.text_cache:
+                        embeds, pooled = self.text_cache[item["caption"]]
+                        embeds, pooled = embeds.unsqueeze(0), pooled.unsqueeze(0)
+                    else:
+                        embeds, pooled = self._encode([item["caption"]])
+                    device = self.device
+                    loss = denoising_loss(unet, self.noise_scheduler, item["latents"].to(device),
+                                          item["noise"].to(device), item["timesteps"].to(device),
+                                          embeds.expand(count, *embeds.shape[1:]), pooled.expand(count, -1),
+                                          item["time_ids"].to(device), 0.0, weights=item.get("weights"))
+                    losses.append(loss.item())
+        finally:
+            for module in self.modules.values():
+                module.train()
+        return sum(losses) / len(losses)
+
+    def _record_validation_loss(self) -> float:
+        value = self._validation_loss()
+        self.validation_losses[self.step] = value
+        for row in reversed(self.rows):
+            if row["step"] == self.step:
+                row["validation_loss"] = value
+                break
+        self.accelerator.log({"validation_loss": value}, step=self.step)
+        return value
 
     # ---- main loop
     def train(self, checkpoint: Path | None, quiet: bool, stop: threading.Event | None) -> TrainResult:
@@ -220,22 +315,34 @@ class _Run:
         self.accelerator.log({"loss": step_loss, "loss_ema": self.ema, "lr": lr}, step=self.step)
 
     def _micro_batch_loss(self, unet, micro: int) -> torch.Tensor:
-        """One batch: sample latents, noise and timesteps from a generator seeded by the position (exact resume)."""
+        """One batch: sample latents, noise and timesteps from a generator seeded by the position (exact resume);
+        with prior preservation a batch of class images too, its loss weighed by ``prior_loss_weight``."""
         config, rank = self.config, self.accelerator.process_index
         generator = torch.Generator().manual_seed(_position_seed(config.seed, rank, self.step, micro))
-        indices = bucket_batch(self.step * config.gradient_accumulation + micro, self.buckets, config.batch_size,
-                               config.seed + 7919 * rank)
+        position = self.step * config.gradient_accumulation + micro
+        loss = self._batch_loss(unet, self.images, self.latents, self.buckets, position, config.seed + 7919 * rank,
+                                generator, masked=True)
+        if self.class_images:
+            loss = loss + config.prior_loss_weight * self._batch_loss(
+                unet, self.class_images, self.class_latents, self.class_buckets, position,
+                config.seed + 7919 * rank + 15485863, generator, masked=False)
+        return loss
+
+    def _batch_loss(self, unet, images, latent_cache, buckets, position: int, order_seed: int,
+                    generator: torch.Generator, masked: bool) -> torch.Tensor:
+        config = self.config
+        indices = bucket_batch(position, buckets, config.batch_size, order_seed)
         flips = (torch.rand(len(indices), generator=generator) < 0.5).tolist() if config.flip_augmentation \
             else [False] * len(indices)
         vae_config = self.pipe.vae.config
-        latents = sample_latents([self.latents[(i, f)] for i, f in zip(indices, flips)], generator,
+        latents = sample_latents([latent_cache[(i, f)] for i, f in zip(indices, flips)], generator,
                                  vae_config.scaling_factor, getattr(vae_config, "shift_factor", None))
         noise = torch.randn(latents.shape, generator=generator)
         if config.noise_offset:
             noise += config.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(indices),),
                                   generator=generator)
-        captions = [training_caption(self.images[i].caption, generator, config.caption_dropout,
+        captions = [training_caption(images[i].caption, generator, config.caption_dropout,
                                      config.shuffle_caption_tags, config.keep_tokens) for i in indices]
         if self.text_cache is not None and all(c in self.text_cache for c in captions):
             embeds = torch.stack([self.text_cache[c][0] for c in captions])
@@ -245,10 +352,11 @@ class _Run:
                 embeds, pooled = self._encode(captions)
         else:
             embeds, pooled = self._encode(captions)
-        time_ids = torch.stack([self.images[i].time_ids(f) for i, f in zip(indices, flips)])
+        time_ids = torch.stack([images[i].time_ids(f) for i, f in zip(indices, flips)])
         device = self.device
+        weights = self._batch_weights(list(zip(indices, flips))) if masked else None
         return denoising_loss(unet, self.noise_scheduler, latents.to(device), noise.to(device), timesteps.to(device),
-                              embeds, pooled, time_ids.to(device), config.snr_gamma)
+                              embeds, pooled, time_ids.to(device), config.snr_gamma, weights=weights)
 
     # ---- saving
     def _state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -261,11 +369,13 @@ class _Run:
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            validation_loss = self._record_validation_loss()
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "lr_scheduler": self.lr_scheduler.state_dict(), "rng": capture_rng_state(),
                      "loss_ema": self.ema, "optimizer_name": self.optimizer_name}
             save_checkpoint(self.run_dir, self.step, self._state_dicts(), self._lora_configs(), state,
-                            self.config.checkpoints_to_keep, made_with=self.profile.describe(),
+                            self.config.checkpoints_to_keep,
+                            made_with={**self.profile.describe(), "validation_loss": validation_loss},
                             protect=self._best_step())
             if render:
                 self._score(self._render_validation())
@@ -277,7 +387,9 @@ class _Run:
         if self.score_checkpoint is None or not images:
             return
         self.scores = [s for s in self.scores if s["step"] != self.step]
-        self.scores.append({"step": self.step, **{k: float(v) for k, v in self.score_checkpoint(images).items()}})
+        self.scores.append({"step": self.step, **{k: float(v) for k, v in self.score_checkpoint(images).items()},
+                            **({"validation_loss": self.validation_losses[self.step]}
+                               if self.step in self.validation_losses else {})})
         write_checkpoint_scores(self.run_dir, self.scores)
 
     def _best_step(self) -> int | None:
@@ -297,6 +409,7 @@ class _Run:
         restore_rng_state(state["rng"])
         self.step, self.ema = state["step"], state["loss_ema"]
         self.rows = read_loss_log(self.run_dir / LOSS_LOG, up_to_step=self.step)
+        self.validation_losses = {r["step"]: r["validation_loss"] for r in self.rows if "validation_loss" in r}
         self.scores = [s for s in read_checkpoint_scores(self.run_dir) if s["step"] <= self.step]
 
     def _render_validation(self) -> list[Path]:
@@ -351,6 +464,7 @@ class _Run:
         if config.checkpoint_every and not (self.run_dir / f"{CHECKPOINT_PREFIX}{self.step:06d}").is_dir():
             self._checkpoint()
         elif not config.checkpoint_every and self.accelerator.is_main_process:
+            self._record_validation_loss()
             self._score(self._render_validation())
             self._write_loss_files()
         lora_path = self.run_dir / DIFFUSERS_WEIGHTS
@@ -368,6 +482,8 @@ class _Run:
                 dataset_dir=_dataset_dir(self.images), started_at=self.started_at, finished_at=finished_at,
                 prediction_type=self.noise_scheduler.config.prediction_type, optimizer=self.optimizer_class,
                 buckets=_bucket_counts(self.buckets) if config.bucketing else None)
+            if self.chosen["step"] in self.validation_losses:  # kohya logs it (val_loss) but writes no ss_ key
+                metadata["aldar_validation_loss"] = f"{self.validation_losses[self.chosen['step']]:.6g}"
             export_lora(lora_path, kohya_path, state_dicts, self._lora_configs(), config.alpha, metadata,
                         config.save_precision)
         self.accelerator.wait_for_everyone()  # other processes return only once the files exist
@@ -386,7 +502,7 @@ class _Run:
         if best is not None and (best["step"] in on_disk or best["step"] == self.step):
             others = ", ".join(f"step {s['step']}: {s['quality']:.3f}" for s in self.scores if s is not best)
             return {**best, "why": f"highest validation quality against the references ({best['quality']:.3f}"
-                                   + (f"; {others}" if others else "") + ")"}
+                                   + (f"; {others}" if others else "") + ")" + self._loss_disagreement(best["step"])}
         if not self.config.select_best_checkpoint:
             why = "last step (best-checkpoint selection is off)"
         elif not self.scores:
@@ -396,11 +512,24 @@ class _Run:
         last = next((s for s in self.scores if s["step"] == self.step), {})
         return {**last, "step": self.step, "why": why}
 
+    def _loss_disagreement(self, chosen_step: int) -> str:
+        """A note when the lowest validation loss among the scored checkpoints is at another step: the loss
+        measures fit to the references, the quality what the LoRA draws — they can part (overfitting)."""
+        losses = {s["step"]: self.validation_losses[s["step"]] for s in self.scores if s["step"] in self.validation_losses}
+        if len(losses) < 2:
+            return ""
+        lowest = min(losses, key=lambda step: (losses[step], -step))
+        if lowest == chosen_step:
+            return "; validation loss agrees (lowest there too)"
+        return (f"; validation loss disagrees: lowest at step {lowest} ({losses[lowest]:.4f}, "
+                f"{losses[chosen_step]:.4f} at step {chosen_step})")
+
     def _result(self, interrupted: bool, lora_path: Path | None = None, kohya_path: Path | None = None):
         curve = self.run_dir / LOSS_CURVE
         return TrainResult(self.run_dir, lora_path, kohya_path, self.step, self.ema, checkpoint_dirs(self.run_dir),
                            self.run_dir / LOSS_LOG, interrupted, curve if curve.is_file() else None,
-                           list(self.validation_paths), list(self.scores), getattr(self, "chosen", None))
+                           list(self.validation_paths), list(self.scores), getattr(self, "chosen", None),
+                           dict(self.validation_losses))
 
     def _diverged(self, value: float) -> TrainingError:
         last = latest_checkpoint(self.run_dir)
@@ -411,63 +540,14 @@ class _Run:
 
 
 # --------------------------------------------------------------------------- pieces
-def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embeds, pooled_embeds, time_ids,
-                   snr_gamma: float = 0.0) -> torch.Tensor:
-    """SDXL's training objective: predict the added noise (or velocity); min-SNR weighting when gamma > 0."""
-    dtype = next(unet.parameters()).dtype
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy.to(dtype), timesteps, prompt_embeds.to(dtype),
-                      added_cond_kwargs={"text_embeds": pooled_embeds.to(dtype), "time_ids": time_ids.to(dtype)},
-                      return_dict=False)[0].float()
-    kind = noise_scheduler.config.prediction_type
-    target = noise_scheduler.get_velocity(latents, noise, timesteps) if kind == "v_prediction" else noise
-    if not snr_gamma:
-        return F.mse_loss(prediction, target.float())
-    weights = min_snr_weights(noise_scheduler, timesteps, snr_gamma)
-    per_sample = F.mse_loss(prediction, target.float(), reduction="none").mean(dim=list(range(1, prediction.ndim)))
-    return (per_sample * weights).mean()
+def _class_images(config: TrainConfig, profile, dataset, images, quiet: bool):
+    """Prior preservation's class images, prepared as the references are (drawn by the base model once, cached)."""
+    from tools.training.prior import class_images, default_class_prompt
 
-
-def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Per-sample min-SNR-gamma loss weights (Hang et al. 2023), kohya's convention.
-
-    epsilon: ``min(SNR, gamma) / SNR``; v-prediction: ``min(SNR, gamma) / (SNR + 1)``. This is kohya's
-    ``apply_snr_weight`` and what diffusers' training examples do today. Older diffusers examples added
-    1 to the SNR *before* clamping on v-prediction (``min(SNR + 1, gamma) / (SNR + 1)``), which weighs
-    the noisiest timesteps more. We follow kohya so that a LoRA's ``ss_min_snr_gamma`` means what it
-    means to the kohya/A1111 users who read that metadata, and because it is the paper's v-loss weight.
-    """
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(noise_scheduler, timesteps)
-    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
-    return torch.clamp(snr, max=gamma) / (snr + 1 if v_prediction else snr)
-
-
-@torch.no_grad()
-def evaluation_loss(pipe, profile, dataset: list[tuple[Path, str]], resolution: int, seed: int = 0,
-                    timesteps: tuple[int, ...] = (100, 300, 500, 700, 900)) -> float:
-    """Mean plain-MSE denoising loss of ``pipe``'s UNet on ``dataset`` at fixed noise, timesteps and latents.
-
-    A yardstick for "did it learn": lower after training than before on the training images.
-    """
-    from diffusers import DDPMScheduler
-
-    images = prepare_images(dataset, resolution)
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    dists = cached_latent_distributions(images, pipe.vae, vae_identity(profile, pipe.vae), False, None)
-    device, generator, losses = pipe.unet.device, torch.Generator().manual_seed(seed), []
-    for index, image in enumerate(images):
-        latent = (dists[(index, False)][0] - (getattr(pipe.vae.config, "shift_factor", None) or 0.0))
-        latent = (latent * pipe.vae.config.scaling_factor).unsqueeze(0).to(device)
-        embeds, pooled = encode_prompts([image.caption], [pipe.tokenizer, pipe.tokenizer_2],
-                                        [pipe.text_encoder, pipe.text_encoder_2], device)
-        for t in timesteps:
-            noise = torch.randn(latent.shape, generator=generator).to(device)
-            losses.append(denoising_loss(pipe.unet, scheduler, latent, noise, torch.tensor([t], device=device),
-                                         embeds, pooled, image.time_ids(False).unsqueeze(0).to(device))
-                          .item())
-    return sum(losses) / len(losses)
+    class_prompt = config.class_prompt or default_class_prompt([i.caption for i in images], config.trigger_token)
+    count = config.num_class_images or 4 * len(images)
+    pairs = class_images(config, profile, class_prompt, count, quiet)
+    return prepare_images(pairs, config.resolution, config.bucket_step if config.bucketing else None)
 
 
 def _check_run_dir(run_dir: Path) -> None:

@@ -88,6 +88,12 @@ class _Canvas:
 
 def draw_character(character: Character, seed: int, size: int = 512) -> Image.Image:
     """One ``size`` x ``size`` RGB picture; identical for identical ``character``, ``seed`` and ``size``."""
+    return draw_character_and_mask(character, seed, size)[0]
+
+
+def draw_character_and_mask(character: Character, seed: int, size: int = 512) -> tuple[Image.Image, Image.Image]:
+    """The picture and its character mask (``L``: white = the character, black = background), the figure layer's
+    coverage as drawn — what a masked-loss trainer weighs (kohya reads such masks from a folder or the alpha)."""
     rng = random.Random(seed)
     canvas = _Canvas(size)
     ink = INKS[character.style]
@@ -96,7 +102,8 @@ def draw_character(character: Character, seed: int, size: int = 512) -> Image.Im
     figure = _draw_figure(character, rng, canvas, ink)
     image.paste(figure, (0, 0), figure)
     image = image.resize((size, size), Image.LANCZOS)
-    return _finish(image, character.style, seed)
+    mask = figure.getchannel("A").resize((size, size), Image.BOX)
+    return _finish(image, character.style, seed), mask
 
 
 # --------------------------------------------------------------------------- backgrounds

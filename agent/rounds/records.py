@@ -1,0 +1,176 @@
+"""The shapes the rounds add: the feedback deciders get, and the round record in training_history.json.
+
+``TypedDict``s over plain JSON, like ``tools.scoring.records`` (whose analysis, comparison report and
+feedback they extend); docs/ARCHITECTURE.md ("training_history.json") explains each key. A record is
+written by ``agent.rounds.recording.round_record``. Readers of a history from disk still read with ``.get``
+where a key is ``NotRequired``: the original system's bare-list history has none of the newer keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+from tools.numbers import finite_number
+from tools.scoring.records import ComparisonReport, Feedback, RankingEntry
+
+LORA = "lora"  # the generator name of the round's own LoRA in scores, rankings and image folders
+BASE = "base"  # the base model as a contestant
+
+
+class Overfitting(TypedDict):
+    max_reference_clip: float | None  # the LoRA image closest to one single reference (raw cosine)
+    max_reference_ssim: float | None
+    reference_copies: NotRequired[int]  # LoRA images that nearly copy one reference (tools.scoring.copies)
+    variety: float | None  # mean pairwise 1 - cosine of the LoRA's images
+
+
+class TrainingCurve(TypedDict):
+    """How the round's validation quality went over its checkpoints (``Session.score``, from the trainer)."""
+
+    steps: int | None  # steps trained
+    best_step: int | None  # the best-scoring checkpoint's step (normally the exported one); None: none scored
+    scored_checkpoints: int
+    # The best-scoring checkpoint was the last of two or more: the score was still rising when training stopped.
+    still_rising: bool
+
+
+class SessionFeedback(Feedback):
+    """``build_feedback``'s document plus what ``Session.score`` adds for the deciders."""
+
+    round: int
+    overfitting: Overfitting
+    training: NotRequired[TrainingCurve]  # absent in feedback files from before it, and for a LoRA made elsewhere
+
+
+class GeneratorScores(TypedDict):
+    quality: float
+    quality_std: float
+    clip: float
+    features: float
+    ssim: float
+    band: str
+    count: int
+    reference_copies: NotRequired[int]  # images that nearly copy a reference (absent in older histories)
+
+
+class CeilingScores(TypedDict):
+    quality: float
+    clip: float
+    features: float
+    ssim: float
+
+
+class CheckpointScore(TypedDict):  # one scored training checkpoint (train_lora's checkpoint_scores)
+    step: int
+    quality: float
+    clip: NotRequired[float]
+    features: NotRequired[float]
+    ssim: NotRequired[float]
+    validation_loss: NotRequired[float]  # deterministic denoising loss on the references (issue 26)
+
+
+class ChosenCheckpoint(TypedDict):  # the checkpoint exported as the round's LoRA, and why
+    step: int
+    why: str
+    quality: NotRequired[float]  # absent when no checkpoint was scored (the last step is used)
+
+
+class RoundTrain(TypedDict):
+    steps: int | None
+    final_loss: float | None
+    interrupted: bool | None
+    checkpoint_scores: NotRequired[list[CheckpointScore]]  # NotRequired: histories from before checkpoint scoring
+    chosen_checkpoint: NotRequired[ChosenCheckpoint | None]
+
+
+class RoundDecision(TypedDict):
+    adjustments: dict[str, Any]  # what was applied (clamped)
+    requested: dict[str, Any]  # what the decider asked for
+    clamped: list[str]  # one note per value changed or dropped
+    stop: bool
+    llm_text: NotRequired[str]  # the LLM's answer when it proposed nothing and the rule policy decided
+    already_tried: NotRequired[list[dict[str, Any]]]  # proposals turned down: an earlier round trained them
+
+
+class RoundPaths(TypedDict):  # relative to the results folder
+    run_dir: str | None
+    lora: str | None
+    kohya_lora: str | None
+    comparison_report: str | None
+    feedback: str | None
+    images: dict[str, list[str]]
+
+
+class NextParamsChange(TypedDict):
+    adjustments: dict[str, Any]
+    rationale: str
+    decided_by: str
+
+
+class RoundRecord(TypedDict):
+    round: int
+    finished_at: str
+    params: dict[str, Any]
+    train: RoundTrain
+    scores: dict[str, GeneratorScores]
+    ranking: list[RankingEntry]
+    ceiling: CeilingScores | None
+    lora_score: float | None
+    band: str | None
+    best_competitor: str | None
+    score_gap: float | None
+    overfitting: Overfitting | None
+    decision: RoundDecision
+    rationale: str
+    decided_by: str
+    next_params: dict[str, Any]
+    prompts: list[str]
+    skipped_competitors: list[str]
+    paths: RoundPaths
+    timings_s: dict[str, float]
+    compute_s: dict[str, float]
+    profile: dict[str, Any]
+    next_params_changes: NotRequired[list[NextParamsChange]]  # set by Session.set_next_params
+
+
+# --------------------------------------------------------------------------- parts of a record, from a report
+def overfitting_signals(report: ComparisonReport) -> Overfitting:
+    """Signs that the LoRA copies references: its closest image to one single reference
+    (CLIP cosine and SSIM), how many of its images are reference copies, and the variety of its
+    own images, all from the comparison report."""
+    rows = [row for row in report["images"] if row["generator"] == LORA]
+    lora = report["generators"].get(LORA)
+    return {"max_reference_clip": max((row["clip_max"] for row in rows), default=None),
+            "max_reference_ssim": max((row["ssim"] for row in rows), default=None),
+            "reference_copies": sum(bool(row.get("reference_copy")) for row in rows),
+            "variety": lora["variety"] if lora else None}
+
+
+def training_curve(train: dict) -> TrainingCurve:
+    """Where the round's validation quality peaked among its checkpoints: the best-scoring of two or more being
+    the last one means the quality was still rising when training stopped (what a kohya user reads off the
+    sample images). Read from the trainer's record, which may come from an older or hand-edited history: a
+    score without a finite step or quality counts as unscored."""
+    from tools.training.lora_files import best_checkpoint  # imports torch; a round has trained by now
+
+    checkpoints = [s for s in train.get("checkpoint_scores") or []
+                   if isinstance(s, dict) and finite_number(s.get("step")) is not None]
+    scored = [{"step": int(s["step"]), "quality": s["quality"]} for s in checkpoints
+              if finite_number(s.get("quality")) is not None]
+    best = best_checkpoint(scored)
+    # The last checkpoint of all, scored or not: a peak before an unscored last checkpoint is no rise at the end.
+    last_step = max((int(s["step"]) for s in checkpoints), default=None)
+    steps = finite_number(train.get("steps"))
+    return {"steps": int(steps) if steps is not None else None, "best_step": best["step"] if best else None,
+            "scored_checkpoints": len(scored),
+            "still_rising": len(scored) >= 2 and best is not None and best["step"] == last_step}
+
+
+def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
+    """generator → {quality, quality_std, clip, features, ssim, band, count, reference_copies} (means)
+    from a comparison report."""
+    return {name: {"quality": entry["quality"]["mean"], "quality_std": entry["quality"]["std"],
+                   "clip": entry["clip"]["mean"], "features": entry["features"]["mean"],
+                   "ssim": entry["ssim"]["mean"], "band": entry["band"], "count": entry["count"],
+                   "reference_copies": entry.get("reference_copies", 0)}
+            for name, entry in (report.get("generators") or {}).items()}

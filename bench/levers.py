@@ -1,0 +1,186 @@
+"""What each training lever does in the toy world (issue 26): one row per lever, beside plain LoRA in the same run.
+
+    python bench/levers.py                       # tiny, seeds 42 1 2, every lever (~25 min on 2 busy cores)
+    python bench/levers.py --seeds 42 --steps 100 --levers masked_loss lokr
+
+The references are Aldar Köse's five bundled placements drawn on the world's five backgrounds, one each
+(``write_references(backgrounds=...)``), with the character masks the drawing knows. Every lever trains from the
+same references, captions (identity-free aside), seed and steps as plain LoRA; per seed, then mean ± std:
+
+- identity: key-feature match (the scorer's) of the LoRA's images for the rounds' test prompt, and for the bare
+  trigger token; the base model's beside them.
+- background follow: share of images for "<trigger>, <background>" (each of the five) whose background the scorer
+  CLIP reads as the prompted one (top-1 of its background category, zero-shot) — the editability of the
+  background (tools/scoring/suite.py had not landed on main when this was written).
+- bleed: key-feature match of images for prompts without the trigger ("<background>" alone) minus the base
+  model's for the same prompts and seeds — how far the LoRA pulls trigger-free pictures toward the character.
+- speed: median seconds per optimizer step (from loss_log.csv) and its ratio to plain LoRA's in the same seed.
+- validation loss vs quality: whether the checkpoint with the lowest validation loss is the best-scoring one.
+
+Figures are printed as measured (``--json FILE`` also writes them); they say what the levers do in the toy
+world at these few steps, not on real SDXL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+LEVERS = {
+    "lora": {},
+    "masked_loss": {"masked_loss": True},
+    "prior_preservation": {"prior_preservation": True},
+    "identity_free": {"caption_mode": "identity-free"},
+    "lokr": {"adapter": "lokr"},
+    "loha": {"adapter": "loha"},
+}
+IMAGES = 4  # per prompt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--steps", type=int, default=0, help="training steps (0 = the tiny profile's default)")
+    parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="aldar-levers-") as scratch:
+        os.environ["ALDAR_CACHE"] = str(Path(scratch) / "cache")
+        figures = run(Path(scratch), args.seeds, args.steps, ["lora"] + [x for x in args.levers if x != "lora"])
+    print_table(figures, args.seeds)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def run(scratch: Path, seeds: list[int], steps: int, levers: list[str]) -> dict:
+    from agent.session import training_dataset
+    from tools.models import load_clip, resolve_profile
+    from tools.scoring.analyzer import analyze_references
+    from tools.scoring.scorer import checkpoint_scorer
+    from tools.settings import load_settings
+    from tools.world.attributes import ALDAR, BUNDLED_REFERENCES
+    from tools.world.references import VARIED_BACKGROUNDS, write_references
+
+    references = scratch / "references"
+    write_references(references, "aldar", BUNDLED_REFERENCES, lambda rng: ALDAR, 5, 0, VARIED_BACKGROUNDS)
+    settings = load_settings(overrides={"profile": "tiny", "device": "cpu", "references": str(references),
+                                        "output_dir": str(scratch / "results")}, environ={})
+    profile = resolve_profile(settings)
+    analysis = analyze_references(references, profile, settings.taxonomy_path(), settings.trigger_token,
+                                  settings.character_name, None)
+    encoder = load_clip(profile)
+    figures: dict = {"levers": {}, "references": "aldar x5 on " + ", ".join(VARIED_BACKGROUNDS),
+                     "key_features": analysis["key_features"]}
+    for seed in seeds:
+        base = measure_images(None, profile, settings, analysis, encoder, scratch / f"base-{seed}", seed)
+        figures.setdefault("base", {})[seed] = base
+        for lever in levers:
+            started = time.perf_counter()
+            result, per_step = train(lever, seed, steps, profile, settings, analysis, references, scratch,
+                                     checkpoint_scorer(references, profile, analysis, settings.metric_weights),
+                                     training_dataset)
+            row = measure_images(result.lora_path, profile, settings, analysis, encoder,
+                                 scratch / f"{lever}-{seed}", seed)
+            row["bleed"] = row["trigger_free_features"] - base["trigger_free_features"]
+            row["seconds_per_step"] = per_step
+            row["agree"] = _agree(result)
+            row["wall_s"] = time.perf_counter() - started
+            figures["levers"].setdefault(lever, {})[seed] = row
+            print(f"seed {seed} {lever}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in row.items()), flush=True)
+    for lever, rows in figures["levers"].items():
+        for seed, row in rows.items():
+            row["speed_ratio"] = row["seconds_per_step"] / figures["levers"]["lora"][seed]["seconds_per_step"]
+    return figures
+
+
+def train(lever, seed, steps, profile, settings, analysis, references, scratch, scorer, training_dataset):
+    from tools.training.report import read_loss_log
+    from tools.training.trainer import default_train_config, train_lora
+
+    config = default_train_config(profile).replace(seed=seed, validation_prompt=settings.test_prompt,
+                                                   **({"steps": steps} if steps else {}), **LEVERS[lever])
+    config = config.replace(checkpoint_every=max(1, config.steps // 4), lr_warmup_steps=0, validation_images=2)
+    dataset = training_dataset(references, analysis, [], config.caption_mode)
+    result = train_lora(config, profile, dataset, scratch / "runs" / f"{lever}-{seed}", quiet=True,
+                        score_checkpoint=scorer)
+    rows = read_loss_log(result.loss_log)
+    gaps = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(rows, rows[1:])]
+    return result, statistics.median(gaps)  # the median step: checkpoints' validation renders left out
+
+
+def measure_images(lora_path, profile, settings, analysis, encoder, folder: Path, seed: int) -> dict:
+    from tools.generation.local import generate_local
+    from tools.generation.sampling import SamplingSpec
+    from tools.scoring.analyzer import category_probabilities, text_embeddings
+    from tools.scoring.scorer import score_generators
+    from tools.scoring.taxonomy import taxonomy_from_dict
+    from tools.world.references import VARIED_BACKGROUNDS
+
+    trigger = settings.trigger_token
+    sampling = SamplingSpec.from_settings(settings)
+    spec = SamplingSpec(steps=sampling.steps, guidance=sampling.guidance, negative_prompt=sampling.negative_prompt,
+                        images_per_prompt=IMAGES, seed=seed * 100)
+    name = "lora" if lora_path else "base"
+
+    def draw(prompts: list[str], sub: str) -> list[Path]:
+        return [image.path for image in generate_local(profile, prompts, folder / sub, spec, lora_path=lora_path,
+                                                       name=name, quiet=True)]
+
+    def features(paths: list[Path]) -> float:
+        report = score_generators({name: paths}, Path(settings.references), profile, analysis,
+                                  settings.metric_weights, encoder=encoder)
+        return report["generators"][name]["features"]["mean"]
+
+    backgrounds = [f"{trigger}, {bg}" for bg in VARIED_BACKGROUNDS]
+    background_images = draw(backgrounds, "backgrounds")
+    taxonomy = taxonomy_from_dict(analysis["taxonomy"], "analysis")
+    from PIL import Image
+
+    embeddings = encoder.embed_images([Image.open(p).convert("RGB") for p in background_images])
+    probabilities = category_probabilities(embeddings, text_embeddings(encoder, taxonomy))["background"]
+    read = [taxonomy.categories["background"][int(i)] for i in probabilities.argmax(dim=1)]
+    wanted = [bg for bg in VARIED_BACKGROUNDS for _ in range(IMAGES)]
+    return {"features": features(draw([settings.test_prompt], "test")),
+            "trigger_features": features(draw([trigger], "trigger")),
+            "background_follow": sum(r == w for r, w in zip(read, wanted)) / len(wanted),
+            "trigger_free_features": features(draw(list(VARIED_BACKGROUNDS), "trigger_free"))}
+
+
+def _agree(result) -> str:
+    why = (result.chosen_checkpoint or {}).get("why", "")
+    return "agree" if "validation loss agrees" in why else "differ" if "disagrees" in why else "n/a"
+
+
+def print_table(figures: dict, seeds: list[int]) -> None:
+    def cell(values: list[float]) -> str:
+        return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
+
+    base = figures["base"]
+    print(f"\nlevers on the toy world (tiny, seeds {' '.join(map(str, seeds))}; mean ± std over seeds)")
+    print(f"references: {figures['references']}")
+    columns = ["features", "trigger_features", "background_follow", "bleed", "seconds_per_step", "speed_ratio"]
+    print("| lever | " + " | ".join(columns) + " | val. loss vs quality |")
+    print("|---" * (len(columns) + 2) + "|")
+    print("| base model | " + " | ".join(cell([base[s][c] for s in seeds]) if c in base[seeds[0]] else "—"
+                                        for c in columns) + " | — |")
+    for lever, rows in figures["levers"].items():
+        agree = [rows[s]["agree"] for s in seeds]
+        print(f"| {lever} | " + " | ".join(cell([rows[s][c] for s in seeds]) for c in columns)
+              + f" | {agree.count('agree')} agree / {agree.count('differ')} differ |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

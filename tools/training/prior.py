@@ -1,0 +1,65 @@
+"""Prior preservation (DreamBooth; kohya's regularisation folder): class images trained on beside the references.
+
+The class images show what the base model draws for the class prompt — the references' description without the
+trigger and name — so that training the trigger does not pull every such picture toward the character (bleed).
+They are drawn by the base model once and cached by (model, prompt, seed, count, sampler), or read from a user's
+regularisation folder (kohya's ``reg`` folder: images with optional same-stem ``.txt`` captions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from tools.images import list_images
+from tools.paths import aldar_cache
+from tools.training.data import caption_tags
+
+
+def class_prompt_for(text: str, trigger: str, name: str = "") -> str:
+    """``text`` (a caption or the analysis' training prompt) with the trigger token and the character's name taken
+    out: the class the character belongs to, as the base model should keep drawing it."""
+    tags = []
+    for tag in caption_tags(text):
+        for word in (trigger, name):
+            if word.strip():
+                tag = re.sub(rf"(?i)\b{re.escape(word.strip())}\b", "", tag)
+        tag = re.sub(r"\s+", " ", tag).strip(" ,")
+        if tag:
+            tags.append(tag)
+    return ", ".join(tags)
+
+
+def default_class_prompt(captions: list[str], trigger: str) -> str:
+    """The tags every caption shares, without the trigger (the trainer alone has no analysis to ask)."""
+    common = [tag for tag in caption_tags(captions[0]) if all(tag in caption_tags(c) for c in captions[1:])]
+    return class_prompt_for(", ".join(common), trigger) or "a person"
+
+
+def class_images(config, profile, class_prompt: str, count: int, quiet: bool = True) -> list[tuple[Path, str]]:
+    """(image, caption) pairs of the class images: the user's regularisation folder, or ``count`` pictures the base
+    model draws for ``class_prompt`` once, cached by model, prompt, seed, count and sampler."""
+    if config.class_images_dir:
+        folder = Path(config.class_images_dir).expanduser()
+        pairs = []
+        for path in list_images(folder, "class-images-dir"):
+            text = path.with_suffix(".txt")
+            caption = text.read_text(encoding="utf-8").strip() if text.is_file() else ""
+            pairs.append((path, caption or class_prompt))
+        return pairs
+    from tools.generation.local import generate_local
+    from tools.generation.sampling import SamplingSpec
+
+    sampling = SamplingSpec(steps=config.validation_inference_steps, guidance=config.effective_validation_guidance_scale,
+                            negative_prompt=config.validation_negative_prompt, images_per_prompt=count,
+                            seed=config.seed)
+    seed_part = f"-seed{profile.seed}" if profile.is_tiny else ""
+    identity = "|".join(map(str, (profile.base_model + seed_part, class_prompt, config.seed, count, sampling.steps,
+                                  sampling.guidance, sampling.negative_prompt, profile.resolution)))
+    folder = aldar_cache("class_images", hashlib.sha256(identity.encode()).hexdigest()[:24])
+    drawn = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if len(drawn) != count:  # drawn once; a partial folder (interrupted) is drawn again
+        images = generate_local(profile, [class_prompt], folder, sampling, lora_path=None, name="class", quiet=quiet)
+        drawn = sorted(image.path for image in images)
+    return [(path, class_prompt) for path in drawn]
