@@ -49,8 +49,9 @@ from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
 
 EXAMPLES = BUNDLED_REFERENCES.parent
 DEFAULT_CHARACTERS = ("aldar_kose", "zorabek",
+                      # a 3D render: the scorer reads a cartoon's horned helmet on 3 of 5 references, a render's on 5
                       "face=long narrow,headwear=horned helmet,robe=striped yellow robe,beard=goatee,"
-                      "glasses=round glasses,style=cartoon style,background=forest")
+                      "glasses=round glasses,style=3D render,background=forest")
 COMPOSED_TRIGGER, COMPOSED_NAME = "novelhero", "the composed hero"
 TARGETS = {"lead_features": 0.25, "identity": 0.6, "editability_vs_base": 0.85, "bleed": 0.05}
 # (learning-rate factor, steps factor) of the overtrained LoRAs: the issue's, and the steps alone.
