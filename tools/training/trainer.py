@@ -318,16 +318,34 @@ class _Run:
         config, rank = self.config, self.accelerator.process_index
         generator = torch.Generator().manual_seed(_position_seed(config.seed, rank, self.step, micro))
         position = self.step * config.gradient_accumulation + micro
-        loss = self._batch_loss(unet, self.images, self.latents, self.buckets, position, config.seed + 7919 * rank,
-                                generator, masked=True)
-        if self.class_images:
-            loss = loss + config.prior_loss_weight * self._batch_loss(
-                unet, self.class_images, self.class_latents, self.class_buckets, position,
-                config.seed + 7919 * rank + 15485863, generator, masked=False)
-        return loss
+        batch = self._batch(self.images, self.latents, self.buckets, position, config.seed + 7919 * rank,
+                            generator, masked=True)
+        if not self.class_images:
+            return self._loss(unet, batch).mean()
+        prior = self._batch(self.class_images, self.class_latents, self.class_buckets, position,
+                            config.seed + 7919 * rank + 15485863, generator, masked=False)
+        count = len(batch["latents"])
+        if batch["latents"].shape[1:] == prior["latents"].shape[1:]:  # one forward pass for both, as DreamBooth
+            if batch["weights"] is not None or prior["weights"] is not None:
+                for part in (batch, prior):
+                    if part["weights"] is None:
+                        part["weights"] = torch.ones((len(part["latents"]), 1, *part["latents"].shape[2:]))
+            joined = {k: None if batch[k] is None else torch.cat([batch[k], prior[k]]) for k in batch}
+            losses = self._loss(unet, joined)
+            return losses[:count].mean() + config.prior_loss_weight * losses[count:].mean()
+        return self._loss(unet, batch).mean() + config.prior_loss_weight * self._loss(unet, prior).mean()
 
-    def _batch_loss(self, unet, images, latent_cache, buckets, position: int, order_seed: int,
-                    generator: torch.Generator, masked: bool) -> torch.Tensor:
+    def _loss(self, unet, batch: dict) -> torch.Tensor:
+        device = self.device
+        return denoising_loss(unet, self.noise_scheduler, batch["latents"].to(device), batch["noise"].to(device),
+                              batch["timesteps"].to(device), batch["embeds"], batch["pooled"],
+                              batch["time_ids"].to(device), self.config.snr_gamma, weights=batch["weights"],
+                              per_sample=True)
+
+    def _batch(self, images, latent_cache, buckets, position: int, order_seed: int, generator: torch.Generator,
+               masked: bool) -> dict:
+        """A batch's inputs: latents drawn from the cache, noise, timesteps, caption embeddings, micro-conditioning
+        and the masked loss's weights (None when unmasked)."""
         config = self.config
         indices = bucket_batch(position, buckets, config.batch_size, order_seed)
         flips = (torch.rand(len(indices), generator=generator) < 0.5).tolist() if config.flip_augmentation \
@@ -351,10 +369,9 @@ class _Run:
         else:
             embeds, pooled = self._encode(captions)
         time_ids = torch.stack([images[i].time_ids(f) for i, f in zip(indices, flips)])
-        device = self.device
         weights = self._batch_weights(list(zip(indices, flips))) if masked else None
-        return denoising_loss(unet, self.noise_scheduler, latents.to(device), noise.to(device), timesteps.to(device),
-                              embeds, pooled, time_ids.to(device), config.snr_gamma, weights=weights)
+        return {"latents": latents, "noise": noise, "timesteps": timesteps, "embeds": embeds, "pooled": pooled,
+                "time_ids": time_ids, "weights": weights}
 
     # ---- saving
     def _state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -539,11 +556,13 @@ class _Run:
 
 # --------------------------------------------------------------------------- pieces
 def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embeds, pooled_embeds, time_ids,
-                   snr_gamma: float = 0.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+                   snr_gamma: float = 0.0, weights: torch.Tensor | None = None,
+                   per_sample: bool = False) -> torch.Tensor:
     """SDXL's training objective: predict the added noise (or velocity); min-SNR weighting when gamma > 0.
 
     ``weights`` (batch, 1, h, w) on the latent grid weigh each latent pixel (masked loss: the character's mask
-    average-pooled, kohya's ``apply_masked_loss``); None weighs all alike."""
+    average-pooled, kohya's ``apply_masked_loss``); None weighs all alike. ``per_sample``: one loss per batch item
+    (prior preservation weighs the class images' part apart)."""
     dtype = next(unet.parameters()).dtype
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(noisy.to(dtype), timesteps, prompt_embeds.to(dtype),
@@ -551,15 +570,15 @@ def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embe
                       return_dict=False)[0].float()
     kind = noise_scheduler.config.prediction_type
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if kind == "v_prediction" else noise
-    if not snr_gamma and weights is None:
+    if not snr_gamma and weights is None and not per_sample:
         return F.mse_loss(prediction, target.float())
     squared = F.mse_loss(prediction, target.float(), reduction="none")
     if weights is not None:
         squared = squared * weights.to(squared.device, squared.dtype)
-    per_sample = squared.mean(dim=list(range(1, prediction.ndim)))
+    losses = squared.mean(dim=list(range(1, prediction.ndim)))
     if snr_gamma:
-        per_sample = per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma)
-    return per_sample.mean()
+        losses = losses * min_snr_weights(noise_scheduler, timesteps, snr_gamma)
+    return losses if per_sample else losses.mean()
 
 
 def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
