@@ -32,14 +32,53 @@ COMMAND_MODULES = [  # in the order --help lists them: the loop's steps, then th
 ]
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a default only where there is one: flags whose default is "from settings" say so themselves."""
+class Parser(argparse.ArgumentParser):
+    """argparse keeping two things as flags are added (its formatter's methods and its list of actions are not
+    public API): each flag's default in its help, and the flag names, for "did you mean"."""
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        help_text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in help_text:
-            return action.help
-        return super()._get_help_string(action)
+    def __init__(self, *args, **kwargs) -> None:
+        self.flags: list[str] = []  # before argparse adds -h
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **options):
+        self.flags.extend(name for name in names if name.startswith("-"))
+        return super().add_argument(*names, **with_default(names, options))
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        add = group.add_argument
+
+        def add_argument(*names, **options):
+            self.flags.extend(name for name in names if name.startswith("-"))
+            return add(*names, **with_default(names, options))
+
+        group.add_argument = add_argument
+        return group
+
+
+def with_default(names: tuple[str, ...], options: dict) -> dict:
+    """``options`` with " (default: X)" after the help where there is a default to show (as argparse's
+    ArgumentDefaultsHelpFormatter): not for None, False or 0, nor where the help speaks of its default
+    itself (flags whose default comes "from settings" say so)."""
+    text, default = options.get("help"), options.get("default")
+    shown = any(name.startswith("-") for name in names) or options.get("nargs") in ("?", "*")
+    if (not text or text == argparse.SUPPRESS or default in (None, False, argparse.SUPPRESS) or "default" in text
+            or not shown):
+        return options
+    return {**options, "help": f"{text} (default: %(default)s)"}
+
+
+def add_character_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """The character's settings a command takes (its CHARACTER_FLAGS), from the one table in tools.settings.
+    SUPPRESS: an absent flag leaves no attribute, so aldar.toml, ALDAR_* or the references folder decide."""
+    from tools.settings import CHARACTER_FLAGS
+
+    if not names:
+        return
+    group = parser.add_argument_group("character (override aldar.toml, ALDAR_* and <references>/character.json)")
+    for name in names:
+        flag, metavar, help_text = CHARACTER_FLAGS[name]
+        group.add_argument(flag, dest=name, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -94,11 +133,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser, or, given the command line, only the flags of the command it names.
 
     A command's flags can cost imports (``generate`` lists the providers, ``train`` the trainer's
-    knobs); ``--version``, ``--help`` and one command's argument errors should not pay for all of them.
+    settings); ``--version``, ``--help`` and one command's argument errors should not pay for all of them.
     The command modules themselves import nothing heavy: that waits for their ``run``.
     allow_abbrev=False everywhere: ``--round 2`` must not silently mean ``--rounds 2``.
     """
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="aldar", allow_abbrev=False,
         description="Train an SDXL LoRA of one character, pit it against hosted generators, score everyone "
                     "against the reference pictures and let an agent decide the next training round.")
@@ -108,10 +147,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     named = None if argv is None else _command_word(argv)
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
-        sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP,
-                                  formatter_class=HelpFormatter, allow_abbrev=False)
+        sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP, allow_abbrev=False)
         if argv is None or module.NAME == named:
             module.add_arguments(sub)
+            add_character_flags(sub, getattr(module, "CHARACTER_FLAGS", ()))
             add_settings_flags(sub)
         sub.set_defaults(handler=module.run, command_parser=sub)
     return parser
@@ -131,11 +170,10 @@ def did_you_mean(typed: str, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def refuse_unknown_arguments(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+def refuse_unknown_arguments(parser: Parser, unknown: list[str]) -> None:
     """Exit 2 with ``parser``'s usage, naming the unknown arguments and the closest flag of ``parser``."""
-    flags = [option for action in parser._actions for option in action.option_strings]
     typed = next((word.partition("=")[0] for word in unknown if word.startswith("--")), "")
-    parser.error(f"unrecognized arguments: {' '.join(unknown)}{did_you_mean(typed, flags)}")
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}{did_you_mean(typed, parser.flags)}")
 
 
 def refuse_unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
@@ -164,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    from agent.ui import UI
+    from agent.views.ui import UI
 
     ui = UI(assume_yes=bool(getattr(args, "yes", False)), quiet=bool(getattr(args, "quiet", False)))
     for line in unknown_environment_names():

@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.knobs import SAFE_BOUNDS, knob_parameters  # noqa: E402
-from agent.llm_client import make_client  # noqa: E402
-from agent.llm_decider import DecisionTools  # noqa: E402
-from agent.loop import ChatLoop  # noqa: E402
-from agent.toolspec import tool_spec  # noqa: E402
+from agent.llm.client import make_client  # noqa: E402
+from agent.llm.decider import DecisionTools  # noqa: E402
+from agent.llm.loop import ChatLoop  # noqa: E402
+from agent.llm.toolspec import tool_spec  # noqa: E402
+from agent.rounds.knobs import SAFE_BOUNDS, knob_parameters  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer, Reply  # noqa: E402
 from tools.settings import load_settings  # noqa: E402
 

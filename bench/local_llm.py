@@ -37,8 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.llm_client import make_client  # noqa: E402
-from agent.llm_decider import LLMDecider  # noqa: E402
+from agent.llm.client import make_client  # noqa: E402
+from agent.llm.decider import LLMDecider  # noqa: E402
 from tests.llama_server import LlamaServer, llama_cpp_installed, smollm_file, INSTALL  # noqa: E402
 from tests.test_llm_rounds import BOUNDS, FEEDBACK, PARAMS  # noqa: E402
 from tools.settings import load_settings  # noqa: E402

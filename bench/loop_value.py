@@ -41,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from agent.policy import RulePolicy  # noqa: E402
-from agent.session import Session  # noqa: E402
+from agent.rounds.policy import RulePolicy  # noqa: E402
+from agent.rounds.session import Session, SessionEvents  # noqa: E402
+from agent.views.report import ReportWriter  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
 
 LIKENESS = 0.9  # of the reference ceiling's quality
@@ -74,7 +75,7 @@ def run_scenario(scenario: str, character: str, seed: int, rounds: int, loop_ste
                                         "target_score": 1.0, "patience": rounds + 1, "max_rounds": rounds,
                                         **character_overrides(character)}, environ={})
     started_cpu, started_wall = time.process_time(), time.perf_counter()
-    with Session(settings, quiet=True) as session:
+    with Session(settings, quiet=True, events=SessionEvents(on_round_recorded=ReportWriter())) as session:
         policy = RulePolicy(bounds=session.bounds)
         if scenario == "loop":
             records = session.run_rounds(rounds, policy)

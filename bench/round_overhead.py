@@ -26,8 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from agent.policy import RulePolicy  # noqa: E402
-from agent.session import BASE, LORA, Session, emphasise, train_config, training_dataset  # noqa: E402
+from agent.rounds.params import emphasise, train_config, training_dataset  # noqa: E402
+from agent.rounds.policy import RulePolicy  # noqa: E402
+from agent.rounds.records import BASE, LORA  # noqa: E402
+from agent.rounds.session import Session, SessionEvents  # noqa: E402
+from agent.views.report import ReportWriter  # noqa: E402
 from tools.generation.sampling import SamplingSpec  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
 
@@ -84,7 +87,8 @@ def main() -> None:
         settings = load_settings(overrides={"profile": "tiny", "output_dir": str(tmp_path / "results"),
                                             "references": str(BUNDLED_REFERENCES),
                                             "analysis_path": str(tmp_path / "analysis.json")}, environ={})
-        with Session(settings, quiet=True) as session:
+        events = SessionEvents(on_round_recorded=ReportWriter())  # report.html and the chart, as aldar run writes them
+        with Session(settings, quiet=True, events=events) as session:
             if args.steps:
                 session.params["steps"] = args.steps
             decider = RulePolicy(bounds=session.bounds)

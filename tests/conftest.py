@@ -80,19 +80,21 @@ def fresh_models_per_module():
 
 @pytest.fixture
 def references_dir(tmp_path) -> Path:
-    """A private copy of the five bundled reference pictures and ``taxonomy.json``."""
+    """A private copy of the five bundled reference pictures, ``taxonomy.json`` and ``character.json``."""
     folder = tmp_path / "references"
     folder.mkdir()
-    for name in (*REFERENCE_NAMES, "taxonomy.json"):
+    for name in (*REFERENCE_NAMES, "taxonomy.json", "character.json"):
         shutil.copy2(BUNDLED_REFERENCES / name, folder / name)
     return folder
 
 
 @pytest.fixture
 def tiny_settings(tmp_path, references_dir) -> Settings:
-    """Settings on the tiny profile, writing only inside ``tmp_path``."""
+    """Settings on the tiny profile, writing only inside ``tmp_path``; without the prompt suite (its own tests
+    turn it on: it draws five more prompts per round)."""
     return load_settings(overrides={
         "profile": "tiny",
+        "suite_size": 0,
         "references": str(references_dir),
         "output_dir": str(tmp_path / "results"),
         "analysis_path": str(tmp_path / "models" / "aldar_feature_analysis.json"),

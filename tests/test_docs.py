@@ -16,7 +16,9 @@ def layout_block() -> str:
 def test_readme_layout_names_every_module_and_package():
     block = layout_block()
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", block))
-    agent_modules = {p.stem for p in (ROOT / "agent").glob("*.py") if p.stem != "__init__"}
+    agent_packages = {p.name for p in (ROOT / "agent").iterdir() if (p / "__init__.py").is_file()}
+    agent_modules = {p.stem for p in (ROOT / "agent").rglob("*.py")
+                     if p.stem != "__init__" and p.parent.name != "commands"}
     tools_packages = {p.name for p in (ROOT / "tools").iterdir() if (p / "__init__.py").is_file()}
     tools_modules = {p.stem for p in (ROOT / "tools").glob("*.py") if p.stem != "__init__"}
     package_modules = {p.stem for package in tools_packages for p in (ROOT / "tools" / package).glob("*.py")
@@ -24,8 +26,9 @@ def test_readme_layout_names_every_module_and_package():
     assert agent_modules - words == set()
     assert {f"{name}/" for name in tools_packages} - set(re.findall(r"\b(\w+/)", block)) == set()
     assert tools_modules - words == set() and package_modules - words == set()
-    named_packages = set(re.findall(r"^  (\w+)/", block, re.M)) - {"commands"}
-    assert named_packages <= tools_packages  # no package in the README that the tree lacks
+    assert {f"{name}/" for name in agent_packages} - set(re.findall(r"\b(\w+/)", block)) == set()
+    named_packages = set(re.findall(r"^  (\w+)/", block, re.M))
+    assert named_packages <= tools_packages | agent_packages  # no package in the README that the tree lacks
 
 
 def test_readme_install_lines_name_the_wheel_that_pyproject_builds():

@@ -228,8 +228,8 @@ def test_agent_modules_and_prompt_files(tiny_settings, tmp_path, monkeypatch):
     checks = by_name(check_agent(tiny_settings))
     assert checks["agent modules"].status == OK
     assert checks["prompt files"].status == OK and "system.md" in checks["prompt files"].detail
-    import agent.prompts
+    import agent.llm.prompts
 
-    monkeypatch.setattr(agent.prompts, "PROMPTS_DIR", tmp_path / "no-prompts")
+    monkeypatch.setattr(agent.llm.prompts, "PROMPTS_DIR", tmp_path / "no-prompts")
     missing = by_name(check_agent(tiny_settings))["prompt files"]
     assert missing.status == FAIL and "prompts/" in missing.fix

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.session import Session, SessionEvents
+from agent.rounds.session import Session, SessionEvents
 from tools.atomic import atomic_write, atomic_write_text
 from tools.errors import InsecureUrlError, StorageError
 from tools.settings import OTHER_ENV_NAMES, Settings, unknown_environment_names
@@ -257,7 +257,7 @@ def test_a_provider_url_that_would_expose_the_key_is_refused_before_connecting(t
 
 
 def test_the_llm_url_that_would_expose_the_key_is_refused(monkeypatch):
-    from agent.llm_client import make_client
+    from agent.llm.client import make_client
     from tools.settings import load_settings
 
     monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-secret-1234")
@@ -304,7 +304,7 @@ def test_a_round_started_by_other_models_is_discarded_not_resumed(tiny_settings)
     notices: list[str] = []
     with Session(tiny_settings, quiet=True, events=SessionEvents(on_notice=notices.append)) as session:
         assert session.params == session.default_params and session.params["resolution"] != 1024
-        assert session.store.data["in_progress"] is None and session.store.data["profile"]["profile"] == "tiny"
+        assert session.store.state.in_progress is None and session.store.state.profile["profile"] == "tiny"
     assert len(notices) == 1 and notices[0].startswith("round 1 was started with other models (profile 'sdxl' → "
                                                        "'tiny'") and "discarded" in notices[0]
     # Saved: the next run neither resumes it nor refuses the folder as another profile's.

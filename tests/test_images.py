@@ -214,7 +214,7 @@ def test_files_that_are_not_pictures_are_named_once_and_the_list_is_cut_with_a_c
     from tools.settings import BUNDLED_REFERENCES
 
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
-    for name in ("notes.txt", "pose.gif", "taxonomy.json", "README.md", ".DS_Store"):
+    for name in ("notes.txt", "pose.gif", "taxonomy.json", "character.json", "README.md", ".DS_Store"):
         (tmp_path / name).write_text("x")
     # a .gif is a picture aldar does not read: it must not vanish in silence; the companions are no news
     assert skipped_note(tmp_path) == (f"references folder {tmp_path}: skipped 2 file(s) that are not png/jpg/webp "

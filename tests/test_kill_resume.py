@@ -21,7 +21,7 @@ KILLED_IN_ROUND_TWO = textwrap.dedent("""
     from pathlib import Path
 
     import tools.training.lora_files as lora_files
-    from agent.store import RunStore
+    from agent.rounds.store import RunStore
 
     save_checkpoint, set_stage = lora_files.save_checkpoint, RunStore.set_stage
 
@@ -36,7 +36,7 @@ KILLED_IN_ROUND_TWO = textwrap.dedent("""
 
     def stage_then_die(self, stage, params=None):
         set_stage(self, stage, params)
-        if stage == "generate" and (self.data.get("in_progress") or {}).get("round") == 2:
+        if stage == "generate" and self.state.in_progress is not None and self.state.in_progress.round == 2:
             die()
 
     lora_files.save_checkpoint, RunStore.set_stage = checkpoint_then_die, stage_then_die

@@ -26,11 +26,12 @@ def test_tools_never_import_agent():
 
 
 def test_session_and_policy_do_not_import_each_other_or_the_terminal():
-    session, policy = imported_modules(ROOT / "agent" / "session.py"), imported_modules(ROOT / "agent" / "policy.py")
-    assert not any(name.startswith("agent.policy") for name in session)
-    assert not any(name.startswith("agent.session") for name in policy)
+    rounds = ROOT / "agent" / "rounds"
+    session, policy = imported_modules(rounds / "session.py"), imported_modules(rounds / "policy.py")
+    assert not any(name.startswith("agent.rounds.policy") for name in session)
+    assert not any(name.startswith("agent.rounds.session") for name in policy)
     for names in (session, policy):
-        assert not any(name.startswith(("agent.ui", "rich")) or name == "agent.ui" for name in names)
+        assert not any(name.startswith(("agent.views.ui", "rich")) or name == "agent.views.ui" for name in names)
 
 
 def test_nothing_rewrites_annotations_at_run_time():

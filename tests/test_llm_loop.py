@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 import pytest
 
-from agent.llm_client import api_error_message, make_client, thinking_extra_body
-from agent.loop import ChatLoop, LoopEvents
-from agent.toolspec import Range, tool_spec
+from agent.llm.client import make_client, provider_error, thinking_extra_body
+from agent.llm.loop import ChatLoop, LoopEvents
+from agent.llm.toolspec import Range, tool_spec
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from tools.errors import ConfigError, ProviderError
 from tools.settings import load_settings
@@ -209,12 +209,14 @@ def test_openai_compatible_local_server(server, monkeypatch) -> None:
     assert "tools" not in server.requests[0].body
 
 
-def test_api_error_message_for_timeouts_names_the_setting() -> None:
-    import openai
-    settings = load_settings(environ={})
+def test_api_error_for_timeouts_names_the_setting() -> None:
     import httpx2
-    error = openai.APITimeoutError(request=httpx2.Request("POST", "http://x"))
-    assert "llm_timeout_s = 120" in api_error_message(error, settings)
+    import openai
+
+    settings = load_settings(environ={})
+    error = provider_error(openai.APITimeoutError(request=httpx2.Request("POST", "http://x")), settings.llm_timeout_s)
+    assert error.problem == "the LLM did not answer within llm_timeout_s = 120 s"
+    assert error.fix == "retry, or raise llm_timeout_s in aldar.toml"
 
 
 @pytest.mark.parametrize("hostile, words", [
@@ -279,8 +281,8 @@ def test_a_key_the_model_echoes_reaches_no_tool_history_or_answer(server, monkey
 
 
 def test_read_feedback_refuses_round_numbers_that_cannot_be(server, monkeypatch, tiny_settings) -> None:
-    from agent.llm_tools import SessionTools
-    from agent.session import Session
+    from agent.llm.tools import SessionTools
+    from agent.rounds.session import Session
 
     monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
     settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": LLM_TIMEOUT_S}, environ={})

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from agent.repl import Repl
-from agent.ui import UI
+from agent.views.repl import Repl
+from agent.views.ui import UI
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from tools.settings import load_settings
 
@@ -113,7 +113,7 @@ BOUNDS = {"steps": (1, 60), "learning_rate": (1e-6, 1e-2), "rank": (1, 128), "al
 
 
 def make_decider(server, monkeypatch, **overrides):
-    from agent.llm_decider import LLMDecider
+    from agent.llm.decider import LLMDecider
 
     monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
     settings = load_settings(overrides={"llm_base_url": server.url, "llm_timeout_s": 120, **overrides}, environ={})

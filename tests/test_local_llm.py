@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from agent.llm_client import (LOCAL_PLACEHOLDER_KEY, ToolsUnsupportedError, describe_endpoint,
+from agent.llm.client import (LOCAL_PLACEHOLDER_KEY, ToolsUnsupportedError, describe_endpoint,
                               make_client)
-from agent.llm_decider import NOTHING, REPEATED, LLMDecider
-from agent.loop import ChatLoop, calls_in_content
-from agent.toolspec import tool_spec
+from agent.llm.decider import NOTHING, REPEATED, LLMDecider
+from agent.llm.loop import ChatLoop, calls_in_content
+from agent.llm.toolspec import tool_spec
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from tests.llama_server import free_port
 from tests.test_llm_loop import Recorder
@@ -180,7 +180,7 @@ def test_parameters_already_trained_are_sent_back_once(server) -> None:
 
 
 def test_already_trained_compares_the_knobs() -> None:
-    from agent.decision import already_trained
+    from agent.rounds.decision import already_trained
 
     history = [{"round": 1, "params": {**PARAMS, "seed": 1}}, {"round": 2, "params": {**PARAMS, "steps": 40}}]
     assert already_trained({**PARAMS, "steps": 40}, history, {**PARAMS, "steps": 50}, 3) == 2
@@ -219,13 +219,13 @@ class Scripted:
         self.adjustments = adjustments
 
     def decide(self, feedback, history, params):
-        from agent.decision import Decision
+        from agent.rounds.decision import Decision
 
         return Decision(dict(self.adjustments), "as scripted.", self.name)
 
 
 def test_a_decision_that_would_retrain_a_round_ends_the_run(tiny_settings) -> None:
-    from agent.session import Session
+    from agent.rounds.session import Session
 
     with Session(tiny_settings, quiet=True) as session:
         session._round().feedback = dict(FEEDBACK)  # a scored round 1, without training it here

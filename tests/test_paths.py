@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def test_every_cache_moves_with_aldar_cache_and_an_empty_value_means_the_default(monkeypatch, tmp_path):
-    from agent.repl import history_file
+    from agent.views.repl import history_file
     from tools.paths import aldar_cache
     from tools.scoring.embedding_cache import default_cache_dir
     from tools.training.data import default_latent_cache_dir

@@ -6,9 +6,10 @@ import copy
 
 import pytest
 
-from agent.knobs import SAFE_BOUNDS, bounds_for, clamp_adjustments
-from agent.policy import COPY_CLIP, COPY_SSIM, LOW_CLIP, LOW_VARIETY, RulePolicy, read_signals
-from agent.session import emphasise, stop_reason
+from agent.rounds.knobs import SAFE_BOUNDS, bounds_for, clamp_adjustments
+from agent.rounds.params import emphasise
+from agent.rounds.policy import COPY_CLIP, COPY_SSIM, LOW_CLIP, LOW_VARIETY, RulePolicy, read_signals
+from agent.rounds.ranking import stop_reason
 
 PARAMS = {"steps": 1500, "learning_rate": 1e-4, "rank": 32, "alpha": 16.0, "lora_scale": 1.0, "feature_emphasis": []}
 
@@ -44,7 +45,7 @@ def test_low_clip_similarity_trains_more_steps():
 
 
 def test_validation_quality_still_rising_at_the_last_checkpoint_trains_more_steps():
-    from agent.session import training_curve
+    from agent.rounds.records import training_curve
 
     def curve(qualities: list[float], chosen: int = 1500, **train) -> dict:
         scores = [{"step": 500 * (i + 1), "quality": q} for i, q in enumerate(qualities)]

@@ -9,9 +9,11 @@ import random
 import pytest
 
 from agent.cli import main
-from agent.policy import RulePolicy
-from agent.report import render_html
-from agent.session import overfitting_signals, ranked_rounds, scores_by_generator
+from agent.rounds.policy import RulePolicy
+from agent.rounds.ranking import ranked_rounds
+from agent.rounds.records import overfitting_signals, scores_by_generator
+from agent.rounds.store import HistoryState
+from agent.views.report import render_html
 from tools.scoring.copies import MEMORISED, is_reference_copy
 from tools.world.attributes import sample_character
 from tools.world.draw import draw_character
@@ -74,7 +76,7 @@ def test_a_scored_reference_is_a_memorised_copy_everywhere_and_never_the_winner(
     record = {"round": 1, "scores": scores_by_generator(report), "lora_score": feedback["lora_score"],
               "ceiling": {"quality": report["ceiling"]["quality"]["mean"]}, "rationale": decision.rationale,
               "decided_by": "rule-policy", "decision": {"adjustments": decision.adjustments}, "paths": {}}
-    page = render_html([record], {"profile": {"profile": "tiny"}, "best_round": None}, [], "score_chart.png")
+    page = render_html([record], HistoryState(profile={"profile": "tiny"}), [], "score_chart.png")
     assert '<tr class="copy"><td>lora</td>' in page and f"<td>{MEMORISED}</td>" in page
     assert "Only base was ranked" in page and f"The LoRA&#x27;s images copy the references ({MEMORISED})" in page
     assert ranked_rounds([record]) == []

@@ -11,9 +11,9 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from agent.knobs import parse_knob_arguments as parse_knobs
-from agent.repl import Repl
-from agent.ui import UI
+from agent.rounds.knobs import parse_knob_arguments as parse_knobs
+from agent.views.repl import Repl
+from agent.views.ui import UI
 from tools.errors import InputError
 
 ALDAR = str(Path(sys.executable).with_name("aldar"))
@@ -177,7 +177,7 @@ def test_a_knob_outside_its_valid_domain_is_refused_like_aldar_train_refuses_it(
     cli_error = capsys.readouterr().err
     assert " ".join(chat_error.split()) == " ".join(cli_error.split())  # the same one line
 
-    from agent.knobs import SAFE_BOUNDS, clamp_adjustments
+    from agent.rounds.knobs import SAFE_BOUNDS, clamp_adjustments
 
     clamped, notes = clamp_adjustments({}, {"steps": -5, "rank": 4})  # a decider gets the same refusal
     assert clamped == {"rank": 4} and any("steps is -5" in note for note in notes)
@@ -187,7 +187,7 @@ def test_a_knob_outside_its_valid_domain_is_refused_like_aldar_train_refuses_it(
 def test_tab_completes_knob_names_after_train(tiny_settings) -> None:
     from prompt_toolkit.document import Document
 
-    from agent.repl import SlashCompleter
+    from agent.views.repl import SlashCompleter
 
     completer = SlashCompleter(Repl(tiny_settings))
     complete = lambda text: [c.text for c in completer.get_completions(Document(text), None)]  # noqa: E731
@@ -258,7 +258,7 @@ def test_train_generate_score_then_train_records_the_round_and_trains_the_next(t
 
     from rich.console import Console
 
-    from agent.knobs import params_text
+    from agent.rounds.knobs import params_text
 
     settings = tiny_settings.replace(images_per_prompt=1, competitors=[])
     results = Path(settings.output_dir)
@@ -349,8 +349,8 @@ def test_config_shows_the_next_round_params_and_a_slash_only_chat_is_saved(tiny_
     assert Repl(tiny_settings, ui).run_once("/config") == 0
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.getvalue().splitlines()
             if line.count("│") == 3}
-    from agent.knobs import params_text
-    from agent.session import default_params
+    from agent.rounds.knobs import params_text
+    from agent.rounds.params import default_params
     from tools.models import resolve_profile
 
     # before any /auto: the profile's defaults, as the first round will train with them
@@ -379,7 +379,7 @@ def test_a_question_without_an_llm_points_to_the_slash_command_that_answers_it(t
 
 
 def test_explain_takes_a_word_of_the_category_too() -> None:
-    from agent.llm_tools import explain_features
+    from agent.llm.tools import explain_features
 
     feedback = {"feature_gaps": [{"feature": "friendly", "category": "expression", "lora_pass_rate": 0.1,
                                   "ceiling_pass_rate": 0.8, "against": "ceiling", "gap": 0.7},
@@ -401,7 +401,7 @@ def test_a_second_train_says_it_continues_from_the_first_ones_checkpoint(tiny_se
 
 
 def test_auto_past_a_stop_says_why_and_how_to_go_on_without_asking(tiny_settings, capsys) -> None:
-    from agent.store import RunStore
+    from agent.rounds.store import RunStore
     from tools.models import resolve_profile
 
     store = RunStore(tiny_settings.output_dir, resolve_profile(tiny_settings).describe())
@@ -417,7 +417,7 @@ def test_auto_past_a_stop_says_why_and_how_to_go_on_without_asking(tiny_settings
 
 
 def test_history_fits_80_columns_and_cuts_decisions_at_a_word_with_an_ellipsis() -> None:
-    from agent import render
+    from agent.views import render
 
     why = ("CLIP similarity 0.021 is below 0.6, so train more steps; the images miss narrow eyes, no facial hair, "
            "skullcap, orange robe, so the next captions and prompt stress them.")
@@ -425,7 +425,7 @@ def test_history_fits_80_columns_and_cuts_decisions_at_a_word_with_an_ellipsis()
                 "params": {"steps": 120, "learning_rate": 0.002, "rank": 8}, "decided_by": "rule-policy",
                 "rationale": why} for n in (1, 2)]
     ui, out, _ = quiet_ui(width=80)
-    render.show_history(ui, history)
+    ui.show_history(history)
     lines = out.getvalue().splitlines()
     assert all(len(line) <= 80 for line in lines)
     assert len(lines) <= 12  # 2 rounds: title, header, 2 rows, caption, a decision line each (was 35 lines)
@@ -436,14 +436,14 @@ def test_history_fits_80_columns_and_cuts_decisions_at_a_word_with_an_ellipsis()
 
 
 def test_history_shows_a_lora_ahead_as_a_positive_lead() -> None:
-    from agent import render
+    from agent.views import render
 
     history = [{"round": 1, "lora_score": 0.64, "band": "good", "best_competitor": "base", "score_gap": -0.23,
                 "params": {"steps": 60, "learning_rate": 0.005, "rank": 8}, "decided_by": "rule-policy"},
                {"round": 2, "lora_score": 0.5, "band": "average", "best_competitor": None, "score_gap": 0.1,
                 "params": {"steps": 60, "learning_rate": 0.005, "rank": 8}, "decided_by": "rule-policy"}]
     ui, out, _ = quiet_ui(width=100)
-    render.show_history(ui, history)
+    ui.show_history(history)
     text = " ".join(out.getvalue().split())
     assert "┃ lead ┃" in text and "positive: the LoRA is ahead" in text and " gap" not in text
     assert "│ 1 │ 0.640 │ good │ base │ +0.230 │" in text  # score_gap -0.23: the LoRA 0.23 ahead of the base
@@ -453,8 +453,8 @@ def test_history_shows_a_lora_ahead_as_a_positive_lead() -> None:
 def test_the_chat_llm_tool_asks_for_the_round_it_will_really_train() -> None:
     from types import SimpleNamespace
 
-    from agent.knobs import SAFE_BOUNDS
-    from agent.llm_tools import SessionTools
+    from agent.rounds.knobs import SAFE_BOUNDS
+    from agent.llm.tools import SessionTools
 
     questions = []
     scored_round_1 = SimpleNamespace(bounds=SAFE_BOUNDS, next_round_number=1, training_round_number=2)

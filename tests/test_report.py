@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageStat
 
-from agent.chart import axis_range, draw_score_chart, monotone_segments, score_chart_svg
-from agent.knobs import params_text
-from agent.render import feedback_lines, record_scores, round_verdict
-from agent.report import SHOT, write_report
-from agent.store import RunStore
+from agent.rounds.knobs import params_text
+from agent.rounds.store import RunStore
+from agent.views.chart import axis_range, draw_score_chart, monotone_segments, score_chart_svg
+from agent.views.render import feedback_lines, record_scores, round_verdict
+from agent.views.report import SHOT, write_report
 from tools.generation.png_metadata import save_png_with_parameters
 
 SKIPPED = "freepik: skipped — FREEPIK_API_KEY is not set (add it to .env)"

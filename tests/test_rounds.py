@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.policy import RulePolicy
-from agent.session import Session, emphasise
+from agent.rounds.params import emphasise
+from agent.rounds.policy import RulePolicy
+from agent.rounds.session import Session
+from tools.errors import InputError
 
 ROUND_STEPS = 8  # tiny steps for the test: the pipeline, not the learning, is under test
 
@@ -27,12 +29,15 @@ def no_network(monkeypatch):
 
 
 def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
-    from agent.render import record_scores
-    from agent.session import SessionEvents
+    from agent.rounds.session import SessionEvents
+    from agent.views.render import record_scores
+    from agent.views.report import ReportWriter
 
-    settings = tiny_settings.replace(images_per_prompt=2, target_score=1.0)  # both rounds run, whatever they score
+    # Both rounds run, whatever they score; a suite of two prompts (one new context, one without the trigger).
+    settings = tiny_settings.replace(images_per_prompt=2, target_score=1.0, suite_size=2)
     said = []
-    events = SessionEvents(on_status=said.append, on_notice=said.append)
+    report = ReportWriter()
+    events = SessionEvents(on_status=said.append, on_notice=said.append, on_round_recorded=report)
     with Session(settings, quiet=True, events=events) as session:
         session.params.update(steps=ROUND_STEPS, checkpoint_every=ROUND_STEPS // 2)
         start = dict(session.params)
@@ -82,6 +87,25 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         assert all(len(paths) == 2 for paths in record["paths"]["images"].values())
         assert record["prompts"] == [emphasise(settings.test_prompt, record["params"]["feature_emphasis"],
                                                settings.trigger_token)]
+        # The prompt suite: listed in the record, drawn by the LoRA and the base at images_per_prompt each, scored.
+        suite = record["suite"]
+        assert [p["kind"] for p in suite["prompts"]] == ["new_context", "no_trigger"]
+        assert settings.trigger_token in suite["prompts"][0]["text"]
+        assert settings.trigger_token not in suite["prompts"][1]["text"]
+        assert {name: [len(group) for group in groups] for name, groups in suite["images"].items()} == \
+            {"lora": [2, 2], "base": [2, 2]}
+        assert all((root / p).is_file() for groups in suite["images"].values() for group in groups for p in group)
+        for name, key in (("identity", "score"), ("editability", "rate"), ("bleed", "score")):
+            assert isinstance(suite["scores"][name][key], float), name
+            assert feedback[name] == suite["scores"][name]  # the deciders read the same blocks
+        assert 0.0 <= suite["scores"]["identity"]["score"] <= 1.0
+        assert suite["scores"]["bleed"]["score"] == pytest.approx(
+            suite["scores"]["bleed"]["lora_clip"] - suite["scores"]["bleed"]["base_clip"])
+        assert (root / suite["report"]).is_file()
+    # The base's suite images depend on the prompts, sampling and models only: round 2 reuses round 1's.
+    assert rounds[0]["suite"]["base_from_round"] is None and rounds[1]["suite"]["base_from_round"] == 1
+    assert rounds[1]["suite"]["images"]["base"] == rounds[0]["suite"]["images"]["base"]
+    assert rounds[1]["suite"]["prompts"] == rounds[0]["suite"]["prompts"]  # deterministic from analysis and seed
     assert rounds[0]["params"] == start
     # The second round trained with what the first round decided.
     assert rounds[1]["params"] == rounds[0]["next_params"]
@@ -92,7 +116,8 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
     assert best == max(rounds, key=lambda r: (r["lora_score"], -r["round"]))["round"]
     assert (root / history["best_lora"]).read_bytes() == (root / rounds[best - 1]["paths"]["lora"]).read_bytes()
 
-    page = (root / "report.html").read_text()
+    assert report.written == root / "report.html"  # written by the listener of "round recorded", not the Session
+    page = report.written.read_text()
     for record in rounds:  # each round's LoRA is its best-scoring checkpoint, and the report says so
         scores, chosen = record["train"]["checkpoint_scores"], record["train"]["chosen_checkpoint"]
         steps, every = record["params"]["steps"], record["params"]["checkpoint_every"]
@@ -101,8 +126,11 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         assert chosen["step"] == max(scores, key=lambda s: (s["quality"], s["step"]))["step"]
         assert f"LoRA used: checkpoint at step {chosen['step']}" in page and "highest validation quality" in page
     sources = re.findall(r'src="([^"]+)"', page)
-    images = [s for s in sources if s.startswith("comparisons/")]
+    images = [s for s in sources if s.startswith("comparisons/") and "/suite/" not in s]
     assert len(set(images)) == 2 * 2 * 2  # rounds × generators × images
+    suite_images = [s for s in sources if "/suite/" in s]
+    assert len(set(suite_images)) == 2 * 2 * 2 + 2 * 2  # LoRA: rounds × prompts × images; base: drawn once
+    assert "in new scenes" in page and "new background:" in page
     assert all(images.count(s) == 2 for s in images)  # each in its round's grid and in its full-size view
     assert all((root / s).is_file() for s in sources)
     assert "Toy world, not real SDXL" in page
@@ -131,7 +159,7 @@ def test_bad_input_is_refused_before_any_work(tiny_settings, tmp_path):
 
 
 def test_a_session_names_the_skipped_files_of_the_references_folder_once(tiny_settings):
-    from agent.session import SessionEvents
+    from agent.rounds.session import SessionEvents
 
     (Path(tiny_settings.references) / "notes.txt").write_text("the cap is red")
     warnings = []
@@ -187,7 +215,7 @@ def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpo
         trained = dict(session.params)
     with Session(settings, quiet=True) as again:
         assert again.params == trained  # the in-progress round's params, not the defaults
-        assert again.store.data["in_progress"]["stage"] == "train"
+        assert again.store.state.in_progress.stage == "train"
         again.params["rank"] = trained["rank"] * 2  # its checkpoints no longer fit
         result = again.train()
         assert result["steps"] == 2
@@ -195,7 +223,7 @@ def test_interrupted_round_resumes_with_its_own_params_or_retrains_stale_checkpo
     assert len(stale) == 1 and list(stale[0].glob("checkpoint-*"))
 
 
-def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, references_dir, monkeypatch):
+def test_analysis_is_reused_while_the_references_are_unchanged_and_refused_once_they_change(tiny_settings, references_dir, monkeypatch):
     import tools.scoring.analyzer
 
     with Session(tiny_settings, quiet=True) as session:
@@ -206,9 +234,10 @@ def test_analysis_is_reused_while_the_references_are_unchanged(tiny_settings, re
     with Session(tiny_settings, quiet=True) as session:
         assert session.analyze() == first and calls == []  # read back from analysis_path
     (references_dir / "aldar5.png").unlink()
-    with Session(tiny_settings, quiet=True) as session:
-        again = session.analyze()
-    assert len(calls) == 1 and [r["file"] for r in again["references"]] == [f"aldar{i}.png" for i in range(1, 5)]
+    # pictures changed under a saved analysis: refused, never silently re-made into the run's history
+    with pytest.raises(InputError, match=r"when it held 5 pictures that have changed since \(now 4\)") as error:
+        Session(tiny_settings, quiet=True)
+    assert "rerun `aldar analyze --references" in error.value.fix and calls == []
 
 
 def test_hosted_competitors_compete_and_a_failing_one_sits_out(tiny_settings, monkeypatch):
@@ -276,7 +305,7 @@ def test_auto_after_manual_stages_does_not_train_or_generate_the_round_again(tin
 
 
 def test_training_again_drops_the_images_and_feedback_of_the_previous_lora(tiny_settings, monkeypatch):
-    import agent.session as session_module
+    import agent.rounds.session as session_module
     import tools.training.trainer
 
     class Result:
@@ -311,9 +340,13 @@ def _rounds_killed_at(settings, rounds, monkeypatch, module, name, target_name, 
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(module, name, writer)
+    from agent.rounds.session import SessionEvents
+    from agent.views.report import ReportWriter
+
     # target 1.0: the toy world's round 1 can reach the default target, and that stop would end the run
-    # before the kill in a later round
-    with Session(settings.replace(images_per_prompt=1, competitors=[], target_score=1.0), quiet=True) as session:
+    # before the kill in a later round. The report is written as aldar run writes it: by a listener.
+    settings = settings.replace(images_per_prompt=1, competitors=[], target_score=1.0)
+    with Session(settings, quiet=True, events=SessionEvents(on_round_recorded=ReportWriter())) as session:
         session.params.update(steps=2, checkpoint_every=0)
         with pytest.raises(Killed):
             session.run_rounds(rounds, RulePolicy(bounds=session.bounds))
@@ -332,9 +365,9 @@ def _rerun(settings, rounds, capsys):
 
 def test_a_kill_during_the_best_lora_copy_of_the_last_round_is_made_good_by_the_rerun(tiny_settings, monkeypatch,
                                                                                         capsys):
-    import agent.store
+    import agent.rounds.store
 
-    root = _rounds_killed_at(tiny_settings, 1, monkeypatch, agent.store, "atomic_write",
+    root = _rounds_killed_at(tiny_settings, 1, monkeypatch, agent.rounds.store, "atomic_write",
                              "pytorch_lora_weights.safetensors")
     killed = json.loads((root / "training_history.json").read_text())
     assert [r["round"] for r in killed["rounds"]] == [1] and killed["best_round"] is None
@@ -354,10 +387,10 @@ def test_a_kill_during_the_best_lora_copy_of_the_last_round_is_made_good_by_the_
 
 def test_a_kill_while_the_chart_of_the_last_round_is_written_is_made_good_by_the_rerun(tiny_settings, monkeypatch,
                                                                                          capsys):
-    import agent.report
+    import agent.views.report
     from PIL import Image
 
-    root = _rounds_killed_at(tiny_settings, 2, monkeypatch, agent.report, "atomic_write_bytes", "score_chart.png", nth=2)
+    root = _rounds_killed_at(tiny_settings, 2, monkeypatch, agent.views.report, "atomic_write_bytes", "score_chart.png", nth=2)
     assert len(json.loads((root / "training_history.json").read_text())["rounds"]) == 2
     assert "<p class=\"summary\">1 round;" in (root / "report.html").read_text()  # the page still shows round 1 only
 
@@ -367,5 +400,5 @@ def test_a_kill_while_the_chart_of_the_last_round_is_written_is_made_good_by_the
     assert code == 0 and "<p class=\"summary\">2 rounds;" in page and "<h2>Round 2" in page
     rounds = json.loads((root / "training_history.json").read_text())["rounds"]
     with Image.open(root / "score_chart.png") as chart:  # the chart of both rounds, not of round 1
-        assert chart.convert("RGB").tobytes() == agent.report.draw_score_chart(rounds).tobytes()
+        assert chart.convert("RGB").tobytes() == agent.views.report.draw_score_chart(rounds).tobytes()
     assert "report:" in out

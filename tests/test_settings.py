@@ -95,7 +95,7 @@ def test_unknown_keys_are_rejected(tmp_path):
     ({"ALDAR_SEED": "4.5"}, "ALDAR_SEED"),
     ({"ALDAR_SEED": "99999999999999999999999"}, "seed is 99999999999999999999999"),
     ({"ALDAR_SEED": "-1"}, "seed is -1"),
-    ({"ALDAR_TRIGGER_TOKEN": " "}, "trigger_token ' ' is empty"),
+    ({"ALDAR_TRIGGER_TOKEN": "blue bot"}, "trigger_token 'blue bot' is not one word"),
     ({"ALDAR_USE_LCM": "maybe"}, "ALDAR_USE_LCM"),
     ({"ALDAR_PROFILE": "huge"}, "unknown profile 'huge'"),
     ({"ALDAR_DEVICE": "tpu"}, "unknown device 'tpu'"),

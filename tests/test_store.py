@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.chart import chart_series, draw_score_chart
-from agent.report import write_report
-from agent.session import Session
-from agent.store import LOCK_FILE, RunStore
+from agent.rounds.session import Session
+from agent.rounds.store import LOCK_FILE, RunStore
+from agent.views.chart import chart_series, draw_score_chart
+from agent.views.report import write_report
 from tools.errors import BusyError, InputError
 
 
@@ -37,7 +37,7 @@ def test_lock_held_by_another_process_names_it(tmp_path):
     # The holder keeps the lock until it is killed (it waits on its stdin), however long the machine takes.
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
-        from agent.store import RunStore
+        from agent.rounds.store import RunStore
         RunStore({str(tmp_path)!r})
         print("held", flush=True)
         sys.stdin.read()
@@ -113,7 +113,7 @@ def test_unreadable_history_is_an_input_error_and_the_lock_is_released(tmp_path)
 def test_original_list_history_is_read(tmp_path):
     (tmp_path / "training_history.json").write_text(json.dumps([{"round": 1, "lora_score": 0.5}]))
     store = RunStore(tmp_path)
-    assert store.rounds == [{"round": 1, "lora_score": 0.5}] and store.data["in_progress"] is None
+    assert store.rounds == [{"round": 1, "lora_score": 0.5}] and store.state.in_progress is None
     store.close()
 
 
@@ -239,16 +239,16 @@ def test_ctrl_c_while_copying_the_best_lora_leaves_best_round_unchanged_and_is_r
     monkeypatch.setattr(shutil, "copyfile", interrupted)
     with pytest.raises(KeyboardInterrupt):
         store.mark_best(record)
-    assert store.data["best_round"] is None  # so the next _update_best copies it again
+    assert store.state.best_round is None  # so the next _update_best copies it again
     monkeypatch.undo()
     store.mark_best(record)
-    assert store.data["best_round"] == 1
-    assert (store.root / store.data["best_lora"]).read_bytes() == b"weights of round 1"
+    assert store.state.best_round == 1
+    assert (store.root / store.state.best_lora).read_bytes() == b"weights of round 1"
     store.close()
 
 
 def test_ctrl_c_after_a_round_is_recorded_does_not_leave_it_in_progress(tiny_settings, monkeypatch):
-    from agent.decision import Decision
+    from agent.rounds.decision import Decision
 
     with Session(tiny_settings, quiet=True) as session:
         monkeypatch.setattr(session, "_update_best", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.story import StoryFormatError, parse_story, scene_prompt
+from agent.llm.story import StoryFormatError, parse_story, scene_prompt
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 from tests.test_generator import write_random_lora
 from tools.generation.local import GeneratedImage

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 import pytest
 
-from agent.toolspec import Range, ToolArgumentError, parse_docstring, tool_spec
+from agent.llm.toolspec import Range, ToolArgumentError, parse_docstring, tool_spec
 
 
 def train_sample(steps: Annotated[int, Range(1, 5000)], learning_rate: Annotated[float, Range(1e-6, 1e-3)] = 1e-4,
@@ -134,8 +134,8 @@ def test_a_parameter_group_expands_in_place_of_its_keyword_arguments() -> None:
     # The knob table gives every knob tool the same parameters, ranged by the session's bounds.
     from pathlib import Path
 
-    from agent.knobs import NAMES, bounds_for, knob_parameters
-    from agent.llm_decider import DecisionTools
+    from agent.rounds.knobs import NAMES, bounds_for, knob_parameters
+    from agent.llm.decider import DecisionTools
 
     def adjust(rationale: str, **knobs) -> dict:
         """Change knobs.

@@ -15,9 +15,10 @@ from tools.errors import ConfigError, InputError, TrainingError
 from tools.training.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
 from tools.models import load_sdxl_pipeline, load_toy_world_pipeline, resolve_profile
 from tools.settings import load_settings
-from tools.training import trainer
+from tools.training import losses, trainer
 from tools.training.data import clear_latent_cache
-from tools.training.trainer import default_train_config, evaluation_loss, train_lora
+from tools.training.losses import evaluation_loss
+from tools.training.trainer import default_train_config, train_lora
 
 
 
@@ -342,7 +343,7 @@ def test_min_snr_weights_follow_kohyas_convention(prediction_type):
     snr = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod))[timesteps]
     gamma = 5.0
     expected = torch.minimum(snr, torch.full_like(snr, gamma)) / (snr + 1 if prediction_type == "v_prediction" else snr)
-    torch.testing.assert_close(trainer.min_snr_weights(scheduler, timesteps, gamma), expected)
+    torch.testing.assert_close(losses.min_snr_weights(scheduler, timesteps, gamma), expected)
     if prediction_type == "v_prediction":
         older = torch.minimum(snr + 1, torch.full_like(snr, gamma)) / (snr + 1)
         assert not torch.allclose(older, expected)

@@ -92,7 +92,8 @@ def test_train_with_analysis_then_ctrl_c_and_resume(references, tmp_path, capsys
     assert summary["steps"] == 3 and summary["profile"] == "tiny"
     from safetensors import safe_open
 
-    with safe_open(str(run_dir / "aldar_kose_lora.safetensors"), "pt") as handle:
+    # the trigger token is the analysis' (none was given); the LoRA is named for the folder's character
+    with safe_open(str(run_dir / "refs_lora.safetensors"), "pt") as handle:
         assert handle.metadata()["aldar_trigger_token"] == "kose"
 
 
@@ -101,7 +102,7 @@ def test_at_80_columns_the_summary_paths_are_whole(references, tmp_path, capsys,
     run_dir = tmp_path / "a_folder_with_a_long_name_as_people_make_them" / "and_another_one_under_it" / "run"
     assert main(base_args(references, run_dir)) == 0
     out = capsys.readouterr().out
-    for name in ("pytorch_lora_weights.safetensors", "aldar_kose_lora.safetensors"):
+    for name in ("pytorch_lora_weights.safetensors", "refs_lora.safetensors"):
         assert str(run_dir / name) in out  # on one line: it copies whole (was cut to "…" in a table cell)
     assert f"LoRA saved to {run_dir / 'pytorch_lora_weights.safetensors'}" in out
 
@@ -124,20 +125,34 @@ def test_at_80_columns_a_progress_bar_narrows_its_description_not_its_numbers():
         assert re.search(r" 200/200 \d+:\d\d:\d\d eta \d+:\d\d:\d\d loss 0\.0316 · 2\.61 it/s", last), last
 
 
-def test_trigger_token_flag_replaces_the_analysis_token_in_the_captions(references, tmp_path, monkeypatch):
+def test_a_trigger_token_flag_other_than_the_analysis_one_is_refused(references, tmp_path, monkeypatch, capsys):
+    """Captions made for 'kose' would train a LoRA the validation prompt and metadata call 'zzk': one line
+    naming both and the fix, exit 2, no run folder — never the two mixed."""
     analysis = tmp_path / "analysis.json"
     analysis.write_text(json.dumps({"trigger_token": "kose", "captions": {"aldar1.png": "kose, smiling"}}))
+    monkeypatch.setattr(trainer, "train_lora", lambda *a, **k: pytest.fail("trained with a mismatched analysis"))
+    run_dir = tmp_path / "runs" / "one"
+    args = base_args(references, run_dir) + ["--analysis", str(analysis), "--trigger-token", "zzk"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "'kose'" in err and "'zzk'" in err and "--trigger-token kose" in err and len(err.strip().splitlines()) == 1
+    assert not run_dir.exists()
+
+
+def test_the_lora_is_named_for_the_character(references, tmp_path, monkeypatch):
     seen = {}
 
     def fake_train(config, profile, dataset, run_dir, **kwargs):
-        seen.update(trigger=config.trigger_token, captions=[caption for _, caption in dataset])
+        seen.update(name=config.output_name, trigger=config.trigger_token, captions=[c for _, c in dataset],
+                    prompt=config.validation_prompt)
         return trainer.TrainResult(run_dir, None, None, 0, None, [], run_dir / "loss.csv", interrupted=True)
 
     monkeypatch.setattr(trainer, "train_lora", fake_train)
-    args = base_args(references, tmp_path / "runs" / "one") + ["--analysis", str(analysis), "--trigger-token", "zzk"]
+    args = base_args(references, tmp_path / "runs" / "one") + ["--trigger-token", "bluebot", "--character-name",
+                                                                 "Blue Bot", "--prompt", "bluebot, waving"]
     assert main(args) == 130
-    assert seen["trigger"] == "zzk"
-    assert seen["captions"] == ["zzk, smiling", "zzk, Aldar Köse"]
+    assert seen == {"name": "blue_bot_lora", "trigger": "bluebot", "captions": ["bluebot, Blue Bot"] * 2,
+                    "prompt": "bluebot, waving"}
 
 
 def test_two_processes_under_torchrun_train_one_lora(references, tmp_path):

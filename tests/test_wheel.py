@@ -96,4 +96,5 @@ def test_the_installed_wheel_runs_doctor_and_a_tiny_round_from_an_empty_folder(w
     assert [record["round"] for record in history["rounds"]] == [1]
     assert (results / "report.html").is_file() and (results / "score_chart.png").is_file()
     assert (results / "best_lora" / "best_lora.json").is_file()
-    assert sorted(p.name for p in empty.iterdir()) == ["lora_training_results", "models"]  # nothing else written
+    assert sorted(p.name for p in empty.iterdir()) == ["lora_training_results"]  # nothing else written
+    assert (results / "feature_analysis.json").is_file()  # the analysis lives with the results it made

@@ -62,16 +62,16 @@ def test_a_changed_recipe_starts_the_stage_afresh_and_the_second_pass_needs_the_
     world_build.stage_vae(build)
     with pytest.raises(RuntimeError, match="decoder stage is at step 0 of 3: finish it first"):
         torch.save({"step": 0}, build.checkpoint_path("decoder"))
-        world_build.stage_decoder2(build)
+        world_build.STAGES["decoder2"](build)
     build.checkpoint_path("decoder").unlink()
-    world_build.stage_decoder(build)
-    world_build.stage_decoder2(build)
+    world_build.STAGES["decoder"](build)
+    world_build.STAGES["decoder2"](build)
     first, second = _modules(build, "decoder")["vae"], _modules(build, "decoder2")["vae"]
     assert not _same(first, second)  # the second pass trained on
     assert all(torch.equal(first[k], second[k]) for k in first if k.startswith(("encoder.", "quant_conv.")))
 
     changed = world_build.Build(build.cache, replace(MINI, decoder2_lr=1e-4), weights=build.weights)
-    world_build.stage_decoder2(changed)
+    world_build.STAGES["decoder2"](changed)
     assert "the recipe changed since the checkpoint: starting afresh" in capsys.readouterr().out
 
 
@@ -125,26 +125,26 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     build = world_build.Build(tmp_path / "cache", recipe, weights=first_build)
     assert set(world_build.seed_from_weights(build)) == set(world_build.FIRST_BUILD)
     seeded_unet, seeded_clip = _modules(build, "retune")["ema"], _modules(build, "textneg")["model"]
-    world_build.stage_retune2(build)
-    world_build.stage_decoder2(build)
-    world_build.stage_hardneg2(build)
+    world_build.STAGES["retune2"](build)
+    world_build.STAGES["decoder2"](build)
+    world_build.STAGES["hardneg2"](build)
     after, image_tower_on = _modules(build, "retune2")["ema"], _modules(build, "hardneg2")["model"]
     assert seeded_unet.keys() == after.keys() and not _same(seeded_unet, after)
     assert all(torch.equal(seeded_clip[k], image_tower_on[k]) for k in seeded_clip if k.startswith("text_"))
     assert not all(torch.equal(seeded_clip[k], image_tower_on[k]) for k in seeded_clip if k.startswith("vision_"))
     with pytest.raises(RuntimeError, match="the textneg2 stage is at step 0 of 2: finish it first"):
         torch.save({"step": 0}, build.checkpoint_path("textneg2"))
-        world_build.stage_retune3(build)  # the third UNet pass needs the text tower it trains on
+        world_build.STAGES["retune3"](build)  # the third UNet pass needs the text tower it trains on
     build.checkpoint_path("textneg2").unlink()
 
     # Third passes: both towers again (the text tower moves), then the UNet onto the new text tower and the
     # image tower alone on it.
-    world_build.stage_textneg2(build)
+    world_build.STAGES["textneg2"](build)
     with pytest.raises(RuntimeError, match="differs from the text tower retune2 trained on: train the UNet on the new"):
         world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "too-early"))
     assert not (tmp_path / "too-early" / "clip").exists()  # a text tower without its UNet is never exported
-    world_build.stage_retune3(build)
-    world_build.stage_hardneg3(build)
+    world_build.STAGES["retune3"](build)
+    world_build.STAGES["hardneg3"](build)
     both_towers, third_unet = _modules(build, "textneg2")["model"], _modules(build, "retune3")["ema"]
     last_clip = _modules(build, "hardneg3")["model"]
     assert not all(torch.equal(image_tower_on[k], both_towers[k]) for k in both_towers if k.startswith("text_"))
@@ -177,8 +177,8 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     with pytest.raises(RuntimeError, match="the VAE's encoder is vae2's but retune3 learnt the latents of vae's"):
         world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "vae-too-early"))
     assert not (tmp_path / "vae-too-early" / "clip").exists()
-    world_build.stage_retune4(build)
-    world_build.stage_hardneg4(build)
+    world_build.STAGES["retune4"](build)
+    world_build.STAGES["hardneg4"](build)
     assert build.cache.joinpath("unet_latent_moments_vae2.pt").is_file()  # retune4 learnt vae2's latents
     fourth_unet = _modules(build, "retune4")["ema"]
     assert not _same(third_unet, fourth_unet)
@@ -202,7 +202,7 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
         previous = trained
 
     # Seventh pass: the UNet again, the head weighted up in its latent loss, on the same text tower and latents.
-    world_build.stage_retune5(build)
+    world_build.STAGES["retune5"](build)
     fifth_unet = _modules(build, "retune5")["ema"]
     assert not _same(fourth_unet, fifth_unet)
     assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "seventh")) == ["clip", "sdxl"]
@@ -221,7 +221,7 @@ def test_the_novel_stage_teaches_the_scorers_clip_alone_and_its_weights_seed_a_c
     world_build.seed_from_weights(build)
     build.checkpoint_path("novel").unlink(missing_ok=True)  # the committed weights may already hold it
     before = _modules(build, "hardneg4")["model"]
-    world_build.stage_novel(build)
+    world_build.STAGES["novel"](build)
     after = _modules(build, "novel")["model"]
     for tower in ("text_", "vision_"):
         assert not all(torch.equal(before[k], after[k]) for k in after if k.startswith(tower)), tower
@@ -240,3 +240,33 @@ def test_the_novel_stage_teaches_the_scorers_clip_alone_and_its_weights_seed_a_c
     assert world_build.export(world_build.Build(again.cache, recipe, weights=tmp_path / "again")) == ["clip", "sdxl"]
     for part in ("clip/model.safetensors", "sdxl/text_encoder_2/model.safetensors"):
         assert _same(_tensors(tmp_path / "again" / part), _tensors(tmp_path / "weights" / part)), part
+
+
+def test_the_stage_graph_is_the_committed_build_log():
+    """The recipe's stages as data (GRAPH) against weights/build_log.json, what built the committed weights:
+    the same stages (the tried ones aside), each run to its recipe's steps, the same hyper-parameters, and
+    every stage's inputs built before it."""
+    from dataclasses import asdict
+
+    from tools.world import WEIGHTS_DIR
+
+    log = json.loads((WEIGHTS_DIR / "build_log.json").read_text(encoding="utf-8"))
+    recipe = asdict(world_build.Recipe())
+    committed = [stage.name for stage in world_build.GRAPH if stage.model and not stage.tried]
+    logged = [name for name, entry in log.items() if isinstance(entry, dict) and "steps" in entry]
+    assert sorted(logged) == sorted(committed)
+    assert all(log[name]["steps"] == recipe[f"{name}_steps"] for name in committed)
+    assert {key: recipe[key] for key in log["recipe"]} == {key: tuple(value) if isinstance(value, list) else value
+                                                            for key, value in log["recipe"].items()}
+    order = [stage.name for stage in world_build.GRAPH]
+    for stage in world_build.GRAPH:
+        for source in (stage.after, stage.text_tower, stage.latents, *stage.recipe_of):
+            assert source is None or order.index(source) < order.index(stage.name), (stage.name, source)
+        assert set(world_build.recipe_fields(stage.name)) <= set(recipe), stage.name
+    # Its derived tables: the UNet passes' text towers and latents, the locked encoders, the seeds' offsets.
+    assert {s.name: (s.text_tower, s.latents) for s in world_build.GRAPH if s.model == "unet"} == {
+        "unet": ("clip", "vae"), "retune": ("textneg", "vae"), "retune2": ("textneg", "vae"),
+        "retune3": ("textneg2", "vae"), "retune4": ("textneg2", "vae2"), "retune5": ("textneg2", "vae2")}
+    assert world_build.ENCODER_LOCKS == {"vae": "vae_encoder.pt", "vae2": "vae2_encoder.pt"}
+    assert [world_build.seed_offset(name) // world_build.SECOND_PASS_SEED_OFFSET
+            for name in ("clip", "hardneg2", "decoder3", "retune4", "retune5", "novel2")] == [0, 1, 2, 3, 4, 1]

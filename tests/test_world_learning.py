@@ -161,8 +161,8 @@ def test_painting_over_the_mustache_moves_exactly_the_facial_hair_reading(probab
 
 # --------------------------------------------------------------------------- the loop
 def test_a_short_lora_training_beats_the_base_on_key_features(tiny_settings):
-    from agent.policy import RulePolicy
-    from agent.session import Session
+    from agent.rounds.policy import RulePolicy
+    from agent.rounds.session import Session
 
     # The profile's eight images per generator: with two, one image moved a key feature's pass rate by a half.
     settings = tiny_settings.replace(images_per_prompt=0, target_score=1.0)
@@ -190,8 +190,8 @@ def test_the_rule_policys_emphasis_on_missed_features_raises_their_pass_rate_nex
     (same steps, seeds and prompts otherwise), so what changes is the emphasis."""
     from pathlib import Path
 
-    from agent.policy import RulePolicy
-    from agent.session import Session
+    from agent.rounds.policy import RulePolicy
+    from agent.rounds.session import Session
 
     settings = tiny_settings.replace(images_per_prompt=EMPHASIS_IMAGES, target_score=1.0)
     with Session(settings, quiet=True) as session:

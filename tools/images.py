@@ -91,15 +91,15 @@ def list_images(folder: str | Path, what: str = "references") -> list[Path]:
 def skipped_note(folder: str | Path, what: str = "references", shown: int = 5) -> str:
     """One line naming the files of ``folder`` that ``list_images`` leaves out (notes, PDFs, .gif/.tiff
     pictures), or '' when there are none: a picture in another format must not vanish in silence. The files
-    a references folder holds by design are not named: hidden files, the taxonomy.json it may carry, a
-    README, and everything beside the bundled example's pictures (its drawing script)."""
-    from tools.settings import BUNDLED_REFERENCES
+    a references folder holds by design are not named: hidden files, the taxonomy.json and character.json it
+    may carry, a README, and everything beside the bundled examples' pictures (their drawing scripts)."""
+    from tools.paths import BUNDLED_REFERENCES
 
     folder = Path(folder).expanduser()
-    if not folder.is_dir() or folder.resolve() == BUNDLED_REFERENCES.resolve():
+    if not folder.is_dir() or folder.resolve().parent == BUNDLED_REFERENCES.parent.resolve():
         return ""
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
-                   and not p.name.startswith(".") and p.name != "taxonomy.json"
+                   and not p.name.startswith(".") and p.name not in ("taxonomy.json", "character.json")
                    and not p.name.upper().startswith("README"))
     if not names:
         return ""

@@ -1,6 +1,6 @@
 """Rich progress bars for long work, silent in quiet mode or when output is not a terminal.
 
-The bars draw on the console of whoever talks to the user (``agent.ui.UI.progress_bars`` sets it
+The bars draw on the console of whoever talks to the user (``agent.views.ui.UI.progress_bars`` sets it
 with ``progress_on``). A context variable rather than a parameter: the capabilities stay free of
 any terminal object in their signatures, and tools/ never imports agent/.
 """

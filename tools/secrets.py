@@ -2,8 +2,8 @@
 
 ``redact`` is the one scrubber: it removes every known key value from a text, and
 ``redact_value`` from every string inside JSON-like data. Model and server text is
-scrubbed where it enters (``agent.loop``, ``agent.story``, ``tools.providers``) and
-again where text leaves the process: the terminal (``agent.ui``), the log
+scrubbed where it enters (``agent.llm.loop``, ``agent.llm.story``, ``tools.providers``) and
+again where text leaves the process: the terminal (``agent.views.ui``), the log
 (``install_log_redaction`` on the root logger, so a third-party library's debug
 output cannot leak a key either), text and JSON files (``tools.atomic``) and PNG
 text chunks (``tools.generation.png_metadata``).

@@ -10,28 +10,45 @@ API keys are *not* settings: they come from the environment or ``.env`` only
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field, fields
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from tools.errors import ConfigError
-from tools.generation.sampling import DEFAULT_LCM_LORA
+from tools.errors import ConfigError, InputError
+from tools.paths import BUNDLED_REFERENCES, BUNDLED_TAXONOMY
 
-# The bundled references and taxonomy are package data (the repository's examples/ folder, installed as
-# aldar_examples), so they resolve from a checkout, an editable install and a wheel alike, whatever the
-# working folder. pip and pipx install wheels unpacked, so the resource is a real folder.
-BUNDLED_REFERENCES = Path(str(files("aldar_examples") / "aldar_kose"))
-BUNDLED_TAXONOMY = BUNDLED_REFERENCES / "taxonomy.json"
 PROFILES = ("tiny", "sdxl")
+DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdxl"  # fast mode's LoRA (use_lcm); tools.generation.sampling draws with it
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+ROUND_RANKINGS = ("guarded", "quality")
 PATH_SETTINGS = ("references", "taxonomy", "analysis_path", "output_dir")
+# Left empty, these come from the references folder (tools.character) and the output folder.
+DERIVED_SETTINGS = ("trigger_token", "character_name", "test_prompt", "analysis_path")
+ANALYSIS_FILE = "feature_analysis.json"
 
 
+# The character's settings as command-line flags: setting → (flag, metavar, help). Each command names the ones
+# it takes (CHARACTER_FLAGS in agent/commands/*.py); agent.cli adds them, with the setting as the dest.
+CHARACTER_FLAGS = {
+    "references": ("--references", "DIR", "folder of reference pictures, png/jpg/webp, with an optional taxonomy.json "
+                                          "and character.json (default: the bundled Aldar Köse references)"),
+    "taxonomy": ("--taxonomy", "FILE", "feature taxonomy JSON (default: <references>/taxonomy.json, else the bundled "
+                                       "one)"),
+    "trigger_token": ("--trigger-token", "TOKEN", "made-up word that names the character in captions and prompts "
+                                                  "(default: <references>/character.json's, else the folder's name)"),
+    "character_name": ("--character-name", "NAME", "the character's name in titles and the LoRA's file name "
+                                                   "(default: <references>/character.json's, else the folder's name)"),
+    "test_prompt": ("--prompt", "TEXT", "the prompt each round draws with, starting with the trigger token (default: "
+                                        "<references>/character.json's, else the trigger token and the key features "
+                                        "the analysis found)"),
+}
 DEFAULT_NEGATIVE_PROMPT = "photo, realistic, blurry, deformed, extra limbs, text, watermark"
 # images_per_prompt 0 means the profile's default: few paid or minutes-long SDXL images, many seconds-cheap tiny ones.
 IMAGES_PER_PROMPT = {"sdxl": 2, "tiny": 8}
@@ -51,22 +68,27 @@ class Settings:
     # [character]
     references: str = str(BUNDLED_REFERENCES)
     taxonomy: str = ""  # empty: <references>/taxonomy.json, else the bundled one
-    trigger_token: str = "aldarkose"
-    character_name: str = "Aldar Köse"
-    analysis_path: str = "models/aldar_feature_analysis.json"
+    # The three below, empty: <references>/character.json's, else the references folder's name (the prompt:
+    # built from the analysis). The bundled references' character.json names Aldar Köse.
+    trigger_token: str = ""
+    character_name: str = ""
+    analysis_path: str = ""  # empty: <output_dir>/feature_analysis.json
     # [scoring]
     weight_clip: float = 0.4
     weight_features: float = 0.4
     weight_ssim: float = 0.2
+    # Prompts of the round's suite beside the character's own (tools.scoring.suite): new contexts and no-trigger
+    # prompts, for identity, editability and bleed. 0: no suite (quality only).
+    suite_size: int = 5
+    # How rounds are ranked (best round, best_lora/): "guarded" = by quality, but a round whose editability or
+    # bleed is clearly worse than the best round's does not win on quality alone; "quality" = quality only.
+    round_ranking: str = "guarded"
     # [generation]
     num_inference_steps: int = 30
     guidance_scale: float = 7.0
     use_lcm: bool = False
     images_per_prompt: int = 0  # 0: the profile's (IMAGES_PER_PROMPT)
-    test_prompt: str = (
-        "aldarkose, Aldar Kose the Kazakh folk trickster, smiling, round face, thin mustache, "
-        "orange patterned robe, steppe landscape, children's book illustration"
-    )
+    test_prompt: str = ""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     competitors: list[str] = field(default_factory=lambda: ["freepik", "deepai", "gemini"])
     # [rounds]
@@ -90,12 +112,30 @@ class Settings:
     gemini_model: str = "gemini-2.5-flash-image"
     provider_timeout_s: float = 60.0
 
+    # The settings that were left empty and filled from the references (DERIVED_SETTINGS): re-derived when
+    # ``replace`` changes the references or the output folder.
+    derived: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         # aldar.toml and quoted variables reach us with "~" unexpanded; every reader of these paths needs it expanded.
         for name in PATH_SETTINGS:
             value = getattr(self, name)
             if isinstance(value, str) and value.startswith("~"):
                 setattr(self, name, os.path.expanduser(value))
+        self._derive_character()
+
+    def _derive_character(self) -> None:
+        """Fill the empty trigger token, name and test prompt from <references>/character.json, else the folder's
+        name; an empty analysis_path becomes <output_dir>/feature_analysis.json."""
+        empty = [name for name in DERIVED_SETTINGS if not str(getattr(self, name)).strip()]
+        if not empty:
+            return
+        card = read_character_card(self.references) if Path(self.references).expanduser().is_dir() else {}
+        found = {**folder_identity(self.references), **card,
+                 "analysis_path": str(Path(self.output_dir).expanduser() / ANALYSIS_FILE)}
+        for name in empty:
+            setattr(self, name, found.get(name, ""))  # no test_prompt anywhere: the analysis builds it
+        self.derived = tuple(empty)
 
     # --- derived ------------------------------------------------------------
     @property
@@ -131,12 +171,18 @@ class Settings:
         return beside if beside.is_file() else BUNDLED_TAXONOMY
 
     def replace(self, **changes: Any) -> "Settings":
-        updated = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if {"references", "output_dir"} & changes.keys():  # what came from the old folder is derived afresh
+            changes = {**{name: "" for name in self.derived}, **changes}
+        updated = dataclasses.replace(self, **changes)
+        updated.derived = tuple(dict.fromkeys([*updated.derived, *(n for n in self.derived if n not in changes)]))
         updated.validate()
         return updated
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values.pop("derived", None)
+        return values
 
     def validate(self) -> None:
         if self.profile not in PROFILES:
@@ -149,6 +195,11 @@ class Settings:
         for name in ("num_inference_steps", "max_rounds", "patience", "llm_max_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to 1 or more")
+        if self.suite_size and not 2 <= self.suite_size <= 12:
+            raise ConfigError(f"suite_size is {self.suite_size}",
+                              "set suite_size to 2..12 prompts, or 0 for no suite (quality on the own prompt only)")
+        if self.round_ranking not in ROUND_RANKINGS:
+            raise ConfigError(f"unknown round_ranking {self.round_ranking!r}", f"use one of: {', '.join(ROUND_RANKINGS)}")
         if self.llm_max_tokens < 0:
             raise ConfigError(f"llm_max_tokens is {self.llm_max_tokens}",
                               "set llm_max_tokens to 0 (the server's limit) or a number of tokens such as 512")
@@ -160,11 +211,51 @@ class Settings:
                 raise ConfigError(f"{name} is {getattr(self, name)}", f"set {name} to a positive number of seconds")
         if not self.trigger_token.strip():  # it heads every caption and prompt
             raise ConfigError(f"trigger_token {self.trigger_token!r} is empty",
-                              "set a rare word such as 'aldarkose' (--trigger-token)")
+                              "set a made-up word such as 'bluebot' (--trigger-token)")
+        if len(self.trigger_token.split()) > 1 or "," in self.trigger_token:  # captions are split at commas
+            raise ConfigError(f"trigger_token {self.trigger_token!r} is not one word",
+                              "set a made-up word without spaces or commas, such as 'bluebot' (--trigger-token)")
         if not 0 <= self.seed < 2**32:  # torch/numpy generators and provider APIs take 32-bit seeds
             raise ConfigError(f"seed is {self.seed}", "set seed to a whole number from 0 to 4294967295")
         if not 0.0 < self.target_score <= 1.0:
             raise ConfigError(f"target_score is {self.target_score}", "set target_score in (0, 1]")
+
+
+# ---------------------------------------------------------------- the character beside the references
+# A references folder may hold a character.json (as it may hold a taxonomy.json) naming its character; what the
+# settings leave empty comes from there, else from the folder's name (tools.character: the checks on them).
+CARD_NAME = "character.json"
+CARD_KEYS = ("trigger_token", "character_name", "test_prompt")  # what a character.json may set
+
+
+def read_character_card(references: str | Path) -> dict[str, str]:
+    """The ``character.json`` beside the references: its known keys with non-empty text values, else {}.
+    An unreadable card is refused with the file named: it would otherwise silently name nobody."""
+    path = Path(references).expanduser() / CARD_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc})",
+                         'fix it, e.g. {"trigger_token": "bluebot", "character_name": "Blue Bot"}') from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a JSON object", 'write it as {"trigger_token": "...", "character_name": "..."}')
+    return {key: data[key].strip() for key in CARD_KEYS if isinstance(data.get(key), str) and data[key].strip()}
+
+
+def folder_identity(references: str | Path) -> dict[str, str]:
+    """A trigger token and name from the folder's name (``my_hero`` → ``myhero``, ``my hero``) for pictures
+    that come with no card and no settings: a made-up word of the user's own, not the bundled character's."""
+    name = Path(references).expanduser().resolve().name or "character"
+    spaced = " ".join(re.split(r"[\s_\-.]+", name)).strip() or "character"
+    return {"trigger_token": slug(spaced).replace("_", "") or "character", "character_name": spaced}
+
+
+def slug(text: str) -> str:
+    """Lower-case ASCII letters, digits and underscores (``King Zorabek`` → ``king_zorabek``): file names."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
 
 
 def validate_weights(weights: dict[str, float]) -> None:
@@ -188,7 +279,7 @@ def validate_weights(weights: dict[str, float]) -> None:
 
 def _field_types() -> dict[str, Any]:
     hints = get_type_hints(Settings)
-    return {f.name: hints[f.name] for f in fields(Settings)}
+    return {f.name: hints[f.name] for f in fields(Settings) if f.init}
 
 
 def coerce(name: str, raw: Any, origin: str) -> Any:

@@ -6,10 +6,11 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "chat"
+CHARACTER_FLAGS = ("references", "taxonomy", "trigger_token", "character_name", "test_prompt")
 HELP = ("chat with the assistant about training and scoring the LoRA; slash commands (/train, /score, /auto N, "
         "/history, /explain, /help …) work without an LLM. Esc+Enter or a trailing \\ continues a line.")
 
@@ -20,13 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-y", "--yes", action="store_true",
                         help="do not ask before training or paid API calls (needed with --message when no terminal "
                              "can answer)")
-    # dest = the Settings field, so the flag overrides aldar.toml / ALDAR_REFERENCES like in every command.
-    parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
-                        help="folder of reference pictures, png/jpg/webp (default: the bundled examples/aldar_kose)")
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
-    from agent.repl import Repl  # reaches its prompt without torch or the LLM client: both load on first use
+    from agent.views.repl import Repl  # reaches its prompt without torch or the LLM client: both load on first use
 
     repl = Repl(settings, ui)
     if args.message is not None:

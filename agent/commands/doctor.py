@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from tools.doctor import FAIL, INFO, OK, WARN, CheckResult, exit_code, import_all, run_checks
 
 if TYPE_CHECKING:
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "doctor"
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
 
 def check_agent(settings: Settings) -> list[CheckResult]:
     """The agent side of the project: its modules import and the prompt files the LLM reads are there."""
-    from agent.prompts import PROMPTS_DIR
+    from agent.llm.prompts import PROMPTS_DIR
 
     imported, failures = import_all("agent")
     results = failures or [CheckResult("agent modules", OK, f"all {imported} import")]
@@ -73,9 +73,9 @@ def check_llm(settings: Settings) -> list[CheckResult]:
     A hosted endpoint is not called (doctor spends no tokens and touches no network); a local one costs a
     one-token-ish completion. Without an LLM the rule policy decides, so nothing here is a FAIL.
     """
-    from agent.llm_client import KEY_HELP, resolve_endpoint
-    from tools.urls import url_is_loopback
+    from agent.llm.client import KEY_HELP, resolve_endpoint
     from tools.errors import ConfigError
+    from tools.urls import url_is_loopback
 
     try:
         env_name, _, base_url, model = resolve_endpoint(settings)
@@ -92,7 +92,7 @@ def probe_local_server(settings: Settings, base_url: str, model: str) -> list[Ch
     """Does the local server answer (its model list), and does it take a request with tools?"""
     import openai
 
-    from agent.llm_client import ToolsUnsupportedError, make_client, provider_error
+    from agent.llm.client import ToolsUnsupportedError, make_client, provider_error
 
     client, _ = make_client(settings.replace(llm_timeout_s=min(settings.llm_timeout_s, PROBE_TIMEOUT_S)))
     client = client.with_options(max_retries=0)
@@ -115,7 +115,7 @@ def probe_local_server(settings: Settings, base_url: str, model: str) -> list[Ch
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Call ping."}],
                                        tools=[ping], max_tokens=16, temperature=0)
     except openai.OpenAIError as exc:
-        error = provider_error(exc, settings)
+        error = provider_error(exc, settings.llm_timeout_s)
         if isinstance(error, ToolsUnsupportedError):
             return [answering, CheckResult("LLM tools", WARN, f"the server does not take tools ({error.problem})",
                                            error.fix)]

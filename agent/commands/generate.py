@@ -11,7 +11,7 @@ from tools.generation.sampling import check_lora_scale  # stdlib and tools.error
 from tools.timestamps import timestamp  # the standard library's time only
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "generate"
@@ -19,6 +19,8 @@ HELP = ("generate images with hosted providers (freepik, deepai, gemini, ...) an
         "(lora, base) for the same prompts and seed; without --provider: the newest trained LoRA, the base "
         "model and every competitor whose key is set")
 LOCAL = ("lora", "base")
+# --prompt is generate's own (repeatable, dest prompts): test_prompt is the default it falls back to.
+CHARACTER_FLAGS = ("references", "taxonomy", "trigger_token", "character_name")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"repeatable; one of: {', '.join([*PROVIDERS, *LOCAL])} (default: lora — --lora, else "
                              "the newest LoRA under output_dir, if any —, base, and each competitor with a key)")
     parser.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT", default=argparse.SUPPRESS,
-                        help="repeatable (default: the test_prompt setting)")
+                        help="repeatable; start it with the trigger token for the LoRA (default: the test_prompt "
+                             "setting, else the analysis' training prompt, else '<trigger token>, <character name>')")
     parser.add_argument("-n", "--images-per-prompt", dest="images_per_prompt", type=int, metavar="N",
                         default=argparse.SUPPRESS,
                         help="images per prompt and generator (default: the images_per_prompt setting; "
@@ -52,10 +55,20 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     args.lora = getattr(args, "lora", None)
     chosen = getattr(args, "providers", None)
     names = list(dict.fromkeys(chosen)) if chosen else _default_generators(args, settings, ui)
-    prompts = [p.strip() for p in (getattr(args, "prompts", None) or [settings.test_prompt])]
+    if not getattr(args, "prompts", None):
+        from tools.character import check_saved_analysis
+
+        settings = check_saved_analysis(settings)
+    prompts = getattr(args, "prompts", None) or [default_prompt(settings)]
     out = getattr(args, "out", None)
     out_dir = Path(out) if out else Path(settings.output_dir) / "comparisons"
-    _validate(names, prompts, args)
+    prompts = _validate(names, prompts, args)
+    if "lora" in names:
+        from tools.character import missing_trigger_warning
+
+        for line in dict.fromkeys(missing_trigger_warning(p, settings.trigger_token) for p in prompts):
+            if line:
+                ui.warn(escape(line))
 
     hosted, skip_lines = configured_providers(settings, [n for n in names if n not in LOCAL])
     for line in skip_lines:
@@ -98,16 +111,30 @@ def _no_image(notes: list[str]) -> set[str]:
     return {line.partition(":")[0] for line in notes}
 
 
-def _validate(names: list[str], prompts: list[str], args: argparse.Namespace) -> None:
-    """Every bad input is reported before a single request or model load."""
+def default_prompt(settings: Settings) -> str:
+    """The test_prompt setting; else the training prompt of the saved analysis (refused when it was made for
+    another trigger token or other pictures); else '<trigger token>, <character name>'."""
+    if settings.test_prompt:
+        return settings.test_prompt
+    from tools.atomic import read_json_object
+    from tools.character import prompt_from_analysis
+
+    saved = read_json_object(Path(settings.analysis_path))
+    if saved and isinstance(saved.get("training_prompt"), str):
+        return prompt_from_analysis(saved)
+    return f"{settings.trigger_token}, {settings.character_name}"
+
+
+def _validate(names: list[str], prompts: list[str], args: argparse.Namespace) -> list[str]:
+    """Every bad input is reported before a single request or model load; the prompts, stripped."""
+    from tools.character import check_prompts
     from tools.providers import PROVIDERS
 
     known = [*PROVIDERS, *LOCAL]
     for name in names:
         if name not in known:
             raise InputError(f"unknown provider {name!r}", f"use one of: {', '.join(known)}")
-    if not all(prompts):
-        raise InputError("a --prompt is empty", "give each --prompt some text")
+    prompts = check_prompts(prompts, "--prompt")
     check_lora_scale(args.lora_scale, "--lora-scale")
     if "lora" in names and not args.lora:
         raise InputError("--provider lora needs the LoRA to use", "pass --lora PATH (a .safetensors file or a run folder)")
@@ -115,6 +142,7 @@ def _validate(names: list[str], prompts: list[str], args: argparse.Namespace) ->
         from tools.generation.local import resolve_lora_file  # raises InputError for a missing file or folder
 
         resolve_lora_file(args.lora)
+    return prompts
 
 
 def _default_generators(args: argparse.Namespace, settings: Settings, ui: UI) -> list[str]:

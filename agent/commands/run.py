@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING
 from tools.errors import ConfigError
 
 if TYPE_CHECKING:  # the command line is parsed (and --rounds checked) before any of this loads
-    from agent.decision import Decider
-    from agent.session import Session
-    from agent.ui import UI
+    from pathlib import Path
+
+    from agent.rounds.decision import Decider
+    from agent.rounds.session import Session
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "run"
+CHARACTER_FLAGS = ("references", "taxonomy", "trigger_token", "character_name", "test_prompt")
 HELP = ("autonomous rounds: train the LoRA, generate against the base model and hosted competitors, score "
         "everyone against the references, let the LLM or the rule policy adjust, repeat (resumes when rerun)")
 
@@ -27,7 +30,6 @@ HELP = ("autonomous rounds: train the LoRA, generate against the base model and 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, metavar="N",
                         help="rounds in the history when the run ends (default: max_rounds, 3); finished rounds count")
-    parser.add_argument("--references", metavar="DIR", help="folder of reference pictures (png/jpg/webp)")
     parser.add_argument("--competitors", metavar="A,B",
                         help="hosted generators to compete (default from settings: freepik,deepai,gemini; "
                              "'none' for only the LoRA and the base model)")
@@ -48,11 +50,14 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps is {args.steps}", "pass --steps 1 or more")
     settings = settings.replace(max_rounds=rounds)
-    from agent import render
-    from agent.session import Session  # the rounds (and, through them, the model stack) load once the input is good
+    from agent.rounds.session import Session  # the rounds (and, through them, the model stack) load once the input is good
+    from agent.views import render
+
+    from agent.views.report import ReportWriter
 
     quiet = bool(getattr(args, "quiet", False))
-    with Session(settings, quiet=quiet, events=ui.session_events()) as session:
+    report = ReportWriter()
+    with Session(settings, quiet=quiet, events=ui.session_events(on_round_recorded=report)) as session:
         if settings.is_tiny:
             ui.warn(session.profile.describe()["notice"])
         _confirm_paid_competitors(session, ui)
@@ -62,15 +67,23 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         done = len(session.history())
         ui.info(f"results: {session.store.root} · decider: {decider.name} · rounds: {rounds}"
                 + (f" ({done} already finished)" if done else ""))
-        session.run_rounds(rounds, decider, on_round=lambda record: render.show(
-            ui, render.record_scores(record, previous=_before(session.history(), record))))
-        show_summary(session, ui)
+        session.run_rounds(rounds, decider, on_round=lambda record: _show_round(ui, record, session.history()))
+        show_summary(session, ui, report.written)
     return 0
+
+
+def _show_round(ui, record: dict, history: list[dict]) -> None:
+    """A finished round: its ranking on the character's own prompt, then how it does in new scenes."""
+    from agent.views import render
+
+    ui.show(render.record_scores(record, previous=_before(history, record)))
+    if (suite := render.suite_scores(record)) is not None:
+        ui.show(suite)
 
 
 def _before(history: list[dict], record: dict) -> dict | None:
     """The round recorded just before ``record`` (its prompt is what the round's prompt changed from)."""
-    earlier = [r for r in history if r.get("round", 0) < record.get("round", 0)]
+    earlier = [r for r in history if r["round"] < record["round"]]
     return earlier[-1] if earlier else None
 
 
@@ -81,50 +94,45 @@ def _names(value) -> list[str]:
 
 
 def choose_decider(session: Session, use_llm: bool, ui: UI | None = None) -> Decider:
-    """The LLM decider when asked for and a key is set (imported only then), else the rule policy."""
-    from agent.llm_client import llm_configured
-    from agent.ui import UI
+    """The LLM decider when asked for (``make_decider`` falls back to the rule policy and says why), else the
+    rule policy."""
+    from agent.views.ui import UI
 
     ui = ui or UI(quiet=True)
-    if use_llm and llm_configured(session.settings):
-        from agent.llm_decider import make_decider
+    if use_llm:
+        from agent.llm.decider import make_decider  # says why the rule policy decides when the LLM cannot
 
         decider, reason = make_decider(session.settings, session.bounds)
         if reason:
             ui.warn(f"{reason}: the embedded rule policy decides")
         return decider
-    from agent.policy import RulePolicy
+    from agent.rounds.policy import RulePolicy
 
-    if use_llm:
-        ui.info("no LLM key set (DEEPSEEK_API_KEY or OPENAI_API_KEY) and llm_base_url is no local server: "
-                "the embedded rule policy decides")
-    return RulePolicy(bounds=session.bounds)
+    return RulePolicy(bounds=session.bounds, ranking=session.settings.round_ranking)
 
 
 def _confirm_paid_competitors(session: Session, ui: UI) -> None:
     """Hosted generation can cost credits: ask once, unless --yes. Without a yes they sit out."""
-    keyed = session.keyed_competitors()
-    if not keyed:
-        return
+    from agent.rounds.actions import consent_to_paid
+
     per_round = session.settings.sampling_images_per_prompt
-    question = (f"each round asks {', '.join(keyed)} for {per_round} image(s) each (may use paid credits). Continue?")
-    if not ui.confirm(question):
-        ui.warn(f"hosted competitors sit out ({', '.join(keyed)}); pass --yes to include them")
-        session.skip_competitors(keyed)
+    declined = consent_to_paid(session, ui.confirm, lambda paid: f"each round asks {', '.join(paid)} for {per_round} "
+                                                                 "image(s) each (may use paid credits). Continue?")
+    if declined:
+        ui.warn(f"hosted competitors sit out ({', '.join(declined)}); pass --yes to include them")
 
 
 
-def show_summary(session: Session, ui: UI) -> None:
-    from agent import render
+def show_summary(session: Session, ui: UI, report: Path | None) -> None:
+    from agent.views import render
 
-    data = session.store.data
-    best = data.get("best_round")
-    record = next((r for r in data["rounds"] if r["round"] == best), None)
-    if record is not None and session.store.best_lora_holds(record):
-        ui.success(f"best round: {best} (LoRA score {render.number(record.get('lora_score'))}) → "
-                   f"{session.store.root / (data.get('best_lora') or 'best_lora')}")
-    if session.report_written:  # only what this process wrote: never a path that may not exist
-        ui.success(f"report: {session.report_written}")
+    store = session.store
+    record = store.best_record()
+    if record is not None and store.best_lora_holds(record):
+        ui.success(f"best round: {record['round']} (LoRA score {render.number(record.get('lora_score'))}) → "
+                   f"{store.root / (store.state.best_lora or 'best_lora')}")
+    if report:  # only what this process wrote: never a path that may not exist
+        ui.success(f"report: {report}")
     if session.profile.is_tiny:
         from tools.models import TINY_NOTICE
 

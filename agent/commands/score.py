@@ -7,23 +7,21 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tools.atomic import read_json
 from tools.errors import InputError
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.scoring.analyzer import ImageSet
     from tools.settings import Settings
 
 NAME = "score"
+CHARACTER_FLAGS = ("references", "taxonomy", "trigger_token", "character_name")
 HELP = ("score generated images against the references (CLIP, key features, SSIM), rank the generators beside the "
         "reference ceiling, write <output_dir>/comparisons/comparison_report_<ts>.json and feedback/feedback_<ts>.json")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
-                        help="folder of reference pictures, png/jpg/webp (default: the bundled Aldar Köse references)")
     parser.add_argument(
         "--images", action="append", nargs="+", required=True, metavar="[NAME=]PATH", default=argparse.SUPPRESS,
         help="generated images: files or folders. Write NAME=PATH to say which generator made them "
@@ -34,10 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", default="lora", metavar="NAME",
                         help="which generator is the LoRA: feedback compares it with the best other one")
     parser.add_argument("--analysis", dest="analysis_path", metavar="FILE", default=argparse.SUPPRESS,
-                        help="feature analysis to use (default: models/aldar_feature_analysis.json); made first "
-                             "when missing or made from other references, taxonomy or CLIP model")
-    parser.add_argument("--taxonomy", metavar="FILE", default=argparse.SUPPRESS,
-                        help="feature taxonomy JSON (default: <references>/taxonomy.json, else the bundled one)")
+                        help="feature analysis to use (default: <output_dir>/feature_analysis.json); made first "
+                             "when missing or made with another taxonomy or CLIP model (one made for another "
+                             "trigger token or other references is refused)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the reference-embedding cache")
 
 
@@ -70,34 +67,35 @@ def ensure_analysis(settings: Settings, profile, use_cache: bool, ui: UI) -> dic
     """The analysis at settings.analysis_path, (re)made when missing, unreadable or stale."""
     from rich.markup import escape
 
-    from agent import render
+    from agent.views import render
     from tools.models import load_clip
-    from tools.scoring.analyzer import analysis_matches, analyze_references
+    from tools.character import check_saved_analysis
+    from tools.scoring.analyzer import analyze_references, reusable_analysis
     from tools.scoring.taxonomy import load_taxonomy
 
+    settings = check_saved_analysis(settings)  # its trigger token and name, unless given otherwise (refused)
     path = Path(settings.analysis_path)
     references = Path(settings.references)
     taxonomy = load_taxonomy(settings.taxonomy_path())  # validated even when the saved analysis is reused
     reason = "there is none yet"
     if path.is_file():
-        try:
-            analysis = read_json(path)
-        except (OSError, ValueError):
-            analysis, reason = None, "the saved one is unreadable"
+        # another trigger token or other pictures: refused (InputError), never silently replaced
+        analysis = reusable_analysis(path, references, settings.trigger_token, load_clip(profile).model_id, taxonomy)
         if analysis is not None:
-            if analysis_matches(analysis, references, load_clip(profile).model_id, taxonomy):
-                return analysis
-            reason = "the saved one was made from other references, taxonomy or CLIP model"
+            return analysis
+        reason = "the saved one is unreadable or was made with another taxonomy or CLIP model"
     ui.info(f"running the feature analysis first ({reason}) → {escape(str(path))}")
     analysis = analyze_references(references, profile, settings.taxonomy_path(), settings.trigger_token,
                                   settings.character_name, path, use_cache=use_cache)
-    render.show(ui, render.analysis_table(analysis))
+    ui.show(render.analysis_table(analysis))
+    for line in analysis.get("warnings") or []:
+        ui.warn(escape(line))
     ui.info(f"[bold]training prompt:[/bold] {escape(analysis['training_prompt'])}")
     return analysis
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
-    from agent import render
+    from agent.views import render
     from tools.images import list_images, skipped_note
     from tools.models import resolve_profile
     from tools.scoring.analyzer import load_image_set
@@ -116,11 +114,11 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                               use_cache=not args.no_cache, quiet=args.quiet)
     feedback = build_feedback(report, args.lora) if args.lora in report["generators"] else None
     report_path, feedback_path = write_results(report, feedback, settings.output_dir)
-    render.show(ui, render.report_scores(report))
+    ui.show(render.report_scores(report))
     if feedback is None:
         ui.warn(f"no generator is named {args.lora!r}: no LoRA feedback written (name its images "
                 f"{args.lora}=PATH or pass --lora NAME)")
     else:
-        render.show_feedback(ui, feedback)
+        ui.show_feedback(feedback)
     ui.success(f"report: {report_path}" + (f"  feedback: {feedback_path}" if feedback_path else ""))
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "story"
@@ -16,7 +16,7 @@ HELP = ("write a short Aldar Köse tale from your idea with the LLM (Deepseek or
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from agent.story import GENERATORS, MAX_SCENES, MIN_SCENES
+    from agent.llm.story import GENERATORS, MAX_SCENES, MIN_SCENES
 
     parser.add_argument("prompt", help='what the tale is about, e.g. "Aldar tricks the greedy bai out of his horse"')
     parser.add_argument("--generator", choices=GENERATORS, default="lora",
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from rich.markup import escape
 
-    from agent.story import create_storybook
+    from agent.llm.story import create_storybook
 
     book = create_storybook(settings, args.prompt, generator=args.generator, lora_path=args.lora,
                             scenes=args.scenes, quiet=args.quiet)

@@ -18,13 +18,17 @@ from tools.timestamps import timestamp  # the standard library's time only
 from tools.training.config import TrainConfig, default_train_config, training_settings
 
 if TYPE_CHECKING:  # the command line is parsed before any of this loads (see agent.cli.build_parser)
-    from agent.ui import UI
+    from agent.views.ui import UI
     from tools.settings import Settings
 
 NAME = "train"
 HELP = ("train an SDXL LoRA of the character on the reference pictures (diffusers + peft + accelerate); "
         "writes diffusers and kohya LoRA files, checkpoints, validation images and a loss curve")
-SHARED_FLAGS = {"seed"}  # already a settings flag (--seed) that sets the training seed too
+# Already settings flags that set the trainer's too: --seed, and --trigger-token (a character flag).
+SHARED_FLAGS = {"seed", "trigger_token"}
+# --prompt (test_prompt, given on the command line, aldar.toml or ALDAR_TEST_PROMPT): the validation prompt
+# unless --validation-prompt says otherwise.
+CHARACTER_FLAGS = ("references", "taxonomy", "trigger_token", "character_name", "test_prompt")
 # Each profile as named, before its device is known (finding that loads torch): the help shows their
 # defaults, and every flag is checked against them before anything heavy loads.
 _NAMED_PROFILES = {"sdxl": ModelProfile("sdxl", "sdxl", "clip", "cuda", "fp16", 42),
@@ -32,9 +36,6 @@ _NAMED_PROFILES = {"sdxl": ModelProfile("sdxl", "sdxl", "clip", "cuda", "fp16", 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # --references has the dest of the setting, so aldar.toml / ALDAR_REFERENCES apply too.
-    parser.add_argument("--references", metavar="DIR", default=argparse.SUPPRESS,
-                        help="folder of reference pictures (png/jpg/webp); default: the references setting")
     parser.add_argument("--analysis", metavar="FILE", default=argparse.SUPPRESS,
                         help="feature-analysis JSON (captions + trigger token, from `aldar analyze`); default: "
                              "analysis_path when it exists, else each caption is '<trigger>, <character name>'")
@@ -67,22 +68,27 @@ def _show(value) -> str:
 
 
 def training_config(args: argparse.Namespace, profile: ModelProfile, trigger_token: str, *,
-                    device_checks: bool = True) -> TrainConfig:
-    """The profile's defaults, the analysis' trigger token, then every flag given; validated (on the
-    profile's device too, unless ``device_checks`` is False: the device is not known yet)."""
+                    device_checks: bool = True, character_name: str = "", prompt: str = "") -> TrainConfig:
+    """The profile's defaults, the character's trigger token and LoRA name, then every flag given; validated
+    (on the profile's device too, unless ``device_checks`` is False: the device is not known yet)."""
+    from tools.character import lora_name
+
     given = {k.name: getattr(args, k.name) for k in training_settings() if k.name not in SHARED_FLAGS and hasattr(args, k.name)}
-    config = default_train_config(profile).replace(trigger_token=trigger_token)
+    config = default_train_config(profile).replace(trigger_token=trigger_token,
+                                                   output_name=lora_name(character_name, trigger_token),
+                                                   validation_prompt=prompt)
     config = config.replace(**given)
     config.validate(profile if device_checks else None)
     return config
 
 
 def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
-    analysis = _read_analysis(args, settings)
-    trigger = getattr(args, "trigger_token", None) or analysis.get("trigger_token") or settings.trigger_token
+    analysis, settings = _read_analysis(args, settings)
+    trigger = settings.trigger_token  # an analysis made for another one is refused by _read_analysis
     # A bad flag exits 2 before torch loads; what depends on the device (fp16 needs CUDA, ...) right after,
     # and all of it before any file is touched.
-    training_config(args, _NAMED_PROFILES[settings.profile], trigger, device_checks=False)
+    training_config(args, _NAMED_PROFILES[settings.profile], trigger, device_checks=False,
+                    character_name=settings.character_name, prompt=_given_prompt(settings))
     from rich.markup import escape
 
     from tools.generation.sampling import SamplingSpec
@@ -92,18 +98,22 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from tools.training.trainer import train_lora
 
     profile = resolve_profile(settings)
-    config = training_config(args, profile, trigger)
+    config = training_config(args, profile, trigger, character_name=settings.character_name,
+                             prompt=_given_prompt(settings))
     # validation images at the guidance and negative prompt `aldar generate` will use
     config = config.judged_as_drawn(SamplingSpec.from_settings(settings))
     images = list_images(Path(settings.references))
     if skipped := skipped_note(settings.references):
         ui.warn_once(skipped)
+    from tools.character import character_warnings
     from tools.scoring.analyzer import captions_for
 
+    if _main_process():
+        for line in character_warnings(settings):
+            ui.warn(escape(line))
     captions = captions_for(analysis, config.caption_mode)
     fallback = f"{config.trigger_token}, {settings.character_name}"
-    dataset = [(path, _with_trigger(captions.get(path.name), analysis.get("trigger_token"), config.trigger_token)
-                or fallback) for path in images]
+    dataset = [(path, captions.get(path.name) or fallback) for path in images]
     run_dir = _run_dir(args, settings)
     scorer = _checkpoint_scorer(analysis, settings, profile, config)
     if not _main_process():  # under accelerate launch / torchrun every process runs this; one reports
@@ -144,6 +154,12 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     return 0
 
 
+def _given_prompt(settings: Settings) -> str:
+    """A test prompt the user gave (--prompt, aldar.toml, ALDAR_TEST_PROMPT), else '' — a character.json's
+    prompt is for the rounds: `aldar train` validates on '<trigger>, portrait' unless told otherwise."""
+    return "" if "test_prompt" in settings.derived else settings.test_prompt
+
+
 def _checkpoint_scorer(analysis: dict, settings: Settings, profile: ModelProfile, config: TrainConfig):
     """The rounds' scorer for each checkpoint when there is an analysis to score against, else None."""
     if not (config.select_best_checkpoint and config.validation_images):
@@ -151,15 +167,6 @@ def _checkpoint_scorer(analysis: dict, settings: Settings, profile: ModelProfile
     from tools.scoring.scorer import checkpoint_scorer
 
     return checkpoint_scorer(Path(settings.references), profile, analysis, settings.metric_weights)
-
-
-def _with_trigger(caption, analysis_trigger, trigger: str):
-    """The analysis caption with its leading trigger token swapped for ``trigger`` (--trigger-token): the LoRA
-    must learn the token its metadata and validation prompt name."""
-    if not isinstance(caption, str) or not analysis_trigger or analysis_trigger == trigger:
-        return caption
-    head, separator, rest = caption.partition(",")
-    return trigger + separator + rest if head.strip() == analysis_trigger else caption
 
 
 def _main_process() -> bool:
@@ -174,20 +181,25 @@ def settings_quiet(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "quiet", False))
 
 
-def _read_analysis(args: argparse.Namespace, settings: Settings) -> dict:
+def _read_analysis(args: argparse.Namespace, settings: Settings) -> tuple[dict, Settings]:
+    """The analysis (``{}`` when there is none) and the settings beside it (its trigger token and name where
+    the settings only derived theirs)."""
     given = _flag(args, "analysis")
     path = Path(given) if given else Path(settings.analysis_path)
     if not path.is_file():
         if given:
             raise InputError(f"analysis file {path} does not exist", "run `aldar analyze` first or fix --analysis")
-        return {}
+        return {}, settings
     try:
         data = read_json(path)
     except ValueError as exc:  # also not UTF-8, or nested too deeply
         raise InputError(f"analysis file {path} is not valid JSON ({exc})", "rerun `aldar analyze`") from None
     if not isinstance(data, dict) or not isinstance(data.get("captions", {}), dict):
         raise InputError(f"analysis file {path} has no captions mapping", "rerun `aldar analyze`")
-    return data
+    from tools.character import adopt_analysis
+
+    # Captions made for another trigger token or other pictures would train this LoRA on another character's.
+    return data, adopt_analysis(data, path, settings)
 
 
 def _run_dir(args: argparse.Namespace, settings: Settings) -> Path:

@@ -29,10 +29,11 @@ import torch
 from tools.atomic import unused_path
 from tools.errors import InputError, ModelNotFoundError
 from tools.generation.lycoris import is_lycoris_file, load_lycoris_weights
-from tools.models import ModelProfile, hub_reachable, load_sdxl_pipeline, model_location, quiet_lora_loading
 from tools.generation.png_metadata import save_png_with_parameters
-from tools.generation.sampling import DEFAULT_LCM_LORA, SamplingSpec, check_lora_scale
+from tools.generation.sampling import SamplingSpec, check_lora_scale
+from tools.models import ModelProfile, hub_reachable, load_sdxl_pipeline, model_location, quiet_lora_loading
 from tools.progress import progress_bar
+from tools.settings import DEFAULT_LCM_LORA
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LCM_ADAPTER = "lcm"
@@ -210,8 +211,13 @@ def check_lcm_available(profile: ModelProfile, lcm_lora: str = DEFAULT_LCM_LORA)
 # --------------------------------------------------------------------------- generation
 def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sampling: SamplingSpec = SamplingSpec(),
                    *, lora_path: Path | None, lora_scale: float = 1.0, name: str = "lora", quiet: bool = False,
-                   file_stamp: str | None = None) -> list[GeneratedImage]:
+                   file_stamp: str | None = None, batch_size: int = 1) -> list[GeneratedImage]:
     """Generate ``sampling.images_per_prompt`` images for each prompt with the base model and (optionally) a LoRA.
+
+    ``batch_size`` images of a prompt are denoised together (each from its own seeded generator, so image ``i``
+    starts from the same noise): on tiny, 8 at once took 3.4 s against 11.2 s one by one. A batch's images can
+    differ from the one-by-one ones in the last bits (batched kernels), so each caller keeps one batch size:
+    the rounds' own prompt 1 (the figures measured so far), the prompt suite all of a prompt's images at once.
 
     ``lora_path=None`` is the base model as a contestant (name it "base"). Image ``i`` of
     each prompt uses seed ``sampling.seed + i``. Files: ``out_dir/<name>_p<prompt>_<i>_s<seed>.png`` — a round's
@@ -243,21 +249,24 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sam
             total = len(prompts) * drawn.images_per_prompt
             with progress_bar(f"generating {name}", total, quiet) as advance:
                 for p_index, prompt in enumerate(prompts):
-                    for i in range(drawn.images_per_prompt):
-                        image_seed = drawn.seed + i
-                        image = pipe(prompt=prompt, negative_prompt=drawn.negative_prompt or None,
-                                     num_inference_steps=drawn.steps, guidance_scale=drawn.guidance, height=size,
-                                     width=size, generator=torch.Generator("cpu").manual_seed(image_seed)).images[0]
-                        params = _parameters(profile, prompt, drawn, sampler, image_seed, size, name, lora_file,
-                                             lora_scale)
-                        details = _details(profile, name, lora_file, drawn, lcm_applied)
-                        stem = f"{_slug(name)}_{file_stamp}" if file_stamp else _slug(name)
-                        path = out_dir / f"{stem}_p{p_index:02d}_{i:02d}_s{image_seed}.png"
-                        if file_stamp:
-                            path = unused_path(path)  # two calls in the same second
-                        save_png_with_parameters(image, path, params, details)
-                        results.append(GeneratedImage(path, name, prompt, image_seed, {**params, **details}))
-                        advance(1, status=f"seed {image_seed}")
+                    for first in range(0, drawn.images_per_prompt, batch_size):
+                        seeds = [drawn.seed + i for i in range(first, min(first + batch_size, drawn.images_per_prompt))]
+                        images = pipe(prompt=[prompt] * len(seeds),
+                                      negative_prompt=[drawn.negative_prompt] * len(seeds) if drawn.negative_prompt else None,
+                                      num_inference_steps=drawn.steps, guidance_scale=drawn.guidance, height=size,
+                                      width=size, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]).images
+                        for image, image_seed in zip(images, seeds):
+                            i = image_seed - drawn.seed
+                            params = _parameters(profile, prompt, drawn, sampler, image_seed, size, name, lora_file,
+                                                 lora_scale)
+                            details = _details(profile, name, lora_file, drawn, lcm_applied)
+                            stem = f"{_slug(name)}_{file_stamp}" if file_stamp else _slug(name)
+                            path = out_dir / f"{stem}_p{p_index:02d}_{i:02d}_s{image_seed}.png"
+                            if file_stamp:
+                                path = unused_path(path)  # two calls in the same second
+                            save_png_with_parameters(image, path, params, details)
+                            results.append(GeneratedImage(path, name, prompt, image_seed, {**params, **details}))
+                            advance(1, status=f"seed {image_seed}")
         finally:
             pipe.scheduler = standard_scheduler
     return results

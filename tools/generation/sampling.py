@@ -14,16 +14,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from tools.errors import InputError
+from tools.settings import DEFAULT_LCM_LORA
 from tools.world import TINY_SAMPLING_STEPS
 
 if TYPE_CHECKING:
     from tools.settings import Settings
 
-DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdxl"
 LCM_STEPS = (4, 8)  # LCM-LoRA's useful range; outside it we use the lower bound
 LCM_MAX_GUIDANCE = 2.0  # LCM is distilled for guidance ~1; higher values burn the image
 # Valid LoRA strengths when drawing. 0 is the base model; above ~1.5 most LoRAs burn, and the deciders keep
-# to a narrower safe range (agent.knobs), but a user may try a stronger scale by hand.
+# to a narrower safe range (agent.rounds.knobs), but a user may try a stronger scale by hand.
 LORA_SCALE_RANGE = (0.0, 4.0)
 
 

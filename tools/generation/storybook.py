@@ -1,6 +1,6 @@
 """A storybook folder from a finished story: ``story.json``, ``story.md`` and ``index.html``.
 
-The story dict (written by ``agent.story``) holds ``title``, ``prompt`` and ``scenes``, each
+The story dict (written by ``agent.llm.story``) holds ``title``, ``prompt`` and ``scenes``, each
 scene with ``text``, ``image_prompt`` and ``image`` (a path relative to the book folder, or
 None when the generator returned nothing for it). Pages open offline: images are referenced
 by relative paths, nothing is fetched, and every piece of model text is HTML-escaped.

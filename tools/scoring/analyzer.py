@@ -36,6 +36,17 @@ from tools.timestamps import iso_timestamp
 SCHEMA = "aldar.feature_analysis/1"
 LOGIT_SCALE = 100.0
 TOP_K = 2
+# A category "fits" the pictures when its best description beats the runner-up clearly: the log-odds between
+# the two (LOGIT_SCALE × their cosine difference), averaged over the references, is at least CLEAR_MARGIN —
+# the winner at least e ≈ 2.7 times as likely. The softmax at scale 100 turns any lead into a probability near
+# 1, so the probability alone ("sad 0.999") cannot tell. Measured with the toy CLIP (bench-free: the figures
+# are in tests/test_character.py): every bundled category of Aldar Köse's and King Zorabek's references leads
+# by 2.6 to 28.8, except Aldar's expression (0.37: friendly and smiling read alike); descriptions the CLIP
+# reads alike lead by 0.03 ("smiling friendly" / "friendly smiling") to 0.37. The toy CLIP is sure of itself
+# on words outside its world (examples/taxonomies/robot.json on either character: 2.1 to 22.5), so there it
+# catches only descriptions that read alike to it (README "Your own character").
+CLEAR_MARGIN = 1.0
+MARGIN_CAP = 50.0  # per picture: a lead past float32's softmax range counts as this (and stays finite in JSON)
 # Per encoder (weakly held, so a dropped model frees its entry): taxonomy key → text embeddings.
 _text_memo: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -118,7 +129,8 @@ def per_image_summary(probabilities: dict[str, torch.Tensor], taxonomy: Taxonomy
 
 
 def aggregate_categories(probabilities: dict[str, torch.Tensor], taxonomy: Taxonomy) -> dict[str, dict]:
-    """Per category the top-2 features by mean probability over the images, with their agreement counts."""
+    """Per category the top-2 features by mean probability over the images, with their agreement counts, and
+    how clearly the best description leads (``margin``, ``clear``: see CLEAR_MARGIN)."""
     categories = {}
     for category, descriptions in taxonomy.categories.items():
         matrix = probabilities[category]
@@ -126,9 +138,24 @@ def aggregate_categories(probabilities: dict[str, torch.Tensor], taxonomy: Taxon
         top1 = matrix.argmax(dim=1).tolist()
         agreement = [top1.count(i) for i in range(len(descriptions))]
         order = sorted(range(len(descriptions)), key=lambda i: (-means[i], -agreement[i], i))
+        margin = clear_margin(matrix)
         categories[category] = {"top": [{"feature": descriptions[i], "probability": round(means[i], 6),
-                                         "agreement": agreement[i]} for i in order[:TOP_K]]}
+                                         "agreement": agreement[i]} for i in order[:TOP_K]],
+                                "margin": round(margin, 4), "clear": margin >= CLEAR_MARGIN}
     return categories
+
+
+def clear_margin(matrix: torch.Tensor) -> float:
+    """Mean over the pictures of log(p_best / p_runner_up) within one category (N × descriptions)."""
+    top2 = matrix.double().clamp_min(1e-300).topk(2, dim=1).values.log()
+    return float((top2[:, 0] - top2[:, 1]).clamp(max=MARGIN_CAP).mean())
+
+
+def unclear_lines(categories: dict[str, dict]) -> list[str]:
+    """One line per category whose descriptions all fit the pictures about equally."""
+    return [f"category {name!r}: no clear match — its descriptions fit the pictures about equally (the best one "
+            f"leads by {entry['margin']:.2f} log-odds, under {CLEAR_MARGIN:g}); describe what the pictures show, "
+            "or leave the category out" for name, entry in categories.items() if not entry.get("clear", True)]
 
 
 def select_key_features(categories: dict[str, dict], reference_count: int) -> list[dict]:
@@ -192,6 +219,13 @@ def analyze_references(references: Path, profile: ModelProfile, taxonomy_path: P
     probabilities = category_probabilities(embeddings, text_embeddings(encoder, taxonomy))
     per_image = per_image_summary(probabilities, taxonomy, reference_set.names)
     categories = aggregate_categories(probabilities, taxonomy)
+    unclear = [name for name, entry in categories.items() if not entry["clear"]]
+    if unclear and len(unclear) == len(categories):  # nothing to learn from: refused before anything is written
+        leads = ", ".join(f"{name} {categories[name]['margin']:.2f}" for name in unclear)
+        raise InputError(f"taxonomy {taxonomy_path} fits none of the pictures: every category's descriptions fit "
+                         f"them about equally (the best leads by {leads} log-odds, under {CLEAR_MARGIN:g})",
+                         "describe what the pictures show, with wrong alternatives that differ (README 'Your own "
+                         "character'), or drop --taxonomy for the bundled one")
     key_details = select_key_features(categories, len(reference_set.paths))
     key_features = [d["feature"] for d in key_details]
     captions = {name: build_prompt(trigger_token, [per_image[name][c]["top"][0]["feature"]
@@ -203,9 +237,10 @@ def analyze_references(references: Path, profile: ModelProfile, taxonomy_path: P
         "character_name": character_name, "trigger_token": trigger_token,
         "references": [{"file": n, "sha256": h} for n, h in zip(reference_set.names, reference_set.hashes)],
         "reference_dir": str(references),
-        "taxonomy": taxonomy.as_dict(), "per_image": per_image, "categories": categories,
+        "taxonomy": {**taxonomy.as_dict(), "path": shown_taxonomy_path(taxonomy_path)}, "per_image": per_image, "categories": categories,
         "key_features": key_features, "key_feature_details": key_details,
         "training_prompt": build_prompt(trigger_token, key_features), "captions": captions,
+        "unclear_categories": unclear, "warnings": unclear_lines(categories),
     }
     analysis["captions_identity_free"] = identity_free_captions(analysis)
     if "notice" in description:
@@ -213,6 +248,17 @@ def analyze_references(references: Path, profile: ModelProfile, taxonomy_path: P
     if out_path is not None:
         atomic_write_json(out_path, analysis)
     return analysis
+
+
+def shown_taxonomy_path(path: Path) -> str:
+    """``bundled`` for the bundled taxonomy (it lives in the first character's folder, whose name is no part of
+    another character's analysis), else the file's path."""
+    from tools.settings import BUNDLED_TAXONOMY
+
+    try:
+        return "bundled" if Path(path).resolve() == BUNDLED_TAXONOMY.resolve() else str(path)
+    except OSError:
+        return str(path)
 
 
 def check_output_file(path: Path) -> None:
@@ -226,6 +272,22 @@ def check_output_file(path: Path) -> None:
     if not parent.is_dir():
         raise InputError(f"analysis output {path} cannot be written: {parent} is a file",
                          "choose a path inside a folder")
+
+
+def reusable_analysis(path: Path, references: Path, trigger_token: str, model_id: str,
+                      taxonomy: Taxonomy) -> Analysis | None:  # the trigger token: after adopt_analysis
+    """The analysis saved at ``path`` when it can be reused for this run; None when there is none, it is
+    unreadable, or it was made with another CLIP model or taxonomy (then it is made afresh). One made for
+    another trigger token or other reference pictures is refused (``InputError``): it belongs to another
+    character, and silently replacing or mixing it would mix two characters' captions and scores."""
+    from tools.atomic import read_json_object
+    from tools.character import check_analysis_fits, reference_hashes
+
+    saved = read_json_object(path)
+    if not saved:
+        return None
+    check_analysis_fits(saved, path, trigger_token, reference_hashes(references), references)
+    return saved if analysis_matches(saved, references, model_id, taxonomy) else None
 
 
 def analysis_matches(analysis: dict, references: Path, model_id: str, taxonomy: Taxonomy | None = None) -> bool:

@@ -30,6 +30,8 @@ class TopFeature(TypedDict):
 
 class CategoryTop(TypedDict):
     top: list[TopFeature]
+    margin: NotRequired[float]  # log-odds of the best description over the runner-up, mean over the references
+    clear: NotRequired[bool]  # margin >= analyzer.CLEAR_MARGIN: else "no clear match"
 
 
 class KeyFeatureDetail(TypedDict):
@@ -56,6 +58,8 @@ class Analysis(TypedDict):
     key_feature_details: list[KeyFeatureDetail]
     training_prompt: str
     captions: dict[str, str]
+    unclear_categories: NotRequired[list[str]]  # categories with no clear match (analyzer.CLEAR_MARGIN)
+    warnings: NotRequired[list[str]]  # one line each, shown where the analysis is made
     captions_identity_free: NotRequired[dict[str, str]]  # trigger + what varies (--caption-mode identity-free)
     notice: NotRequired[str]
 
@@ -119,7 +123,7 @@ class ComparisonReport(TypedDict):
     generators: dict[str, GeneratorSummary]
     ranking: list[RankingEntry]
     ceiling: Ceiling | None
-    round: NotRequired[int]  # set by agent.session
+    round: NotRequired[int]  # set by agent.rounds.session
 
 
 # ---------------------------------------------------------------- feedback

@@ -8,7 +8,9 @@ File format (JSON)::
 Within a category the descriptions compete (softmax), so each category needs at
 least two. Every description is a feature name in the analysis and the scores,
 so names must be unique across the whole taxonomy. ``templates`` is optional
-(default ``["{}"]``); each template must hold ``{}`` where the description goes.
+(default ``["{}"]``); each template must hold ``{}`` where the description goes. ``context`` is optional: the
+categories a new scene changes (``["background", "style"]``), which the prompt suite varies
+(``tools.scoring.suite``); the other categories are the character's identity.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class Taxonomy:
     path: str
     templates: tuple[str, ...]
     categories: dict[str, list[str]]
+    # The categories a new scene changes (background, style …): the prompt suite varies them and keeps the
+    # others as the character's identity. Empty: tools.scoring.suite.DEFAULT_CONTEXT's the taxonomy has.
+    context: tuple[str, ...] = ()
 
     def fill(self, description: str) -> list[str]:
         """Every template with ``{}`` replaced by ``description`` (replace, not format: other braces stay)."""
@@ -40,8 +45,11 @@ class Taxonomy:
         raise KeyError(feature)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "templates": list(self.templates),
+        data = {"path": self.path, "templates": list(self.templates),
                 "categories": {name: list(items) for name, items in self.categories.items()}}
+        if self.context:
+            data["context"] = list(self.context)
+        return data
 
 
 def load_taxonomy(path: str | Path) -> Taxonomy:
@@ -100,4 +108,12 @@ def taxonomy_from_dict(data: Any, source: str) -> Taxonomy:
                                  "feature names must be unique: reword or remove one of them")
             seen[key] = (description, name)
         clean[name] = stripped
-    return Taxonomy(path=source, templates=tuple(templates), categories=clean)
+    context = data.get("context", [])
+    if not isinstance(context, list) or not all(isinstance(c, str) for c in context):
+        raise InputError(f"taxonomy {source}: \"context\" must be a list of category names",
+                         'e.g. "context": ["background", "style"], or remove the key')
+    unknown = [c for c in context if c not in clean]
+    if unknown:
+        raise InputError(f"taxonomy {source}: context category {unknown[0]!r} is not one of its categories",
+                         f"use some of: {', '.join(clean)}")
+    return Taxonomy(path=source, templates=tuple(templates), categories=clean, context=tuple(context))

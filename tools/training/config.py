@@ -245,7 +245,7 @@ RANK_LIMIT = 1024
 def check_setting(name: str, value: Any) -> None:
     """Raise the ``ConfigError`` that ``validate`` raises when this one setting is outside its valid domain.
 
-    The agent's knob table (``agent/knobs.py``) refuses values with this same check, so a bad
+    The agent's knob table (``agent/rounds/knobs.py``) refuses values with this same check, so a bad
     ``steps`` reads the same from ``aldar train``, ``/train`` and a decider. (Checks between settings,
     such as warmup below steps or a learning rate above 1, stay in ``validate``: the agent's safe
     ranges keep its values far inside them.)
@@ -306,5 +306,5 @@ def default_train_config(profile) -> TrainConfig:
 
 def training_settings() -> list[dataclasses.Field]:
     """The fields of ``TrainConfig`` in declaration order (the CLI makes one flag per setting). "Knobs" are the
-    few of them a decider may turn between rounds (``agent/knobs.py``)."""
+    few of them a decider may turn between rounds (``agent/rounds/knobs.py``)."""
     return list(dataclasses.fields(TrainConfig))

@@ -40,12 +40,14 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tools.atomic import atomic_write_json
+from tools.atomic import atomic_write, atomic_write_json, atomic_write_text
+from tools.models import SDXL_SCHEDULER_CONFIG  # SDXL base's noise schedule: the world's UNet trains and samples on it
 from tools.paths import aldar_cache
 from tools.scoring.clip import CLIP_MEAN, CLIP_STD
 from tools.world import WEIGHTS_DIR
@@ -54,9 +56,6 @@ from tools.world.dataset import WorldSplit, render_split, to_unit_range
 from tools.world.tokenizer import load_clip_tokenizer, train_clip_bpe
 
 RESOLUTION = 64
-# SDXL base's noise schedule (epsilon prediction); the base UNet trains and samples on it.
-SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                        timestep_spacing="leading", steps_offset=1, prediction_type="epsilon")
 
 
 @dataclass(frozen=True)
@@ -202,22 +201,114 @@ class Recipe:
 
 # Where a second pass's batch (and noise) seeds start, so that it does not replay its first pass.
 SECOND_PASS_SEED_OFFSET = 1_000_003
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the build, as data: the graph the runners read (``GRAPH``), one runner per ``kind``.
+
+    ``model``: the model whose state it trains (its latest state is its last stage with a checkpoint);
+    ``after``: the stage it starts from; ``text_tower`` / ``latents``: for a UNet stage, the CLIP stage whose
+    text tower and the encoder stage whose latents it learns; ``locks_encoder``: a VAE stage that locks its
+    encoder into that file; ``recipe``: the recipe fields its checkpoint depends on beyond its own
+    (``<name>_…``) and the seed — the fields of the stages named in ``recipe_of`` and the fields listed;
+    ``pass_number``: its batches' seeds start ``(pass_number - 1) * SECOND_PASS_SEED_OFFSET`` on."""
+
+    name: str
+    kind: str
+    model: str | None = None
+    after: str | None = None
+    pass_number: int = 1
+    text_tower: str | None = None
+    latents: str | None = None
+    trains_text: bool = False
+    head_weighted: bool = False
+    locks_encoder: str | None = None
+    scorer_only: bool = False  # its towers go to the scorer's CLIP only (weights/clip), never the pipeline's
+    tried: bool = False  # measured, not committed: ``--stage NAME`` runs it, ``all`` leaves it out
+    first_build: bool = False  # trained by the first build (what --seed-from-weights seeds without a build log)
+    recipe_of: tuple[str, ...] = ()
+    recipe: tuple[str, ...] = ()
+
+
+_CLIP_PASS = ("clip_steps", "clip_batch", "clip_lr", "text_lock_step")
+GRAPH: tuple[Stage, ...] = (
+    Stage("data", "data"),
+    Stage("tokenizer", "tokenizer"),
+    Stage("clip", "clip", "model", first_build=True, recipe=("text_lock_step",)),
+    Stage("vae", "vae", "vae", locks_encoder="vae_encoder.pt", first_build=True, recipe=("encoder_lock_step",)),
+    Stage("unet", "unet", "unet", text_tower="clip", latents="vae", first_build=True,
+          recipe=("caption_dropout", "min_snr_gamma", "ema_decay", "text_lock_step", "encoder_lock_step")),
+    Stage("vision", "vision", "model", after="clip", first_build=True, recipe=_CLIP_PASS),
+    Stage("decoder", "decoder", "vae", after="vae", first_build=True,
+          recipe=("vae_steps", "vae_batch", "vae_lr", "encoder_lock_step")),
+    Stage("hardneg", "hard_negatives", "model", after="vision", first_build=True,
+          recipe=(*_CLIP_PASS, "vision_steps", "vision_batch", "vision_lr")),
+    Stage("textneg", "hard_negatives", "model", after="hardneg", trains_text=True, first_build=True,
+          recipe=(*_CLIP_PASS, "vision_steps", "vision_batch", "vision_lr", "hardneg_steps", "hardneg_lr")),
+    Stage("retune", "retune", "unet", after="unet", text_tower="textneg", latents="vae", first_build=True,
+          recipe=("unet_steps", "unet_batch", "unet_lr", "caption_dropout", "min_snr_gamma", "ema_decay",
+                  "text_lock_step", "encoder_lock_step", "textneg_steps", "textneg_lr")),
+    # A second pass depends on what its first pass depended on, and on the first pass itself.
+    Stage("retune2", "retune", "unet", after="retune", pass_number=2, text_tower="textneg", latents="vae",
+          recipe_of=("retune",), recipe=("retune_steps", "retune_lr")),
+    Stage("decoder2", "decoder", "vae", after="decoder", pass_number=2, recipe_of=("decoder",),
+          recipe=("decoder_steps", "decoder_lr")),
+    Stage("hardneg2", "hard_negatives", "model", after="textneg", pass_number=2, recipe_of=("textneg",),
+          recipe=("textneg_steps", "textneg_lr")),
+    Stage("textneg2", "hard_negatives", "model", after="hardneg2", pass_number=2, trains_text=True,
+          recipe_of=("hardneg2",), recipe=("hardneg2_steps", "hardneg2_lr")),
+    Stage("retune3", "retune", "unet", after="retune2", pass_number=3, text_tower="textneg2", latents="vae",
+          recipe_of=("retune2", "textneg2"),
+          recipe=("retune2_steps", "retune2_lr", "retune2_original_sizes", "retune2_noise_offset", "textneg2_steps",
+                  "textneg2_lr", "textneg2_category_weight")),
+    Stage("hardneg3", "hard_negatives", "model", after="textneg2", pass_number=3, recipe_of=("textneg2",),
+          recipe=("textneg2_steps", "textneg2_lr", "textneg2_category_weight")),
+    Stage("vae2", "vae_again", "vae", after="decoder2", pass_number=2, locks_encoder="vae2_encoder.pt",
+          head_weighted=True, recipe_of=("decoder2",), recipe=("decoder2_steps", "decoder2_lr")),
+    Stage("retune4", "retune", "unet", after="retune3", pass_number=4, text_tower="textneg2", latents="vae2",
+          recipe_of=("retune3", "vae2"),
+          recipe=("retune3_steps", "retune3_lr", "retune3_original_sizes", "retune3_noise_offset", "vae2_steps",
+                  "vae2_lr", "vae2_head_weight")),
+    Stage("hardneg4", "hard_negatives", "model", after="hardneg3", pass_number=4, recipe_of=("hardneg3",),
+          recipe=("hardneg3_steps", "hardneg3_lr", "hardneg3_category_weight")),
+    Stage("decoder3", "decoder", "vae", after="vae2", pass_number=3, head_weighted=True, recipe_of=("vae2",),
+          recipe=("vae2_steps", "vae2_lr", "vae2_head_weight")),
+    Stage("decoder4", "decoder", "vae", after="decoder3", pass_number=4, head_weighted=True, recipe_of=("decoder3",),
+          recipe=("decoder3_steps", "decoder3_lr", "decoder3_head_weight")),
+    Stage("retune5", "retune", "unet", after="retune4", pass_number=5, text_tower="textneg2", latents="vae2",
+          head_weighted=True, tried=True, recipe_of=("retune4",),
+          recipe=("retune4_steps", "retune4_lr", "retune4_original_sizes", "retune4_noise_offset")),
+    Stage("novel", "novel", "model", after="hardneg4", trains_text=True, scorer_only=True, tried=True,
+          recipe_of=("hardneg4",), recipe=("hardneg4_steps", "hardneg4_lr", "hardneg4_category_weight")),
+    Stage("novel2", "novel", "model", after="novel", pass_number=2, scorer_only=True, tried=True,
+          recipe_of=("novel",), recipe=("novel_split", "novel_steps", "novel_lr", "novel_category_weight",
+                                        "novel_share")),
+)
+STAGE = {stage.name: stage for stage in GRAPH}
+TRAINING_STAGES = [stage.name for stage in GRAPH if stage.model is not None]
 # Each model's stages in training order: a model's latest state is its last stage with a checkpoint.
-MODEL_STAGES = {"model": ("clip", "vision", "hardneg", "textneg", "hardneg2", "textneg2", "hardneg3", "hardneg4",
-                          "novel", "novel2"),
-                "vae": ("vae", "decoder", "decoder2", "vae2", "decoder3", "decoder4"),
-                "unet": ("unet", "retune", "retune2", "retune3", "retune4", "retune5")}
+MODEL_STAGES = {model: tuple(stage.name for stage in GRAPH if stage.model == model) for model in ("model", "vae", "unet")}
 # The VAE stages that train (and then lock) an encoder, and where each keeps its locked encoder: a decoder
 # stage decodes the latents of the encoder stage before it, and a UNet stage learns one encoder's latents.
-ENCODER_LOCKS = {"vae": "vae_encoder.pt", "vae2": "vae2_encoder.pt"}
+ENCODER_LOCKS = {stage.name: stage.locks_encoder for stage in GRAPH if stage.locks_encoder}
 # CLIP stages whose towers go to the scorer's CLIP (weights/clip) only: the pipeline's text encoders stay the
-# text tower its UNet trained on (UNET_TEXT_TOWER), which is how the base never learns the novel values' words.
-SCORER_ONLY_STAGES = ("novel", "novel2")
+# text tower its UNet trained on, which is how the base never learns the novel values' words.
+SCORER_ONLY_STAGES = tuple(stage.name for stage in GRAPH if stage.scorer_only)
+# Stages kept to reproduce a measured trial whose weights were not committed (the model card gives its
+# figures and why): ``--stage NAME`` runs one, ``all`` leaves them out, so a rebuild ends at the committed recipe.
+TRIED_STAGES = tuple(stage.name for stage in GRAPH if stage.tried)
+BUILD_ORDER = [stage.name for stage in GRAPH if not stage.tried]
+FIRST_BUILD = tuple(name for names in MODEL_STAGES.values() for name in names if STAGE[name].first_build)
+
+
+def recipe_fields(stage: str) -> tuple[str, ...]:
+    """The recipe fields a stage's checkpoint depends on beyond its own and the seed (``Stage.recipe``)."""
+    record = STAGE[stage]
+    return (*(field for name in record.recipe_of for field in recipe_fields(name)), *record.recipe)
 
 
 def seed_offset(stage: str) -> int:
-    """0 for a first pass, then one offset per pass (``…2``, ``…3``)."""
-    return SECOND_PASS_SEED_OFFSET * (int(stage[-1]) - 1) if stage[-1].isdigit() else 0
+    """0 for a first pass, then one offset per pass."""
+    return SECOND_PASS_SEED_OFFSET * (STAGE[stage].pass_number - 1)
 
 
 def clip_config(vocab_size: int, bos: int, eos: int):
@@ -298,52 +389,13 @@ def latest_stage(build: Build, model: str) -> str | None:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-STAGE_RECIPE_FIELDS = {"clip": ("text_lock_step",), "vae": ("encoder_lock_step",),
-                       "vision": ("clip_steps", "clip_batch", "clip_lr", "text_lock_step"),
-                       "decoder": ("vae_steps", "vae_batch", "vae_lr", "encoder_lock_step"),
-                       "hardneg": ("clip_steps", "clip_batch", "clip_lr", "text_lock_step", "vision_steps",
-                                   "vision_batch", "vision_lr"),
-                       "textneg": ("clip_steps", "clip_batch", "clip_lr", "text_lock_step", "vision_steps",
-                                   "vision_batch", "vision_lr", "hardneg_steps", "hardneg_lr"),
-                       "retune": ("unet_steps", "unet_batch", "unet_lr", "caption_dropout", "min_snr_gamma",
-                                  "ema_decay", "text_lock_step", "encoder_lock_step", "textneg_steps", "textneg_lr"),
-                       "unet": ("caption_dropout", "min_snr_gamma", "ema_decay", "text_lock_step", "encoder_lock_step")}
-# A second pass depends on what its first pass depended on, and on the first pass itself.
-STAGE_RECIPE_FIELDS["hardneg2"] = (*STAGE_RECIPE_FIELDS["textneg"], "textneg_steps", "textneg_lr")
-STAGE_RECIPE_FIELDS["retune2"] = (*STAGE_RECIPE_FIELDS["retune"], "retune_steps", "retune_lr")
-STAGE_RECIPE_FIELDS["decoder2"] = (*STAGE_RECIPE_FIELDS["decoder"], "decoder_steps", "decoder_lr")
-STAGE_RECIPE_FIELDS["textneg2"] = (*STAGE_RECIPE_FIELDS["hardneg2"], "hardneg2_steps", "hardneg2_lr")
-STAGE_RECIPE_FIELDS["hardneg3"] = (*STAGE_RECIPE_FIELDS["textneg2"], "textneg2_steps", "textneg2_lr",
-                                   "textneg2_category_weight")
-STAGE_RECIPE_FIELDS["retune3"] = (*STAGE_RECIPE_FIELDS["retune2"], "retune2_steps", "retune2_lr",
-                                  "retune2_original_sizes", "retune2_noise_offset", *STAGE_RECIPE_FIELDS["textneg2"],
-                                  "textneg2_steps", "textneg2_lr", "textneg2_category_weight")
-STAGE_RECIPE_FIELDS["vae2"] = (*STAGE_RECIPE_FIELDS["decoder2"], "decoder2_steps", "decoder2_lr")
-STAGE_RECIPE_FIELDS["decoder3"] = (*STAGE_RECIPE_FIELDS["vae2"], "vae2_steps", "vae2_lr", "vae2_head_weight")
-STAGE_RECIPE_FIELDS["decoder4"] = (*STAGE_RECIPE_FIELDS["decoder3"], "decoder3_steps", "decoder3_lr",
-                                   "decoder3_head_weight")
-STAGE_RECIPE_FIELDS["hardneg4"] = (*STAGE_RECIPE_FIELDS["hardneg3"], "hardneg3_steps", "hardneg3_lr",
-                                   "hardneg3_category_weight")
-STAGE_RECIPE_FIELDS["retune4"] = (*STAGE_RECIPE_FIELDS["retune3"], "retune3_steps", "retune3_lr",
-                                  "retune3_original_sizes", "retune3_noise_offset", *STAGE_RECIPE_FIELDS["vae2"],
-                                  "vae2_steps", "vae2_lr", "vae2_head_weight")
-STAGE_RECIPE_FIELDS["novel"] = (*STAGE_RECIPE_FIELDS["hardneg4"], "hardneg4_steps", "hardneg4_lr",
-                                "hardneg4_category_weight")
-STAGE_RECIPE_FIELDS["novel2"] = (*STAGE_RECIPE_FIELDS["novel"], "novel_split", "novel_steps", "novel_lr",
-                                 "novel_category_weight", "novel_share")
-STAGE_RECIPE_FIELDS["retune5"] = (*STAGE_RECIPE_FIELDS["retune4"], "retune4_steps", "retune4_lr",
-                                  "retune4_original_sizes", "retune4_noise_offset")
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _recipe_key(recipe: Recipe, stage: str) -> dict:
     """The recipe fields a stage's checkpoint depends on: its own, the seed, and those of its inputs."""
     return {k: v for k, v in asdict(recipe).items()
-            if k.startswith(stage + "_") or k == "seed" or k in STAGE_RECIPE_FIELDS.get(stage, ())}
+            if k.startswith(stage + "_") or k == "seed" or k in recipe_fields(stage)}
 
 
 class Trainer:
@@ -433,9 +485,12 @@ def render_split_file(build: Build, name: str, seed: int, count: int, without_si
     split = render_split(seed, count, RESOLUTION, without_signature=without_signature, novel=novel,
                          progress=lambda done, total: build.log("data", f"{name}: {done}/{total}"))
     characters = json.dumps([{k: v for k, v in c.as_dict().items() if k != "labels"} for c in split.characters])
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, pixels=split.pixels, characters=np.array(characters))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would add ".npz" to a staging name
+            np.savez(handle, pixels=split.pixels, characters=np.array(characters))
+
+    atomic_write(path, write)
     seconds = time.process_time() - started
     build.record("data", **{name: {"split_seed": seed, "pictures": count, "cpu_seconds": round(seconds, 1),
                                    "pictures_per_minute": round(count / seconds * 60)}})
@@ -537,46 +592,19 @@ def load_locked_clip(build: Build):
     return model.eval(), tokenizer
 
 
-def stage_hardneg(build: Build) -> None:
-    """The image tower with in-batch captions plus each category's other values as hard negatives."""
-    _train_with_hard_negatives(build, "hardneg", after="vision", text_trains=False)
-
-
-def stage_textneg(build: Build) -> None:
-    """Both towers with the hard negatives: the text tower learns to tell a category's values apart."""
-    _train_with_hard_negatives(build, "textneg", after="hardneg", text_trains=True)
-
-
-def stage_hardneg2(build: Build) -> None:
-    """The image tower with the hard negatives again, on textneg's (locked) text tower."""
-    _train_with_hard_negatives(build, "hardneg2", after="textneg", text_trains=False)
-
-
-def stage_textneg2(build: Build) -> None:
-    """Both towers with the hard negatives again, longer and with the category terms weighted up."""
-    _train_with_hard_negatives(build, "textneg2", after="hardneg2", text_trains=True)
-
-
-def stage_hardneg3(build: Build) -> None:
-    """The image tower alone again, on textneg2's (locked) text tower, the one retune3 trains the UNet on."""
-    _train_with_hard_negatives(build, "hardneg3", after="textneg2", text_trains=False)
-
-
-def stage_hardneg4(build: Build) -> None:
-    """The image tower alone once more (text locked: retune4's text encoders stay the scorer's)."""
-    _train_with_hard_negatives(build, "hardneg4", after="hardneg3", text_trains=False)
-
-
-def stage_novel(build: Build) -> None:
-    """Both towers learn the novel values, on the train split and a split composed with them (for the scorer)."""
+def run_novel(build: Build, stage: Stage) -> None:
+    """A CLIP stage on the train split and a split composed with the novel values (for the scorer): ``novel``
+    learns them in both towers, ``novel2`` in the image tower alone on novel's locked text tower."""
     seed, count = build.recipe.novel_split
-    render_split_file(build, "novel", seed, count, novel=True)
-    _train_with_hard_negatives(build, "novel", after="hardneg4", text_trains=True, novel=build.load_split("novel"))
+    render_split_file(build, "novel", seed, count, novel=True)  # once: novel2 finds it rendered
+    _train_with_hard_negatives(build, stage.name, after=stage.after, text_trains=stage.trains_text,
+                               novel=build.load_split("novel"))
 
 
-def stage_novel2(build: Build) -> None:
-    """The image tower alone on novel's (locked) text tower, more old pictures per batch, a lower rate."""
-    _train_with_hard_negatives(build, "novel2", after="novel", text_trains=False, novel=build.load_split("novel"))
+def run_hard_negatives(build: Build, stage: Stage) -> None:
+    """The image tower (``trains_text``: both towers) with in-batch captions plus each category's other values
+    as hard negatives, from the stage ``after``."""
+    _train_with_hard_negatives(build, stage.name, after=stage.after, text_trains=stage.trains_text)
 
 
 def _train_with_hard_negatives(build: Build, stage: str, after: str, text_trains: bool,
@@ -720,16 +748,6 @@ def edge_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (rx - tx).abs().mean() + (ry - ty).abs().mean()
 
 
-def stage_decoder(build: Build) -> None:
-    """Go on training the VAE's decoder alone on the locked encoder's latents, with an edge term."""
-    _train_decoder(build, "decoder", after="vae")
-
-
-def stage_decoder2(build: Build) -> None:
-    """A second, longer decoder pass (its own batches): 22.9 dB after the first was still blurry."""
-    _train_decoder(build, "decoder2", after="decoder")
-
-
 def stage_vae2(build: Build) -> None:
     """Encoder and decoder together again (from decoder2), the head weighted up; the new encoder is then
     locked (``locked_encoder``) and the UNet moves onto its latents (retune4)."""
@@ -758,14 +776,11 @@ def stage_vae2(build: Build) -> None:
     locked_encoder(build, "vae2")
 
 
-def stage_decoder3(build: Build) -> None:
-    """The decoder alone on vae2's locked encoder, the head weighted up as in vae2 (vae2 was cut short)."""
-    _train_decoder(build, "decoder3", after="vae2", head_weight=build.recipe.decoder3_head_weight)
-
-
-def stage_decoder4(build: Build) -> None:
-    """decoder3 once more at a lower rate (its own batches)."""
-    _train_decoder(build, "decoder4", after="decoder3", head_weight=build.recipe.decoder4_head_weight)
+def run_decoder(build: Build, stage: Stage) -> None:
+    """The VAE's decoder alone on the locked encoder's latents, from the stage ``after`` (the head weighted up
+    in the pixel loss where ``head_weighted``)."""
+    head_weight = getattr(build.recipe, f"{stage.name}_head_weight") if stage.head_weighted else 1.0
+    _train_decoder(build, stage.name, after=stage.after, head_weight=head_weight)
 
 
 def _require_finished(build: Build, stage: str) -> dict:
@@ -889,49 +904,19 @@ def stage_unet(build: Build) -> None:
     _train_unet(build, "unet", clip_model, tokenizer, init=None)
 
 
-# Which CLIP stage's text tower each UNet stage trains on (and so which the exported pipeline must carry).
-UNET_TEXT_TOWER = {"retune5": "textneg2", "retune4": "textneg2", "retune3": "textneg2", "retune2": "textneg", "retune": "textneg",
-                   "unet": "clip"}
-# Which encoder stage's latents each UNet stage learns (and so which VAE the exported pipeline must carry).
-UNET_LATENTS = {"retune5": "vae2", "retune4": "vae2"}
-
-
 def unet_latents(stage: str) -> str:
-    """The encoder stage whose latents the UNet stage ``stage`` learns (the first VAE's unless listed)."""
-    return UNET_LATENTS.get(stage, "vae")
+    """The encoder stage whose latents the UNet stage ``stage`` learns."""
+    return STAGE[stage].latents
 
 
-def stage_retune(build: Build) -> None:
-    """Fine-tune the UNet (from the unet stage's EMA) on the text tower of the textneg stage."""
-    _retune(build, "retune", after="unet")
-
-
-def stage_retune2(build: Build) -> None:
-    """Fine-tune the UNet again (from retune's EMA, same text tower) with SDXL's varied micro-conditioning."""
-    _retune(build, "retune2", after="retune")
-
-
-def stage_retune3(build: Build) -> None:
-    """Fine-tune the UNet again (from retune2's EMA) on textneg2's text tower."""
-    _retune(build, "retune3", after="retune2")
-
-
-def stage_retune4(build: Build) -> None:
-    """Fine-tune the UNet again (from retune3's EMA, same text tower) onto vae2's latents."""
-    _retune(build, "retune4", after="retune3")
-
-
-def stage_retune5(build: Build) -> None:
-    """Fine-tune the UNet again (from retune4's EMA, same text tower and latents) with the head weighted up."""
-    _retune(build, "retune5", after="retune4")
-
-
-def _retune(build: Build, stage: str, after: str) -> None:
-    _require_finished(build, UNET_TEXT_TOWER[stage])
-    _require_finished(build, unet_latents(stage))
-    clip_model, tokenizer = load_trained_clip(build, UNET_TEXT_TOWER[stage])
-    init = _require_finished(build, after)["modules"]["ema"]
-    _train_unet(build, stage, clip_model, tokenizer, init=init)
+def run_retune(build: Build, stage: Stage) -> None:
+    """Fine-tune the UNet from the EMA of the stage ``after`` on the text tower of ``text_tower`` and the latents
+    of ``latents``."""
+    _require_finished(build, stage.text_tower)
+    _require_finished(build, stage.latents)
+    clip_model, tokenizer = load_trained_clip(build, stage.text_tower)
+    init = _require_finished(build, stage.after)["modules"]["ema"]
+    _train_unet(build, stage.name, clip_model, tokenizer, init=init)
 
 
 def _train_unet(build: Build, stage: str, clip_model, tokenizer, init: dict | None) -> None:
@@ -950,8 +935,8 @@ def _train_unet(build: Build, stage: str, clip_model, tokenizer, init: dict | No
         with torch.no_grad():
             chunks = [vae.encode(to_unit_range(split.pixels[i:i + 256])).latent_dist
                       for i in range(0, len(split), 256)]
-        torch.save({"mean": torch.cat([c.mean for c in chunks]), "std": torch.cat([c.std for c in chunks])},
-                   moments_path)
+        moments = {"mean": torch.cat([c.mean for c in chunks]), "std": torch.cat([c.std for c in chunks])}
+        atomic_write(moments_path, lambda tmp: torch.save(moments, tmp))
     moments = torch.load(moments_path)
     scaling = vae.config.scaling_factor
     torch.manual_seed(recipe.seed + 2)
@@ -962,7 +947,7 @@ def _train_unet(build: Build, stage: str, clip_model, tokenizer, init: dict | No
     ema = UNet2DConditionModel(**unet_config(clip_model.config.text_config.hidden_size, clip_model.config.projection_dim))
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
-    noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "timestep_spacing"})
+    noise_scheduler = DDPMScheduler(**{k: v for k, v in SDXL_SCHEDULER_CONFIG.items() if k != "timestep_spacing"})
     alphas = noise_scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
     lr, steps = getattr(recipe, f"{stage}_lr"), getattr(recipe, f"{stage}_steps")
@@ -1062,7 +1047,7 @@ def export(build: Build) -> list[str]:
         unet.load_state_dict(state["modules"]["ema"])
         pipe = StableDiffusionXLPipeline(vae=load_trained_vae(build), text_encoder=encoder, text_encoder_2=encoder_2,
                                          tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
-                                         scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG))
+                                         scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG))
         pipe.to(torch.float16)
         staging = build.weights / ".staging-sdxl"
         shutil.rmtree(staging, ignore_errors=True)
@@ -1086,27 +1071,18 @@ def export(build: Build) -> list[str]:
 def _pipeline_text_clip(build: Build, unet_stage: str):
     """The CLIP whose text tower ``unet_stage`` trained on (None before the first UNet's text tower is locked)."""
     if unet_stage != "unet":
-        return load_trained_clip(build, UNET_TEXT_TOWER[unet_stage])[0]
+        return load_trained_clip(build, STAGE[unet_stage].text_tower)[0]
     if (build.cache / "text_tower.pt").is_file():
         return load_locked_clip(build)[0]
     return None
 
 
-STAGES = {"data": stage_data, "tokenizer": stage_tokenizer, "clip": stage_clip, "vae": stage_vae, "unet": stage_unet,
-          "vision": stage_vision, "decoder": stage_decoder, "hardneg": stage_hardneg, "textneg": stage_textneg,
-          "retune": stage_retune, "retune2": stage_retune2, "decoder2": stage_decoder2, "hardneg2": stage_hardneg2,
-          "textneg2": stage_textneg2, "retune3": stage_retune3, "hardneg3": stage_hardneg3, "vae2": stage_vae2,
-          "retune4": stage_retune4, "hardneg4": stage_hardneg4, "decoder3": stage_decoder3,
-          "decoder4": stage_decoder4, "retune5": stage_retune5, "novel": stage_novel,
-          "novel2": stage_novel2}
-TRAINING_STAGES = [name for name in STAGES if name not in ("data", "tokenizer")]
-# Stages kept to reproduce a measured trial whose weights were not committed (the model card gives its
-# figures and why): ``--stage NAME`` runs one, ``all`` leaves them out, so a rebuild ends at the committed recipe.
-TRIED_STAGES = ("retune5", "novel", "novel2")
-BUILD_ORDER = [name for name in STAGES if name not in TRIED_STAGES]
-
-
-FIRST_BUILD = ("clip", "vision", "hardneg", "textneg", "vae", "decoder", "unet", "retune")
+# One runner per kind of stage: the kinds with one stage each take the build alone, the others the stage too.
+SINGLE_RUNNERS = {"data": stage_data, "tokenizer": stage_tokenizer, "clip": stage_clip, "vae": stage_vae,
+                  "unet": stage_unet, "vision": stage_vision, "vae_again": stage_vae2}
+KIND_RUNNERS = {"hard_negatives": run_hard_negatives, "novel": run_novel, "decoder": run_decoder, "retune": run_retune}
+STAGES = {stage.name: partial(KIND_RUNNERS[stage.kind], stage=stage) if stage.kind in KIND_RUNNERS
+          else SINGLE_RUNNERS[stage.kind] for stage in GRAPH}
 
 
 def seed_from_weights(build: Build) -> list[str]:
@@ -1127,7 +1103,7 @@ def seed_from_weights(build: Build) -> list[str]:
     build.tokenizer_dir.mkdir(parents=True, exist_ok=True)
     merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["merges"]]
     atomic_write_json(build.tokenizer_dir / "vocab.json", tokenizer["vocab"])
-    (build.tokenizer_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{m}\n" for m in merges), encoding="utf-8")
+    atomic_write_text(build.tokenizer_dir / "merges.txt", "#version: 0.2\n" + "".join(f"{m}\n" for m in merges))
     clip = CLIPModel.from_pretrained(build.weights / "clip", torch_dtype=torch.float32).state_dict()
     # The CLIP stages up to the UNet's take the pipeline's text tower (a scorer-only stage may have moved the
     # scorer's on) with the committed image tower; a scorer-only stage takes the committed CLIP as it is.

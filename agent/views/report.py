@@ -12,22 +12,38 @@ from __future__ import annotations
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from agent.chart import draw_score_chart, score_chart_svg
-from agent.knobs import params_items
-from agent.render import (CHOSEN, adjustments_text, checkpoint_choice, prompt_note, record_ceiling_note,
-                          record_scores, round_verdict)
+from agent.rounds.knobs import params_items
+from agent.views.chart import draw_score_chart, score_chart_svg
+from agent.views.render import (CHOSEN, adjustments_text, checkpoint_choice, prompt_note, record_ceiling_note,
+                                record_scores, round_verdict, suite_prompt_title, suite_scores)
 from tools.atomic import atomic_write_bytes, atomic_write_text
 from tools.errors import InputError
 from tools.generation.png_metadata import read_generation_parameters
 from tools.images import list_images, load_image
 from tools.scoring.copies import MEMORISED
 
+if TYPE_CHECKING:
+    from agent.rounds.session import Session
+    from agent.rounds.store import HistoryState
+
 REFERENCE_SIZE = 256  # the references' copies in report_assets/ (shown at 160 px: sharp on dense screens)
 SHOT = 224  # px an image of a round is shown at; smaller sources are scaled up pixelated, not blurred
+SUITE_SHOT = 96  # px of a suite image: up to 8 per generator and prompt side by side
+
+
+class ReportWriter:
+    """Listens to a ``Session``'s ``on_round_recorded``: (re)writes report.html and score_chart.png whenever its
+    history changed. ``written`` is the page this process wrote (None before: never a path that may not exist)."""
+
+    def __init__(self) -> None:
+        self.written: Path | None = None
+
+    def __call__(self, session: Session) -> None:
+        self.written = write_report(session.store, session.references, session.history())
 
 
 def write_report(store, references: Path, history: list[dict]) -> Path:
@@ -35,7 +51,7 @@ def write_report(store, references: Path, history: list[dict]) -> Path:
     root = store.root
     reference_thumbs = _reference_thumbnails(references, root / "report_assets")
     atomic_write_bytes(store.chart_path, _png_bytes(draw_score_chart(history)))
-    page = render_html(history, store.data, [p.relative_to(root).as_posix() for p in reference_thumbs],
+    page = render_html(history, store.state, [p.relative_to(root).as_posix() for p in reference_thumbs],
                        store.chart_path.name, root)
     return atomic_write_text(store.report_path, page)
 
@@ -60,17 +76,16 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 # ------------------------------------------------------------------------ page
-def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: list[str], chart: str,
+def render_html(history: list[dict], state: HistoryState, reference_thumbs: list[str], chart: str,
                 root: Path | None = None) -> str:
     """The page; ``root`` (the results folder) lets it read each image's prompt, seed and size."""
     esc = html.escape
-    profile = data.get("profile") or {}
-    best = data.get("best_round")
+    profile, best = state.profile, state.best_round
     lightboxes: list[str] = []
     parts = [_HEAD, '<header><h1>aldar — LoRA training rounds</h1>']
     if profile.get("profile") == "tiny":
         parts.append(f'<p class="notice"><strong>Toy world, not real SDXL.</strong> {esc(profile.get("notice", ""))}</p>')
-    parts.append(f'<p class="summary">{_summary(history, data)}</p>')
+    parts.append(f'<p class="summary">{_summary(history, state)}</p>')
     parts.append(f"<p class=\"meta\">models: {esc(str(profile.get('base_model', '?')))} · scorer "
                  f"{esc(str(profile.get('clip_model', '?')))} · {esc(str(profile.get('device', '?')))}</p>")
     parts.append(_not_competing(history))
@@ -93,9 +108,9 @@ def render_html(history: list[dict], data: dict[str, Any], reference_thumbs: lis
     return "\n".join(part for part in parts if part)
 
 
-def _summary(history: list[dict], data: dict[str, Any]) -> str:
+def _summary(history: list[dict], state: HistoryState) -> str:
     esc = html.escape
-    best = data.get("best_round")
+    best = state.best_round
     record = next((r for r in history if r["round"] == best), None)
     count = len(history)
     text = f"{count} round{'' if count == 1 else 's'}; best round: "
@@ -103,12 +118,11 @@ def _summary(history: list[dict], data: dict[str, Any]) -> str:
         text += f"{best} (LoRA {record['lora_score']:.3f})"
     else:
         text += "—" if best is None else str(best)
-    stopped = data.get("stopped") or {}
-    if stopped.get("reason"):
-        text += f"; stopped: {stopped['reason']}"
+    if state.stopped is not None and state.stopped.reason:
+        text += f"; stopped: {state.stopped.reason}"
     summary = esc(text)
-    if data.get("best_lora"):
-        summary += f'; best LoRA: <a href="{esc(data["best_lora"])}">{esc(data["best_lora"])}</a>'
+    if state.best_lora:
+        summary += f'; best LoRA: <a href="{esc(state.best_lora)}">{esc(state.best_lora)}</a>'
     return summary
 
 
@@ -153,6 +167,7 @@ def _round_section(record: dict, previous: dict | None, is_best: bool, root: Pat
         f'<p class="params"><span class="meta">parameters:</span> {params}</p>',
         *(f'<p class="meta">prompt: {esc(prompt)}</p>' for prompt in record.get("prompts") or []),
         _checkpoint_choice(record.get("train") or {}),
+        _suite_table(record),
     ]
     galleries = []
     for name, paths in ((record.get("paths") or {}).get("images") or {}).items():
@@ -161,6 +176,7 @@ def _round_section(record: dict, previous: dict | None, is_best: bool, root: Pat
         count = len(paths)
         galleries.append(f'<h3>{esc(name)} <span class="meta">{count} image{"" if count == 1 else "s"}</span></h3>'
                          f'<div class="gallery">{shots}</div>')
+    galleries.append(_suite_galleries(record, root, lightboxes))
     return "\n".join([
         f'<section class="round" id="round-{number}">',
         f"<h2>Round {number}{badge}</h2>",
@@ -170,9 +186,52 @@ def _round_section(record: dict, previous: dict | None, is_best: bool, root: Pat
     ])
 
 
-def _shot(path: str, ident: str, generator: str, record: dict, root: Path | None, lightboxes: list[str]) -> str:
-    """One image of a round: shown at SHOT px, captioned with its seed and prompt, opening full size."""
+def _suite_table(record: dict) -> str:
+    """The round's identity, editability and bleed on its prompt suite: the LoRA beside the base and the ceiling."""
+    table = suite_scores(record)
+    if table is None:
+        return ""
     esc = html.escape
+    rows = "".join("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in table.rows)
+    head = "".join(f"<th>{esc(column)}</th>" for column in table.columns)
+    return (f'<h3>{esc(table.title)}</h3><div class="table-wrap"><table class="suite"><tr>{head}</tr>{rows}</table>'
+            f'</div><p class="meta">{esc(table.caption or "")}</p>')
+
+
+def _suite_galleries(record: dict, root: Path | None, lightboxes: list[str]) -> str:
+    """The suite's images grouped by prompt: per prompt what it asks, then the LoRA's and the base's images."""
+    suite = record.get("suite") if isinstance(record.get("suite"), dict) else None
+    if not suite or not suite.get("images"):
+        return ""
+    esc = html.escape
+    number = record["round"]
+    blocks = []
+    for index, prompt in enumerate(suite.get("prompts") or []):
+        rows = []
+        for name, groups in suite["images"].items():
+            paths = groups[index] if index < len(groups) else []
+            shots = "".join(_shot(path, f"r{number}-suite{index}-{name}-{k}", name, record, root, lightboxes,
+                                  size=SUITE_SHOT) for k, path in enumerate(paths))
+            rows.append(f'<div class="suite-row"><span class="meta">{esc(name)}</span><div class="gallery">{shots}</div></div>')
+        blocks.append(f'<div class="suite-prompt"><h4>{esc(suite_prompt_title(prompt))}</h4>'
+                      f'<p class="meta">{esc(str(prompt.get("text", "")))}</p>{"".join(rows)}</div>')
+    return f'<h3>New scenes (prompt suite)</h3>{"".join(blocks)}'
+
+
+def _shot(path: str, ident: str, generator: str, record: dict, root: Path | None, lightboxes: list[str],
+          size: int = 0) -> str:
+    """One image of a round: shown at SHOT px (``size`` for the suite's), captioned with its seed and prompt,
+    opening full size; the suite's small ones carry their caption in the title and the lightbox only."""
+    esc = html.escape
+    if size:
+        meta = _generation_parameters(root, path)
+        seed = f"seed {meta['seed']}" if meta.get("seed") is not None else "seed unknown"
+        caption = f"{seed} · {meta.get('prompt', '')}"
+        pixelated = " pixelated" if _smaller_than(root, path, size) else ""
+        lightboxes.append(_lightbox(ident, path, f"{generator}, round {record['round']} · {caption}", pixelated,
+                                    f"round-{record['round']}"))
+        return (f'<a href="#{ident}" title="{esc(caption)}"><img class="{pixelated.strip()}" src="{esc(path)}" '
+                f'alt="{esc(generator)}, {esc(caption)}" width="{size}" height="{size}"></a>')
     meta = _generation_parameters(root, path)
     prompt = str(meta.get("prompt") or next(iter(record.get("prompts") or []), ""))
     seed = f"seed {meta['seed']}" if meta.get("seed") is not None else "seed unknown"
@@ -275,6 +334,10 @@ figure.shot figcaption { font-size: .8em; color: #555; margin-top: .25em; displa
   -webkit-box-orient: vertical; overflow: hidden; }
 figure.reference figcaption { font-size: .8em; color: #555; text-align: center; }
 img.pixelated { image-rendering: pixelated; }
+.suite-prompt { margin: .4em 0 .9em; } .suite-prompt h4 { margin: .2em 0; }
+.suite-row { display: grid; grid-template-columns: 4em minmax(0, 1fr); align-items: center; gap: .4em; margin: .2em 0; }
+.suite-row .gallery { gap: .3em; }
+.suite-row img { display: block; border: 1px solid #ddd; background: #f4f4f4; }
 .lightbox { display: none; position: fixed; inset: 0; z-index: 10; background: rgba(0, 0, 0, .86);
   align-items: center; justify-content: center; }
 .lightbox:target { display: flex; }

@@ -1,14 +1,14 @@
 """The tools the LLM may call: methods of small classes over a ``Session`` or a decider's data.
 
-Each tool's JSON schema is derived from its signature and docstring (``agent.toolspec``). The knob
+Each tool's JSON schema is derived from its signature and docstring (``agent.llm.toolspec``). The knob
 parameters are not written out per tool: a tool takes ``**knobs`` and the schema builder expands
-the knob group of ``agent.knobs`` there, ranged by this session's bounds (the same bounds the clamp
+the knob group of ``agent.rounds.knobs`` there, ranged by this session's bounds (the same bounds the clamp
 uses), so the schema the model sees, the validation of its arguments and the clamp never disagree.
 Results are small JSON-able dicts: the model's context is precious. The helpers read feedback and
 records from disk too (older histories lack newer keys), so they read optional keys with ``.get``.
 
 ``RoundTools`` holds the read-only tools both the chat (``SessionTools``) and the LLM decider
-(``agent.llm_decider.DecisionTools``) offer. Every change to the session goes through ``Session``
+(``agent.llm.decider.DecisionTools``) offer. Every change to the session goes through ``Session``
 methods. The read-only helpers below (``feedback_summary``, ``explain_features`` …) are also used
 by the slash commands (no LLM) and by the LLM decider's briefing.
 """
@@ -17,18 +17,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
-from agent.decision import Decision
-from agent.knobs import NAMES as KNOBS
-from agent.knobs import knob_parameters, knob_values
-from agent.policy import MISSED_PASS_RATE
-from agent.records import RoundRecord, SessionFeedback
-from agent.toolspec import Range, ToolSpec, tool_spec
-from tools.atomic import read_json_object
+from agent.llm.toolspec import Range, ToolSpec, tool_spec
+from agent.rounds.actions import generate_with_consent, train_next_round
+from agent.rounds.decision import Decision
+from agent.rounds.knobs import NAMES as KNOBS
+from agent.rounds.knobs import knob_parameters, knob_values
+from agent.rounds.policy import MISSED_PASS_RATE
+from agent.rounds.records import RoundRecord, SessionFeedback
 from tools.errors import InputError
 from tools.scoring.copies import copying
 
 if TYPE_CHECKING:
-    from agent.session import Session
+    from agent.rounds.session import Session
 
 
 # --------------------------------------------------------------------------- read-only helpers
@@ -56,16 +56,44 @@ def feedback_summary(feedback: SessionFeedback) -> dict:
         "training": {k: _round3(v) for k, v in (feedback.get("training") or {}).items()},  # still_rising etc.
         "recommendations": [r.get("message") for r in (feedback.get("recommendations") or [])[:5]],
         "profile": (feedback.get("profile") or {}).get("profile"),
+        **suite_summary(feedback),
     }
+
+
+def suite_summary(feedback: SessionFeedback) -> dict:
+    """The prompt suite's identity, editability and bleed (the feedback guide explains them), numbers rounded;
+    nothing when the round drew no suite."""
+    blocks = {name: feedback.get(name) for name in ("identity", "editability", "bleed")}
+    if not any(isinstance(block, dict) for block in blocks.values()):
+        return {}
+    shown = {name: {k: (_round3(v) if not isinstance(v, dict) else
+                        {c: {g: _round3(x) for g, x in (r or {}).items()} for c, r in v.items()})
+                    for k, v in block.items()}
+             for name, block in blocks.items() if isinstance(block, dict)}
+    prompts = [{"kind": p.get("kind"), **({"asks": f"{p.get('category')}: {p.get('value')}"}
+                                          if p.get("kind") == "new_context" else {})}
+               for p in feedback.get("suite_prompts") or []]
+    return {**shown, "suite_prompts": prompts}
 
 
 def round_summary(record: RoundRecord) -> dict:
     params = record.get("params") or {}
-    return {"round": record.get("round"), "lora_score": _round3(record.get("lora_score")), "band": record.get("band"),
+    return {"round": record["round"], "lora_score": _round3(record.get("lora_score")), "band": record.get("band"),
             "best_competitor": record.get("best_competitor"), "score_gap": _round3(record.get("score_gap")),
             "params": knob_values(params),
+            **({"suite": {k: _round3(v) for k, v in suite_figures(record).items()}} if suite_figures(record) else {}),
             "decided_by": record.get("decided_by"), "rationale": record.get("rationale"),
             "adjustments": (record.get("decision") or {}).get("adjustments")}
+
+
+def suite_figures(record: RoundRecord) -> dict:
+    """identity, editability and bleed of a recorded round's suite ({} without one)."""
+    scores = ((record.get("suite") or {}).get("scores") or {}) if isinstance(record.get("suite"), dict) else {}
+    figures = {"identity": (scores.get("identity") or {}).get("score"),
+               "editability": (scores.get("editability") or {}).get("rate"),
+               "editability_base": (scores.get("editability") or {}).get("base"),
+               "bleed": (scores.get("bleed") or {}).get("score")}
+    return {k: v for k, v in figures.items() if v is not None}
 
 
 def compare_records(first: RoundRecord, second: RoundRecord) -> dict:
@@ -82,7 +110,7 @@ def compare_records(first: RoundRecord, second: RoundRecord) -> dict:
                                       if isinstance(a.get(metric), (int, float)) and isinstance(b.get(metric), (int, float))
                                       else None}
                              for metric in ("quality", "clip", "features", "ssim")}
-    return {"rounds": [first.get("round"), second.get("round")], "changed_params": changed, "scores": scores}
+    return {"rounds": [first["round"], second["round"]], "changed_params": changed, "scores": scores}
 
 
 def explain_features(feedback: SessionFeedback, feature: str | None = None) -> list[dict]:
@@ -124,17 +152,11 @@ def latest_feedback(session: "Session") -> dict | None:
     """This round's feedback, else the newest recorded round's, else the newest file in feedback/."""
     if session.current is not None and session.current.feedback is not None:
         return session.current.feedback
-    for record in reversed(session.history()):
-        path = session.store.absolute((record.get("paths") or {}).get("feedback"))
-        data = read_json_object(path)
-        if data is not None:
-            return data
-    files = sorted(session.store.feedback_dir.glob("feedback_*.json"))
-    return read_json_object(files[-1]) if files else None
+    return session.store.latest_feedback()
 
 
 def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple]) -> dict:
-    from agent.policy import RulePolicy
+    from agent.rounds.policy import RulePolicy
 
     decision = RulePolicy(bounds).decide(feedback, history, params)
     return {"adjustments": decision.adjustments, "rationale": decision.rationale, "decided_by": decision.decided_by}
@@ -142,9 +164,9 @@ def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: d
 
 def record_of(history: list[dict], number: int) -> dict:
     for record in history:
-        if record.get("round") == number:
+        if record["round"] == number:  # a whole number: the store checked every record at load
             return record
-    known = ", ".join(str(r.get("round")) for r in history) or "none yet"
+    known = ", ".join(str(r["round"]) for r in history) or "none yet"
     raise InputError(f"there is no finished round {number}", f"finished rounds: {known}")
 
 
@@ -176,7 +198,7 @@ class RoundTools:
 
     def round_numbers(self) -> list[int]:
         """The rounds ``read_feedback`` may be asked about: the finished ones (subclasses add more)."""
-        return [record.get("round") for record in self.history()]
+        return [record["round"] for record in self.history()]
 
     def specs(self) -> list[ToolSpec]:
         groups = {"knobs": knob_parameters(self.bounds)}
@@ -198,7 +220,7 @@ class RoundTools:
                 # "no feedback yet" for round 1e20 would send the model to train, generate and score
                 raise InputError(f"there is no round {round_number}",
                                  f"rounds so far: {', '.join(map(str, known)) or 'none'}")
-            if any(record.get("round") == round_number for record in self.history()):
+            if any(record["round"] == round_number for record in self.history()):
                 return {"ok": True, **round_summary(record_of(self.history(), round_number))}
         return {"ok": False, "error": "no feedback yet: train, generate and score a round first"}
 
@@ -247,10 +269,7 @@ class SessionTools(RoundTools):
             return latest_feedback(session)
         if session.current is not None and session.current.number == round_number:
             return session.current.feedback
-        for record in session.history():
-            if record.get("round") == round_number:
-                return read_json_object(session.store.absolute((record.get("paths") or {}).get("feedback")))
-        return None
+        return session.store.feedback(round_number)
 
     def round_numbers(self) -> list[int]:
         """The finished rounds and the round in progress."""
@@ -279,10 +298,7 @@ class SessionTools(RoundTools):
         session = self.session
         if not self.confirm(f"Train round {session.training_round_number}'s LoRA now?"):
             return {"ok": False, "error": "the user declined training; do not ask again this turn"}
-        adjustments = given_knobs(knobs)
-        session.finish_scored_round_before_training(adjustments, "adjusted in chat", self.decided_by)
-        applied, notes = session.apply(adjustments)
-        result = session.train()
+        result, applied, notes = train_next_round(session, given_knobs(knobs), "adjusted in chat", self.decided_by)
         chosen = {k: _round3(v) for k, v in (result.get("chosen_checkpoint") or {}).items()} or None
         return {"ok": True, "round": session.current.number if session.current else None,
                 "steps": result.get("steps"), "final_loss": _round3(result.get("final_loss")),
@@ -296,10 +312,7 @@ class SessionTools(RoundTools):
             prompt: A test prompt; by default the configured one with the emphasised features.
         """
         session = self.session
-        paid = session.keyed_competitors()
-        if paid and not self.confirm(f"Ask the paid APIs ({', '.join(paid)}) for images?"):
-            session.skip_competitors(paid)
-        images = session.generate([prompt] if prompt else None)
+        images = generate_with_consent(session, self.confirm, prompt)
         return {"ok": True, "round": session.current.number if session.current else None,
                 "images": {name: len(paths) for name, paths in images.items()},
                 "skipped": list(session.current.skipped) if session.current else []}
@@ -345,7 +358,7 @@ class SessionTools(RoundTools):
             scenes: How many scenes (3 to 6).
         """
         try:
-            from agent import story
+            from agent.llm import story
         except ImportError:
             return {"ok": False, "error": "story writing is not available in this installation"}
         tale = story.write_story(self.session.settings, idea, scenes)

@@ -12,28 +12,29 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from agent.decision import Decider, Decision, already_trained
-from agent.knobs import bounds_for, clamp_adjustments, params_text
-from agent.ranking import best_round, ranked_rounds
-from agent.records import (LORA, CheckpointScore, ChosenCheckpoint, GeneratorScores, Overfitting, RoundRecord,
-                           SessionFeedback, TrainingCurve)
-from agent.store import MODEL_KEYS, RunStore
-from tools.atomic import read_json_object
+from agent.rounds.decision import Decider, Decision, already_trained
+from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
+from agent.rounds.params import (default_params, emphasise, starting_params, train_config, training_dataset,
+                                 validate_inputs)
+from agent.rounds.ranking import best_round, stop_reason
+from agent.rounds.recording import (SUITE_SCORES, RoundState, TrainedRound, reusable_base_suite, round_record,
+                                   suite_base_key)
+from agent.rounds.records import BASE, LORA, RoundRecord, overfitting_signals, training_curve
+from agent.rounds.store import RunStore
+from agent.words import and_words
 from tools.errors import AldarError, InputError, ResumeMismatchError
 from tools.models import ModelProfile, resolve_profile
-from tools.numbers import finite_number
-from tools.scoring.records import Analysis, ComparisonReport
+from tools.scoring.records import Analysis
 from tools.settings import Settings
-from tools.timestamps import iso_timestamp, timestamp
+from tools.timestamps import timestamp
 
 if TYPE_CHECKING:  # annotations only: the trainer loads when a round trains
     from tools.training.config import TrainConfig
 
-BASE = "base"
 
 
 @dataclass
@@ -45,6 +46,9 @@ class SessionEvents:
     on_notice: Callable[[str], None] | None = None  # worth showing even in quiet mode: a round resumes
     on_warning: Callable[[str], None] | None = None  # a problem the run survives (a clamp, a skipped competitor)
     on_missing_key: Callable[[str], None] | None = None  # a competitor without its key; said every round
+    # The history changed: a round was recorded, or a resumed session found recorded rounds (a kill may have
+    # left their report behind). The report is written by whoever listens (agent.views.report.ReportWriter).
+    on_round_recorded: Callable[["Session"], None] | None = None
 
 
 def _emit(hook: Callable[[str], None] | None, message: str) -> None:
@@ -52,70 +56,53 @@ def _emit(hook: Callable[[str], None] | None, message: str) -> None:
         hook(message)
 
 
-class TrainedRound(TypedDict):
-    run_dir: Path | None
-    lora_path: Path | None
-    kohya_path: NotRequired[Path | None]
-    steps: int
-    final_loss: float
-    interrupted: bool
-    resumed_from_step: NotRequired[int]  # 0: trained from scratch
-    checkpoint_scores: list[CheckpointScore]
-    chosen_checkpoint: ChosenCheckpoint | None
-
-
-@dataclass
-class RoundState:
-    """What the stages of the round in progress have produced so far."""
-
-    number: int
-    params: dict
-    stamp: str
-    timings: dict[str, float] = field(default_factory=dict)  # stage → seconds (wall)
-    compute: dict[str, float] = field(default_factory=dict)  # stage → seconds inside model code
-    train: TrainedRound | None = None
-    images: dict[str, list[Path]] | None = None
-    skipped: list[str] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)
-    report: ComparisonReport | None = None
-    feedback: SessionFeedback | None = None
-    report_path: Path | None = None
-    feedback_path: Path | None = None
-
-
 class Session:
     """Drives rounds over one results folder; holds its lock until ``close()``."""
 
     def __init__(self, settings: Settings, *, quiet: bool = False, events: SessionEvents | None = None) -> None:
+        from tools.character import check_saved_analysis
+
+        validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        # the saved analysis' trigger token and name where the settings only derived them; another
+        # character's analysis is refused here, before anything is written
+        settings = check_saved_analysis(settings)
         self.settings = settings
         self.quiet = quiet  # no progress bars from the capabilities
         self.events = events or SessionEvents()
         self.references = Path(settings.references)
         self.profile: ModelProfile = resolve_profile(settings)
-        _validate_inputs(settings)  # before the lock and any folder: bad input costs nothing
+        from tools.character import character_warnings
         from tools.images import skipped_note
 
         if skipped := skipped_note(self.references):  # said once per session: the folder is read many times
             _emit(self.events.on_warning, skipped)
+        for line in character_warnings(settings):
+            _emit(self.events.on_warning, line)
 
         self.default_params = default_params(self.profile)
         if "trigger_token" in self.default_params:
             self.default_params["trigger_token"] = settings.trigger_token
+        if "output_name" in self.default_params:  # the LoRA's file: this character's, never another's
+            from tools.character import lora_name
+
+            self.default_params["output_name"] = lora_name(settings.character_name, settings.trigger_token)
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
         self.store = RunStore(settings.output_dir, self.profile.describe())
         try:
-            _check_same_models(self.store, self.profile)
+            self.store.refuse_other_models(self.profile.describe())
             discarded = self.store.discard_round_of_other_models()
         except BaseException:
             self.store.close()
             raise
         if discarded:
             _emit(self.events.on_notice, discarded)
-        self.params: dict = starting_params(self.store.data, self.default_params)
+        self.params: dict = starting_params(self.store.state, self.default_params)
         self.analysis: Analysis | None = None
         self.current: RoundState | None = None
+        # Stage seconds spent before a round began (the analysis, made before round 1 is marked started so that
+        # a taxonomy that fits nothing leaves no half-begun round): the next round counts them as its own.
+        self._pending = RoundState(number=0, params={}, stamp="")
         self.competitors: list[str] = list(settings.competitors)
-        self.report_written: Path | None = None  # report.html, once this process has written it
         try:
             self._derive_from_finished_rounds()
         except BaseException:
@@ -159,18 +146,20 @@ class Session:
         try:
             yield
         finally:
-            if self.current is not None:
-                self.current.timings[name] = self.current.timings.get(name, 0.0) + time.perf_counter() - started
+            state = self.current or self._pending
+            state.timings[name] = state.timings.get(name, 0.0) + time.perf_counter() - started
 
     def _compute(self, stage: str, started: float) -> None:
-        if self.current is not None:
-            self.current.compute[stage] = self.current.compute.get(stage, 0.0) + time.perf_counter() - started
+        state = self.current or self._pending
+        state.compute[stage] = state.compute.get(stage, 0.0) + time.perf_counter() - started
 
     def _round(self) -> RoundState:
         """The round in progress, begun (and marked in the history) on first use."""
         if self.current is None:
             number = self.next_round_number
-            self.current = RoundState(number=number, params=dict(self.params), stamp=RunStore.timestamp(number))
+            self.current = RoundState(number=number, params=dict(self.params), stamp=RunStore.timestamp(number),
+                                      timings=self._pending.timings, compute=self._pending.compute)
+            self._pending = RoundState(number=0, params={}, stamp="")
             self.store.begin_round(number, self.current.params)
         return self.current
 
@@ -180,14 +169,16 @@ class Session:
         matches the references' hashes and the CLIP model, else computed and saved there."""
         if self.analysis is not None and not force:
             return self.analysis
-        from tools.scoring.analyzer import analysis_matches, analyze_references
+        from tools.scoring.analyzer import analyze_references, reusable_analysis
         from tools.scoring.taxonomy import load_taxonomy
 
         cached_path = Path(self.settings.analysis_path)
         with self._stage("analyze"):
-            cached = None if force else read_json_object(cached_path)
             taxonomy = load_taxonomy(self.settings.taxonomy_path())
-            if cached and analysis_matches(cached, self.references, self.profile.clip_model, taxonomy):
+            # another character's analysis (trigger token, pictures) is refused here, before anything is written
+            cached = None if force else reusable_analysis(cached_path, self.references, self.settings.trigger_token,
+                                                          self.profile.clip_model, taxonomy)
+            if cached:
                 self._say(f"analysis: reusing {cached_path} (references, CLIP model and taxonomy unchanged)")
                 self.analysis = cached
             else:
@@ -198,6 +189,8 @@ class Session:
                                                    cached_path)
                 self._compute("analyze", started)
                 self._say(f"analysis: key features {', '.join(self.analysis['key_features'])}")
+                for line in self.analysis.get("warnings") or []:  # said as it is made, as its key features
+                    self._say(f"analysis: {line}")
         return self.analysis
 
     # ---------------------------------------------------------------- train
@@ -258,6 +251,7 @@ class Session:
                        "resumed_from_step": resumed_from, "checkpoint_scores": result.checkpoint_scores,
                        "chosen_checkpoint": result.chosen_checkpoint}
         state.images = state.report = state.feedback = None  # they came from the previous LoRA
+        state.suite_images = state.suite_report = None
         chosen = result.chosen_checkpoint or {}
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "
                   f"LoRA = step {chosen.get('step', result.steps)} ({chosen.get('why', 'last step')})")
@@ -319,49 +313,92 @@ class Session:
     # ---------------------------------------------------------------- generate
     def generate(self, prompts: list[str] | None = None) -> dict:
         """Images of this round's LoRA, the base model and every configured competitor,
-        from the same prompts and seeds. Returns generator → list of image paths."""
-        from tools.generation.local import generate_local
+        from the same prompts and seeds, then the prompt suite's. Returns generator → list of image paths."""
         from tools.generation.sampling import SamplingSpec
-        from tools.providers import configured_providers, generate_with_provider
+        from tools.providers import configured_providers
 
         state = self._round()
         if state.train is None:
             raise InputError(f"round {state.number} has no trained LoRA yet", "run the train step first")
         prompts = prompts or [self.prompt()]
-        settings = self.settings
-        sampling = SamplingSpec.from_settings(settings)
-        images: dict[str, list[Path]] = {}
+        sampling = SamplingSpec.from_settings(self.settings)
         with self._stage("generate"):
-            for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
-                self._say(f"round {state.number}: generating {name} images …")
-                started = time.perf_counter()
-                made = generate_local(self.profile, prompts, self.store.round_images_dir(state.number, name), sampling,
-                                      lora_path=lora, lora_scale=float(self.params.get("lora_scale", 1.0)),
-                                      name=name, quiet=self.quiet)
-                self._compute("generate", started)
-                images[name] = [image.path for image in made]
-            providers, skipped = configured_providers(settings, self.competitors)
+            providers, skipped = configured_providers(self.settings, self.competitors)
             state.skipped = list(skipped)
             for line in skipped:
                 _emit(self.events.on_missing_key, line)
-            for provider in providers:
-                self._say(f"round {state.number}: asking {provider.name} …")
-                started = time.perf_counter()
-                try:
-                    made = generate_with_provider(provider, prompts, self.store.round_images_dir(state.number, provider.name),
-                                                  sampling.images_per_prompt, sampling.seed, skipped=state.skipped,
-                                                  quiet=self.quiet)
-                except AldarError as exc:  # one failing competitor must not end the round
-                    _emit(self.events.on_warning, f"{provider.name} skipped this round: {exc}")
-                    state.skipped.append(f"{provider.name}: {exc}")
-                    continue
-                finally:
-                    self._compute("generate", started)
-                if made:  # every image safety-filtered: nothing to score, the reason is in skipped
-                    images[provider.name] = [image.path for image in made]
+            drawn = self._draw(state, prompts, providers, sampling, "generate", {})
+        # dict.fromkeys: a prompt given twice groups a provider's images twice; a competitor whose every image
+        # was safety-filtered has nothing to score.
+        images = {name: list(dict.fromkeys(path for group in groups for path in group))
+                  for name, groups in drawn.items() if any(groups)}
         state.images, state.prompts = images, list(prompts)
         state.report = state.feedback = None  # they scored the previous images
+        self._generate_suite(state, [p for p in providers if p.name in images], sampling)
         return images
+
+    def _draw(self, state: RoundState, prompts: list[str], providers: list, sampling, stage: str,
+              drawn: dict[str, list[list[Path]]]) -> dict[str, list[list[Path]]]:
+        """The base, the LoRA and each provider on ``prompts`` (those not in ``drawn`` already): generator →
+        images per prompt, image ``i`` of every prompt at seed + i. The suite's prompts are denoised a prompt
+        at a time (``batch_size``); the own prompt one image at a time, as every figure so far was measured.
+        A failing provider sits out (said once, in ``state.skipped``)."""
+        from tools.generation.local import generate_local
+        from tools.providers import generate_with_provider
+
+        suite = stage == "generate_suite"
+        folder = self.store.round_suite_dir if suite else self.store.round_images_dir
+        for name, lora in ((BASE, None), (LORA, state.train["lora_path"])):
+            if name in drawn:  # the base's suite images, reused
+                continue
+            self._say(f"round {state.number}: {'drawing the prompt suite with' if suite else 'generating'} {name} …")
+            started = time.perf_counter()
+            made = generate_local(self.profile, prompts, folder(state.number, name), sampling, lora_path=lora,
+                                  lora_scale=float(self.params.get("lora_scale", 1.0)), name=name, quiet=self.quiet,
+                                  batch_size=sampling.images_per_prompt if suite else 1)
+            self._compute(stage, started)
+            per = sampling.images_per_prompt  # in prompt order, per images each
+            drawn[name] = [[image.path for image in made[i * per:(i + 1) * per]] for i in range(len(prompts))]
+        for provider in providers:
+            self._say(f"round {state.number}: asking {provider.name} …")
+            started = time.perf_counter()
+            try:
+                made = generate_with_provider(provider, prompts, folder(state.number, provider.name),
+                                              sampling.images_per_prompt, sampling.seed, skipped=state.skipped,
+                                              quiet=self.quiet)
+            except AldarError as exc:  # one failing competitor must not end the round
+                what = "the prompt suite" if suite else "this round"
+                _emit(self.events.on_warning, f"{provider.name} skipped {what}: {exc}")
+                state.skipped.append(f"{provider.name}{' (suite)' if suite else ''}: {exc}")
+                continue
+            finally:
+                self._compute(stage, started)
+            drawn[provider.name] = [[image.path for image in made if image.prompt == text] for text in prompts]
+        return drawn
+
+    def suite(self) -> list:
+        """The round's prompt suite (``tools.scoring.suite``): deterministic from the analysis and the seed."""
+        from tools.scoring.suite import build_suite
+
+        if not self.settings.suite_size:
+            return []
+        return build_suite(self.analyze(), self.settings.seed, self.settings.suite_size)
+
+    def _generate_suite(self, state: RoundState, providers: list, sampling) -> None:
+        """The LoRA, the base and each competitor that drew this round on the suite, ``images_per_prompt`` images
+        per prompt. The base's suite images depend on the prompts, the sampling and the models only, so a round
+        reuses an earlier round's (same key) instead of drawing them again."""
+        suite = self.suite()
+        state.suite, state.suite_images, state.suite_base_from = suite or None, None, None
+        if not suite:
+            return
+        texts = [prompt.text for prompt in suite]
+        state.suite_key = suite_base_key(texts, sampling, self.profile.describe())
+        drawn: dict[str, list[list[Path]]] = {}
+        with self._stage("generate_suite"):
+            if (reused := reusable_base_suite(self.store, state.suite_key, len(texts))) is not None:
+                state.suite_base_from, drawn[BASE] = reused
+            state.suite_images = self._draw(state, texts, providers, sampling, "generate_suite", drawn)
 
     def keyed_competitors(self) -> list[str]:
         """The competitors that will really be asked (their API key is set): the paid ones."""
@@ -371,9 +408,12 @@ class Session:
         return [provider.name for provider in ready]
 
     def prompt(self) -> str:
-        """The test prompt, with the emphasised features right after the trigger token."""
-        return emphasise(self.settings.test_prompt, self.params.get("feature_emphasis") or [],
-                         self.settings.trigger_token)
+        """The test prompt — the test_prompt setting, else the trigger token and key features the analysis
+        found — with the emphasised features right after the trigger token."""
+        from tools.character import prompt_from_analysis
+
+        text = self.settings.test_prompt or prompt_from_analysis(self.analyze())
+        return emphasise(text, self.params.get("feature_emphasis") or [], self.settings.trigger_token)
 
     # ---------------------------------------------------------------- score
     def score(self) -> dict:
@@ -393,13 +433,35 @@ class Session:
             if state.train:
                 feedback["training"] = training_curve(state.train)
             self._compute("score", started)
+        suite_report = self._score_suite(state)
+        if suite_report is not None:
+            feedback.update({name: suite_report[name] for name in SUITE_SCORES})
+            feedback["suite_prompts"] = suite_report["prompts"]
         with self._stage("store"):
             report["round"] = feedback["round"] = state.number
+            if suite_report is not None:
+                suite_report["round"] = state.number
+                state.suite_report_path = self.store.write_suite_report(suite_report, state.number)
             state.report_path = self.store.write_comparison_report(report, state.stamp)
             state.feedback_path = self.store.write_feedback(feedback, state.stamp)
         state.report, state.feedback = report, feedback
         return {"report": report, "feedback": feedback, "report_path": state.report_path,
                 "feedback_path": state.feedback_path}
+
+    def _score_suite(self, state: RoundState) -> dict | None:
+        """Identity, editability and bleed of every generator on the round's suite (None: no suite drawn)."""
+        from tools.scoring.suite import score_suite
+
+        if not state.suite or not state.suite_images:
+            return None
+        with self._stage("score_suite"):
+            count = sum(len(group) for groups in state.suite_images.values() for group in groups)
+            self._say(f"round {state.number}: scoring the prompt suite ({count} images) …")
+            started = time.perf_counter()
+            state.suite_report = score_suite(state.suite, state.suite_images, self.references, self.profile,
+                                             self.analyze(), lora=LORA, base=BASE)
+            self._compute("score_suite", started)
+        return state.suite_report
 
     # ---------------------------------------------------------------- decide + record
     def decide(self, decider: Decider) -> Decision:
@@ -429,7 +491,7 @@ class Session:
             self.params = dict(next_params)
             self.current = None
             self._update_best()
-            self._write_report()
+            self._round_recorded()
         return record
 
     def _derive_from_finished_rounds(self) -> None:
@@ -440,18 +502,17 @@ class Session:
         """
         if self.store.rounds:
             self._update_best()
-            self._write_report()
+            self._round_recorded()
 
     def _update_best(self) -> None:
-        best = best_round(self.store.rounds)
+        best = best_round(self.store.rounds, self.settings.round_ranking)
         if best is not None:
             if not self.store.best_lora_holds(best):
                 self.store.mark_best(best)
 
-    def _write_report(self) -> None:
-        from agent.report import write_report
-
-        self.report_written = write_report(self.store, self.references, self.history())
+    def _round_recorded(self) -> None:
+        if self.events.on_round_recorded is not None:
+            self.events.on_round_recorded(self)
 
     def run_round(self, decider: Decider) -> dict:
         """analyze (once) → train → generate → score → feedback → decide → record.
@@ -459,13 +520,11 @@ class Session:
         Stages this round already finished in this process (``/train``, ``/generate``, ``/score``
         or the chat's tools before ``/auto``) are not run again: no second training, no second paid call.
         """
+        self.analyze()  # first: an analysis that fails (a taxonomy that fits nothing) leaves no round begun
         state = self._round()
-        self.analyze()
         reused = [stage for stage, done in (("LoRA", state.train), ("images", state.images), ("scores", state.feedback))
                   if done]
         if reused:  # said even when quiet: otherwise "/auto 1" after "/train" looks as if it trained nothing
-            from agent.render import and_words
-
             _emit(self.events.on_notice, f"round {state.number}: using the {and_words(reused)} already made for it "
                                          "in this session (not made again)")
         if state.train is None:
@@ -478,7 +537,8 @@ class Session:
 
     def stop_before(self, rounds: int) -> str:
         """Why ``run_rounds(rounds)`` would stop before training anything, or '' when it would run a round."""
-        return stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience)
+        return stop_reason(self.history(), rounds, self.settings.target_score, self.settings.patience,
+                           self.settings.round_ranking)
 
     def run_rounds(self, rounds: int, decider: Decider,
                    on_round: Callable[[dict], None] | None = None) -> list[dict]:
@@ -486,9 +546,9 @@ class Session:
         ``settings.patience`` rounds pass without improvement. Finished rounds are kept on resume;
         ``on_round(record)`` is called after each (``aldar run`` prints the ranking there)."""
         finished: list[dict] = []
-        if self.store.data.get("in_progress") and self.current is None:  # else: this process's own round goes on
-            number = self.store.data["in_progress"]["round"]
-            _emit(self.events.on_notice, f"resuming: round {number} was interrupted and restarts "
+        interrupted = self.store.state.in_progress
+        if interrupted is not None and self.current is None:  # else: this process's own round goes on
+            _emit(self.events.on_notice, f"resuming: round {interrupted.round} was interrupted and restarts "
                                          f"({len(self.store.rounds)} finished round(s) kept)")
         while True:
             reason = self.stop_before(rounds)
@@ -507,224 +567,3 @@ class Session:
         self.store.mark_stopped(reason)
         _emit(self.events.on_notice, f"stopped: {reason}")
         return finished
-
-
-# -------------------------------------------------------------------- helpers
-def _validate_inputs(settings: Settings) -> None:
-    """Unknown competitor names and an unusable references folder fail here, not rounds later."""
-    from tools.images import list_images
-    from tools.providers import PROVIDERS
-
-    unknown = [name for name in settings.competitors if name not in PROVIDERS]
-    if unknown:
-        raise InputError(f"unknown competitor {unknown[0]!r}",
-                         f"use some of: {', '.join(PROVIDERS)} (comma-separated), or 'none'")
-    list_images(settings.references)
-
-
-def _check_same_models(store: RunStore, profile: ModelProfile) -> None:
-    """Rounds of one history must be comparable: refuse to append rounds made with other models."""
-    saved = store.data.get("profile") or {}
-    if not store.rounds or not saved:
-        return
-    now = profile.describe()
-    changed = [k for k in MODEL_KEYS if saved.get(k) != now[k]]
-    if changed:
-        detail = ", ".join(f"{k} {saved.get(k)!r} → {now[k]!r}" for k in changed)
-        raise InputError(f"{store.root} holds rounds made with other models ({detail})",
-                         "pass --output-dir DIR for a new results folder, or the same models to resume")
-
-
-def starting_params(history: dict, defaults: dict) -> dict:
-    """The parameters the next round trains with: the interrupted round's (its checkpoints match them),
-    else the last finished round's ``next_params``, else ``defaults`` (the original system's history,
-    a bare list of rounds, has no next_params)."""
-    interrupted = history.get("in_progress") or {}
-    if interrupted.get("params"):
-        return dict(interrupted["params"])
-    rounds = history.get("rounds") or []
-    return dict((rounds[-1].get("next_params") if rounds else None) or defaults)
-
-
-def planned_params(settings: Settings) -> dict:
-    """``starting_params`` of the results folder without opening it: no lock, no torch (the chat's /config
-    before a session exists). The knobs' defaults depend on the profile's name only, so a stand-in profile
-    (no device detection) gives the same ones."""
-    from agent.store import peek_history
-
-    stand_in = ModelProfile(settings.profile, settings.base_model, settings.clip_model, "cpu", "fp32", settings.seed)
-    history = peek_history(settings.output_dir)
-    if history["profile"].get("profile", settings.profile) != settings.profile:
-        # another profile's round: the session will discard it (RunStore.discard_round_of_other_models)
-        history["in_progress"] = None
-    return starting_params(history, default_params(stand_in))
-
-
-def default_params(profile: ModelProfile) -> dict:
-    """The trainer's defaults for ``profile`` plus the knobs the agent adds on top."""
-    from tools.training.config import default_train_config  # the dataclass alone: no torch
-
-    config = dataclasses.asdict(default_train_config(profile))
-    params = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    # validation_images stays on: each checkpoint's validation renders are scored against the references,
-    # and the best-scoring checkpoint becomes the round's LoRA (select_best_checkpoint).
-    params.setdefault("lora_scale", 1.0)
-    params.setdefault("feature_emphasis", [])
-    return params
-
-
-def train_config(profile: ModelProfile, params: dict):
-    """A ``TrainConfig`` from the profile's defaults with every matching param applied."""
-    from tools.training.trainer import default_train_config
-
-    config = default_train_config(profile)
-    names = {f.name for f in dataclasses.fields(config)}
-    config = dataclasses.replace(config, **{k: v for k, v in params.items() if k in names})
-    if config.lr_warmup_steps >= config.steps:  # fewer steps after an overfitting round: warmup shrinks along
-        config = dataclasses.replace(config, lr_warmup_steps=config.steps // 10)
-    config.validate(profile)
-    return config
-
-
-def training_dataset(references: Path, analysis: dict, emphasis: list[str],
-                     caption_mode: str = "full") -> list[tuple[Path, str]]:
-    """(image, caption) pairs from the analysis captions (``caption_mode``), emphasised features first."""
-    from tools.scoring.analyzer import captions_for
-
-    captions = captions_for(analysis, caption_mode)
-    trigger = analysis.get("trigger_token", "")
-    pairs = []
-    for name, caption in sorted(captions.items()):
-        path = references / name
-        if path.is_file():
-            pairs.append((path, emphasise(caption, emphasis, trigger)))
-    if not pairs:
-        raise InputError(f"none of the analysed captions match an image in {references}",
-                         "re-run the analysis (aldar analyze --force) after changing the references")
-    return pairs
-
-
-def emphasise(text: str, features: list[str], trigger: str = "") -> str:
-    """Put ``features`` right after the trigger token (early tokens weigh most in CLIP's text
-    encoder, and SDXL truncates at 77 tokens), without repeating them later."""
-    if not features:
-        return text
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    wanted = [f for f in features if f.strip()]
-    rest = [p for p in parts if p.lower() not in {f.lower() for f in wanted}]
-    head = [rest.pop(0)] if rest and trigger and rest[0].lower().startswith(trigger.lower()) else []
-    return ", ".join(head + wanted + rest)
-
-
-def overfitting_signals(report: ComparisonReport) -> Overfitting:
-    """Signs that the LoRA copies references: its closest image to one single reference
-    (CLIP cosine and SSIM), how many of its images are reference copies, and the variety of its
-    own images, all from the comparison report."""
-    rows = [row for row in report["images"] if row["generator"] == LORA]
-    lora = report["generators"].get(LORA)
-    return {"max_reference_clip": max((row["clip_max"] for row in rows), default=None),
-            "max_reference_ssim": max((row["ssim"] for row in rows), default=None),
-            "reference_copies": sum(bool(row.get("reference_copy")) for row in rows),
-            "variety": lora["variety"] if lora else None}
-
-
-def training_curve(train: dict) -> TrainingCurve:
-    """Where the round's validation quality peaked among its checkpoints: the best-scoring of two or more being
-    the last one means the quality was still rising when training stopped (what a kohya user reads off the
-    sample images). Read from the trainer's record, which may come from an older or hand-edited history: a
-    score without a finite step or quality counts as unscored."""
-    from tools.training.lora_files import best_checkpoint  # imports torch; a round has trained by now
-
-    checkpoints = [s for s in train.get("checkpoint_scores") or []
-                   if isinstance(s, dict) and finite_number(s.get("step")) is not None]
-    scored = [{"step": int(s["step"]), "quality": s["quality"]} for s in checkpoints
-              if finite_number(s.get("quality")) is not None]
-    best = best_checkpoint(scored)
-    # The last checkpoint of all, scored or not: a peak before an unscored last checkpoint is no rise at the end.
-    last_step = max((int(s["step"]) for s in checkpoints), default=None)
-    steps = finite_number(train.get("steps"))
-    return {"steps": int(steps) if steps is not None else None, "best_step": best["step"] if best else None,
-            "scored_checkpoints": len(scored),
-            "still_rising": len(scored) >= 2 and best is not None and best["step"] == last_step}
-
-
-def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
-    """generator → {quality, quality_std, clip, features, ssim, band, count, reference_copies} (means)
-    from a comparison report."""
-    return {name: {"quality": entry["quality"]["mean"], "quality_std": entry["quality"]["std"],
-                   "clip": entry["clip"]["mean"], "features": entry["features"]["mean"],
-                   "ssim": entry["ssim"]["mean"], "band": entry["band"], "count": entry["count"],
-                   "reference_copies": entry.get("reference_copies", 0)}
-            for name, entry in (report.get("generators") or {}).items()}
-
-
-def round_record(state: RoundState, store: RunStore, profile: dict, decision: Decision, applied: dict,
-                 notes: list[str], next_params: dict) -> RoundRecord:
-    """The history's record of a finished round. Tolerant of missing stages: a round may be recorded
-    before it was scored (then it has no scores)."""
-    report = state.report or {}
-    feedback = state.feedback or {}
-    ceiling = report.get("ceiling")
-    train = state.train or {}
-    return {
-        "round": state.number,
-        "finished_at": iso_timestamp(),
-        "params": state.params,
-        "train": {"steps": train.get("steps"), "final_loss": train.get("final_loss"),
-                  "interrupted": train.get("interrupted"), "checkpoint_scores": train.get("checkpoint_scores") or [],
-                  "chosen_checkpoint": train.get("chosen_checkpoint")},
-        "scores": scores_by_generator(report),
-        "ranking": report.get("ranking", []),
-        "ceiling": {"quality": ceiling["quality"]["mean"], "clip": ceiling["clip"]["mean"],
-                    "features": ceiling["features"]["mean"], "ssim": ceiling["ssim"]["mean"]} if ceiling else None,
-        "lora_score": feedback.get("lora_score"),
-        "band": feedback.get("band"),
-        "best_competitor": feedback.get("best_competitor"),
-        "score_gap": feedback.get("score_gap"),
-        "overfitting": feedback.get("overfitting"),
-        "decision": {"adjustments": applied, "requested": decision.adjustments, "clamped": notes,
-                     "stop": decision.stop, **({"llm_text": decision.llm_text} if decision.llm_text else {}),
-                     **({"already_tried": decision.already_tried} if decision.already_tried else {})},
-        "rationale": decision.rationale,
-        "decided_by": decision.decided_by,
-        "next_params": next_params,
-        "prompts": state.prompts,
-        "skipped_competitors": state.skipped,
-        "paths": {"run_dir": store.relative(train.get("run_dir")), "lora": store.relative(train.get("lora_path")),
-                  "kohya_lora": store.relative(train.get("kohya_path")),
-                  "comparison_report": store.relative(state.report_path),
-                  "feedback": store.relative(state.feedback_path),
-                  "images": {name: [store.relative(p) for p in paths] for name, paths in (state.images or {}).items()}},
-        "timings_s": {k: round(v, 4) for k, v in state.timings.items()},
-        "compute_s": {k: round(v, 4) for k, v in state.compute.items()},
-        "profile": profile,
-    }
-
-
-def how_to_go_on(reason: str) -> str:
-    """What lets rounds run again after ``stop_reason`` gave ``reason`` (the setting that stopped them)."""
-    if reason.startswith("target reached"):
-        return "raise target_score ([rounds] in aldar.toml, or ALDAR_TARGET_SCORE) to train further"
-    if reason.startswith("no improvement"):
-        return "raise patience ([rounds] in aldar.toml, or ALDAR_PATIENCE) to keep trying"
-    return "ask for more rounds (aldar run --rounds N)"
-
-
-def stop_reason(history: list[dict], rounds: int, target: float, patience: int) -> str:
-    """Why no further round should run, or '' to go on (the tiny profile too: its toy-world scores mean something)."""
-    if len(history) >= rounds:
-        if len(history) == rounds:
-            return f"round limit reached ({rounds} of {rounds})"
-        # More finished rounds than the limit: the limit counts the rounds already in the folder.
-        return f"round limit reached: {len(history)} rounds are finished already, the limit is {rounds}"
-    scored = ranked_rounds(history)
-    if not scored:
-        return ""
-    last = scored[-1]
-    if last["lora_score"] >= target:
-        return f"target reached: round {last['round']} scored {last['lora_score']:.3f} ≥ {target}"
-    best = best_round(history)
-    since_best = sum(1 for r in scored if r["round"] > best["round"])
-    if since_best >= patience:
-        return f"no improvement for {since_best} round(s) since round {best['round']} (patience {patience})"
-    return ""

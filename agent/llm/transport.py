@@ -2,7 +2,7 @@
 
 Deepseek keeps a busy connection open with blank keep-alive lines for minutes, which resets an ordinary
 read timeout forever; this transport gives up once the whole answer has taken longer than the budget.
-Its own module so that ``agent.llm_client`` can name endpoints without importing httpx2.
+Its own module so that ``agent.llm.client`` can name endpoints without importing httpx2.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ function's signature and its Google-style docstring, so they cannot drift apart:
 - ranges from ``typing.Annotated[float, Range(min, max)]``;
 - a parameter group: ``**knobs`` plus ``groups={"knobs": [ExtraParameter(...), ...]}`` puts each
   ``ExtraParameter`` into the schema as an optional argument, and the call passes them as keywords.
-  So one table (``agent.knobs``) gives several tools the same parameters without copied signatures.
+  So one table (``agent.rounds.knobs``) gives several tools the same parameters without copied signatures.
 """
 
 from __future__ import annotations

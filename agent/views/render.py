@@ -1,7 +1,7 @@
 """Scores and parameters as tables and lines: one place for the REPL, the CLI and the HTML report.
 
 The builders return plain data (``Table``: title, columns, rows of text, the ceiling row apart, a
-caption) so the terminal (``show``, through a ``UI``) and the report (``agent.report``) print the
+caption) so the terminal (``UI.show``) and the report (``agent.views.report``) print the
 same figures the same way. Numbers: three decimals, ``mean ± std``, "—" for a missing value.
 """
 
@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rich.markup import escape
-
-from agent.knobs import value_text
-from agent.records import LORA, RoundRecord, RoundTrain
+from agent.rounds.knobs import value_text
+from agent.rounds.records import LORA, RoundRecord, RoundTrain
+from agent.words import and_words
 from tools.numbers import finite_number
 from tools.scoring.copies import MEMORISED, copies_text, memorised
 from tools.scoring.records import Analysis, ComparisonReport, Feedback
-
-if TYPE_CHECKING:
-    from agent.ui import UI
 
 SCORE_COLUMNS = ["generator", "quality", "CLIP", "features", "SSIM", "band"]
 MISSING = "—"
@@ -124,7 +120,49 @@ def record_scores(record: RoundRecord, previous: RoundRecord | None = None) -> T
     # The decision is not repeated here: the run says it once, after the table, and only when a round follows.
     caption = " ".join(part for part in (round_verdict(record), prompt_note(record, previous),
                                          record_ceiling_note(record)) if part)
-    return Table(f"round {record.get('round')} ranking", SCORE_COLUMNS, rows, ceiling_row, caption or None)
+    return Table(f"round {record['round']} ranking", SCORE_COLUMNS, rows, ceiling_row, caption or None)
+
+
+SUITE_COLUMNS = ["score", "LoRA", "base", "reference / target", "what it is"]
+
+
+def suite_prompt_title(prompt: dict) -> str:
+    """``new background: forest`` or ``no trigger: another character``."""
+    if prompt.get("kind") == "new_context":
+        return f"new {str(prompt.get('category', 'context')).replace('_', ' ')}: {prompt.get('value')}"
+    return "no trigger: another character"
+
+
+def suite_scores(record: RoundRecord) -> Table | None:
+    """A round's identity, editability and bleed on its prompt suite, the LoRA beside the base (None: no suite)."""
+    suite = record.get("suite") if isinstance(record.get("suite"), dict) else None
+    scores = (suite or {}).get("scores") or {}
+    if not scores or not any(isinstance(v, dict) for v in scores.values()):
+        return None
+    identity, edit, bleed = (scores.get(k) if isinstance(scores.get(k), dict) else {}
+                             for k in ("identity", "editability", "bleed"))
+    rows = [
+        ["identity", mean_std(identity.get("score"), identity.get("spread")), number(identity.get("base")),
+         f"{number(identity.get('ceiling'))} (references)",
+         f"key traits {_share(identity.get('feature_pass_rate'))} · CLIP {number(identity.get('clip'))}"],
+        ["editability", mean_std(edit.get("rate"), edit.get("spread")), number(edit.get("base")),
+         f"≥ 0.85 × base ({number(edit.get('vs_base'))} ×)",
+         "share drawing what the prompt asked: " + ", ".join(
+             f"{c.replace('_', ' ')} {number(v.get('lora'))} vs {number(v.get('base'))}"
+             for c, v in (edit.get("by_category") or {}).items())],
+        ["bleed", signed(bleed.get("score")), "0 (by definition)", "≤ 0.05",
+         f"CLIP to the references without the trigger: LoRA {number(bleed.get('lora_clip'))}, "
+         f"base {number(bleed.get('base_clip'))}"],
+    ]
+    count = len((suite or {}).get("prompts") or [])
+    caption = (f"The LoRA in new scenes ({count} suite prompts): identity = (key traits shown + CLIP similarity) / 2 "
+               "on new contexts; editability = the prompted background or style drawn; bleed = how much closer to "
+               "the references the LoRA draws another character than the base does.")
+    return Table(f"round {record['round']} in new scenes", SUITE_COLUMNS, rows, None, caption)
+
+
+def _share(value: Any) -> str:
+    return f"{value:.0%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING
 
 
 CEILING_METRICS = {"clip": "CLIP", "features": "features", "ssim": "SSIM"}
@@ -176,7 +214,7 @@ def prompt_note(record: RoundRecord, previous: RoundRecord | None) -> str:
     others = [name for name in record.get("scores") or {} if name != LORA]
     moved = ("" if not others else f": {others[0]}'s score moves" if len(others) == 1
              else f": the scores of {and_words(others)} move")
-    return (f"Since round {previous.get('round')} the prompt all generators draw from {' and '.join(changes)} "
+    return (f"Since round {previous['round']} the prompt all generators draw from {' and '.join(changes)} "
             f"(feature_emphasis){moved + ' with the prompt, not with training' if moved else ''}.")
 
 
@@ -210,11 +248,6 @@ def round_verdict(record: RoundRecord) -> str:
     return " ".join(sentences)
 
 
-def and_words(words: list[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
 def _who(name: str, start: bool = False) -> str:
     if name == LORA:
         return "The LoRA" if start else "the LoRA"
@@ -239,7 +272,7 @@ def checkpoint_choice(train: RoundTrain) -> Table | None:
 
 
 def history_table(history: list[RoundRecord]) -> Table:
-    """One short row per finished round; the decision texts are long, so ``show_history`` prints them
+    """One short row per finished round; the decision texts are long, so ``UI.show_history`` prints them
     under the table, one line each (the report and training_history.json keep them whole)."""
     rows = []
     for record in history:
@@ -248,7 +281,7 @@ def history_table(history: list[RoundRecord]) -> Table:
         lead = -gap if isinstance(gap, (int, float)) and not isinstance(gap, bool) else None
         # score_gap is target minus LoRA (the deciders read "positive: behind"); a person reads a lead.
         rival = record.get("best_competitor") or ("reference ceiling" if lead is not None else MISSING)
-        rows.append([str(record.get("round")), number(record.get("lora_score")), str(record.get("band") or ""),
+        rows.append([str(record["round"]), number(record.get("lora_score")), str(record.get("band") or ""),
                      str(rival), signed(lead), f"{params.get('steps')} / {params.get('learning_rate')} / {params.get('rank')}",
                      str(record.get("decided_by") or "")])
     return Table("rounds", ["round", "LoRA", "band", "best rival", "lead", "steps / lr / rank", "decided by"],
@@ -259,7 +292,7 @@ def decision_lines(history: list[RoundRecord], width: int) -> list[str]:
     """``round N → <why the next round changed>``, each cut at a word to ``width`` columns with "…"."""
     lines = []
     for record in history:
-        head = f"round {record.get('round')} → "
+        head = f"round {record['round']} → "
         why = " ".join(str(record.get("rationale") or MISSING).split())
         lines.append(head + textwrap.shorten(why, max(width - len(head), 20), placeholder=" …"))
     return lines
@@ -271,6 +304,11 @@ def analysis_table(analysis: Analysis) -> Table:
     key = {(d["category"], d["feature"]) for d in analysis["key_feature_details"]}
     rows = []
     for category, entry in analysis["categories"].items():
+        if entry.get("clear") is False:  # a probability near 1 would claim a match the pictures do not show
+            best = entry["top"][0]
+            rows.append([category, f"no clear match (nearest: {best['feature']})", number(best["probability"]),
+                         f"{best.get('agreement')}/{count}", "key" if (category, best["feature"]) in key else ""])
+            continue
         for rank, item in enumerate(entry["top"], start=1):
             rows.append([category if rank == 1 else "", item["feature"], number(item["probability"]),
                          f"{item.get('agreement')}/{count}", "key" if (category, item["feature"]) in key else ""])
@@ -315,26 +353,6 @@ def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
                       f"{priority} {recommendation.get('message')}"))
     return lines
 
-
-# --------------------------------------------------------------------------- on the terminal
-def show(ui: "UI", table: Table) -> None:
-    rows = [[escape(cell) for cell in row] for row in table.rows]
-    if table.ceiling:
-        rows.append([f"[italic]{escape(cell)}[/italic]" for cell in table.ceiling])
-    ui.table(table.title, table.columns, rows, caption=escape(table.caption) if table.caption else None)
-    for note in table.notes:
-        ui.warn(escape(note))
-
-
-def show_history(ui: "UI", history: list[RoundRecord]) -> None:
-    show(ui, history_table(history))
-    for line in decision_lines(history, ui.console.width - 1):  # -1: a full-width line would wrap in some terminals
-        ui.info(escape(line))
-
-
-def show_feedback(ui: "UI", feedback: Feedback) -> None:
-    for style, text in feedback_lines(feedback):
-        ui.info(f"  [{style}]{escape(text)}[/]" if style else escape(text))
 
 
 def _notice(document: dict) -> str | None:

@@ -9,7 +9,7 @@ from importlib.resources import files
 from pathlib import Path
 from string import Template
 
-from agent.knobs import bounds_table
+from agent.rounds.knobs import bounds_table
 from tools.errors import ConfigError
 from tools.settings import Settings
 

@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.decision import Decision
-from agent.records import SessionFeedback
-from agent.knobs import (BY_NAME, MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number, knob_values,
+from agent.rounds.decision import Decision
+from agent.rounds.records import SessionFeedback
+from agent.rounds.knobs import (BY_NAME, MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number, knob_values,
                          value_text)
-from agent.ranking import best_round
+from agent.rounds.ranking import best_round
 from tools.scoring.copies import COPY_CLIP, COPY_SSIM, copying
 
 # Thresholds (scores are 0-1). CLIP similarity of SDXL character LoRAs to their
@@ -31,6 +31,13 @@ VARIETY_DROP = 0.5
 # A key feature shown in fewer than half of the LoRA's images counts as missed.
 MISSED_PASS_RATE = 0.5
 STEP_UP, STEP_DOWN, LR_DOWN, RANK_UP = 1.5, 0.7, 0.5, 2
+# The prompt suite (tools.scoring.suite). Identity below this: the character does not survive a new scene.
+IDENTITY_OK = 0.6
+# Editability below this share of the base's (same prompts and seeds): the LoRA overrides what the prompt asks.
+EDITABILITY_VS_BASE = 0.85
+# Bleed (LoRA − base CLIP similarity to the references on no-trigger prompts) above this: everyone becomes him.
+BLEED_HIGH = 0.05
+SCALE_DOWN = 0.85  # lora_scale × this against an overriding or bleeding LoRA (no retraining needed)
 
 
 @dataclass
@@ -48,6 +55,10 @@ class Signals:
     copies_reference: bool = False  # a LoRA image nearly copies one reference (tools.scoring.copies)
     still_rising: bool = False  # the round's best checkpoint was its last: training stopped too early
     best_step: int | None = None
+    identity: float | None = None  # prompt suite: identity in new contexts
+    editability: float | None = None  # share of new-context images showing what the prompt asked
+    editability_base: float | None = None  # the base's share on the same prompts
+    bleed: float | None = None  # LoRA − base CLIP similarity to the references without the trigger
 
 
 def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
@@ -74,7 +85,16 @@ def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
         copies_reference=copying(overfit),
         still_rising=training.get("still_rising") is True,  # a hand-edited "false" is not True
         best_step=int(training["best_step"]) if finite_number(training.get("best_step")) is not None else None,
+        identity=_block_number(feedback, "identity", "score"),
+        editability=_block_number(feedback, "editability", "rate"),
+        editability_base=_block_number(feedback, "editability", "base"),
+        bleed=_block_number(feedback, "bleed", "score"),
     )
+
+
+def _block_number(feedback: dict, block: str, key: str) -> float | None:
+    value = feedback.get(block)
+    return finite_number(value.get(key)) if isinstance(value, dict) else None
 
 
 class RulePolicy:
@@ -82,29 +102,40 @@ class RulePolicy:
 
     1. overfitting (a near-copy of one reference, the LoRA's images all alike, or their
        variety halved since the previous round)
-       → fewer steps and a lower learning rate; nothing that trains harder.
+       → fewer steps and a lower learning rate; nothing that trains harder. On the prompt suite: identity at
+       least IDENTITY_OK while editability falls under EDITABILITY_VS_BASE × the base's or bleed exceeds
+       BLEED_HIGH — the character is learnt but overrides the prompt or leaks into trigger-free pictures
+       → the same, and a lower ``lora_scale``.
     2. this round scored below the best earlier round → that round's parameters plus half the change tried
        from them (``backtrack``); nothing else this round, since the change just tried is what went wrong.
-    3. low CLIP similarity, or the validation quality still rising at the round's last checkpoint (of two
-       or more scored checkpoints the best was the last) → more steps; once steps sit at their cap, a higher rank.
+    3. low CLIP similarity, identity under IDENTITY_OK in new contexts while the prompt is still followed, or the
+       validation quality still rising at the round's last checkpoint (of two or more scored checkpoints the best
+       was the last) → more steps; once steps sit at their cap, a higher rank.
     4. key features the images miss → emphasise them in the next captions and prompt.
     With no rule firing the parameters stay as they are.
     """
 
     name = "rule-policy"
 
-    def __init__(self, bounds: dict[str, tuple] | None = None) -> None:
+    def __init__(self, bounds: dict[str, tuple] | None = None, ranking: str = "guarded") -> None:
         self.bounds = bounds or SAFE_BOUNDS  # Session.bounds: SAFE_BOUNDS, tighter on tiny
+        self.ranking = ranking  # settings.round_ranking: which earlier round is "the best" to go back to
 
     def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision:
         signals = read_signals(feedback)
         proposal: dict[str, Any] = {}
         reasons: list[str] = []
         overfit = overfitting_reason(signals, previous_variety(history))
-        back = None if overfit else backtrack(signals.lora_score, history, params)
+        suite_overfit = "" if overfit else prompt_overridden(signals)
+        back = None if overfit or suite_overfit else backtrack(signals.lora_score, history, params, self.ranking)
         if overfit:
             proposal.update(fewer_steps_lower_lr(params))
             reasons.append(f"{overfit}, so train fewer steps at a lower learning rate")
+        elif suite_overfit:
+            proposal.update(fewer_steps_lower_lr(params))
+            proposal["lora_scale"] = round(float(params.get("lora_scale", 1.0)) * SCALE_DOWN, 3)
+            reasons.append(f"{suite_overfit}, so train fewer steps at a lower learning rate and draw at a lower "
+                           f"lora_scale")
         elif back:
             proposal.update(back[0])
             reasons.append(back[1])
@@ -112,6 +143,11 @@ class RulePolicy:
             more, why = train_harder(params, self.bounds)
             proposal.update(more)
             reasons.append(f"CLIP similarity {signals.clip:.3f} is below {LOW_CLIP}, so {why}")
+        elif weak_identity(signals):
+            more, why = train_harder(params, self.bounds)
+            proposal.update(more)
+            reasons.append(f"in new scenes the identity is {signals.identity:.2f} (< {IDENTITY_OK}) while the prompt "
+                           f"is followed, so {why}")
         elif signals.still_rising:
             more, why = train_harder(params, self.bounds)
             proposal.update(more)
@@ -135,12 +171,13 @@ class RulePolicy:
         return Decision(adjustments=adjustments, rationale=rationale, decided_by=self.name)
 
 
-def backtrack(score: float | None, history: list[dict], params: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+def backtrack(score: float | None, history: list[dict], params: dict[str, Any],
+              ranking: str = "guarded") -> tuple[dict[str, Any], str] | None:
     """When this round (``params``, scoring ``score``) fell below the best earlier round: go back to that round's
     parameters plus half the change tried from them, as a backtracking line search halves a step that
     overshot. Returns (adjustments from ``params``, reason), or None when this round is the best so far or no
     untried half-step is left (one emphasised phrase cannot be halved): then the other rules go on from here."""
-    best = best_round(history)
+    best = best_round(history, ranking)
     if score is None or best is None or score >= best["lora_score"]:
         return None
     start, tried = knob_values(best.get("params") or {}), knob_values(params)
@@ -197,6 +234,28 @@ def overfitting_reason(signals: Signals, earlier_variety: float | None = None) -
     if signals.variety is not None and earlier_variety and signals.variety < earlier_variety * VARIETY_DROP:
         return f"the variety of the LoRA's images fell from {earlier_variety:.3f} to {signals.variety:.3f}"
     return ""
+
+
+def prompt_overridden(signals: Signals) -> str:
+    """A clause when the character is learnt (identity ≥ IDENTITY_OK) but overrides the prompt (editability under
+    EDITABILITY_VS_BASE × the base's) or leaks without the trigger (bleed > BLEED_HIGH); else ''."""
+    if signals.identity is None or signals.identity < IDENTITY_OK:
+        return ""
+    if (signals.editability is not None and signals.editability_base
+            and signals.editability < EDITABILITY_VS_BASE * signals.editability_base):
+        return (f"in new scenes the LoRA draws what the prompt asks in {signals.editability:.0%} of its images, under "
+                f"{EDITABILITY_VS_BASE:.0%} of the base's {signals.editability_base:.0%}")
+    if signals.bleed is not None and signals.bleed > BLEED_HIGH:
+        return (f"without the trigger its images are {signals.bleed:+.3f} closer to the references than the base's "
+                f"(bleed above {BLEED_HIGH})")
+    return ""
+
+
+def weak_identity(signals: Signals) -> bool:
+    """Identity under IDENTITY_OK in new scenes while the prompt is still followed: train harder."""
+    followed = (signals.editability is None or not signals.editability_base
+                or signals.editability >= EDITABILITY_VS_BASE * signals.editability_base)
+    return signals.identity is not None and signals.identity < IDENTITY_OK and followed
 
 
 def _figure(value: float | None) -> str:

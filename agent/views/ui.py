@@ -3,8 +3,8 @@
 A ``UI`` is made once per command (``agent.cli.main``) and handed to whoever talks to the user: the
 commands, the REPL and the chat's tools (its ``confirm``). The yes/no policy (``--yes``, or a
 non-terminal stdin answering no) and quiet mode live here, not threaded through the session.
-Modules that decide (``agent.session``, the policies) never print: they emit events that a ``UI``
-renders (``session_events``). Tables of scores and parameters are built by ``agent.render``.
+Modules that decide (``agent.rounds.session``, the policies) never print: they emit events that a ``UI``
+renders (``session_events``). Tables of scores and parameters are built by ``agent.views.render``.
 """
 
 from __future__ import annotations
@@ -12,19 +12,24 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
-from agent.render import number
+from agent.rounds.records import RoundRecord
+from agent.views.render import Table as ScoreTable
+from agent.views.render import decision_lines, feedback_lines, history_table, number
 from tools.progress import progress_on
+from tools.scoring.records import Feedback
 from tools.secrets import redact
 
 if TYPE_CHECKING:
-    from agent.session import SessionEvents
+    from rich.live import Live
+
+    from agent.rounds.session import Session, SessionEvents
 
 
 class UI:
@@ -67,6 +72,20 @@ class UI:
     def error(self, message: str) -> None:
         self.err_console.print(f"[bold red]error:[/bold red] {redact(message)}", soft_wrap=True)
 
+    def write(self, text: str) -> None:
+        """``text`` as it is (no markup), without a line end: a prompt before the user types."""
+        self.console.print(escape(text), end="")
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.console.is_terminal
+
+    def live_markdown(self) -> Live:
+        """A live view of Markdown on this console, started by the caller (``StreamRenderer``)."""
+        from rich.live import Live
+
+        return Live(Markdown(""), console=self.console, refresh_per_second=8, transient=False)
+
     def markdown(self, text: str) -> None:
         self.console.print(Markdown(redact(text)))
 
@@ -77,6 +96,24 @@ class UI:
         for row in rows:
             grid.add_row(*[_cell(v) for v in row])
         self.console.print(grid)
+
+    def show(self, table: ScoreTable) -> None:
+        """A table of ``agent.views.render`` (scores, history, analysis): ceiling row in italics, notes as warnings."""
+        rows = [[escape(cell) for cell in row] for row in table.rows]
+        if table.ceiling:
+            rows.append([f"[italic]{escape(cell)}[/italic]" for cell in table.ceiling])
+        self.table(table.title, table.columns, rows, caption=escape(table.caption) if table.caption else None)
+        for note in table.notes:
+            self.warn(escape(note))
+
+    def show_history(self, history: list[RoundRecord]) -> None:
+        self.show(history_table(history))
+        for line in decision_lines(history, self.console.width - 1):  # -1: a full-width line wraps in some terminals
+            self.info(escape(line))
+
+    def show_feedback(self, feedback: Feedback) -> None:
+        for style, text in feedback_lines(feedback):
+            self.info(f"  [{style}]{escape(text)}[/]" if style else escape(text))
 
     # ---------------------------------------------------------------- input
     @property
@@ -114,12 +151,13 @@ class UI:
         with progress_on(self.console):
             yield
 
-    def session_events(self) -> "SessionEvents":
-        """How this UI shows what a ``Session`` reports."""
-        from agent.session import SessionEvents
+    def session_events(self, on_round_recorded: Callable[[Session], None] | None = None) -> SessionEvents:
+        """How this UI shows what a ``Session`` reports; ``on_round_recorded`` writes the report (``ReportWriter``)."""
+        from agent.rounds.session import SessionEvents
 
         return SessionEvents(on_status=self.status, on_notice=lambda message: self.info(escape(message)),
-                             on_warning=lambda message: self.warn(escape(message)), on_missing_key=self.warn_once)
+                             on_warning=lambda message: self.warn(escape(message)), on_missing_key=self.warn_once,
+                             on_round_recorded=on_round_recorded)
 
 
 def _cell(value: object) -> str:

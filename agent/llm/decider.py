@@ -4,7 +4,7 @@ The model gets this round's feedback, the earlier rounds, the current parameters
 policy's suggestion, with the guidance in ``prompts/`` (decider, feedback guide, knobs). It may look
 things up with read-only tools and must end with one ``propose_adjustment`` call, whose arguments
 are validated against the schema (ranges = the session's bounds) and then clamped with
-``agent.knobs.clamp_adjustments``. Whatever goes wrong — no key, an API error, a server that refuses
+``agent.rounds.knobs.clamp_adjustments``. Whatever goes wrong — no key, an API error, a server that refuses
 tools (not asked again that run) — the rule policy decides instead, and the reason is logged and kept in
 the rationale. A decision must decide: no proposal after a reminder, an empty one without ``stop`` or one
 without a rationale is "LLM proposed nothing — rule policy" (the model's text kept in the record); a
@@ -18,14 +18,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agent.decision import Decision, already_trained
-from agent.llm_client import ToolsUnsupportedError, is_deepseek, make_client
-from agent.knobs import SAFE_BOUNDS, clamp_adjustments, knob_values
-from agent.llm_tools import RoundTools, given_knobs, feedback_summary, round_summary, rule_suggestion
-from agent.loop import ChatLoop, LoopEvents, TurnResult, Usage
-from agent.policy import RulePolicy
-from agent.prompts import decider_system_prompt
-from tools.atomic import read_json_object
+from agent.llm.client import ToolsUnsupportedError, is_deepseek, make_client
+from agent.llm.loop import ChatLoop, LoopEvents, TurnResult, Usage
+from agent.llm.prompts import decider_system_prompt
+from agent.llm.tools import RoundTools, given_knobs, feedback_summary, round_summary, rule_suggestion
+from agent.rounds.decision import Decision, already_trained
+from agent.rounds.knobs import SAFE_BOUNDS, clamp_adjustments, knob_values
+from agent.rounds.policy import RulePolicy
+from agent.rounds.store import round_feedback
 from tools.errors import AldarError, InsecureUrlError
 from tools.settings import Settings
 
@@ -50,7 +50,7 @@ class NoDecision(ValueError):
 
 
 class LLMDecider:
-    """Implements ``agent.decision.Decider`` with an OpenAI-compatible model."""
+    """Implements ``agent.rounds.decision.Decider`` with an OpenAI-compatible model."""
 
     def __init__(self, settings: Settings, bounds: dict[str, tuple] | None = None, *, client: Any = None,
                  model: str | None = None, events: LoopEvents | None = None) -> None:
@@ -186,11 +186,8 @@ class DecisionTools(RoundTools):
     def feedback_of(self, round_number: int | None) -> dict | None:
         if not round_number or round_number == self.feedback.get("round"):
             return self.feedback
-        for record in self.rounds:
-            path = (record.get("paths") or {}).get("feedback") if record.get("round") == round_number else None
-            if path:
-                return read_json_object(self.results_root / path)
-        return None
+        record = next((record for record in self.rounds if record["round"] == round_number), None)
+        return round_feedback(self.results_root, record) if record is not None else None
 
     def propose_adjustment(self, rationale: str, stop: bool = False, **knobs: Any) -> dict:
         """Decide the next round: the knobs to change (leave out the ones that stay) and why.

@@ -7,7 +7,7 @@ valid value outside the safe range is clamped into it, with a note in the histor
 
 Everything else derives from ``KNOBS``: the policy's bounds (``SAFE_BOUNDS``, ``bounds_for``), the
 clamp (``clamp_adjustments``), the REPL's parsing and completion (``parse_knob_arguments``), and the
-knob parameters of the LLM tools (``knob_parameters``: a parameter group that ``agent.toolspec``
+knob parameters of the LLM tools (``knob_parameters``: a parameter group that ``agent.llm.toolspec``
 expands into each tool's schema, with this table's help and this session's ranges).
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, Callable, Literal, Optional
 
-from agent.toolspec import ExtraParameter, Range
+from agent.llm.toolspec import ExtraParameter, Range
 from tools.errors import ConfigError, InputError
 from tools.generation.sampling import check_lora_scale
 from tools.numbers import finite_number

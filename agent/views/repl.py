@@ -1,10 +1,10 @@
 """``aldar chat``: talk to the assistant, or drive every step yourself with slash commands.
 
 Slash commands need no LLM at all; plain text goes to the LLM with the tools of
-``agent.llm_tools``. Input: history in ``$ALDAR_CACHE/chat_history`` (default ``~/.cache/aldar``),
+``agent.llm.tools``. Input: history in ``$ALDAR_CACHE/chat_history`` (default ``~/.cache/aldar``),
 Tab completes commands, Esc+Enter inserts a newline, and a line ending in ``\\`` continues on
 the next one. Ctrl-C cancels the running action (training stops at a checkpoint) and returns to the
-prompt; Ctrl-C twice at the prompt, Ctrl-D, or /quit leaves. All output goes through one ``agent.ui.UI``.
+prompt; Ctrl-C twice at the prompt, Ctrl-D, or /quit leaves. All output goes through one ``agent.views.ui.UI``.
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ from pathlib import Path
 from typing import Callable
 
 from prompt_toolkit.completion import Completer, Completion
-from rich.live import Live
-from rich.markdown import Markdown
 from rich.markup import escape
 
-from agent import render
-from agent.llm_client import KEY_HELP, describe_endpoint, resolve_endpoint
-from agent.knobs import NAMES as KNOBS
-from agent.knobs import clamp_adjustments, knob_completions, params_text, parse_knob_arguments
-from agent.llm_tools import SessionTools, explain_features, latest_feedback
-from agent.loop import ChatLoop, LoopEvents, ToolCallRecord
+from agent.llm.client import KEY_HELP, describe_endpoint, resolve_endpoint
+from agent.llm.loop import ChatLoop, LoopEvents
+from agent.llm.tools import SessionTools, explain_features, latest_feedback
+from agent.rounds.actions import generate_with_consent, train_next_round
+from agent.rounds.knobs import NAMES as KNOBS
+from agent.rounds.knobs import clamp_adjustments, knob_completions, params_text, parse_knob_arguments
 from agent.termination import terminated_by
-from agent.ui import UI
+from agent.views import render
+from agent.views.stream import StreamRenderer
+from agent.views.ui import UI
 from tools.atomic import atomic_write_json, unused_path
 from tools.errors import AldarError, ConfigError, InputError
 from tools.paths import aldar_cache
@@ -75,9 +75,11 @@ class Repl:
     @property
     def session(self):
         if self._session is None:
-            from agent.session import Session
+            from agent.rounds.session import Session
+            from agent.views.report import ReportWriter
 
-            self._session = Session(self.settings, quiet=self.quiet, events=self.ui.session_events())
+            self._session = Session(self.settings, quiet=self.quiet,
+                                    events=self.ui.session_events(on_round_recorded=ReportWriter()))
         return self._session
 
     def close(self) -> None:
@@ -92,9 +94,9 @@ class Repl:
     def round_number(self) -> int:
         """The round in progress, else the next one (without opening the results folder)."""
         if self._session is None:
-            from agent.store import peek_history
+            from agent.rounds.store import peek_history
 
-            return len(peek_history(self.settings.output_dir)["rounds"]) + 1
+            return len(peek_history(self.settings.output_dir).rounds) + 1
         current = self._session.current
         return current.number if current is not None else self._session.next_round_number
 
@@ -198,8 +200,8 @@ class Repl:
 
     def _chat_loop(self) -> ChatLoop:
         if self.loop is None:
-            from agent.llm_client import make_client
-            from agent.prompts import chat_system_prompt
+            from agent.llm.client import make_client
+            from agent.llm.prompts import chat_system_prompt
 
             client, self.model = make_client(self.settings)
             session = self.session
@@ -256,7 +258,7 @@ class Repl:
     def cmd_analyze(self, args: list[str]) -> None:
         _no_extra(args, allowed={"--force"})
         analysis = self.session.analyze(force="--force" in args)
-        render.show(self.ui, render.analysis_table(analysis))
+        self.ui.show(render.analysis_table(analysis))
         self.ui.info(f"key features: {escape(', '.join(analysis.get('key_features') or []))}")
         self.ui.info(f"training prompt: {escape(analysis.get('training_prompt') or '')}")
 
@@ -277,9 +279,8 @@ class Repl:
         if not self._confirmed(question, "training skipped"):
             return
         change = shlex.join(args) if args else "no changes"
-        session.finish_scored_round_before_training(adjustments, f"set by hand with /train ({change})", "user")
         try:
-            result = session.train(adjustments or None)
+            result, _, _ = train_next_round(session, adjustments, f"set by hand with /train ({change})", "user")
         except KeyboardInterrupt:  # the trainer saved a checkpoint first; the round stays unfinished
             number = session.current.number if session.current else session.next_round_number
             run_dir = session.store.relative(session.store.round_run_dir(number))
@@ -291,12 +292,10 @@ class Repl:
 
     def cmd_generate(self, args: list[str]) -> None:
         session = self.session
-        paid = session.keyed_competitors()
-        if paid and not self._confirmed(f"Ask the paid APIs ({', '.join(paid)}) for images?",
-                                        f"{', '.join(paid)} skipped (paid)", required=False):
-            session.skip_competitors(paid)
-        prompt = " ".join(args).strip()
-        images = session.generate([prompt] if prompt else None)
+        paid = ", ".join(session.keyed_competitors())
+        images = generate_with_consent(session, lambda question: self._confirmed(question, f"{paid} skipped (paid)",
+                                                                                 required=False),
+                                       " ".join(args).strip() or None)
         self.ui.table("generated images", ["generator", "images", "folder"],
                  [[name, len(paths), session.store.relative(Path(paths[0]).parent) if paths else "-"]
                   for name, paths in images.items()])
@@ -304,12 +303,12 @@ class Repl:
     def cmd_score(self, args: list[str]) -> None:
         _no_extra(args)
         result = self.session.score()
-        render.show(self.ui, render.report_scores(result["report"]))
-        render.show_feedback(self.ui, result["feedback"])
+        self.ui.show(render.report_scores(result["report"]))
+        self.ui.show_feedback(result["feedback"])
         self.ui.info(f"feedback: {escape(str(self.session.store.relative(result.get('feedback_path'))))}")
 
     def cmd_auto(self, args: list[str]) -> None:
-        from agent.llm_decider import make_decider
+        from agent.llm.decider import make_decider
 
         if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
             raise InputError("/auto needs a number of rounds", "write e.g. /auto 2")
@@ -317,7 +316,7 @@ class Repl:
         session = self.session
         blocked = session.stop_before(len(session.history()) + rounds)
         if blocked:  # asking first would promise rounds that stop before training anything
-            from agent.session import how_to_go_on
+            from agent.rounds.ranking import how_to_go_on
 
             self.ui.warn(escape(f"/auto runs no round: {blocked} — {how_to_go_on(blocked)}, then restart the chat"))
             self.outcome = "failed"
@@ -331,7 +330,7 @@ class Repl:
         self.ui.info(f"decisions by [bold]{escape(decider.name)}[/bold]" + (f" — {escape(reason)}" if reason else ""))
         records = session.run_rounds(len(session.history()) + rounds, decider)
         if records:
-            render.show_history(self.ui, records)
+            self.ui.show_history(records)
 
     def cmd_history(self, args: list[str]) -> None:
         _no_extra(args)
@@ -339,7 +338,7 @@ class Repl:
         if not history:
             self.ui.info("no finished rounds yet — /auto 1, or /train, /generate, /score")
             return
-        render.show_history(self.ui, history)
+        self.ui.show_history(history)
 
     def cmd_explain(self, args: list[str]) -> None:
         feedback = latest_feedback(self.session)
@@ -358,7 +357,7 @@ class Repl:
                     f"{escape(item['why'])}.\n  → {escape(item['suggestion'])}")
 
     def cmd_report(self, args: list[str]) -> None:
-        from agent.report import write_report
+        from agent.views.report import write_report
 
         _no_extra(args)
         session = self.session
@@ -379,7 +378,7 @@ class Repl:
         if self._session is not None:
             params = self._session.params
         else:
-            from agent.session import planned_params
+            from agent.rounds.params import planned_params
 
             params = planned_params(self.settings)
         rows.append(["next round params", params_text(params)])
@@ -494,13 +493,11 @@ class Repl:
         return "\n".join(lines)
 
     def _read_line(self, prompt: str) -> str:
-        self.ui.console.print(escape(prompt), end="")
+        self.ui.write(prompt)
         line = sys.stdin.readline()
         if not line:
             raise EOFError
         return line.rstrip("\n")
-
-
 
 
 # Words of a question that name the slash command answering it (when no key feature is named).
@@ -547,56 +544,6 @@ class SlashCompleter(Completer):
                 for completion in knob_completions(word):
                     if completion[:-1] not in typed:  # a knob set twice would only keep the last value
                         yield Completion(completion, start_position=-len(word))
-
-
-class StreamRenderer:
-    """Shows the model's answer as Markdown while it streams in (rich Live on a terminal; printed once
-    complete otherwise), and tool calls as dim lines."""
-
-    def __init__(self, ui: UI) -> None:
-        self.ui = ui
-        self.text = ""
-        self.streamed_text = False
-        self.live: Live | None = None
-        self.animate = ui.console.is_terminal
-
-    def feed(self, piece: str) -> None:
-        self.text += piece
-        self.streamed_text = True
-        if not self.animate:
-            return
-        if self.live is None:
-            self.live = Live(Markdown(""), console=self.ui.console, refresh_per_second=8, transient=False)
-            self.live.start()
-        self.live.update(Markdown(redact(self.text)))
-
-    def pause(self) -> None:
-        """End the current block of text (before a tool call, or at the end of the turn)."""
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-        elif self.text.strip():
-            self.ui.markdown(self.text)
-        self.text = ""
-
-    def tool_start(self, name: str, arguments: str) -> None:
-        self.pause()
-        shown = " ".join(arguments.split())
-        shown = shown if len(shown) <= 100 else shown[:97] + "..."
-        self.ui.info(f"[dim]→ {escape(name)}({escape(shown)})[/dim]")
-
-    def tool_end(self, record: ToolCallRecord) -> None:
-        if record.ok:
-            self.ui.info(f"[dim]  ✓ {escape(record.name)}[/dim]")
-        else:
-            try:
-                reason = json.loads(record.result).get("error", "")
-            except (ValueError, AttributeError):
-                reason = record.result
-            self.ui.info(f"[dim]  ✗ {escape(record.name)}: {escape(str(reason)[:160])}[/dim]")
-
-    def finish(self) -> None:
-        self.pause()
 
 
 def _no_extra(args: list[str], allowed: set[str] | None = None) -> None:

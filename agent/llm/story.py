@@ -1,7 +1,7 @@
 """Illustrated Aldar Köse stories: the LLM writes a short tale as scenes, a generator draws each scene.
 
 As in the original project, the story comes from Deepseek (any OpenAI-compatible endpoint works:
-``agent.llm_client.make_client``). The model must answer with JSON
+``agent.llm.client.make_client``). The model must answer with JSON
 ``{"title": str, "scenes": [{"text": str, "image_prompt": str}, ...]}`` (3–6 scenes); a reply that
 is not valid gets one retry carrying the error, then a ``ProviderError``. Each scene's
 picture comes from the local LoRA, the bare base model, or a hosted provider, with the
@@ -17,13 +17,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.llm_client import make_client, provider_error, thinking_extra_body
-from agent.prompts import load_prompt
+from agent.llm.client import make_client, provider_error, thinking_extra_body
+from agent.llm.prompts import load_prompt
 from tools.atomic import unused_path
 from tools.errors import ConfigError, InputError, ProviderError
+from tools.generation.storybook import write_storybook
 from tools.secrets import redact
 from tools.settings import Settings
-from tools.generation.storybook import write_storybook
 from tools.timestamps import iso_timestamp, timestamp
 
 if TYPE_CHECKING:  # `aldar story --help` lists GENERATORS without loading the openai package
@@ -107,7 +107,7 @@ def write_story(settings: Settings, prompt: str, scenes: int = 4, *, client: ope
                                                       response_format={"type": "json_object"},
                                                       extra_body=extra_body)
         except openai.OpenAIError as exc:
-            raise provider_error(exc, settings) from None
+            raise provider_error(exc, settings.llm_timeout_s) from None
         reply = (response.choices[0].message.content or "") if response.choices else ""
         reply = redact(reply, [getattr(client, "api_key", None)])  # a model or proxy can echo the key
         try:

@@ -7,7 +7,7 @@ host): local servers take no key, but the openai client refuses to start without
 ``LOCAL_PLACEHOLDER_KEY`` — no secret ever goes there.
 ``settings.llm_timeout_s`` is a *total* deadline per request: Deepseek keeps a busy connection open
 with blank keep-alive lines for minutes, which resets an ordinary read timeout forever
-(``agent.llm_transport``). openai and httpx2 load with the first client, not with this module.
+(``agent.llm.transport``). openai and httpx2 load with the first client, not with this module.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def make_client(settings: Settings) -> tuple[openai.OpenAI, str]:
     import httpx2
     import openai
 
-    from agent.llm_transport import DeadlineTransport
+    from agent.llm.transport import DeadlineTransport
 
     budget = float(settings.llm_timeout_s)
     http_client = httpx2.Client(transport=DeadlineTransport(budget), timeout=httpx2.Timeout(budget),
@@ -122,33 +122,36 @@ def refuses_tools(exc: BaseException) -> bool:
     return any(word in detail for word in _TOOL_WORDS)
 
 
-def api_error_message(exc: BaseException, settings: Settings) -> str:
-    """One clear line for an API failure: what happened and what to do; never a traceback, never a key."""
+def provider_error(exc: BaseException, timeout_s: float) -> ProviderError:
+    """An API failure as one typed error: what happened (``problem``) and what to do (``fix``); never a
+    traceback, never a key. ``timeout_s``: the client's deadline, named when it ran out. A tool refusal is a
+    ``ToolsUnsupportedError``."""
     import httpx2
     import openai
 
-    timeout = f"{settings.llm_timeout_s:g}"
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
-        return f"the LLM did not answer within llm_timeout_s = {timeout} s — retry, or raise llm_timeout_s in aldar.toml"
+        return ProviderError(f"the LLM did not answer within llm_timeout_s = {timeout_s:g} s",
+                             "retry, or raise llm_timeout_s in aldar.toml")
     if isinstance(exc, openai.APIStatusError):
-        status, detail = exc.status_code, _server_message(exc)
+        status, detail = exc.status_code, redact(_server_message(exc))
+        said = f"{status}{': ' + detail if detail else ''}"
         if refuses_tools(exc):
-            text = f"the LLM server does not take tools ({status}{': ' + detail if detail else ''}) — {TOOLS_HELP}"
-        elif status == 401:
-            text = "the LLM endpoint rejected the API key (401) — check DEEPSEEK_API_KEY / OPENAI_API_KEY in .env"
-        elif status == 402:
-            text = ("the LLM account has insufficient balance (402) — top it up, or point OPENAI_API_KEY + "
-                    "OPENAI_BASE_URL at a local server; slash commands keep working without an LLM")
-        elif status == 429:
-            text = "the LLM endpoint is rate limiting requests (429) — wait a minute and retry"
-        elif status >= 500:
-            text = f"the LLM server failed ({status}{': ' + detail if detail else ''}) — retry in a while"
-        else:
-            text = f"the LLM endpoint refused the request ({status}{': ' + detail if detail else ''})"
-        return redact(text)
+            return ToolsUnsupportedError(f"the LLM server does not take tools ({said})", TOOLS_HELP)
+        if status == 401:
+            return ProviderError("the LLM endpoint rejected the API key (401)",
+                                 "check DEEPSEEK_API_KEY / OPENAI_API_KEY in .env")
+        if status == 402:
+            return ProviderError("the LLM account has insufficient balance (402)",
+                                 "top it up, or point OPENAI_API_KEY + OPENAI_BASE_URL at a local server; slash "
+                                 "commands keep working without an LLM")
+        if status == 429:
+            return ProviderError("the LLM endpoint is rate limiting requests (429)", "wait a minute and retry")
+        if status >= 500:
+            return ProviderError(f"the LLM server failed ({said})", "retry in a while")
+        return ProviderError(f"the LLM endpoint refused the request ({said})")
     if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
-        return "cannot reach the LLM endpoint — check the network, llm_base_url or OPENAI_BASE_URL"
-    return redact(f"the LLM call failed ({type(exc).__name__}: {exc})"[:300])
+        return ProviderError("cannot reach the LLM endpoint", "check the network, llm_base_url or OPENAI_BASE_URL")
+    return ProviderError(redact(f"the LLM call failed ({type(exc).__name__}: {exc})"[:300]))
 
 
 def _server_message(exc: openai.APIStatusError) -> str:
@@ -159,9 +162,3 @@ def _server_message(exc: openai.APIStatusError) -> str:
         if message:
             return " ".join(str(message).split())[:200]
     return ""
-
-
-def provider_error(exc: BaseException, settings: Settings) -> ProviderError:
-    """The same message as a typed error for code that raises (``ToolsUnsupportedError`` for a tool refusal)."""
-    problem, _, fix = api_error_message(exc, settings).partition(" — ")
-    return (ToolsUnsupportedError if refuses_tools(exc) else ProviderError)(problem, fix)

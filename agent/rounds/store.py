@@ -20,9 +20,11 @@ import json
 import os
 import shutil
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.rounds.records import RoundRecord, SessionFeedback
 from tools.atomic import (LEGACY_STAGING_GLOBS, atomic_write, atomic_write_json, read_json, read_json_object,
                           staging_glob, storage_error, writing)
 from tools.errors import BusyError, InputError
@@ -121,7 +123,7 @@ def remove_own_staging(root: Path) -> int:
 
 # The types the code relies on in a record read from disk (None: absent in older histories, or unset).
 # Checked once here, at load, so that a hand-edited "round": "one" is named as damaged instead of
-# failing as a TypeError rounds later (agent/ranking.py sorts and compares these).
+# failing as a TypeError rounds later (agent/rounds/ranking.py sorts and compares these).
 _RECORD_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "params": (dict,), "train": (dict,), "scores": (dict,), "ranking": (list,), "decision": (dict,),
     "next_params": (dict,), "paths": (dict,), "prompts": (list,), "skipped_competitors": (list,),
@@ -171,10 +173,57 @@ def _now() -> str:
     return iso_timestamp()
 
 
-def peek_history(root: str | Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class InProgress:
+    """The round a process started and has not recorded (a kill leaves it; the rerun restarts it)."""
+
+    round: int
+    stage: str = "start"
+    params: dict[str, Any] | None = None  # what it trains with, once known
+
+
+@dataclass(frozen=True)
+class Stopped:
+    reason: str
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryState:
+    """training_history.json as typed values, the defaults of older files filled here, once: the finished
+    rounds, the round in progress, the best round and its LoRA copy, why the run stopped, the models."""
+
+    rounds: list[RoundRecord] = field(default_factory=list)
+    in_progress: InProgress | None = None
+    best_round: int | None = None
+    best_lora: str | None = None  # relative to the results folder
+    stopped: Stopped | None = None
+    profile: dict[str, Any] = field(default_factory=dict)
+
+
+def history_state(document: dict[str, Any]) -> HistoryState:
+    """The loader's one reading of a history document (a checked one, or what ``peek_history`` found)."""
+    interrupted, stopped = document.get("in_progress"), document.get("stopped")
+    return HistoryState(
+        rounds=document.get("rounds") or [],
+        in_progress=InProgress(interrupted["round"], interrupted.get("stage") or "start", interrupted.get("params"))
+        if isinstance(interrupted, dict) and isinstance(interrupted.get("round"), int) else None,
+        best_round=document.get("best_round"), best_lora=document.get("best_lora"),
+        stopped=Stopped(str(stopped.get("reason") or ""), stopped.get("at")) if isinstance(stopped, dict) else None,
+        profile=document.get("profile") if isinstance(document.get("profile"), dict) else {})
+
+
+def round_feedback(root: Path, record: RoundRecord) -> SessionFeedback | None:
+    """The feedback file a finished round's record names, read from the results folder ``root`` (None: the
+    record names none — the original system's — or the file is gone or unreadable)."""
+    stored = (record.get("paths") or {}).get("feedback")
+    return read_json_object(root / stored) if stored else None
+
+
+def peek_history(root: str | Path) -> HistoryState:
     """The history in ``root`` read without taking the lock (what the chat shows before it opens the
-    folder): ``{"rounds": [...], "in_progress": ... | None, "profile": {...}}``. The file is replaced by
-    rename, so a read sees a whole version; a missing or unreadable history reads as no rounds."""
+    folder). The file is replaced by rename, so a read sees a whole version; a missing or unreadable
+    history reads as no rounds."""
     try:
         data = read_json(Path(root) / HISTORY_FILE)
     except (OSError, ValueError):
@@ -183,8 +232,7 @@ def peek_history(root: str | Path) -> dict[str, Any]:
         data = {"rounds": data}
     if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):
         data = {}
-    return {"rounds": data.get("rounds") or [], "in_progress": data.get("in_progress"),
-            "profile": data.get("profile") if isinstance(data.get("profile"), dict) else {}}
+    return history_state(data)
 
 
 class RunStore:
@@ -240,12 +288,38 @@ class RunStore:
         return InputError(f"history is damaged — {self.history_path}: {what}", fix)
 
     @property
-    def data(self) -> dict[str, Any]:
-        return self._history
+    def state(self) -> HistoryState:
+        """The history as typed values (a snapshot: the store's methods change the file)."""
+        return history_state(self._history)
 
     @property
-    def rounds(self) -> list[dict[str, Any]]:
+    def rounds(self) -> list[RoundRecord]:
         return self._history["rounds"]
+
+    def record(self, number: int) -> RoundRecord | None:
+        """The finished round ``number``, or None."""
+        return next((record for record in self.rounds if record["round"] == number), None)
+
+    def best_record(self) -> RoundRecord | None:
+        best = self._history["best_round"]
+        return self.record(best) if best is not None else None
+
+    def feedback(self, number: int) -> SessionFeedback | None:
+        """The feedback file of finished round ``number`` (None: no such round, or its file is gone)."""
+        record = self.record(number)
+        return self._feedback_of(record) if record is not None else None
+
+    def latest_feedback(self) -> SessionFeedback | None:
+        """The newest recorded round's feedback that is still readable, else the newest file in feedback/."""
+        for record in reversed(self.rounds):
+            feedback = self._feedback_of(record)
+            if feedback is not None:
+                return feedback
+        files = sorted(self.feedback_dir.glob("feedback_*.json"))
+        return read_json_object(files[-1]) if files else None
+
+    def _feedback_of(self, record: RoundRecord) -> SessionFeedback | None:
+        return round_feedback(self.root, record)
 
     def save(self) -> None:
         self._history["updated_at"] = _now()
@@ -273,6 +347,17 @@ class RunStore:
         self._history["rounds"] = rounds
         self._history["in_progress"] = None
         self.save()
+
+    def refuse_other_models(self, profile: dict[str, Any]) -> None:
+        """Rounds of one history must be comparable: refuse to append rounds made with other models."""
+        saved = self._history.get("profile") or {}
+        if not self.rounds or not saved:
+            return
+        changed = [k for k in MODEL_KEYS if saved.get(k) != profile[k]]
+        if changed:
+            detail = ", ".join(f"{k} {saved.get(k)!r} → {profile[k]!r}" for k in changed)
+            raise InputError(f"{self.root} holds rounds made with other models ({detail})",
+                             "pass --output-dir DIR for a new results folder, or the same models to resume")
 
     def discard_round_of_other_models(self) -> str:
         """With no finished round yet, a round in progress that other models started (a failed sdxl run,
@@ -311,6 +396,12 @@ class RunStore:
 
     def round_images_dir(self, number: int, generator: str) -> Path:
         return self.comparisons_dir / f"round_{number:02d}" / generator
+
+    def round_suite_dir(self, number: int, generator: str) -> Path:
+        return self.comparisons_dir / f"round_{number:02d}" / "suite" / generator
+
+    def write_suite_report(self, report: dict[str, Any], number: int) -> Path:
+        return atomic_write_json(self.comparisons_dir / f"round_{number:02d}" / "suite_report.json", report)
 
     def relative(self, path: str | Path | None) -> str | None:
         """``path`` relative to the results folder (history and report stay valid if the folder moves)."""

@@ -2,7 +2,7 @@
 
 ``TypedDict``s over plain JSON, like ``tools.scoring.records`` (whose analysis, comparison report and
 feedback they extend); docs/ARCHITECTURE.md ("training_history.json") explains each key. A record is
-written by ``agent.session.round_record``. Readers of a history from disk still read with ``.get``
+written by ``agent.rounds.recording.round_record``. Readers of a history from disk still read with ``.get``
 where a key is ``NotRequired``: the original system's bare-list history has none of the newer keys.
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
-from tools.scoring.records import Feedback, RankingEntry
+from tools.numbers import finite_number
+from tools.scoring.records import ComparisonReport, Feedback, RankingEntry
 
 LORA = "lora"  # the generator name of the round's own LoRA in scores, rankings and image folders
+BASE = "base"  # the base model as a contestant
 
 
 class Overfitting(TypedDict):
@@ -129,3 +131,46 @@ class RoundRecord(TypedDict):
     compute_s: dict[str, float]
     profile: dict[str, Any]
     next_params_changes: NotRequired[list[NextParamsChange]]  # set by Session.set_next_params
+
+
+# --------------------------------------------------------------------------- parts of a record, from a report
+def overfitting_signals(report: ComparisonReport) -> Overfitting:
+    """Signs that the LoRA copies references: its closest image to one single reference
+    (CLIP cosine and SSIM), how many of its images are reference copies, and the variety of its
+    own images, all from the comparison report."""
+    rows = [row for row in report["images"] if row["generator"] == LORA]
+    lora = report["generators"].get(LORA)
+    return {"max_reference_clip": max((row["clip_max"] for row in rows), default=None),
+            "max_reference_ssim": max((row["ssim"] for row in rows), default=None),
+            "reference_copies": sum(bool(row.get("reference_copy")) for row in rows),
+            "variety": lora["variety"] if lora else None}
+
+
+def training_curve(train: dict) -> TrainingCurve:
+    """Where the round's validation quality peaked among its checkpoints: the best-scoring of two or more being
+    the last one means the quality was still rising when training stopped (what a kohya user reads off the
+    sample images). Read from the trainer's record, which may come from an older or hand-edited history: a
+    score without a finite step or quality counts as unscored."""
+    from tools.training.lora_files import best_checkpoint  # imports torch; a round has trained by now
+
+    checkpoints = [s for s in train.get("checkpoint_scores") or []
+                   if isinstance(s, dict) and finite_number(s.get("step")) is not None]
+    scored = [{"step": int(s["step"]), "quality": s["quality"]} for s in checkpoints
+              if finite_number(s.get("quality")) is not None]
+    best = best_checkpoint(scored)
+    # The last checkpoint of all, scored or not: a peak before an unscored last checkpoint is no rise at the end.
+    last_step = max((int(s["step"]) for s in checkpoints), default=None)
+    steps = finite_number(train.get("steps"))
+    return {"steps": int(steps) if steps is not None else None, "best_step": best["step"] if best else None,
+            "scored_checkpoints": len(scored),
+            "still_rising": len(scored) >= 2 and best is not None and best["step"] == last_step}
+
+
+def scores_by_generator(report: ComparisonReport) -> dict[str, GeneratorScores]:
+    """generator → {quality, quality_std, clip, features, ssim, band, count, reference_copies} (means)
+    from a comparison report."""
+    return {name: {"quality": entry["quality"]["mean"], "quality_std": entry["quality"]["std"],
+                   "clip": entry["clip"]["mean"], "features": entry["features"]["mean"],
+                   "ssim": entry["ssim"]["mean"], "band": entry["band"], "count": entry["count"],
+                   "reference_copies": entry.get("reference_copies", 0)}
+            for name, entry in (report.get("generators") or {}).items()}

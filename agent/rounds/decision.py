@@ -1,6 +1,6 @@
 """What a decider returns, and what a decider is: shared by the session, the rule policy and the LLM.
 
-Kept apart so that ``agent.session`` and ``agent.policy`` need not import each other.
+Kept apart so that ``agent.rounds.session`` and ``agent.rounds.policy`` need not import each other.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.knobs import knob_values
+from agent.rounds.knobs import knob_values
 
 
 @dataclass
@@ -40,5 +40,5 @@ def already_trained(next_params: dict, history: list[dict], current_params: dict
     wanted = knob_values(next_params)
     for record in history:
         if knob_values(record.get("params") or {}) == wanted:
-            return record.get("round")
+            return record["round"]
     return current_round if knob_values(current_params) == wanted else None

@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from agent.llm_client import provider_error, thinking_extra_body
-from agent.toolspec import ToolArgumentError, ToolSpec, parse_json_arguments
+from agent.llm.client import provider_error, thinking_extra_body
+from agent.llm.toolspec import ToolArgumentError, ToolSpec, parse_json_arguments
 from tools.errors import AldarError, ProviderError
 from tools.secrets import StreamRedactor, redact, redact_value
 
@@ -264,7 +264,7 @@ class ChatLoop:
         return self.client.chat.completions.create(**request, stream=True)
 
     def _error(self, exc: BaseException) -> ProviderError:
-        return provider_error(exc, _TimeoutView(getattr(self.client, "timeout", None)))
+        return provider_error(exc, client_timeout_s(self.client))
 
     # ------------------------------------------------------------------ tools
     def _run_tool_call(self, call: dict[str, Any]) -> ToolCallRecord:
@@ -308,12 +308,11 @@ class ChatLoop:
                                              "messages": self.messages}, ensure_ascii=False)))
 
 
-class _TimeoutView:
-    """Just enough of Settings for ``api_error_message`` (the loop knows the client, not the settings)."""
-
-    def __init__(self, timeout: Any) -> None:
-        seconds = getattr(timeout, "read", None) if timeout is not None and not isinstance(timeout, (int, float)) else timeout
-        self.llm_timeout_s = float(seconds or 0) or 0.0
+def client_timeout_s(client: Any) -> float:
+    """The client's read deadline in seconds (0 when it has none): the loop knows the client, not the settings."""
+    timeout = getattr(client, "timeout", None)
+    seconds = getattr(timeout, "read", None) if timeout is not None and not isinstance(timeout, (int, float)) else timeout
+    return float(seconds or 0) or 0.0
 
 
 def compact_json(value: Any) -> str:

@@ -1,0 +1,1 @@
+"""What the user sees: the terminal UI, tables, the REPL, the report and its chart."""

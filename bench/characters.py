@@ -1,0 +1,246 @@
+"""Any character, judged as users use it: the loop on the bundled characters and on composed ones, over seeds.
+
+    python bench/characters.py                                    # Aldar Köse, King Zorabek, one composed; 42,1,2
+    python bench/characters.py --character aldar_kose --seeds 42 --rounds 1
+    python bench/characters.py --character "headwear=horned helmet,robe=striped yellow robe,beard=goatee" --json F
+    python bench/characters.py --character aldar_kose --overtrained        # + an overtrained LoRA per seed
+
+A ``--character`` is a bundled example's folder name (``examples/<name>``, its ``character.json`` gives trigger,
+name and prompt) or a SPEC of ``category=value`` pairs (``tools.world.compose``): five references of that
+character are drawn into the work folder, trigger ``novelhero``. For each character and seed, on the toy world
+(``tiny``), the rule policy runs ``--rounds`` rounds with the prompt suite (``tools.scoring.suite``) and no
+hosted competitor. Printed per character, per seed and as mean ± spread over the seeds: round-1 and best-round
+quality (the original 0.4/0.4/0.2 formula on the character's own prompt), and the best round's identity,
+editability beside the base's on the same suite, bleed, and LoRA − base key features; then the issue's targets
+(LoRA − base key features ≥ 0.25, identity ≥ 0.6, editability ≥ 0.85 × the base's, bleed ≤ 0.05) as met/missed.
+
+``--overtrained``: per seed, ``aldar train`` trains the first character's LoRA at 5× the learning rate and 3× the
+steps of the defaults, outside the loop's safe bounds, its last step kept — and at 3× the steps alone; each
+one's suite is drawn and scored beside the default LoRA (the loop's round 1): the scores must see the
+overfitting (lower editability, higher bleed).
+
+Speed: per round, the suite's generation seconds beside the round's own generation (the LoRA and the base on the
+character's prompt, as a round drew before the suite) — the ratio must stay ≤ 1.6. Round 1 draws the base's suite
+too; later rounds reuse it (same prompts, seeds and models).
+
+Every figure is measured inside the toy world: it says what the scores see of the toy LoRA, nothing about real
+SDXL. Runs are deterministic per seed (one torch thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from agent.rounds.policy import RulePolicy  # noqa: E402
+from agent.rounds.session import Session  # noqa: E402
+from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
+
+EXAMPLES = BUNDLED_REFERENCES.parent
+DEFAULT_CHARACTERS = ("aldar_kose", "zorabek",
+                      "face=long narrow,headwear=horned helmet,robe=striped yellow robe,beard=goatee,"
+                      "glasses=round glasses,style=cartoon style,background=forest")
+COMPOSED_TRIGGER, COMPOSED_NAME = "novelhero", "the composed hero"
+TARGETS = {"lead_features": 0.25, "identity": 0.6, "editability_vs_base": 0.85, "bleed": 0.05}
+# (learning-rate factor, steps factor) of the overtrained LoRAs: the issue's, and the steps alone.
+OVERTRAINED = {"lr x5, steps x3": (5, 3), "steps x3": (1, 3)}
+
+
+def character_overrides(character: str, work: Path) -> dict:
+    """Settings for a bundled character (its folder and character.json) or a composed one (drawn into ``work``)."""
+    if "=" in character:
+        from tools.world.compose import write_composed_references
+
+        folder = work / "composed" / slug(character)
+        if not folder.is_dir():
+            write_composed_references(character, folder, stem="hero")
+        return {"references": str(folder), "trigger_token": COMPOSED_TRIGGER, "character_name": COMPOSED_NAME}
+    folder = EXAMPLES / character
+    if not folder.is_dir():
+        known = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir() and not p.name.startswith("_"))
+        raise SystemExit(f"no bundled character {character!r}: choose one of {', '.join(known)}, or give a SPEC")
+    return {"references": str(folder)}  # its character.json gives trigger, name and prompt (tools.settings)
+
+
+def slug(character: str) -> str:
+    return character if "=" not in character else "composed_" + hashlib.sha256(character.encode()).hexdigest()[:8]
+
+
+def label(character: str) -> str:
+    return character if "=" not in character else f"composed ({character})"
+
+
+def run_loop(character: str, seed: int, rounds: int, work: Path) -> dict:
+    """The loop on one character and seed; the figures of round 1 and of the round the ranking calls best."""
+    folder = work / f"{slug(character)}_{seed}"
+    overrides = character_overrides(character, work)
+    settings = load_settings(overrides={"profile": "tiny", "seed": seed, "competitors": [], "output_dir": str(folder),
+                                        "analysis_path": str(folder / "analysis.json"), "target_score": 1.0,
+                                        "patience": rounds + 1, "max_rounds": rounds, **overrides}, environ={})
+    started = time.process_time()
+    with Session(settings, quiet=True) as session:  # no prompt of its own: built from the analysis
+        records = session.run_rounds(rounds, RulePolicy(bounds=session.bounds, ranking=settings.round_ranking))
+        best_number = session.store.state.best_round
+    cpu_s = time.process_time() - started
+    best = next(r for r in records if r["round"] == best_number)
+    return {"round1": figures(records[0]), "best": figures(best), "best_round": best_number,
+            "qualities": [round(r["lora_score"], 4) for r in records], "cpu_s": round(cpu_s, 1),
+            "suite_vs_generation": [round(r["compute_s"].get("generate_suite", 0.0) / r["compute_s"]["generate"], 3)
+                                    for r in records],
+            "results": str(folder), "analysis": str(folder / "analysis.json"),
+            "references": settings.references}
+
+
+def figures(record: dict) -> dict:
+    scores = (record.get("suite") or {}).get("scores") or {}
+    identity, edit, bleed = (scores.get(k) or {} for k in ("identity", "editability", "bleed"))
+    lora, base = record["scores"]["lora"], record["scores"]["base"]
+    return {"round": record["round"], "quality": round(record["lora_score"], 4),
+            "lead_features": round(lora["features"] - base["features"], 4),
+            "identity": identity.get("score"), "editability": edit.get("rate"), "editability_base": edit.get("base"),
+            "editability_vs_base": edit.get("vs_base"), "bleed": bleed.get("score"),
+            "suite_record": record.get("suite")}
+
+
+def overtrained(run: dict, seed: int, lr_factor: float, steps_factor: int) -> dict:
+    """``aldar train`` at ``lr_factor`` × the learning rate and ``steps_factor`` × the steps of the defaults (the
+    last step kept), then its suite drawn and scored beside the default LoRA's (the loop's round 1)."""
+    from tools.generation.local import generate_local
+    from tools.generation.sampling import SamplingSpec
+    from tools.models import resolve_profile
+    from tools.scoring.suite import SuitePrompt, score_suite
+    from tools.training.config import default_train_config
+
+    settings = load_settings(overrides={"profile": "tiny", "seed": seed, "references": run["references"]}, environ={})
+    profile = resolve_profile(settings)
+    defaults = default_train_config(profile)
+    run_dir = Path(run["results"]) / f"overtrained_lr{lr_factor}_steps{steps_factor}"
+    command = [sys.executable, "-m", "agent.cli", "train", "--profile", "tiny", "--seed", str(seed), "--quiet",
+               "--references", run["references"], "--analysis", run["analysis"], "--run-dir", str(run_dir),
+               "--steps", str(defaults.steps * steps_factor),
+               "--learning-rate", str(defaults.learning_rate * lr_factor), "--no-select-best-checkpoint"]
+    started = time.process_time()
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    suite_record = run["round1"]["suite_record"]
+    suite = [SuitePrompt.from_dict(p) for p in suite_record["prompts"]]
+    sampling = SamplingSpec.from_settings(settings)
+    made = generate_local(profile, [p.text for p in suite], run_dir / "suite", sampling,
+                          lora_path=run_dir / "pytorch_lora_weights.safetensors", name="lora", quiet=True,
+                          batch_size=sampling.images_per_prompt)
+    per = sampling.images_per_prompt
+    root = Path(run["results"])
+    images = {"lora": [[img.path for img in made[i * per:(i + 1) * per]] for i in range(len(suite))],
+              "base": [[root / p for p in group] for group in suite_record["images"]["base"]]}
+    analysis = json.loads(Path(run["analysis"]).read_text())
+    report = score_suite(suite, images, Path(run["references"]), profile, analysis)
+    return {"identity": report["identity"]["score"], "editability": report["editability"]["rate"],
+            "bleed": report["bleed"]["score"], "cpu_s": round(time.process_time() - started, 1),
+            "steps": defaults.steps * steps_factor, "learning_rate": defaults.learning_rate * lr_factor}
+
+
+def mean_spread(values: list) -> str:
+    values = [v for v in values if isinstance(v, (int, float))]
+    if not values:
+        return "—"
+    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {spread:.3f}"
+
+
+def number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "—"
+
+
+def print_table(results: dict, overtrained_runs: dict) -> None:
+    print("\nToy world, tiny: every figure holds inside the toy world only.")
+    for character, by_seed in results.items():
+        print(f"\n{label(character)}")
+        print(f"  {'seed':>4s} {'q r1':>6s} {'q best':>6s} {'best':>4s} {'lead f':>7s} {'ident':>6s} {'edit':>6s} "
+              f"{'base':>6s} {'e/base':>6s} {'bleed':>7s}  suite/generation per round")
+        for seed, run in by_seed.items():
+            best = run["best"]
+            print(f"  {seed:>4} {run['round1']['quality']:6.3f} {best['quality']:6.3f} {run['best_round']:4d} "
+                  f"{best['lead_features']:+7.3f} {number(best['identity']):>6s} {number(best['editability']):>6s} "
+                  f"{number(best['editability_base']):>6s} {number(best['editability_vs_base']):>6s} "
+                  f"{best['bleed'] if best['bleed'] is None else format(best['bleed'], '+.3f'):>7}  "
+                  f"{', '.join(f'{r:.2f}' for r in run['suite_vs_generation'])}")
+        runs = list(by_seed.values())
+        print(f"  mean ± spread: quality r1 {mean_spread([r['round1']['quality'] for r in runs])}, best "
+              f"{mean_spread([r['best']['quality'] for r in runs])}; identity "
+              f"{mean_spread([r['best']['identity'] for r in runs])}; editability "
+              f"{mean_spread([r['best']['editability'] for r in runs])} (base "
+              f"{mean_spread([r['best']['editability_base'] for r in runs])}); bleed "
+              f"{mean_spread([r['best']['bleed'] for r in runs])}; lead f "
+              f"{mean_spread([r['best']['lead_features'] for r in runs])}")
+        for target, bound in TARGETS.items():
+            values = [r["best"][target] for r in runs]
+            ok = [v is not None and (v <= bound if target == "bleed" else v >= bound) for v in values]
+            print(f"  target {target} {'≤' if target == 'bleed' else '≥'} {bound}: "
+                  f"{'met' if all(ok) else 'MISSED'} on {sum(ok)}/{len(ok)} seeds "
+                  f"({', '.join(number(v) for v in values)})")
+        ratios = [x for r in runs for x in r["suite_vs_generation"]]
+        print(f"  suite generation / round generation: max {max(ratios):.2f} (round 1, base suite drawn), "
+              f"later rounds {mean_spread([x for r in runs for x in r['suite_vs_generation'][1:]])}; target ≤ 1.6")
+    for (character, variant), by_seed in overtrained_runs.items():
+        print(f"\n{label(character)}: overtrained ({variant}, last step) against the default LoRA (round 1)")
+        sees = []
+        for seed, over in by_seed.items():
+            default = results[character][seed]["round1"]
+            seen = over["editability"] < default["editability"] and over["bleed"] > default["bleed"]
+            sees.append(seen)
+            print(f"  {seed:>4}: editability {number(default['editability'])} → {number(over['editability'])}, "
+                  f"bleed {default['bleed']:+.3f} → {over['bleed']:+.3f}, identity {number(default['identity'])} → "
+                  f"{number(over['identity'])}  {'seen' if seen else 'NOT seen'}")
+        print(f"  the scores see the overfitting on {sum(sees)}/{len(sees)} seeds (target: every seed)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--seeds", default="42,1,2", help="comma-separated seeds")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the loop")
+    parser.add_argument("--character", action="append", default=None,
+                        help="a bundled character's folder name, or a SPEC of category=value pairs (repeatable)")
+    parser.add_argument("--overtrained", action="store_true",
+                        help="also train an overtrained LoRA of the first character per seed and score its suite")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here (as it goes)")
+    parser.add_argument("--work", type=Path, default=None, help="keep the runs' results folders here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    characters = args.character or list(DEFAULT_CHARACTERS)
+    work = args.work or Path(tempfile.mkdtemp(prefix="aldar-characters-"))
+    results: dict = {}
+    over: dict = {}
+    for character in characters:
+        for seed in seeds:
+            run = run_loop(character, seed, args.rounds, work)
+            results.setdefault(character, {})[seed] = run
+            print(f"{label(character)} seed {seed}: best quality {run['best']['quality']:.3f} "
+                  f"(round {run['best_round']}), identity {number(run['best']['identity'])}, editability "
+                  f"{number(run['best']['editability'])}, bleed {number(run['best']['bleed'])}", flush=True)
+            if args.overtrained and character == characters[0]:
+                for variant, (lr_factor, steps_factor) in OVERTRAINED.items():
+                    over.setdefault((character, variant), {})[seed] = overtrained(run, seed, lr_factor, steps_factor)
+                    print(f"  overtrained {variant}: {over[(character, variant)][seed]}", flush=True)
+            if args.json:
+                strip = {c: {s: {**r, "round1": {k: v for k, v in r["round1"].items() if k != "suite_record"},
+                                 "best": {k: v for k, v in r["best"].items() if k != "suite_record"}}
+                             for s, r in runs.items()} for c, runs in results.items()}
+                args.json.write_text(json.dumps({"loop": strip, "overtrained": {f"{c} / {v}": runs for (c, v), runs
+                                                                                 in over.items()}}, indent=2))
+    print_table(results, over)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
