@@ -65,7 +65,7 @@ def main() -> int:
 
 
 def run(scratch: Path, seeds: list[int], steps: int, levers: list[str]) -> dict:
-    from agent.session import training_dataset
+    from agent.rounds.params import training_dataset
     from tools.models import load_clip, resolve_profile
     from tools.scoring.analyzer import analyze_references
     from tools.scoring.scorer import checkpoint_scorer

@@ -158,8 +158,8 @@ def test_dora_is_refused_with_lokr(profile):
 def test_lokr_and_loha_beat_the_base_on_key_features(tiny_settings, adapter):
     """As the LoRA's learning test (tests/test_world_learning.py): one round on the toy world, the adapter's
     images against the base model's on the references' key features."""
-    from agent.policy import RulePolicy
-    from agent.session import Session
+    from agent.rounds.policy import RulePolicy
+    from agent.rounds.session import Session
 
     settings = tiny_settings.replace(images_per_prompt=0, target_score=1.0)
     with Session(settings, quiet=True) as session:
@@ -285,7 +285,7 @@ def test_identity_free_captions_keep_only_what_varies():
 
 
 def test_the_session_trains_on_the_chosen_caption_mode(tmp_path):
-    from agent.session import training_dataset
+    from agent.rounds.params import training_dataset
 
     for name in ("a.png", "b.png"):
         Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / name)
