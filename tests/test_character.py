@@ -67,6 +67,15 @@ def test_flags_win_over_the_card_and_a_new_folder_is_derived_afresh(tmp_path):
     assert "derived" not in moved.as_dict()
 
 
+def test_a_broken_character_json_is_one_line_naming_it(tmp_path, capsys):
+    folder = copy_pictures(ZORABEK, tmp_path / "mine")
+    (folder / "character.json").write_text('{"trigger_token": "zorabek",')
+    assert main(["analyze", "--profile", "tiny", "--references", str(folder), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "character.json is not valid JSON" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_names_and_slugs():
     assert slug("King Zorabek") == "king_zorabek" and slug("Aldar Köse") == "aldar_kose"
     assert lora_name("King Zorabek", "zorabek") == "king_zorabek_lora"
@@ -170,9 +179,9 @@ def test_the_bundled_taxonomy_fits_both_bundled_characters_but_aldars_expression
     profile = resolve_profile(settings)
     aldar = analyze_references(BUNDLED_REFERENCES, profile, settings.taxonomy_path(), "aldarkose", "Aldar Köse", None)
     zorabek = analyze_references(ZORABEK, profile, settings.taxonomy_path(), "zorabek", "King Zorabek", None)
-    assert aldar["unclear_categories"] == ["expression"]  # friendly 0.37 log-odds ahead of smiling
+    assert aldar["unclear_categories"] == ["expression"]  # smiling 0.16 log-odds ahead of friendly
     assert zorabek["unclear_categories"] == []
-    assert aldar["key_features"][-2:] == ["friendly", "steppe landscape"]  # still in the prompt, as before
+    assert aldar["key_features"][-2:] == ["smiling", "steppe landscape"]  # still in the prompt, as before
     assert "no clear match" in aldar["warnings"][0] and "'expression'" in aldar["warnings"][0]
 
 

@@ -281,7 +281,8 @@ def workspace(tmp_path, monkeypatch):
 
 
 def cli(*args):
-    return main(["score", "--profile", "tiny", "--device", "cpu", "-q", *map(str, args)])
+    # A references folder without a character.json would take its trigger from the folder's name ("refs").
+    return main(["score", "--profile", "tiny", "--device", "cpu", "-q", "--trigger-token", TRIGGER, *map(str, args)])
 
 
 def test_cli_score_writes_report_feedback_and_analysis(workspace, capsys):

@@ -219,7 +219,8 @@ def test_the_novel_stage_teaches_the_scorers_clip_alone_and_its_weights_seed_a_c
     recipe = replace(MINI, novel_split=(3, 24), novel_steps=2)
     build = world_build.Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
     world_build.seed_from_weights(build)
-    build.checkpoint_path("novel").unlink(missing_ok=True)  # the committed weights may already hold it
+    for stage in world_build.SCORER_ONLY_STAGES:  # the committed weights may already hold them
+        build.checkpoint_path(stage).unlink(missing_ok=True)
     before = _modules(build, "hardneg4")["model"]
     world_build.STAGES["novel"](build)
     after = _modules(build, "novel")["model"]
@@ -240,6 +241,42 @@ def test_the_novel_stage_teaches_the_scorers_clip_alone_and_its_weights_seed_a_c
     assert world_build.export(world_build.Build(again.cache, recipe, weights=tmp_path / "again")) == ["clip", "sdxl"]
     for part in ("clip/model.safetensors", "sdxl/text_encoder_2/model.safetensors"):
         assert _same(_tensors(tmp_path / "again" / part), _tensors(tmp_path / "weights" / part)), part
+
+
+def test_novel3_trains_the_text_tower_alone_from_hardneg4s_and_holds_the_old_values_words(tmp_path):
+    """``novel3`` keeps novel2's image tower and logit scale bit for bit, starts its text tower from hardneg4's
+    (the committed scorer's before the novel values) and trains it; the anchor holds the old values' sentences
+    near hardneg4's embedding of them while the novel words move. The export gives the scorer novel3's CLIP."""
+    from tools.world.attributes import ATTRIBUTES, NOVEL_ATTRIBUTES
+
+    recipe = replace(MINI, novel_split=(3, 24), novel_steps=2, novel2_steps=2, novel3_steps=3)
+    build = world_build.Build(tmp_path / "cache", recipe)
+    world_build.seed_from_weights(build)
+    for stage in world_build.SCORER_ONLY_STAGES:
+        build.checkpoint_path(stage).unlink(missing_ok=True)
+    for stage in ("novel", "novel2", "novel3"):
+        world_build.STAGES[stage](build)
+    hardneg4, novel2, novel3 = (_modules(build, s)["model"] for s in ("hardneg4", "novel2", "novel3"))
+    image = [k for k in novel3 if not k.startswith(("text_model.", "text_projection."))]
+    assert all(torch.equal(novel3[k], novel2[k]) for k in image)  # the image tower and the logit scale
+    assert not all(torch.equal(novel3[k], hardneg4[k]) for k in novel3 if k.startswith("text_"))
+
+    def sentences(model_state, values):
+        model, tokenizer = world_build.new_clip(build)
+        model.load_state_dict(model_state)
+        tokens = tokenizer(list(values), padding=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+        return torch.nn.functional.normalize(out if isinstance(out, torch.Tensor) else out.pooler_output, dim=-1)
+
+    old = [v for values in ATTRIBUTES.values() for v in values]
+    novel = [v for values in NOVEL_ATTRIBUTES.values() for v in values]
+    moved_old = 1 - (sentences(novel3, old) * sentences(hardneg4, old)).sum(-1)
+    moved_novel = 1 - (sentences(novel3, novel) * sentences(hardneg4, novel)).sum(-1)
+    assert moved_old.mean() < moved_novel.mean()  # the anchor holds the old words more than the new ones
+    assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "weights")) == ["clip", "sdxl"]
+    clip = _tensors(tmp_path / "weights" / "clip" / "model.safetensors")
+    assert all(torch.equal(clip[k], novel3[k].half()) for k in clip)
 
 
 def test_the_stage_graph_is_the_committed_build_log():

@@ -122,9 +122,23 @@ def test_the_second_examples_files_never_name_the_first_character():
     from tools.settings import BUNDLED_REFERENCES
 
     files = [p for p in (BUNDLED_REFERENCES.parent / "zorabek").iterdir() if p.is_file()]
-    assert sorted(p.name for p in files if p.suffix != ".png") == ["README.md", "draw_zorabek.py"]
-    for path in files:
-        assert b"aldar" not in path.read_bytes().lower(), path.name
+    assert sorted(p.name for p in files if p.suffix != ".png") == ["README.md", "character.json", "draw_zorabek.py"]
+    for path in files:  # "aldar run …" is the command, not the character
+        text = path.read_bytes().decode("utf-8", "replace").lower()
+        assert not any(name in text for name in ("aldar k", "aldarkose", "aldar_kose")), path.name
+
+
+def test_the_second_examples_card_names_him():
+    """character.json (read with the settings): his trigger and name; a test prompt, if it
+    gives one, starts with his trigger (without one each round's prompt comes from his analysis)."""
+    import json
+
+    from tools.settings import BUNDLED_REFERENCES, CARD_KEYS
+
+    card = json.loads((BUNDLED_REFERENCES.parent / "zorabek" / "character.json").read_text(encoding="utf-8"))
+    assert set(card) <= set(CARD_KEYS)
+    assert (card["trigger_token"], card["character_name"]) == ("zorabek", "King Zorabek")
+    assert card.get("test_prompt", "zorabek, ").startswith("zorabek, ")
 
 
 def _scorer_knows_the_novel_values() -> bool:

@@ -324,6 +324,7 @@ tr.ceiling { font-style: italic; background: #f4f4f4; }
 tr.chosen { font-weight: bold; background: #e6f4e6; }
 tr.copy { background: #fde2e2; color: #8a1c1c; }
 table.scores td:last-child { white-space: normal; min-width: 6em; }  /* "reference copy — memorised" wraps */
+table.suite td:last-child { white-space: normal; min-width: 12em; }
 .params code { background: #f3f3f3; padding: .1em .4em; border-radius: 3px; white-space: nowrap; line-height: 1.9; }
 details.checkpoint summary { cursor: pointer; }
 .gallery { display: flex; flex-wrap: wrap; gap: .9em; }

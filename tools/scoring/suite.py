@@ -5,10 +5,11 @@ quality is measured, 0.4 CLIP + 0.4 features + 0.2 SSIM), each round draws the L
 built deterministically from the analysis and the seed:
 
 * **new context** — the trigger, the character's identity features (the key features of every category that is
-  not a context category) and one context category changed to a value the references never show (another
-  background, another style). The context categories are the taxonomy's ``"context"`` list, else those of
-  ``DEFAULT_CONTEXT`` it has (background and style: the categories the toy base draws reliably — a prompted
-  background 98 % of the time, a style 86 % — where an expression is not: 45 %).
+  not a context category), the references' context, and one context category changed to a value the references
+  never show (another background, another style). The context categories — what a new scene may change, so not
+  identity — are the taxonomy's ``"context"`` list, each of them varied; without one, those of
+  ``DEFAULT_CONTEXT`` it has (background, style, expression), of which ``DEFAULT_VARIED`` (background and style)
+  are varied: the toy base draws a prompted background 98 % of the time and a style 86 %, an expression 45 %.
 * **no trigger** — another character of the same kind: every identity category at a value other than the
   character's, in a scene drawn at random from the context values, without the trigger or the name (for bleed).
 
@@ -41,7 +42,8 @@ from tools.scoring.records import Analysis
 from tools.scoring.taxonomy import Taxonomy, taxonomy_from_dict
 
 NEW_CONTEXT, NO_TRIGGER = "new_context", "no_trigger"
-DEFAULT_CONTEXT = ("background", "style")
+DEFAULT_CONTEXT = ("background", "style", "expression")
+DEFAULT_VARIED = ("background", "style")
 DEFAULT_SUITE_SIZE = 5  # 3 new contexts + 2 without the trigger
 MIN_SUITE_SIZE, MAX_SUITE_SIZE = 2, 12
 SUITE_SCHEMA = "aldar.suite_report/1"
@@ -81,7 +83,8 @@ class Character:
     taxonomy: Taxonomy
     key_features: dict[str, list[str]]  # category → its key features, in taxonomy order
     shown: dict[str, set[str]]  # context category → the values some reference shows (top-1)
-    context: tuple[str, ...]
+    context: tuple[str, ...]  # what a new scene may change: not identity
+    varied: tuple[str, ...]  # the context categories the suite's new-context prompts change
 
     @property
     def identity_categories(self) -> list[str]:
@@ -91,9 +94,13 @@ class Character:
         return [f for c in self.identity_categories for f in self.key_features.get(c, [])]
 
 
-def context_categories(taxonomy: Taxonomy) -> tuple[str, ...]:
-    """The categories the suite varies: the taxonomy's ``"context"`` list, else DEFAULT_CONTEXT's it has."""
-    return taxonomy.context or tuple(c for c in DEFAULT_CONTEXT if c in taxonomy.categories)
+def context_categories(taxonomy: Taxonomy) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(context categories, the ones the suite varies): the taxonomy's ``"context"`` list for both, else
+    DEFAULT_CONTEXT's and DEFAULT_VARIED's it has."""
+    if taxonomy.context:
+        return taxonomy.context, taxonomy.context
+    return (tuple(c for c in DEFAULT_CONTEXT if c in taxonomy.categories),
+            tuple(c for c in DEFAULT_VARIED if c in taxonomy.categories))
 
 
 def read_character(analysis: Analysis) -> Character:
@@ -111,15 +118,15 @@ def read_character(analysis: Analysis) -> Character:
     for detail in details:
         key.setdefault(detail["category"], []).append(detail["feature"])
     key = {c: key[c] for c in taxonomy.categories if c in key}
-    context = context_categories(taxonomy)
+    context, varied = context_categories(taxonomy)
     shown = {c: {image[c]["top"][0]["feature"] for image in per_image.values() if c in image} | set(key.get(c, []))
              for c in context}
-    return Character(trigger, taxonomy, key, shown, context)
+    return Character(trigger, taxonomy, key, shown, context, varied)
 
 
 def build_suite(analysis: Analysis, seed: int, size: int = DEFAULT_SUITE_SIZE) -> list[SuitePrompt]:
     """``size`` prompts: two in five (at least one) without the trigger, the rest new contexts cycling
-    through the context categories, each value one no reference shows; the same analysis and seed give the same
+    through the varied context categories, each value one no reference shows; the same analysis and seed give the same
     suite. A taxonomy with no context category, or none with an unshown value, gives only no-trigger prompts."""
     if not MIN_SUITE_SIZE <= size <= MAX_SUITE_SIZE:
         raise InputError(f"suite size {size} is out of range",
@@ -127,10 +134,10 @@ def build_suite(analysis: Analysis, seed: int, size: int = DEFAULT_SUITE_SIZE) -
     character = read_character(analysis)
     rng = random.Random(f"aldar-suite:{seed}:{character.trigger}")
     unshown = {c: [v for v in character.taxonomy.categories[c] if v not in character.shown[c]]
-               for c in character.context}
+               for c in character.varied}
     for values in unshown.values():
         rng.shuffle(values)
-    categories = [c for c in character.context if unshown[c]]
+    categories = [c for c in character.varied if unshown[c]]
     no_trigger = max(1, round(size * 2 / 5)) if categories else size
     prompts: list[SuitePrompt] = []
     for index in range(size - no_trigger):
@@ -256,6 +263,7 @@ def score_suite(suite: Sequence[SuitePrompt], images: dict[str, list[list[Path]]
     mine, theirs = generators.get(lora), generators.get(base)
     return {"schema": SUITE_SCHEMA, "created_at": iso_timestamp(), "model": encoder.model_id,
             "prompts": [p.as_dict() for p in suite], "context_categories": list(character.context),
+            "varied_categories": list(character.varied),
             "identity_features": list(identity_key), "method": METHOD, "images": rows, "generators": generators,
             "ceiling": {"identity": ceiling}, **lora_blocks(mine, theirs, ceiling)}
 
