@@ -12,11 +12,13 @@ from tools.training.data import cached_latent_distributions, encode_prompts, pre
 
 
 def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embeds, pooled_embeds, time_ids,
-                   snr_gamma: float = 0.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+                   snr_gamma: float = 0.0, weights: torch.Tensor | None = None,
+                   per_sample: bool = False) -> torch.Tensor:
     """SDXL's training objective: predict the added noise (or velocity); min-SNR weighting when gamma > 0.
 
     ``weights`` (batch, 1, h, w) on the latent grid weigh each latent pixel (masked loss: the character's mask
-    average-pooled, kohya's ``apply_masked_loss``); None weighs all alike."""
+    average-pooled, kohya's ``apply_masked_loss``); None weighs all alike. ``per_sample``: one loss per batch item
+    (prior preservation weighs the class images' part apart)."""
     dtype = next(unet.parameters()).dtype
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(noisy.to(dtype), timesteps, prompt_embeds.to(dtype),
@@ -24,15 +26,15 @@ def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embe
                       return_dict=False)[0].float()
     kind = noise_scheduler.config.prediction_type
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if kind == "v_prediction" else noise
-    if not snr_gamma and weights is None:
+    if not snr_gamma and weights is None and not per_sample:
         return F.mse_loss(prediction, target.float())
     squared = F.mse_loss(prediction, target.float(), reduction="none")
     if weights is not None:
         squared = squared * weights.to(squared.device, squared.dtype)
-    per_sample = squared.mean(dim=list(range(1, prediction.ndim)))
+    losses = squared.mean(dim=list(range(1, prediction.ndim)))
     if snr_gamma:
-        per_sample = per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma)
-    return per_sample.mean()
+        losses = losses * min_snr_weights(noise_scheduler, timesteps, snr_gamma)
+    return losses if per_sample else losses.mean()
 
 
 def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:

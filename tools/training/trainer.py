@@ -326,16 +326,34 @@ class _Run:
         config, rank = self.config, self.accelerator.process_index
         generator = torch.Generator().manual_seed(_position_seed(config.seed, rank, self.step, micro))
         position = self.step * config.gradient_accumulation + micro
-        loss = self._batch_loss(unet, self.images, self.latents, self.buckets, position, config.seed + 7919 * rank,
-                                generator, masked=True)
-        if self.class_images:
-            loss = loss + config.prior_loss_weight * self._batch_loss(
-                unet, self.class_images, self.class_latents, self.class_buckets, position,
-                config.seed + 7919 * rank + 15485863, generator, masked=False)
-        return loss
+        batch = self._batch(self.images, self.latents, self.buckets, position, config.seed + 7919 * rank,
+                            generator, masked=True)
+        if not self.class_images:
+            return self._loss(unet, batch).mean()
+        prior = self._batch(self.class_images, self.class_latents, self.class_buckets, position,
+                            config.seed + 7919 * rank + 15485863, generator, masked=False)
+        count = len(batch["latents"])
+        if batch["latents"].shape[1:] == prior["latents"].shape[1:]:  # one forward pass for both, as DreamBooth
+            if batch["weights"] is not None or prior["weights"] is not None:
+                for part in (batch, prior):
+                    if part["weights"] is None:
+                        part["weights"] = torch.ones((len(part["latents"]), 1, *part["latents"].shape[2:]))
+            joined = {k: None if batch[k] is None else torch.cat([batch[k], prior[k]]) for k in batch}
+            losses = self._loss(unet, joined)
+            return losses[:count].mean() + config.prior_loss_weight * losses[count:].mean()
+        return self._loss(unet, batch).mean() + config.prior_loss_weight * self._loss(unet, prior).mean()
 
-    def _batch_loss(self, unet, images, latent_cache, buckets, position: int, order_seed: int,
-                    generator: torch.Generator, masked: bool) -> torch.Tensor:
+    def _loss(self, unet, batch: dict) -> torch.Tensor:
+        device = self.device
+        return denoising_loss(unet, self.noise_scheduler, batch["latents"].to(device), batch["noise"].to(device),
+                              batch["timesteps"].to(device), batch["embeds"], batch["pooled"],
+                              batch["time_ids"].to(device), self.config.snr_gamma, weights=batch["weights"],
+                              per_sample=True)
+
+    def _batch(self, images, latent_cache, buckets, position: int, order_seed: int, generator: torch.Generator,
+               masked: bool) -> dict:
+        """A batch's inputs: latents drawn from the cache, noise, timesteps, caption embeddings, micro-conditioning
+        and the masked loss's weights (None when unmasked)."""
         config = self.config
         indices = bucket_batch(position, buckets, config.batch_size, order_seed)
         flips = (torch.rand(len(indices), generator=generator) < 0.5).tolist() if config.flip_augmentation \
@@ -359,10 +377,9 @@ class _Run:
         else:
             embeds, pooled = self._encode(captions)
         time_ids = torch.stack([images[i].time_ids(f) for i, f in zip(indices, flips)])
-        device = self.device
         weights = self._batch_weights(list(zip(indices, flips))) if masked else None
-        return denoising_loss(unet, self.noise_scheduler, latents.to(device), noise.to(device), timesteps.to(device),
-                              embeds, pooled, time_ids.to(device), config.snr_gamma, weights=weights)
+        return {"latents": latents, "noise": noise, "timesteps": timesteps, "embeds": embeds, "pooled": pooled,
+                "time_ids": time_ids, "weights": weights}
 
     # ---- saving
     def _state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
