@@ -25,6 +25,19 @@ too; later rounds reuse it (same prompts, seeds and models).
 
 Every figure is measured inside the toy world: it says what the scores see of the toy LoRA, nothing about real
 SDXL. Runs are deterministic per seed (one torch thread).
+
+Measured (commit after 85cad9c, seeds 42/1/2, 3 rounds, 2 cores shared with other jobs), the best round, mean ± spread:
+- Aldar Köse: quality 0.643 ± 0.011, key features +0.214 ± 0.020 (target 0.25: missed), identity 0.636 ± 0.012
+  (met on 3/3), editability 0.750 ± 0.059 against the base's 0.972 (0.74-0.83 x: target 0.85 x missed), bleed
+  -0.067 ± 0.056 (met on 3/3). Overtrained lr x5, steps x3: the LoRA is destroyed (identity 0.00-0.07), editability
+  lower on 2/3 seeds, bleed lower on 3/3 (pictures of nobody): not "seen" as bleed. Steps x3 alone: editability
+  0.04-0.54 (from 0.54-0.83), bleed +0.03..+0.12 (from -0.14..-0.01): seen on 3/3.
+- King Zorabek: quality 0.283 ± 0.003, key features -0.010, identity 0.115, editability 0.292 (base 0.111),
+  bleed +0.019: every target but bleed missed — his values are words the toy pipeline's text encoders never learnt.
+- composed (face=long narrow, horned helmet, striped yellow robe, goatee, round glasses, 3D render, forest):
+  quality 0.515 ± 0.032, key features +0.328 (met 3/3), identity 0.401 ± 0.161, editability 0.319 (base 0.222),
+  bleed +0.022 (met on 2/3).
+- Suite / round generation time: 0.81 ± 0.12 in rounds reusing the base's suite, 1.50-1.74 in round 1.
 """
 
 from __future__ import annotations
@@ -191,7 +204,7 @@ def print_table(results: dict, overtrained_runs: dict) -> None:
             values = [r["best"][target] for r in runs]
             ok = [v is not None and (v <= bound if target == "bleed" else v >= bound) for v in values]
             print(f"  target {target} {'≤' if target == 'bleed' else '≥'} {bound}: "
-                  f"{'met' if all(ok) else 'MISSED'} on {sum(ok)}/{len(ok)} seeds "
+                  f"{'MET' if all(ok) else 'MISSED'}, met on {sum(ok)}/{len(ok)} seeds "
                   f"({', '.join(number(v) for v in values)})")
         ratios = [x for r in runs for x in r["suite_vs_generation"]]
         print(f"  suite generation / round generation: max {max(ratios):.2f} (round 1, base suite drawn), "
