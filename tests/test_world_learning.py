@@ -199,7 +199,8 @@ def test_the_rule_policys_emphasis_on_missed_features_raises_their_pass_rate_nex
         first = session.run_rounds(1, policy)[0]
         emphasised = first["decision"]["adjustments"].get("feature_emphasis") or []
         assert emphasised, first["rationale"]  # the round missed key features and the policy named them
-        session.params = {**first["params"], "feature_emphasis": emphasised}
+        # A fresh LoRA, not round 1's continued (warm_start): the pair differs in the emphasis alone.
+        session.params = {**first["params"], "feature_emphasis": emphasised, "warm_start": False}
         second = session.run_round(policy)
     results = Path(settings.output_dir)
     before, after = _pass_rates(results, first), _pass_rates(results, second)

@@ -314,3 +314,31 @@ def training_caption(caption: str, generator: torch.Generator, dropout: float, s
     head, tail = tags[:keep], tags[keep:]
     tail = [tail[i] for i in torch.randperm(len(tail), generator=generator).tolist()]
     return ", ".join(head + tail)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """``InputError`` before any work when ``run_dir`` (or the nearest existing folder above it) is a file."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"run folder {run_dir} cannot be created: {existing} is a file",
+                         "pass --run-dir DIR with a folder path")
+
+
+def position_seed(*parts: int) -> int:
+    """A stable seed per (seed, rank, step, micro-batch): Python's hash() is not promised to stay the same."""
+    return int(hashlib.sha256("-".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
+def dataset_dir(images) -> str:
+    """The references' folder name (kohya keys ss_tag_frequency and ss_dataset_dirs by dataset folder)."""
+    parents = {image.path.parent.name for image in images}
+    return parents.pop() if len(parents) == 1 else "references"
+
+
+def bucket_counts(buckets: list[tuple[int, int]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for height, width in buckets:
+        counts[f"{width}x{height}"] = counts.get(f"{width}x{height}", 0) + 1
+    return dict(sorted(counts.items()))

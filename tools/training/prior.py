@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tools.images import list_images
 from tools.paths import aldar_cache
-from tools.training.data import caption_tags
+from tools.training.data import caption_tags, prepare_images
 
 
 def class_prompt_for(text: str, trigger: str, name: str = "") -> str:
@@ -63,3 +63,11 @@ def class_images(config, profile, class_prompt: str, count: int, quiet: bool = T
         images = generate_local(profile, [class_prompt], folder, sampling, lora_path=None, name="class", quiet=quiet)
         drawn = sorted(image.path for image in images)
     return [(path, class_prompt) for path in drawn]
+
+
+def prepared_class_images(config, profile, dataset, images, quiet: bool):
+    """Prior preservation's class images, prepared as the references are (drawn by the base model once, cached)."""
+    class_prompt = config.class_prompt or default_class_prompt([i.caption for i in images], config.trigger_token)
+    count = config.num_class_images or 4 * len(images)
+    pairs = class_images(config, profile, class_prompt, count, quiet)
+    return prepare_images(pairs, config.resolution, config.bucket_step if config.bucketing else None)

@@ -15,7 +15,6 @@ Several GPUs: ``accelerate launch -m agent.cli train ...`` — nothing here chan
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,9 +28,11 @@ from tools.atomic import atomic_write, atomic_write_json
 from tools.errors import ConfigError, InputError, TrainingError
 from tools.progress import progress_bar
 from tools.training.config import TrainConfig, default_train_config
-from tools.training.data import (bucket_batch, cached_latent_distributions, dataset_sha256, default_latent_cache_dir,
-                                 encode_prompts, epochs_for, load_masks, prepare_images, sample_latents,
-                                 training_caption, vae_identity)
+from tools.training.data import (bucket_batch, bucket_counts, cached_latent_distributions, check_run_dir,
+                                 dataset_dir, dataset_sha256, default_latent_cache_dir, encode_prompts, epochs_for,
+                                 load_masks, position_seed, prepare_images, sample_latents, training_caption,
+                                 vae_identity)
+from tools.training.prior import prepared_class_images
 from tools.training.losses import denoising_loss
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
                                        checkpoint_dirs, export_lora, kohya_metadata, latest_checkpoint,
@@ -88,7 +89,7 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     masks, notes = load_masks([path for path, _ in dataset]) if config.masked_loss else ({}, [])
     images = prepare_images(dataset, config.resolution, config.bucket_step if config.bucketing else None, masks)
     run_dir = Path(run_dir)
-    _check_run_dir(run_dir)
+    check_run_dir(run_dir)
     checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if checkpoint and not resume:
         raise ConfigError(f"{run_dir} already holds training checkpoints",
@@ -100,7 +101,7 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     from tools.models import load_sdxl_pipeline
 
     pipe = load_sdxl_pipeline(profile)
-    prior = _class_images(config, profile, dataset, images, quiet) if config.prior_preservation else []
+    prior = prepared_class_images(config, profile, dataset, images, quiet) if config.prior_preservation else []
     try:
         with lora_adapters(pipe, config) as modules:
             run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint, prior)
@@ -206,7 +207,7 @@ class _Run:
             latent = ((cache[(index, False)][0] - (shift or 0.0)) * scale).unsqueeze(0)
             latents = latent.expand(len(timesteps), *latent.shape[1:])
             noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(
-                _position_seed(self.config.seed, 104729, number)))
+                position_seed(self.config.seed, 104729, number)))
             weights = self._batch_weights([(index, False)]) if masked else None
             items.append({"latents": latents, "noise": noise, "timesteps": timesteps, "caption": image.caption,
                           "time_ids": image.time_ids(False).unsqueeze(0).expand(len(timesteps), -1),
@@ -324,7 +325,7 @@ class _Run:
         """One batch: sample latents, noise and timesteps from a generator seeded by the position (exact resume);
         with prior preservation a batch of class images too, its loss weighed by ``prior_loss_weight``."""
         config, rank = self.config, self.accelerator.process_index
-        generator = torch.Generator().manual_seed(_position_seed(config.seed, rank, self.step, micro))
+        generator = torch.Generator().manual_seed(position_seed(config.seed, rank, self.step, micro))
         position = self.step * config.gradient_accumulation + micro
         batch = self._batch(self.images, self.latents, self.buckets, position, config.seed + 7919 * rank,
                             generator, masked=True)
@@ -516,9 +517,9 @@ class _Run:
                 epochs=(epochs_for(self.chosen["step"], self.buckets, config.batch_size, config.gradient_accumulation),
                         epochs_for(config.steps, self.buckets, config.batch_size, config.gradient_accumulation)),
                 dataset_hash=self.dataset_hash, captions=[i.caption for i in self.images],
-                dataset_dir=_dataset_dir(self.images), started_at=self.started_at, finished_at=finished_at,
+                dataset_dir=dataset_dir(self.images), started_at=self.started_at, finished_at=finished_at,
                 prediction_type=self.noise_scheduler.config.prediction_type, optimizer=self.optimizer_class,
-                buckets=_bucket_counts(self.buckets) if config.bucketing else None)
+                buckets=bucket_counts(self.buckets) if config.bucketing else None)
             if self.chosen["step"] in self.validation_losses:  # kohya logs it (val_loss) but writes no ss_ key
                 metadata["aldar_validation_loss"] = f"{self.validation_losses[self.chosen['step']]:.6g}"
             export_lora(lora_path, kohya_path, state_dicts, self._lora_configs(), config.alpha, metadata,
@@ -575,42 +576,3 @@ class _Run:
         return TrainingError(f"training diverged: loss became {value} at step {self.step + 1} ({where})",
                              f"lower --learning-rate (now {self.config.learning_rate:g}), use --mixed-precision "
                              "bf16 instead of fp16, or raise --snr-gamma; rerun with --resume to continue")
-
-
-# --------------------------------------------------------------------------- pieces
-def _class_images(config: TrainConfig, profile, dataset, images, quiet: bool):
-    """Prior preservation's class images, prepared as the references are (drawn by the base model once, cached)."""
-    from tools.training.prior import class_images, default_class_prompt
-
-    class_prompt = config.class_prompt or default_class_prompt([i.caption for i in images], config.trigger_token)
-    count = config.num_class_images or 4 * len(images)
-    pairs = class_images(config, profile, class_prompt, count, quiet)
-    return prepare_images(pairs, config.resolution, config.bucket_step if config.bucketing else None)
-
-
-def _check_run_dir(run_dir: Path) -> None:
-    """``InputError`` before any work when ``run_dir`` (or the nearest existing folder above it) is a file."""
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"run folder {run_dir} cannot be created: {existing} is a file",
-                         "pass --run-dir DIR with a folder path")
-
-
-def _position_seed(*parts: int) -> int:
-    """A stable seed per (seed, rank, step, micro-batch): Python's hash() is not promised to stay the same."""
-    return int(hashlib.sha256("-".join(map(str, parts)).encode()).hexdigest()[:15], 16)
-
-
-def _dataset_dir(images) -> str:
-    """The references' folder name (kohya keys ss_tag_frequency and ss_dataset_dirs by dataset folder)."""
-    parents = {image.path.parent.name for image in images}
-    return parents.pop() if len(parents) == 1 else "references"
-
-
-def _bucket_counts(buckets: list[tuple[int, int]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for height, width in buckets:
-        counts[f"{width}x{height}"] = counts.get(f"{width}x{height}", 0) + 1
-    return dict(sorted(counts.items()))
