@@ -101,6 +101,14 @@ def tiny_settings(tmp_path, references_dir) -> Settings:
     }, environ={})
 
 
+@pytest.fixture(scope="module")
+def profile():
+    """The tiny profile on the CPU, once per module: the trainer's tests share it."""
+    from tools.models import resolve_profile
+
+    return resolve_profile(load_settings(overrides={"profile": "tiny", "device": "cpu"}))
+
+
 @pytest.fixture
 def tiny_profile(tiny_settings):
     from tools.models import resolve_profile

@@ -12,16 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tools.models import resolve_profile
-from tools.settings import load_settings
 from tools.training.trainer import default_train_config, train_lora
 
 CAPTIONS = ["aldarkose, smiling, blue chapan", "aldarkose, blue chapan", "aldarkose, riding, donkey"]
-
-
-@pytest.fixture(scope="module")
-def profile():
-    return resolve_profile(load_settings(overrides={"profile": "tiny", "device": "cpu"}))
 
 
 @pytest.fixture(scope="module")

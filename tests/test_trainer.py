@@ -13,19 +13,13 @@ from PIL import Image
 
 from tools.errors import ConfigError, InputError, TrainingError
 from tools.training.lora_files import DIFFUSERS_WEIGHTS, load_checkpoint
-from tools.models import load_sdxl_pipeline, load_toy_world_pipeline, resolve_profile
-from tools.settings import load_settings
+from tools.models import load_sdxl_pipeline, load_toy_world_pipeline
 from tools.training import losses, trainer
 from tools.training.data import clear_latent_cache
 from tools.training.losses import evaluation_loss
 from tools.training.trainer import default_train_config, train_lora
 
 
-
-
-@pytest.fixture(scope="module")
-def profile():
-    return resolve_profile(load_settings(overrides={"profile": "tiny", "device": "cpu"}))
 
 
 @pytest.fixture(scope="module")

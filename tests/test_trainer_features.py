@@ -15,18 +15,12 @@ from PIL import Image
 from safetensors import safe_open
 
 from tools.errors import ConfigError
-from tools.models import load_toy_world_pipeline, resolve_profile
-from tools.settings import load_settings
+from tools.models import load_toy_world_pipeline
 from tools.training.data import prepare_images, training_caption
 from tools.training.lora_files import DIFFUSERS_WEIGHTS, best_checkpoint
 from tools.training.trainer import default_train_config, train_lora
 
 CAPTIONS = ["aldarkose, smiling, blue chapan", "aldarkose, blue chapan", "aldarkose, riding, donkey"]
-
-
-@pytest.fixture(scope="module")
-def profile():
-    return resolve_profile(load_settings(overrides={"profile": "tiny", "device": "cpu"}))
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,10 @@ import torch
 from PIL import Image
 
 from tools.errors import ConfigError
-from tools.models import load_toy_world_pipeline, resolve_profile
-from tools.settings import load_settings
+from tools.models import load_toy_world_pipeline
 from tools.training.lora_files import (DIFFUSERS_WEIGHTS, load_checkpoint, plateaued, quality_spread,
                                        rose_beyond_spread)
 from tools.training.trainer import default_train_config, train_lora
-
-
-@pytest.fixture(scope="module")
-def profile():
-    return resolve_profile(load_settings(overrides={"profile": "tiny", "device": "cpu"}))
 
 
 @pytest.fixture(scope="module")
