@@ -146,18 +146,24 @@ def _legend_order(item: tuple[str, list]) -> tuple[bool, bool, str]:
 
 
 # ------------------------------------------------------------------------ SVG
-def score_chart_svg(history: list[dict], size: tuple[int, int] = SIZE) -> str:
-    """The chart as an inline, scalable ``<svg>``; every point has a tooltip with its exact score."""
-    layout, lines = chart_layout(history, size)
-    esc = html.escape
-    out = [f'<svg class="chart" viewBox="0 0 {layout.width} {layout.height}" role="img" '
-           f'aria-label="quality score per round" xmlns="http://www.w3.org/2000/svg">',
+def _svg_frame(layout: "Layout", css_class: str, label: str, title: str) -> list[str]:
+    """The opening of an SVG chart: the root element, white ground, title and the y axis's grid lines and ticks."""
+    out = [f'<svg class="{css_class}" viewBox="0 0 {layout.width} {layout.height}" role="img" '
+           f'aria-label="{label}" xmlns="http://www.w3.org/2000/svg">',
            '<rect width="100%" height="100%" fill="white"/>',
-           f'<text x="{layout.left}" y="22" class="title">Quality score per round</text>']
+           f'<text x="{layout.left}" y="22" class="title">{title}</text>']
     for value in layout.y_ticks():
         y = layout.y(value)
         out.append(f'<line x1="{layout.left}" y1="{y:.1f}" x2="{layout.right}" y2="{y:.1f}" stroke="#e6e6e6"/>')
         out.append(f'<text x="{layout.left - 8}" y="{y + 4:.1f}" text-anchor="end">{tick_label(value, layout.step)}</text>')
+    return out
+
+
+def score_chart_svg(history: list[dict], size: tuple[int, int] = SIZE) -> str:
+    """The chart as an inline, scalable ``<svg>``; every point has a tooltip with its exact score."""
+    layout, lines = chart_layout(history, size)
+    esc = html.escape
+    out = _svg_frame(layout, "chart", "quality score per round", "Quality score per round")
     for number in range(layout.first, layout.last + 1):
         x = layout.x(number)
         out.append(f'<line x1="{x:.1f}" y1="{layout.bottom}" x2="{x:.1f}" y2="{layout.bottom + 5}" stroke="black"/>')
@@ -340,14 +346,8 @@ def steps_chart_svg(history: list[dict], single: list[tuple[int, float]] | None 
     width, height = size
     layout = Layout(width, height, left=64, right=width - 190, top=40, bottom=height - 52,
                     first=0, last=max(last, 1), low=low, high=high, step=step)
-    out = [f'<svg class="chart steps" viewBox="0 0 {width} {height}" role="img" '
-           f'aria-label="validation quality against cumulative training steps" xmlns="http://www.w3.org/2000/svg">',
-           '<rect width="100%" height="100%" fill="white"/>',
-           f'<text x="{layout.left}" y="22" class="title">Validation quality per training step spent</text>']
-    for value in layout.y_ticks():
-        y = layout.y(value)
-        out.append(f'<line x1="{layout.left}" y1="{y:.1f}" x2="{layout.right}" y2="{y:.1f}" stroke="#e6e6e6"/>')
-        out.append(f'<text x="{layout.left - 8}" y="{y + 4:.1f}" text-anchor="end">{tick_label(value, layout.step)}</text>')
+    out = _svg_frame(layout, "chart steps", "validation quality against cumulative training steps",
+                     "Validation quality per training step spent")
     tick = next((t for t in (10, 20, 25, 40, 50, 100, 200, 250, 500, 1000, 2000, 5000) if last / t <= 8), 10000)
     for value in range(0, last + 1, tick):
         x = layout.x(value)
