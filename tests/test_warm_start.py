@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from tools.errors import ConfigError
 from tools.models import load_toy_world_pipeline
 from tools.training.lora_files import (DIFFUSERS_WEIGHTS, load_checkpoint, plateaued, quality_spread,
                                        rose_beyond_spread)
+from tests.test_trainer import StopAfter
 from tools.training.trainer import default_train_config, train_lora
 
 
@@ -43,16 +43,6 @@ def first(profile, dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("first") / "run"
     train_lora(config, profile, dataset, run, quiet=True)
     return run / "checkpoint-000004"
-
-
-class StopAfter(threading.Event):
-    def __init__(self, steps: int) -> None:
-        super().__init__()
-        self.steps, self.checks = steps, 0
-
-    def is_set(self) -> bool:
-        self.checks += 1
-        return self.checks > self.steps
 
 
 def warm_config(profile, first: Path, **changes):
