@@ -3,15 +3,17 @@ rule policy (going back to the best round), so both agree on what "best" means.
 
 Rounds are ranked by quality (the LoRA's score on the character's own prompt). With the ``guarded`` ranking
 (the default, setting ``round_ranking``) a round whose prompt-suite editability or bleed is *clearly* worse
-than another ranked round's — beyond the margins below, about two spreads of a round's figure — does not win on
-quality alone: the best is the highest-quality round that is not. A LoRA that wins quality by copying the
-references' scene is what the suite catches."""
+than another ranked round's — beyond the margins of ``tools.scoring.guard``, about two spreads of a round's
+figure — does not win on quality alone: the best is the highest-quality round that is not. A LoRA that wins
+quality by copying the references' scene is what the suite catches. The same guard chooses the checkpoint a
+round keeps (``tools.training.lora_files.guarded_checkpoint``)."""
 
 from __future__ import annotations
 
 from agent.rounds.records import LORA, RoundRecord
 from tools.numbers import finite_number
 from tools.scoring.copies import memorised
+from tools.scoring.guard import clearly_worse as clearly_worse_figures
 
 
 def ranked_rounds(history: list[RoundRecord]) -> list[RoundRecord]:
@@ -22,10 +24,6 @@ def ranked_rounds(history: list[RoundRecord]) -> list[RoundRecord]:
 
 
 RANKINGS = ("guarded", "quality")
-# Two binomial spreads of an editability share of ~32 images near 0.8 (0.07 each): a smaller gap is noise.
-EDITABILITY_MARGIN = 0.15
-# Bleed (LoRA − base CLIP similarity on no-trigger prompts) worse by more than this than the least-bleeding round.
-BLEED_MARGIN = 0.05
 
 
 def suite_score(record: RoundRecord, name: str) -> float | None:
@@ -39,14 +37,9 @@ def suite_score(record: RoundRecord, name: str) -> float | None:
 
 def clearly_worse(record: RoundRecord, rounds: list[RoundRecord]) -> str:
     """Why ``record``'s suite is clearly worse than another of ``rounds``' ('' when it is not)."""
-    editability, bleed = suite_score(record, "editability"), suite_score(record, "bleed")
     edits = [e for e in (suite_score(r, "editability") for r in rounds) if e is not None]
     bleeds = [b for b in (suite_score(r, "bleed") for r in rounds) if b is not None]
-    if editability is not None and edits and editability < max(edits) - EDITABILITY_MARGIN:
-        return f"editability {editability:.2f} < {max(edits):.2f} − {EDITABILITY_MARGIN}"
-    if bleed is not None and bleeds and bleed > min(bleeds) + BLEED_MARGIN:
-        return f"bleed {bleed:+.3f} > {min(bleeds):+.3f} + {BLEED_MARGIN}"
-    return ""
+    return clearly_worse_figures(suite_score(record, "editability"), suite_score(record, "bleed"), edits, bleeds)
 
 
 def best_round(history: list[RoundRecord], ranking: str = "guarded") -> RoundRecord | None:

@@ -231,6 +231,7 @@ class Session:
                                    self.params.get("caption_mode", "full"))
         # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
         scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
+        check = self.edit_check() if scorer is not None else None  # ... and, guarded, its editability in new scenes
         if resumed_from:  # shown even when quiet: the round does not start from scratch
             _emit(self.events.on_notice, f"round {state.number}: resuming training from step {resumed_from} "
                                          f"({self.store.relative(checkpoint)})")
@@ -238,7 +239,8 @@ class Session:
             self._say(f"round {state.number}: training {params_text(self.params)} → {self.store.relative(run_dir)}")
             started = time.perf_counter()
             try:
-                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer)
+                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer,
+                                    edit_check=check)
             except ResumeMismatchError as error:
                 # Checkpoints of this round made with other settings (e.g. changed by hand): keep them
                 # aside and train the round afresh rather than stop the run.
@@ -249,8 +251,11 @@ class Session:
                 resumed_from = 0
                 if warm:
                     atomic_write_json(run_dir / WARM_START, warm)
-                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer)
+                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer,
+                                    edit_check=check)
             self._compute("train", started)
+            if result.edit_check_s:  # part of the training's seconds, counted apart as the suite's cost
+                state.compute["checkpoint_suite"] = state.compute.get("checkpoint_suite", 0.0) + result.edit_check_s
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
             raise KeyboardInterrupt
         for note in getattr(result, "notes", []):  # masks resized or missing: said once per round
@@ -267,6 +272,18 @@ class Session:
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "
                   f"LoRA = step {chosen.get('step', result.steps)} ({chosen.get('why', 'last step')})")
         return state.train
+
+    def edit_check(self):
+        """With the guarded ranking, the checkpoints' edit check (``tools.scoring.suite.edit_check``: a few of the
+        suite's new-context prompts drawn at every checkpoint), so that the checkpoint a round keeps is chosen with
+        the guard that ranks the rounds; None with the ``quality`` ranking or no suite."""
+        if self.settings.round_ranking != "guarded" or not self.settings.suite_size:
+            return None
+        from tools.generation.sampling import SamplingSpec
+        from tools.scoring.suite import edit_check
+
+        sampling = SamplingSpec.from_settings(self.settings)
+        return edit_check(self.suite(), self.analyze(), self.profile, sampling.seed, sampling.images_per_prompt)
 
     def warm_start(self, number: int) -> dict | None:
         """Where round ``number`` continues from (``payoff.warm_start_plan``), or None for a fresh LoRA."""

@@ -323,3 +323,49 @@ def lora_blocks(mine: dict | None, base: dict | None, identity_ceiling: float | 
         "bleed": {"score": bleed, "lora_clip": lora_clip, "base_clip": base_clip,
                   "spread": mine["no_trigger"]["clip"]["std"], "count": mine["no_trigger"]["count"]},
     }
+
+
+# --------------------------------------------------------------------------- the checkpoints' edit check
+CHECK_PROMPTS, CHECK_IMAGES = 2, 4  # per checkpoint: the first new-context prompts (a background, a style) × images
+
+
+@dataclass
+class EditCheck:
+    """The checkpoints' edit check (``tools.training.edit_check``): the suite's first ``CHECK_PROMPTS``
+    new-context prompts — one per varied category, a background and a style by default — at the suite's first
+    ``CHECK_IMAGES`` seeds; a checkpoint's editability is the share of its images whose prompted value is the
+    CLIP's top-1 of its category, as ``score_suite`` measures it."""
+
+    suite: list[SuitePrompt]
+    seeds: list[int]
+    analysis: Analysis
+    profile: object
+
+    @property
+    def prompts(self) -> list[str]:
+        return [prompt.text for prompt in self.suite]
+
+    def __call__(self, images: list[list[Path]]) -> dict[str, float]:
+        from tools.models import load_clip
+        from tools.scoring.analyzer import category_probabilities, embed_set, load_image_set, text_embeddings
+
+        character = read_character(self.analysis)
+        encoder = load_clip(self.profile)  # loaded once per process
+        texts = text_embeddings(encoder, character.taxonomy)
+        edited = []
+        for prompt, paths in zip(self.suite, images):
+            probabilities = category_probabilities(embed_set(encoder, load_image_set(paths), self.profile, None),
+                                                   texts)[prompt.category]
+            values = character.taxonomy.categories[prompt.category]
+            edited += [values[int(row.argmax())] == prompt.value for row in probabilities]
+        return {"editability": sum(edited) / len(edited) if edited else 0.0, "editability_images": len(edited)}
+
+
+def edit_check(suite: Sequence[SuitePrompt], analysis: Analysis, profile, seed: int, images_per_prompt: int,
+               prompts: int = CHECK_PROMPTS, images: int = CHECK_IMAGES) -> EditCheck | None:
+    """The edit check of ``suite`` (None when it has no new-context prompt); its seeds are the suite's first
+    (``seed + i``, at most ``images_per_prompt``)."""
+    contexts = [prompt for prompt in suite if prompt.kind == NEW_CONTEXT][:prompts]
+    if not contexts:
+        return None
+    return EditCheck(contexts, [seed + i for i in range(min(images, images_per_prompt))], analysis, profile)

@@ -284,6 +284,26 @@ def best_checkpoint(scores: list[dict]) -> dict | None:
     return max(scores, key=lambda s: (s["quality"], s["step"])) if scores else None
 
 
+def guarded_checkpoint(scores: list[dict]) -> tuple[dict | None, list[str]]:
+    """The checkpoint a round keeps under the suite guard (``tools.scoring.guard``, the rule the ranking of rounds
+    uses): the highest-quality scored checkpoint whose editability — measured at each checkpoint on a few of the
+    suite's new-context prompts (``editability``, ``editability_images``) — is not clearly worse than another
+    checkpoint's; a tie goes to the later step. Returns it and, for each better-scoring checkpoint passed over,
+    why. Checkpoints without an editability figure are judged on quality alone (``best_checkpoint``)."""
+    from tools.scoring.guard import clearly_worse
+
+    edits = [s["editability"] for s in scores if s.get("editability") is not None]
+    if not edits:
+        return best_checkpoint(scores), []
+    passed: list[str] = []
+    for score in sorted(scores, key=lambda s: (s["quality"], s["step"]), reverse=True):
+        why = clearly_worse(score.get("editability"), None, edits, [], count=score.get("editability_images"))
+        if not why:
+            return score, passed
+        passed.append(f"step {score['step']} ({score['quality']:.3f}): {why}")
+    return best_checkpoint(scores), passed
+
+
 def quality_spread(score: dict) -> float:
     """The spread of a checkpoint's validation quality: the standard error of its mean (std / √images) as the
     checkpoint scorer records it; 0 for a score without them (older runs, hand-made scores)."""

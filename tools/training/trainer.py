@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,11 +33,13 @@ from tools.training.data import (bucket_batch, bucket_counts, cached_latent_dist
                                  dataset_dir, dataset_sha256, default_latent_cache_dir, encode_prompts, epochs_for,
                                  load_masks, position_seed, prepare_images, sample_latents, training_caption,
                                  vae_identity)
+from tools.training.edit_check import EditCheck, draw_edit_check
 from tools.training.prior import prepared_class_images
 from tools.training.losses import denoising_loss
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
-                                       checkpoint_dirs, export_lora, kohya_metadata, latest_checkpoint,
-                                       load_checkpoint, plateaued, restore_rng_state, save_checkpoint)
+                                       checkpoint_dirs, export_lora, guarded_checkpoint, kohya_metadata,
+                                       latest_checkpoint, load_checkpoint, plateaued, restore_rng_state,
+                                       save_checkpoint)
 from tools.training.report import (LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_checkpoint_scores, read_loss_log,
                                    write_checkpoint_scores, write_loss_log)
 from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, adapter_state_dicts, check_init_weights, check_resumable,
@@ -70,6 +73,7 @@ class TrainResult:
     validation_losses: dict[int, float] = field(default_factory=dict)  # step -> validation loss, per checkpoint
     notes: list[str] = field(default_factory=list)  # what the run changed or skipped in its input (one line each)
     stopped_early: str = ""  # why training stopped before config.steps (a plateau of validation quality), or ""
+    edit_check_s: float = 0.0  # seconds this process spent drawing and scoring the checkpoints' edit check
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,11 +81,12 @@ class TrainResult:
 
 def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], run_dir: Path, quiet: bool = False,
                stop: threading.Event | None = None, *, resume: bool = True,
-               score_checkpoint: CheckpointScorer | None = None) -> TrainResult:
+               score_checkpoint: CheckpointScorer | None = None, edit_check: EditCheck | None = None) -> TrainResult:
     """Train a LoRA on ``dataset`` ((image, caption) pairs) into ``run_dir``; continue its latest checkpoint.
 
     ``score_checkpoint`` scores each checkpoint's validation images against the references; with
-    ``config.select_best_checkpoint`` the best-scoring checkpoint becomes the run's LoRA.
+    ``config.select_best_checkpoint`` the best-scoring checkpoint becomes the run's LoRA — with ``edit_check``,
+    the best-scoring one whose editability is not clearly worse than another's (``guarded_checkpoint``).
     Ctrl-C or ``stop.set()`` saves a checkpoint and returns ``interrupted=True``. NaN loss and CUDA
     out-of-memory raise ``TrainingError`` (the last good checkpoint stays).
     """
@@ -104,7 +109,7 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     prior = prepared_class_images(config, profile, dataset, images, quiet) if config.prior_preservation else []
     try:
         with lora_adapters(pipe, config) as modules:
-            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint, prior)
+            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint, prior, edit_check)
             result = run.train(checkpoint, quiet, stop)
             result.notes = notes + result.notes
             return result
@@ -122,12 +127,12 @@ class _Run:
     """State of one training run: models, optimizer, caches, step counter, loss rows."""
 
     def __init__(self, config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint,
-                 class_images=()) -> None:
+                 class_images=(), edit_check=None) -> None:
         self.config, self.profile, self.images, self.run_dir = config, profile, images, run_dir
         self.class_images = list(class_images)  # prior preservation: the base model's pictures of the class
         self.class_buckets = [image.bucket for image in self.class_images]
         self.accelerator, self.pipe, self.modules = accelerator, pipe, modules
-        self.score_checkpoint = score_checkpoint
+        self.score_checkpoint, self.edit_check, self.edit_check_s = score_checkpoint, edit_check, 0.0
         self.device = accelerator.device
         self.dataset_hash = dataset_sha256(images)
         self.buckets = [image.bucket for image in images]
@@ -413,13 +418,14 @@ class _Run:
         self.scores = [s for s in self.scores if s["step"] != self.step]
         self.scores.append({"step": self.step, **{k: float(v) for k, v in self.score_checkpoint(images).items()},
                             **({"validation_loss": self.validation_losses[self.step]}
-                               if self.step in self.validation_losses else {})})
+                               if self.step in self.validation_losses else {}),
+                            **(self._check_edits() if self.edit_check is not None else {})})
         write_checkpoint_scores(self.run_dir, self.scores)
 
     def _best_step(self) -> int | None:
         if not self.config.select_best_checkpoint:
             return None
-        best = best_checkpoint(self.scores)
+        best = guarded_checkpoint(self.scores)[0]
         return best["step"] if best else None
 
     def _plateau(self) -> bool:
@@ -455,24 +461,18 @@ class _Run:
         config, paths = self.config, []
         if not config.validation_images:
             return paths
-        for module in self.modules.values():
-            module.eval()
-        try:
-            with torch.no_grad(), self.accelerator.autocast():
-                for index in range(config.validation_images):
-                    seed = config.seed + index
-                    image = self.pipe(config.effective_validation_prompt,
-                                      negative_prompt=config.validation_negative_prompt or None,
-                                      height=config.resolution, width=config.resolution,
-                                      num_inference_steps=config.validation_inference_steps,
-                                      guidance_scale=config.effective_validation_guidance_scale,
-                                      generator=torch.Generator().manual_seed(seed)).images[0]
-                    path = self.run_dir / "validation" / f"step-{self.step:06d}-seed-{seed}.png"
-                    atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
-                    paths.append(path)
-        finally:
-            for module in self.modules.values():
-                module.train()
+        with self._evaluating():
+            for index in range(config.validation_images):
+                seed = config.seed + index
+                image = self.pipe(config.effective_validation_prompt,
+                                  negative_prompt=config.validation_negative_prompt or None,
+                                  height=config.resolution, width=config.resolution,
+                                  num_inference_steps=config.validation_inference_steps,
+                                  guidance_scale=config.effective_validation_guidance_scale,
+                                  generator=torch.Generator().manual_seed(seed)).images[0]
+                path = self.run_dir / "validation" / f"step-{self.step:06d}-seed-{seed}.png"
+                atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
+                paths.append(path)
         self.validation_paths.extend(paths)
         tracker = next((t for t in self.accelerator.trackers if t.name == "tensorboard"), None)
         if tracker is not None:
@@ -482,6 +482,25 @@ class _Run:
             arrays = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
             tracker.writer.add_images("validation", arrays, self.step, dataformats="NHWC")
         return paths
+
+    @contextmanager
+    def _evaluating(self):
+        for module in self.modules.values():
+            module.eval()
+        try:
+            with torch.no_grad(), self.accelerator.autocast():
+                yield
+        finally:
+            for module in self.modules.values():
+                module.train()
+
+    def _check_edits(self) -> dict[str, float]:
+        """This checkpoint's editability on the edit check's prompts; the seconds spent are counted."""
+        started = time.perf_counter()
+        with self._evaluating():
+            figures = draw_edit_check(self.pipe, self.config, self.edit_check, self.run_dir / "validation", self.step)
+        self.edit_check_s += time.perf_counter() - started
+        return figures
 
     def _write_loss_files(self) -> None:
         write_loss_log(self.run_dir / LOSS_LOG, self.rows)
@@ -535,12 +554,14 @@ class _Run:
 
     def _choose_checkpoint(self) -> dict:
         """Which step's weights the run hands over, with the reason (report.html shows it)."""
-        best = best_checkpoint(self.scores) if self.config.select_best_checkpoint else None
+        best, passed = guarded_checkpoint(self.scores) if self.config.select_best_checkpoint else (None, [])
         on_disk = {int(p.name[len(CHECKPOINT_PREFIX):]) for p in checkpoint_dirs(self.run_dir)}
         if best is not None and (best["step"] in on_disk or best["step"] == self.step):
             others = ", ".join(f"step {s['step']}: {s['quality']:.3f}" for s in self.scores if s is not best)
+            guard = f"; passed over, editability clearly worse: {'; '.join(passed)}" if passed else ""
             return {**best, "why": f"highest validation quality against the references ({best['quality']:.3f}"
-                                   + (f"; {others}" if others else "") + ")" + self._loss_disagreement(best["step"])}
+                                   + (f"; {others}" if others else "") + ")" + guard
+                    + self._loss_disagreement(best["step"])}
         if not self.config.select_best_checkpoint:
             why = "last step (best-checkpoint selection is off)"
         elif not self.scores:
@@ -568,7 +589,8 @@ class _Run:
                            self.run_dir / LOSS_LOG, interrupted, curve if curve.is_file() else None,
                            list(self.validation_paths), list(self.scores), getattr(self, "chosen", None),
                            dict(self.validation_losses),
-                           stopped_early="" if interrupted else self.stopped_early)
+                           stopped_early="" if interrupted else self.stopped_early,
+                           edit_check_s=round(self.edit_check_s, 3))
 
     def _diverged(self, value: float) -> TrainingError:
         last = latest_checkpoint(self.run_dir)
