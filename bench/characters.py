@@ -111,8 +111,12 @@ def run_loop(character: str, seed: int, rounds: int, work: Path) -> dict:
     best = next(r for r in records if r["round"] == best_number)
     return {"round1": figures(records[0]), "best": figures(best), "best_round": best_number,
             "qualities": [round(r["lora_score"], 4) for r in records], "cpu_s": round(cpu_s, 1),
-            "suite_vs_generation": [round(r["compute_s"].get("generate_suite", 0.0) / r["compute_s"]["generate"], 3)
+            # the suite's cost: its images after training, and the checkpoints' edit check during it (guarded)
+            "suite_vs_generation": [round((r["compute_s"].get("generate_suite", 0.0)
+                                           + r["compute_s"].get("checkpoint_suite", 0.0)) / r["compute_s"]["generate"], 3)
                                     for r in records],
+            "checkpoint_suite_vs_generation": [round(r["compute_s"].get("checkpoint_suite", 0.0)
+                                                     / r["compute_s"]["generate"], 3) for r in records],
             "results": str(folder), "analysis": str(folder / "analysis.json"),
             "references": settings.references}
 
@@ -208,7 +212,9 @@ def print_table(results: dict, overtrained_runs: dict) -> None:
                   f"({', '.join(number(v) for v in values)})")
         ratios = [x for r in runs for x in r["suite_vs_generation"]]
         print(f"  suite generation / round generation: max {max(ratios):.2f} (round 1, base suite drawn), "
-              f"later rounds {mean_spread([x for r in runs for x in r['suite_vs_generation'][1:]])}; target ≤ 1.6")
+              f"later rounds {mean_spread([x for r in runs for x in r['suite_vs_generation'][1:]])}; target ≤ 1.6; "
+              f"of which the checkpoints' edit check "
+              f"{mean_spread([x for r in runs for x in r.get('checkpoint_suite_vs_generation', [])])}")
     for (character, variant), by_seed in overtrained_runs.items():
         print(f"\n{label(character)}: overtrained ({variant}, last step) against the default LoRA (round 1)")
         sees = []
@@ -222,6 +228,20 @@ def print_table(results: dict, overtrained_runs: dict) -> None:
         print(f"  the scores see the overfitting on {sum(sees)}/{len(sees)} seeds (target: every seed)")
 
 
+def merged(files: list[Path]) -> tuple[dict, dict]:
+    """The loop and overtrained figures of several ``--json`` files, as one run would hold them."""
+    results: dict = {}
+    over: dict = {}
+    for file in files:
+        saved = json.loads(file.read_text())
+        for character, runs in saved["loop"].items():
+            results.setdefault(character, {}).update(runs)
+        for key, runs in saved["overtrained"].items():
+            character, variant = key.split(" / ", 1)
+            over.setdefault((character, variant), {}).update(runs)
+    return results, over
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--seeds", default="42,1,2", help="comma-separated seeds")
@@ -232,7 +252,13 @@ def main() -> int:
                         help="also train an overtrained LoRA of the first character per seed and score its suite")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here (as it goes)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs' results folders here")
+    parser.add_argument("--tables-from", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="print the table of runs done apart (each with its --json; e.g. one per character "
+                             "and seed, side by side) instead of running")
     args = parser.parse_args()
+    if args.tables_from:
+        print_table(*merged(args.tables_from))
+        return 0
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     characters = args.character or list(DEFAULT_CHARACTERS)

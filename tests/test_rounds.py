@@ -13,6 +13,7 @@ from agent.rounds.params import emphasise
 from agent.rounds.policy import RulePolicy
 from agent.rounds.session import Session
 from tools.errors import InputError
+from tools.training.lora_files import guarded_checkpoint
 
 ROUND_STEPS = 8  # tiny steps for the test: the pipeline, not the learning, is under test
 
@@ -81,7 +82,10 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         # a round scores every checkpoint (a warm-started one trains only the steps beyond its start: maybe one)
         assert len(scores) >= 2 or record["train"]["warm_start"]
         best = max(scores, key=lambda s: (s["quality"], s["step"]))
-        assert best["step"] == record["train"]["chosen_checkpoint"]["step"]  # the best one became the LoRA
+        # the best one not clearly worse in new scenes became the LoRA: each checkpoint drew the suite's new context
+        assert all(s["editability_images"] == 2 and 0.0 <= s["editability"] <= 1.0 for s in scores)
+        assert guarded_checkpoint(scores)[0]["step"] == record["train"]["chosen_checkpoint"]["step"]
+        assert record["compute_s"]["checkpoint_suite"] > 0
         training = feedback["training"]
         assert {k: training[k] for k in ("steps", "scored_checkpoints", "best_step")} == \
             {"steps": record["train"]["steps"], "scored_checkpoints": len(scores), "best_step": best["step"]}

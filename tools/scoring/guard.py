@@ -5,7 +5,7 @@ highest-quality candidate that is not. A LoRA that wins quality by copying the r
 style) is what the guard catches.
 
 "Clearly" is beyond a margin of about two spreads of a round's figure, or beyond the two figures' own spread
-where they rest on fewer images (a checkpoint's editability is measured on 8 images, a round's on 24).
+where they rest on fewer images (a checkpoint's editability is measured on 4 images, a round's on 24).
 No heavy imports here: the policy and the ranking read it too.
 """
 
@@ -21,10 +21,12 @@ BLEED_MARGIN = 0.05
 
 
 def share_spread(rate: float, count: int | None) -> float:
-    """The binomial spread (std) of a share of ``count`` images; 0 when the count is unknown."""
+    """The binomial spread (std) of a share of ``count`` images, the share taken with one image added either way
+    (so 4 of 4 is not certain: 0.19, not 0); 0 when the count is unknown."""
     if not count or count <= 0:
         return 0.0
-    return math.sqrt(max(rate * (1.0 - rate), 0.0) / count)
+    smoothed = (rate * count + 1.0) / (count + 2.0)
+    return math.sqrt(smoothed * (1.0 - smoothed) / count)
 
 
 def clearly_worse(editability: float | None, bleed: float | None, editabilities: Sequence[float],

@@ -23,18 +23,18 @@ class EditCheck(Protocol):
 
 
 def draw_edit_check(pipe, config, check: EditCheck, folder: Path, step: int) -> dict[str, float]:
-    """Draw ``check``'s prompts with the training pipeline (adapter on, eval mode: the caller's) as the suite
-    draws them — a prompt's images in one batch, at the validation sampling — and score them."""
-    per_prompt = []
-    for index, prompt in enumerate(check.prompts):
-        count = len(check.seeds)
-        negative = [config.validation_negative_prompt] * count if config.validation_negative_prompt else None
-        images = pipe([prompt] * count, negative_prompt=negative, height=config.resolution,
-                      width=config.resolution, num_inference_steps=config.validation_inference_steps,
-                      guidance_scale=config.effective_validation_guidance_scale,
-                      generator=[torch.Generator().manual_seed(seed) for seed in check.seeds]).images
-        paths = [folder / f"step-{step:06d}-suite{index}-seed-{seed}.png" for seed in check.seeds]
-        for image, path in zip(images, paths):
-            atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
-        per_prompt.append(paths)
+    """Draw ``check``'s prompts with the training pipeline (adapter on, eval mode: the caller's) at the validation
+    sampling — every prompt's images in one batch, image ``i`` of a prompt at ``check.seeds[i]`` — and score them."""
+    prompts = [prompt for prompt in check.prompts for _ in check.seeds]
+    negative = [config.validation_negative_prompt] * len(prompts) if config.validation_negative_prompt else None
+    images = pipe(prompts, negative_prompt=negative, height=config.resolution, width=config.resolution,
+                  num_inference_steps=config.validation_inference_steps,
+                  guidance_scale=config.effective_validation_guidance_scale,
+                  generator=[torch.Generator().manual_seed(seed) for _ in check.prompts for seed in check.seeds]).images
+    paths = [folder / f"step-{step:06d}-suite{index}-seed-{seed}.png"
+             for index in range(len(check.prompts)) for seed in check.seeds]
+    for image, path in zip(images, paths):
+        atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
+    count = len(check.seeds)
+    per_prompt = [paths[i:i + count] for i in range(0, len(paths), count)]
     return {key: float(value) for key, value in check(per_prompt).items()}
