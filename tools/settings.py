@@ -80,8 +80,9 @@ class Settings:
     # Prompts of the round's suite beside the character's own (tools.scoring.suite): new contexts and no-trigger
     # prompts, for identity, editability and bleed. 0: no suite (quality only).
     suite_size: int = 5
-    # How rounds are ranked (best round, best_lora/): "guarded" = by quality, but a round whose editability or
-    # bleed is clearly worse than the best round's does not win on quality alone; "quality" = quality only.
+    # How rounds are ranked (best round, best_lora/) and a round's checkpoint chosen: "guarded" = by quality, but a
+    # round (a checkpoint) whose editability or bleed (editability) is clearly worse than another's does not win on
+    # quality alone — each checkpoint draws a few suite prompts for it; "quality" = quality only.
     round_ranking: str = "guarded"
     # [generation]
     num_inference_steps: int = 30
