@@ -148,7 +148,8 @@ def overtrained(run: dict, seed: int, lr_factor: float, steps_factor: int) -> di
     command = [sys.executable, "-m", "agent.cli", "train", "--profile", "tiny", "--seed", str(seed), "--quiet",
                "--references", run["references"], "--analysis", run["analysis"], "--run-dir", str(run_dir),
                "--steps", str(defaults.steps * steps_factor),
-               "--learning-rate", str(defaults.learning_rate * lr_factor), "--no-select-best-checkpoint"]
+               "--learning-rate", str(defaults.learning_rate * lr_factor), "--no-select-best-checkpoint",
+               "--validation-images", "0"]  # its last step is kept: no checkpoint needs judging
     started = time.process_time()
     if not (run_dir / "pytorch_lora_weights.safetensors").is_file():  # a rerun keeps a finished LoRA
         done = subprocess.run(command, capture_output=True, text=True)
