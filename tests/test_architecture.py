@@ -112,22 +112,79 @@ def test_no_module_over_600_lines_outside_the_world_build():
     assert long == {}
 
 
+# Where training_history.json and the feedback files are read as dicts: the store and its loader.
+LOADER = ("agent.rounds.store", "agent.rounds.documents")
+
+
+def document_keys() -> set[str]:
+    """The keys only the round record and the feedback document have: the fields of the loader's typed blocks
+    (``agent.rounds.documents``) and of the feedback's TypedDicts, less the keys of every other dict the agent
+    reads — the analysis, the comparison report and its parts (``tools.scoring.records``), the trainer's result
+    and its checkpoints (``TrainedRound``, ``CheckpointScore``, ``ChosenCheckpoint``) and the knobs of a ``params``
+    mapping. A ``.get`` with one of these reads a history or feedback document, unless ``NOT_DOCUMENTS`` names
+    its receiver."""
+    import dataclasses
+    import typing
+
+    import agent.rounds.documents as documents
+    import tools.scoring.records as scoring
+    from agent.rounds.knobs import NAMES
+    from agent.rounds.recording import TrainedRound
+    from agent.rounds.records import CheckpointScore, ChosenCheckpoint
+
+    feedback_parts = (scoring.Feedback, scoring.MetricGap, scoring.FeatureGap, scoring.Recommendation,
+                      scoring.ReferenceCopy)
+    keys = {f.name for value in vars(documents).values() if dataclasses.is_dataclass(value)
+            and value.__module__ == documents.__name__ for f in dataclasses.fields(value)}
+    keys |= {key for part in feedback_parts for key in typing.get_type_hints(part)}
+    others = {key for value in vars(scoring).values() if typing.is_typeddict(value) and value not in feedback_parts
+              for key in typing.get_type_hints(value)}
+    trainer = {key for shape in (TrainedRound, CheckpointScore, ChosenCheckpoint) for key in typing.get_type_hints(shape)}
+    return keys - others - trainer - set(NAMES) - {"document"}
+
+
+# Dicts that share a word with the documents' keys and are not documents: (module, receiver) → what it is.
+NOT_DOCUMENTS = {
+    ("agent.llm.client", "inner"): "an OpenAI-style answer's choice (HTTP JSON): 'message'",
+    ("agent.llm.decider", "proposal or {}"): "the arguments of the model's propose_adjustment call: 'rationale'",
+    ("agent.llm.tools", "scene"): "a scene of a written story: 'text'",
+    ("agent.rounds.recording", "state.timings"): "the round's stage timer, keyed by stage: 'train'",
+    ("agent.rounds.session", "state.timings"): "the round's stage timer, keyed by stage: 'train'",
+    ("agent.rounds.records", "warm"): "the trainer's warm-start plan (payoff.warm_start_plan): 'lora_steps_before'",
+}
+
+
 def test_the_history_and_feedback_files_are_read_by_the_store_alone():
-    """training_history.json and the rounds' feedback files are read in agent/rounds/store.py (the loader that
-    checks every record and fills the header's defaults once, ``history_state``); elsewhere a record's round
-    number is indexed, never guessed with ``.get``: the loader refused a history whose record has none."""
-    readers, guessed = [], []
+    """training_history.json and the rounds' feedback files are read in agent/rounds/store.py, and turned into
+    typed objects once by its loader, agent/rounds/documents.py (defaults of older files filled there). Outside
+    those two modules, in agent/:
+
+    - no module names the files (``HISTORY_FILE``, their names, ``round_feedback`` / ``read_feedback`` but in the
+      LLM decider, which reads an earlier round's feedback through the store's function);
+    - no ``.get("<key>")`` with a key only these documents have (``document_keys``): that would be a raw record or
+      feedback dict read outside the loader. ``.get`` on other dicts — os.environ, an HTTP or tool-call JSON, the
+      analysis, the comparison or suite report, the trainer's result, kwargs, a ``params`` knob mapping — is fine:
+      their keys are not in that set;
+    - a record's round number is never guessed with ``.get("round")``: the loader refused a history without one.
+    """
+    keys = document_keys()
+    assert {"lora_score", "score_gap", "metric_gaps", "overfitting", "decided_by", "suite_prompts"} <= keys
+    readers, guessed, raw = [], [], []
     for name, path in modules().items():
-        if not name.startswith("agent.") or name == "agent.rounds.store":
+        if not name.startswith("agent.") or name in LOADER:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and node.id in ("HISTORY_FILE", "round_feedback") and name != "agent.llm.decider":
+            if (isinstance(node, ast.Name) and node.id in ("HISTORY_FILE", "round_feedback", "read_feedback")
+                    and name != "agent.llm.decider"):
                 readers.append(f"{name}: {node.id}")
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                    and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "round"
-                    and "feedback" not in ast.unparse(node.func.value)):
-                guessed.append(f"{name}:{node.lineno}")
             if isinstance(node, ast.Constant) and node.value in ("training_history.json", "feedback_*.json"):
                 readers.append(f"{name}: {node.value}")
-    assert readers == [] and guessed == []
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                continue
+            if node.args[0].value == "round" and "feedback" not in ast.unparse(node.func.value):
+                guessed.append(f"{name}:{node.lineno}")
+            if node.args[0].value in keys and (name, ast.unparse(node.func.value)) not in NOT_DOCUMENTS:
+                raw.append(f"{name}:{node.lineno} {ast.unparse(node)}")
+    assert readers == [] and guessed == [] and raw == []

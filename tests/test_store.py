@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from agent.rounds.session import Session
+from agent.rounds.documents import round_of
 from agent.rounds.store import LOCK_FILE, RunStore
 from agent.views.chart import chart_series, draw_score_chart
 from agent.views.report import write_report
@@ -98,7 +99,7 @@ def test_history_rounds_in_progress_and_best_lora(tmp_path):
     assert not list(store.root.rglob("*.tmp"))  # atomic writes leave no temp files
     store.close()
     reopened = RunStore(tmp_path / "results")
-    assert [r["round"] for r in reopened.rounds] == [1, 2]
+    assert [r.round for r in reopened.rounds] == [1, 2]
     reopened.close()
 
 
@@ -113,7 +114,11 @@ def test_unreadable_history_is_an_input_error_and_the_lock_is_released(tmp_path)
 def test_original_list_history_is_read(tmp_path):
     (tmp_path / "training_history.json").write_text(json.dumps([{"round": 1, "lora_score": 0.5}]))
     store = RunStore(tmp_path)
-    assert store.rounds == [{"round": 1, "lora_score": 0.5}] and store.state.in_progress is None
+    assert store.rounds == [round_of({"round": 1, "lora_score": 0.5})] and store.state.in_progress is None
+    # The newer keys the original system never wrote read as their defaults, filled once at load.
+    old = store.rounds[0]
+    assert (old.lora_score, old.params, old.scores, old.suite, old.train.checkpoint_scores) == (0.5, {}, {}, None, ())
+    assert store.feedback(1) is None and store.best_record() is None
     store.close()
 
 
@@ -254,7 +259,7 @@ def test_ctrl_c_after_a_round_is_recorded_does_not_leave_it_in_progress(tiny_set
         monkeypatch.setattr(session, "_update_best", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
             session.finish_round(Decision({"steps": 7}, "test", "user"))
-        assert [r["round"] for r in session.history()] == [1]
+        assert [r.round for r in session.history()] == [1]
         assert session.current is None and session.next_round_number == 2
         assert session.params["steps"] == 7  # the next round trains with the decision
 
