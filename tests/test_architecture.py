@@ -188,3 +188,34 @@ def test_the_history_and_feedback_files_are_read_by_the_store_alone():
             if node.args[0].value in keys and (name, ast.unparse(node.func.value)) not in NOT_DOCUMENTS:
                 raw.append(f"{name}:{node.lineno} {ast.unparse(node)}")
     assert readers == [] and guessed == [] and raw == []
+
+
+def test_the_thresholds_the_policy_decides_by_reach_the_llm_and_the_tables_from_their_names(monkeypatch):
+    """The numbers the rule policy decides by (a missed feature, a copy, likeness, the suite's limits, its steps)
+    are stated to the LLM by the feedback and knob guides and shown in the suite table: all derived from the
+    named constants, so changing one changes every place that states it."""
+    from agent.llm import prompts
+    from agent.rounds import policy, records
+    from agent.rounds.knobs import SAFE_BOUNDS
+    from agent.views.render import suite_scores
+    from tools.settings import Settings
+
+    odd = {"MISSED_PASS_RATE": 0.37, "COPY_CLIP": 0.931, "COPY_SSIM": 0.811, "LOW_VARIETY": 0.041,
+           "IDENTITY_OK": 0.57, "EDITABILITY_VS_BASE": 0.77, "BLEED_HIGH": 0.061, "STEP_DOWN": 0.66,
+           "STEP_UP": 1.44, "LR_DOWN": 0.44, "RANK_UP": 3, "MAX_EMPHASIS": 5}
+    for name, value in odd.items():
+        monkeypatch.setattr(policy, name, value)
+    monkeypatch.setattr(records, "LIKENESS", 0.83)
+    guide = prompts.decider_system_prompt(Settings(), SAFE_BOUNDS)
+    for phrase in ("pass rate below 0.37 counts as missed", "CLIP cosine ≥ 0.931 and SSIM ≥ 0.811",
+                   "`overfitting.variety` < 0.041", "at 83 % of the reference", "Below 0.57: the character",
+                   "Below 0.77 ×", "above 0.061 the LoRA", "×0.66 … ×1.44", "(×0.44)", "(×3)", "up to 5 feature"):
+        assert phrase in guide, phrase
+    assert "$" not in guide  # every placeholder filled
+    import agent.views.render as render
+
+    monkeypatch.setattr(render, "EDITABILITY_VS_BASE", 0.77)
+    monkeypatch.setattr(render, "BLEED_HIGH", 0.061)
+    table = suite_scores({"round": 1, "suite": {"scores": {"identity": {"score": 0.7}, "editability": {"rate": 0.9},
+                                                            "bleed": {"score": 0.01}}}})
+    assert table.rows[1][3].startswith("≥ 0.77 × base") and table.rows[2][3] == "≤ 0.061"

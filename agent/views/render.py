@@ -138,7 +138,8 @@ def suite_prompt_title(prompt: SuitePrompt) -> str:
 
 def suite_scores(record: Round) -> Table | None:
     """A round's identity, editability and bleed on its prompt suite, the LoRA beside the base (None: no suite)."""
-    suite = round_of(record).suite
+    record = round_of(record)
+    suite = record.suite
     if suite is None or not (suite.scores.identity or suite.scores.editability or suite.scores.bleed):
         return None
     identity = suite.scores.identity or Identity()
