@@ -45,17 +45,25 @@ def _as_json(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
 class Block:
-    """A typed block whose fields are its JSON keys in the file's order: ``as_json`` gives the block back as the
-    LLM's summaries show it."""
+    """A typed block whose fields are its JSON keys: ``as_json`` gives back the keys the file had (``written``, in
+    its order; every field for a block made in code), as the LLM's summaries and the round record show it."""
+
+    written: tuple[str, ...] = field(default=(), compare=False, repr=False, kw_only=True)
 
     def as_json(self) -> dict[str, Any]:
-        return {f.name: _as_json(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+        names = self.written or tuple(f.name for f in fields(self) if f.name != "written")
+        return {name: _as_json(getattr(self, name)) for name in names if hasattr(self, name) and name != "written"}
+
+
+def _keys(block: dict) -> tuple[str, ...]:
+    return tuple(str(key) for key in block)
 
 
 # ---------------------------------------------------------------- blocks shared by both documents
 @dataclass(frozen=True)
-class Overfitting:
+class Overfitting(Block):
     """Signs that the LoRA copies references (``agent.rounds.records.overfitting_signals``)."""
 
     max_reference_clip: float | None = None  # the LoRA image closest to one single reference (raw cosine)
@@ -70,17 +78,12 @@ class Overfitting:
             return self.reference_copies > 0
         return is_reference_copy(self.max_reference_clip, self.max_reference_ssim)
 
-    def as_json(self) -> dict[str, Any]:  # what the LLM reads, in the file's key order
-        return {"max_reference_clip": self.max_reference_clip, "max_reference_ssim": self.max_reference_ssim,
-                **({"reference_copies": self.reference_copies} if self.reference_copies is not None else {}),
-                "variety": self.variety}
-
 
 def overfitting_of(block: Any) -> Overfitting | None:
     if not isinstance(block, dict):
         return None
     return Overfitting(finite_number(block.get("max_reference_clip")), finite_number(block.get("max_reference_ssim")),
-                       _int(block.get("reference_copies")), finite_number(block.get("variety")))
+                       _int(block.get("reference_copies")), finite_number(block.get("variety")), written=_keys(block))
 
 
 @dataclass(frozen=True)
@@ -130,13 +133,15 @@ def suite_scores_of(blocks: dict) -> SuiteScores:
     identity, edit, bleed = (blocks.get(name) for name in ("identity", "editability", "bleed"))
     return SuiteScores(
         Identity(*(finite_number(identity.get(k)) for k in ("score", "spread", "feature_pass_rate", "clip", "base",
-                                                              "ceiling")), _int(identity.get("count")))
-        if isinstance(identity, dict) else None,
+                                                              "ceiling")), _int(identity.get("count")),
+                 written=_keys(identity)) if isinstance(identity, dict) else None,
         Editability(*(finite_number(edit.get(k)) for k in ("rate", "spread", "base", "vs_base")), _int(edit.get("count")),
-                    {str(c): CategoryEdit(finite_number(_dict(v).get("lora")), finite_number(_dict(v).get("base")))
-                     for c, v in _dict(edit.get("by_category")).items()}) if isinstance(edit, dict) else None,
+                    {str(c): CategoryEdit(finite_number(_dict(v).get("lora")), finite_number(_dict(v).get("base")),
+                                          written=_keys(_dict(v)))
+                     for c, v in _dict(edit.get("by_category")).items()}, written=_keys(edit))
+        if isinstance(edit, dict) else None,
         Bleed(*(finite_number(bleed.get(k)) for k in ("score", "lora_clip", "base_clip", "spread")),
-              _int(bleed.get("count"))) if isinstance(bleed, dict) else None)
+              _int(bleed.get("count")), written=_keys(bleed)) if isinstance(bleed, dict) else None)
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,7 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
-class TrainingCurve:
+class TrainingCurve(Block):
     """How the round's validation quality went over its checkpoints (``agent.rounds.records.training_curve``)."""
 
     steps: int | None = None
@@ -193,10 +198,6 @@ class TrainingCurve:
     stopped_early: str | None = None
     lora_steps_before: int | None = None
     seconds: float | None = None
-    document: tuple[tuple[str, Any], ...] = ()  # the block as written, for the LLM's summary
-
-    def as_json(self) -> dict[str, Any]:
-        return dict(self.document)
 
 
 @dataclass(frozen=True)
@@ -245,12 +246,13 @@ def feedback_of(document: Any) -> RoundFeedback:
         compared_against=_text(doc.get("compared_against")), needs_improvement=doc.get("needs_improvement"),
         reference_copy=bool(doc.get("reference_copy")),
         metric_gaps={str(name): MetricGap(*(finite_number(g.get(k)) for k in ("lora", "competitor", "ceiling",
-                                                                               "vs_competitor", "vs_ceiling")))
+                                                                               "vs_competitor", "vs_ceiling")),
+                                          written=_keys(g))
                      for name, g in _dict(doc.get("metric_gaps")).items() if isinstance(g, dict)},
         feature_gaps=tuple(FeatureGap(str(g["feature"]), _text(g.get("category")),
                                       finite_number(g.get("lora_pass_rate")), finite_number(g.get("competitor_pass_rate")),
                                       finite_number(g.get("ceiling_pass_rate")), finite_number(g.get("gap")),
-                                      _text(g.get("against")))
+                                      _text(g.get("against")), written=_keys(g))
                            for g in _list(doc.get("feature_gaps")) if isinstance(g, dict) and g.get("feature")),
         recommendations=tuple(Recommendation(_text(r.get("priority")), _text(r.get("message")))
                               for r in _list(doc.get("recommendations")) if isinstance(r, dict)),
@@ -261,7 +263,7 @@ def feedback_of(document: Any) -> RoundFeedback:
             still_rising=training.get("still_rising") is True, spread=finite_number(training.get("spread")),
             best_early=training.get("best_early") is True, likeness_step=_int(training.get("likeness_step")),
             stopped_early=_text(training.get("stopped_early")), lora_steps_before=_int(training.get("lora_steps_before")),
-            seconds=finite_number(training.get("seconds")), document=tuple(training.items()))
+            seconds=finite_number(training.get("seconds")), written=_keys(training))
         if isinstance(training, dict) else None,
         lora_spread=finite_number(doc.get("lora_spread")), suite=suite_scores_of(doc),
         suite_prompts=suite_prompts_of(doc.get("suite_prompts")),

@@ -49,7 +49,6 @@ class ReportWriter:
 
 def write_report(store, references: Path, history: list[Round]) -> Path:
     """(Re)write ``report.html`` and ``score_chart.png`` of ``store`` from its history."""
-    history = rounds_of(history)
     root = store.root
     reference_thumbs = _reference_thumbnails(references, root / "report_assets")
     atomic_write_bytes(store.chart_path, _png_bytes(draw_score_chart(history)))
@@ -81,6 +80,7 @@ def _png_bytes(image: Image.Image) -> bytes:
 def render_html(history: list[Round], state: HistoryState, reference_thumbs: list[str], chart: str,
                 root: Path | None = None) -> str:
     """The page; ``root`` (the results folder) lets it read each image's prompt, seed and size."""
+    history = rounds_of(history)
     esc = html.escape
     profile, best = state.profile, state.best_round
     lightboxes: list[str] = []
