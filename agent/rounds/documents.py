@@ -53,8 +53,8 @@ class Block:
     written: tuple[str, ...] = field(default=(), compare=False, repr=False, kw_only=True)
 
     def as_json(self) -> dict[str, Any]:
-        names = self.written or tuple(f.name for f in fields(self) if f.name != "written")
-        return {name: _as_json(getattr(self, name)) for name in names if hasattr(self, name) and name != "written"}
+        known = [f.name for f in fields(self) if f.name != "written"]
+        return {name: _as_json(getattr(self, name)) for name in self.written or known if name in known}
 
 
 def _keys(block: dict) -> tuple[str, ...]:
@@ -129,19 +129,25 @@ class SuiteScores:
     bleed: Bleed | None = None
 
 
+def _numbers(block: dict, *names: str) -> list[float | None]:
+    return [finite_number(block.get(name)) for name in names]
+
+
 def suite_scores_of(blocks: dict) -> SuiteScores:
+    """The ``identity``, ``editability`` and ``bleed`` blocks of a feedback, or of a record's ``suite.scores``."""
     identity, edit, bleed = (blocks.get(name) for name in ("identity", "editability", "bleed"))
-    return SuiteScores(
-        Identity(*(finite_number(identity.get(k)) for k in ("score", "spread", "feature_pass_rate", "clip", "base",
-                                                              "ceiling")), _int(identity.get("count")),
-                 written=_keys(identity)) if isinstance(identity, dict) else None,
-        Editability(*(finite_number(edit.get(k)) for k in ("rate", "spread", "base", "vs_base")), _int(edit.get("count")),
-                    {str(c): CategoryEdit(finite_number(_dict(v).get("lora")), finite_number(_dict(v).get("base")),
-                                          written=_keys(_dict(v)))
-                     for c, v in _dict(edit.get("by_category")).items()}, written=_keys(edit))
-        if isinstance(edit, dict) else None,
-        Bleed(*(finite_number(bleed.get(k)) for k in ("score", "lora_clip", "base_clip", "spread")),
-              _int(bleed.get("count")), written=_keys(bleed)) if isinstance(bleed, dict) else None)
+    if isinstance(identity, dict):
+        identity = Identity(*_numbers(identity, "score", "spread", "feature_pass_rate", "clip", "base", "ceiling"),
+                            _int(identity.get("count")), written=_keys(identity))
+    if isinstance(edit, dict):
+        by_category = {str(c): CategoryEdit(*_numbers(_dict(v), "lora", "base"), written=_keys(_dict(v)))
+                       for c, v in _dict(edit.get("by_category")).items()}
+        edit = Editability(*_numbers(edit, "rate", "spread", "base", "vs_base"), _int(edit.get("count")), by_category,
+                           written=_keys(edit))
+    if isinstance(bleed, dict):
+        bleed = Bleed(*_numbers(bleed, "score", "lora_clip", "base_clip", "spread"), _int(bleed.get("count")),
+                      written=_keys(bleed))
+    return SuiteScores(*(block if isinstance(block, Block) else None for block in (identity, edit, bleed)))
 
 
 @dataclass(frozen=True)
@@ -224,10 +230,25 @@ class RoundFeedback:
     suite: SuiteScores = field(default_factory=SuiteScores)  # identity, editability, bleed (None: not drawn)
     suite_prompts: tuple[SuitePrompt, ...] = ()
     profile_name: str | None = None  # the profile it was scored with ("tiny", "sdxl")
-    notice: str | None = None  # the toy world's notice, at the top or in its profile
 
     def metric(self, name: str) -> MetricGap:
         return self.metric_gaps.get(name) or MetricGap()
+
+
+def _feature_gap(gap: dict) -> FeatureGap:
+    return FeatureGap(str(gap["feature"]), _text(gap.get("category")),
+                      *_numbers(gap, "lora_pass_rate", "competitor_pass_rate", "ceiling_pass_rate", "gap"),
+                      _text(gap.get("against")), written=_keys(gap))
+
+
+def _training(curve: dict) -> TrainingCurve:
+    return TrainingCurve(
+        steps=_int(curve.get("steps")), best_step=_int(curve.get("best_step")),
+        scored_checkpoints=_int(curve.get("scored_checkpoints")), still_rising=curve.get("still_rising") is True,
+        spread=finite_number(curve.get("spread")), best_early=curve.get("best_early") is True,
+        likeness_step=_int(curve.get("likeness_step")), stopped_early=_text(curve.get("stopped_early")),
+        lora_steps_before=_int(curve.get("lora_steps_before")), seconds=finite_number(curve.get("seconds")),
+        written=_keys(curve))
 
 
 def feedback_of(document: Any) -> RoundFeedback:
@@ -236,7 +257,6 @@ def feedback_of(document: Any) -> RoundFeedback:
     if isinstance(document, RoundFeedback):
         return document
     doc = _dict(document)
-    training = doc.get("training")
     profile = _dict(doc.get("profile"))
     return RoundFeedback(
         round=_int(doc.get("round")), lora_generator=_text(doc.get("lora_generator")),
@@ -245,30 +265,17 @@ def feedback_of(document: Any) -> RoundFeedback:
         ceiling_score=finite_number(doc.get("ceiling_score")), score_gap=finite_number(doc.get("score_gap")),
         compared_against=_text(doc.get("compared_against")), needs_improvement=doc.get("needs_improvement"),
         reference_copy=bool(doc.get("reference_copy")),
-        metric_gaps={str(name): MetricGap(*(finite_number(g.get(k)) for k in ("lora", "competitor", "ceiling",
-                                                                               "vs_competitor", "vs_ceiling")),
-                                          written=_keys(g))
-                     for name, g in _dict(doc.get("metric_gaps")).items() if isinstance(g, dict)},
-        feature_gaps=tuple(FeatureGap(str(g["feature"]), _text(g.get("category")),
-                                      finite_number(g.get("lora_pass_rate")), finite_number(g.get("competitor_pass_rate")),
-                                      finite_number(g.get("ceiling_pass_rate")), finite_number(g.get("gap")),
-                                      _text(g.get("against")), written=_keys(g))
-                           for g in _list(doc.get("feature_gaps")) if isinstance(g, dict) and g.get("feature")),
+        metric_gaps={str(name): MetricGap(*_numbers(gap, "lora", "competitor", "ceiling", "vs_competitor",
+                                                    "vs_ceiling"), written=_keys(gap))
+                     for name, gap in _dict(doc.get("metric_gaps")).items() if isinstance(gap, dict)},
+        feature_gaps=tuple(_feature_gap(gap) for gap in _list(doc.get("feature_gaps"))
+                           if isinstance(gap, dict) and gap.get("feature")),
         recommendations=tuple(Recommendation(_text(r.get("priority")), _text(r.get("message")))
                               for r in _list(doc.get("recommendations")) if isinstance(r, dict)),
         overfitting=overfitting_of(doc.get("overfitting")),
-        training=TrainingCurve(
-            steps=_int(training.get("steps")), best_step=_int(training.get("best_step")),
-            scored_checkpoints=_int(training.get("scored_checkpoints")),
-            still_rising=training.get("still_rising") is True, spread=finite_number(training.get("spread")),
-            best_early=training.get("best_early") is True, likeness_step=_int(training.get("likeness_step")),
-            stopped_early=_text(training.get("stopped_early")), lora_steps_before=_int(training.get("lora_steps_before")),
-            seconds=finite_number(training.get("seconds")), written=_keys(training))
-        if isinstance(training, dict) else None,
+        training=_training(doc["training"]) if isinstance(doc.get("training"), dict) else None,
         lora_spread=finite_number(doc.get("lora_spread")), suite=suite_scores_of(doc),
-        suite_prompts=suite_prompts_of(doc.get("suite_prompts")),
-        profile_name=_text(profile.get("profile")),
-        notice=_text(doc.get("notice")) or _text(profile.get("notice")))
+        suite_prompts=suite_prompts_of(doc.get("suite_prompts")), profile_name=_text(profile.get("profile")))
 
 
 # ---------------------------------------------------------------- the round record
@@ -389,13 +396,9 @@ class Round:
     paths: RoundPaths = field(default_factory=RoundPaths)
     timings_s: dict[str, float] = field(default_factory=dict)
 
-    def score(self, generator: str) -> GeneratorScores | None:
-        return self.scores.get(generator)
-
 
 def _checkpoints(items: Any) -> tuple[CheckpointScore, ...]:
-    return tuple(CheckpointScore(int(step), finite_number(s.get("quality")), finite_number(s.get("quality_std")),
-                                 finite_number(s.get("images")), finite_number(s.get("validation_loss")))
+    return tuple(CheckpointScore(int(step), *_numbers(s, "quality", "quality_std", "images", "validation_loss"))
                  for s in _list(items) if isinstance(s, dict) and (step := finite_number(s.get("step"))) is not None)
 
 
@@ -433,13 +436,10 @@ def round_of(record: Any) -> Round:
     return Round(
         round=int(record["round"]), finished_at=_text(record.get("finished_at")),
         params=dict(_dict(record.get("params"))), train=_train(_dict(record.get("train")), timings),
-        scores={str(name): GeneratorScores(
-            finite_number(s.get("quality")), finite_number(s.get("quality_std")), finite_number(s.get("clip")),
-            finite_number(s.get("features")), finite_number(s.get("ssim")), _text(s.get("band")), _int(s.get("count")),
-            _int(s.get("reference_copies")) or 0)
-            for name, s in _dict(record.get("scores")).items() if isinstance(s, dict)},
-        ceiling=Ceiling(*(finite_number(ceiling.get(k)) for k in ("quality", "clip", "features", "ssim")))
-        if isinstance(ceiling, dict) else None,
+        scores={str(name): GeneratorScores(*_numbers(s, "quality", "quality_std", "clip", "features", "ssim"),
+                                           _text(s.get("band")), _int(s.get("count")), _int(s.get("reference_copies")) or 0)
+                for name, s in _dict(record.get("scores")).items() if isinstance(s, dict)},
+        ceiling=Ceiling(*_numbers(ceiling, "quality", "clip", "features", "ssim")) if isinstance(ceiling, dict) else None,
         lora_score=finite_number(record.get("lora_score")), band=_text(record.get("band")),
         best_competitor=_text(record.get("best_competitor")), score_gap=finite_number(record.get("score_gap")),
         overfitting=overfitting_of(record.get("overfitting")),
