@@ -394,7 +394,8 @@ class Round:
     suite: RoundSuite | None = None
     skipped_competitors: tuple[str, ...] = ()
     paths: RoundPaths = field(default_factory=RoundPaths)
-    timings_s: dict[str, float] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)  # stage → wall seconds
+    compute_s: dict[str, float] = field(default_factory=dict)  # stage → seconds inside model code
 
 
 def _checkpoints(items: Any) -> tuple[CheckpointScore, ...]:
@@ -430,7 +431,8 @@ def round_of(record: Any) -> Round:
     if isinstance(record, Round):
         return record
     ceiling, decision, paths = record.get("ceiling"), _dict(record.get("decision")), _dict(record.get("paths"))
-    timings = {str(k): v for k, v in _dict(record.get("timings_s")).items() if finite_number(v) is not None}
+    timings, compute = ({str(k): v for k, v in _dict(record.get(key)).items() if finite_number(v) is not None}
+                        for key in ("timings_s", "compute_s"))
     prompts = tuple(str(p) for p in _list(record.get("prompts")))
     base_prompts = record.get("base_prompts")
     return Round(
@@ -455,7 +457,7 @@ def round_of(record: Any) -> Round:
         paths=RoundPaths(_text(paths.get("run_dir")), _text(paths.get("lora")), _text(paths.get("kohya_lora")),
                          _text(paths.get("comparison_report")), _text(paths.get("feedback")),
                          {str(name): [str(p) for p in _list(files)] for name, files in _dict(paths.get("images")).items()}),
-        timings_s=timings)
+        timings_s=timings, compute_s=compute)
 
 
 def rounds_of(history: Any) -> list[Round]:
