@@ -303,6 +303,7 @@ def test_the_stage_graph_is_the_committed_build_log():
     order = [stage.name for stage in world_recipe.GRAPH]
     for stage in world_recipe.GRAPH:
         assert stage.kind in runners.RUNNERS, stage.name
+        assert not stage.model or min(stage.steps, stage.lr, stage.batch, stage.warmup) > 0, stage.name
         for source in (stage.after, stage.text_tower, stage.latents, stage.anchor):
             assert source is None or order.index(source) < order.index(stage.name), (stage.name, source)
     # Its derived tables: the UNet passes' text towers and latents, the locked encoders, the seeds' offsets.
@@ -339,3 +340,5 @@ def test_a_changed_record_restarts_its_stage_and_the_stages_built_on_it_only():
                          "hardneg4", "retune5", "novel", "novel2", "novel3"}
     with pytest.raises(ValueError, match="no stage retune9 in the build"):
         recipe.changed(retune9=dict(steps=1))
+    with pytest.raises(ValueError, match="after shape the graph: change GRAPH, not a recipe"):
+        recipe.changed(retune2=dict(after="unet"))

@@ -183,6 +183,9 @@ GRAPH: tuple[Stage, ...] = (
     Stage("novel3", "novel", "model", after="novel2", pass_number=3, trains_text=True, scorer_only=True,
           anchor="hardneg4", steps=500, lr=2e-4, category_weight=0.25, share=0.5, anchor_weight=50.0, **CLIP_BATCH),
 )
+# The fields that shape the graph (the rest of a record is its hyper-parameters).
+GRAPH_FIELDS = ("name", "kind", "model", "after", "text_tower", "latents", "trains_text", "locks_encoder",
+                "scorer_only", "anchor", "tried", "first_build")
 STAGE = {stage.name: stage for stage in GRAPH}
 TRAINING_STAGES = [stage.name for stage in GRAPH if stage.model is not None]
 # Each model's stages in training order: a model's latest state is its last stage with a checkpoint.
@@ -217,10 +220,14 @@ class Recipe:
         return next(stage for stage in self.stages if stage.name == name)
 
     def changed(self, **stages: dict) -> Recipe:
-        """This recipe with some stages' hyper-parameters changed: ``changed(decoder2=dict(lr=1e-4))``."""
+        """This recipe with some stages' hyper-parameters changed: ``changed(decoder2=dict(lr=1e-4))``. The
+        graph itself (which stage trains what on what) is ``GRAPH``'s: the tables below derive from it."""
         unknown = set(stages) - set(STAGE)
         if unknown:
             raise ValueError(f"no stage {', '.join(sorted(unknown))} in the build (stages: {', '.join(STAGE)})")
+        structural = {field for changes in stages.values() for field in changes} & set(GRAPH_FIELDS)
+        if structural:
+            raise ValueError(f"{', '.join(sorted(structural))} shape the graph: change GRAPH, not a recipe")
         return replace(self, stages=tuple(replace(s, **stages.get(s.name, {})) for s in self.stages))
 
 
