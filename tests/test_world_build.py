@@ -327,8 +327,12 @@ def test_the_stage_records_resolve_to_the_settings_that_built_the_committed_weig
 
     snapshot = json.loads((Path(__file__).parent / "world_stage_settings.json").read_text(encoding="utf-8"))
     log = json.loads((WEIGHTS_DIR / "build_log.json").read_text(encoding="utf-8"))
-    assert snapshot["recipe"] == log["recipe"]
-    assert world_recipe.resolved(world_recipe.Recipe()) == {key: snapshot[key] for key in ("seed", "splits", "stages")}
+    if "stages" in log["recipe"]:  # exported by the records' build: the resolved recipe itself
+        expected = log["recipe"]
+    else:  # exported by the flat Recipe: its code resolved it into the snapshot
+        assert snapshot["recipe"] == log["recipe"]
+        expected = {key: snapshot[key] for key in ("seed", "splits", "stages")}
+    assert world_recipe.resolved(world_recipe.Recipe()) == expected
 
 
 def test_a_changed_record_restarts_its_stage_and_the_stages_built_on_it_only():
