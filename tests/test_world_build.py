@@ -346,3 +346,13 @@ def test_a_changed_record_restarts_its_stage_and_the_stages_built_on_it_only():
         recipe.changed(retune9=dict(steps=1))
     with pytest.raises(ValueError, match="after shape the graph: change GRAPH, not a recipe"):
         recipe.changed(retune2=dict(after="unet"))
+
+
+def test_a_stage_whose_inputs_are_missing_stops_with_one_line(tmp_path, capsys):
+    from tools.world.build import main
+
+    args = ["--cache", str(tmp_path / "cache"), "--weights", str(tmp_path / "weights")]
+    assert main(["--stage", "clip", *args]) == 2
+    assert "clip: stopped: the train split is not rendered" in capsys.readouterr().out
+    assert main(["--stage", "vision", *args]) == 2
+    assert f"vision: stopped: the clip stage has no checkpoint in {tmp_path / 'cache'}: run it first" in capsys.readouterr().out

@@ -36,6 +36,8 @@ class Build:
     def load_split(self, name: str) -> WorldSplit:
         from tools.world.attributes import Character
 
+        if not self.split_path(name).is_file():
+            raise RuntimeError(f"the {name} split is not rendered in {self.cache}: run the data stage first")
         with np.load(self.split_path(name), allow_pickle=False) as data:
             characters = [Character(**{k: tuple(v) if k == "plain_color" else v for k, v in c.items()})
                           for c in json.loads(str(data["characters"]))]
@@ -46,6 +48,8 @@ class Build:
         return self.cache / "tokenizer"
 
     def tokenizer(self):
+        if not (self.tokenizer_dir / "merges.txt").is_file():
+            raise RuntimeError(f"no tokenizer in {self.tokenizer_dir}: run the tokenizer stage first")
         return load_clip_tokenizer(self.tokenizer_dir)
 
     def checkpoint_path(self, stage: str) -> Path:
@@ -74,6 +78,8 @@ def latest_stage(build: Build, model: str) -> str | None:
 
 def require_finished(build: Build, stage: str) -> dict:
     """``stage``'s checkpoint, which must have run all its steps."""
+    if not build.checkpoint_path(stage).is_file():
+        raise RuntimeError(f"the {stage} stage has no checkpoint in {build.cache}: run it first")
     state = load_state(build.checkpoint_path(stage))
     total = build.recipe.stage(stage).steps
     if state["step"] < total:
