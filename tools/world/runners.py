@@ -168,17 +168,8 @@ def run_hard_negatives(build: Build, stage: Stage, novel: WorldSplit | None = No
         getattr(model, part).requires_grad_(image_trains)
     if not image_trains:
         model.logit_scale.requires_grad_(False)
-    anchor_sentences = [template.replace("{}", value) for template in SENTENCE_TEMPLATES
-                        for values in ATTRIBUTES.values() for value in values]
     if anchor is not None:  # the text tower starts as the anchor's and is held to it on the old values
-        anchor_model, _ = load_trained_clip(build, anchor)
-        for part in TEXT_TOWER_PARTS:
-            getattr(model, part).load_state_dict(getattr(anchor_model, part).state_dict())
-        with torch.no_grad():
-            tokens = tokenizer(anchor_sentences, padding=True, truncation=True, max_length=77, return_tensors="pt")
-            out = anchor_model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-            anchored = torch.nn.functional.normalize(out if isinstance(out, torch.Tensor) else out.pooler_output, dim=-1)
-        del anchor_model
+        anchor_sentences, anchored = _take_anchor_text_tower(build, anchor, model, tokenizer)
 
     def embed_texts(texts: list[str]) -> torch.Tensor:
         tokens = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
@@ -233,6 +224,22 @@ def run_hard_negatives(build: Build, stage: Stage, novel: WorldSplit | None = No
         return loss
 
     trainer.run(step, lambda: cap_logit_scale(model))
+
+
+def _take_anchor_text_tower(build: Build, anchor: str, model, tokenizer) -> tuple[list[str], torch.Tensor]:
+    """Give ``model`` the text tower of the stage ``anchor``; return the old values' template sentences and
+    that tower's normalised embeddings of them (what the anchor term holds the training tower to)."""
+    from tools.world.attributes import SENTENCE_TEMPLATES
+
+    sentences = [template.replace("{}", value) for template in SENTENCE_TEMPLATES
+                 for values in ATTRIBUTES.values() for value in values]
+    anchor_model, _ = load_trained_clip(build, anchor)
+    for part in TEXT_TOWER_PARTS:
+        getattr(model, part).load_state_dict(getattr(anchor_model, part).state_dict())
+    with torch.no_grad():
+        tokens = tokenizer(sentences, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        out = anchor_model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+    return sentences, torch.nn.functional.normalize(out if isinstance(out, torch.Tensor) else out.pooler_output, dim=-1)
 
 
 # --------------------------------------------------------------------------- VAE
