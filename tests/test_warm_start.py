@@ -8,32 +8,15 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tools.errors import ConfigError
 from tools.models import load_toy_world_pipeline
 from tools.training.lora_files import (DIFFUSERS_WEIGHTS, load_checkpoint, plateaued, quality_spread,
                                        rose_beyond_spread)
-from tests.test_trainer import StopAfter
+from tests.test_trainer import StopAfter, dataset  # noqa: F401 — the trainer tests' three references, a fixture
 from tools.training.trainer import default_train_config, train_lora
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> list[tuple[Path, str]]:
-    folder = tmp_path_factory.mktemp("refs")
-    rng = np.random.default_rng(0)
-    pairs = []
-    for index in range(3):
-        pixels = np.full((80, 80, 3), 40 * index, np.uint8)
-        pixels[..., index] = 220
-        pixels[16:56, 20:60] = rng.integers(0, 255, (40, 40, 3))
-        path = folder / f"aldar{index + 1}.png"
-        Image.fromarray(pixels).save(path)
-        pairs.append((path, f"aldarkose, picture {index + 1}"))
-    return pairs
 
 
 @pytest.fixture(scope="module")
