@@ -73,7 +73,8 @@ class Overfitting(Block):
 
     @property
     def copies_reference(self) -> bool:
-        """A LoRA image copies a reference: the count, or for older files the closest CLIP and SSIM."""
+        """A LoRA image copies a reference: the count, or for a feedback from before the count its closest CLIP and
+        SSIM (``tools.scoring.copies.is_reference_copy``, the one definition)."""
         if self.reference_copies is not None:
             return self.reference_copies > 0
         return is_reference_copy(self.max_reference_clip, self.max_reference_ssim)
