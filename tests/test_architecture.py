@@ -238,3 +238,30 @@ def test_the_thresholds_the_policy_decides_by_reach_the_llm_and_the_tables_from_
     table = suite_scores({"round": 1, "suite": {"scores": {"identity": {"score": 0.7}, "editability": {"rate": 0.9},
                                                             "bleed": {"score": 0.01}}}})
     assert table.rows[1][3].startswith("≥ 0.77 × base") and table.rows[2][3] == "≤ 0.061"
+
+
+def test_the_typed_records_read_only_keys_the_written_shapes_declare():
+    """agent/rounds/documents.py (what the code reads) and the TypedDicts of the JSON written (agent/rounds/records.py,
+    tools/scoring/records.py) describe one document twice: every field the loader reads is a key the writer's
+    shape declares, so neither drifts unnoticed."""
+    import dataclasses
+    import typing
+
+    import agent.rounds.documents as read
+    import agent.rounds.records as written
+    import tools.scoring.records as scoring
+
+    pairs = [(read.Round, written.RoundRecord), (read.RoundTrain, written.RoundTrain),
+             (read.RoundDecision, written.RoundDecision), (read.RoundPaths, written.RoundPaths),
+             (read.GeneratorScores, written.GeneratorScores), (read.Ceiling, written.CeilingScores),
+             (read.Overfitting, written.Overfitting), (read.TrainingCurve, written.TrainingCurve),
+             (read.CheckpointScore, written.CheckpointScore), (read.ChosenCheckpoint, written.ChosenCheckpoint),
+             (read.RoundFeedback, written.SessionFeedback), (read.MetricGap, scoring.MetricGap),
+             (read.FeatureGap, scoring.FeatureGap), (read.Recommendation, scoring.Recommendation)]
+    # Fields named apart from their key: the feedback's profile name is profile.profile; its suite the three blocks.
+    renamed = {"profile_name": "profile", "suite": "identity"}
+    for typed, shape in pairs:
+        keys = set(typing.get_type_hints(shape))
+        fields = {renamed.get(f.name, f.name) if typed is read.RoundFeedback else f.name
+                  for f in dataclasses.fields(typed)} - {"written"}
+        assert fields <= keys, (typed.__name__, sorted(fields - keys))
