@@ -125,12 +125,13 @@ def _finished_round(store_root: Path, checkpoint: Path | None, step: int = 4, sc
 
 
 def test_a_round_continues_the_best_rounds_checkpoint_or_says_in_one_line_why_not(tiny_settings, first):
+    from agent.rounds.documents import round_of
     from agent.rounds.session import Session, SessionEvents
 
     said: list[str] = []
     with Session(tiny_settings, quiet=True, events=SessionEvents(on_notice=said.append)) as session:
         root = session.store.root
-        session.store.rounds.append(_finished_round(root, first))
+        session.store.rounds.append(round_of(_finished_round(root, first)))
         session.params.update(warm_start=True, steps=10, checkpoint_every=2)
         warm = session.warm_start(2)
         assert warm == {"from_round": 1, "from_step": 4, "checkpoint": "runs/round_01/checkpoint-000004",

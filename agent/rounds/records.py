@@ -2,8 +2,9 @@
 
 ``TypedDict``s over plain JSON, like ``tools.scoring.records`` (whose analysis, comparison report and
 feedback they extend); docs/ARCHITECTURE.md ("training_history.json") explains each key. A record is
-written by ``agent.rounds.recording.round_record``. Readers of a history from disk still read with ``.get``
-where a key is ``NotRequired``: the original system's bare-list history has none of the newer keys.
+written by ``agent.rounds.recording.round_record``. These are the shapes written; what the agent reads is the
+typed ``agent.rounds.documents.Round`` / ``RoundFeedback`` the store's loader builds from them, once, with the
+defaults of older files (the original system's bare-list history has none of the newer keys) filled there.
 """
 
 from __future__ import annotations
