@@ -63,6 +63,19 @@ def train_config(profile: ModelProfile, params: dict):
     return config
 
 
+def checkpoint_judges(settings: Settings, references: Path, profile, analysis: dict, suite) -> dict:
+    """``train_lora``'s judges of a round's checkpoints: ``score_checkpoint`` scores each one's validation images as
+    the round scores the LoRA, and with the guarded ranking ``edit_check`` draws a few of the round's suite prompts
+    (``suite()``) at each, so the checkpoint kept is chosen with the guard that ranks the rounds
+    (``tools.training.lora_files.guarded_checkpoint``)."""
+    from tools.scoring.scorer import checkpoint_scorer
+    from tools.scoring.suite import round_edit_check
+
+    scorer = checkpoint_scorer(references, profile, analysis, settings.metric_weights)
+    return {"score_checkpoint": scorer,
+            "edit_check": round_edit_check(settings, suite, analysis, profile) if scorer is not None else None}
+
+
 def training_dataset(references: Path, analysis: dict, emphasis: list[str],
                      caption_mode: str = "full") -> list[tuple[Path, str]]:
     """(image, caption) pairs from the analysis captions (``caption_mode``), emphasised features first."""

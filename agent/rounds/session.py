@@ -20,8 +20,8 @@ from agent.rounds.decision import Decider, Decision, already_trained
 from agent.rounds.documents import Round, feedback_of
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
 from agent.rounds.payoff import session_defaults, unpaid_round, warm_config, warm_start_plan
-from agent.rounds.params import (default_params, emphasise, starting_params, train_config, training_dataset,
-                                 validate_inputs)
+from agent.rounds.params import (checkpoint_judges, default_params, emphasise, starting_params, train_config,
+                                 training_dataset, validate_inputs)
 from agent.rounds.ranking import best_round, stop_reason
 from agent.rounds.recording import SUITE_SCORES, RoundState, TrainedRound, reusable_base_suite, round_record, suite_base_key
 from agent.rounds.records import BASE, LORA, lora_spread, overfitting_signals, training_curve
@@ -210,7 +210,6 @@ class Session:
 
     def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
-        from tools.scoring.scorer import checkpoint_scorer
         from tools.training.lora_files import checkpoint_step
         from tools.training.trainer import train_lora
 
@@ -229,9 +228,8 @@ class Session:
         config = self.round_train_config(warm)
         dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [],
                                    self.params.get("caption_mode", "full"))
-        # Each checkpoint is scored as the round will score the LoRA; the best one becomes the round's LoRA.
-        scorer = checkpoint_scorer(self.references, self.profile, analysis, self.settings.metric_weights)
-        check = self.edit_check() if scorer is not None else None  # ... and, guarded, its editability in new scenes
+        # Each checkpoint is scored as the round will score the LoRA; the best (checkpoint_judges) becomes its LoRA.
+        judges = checkpoint_judges(self.settings, self.references, self.profile, analysis, self.suite)
         if resumed_from:  # shown even when quiet: the round does not start from scratch
             _emit(self.events.on_notice, f"round {state.number}: resuming training from step {resumed_from} "
                                          f"({self.store.relative(checkpoint)})")
@@ -239,8 +237,7 @@ class Session:
             self._say(f"round {state.number}: training {params_text(self.params)} → {self.store.relative(run_dir)}")
             started = time.perf_counter()
             try:
-                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer,
-                                    edit_check=check)
+                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, **judges)
             except ResumeMismatchError as error:
                 # Checkpoints of this round made with other settings (e.g. changed by hand): keep them
                 # aside and train the round afresh rather than stop the run.
@@ -251,11 +248,9 @@ class Session:
                 resumed_from = 0
                 if warm:
                     atomic_write_json(run_dir / WARM_START, warm)
-                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, score_checkpoint=scorer,
-                                    edit_check=check)
+                result = train_lora(config, self.profile, dataset, run_dir, quiet=self.quiet, **judges)
             self._compute("train", started)
-            if result.edit_check_s:  # part of the training's seconds, counted apart as the suite's cost
-                state.compute["checkpoint_suite"] = state.compute.get("checkpoint_suite", 0.0) + result.edit_check_s
+            state.compute["checkpoint_suite"] = result.edit_check_s  # inside train's seconds: the suite's cost
         if result.interrupted:  # Ctrl-C inside the trainer: its checkpoint is saved, the round stays unfinished
             raise KeyboardInterrupt
         for note in getattr(result, "notes", []):  # masks resized or missing: said once per round
@@ -272,18 +267,6 @@ class Session:
         self._say(f"round {state.number}: trained {result.steps} steps, final loss {result.final_loss:.4f}; "
                   f"LoRA = step {chosen.get('step', result.steps)} ({chosen.get('why', 'last step')})")
         return state.train
-
-    def edit_check(self):
-        """With the guarded ranking, the checkpoints' edit check (``tools.scoring.suite.edit_check``: a few of the
-        suite's new-context prompts drawn at every checkpoint), so that the checkpoint a round keeps is chosen with
-        the guard that ranks the rounds; None with the ``quality`` ranking or no suite."""
-        if self.settings.round_ranking != "guarded" or not self.settings.suite_size:
-            return None
-        from tools.generation.sampling import SamplingSpec
-        from tools.scoring.suite import edit_check
-
-        sampling = SamplingSpec.from_settings(self.settings)
-        return edit_check(self.suite(), self.analyze(), self.profile, sampling.seed, sampling.images_per_prompt)
 
     def warm_start(self, number: int) -> dict | None:
         """Where round ``number`` continues from (``payoff.warm_start_plan``), or None for a fresh LoRA."""

@@ -371,3 +371,15 @@ def edit_check(suite: Sequence[SuitePrompt], analysis: Analysis, profile, seed: 
     if not contexts:
         return None
     return EditCheck(contexts, [seed + i for i in range(min(images, images_per_prompt))], analysis, profile)
+
+
+def round_edit_check(settings, suite, analysis: Analysis, profile) -> EditCheck | None:
+    """A round's edit check: with the guarded ranking (``round_ranking``) and a suite, ``edit_check`` of the round's
+    suite (``suite()``) at the round's sampling seed — so the checkpoint a round keeps is chosen with the guard that
+    ranks the rounds; None with the ``quality`` ranking or no suite."""
+    if settings.round_ranking != "guarded" or not settings.suite_size:
+        return None
+    from tools.generation.sampling import SamplingSpec
+
+    sampling = SamplingSpec.from_settings(settings)
+    return edit_check(suite(), analysis, profile, sampling.seed, sampling.images_per_prompt)
