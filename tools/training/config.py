@@ -298,9 +298,9 @@ def bitsandbytes_available() -> bool:
     return _available("bitsandbytes")
 
 
-# The toy world's learning rate per adapter. LoKr (peft's, LyCORIS' factor -1) on the tiny UNet's 64-wide layers is
-# two full 8x8 Kronecker factors, 128 weights per layer against LoRA's 1024 at rank 8, and its first factor starts at
-# zero: at LoRA's rate it learns less in the same steps. Measured (tests/test_levers.py's setting: one round on the
+# The toy world's learning rate per adapter. LoKr (peft's, LyCORIS' factor -1) on the tiny UNet's 96-wide attention
+# layers is an 8x8 factor ⊗ a full 12x12 one: 12,320 weights in all against LoRA's 89,600 at rank 8 (LoHa: 179,200),
+# and its first factor starts at zero — at LoRA's rate it learns less in the same steps. Measured (tests/test_levers.py's setting: one round on the
 # bundled references, key features of the adapter's images minus the base's, seeds 42/1/2): see ADAPTER_RATES_MEASURED.
 TINY_LEARNING_RATES = {"lora": 5e-3, "lokr": 1e-2, "loha": 5e-3}
 ADAPTER_RATES_MEASURED = "pending"
