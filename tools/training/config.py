@@ -63,7 +63,8 @@ class TrainConfig:
     adapter: str = _setting("lora", "adapter kind: lora | lokr (LyCORIS LoKr: Kronecker factors, far fewer weights) | "
                                  "loha (LyCORIS LoHa: Hadamard product of two low-rank pairs); --use-dora is LoRA's "
                                  "DoRA. LoKr/LoHa files load in ComfyUI, A1111 and kohya (LyCORIS keys); diffusers "
-                                 "loads LoKr, aldar loads both", choices=ADAPTERS)
+                                 "loads LoKr, aldar loads both. On tiny each has its own default learning rate "
+                                 "(LoKr 1e-2)", choices=ADAPTERS)
     use_dora: bool = _setting(False, "DoRA (peft use_dora): weight-decomposed LoRA, often more faithful at low rank, "
                                   "a little slower per step; UNet only")
     max_grad_norm: float = _setting(1.0, "gradient clipping norm (0 = off)")
