@@ -163,7 +163,9 @@ def test_lokr_and_loha_beat_the_base_on_key_features(tiny_settings, adapter):
         record = session.run_rounds(1, RulePolicy(bounds=session.bounds))[0]
     assert record["params"]["adapter"] == adapter
     lora, base = record["scores"]["lora"]["features"], record["scores"]["base"]["features"]
-    # The bar. Measured leads (seeds 42/1/2): see tools.training.config.ADAPTER_RATES_MEASURED.
+    # The bar, on seed 42 (this fixture's). Measured leads in this very setting, seeds 42/1/2, one thread:
+    # LoKr at its 1e-2 +0.156/+0.125/+0.188 (at LoRA's 5e-3, seed 42: +0.109); LoHa at 5e-3 +0.203/+0.016/+0.188
+    # (at 1e-2: +0.141/+0.109/…) — LoHa's seed 1 is far under the bar, so this test passes on seed 42 only.
     assert lora >= base + 0.15, (lora, base)
 
 

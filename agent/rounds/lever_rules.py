@@ -30,7 +30,7 @@ class Evidence:
     lower_is_better: bool
     plain: tuple[float, float]  # (mean, std) without the lever
     with_lever: tuple[float, float]  # (mean, std) with it
-    settings: str = ""  # the lever's settings when measured, e.g. "mask_outside_weight 0.1"
+    settings: tuple[tuple[str, Any], ...] = ()  # the lever's other knobs as measured, e.g. (("prior_loss_weight", 0.5),)
 
     def helps(self) -> bool:
         """The lever moved the sign the right way by more than both spreads."""
@@ -39,7 +39,7 @@ class Evidence:
 
     def figures(self) -> str:
         (a, sa), (b, sb) = self.plain, self.with_lever
-        setting = f", {self.settings}" if self.settings else ""
+        setting = "".join(f", {name} {value}" for name, value in self.settings)
         return f"{self.sign} {b:.3f} ± {sb:.3f} with it vs {a:.3f} ± {sa:.3f} without ({BENCH}{setting})"
 
 
@@ -88,7 +88,7 @@ def background_follow(feedback: dict[str, Any]) -> tuple[float, float] | None:
 def _apply(evidence: Evidence, sign: str, proposal: dict[str, Any], reasons: list[str]) -> None:
     lever = evidence.knob.replace("_", " ")
     if evidence.helps():
-        proposal[evidence.knob] = True
+        proposal.update({evidence.knob: True, **dict(evidence.settings)})
         reasons.append(f"{sign}, so switch on {lever}, measured to help: {evidence.figures()}")
     else:
         reasons.append(f"{sign}; {lever} stays off, as measured it did not help: {evidence.figures()}")
