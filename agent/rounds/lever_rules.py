@@ -43,11 +43,15 @@ class Evidence:
         return f"{self.sign} {b:.3f} ± {sb:.3f} with it vs {a:.3f} ± {sa:.3f} without ({BENCH}{setting})"
 
 
-# bench/levers.py's figures (README, "Levers"). bleed: key-feature match of trigger-free pictures minus the base's;
-# background follow: share of "<trigger>, <background>" images whose background the scorer CLIP reads as prompted.
-PRIOR_AGAINST_BLEED = Evidence("prior_preservation", "bleed", True, plain=(0.035, 0.059), with_lever=(0.044, 0.031))
-MASKED_FOR_BACKGROUND = Evidence("masked_loss", "background follow", False, plain=(0.917, 0.062),
-                                 with_lever=(0.883, 0.062))
+# bench/levers.py's figures (README, "Levers"; tiny, 200 steps, seeds 42/1/2 run one process per seed).
+# bleed: the CLIP similarity to the references of trigger-free pictures ("<background>" alone) minus the base's — the
+# prompt suite's bleed, which the policy reads; background follow: share of "<trigger>, <background>" images whose
+# background the scorer CLIP reads as the prompted one. Prior preservation raised bleed (its key-feature bleed too:
+# 0.058 ± 0.023 vs 0.002 ± 0.095); masked loss lowered background follow, and at mask_outside_weight 0.1 raised it
+# only within the spread (1.000 ± 0.000).
+PRIOR_AGAINST_BLEED = Evidence("prior_preservation", "bleed", True, plain=(-0.019, 0.078), with_lever=(0.120, 0.078))
+MASKED_FOR_BACKGROUND = Evidence("masked_loss", "background follow", False, plain=(0.983, 0.024),
+                                 with_lever=(0.950, 0.041))
 # A background the LoRA draws in under this share of the base's images (same prompts and seeds): it keeps its own.
 BACKGROUND_VS_BASE = 0.85
 
