@@ -161,8 +161,8 @@ def test_lokr_and_loha_beat_the_base_on_key_features(tiny_settings, adapter):
         session.params.update(adapter=adapter,
                               learning_rate=default_train_config(session.profile, adapter).learning_rate)
         record = session.run_rounds(1, RulePolicy(bounds=session.bounds))[0]
-    assert record["params"]["adapter"] == adapter
-    lora, base = record["scores"]["lora"]["features"], record["scores"]["base"]["features"]
+    assert record.params["adapter"] == adapter
+    lora, base = record.scores["lora"].features, record.scores["base"].features
     # The bar, on seed 42 (this fixture's). Measured leads in this very setting, seeds 42/1/2, one thread:
     # LoKr at its 1e-2 +0.156/+0.125/+0.188 (at LoRA's 5e-3 +0.109/+0.156/+0.156); LoHa at 5e-3 +0.203/+0.016/+0.188
     # (at 1e-2 +0.141/+0.109/+0.219). Seeds 1 and 2 are not all over the bar: it holds on seed 42 and, for LoKr,

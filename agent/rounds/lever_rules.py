@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tools.numbers import finite_number
+from agent.rounds.documents import RoundFeedback, SuiteScores, feedback_of
 
 BENCH = "bench/levers.py, tiny, seeds 42/1/2"
 
@@ -56,18 +56,19 @@ MASKED_FOR_BACKGROUND = Evidence("masked_loss", "background follow", False, plai
 BACKGROUND_VS_BASE = 0.85
 
 
-def lever_rules(feedback: dict[str, Any], params: dict[str, Any],
+def lever_rules(feedback: RoundFeedback | dict[str, Any], params: dict[str, Any],
                 bleed_high: float) -> tuple[dict[str, Any], list[str]]:
     """(knob changes, reasons) for the signs a lever answers (bleed above ``bleed_high``, the policy's threshold; a
     prompted background drawn under BACKGROUND_VS_BASE × the base's share): each lever that is off and measured to
     help its sign is switched on; one measured not to help is named as left off, with its figures."""
+    suite = feedback_of(feedback).suite
     proposal: dict[str, Any] = {}
     reasons: list[str] = []
-    bleed = _number(feedback, "bleed", "score")
+    bleed = suite.bleed.score if suite.bleed else None
     if bleed is not None and bleed > bleed_high and not params.get("prior_preservation"):
         _apply(PRIOR_AGAINST_BLEED, f"trigger-free pictures drift toward the references (bleed {bleed:+.3f})",
                proposal, reasons)
-    follow = background_follow(feedback)
+    follow = background_follow(suite)
     if follow is not None and not params.get("masked_loss"):
         lora, base = follow
         if lora < BACKGROUND_VS_BASE * base:
@@ -77,16 +78,13 @@ def lever_rules(feedback: dict[str, Any], params: dict[str, Any],
     return proposal, reasons
 
 
-def background_follow(feedback: dict[str, Any]) -> tuple[float, float] | None:
+def background_follow(suite: SuiteScores) -> tuple[float, float] | None:
     """(LoRA, base) share of new-scene images showing the prompted background (the suite's editability of the
     background category), or None without a suite or a background prompt."""
-    editability = feedback.get("editability")
-    by_category = editability.get("by_category") if isinstance(editability, dict) else None
-    background = by_category.get("background") if isinstance(by_category, dict) else None
-    if not isinstance(background, dict):
+    background = suite.editability.by_category.get("background") if suite.editability else None
+    if background is None or background.lora is None or not background.base:
         return None
-    lora, base = finite_number(background.get("lora")), finite_number(background.get("base"))
-    return (lora, base) if lora is not None and base else None
+    return background.lora, background.base
 
 
 def _apply(evidence: Evidence, sign: str, proposal: dict[str, Any], reasons: list[str]) -> None:
@@ -96,8 +94,3 @@ def _apply(evidence: Evidence, sign: str, proposal: dict[str, Any], reasons: lis
         reasons.append(f"{sign}, so switch on {lever}, measured to help: {evidence.figures()}")
     else:
         reasons.append(f"{sign}; {lever} stays off, as measured it did not help: {evidence.figures()}")
-
-
-def _number(feedback: dict[str, Any], block: str, key: str) -> float | None:
-    value = feedback.get(block)
-    return finite_number(value.get(key)) if isinstance(value, dict) else None
