@@ -26,12 +26,15 @@ Measured (one process per seed 42/1/2, ``--levers lora masked_loss masked_normal
 prior_preservation prior_weight_0.5 lokr loha``; mean ± std; the 2-core VM at a load of 25-30):
 
     lever                 features        background follow  bleed (CLIP)      x plain LoRA s/step
+    base model            0.542 ± 0.064   0.967 ± 0.024      —                 —
     lora                  0.573 ± 0.015   0.983 ± 0.024      -0.019 ± 0.078    1
     masked_loss           0.448 ± 0.039   0.950 ± 0.041       0.037 ± 0.043    0.92 ± 0.01
     masked_normalized     0.406 ± 0.077   0.900 ± 0.082      -0.011 ± 0.020    0.87 ± 0.01
     masked_outside_0.1    0.469 ± 0.025   1.000 ± 0.000       0.034 ± 0.005    0.98 ± 0.04
     prior_preservation    0.542 ± 0.039   0.933 ± 0.047       0.120 ± 0.078    0.96 ± 0.03
     prior_weight_0.5      0.531 ± 0.142   0.933 ± 0.024       0.100 ± 0.089    0.69 ± 0.00
+    lokr (its 1e-2)       0.552 ± 0.097   0.967 ± 0.047      -0.047 ± 0.034    0.84 ± 0.00
+    loha                  0.500 ± 0.092   0.967 ± 0.047      -0.012 ± 0.020    0.78 ± 0.01
 
 No masked variant follows a prompted background beyond plain LoRA's spread, and each loses key features; prior
 preservation raises bleed rather than lowering it. README ("Levers") has the full table.
