@@ -156,13 +156,18 @@ def test_lokr_and_loha_beat_the_base_on_key_features(tiny_settings, adapter):
 
     settings = tiny_settings.replace(images_per_prompt=0, target_score=1.0)
     with Session(settings, quiet=True) as session:
-        session.params["adapter"] = adapter
+        # The adapter at its own default learning rate (tools.training.config.TINY_LEARNING_RATES), as
+        # `aldar train --adapter` takes it.
+        session.params.update(adapter=adapter,
+                              learning_rate=default_train_config(session.profile, adapter).learning_rate)
         record = session.run_rounds(1, RulePolicy(bounds=session.bounds))[0]
     assert record.params["adapter"] == adapter
     lora, base = record.scores["lora"].features, record.scores["base"].features
-    # The issue asks +0.15. Measured (one thread, seed 42): before main's novel3 scorer CLIP both passed +0.15;
-    # after it LoKr led by +0.109 (0.500 vs 0.391). Held to the LoRA learning test's own +0.1 meanwhile.
-    assert lora >= base + 0.1, (lora, base)
+    # The issue's bar, on seed 42 (this fixture's). Measured leads in this very setting, seeds 42/1/2, one thread:
+    # LoKr at its 1e-2 +0.156/+0.125/+0.188 (at LoRA's 5e-3 +0.109/+0.156/+0.156); LoHa at 5e-3 +0.203/+0.016/+0.188
+    # (at 1e-2 +0.141/+0.109/+0.219). Seeds 1 and 2 are not all over the bar: it holds on seed 42 and, for LoKr,
+    # on the mean; LoHa's mean (+0.135 ± 0.085) misses it.
+    assert lora >= base + 0.15, (lora, base)
 
 
 # --------------------------------------------------------------------------- masked loss
@@ -257,6 +262,29 @@ def test_masked_loss_weighs_only_the_character(profile, tmp_path):
     from safetensors import safe_open
 
     assert safe_open(str(runs["a"].kohya_path), "pt").metadata()["ss_masked_loss"] == "True"
+
+
+def test_the_normalized_masked_loss_weighs_a_small_character_as_a_whole_picture(profile, tmp_path, monkeypatch):
+    """kohya's masked loss scales each picture's loss by its mask's area (the figure is 3/8 of these); normalised
+    (OneTrainer's option) the weights average 1, so the step is as large as an unmasked picture's."""
+    import tools.training.trainer as trainer
+
+    pairs = _masked_references(tmp_path / "refs")
+    seen: dict[bool, list[torch.Tensor]] = {False: [], True: []}
+    real = trainer.denoising_loss
+    for normalize in (False, True):
+        def spy(*args, weights=None, normalize=normalize, **kwargs):
+            seen[normalize].append(weights)
+            return real(*args, weights=weights, **kwargs)
+
+        monkeypatch.setattr(trainer, "denoising_loss", spy)
+        train_lora(quick(profile, steps=1, masked_loss=True, bucketing=False, normalize_masked_loss=normalize),
+                   profile, pairs, tmp_path / f"run-{normalize}", quiet=True)
+    plain, normalized = seen[False][0], seen[True][0]
+    assert plain.mean(dim=(1, 2, 3)).max() < 0.6  # the character's share of the latent grid, roughly 3/8
+    torch.testing.assert_close(normalized.mean(dim=(1, 2, 3)), torch.ones(len(normalized)))
+    torch.testing.assert_close(normalized / normalized.amax(dim=(1, 2, 3), keepdim=True),
+                               plain / plain.amax(dim=(1, 2, 3), keepdim=True))  # the same shape, rescaled
 
 
 # --------------------------------------------------------------------------- caption modes

@@ -74,7 +74,8 @@ def training_config(args: argparse.Namespace, profile: ModelProfile, trigger_tok
     from tools.character import lora_name
 
     given = {k.name: getattr(args, k.name) for k in training_settings() if k.name not in SHARED_FLAGS and hasattr(args, k.name)}
-    config = default_train_config(profile).replace(trigger_token=trigger_token,
+    # --adapter picks its own default learning rate (tiny: LoKr's is LoRA's × 2); --learning-rate overrides it
+    config = default_train_config(profile, given.get("adapter", "lora")).replace(trigger_token=trigger_token,
                                                    output_name=lora_name(character_name, trigger_token),
                                                    validation_prompt=prompt)
     config = config.replace(**given)

@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.rounds.decision import Decision
 from agent.rounds.documents import Overfitting, Round, RoundFeedback, feedback_of, rounds_of
+from agent.rounds.lever_rules import lever_rules
 from agent.rounds.knobs import (BY_NAME, MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number, knob_values,
                          value_text)
 from agent.rounds.ranking import best_round
@@ -108,6 +109,9 @@ class RulePolicy:
        validation quality still rising at the round's last checkpoint (of two or more scored checkpoints the best
        was the last) → more steps; once steps sit at their cap, a higher rank.
     4. key features the images miss → emphasise them in the next captions and prompt.
+    Beside 1, 3 and 4: bleed above BLEED_HIGH, or a prompted background drawn less often than the base draws it
+    → prior preservation or masked loss, each only where measured to help (``agent/rounds/lever_rules.py``);
+    else the rationale says it was measured not to, with the figures.
     With no rule firing the parameters stay as they are.
     """
 
@@ -151,6 +155,10 @@ class RulePolicy:
             proposal.update(more)
             at = f" (step {signals.best_step})" if signals.best_step is not None else ""
             reasons.append(f"the validation quality was still rising at the last checkpoint{at}, so {why}")
+        if not back:  # the training levers, each only where bench/levers.py measured it to help (lever_rules.py)
+            levers, why = lever_rules(feedback, params, BLEED_HIGH)
+            proposal.update(levers)
+            reasons += why
         if signals.missed_features and not back:
             missed = signals.missed_features[:MAX_EMPHASIS]
             proposal["feature_emphasis"] = missed

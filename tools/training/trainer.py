@@ -182,7 +182,8 @@ class _Run:
 
     def _loss_weights(self) -> dict[tuple[int, bool], torch.Tensor]:
         """(image, flipped) -> the masked loss's weights on the latent grid: the mask average-pooled to it
-        (kohya's), ``mask_outside_weight`` outside; images without a mask are absent (weighed all alike)."""
+        (kohya's), ``mask_outside_weight`` outside, divided by their mean with ``normalize_masked_loss``
+        (OneTrainer's); images without a mask are absent (weighed all alike)."""
         weights = {}
         for (index, flipped), (mean, _) in self.latents.items():
             mask = self.images[index].mask
@@ -190,7 +191,9 @@ class _Run:
                 continue
             pooled = F.adaptive_avg_pool2d((mask.flip(-1) if flipped else mask).unsqueeze(0), mean.shape[-2:])[0]
             outside = self.config.mask_outside_weight
-            weights[(index, flipped)] = outside + (1.0 - outside) * pooled
+            weight = outside + (1.0 - outside) * pooled
+            # normalised: mean(w·loss)/mean(w), the loss per weighted pixel, not scaled down by the character's area
+            weights[(index, flipped)] = weight / weight.mean() if self.config.normalize_masked_loss else weight
         return weights
 
     def _batch_weights(self, keys: list[tuple[int, bool]]) -> torch.Tensor | None:

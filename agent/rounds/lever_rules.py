@@ -1,0 +1,96 @@
+"""When the rule policy turns a training lever on (issue 26), decided by what ``bench/levers.py`` measured.
+
+Each lever answers one sign of overfitting: prior preservation the LoRA's pull on pictures without the trigger
+(bleed), masked loss a background the LoRA keeps instead of the prompted one. A lever is switched on only when its
+measurement showed it moving that sign beyond the seeds' spread; otherwise the rule says, with the figures, that it
+was measured not to help, and leaves it off — the usual remedies (fewer steps, a lower learning rate and
+``lora_scale``) then stand alone. The figures are the toy world's (``tiny``, seeds 42/1/2): real SDXL was not
+measured, so the same evidence decides there too, and the rationale names where it comes from.
+
+Identity-free captions and LoKr/LoHa have no rule: in the same bench identity-free captions lowered the key-feature
+match, and neither adapter beat plain LoRA's key features beyond the spread (README, "Levers").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agent.rounds.documents import RoundFeedback, SuiteScores, feedback_of
+
+BENCH = "bench/levers.py, tiny, seeds 42/1/2"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One lever against one sign, as measured: mean ± std over seeds without and with it."""
+
+    knob: str  # the knob that switches the lever on
+    sign: str  # what it should move, as a person reads it
+    lower_is_better: bool
+    plain: tuple[float, float]  # (mean, std) without the lever
+    with_lever: tuple[float, float]  # (mean, std) with it
+    settings: tuple[tuple[str, Any], ...] = ()  # the lever's other knobs as measured, e.g. (("prior_loss_weight", 0.5),)
+
+    def helps(self) -> bool:
+        """The lever moved the sign the right way by more than both spreads."""
+        gain = self.plain[0] - self.with_lever[0] if self.lower_is_better else self.with_lever[0] - self.plain[0]
+        return gain > max(self.plain[1], self.with_lever[1])
+
+    def figures(self) -> str:
+        (a, sa), (b, sb) = self.plain, self.with_lever
+        setting = "".join(f", {name} {value}" for name, value in self.settings)
+        return f"{self.sign} {b:.3f} ± {sb:.3f} with it vs {a:.3f} ± {sa:.3f} without ({BENCH}{setting})"
+
+
+# bench/levers.py's figures (README, "Levers"; tiny, 200 steps, seeds 42/1/2 run one process per seed).
+# bleed: the CLIP similarity to the references of trigger-free pictures ("<background>" alone) minus the base's — the
+# prompt suite's bleed, which the policy reads; background follow: share of "<trigger>, <background>" images whose
+# background the scorer CLIP reads as the prompted one. Prior preservation raised bleed (its key-feature bleed too:
+# 0.058 ± 0.023 vs 0.002 ± 0.095); masked loss lowered background follow, and at mask_outside_weight 0.1 raised it
+# only within the spread (1.000 ± 0.000).
+PRIOR_AGAINST_BLEED = Evidence("prior_preservation", "bleed", True, plain=(-0.019, 0.078), with_lever=(0.120, 0.078))
+MASKED_FOR_BACKGROUND = Evidence("masked_loss", "background follow", False, plain=(0.983, 0.024),
+                                 with_lever=(0.950, 0.041))
+# A background the LoRA draws in under this share of the base's images (same prompts and seeds): it keeps its own.
+BACKGROUND_VS_BASE = 0.85
+
+
+def lever_rules(feedback: RoundFeedback | dict[str, Any], params: dict[str, Any],
+                bleed_high: float) -> tuple[dict[str, Any], list[str]]:
+    """(knob changes, reasons) for the signs a lever answers (bleed above ``bleed_high``, the policy's threshold; a
+    prompted background drawn under BACKGROUND_VS_BASE × the base's share): each lever that is off and measured to
+    help its sign is switched on; one measured not to help is named as left off, with its figures."""
+    suite = feedback_of(feedback).suite
+    proposal: dict[str, Any] = {}
+    reasons: list[str] = []
+    bleed = suite.bleed.score if suite.bleed else None
+    if bleed is not None and bleed > bleed_high and not params.get("prior_preservation"):
+        _apply(PRIOR_AGAINST_BLEED, f"trigger-free pictures drift toward the references (bleed {bleed:+.3f})",
+               proposal, reasons)
+    follow = background_follow(suite)
+    if follow is not None and not params.get("masked_loss"):
+        lora, base = follow
+        if lora < BACKGROUND_VS_BASE * base:
+            _apply(MASKED_FOR_BACKGROUND, f"the LoRA draws a prompted background in {lora:.0%} of its new-scene "
+                                          f"images, under {BACKGROUND_VS_BASE:.0%} of the base's {base:.0%}",
+                   proposal, reasons)
+    return proposal, reasons
+
+
+def background_follow(suite: SuiteScores) -> tuple[float, float] | None:
+    """(LoRA, base) share of new-scene images showing the prompted background (the suite's editability of the
+    background category), or None without a suite or a background prompt."""
+    background = suite.editability.by_category.get("background") if suite.editability else None
+    if background is None or background.lora is None or not background.base:
+        return None
+    return background.lora, background.base
+
+
+def _apply(evidence: Evidence, sign: str, proposal: dict[str, Any], reasons: list[str]) -> None:
+    lever = evidence.knob.replace("_", " ")
+    if evidence.helps():
+        proposal.update({evidence.knob: True, **dict(evidence.settings)})
+        reasons.append(f"{sign}, so switch on {lever}, measured to help: {evidence.figures()}")
+    else:
+        reasons.append(f"{sign}; {lever} stays off, as measured it did not help: {evidence.figures()}")
