@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.test_trainer_features import quick  # a 2-step config without checkpoints
 from tools.training.trainer import default_train_config, train_lora
 
 CAPTIONS = ["aldarkose, smiling, blue chapan", "aldarkose, blue chapan", "aldarkose, riding, donkey"]
@@ -31,9 +32,6 @@ def references(tmp_path_factory) -> list[tuple[Path, str]]:
     return pairs
 
 
-def quick(profile, **changes):
-    return default_train_config(profile).replace(**{"steps": 2, "checkpoint_every": 0, "validation_images": 0,
-                                                    **changes})
 
 
 def fake_scorer(by_step: dict[int, float]):
