@@ -322,7 +322,7 @@ def test_training_again_drops_the_images_and_feedback_of_the_previous_lora(tiny_
 
     class Result:
         run_dir, lora_path, kohya_path, steps, final_loss, interrupted = "r", "r/l.safetensors", None, 3, 0.5, False
-        checkpoint_scores, chosen_checkpoint = [], {"step": 3, "why": "last step"}
+        checkpoint_scores, chosen_checkpoint, edit_check_s = [], {"step": 3, "why": "last step"}, 0.0
 
     monkeypatch.setattr(tools.training.trainer, "train_lora", lambda *a, **k: Result())
     monkeypatch.setattr(session_module, "training_dataset", lambda *a, **k: [])

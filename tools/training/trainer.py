@@ -37,9 +37,8 @@ from tools.training.edit_check import EditCheck, draw_edit_check
 from tools.training.prior import prepared_class_images
 from tools.training.losses import denoising_loss
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
-                                       checkpoint_dirs, export_lora, guarded_checkpoint, kohya_metadata,
-                                       latest_checkpoint, load_checkpoint, plateaued, restore_rng_state,
-                                       save_checkpoint)
+                                       checkpoint_dirs, export_lora, guarded_checkpoint, kohya_metadata, plateaued,
+                                       latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint)
 from tools.training.report import (LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_checkpoint_scores, read_loss_log,
                                    write_checkpoint_scores, write_loss_log)
 from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, adapter_state_dicts, check_init_weights, check_resumable,
@@ -426,9 +425,7 @@ class _Run:
         write_checkpoint_scores(self.run_dir, self.scores)
 
     def _best_step(self) -> int | None:
-        if not self.config.select_best_checkpoint:
-            return None
-        best = guarded_checkpoint(self.scores)[0]
+        best = guarded_checkpoint(self.scores)[0] if self.config.select_best_checkpoint else None
         return best["step"] if best else None
 
     def _plateau(self) -> bool:
