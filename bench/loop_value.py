@@ -60,6 +60,7 @@ import torch  # noqa: E402
 from agent.rounds.policy import RulePolicy  # noqa: E402
 from agent.rounds.session import Session, SessionEvents  # noqa: E402
 from agent.views.report import ReportWriter  # noqa: E402
+from tools.atomic import atomic_write  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
 
 LIKENESS = 0.9  # of the reference ceiling's quality
@@ -215,7 +216,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the loop")
     parser.add_argument("--character", action="append", default=None,
                         help="a bundled character's folder name under examples/ (repeatable; default aldar_kose)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the figures here (figures already in it are kept, not run again)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated, of {', '.join(SCENARIOS)} (single_equal needs loop)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs' results folders here")
@@ -227,19 +229,23 @@ def main() -> int:
     wanted = [name for name in SCENARIOS if name in args.scenarios.split(",")]
     if "single_equal" in wanted and "loop" not in wanted:
         raise SystemExit("single_equal is as long as the loop: add loop to --scenarios")
+    # Figures already in --json (a bench stopped part-way) are kept, not run again: runs are deterministic per seed,
+    # and a scenario stopped mid-run resumes in its --work folder.
+    stored: dict = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     results: dict = {}
     for character in characters:
         for seed in seeds:
-            row: dict = {}
+            row: dict = stored.setdefault(character, {}).setdefault(str(seed), {})
             for name in wanted:
-                steps = row["loop"]["optimizer_steps"] if name == "single_equal" else None
-                row[name] = run_scenario(name, character, seed, args.rounds, steps, work)
-            results.setdefault(character, {})[seed] = row
+                if name not in row:
+                    steps = row["loop"]["optimizer_steps"] if name == "single_equal" else None
+                    row[name] = run_scenario(name, character, seed, args.rounds, steps, work)
+                    if args.json:  # written after every scenario: a long bench keeps what it measured
+                        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(stored, indent=2)))
+            results.setdefault(character, {})[seed] = {name: row[name] for name in wanted}
             print(f"{character} seed {seed}: " + ", ".join(
                 f"{name} {row[name]['best_quality']:.3f} ({row[name]['optimizer_steps']} steps)" for name in wanted),
                   flush=True)
-            if args.json:  # written as it goes: a long bench keeps what it measured
-                args.json.write_text(json.dumps(results, indent=2))
     print_table(results)
     return 0
 
