@@ -1,12 +1,12 @@
 """Rounds that earn their compute (issue 25): where a round starts from, how long the first one may train, and
 whether another one would pay.
 
-Measured in ``bench/loop_value.py`` (README "Does the loop pay?"): the rounds led one run of equal steps by
-+0.016 (target +0.03, missed), and warm starts with plateau stops cut their steps from 725 to 480 at the same
-quality. A later round continues the best round's LoRA (a warm start) rather than re-learning what round 1 knew.
-With ``rounds_must_pay`` (off by default: measured worse, 0.609 against the rounds' 0.641) a run trains one
-longer round, stopped at a plateau of validation quality, and another round only where a signal beyond noise
-says it would help.
+Measured in ``bench/loop_value.py`` (README "Does the loop pay?"): the rounds did not lead one run of equal steps
+by the +0.03 they should (issue 25), and warm starts with plateau stops cut their steps from 725 to 480 at the
+same quality. So by default (``rounds_must_pay``, issue 25's fallback) a run trains one longer round, stopped at
+a plateau of validation quality with its best checkpoint kept, and another round only where a signal beyond noise
+says it would help; a later round continues the best round's LoRA (a warm start) rather than re-learning what
+round 1 knew.
 """
 
 from __future__ import annotations
