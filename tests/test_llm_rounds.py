@@ -162,3 +162,24 @@ def test_decider_falls_back_to_the_rule_policy(monkeypatch, caplog) -> None:
         assert decision.decided_by == "rule-policy"
         assert decision.rationale.startswith("LLM proposed nothing — rule policy: ")
         assert decision.llm_text == "no idea\nstill no idea"  # the model's words, kept for the record
+
+
+def test_the_rule_policy_standing_in_for_the_llm_ranks_rounds_as_configured(monkeypatch) -> None:
+    """Without a key, and when the LLM fails, the rule policy that decides goes back to the round that
+    ``round_ranking`` calls the best — the same as ``aldar run --no-llm`` — not to the default ranking's."""
+    from agent.llm import decider as decider_module
+
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    settings = load_settings(overrides={"round_ranking": "quality"}, environ={})
+    policy, reason = decider_module.make_decider(settings, BOUNDS)
+    assert policy.ranking == "quality" and "DEEPSEEK_API_KEY" in reason
+
+    rankings = []
+    real = decider_module.RulePolicy
+    monkeypatch.setattr(decider_module, "RulePolicy", lambda bounds, ranking="guarded": rankings.append(ranking)
+                        or real(bounds, ranking))
+    with FakeOpenAIServer() as server:
+        decider = make_decider(server, monkeypatch, round_ranking="quality")
+        server.enqueue(Reply.error(402, "Insufficient Balance"))
+        assert decider.decide(FEEDBACK, [], PARAMS).decided_by == "rule-policy"
+    assert rankings == ["quality"]

@@ -204,3 +204,25 @@ def test_a_key_the_model_echoes_reaches_no_page_picture_or_terminal(tmp_path, ll
     assert read_generation_parameters(pictures[0])["prompt"] == "aldarkose, Aldar and a scroll saying ***"
     shown = capsys.readouterr()
     assert key not in shown.out + shown.err
+
+
+def test_the_writer_is_told_about_the_references_character_never_aldar_for_another(tmp_path, llm):
+    """The story's system prompt names the run's character and describes it from its character.json, else from
+    the saved analysis — a user's own character is not told to be a Kazakh trickster in an orange robe."""
+    llm.enqueue(Reply.text(GOOD_REPLY), Reply.text(GOOD_REPLY), Reply.text(GOOD_REPLY))
+    assert story_cli(tmp_path, "--generator", "base") == 0
+    bundled = llm.requests[-1].messages[0]["content"]
+    assert "Aldar Köse, the clever, kind-hearted trickster of Kazakh folklore" in bundled
+
+    robot = tmp_path / "blue_bot"
+    robot.mkdir()
+    (robot / "character.json").write_text(json.dumps({"trigger_token": "bluebot", "character_name": "Blue Bot"}))
+    analysis = tmp_path / "robot_out" / "feature_analysis.json"  # where `aldar analyze` saves it
+    analysis.parent.mkdir()
+    analysis.write_text(json.dumps({"training_prompt": "bluebot, square head, blue metal body, forest"}))
+    assert main(["story", "Blue Bot finds a key", "--profile", "tiny", "--references", str(robot),
+                 "--output-dir", str(tmp_path / "robot_out"),
+                 "--scenes", "3", "--steps", "2", "-q", "--generator", "base"]) == 0
+    told = llm.requests[-1].messages[0]["content"]
+    assert "Blue Bot, who looks like this in every picture: square head, blue metal body, forest" in told
+    assert not any(word in told.lower() for word in ("aldar", "kazakh", "trickster", "orange"))

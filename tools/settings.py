@@ -230,7 +230,7 @@ class Settings:
 # A references folder may hold a character.json (as it may hold a taxonomy.json) naming its character; what the
 # settings leave empty comes from there, else from the folder's name (tools.character: the checks on them).
 CARD_NAME = "character.json"
-CARD_KEYS = ("trigger_token", "character_name", "test_prompt")  # what a character.json may set
+CARD_KEYS = ("trigger_token", "character_name", "test_prompt", "description")  # what a character.json may set
 
 
 def read_character_card(references: str | Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""``aldar story "PROMPT"``: an LLM-written Aldar Köse tale, illustrated scene by scene into a storybook folder."""
+"""``aldar story "PROMPT"``: an LLM-written tale of the character, illustrated scene by scene into a storybook folder."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ if TYPE_CHECKING:  # the command line is parsed before any of this loads (see ag
     from tools.settings import Settings
 
 NAME = "story"
-HELP = ("write a short Aldar Köse tale from your idea with the LLM (Deepseek or any OpenAI-compatible server) "
-        "and illustrate each scene; saves story.json, story.md and index.html under <output_dir>/stories/")
+CHARACTER_FLAGS = ("references", "trigger_token", "character_name")  # whose tale: the writer is told who
+HELP = ("write a short tale of your character from your idea with the LLM (Deepseek or any OpenAI-compatible "
+        "server) and illustrate each scene; saves story.json, story.md and index.html under <output_dir>/stories/")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

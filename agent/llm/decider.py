@@ -68,7 +68,7 @@ class LLMDecider:
         self.tools_refused = ""  # set once the server refused the tool schemas: not asked again this run
 
     def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision:
-        rule = RulePolicy(self.bounds)
+        rule = RulePolicy(self.bounds, self.settings.round_ranking)  # the same fallback `aldar run --no-llm` uses
         if self.tools_refused:
             reason = self.tools_refused
         else:
@@ -162,7 +162,7 @@ class LLMDecider:
             "feedback": feedback_summary(feedback),
             "history": [round_summary(r) for r in history[-6:]],
             "current_params": knob_values(params),
-            "rule_policy_would": rule_suggestion(feedback, history, params, self.bounds),
+            "rule_policy_would": rule_suggestion(feedback, history, params, self.bounds, self.settings.round_ranking),
         }
         return ("Decide the next round. Data (JSON):\n" + json.dumps(payload, ensure_ascii=False, default=str)
                 + f"\nEnd with one {PROPOSE} call.")
@@ -209,4 +209,4 @@ def make_decider(settings: Settings, bounds: dict[str, tuple], events: LoopEvent
     except InsecureUrlError:  # the user asked for that LLM: a silent switch to the rule policy would hide it
         raise
     except AldarError as exc:
-        return RulePolicy(bounds), str(exc)
+        return RulePolicy(bounds, settings.round_ranking), str(exc)

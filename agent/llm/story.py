@@ -1,4 +1,4 @@
-"""Illustrated Aldar Köse stories: the LLM writes a short tale as scenes, a generator draws each scene.
+"""Illustrated stories of the character: the LLM writes a short tale as scenes, a generator draws each scene.
 
 As in the original project, the story comes from Deepseek (any OpenAI-compatible endpoint works:
 ``agent.llm.client.make_client``). The model must answer with JSON
@@ -23,7 +23,7 @@ from tools.atomic import unused_path
 from tools.errors import ConfigError, InputError, ProviderError
 from tools.generation.storybook import write_storybook
 from tools.secrets import redact
-from tools.settings import Settings
+from tools.settings import Settings, read_character_card
 from tools.timestamps import iso_timestamp, timestamp
 
 if TYPE_CHECKING:  # `aldar story --help` lists GENERATORS without loading the openai package
@@ -88,6 +88,24 @@ def parse_story(reply: str, scenes_wanted: int | None = None) -> dict[str, Any]:
     return {"title": " ".join(title.split()), "scenes": cleaned}
 
 
+def character_description(settings: Settings) -> str:
+    """Who the tale's hero is, for the writer: the ``description`` of the references' character.json, else the
+    key features the saved analysis found, else only that the pictures show them — never another character's."""
+    card = read_character_card(settings.references) if Path(settings.references).expanduser().is_dir() else {}
+    if card.get("description"):
+        return card["description"]
+    try:
+        analysis = json.loads(Path(settings.analysis_path).expanduser().read_text(encoding="utf-8"))
+        trigger = settings.trigger_token.strip().lower()
+        traits = [part.strip() for part in str(analysis["training_prompt"]).split(",")
+                  if part.strip() and part.strip().lower() != trigger]
+    except (OSError, ValueError, KeyError, TypeError):
+        traits = []
+    if traits:
+        return "who looks like this in every picture: " + ", ".join(traits)
+    return "the hero of the reader's reference pictures"
+
+
 def write_story(settings: Settings, prompt: str, scenes: int = 4, *, client: openai.OpenAI | None = None,
                 model: str | None = None) -> dict[str, Any]:
     """Ask the LLM for the tale; one retry with the validation error when the reply is unusable."""
@@ -96,7 +114,8 @@ def write_story(settings: Settings, prompt: str, scenes: int = 4, *, client: ope
     if client is None:
         client, model = make_client(settings)
     messages: list[dict[str, Any]] = [
-        {"role": "system", "content": load_prompt("story", character=settings.character_name, scenes=scenes)},
+        {"role": "system", "content": load_prompt("story", character=settings.character_name,
+                                                  description=character_description(settings), scenes=scenes)},
         {"role": "user", "content": prompt},
     ]
     extra_body = thinking_extra_body(str(client.base_url), settings.llm_thinking)

@@ -177,10 +177,11 @@ def latest_feedback(session: "Session") -> dict | None:
     return session.store.latest_feedback()
 
 
-def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple]) -> dict:
+def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple],
+                    ranking: str = "guarded") -> dict:
     from agent.rounds.policy import RulePolicy
 
-    decision = RulePolicy(bounds).decide(feedback, history, params)
+    decision = RulePolicy(bounds, ranking).decide(feedback, history, params)
     return {"adjustments": decision.adjustments, "rationale": decision.rationale, "decided_by": decision.decided_by}
 
 
