@@ -249,8 +249,9 @@ def test_by_default_the_first_round_is_the_longer_one(tiny_settings):
 
 def test_by_default_a_round_that_does_not_pay_stops_the_run(tiny_settings, monkeypatch):
     from agent.rounds.policy import RulePolicy
-    from agent.rounds.session import Session
+    from agent.rounds.session import Session, SessionEvents
 
+    said: list[str] = []  # the run's notices: its last line says why it stopped
     # A key feature missed (so the policy proposes a change, not the round's own parameters again).
     flat = {"lora_score": 0.64, "lora_spread": 0.03, "metric_gaps": {"clip": {"lora": 0.7}},
             "feature_gaps": [{"feature": "skullcap", "lora_pass_rate": 0.25}],
@@ -261,7 +262,7 @@ def test_by_default_a_round_that_does_not_pay_stops_the_run(tiny_settings, monke
     def rounds_run(settings, feedback: dict) -> list:
         """run_rounds(3) where every round scores ``feedback`` (the stages stubbed: only decide() runs)."""
         decisions = []
-        with Session(settings, quiet=True) as session:
+        with Session(settings, quiet=True, events=SessionEvents(on_notice=said.append)) as session:
             def one_round(decider):
                 session._round().feedback = feedback
                 decision = session.decide(decider)
@@ -282,6 +283,7 @@ def test_by_default_a_round_that_does_not_pay_stops_the_run(tiny_settings, monke
     assert len(stopped) == 1 and stopped[0].stop
     assert "Another round would not pay (" in stopped[0].rationale
     assert "rounds_must_pay = false" in stopped[0].rationale
+    assert said[-1].startswith("stopped: Another round would not pay (its validation quality peaked at step 80")
     # Still rising at the last checkpoint: round 2 pays and runs.
     assert len(rounds_run(_default_settings(tiny_settings), rising)) >= 2
     # rounds_must_pay = false: every round runs.

@@ -90,6 +90,16 @@ def warm_start_plan(rounds: list[dict], params: dict, config, profile: ModelProf
             "lora_steps_before": inherited, "steps": left}
 
 
+UNPAID = "Another round would not pay ("
+
+
+def run_stopped_because(record: dict) -> str:
+    """Why the run stopped after ``record``'s round, whose decision asked to stop: the sentence of
+    ``unpaid_round`` when that is why, so that the run's last line says it; else who asked."""
+    rationale = str(record.get("rationale") or "")
+    return rationale[rationale.index(UNPAID):] if UNPAID in rationale else f"{record['decided_by']} asked to stop"
+
+
 def unpaid_round(feedback: dict, history: list[dict], ranking: str = "guarded") -> str:
     """Why another round would not pay after the round ``feedback`` scored ('' when it would): more steps pay
     while the validation quality was still rising beyond its spread at the last checkpoint, a fix pays when the
@@ -115,5 +125,5 @@ def unpaid_round(feedback: dict, history: list[dict], ranking: str = "guarded") 
                f"rise beyond its spread ±{finite_number(training.get('spread')) or 0.0:.3f} after it")
     else:
         why = "no signal says more training would help"
-    return (f"Another round would not pay ({why}; rounds that only add steps or emphasis did not beat one run of "
+    return (f"{UNPAID}{why}; rounds that only add steps or emphasis did not beat one run of "
             "equal steps in bench/loop_value.py), so the run stops here — set rounds_must_pay = false to run them.")
