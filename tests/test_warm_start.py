@@ -274,7 +274,8 @@ def test_by_default_a_round_that_does_not_pay_stops_the_run(tiny_settings, monke
                         "decision": {"stop": decision.stop}}
 
             monkeypatch.setattr(session, "run_round", one_round)
-            monkeypatch.setattr(session, "stop_before", lambda rounds: "round limit" if len(decisions) >= rounds else "")
+            monkeypatch.setattr(session, "stop_before",
+                                lambda rounds: "round limit" if len(decisions) >= rounds else "")
             session.run_rounds(3, RulePolicy(bounds=session.bounds))
         return decisions
 
