@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from agent.rounds.documents import Bleed, Editability, Identity, Round, SuiteScores  # noqa: E402
 from agent.rounds.policy import RulePolicy  # noqa: E402
 from agent.rounds.session import Session  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
@@ -108,24 +109,27 @@ def run_loop(character: str, seed: int, rounds: int, work: Path) -> dict:
         records = session.history()  # a rerun on the same --work folder resumes: its finished rounds count
         best_number = session.store.state.best_round
     cpu_s = time.process_time() - started
-    best = next(r for r in records if r["round"] == best_number)
+    best = next(r for r in records if r.round == best_number)
     return {"round1": figures(records[0]), "best": figures(best), "best_round": best_number,
-            "qualities": [round(r["lora_score"], 4) for r in records], "cpu_s": round(cpu_s, 1),
-            "suite_vs_generation": [round(r["compute_s"].get("generate_suite", 0.0) / r["compute_s"]["generate"], 3)
+            "qualities": [round(r.lora_score, 4) for r in records], "cpu_s": round(cpu_s, 1),
+            "suite_vs_generation": [round(r.compute_s.get("generate_suite", 0.0) / r.compute_s["generate"], 3)
                                     for r in records],
             "results": str(folder), "analysis": str(folder / "analysis.json"),
             "references": settings.references}
 
 
-def figures(record: dict) -> dict:
-    scores = (record.get("suite") or {}).get("scores") or {}
-    identity, edit, bleed = (scores.get(k) or {} for k in ("identity", "editability", "bleed"))
-    lora, base = record["scores"]["lora"], record["scores"]["base"]
-    return {"round": record["round"], "quality": round(record["lora_score"], 4),
-            "lead_features": round(lora["features"] - base["features"], 4),
-            "identity": identity.get("score"), "editability": edit.get("rate"), "editability_base": edit.get("base"),
-            "editability_vs_base": edit.get("vs_base"), "bleed": bleed.get("score"),
-            "suite_record": record.get("suite")}
+def figures(record: Round) -> dict:
+    suite = record.suite
+    scores = suite.scores if suite is not None else SuiteScores()
+    identity, edit, bleed = scores.identity or Identity(), scores.editability or Editability(), scores.bleed or Bleed()
+    lora, base = record.scores["lora"], record.scores["base"]
+    return {"round": record.round, "quality": round(record.lora_score, 4),
+            "lead_features": round(lora.features - base.features, 4),
+            "identity": identity.score, "editability": edit.rate, "editability_base": edit.base,
+            "editability_vs_base": edit.vs_base, "bleed": bleed.score,
+            # what overtrained() draws again: the suite's prompts and the base's images of each
+            "suite_record": {"prompts": [{"kind": p.kind, "text": p.text, "category": p.category, "value": p.value}
+                                         for p in suite.prompts], "images": suite.images} if suite else None}
 
 
 def overtrained(run: dict, seed: int, lr_factor: float, steps_factor: int) -> dict:

@@ -57,13 +57,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from agent.rounds.documents import Round, SuiteScores  # noqa: E402
 from agent.rounds.policy import RulePolicy  # noqa: E402
+from agent.rounds.records import LIKENESS  # noqa: E402  (of the reference ceiling's quality)
 from agent.rounds.session import Session, SessionEvents  # noqa: E402
 from agent.views.report import ReportWriter  # noqa: E402
 from tools.atomic import atomic_write  # noqa: E402
 from tools.settings import BUNDLED_REFERENCES, load_settings  # noqa: E402
 
-LIKENESS = 0.9  # of the reference ceiling's quality
 SCENARIOS = ("loop", "single_equal", "single_default", "must_pay")
 EXAMPLES = BUNDLED_REFERENCES.parent
 
@@ -109,27 +110,27 @@ def run_scenario(scenario: str, character: str, seed: int, rounds: int, loop_ste
     return summarise(records, cpu_s, wall_s)
 
 
-def summarise(records: list[dict], cpu_s: float, wall_s: float) -> dict:
-    """Best round, total steps and steps to likeness from a run's history records."""
-    best = max(records, key=lambda r: r["lora_score"] if r["lora_score"] is not None else -1.0)
-    ceiling = best["ceiling"]["quality"] if best.get("ceiling") else None
+def summarise(records: list[Round], cpu_s: float, wall_s: float) -> dict:
+    """Best round, total steps and steps to likeness from a run's rounds (as the store typed them)."""
+    best = max(records, key=lambda r: r.lora_score if r.lora_score is not None else -1.0)
+    ceiling = best.ceiling.quality if best.ceiling is not None else None
     steps_done, to_likeness = 0, None
     for record in records:
-        for checkpoint in record["train"]["checkpoint_scores"]:
-            if to_likeness is None and ceiling and checkpoint.get("quality") is not None \
-                    and checkpoint["quality"] >= LIKENESS * ceiling:
-                to_likeness = steps_done + int(checkpoint["step"])
-        steps_done += int(record["train"]["steps"] or 0)
-    lora, base = best["scores"]["lora"], best["scores"]["base"]
-    spread = (lora["quality_std"] / lora["count"] ** 0.5) if lora.get("count") else None
-    suite = (best.get("suite") or {}).get("scores") or {}  # the prompt suite's, when the round drew one
-    extra = {"identity": (suite.get("identity") or {}).get("score"),
-             "editability": (suite.get("editability") or {}).get("rate"),
-             "bleed": (suite.get("bleed") or {}).get("score")}
-    return {"best_quality": round(best["lora_score"], 4), "spread": round(spread, 4) if spread is not None else None,
-            "best_round": best["round"], "rounds": len(records),
-            "lead_features": round(lora["features"] - base["features"], 4),
-            "round_qualities": [round(r["lora_score"], 4) for r in records],
+        for checkpoint in record.train.checkpoint_scores:
+            if to_likeness is None and ceiling and checkpoint.quality is not None \
+                    and checkpoint.quality >= LIKENESS * ceiling:
+                to_likeness = steps_done + checkpoint.step
+        steps_done += record.train.steps or 0
+    lora, base = best.scores["lora"], best.scores["base"]
+    spread = (lora.quality_std / lora.count ** 0.5) if lora.count else None
+    suite = best.suite.scores if best.suite is not None else SuiteScores()  # the prompt suite's, when drawn
+    extra = {"identity": suite.identity.score if suite.identity else None,
+             "editability": suite.editability.rate if suite.editability else None,
+             "bleed": suite.bleed.score if suite.bleed else None}
+    return {"best_quality": round(best.lora_score, 4), "spread": round(spread, 4) if spread is not None else None,
+            "best_round": best.round, "rounds": len(records),
+            "lead_features": round(lora.features - base.features, 4),
+            "round_qualities": [round(r.lora_score, 4) for r in records],
             "optimizer_steps": steps_done, "steps_to_likeness": to_likeness, "ceiling_quality": ceiling,
             "cpu_s": round(cpu_s, 1), "wall_s": round(wall_s, 1),
             **{k: (round(v, 4) if isinstance(v, (int, float)) else None) for k, v in extra.items()}}

@@ -118,3 +118,11 @@ def tiny_profile(tiny_settings):
     from tools.models import resolve_profile
 
     return resolve_profile(tiny_settings)
+
+
+@pytest.fixture
+def clock():
+    """Clocks that the providers' HTTP waits move forward instantly (tests.fakes.provider_servers)."""
+    from tests.fakes.provider_servers import FakeClock
+
+    return FakeClock()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tools.models import SDXL_SCHEDULER_CONFIG, TINY_RESOLUTION
+from tools.models import SDXL_SCHEDULER_CONFIG, sdxl_unet_config, sdxl_vae_config
 from tools.paths import aldar_cache
 
 
@@ -56,37 +56,17 @@ def unet_config(scale: str = "small") -> dict[str, Any]:
     SDXL base's real config (2.6B parameters, for GPU timing with random weights).
     """
     if scale == "full":
-        return dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-                    block_out_channels=(320, 640, 1280),
-                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
-                    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
-                    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+        return sdxl_unet_config(128, (320, 640, 1280), heads=(5, 10, 20), transformer_layers=(1, 2, 10),
+                                cross_attention_dim=2048, time_embed=256, pooled_dim=1280, layers_per_block=2)
     if scale == "mid":
-        return dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                    block_out_channels=(128, 256, 512),
-                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                    attention_head_dim=(2, 4, 8), transformer_layers_per_block=(1, 1, 2),
-                    cross_attention_dim=64, use_linear_projection=True, addition_embed_type="text_time",
-                    addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
-    return dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=2,
-                block_out_channels=(32, 64),
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
-                cross_attention_dim=64, use_linear_projection=True, addition_embed_type="text_time",
-                addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
-                norm_num_groups=32)
+        return sdxl_unet_config(64, (128, 256, 512), heads=(2, 4, 8), transformer_layers=(1, 1, 2),
+                                cross_attention_dim=64, time_embed=8, pooled_dim=32, layers_per_block=2)
+    return sdxl_unet_config(8, (32, 64), heads=(2, 4), transformer_layers=(1, 2), cross_attention_dim=64,
+                            time_embed=8, pooled_dim=32, layers_per_block=2)
 
 
 def vae_config() -> dict[str, Any]:
-    # Four blocks so latents are 1/8 of the image, as in SDXL (two blocks would be 1/2).
-    return dict(block_out_channels=(16, 16, 32, 32), in_channels=3, out_channels=3,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=TINY_RESOLUTION,
-                scaling_factor=0.13025)
+    return sdxl_vae_config((16, 16, 32, 32), norm_num_groups=8, scaling_factor=0.13025)
 
 
 def random_sdxl_components(seed: int = 0, unet_scale: str = "small") -> dict[str, Any]:

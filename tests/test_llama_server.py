@@ -36,10 +36,13 @@ RUN_DEADLINE_S = 900  # two tiny rounds of 1 training step and two decisions (a 
 def llama_server(tmp_path_factory):
     """SmolLM2 behind llama_cpp.server on a free loopback port, for this module's tests."""
     try:
-        # Two threads: nothing else runs during these tests on a CI machine, and the decider's ~3,700-token
-        # prompt is read about twice as fast (the module took 88 s against 229 s with one on an idle 2-core
-        # machine); one thread is faster only where other jobs hold the cores (LlamaServer's default).
-        with LlamaServer(smollm_file(), tmp_path_factory.mktemp("llama") / "server.log", threads=2) as server:
+        # The cores this test worker has to itself: with a 2-core machine to itself the decider's ~3,700-token
+        # prompt is read about twice as fast on two threads (the module took 88 s against 229 s with one);
+        # under `pytest -n 2` the other worker holds a core, and threads that spin-wait for a busy core made
+        # generation 4.5x slower — one thread then.
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with LlamaServer(smollm_file(), tmp_path_factory.mktemp("llama") / "server.log", threads=threads) as server:
             yield server
     except RuntimeError as exc:  # it exited or never answered: the log says why
         pytest.fail(str(exc))

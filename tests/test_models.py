@@ -107,7 +107,7 @@ def test_tiny_profile_loads_the_committed_toy_world_through_from_pretrained(tiny
     import json
 
     from tools.world import WEIGHTS_DIR
-    from tools.world.build import SCORER_ONLY_STAGES
+    from tools.world.recipe import SCORER_ONLY_STAGES
 
     clip, tokenizer = load_toy_world_clip()
     te2 = pipe.text_encoder_2.state_dict()

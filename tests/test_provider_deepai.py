@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 
-from tests.fakes.provider_servers import DeepAIFake, FakeClock, Reply, assert_secret_absent, fast_http
+from tests.fakes.provider_servers import DeepAIFake, Reply, assert_secret_absent, fast_http, serving
 from tools.errors import ProviderError
 from tools.images import load_image
 from tools.generation.png_metadata import read_generation_parameters
@@ -20,15 +19,8 @@ DOWNLOAD = "/job-view-file/*"
 
 @pytest.fixture
 def fake(monkeypatch, caplog):
-    monkeypatch.setenv("DEEPAI_API_KEY", KEY)
-    caplog.set_level(logging.DEBUG)
-    with DeepAIFake(key=KEY) as server:
+    with serving(DeepAIFake, "DEEPAI_API_KEY", KEY, monkeypatch, caplog) as server:
         yield server
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture

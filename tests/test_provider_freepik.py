@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import base64
-import logging
 
 import pytest
 
-from tests.fakes.provider_servers import FakeClock, FreepikFake, Reply, assert_secret_absent, fast_http
+from tests.fakes.provider_servers import FreepikFake, Reply, assert_secret_absent, fast_http, serving
 from tools.errors import ProviderError
 from tools.images import load_image
 from tools.generation.png_metadata import read_generation_parameters
@@ -20,15 +19,8 @@ CLASSIC = "/v1/ai/text-to-image"
 
 @pytest.fixture
 def fake(monkeypatch, caplog):
-    monkeypatch.setenv("FREEPIK_API_KEY", KEY)  # so tools.secrets.redact knows it too
-    caplog.set_level(logging.DEBUG)  # urllib3 and everything else at DEBUG: the key must still not show
-    with FreepikFake(key=KEY) as server:
+    with serving(FreepikFake, "FREEPIK_API_KEY", KEY, monkeypatch, caplog) as server:
         yield server
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import base64
-import logging
 
 import pytest
 
-from tests.fakes.provider_servers import (FakeClock, GeminiFake, Reply, assert_secret_absent, fast_http,
+from tests.fakes.provider_servers import (GeminiFake, Reply, assert_secret_absent, fast_http, serving,
                                           gemini_error, gemini_no_image, gemini_quota_error, png_base64)
 from tools.errors import ProviderError
 from tools.images import load_image
@@ -23,15 +22,8 @@ PREDICT = "/models/imagen-4.0-generate-001:predict"
 
 @pytest.fixture
 def fake(monkeypatch, caplog):
-    monkeypatch.setenv("GEMINI_API_KEY", KEY)
-    caplog.set_level(logging.DEBUG)
-    with GeminiFake(key=KEY) as server:
+    with serving(GeminiFake, "GEMINI_API_KEY", KEY, monkeypatch, caplog) as server:
         yield server
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.rounds.documents import feedback_of, rounds_of
 from agent.rounds.params import emphasise
 from agent.rounds.policy import RulePolicy
 from agent.rounds.session import Session
@@ -43,14 +44,14 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         start = dict(session.params)
         records = session.run_rounds(2, RulePolicy(bounds=session.bounds))
         root = session.store.root
-    assert [r["round"] for r in records] == [1, 2]
+    assert [r.round for r in records] == [1, 2]
     # Each decision is said once, and the last round's not at all (no plan for a round that will not run):
     # the run says why it stopped instead. The score table's caption holds the verdict and notes, not the decision.
-    assert [line for line in said if records[0]["rationale"] in line] == [
-        f"next, round 2 (rule-policy): {records[0]['rationale']}"]
+    assert [line for line in said if records[0].rationale in line] == [
+        f"next, round 2 (rule-policy): {records[0].rationale}"]
     assert not [line for line in said if line.startswith("next, round 3")]
     assert said[-1] == "stopped: round limit reached (2 of 2)"
-    assert all(record["rationale"] not in record_scores(record).caption for record in records)
+    assert all(record.rationale not in record_scores(record).caption for record in records)
 
     history = json.loads((root / "training_history.json").read_text())
     rounds = history["rounds"]
@@ -151,7 +152,7 @@ def test_a_finished_run_resumes_with_nothing_to_do(tiny_settings, no_network):
     with Session(settings, quiet=True) as again:
         assert again.params == first[0]["next_params"]  # the next round starts from the decision
         assert again.run_rounds(1, RulePolicy(bounds=again.bounds)) == []
-        assert again.history() == first
+        assert again.history() == rounds_of(first)
 
 
 def test_bad_input_is_refused_before_any_work(tiny_settings, tmp_path):
@@ -257,8 +258,9 @@ def test_hosted_competitors_compete_and_a_failing_one_sits_out(tiny_settings, mo
                                          deepai_base_url=deepai.base_url)
         with Session(settings, quiet=True) as session:
             session.params.update(steps=2, checkpoint_every=1)
-            record = session.run_round(RulePolicy(bounds=session.bounds))
+            session.run_round(RulePolicy(bounds=session.bounds))
             root = session.store.root
+    record = json.loads((root / "training_history.json").read_text())["rounds"][-1]  # as written
     assert set(record["scores"]) == {"lora", "base", "freepik"}
     assert len(record["paths"]["images"]["freepik"]) == 2
     assert [r["generator"] for r in record["ranking"]].count("freepik") == 1
@@ -302,12 +304,12 @@ def test_auto_after_manual_stages_does_not_train_or_generate_the_round_again(tin
         state = session._round()
         state.train = {"run_dir": None, "lora_path": None, "steps": 3, "final_loss": 0.5, "interrupted": False}
         state.images = {"lora": []}
-        state.report, state.feedback = {}, {"lora_score": 0.42}
+        state.report, state.feedback = {}, feedback_of({"lora_score": 0.42})
         monkeypatch.setattr(session, "analyze", lambda force=False: {})
         for stage in ("train", "generate", "score"):
             monkeypatch.setattr(session, stage, lambda *a, _stage=stage, **k: pytest.fail(f"{_stage} ran again"))
         record = session.run_round(RulePolicy(session.bounds))
-        assert record["round"] == 1 and record["lora_score"] == 0.42 and record["train"]["steps"] == 3
+        assert record.round == 1 and record.lora_score == 0.42 and record.train.steps == 3
 
 
 def test_training_again_drops_the_images_and_feedback_of_the_previous_lora(tiny_settings, monkeypatch):
@@ -323,7 +325,7 @@ def test_training_again_drops_the_images_and_feedback_of_the_previous_lora(tiny_
     with Session(tiny_settings.replace(competitors=[]), quiet=True) as session:
         monkeypatch.setattr(session, "analyze", lambda force=False: {})
         state = session._round()
-        state.images, state.report, state.feedback = {"lora": [Path("old.png")]}, {}, {"lora_score": 0.1}
+        state.images, state.report, state.feedback = {"lora": [Path("old.png")]}, {}, feedback_of({"lora_score": 0.1})
         session.train()
         assert state.train["steps"] == 3
         assert state.images is None and state.report is None and state.feedback is None

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from agent.rounds.documents import round_of
 from agent.rounds.session import Session
 from agent.rounds.store import LOCK_FILE, RunStore
 from agent.views.chart import chart_series, draw_score_chart
@@ -98,7 +99,7 @@ def test_history_rounds_in_progress_and_best_lora(tmp_path):
     assert not list(store.root.rglob("*.tmp"))  # atomic writes leave no temp files
     store.close()
     reopened = RunStore(tmp_path / "results")
-    assert [r["round"] for r in reopened.rounds] == [1, 2]
+    assert [r.round for r in reopened.rounds] == [1, 2]
     reopened.close()
 
 
@@ -113,8 +114,49 @@ def test_unreadable_history_is_an_input_error_and_the_lock_is_released(tmp_path)
 def test_original_list_history_is_read(tmp_path):
     (tmp_path / "training_history.json").write_text(json.dumps([{"round": 1, "lora_score": 0.5}]))
     store = RunStore(tmp_path)
-    assert store.rounds == [{"round": 1, "lora_score": 0.5}] and store.state.in_progress is None
+    assert store.rounds == [round_of({"round": 1, "lora_score": 0.5})] and store.state.in_progress is None
+    # The newer keys the original system never wrote read as their defaults, filled once at load.
+    old = store.rounds[0]
+    assert (old.lora_score, old.params, old.scores, old.suite, old.train.checkpoint_scores) == (0.5, {}, {}, None, ())
+    assert store.feedback(1) is None and store.best_record() is None
     store.close()
+
+
+def test_a_round_and_its_feedback_from_before_the_newer_keys_load_with_their_defaults(tmp_path, references_dir):
+    """A history and a feedback file written before checkpoint scores, warm starts, the prompt suite, copies and
+    the training curve existed: the store's loader fills what they lack, once, and every reader works on them."""
+    from agent.llm.tools import feedback_summary, round_summary
+    from agent.rounds.policy import RulePolicy, read_signals
+    from agent.views.render import compute_text, feedback_lines, record_scores, suite_scores
+
+    (tmp_path / "feedback").mkdir()
+    (tmp_path / "feedback" / "feedback_20251101_120000.json").write_text(json.dumps(
+        {"lora_score": 0.55, "band": "average", "metric_gaps": {"clip": {"lora": 0.5}},
+         "feature_gaps": [{"feature": "skullcap", "lora_pass_rate": 0.25}],
+         "overfitting": {"max_reference_clip": 0.97, "max_reference_ssim": 0.9, "variety": 0.2}}))
+    old = {"round": 1, "lora_score": 0.55, "params": {"steps": 30}, "prompts": ["aldarkose"],
+           "scores": {"lora": {"quality": 0.55, "quality_std": 0.02, "count": 4}, "base": {"quality": 0.5}},
+           "train": {"steps": 30, "final_loss": 0.1}, "timings_s": {"train": 12.5},
+           "paths": {"feedback": "feedback/feedback_20251101_120000.json"}}
+    (tmp_path / "training_history.json").write_text(json.dumps({"rounds": [old]}))
+    store = RunStore(tmp_path)
+    record, feedback = store.record(1), store.feedback(1)
+    assert record.base_prompts == record.prompts == ("aldarkose",)  # the base drew the same prompt then
+    assert record.train.seconds == 12.5 and record.train.checkpoint_scores == () and record.train.warm_start is None
+    assert record.suite is None and record.ceiling is None and not record.scores["lora"].memorised
+    assert feedback.training is None and feedback.suite.identity is None and feedback.lora_spread is None
+    # no reference_copies count: the copy is read off the closest CLIP and SSIM, as before the count existed
+    assert feedback.overfitting.reference_copies is None and feedback.overfitting.copies_reference
+    assert read_signals(feedback).missed_features == ["skullcap"] and read_signals(feedback).copies_reference
+    assert "nearly copies one reference" in RulePolicy().decide(feedback, store.rounds, {"steps": 30}).rationale
+    assert feedback_summary(feedback)["overfitting"] == {"max_reference_clip": 0.97, "max_reference_ssim": 0.9,
+                                                         "variety": 0.2}  # as written: no invented count
+    assert round_summary(record)["compute"]["train_seconds"] == 12.5 and suite_scores(record) is None
+    assert compute_text(record) == "compute: 30 optimiser steps, 12.5 s training; a fresh LoRA"
+    assert record_scores(record).rows[0][0] == "lora" and feedback_lines(feedback)[0][1].startswith("LoRA lora: 0.550")
+    assert write_report(store, references_dir, store.rounds).is_file()
+    store.close()
+    assert json.loads((tmp_path / "training_history.json").read_text()) == {"rounds": [old]}  # read, not rewritten
 
 
 def test_score_chart_png_draws_one_line_per_generator_with_axes():
@@ -254,7 +296,7 @@ def test_ctrl_c_after_a_round_is_recorded_does_not_leave_it_in_progress(tiny_set
         monkeypatch.setattr(session, "_update_best", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
             session.finish_round(Decision({"steps": 7}, "test", "user"))
-        assert [r["round"] for r in session.history()] == [1]
+        assert [r.round for r in session.history()] == [1]
         assert session.current is None and session.next_round_number == 2
         assert session.params["steps"] == 7  # the next round trains with the decision
 

@@ -113,13 +113,13 @@ def record(number: int, score: float, editability: float | None, bleed: float | 
 
 def test_a_round_clearly_worse_in_new_scenes_does_not_win_on_quality_alone():
     rounds = [record(1, 0.60, 0.95, 0.00), record(2, 0.65, 0.70, 0.00), record(3, 0.63, 0.90, 0.01)]
-    assert best_round(rounds)["round"] == 3  # round 2's editability is 0.25 below round 1's
-    assert best_round(rounds, "quality")["round"] == 2
+    assert best_round(rounds).round == 3  # round 2's editability is 0.25 below round 1's
+    assert best_round(rounds, "quality").round == 2
     bleeding = [record(1, 0.60, 0.95, 0.00), record(2, 0.65, 0.95, 0.09)]
-    assert best_round(bleeding)["round"] == 1
+    assert best_round(bleeding).round == 1
     # Within the margins (noise), and without a suite, quality decides.
-    assert best_round([record(1, 0.60, 0.95, 0.0), record(2, 0.65, 0.85, 0.04)])["round"] == 2
-    assert best_round([record(1, 0.60, None, None), record(2, 0.65, None, None)])["round"] == 2
+    assert best_round([record(1, 0.60, 0.95, 0.0), record(2, 0.65, 0.85, 0.04)]).round == 2
+    assert best_round([record(1, 0.60, None, None), record(2, 0.65, None, None)]).round == 2
 
 
 def test_the_llm_briefing_carries_the_three_scores_and_what_each_prompt_asked():

@@ -8,32 +8,15 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tools.errors import ConfigError
 from tools.models import load_toy_world_pipeline
 from tools.training.lora_files import (DIFFUSERS_WEIGHTS, load_checkpoint, plateaued, quality_spread,
                                        rose_beyond_spread)
-from tests.test_trainer import StopAfter
+from tests.test_trainer import StopAfter, dataset  # noqa: F401 — the trainer tests' three references, a fixture
 from tools.training.trainer import default_train_config, train_lora
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> list[tuple[Path, str]]:
-    folder = tmp_path_factory.mktemp("refs")
-    rng = np.random.default_rng(0)
-    pairs = []
-    for index in range(3):
-        pixels = np.full((80, 80, 3), 40 * index, np.uint8)
-        pixels[..., index] = 220
-        pixels[16:56, 20:60] = rng.integers(0, 255, (40, 40, 3))
-        path = folder / f"aldar{index + 1}.png"
-        Image.fromarray(pixels).save(path)
-        pairs.append((path, f"aldarkose, picture {index + 1}"))
-    return pairs
 
 
 @pytest.fixture(scope="module")
@@ -142,12 +125,13 @@ def _finished_round(store_root: Path, checkpoint: Path | None, step: int = 4, sc
 
 
 def test_a_round_continues_the_best_rounds_checkpoint_or_says_in_one_line_why_not(tiny_settings, first):
+    from agent.rounds.documents import round_of
     from agent.rounds.session import Session, SessionEvents
 
     said: list[str] = []
     with Session(tiny_settings, quiet=True, events=SessionEvents(on_notice=said.append)) as session:
         root = session.store.root
-        session.store.rounds.append(_finished_round(root, first))
+        session.store.rounds.append(round_of(_finished_round(root, first)))
         session.params.update(warm_start=True, steps=10, checkpoint_every=2)
         warm = session.warm_start(2)
         assert warm == {"from_round": 1, "from_step": 4, "checkpoint": "runs/round_01/checkpoint-000004",
@@ -248,6 +232,7 @@ def test_by_default_the_first_round_is_the_longer_one(tiny_settings):
 
 
 def test_by_default_a_round_that_does_not_pay_stops_the_run(tiny_settings, monkeypatch):
+    from agent.rounds.documents import round_of
     from agent.rounds.policy import RulePolicy
     from agent.rounds.session import Session, SessionEvents
 
@@ -267,11 +252,12 @@ def test_by_default_a_round_that_does_not_pay_stops_the_run(tiny_settings, monke
                 session._round().feedback = feedback
                 decision = session.decide(decider)
                 decisions.append(decision)
-                session.store.rounds.append({"round": len(decisions), "lora_score": feedback["lora_score"],
-                                             "params": {}, "scores": {"lora": {"quality": 0.64}}})
+                record = round_of({"round": len(decisions), "lora_score": feedback["lora_score"], "params": {},
+                                   "scores": {"lora": {"quality": 0.64}}, "rationale": decision.rationale,
+                                   "decided_by": decision.decided_by, "decision": {"stop": decision.stop}})
+                session.store.rounds.append(record)
                 session.current = None
-                return {"round": len(decisions), "decided_by": decision.decided_by, "rationale": decision.rationale,
-                        "decision": {"stop": decision.stop}}
+                return record
 
             monkeypatch.setattr(session, "run_round", one_round)
             monkeypatch.setattr(session, "stop_before",

@@ -11,21 +11,32 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tools.world import build as world_build
+from tools.world import recipe as world_recipe
+from tools.world import runners
+from tools.world.checkpoints import Build, fresh_clip, locked_encoder
+from tools.world.export import export, seed_from_weights
+from tools.world.runners import run_stage
 
-MINI = world_build.Recipe(train_split=(1, 160), unet_split=(2, 96), heldout_split=(9, 8), clip_steps=6, clip_batch=8,
-                          text_lock_step=3, vision_batch=8, vae_steps=4, encoder_lock_step=2, vae_batch=4,
-                          decoder_steps=3, decoder2_steps=3, unet_steps=4, unet_batch=4)
+
+def _steps(recipe: world_recipe.Recipe, **steps: int) -> world_recipe.Recipe:
+    return recipe.changed(**{name: dict(steps=count) for name, count in steps.items()})
 
 
-def _prepared(tmp_path, name: str, recipe=MINI) -> world_build.Build:
-    build = world_build.Build(tmp_path / name, recipe, weights=tmp_path / name / "weights")
-    world_build.stage_data(build)
-    world_build.stage_tokenizer(build)
+# The recipe in miniature: small splits, batches of 8 pictures (CLIP) or 4 (VAE, UNet), few steps.
+MINI = _steps(world_recipe.Recipe(train_split=(1, 160), unet_split=(2, 96), heldout_split=(9, 8)).changed(
+    **{stage.name: dict(batch={"model": 8, "vae": 4, "unet": 4}[stage.model])
+       for stage in world_recipe.GRAPH if stage.model}).changed(clip=dict(lock_step=3), vae=dict(lock_step=2)),
+    clip=6, vae=4, decoder=3, decoder2=3, unet=4)
+
+
+def _prepared(tmp_path, name: str, recipe=MINI) -> Build:
+    build = Build(tmp_path / name, recipe, weights=tmp_path / name / "weights")
+    run_stage(build, "data")
+    run_stage(build, "tokenizer")
     return build
 
 
-def _modules(build: world_build.Build, stage: str) -> dict:
+def _modules(build: Build, stage: str) -> dict:
     return torch.load(build.checkpoint_path(stage), map_location="cpu", weights_only=False)["modules"]
 
 
@@ -35,10 +46,10 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_an_interrupted_stage_resumes_to_exactly_the_uninterrupted_weights(tmp_path, monkeypatch):
     straight = _prepared(tmp_path, "straight")
-    world_build.stage_vae(straight)
+    run_stage(straight, "vae")
 
     interrupted = _prepared(tmp_path, "interrupted")
-    real_unit_range, calls = world_build.to_unit_range, []
+    real_unit_range, calls = runners.to_unit_range, []
 
     def ctrl_c_at_step_3(pixels):
         calls.append(1)
@@ -46,32 +57,32 @@ def test_an_interrupted_stage_resumes_to_exactly_the_uninterrupted_weights(tmp_p
             raise KeyboardInterrupt
         return real_unit_range(pixels)
 
-    monkeypatch.setattr(world_build, "to_unit_range", ctrl_c_at_step_3)
+    monkeypatch.setattr(runners, "to_unit_range", ctrl_c_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        world_build.stage_vae(interrupted)
+        run_stage(interrupted, "vae")
     state = torch.load(interrupted.checkpoint_path("vae"), map_location="cpu", weights_only=False)
     assert state["step"] == 2  # the two finished steps are kept
-    monkeypatch.setattr(world_build, "to_unit_range", real_unit_range)
-    world_build.stage_vae(interrupted)  # the rerun continues at step 2
+    monkeypatch.setattr(runners, "to_unit_range", real_unit_range)
+    run_stage(interrupted, "vae")  # the rerun continues at step 2
 
     assert _same(_modules(straight, "vae")["vae"], _modules(interrupted, "vae")["vae"])
 
 
 def test_a_changed_recipe_starts_the_stage_afresh_and_the_second_pass_needs_the_first(tmp_path, capsys):
     build = _prepared(tmp_path, "cache")
-    world_build.stage_vae(build)
+    run_stage(build, "vae")
     with pytest.raises(RuntimeError, match="decoder stage is at step 0 of 3: finish it first"):
         torch.save({"step": 0}, build.checkpoint_path("decoder"))
-        world_build.STAGES["decoder2"](build)
+        run_stage(build, "decoder2")
     build.checkpoint_path("decoder").unlink()
-    world_build.STAGES["decoder"](build)
-    world_build.STAGES["decoder2"](build)
+    run_stage(build, "decoder")
+    run_stage(build, "decoder2")
     first, second = _modules(build, "decoder")["vae"], _modules(build, "decoder2")["vae"]
     assert not _same(first, second)  # the second pass trained on
     assert all(torch.equal(first[k], second[k]) for k in first if k.startswith(("encoder.", "quant_conv.")))
 
-    changed = world_build.Build(build.cache, replace(MINI, decoder2_lr=1e-4), weights=build.weights)
-    world_build.STAGES["decoder2"](changed)
+    changed = Build(build.cache, MINI.changed(decoder2=dict(lr=1e-4)), weights=build.weights)
+    run_stage(changed, "decoder2")
     assert "the recipe changed since the checkpoint: starting afresh" in capsys.readouterr().out
 
 
@@ -84,8 +95,8 @@ def _tensors(path):
 def test_the_committed_weights_seed_a_cache_that_exports_them_unchanged(tmp_path):
     from tools.world import WEIGHTS_DIR
 
-    build = world_build.Build(tmp_path / "cache", MINI)  # weights: the committed folder (read only here)
-    marked = world_build.seed_from_weights(build)
+    build = Build(tmp_path / "cache", MINI)  # weights: the committed folder (read only here)
+    marked = seed_from_weights(build)
     assert {"textneg", "decoder", "retune", "retune2", "decoder2", "hardneg2"} <= set(marked)
     # The tokenizer taken from the committed tokenizer.json tokenises as the committed one.
     from tools.models import load_toy_world_clip
@@ -94,13 +105,13 @@ def test_the_committed_weights_seed_a_cache_that_exports_them_unchanged(tmp_path
     caption = "aldarkose, round face, thin mustache, orange patterned robe, steppe landscape"
     assert build.tokenizer()(caption).input_ids == committed(caption).input_ids
     with pytest.raises(RuntimeError, match="already holds checkpoints"):
-        world_build.seed_from_weights(build)
+        seed_from_weights(build)
     # The stages the build log records are finished (only those after them are left to train), and the
     # export gives back the committed weights bit for bit.
     for stage in marked:
-        assert torch.load(build.checkpoint_path(stage), weights_only=False)["step"] == getattr(MINI, f"{stage}_steps")
-    assert not any(build.checkpoint_path(s).is_file() for s in set(world_build.TRAINING_STAGES) - set(marked))
-    assert world_build.export(world_build.Build(build.cache, MINI, weights=tmp_path / "weights")) == ["clip", "sdxl"]
+        assert torch.load(build.checkpoint_path(stage), weights_only=False)["step"] == MINI.stage(stage).steps
+    assert not any(build.checkpoint_path(s).is_file() for s in set(world_recipe.TRAINING_STAGES) - set(marked))
+    assert export(Build(build.cache, MINI, weights=tmp_path / "weights")) == ["clip", "sdxl"]
     for model in ("clip/model.safetensors", "sdxl/unet/diffusion_pytorch_model.safetensors",
                   "sdxl/vae/diffusion_pytorch_model.safetensors", "sdxl/text_encoder_2/model.safetensors"):
         mine, theirs = _tensors(tmp_path / "weights" / model), _tensors(WEIGHTS_DIR / model)
@@ -115,36 +126,35 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     first_build = tmp_path / "first"
     shutil.copytree(WEIGHTS_DIR, first_build)
     log = json.loads((first_build / "build_log.json").read_text())
-    for stage in set(world_build.TRAINING_STAGES) - set(world_build.FIRST_BUILD):
+    for stage in set(world_recipe.TRAINING_STAGES) - set(world_recipe.FIRST_BUILD):
         log.pop(stage, None)
     (first_build / "build_log.json").write_text(json.dumps(log))
 
-    recipe = replace(MINI, retune2_steps=2, decoder2_steps=2, hardneg2_steps=2, textneg2_steps=2, retune3_steps=2,
-                     hardneg3_steps=2, vae2_steps=2, retune4_steps=2, hardneg4_steps=2, decoder3_steps=2,
-                     decoder4_steps=2, retune5_steps=2)
-    build = world_build.Build(tmp_path / "cache", recipe, weights=first_build)
-    assert set(world_build.seed_from_weights(build)) == set(world_build.FIRST_BUILD)
+    recipe = _steps(MINI, retune2=2, decoder2=2, hardneg2=2, textneg2=2, retune3=2, hardneg3=2, vae2=2, retune4=2,
+                    hardneg4=2, decoder3=2, decoder4=2, retune5=2)
+    build = Build(tmp_path / "cache", recipe, weights=first_build)
+    assert set(seed_from_weights(build)) == set(world_recipe.FIRST_BUILD)
     seeded_unet, seeded_clip = _modules(build, "retune")["ema"], _modules(build, "textneg")["model"]
-    world_build.STAGES["retune2"](build)
-    world_build.STAGES["decoder2"](build)
-    world_build.STAGES["hardneg2"](build)
+    run_stage(build, "retune2")
+    run_stage(build, "decoder2")
+    run_stage(build, "hardneg2")
     after, image_tower_on = _modules(build, "retune2")["ema"], _modules(build, "hardneg2")["model"]
     assert seeded_unet.keys() == after.keys() and not _same(seeded_unet, after)
     assert all(torch.equal(seeded_clip[k], image_tower_on[k]) for k in seeded_clip if k.startswith("text_"))
     assert not all(torch.equal(seeded_clip[k], image_tower_on[k]) for k in seeded_clip if k.startswith("vision_"))
     with pytest.raises(RuntimeError, match="the textneg2 stage is at step 0 of 2: finish it first"):
         torch.save({"step": 0}, build.checkpoint_path("textneg2"))
-        world_build.STAGES["retune3"](build)  # the third UNet pass needs the text tower it trains on
+        run_stage(build, "retune3")  # the third UNet pass needs the text tower it trains on
     build.checkpoint_path("textneg2").unlink()
 
     # Third passes: both towers again (the text tower moves), then the UNet onto the new text tower and the
     # image tower alone on it.
-    world_build.STAGES["textneg2"](build)
+    run_stage(build, "textneg2")
     with pytest.raises(RuntimeError, match="differs from the text tower retune2 trained on: train the UNet on the new"):
-        world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "too-early"))
+        export(Build(build.cache, recipe, weights=tmp_path / "too-early"))
     assert not (tmp_path / "too-early" / "clip").exists()  # a text tower without its UNet is never exported
-    world_build.STAGES["retune3"](build)
-    world_build.STAGES["hardneg3"](build)
+    run_stage(build, "retune3")
+    run_stage(build, "hardneg3")
     both_towers, third_unet = _modules(build, "textneg2")["model"], _modules(build, "retune3")["ema"]
     last_clip = _modules(build, "hardneg3")["model"]
     assert not all(torch.equal(image_tower_on[k], both_towers[k]) for k in both_towers if k.startswith("text_"))
@@ -152,8 +162,8 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     assert not _same(after, third_unet)
 
     # The export carries the latest UNet with the text tower it trained on, in the scorer's CLIP and the pipeline.
-    exported = world_build.Build(build.cache, recipe, weights=tmp_path / "weights")
-    assert world_build.export(exported) == ["clip", "sdxl"]
+    exported = Build(build.cache, recipe, weights=tmp_path / "weights")
+    assert export(exported) == ["clip", "sdxl"]
     clip = _tensors(tmp_path / "weights" / "clip" / "model.safetensors")
     encoder_2 = _tensors(tmp_path / "weights" / "sdxl" / "text_encoder_2" / "model.safetensors")
     unet = _tensors(tmp_path / "weights" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
@@ -167,22 +177,22 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
 
     # Fourth passes: encoder and decoder together (the encoder moves, then is locked), the UNet onto the new
     # latents, the image tower once more. A VAE whose encoder the UNet never learnt is never exported.
-    world_build.stage_vae2(build)
+    run_stage(build, "vae2")
     before, joint = _modules(build, "decoder2")["vae"], _modules(build, "vae2")["vae"]
     encoder_keys = [k for k in joint if k.startswith(("encoder.", "quant_conv."))]
     assert not all(torch.equal(before[k], joint[k]) for k in encoder_keys)
     build.cache.joinpath("vae2_encoder.pt").unlink()  # killed between the last checkpoint and the lock
-    assert all(torch.equal(world_build.locked_encoder(build, "vae2")[k.split(".", 1)[0]][k.split(".", 1)[1]], joint[k])
+    assert all(torch.equal(locked_encoder(build, "vae2")[k.split(".", 1)[0]][k.split(".", 1)[1]], joint[k])
                for k in encoder_keys)
     with pytest.raises(RuntimeError, match="the VAE's encoder is vae2's but retune3 learnt the latents of vae's"):
-        world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "vae-too-early"))
+        export(Build(build.cache, recipe, weights=tmp_path / "vae-too-early"))
     assert not (tmp_path / "vae-too-early" / "clip").exists()
-    world_build.STAGES["retune4"](build)
-    world_build.STAGES["hardneg4"](build)
+    run_stage(build, "retune4")
+    run_stage(build, "hardneg4")
     assert build.cache.joinpath("unet_latent_moments_vae2.pt").is_file()  # retune4 learnt vae2's latents
     fourth_unet = _modules(build, "retune4")["ema"]
     assert not _same(third_unet, fourth_unet)
-    assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "fourth")) == ["clip", "sdxl"]
+    assert export(Build(build.cache, recipe, weights=tmp_path / "fourth")) == ["clip", "sdxl"]
     vae = _tensors(tmp_path / "fourth" / "sdxl" / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(vae[k], joint[k].half()) for k in vae)
     unet = _tensors(tmp_path / "fourth" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
@@ -192,20 +202,20 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
     # stay and it exports as is.
     previous = joint
     for stage in ("decoder3", "decoder4"):
-        world_build.STAGES[stage](build)
+        run_stage(build, stage)
         trained = _modules(build, stage)["vae"]
         assert all(torch.equal(joint[k], trained[k]) for k in encoder_keys)
         assert not all(torch.equal(previous[k], trained[k]) for k in trained if k.startswith("decoder."))
-        assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / stage)) == ["clip", "sdxl"]
+        assert export(Build(build.cache, recipe, weights=tmp_path / stage)) == ["clip", "sdxl"]
         vae = _tensors(tmp_path / stage / "sdxl" / "vae" / "diffusion_pytorch_model.safetensors")
         assert all(torch.equal(vae[k], trained[k].half()) for k in vae)
         previous = trained
 
     # Seventh pass: the UNet again, the head weighted up in its latent loss, on the same text tower and latents.
-    world_build.STAGES["retune5"](build)
+    run_stage(build, "retune5")
     fifth_unet = _modules(build, "retune5")["ema"]
     assert not _same(fourth_unet, fifth_unet)
-    assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "seventh")) == ["clip", "sdxl"]
+    assert export(Build(build.cache, recipe, weights=tmp_path / "seventh")) == ["clip", "sdxl"]
     unet = _tensors(tmp_path / "seventh" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(unet[k], fifth_unet[k].half()) for k in unet)
 
@@ -216,29 +226,29 @@ def test_the_novel_stage_teaches_the_scorers_clip_alone_and_its_weights_seed_a_c
     a cache seeded from those weights gives both back bit for bit."""
     from tools.world import WEIGHTS_DIR
 
-    recipe = replace(MINI, novel_split=(3, 24), novel_steps=2)
-    build = world_build.Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
-    world_build.seed_from_weights(build)
-    for stage in world_build.SCORER_ONLY_STAGES:  # the committed weights may already hold them
+    recipe = _steps(replace(MINI, novel_split=(3, 24)), novel=2)
+    build = Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
+    seed_from_weights(build)
+    for stage in world_recipe.SCORER_ONLY_STAGES:  # the committed weights may already hold them
         build.checkpoint_path(stage).unlink(missing_ok=True)
     before = _modules(build, "hardneg4")["model"]
-    world_build.STAGES["novel"](build)
+    run_stage(build, "novel")
     after = _modules(build, "novel")["model"]
     for tower in ("text_", "vision_"):
         assert not all(torch.equal(before[k], after[k]) for k in after if k.startswith(tower)), tower
 
-    assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "weights")) == ["clip", "sdxl"]
+    assert export(Build(build.cache, recipe, weights=tmp_path / "weights")) == ["clip", "sdxl"]
     clip = _tensors(tmp_path / "weights" / "clip" / "model.safetensors")
     assert all(torch.equal(clip[k], after[k].half()) for k in clip)
     for part in ("sdxl/text_encoder_2/model.safetensors", "sdxl/unet/diffusion_pytorch_model.safetensors"):
         assert _same(_tensors(tmp_path / "weights" / part), _tensors(WEIGHTS_DIR / part)), part
 
-    again = world_build.Build(tmp_path / "cache2", recipe, weights=tmp_path / "weights")
-    assert "novel" in world_build.seed_from_weights(again)
+    again = Build(tmp_path / "cache2", recipe, weights=tmp_path / "weights")
+    assert "novel" in seed_from_weights(again)
     pipeline_text = _tensors(tmp_path / "weights" / "sdxl" / "text_encoder_2" / "model.safetensors")
     textneg2 = _modules(again, "textneg2")["model"]
     assert all(torch.equal(textneg2[k].half(), pipeline_text[k]) for k in pipeline_text if k in textneg2)
-    assert world_build.export(world_build.Build(again.cache, recipe, weights=tmp_path / "again")) == ["clip", "sdxl"]
+    assert export(Build(again.cache, recipe, weights=tmp_path / "again")) == ["clip", "sdxl"]
     for part in ("clip/model.safetensors", "sdxl/text_encoder_2/model.safetensors"):
         assert _same(_tensors(tmp_path / "again" / part), _tensors(tmp_path / "weights" / part)), part
 
@@ -249,20 +259,20 @@ def test_novel3_trains_the_text_tower_alone_from_hardneg4s_and_holds_the_old_val
     near hardneg4's embedding of them while the novel words move. The export gives the scorer novel3's CLIP."""
     from tools.world.attributes import ATTRIBUTES, NOVEL_ATTRIBUTES
 
-    recipe = replace(MINI, novel_split=(3, 24), novel_steps=2, novel2_steps=2, novel3_steps=3)
-    build = world_build.Build(tmp_path / "cache", recipe)
-    world_build.seed_from_weights(build)
-    for stage in world_build.SCORER_ONLY_STAGES:
+    recipe = _steps(replace(MINI, novel_split=(3, 24)), novel=2, novel2=2, novel3=3)
+    build = Build(tmp_path / "cache", recipe)
+    seed_from_weights(build)
+    for stage in world_recipe.SCORER_ONLY_STAGES:
         build.checkpoint_path(stage).unlink(missing_ok=True)
     for stage in ("novel", "novel2", "novel3"):
-        world_build.STAGES[stage](build)
+        run_stage(build, stage)
     hardneg4, novel2, novel3 = (_modules(build, s)["model"] for s in ("hardneg4", "novel2", "novel3"))
     image = [k for k in novel3 if not k.startswith(("text_model.", "text_projection."))]
     assert all(torch.equal(novel3[k], novel2[k]) for k in image)  # the image tower and the logit scale
     assert not all(torch.equal(novel3[k], hardneg4[k]) for k in novel3 if k.startswith("text_"))
 
     def sentences(model_state, values):
-        model, tokenizer = world_build.new_clip(build)
+        model, tokenizer = fresh_clip(build)
         model.load_state_dict(model_state)
         tokens = tokenizer(list(values), padding=True, return_tensors="pt")
         with torch.no_grad():
@@ -274,36 +284,75 @@ def test_novel3_trains_the_text_tower_alone_from_hardneg4s_and_holds_the_old_val
     moved_old = 1 - (sentences(novel3, old) * sentences(hardneg4, old)).sum(-1)
     moved_novel = 1 - (sentences(novel3, novel) * sentences(hardneg4, novel)).sum(-1)
     assert moved_old.mean() < moved_novel.mean()  # the anchor holds the old words more than the new ones
-    assert world_build.export(world_build.Build(build.cache, recipe, weights=tmp_path / "weights")) == ["clip", "sdxl"]
+    assert export(Build(build.cache, recipe, weights=tmp_path / "weights")) == ["clip", "sdxl"]
     clip = _tensors(tmp_path / "weights" / "clip" / "model.safetensors")
     assert all(torch.equal(clip[k], novel3[k].half()) for k in clip)
 
 
 def test_the_stage_graph_is_the_committed_build_log():
-    """The recipe's stages as data (GRAPH) against weights/build_log.json, what built the committed weights:
-    the same stages (the tried ones aside), each run to its recipe's steps, the same hyper-parameters, and
-    every stage's inputs built before it."""
-    from dataclasses import asdict
-
+    """The stage records (GRAPH) against weights/build_log.json, what built the committed weights: the same
+    stages (the tried ones aside), each run to its record's steps, and every stage's inputs built before it."""
     from tools.world import WEIGHTS_DIR
 
     log = json.loads((WEIGHTS_DIR / "build_log.json").read_text(encoding="utf-8"))
-    recipe = asdict(world_build.Recipe())
-    committed = [stage.name for stage in world_build.GRAPH if stage.model and not stage.tried]
+    recipe = world_recipe.Recipe()
+    committed = [stage.name for stage in world_recipe.GRAPH if stage.model and not stage.tried]
     logged = [name for name, entry in log.items() if isinstance(entry, dict) and "steps" in entry]
     assert sorted(logged) == sorted(committed)
-    assert all(log[name]["steps"] == recipe[f"{name}_steps"] for name in committed)
-    assert {key: recipe[key] for key in log["recipe"]} == {key: tuple(value) if isinstance(value, list) else value
-                                                            for key, value in log["recipe"].items()}
-    order = [stage.name for stage in world_build.GRAPH]
-    for stage in world_build.GRAPH:
-        for source in (stage.after, stage.text_tower, stage.latents, *stage.recipe_of):
+    assert all(log[name]["steps"] == recipe.stage(name).steps for name in committed)
+    order = [stage.name for stage in world_recipe.GRAPH]
+    for stage in world_recipe.GRAPH:
+        assert stage.kind in runners.RUNNERS, stage.name
+        assert not stage.model or min(stage.steps, stage.lr, stage.batch, stage.warmup) > 0, stage.name
+        for source in (stage.after, stage.text_tower, stage.latents, stage.anchor):
             assert source is None or order.index(source) < order.index(stage.name), (stage.name, source)
-        assert set(world_build.recipe_fields(stage.name)) <= set(recipe), stage.name
     # Its derived tables: the UNet passes' text towers and latents, the locked encoders, the seeds' offsets.
-    assert {s.name: (s.text_tower, s.latents) for s in world_build.GRAPH if s.model == "unet"} == {
+    assert {s.name: (s.text_tower, s.latents) for s in world_recipe.GRAPH if s.model == "unet"} == {
         "unet": ("clip", "vae"), "retune": ("textneg", "vae"), "retune2": ("textneg", "vae"),
         "retune3": ("textneg2", "vae"), "retune4": ("textneg2", "vae2"), "retune5": ("textneg2", "vae2")}
-    assert world_build.ENCODER_LOCKS == {"vae": "vae_encoder.pt", "vae2": "vae2_encoder.pt"}
-    assert [world_build.seed_offset(name) // world_build.SECOND_PASS_SEED_OFFSET
+    assert world_recipe.ENCODER_LOCKS == {"vae": "vae_encoder.pt", "vae2": "vae2_encoder.pt"}
+    assert [world_recipe.batch_seed(recipe, recipe.stage(name)) // world_recipe.SECOND_PASS_SEED_OFFSET
             for name in ("clip", "hardneg2", "decoder3", "retune4", "retune5", "novel2")] == [0, 1, 2, 3, 4, 1]
+
+
+def test_the_stage_records_resolve_to_the_settings_that_built_the_committed_weights():
+    """tests/world_stage_settings.json: every stage's settings (steps, rate, batch, warm-up, lock step, original
+    sizes, noise offset, loss weights, batch seed, inputs) as the flat Recipe of 94d6f6c resolved them from the
+    recipe build_log.json records, taken before the records replaced it. The records resolve to the same, so a
+    rebuild from them trains the committed weights again (a miniature build of every stage gave the same
+    tensors, bit for bit, before and after)."""
+    from pathlib import Path
+
+    from tools.world import WEIGHTS_DIR
+
+    snapshot = json.loads((Path(__file__).parent / "world_stage_settings.json").read_text(encoding="utf-8"))
+    log = json.loads((WEIGHTS_DIR / "build_log.json").read_text(encoding="utf-8"))
+    if "stages" in log["recipe"]:  # exported by the records' build: the resolved recipe itself
+        expected = log["recipe"]
+    else:  # exported by the flat Recipe: its code resolved it into the snapshot
+        assert snapshot["recipe"] == log["recipe"]
+        expected = {key: snapshot[key] for key in ("seed", "splits", "stages")}
+    assert world_recipe.resolved(world_recipe.Recipe()) == expected
+
+
+def test_a_changed_record_restarts_its_stage_and_the_stages_built_on_it_only():
+    recipe = world_recipe.Recipe()
+    changed = recipe.changed(textneg=dict(lr=1e-3))
+    restarted = {name for name in world_recipe.STAGE
+                 if world_recipe.recipe_key(changed, name) != world_recipe.recipe_key(recipe, name)}
+    assert restarted == {"textneg", "retune", "retune2", "hardneg2", "textneg2", "retune3", "hardneg3", "retune4",
+                         "hardneg4", "retune5", "novel", "novel2", "novel3"}
+    with pytest.raises(ValueError, match="no stage retune9 in the build"):
+        recipe.changed(retune9=dict(steps=1))
+    with pytest.raises(ValueError, match="after shape the graph: change GRAPH, not a recipe"):
+        recipe.changed(retune2=dict(after="unet"))
+
+
+def test_a_stage_whose_inputs_are_missing_stops_with_one_line(tmp_path, capsys):
+    from tools.world.build import main
+
+    args = ["--cache", str(tmp_path / "cache"), "--weights", str(tmp_path / "weights")]
+    assert main(["--stage", "clip", *args]) == 2
+    assert "clip: stopped: the train split is not rendered" in capsys.readouterr().out
+    assert main(["--stage", "vision", *args]) == 2
+    assert f"vision: stopped: the clip stage has no checkpoint in {tmp_path / 'cache'}: run it first" in capsys.readouterr().out

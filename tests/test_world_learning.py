@@ -168,7 +168,7 @@ def test_a_short_lora_training_beats_the_base_on_key_features(tiny_settings):
     settings = tiny_settings.replace(images_per_prompt=0, target_score=1.0)
     with Session(settings, quiet=True) as session:
         record = session.run_rounds(1, RulePolicy(bounds=session.bounds))[0]
-    lora, base = record["scores"]["lora"]["features"], record["scores"]["base"]["features"]
+    lora, base = record.scores["lora"].features, record.scores["base"].features
     # Measured on one thread, seeds 42, 1, 2, 3, with the fourth passes' VAE: leads of +0.14, +0.19, +0.25, +0.20
     # over the base's 0.41-0.42; with decoder3's +0.25, +0.23, +0.23, +0.20; with decoder4's (seed 42, two
     # threads) +0.27.
@@ -178,10 +178,10 @@ def test_a_short_lora_training_beats_the_base_on_key_features(tiny_settings):
 EMPHASIS_IMAGES = 6  # per round: pass rates in sixths, enough to see a feature come in
 
 
-def _pass_rates(results, record: dict, generator: str = "lora") -> dict[str, float]:
+def _pass_rates(results, record, generator: str = "lora") -> dict[str, float]:
     import json
 
-    report = json.loads((results / record["paths"]["comparison_report"]).read_text())
+    report = json.loads((results / record.paths.comparison_report).read_text())
     return report["generators"][generator]["feature_pass_rate"]
 
 
@@ -197,10 +197,10 @@ def test_the_rule_policys_emphasis_on_missed_features_raises_their_pass_rate_nex
     with Session(settings, quiet=True) as session:
         policy = RulePolicy(bounds=session.bounds)
         first = session.run_rounds(1, policy)[0]
-        emphasised = first["decision"]["adjustments"].get("feature_emphasis") or []
-        assert emphasised, first["rationale"]  # the round missed key features and the policy named them
+        emphasised = first.decision.adjustments.get("feature_emphasis") or []
+        assert emphasised, first.rationale  # the round missed key features and the policy named them
         # A fresh LoRA, not round 1's continued (warm_start): the pair differs in the emphasis alone.
-        session.params = {**first["params"], "feature_emphasis": emphasised, "warm_start": False}
+        session.params = {**first.params, "feature_emphasis": emphasised, "warm_start": False}
         second = session.run_round(policy)
     results = Path(settings.output_dir)
     before, after = _pass_rates(results, first), _pass_rates(results, second)

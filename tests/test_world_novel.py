@@ -145,7 +145,7 @@ def _scorer_knows_the_novel_values() -> bool:
     import json
 
     from tools.world import WEIGHTS_DIR
-    from tools.world.build import SCORER_ONLY_STAGES
+    from tools.world.recipe import SCORER_ONLY_STAGES
 
     log = json.loads((WEIGHTS_DIR / "build_log.json").read_text())
     return any(stage in log for stage in SCORER_ONLY_STAGES)

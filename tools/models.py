@@ -180,6 +180,32 @@ SDXL_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_
                              prediction_type="epsilon")
 
 
+def sdxl_unet_config(sample_size: int, widths: tuple[int, ...], heads: tuple[int, ...],
+                     transformer_layers: tuple[int, ...], cross_attention_dim: int, time_embed: int,
+                     pooled_dim: int, layers_per_block: int, norm_num_groups: int = 32) -> dict[str, Any]:
+    """SDXL's UNet layout (a plain first level, cross-attention below it, text_time conditioning on the pooled
+    text embedding and six size numbers, linear projections) at any width: SDXL base's own
+    (``widths=(320, 640, 1280)``), the toy world's, and the tests' random ones."""
+    levels = len(widths)
+    return dict(sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=layers_per_block,
+                block_out_channels=widths,
+                down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+                up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+                attention_head_dim=heads, transformer_layers_per_block=transformer_layers,
+                cross_attention_dim=cross_attention_dim, use_linear_projection=True, addition_embed_type="text_time",
+                addition_time_embed_dim=time_embed, projection_class_embeddings_input_dim=6 * time_embed + pooled_dim,
+                norm_num_groups=norm_num_groups)
+
+
+def sdxl_vae_config(widths: tuple[int, int, int, int], norm_num_groups: int, scaling_factor: float,
+                    **extra: Any) -> dict[str, Any]:
+    """SDXL's VAE layout: four blocks, so latents are 1/8 of the image with 4 channels, at any width."""
+    return dict(block_out_channels=widths, in_channels=3, out_channels=3,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                latent_channels=4, norm_num_groups=norm_num_groups, layers_per_block=1,
+                sample_size=TINY_RESOLUTION, scaling_factor=scaling_factor, **extra)
+
+
 # --------------------------------------------------------------------------- real models
 def model_location(model_id: str) -> str:
     """``local`` (a path on disk), ``cached`` (in the Hugging Face cache) or ``missing``."""

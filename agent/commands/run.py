@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the command line is parsed (and --rounds checked) before an
     from pathlib import Path
 
     from agent.rounds.decision import Decider
+    from agent.rounds.documents import Round
     from agent.rounds.session import Session
     from agent.views.ui import UI
     from tools.settings import Settings
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     return 0
 
 
-def _show_round(ui, record: dict, history: list[dict]) -> None:
+def _show_round(ui, record: Round, history: list[Round]) -> None:
     """A finished round: its ranking on the character's own prompt, then how it does in new scenes."""
     from agent.views import render
 
@@ -81,9 +82,9 @@ def _show_round(ui, record: dict, history: list[dict]) -> None:
         ui.show(suite)
 
 
-def _before(history: list[dict], record: dict) -> dict | None:
+def _before(history: list[Round], record: Round) -> Round | None:
     """The round recorded just before ``record`` (its prompt is what the round's prompt changed from)."""
-    earlier = [r for r in history if r["round"] < record["round"]]
+    earlier = [r for r in history if r.round < record.round]
     return earlier[-1] if earlier else None
 
 
@@ -129,7 +130,7 @@ def show_summary(session: Session, ui: UI, report: Path | None) -> None:
     store = session.store
     record = store.best_record()
     if record is not None and store.best_lora_holds(record):
-        ui.success(f"best round: {record['round']} (LoRA score {render.number(record.get('lora_score'))}) → "
+        ui.success(f"best round: {record.round} (LoRA score {render.number(record.lora_score)}) → "
                    f"{store.root / (store.state.best_lora or 'best_lora')}")
     if report:  # only what this process wrote: never a path that may not exist
         ui.success(f"report: {report}")

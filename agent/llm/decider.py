@@ -23,6 +23,7 @@ from agent.llm.loop import ChatLoop, LoopEvents, TurnResult, Usage
 from agent.llm.prompts import decider_system_prompt
 from agent.llm.tools import RoundTools, given_knobs, feedback_summary, round_summary, rule_suggestion
 from agent.rounds.decision import Decision, already_trained
+from agent.rounds.documents import Round, RoundFeedback, feedback_of, rounds_of
 from agent.rounds.knobs import SAFE_BOUNDS, clamp_adjustments, knob_values
 from agent.rounds.policy import RulePolicy
 from agent.rounds.store import round_feedback
@@ -67,7 +68,8 @@ class LLMDecider:
         self.fallbacks: list[str] = []
         self.tools_refused = ""  # set once the server refused the tool schemas: not asked again this run
 
-    def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision:
+    def decide(self, feedback: RoundFeedback | dict, history: list[Round], params: dict) -> Decision:
+        feedback, history = feedback_of(feedback), rounds_of(history)
         rule = RulePolicy(self.bounds, self.settings.round_ranking)  # the same fallback `aldar run --no-llm` uses
         if self.tools_refused:
             reason = self.tools_refused
@@ -95,7 +97,7 @@ class LLMDecider:
         return decision
 
     # ------------------------------------------------------------------ internals
-    def _ask_model(self, feedback: dict, history: list[dict], params: dict) -> Decision:
+    def _ask_model(self, feedback: RoundFeedback, history: list[Round], params: dict) -> Decision:
         tools = DecisionTools(feedback, history, params, self.bounds, Path(self.settings.output_dir))
         loop = ChatLoop(self.client, self.model, tools.specs(), system_prompt=self.system_prompt,
                         max_steps=self.settings.llm_max_steps, thinking=self.settings.llm_thinking,
@@ -110,7 +112,7 @@ class LLMDecider:
             def repeats(decision: Decision) -> int | None:  # the round that already trained its parameters
                 if decision.stop:
                     return None
-                return already_trained({**params, **decision.adjustments}, history, params, feedback.get("round"))
+                return already_trained({**params, **decision.adjustments}, history, params, feedback.round)
 
             decision = self._decision(tools.proposal if turn.terminal else None, params)
             repeated = repeats(decision)
@@ -157,7 +159,7 @@ class LLMDecider:
             return None
         return {"type": "function", "function": {"name": PROPOSE}}
 
-    def _briefing(self, feedback: dict, history: list[dict], params: dict) -> str:
+    def _briefing(self, feedback: RoundFeedback, history: list[Round], params: dict) -> str:
         payload = {
             "feedback": feedback_summary(feedback),
             "history": [round_summary(r) for r in history[-6:]],
@@ -173,20 +175,20 @@ class DecisionTools(RoundTools):
 
     TOOLS = (PROPOSE,)
 
-    def __init__(self, feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple],
+    def __init__(self, feedback: RoundFeedback, history: list[Round], params: dict, bounds: dict[str, tuple],
                  results_root: Path) -> None:
         super().__init__(bounds)
         self.feedback, self.rounds, self.params = feedback, history, params
         self.results_root = results_root
         self.proposal: dict | None = None
 
-    def history(self) -> list[dict]:
+    def history(self) -> list[Round]:
         return self.rounds
 
-    def feedback_of(self, round_number: int | None) -> dict | None:
-        if not round_number or round_number == self.feedback.get("round"):
+    def feedback_of(self, round_number: int | None) -> RoundFeedback | None:
+        if not round_number or round_number == self.feedback.round:
             return self.feedback
-        record = next((record for record in self.rounds if record["round"] == round_number), None)
+        record = next((record for record in self.rounds if record.round == round_number), None)
         return round_feedback(self.results_root, record) if record is not None else None
 
     def propose_adjustment(self, rationale: str, stop: bool = False, **knobs: Any) -> dict:

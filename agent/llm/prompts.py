@@ -29,9 +29,24 @@ def load_prompt(name: str, folder: Path | None = None, **values: object) -> str:
     return Template(text).safe_substitute({k: str(v) for k, v in values.items()}).strip()
 
 
+def thresholds() -> dict[str, str]:
+    """The rule policy's thresholds and steps as the feedback guide and the knob guide state them: the LLM reads
+    the numbers the policy and the tools decide by, from the one place they are defined."""
+    from agent.rounds import policy
+    from agent.rounds.records import LIKENESS
+
+    return {"missed_pass_rate": f"{policy.MISSED_PASS_RATE:g}", "copy_clip": f"{policy.COPY_CLIP:g}",
+            "copy_ssim": f"{policy.COPY_SSIM:g}", "low_variety": f"{policy.LOW_VARIETY:g}",
+            "likeness_percent": f"{LIKENESS * 100:g}", "identity_ok": f"{policy.IDENTITY_OK:g}",
+            "editability_vs_base": f"{policy.EDITABILITY_VS_BASE:g}", "bleed_high": f"{policy.BLEED_HIGH:g}",
+            "step_down": f"{policy.STEP_DOWN:g}", "step_up": f"{policy.STEP_UP:g}", "lr_down": f"{policy.LR_DOWN:g}",
+            "rank_up": f"{policy.RANK_UP:g}", "max_emphasis": f"{policy.MAX_EMPHASIS:g}"}
+
+
 def _common(settings: Settings, bounds: dict[str, tuple]) -> dict[str, str]:
     weights = settings.metric_weights
     return {
+        **thresholds(),
         "character": settings.character_name,
         "weights": " + ".join(f"{v:g}·{k}" for k, v in weights.items()),
         "bounds_table": bounds_table(bounds),

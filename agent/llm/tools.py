@@ -4,8 +4,8 @@ Each tool's JSON schema is derived from its signature and docstring (``agent.llm
 parameters are not written out per tool: a tool takes ``**knobs`` and the schema builder expands
 the knob group of ``agent.rounds.knobs`` there, ranged by this session's bounds (the same bounds the clamp
 uses), so the schema the model sees, the validation of its arguments and the clamp never disagree.
-Results are small JSON-able dicts: the model's context is precious. The helpers read feedback and
-records from disk too (older histories lack newer keys), so they read optional keys with ``.get``.
+Results are small JSON-able dicts: the model's context is precious. The helpers read the typed feedback and
+round records of ``agent.rounds.documents`` (older files' missing keys were filled there, once).
 
 ``RoundTools`` holds the read-only tools both the chat (``SessionTools``) and the LLM decider
 (``agent.llm.decider.DecisionTools``) offer. Every change to the session goes through ``Session``
@@ -23,9 +23,9 @@ from agent.rounds.decision import Decision
 from agent.rounds.knobs import NAMES as KNOBS
 from agent.rounds.knobs import knob_parameters, knob_values
 from agent.rounds.policy import MISSED_PASS_RATE
-from agent.rounds.records import RoundRecord, SessionFeedback
+from agent.rounds.documents import GeneratorScores, Round, RoundFeedback, SuiteScores, feedback_of, round_of
+from agent.rounds.records import LIKENESS, LORA
 from tools.errors import InputError
-from tools.scoring.copies import copying
 
 if TYPE_CHECKING:
     from agent.rounds.session import Session
@@ -36,148 +36,148 @@ def _round3(value: Any) -> Any:
     return round(value, 3) if isinstance(value, float) else value
 
 
-def feedback_summary(feedback: SessionFeedback) -> dict:
+def feedback_summary(feedback: RoundFeedback | dict) -> dict:
     """The feedback's decision-relevant part, numbers rounded."""
-    gaps = feedback.get("metric_gaps") or {}
+    feedback = feedback_of(feedback)
     return {
-        "round": feedback.get("round"),
-        "lora_score": _round3(feedback.get("lora_score")),
-        "band": feedback.get("band"),
-        "best_competitor": feedback.get("best_competitor"),
-        "competitor_score": _round3(feedback.get("competitor_score")),
-        "ceiling_score": _round3(feedback.get("ceiling_score")),
-        "score_gap": _round3(feedback.get("score_gap")),
-        "compared_against": feedback.get("compared_against"),
-        "needs_improvement": feedback.get("needs_improvement"),
-        "reference_copy": bool(feedback.get("reference_copy")),  # memorised: the score measures a copy
-        "metrics": {name: {k: _round3(v) for k, v in (entry or {}).items()} for name, entry in gaps.items()},
-        "feature_gaps": [{k: _round3(v) for k, v in gap.items()} for gap in (feedback.get("feature_gaps") or [])[:6]],
-        "overfitting": {k: _round3(v) for k, v in (feedback.get("overfitting") or {}).items()},
-        "training": {k: _round3(v) for k, v in (feedback.get("training") or {}).items()},  # still_rising etc.
-        "lora_spread": _round3(feedback.get("lora_spread")),  # a score differs from another only beyond this
-        "recommendations": [r.get("message") for r in (feedback.get("recommendations") or [])[:5]],
-        "profile": (feedback.get("profile") or {}).get("profile"),
+        "round": feedback.round,
+        "lora_score": _round3(feedback.lora_score),
+        "band": feedback.band,
+        "best_competitor": feedback.best_competitor,
+        "competitor_score": _round3(feedback.competitor_score),
+        "ceiling_score": _round3(feedback.ceiling_score),
+        "score_gap": _round3(feedback.score_gap),
+        "compared_against": feedback.compared_against,
+        "needs_improvement": feedback.needs_improvement,
+        "reference_copy": feedback.reference_copy,  # memorised: the score measures a copy
+        "metrics": {name: _rounded(gap.as_json()) for name, gap in feedback.metric_gaps.items()},
+        "feature_gaps": [_rounded(gap.as_json()) for gap in feedback.feature_gaps[:6]],
+        "overfitting": _rounded(feedback.overfitting.as_json()) if feedback.overfitting else {},
+        "training": _rounded(feedback.training.as_json()) if feedback.training else {},  # still_rising etc.
+        "lora_spread": _round3(feedback.lora_spread),  # a score differs from another only beyond this
+        "recommendations": [r.message for r in feedback.recommendations[:5]],
+        "profile": feedback.profile_name,
         **suite_summary(feedback),
     }
 
 
-def suite_summary(feedback: SessionFeedback) -> dict:
+def _rounded(block: dict) -> dict:
+    return {k: _rounded(v) if isinstance(v, dict) else _round3(v) for k, v in block.items()}
+
+
+def suite_summary(feedback: RoundFeedback) -> dict:
     """The prompt suite's identity, editability and bleed (the feedback guide explains them), numbers rounded;
     nothing when the round drew no suite."""
-    blocks = {name: feedback.get(name) for name in ("identity", "editability", "bleed")}
-    if not any(isinstance(block, dict) for block in blocks.values()):
+    blocks = {"identity": feedback.suite.identity, "editability": feedback.suite.editability,
+              "bleed": feedback.suite.bleed}
+    if not any(blocks.values()):
         return {}
-    shown = {name: {k: (_round3(v) if not isinstance(v, dict) else
-                        {c: {g: _round3(x) for g, x in (r or {}).items()} for c, r in v.items()})
-                    for k, v in block.items()}
-             for name, block in blocks.items() if isinstance(block, dict)}
-    prompts = [{"kind": p.get("kind"), **({"asks": f"{p.get('category')}: {p.get('value')}"}
-                                          if p.get("kind") == "new_context" else {})}
-               for p in feedback.get("suite_prompts") or []]
+    shown = {name: _rounded(block.as_json()) for name, block in blocks.items() if block is not None}
+    prompts = [{"kind": p.kind, **({"asks": f"{p.category}: {p.value}"} if p.kind == "new_context" else {})}
+               for p in feedback.suite_prompts]
     return {**shown, "suite_prompts": prompts}
 
 
-def round_summary(record: RoundRecord) -> dict:
-    params = record.get("params") or {}
-    return {"round": record["round"], "lora_score": _round3(record.get("lora_score")), "band": record.get("band"),
-            "best_competitor": record.get("best_competitor"), "score_gap": _round3(record.get("score_gap")),
-            "params": knob_values(params),
+def round_summary(record: Round | dict) -> dict:
+    record = round_of(record)
+    return {"round": record.round, "lora_score": _round3(record.lora_score), "band": record.band,
+            "best_competitor": record.best_competitor, "score_gap": _round3(record.score_gap),
+            "params": knob_values(record.params),
             **({"suite": {k: _round3(v) for k, v in suite_figures(record).items()}} if suite_figures(record) else {}),
-            "decided_by": record.get("decided_by"), "rationale": record.get("rationale"),
-            "adjustments": (record.get("decision") or {}).get("adjustments"), **round_compute(record)}
+            "decided_by": record.decided_by, "rationale": record.rationale,
+            "adjustments": record.decision.adjustments, **round_compute(record)}
 
 
-def round_compute(record: RoundRecord) -> dict:
+def round_compute(record: Round) -> dict:
     """What a round cost and how far its score is from noise: optimiser steps and training seconds, the warm
     start it continued, the spread of its LoRA score (standard error of its images) and its steps to likeness
-    (the first checkpoint at 90 % of the reference ceiling's quality; null: none reached it)."""
+    (the first checkpoint at LIKENESS × the reference ceiling's quality; null: none reached it)."""
     import math
 
-    train = record.get("train") or {}
-    lora = (record.get("scores") or {}).get("lora") or {}
-    std, count = lora.get("quality_std"), lora.get("count")
-    spread = std / math.sqrt(count) if isinstance(std, (int, float)) and isinstance(count, int) and count else None
-    ceiling = (record.get("ceiling") or {}).get("quality")
-    likeness = next((s.get("step") for s in sorted(train.get("checkpoint_scores") or [], key=lambda s: s.get("step") or 0)
-                     if isinstance(ceiling, (int, float)) and isinstance(s.get("quality"), (int, float))
-                     and s["quality"] >= 0.9 * ceiling), None)
-    warm = train.get("warm_start") or {}
-    return {"compute": {"optimizer_steps": train.get("steps"), "train_seconds": _round3(train.get("seconds")),
-                        "warm_start": {"from_round": warm.get("from_round"), "from_step": warm.get("from_step")}
-                        if warm else None, "stopped_early": train.get("stopped_early") or None},
+    train, lora = record.train, record.scores.get(LORA) or GeneratorScores()
+    std, count = lora.quality_std, lora.count
+    spread = std / math.sqrt(count) if std is not None and count else None
+    ceiling = record.ceiling.quality if record.ceiling is not None else None
+    likeness = next((s.step for s in sorted(train.checkpoint_scores, key=lambda s: s.step)
+                     if ceiling is not None and s.quality is not None and s.quality >= LIKENESS * ceiling), None)
+    warm = train.warm_start
+    return {"compute": {"optimizer_steps": train.steps, "train_seconds": _round3(train.seconds),
+                        "warm_start": {"from_round": warm.from_round, "from_step": warm.from_step}
+                        if warm else None, "stopped_early": train.stopped_early or None},
             "spread": _round3(spread), "steps_to_likeness": likeness}
 
 
-def suite_figures(record: RoundRecord) -> dict:
+def suite_figures(record: Round) -> dict:
     """identity, editability and bleed of a recorded round's suite ({} without one)."""
-    scores = ((record.get("suite") or {}).get("scores") or {}) if isinstance(record.get("suite"), dict) else {}
-    figures = {"identity": (scores.get("identity") or {}).get("score"),
-               "editability": (scores.get("editability") or {}).get("rate"),
-               "editability_base": (scores.get("editability") or {}).get("base"),
-               "bleed": (scores.get("bleed") or {}).get("score")}
+    scores = record.suite.scores if record.suite is not None else SuiteScores()
+    figures = {"identity": scores.identity.score if scores.identity else None,
+               "editability": scores.editability.rate if scores.editability else None,
+               "editability_base": scores.editability.base if scores.editability else None,
+               "bleed": scores.bleed.score if scores.bleed else None}
     return {k: v for k, v in figures.items() if v is not None}
 
 
-def compare_records(first: RoundRecord, second: RoundRecord) -> dict:
+def compare_records(first: Round, second: Round) -> dict:
     """What changed between two rounds: parameters, then scores per generator and metric."""
-    params_a, params_b = first.get("params") or {}, second.get("params") or {}
+    params_a, params_b = first.params, second.params
     changed = {k: {"from": params_a.get(k), "to": params_b.get(k)} for k in KNOBS
                if params_a.get(k) != params_b.get(k)}
     scores: dict[str, dict] = {}
-    for generator in sorted(set(first.get("scores") or {}) | set(second.get("scores") or {})):
-        a = (first.get("scores") or {}).get(generator) or {}
-        b = (second.get("scores") or {}).get(generator) or {}
-        scores[generator] = {metric: {"from": _round3(a.get(metric)), "to": _round3(b.get(metric)),
-                                      "change": _round3(b[metric] - a[metric])
-                                      if isinstance(a.get(metric), (int, float)) and isinstance(b.get(metric), (int, float))
+    for generator in sorted(set(first.scores) | set(second.scores)):
+        a = first.scores.get(generator) or GeneratorScores()
+        b = second.scores.get(generator) or GeneratorScores()
+        scores[generator] = {metric: {"from": _round3(getattr(a, metric)), "to": _round3(getattr(b, metric)),
+                                      "change": _round3(getattr(b, metric) - getattr(a, metric))
+                                      if getattr(a, metric) is not None and getattr(b, metric) is not None
                                       else None}
                              for metric in ("quality", "clip", "features", "ssim")}
-    return {"rounds": [first["round"], second["round"]], "changed_params": changed, "scores": scores}
+    return {"rounds": [first.round, second.round], "changed_params": changed, "scores": scores}
 
 
-def explain_features(feedback: SessionFeedback, feature: str | None = None) -> list[dict]:
+def explain_features(feedback: RoundFeedback | dict, feature: str | None = None) -> list[dict]:
     """Why key features are weak, from the feedback alone (no LLM): pass rates against the target,
     what the gap means and which knob addresses it. One entry per weak feature (or the one asked for)."""
-    gaps = feedback.get("feature_gaps") or []
+    feedback = feedback_of(feedback)
+    gaps = list(feedback.feature_gaps)
     if feature:
         wanted = feature.strip().lower()
         # a word of the feature ("mustache") or of its category ("expression", "face" of face_shape)
-        gaps = [g for g in gaps if wanted in str(g.get("feature", "")).lower()
-                or wanted in str(g.get("category") or "").lower().replace("_", " ")]
+        gaps = [g for g in gaps if wanted in g.feature.lower()
+                or wanted in (g.category or "").lower().replace("_", " ")]
         if not gaps:
             return [{"feature": feature, "weak": False,
                      "why": "the LoRA shows it at least as often as the target, so it is not a weak feature"}]
-    copies = copying(feedback.get("overfitting"))
+    copies = feedback.overfitting is not None and feedback.overfitting.copies_reference
     explained = []
     for gap in gaps:
-        lora, target = gap.get("lora_pass_rate"), gap.get("competitor_pass_rate") if gap.get("against") != "ceiling" \
-            else gap.get("ceiling_pass_rate")
-        rate = lora if isinstance(lora, (int, float)) else 0.0
-        why = (f"the LoRA shows '{gap.get('feature')}' in {rate:.0%} of its images, "
-               f"{gap.get('against') or 'the target'} in {target:.0%}" if isinstance(target, (int, float))
-               else f"the LoRA shows '{gap.get('feature')}' in {rate:.0%} of its images")
+        lora = gap.lora_pass_rate
+        target = gap.competitor_pass_rate if gap.against != "ceiling" else gap.ceiling_pass_rate
+        rate = lora if lora is not None else 0.0
+        why = (f"the LoRA shows '{gap.feature}' in {rate:.0%} of its images, "
+               f"{gap.against or 'the target'} in {target:.0%}" if target is not None
+               else f"the LoRA shows '{gap.feature}' in {rate:.0%} of its images")
         if copies:
             suggestion = "the images already copy a reference: lower lora_scale or train fewer steps before emphasising it"
         elif rate < MISSED_PASS_RATE:
-            suggestion = (f"put '{gap.get('feature')}' in feature_emphasis so the captions and prompt stress it; "
+            suggestion = (f"put '{gap.feature}' in feature_emphasis so the captions and prompt stress it; "
                           "if it stays missing, train more steps")
         else:
             suggestion = "it shows up often but less than the target: more steps usually close this gap"
-        explained.append({"feature": gap.get("feature"), "category": gap.get("category"), "weak": True,
+        explained.append({"feature": gap.feature, "category": gap.category, "weak": True,
                           "lora_pass_rate": _round3(lora), "target_pass_rate": _round3(target),
-                          "against": gap.get("against"), "gap": _round3(gap.get("gap")), "why": why,
+                          "against": gap.against, "gap": _round3(gap.gap), "why": why,
                           "suggestion": suggestion})
     return explained
 
 
-def latest_feedback(session: "Session") -> dict | None:
+def latest_feedback(session: "Session") -> RoundFeedback | None:
     """This round's feedback, else the newest recorded round's, else the newest file in feedback/."""
     if session.current is not None and session.current.feedback is not None:
         return session.current.feedback
     return session.store.latest_feedback()
 
 
-def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: dict[str, tuple],
+def rule_suggestion(feedback: RoundFeedback, history: list[Round], params: dict, bounds: dict[str, tuple],
                     ranking: str = "guarded") -> dict:
     from agent.rounds.policy import RulePolicy
 
@@ -185,11 +185,11 @@ def rule_suggestion(feedback: dict, history: list[dict], params: dict, bounds: d
     return {"adjustments": decision.adjustments, "rationale": decision.rationale, "decided_by": decision.decided_by}
 
 
-def record_of(history: list[dict], number: int) -> dict:
+def record_of(history: list[Round], number: int) -> Round:
     for record in history:
-        if record["round"] == number:  # a whole number: the store checked every record at load
+        if record.round == number:
             return record
-    known = ", ".join(str(r["round"]) for r in history) or "none yet"
+    known = ", ".join(str(r.round) for r in history) or "none yet"
     raise InputError(f"there is no finished round {number}", f"finished rounds: {known}")
 
 
@@ -208,10 +208,10 @@ class RoundTools:
         self.bounds = bounds
 
     # ---- data sources (subclasses)
-    def history(self) -> list[dict]:
+    def history(self) -> list[Round]:
         raise NotImplementedError
 
-    def feedback_of(self, round_number: int | None) -> dict | None:
+    def feedback_of(self, round_number: int | None) -> RoundFeedback | None:
         """The feedback of ``round_number`` (None: the latest one), or None when there is none."""
         raise NotImplementedError
 
@@ -221,7 +221,7 @@ class RoundTools:
 
     def round_numbers(self) -> list[int]:
         """The rounds ``read_feedback`` may be asked about: the finished ones (subclasses add more)."""
-        return [record["round"] for record in self.history()]
+        return [record.round for record in self.history()]
 
     def specs(self) -> list[ToolSpec]:
         groups = {"knobs": knob_parameters(self.bounds)}
@@ -243,7 +243,7 @@ class RoundTools:
                 # "no feedback yet" for round 1e20 would send the model to train, generate and score
                 raise InputError(f"there is no round {round_number}",
                                  f"rounds so far: {', '.join(map(str, known)) or 'none'}")
-            if any(record["round"] == round_number for record in self.history()):
+            if any(record.round == round_number for record in self.history()):
                 return {"ok": True, **round_summary(record_of(self.history(), round_number))}
         return {"ok": False, "error": "no feedback yet: train, generate and score a round first"}
 
@@ -283,10 +283,10 @@ class SessionTools(RoundTools):
         super().__init__(session.bounds)
         self.session, self.confirm, self.decided_by = session, confirm, decided_by
 
-    def history(self) -> list[dict]:
+    def history(self) -> list[Round]:
         return self.session.history()
 
-    def feedback_of(self, round_number: int | None) -> dict | None:
+    def feedback_of(self, round_number: int | None) -> RoundFeedback | None:
         session = self.session
         if not round_number:
             return latest_feedback(session)
@@ -385,7 +385,7 @@ class SessionTools(RoundTools):
         except ImportError:
             return {"ok": False, "error": "story writing is not available in this installation"}
         tale = story.write_story(self.session.settings, idea, scenes)
-        return {"ok": True, "title": tale.get("title"), "scenes": [s.get("text") for s in tale.get("scenes", [])]}
+        return {"ok": True, "title": tale.get("title"), "scenes": [scene.get("text") for scene in tale.get("scenes", [])]}
 
 
 def given_knobs(knobs: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.rounds.documents import Round, RoundFeedback, rounds_of
 from agent.rounds.knobs import knob_values
 
 
@@ -28,17 +29,17 @@ class Decision:
 class Decider(Protocol):
     name: str  # "rule-policy" or "llm:<model>"
 
-    def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision: ...
+    def decide(self, feedback: RoundFeedback, history: list[Round], params: dict) -> Decision: ...
 
 
-def already_trained(next_params: dict, history: list[dict], current_params: dict, current_round: int | None) -> int | None:
+def already_trained(next_params: dict, history: list[Round], current_params: dict, current_round: int | None) -> int | None:
     """The round whose knobs equal ``next_params``' (an earlier one, or the round being decided), else None.
 
     Training is seeded, so those parameters would reproduce that round's LoRA to the digit: a round spent
     for nothing. Only the knobs are compared — nothing else changes between rounds.
     """
     wanted = knob_values(next_params)
-    for record in history:
-        if knob_values(record.get("params") or {}) == wanted:
-            return record["round"]
+    for record in rounds_of(history):
+        if knob_values(record.params) == wanted:
+            return record.round
     return current_round if knob_values(current_params) == wanted else None

@@ -19,7 +19,7 @@ def starting_params(history: HistoryState, defaults: dict) -> dict:
     a bare list of rounds, has no next_params)."""
     if history.in_progress is not None and history.in_progress.params:
         return dict(history.in_progress.params)
-    return dict((history.rounds[-1].get("next_params") if history.rounds else None) or defaults)
+    return dict((history.rounds[-1].next_params if history.rounds else None) or defaults)
 
 
 def planned_params(settings: Settings) -> dict:

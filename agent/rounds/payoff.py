@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from agent.rounds.documents import Round, RoundFeedback, TrainingCurve, feedback_of
 from agent.rounds.ranking import best_round
 from tools.errors import AldarError
 from tools.models import ModelProfile
-from tools.numbers import finite_number
 from tools.settings import Settings
 
 # The agent's plateau stop: a round ends once its validation quality is flat over this many checkpoints.
@@ -46,7 +46,7 @@ def warm_config(config, warm: dict | None, absolute: Callable):
     return config
 
 
-def warm_start_plan(rounds: list[dict], params: dict, config, profile: ModelProfile, number: int, ranking: str,
+def warm_start_plan(rounds: list[Round], params: dict, config, profile: ModelProfile, number: int, ranking: str,
                     store, on_notice: Callable[[str], None] | None) -> dict | None:
     """Where round ``number`` continues from: the best finished round's chosen checkpoint, trained on for the
     steps ``params['steps']`` asks beyond those that checkpoint already had (kohya's --network_weights
@@ -63,20 +63,20 @@ def warm_start_plan(rounds: list[dict], params: dict, config, profile: ModelProf
     if not params.get("warm_start") or not rounds:
         return None
     best = best_round(rounds, ranking)
-    train = (best or {}).get("train") or {}
-    chosen = train.get("chosen_checkpoint") or {}
-    run_dir = store.absolute(((best or {}).get("paths") or {}).get("run_dir"))
-    if best is None or finite_number(chosen.get("step")) is None or run_dir is None:
+    chosen = best.train.chosen_checkpoint if best is not None else None
+    run_dir = store.absolute(best.paths.run_dir) if best is not None else None
+    if best is None or chosen is None or chosen.step is None or run_dir is None:
         return None
-    step = int(chosen["step"])
+    step = chosen.step
     folder = run_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
-    inherited = int(((train.get("warm_start") or {}).get("lora_steps_before")) or 0) + step
+    warm = best.train.warm_start
+    inherited = (warm.lora_steps_before if warm is not None else 0) + step
     left = int(params.get("steps") or 0) - inherited
     every = int(params.get("checkpoint_every") or 0)
     why = ""
     if left < max(every, 1):
         why = (f"steps {params.get('steps')} leave no checkpoint's worth beyond the {inherited} steps round "
-               f"{best['round']}'s LoRA has had")
+               f"{best.round}'s LoRA has had")
     else:
         try:
             check_init_weights(dataclasses.replace(config, init_weights=str(folder)), profile)
@@ -85,44 +85,45 @@ def warm_start_plan(rounds: list[dict], params: dict, config, profile: ModelProf
     if why:
         say(f"round {number}: trains a fresh LoRA ({why})")
         return None
-    say(f"round {number}: continues round {best['round']}'s LoRA from step {step} for {left} more steps")
-    return {"from_round": best["round"], "from_step": step, "checkpoint": store.relative(folder),
+    say(f"round {number}: continues round {best.round}'s LoRA from step {step} for {left} more steps")
+    return {"from_round": best.round, "from_step": step, "checkpoint": store.relative(folder),
             "lora_steps_before": inherited, "steps": left}
 
 
 UNPAID = "Another round would not pay ("
 
 
-def run_stopped_because(record: dict) -> str:
+def run_stopped_because(record: Round) -> str:
     """Why the run stopped after ``record``'s round, whose decision asked to stop: the sentence of
     ``unpaid_round`` when that is why, so that the run's last line says it; else who asked."""
-    rationale = str(record.get("rationale") or "")
-    return rationale[rationale.index(UNPAID):] if UNPAID in rationale else f"{record['decided_by']} asked to stop"
+    rationale = record.rationale or ""
+    return rationale[rationale.index(UNPAID):] if UNPAID in rationale else f"{record.decided_by} asked to stop"
 
 
-def unpaid_round(feedback: dict, history: list[dict], ranking: str = "guarded") -> str:
+def unpaid_round(feedback: RoundFeedback | dict, history: list[Round], ranking: str = "guarded") -> str:
     """Why another round would not pay after the round ``feedback`` scored ('' when it would): more steps pay
     while the validation quality was still rising beyond its spread at the last checkpoint, a fix pays when the
     LoRA overfits, and more rounds pay while the last one beat the best before it beyond its spread. Measured
     (bench/loop_value.py, README 'Does the loop pay?'): otherwise the rounds did not beat one run of equal steps."""
     from agent.rounds.policy import LOW_CLIP, overfitting_reason, previous_variety, read_signals  # its reading
 
+    feedback = feedback_of(feedback)
     signals = read_signals(feedback)
-    training = feedback.get("training") if isinstance(feedback.get("training"), dict) else {}
+    training = feedback.training or TrainingCurve()
     if signals.still_rising or overfitting_reason(signals, previous_variety(history)):
         return ""
     if signals.clip is not None and signals.clip < LOW_CLIP:  # the character is not there yet: train harder
         return ""
     best = best_round(history, ranking)
     spread = signals.spread or 0.0
-    if best is not None and signals.lora_score is not None and signals.lora_score > best["lora_score"] + spread:
+    if best is not None and signals.lora_score is not None and signals.lora_score > best.lora_score + spread:
         return ""
     if best is not None and signals.lora_score is not None:
-        why = (f"it scored {signals.lora_score:.3f}, not above round {best['round']}'s {best['lora_score']:.3f} "
+        why = (f"it scored {signals.lora_score:.3f}, not above round {best.round}'s {best.lora_score:.3f} "
                f"beyond its spread ±{spread:.3f}")
     elif signals.best_step is not None:
-        why = (f"its validation quality peaked at step {signals.best_step} of {training.get('steps')} and did not "
-               f"rise beyond its spread ±{finite_number(training.get('spread')) or 0.0:.3f} after it")
+        why = (f"its validation quality peaked at step {signals.best_step} of {training.steps} and did not "
+               f"rise beyond its spread ±{training.spread or 0.0:.3f} after it")
     else:
         why = "no signal says more training would help"
     return (f"{UNPAID}{why}; rounds that only add steps or emphasis did not beat one run of "

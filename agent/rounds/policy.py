@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.rounds.decision import Decision
-from agent.rounds.records import SessionFeedback
+from agent.rounds.documents import Overfitting, Round, RoundFeedback, feedback_of, rounds_of
 from agent.rounds.knobs import (BY_NAME, MAX_EMPHASIS, SAFE_BOUNDS, clamp_adjustments, finite_number, knob_values,
                          value_text)
 from agent.rounds.ranking import best_round
-from tools.scoring.copies import COPY_CLIP, COPY_SSIM, copying
+from tools.scoring.copies import COPY_CLIP, COPY_SSIM
 
 # Thresholds (scores are 0-1). CLIP similarity of SDXL character LoRAs to their
 # references typically sits at 0.7-0.85; below 0.6 the character is not there yet.
@@ -63,42 +63,34 @@ class Signals:
     bleed: float | None = None  # LoRA − base CLIP similarity to the references without the trigger
 
 
-def read_signals(feedback: SessionFeedback | dict[str, Any]) -> Signals:
-    """Pull the policy's inputs out of a feedback dict; tolerant, as the LLM decider and older feedback
-    files may hand it a part of one (missing values stay None).
+def read_signals(feedback: RoundFeedback | dict[str, Any]) -> Signals:
+    """The policy's inputs out of a round's feedback (typed by ``feedback_of``: the LLM decider and older
+    feedback files may hand it a part of one, and missing values stay None).
 
     ``metric_gaps`` and ``feature_gaps`` come from ``tools.scoring.scorer.build_feedback``;
     ``overfitting`` is added by ``Session.score`` (see docs/ARCHITECTURE.md).
     """
-    gaps = feedback.get("metric_gaps") or {}
-    overfit = feedback.get("overfitting") or {}
-    training = feedback.get("training") if isinstance(feedback.get("training"), dict) else {}
-    missed = [g["feature"] for g in feedback.get("feature_gaps") or []
-              if g.get("feature") and (finite_number(g.get("lora_pass_rate")) or 0.0) < MISSED_PASS_RATE]
+    feedback = feedback_of(feedback)
+    overfit, training, suite = feedback.overfitting or Overfitting(), feedback.training, feedback.suite
     return Signals(
-        lora_score=finite_number(feedback.get("lora_score")),
-        clip=finite_number((gaps.get("clip") or {}).get("lora")),
-        features=finite_number((gaps.get("features") or {}).get("lora")),
-        ssim=finite_number((gaps.get("ssim") or {}).get("lora")),
-        missed_features=[str(m) for m in missed],
-        max_reference_clip=finite_number(overfit.get("max_reference_clip")),
-        max_reference_ssim=finite_number(overfit.get("max_reference_ssim")),
-        variety=finite_number(overfit.get("variety")),
-        copies_reference=copying(overfit),
-        still_rising=training.get("still_rising") is True,  # a hand-edited "false" is not True
-        best_step=int(training["best_step"]) if finite_number(training.get("best_step")) is not None else None,
-        best_early=training.get("best_early") is True,
-        spread=finite_number(feedback.get("lora_spread")),
-        identity=_block_number(feedback, "identity", "score"),
-        editability=_block_number(feedback, "editability", "rate"),
-        editability_base=_block_number(feedback, "editability", "base"),
-        bleed=_block_number(feedback, "bleed", "score"),
+        lora_score=feedback.lora_score,
+        clip=feedback.metric("clip").lora,
+        features=feedback.metric("features").lora,
+        ssim=feedback.metric("ssim").lora,
+        missed_features=[g.feature for g in feedback.feature_gaps if (g.lora_pass_rate or 0.0) < MISSED_PASS_RATE],
+        max_reference_clip=overfit.max_reference_clip,
+        max_reference_ssim=overfit.max_reference_ssim,
+        variety=overfit.variety,
+        copies_reference=feedback.overfitting is not None and overfit.copies_reference,
+        still_rising=training is not None and training.still_rising,
+        best_step=training.best_step if training is not None else None,
+        best_early=training is not None and training.best_early,
+        spread=feedback.lora_spread,
+        identity=suite.identity.score if suite.identity else None,
+        editability=suite.editability.rate if suite.editability else None,
+        editability_base=suite.editability.base if suite.editability else None,
+        bleed=suite.bleed.score if suite.bleed else None,
     )
-
-
-def _block_number(feedback: dict, block: str, key: str) -> float | None:
-    value = feedback.get(block)
-    return finite_number(value.get(key)) if isinstance(value, dict) else None
 
 
 class RulePolicy:
@@ -125,8 +117,9 @@ class RulePolicy:
         self.bounds = bounds or SAFE_BOUNDS  # Session.bounds: SAFE_BOUNDS, tighter on tiny
         self.ranking = ranking  # settings.round_ranking: which earlier round is "the best" to go back to
 
-    def decide(self, feedback: dict, history: list[dict], params: dict) -> Decision:
+    def decide(self, feedback: RoundFeedback | dict, history: list[Round], params: dict) -> Decision:
         signals = read_signals(feedback)
+        history = rounds_of(history)
         proposal: dict[str, Any] = {}
         reasons: list[str] = []
         overfit = overfitting_reason(signals, previous_variety(history))
@@ -176,7 +169,7 @@ class RulePolicy:
         return Decision(adjustments=adjustments, rationale=rationale, decided_by=self.name)
 
 
-def backtrack(score: float | None, history: list[dict], params: dict[str, Any],
+def backtrack(score: float | None, history: list[Round], params: dict[str, Any],
               ranking: str = "guarded", spread: float = 0.0) -> tuple[dict[str, Any], str] | None:
     """When this round (``params``, scoring ``score``) fell below the best earlier round: go back to that round's
     parameters plus half the change tried from them, as a backtracking line search halves a step that
@@ -184,16 +177,16 @@ def backtrack(score: float | None, history: list[dict], params: dict[str, Any],
     untried half-step is left (one emphasised phrase cannot be halved): then the other rules go on from here.
     Noise-aware: a round counts as below only by more than ``spread`` (its images' standard error)."""
     best = best_round(history, ranking)
-    if score is None or best is None or score >= best["lora_score"] - spread:
+    if score is None or best is None or score >= best.lora_score - spread:
         return None
-    start, tried = knob_values(best.get("params") or {}), knob_values(params)
+    start, tried = knob_values(best.params), knob_values(params)
     candidate = {**start, **half_change(start, tried)}
-    if candidate in [knob_values(r.get("params") or {}) for r in history] + [tried]:
+    if candidate in [knob_values(r.params) for r in rounds_of(history)] + [tried]:
         return None
     adjustments = {name: value for name, value in candidate.items() if tried.get(name) != value}
     half = ", ".join(f"{name} {value_text(value)}" for name, value in candidate.items() if start.get(name) != value)
-    return adjustments, (f"this round scored {score:.3f}, below round {best['round']}'s {best['lora_score']:.3f}, so go "
-                         f"back to round {best['round']}'s parameters with half the change tried from them ({half})")
+    return adjustments, (f"this round scored {score:.3f}, below round {best.round}'s {best.lora_score:.3f}, so go "
+                         f"back to round {best.round}'s parameters with half the change tried from them ({half})")
 
 
 def half_change(start: dict[str, Any], tried: dict[str, Any]) -> dict[str, Any]:
@@ -221,12 +214,11 @@ def half_change(start: dict[str, Any], tried: dict[str, Any]) -> dict[str, Any]:
     return half
 
 
-def previous_variety(history: list[dict]) -> float | None:
+def previous_variety(history: list[Round]) -> float | None:
     """The variety of the LoRA's images in the last finished round (None when unknown)."""
-    for record in reversed(history):
-        value = finite_number((record.get("overfitting") or {}).get("variety"))
-        if value is not None:
-            return value
+    for record in reversed(rounds_of(history)):
+        if record.overfitting is not None and record.overfitting.variety is not None:
+            return record.overfitting.variety
     return None
 
 

@@ -9,16 +9,15 @@ references' scene is what the suite catches."""
 
 from __future__ import annotations
 
-from agent.rounds.records import LORA, RoundRecord
-from tools.numbers import finite_number
-from tools.scoring.copies import memorised
+from agent.rounds.documents import Round, rounds_of
+from agent.rounds.records import LORA
 
 
-def ranked_rounds(history: list[RoundRecord]) -> list[RoundRecord]:
+def ranked_rounds(history: list[Round]) -> list[Round]:
     """The rounds whose LoRA score can win (best round, target reached, patience): scored, and not a
     LoRA that copied the references — a memorised round scores high for the wrong reason."""
-    return [r for r in history if finite_number(r.get("lora_score")) is not None
-            and not memorised((r.get("scores") or {}).get(LORA))]
+    return [r for r in rounds_of(history) if r.lora_score is not None
+            and not (LORA in r.scores and r.scores[LORA].memorised)]
 
 
 RANKINGS = ("guarded", "quality")
@@ -28,16 +27,18 @@ EDITABILITY_MARGIN = 0.15
 BLEED_MARGIN = 0.05
 
 
-def suite_score(record: RoundRecord, name: str) -> float | None:
+def suite_score(record: Round, name: str) -> float | None:
     """A round's editability rate or bleed score from its prompt suite (None: no suite, or not scored)."""
-    suite = record.get("suite") if isinstance(record.get("suite"), dict) else {}
-    block = (suite.get("scores") or {}).get(name)
-    if not isinstance(block, dict):
+    if record.suite is None:
         return None
-    return finite_number(block.get("rate" if name == "editability" else "score"))
+    if name == "editability":
+        block = record.suite.scores.editability
+        return block.rate if block is not None else None
+    block = record.suite.scores.bleed
+    return block.score if block is not None else None
 
 
-def clearly_worse(record: RoundRecord, rounds: list[RoundRecord]) -> str:
+def clearly_worse(record: Round, rounds: list[Round]) -> str:
     """Why ``record``'s suite is clearly worse than another of ``rounds``' ('' when it is not)."""
     editability, bleed = suite_score(record, "editability"), suite_score(record, "bleed")
     edits = [e for e in (suite_score(r, "editability") for r in rounds) if e is not None]
@@ -49,10 +50,10 @@ def clearly_worse(record: RoundRecord, rounds: list[RoundRecord]) -> str:
     return ""
 
 
-def best_round(history: list[RoundRecord], ranking: str = "guarded") -> RoundRecord | None:
+def best_round(history: list[Round], ranking: str = "guarded") -> Round | None:
     """The highest-scoring ranked round (of equal scores the earliest: it got there first); with ``guarded``,
     the highest-scoring one whose suite is not clearly worse than another round's."""
-    scored = sorted(ranked_rounds(history), key=lambda r: (-r["lora_score"], r["round"]))
+    scored = sorted(ranked_rounds(history), key=lambda r: (-r.lora_score, r.round))
     if ranking == "guarded":
         for record in scored:
             if not clearly_worse(record, scored):
@@ -69,7 +70,7 @@ def how_to_go_on(reason: str) -> str:
     return "ask for more rounds (aldar run --rounds N)"
 
 
-def stop_reason(history: list[dict], rounds: int, target: float, patience: int, ranking: str = "guarded") -> str:
+def stop_reason(history: list[Round], rounds: int, target: float, patience: int, ranking: str = "guarded") -> str:
     """Why no further round should run, or '' to go on (the tiny profile too: its toy-world scores mean something)."""
     if len(history) >= rounds:
         if len(history) == rounds:
@@ -80,10 +81,10 @@ def stop_reason(history: list[dict], rounds: int, target: float, patience: int, 
     if not scored:
         return ""
     last = scored[-1]
-    if last["lora_score"] >= target:
-        return f"target reached: round {last['round']} scored {last['lora_score']:.3f} ≥ {target}"
+    if last.lora_score >= target:
+        return f"target reached: round {last.round} scored {last.lora_score:.3f} ≥ {target}"
     best = best_round(history, ranking)
-    since_best = sum(1 for r in scored if r["round"] > best["round"])
+    since_best = sum(1 for r in scored if r.round > best.round)
     if since_best >= patience:
-        return f"no improvement for {since_best} round(s) since round {best['round']} (patience {patience})"
+        return f"no improvement for {since_best} round(s) since round {best.round} (patience {patience})"
     return ""

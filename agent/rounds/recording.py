@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import NotRequired, TypedDict
 
 from agent.rounds.decision import Decision
-from agent.rounds.records import BASE, CheckpointScore, ChosenCheckpoint, RoundRecord, SessionFeedback, scores_by_generator
+from agent.rounds.documents import RoundFeedback
+from agent.rounds.records import BASE, CheckpointScore, ChosenCheckpoint, RoundRecord, scores_by_generator
 from agent.rounds.store import MODEL_KEYS, RunStore
 from tools.scoring.records import ComparisonReport
 from tools.timestamps import iso_timestamp
@@ -50,7 +51,7 @@ class RoundState:
     suite_report_path: Path | None = None
     suite_key: str | None = None
     report: ComparisonReport | None = None
-    feedback: SessionFeedback | None = None
+    feedback: RoundFeedback | None = None  # typed from the document written to feedback/
     report_path: Path | None = None
     feedback_path: Path | None = None
 
@@ -60,7 +61,7 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
     """The history's record of a finished round. Tolerant of missing stages: a round may be recorded
     before it was scored (then it has no scores)."""
     report = state.report or {}
-    feedback = state.feedback or {}
+    feedback = state.feedback or RoundFeedback()
     ceiling = report.get("ceiling")
     train = state.train or {}
     return {
@@ -76,11 +77,11 @@ def round_record(state: RoundState, store: RunStore, profile: dict, decision: De
         "ranking": report.get("ranking", []),
         "ceiling": {"quality": ceiling["quality"]["mean"], "clip": ceiling["clip"]["mean"],
                     "features": ceiling["features"]["mean"], "ssim": ceiling["ssim"]["mean"]} if ceiling else None,
-        "lora_score": feedback.get("lora_score"),
-        "band": feedback.get("band"),
-        "best_competitor": feedback.get("best_competitor"),
-        "score_gap": feedback.get("score_gap"),
-        "overfitting": feedback.get("overfitting"),
+        "lora_score": feedback.lora_score,
+        "band": feedback.band,
+        "best_competitor": feedback.best_competitor,
+        "score_gap": feedback.score_gap,
+        "overfitting": feedback.overfitting.as_json() if feedback.overfitting else None,
         "decision": {"adjustments": applied, "requested": decision.adjustments, "clamped": notes,
                      "stop": decision.stop, **({"llm_text": decision.llm_text} if decision.llm_text else {}),
                      **({"already_tried": decision.already_tried} if decision.already_tried else {})},
@@ -119,13 +120,12 @@ def suite_base_key(texts: list[str], sampling, profile: dict) -> str:
 def reusable_base_suite(store: RunStore, key: str, count: int) -> tuple[int, list[list[Path]]] | None:
     """(round, base images per suite prompt) of the latest finished round drawn with the same suite key."""
     for record in reversed(store.rounds):
-        suite = record.get("suite") if isinstance(record.get("suite"), dict) else {}
-        stored = (suite.get("images") or {}).get(BASE)
-        if suite.get("base_key") != key or not isinstance(stored, list) or len(stored) != count:
+        stored = record.suite.images.get(BASE) if record.suite is not None else None
+        if record.suite is None or record.suite.base_key != key or stored is None or len(stored) != count:
             continue
         paths = [[store.absolute(p) for p in group] for group in stored]
         if all(group and all(p is not None and p.is_file() for p in group) for group in paths):
-            return suite.get("base_from_round") or record["round"], paths
+            return record.suite.base_from_round or record.round, paths
     return None
 
 

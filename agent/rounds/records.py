@@ -2,8 +2,9 @@
 
 ``TypedDict``s over plain JSON, like ``tools.scoring.records`` (whose analysis, comparison report and
 feedback they extend); docs/ARCHITECTURE.md ("training_history.json") explains each key. A record is
-written by ``agent.rounds.recording.round_record``. Readers of a history from disk still read with ``.get``
-where a key is ``NotRequired``: the original system's bare-list history has none of the newer keys.
+written by ``agent.rounds.recording.round_record``. These are the shapes written; what the agent reads is the
+typed ``agent.rounds.documents.Round`` / ``RoundFeedback`` the store's loader builds from them, once, with the
+defaults of older files (the original system's bare-list history has none of the newer keys) filled there.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class SessionFeedback(Feedback):
     overfitting: Overfitting
     training: NotRequired[TrainingCurve]  # absent in feedback files from before it, and for a LoRA made elsewhere
     lora_spread: NotRequired[float | None]  # standard error of the LoRA's quality (std / √images) this round
+    # The prompt suite's (tools.scoring.suite.lora_blocks; absent before it, None when no suite was drawn):
+    identity: NotRequired[dict[str, Any] | None]
+    editability: NotRequired[dict[str, Any] | None]
+    bleed: NotRequired[dict[str, Any] | None]
+    suite_prompts: NotRequired[list[dict[str, Any]]]
 
 
 class GeneratorScores(TypedDict):
@@ -95,6 +101,9 @@ class RoundTrain(TypedDict):
     interrupted: bool | None
     checkpoint_scores: NotRequired[list[CheckpointScore]]  # NotRequired: histories from before checkpoint scoring
     chosen_checkpoint: NotRequired[ChosenCheckpoint | None]
+    warm_start: NotRequired[dict[str, Any] | None]  # the earlier round's checkpoint it continued
+    stopped_early: NotRequired[str]  # why training stopped before its steps (a plateau), or ""
+    seconds: NotRequired[float]  # wall seconds it trained (older histories: timings_s["train"])
 
 
 class RoundDecision(TypedDict):
@@ -139,6 +148,8 @@ class RoundRecord(TypedDict):
     decided_by: str
     next_params: dict[str, Any]
     prompts: list[str]
+    base_prompts: NotRequired[list[str]]  # what the base drew (the prompts without emphasis); older: the prompts
+    suite: NotRequired[dict[str, Any] | None]  # the prompt suite (recording.suite_record); None when none drawn
     skipped_competitors: list[str]
     paths: RoundPaths
     timings_s: dict[str, float]

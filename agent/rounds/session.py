@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from agent.rounds.decision import Decider, Decision, already_trained
+from agent.rounds.documents import Round, feedback_of
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
 from agent.rounds.payoff import run_stopped_because, session_defaults, unpaid_round, warm_config, warm_start_plan
 from agent.rounds.params import (default_params, emphasise, starting_params, train_config, training_dataset,
                                  validate_inputs)
 from agent.rounds.ranking import best_round, stop_reason
-from agent.rounds.recording import (SUITE_SCORES, RoundState, TrainedRound, reusable_base_suite, round_record,
-                                   suite_base_key)
-from agent.rounds.records import BASE, LORA, RoundRecord, lora_spread, overfitting_signals, training_curve
+from agent.rounds.recording import SUITE_SCORES, RoundState, TrainedRound, reusable_base_suite, round_record, suite_base_key
+from agent.rounds.records import BASE, LORA, lora_spread, overfitting_signals, training_curve
 from agent.rounds.store import RunStore
 from agent.words import and_words
 from tools.atomic import atomic_write_json, read_json_object
@@ -122,7 +122,7 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def history(self) -> list[dict]:
+    def history(self) -> list[Round]:
         return list(self.store.rounds)
 
     @property
@@ -308,14 +308,14 @@ class Session:
                                          {"adjustments": applied, "rationale": rationale, "decided_by": decided_by})
         return applied, notes
 
-    def finish_scored_round(self, decision: Decision) -> dict | None:
+    def finish_scored_round(self, decision: Decision) -> Round | None:
         """Record the round in progress if it has been scored (a manual train → generate → score),
         so that the next ``train`` starts a new round; None when there is nothing to record."""
         if self.current is not None and self.current.feedback is not None:
             return self.finish_round(decision)
         return None
 
-    def finish_scored_round_before_training(self, adjustments: dict, how: str, decided_by: str) -> dict | None:
+    def finish_scored_round_before_training(self, adjustments: dict, how: str, decided_by: str) -> Round | None:
         """``finish_scored_round`` for a training asked by hand (``/train``, the chat's ``train_lora``): the
         recorded decision says ``how`` and names the knobs the next round will really train with (clamped)."""
         applied, _ = clamp_adjustments(self.params, adjustments, self.bounds)
@@ -456,8 +456,8 @@ class Session:
             feedback["overfitting"] = overfitting_signals(report)
             feedback["lora_spread"] = lora_spread(report)
             if state.train:
-                ceiling = (report.get("ceiling") or {}).get("quality") or {}
-                feedback["training"] = training_curve(state.train, ceiling.get("mean"), state.timings.get("train"))
+                ceiling = report["ceiling"]["quality"]["mean"] if report["ceiling"] else None
+                feedback["training"] = training_curve(state.train, ceiling, state.timings.get("train"))
             self._compute("score", started)
         suite_report = self._score_suite(state)
         if suite_report is not None:
@@ -470,8 +470,8 @@ class Session:
                 state.suite_report_path = self.store.write_suite_report(suite_report, state.number)
             state.report_path = self.store.write_comparison_report(report, state.stamp)
             state.feedback_path = self.store.write_feedback(feedback, state.stamp)
-        state.report, state.feedback = report, feedback
-        return {"report": report, "feedback": feedback, "report_path": state.report_path,
+        state.report, state.feedback = report, feedback_of(feedback)  # what the deciders read, typed once
+        return {"report": report, "feedback": state.feedback, "report_path": state.report_path,
                 "feedback_path": state.feedback_path}
 
     def _score_suite(self, state: RoundState) -> dict | None:
@@ -510,14 +510,14 @@ class Session:
                                    "only reproduce its LoRA), so the run stops here.")
         return decision
 
-    def finish_round(self, decision: Decision) -> RoundRecord:
+    def finish_round(self, decision: Decision) -> Round:
         """Apply ``decision`` to the params of the next round and append this round to the history."""
         state = self._round()
         with self._stage("store"):
             applied, notes = clamp_adjustments(self.params, decision.adjustments, self.bounds)
             next_params = {**self.params, **applied}  # self.params: the trained ones plus any later apply()
             record = round_record(state, self.store, self.profile.describe(), decision, applied, notes, next_params)
-            self.store.finish_round(record)
+            record = self.store.finish_round(record)
             # The round is recorded: from here on a Ctrl-C must not leave it as the round in progress.
             self.params = dict(next_params)
             self.current = None
@@ -545,7 +545,7 @@ class Session:
         if self.events.on_round_recorded is not None:
             self.events.on_round_recorded(self)
 
-    def run_round(self, decider: Decider) -> dict:
+    def run_round(self, decider: Decider) -> Round:
         """analyze (once) → train → generate → score → feedback → decide → record.
 
         Stages this round already finished in this process (``/train``, ``/generate``, ``/score``
@@ -572,11 +572,11 @@ class Session:
                            self.settings.round_ranking)
 
     def run_rounds(self, rounds: int, decider: Decider,
-                   on_round: Callable[[dict], None] | None = None) -> list[dict]:
+                   on_round: Callable[[Round], None] | None = None) -> list[Round]:
         """Run rounds until ``rounds`` are in the history, the target band is reached, or
         ``settings.patience`` rounds pass without improvement. Finished rounds are kept on resume;
         ``on_round(record)`` is called after each (``aldar run`` prints the ranking there)."""
-        finished: list[dict] = []
+        finished: list[Round] = []
         interrupted = self.store.state.in_progress
         if interrupted is not None and self.current is None:  # else: this process's own round goes on
             _emit(self.events.on_notice, f"resuming: round {interrupted.round} was interrupted and restarts "
@@ -589,12 +589,12 @@ class Session:
             finished.append(record)
             if on_round:
                 on_round(record)
-            reason = run_stopped_because(record) if record["decision"].get("stop") else self.stop_before(rounds)
+            reason = run_stopped_because(record) if record.decision.stop else self.stop_before(rounds)
             if reason:  # no plan for a round that will not run: say why the run ends instead
                 break
             # The decision, said once (shown even when quiet: it is what the next round changes).
-            _emit(self.events.on_notice, f"next, round {record['round'] + 1} ({record['decided_by']}): "
-                                         f"{record.get('rationale')}")
+            _emit(self.events.on_notice, f"next, round {record.round + 1} ({record.decided_by}): "
+                                         f"{record.rationale}")
         self.store.mark_stopped(reason)
         _emit(self.events.on_notice, f"stopped: {reason}")
         return finished

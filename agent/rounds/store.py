@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.rounds.records import RoundRecord, SessionFeedback
+from agent.rounds.documents import Round, RoundFeedback, feedback_of, round_of, rounds_of
 from tools.atomic import (LEGACY_STAGING_GLOBS, atomic_write, atomic_write_json, read_json, read_json_object,
                           staging_glob, storage_error, writing)
 from tools.errors import BusyError, InputError
@@ -193,7 +193,7 @@ class HistoryState:
     """training_history.json as typed values, the defaults of older files filled here, once: the finished
     rounds, the round in progress, the best round and its LoRA copy, why the run stopped, the models."""
 
-    rounds: list[RoundRecord] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
     in_progress: InProgress | None = None
     best_round: int | None = None
     best_lora: str | None = None  # relative to the results folder
@@ -205,7 +205,7 @@ def history_state(document: dict[str, Any]) -> HistoryState:
     """The loader's one reading of a history document (a checked one, or what ``peek_history`` found)."""
     interrupted, stopped = document.get("in_progress"), document.get("stopped")
     return HistoryState(
-        rounds=document.get("rounds") or [],
+        rounds=rounds_of(document.get("rounds") or []),
         in_progress=InProgress(interrupted["round"], interrupted.get("stage") or "start", interrupted.get("params"))
         if isinstance(interrupted, dict) and isinstance(interrupted.get("round"), int) else None,
         best_round=document.get("best_round"), best_lora=document.get("best_lora"),
@@ -213,11 +213,16 @@ def history_state(document: dict[str, Any]) -> HistoryState:
         profile=document.get("profile") if isinstance(document.get("profile"), dict) else {})
 
 
-def round_feedback(root: Path, record: RoundRecord) -> SessionFeedback | None:
+def round_feedback(root: Path, record: Round) -> RoundFeedback | None:
     """The feedback file a finished round's record names, read from the results folder ``root`` (None: the
     record names none — the original system's — or the file is gone or unreadable)."""
-    stored = (record.get("paths") or {}).get("feedback")
-    return read_json_object(root / stored) if stored else None
+    return read_feedback(root / record.paths.feedback) if record.paths.feedback else None
+
+
+def read_feedback(path: Path) -> RoundFeedback | None:
+    """A feedback file as typed values (None: gone, unreadable or not an object)."""
+    document = read_json_object(path)
+    return feedback_of(document) if document is not None else None
 
 
 def peek_history(root: str | Path) -> HistoryState:
@@ -253,6 +258,7 @@ class RunStore:
         self.chart_path = self.root / "score_chart.png"
         try:
             self._history = self._load_history()
+            self._rounds = rounds_of(self._history["rounds"])
         except BaseException:
             self.lock.release()
             raise
@@ -293,32 +299,33 @@ class RunStore:
         return history_state(self._history)
 
     @property
-    def rounds(self) -> list[RoundRecord]:
-        return self._history["rounds"]
+    def rounds(self) -> list[Round]:
+        """The finished rounds, typed once when loaded or recorded (the history's records stay as written)."""
+        return self._rounds
 
-    def record(self, number: int) -> RoundRecord | None:
+    def record(self, number: int) -> Round | None:
         """The finished round ``number``, or None."""
-        return next((record for record in self.rounds if record["round"] == number), None)
+        return next((record for record in self.rounds if record.round == number), None)
 
-    def best_record(self) -> RoundRecord | None:
+    def best_record(self) -> Round | None:
         best = self._history["best_round"]
         return self.record(best) if best is not None else None
 
-    def feedback(self, number: int) -> SessionFeedback | None:
+    def feedback(self, number: int) -> RoundFeedback | None:
         """The feedback file of finished round ``number`` (None: no such round, or its file is gone)."""
         record = self.record(number)
         return self._feedback_of(record) if record is not None else None
 
-    def latest_feedback(self) -> SessionFeedback | None:
+    def latest_feedback(self) -> RoundFeedback | None:
         """The newest recorded round's feedback that is still readable, else the newest file in feedback/."""
         for record in reversed(self.rounds):
             feedback = self._feedback_of(record)
             if feedback is not None:
                 return feedback
         files = sorted(self.feedback_dir.glob("feedback_*.json"))
-        return read_json_object(files[-1]) if files else None
+        return read_feedback(files[-1]) if files else None
 
-    def _feedback_of(self, record: RoundRecord) -> SessionFeedback | None:
+    def _feedback_of(self, record: Round) -> RoundFeedback | None:
         return round_feedback(self.root, record)
 
     def save(self) -> None:
@@ -339,14 +346,17 @@ class RunStore:
                 self._history["in_progress"]["params"] = params
             self.save()
 
-    def finish_round(self, record: dict[str, Any]) -> None:
-        """Append a finished round (replacing an older record of the same number) and clear in_progress."""
-        rounds = [r for r in self.rounds if r.get("round") != record["round"]]
+    def finish_round(self, record: dict[str, Any]) -> Round:
+        """Append a finished round (replacing an older record of the same number) and clear in_progress;
+        returns it typed."""
+        rounds = [r for r in self._history["rounds"] if r["round"] != record["round"]]
         rounds.append(record)
         rounds.sort(key=lambda r: r["round"])
         self._history["rounds"] = rounds
         self._history["in_progress"] = None
+        self._rounds = rounds_of(rounds)
         self.save()
+        return round_of(record)
 
     def refuse_other_models(self, profile: dict[str, Any]) -> None:
         """Rounds of one history must be comparable: refuse to append rounds made with other models."""
@@ -381,9 +391,10 @@ class RunStore:
     def amend_next_params(self, next_params: dict[str, Any], change: dict[str, Any]) -> None:
         """Between rounds: the last record's ``next_params`` become ``next_params``; ``change``
         (adjustments, rationale, decided_by) is appended to its ``next_params_changes``."""
-        last = self.rounds[-1]
+        last = self._history["rounds"][-1]
         last["next_params"] = next_params
         last.setdefault("next_params_changes", []).append(change)
+        self._rounds[-1] = round_of(last)
         self.save()
 
     def mark_stopped(self, reason: str) -> None:
@@ -431,22 +442,23 @@ class RunStore:
         return atomic_write_json(self.feedback_dir / f"feedback_{stamp}.json", feedback)
 
     # ---------------------------------------------------------------- best LoRA
-    def best_lora_holds(self, record: dict[str, Any]) -> bool:
+    def best_lora_holds(self, record: Round | dict[str, Any]) -> bool:
         """Whether best_lora/ is complete for ``record``: the history names it, best_lora.json (written last)
         names its round, and every file listed there exists. A kill during the copy leaves one of them unmet."""
+        record = round_of(record)
         saved = read_json_object(self.best_lora_dir / "best_lora.json")
-        return (self._history.get("best_round") == record["round"] and saved is not None
-                and saved.get("round") == record["round"]
+        return (self._history.get("best_round") == record.round and saved is not None
+                and saved.get("round") == record.round
                 and all((self.root / name).is_file() for name in saved.get("files") or []))
 
-    def mark_best(self, record: dict[str, Any]) -> Path | None:
+    def mark_best(self, record: Round | dict[str, Any]) -> Path | None:
         """Copy the best round's LoRA files into best_lora/ and point the history at them.
 
         ``best_round`` changes only once the copies exist: set first, a Ctrl-C during the copy would
         leave it naming this round while best_lora/ still holds another, and never be redone.
         """
-        files = [self.absolute(p) for p in (record.get("paths", {}).get("lora"),
-                                            record.get("paths", {}).get("kohya_lora")) if p]
+        record = round_of(record)  # a record as written, or already typed
+        files = [self.absolute(p) for p in (record.paths.lora, record.paths.kohya_lora) if p]
         copied = []
         for source in files:
             if source and source.is_file():
@@ -454,10 +466,10 @@ class RunStore:
                 atomic_write(target, lambda tmp, s=source: shutil.copyfile(s, tmp))
                 copied.append(self.relative(target))
         atomic_write_json(self.best_lora_dir / "best_lora.json",
-                          {"round": record["round"], "lora_score": record.get("lora_score"),
-                           "params": record.get("params"), "files": copied,
-                           "source_run": record.get("paths", {}).get("run_dir"), "profile": self.profile})
-        self._history["best_round"] = record["round"]
+                          {"round": record.round, "lora_score": record.lora_score, "params": record.params,
+                           "files": copied,
+                           "source_run": record.paths.run_dir, "profile": self.profile})
+        self._history["best_round"] = record.round
         self._history["best_lora"] = copied[0] if copied else None
         self.save()
         return self.best_lora_dir

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from agent.rounds.documents import Round, rounds_of
 from tools.images import label_font
-from tools.scoring.copies import MEMORISED, memorised
+from tools.scoring.copies import MEMORISED
 
 SIZE = (960, 420)
 PALETTE = [(214, 96, 20), (31, 119, 180), (44, 160, 44), (148, 103, 189), (140, 86, 75), (227, 119, 194),
@@ -29,23 +30,22 @@ SUPERSAMPLE = 3
 
 
 # ------------------------------------------------------------------------ data
-def chart_series(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+def chart_series(history: list[Round]) -> dict[str, list[tuple[int, float]]]:
     """generator → [(round, mean quality)], plus "reference ceiling" when the rounds have one."""
     series: dict[str, list[tuple[int, float]]] = {}
-    for record in history:
-        for name, scores in (record.get("scores") or {}).items():
-            if scores.get("quality") is not None:
-                series.setdefault(name, []).append((record["round"], float(scores["quality"])))
-        ceiling = record.get("ceiling") or {}
-        if ceiling.get("quality") is not None:
-            series.setdefault(CEILING, []).append((record["round"], float(ceiling["quality"])))
+    for record in rounds_of(history):
+        for name, scores in record.scores.items():
+            if scores.quality is not None:
+                series.setdefault(name, []).append((record.round, scores.quality))
+        if record.ceiling is not None and record.ceiling.quality is not None:
+            series.setdefault(CEILING, []).append((record.round, record.ceiling.quality))
     return series
 
 
-def copied_points(history: list[dict]) -> set[tuple[str, int]]:
+def copied_points(history: list[Round]) -> set[tuple[str, int]]:
     """(generator, round) of every point whose images copy references."""
-    return {(name, record["round"]) for record in history
-            for name, scores in (record.get("scores") or {}).items() if memorised(scores)}
+    return {(name, record.round) for record in rounds_of(history)
+            for name, scores in record.scores.items() if scores.memorised}
 
 
 def axis_range(values: list[float]) -> tuple[float, float, float]:
@@ -124,11 +124,11 @@ class Line:
     copied: set[int]  # rounds whose point is a reference copy
 
 
-def chart_layout(history: list[dict], size: tuple[int, int] = SIZE) -> tuple[Layout, list[Line]]:
+def chart_layout(history: list[Round], size: tuple[int, int] = SIZE) -> tuple[Layout, list[Line]]:
     series = chart_series(history)
     copies = copied_points(history)
     low, high, step = axis_range([score for points in series.values() for _, score in points])
-    rounds = [r["round"] for r in history] or [1]
+    rounds = [r.round for r in rounds_of(history)] or [1]
     width, height = size
     layout = Layout(width, height, left=64, right=width - 190, top=40, bottom=height - 52,
                     first=min(rounds), last=max(rounds), low=low, high=high, step=step)
@@ -159,7 +159,7 @@ def _svg_frame(layout: "Layout", css_class: str, label: str, title: str) -> list
     return out
 
 
-def score_chart_svg(history: list[dict], size: tuple[int, int] = SIZE) -> str:
+def score_chart_svg(history: list[Round], size: tuple[int, int] = SIZE) -> str:
     """The chart as an inline, scalable ``<svg>``; every point has a tooltip with its exact score."""
     layout, lines = chart_layout(history, size)
     esc = html.escape
@@ -206,7 +206,7 @@ def score_chart_svg(history: list[dict], size: tuple[int, int] = SIZE) -> str:
 
 
 # ------------------------------------------------------------------------ PNG
-def draw_score_chart(history: list[dict], size: tuple[int, int] = SIZE) -> Image.Image:
+def draw_score_chart(history: list[Round], size: tuple[int, int] = SIZE) -> Image.Image:
     """The same chart as a PIL image (score_chart.png): shapes drawn at 3× and scaled down for smooth
     edges, text drawn at full size afterwards."""
     layout, lines = chart_layout(history, size)
@@ -308,30 +308,28 @@ def _vertical_text(image: Image.Image, text: str, centre: tuple[float, float], f
 SINGLE_RUN = "one run (round 1's curve)"
 
 
-def cumulative_checkpoints(history: list[dict]) -> list[tuple[int, float, int]]:
+def cumulative_checkpoints(history: list[Round]) -> list[tuple[int, float, int]]:
     """Every scored checkpoint of the rounds as (optimiser steps spent so far, validation quality, round): the
     steps of the rounds before it plus its own step — what the loop paid to get there."""
     points, spent = [], 0
-    for record in history:
-        train = record.get("train") or {}
-        for score in sorted((s for s in train.get("checkpoint_scores") or []
-                             if isinstance(s, dict) and isinstance(s.get("step"), (int, float))
-                             and isinstance(s.get("quality"), (int, float)) and math.isfinite(s["quality"])),
-                            key=lambda s: s["step"]):
-            points.append((spent + int(score["step"]), float(score["quality"]), record["round"]))
-        spent += int(train.get("steps") or 0)
+    for record in rounds_of(history):
+        for score in sorted((s for s in record.train.checkpoint_scores if s.quality is not None),
+                            key=lambda s: s.step):
+            points.append((spent + score.step, score.quality, record.round))
+        spent += record.train.steps or 0
     return points
 
 
-def single_run_curve(history: list[dict]) -> list[tuple[int, float]]:
+def single_run_curve(history: list[Round]) -> list[tuple[int, float]]:
     """A single run's checkpoints where the history has one: round 1 trained a fresh LoRA at the starting
     parameters, so its checkpoint scores are the first steps of one plain run (none past its length)."""
-    if not history or (history[0].get("train") or {}).get("warm_start"):
+    history = rounds_of(history)
+    if not history or history[0].train.warm_start is not None:
         return []
     return [(step, quality) for step, quality, number in cumulative_checkpoints(history[:1])]
 
 
-def steps_chart_svg(history: list[dict], single: list[tuple[int, float]] | None = None,
+def steps_chart_svg(history: list[Round], single: list[tuple[int, float]] | None = None,
                     size: tuple[int, int] = SIZE) -> str:
     """Validation quality against cumulative optimiser steps: the loop's checkpoints (coloured by round, the
     rounds' boundaries marked) beside a single run's curve of the same steps (``single``: e.g. the bench's;

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.rounds.knobs import value_text
-from agent.rounds.records import LORA, RoundRecord, RoundTrain
+from agent.rounds.documents import (Bleed, Editability, GeneratorScores, Identity, Round, RoundFeedback, RoundTrain,
+                                    SuitePrompt, feedback_of, round_of, rounds_of)
+from agent.rounds.policy import BLEED_HIGH, EDITABILITY_VS_BASE
+from agent.rounds.records import LORA
 from agent.words import and_words
 from tools.numbers import finite_number
 from tools.scoring.copies import MEMORISED, copies_text, memorised
@@ -96,69 +99,67 @@ def report_scores(report: ComparisonReport) -> Table:
     return Table("generators ranked by mean quality", SCORE_COLUMNS, rows, ceiling_row, caption, notes=notes)
 
 
-def ranked_scores(record: RoundRecord) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+def ranked_scores(record: Round) -> tuple[list[tuple[str, GeneratorScores]], list[tuple[str, GeneratorScores]]]:
     """A round's generators by mean quality: (ranked, memorised) — those whose images copy references apart."""
-    ordered = sorted((record.get("scores") or {}).items(), key=lambda kv: (-(kv[1].get("quality") or 0.0), kv[0]))
-    return ([(n, s) for n, s in ordered if not memorised(s)], [(n, s) for n, s in ordered if memorised(s)])
+    ordered = sorted(round_of(record).scores.items(), key=lambda kv: (-(kv[1].quality or 0.0), kv[0]))
+    return ([(n, s) for n, s in ordered if not s.memorised], [(n, s) for n, s in ordered if s.memorised])
 
 
-def record_scores(record: RoundRecord, previous: RoundRecord | None = None) -> Table:
-    """The scores of one finished round of the history (``aldar run``, the HTML report); tolerant,
-    as a history read from disk may hold records of older versions. The caption: who won, how the prompt
-    changed since ``previous`` (the round before), what the ceiling is."""
+def record_scores(record: Round, previous: Round | None = None) -> Table:
+    """The scores of one finished round of the history (``aldar run``, the HTML report). The caption: who won,
+    how the prompt changed since ``previous`` (the round before), what the ceiling is."""
+    record, previous = round_of(record), round_of(previous) if previous is not None else None
     rows = []
     ranked, copied = ranked_scores(record)
     for name, scores in ranked + copied:
-        rows.append([name, mean_std(scores.get("quality"), scores.get("quality_std")), number(scores.get("clip")),
-                     number(scores.get("features")), number(scores.get("ssim")),
-                     MEMORISED if memorised(scores) else str(scores.get("band") or "")])
-    ceiling = record.get("ceiling")
+        rows.append([name, mean_std(scores.quality, scores.quality_std), number(scores.clip),
+                     number(scores.features), number(scores.ssim),
+                     MEMORISED if scores.memorised else str(scores.band or "")])
+    ceiling = record.ceiling
     ceiling_row = None
-    if ceiling:
-        ceiling_row = ["reference ceiling", number(ceiling.get("quality")), number(ceiling.get("clip")),
-                       number(ceiling.get("features")), number(ceiling.get("ssim")), ""]
+    if ceiling is not None:
+        ceiling_row = ["reference ceiling", number(ceiling.quality), number(ceiling.clip),
+                       number(ceiling.features), number(ceiling.ssim), ""]
     # The decision is not repeated here: the run says it once, after the table, and only when a round follows.
     caption = " ".join(part for part in (round_verdict(record), prompt_note(record, previous),
                                          record_ceiling_note(record)) if part)
-    return Table(f"round {record['round']} ranking", SCORE_COLUMNS, rows, ceiling_row, caption or None)
+    return Table(f"round {record.round} ranking", SCORE_COLUMNS, rows, ceiling_row, caption or None)
 
 
 SUITE_COLUMNS = ["score", "LoRA", "base", "reference / target", "what it is"]
 
 
-def suite_prompt_title(prompt: dict) -> str:
+def suite_prompt_title(prompt: SuitePrompt) -> str:
     """``new background: forest`` or ``no trigger: another character``."""
-    if prompt.get("kind") == "new_context":
-        return f"new {str(prompt.get('category', 'context')).replace('_', ' ')}: {prompt.get('value')}"
+    if prompt.kind == "new_context":
+        return f"new {str(prompt.category or 'context').replace('_', ' ')}: {prompt.value}"
     return "no trigger: another character"
 
 
-def suite_scores(record: RoundRecord) -> Table | None:
+def suite_scores(record: Round) -> Table | None:
     """A round's identity, editability and bleed on its prompt suite, the LoRA beside the base (None: no suite)."""
-    suite = record.get("suite") if isinstance(record.get("suite"), dict) else None
-    scores = (suite or {}).get("scores") or {}
-    if not scores or not any(isinstance(v, dict) for v in scores.values()):
+    record = round_of(record)
+    suite = record.suite
+    if suite is None or not (suite.scores.identity or suite.scores.editability or suite.scores.bleed):
         return None
-    identity, edit, bleed = (scores.get(k) if isinstance(scores.get(k), dict) else {}
-                             for k in ("identity", "editability", "bleed"))
+    identity = suite.scores.identity or Identity()
+    edit, bleed = suite.scores.editability or Editability(), suite.scores.bleed or Bleed()
     rows = [
-        ["identity", mean_std(identity.get("score"), identity.get("spread")), number(identity.get("base")),
-         f"{number(identity.get('ceiling'))} (references)",
-         f"key traits {_share(identity.get('feature_pass_rate'))} · CLIP {number(identity.get('clip'))}"],
-        ["editability", mean_std(edit.get("rate"), edit.get("spread")), number(edit.get("base")),
-         f"≥ 0.85 × base ({number(edit.get('vs_base'))} ×)",
+        ["identity", mean_std(identity.score, identity.spread), number(identity.base),
+         f"{number(identity.ceiling)} (references)",
+         f"key traits {_share(identity.feature_pass_rate)} · CLIP {number(identity.clip)}"],
+        ["editability", mean_std(edit.rate, edit.spread), number(edit.base),
+         f"≥ {EDITABILITY_VS_BASE} × base ({number(edit.vs_base)} ×)",
          "share drawing what the prompt asked: " + ", ".join(
-             f"{c.replace('_', ' ')} {number(v.get('lora'))} vs {number(v.get('base'))}"
-             for c, v in (edit.get("by_category") or {}).items())],
-        ["bleed", signed(bleed.get("score")), "0 (by definition)", "≤ 0.05",
-         f"CLIP to the references without the trigger: LoRA {number(bleed.get('lora_clip'))}, "
-         f"base {number(bleed.get('base_clip'))}"],
+             f"{c.replace('_', ' ')} {number(v.lora)} vs {number(v.base)}" for c, v in edit.by_category.items())],
+        ["bleed", signed(bleed.score), "0 (by definition)", f"≤ {BLEED_HIGH}",
+         f"CLIP to the references without the trigger: LoRA {number(bleed.lora_clip)}, "
+         f"base {number(bleed.base_clip)}"],
     ]
-    count = len((suite or {}).get("prompts") or [])
-    caption = (f"The LoRA in new scenes ({count} suite prompts): identity = (key traits shown + CLIP similarity) / 2 "
-               "on new contexts; editability = the prompted background or style drawn; bleed = how much closer to "
-               "the references the LoRA draws another character than the base does.")
-    return Table(f"round {record['round']} in new scenes", SUITE_COLUMNS, rows, None, caption)
+    caption = (f"The LoRA in new scenes ({len(suite.prompts)} suite prompts): identity = (key traits shown + CLIP "
+               "similarity) / 2 on new contexts; editability = the prompted background or style drawn; bleed = how "
+               "much closer to the references the LoRA draws another character than the base does.")
+    return Table(f"round {record.round} in new scenes", SUITE_COLUMNS, rows, None, caption)
 
 
 def _share(value: Any) -> str:
@@ -188,22 +189,22 @@ def ceiling_note(scores: dict[str, dict], ceiling: dict) -> str:
             "resemble each of them more than they, each with its own pose and details, resemble one another.")
 
 
-def record_ceiling_note(record: RoundRecord) -> str:
+def record_ceiling_note(record: Round) -> str:
     """``ceiling_note`` of a finished round ('' when the round had no ceiling)."""
-    ceiling = record.get("ceiling")
-    if not ceiling:
+    if record.ceiling is None:
         return ""
     ranked, _ = ranked_scores(record)
-    return ceiling_note({name: scores for name, scores in ranked}, ceiling)
+    return ceiling_note({name: {m: getattr(scores, m) for m in CEILING_METRICS} for name, scores in ranked},
+                        {m: getattr(record.ceiling, m) for m in CEILING_METRICS})
 
 
-def prompt_note(record: RoundRecord, previous: RoundRecord | None) -> str:
+def prompt_note(record: Round, previous: Round | None) -> str:
     """How the prompt every generator drew from changed since the round before (emphasised features added to
     or dropped from it): the base model's score moves with its prompt, not with any training."""
     if previous is None:
         return ""
-    before = list((previous.get("params") or {}).get("feature_emphasis") or [])
-    now = list((record.get("params") or {}).get("feature_emphasis") or [])
+    before = list(previous.params.get("feature_emphasis") or [])
+    now = list(record.params.get("feature_emphasis") or [])
     added, dropped = [f for f in now if f not in before], [f for f in before if f not in now]
     if not (added or dropped):
         return ""
@@ -211,24 +212,25 @@ def prompt_note(record: RoundRecord, previous: RoundRecord | None) -> str:
         return and_words([f"'{phrase}'" for phrase in phrases])
 
     changes = ([f"adds {quoted(added)}"] if added else []) + ([f"drops {quoted(dropped)}"] if dropped else [])
-    plain_base = record.get("base_prompts") not in (None, record.get("prompts"))
-    others = [name for name in record.get("scores") or {} if name != LORA and not (plain_base and name == "base")]
+    plain_base = record.base_prompts != record.prompts
+    others = [name for name in record.scores if name != LORA and not (plain_base and name == "base")]
     if plain_base:  # the base drew the prompt without the emphasis phrases: its score did not move with them
         moved = (f": {and_words(others)}'s score{'s' if len(others) > 1 else ''} move with the prompt, not with "
                  "training" if others else "")
-        return (f"Since round {previous['round']} the LoRA's prompt {' and '.join(changes)} (feature_emphasis); "
+        return (f"Since round {previous.round} the LoRA's prompt {' and '.join(changes)} (feature_emphasis); "
                 f"the base model draws the prompt without the emphasis phrases{moved}.")
     moved = ("" if not others else f": {others[0]}'s score moves" if len(others) == 1
              else f": the scores of {and_words(others)} move")
-    return (f"Since round {previous['round']} the prompt all generators draw from {' and '.join(changes)} "
+    return (f"Since round {previous.round} the prompt all generators draw from {' and '.join(changes)} "
             f"(feature_emphasis){moved + ' with the prompt, not with training' if moved else ''}.")
 
 
-def round_verdict(record: RoundRecord) -> str:
+def round_verdict(record: Round) -> str:
     """Who won the round and by how much, in words: "base beat the LoRA by 0.024." — from the record's
     scores, generators whose images copy references left out of the contest and said so."""
+    record = round_of(record)
     ranked, copied = ranked_scores(record)
-    scored = [(name, float(s["quality"])) for name, s in ranked if isinstance(s.get("quality"), (int, float))]
+    scored = [(name, s.quality) for name, s in ranked if s.quality is not None]
     sentences = []
     if len(scored) >= 2:
         (winner, top), (second, runner_up) = scored[0], scored[1]
@@ -244,13 +246,13 @@ def round_verdict(record: RoundRecord) -> str:
             sentences.append(f"{winner} won with {top:.3f}, ahead of {_who(second)} by {top - runner_up:.3f}.")
     elif scored:
         name, top = scored[0]
-        ceiling = (record.get("ceiling") or {}).get("quality")
+        ceiling = record.ceiling.quality if record.ceiling is not None else None
         against = (f", {abs(ceiling - top):.3f} {'below' if ceiling > top else 'above'} the reference ceiling"
-                   if isinstance(ceiling, (int, float)) else "")
+                   if ceiling is not None else "")
         sentences.append(f"Only {_who(name)} was ranked: {top:.3f}{against}.")
     for name, scores in copied:
         sentences.append(f"{_who(name, start=True)}'s images copy the references ({MEMORISED}): its "
-                         f"{number(scores.get('quality'))} does not count and it is not ranked.")
+                         f"{number(scores.quality)} does not count and it is not ranked.")
     return " ".join(sentences)
 
 
@@ -260,25 +262,22 @@ def _who(name: str, start: bool = False) -> str:
     return name
 
 
-def compute_text(record: RoundRecord) -> str:
+def compute_text(record: Round) -> str:
     """What the round's training cost and started from: ``compute: 120 optimiser steps, 41.3 s training;
     continued round 1's LoRA from step 80 (the LoRA has had 200 steps)`` — or that it started afresh."""
-    train = record.get("train") or {}
-    steps = train.get("steps")
-    if steps is None:
+    train = round_of(record).train
+    if train.steps is None:
         return ""
-    seconds = train.get("seconds", (record.get("timings_s") or {}).get("train"))
-    parts = [f"compute: {steps} optimiser steps" + (f", {float(seconds):.1f} s training"
-                                                    if isinstance(seconds, (int, float)) else "")]
-    warm = train.get("warm_start") or {}
-    if warm:
-        had = int(warm.get("lora_steps_before") or 0) + int(steps)
-        parts.append(f"continued round {warm.get('from_round')}'s LoRA from step {warm.get('from_step')} "
-                     f"(the LoRA has had {had} steps)")
+    parts = [f"compute: {train.steps} optimiser steps" + (f", {train.seconds:.1f} s training"
+                                                          if train.seconds is not None else "")]
+    warm = train.warm_start
+    if warm is not None:
+        parts.append(f"continued round {warm.from_round}'s LoRA from step {warm.from_step} "
+                     f"(the LoRA has had {warm.lora_steps_before + train.steps} steps)")
     else:
         parts.append("a fresh LoRA")
-    if train.get("stopped_early"):
-        parts.append(f"stopped early: {train['stopped_early']}")
+    if train.stopped_early:
+        parts.append(f"stopped early: {train.stopped_early}")
     return "; ".join(parts)
 
 
@@ -286,42 +285,39 @@ def checkpoint_choice(train: RoundTrain) -> Table | None:
     """Which training checkpoint became the round's LoRA (the title) and why (the caption), with every
     scored checkpoint's quality, the chosen one marked; None when the record names no chosen checkpoint
     (histories from before checkpoints were scored)."""
-    chosen = train.get("chosen_checkpoint")
-    if not chosen:
+    chosen = train.chosen_checkpoint
+    if chosen is None:
         return None
-    scores = train.get("checkpoint_scores") or []
-    with_loss = any("validation_loss" in s for s in scores)  # histories from before issue 26 have none
-    rows = [[f"step {s.get('step')}", number(s.get("quality")),
-             *([_loss(s.get("validation_loss"))] if with_loss else []),
-             CHOSEN if s.get("step") == chosen.get("step") else ""] for s in scores]
+    scores = train.checkpoint_scores
+    with_loss = any(s.validation_loss is not None for s in scores)  # histories from before issue 26 have none
+    rows = [[f"step {s.step}", number(s.quality), *([_loss(s.validation_loss)] if with_loss else []),
+             CHOSEN if s.step == chosen.step else ""] for s in scores]
     columns = ["checkpoint", "quality", *(["validation loss"] if with_loss else []), ""]
-    return Table(f"LoRA used: checkpoint at step {chosen.get('step')}", columns, rows,
-                 caption=str(chosen.get("why") or ""))
+    return Table(f"LoRA used: checkpoint at step {chosen.step}", columns, rows, caption=chosen.why)
 
 
-def history_table(history: list[RoundRecord]) -> Table:
+def history_table(history: list[Round]) -> Table:
     """One short row per finished round; the decision texts are long, so ``UI.show_history`` prints them
     under the table, one line each (the report and training_history.json keep them whole)."""
     rows = []
-    for record in history:
-        params = record.get("params") or {}
-        gap = record.get("score_gap")
-        lead = -gap if isinstance(gap, (int, float)) and not isinstance(gap, bool) else None
+    for record in rounds_of(history):
+        params = record.params
+        lead = -record.score_gap if record.score_gap is not None else None
         # score_gap is target minus LoRA (the deciders read "positive: behind"); a person reads a lead.
-        rival = record.get("best_competitor") or ("reference ceiling" if lead is not None else MISSING)
-        rows.append([str(record["round"]), number(record.get("lora_score")), str(record.get("band") or ""),
+        rival = record.best_competitor or ("reference ceiling" if lead is not None else MISSING)
+        rows.append([str(record.round), number(record.lora_score), str(record.band or ""),
                      str(rival), signed(lead), f"{params.get('steps')} / {params.get('learning_rate')} / {params.get('rank')}",
-                     str(record.get("decided_by") or "")])
+                     str(record.decided_by)])
     return Table("rounds", ["round", "LoRA", "band", "best rival", "lead", "steps / lr / rank", "decided by"],
                  rows, caption="lead: the LoRA's score minus the best rival's (positive: the LoRA is ahead)")
 
 
-def decision_lines(history: list[RoundRecord], width: int) -> list[str]:
+def decision_lines(history: list[Round], width: int) -> list[str]:
     """``round N → <why the next round changed>``, each cut at a word to ``width`` columns with "…"."""
     lines = []
-    for record in history:
-        head = f"round {record['round']} → "
-        why = " ".join(str(record.get("rationale") or MISSING).split())
+    for record in rounds_of(history):
+        head = f"round {record.round} → "
+        why = " ".join((record.rationale or MISSING).split())
         lines.append(head + textwrap.shorten(why, max(width - len(head), 20), placeholder=" …"))
     return lines
 
@@ -355,32 +351,29 @@ def captions_table(analysis: Analysis) -> Table:
     return Table("training captions", ["reference", "full", "identity-free"], rows)
 
 
-def feedback_lines(feedback: Feedback) -> list[tuple[str, str]]:
+def feedback_lines(feedback: RoundFeedback | Feedback) -> list[tuple[str, str]]:
     """(style, text) lines: the LoRA's score and gap, then each recommendation by priority."""
+    feedback = feedback_of(feedback)
     lines = []
-    if feedback.get("lora_score") is not None:
-        line = f"LoRA {feedback.get('lora_generator') or 'lora'}: {number(feedback['lora_score'])} ({feedback.get('band')})"
-        gap = feedback.get("score_gap")
-        if feedback.get("reference_copy"):  # no "ahead of the ceiling" for a copy: the score does not count
-            line = (f"LoRA {feedback.get('lora_generator') or 'lora'}: {number(feedback['lora_score'])} — "
-                    f"{MEMORISED}, not ranked")
-        elif isinstance(gap, (int, float)):
-            line += f", {abs(gap):.3f} {'behind' if gap > 0 else 'ahead of'} {feedback.get('compared_against') or 'target'}"
+    if feedback.lora_score is not None:
+        line = f"LoRA {feedback.lora_generator or 'lora'}: {number(feedback.lora_score)} ({feedback.band})"
+        gap = feedback.score_gap
+        if feedback.reference_copy:  # no "ahead of the ceiling" for a copy: the score does not count
+            line = f"LoRA {feedback.lora_generator or 'lora'}: {number(feedback.lora_score)} — {MEMORISED}, not ranked"
+        elif gap is not None:
+            line += f", {abs(gap):.3f} {'behind' if gap > 0 else 'ahead of'} {feedback.compared_against or 'target'}"
         lines.append(("", line))
-        gaps = feedback.get("metric_gaps") or {}
-        if not feedback.get("reference_copy") and any(isinstance(g, dict) and g.get("ceiling") is not None
-                                                      for g in gaps.values()):
-            mine = {metric: (gaps.get(metric) or {}).get("lora") for metric in CEILING_METRICS}
-            top = {metric: (gaps.get(metric) or {}).get("ceiling") for metric in CEILING_METRICS}
+        if not feedback.reference_copy and any(g.ceiling is not None for g in feedback.metric_gaps.values()):
+            mine = {metric: feedback.metric(metric).lora for metric in CEILING_METRICS}
+            top = {metric: feedback.metric(metric).ceiling for metric in CEILING_METRICS}
             note = ceiling_note({LORA: mine}, top)
             if note != CEILING_TEXT + ".":  # only where the LoRA passes it: the plain definition is in the table
                 lines.append(("", note))
-    for recommendation in feedback.get("recommendations") or []:
-        priority = recommendation.get("priority")
+    for recommendation in feedback.recommendations:
+        priority = recommendation.priority
         lines.append(({"high": "red", "medium": "yellow"}.get(priority, "blue"),
-                      f"{priority} {recommendation.get('message')}"))
+                      f"{priority} {recommendation.message}"))
     return lines
-
 
 
 def _notice(document: dict) -> str | None:

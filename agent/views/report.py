@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from agent.rounds.documents import Round, RoundTrain, rounds_of
 from agent.rounds.knobs import params_items
 from agent.views.chart import draw_score_chart, score_chart_svg, steps_chart_svg
 from agent.views.render import (CHOSEN, adjustments_text, checkpoint_choice, compute_text, prompt_note, record_ceiling_note,
@@ -46,7 +47,7 @@ class ReportWriter:
         self.written = write_report(session.store, session.references, session.history())
 
 
-def write_report(store, references: Path, history: list[dict]) -> Path:
+def write_report(store, references: Path, history: list[Round]) -> Path:
     """(Re)write ``report.html`` and ``score_chart.png`` of ``store`` from its history."""
     root = store.root
     reference_thumbs = _reference_thumbnails(references, root / "report_assets")
@@ -76,9 +77,10 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 # ------------------------------------------------------------------------ page
-def render_html(history: list[dict], state: HistoryState, reference_thumbs: list[str], chart: str,
+def render_html(history: list[Round], state: HistoryState, reference_thumbs: list[str], chart: str,
                 root: Path | None = None) -> str:
     """The page; ``root`` (the results folder) lets it read each image's prompt, seed and size."""
+    history = rounds_of(history)
     esc = html.escape
     profile, best = state.profile, state.best_round
     lightboxes: list[str] = []
@@ -92,7 +94,7 @@ def render_html(history: list[dict], state: HistoryState, reference_thumbs: list
     parts.append("</header>")
     parts.append('<section class="overview">')
     if history:
-        verdicts = "".join(f'<li><a href="#round-{r["round"]}">Round {r["round"]}</a>: '
+        verdicts = "".join(f'<li><a href="#round-{r.round}">Round {r.round}</a>: '
                            f'{esc(round_verdict(r) or "not scored.")}</li>' for r in history)
         parts.append(f'<div class="chart-box"><h2>Score per round</h2>{score_chart_svg(history)}'
                      f'<p class="meta">The y axis spans the scores, not 0–1. Also as a picture: '
@@ -103,34 +105,33 @@ def render_html(history: list[dict], state: HistoryState, reference_thumbs: list
     parts.append("</section>")
     for index, record in enumerate(history):
         previous = history[index - 1] if index else None
-        parts.append(_round_section(record, previous, record["round"] == best, root, lightboxes))
+        parts.append(_round_section(record, previous, record.round == best, root, lightboxes))
     parts += lightboxes
     parts.append("</body></html>\n")
     return "\n".join(part for part in parts if part)
 
 
-def _steps_chart(history: list[dict]) -> str:
+def _steps_chart(history: list[Round]) -> str:
     """Did the rounds pay? Quality against the training steps spent, beside one run's curve, and the total."""
     svg = steps_chart_svg(history)
     if not svg:
         return ""
-    total = sum(int((r.get("train") or {}).get("steps") or 0) for r in history)
-    seconds = sum(float((r.get("train") or {}).get("seconds") or (r.get("timings_s") or {}).get("train") or 0.0)
-                  for r in history)
+    total = sum(r.train.steps or 0 for r in history)
+    seconds = sum(r.train.seconds or 0.0 for r in history)
     return (f'<h2>Quality per training step</h2>{svg}<p class="meta">Every scored checkpoint of the rounds at the '
             f'optimiser steps spent to reach it ({total} steps, {seconds:.0f} s of training in all); dashed: round 1 '
             'alone, the first steps of one plain run. A round pays when its checkpoints rise above what one run '
             'reached for the same steps, beyond the spread of their images.</p>')
 
 
-def _summary(history: list[dict], state: HistoryState) -> str:
+def _summary(history: list[Round], state: HistoryState) -> str:
     esc = html.escape
     best = state.best_round
-    record = next((r for r in history if r["round"] == best), None)
+    record = next((r for r in history if r.round == best), None)
     count = len(history)
     text = f"{count} round{'' if count == 1 else 's'}; best round: "
-    if record is not None and isinstance(record.get("lora_score"), (int, float)):
-        text += f"{best} (LoRA {record['lora_score']:.3f})"
+    if record is not None and record.lora_score is not None:
+        text += f"{best} (LoRA {record.lora_score:.3f})"
     else:
         text += "—" if best is None else str(best)
     if state.stopped is not None and state.stopped.reason:
@@ -141,26 +142,26 @@ def _summary(history: list[dict], state: HistoryState) -> str:
     return summary
 
 
-def _not_competing(history: list[dict]) -> str:
+def _not_competing(history: list[Round]) -> str:
     """The competitors that sat out, once for the whole report (each reason with its rounds unless all)."""
-    rounds_of: dict[str, list[int]] = {}
+    sat_out: dict[str, list[int]] = {}
     for record in history:
-        for reason in record.get("skipped_competitors") or []:
-            rounds_of.setdefault(reason, []).append(record["round"])
-    if not rounds_of:
+        for reason in record.skipped_competitors:
+            sat_out.setdefault(reason, []).append(record.round)
+    if not sat_out:
         return ""
     every = len(history)
     items = "".join(f"<li>{html.escape(reason)}"
                     + ("" if len(numbers) == every else f" (round{'s' if len(numbers) > 1 else ''} "
                                                         f"{', '.join(map(str, numbers))})") + "</li>"
-                    for reason, numbers in rounds_of.items())
+                    for reason, numbers in sat_out.items())
     return f'<div class="meta not-competing"><strong>Not competing:</strong><ul>{items}</ul></div>'
 
 
-def _round_section(record: dict, previous: dict | None, is_best: bool, root: Path | None,
+def _round_section(record: Round, previous: Round | None, is_best: bool, root: Path | None,
                    lightboxes: list[str]) -> str:
     esc = html.escape
-    number = record["round"]
+    number = record.round
     badge = ' <span class="badge">best round</span>' if is_best else ""
     verdict = round_verdict(record)
     notes = [note for note in (prompt_note(record, previous), record_ceiling_note(record)) if note]
@@ -169,26 +170,25 @@ def _round_section(record: dict, previous: dict | None, is_best: bool, root: Pat
             + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in scores.rows]
     if scores.ceiling:
         rows.append('<tr class="ceiling">' + "".join(f"<td>{esc(cell)}</td>" for cell in scores.ceiling) + "</tr>")
-    params = "".join(f"<code>{esc(name)}: {esc(value)}</code> " for name, value in params_items(record.get("params") or {}))
-    decision = record.get("decision") or {}
-    changes = adjustments_text(decision.get("adjustments") or {}, record.get("params") or {})
-    clamped = decision.get("clamped") or []
+    params = "".join(f"<code>{esc(name)}: {esc(value)}</code> " for name, value in params_items(record.params))
+    changes = adjustments_text(record.decision.adjustments, record.params)
+    clamped = record.decision.clamped
     facts = [
         '<div class="table-wrap"><table class="scores"><tr>' + "".join(f"<th>{esc(column)}</th>" for column in scores.columns)
         + "</tr>", *rows, "</table></div>", *(f'<p class="meta">{esc(note)}</p>' for note in notes),
-        f"<p><strong>Decision ({esc(str(record.get('decided_by')))}):</strong> {esc(str(record.get('rationale')))}</p>",
+        f"<p><strong>Decision ({esc(record.decided_by)}):</strong> {esc(record.rationale)}</p>",
         f'<p class="meta">next round: {esc(changes)}</p>',
         f'<p class="meta">clamped: {esc("; ".join(map(str, clamped)))}</p>' if clamped else "",
         f'<p class="params"><span class="meta">parameters:</span> {params}</p>',
-        *(f'<p class="meta">prompt: {esc(prompt)}</p>' for prompt in record.get("prompts") or []),
+        *(f'<p class="meta">prompt: {esc(prompt)}</p>' for prompt in record.prompts),
         *(f'<p class="meta">base model\'s prompt (without the emphasis): {esc(prompt)}</p>'
-          for prompt in (record.get("base_prompts") or []) if record.get("base_prompts") != record.get("prompts")),
+          for prompt in record.base_prompts if record.base_prompts != record.prompts),
         f'<p class="meta compute">{esc(compute_text(record))}</p>' if compute_text(record) else "",
-        _checkpoint_choice(record.get("train") or {}),
+        _checkpoint_choice(record.train),
         _suite_table(record),
     ]
     galleries = []
-    for name, paths in ((record.get("paths") or {}).get("images") or {}).items():
+    for name, paths in record.paths.images.items():
         shots = "".join(_shot(path, f"r{number}-{name}-{index}", name, record, root, lightboxes)
                         for index, path in enumerate(paths))
         count = len(paths)
@@ -204,7 +204,7 @@ def _round_section(record: dict, previous: dict | None, is_best: bool, root: Pat
     ])
 
 
-def _suite_table(record: dict) -> str:
+def _suite_table(record: Round) -> str:
     """The round's identity, editability and bleed on its prompt suite: the LoRA beside the base and the ceiling."""
     table = suite_scores(record)
     if table is None:
@@ -216,27 +216,27 @@ def _suite_table(record: dict) -> str:
             f'</div><p class="meta">{esc(table.caption or "")}</p>')
 
 
-def _suite_galleries(record: dict, root: Path | None, lightboxes: list[str]) -> str:
+def _suite_galleries(record: Round, root: Path | None, lightboxes: list[str]) -> str:
     """The suite's images grouped by prompt: per prompt what it asks, then the LoRA's and the base's images."""
-    suite = record.get("suite") if isinstance(record.get("suite"), dict) else None
-    if not suite or not suite.get("images"):
+    suite = record.suite
+    if suite is None or not suite.images:
         return ""
     esc = html.escape
-    number = record["round"]
+    number = record.round
     blocks = []
-    for index, prompt in enumerate(suite.get("prompts") or []):
+    for index, prompt in enumerate(suite.prompts):
         rows = []
-        for name, groups in suite["images"].items():
+        for name, groups in suite.images.items():
             paths = groups[index] if index < len(groups) else []
             shots = "".join(_shot(path, f"r{number}-suite{index}-{name}-{k}", name, record, root, lightboxes,
                                   size=SUITE_SHOT) for k, path in enumerate(paths))
             rows.append(f'<div class="suite-row"><span class="meta">{esc(name)}</span><div class="gallery">{shots}</div></div>')
         blocks.append(f'<div class="suite-prompt"><h4>{esc(suite_prompt_title(prompt))}</h4>'
-                      f'<p class="meta">{esc(str(prompt.get("text", "")))}</p>{"".join(rows)}</div>')
+                      f'<p class="meta">{esc(prompt.text)}</p>{"".join(rows)}</div>')
     return f'<h3>New scenes (prompt suite)</h3>{"".join(blocks)}'
 
 
-def _shot(path: str, ident: str, generator: str, record: dict, root: Path | None, lightboxes: list[str],
+def _shot(path: str, ident: str, generator: str, record: Round, root: Path | None, lightboxes: list[str],
           size: int = 0) -> str:
     """One image of a round: shown at SHOT px (``size`` for the suite's), captioned with its seed and prompt,
     opening full size; the suite's small ones carry their caption in the title and the lightbox only."""
@@ -246,17 +246,17 @@ def _shot(path: str, ident: str, generator: str, record: dict, root: Path | None
         seed = f"seed {meta['seed']}" if meta.get("seed") is not None else "seed unknown"
         caption = f"{seed} · {meta.get('prompt', '')}"
         pixelated = " pixelated" if _smaller_than(root, path, size) else ""
-        lightboxes.append(_lightbox(ident, path, f"{generator}, round {record['round']} · {caption}", pixelated,
-                                    f"round-{record['round']}"))
+        lightboxes.append(_lightbox(ident, path, f"{generator}, round {record.round} · {caption}", pixelated,
+                                    f"round-{record.round}"))
         return (f'<a href="#{ident}" title="{esc(caption)}"><img class="{pixelated.strip()}" src="{esc(path)}" '
                 f'alt="{esc(generator)}, {esc(caption)}" width="{size}" height="{size}"></a>')
     meta = _generation_parameters(root, path)
-    prompt = str(meta.get("prompt") or next(iter(record.get("prompts") or []), ""))
+    prompt = str(meta.get("prompt") or next(iter(record.prompts), ""))
     seed = f"seed {meta['seed']}" if meta.get("seed") is not None else "seed unknown"
     caption = f"{seed} · {prompt}" if prompt else seed
     pixelated = " pixelated" if _smaller_than(root, path, SHOT) else ""
-    lightboxes.append(_lightbox(ident, path, f"{generator}, round {record['round']} · {caption}", pixelated,
-                                f"round-{record['round']}"))
+    lightboxes.append(_lightbox(ident, path, f"{generator}, round {record.round} · {caption}", pixelated,
+                                f"round-{record.round}"))
     return (f'<figure class="shot"><a href="#{ident}" title="click to enlarge">'
             f'<img class="{pixelated.strip()}" src="{esc(path)}" alt="{esc(generator)}, {esc(caption)}" '
             f'width="{SHOT}" height="{SHOT}"></a><figcaption><strong>{esc(seed)}</strong>'
@@ -303,7 +303,7 @@ def _smaller_than(root: Path | None, path: str, size: int) -> bool:
         return False
 
 
-def _checkpoint_choice(train: dict) -> str:
+def _checkpoint_choice(train: RoundTrain) -> str:
     """Which training checkpoint became the round's LoRA, why, and (folded) every checkpoint's quality."""
     choice = checkpoint_choice(train)
     if choice is None:

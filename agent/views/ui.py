@@ -19,7 +19,7 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
-from agent.rounds.records import RoundRecord
+from agent.rounds.documents import Round, RoundFeedback
 from agent.views.render import Table as ScoreTable
 from agent.views.render import decision_lines, feedback_lines, history_table, number
 from tools.progress import progress_on
@@ -106,12 +106,12 @@ class UI:
         for note in table.notes:
             self.warn(escape(note))
 
-    def show_history(self, history: list[RoundRecord]) -> None:
+    def show_history(self, history: list[Round]) -> None:
         self.show(history_table(history))
         for line in decision_lines(history, self.console.width - 1):  # -1: a full-width line wraps in some terminals
             self.info(escape(line))
 
-    def show_feedback(self, feedback: Feedback) -> None:
+    def show_feedback(self, feedback: RoundFeedback | Feedback) -> None:
         for style, text in feedback_lines(feedback):
             self.info(f"  [{style}]{escape(text)}[/]" if style else escape(text))
 

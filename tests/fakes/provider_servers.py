@@ -18,13 +18,15 @@ import base64
 import fnmatch
 import io
 import json
+import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
@@ -368,9 +370,21 @@ class FakeClock:
         return http
 
 
-def fast_http(provider: str, key_env: str, key: str, *, read_timeout_s: float = 0.2, deadline_s: float = 600.0,
+@contextmanager
+def serving(fake_class: type, key_env: str, key: str, monkeypatch, caplog) -> Iterator[Any]:
+    """A provider's fake, serving, with its key in the environment (so ``tools.secrets.redact`` knows it too) and
+    every logger at DEBUG (urllib3 included): the tests then check that the key still shows nowhere."""
+    monkeypatch.setenv(key_env, key)
+    caplog.set_level(logging.DEBUG)
+    with fake_class(key=key) as server:
+        yield server
+
+
+def fast_http(provider: str, key_env: str, key: str, *, read_timeout_s: float = 2.0, deadline_s: float = 600.0,
               clock: FakeClock | None = None):
-    """An ``HttpClient`` with a short read timeout whose waits take no time."""
+    """An ``HttpClient`` whose waits take no time. Its read timeout, 2 s, is what a timeout test waits for real
+    (a ``hold`` reply), and what a normal answer must come within on a loaded machine: at 0.2 s, a retry's answer
+    sometimes came late on a test machine at load 27, and a second "read timeout" failed the test."""
     from tools.providers.http import HttpClient
 
     http = HttpClient(provider, key_env, secrets=[key], connect_timeout_s=1.0, read_timeout_s=read_timeout_s,

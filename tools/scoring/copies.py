@@ -31,24 +31,14 @@ def is_reference_copy(clip: Any, ssim: Any) -> bool:
     return (finite_number(clip) or 0.0) >= COPY_CLIP and (finite_number(ssim) or 0.0) >= COPY_SSIM
 
 
-def copying(overfitting: Any) -> bool:
-    """Whether a feedback's ``overfitting`` block says a LoRA image copies a reference: its
-    ``reference_copies`` count, or for older feedback without one, its closest CLIP and SSIM."""
-    if not isinstance(overfitting, dict):
-        return False
-    if overfitting.get("reference_copies") is not None:
-        return (finite_number(overfitting.get("reference_copies")) or 0) > 0
-    return is_reference_copy(overfitting.get("max_reference_clip"), overfitting.get("max_reference_ssim"))
-
-
 def copy_evidence(clip: Any, ssim: Any) -> str:
     """The figures that make an image a copy: ``CLIP 1.000 ≥ 0.95, SSIM 1.000 ≥ 0.85``."""
     return f"CLIP {finite_number(clip) or 0.0:.3f} ≥ {COPY_CLIP}, SSIM {finite_number(ssim) or 0.0:.3f} ≥ {COPY_SSIM}"
 
 
 def memorised(scores: Any) -> bool:
-    """Whether a generator's scores (a comparison report's ``generators`` entry or a round record's
-    ``scores`` entry) say some of its images copy a reference."""
+    """Whether a generator's scores (a comparison report's ``generators`` entry) say some of its images copy a
+    reference (a round record's typed scores: ``agent.rounds.documents.GeneratorScores.memorised``)."""
     return isinstance(scores, dict) and (finite_number(scores.get("reference_copies")) or 0) > 0
 
 

@@ -7,8 +7,10 @@ It owns:
   (Aldar Köse's signature);
 * ``draw`` — the PIL renderer: any point of the world to an RGB picture, deterministic from a seed;
 * ``dataset`` — batches of pictures as arrays with their labels and captions, thousands per minute;
-* ``tokenizer`` / ``build`` — training the world's BPE tokenizer, CLIP, VAE and SDXL-layout UNet
-  (``python -m tools.world.build``), resumable, exported as fp16 safetensors under ``weights/``.
+* ``tokenizer`` — the world's BPE tokenizer, in CLIP's two files;
+* ``recipe`` / ``runners`` / ``checkpoints`` / ``nets`` / ``export`` / ``build`` — training CLIP, VAE and
+  SDXL-layout UNet from seeds (``python -m tools.world.build``): the stages as records, one runner per kind,
+  resumable, exported as fp16 safetensors under ``weights/``.
 
 Scores computed with these models mean something inside this world only: they show the loop working
 (a LoRA learning a character its base cannot draw), not how real SDXL would fare.
