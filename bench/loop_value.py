@@ -201,6 +201,10 @@ def verdict(rows: list[dict]) -> str:
              f"  steps to likeness, loop / single_equal: "
              + (f"{ratio:.2f}× over {len(reached)} seed(s) where both reached it: target ≤ 0.5× "
                 f"{'MET' if ratio <= 0.5 else 'MISSED'}" if ratio is not None else "not comparable (never reached)")]
+    only_loop = sum(1 for a, b in zip(likeness_loop, likeness_equal) if a is not None and b is None)
+    if only_loop:
+        lines.append(f"  the loop reached likeness where single_equal never did on {only_loop} of {len(rows)} seed(s) "
+                     f"(the issue's other way to meet the target: met on those seeds only)")
     if reached and all(a == b for a, b in zip(likeness_loop, likeness_equal)):
         lines.append("  (equal on every seed: the loop's round 1 and the single run train the same LoRA with the same "
                      "seed and a constant learning rate, and both first reach likeness inside round 1)")
