@@ -184,6 +184,8 @@ def test_rounds_must_pay_trains_one_longer_round_and_another_only_where_it_pays(
     assert unpaid_round(fed(best_step=200, still_rising=True), []) == ""  # still rising: more steps pay
     assert unpaid_round({**fed(), "metric_gaps": {"clip": {"lora": 0.5}}}, []) == ""  # low CLIP: train harder
     assert unpaid_round({**fed(), "overfitting": {"variety": 0.01}}, []) == ""  # overfitting: a fix pays
+    # the prompt suite's overfitting (identity learnt, new scenes' prompts overridden): its fix pays too
+    assert unpaid_round({**fed(), "identity": {"score": 0.63}, "editability": {"rate": 0.54, "base": 0.96}}, []) == ""
     best = [{"round": 1, "lora_score": 0.60, "scores": {"lora": {"quality": 0.60}}}]
     assert unpaid_round(fed(score=0.64), best) == ""  # beat round 1 beyond the spread: rounds are paying
     assert "not above round 1's 0.600 beyond its spread ±0.030" in unpaid_round(fed(score=0.62), best)
