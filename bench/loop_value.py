@@ -41,6 +41,24 @@ Tried and measured (record each change to the loop with its figures here):
   680 / 760 steps (470 ± 245; seeds 2/3 ran 3 rounds after low CLIP, above 3× the defaults' steps).
 - Zorabek, after merging the prompt suite, seeds 42 / 1 only (2 and 3 not run for time): loop 0.349 / 0.299
   against one run of equal steps 0.239 / 0.237 (+0.110 / +0.062); its later rounds (rank up, emphasis) pay.
+- issue 25, second session, on main with the prompt suite choosing round 1's decision (identity learnt but the
+  new scenes' prompts overridden -> a warm round at lr 2.5e-3 and lora_scale 0.85) and a reference ceiling of
+  0.708 (was 0.674): figures in README "Does the loop pay?" (this bench, Aldar seeds 42/1/2/3, Zorabek 42/1/2).
+  Tried: (1) a round that would only add emphasis after an early best checkpoint also doubles the rank (rank-ups
+  were what paid in the first session); it fired on no seed of either character (the suite rule, backtrack,
+  still-rising and low CLIP decide first), so it was measured as no change and dropped. (2) Which decisions made
+  the best rounds: Aldar — the suite's warm lower-rate round (seed 1 +0.023, seed 2 +0.028, seed 42 -0.045), a
+  round 3 still rising (seed 1 +0.001); the rank-16 round after low CLIP did not (seed 3 -0.009); Zorabek —
+  round 3 (rank 32 after low CLIP on seeds 42/1, more steps on seed 2: 0.321 / 0.297 / 0.286), the rank-16
+  round 2 within one image's noise (+0.007 / -0.014 / +0.004), and one 500-520-step run still scored higher on
+  seeds 1/2 (0.309 / 0.345). (3) More validation images: not
+  tried — on tiny the validation images are the round's own first four (same prompt, seeds and steps), so more
+  would choose the checkpoint on the very images its quality is scored on. (4) must_pay counts the suite's
+  overfitting as paying (it stopped after round 1 on seeds 1/2 before: 0.620 at 160 steps on seed 1).
+  Steps to likeness: the loop's round 1 is one plain run's first steps (same seed, constant learning rate), so
+  where likeness comes in round 1 (Aldar 42 and 2: step 80) it is equal by construction; a warm round cannot be
+  earlier than round 1 but can reach it where the plain run never does (seed 1: the loop at 260 cumulative steps,
+  its round 2; the 330-step run never). Zorabek reaches it in no scenario (best 0.35 against 0.9 × 0.803).
 """
 
 from __future__ import annotations
