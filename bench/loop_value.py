@@ -59,6 +59,10 @@ Tried and measured (record each change to the loop with its figures here):
   where likeness comes in round 1 (Aldar 42 and 2: step 80) it is equal by construction; a warm round cannot be
   earlier than round 1 but can reach it where the plain run never does (seed 1: the loop at 260 cumulative steps,
   its round 2; the 330-step run never). Zorabek reaches it in no scenario (best 0.35 against 0.9 × 0.803).
+  Final figures (this bench, Aldar 42/1/2/3, Zorabek 42/1/2): loop − one run of equal steps +0.014 ± 0.012
+  (Aldar; 0.632 vs 0.617) and -0.014 ± 0.036 (Zorabek; 0.301 vs 0.315): +0.03 MISSED, so issue 25's fallback
+  is the default (rounds_must_pay = true): must_pay 0.628 ± 0.022 at 468 ± 69 steps (Aldar) and 0.314 ± 0.012 at
+  613 ± 75 (Zorabek, 3.07× the defaults' steps: above the 3× bound).
 """
 
 from __future__ import annotations
