@@ -63,6 +63,9 @@ def hermetic_environment(monkeypatch, tmp_path, session_cache):
             monkeypatch.delenv(name, raising=False)
     for name, value in _cache_environment(session_cache).items():
         monkeypatch.setenv(name, value)
+    # The tests drive the rounds' mechanics over several rounds; the default (one longer round, another only
+    # where it pays) has tests of its own (tests/test_warm_start.py), which load the settings without this.
+    monkeypatch.setenv("ALDAR_ROUNDS_MUST_PAY", "false")
     monkeypatch.chdir(tmp_path)
     yield
 
@@ -94,6 +97,7 @@ def tiny_settings(tmp_path, references_dir) -> Settings:
     turn it on: it draws five more prompts per round)."""
     return load_settings(overrides={
         "profile": "tiny",
+        "rounds_must_pay": False,  # several rounds, as the tests of the rounds' mechanics need
         "suite_size": 0,
         "references": str(references_dir),
         "output_dir": str(tmp_path / "results"),

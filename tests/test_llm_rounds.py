@@ -34,7 +34,8 @@ def test_two_llm_rounds_then_chat(tiny_settings, monkeypatch, tmp_path) -> None:
                                                ("profile", "references", "output_dir", "analysis_path")},
                                             "llm_base_url": server.url, "images_per_prompt": 1,
                                             "competitors": "", "llm_timeout_s": 120,
-                                            "target_score": 1.0, "patience": 5, "num_inference_steps": 2},
+                                            "target_score": 1.0, "patience": 5, "num_inference_steps": 2,
+                                            "rounds_must_pay": False},
                                  environ={})
         server.enqueue(*decision_script(1), *decision_script(2))
         repl = Repl(settings, UI(assume_yes=True, quiet=True))

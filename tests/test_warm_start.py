@@ -184,6 +184,8 @@ def test_rounds_must_pay_trains_one_longer_round_and_another_only_where_it_pays(
     assert unpaid_round(fed(best_step=200, still_rising=True), []) == ""  # still rising: more steps pay
     assert unpaid_round({**fed(), "metric_gaps": {"clip": {"lora": 0.5}}}, []) == ""  # low CLIP: train harder
     assert unpaid_round({**fed(), "overfitting": {"variety": 0.01}}, []) == ""  # overfitting: a fix pays
+    # the prompt suite's overfitting (identity learnt, new scenes' prompts overridden): its fix pays too
+    assert unpaid_round({**fed(), "identity": {"score": 0.63}, "editability": {"rate": 0.54, "base": 0.96}}, []) == ""
     best = [{"round": 1, "lora_score": 0.60, "scores": {"lora": {"quality": 0.60}}}]
     assert unpaid_round(fed(score=0.64), best) == ""  # beat round 1 beyond the spread: rounds are paying
     assert "not above round 1's 0.600 beyond its spread ±0.030" in unpaid_round(fed(score=0.62), best)
@@ -202,3 +204,76 @@ def test_the_llm_briefing_carries_each_rounds_compute_spread_and_steps_to_likene
                                   "warm_start": {"from_round": 1, "from_step": 80}, "stopped_early": None}
     assert summary["spread"] == 0.04 and summary["steps_to_likeness"] == 80  # 0.64 ≥ 0.9 × 0.7
     assert feedback_summary({"lora_spread": 0.0412})["lora_spread"] == 0.041
+
+
+def _default_settings(tiny_settings):
+    """``tiny_settings`` with rounds_must_pay as the product ships it (no aldar.toml, no ALDAR_* variable)."""
+    from tools.settings import load_settings
+
+    default = load_settings(overrides={"profile": "tiny", "suite_size": 0, "references": tiny_settings.references,
+                                       "output_dir": tiny_settings.output_dir,
+                                       "analysis_path": tiny_settings.analysis_path}, environ={})
+    assert default.rounds_must_pay is True  # issue 25's fallback: the loop did not beat one longer run by +0.03
+    return default
+
+
+def test_by_default_the_first_round_is_the_longer_one(tiny_settings):
+    from agent.rounds.params import default_params, planned_params
+    from agent.rounds.payoff import LONG_ROUND
+    from agent.rounds.session import Session
+
+    settings = _default_settings(tiny_settings)
+    with Session(settings, quiet=True) as session:
+        profile_steps = default_params(session.profile)["steps"]
+        assert session.params["steps"] == LONG_ROUND * profile_steps == 400  # tiny: 200 steps, twice
+        assert session.params["plateau_checkpoints"] == 3  # ... stopped at a plateau, best checkpoint kept
+        assert session.bounds["steps"][1] >= session.params["steps"]  # the tiny step cap does not shorten it
+    assert planned_params(settings)["steps"] == LONG_ROUND * profile_steps
+    with Session(tiny_settings, quiet=True) as session:  # rounds_must_pay = false: the profile's steps
+        assert session.params["steps"] == profile_steps
+
+
+def test_by_default_a_round_that_does_not_pay_stops_the_run(tiny_settings, monkeypatch):
+    from agent.rounds.documents import round_of
+    from agent.rounds.policy import RulePolicy
+    from agent.rounds.session import Session, SessionEvents
+
+    said: list[str] = []  # the run's notices: its last line says why it stopped
+    # A key feature missed (so the policy proposes a change, not the round's own parameters again).
+    flat = {"lora_score": 0.64, "lora_spread": 0.03, "metric_gaps": {"clip": {"lora": 0.7}},
+            "feature_gaps": [{"feature": "skullcap", "lora_pass_rate": 0.25}],
+            "overfitting": {"max_reference_clip": 0.8, "max_reference_ssim": 0.3, "variety": 0.2},
+            "training": {"steps": 400, "best_step": 80, "still_rising": False, "best_early": True, "spread": 0.04}}
+    rising = {**flat, "training": {**flat["training"], "best_step": 400, "still_rising": True, "best_early": False}}
+
+    def rounds_run(settings, feedback: dict) -> list:
+        """run_rounds(3) where every round scores ``feedback`` (the stages stubbed: only decide() runs)."""
+        decisions = []
+        with Session(settings, quiet=True, events=SessionEvents(on_notice=said.append)) as session:
+            def one_round(decider):
+                session._round().feedback = feedback
+                decision = session.decide(decider)
+                decisions.append(decision)
+                record = round_of({"round": len(decisions), "lora_score": feedback["lora_score"], "params": {},
+                                   "scores": {"lora": {"quality": 0.64}}, "rationale": decision.rationale,
+                                   "decided_by": decision.decided_by, "decision": {"stop": decision.stop}})
+                session.store.rounds.append(record)
+                session.current = None
+                return record
+
+            monkeypatch.setattr(session, "run_round", one_round)
+            monkeypatch.setattr(session, "stop_before",
+                                lambda rounds: "round limit" if len(decisions) >= rounds else "")
+            session.run_rounds(3, RulePolicy(bounds=session.bounds))
+        return decisions
+
+    # Round 1 peaked early and was flat after it: the run stops after it and says why.
+    stopped = rounds_run(_default_settings(tiny_settings), flat)
+    assert len(stopped) == 1 and stopped[0].stop
+    assert "Another round would not pay (" in stopped[0].rationale
+    assert "rounds_must_pay = false" in stopped[0].rationale
+    assert said[-1].startswith("stopped: Another round would not pay (its validation quality peaked at step 80")
+    # Still rising at the last checkpoint: round 2 pays and runs.
+    assert len(rounds_run(_default_settings(tiny_settings), rising)) >= 2
+    # rounds_must_pay = false: every round runs.
+    assert len(rounds_run(tiny_settings, flat)) == 3

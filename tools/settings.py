@@ -96,10 +96,11 @@ class Settings:
     max_rounds: int = 3
     patience: int = 2
     target_score: float = 0.8
-    # true: one longer round (twice the profile's steps, stopped at a plateau, best checkpoint kept), and a further
-    # round only where a signal says it pays. Off by default: measured (bench/loop_value.py, README "Does the loop
-    # pay?") it scored 0.609 against the rounds' 0.641 — the rounds stay the better of the two.
-    rounds_must_pay: bool = False
+    # One longer round (twice the profile's steps, stopped at a plateau, best checkpoint kept), and a further round
+    # only where a signal says it pays (issue 25's fallback: measured in bench/loop_value.py, README "Does the loop
+    # pay?", the rounds did not beat one run of equal steps by the +0.03 they should); false: the rounds run to
+    # max_rounds / patience.
+    rounds_must_pay: bool = True
     output_dir: str = "lora_training_results"
     # [llm]
     llm_base_url: str = "https://api.deepseek.com"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from agent.rounds.decision import Decider, Decision, already_trained
 from agent.rounds.documents import Round, feedback_of
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
-from agent.rounds.payoff import session_defaults, unpaid_round, warm_config, warm_start_plan
+from agent.rounds.payoff import run_stopped_because, session_defaults, unpaid_round, warm_config, warm_start_plan
 from agent.rounds.params import (checkpoint_judges, default_params, emphasise, starting_params, train_config,
                                  training_dataset, validate_inputs)
 from agent.rounds.ranking import best_round, stop_reason
@@ -589,7 +589,7 @@ class Session:
             finished.append(record)
             if on_round:
                 on_round(record)
-            reason = f"{record.decided_by} asked to stop" if record.decision.stop else self.stop_before(rounds)
+            reason = run_stopped_because(record) if record.decision.stop else self.stop_before(rounds)
             if reason:  # no plan for a round that will not run: say why the run ends instead
                 break
             # The decision, said once (shown even when quiet: it is what the next round changes).
