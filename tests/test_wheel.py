@@ -67,7 +67,8 @@ def test_the_wheel_holds_every_module_prompt_reference_and_weight_file(wheel):
     assert not any(name.startswith(("tests/", "bench/", "prompts/", "examples/")) for name in names)
 
 
-def test_the_installed_wheel_runs_doctor_and_a_tiny_round_from_an_empty_folder(wheel, tmp_path):
+def test_the_installed_wheel_runs_doctor_and_a_tiny_round_from_an_empty_folder(wheel, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALDAR_IMAGES_PER_PROMPT", "2")  # the package's files are the point here, not the scores
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)  # pip is lent from here (--python): no bootstrap, no index
     python = env_dir / "bin" / "python"
@@ -89,7 +90,7 @@ def test_the_installed_wheel_runs_doctor_and_a_tiny_round_from_an_empty_folder(w
     doctor = run([aldar, "doctor", "--profile", "tiny"], empty)
     assert "ready for profile tiny" in doctor.stdout  # no FAIL: modules, prompt files, toy world, references
 
-    rounds = run([aldar, "run", "--profile", "tiny", "--rounds", "1"], empty)
+    rounds = run([aldar, "run", "--profile", "tiny", "--rounds", "1", "--steps", "40"], empty)
     assert "best round: 1" in rounds.stdout
     results = empty / "lora_training_results"
     history = json.loads((results / "training_history.json").read_text())
