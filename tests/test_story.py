@@ -219,7 +219,7 @@ def test_the_writer_is_told_about_the_references_character_never_aldar_for_anoth
     (robot / "character.json").write_text(json.dumps({"trigger_token": "bluebot", "character_name": "Blue Bot"}))
     analysis = tmp_path / "robot_out" / "feature_analysis.json"  # where `aldar analyze` saves it
     analysis.parent.mkdir()
-    analysis.write_text(json.dumps({"training_prompt": "bluebot, square head, blue metal body, forest"}))
+    analysis.write_text(json.dumps({"key_features": ["square head", "blue metal body", "forest"]}))
     assert main(["story", "Blue Bot finds a key", "--profile", "tiny", "--references", str(robot),
                  "--output-dir", str(tmp_path / "robot_out"),
                  "--scenes", "3", "--steps", "2", "-q", "--generator", "base"]) == 0

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.llm.client import make_client, provider_error, thinking_extra_body
 from agent.llm.prompts import load_prompt
-from tools.atomic import unused_path
+from tools.atomic import read_json_object, unused_path
 from tools.errors import ConfigError, InputError, ProviderError
 from tools.generation.storybook import write_storybook
 from tools.secrets import redact
@@ -94,13 +94,8 @@ def character_description(settings: Settings) -> str:
     card = read_character_card(settings.references) if Path(settings.references).expanduser().is_dir() else {}
     if card.get("description"):
         return card["description"]
-    try:
-        analysis = json.loads(Path(settings.analysis_path).expanduser().read_text(encoding="utf-8"))
-        trigger = settings.trigger_token.strip().lower()
-        traits = [part.strip() for part in str(analysis["training_prompt"]).split(",")
-                  if part.strip() and part.strip().lower() != trigger]
-    except (OSError, ValueError, KeyError, TypeError):
-        traits = []
+    analysis = read_json_object(Path(settings.analysis_path).expanduser()) or {}
+    traits = [trait for trait in analysis.get("key_features") or [] if isinstance(trait, str)]
     if traits:
         return "who looks like this in every picture: " + ", ".join(traits)
     return "the hero of the reader's reference pictures"
