@@ -70,4 +70,4 @@ def test_no_lever_is_named_when_it_is_on_already_or_nothing_shows(monkeypatch):
     quiet = RulePolicy().decide(feedback(), [], dict(PARAMS))
     assert "prior" not in quiet.rationale and "masked" not in quiet.rationale
     # Without a suite (no editability or bleed blocks) the rules stay silent.
-    assert lever_rules.lever_rules({"lora_score": 0.6}, PARAMS, 0.05) == ({}, [])
+    assert lever_rules.lever_rules({"lora_score": 0.6}, PARAMS, 0.05, 0.85) == ({}, [])

@@ -52,15 +52,14 @@ class Evidence:
 PRIOR_AGAINST_BLEED = Evidence("prior_preservation", "bleed", True, plain=(-0.019, 0.078), with_lever=(0.120, 0.078))
 MASKED_FOR_BACKGROUND = Evidence("masked_loss", "background follow", False, plain=(0.983, 0.024),
                                  with_lever=(0.950, 0.041))
-# A background the LoRA draws in under this share of the base's images (same prompts and seeds): it keeps its own.
-BACKGROUND_VS_BASE = 0.85
 
 
-def lever_rules(feedback: RoundFeedback | dict[str, Any], params: dict[str, Any],
-                bleed_high: float) -> tuple[dict[str, Any], list[str]]:
-    """(knob changes, reasons) for the signs a lever answers (bleed above ``bleed_high``, the policy's threshold; a
-    prompted background drawn under BACKGROUND_VS_BASE × the base's share): each lever that is off and measured to
-    help its sign is switched on; one measured not to help is named as left off, with its figures."""
+def lever_rules(feedback: RoundFeedback | dict[str, Any], params: dict[str, Any], bleed_high: float,
+                editability_vs_base: float) -> tuple[dict[str, Any], list[str]]:
+    """(knob changes, reasons) for the signs a lever answers — bleed above ``bleed_high``, a prompted background
+    drawn under ``editability_vs_base`` × the base's share (the policy's thresholds: it passes them, one source) —
+    each lever that is off and measured to help its sign is switched on; one measured not to help is named as left
+    off, with its figures."""
     suite = feedback_of(feedback).suite
     proposal: dict[str, Any] = {}
     reasons: list[str] = []
@@ -71,9 +70,9 @@ def lever_rules(feedback: RoundFeedback | dict[str, Any], params: dict[str, Any]
     follow = background_follow(suite)
     if follow is not None and not params.get("masked_loss"):
         lora, base = follow
-        if lora < BACKGROUND_VS_BASE * base:
+        if lora < editability_vs_base * base:
             _apply(MASKED_FOR_BACKGROUND, f"the LoRA draws a prompted background in {lora:.0%} of its new-scene "
-                                          f"images, under {BACKGROUND_VS_BASE:.0%} of the base's {base:.0%}",
+                                          f"images, under {editability_vs_base:.0%} of the base's {base:.0%}",
                    proposal, reasons)
     return proposal, reasons
 

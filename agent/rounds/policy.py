@@ -156,7 +156,7 @@ class RulePolicy:
             at = f" (step {signals.best_step})" if signals.best_step is not None else ""
             reasons.append(f"the validation quality was still rising at the last checkpoint{at}, so {why}")
         if not back:  # the training levers, each only where bench/levers.py measured it to help (lever_rules.py)
-            levers, why = lever_rules(feedback, params, BLEED_HIGH)
+            levers, why = lever_rules(feedback, params, BLEED_HIGH, EDITABILITY_VS_BASE)
             proposal.update(levers)
             reasons += why
         if signals.missed_features and not back:
