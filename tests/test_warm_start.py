@@ -191,6 +191,46 @@ def test_rounds_must_pay_trains_one_longer_round_and_another_only_where_it_pays(
     assert "not above round 1's 0.600 beyond its spread ±0.030" in unpaid_round(fed(score=0.62), best)
 
 
+def test_rounds_must_pay_keeps_the_runs_steps_within_three_times_the_profiles(tiny_settings):
+    """Issue 25's bound: with rounds_must_pay the rounds together train at most STEP_BUDGET × the profile's steps:
+    the round that would cross it trains what is left (said once), and none starts with under a checkpoint left."""
+    import dataclasses
+
+    from agent.rounds.documents import round_of
+    from agent.rounds.params import default_params
+    from agent.rounds.payoff import STEP_BUDGET, budget_capped, step_budget, steps_left, why_no_round_pays
+    from agent.rounds.session import Session
+    from tools.models import resolve_profile
+
+    paying = tiny_settings.replace(rounds_must_pay=True)
+    defaults = default_params(resolve_profile(tiny_settings))
+    budget = step_budget(paying, defaults)
+    assert budget == STEP_BUDGET * defaults["steps"] == 600 and step_budget(tiny_settings, defaults) is None
+    history = [round_of({"round": 1, "lora_score": 0.6, "train": {"steps": 400}}),
+               round_of({"round": 2, "lora_score": 0.62, "train": {"steps": 130}})]
+    assert steps_left(budget, history) == 70 and steps_left(budget, history, 50) == 20
+    assert steps_left(None, history) is None
+
+    with Session(paying, quiet=True) as session:
+        said: list[str] = []
+        config = session.round_train_config()
+        capped = budget_capped(config, 70, said.append)
+        assert capped.steps == 70 and capped.lr_warmup_steps < 70 and len(said) == 1
+        assert "trains 70 of its 400 steps" in said[0] and f"{STEP_BUDGET}× the profile's steps" in said[0]
+        assert budget_capped(config, 1_000, said.append) is config and len(said) == 1  # it fits: as it is
+        assert budget_capped(config, None, said.append) is config  # no budget (rounds_must_pay off)
+
+    # A round that still rises would pay, but 20 steps left are under a checkpoint's worth (40 on tiny): stop.
+    rising = {"lora_score": 0.66, "lora_spread": 0.01,
+              "training": {"steps": 50, "best_step": 50, "still_rising": True, "spread": 0.01}}
+    params = {**defaults, "checkpoint_every": 40}
+    why = why_no_round_pays(rising, history, paying, budget, 50, params)
+    assert why.startswith("Another round would not pay (the rounds have trained all but 20 of the steps")
+    assert why_no_round_pays(rising, history[:1], paying, budget, 50, params) == ""  # 150 left: it may run
+    assert why_no_round_pays(rising, history, tiny_settings, budget, 50, params) == ""  # rounds_must_pay off
+    assert dataclasses.is_dataclass(history[0])
+
+
 def test_the_llm_briefing_carries_each_rounds_compute_spread_and_steps_to_likeness():
     from agent.llm.tools import feedback_summary, round_summary
 

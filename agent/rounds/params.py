@@ -31,7 +31,20 @@ def planned_params(settings: Settings) -> dict:
     if history.profile.get("profile", settings.profile) != settings.profile:
         # another profile's round: the session will discard it (RunStore.discard_round_of_other_models)
         history = dataclasses.replace(history, in_progress=None)
-    return starting_params(history, session_defaults(settings, default_params(stand_in)))
+    return starting_params(history, session_params(settings, stand_in))
+
+
+def session_params(settings: Settings, profile: ModelProfile) -> dict:
+    """A session's first knobs: ``default_params`` with ``rounds_must_pay``'s longer round, this character's
+    trigger token and LoRA file name (never another character's)."""
+    from tools.character import lora_name
+
+    params = session_defaults(settings, default_params(profile))
+    if "trigger_token" in params:
+        params["trigger_token"] = settings.trigger_token
+    if "output_name" in params:
+        params["output_name"] = lora_name(settings.character_name, settings.trigger_token)
+    return params
 
 
 def default_params(profile: ModelProfile) -> dict:

@@ -24,6 +24,9 @@ from tools.settings import Settings
 PLATEAU_CHECKPOINTS = 3
 # With rounds_must_pay (the default) round 1 may train this many times the profile's steps (a plateau stops it).
 LONG_ROUND = 2
+# ... and all rounds together at most this many times (issue 25's bound: the three-round loop of before). The
+# round that would cross it trains the steps left; none is started with less than a checkpoint's worth left.
+STEP_BUDGET = 3
 
 
 def session_defaults(settings: Settings, defaults: dict) -> dict:
@@ -33,6 +36,43 @@ def session_defaults(settings: Settings, defaults: dict) -> dict:
     if settings.rounds_must_pay:
         params["steps"] = int(params["steps"]) * LONG_ROUND
     return params
+
+
+def step_budget(settings: Settings, defaults: dict) -> int | None:
+    """The optimiser steps a run's rounds may train in all (``STEP_BUDGET`` × the profile's ``defaults``' steps),
+    with ``rounds_must_pay``; None (no bound) without it."""
+    return STEP_BUDGET * int(defaults["steps"]) if settings.rounds_must_pay else None
+
+
+def steps_left(budget: int | None, rounds: list[Round], *more: int) -> int | None:
+    """What ``budget`` leaves after the finished ``rounds``' optimiser steps and ``more`` (a round not yet
+    recorded); None without a budget."""
+    if budget is None:
+        return None
+    return budget - sum(record.train.steps or 0 for record in rounds) - sum(more)
+
+
+def budget_capped(config, left: int | None, on_notice: Callable[[str], None] | None):
+    """``config`` with its steps cut to the ``left`` of the run's step budget, said in one line; as it is when
+    it fits (or there is no budget)."""
+    if left is None or config.steps <= left:
+        return config
+    if on_notice is not None:
+        on_notice(f"this round trains {left} of its {config.steps} steps: the rest of the rounds' budget, "
+                  f"{STEP_BUDGET}× the profile's steps")
+    config = dataclasses.replace(config, steps=max(left, 1))
+    if config.lr_warmup_steps >= config.steps:
+        config = dataclasses.replace(config, lr_warmup_steps=config.steps // 10)
+    return config
+
+
+def over_budget(left: int | None, every: int) -> str:
+    """Why no further round fits the run's step budget ('' when one does): ``left`` steps are under a checkpoint's
+    worth (``every``)."""
+    if left is None or left >= max(every, 1):
+        return ""
+    return (f"{UNPAID}the rounds have trained all but {max(left, 0)} of the steps the run may spend, "
+            f"{STEP_BUDGET}× the profile's), so the run stops here — set rounds_must_pay = false to train on.")
 
 
 def warm_config(config, warm: dict | None, absolute: Callable):
@@ -134,3 +174,15 @@ def unpaid_round(feedback: RoundFeedback | dict, history: list[Round], ranking: 
         why = "no signal says more training would help"
     return (f"{UNPAID}{why}; rounds that only add steps or emphasis did not beat one run of "
             "equal steps in bench/loop_value.py), so the run stops here — set rounds_must_pay = false to run them.")
+
+
+def why_no_round_pays(feedback: RoundFeedback | dict, history: list[Round], settings: Settings, budget: int | None,
+                      trained: int, params: dict) -> str:
+    """With ``rounds_must_pay``, why the run stops after the round ``feedback`` scored (it ``trained`` steps):
+    no signal says another round would pay (``unpaid_round``), or the step budget has no checkpoint's worth
+    left (``over_budget``); '' when another round may run."""
+    if not settings.rounds_must_pay:
+        return ""
+    left = steps_left(budget, history, trained)
+    return (unpaid_round(feedback, history, settings.round_ranking)
+            or over_budget(left, int(params.get("checkpoint_every") or 0)))

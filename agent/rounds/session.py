@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from agent.rounds.decision import Decider, Decision, already_trained
 from agent.rounds.documents import Round, feedback_of
 from agent.rounds.knobs import bounds_for, clamp_adjustments, params_text
-from agent.rounds.payoff import run_stopped_because, session_defaults, unpaid_round, warm_config, warm_start_plan
-from agent.rounds.params import (checkpoint_judges, default_params, emphasise, starting_params, train_config,
-                                 training_dataset, validate_inputs)
+from agent.rounds.payoff import (budget_capped, run_stopped_because, step_budget, steps_left, warm_config,
+                                 warm_start_plan, why_no_round_pays)
+from agent.rounds.params import (checkpoint_judges, default_params, emphasise, session_params, starting_params,
+                                 train_config, training_dataset, validate_inputs)
 from agent.rounds.ranking import best_round, stop_reason
 from agent.rounds.recording import SUITE_SCORES, RoundState, TrainedRound, reusable_base_suite, round_record, suite_base_key
 from agent.rounds.records import BASE, LORA, lora_spread, overfitting_signals, training_curve
@@ -82,13 +83,8 @@ class Session:
         for line in character_warnings(settings):
             _emit(self.events.on_warning, line)
 
-        self.default_params = session_defaults(settings, default_params(self.profile))
-        if "trigger_token" in self.default_params:
-            self.default_params["trigger_token"] = settings.trigger_token
-        if "output_name" in self.default_params:  # the LoRA's file: this character's, never another's
-            from tools.character import lora_name
-
-            self.default_params["output_name"] = lora_name(settings.character_name, settings.trigger_token)
+        self.default_params = session_params(settings, self.profile)
+        self.step_budget = step_budget(settings, default_params(self.profile))
         self.bounds = bounds_for(self.default_params, self.profile.is_tiny)
         self.store = RunStore(settings.output_dir, self.profile.describe())
         try:
@@ -199,8 +195,10 @@ class Session:
     # ---------------------------------------------------------------- train
     def round_train_config(self, warm: dict | None = None) -> TrainConfig:
         """The trainer's config for ``self.params``, its checkpoints judged as the round will draw its images;
-        with ``warm`` (``warm_start``) it continues that checkpoint for the steps left of ``params['steps']``."""
+        with ``warm`` (``warm_start``) it continues that checkpoint for the steps left of ``params['steps']``;
+        within what the run's step budget (``payoff.step_budget``) leaves."""
         config = warm_config(train_config(self.profile, self.params), warm, self.store.absolute)
+        config = budget_capped(config, steps_left(self.step_budget, self.store.rounds), self.events.on_notice)
         if not config.validation_prompt:  # checkpoints are judged on the prompt the round will generate with
             config = dataclasses.replace(config, validation_prompt=self.prompt())
         # ... and at its guidance and negative prompt (none on tiny, SDXL's default otherwise)
@@ -499,8 +497,8 @@ class Session:
         # The LLM decider asks again and falls back itself; what still repeats a trained round ends the run.
         applied, _ = clamp_adjustments(self.params, decision.adjustments, self.bounds)
         repeated = already_trained({**self.params, **applied}, self.history(), state.params, state.number)
-        unpaid = unpaid_round(state.feedback, self.history(), self.settings.round_ranking) \
-            if self.settings.rounds_must_pay else ""
+        unpaid = why_no_round_pays(state.feedback, self.history(), self.settings, self.step_budget,
+                                   int((state.train or {}).get("steps") or 0), self.params)
         if unpaid and not decision.stop and repeated is None:
             decision.stop = True
             decision.rationale += " " + unpaid
