@@ -66,6 +66,8 @@ LEVERS = {
     "masked_normalized": {"masked_loss": True, "normalize_masked_loss": True},  # OneTrainer's option
     "prior_weight_0.5": {"prior_preservation": True, "prior_loss_weight": 0.5},
     "prior_8_per_reference": {"prior_preservation": True, "num_class_images": 40},
+    # The first default class prompt: the captions' shared tags without the trigger — the identity traits kept.
+    "prior_traits": {"prior_preservation": True, "class_prompt": "traits"},
 }
 IMAGES = 4  # per prompt
 
@@ -157,8 +159,15 @@ def train(lever, seed, steps, profile, settings, analysis, references, scratch, 
     from tools.training.report import read_loss_log
     from tools.training.trainer import default_train_config, train_lora
 
-    config = default_train_config(profile, LEVERS[lever].get("adapter", "lora")).replace(seed=seed, validation_prompt=settings.test_prompt,
-                                                   **({"steps": steps} if steps else {}), **LEVERS[lever])
+    from tools.training.prior import default_class_prompt, with_class_prompt
+
+    knobs = dict(LEVERS[lever])
+    if knobs.get("class_prompt") == "traits":
+        captions = [caption for _, caption in training_dataset(references, analysis, [], "full")]
+        knobs["class_prompt"] = default_class_prompt(captions, settings.trigger_token)
+    config = default_train_config(profile, knobs.get("adapter", "lora")).replace(
+        seed=seed, validation_prompt=settings.test_prompt, **({"steps": steps} if steps else {}), **knobs)
+    config = with_class_prompt(config, analysis)  # as rounds and `aldar train` do
     config = config.replace(checkpoint_every=max(1, config.steps // 4), lr_warmup_steps=0, validation_images=2)
     from tools.generation.sampling import SamplingSpec
 

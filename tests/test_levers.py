@@ -332,6 +332,26 @@ def test_the_class_prompt_leaves_out_the_trigger_and_name_and_refuses_the_trigge
         quick(profile, prior_preservation=True, class_prompt="a man, aldarkose style").validate()
 
 
+def test_the_default_class_prompt_is_the_references_scene_and_style_without_the_character(profile):
+    """DreamBooth's class ("a dog" for one dog): the analysis' context features, none of its identity traits —
+    class images of the character itself taught the LoRA its traits without the trigger (bleed rose)."""
+    from tools.scoring.analyzer import analyze_references
+    from tools.settings import BUNDLED_REFERENCES, load_settings
+    from tools.training.prior import analysis_class_prompt, with_class_prompt
+
+    settings = load_settings(overrides={"profile": "tiny"}, environ={})
+    analysis = analyze_references(BUNDLED_REFERENCES, profile, settings.taxonomy_path(), "aldarkose", "Aldar Köse",
+                                  None)
+    class_prompt = analysis_class_prompt(analysis)
+    assert set(class_prompt.split(", ")) == {"steppe landscape", "children's book style", "smiling"}
+    assert not {"round face", "narrow eyes", "thin mustache", "orange patterned robe"} & set(class_prompt.split(", "))
+    config = quick(profile, prior_preservation=True)
+    assert with_class_prompt(config, analysis).class_prompt == class_prompt
+    assert with_class_prompt(config.replace(class_prompt="a man"), analysis).class_prompt == "a man"  # the user's
+    assert with_class_prompt(quick(profile), analysis).class_prompt == ""  # no prior preservation: untouched
+    assert with_class_prompt(config, {"trigger_token": "x"}).class_prompt == ""  # no taxonomy: trainer's fallback
+
+
 def test_prior_preservation_draws_the_class_images_once_and_trains_beside_them(profile, references, tmp_path,
                                                                               monkeypatch):
     import tools.generation.local as local

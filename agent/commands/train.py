@@ -96,6 +96,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     from tools.images import list_images, skipped_note
     from tools.models import resolve_profile
     from tools.training.lora_files import latest_checkpoint
+    from tools.training.prior import with_class_prompt
     from tools.training.trainer import train_lora
 
     profile = resolve_profile(settings)
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
                              prompt=_given_prompt(settings))
     # validation images at the guidance and negative prompt `aldar generate` will use
     config = config.judged_as_drawn(SamplingSpec.from_settings(settings))
+    config = with_class_prompt(config, analysis)  # prior preservation: the references' class, from the analysis
     images = list_images(Path(settings.references))
     if skipped := skipped_note(settings.references):
         ui.warn_once(skipped)

@@ -209,6 +209,7 @@ class Session:
     def train(self, adjustments: dict | None = None) -> TrainedRound:
         """Train this round's LoRA with ``self.params`` (after ``adjustments``, clamped)."""
         from tools.training.lora_files import checkpoint_step
+        from tools.training.prior import with_class_prompt
         from tools.training.trainer import train_lora
 
         if adjustments:
@@ -223,7 +224,7 @@ class Session:
         warm = read_json_object(run_dir / WARM_START) if checkpoint else self.warm_start(state.number)
         if warm and not checkpoint:
             atomic_write_json(run_dir / WARM_START, warm)
-        config = self.round_train_config(warm)
+        config = with_class_prompt(self.round_train_config(warm), analysis)  # prior preservation's class
         dataset = training_dataset(self.references, analysis, self.params.get("feature_emphasis") or [],
                                    self.params.get("caption_mode", "full"))
         # Each checkpoint is scored as the round will score the LoRA; the best (checkpoint_judges) becomes its LoRA.

@@ -1,7 +1,10 @@
 """Prior preservation (DreamBooth; kohya's regularisation folder): class images trained on beside the references.
 
-The class images show what the base model draws for the class prompt — the references' description without the
-trigger and name — so that training the trigger does not pull every such picture toward the character (bleed).
+The class images show what the base model draws for the class prompt — by default the references' scene and style
+without the character: no trigger, no name and none of the traits that make the identity (DreamBooth's "a dog" for
+one dog) — so that training the trigger does not pull every character drawn in that scene toward this one (bleed).
+Measured in bench/levers.py (toy world): a class prompt that kept the identity traits (the captions' shared tags,
+the first default) made class images of the character itself, and bleed rose.
 They are drawn by the base model once and cached by (model, prompt, seed, count, sampler), or read from a user's
 regularisation folder (kohya's ``reg`` folder: images with optional same-stem ``.txt`` captions).
 """
@@ -31,8 +34,31 @@ def class_prompt_for(text: str, trigger: str, name: str = "") -> str:
     return ", ".join(tags)
 
 
+def analysis_class_prompt(analysis: dict) -> str:
+    """The class prompt an analysis implies: the key features of its context categories (the references' style,
+    scene, expression), none of the identity's; "a character" where it has none."""
+    from tools.scoring.suite import read_character
+
+    character = read_character(analysis)
+    context = [feature for category in character.context for feature in character.key_features.get(category, [])[:1]]
+    return ", ".join(context) or "a character"
+
+
+def with_class_prompt(config, analysis: dict | None):
+    """``config`` with prior preservation's class prompt taken from ``analysis`` when none is set."""
+    from tools.errors import InputError
+
+    if not getattr(config, "prior_preservation", False) or config.class_prompt or not analysis:
+        return config
+    try:
+        return config.replace(class_prompt=analysis_class_prompt(analysis))
+    except InputError:  # an analysis without a taxonomy: the trainer's fallback (default_class_prompt)
+        return config
+
+
 def default_class_prompt(captions: list[str], trigger: str) -> str:
-    """The tags every caption shares, without the trigger (the trainer alone has no analysis to ask)."""
+    """The tags every caption shares, without the trigger: the trainer's fallback when no analysis set the class
+    prompt (``with_class_prompt``)."""
     common = [tag for tag in caption_tags(captions[0]) if all(tag in caption_tags(c) for c in captions[1:])]
     return class_prompt_for(", ".join(common), trigger) or "a person"
 
