@@ -14,8 +14,9 @@ same references, captions (identity-free aside), seed and steps as plain LoRA; p
   background (tools/scoring/suite.py had not landed on main when this was written).
 - bleed: key-feature match of images for prompts without the trigger ("<background>" alone) minus the base
   model's for the same prompts and seeds — how far the LoRA pulls trigger-free pictures toward the character;
-  bleed_clip: the same images' CLIP similarity to the references minus the base's (the prompt suite's bleed, which
-  the rule policy reads).
+  bleed_clip: the same images' CLIP similarity to the references minus the base's (the prompt suite's measure of
+  bleed, on these prompts); bleed_suite: the same on the prompt suite's no-trigger prompts (other characters of the
+  same kind in a scene, ``tools.scoring.suite.build_suite``) — the bleed the rounds score.
 - speed: median seconds per optimizer step (from loss_log.csv) and its ratio to plain LoRA's in the same seed.
 - validation loss vs quality: whether the checkpoint with the lowest validation loss is the best-scoring one.
 
@@ -68,6 +69,8 @@ LEVERS = {
     "prior_8_per_reference": {"prior_preservation": True, "num_class_images": 40},
     # The first default class prompt: the captions' shared tags without the trigger — the identity traits kept.
     "prior_traits": {"prior_preservation": True, "class_prompt": "traits"},
+    # DreamBooth's bare class noun: whatever character the base draws.
+    "prior_class_noun": {"prior_preservation": True, "class_prompt": "a character"},
 }
 IMAGES = 4  # per prompt
 
@@ -133,6 +136,7 @@ def run(scratch: Path, seeds: list[int], steps: int, levers: list[str]) -> dict:
                                  scratch / f"{lever}-{seed}", seed)
             row["bleed"] = row["trigger_free_features"] - base["trigger_free_features"]
             row["bleed_clip"] = row["trigger_free_clip"] - base["trigger_free_clip"]
+            row["bleed_suite"] = row["suite_clip"] - base["suite_clip"]
             row["seconds_per_step"] = per_step
             row["agree"] = _agree(result)
             row["wall_s"] = time.perf_counter() - started
@@ -186,6 +190,7 @@ def measure_images(lora_path, profile, settings, analysis, encoder, folder: Path
     from tools.generation.sampling import SamplingSpec
     from tools.scoring.analyzer import category_probabilities, text_embeddings
     from tools.scoring.scorer import score_generators
+    from tools.scoring.suite import NO_TRIGGER, build_suite
     from tools.scoring.taxonomy import taxonomy_from_dict
     from tools.world.references import VARIED_BACKGROUNDS
 
@@ -217,7 +222,9 @@ def measure_images(lora_path, profile, settings, analysis, encoder, folder: Path
     read = [taxonomy.categories["background"][int(i)] for i in probabilities.argmax(dim=1)]
     wanted = [bg for bg in VARIED_BACKGROUNDS for _ in range(IMAGES)]
     trigger_free = scores(draw(list(VARIED_BACKGROUNDS), "trigger_free"))
-    return {"features": features(draw([settings.test_prompt], "test")),
+    # The prompt suite's no-trigger prompts (other characters of the same kind, in a scene): its bleed's images.
+    others = [prompt.text for prompt in build_suite(analysis, seed) if prompt.kind == NO_TRIGGER]
+    return {"suite_clip": scores(draw(others, "no_trigger"))["clip"]["mean"],"features": features(draw([settings.test_prompt], "test")),
             "trigger_features": features(draw([trigger], "trigger")),
             "background_follow": sum(r == w for r, w in zip(read, wanted)) / len(wanted),
             "trigger_free_features": trigger_free["features"]["mean"],
@@ -236,7 +243,7 @@ def print_table(figures: dict, seeds: list[int]) -> None:
     base = figures["base"]
     print(f"\nlevers on the toy world (tiny, seeds {' '.join(map(str, seeds))}; mean ± std over seeds)")
     print(f"references: {figures['references']}")
-    columns = ["features", "trigger_features", "background_follow", "bleed", "bleed_clip", "seconds_per_step",
+    columns = ["features", "trigger_features", "background_follow", "bleed", "bleed_clip", "bleed_suite", "seconds_per_step",
                "speed_ratio"]
     print("| lever | " + " | ".join(columns) + " | val. loss vs quality |")
     print("|---" * (len(columns) + 2) + "|")
