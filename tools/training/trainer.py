@@ -33,7 +33,7 @@ from tools.training.data import (bucket_batch, bucket_counts, cached_latent_dist
                                  dataset_dir, dataset_sha256, default_latent_cache_dir, encode_prompts, epochs_for,
                                  load_masks, position_seed, prepare_images, sample_latents, training_caption,
                                  vae_identity)
-from tools.training.edit_check import EditCheck, draw_edit_check
+from tools.training.edit_check import EditCheck, draw_checkpoint_images
 from tools.training.prior import prepared_class_images
 from tools.training.losses import denoising_loss
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
@@ -132,6 +132,7 @@ class _Run:
         self.class_buckets = [image.bucket for image in self.class_images]
         self.accelerator, self.pipe, self.modules = accelerator, pipe, modules
         self.score_checkpoint, self.edit_check, self.edit_check_s = score_checkpoint, edit_check, 0.0
+        self.edit_images: list[list[Path]] = []  # the edit check's images of the latest checkpoint, by prompt
         self.device = accelerator.device
         self.dataset_hash = dataset_sha256(images)
         self.buckets = [image.bucket for image in images]
@@ -457,22 +458,16 @@ class _Run:
         self.scores = [s for s in read_checkpoint_scores(self.run_dir) if s["step"] <= self.step]
 
     def _render_validation(self) -> list[Path]:
-        """This checkpoint's validation images (fixed seeds), also sent to TensorBoard when it is on."""
-        config, paths = self.config, []
+        """This checkpoint's validation images (fixed seeds), also sent to TensorBoard when it is on; the edit
+        check's images are drawn beside them (one batch on tiny) and scored by ``_check_edits``."""
+        config = self.config
         if not config.validation_images:
-            return paths
+            return []
+        check = self.edit_check if self.score_checkpoint is not None else None
         with self._evaluating():
-            for index in range(config.validation_images):
-                seed = config.seed + index
-                image = self.pipe(config.effective_validation_prompt,
-                                  negative_prompt=config.validation_negative_prompt or None,
-                                  height=config.resolution, width=config.resolution,
-                                  num_inference_steps=config.validation_inference_steps,
-                                  guidance_scale=config.effective_validation_guidance_scale,
-                                  generator=torch.Generator().manual_seed(seed)).images[0]
-                path = self.run_dir / "validation" / f"step-{self.step:06d}-seed-{seed}.png"
-                atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
-                paths.append(path)
+            paths, self.edit_images, edit_s = draw_checkpoint_images(
+                self.pipe, config, check, self.run_dir / "validation", self.step, 0 if self.profile.is_tiny else 1)
+        self.edit_check_s += edit_s
         self.validation_paths.extend(paths)
         tracker = next((t for t in self.accelerator.trackers if t.name == "tensorboard"), None)
         if tracker is not None:
@@ -495,10 +490,10 @@ class _Run:
                 module.train()
 
     def _check_edits(self) -> dict[str, float]:
-        """This checkpoint's editability on the edit check's prompts; the seconds spent are counted."""
+        """This checkpoint's editability on the edit check's images (drawn with the validation images); the
+        seconds spent scoring them are counted with their share of the drawing."""
         started = time.perf_counter()
-        with self._evaluating():
-            figures = draw_edit_check(self.pipe, self.config, self.edit_check, self.run_dir / "validation", self.step)
+        figures = {key: float(value) for key, value in self.edit_check(self.edit_images).items()}
         self.edit_check_s += time.perf_counter() - started
         return figures
 
