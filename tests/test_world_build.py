@@ -289,6 +289,46 @@ def test_novel3_trains_the_text_tower_alone_from_hardneg4s_and_holds_the_old_val
     assert all(torch.equal(clip[k], novel3[k].half()) for k in clip)
 
 
+def test_decoder5_trains_the_decoder_alone_on_batches_mixing_the_novel_split_and_exports_only_the_decoder(
+        tmp_path, monkeypatch):
+    """``decoder5`` goes on from decoder4 on vae2's locked encoder with ``share`` of each batch from the novel split
+    (rendered by the stage): the decoder moves, the encoder stays bit for bit, and the export changes the
+    committed VAE's decoder tensors only, so the latents the UNet learnt stay as they are."""
+    from tools.world import WEIGHTS_DIR
+
+    recipe = _steps(replace(MINI, novel_split=(3, 24)), decoder5=2)
+    build = Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
+    seed_from_weights(build)
+    build.checkpoint_path("decoder5").unlink(missing_ok=True)  # the committed weights may already hold it
+    from tools.world import dataset
+
+    drawn, weight_map = [], dataset.head_weight_map
+
+    def head_weight_map(characters, size, weight):  # each step's batch, as the loss weighs it
+        drawn.append(characters)
+        return weight_map(characters, size, weight)
+
+    monkeypatch.setattr(dataset, "head_weight_map", head_weight_map)
+    run_stage(build, "decoder5")
+    assert build.split_path("novel").is_file()
+    novel = {json.dumps(c.as_dict(), sort_keys=True) for c in build.load_split("novel").characters}
+    share = round(recipe.stage("decoder5").batch * recipe.stage("decoder5").share)
+    assert len(drawn) == 2 and all(sum(json.dumps(c.as_dict(), sort_keys=True) in novel for c in batch) == share
+                                   for batch in drawn)
+    before, after = _modules(build, "decoder4")["vae"], _modules(build, "decoder5")["vae"]
+    encoder_keys = [k for k in after if k.startswith(("encoder.", "quant_conv."))]
+    assert all(torch.equal(before[k], after[k]) for k in encoder_keys)
+    assert not all(torch.equal(before[k], after[k]) for k in after if k.startswith("decoder."))
+    assert export(Build(build.cache, recipe, weights=tmp_path / "weights")) == ["clip", "sdxl"]
+    part = "sdxl/vae/diffusion_pytorch_model.safetensors"
+    mine, committed = _tensors(tmp_path / "weights" / part), _tensors(WEIGHTS_DIR / part)
+    assert all(torch.equal(mine[k], committed[k]) for k in mine if not k.startswith(("decoder.", "post_quant_conv.")))
+    assert all(torch.equal(mine[k], after[k].half()) for k in mine)
+    for part in ("sdxl/unet/diffusion_pytorch_model.safetensors", "sdxl/text_encoder_2/model.safetensors",
+                 "clip/model.safetensors"):
+        assert _same(_tensors(tmp_path / "weights" / part), _tensors(WEIGHTS_DIR / part)), part
+
+
 def test_the_stage_graph_is_the_committed_build_log():
     """The stage records (GRAPH) against weights/build_log.json, what built the committed weights: the same
     stages (the tried ones aside), each run to its record's steps, and every stage's inputs built before it."""

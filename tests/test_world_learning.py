@@ -185,29 +185,38 @@ def _pass_rates(results, record, generator: str = "lora") -> dict[str, float]:
     return report["generators"][generator]["feature_pass_rate"]
 
 
+EMPHASIS_SEEDS = (42, 1, 2)  # the seeds the pair was measured at before decoder5 (below)
+
+
 def test_the_rule_policys_emphasis_on_missed_features_raises_their_pass_rate_next_round(tiny_settings):
     """Controlled: round 2 trains with round 1's parameters plus the policy's ``feature_emphasis`` alone
-    (same steps, seeds and prompts otherwise), so what changes is the emphasis."""
+    (same steps, seeds and prompts otherwise), so what changes is the emphasis. Pooled over three seeds."""
     from pathlib import Path
 
     from agent.rounds.policy import RulePolicy
     from agent.rounds.session import Session
 
-    settings = tiny_settings.replace(images_per_prompt=EMPHASIS_IMAGES, target_score=1.0)
-    with Session(settings, quiet=True) as session:
-        policy = RulePolicy(bounds=session.bounds)
-        first = session.run_rounds(1, policy)[0]
-        emphasised = first.decision.adjustments.get("feature_emphasis") or []
-        assert emphasised, first.rationale  # the round missed key features and the policy named them
-        # A fresh LoRA, not round 1's continued (warm_start): the pair differs in the emphasis alone.
-        session.params = {**first.params, "feature_emphasis": emphasised, "warm_start": False}
-        second = session.run_round(policy)
-    results = Path(settings.output_dir)
-    before, after = _pass_rates(results, first), _pass_rates(results, second)
-    rises = {f: (before[f], after[f]) for f in emphasised}
-    # Pooled over the emphasised features: with six images a round, one image moves a feature's rate by a
-    # sixth, and a weak reading flips on it. Measured with the scorer CLIP of the build's novel3 stage (seeds
-    # 42/1/2, this test's controlled pair): the pooled rate rose by 1, 4 and 3 images; at seed 42 no single
-    # feature rose by more than one image (with the CLIP before it, six pairs rose by one to eight images and the
-    # largest single rise was 2-6 images). So the test holds the pooled rise, which every measured pair showed.
-    assert sum(after[f] for f in emphasised) > sum(before[f] for f in emphasised), rises
+    rises, pooled = {}, 0.0
+    for seed in EMPHASIS_SEEDS:
+        settings = tiny_settings.replace(images_per_prompt=EMPHASIS_IMAGES, target_score=1.0, seed=seed,
+                                         output_dir=str(Path(tiny_settings.output_dir) / f"seed{seed}"))
+        with Session(settings, quiet=True) as session:
+            policy = RulePolicy(bounds=session.bounds)
+            first = session.run_rounds(1, policy)[0]
+            emphasised = first.decision.adjustments.get("feature_emphasis") or []
+            assert emphasised, first.rationale  # the round missed key features and the policy named them
+            # A fresh LoRA, not round 1's continued (warm_start): the pair differs in the emphasis alone.
+            session.params = {**first.params, "feature_emphasis": emphasised, "warm_start": False}
+            second = session.run_round(policy)
+        results = Path(settings.output_dir)
+        before, after = _pass_rates(results, first), _pass_rates(results, second)
+        rises[seed] = {f: (before[f], after[f]) for f in emphasised}
+        pooled += sum(after[f] for f in emphasised) - sum(before[f] for f in emphasised)
+    # Pooled over the emphasised features and the seeds: with six images a round, one image moves a feature's
+    # rate by a sixth, and a weak reading flips on it. Measured with the scorer CLIP of the build's novel3 stage
+    # and decoder4's VAE (seeds 42/1/2, this controlled pair): the pooled rate rose by 1, 4 and 3 images; at seed
+    # 42 no single feature rose by more than one image (with the CLIP before it, six pairs rose by one to eight
+    # images and the largest single rise was 2-6 images). With decoder5's VAE (the decoder learnt the novel
+    # values): by -2, 7 and 9 images (seed 3: 4; with decoder4 3). One seed's pair sits on a knife edge (seed 42
+    # rose by one image, then fell by two), so the test holds the rise pooled over the three seeds.
+    assert pooled > 0, rises

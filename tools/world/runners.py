@@ -291,13 +291,20 @@ def run_vae_again(build: Build, stage: Stage) -> None:
 
 
 def run_decoder(build: Build, stage: Stage) -> None:
-    """The VAE's decoder alone on the locked encoder's latents, from the stage ``after``."""
-    _train_vae_from(build, stage, encoder_trains=False)
+    """The VAE's decoder alone on the locked encoder's latents, from the stage ``after``; ``stage.share`` of each
+    batch from the split composed with the novel values (rendered once, as the ``novel`` CLIP stages do)."""
+    novel = None
+    if stage.share:
+        seed, count = build.recipe.novel_split
+        render_split_file(build, "novel", seed, count, novel=True)
+        novel = build.load_split("novel")
+    _train_vae_from(build, stage, encoder_trains=False, novel=novel)
 
 
-def _train_vae_from(build: Build, stage: Stage, encoder_trains: bool) -> None:
+def _train_vae_from(build: Build, stage: Stage, encoder_trains: bool, novel: WorldSplit | None = None) -> None:
     """The VAE of the stage ``after`` trained on (the head weighted up in the pixel loss where ``head_weight``
-    is not 1); the encoder too where ``encoder_trains``, with the tiny KL term that keeps its latents near N(0, σ)."""
+    is not 1); the encoder too where ``encoder_trains``, with the tiny KL term that keeps its latents near N(0, σ).
+    ``novel``: a split with novel values, ``stage.share`` of each batch (the rest from the train split)."""
     from tools.world.dataset import head_weight_map
 
     require_finished(build, stage.after)
@@ -311,16 +318,27 @@ def _train_vae_from(build: Build, stage: Stage, encoder_trains: bool) -> None:
     trainer = Trainer(build, stage, {"vae": vae}, optimizer)
     first_seed = batch_seed(build.recipe, stage)
 
+    def batch(seed: int) -> tuple[list, np.ndarray]:
+        rows_rng = np.random.default_rng(seed)
+        if novel is None:
+            rows = rows_rng.choice(len(split), stage.batch, replace=False)
+            return [split.characters[r] for r in rows], split.pixels[rows]
+        novel_count = round(stage.batch * stage.share)
+        rows = rows_rng.choice(len(split), stage.batch - novel_count, replace=False)
+        novel_rows = rows_rng.choice(len(novel), novel_count, replace=False)
+        return ([split.characters[r] for r in rows] + [novel.characters[r] for r in novel_rows],
+                np.concatenate([split.pixels[rows], novel.pixels[novel_rows]]))
+
     def step(index: int) -> torch.Tensor:
         seed = first_seed + index
-        rows = np.random.default_rng(seed).choice(len(split), stage.batch, replace=False)
-        x = to_unit_range(split.pixels[rows])
+        characters, pixels = batch(seed)
+        x = to_unit_range(pixels)
         with torch.set_grad_enabled(encoder_trains):
             posterior = vae.encode(x).latent_dist
             latents = posterior.sample(generator=torch.Generator().manual_seed(seed))
         recon = vae.decode(latents).sample
         weight = (None if stage.head_weight == 1.0 else
-                  head_weight_map([split.characters[r] for r in rows], RESOLUTION, stage.head_weight))
+                  head_weight_map(characters, RESOLUTION, stage.head_weight))
         loss = pixel_loss(recon, x, weight)
         return loss + 1e-6 * posterior.kl().mean() if encoder_trains else loss
 
