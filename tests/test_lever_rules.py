@@ -46,7 +46,7 @@ def test_bleed_switches_prior_preservation_on_only_where_it_was_measured_to_help
         assert "switch on prior preservation, measured to help: bleed 0.020 ± 0.010 with it" in decision.rationale
     else:
         assert "prior_preservation" not in decision.adjustments
-        assert "prior preservation stays off, as measured it did not help: bleed 0.044" in decision.rationale
+        assert "prior preservation stays off, as measured it did not help beyond the seeds' spread: bleed 0.044" in decision.rationale
     assert "masked" not in decision.rationale  # the background was followed
 
 
