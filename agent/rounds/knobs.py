@@ -72,8 +72,7 @@ KNOBS: tuple[Knob, ...] = (
          unshown=(1.0,)),
     Knob("caption_mode", str, (0, 1), "Captions: full (every trait) or identity-free (only what varies; the "
          "identity is left to the trigger).", choices=("full", "identity-free"), unshown=("full",)),
-    Knob("adapter", str, (0, 1), "Adapter kind: lora, lokr or loha (same rank/alpha; set learning_rate along: "
-         "on tiny LoKr's default is 1e-2, twice LoRA's).",
+    Knob("adapter", str, (0, 1), "Adapter kind: lora, lokr or loha (same rank, alpha and learning rate).",
          choices=("lora", "lokr", "loha"), unshown=("lora",)),
 )
 BY_NAME: dict[str, Knob] = {knob.name: knob for knob in KNOBS}
