@@ -27,60 +27,56 @@ too; later rounds reuse it (same prompts, seeds and models).
 Every figure is measured inside the toy world: it says what the scores see of the toy LoRA, nothing about real
 SDXL. Runs are deterministic per seed (one torch thread).
 
-Measured (toy world, tiny, 3 rounds, seeds 42/1/2; each character and seed its own process on 2 cores shared
-with other jobs, merged with ``--tables-from``): the rounds at commit 393c910, their best round re-derived after
-62828a9 (bleed <= 0 is none: Aldar seed 2's best became round 2); the overtrained LoRAs with 0 validation images:
+Measured (toy world, tiny, up to 3 rounds with the defaults — rounds_must_pay on — seeds 42/1/2, one process
+beside another bench, at cc24b45: decoder5's VAE; README "Autonomous rounds" reads it):
 
     aldar_kose
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.655  0.655    1  +0.219  0.628  0.833  1.000  0.833  -0.005  1.88, 0.86, 1.25
-         1  0.620  0.644    3  +0.188  0.653  0.708  0.958  0.739  -0.055  1.86, 0.92, 0.93
-         2  0.469  0.599    2  +0.188  0.628  0.958  0.958  1.000  +0.037  1.91, 1.19, 1.40
-      mean ± spread: quality r1 0.582 ± 0.081, best 0.633 ± 0.024; identity 0.636 ± 0.012; editability 0.833 ± 0.102 (base 0.972 ± 0.020); bleed -0.008 ± 0.038; lead f 0.198 ± 0.015
-      target lead_features ≥ 0.25: MISSED, met on 0/3 seeds (0.219, 0.188, 0.188)
-      target identity ≥ 0.6: MET, met on 3/3 seeds (0.628, 0.653, 0.628)
-      target editability_vs_base ≥ 0.85: MISSED, met on 1/3 seeds (0.833, 0.739, 1.000)
-      target bleed ≤ 0.05: MET, met on 3/3 seeds (-0.005, -0.055, 0.037)
-      suite generation / round generation: max 1.91 (round 1, base suite drawn), later rounds 1.091 ± 0.201; target ≤ 1.6; of which the checkpoints' edit check 0.425 ± 0.154
+        42  0.645  0.645    1  +0.312  0.531  0.958  0.958  1.000  -0.050  2.04
+         1  0.618  0.618    1  +0.234  0.594  0.542  1.000  0.542  -0.028  1.86
+         2  0.507  0.507    1  +0.031  0.634  1.000  1.000  1.000  -0.055  2.07, 1.30, 1.25
+      mean ± spread: quality r1 0.590 ± 0.060, best 0.590 ± 0.060; identity 0.586 ± 0.042; editability 0.833 ± 0.207 (base 0.986 ± 0.020); bleed -0.044 ± 0.012; lead f 0.193 ± 0.119
+      target lead_features ≥ 0.25: MISSED, met on 1/3 seeds (0.312, 0.234, 0.031)
+      target identity ≥ 0.6: MISSED, met on 1/3 seeds (0.531, 0.594, 0.634)
+      target editability_vs_base ≥ 0.85: MISSED, met on 2/3 seeds (1.000, 0.542, 1.000)
+      target bleed ≤ 0.05: MET, met on 3/3 seeds (-0.050, -0.028, -0.055)
+      suite generation / round generation: max 2.07 (round 1, base suite drawn), later rounds 1.274 ± 0.028; target ≤ 1.6; of which the checkpoints' edit check 0.407 ± 0.036
+
     zorabek
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.277  0.284    2  -0.031  0.144  0.250  0.000      —  +0.011  1.86, 1.12, 1.53
-         1  0.293  0.279    2  +0.000  0.109  0.292  0.000      —  +0.017  1.83, 1.15, 1.61
-         2  0.307  0.307    1  +0.062  0.159  0.292  0.333  0.875  +0.007  1.98, 1.18, 1.53
-      mean ± spread: quality r1 0.292 ± 0.013, best 0.290 ± 0.012; identity 0.137 ± 0.021; editability 0.278 ± 0.020 (base 0.111 ± 0.157); bleed 0.012 ± 0.004; lead f 0.010 ± 0.039
-      target lead_features ≥ 0.25: MISSED, met on 0/3 seeds (-0.031, 0.000, 0.062)
-      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.144, 0.109, 0.159)
-      target editability_vs_base ≥ 0.85: MISSED, met on 1/3 seeds (—, —, 0.875)
-      target bleed ≤ 0.05: MET, met on 3/3 seeds (0.011, 0.017, 0.007)
-      suite generation / round generation: max 1.98 (round 1, base suite drawn), later rounds 1.356 ± 0.206; target ≤ 1.6; of which the checkpoints' edit check 0.561 ± 0.147
+        42  0.344  0.344    1  +0.016  0.193  0.000  0.000      —  +0.023  1.91, 1.35, 1.22
+         1  0.516  0.516    1  +0.234  0.384  0.042  0.000      —  +0.104  1.87, 1.54
+         2  0.390  0.390    1  +0.141  0.308  0.167  0.333  0.500  +0.076  2.09, 1.22, 1.08
+      mean ± spread: quality r1 0.417 ± 0.073, best 0.417 ± 0.073; identity 0.295 ± 0.078; editability 0.069 ± 0.071 (base 0.111 ± 0.157); bleed 0.067 ± 0.034; lead f 0.130 ± 0.090
+      target lead_features ≥ 0.25: MISSED, met on 0/3 seeds (0.016, 0.234, 0.141)
+      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.193, 0.384, 0.308)
+      target editability_vs_base ≥ 0.85: MISSED, met on 0/3 seeds (—, —, 0.500)
+      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.023, 0.104, 0.076)
+      suite generation / round generation: max 2.09 (round 1, base suite drawn), later rounds 1.281 ± 0.154; target ≤ 1.6; of which the checkpoints' edit check 0.456 ± 0.143
+
     composed (face=long narrow,headwear=horned helmet,robe=striped yellow robe,beard=goatee,glasses=round glasses,style=3D render,background=forest)
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.480  0.480    1  +0.234  0.425  0.458  0.333  1.375  +0.128  1.90, 1.24, 1.41
-         1  0.513  0.442    2  +0.234  0.366  0.542  0.333  1.625  -0.033  1.91, 1.26, 1.55
-         2  0.516  0.516    1  +0.281  0.480  0.042  0.000      —  +0.065  1.88, 1.17, 1.28
-      mean ± spread: quality r1 0.503 ± 0.017, best 0.479 ± 0.030; identity 0.424 ± 0.047; editability 0.347 ± 0.219 (base 0.222 ± 0.157); bleed 0.053 ± 0.066; lead f 0.250 ± 0.022
-      target lead_features ≥ 0.25: MISSED, met on 1/3 seeds (0.234, 0.234, 0.281)
-      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.425, 0.366, 0.480)
-      target editability_vs_base ≥ 0.85: MISSED, met on 2/3 seeds (1.375, 1.625, —)
-      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.128, -0.033, 0.065)
-      suite generation / round generation: max 1.91 (round 1, base suite drawn), later rounds 1.318 ± 0.124; target ≤ 1.6; of which the checkpoints' edit check 0.582 ± 0.089
-    aldar_kose: overtrained (lr x5, steps x3, last step) against the default LoRA (round 1)
-        42: editability 0.833 → 0.208, bleed -0.005 → -0.112, identity 0.628 → 0.068  NOT seen
-         1: editability 0.542 → 0.583, bleed -0.024 → -0.149, identity 0.609 → 0.025  NOT seen
-         2: editability 0.958 → 0.417, bleed -0.044 → -0.197, identity 0.645 → 0.000  NOT seen
-      the scores see the overfitting on 0/3 seeds (target: every seed)
-    aldar_kose: overtrained (steps x3, last step) against the default LoRA (round 1)
-        42: editability 0.833 → 0.042, bleed -0.005 → +0.118, identity 0.628 → 0.464  seen
-         1: editability 0.542 → 0.042, bleed -0.024 → +0.029, identity 0.609 → 0.403  seen
-         2: editability 0.958 → 0.542, bleed -0.044 → +0.055, identity 0.645 → 0.381  seen
-      the scores see the overfitting on 3/3 seeds (target: every seed)
+        42  0.594  0.499    2  +0.250  0.297  0.500  0.333  1.500  +0.182  1.93, 1.43
+         1  0.450  0.450    1  +0.172  0.397  0.458  0.333  1.375  +0.008  2.27, 1.65, 0.81
+         2  0.555  0.581    2  +0.375  0.644  0.250  0.000      —  +0.277  1.95, 1.39, 1.13
+      mean ± spread: quality r1 0.533 ± 0.061, best 0.510 ± 0.054; identity 0.446 ± 0.145; editability 0.403 ± 0.109 (base 0.222 ± 0.157); bleed 0.156 ± 0.112; lead f 0.266 ± 0.084
+      target lead_features ≥ 0.25: MISSED, met on 2/3 seeds (0.250, 0.172, 0.375)
+      target identity ≥ 0.6: MISSED, met on 1/3 seeds (0.297, 0.397, 0.644)
+      target editability_vs_base ≥ 0.85: MISSED, met on 2/3 seeds (1.500, 1.375, —)
+      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.182, 0.008, 0.277)
+      suite generation / round generation: max 2.27 (round 1, base suite drawn), later rounds 1.279 ± 0.289; target ≤ 1.6; of which the checkpoints' edit check 0.446 ± 0.196
 
-- Aldar misses the key-feature lead (the LoRA draws smiling, the skullcap and the mustache less often than the
-  base) and, on 2 of 3 seeds, editability: it keeps the references' children's-book look when another style is
-  asked (photograph 5/8, cartoon 1/8; the base 7-8/8); backgrounds are followed.
-- King Zorabek is limited by the toy VAE, which never saw the novel values: ``bench/novel_vae.py``.
-- Suite / round generation time: 1.39 in round 1 and 0.72 later, plus the checkpoints' edit check (0.50 and 0.53):
-  1.89 and 1.26 in all (target 1.6: missed in every round 1).
+    aldar_kose: overtrained (lr x5, steps x3, last step) against the default LoRA (round 1)
+        42: editability 0.958 → 0.208, bleed -0.050 → -0.105, identity 0.531 → 0.080  NOT seen
+         1: editability 0.542 → 0.583, bleed -0.028 → -0.128, identity 0.594 → 0.026  NOT seen
+         2: editability 1.000 → 0.375, bleed -0.055 → -0.219, identity 0.634 → 0.000  NOT seen
+      the scores see the overfitting on 0/3 seeds (target: every seed)
+
+    aldar_kose: overtrained (steps x3, last step) against the default LoRA (round 1)
+        42: editability 0.958 → 0.000, bleed -0.050 → +0.114, identity 0.531 → 0.437  seen
+         1: editability 0.542 → 0.083, bleed -0.028 → -0.031, identity 0.594 → 0.415  NOT seen
+         2: editability 1.000 → 0.458, bleed -0.055 → +0.014, identity 0.634 → 0.396  seen
+      the scores see the overfitting on 2/3 seeds (target: every seed)
 """
 
 from __future__ import annotations
