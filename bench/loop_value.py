@@ -132,6 +132,39 @@ def run_scenario(scenario: str, character: str, seed: int, rounds: int, loop_ste
     return summarise(records, cpu_s, wall_s)
 
 
+# Held-out seeds: a best checkpoint is picked on four validation images that are also half of the round's eight
+# scored ones, and a run with more checkpoints picks the luckiest of more noisy draws. So each scenario's chosen
+# LoRA is also drawn on eight images of seeds no checkpoint or round ever drew, and scored there.
+HELDOUT_SEED_OFFSET, HELDOUT_IMAGES = 1000, 8
+
+
+def heldout_quality(character: str, seed: int, scenario: str, work: Path) -> float | None:
+    """The quality of the scenario's best LoRA (its best round's prompt and lora_scale) on held-out seeds; None
+    when its results folder is gone."""
+    from tools.generation.local import generate_local
+    from tools.generation.sampling import SamplingSpec
+    from tools.models import resolve_profile
+    from tools.scoring.scorer import score_generators
+
+    folder = work / f"{character}_{seed}_{scenario}"
+    lora = folder / "best_lora" / "pytorch_lora_weights.safetensors"
+    if not lora.is_file():
+        return None
+    history = json.loads((folder / "training_history.json").read_text())
+    best = next(r for r in history["rounds"] if r["round"] == history["best_round"])
+    settings = load_settings(overrides={"profile": "tiny", "seed": seed, **character_overrides(character)}, environ={})
+    profile = resolve_profile(settings)
+    sampling = SamplingSpec.from_settings(settings)
+    spec = SamplingSpec(steps=sampling.steps, guidance=sampling.guidance, negative_prompt=sampling.negative_prompt,
+                        images_per_prompt=HELDOUT_IMAGES, seed=seed + HELDOUT_SEED_OFFSET)
+    images = generate_local(profile, best["prompts"][:1], folder / "heldout", spec, lora_path=lora,
+                            lora_scale=float(best["params"].get("lora_scale", 1.0)), name="heldout", quiet=True)
+    analysis = json.loads((folder / "analysis.json").read_text())
+    report = score_generators({"lora": [image.path for image in images]}, Path(settings.references), profile,
+                              analysis, settings.metric_weights)
+    return round(report["generators"]["lora"]["quality"]["mean"], 4)
+
+
 def summarise(records: list[Round], cpu_s: float, wall_s: float) -> dict:
     """Best round, total steps and steps to likeness from a run's rounds (as the store typed them)."""
     best = max(records, key=lambda r: r.lora_score if r.lora_score is not None else -1.0)
@@ -176,12 +209,13 @@ def likeness_text(value: int | None) -> str:
 def print_table(results: dict) -> None:
     for character, by_seed in results.items():
         print(f"\n{character} (toy world, tiny: these figures hold inside the toy world only)")
-        print(f"  {'seed':>4s} {'scenario':15s} {'best q':>7s} {'round':>5s} {'lead f':>7s} {'steps':>6s} "
+        print(f"  {'seed':>4s} {'scenario':15s} {'best q':>7s} {'held-out':>8s} {'round':>5s} {'lead f':>7s} {'steps':>6s} "
               f"{'to likeness':>11s} {'cpu s':>7s} {'ident':>6s} {'edit':>5s} {'bleed':>6s}  qualities per round")
         for seed, scenarios in by_seed.items():
             for name in [n for n in SCENARIOS if n in scenarios]:
                 row = scenarios[name]
-                print(f"  {seed:>4} {name:15s} {row['best_quality']:7.3f} {row['best_round']:5d} "
+                print(f"  {seed:>4} {name:15s} {row['best_quality']:7.3f} {figure(row.get('heldout_quality')):>8s} "
+                      f"{row['best_round']:5d} "
                       f"{row['lead_features']:+7.3f} {row['optimizer_steps']:6d} "
                       f"{likeness_text(row['steps_to_likeness']):>11s} {row['cpu_s']:7.1f} "
                       f"{figure(row.get('identity')):>6s} {figure(row.get('editability')):>5s} "
@@ -191,7 +225,9 @@ def print_table(results: dict) -> None:
         for name in [n for n in SCENARIOS if all(n in s for s in by_seed.values())]:
             rows = [scenarios[name] for scenarios in by_seed.values()]
             reached = [r["steps_to_likeness"] for r in rows if r["steps_to_likeness"] is not None]
+            heldout = [r["heldout_quality"] for r in rows if r.get("heldout_quality") is not None]
             print(f"    {name:15s} best q {mean_spread([r['best_quality'] for r in rows])}   "
+                  + (f"held-out q {mean_spread(heldout)}   " if len(heldout) == len(rows) else "") +
                   f"lead f {mean_spread([r['lead_features'] for r in rows])}   "
                   f"steps {mean_spread([float(r['optimizer_steps']) for r in rows])}   "
                   f"to likeness {mean_spread([float(v) for v in reached])} ({len(reached)}/{len(rows)} reached)   "
@@ -237,6 +273,14 @@ def verdict(rows: list[dict]) -> str:
         gain = [s["must_pay"]["best_quality"] - s["single_equal"]["best_quality"] for s in rows]
         lines.append(f"  must_pay (one longer round, more only where they pay) − single_equal: {mean_spread(gain)} at "
                      f"{statistics.fmean(s['must_pay']['optimizer_steps'] for s in rows):.0f} steps")
+    if all(s[n].get("heldout_quality") is not None for s in rows for n in ("loop", "single_equal")):
+        held = [s["loop"]["heldout_quality"] - s["single_equal"]["heldout_quality"] for s in rows]
+        lines.append(f"  on held-out seeds (the chosen LoRAs drawn anew, {HELDOUT_IMAGES} images): loop − single_equal "
+                     f"{mean_spread(held)} (per seed: {', '.join(f'{v:+.3f}' for v in held)})")
+        if all("must_pay" in s and s["must_pay"].get("heldout_quality") is not None for s in rows):
+            paid = [s["must_pay"]["heldout_quality"] - s["single_equal"]["heldout_quality"] for s in rows]
+            lines.append(f"  on held-out seeds: must_pay − single_equal {mean_spread(paid)} (per seed: "
+                         f"{', '.join(f'{v:+.3f}' for v in paid)})")
     if statistics.fmean(lead) < 0.03:  # issue 25's fallback, as the product applies it
         lines.append("  the loop does not beat one run of equal steps by +0.03, so the default is one longer round "
                      "with its best checkpoint kept and further rounds only where they pay (rounds_must_pay = true)")
@@ -273,8 +317,10 @@ def main() -> int:
                 if name not in row:
                     steps = row["loop"]["optimizer_steps"] if name == "single_equal" else None
                     row[name] = run_scenario(name, character, seed, args.rounds, steps, work)
-                    if args.json:  # written after every scenario: a long bench keeps what it measured
-                        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(stored, indent=2)))
+                if row[name].get("heldout_quality") is None:
+                    row[name]["heldout_quality"] = heldout_quality(character, seed, name, work)
+                if args.json:  # written after every scenario: a long bench keeps what it measured
+                    atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(stored, indent=2)))
             results.setdefault(character, {})[seed] = {name: row[name] for name in wanted}
             print(f"{character} seed {seed}: " + ", ".join(
                 f"{name} {row[name]['best_quality']:.3f} ({row[name]['optimizer_steps']} steps)" for name in wanted),

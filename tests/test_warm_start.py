@@ -168,6 +168,7 @@ def test_rounds_must_pay_trains_one_longer_round_and_another_only_where_it_pays(
     paying = tiny_settings.replace(rounds_must_pay=True)
     defaults = default_params(profile)
     assert session_defaults(paying, defaults)["steps"] == LONG_ROUND * defaults["steps"]
+    assert session_defaults(paying, defaults)["plateau_checkpoints"] == 0  # every step of the longer round
     assert session_defaults(tiny_settings, defaults)["steps"] == defaults["steps"]  # rounds_must_pay off
     assert planned_params(paying)["steps"] == LONG_ROUND * defaults["steps"]
     assert defaults["plateau_checkpoints"] == 3 and defaults["warm_start"] is True
@@ -266,7 +267,7 @@ def test_by_default_the_first_round_is_the_longer_one(tiny_settings):
     with Session(settings, quiet=True) as session:
         profile_steps = default_params(session.profile)["steps"]
         assert session.params["steps"] == LONG_ROUND * profile_steps == 400  # tiny: 200 steps, twice
-        assert session.params["plateau_checkpoints"] == 3  # ... stopped at a plateau, best checkpoint kept
+        assert session.params["plateau_checkpoints"] == 0  # ... every step trained, best checkpoint kept
         assert session.bounds["steps"][1] >= session.params["steps"]  # the tiny step cap does not shorten it
     assert planned_params(settings)["steps"] == LONG_ROUND * profile_steps
     with Session(tiny_settings, quiet=True) as session:  # rounds_must_pay = false: the profile's steps
