@@ -63,6 +63,15 @@ Tried and measured (record each change to the loop with its figures here):
   (Aldar; 0.632 vs 0.617) and -0.014 ± 0.036 (Zorabek; 0.301 vs 0.315): +0.03 MISSED, so issue 25's fallback
   is the default (rounds_must_pay = true): must_pay 0.628 ± 0.022 at 468 ± 69 steps (Aldar) and 0.314 ± 0.012 at
   613 ± 75 (Zorabek, 3.07× the defaults' steps: above the 3× bound).
+- fourth session, decoder5's VAE (Zorabek's crown and glasses now survive the VAE), must_pay held to 3× the
+  defaults' steps (payoff.STEP_BUDGET), Aldar and Zorabek seeds 42/1/2/3, and each chosen LoRA also drawn on
+  eight held-out seeds (a checkpoint is picked on four images that are half the round's score; a longer run picks
+  the luckiest of more checkpoints): Aldar loop − equal steps +0.037 ± 0.047 on the rounds' scores (met; seed 2's
+  +0.115 is the checkpoint guard keeping an early, more editable checkpoint in the single run), +0.014 ± 0.024
+  held-out; Zorabek −0.054 ± 0.084, −0.158 ± 0.076 held-out (one plain run keeps improving to step 600). must_pay
+  with the plateau stop: held-out Aldar 0.608 (= one run), Zorabek 0.406 (one run 0.599): the stop ended his
+  round 1 at 160-280 of 400 steps on validation scores that jump ±0.1-0.2 between checkpoints; without it (kept:
+  the longer round trains every step) Zorabek 0.491 ± 0.093, Aldar 0.608. README "Does the loop pay?" has the table.
 """
 
 from __future__ import annotations
