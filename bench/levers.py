@@ -81,6 +81,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=0, help="training steps (0 = the tiny profile's default)")
     parser.add_argument("--levers", nargs="+", default=list(LEVERS)[:6], choices=list(LEVERS),
                         help="default: the six levers of the table (the variants on request)")
+    parser.add_argument("--backgrounds", choices=("varied", "bundled"), default="varied",
+                        help="the references on the world's five backgrounds (default), or as bundled (all but one on "
+                             "the steppe: a background an overtrained LoRA can copy)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--combine", type=Path, nargs="+", help="print one table from the --json files of runs "
                         "with other seeds (e.g. one process per seed), instead of running")
@@ -91,27 +94,30 @@ def main() -> int:
         return 0
     import torch
 
+    from tools.world.references import VARIED_BACKGROUNDS
+
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="aldar-levers-") as scratch:
         os.environ["ALDAR_CACHE"] = str(Path(scratch) / "cache")
-        figures = run(Path(scratch), args.seeds, args.steps, ["lora"] + [x for x in args.levers if x != "lora"])
+        figures = run(Path(scratch), args.seeds, args.steps, ["lora"] + [x for x in args.levers if x != "lora"],
+                      VARIED_BACKGROUNDS if args.backgrounds == "varied" else None)
     print_table(figures, args.seeds)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 
-def run(scratch: Path, seeds: list[int], steps: int, levers: list[str]) -> dict:
+def run(scratch: Path, seeds: list[int], steps: int, levers: list[str], backgrounds=None) -> dict:
     from agent.rounds.params import training_dataset
     from tools.models import load_clip, resolve_profile
     from tools.scoring.analyzer import analyze_references
     from tools.scoring.scorer import checkpoint_scorer
     from tools.settings import load_settings
     from tools.world.attributes import ALDAR, BUNDLED_REFERENCES
-    from tools.world.references import VARIED_BACKGROUNDS, write_references
+    from tools.world.references import write_references
 
     references = scratch / "references"
-    write_references(references, "aldar", BUNDLED_REFERENCES, lambda rng: ALDAR, 5, 0, VARIED_BACKGROUNDS)
+    write_references(references, "aldar", BUNDLED_REFERENCES, lambda rng: ALDAR, 5, 0, backgrounds)
     settings = load_settings(overrides={"profile": "tiny", "device": "cpu", "references": str(references),
                                         "output_dir": str(scratch / "results")}, environ={})
     profile = resolve_profile(settings)
@@ -122,7 +128,8 @@ def run(scratch: Path, seeds: list[int], steps: int, levers: list[str]) -> dict:
 
     # The rounds' test prompt: the setting, else the trigger and the analysis' key features (as Session does).
     settings = settings.replace(test_prompt=settings.test_prompt or prompt_from_analysis(analysis))
-    figures: dict = {"levers": {}, "references": "aldar x5 on " + ", ".join(VARIED_BACKGROUNDS),
+    figures: dict = {"levers": {}, "references": "aldar x5 on " + (", ".join(backgrounds) if backgrounds else
+                                                                  "the bundled backgrounds"),
                      "key_features": analysis["key_features"]}
     for seed in seeds:
         base = measure_images(None, profile, settings, analysis, encoder, scratch / f"base-{seed}", seed)
