@@ -15,6 +15,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from tools.errors import InputError
 from tools.images import list_images
 from tools.paths import aldar_cache
 from tools.training.data import caption_tags, prepare_images
@@ -46,9 +47,7 @@ def analysis_class_prompt(analysis: dict) -> str:
 
 def with_class_prompt(config, analysis: dict | None):
     """``config`` with prior preservation's class prompt taken from ``analysis`` when none is set."""
-    from tools.errors import InputError
-
-    if not getattr(config, "prior_preservation", False) or config.class_prompt or not analysis:
+    if not config.prior_preservation or config.class_prompt or not analysis:
         return config
     try:
         return config.replace(class_prompt=analysis_class_prompt(analysis))
