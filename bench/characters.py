@@ -178,7 +178,7 @@ def figures(record: Round) -> dict:
 def overtrained(run: dict, seed: int, lr_factor: float, steps_factor: int) -> dict:
     """``aldar train`` at ``lr_factor`` × the learning rate and ``steps_factor`` × the steps of the defaults (the
     last step kept), then its suite drawn and scored beside the default LoRA's (the loop's round 1)."""
-    from tools.generation.local import generate_local
+    from tools.generation.local import generate_local, suite_batch_size
     from tools.generation.sampling import SamplingSpec
     from tools.models import resolve_profile
     from tools.scoring.suite import SuitePrompt, score_suite
@@ -203,7 +203,7 @@ def overtrained(run: dict, seed: int, lr_factor: float, steps_factor: int) -> di
     sampling = SamplingSpec.from_settings(settings)
     made = generate_local(profile, [p.text for p in suite], run_dir / "suite", sampling,
                           lora_path=run_dir / "pytorch_lora_weights.safetensors", name="lora", quiet=True,
-                          batch_size=sampling.images_per_prompt)
+                          batch_size=suite_batch_size(profile, len(suite), sampling.images_per_prompt))
     per = sampling.images_per_prompt
     root = Path(run["results"])
     images = {"lora": [[img.path for img in made[i * per:(i + 1) * per]] for i in range(len(suite))],

@@ -75,6 +75,27 @@ def test_same_seed_gives_identical_pixels_and_image_i_uses_seed_plus_i(tiny_prof
     assert not list((tmp_path / "a").glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_a_batch_spanning_prompts_keeps_each_images_prompt_seed_and_name(tiny_profile, tmp_path):
+    """The prompt suite on tiny is drawn in one batch across its prompts (``suite_batch_size``): image ``i`` of
+    prompt ``p`` still has its own prompt, seed ``seed + i`` and file name, and the pixels of the per-prompt batch
+    (the same noise; only batched kernels' last bits may differ)."""
+    from tools.generation.local import suite_batch_size
+
+    two = SamplingSpec(steps=3, images_per_prompt=2, seed=7)
+    prompts = [PROMPT, "aldarkose, in a forest"]
+    assert suite_batch_size(tiny_profile, len(prompts), 2) == 4
+    spanning = generate_local(tiny_profile, prompts, tmp_path / "all", two, lora_path=None, name="base", quiet=True,
+                              batch_size=4)
+    per_prompt = generate_local(tiny_profile, prompts, tmp_path / "each", two, lora_path=None, name="base",
+                                quiet=True, batch_size=2)
+    assert [(g.prompt, g.seed, g.path.name) for g in spanning] == [
+        (PROMPT, 7, "base_p00_00_s7.png"), (PROMPT, 8, "base_p00_01_s8.png"),
+        (prompts[1], 7, "base_p01_00_s7.png"), (prompts[1], 8, "base_p01_01_s8.png")]
+    for one, other in zip(spanning, per_prompt):
+        assert np.abs(pixels(one.path) - pixels(other.path)).max() <= 2
+    assert not np.array_equal(pixels(spanning[0].path), pixels(spanning[2].path))  # the prompt reached its image
+
+
 def test_png_parameters_round_trip(tiny_profile, tmp_path, loras):
     sampling = SamplingSpec(steps=3, seed=3, guidance=5.5, negative_prompt="blurry, photo")
     [image] = generate_local(tiny_profile, [PROMPT], tmp_path, sampling, lora_path=loras[0], lora_scale=0.8,

@@ -359,11 +359,12 @@ class Session:
     def _draw(self, state: RoundState, prompts: list[str], providers: list, sampling, stage: str,
               drawn: dict[str, list[list[Path]]], base_prompts: list[str] | None = None) -> dict[str, list[list[Path]]]:
         """The base, the LoRA and each provider on ``prompts`` (those not in ``drawn`` already): generator →
-        images per prompt, image ``i`` of every prompt at seed + i. The suite's prompts are denoised a prompt
-        at a time (``batch_size``); the own prompt one image at a time, as every figure so far was measured.
+        images per prompt, image ``i`` of every prompt at seed + i. The suite's images are denoised in batches of
+        ``suite_batch_size`` (on tiny the whole suite at once); the own prompt one image at a time, as every figure
+        so far was measured.
         A failing provider sits out (said once, in ``state.skipped``). The base draws ``base_prompts`` where given
         (the own prompt without the emphasis phrases), one for one with ``prompts``."""
-        from tools.generation.local import generate_local
+        from tools.generation.local import generate_local, suite_batch_size
         from tools.providers import generate_with_provider
 
         suite = stage == "generate_suite"
@@ -376,7 +377,8 @@ class Session:
             texts = base_prompts if name == BASE and base_prompts else prompts
             made = generate_local(self.profile, texts, folder(state.number, name), sampling, lora_path=lora,
                                   lora_scale=float(self.params.get("lora_scale", 1.0)), name=name, quiet=self.quiet,
-                                  batch_size=sampling.images_per_prompt if suite else 1)
+                                  batch_size=suite_batch_size(self.profile, len(texts), sampling.images_per_prompt)
+                                  if suite else 1)
             self._compute(stage, started)
             per = sampling.images_per_prompt  # in prompt order, per images each
             drawn[name] = [[image.path for image in made[i * per:(i + 1) * per]] for i in range(len(prompts))]

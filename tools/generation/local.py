@@ -214,10 +214,11 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sam
                    file_stamp: str | None = None, batch_size: int = 1) -> list[GeneratedImage]:
     """Generate ``sampling.images_per_prompt`` images for each prompt with the base model and (optionally) a LoRA.
 
-    ``batch_size`` images of a prompt are denoised together (each from its own seeded generator, so image ``i``
-    starts from the same noise): on tiny, 8 at once took 3.4 s against 11.2 s one by one. A batch's images can
-    differ from the one-by-one ones in the last bits (batched kernels), so each caller keeps one batch size:
-    the rounds' own prompt 1 (the figures measured so far), the prompt suite all of a prompt's images at once.
+    ``batch_size`` images are denoised together, in prompt order (a batch may span prompts; each image from its own
+    seeded generator, so image ``i`` of a prompt starts from the same noise whatever the batch): on tiny, 8 at once
+    took 3.4 s against 11.2 s one by one, and 40 at once 0.145 s an image against 8 at once 0.19 s. A batch's images
+    can differ from the one-by-one ones in the last bits (batched kernels), so each caller keeps one batch size:
+    the rounds' own prompt 1 (the figures measured so far), the prompt suite ``suite_batch_size``'s.
 
     ``lora_path=None`` is the base model as a contestant (name it "base"). Image ``i`` of
     each prompt uses seed ``sampling.seed + i``. Files: ``out_dir/<name>_p<prompt>_<i>_s<seed>.png`` — a round's
@@ -246,30 +247,38 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sam
 
                 pipe.scheduler = LCMScheduler.from_config(standard_scheduler.config)
             sampler = _SAMPLER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
-            total = len(prompts) * drawn.images_per_prompt
-            with progress_bar(f"generating {name}", total, quiet) as advance:
-                for p_index, prompt in enumerate(prompts):
-                    for first in range(0, drawn.images_per_prompt, batch_size):
-                        seeds = [drawn.seed + i for i in range(first, min(first + batch_size, drawn.images_per_prompt))]
-                        images = pipe(prompt=[prompt] * len(seeds),
-                                      negative_prompt=[drawn.negative_prompt] * len(seeds) if drawn.negative_prompt else None,
-                                      num_inference_steps=drawn.steps, guidance_scale=drawn.guidance, height=size,
-                                      width=size, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]).images
-                        for image, image_seed in zip(images, seeds):
-                            i = image_seed - drawn.seed
-                            params = _parameters(profile, prompt, drawn, sampler, image_seed, size, name, lora_file,
-                                                 lora_scale)
-                            details = _details(profile, name, lora_file, drawn, lcm_applied)
-                            stem = f"{_slug(name)}_{file_stamp}" if file_stamp else _slug(name)
-                            path = out_dir / f"{stem}_p{p_index:02d}_{i:02d}_s{image_seed}.png"
-                            if file_stamp:
-                                path = unused_path(path)  # two calls in the same second
-                            save_png_with_parameters(image, path, params, details)
-                            results.append(GeneratedImage(path, name, prompt, image_seed, {**params, **details}))
-                            advance(1, status=f"seed {image_seed}")
+            # Image i of prompt p at seed + i, in prompt order; a batch may span prompts (the suite's on tiny).
+            jobs = [(p_index, prompt, drawn.seed + i) for p_index, prompt in enumerate(prompts)
+                    for i in range(drawn.images_per_prompt)]
+            with progress_bar(f"generating {name}", len(jobs), quiet) as advance:
+                for first in range(0, len(jobs), batch_size):
+                    batch = jobs[first:first + batch_size]
+                    images = pipe(prompt=[prompt for _, prompt, _ in batch],
+                                  negative_prompt=[drawn.negative_prompt] * len(batch) if drawn.negative_prompt else None,
+                                  num_inference_steps=drawn.steps, guidance_scale=drawn.guidance, height=size,
+                                  width=size, generator=[torch.Generator("cpu").manual_seed(s) for _, _, s in batch]).images
+                    for image, (p_index, prompt, image_seed) in zip(images, batch):
+                        i = image_seed - drawn.seed
+                        params = _parameters(profile, prompt, drawn, sampler, image_seed, size, name, lora_file,
+                                             lora_scale)
+                        details = _details(profile, name, lora_file, drawn, lcm_applied)
+                        stem = f"{_slug(name)}_{file_stamp}" if file_stamp else _slug(name)
+                        path = out_dir / f"{stem}_p{p_index:02d}_{i:02d}_s{image_seed}.png"
+                        if file_stamp:
+                            path = unused_path(path)  # two calls in the same second
+                        save_png_with_parameters(image, path, params, details)
+                        results.append(GeneratedImage(path, name, prompt, image_seed, {**params, **details}))
+                        advance(1, status=f"seed {image_seed}")
         finally:
             pipe.scheduler = standard_scheduler
     return results
+
+
+def suite_batch_size(profile: ModelProfile, prompts: int, images_per_prompt: int) -> int:
+    """Images per pipe call for the prompt suite: on tiny all of a generator's suite in one call (64 px images; a
+    CPU draws 40 at once at three quarters of the seconds per image of 8 at once), elsewhere one prompt's images
+    (a 1024 px SDXL batch of a prompt's images is what a 24 GB card holds with room to spare)."""
+    return prompts * images_per_prompt if profile.is_tiny else images_per_prompt
 
 
 def _validate(prompts: list[str], lora_scale: float, name: str) -> None:
