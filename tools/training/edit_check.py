@@ -1,6 +1,7 @@
-"""The checkpoints' edit check: a few of the prompt suite's new-context prompts drawn at every checkpoint, so that
-the checkpoint a round keeps is chosen with the same guard as the ranking of rounds (``tools.scoring.guard``):
-the best-scoring checkpoint whose editability is not clearly worse than another checkpoint's."""
+"""The checkpoints' edit check: a few of the prompt suite's new-context prompts drawn at each checkpoint the guard
+may keep (``could_be_kept``), so that the checkpoint a round keeps is chosen with the same guard as the ranking of
+rounds (``tools.scoring.guard``): the best-scoring checkpoint whose editability is not clearly worse than another
+checkpoint's."""
 
 from __future__ import annotations
 
@@ -23,22 +24,24 @@ class EditCheck(Protocol):
     def __call__(self, images: list[list[Path]]) -> dict[str, float]: ...
 
 
-def draw_checkpoint_images(pipe, config, check: EditCheck | None, folder: Path, step: int,
-                           batch: int) -> tuple[list[Path], list[list[Path]], float]:
-    """A checkpoint's validation images (the validation prompt, image ``i`` at seed ``config.seed + i``) and, with
-    ``check``, the edit check's (each prompt at ``check.seeds``), drawn with the training pipeline (adapter on,
-    eval mode: the caller's) at the validation sampling, ``batch`` images per pipe call (0: all in one — on a CPU
-    a batch of eight takes a third of eight single calls; each image's noise is its own seed's either way).
-    Returns the validation paths, the edit check's grouped by prompt, and the edit check's share of the seconds."""
-    seeds = [config.seed + index for index in range(config.validation_images)]
-    jobs = [(config.effective_validation_prompt, seed, folder / f"step-{step:06d}-seed-{seed}.png") for seed in seeds]
-    edits = [(prompt, seed, folder / f"step-{step:06d}-suite{index}-seed-{seed}.png")
-             for index, prompt in enumerate(check.prompts if check is not None else []) for seed in check.seeds]
-    everything = jobs + edits
-    size = batch if batch > 0 else max(len(everything), 1)
+def could_be_kept(scores: list[dict], quality: float) -> bool:
+    """Is a checkpoint of validation ``quality`` one the guard may keep, so worth its edit check? The first scored
+    checkpoint (nearest the base: what the later ones' editability is held to) and each one scoring at least every
+    earlier one. A checkpoint below an earlier one is kept only where every better one is passed over, and the
+    guard then keeps the best *checked* one (``guarded_checkpoint``): checking only these draws about half the
+    edit check images of checking all, and the choice differs only where an unchecked checkpoint would have
+    beaten every checked one left after the guard."""
+    return not scores or quality >= max(score["quality"] for score in scores)
+
+
+def draw_checkpoint_images(pipe, config, prompts_and_seeds: list[tuple[str, int, Path]], batch: int) -> float:
+    """Draw each (prompt, seed, path) with the training pipeline (adapter on, eval mode: the caller's) at the
+    validation sampling, ``batch`` images per pipe call (0: all in one — on a CPU a batch of eight takes a third
+    of eight single calls; each image's noise is its own seed's either way). Returns the seconds it took."""
+    size = batch if batch > 0 else max(len(prompts_and_seeds), 1)
     started = time.perf_counter()
-    for first in range(0, len(everything), size):
-        chunk = everything[first:first + size]
+    for first in range(0, len(prompts_and_seeds), size):
+        chunk = prompts_and_seeds[first:first + size]
         negative = [config.validation_negative_prompt] * len(chunk) if config.validation_negative_prompt else None
         images = pipe([prompt for prompt, _, _ in chunk], negative_prompt=negative, height=config.resolution,
                       width=config.resolution, num_inference_steps=config.validation_inference_steps,
@@ -46,7 +49,16 @@ def draw_checkpoint_images(pipe, config, check: EditCheck | None, folder: Path, 
                       generator=[torch.Generator().manual_seed(seed) for _, seed, _ in chunk]).images
         for image, (_, _, path) in zip(images, chunk):
             atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
-    seconds = time.perf_counter() - started
-    count = len(check.seeds) if check is not None else 1
-    per_prompt = [[path for _, _, path in edits[i:i + count]] for i in range(0, len(edits), count)]
-    return [path for _, _, path in jobs], per_prompt, seconds * len(edits) / max(len(everything), 1)
+    return time.perf_counter() - started
+
+
+def validation_jobs(config, folder: Path, step: int) -> list[tuple[str, int, Path]]:
+    """A checkpoint's validation images: the validation prompt, image ``i`` at seed ``config.seed + i``."""
+    return [(config.effective_validation_prompt, seed, folder / f"step-{step:06d}-seed-{seed}.png")
+            for seed in range(config.seed, config.seed + config.validation_images)]
+
+
+def edit_check_jobs(check: EditCheck, folder: Path, step: int) -> list[list[tuple[str, int, Path]]]:
+    """A checkpoint's edit check images, grouped by prompt: each of ``check.prompts`` at ``check.seeds``."""
+    return [[(prompt, seed, folder / f"step-{step:06d}-suite{index}-seed-{seed}.png") for seed in check.seeds]
+            for index, prompt in enumerate(check.prompts)]
