@@ -26,12 +26,14 @@ class EditCheck(Protocol):
 
 def could_be_kept(scores: list[dict], quality: float) -> bool:
     """Is a checkpoint of validation ``quality`` one the guard may keep, so worth its edit check? The first scored
-    checkpoint (nearest the base: what the later ones' editability is held to) and each one scoring at least every
-    earlier one. A checkpoint below an earlier one is kept only where every better one is passed over, and the
-    guard then keeps the best *checked* one (``guarded_checkpoint``): checking only these draws about half the
-    edit check images of checking all, and the choice differs only where an unchecked checkpoint would have
-    beaten every checked one left after the guard."""
-    return not scores or quality >= max(score["quality"] for score in scores)
+    checkpoint (nearest the base: what the later ones' editability is held to) and each one scoring at least the
+    checkpoint the guard keeps so far (``guarded_checkpoint`` of the earlier ``scores``). One below it could be
+    kept only if the guard later passed over the kept one and every better one, and the guard keeps the best
+    *checked* one: while the kept checkpoint follows the best quality, this checks about half a round's
+    checkpoints; once the guard passes over a high one, every later checkpoint above the kept one is checked."""
+    from tools.training.lora_files import guarded_checkpoint
+
+    return not scores or quality >= guarded_checkpoint(scores)[0]["quality"]
 
 
 def draw_checkpoint_images(pipe, config, prompts_and_seeds: list[tuple[str, int, Path]], batch: int) -> float:
