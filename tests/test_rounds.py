@@ -83,13 +83,8 @@ def test_rule_policy_runs_two_offline_rounds(tiny_settings, no_network):
         # a round scores every checkpoint (a warm-started one trains only the steps beyond its start: maybe one)
         assert len(scores) >= 2 or record["train"]["warm_start"]
         best = max(scores, key=lambda s: (s["quality"], s["step"]))
-        # the best one not clearly worse in new scenes became the LoRA: the first checkpoint and each scoring at
-        # least the one kept so far drew the suite's new contexts (the others cannot be kept), no other one did
-        ordered = sorted(scores, key=lambda s: s["step"])
-        for index, score in enumerate(ordered):
-            could = index == 0 or score["quality"] >= guarded_checkpoint(ordered[:index])[0]["quality"]
-            assert ("editability" in score) == could, score
-            assert not could or (score["editability_images"] == 2 and 0.0 <= score["editability"] <= 1.0)
+        # the best one not clearly worse in new scenes became the LoRA: each checkpoint drew the suite's new context
+        assert all(s["editability_images"] == 2 and 0.0 <= s["editability"] <= 1.0 for s in scores)
         assert guarded_checkpoint(scores)[0]["step"] == record["train"]["chosen_checkpoint"]["step"]
         assert record["compute_s"]["checkpoint_suite"] > 0
         training = feedback["training"]

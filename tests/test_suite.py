@@ -141,31 +141,6 @@ def test_the_checkpoint_a_round_keeps_is_guarded_as_the_rounds_are():
     assert guarded_checkpoint([checkpoint(80, 0.58, 1.0, 8), checkpoint(120, 0.62, 0.625, 8)])[0]["step"] == 80
     # Without the edit check (the quality ranking, aldar train), quality alone, as before.
     assert guarded_checkpoint([checkpoint(80, 0.58), checkpoint(120, 0.62)]) == (checkpoint(120, 0.62), [])
-    # A checkpoint the edit check skipped (it scored below an earlier one) is never kept unchecked: here step 120
-    # is passed over and step 80 (unchecked, 0.60) would have won on quality; the best checked one does.
-    skipped = [checkpoint(40, 0.50, 1.0), checkpoint(80, 0.60), checkpoint(120, 0.62, 0.25)]
-    assert guarded_checkpoint(skipped)[0]["step"] == 40
-
-
-def test_the_edit_check_runs_at_the_first_checkpoint_and_at_each_one_scoring_at_least_the_kept_one():
-    """Only those can be kept by the guard; the others are skipped (about half of a round's checkpoints while the
-    kept checkpoint follows the best quality)."""
-    from tools.training.edit_check import could_be_kept
-
-    def run(steps):
-        scores, checked = [], []
-        for step, quality, editability in steps:
-            checked.append(could_be_kept(scores, quality))
-            scores.append({"step": step, "quality": quality,
-                           **({"editability": editability, "editability_images": 4} if checked[-1] else {})})
-        return checked
-
-    assert run([(40, 0.40, 1.0), (80, 0.35, 1.0), (120, 0.52, 1.0), (160, 0.52, 1.0), (200, 0.49, 1.0),
-                (240, 0.61, 1.0)]) == [True, False, True, True, False, True]
-    # Step 80 and 120 are passed over (editability 0.5 against step 40's 1.0): the kept one stays step 40, so every
-    # later checkpoint above its 0.44 is checked — step 160 may be kept where 120 was not.
-    assert run([(40, 0.44, 1.0), (80, 0.55, 0.5), (120, 0.63, 0.5), (160, 0.62, 1.0), (200, 0.40, 1.0)]) == [
-        True, True, True, True, False]
 
 
 def test_the_edit_check_draws_the_suites_first_new_contexts_at_its_seeds():

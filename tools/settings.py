@@ -82,7 +82,7 @@ class Settings:
     suite_size: int = 5
     # How rounds are ranked (best round, best_lora/) and a round's checkpoint chosen: "guarded" = by quality, but a
     # round (a checkpoint) whose editability or bleed (editability) is clearly worse than another's does not win on
-    # quality alone — each checkpoint that could be kept draws a few suite prompts for it; "quality" = quality only.
+    # quality alone — each checkpoint draws a few suite prompts for it; "quality" = quality only.
     round_ranking: str = "guarded"
     # [generation]
     num_inference_steps: int = 30

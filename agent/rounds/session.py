@@ -359,9 +359,8 @@ class Session:
     def _draw(self, state: RoundState, prompts: list[str], providers: list, sampling, stage: str,
               drawn: dict[str, list[list[Path]]], base_prompts: list[str] | None = None) -> dict[str, list[list[Path]]]:
         """The base, the LoRA and each provider on ``prompts`` (those not in ``drawn`` already): generator →
-        images per prompt, image ``i`` of every prompt at seed + i. The suite's images are denoised in batches of
-        ``suite_batch_size`` (on tiny the whole suite at once); the own prompt one image at a time, as every figure
-        so far was measured.
+        images per prompt, image ``i`` of every prompt at seed + i; the suite's in batches of ``suite_batch_size``,
+        the own prompt's one image at a time, as every figure so far was measured.
         A failing provider sits out (said once, in ``state.skipped``). The base draws ``base_prompts`` where given
         (the own prompt without the emphasis phrases), one for one with ``prompts``."""
         from tools.generation.local import generate_local, suite_batch_size

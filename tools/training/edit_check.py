@@ -1,7 +1,6 @@
-"""The checkpoints' edit check: a few of the prompt suite's new-context prompts drawn at each checkpoint the guard
-may keep (``could_be_kept``), so that the checkpoint a round keeps is chosen with the same guard as the ranking of
-rounds (``tools.scoring.guard``): the best-scoring checkpoint whose editability is not clearly worse than another
-checkpoint's."""
+"""The checkpoints' edit check: a few of the prompt suite's new-context prompts drawn at every checkpoint, so that
+the checkpoint a round keeps is chosen with the same guard as the ranking of rounds (``tools.scoring.guard``):
+the best-scoring checkpoint whose editability is not clearly worse than another checkpoint's."""
 
 from __future__ import annotations
 
@@ -24,26 +23,22 @@ class EditCheck(Protocol):
     def __call__(self, images: list[list[Path]]) -> dict[str, float]: ...
 
 
-def could_be_kept(scores: list[dict], quality: float) -> bool:
-    """Is a checkpoint of validation ``quality`` one the guard may keep, so worth its edit check? The first scored
-    checkpoint (nearest the base: what the later ones' editability is held to) and each one scoring at least the
-    checkpoint the guard keeps so far (``guarded_checkpoint`` of the earlier ``scores``). One below it could be
-    kept only if the guard later passed over the kept one and every better one, and the guard keeps the best
-    *checked* one: while the kept checkpoint follows the best quality, this checks about half a round's
-    checkpoints; once the guard passes over a high one, every later checkpoint above the kept one is checked."""
-    from tools.training.lora_files import guarded_checkpoint
-
-    return not scores or quality >= guarded_checkpoint(scores)[0]["quality"]
-
-
-def draw_checkpoint_images(pipe, config, prompts_and_seeds: list[tuple[str, int, Path]], batch: int) -> float:
-    """Draw each (prompt, seed, path) with the training pipeline (adapter on, eval mode: the caller's) at the
-    validation sampling, ``batch`` images per pipe call (0: all in one — on a CPU a batch of eight takes a third
-    of eight single calls; each image's noise is its own seed's either way). Returns the seconds it took."""
-    size = batch if batch > 0 else max(len(prompts_and_seeds), 1)
+def draw_checkpoint_images(pipe, config, check: EditCheck | None, folder: Path, step: int,
+                           batch: int) -> tuple[list[Path], list[list[Path]], float]:
+    """A checkpoint's validation images (the validation prompt, image ``i`` at seed ``config.seed + i``) and, with
+    ``check``, the edit check's (each prompt at ``check.seeds``), drawn with the training pipeline (adapter on,
+    eval mode: the caller's) at the validation sampling, ``batch`` images per pipe call (0: all in one — on a CPU
+    a batch of eight takes a third of eight single calls; each image's noise is its own seed's either way).
+    Returns the validation paths, the edit check's grouped by prompt, and the edit check's share of the seconds."""
+    seeds = [config.seed + index for index in range(config.validation_images)]
+    jobs = [(config.effective_validation_prompt, seed, folder / f"step-{step:06d}-seed-{seed}.png") for seed in seeds]
+    edits = [(prompt, seed, folder / f"step-{step:06d}-suite{index}-seed-{seed}.png")
+             for index, prompt in enumerate(check.prompts if check is not None else []) for seed in check.seeds]
+    everything = jobs + edits
+    size = batch if batch > 0 else max(len(everything), 1)
     started = time.perf_counter()
-    for first in range(0, len(prompts_and_seeds), size):
-        chunk = prompts_and_seeds[first:first + size]
+    for first in range(0, len(everything), size):
+        chunk = everything[first:first + size]
         negative = [config.validation_negative_prompt] * len(chunk) if config.validation_negative_prompt else None
         images = pipe([prompt for prompt, _, _ in chunk], negative_prompt=negative, height=config.resolution,
                       width=config.resolution, num_inference_steps=config.validation_inference_steps,
@@ -51,16 +46,7 @@ def draw_checkpoint_images(pipe, config, prompts_and_seeds: list[tuple[str, int,
                       generator=[torch.Generator().manual_seed(seed) for _, seed, _ in chunk]).images
         for image, (_, _, path) in zip(images, chunk):
             atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
-    return time.perf_counter() - started
-
-
-def validation_jobs(config, folder: Path, step: int) -> list[tuple[str, int, Path]]:
-    """A checkpoint's validation images: the validation prompt, image ``i`` at seed ``config.seed + i``."""
-    return [(config.effective_validation_prompt, seed, folder / f"step-{step:06d}-seed-{seed}.png")
-            for seed in range(config.seed, config.seed + config.validation_images)]
-
-
-def edit_check_jobs(check: EditCheck, folder: Path, step: int) -> list[list[tuple[str, int, Path]]]:
-    """A checkpoint's edit check images, grouped by prompt: each of ``check.prompts`` at ``check.seeds``."""
-    return [[(prompt, seed, folder / f"step-{step:06d}-suite{index}-seed-{seed}.png") for seed in check.seeds]
-            for index, prompt in enumerate(check.prompts)]
+    seconds = time.perf_counter() - started
+    count = len(check.seeds) if check is not None else 1
+    per_prompt = [[path for _, _, path in edits[i:i + count]] for i in range(0, len(edits), count)]
+    return [path for _, _, path in jobs], per_prompt, seconds * len(edits) / max(len(everything), 1)

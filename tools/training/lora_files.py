@@ -287,19 +287,17 @@ def best_checkpoint(scores: list[dict]) -> dict | None:
 
 def guarded_checkpoint(scores: list[dict]) -> tuple[dict | None, list[str]]:
     """The checkpoint a round keeps under the suite guard (``tools.scoring.guard``, the rule the ranking of rounds
-    uses): the highest-quality checked checkpoint whose editability — measured on a few of the suite's
-    new-context prompts (``editability``, ``editability_images``) at each checkpoint the guard may keep
-    (``tools.training.edit_check.could_be_kept``) — is not clearly worse than another checkpoint's; a tie goes to
-    the later step. Returns it and, for each better-scoring checkpoint passed over, why. Scores without any
-    editability figure are judged on quality alone (``best_checkpoint``)."""
+    uses): the highest-quality scored checkpoint whose editability — measured at each checkpoint on a few of the
+    suite's new-context prompts (``editability``, ``editability_images``) — is not clearly worse than another
+    checkpoint's; a tie goes to the later step. Returns it and, for each better-scoring checkpoint passed over,
+    why. Checkpoints without an editability figure are judged on quality alone (``best_checkpoint``)."""
     from tools.scoring.guard import clearly_worse
 
-    checked = [s for s in scores if s.get("editability") is not None]
-    if not checked:
+    edits = [s["editability"] for s in scores if s.get("editability") is not None]
+    if not edits:
         return best_checkpoint(scores), []
-    edits = [s["editability"] for s in checked]
     passed: list[str] = []
-    for score in sorted(checked, key=lambda s: (s["quality"], s["step"]), reverse=True):
+    for score in sorted(scores, key=lambda s: (s["quality"], s["step"]), reverse=True):
         why = clearly_worse(score.get("editability"), None, edits, [], count=score.get("editability_images"))
         if not why:
             return score, passed

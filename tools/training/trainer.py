@@ -33,8 +33,7 @@ from tools.training.data import (bucket_batch, bucket_counts, cached_latent_dist
                                  dataset_dir, dataset_sha256, default_latent_cache_dir, encode_prompts, epochs_for,
                                  load_masks, position_seed, prepare_images, sample_latents, training_caption,
                                  vae_identity)
-from tools.training.edit_check import (EditCheck, could_be_kept, draw_checkpoint_images, edit_check_jobs,
-                                       validation_jobs)
+from tools.training.edit_check import EditCheck, draw_checkpoint_images
 from tools.training.prior import prepared_class_images
 from tools.training.losses import denoising_loss
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
@@ -133,6 +132,7 @@ class _Run:
         self.class_buckets = [image.bucket for image in self.class_images]
         self.accelerator, self.pipe, self.modules = accelerator, pipe, modules
         self.score_checkpoint, self.edit_check, self.edit_check_s = score_checkpoint, edit_check, 0.0
+        self.edit_images: list[list[Path]] = []  # the edit check's images of the latest checkpoint, by prompt
         self.device = accelerator.device
         self.dataset_hash = dataset_sha256(images)
         self.buckets = [image.bucket for image in images]
@@ -415,17 +415,14 @@ class _Run:
         accelerator.wait_for_everyone()
 
     def _score(self, images: list[Path]) -> None:
-        """This checkpoint's validation images scored against the references, and its edit check where the guard
-        may keep it (``could_be_kept``); kept beside the checkpoints."""
+        """This checkpoint's validation images scored against the references; kept beside the checkpoints."""
         if self.score_checkpoint is None or not images:
             return
-        earlier = [s for s in self.scores if s["step"] < self.step]
-        score = {"step": self.step, **{k: float(v) for k, v in self.score_checkpoint(images).items()},
-                 **({"validation_loss": self.validation_losses[self.step]}
-                    if self.step in self.validation_losses else {})}
-        if self.edit_check is not None and could_be_kept(earlier, score["quality"]):
-            score.update(self._check_edits())
-        self.scores = [s for s in self.scores if s["step"] != self.step] + [score]
+        self.scores = [s for s in self.scores if s["step"] != self.step]
+        self.scores.append({"step": self.step, **{k: float(v) for k, v in self.score_checkpoint(images).items()},
+                            **({"validation_loss": self.validation_losses[self.step]}
+                               if self.step in self.validation_losses else {}),
+                            **(self._check_edits() if self.edit_check is not None else {})})
         write_checkpoint_scores(self.run_dir, self.scores)
 
     def _best_step(self) -> int | None:
@@ -461,14 +458,16 @@ class _Run:
         self.scores = [s for s in read_checkpoint_scores(self.run_dir) if s["step"] <= self.step]
 
     def _render_validation(self) -> list[Path]:
-        """This checkpoint's validation images (fixed seeds), also sent to TensorBoard when it is on."""
+        """This checkpoint's validation images (fixed seeds), also sent to TensorBoard when it is on; the edit
+        check's images are drawn beside them (one batch on tiny) and scored by ``_check_edits``."""
         config = self.config
         if not config.validation_images:
             return []
-        paths = [path for _, _, path in validation_jobs(config, self.run_dir / "validation", self.step)]
+        check = self.edit_check if self.score_checkpoint is not None else None
         with self._evaluating():
-            draw_checkpoint_images(self.pipe, config, validation_jobs(config, self.run_dir / "validation", self.step),
-                                   self._checkpoint_batch())
+            paths, self.edit_images, edit_s = draw_checkpoint_images(
+                self.pipe, config, check, self.run_dir / "validation", self.step, 0 if self.profile.is_tiny else 1)
+        self.edit_check_s += edit_s
         self.validation_paths.extend(paths)
         tracker = next((t for t in self.accelerator.trackers if t.name == "tensorboard"), None)
         if tracker is not None:
@@ -478,10 +477,6 @@ class _Run:
             arrays = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
             tracker.writer.add_images("validation", arrays, self.step, dataformats="NHWC")
         return paths
-
-    def _checkpoint_batch(self) -> int:
-        """Images per pipe call at a checkpoint: all at once on tiny (64 px), one at a time elsewhere."""
-        return 0 if self.profile.is_tiny else 1
 
     @contextmanager
     def _evaluating(self):
@@ -495,16 +490,11 @@ class _Run:
                 module.train()
 
     def _check_edits(self) -> dict[str, float]:
-        """This checkpoint's editability: the edit check's prompts drawn and scored (their seconds counted in
-        ``edit_check_s``, the suite's cost inside training)."""
-        groups = edit_check_jobs(self.edit_check, self.run_dir / "validation", self.step)
-        with self._evaluating():
-            seconds = draw_checkpoint_images(self.pipe, self.config, [job for group in groups for job in group],
-                                             self._checkpoint_batch())
+        """This checkpoint's editability on the edit check's images (drawn with the validation images); the
+        seconds spent scoring them are counted with their share of the drawing."""
         started = time.perf_counter()
-        figures = {key: float(value) for key, value in
-                   self.edit_check([[path for _, _, path in group] for group in groups]).items()}
-        self.edit_check_s += seconds + time.perf_counter() - started
+        figures = {key: float(value) for key, value in self.edit_check(self.edit_images).items()}
+        self.edit_check_s += time.perf_counter() - started
         return figures
 
     def _write_loss_files(self) -> None:
