@@ -27,44 +27,44 @@ too; later rounds reuse it (same prompts, seeds and models).
 Every figure is measured inside the toy world: it says what the scores see of the toy LoRA, nothing about real
 SDXL. Runs are deterministic per seed (one torch thread).
 
-Measured (toy world, tiny, up to 3 rounds with the defaults — rounds_must_pay on — seeds 42/1/2, one process
-beside another bench, at cc24b45: decoder5's VAE; README "Autonomous rounds" reads it):
+Measured (toy world, tiny, up to 3 rounds with the defaults — rounds_must_pay on — seeds 42/1/2, two benches side
+by side on the 2-core VM, at the committed world: decoder5's VAE; README "Autonomous rounds" reads it):
 
     aldar_kose
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.645  0.645    1  +0.312  0.531  0.958  0.958  1.000  -0.050  2.04
-         1  0.618  0.618    1  +0.234  0.594  0.542  1.000  0.542  -0.028  1.86
-         2  0.507  0.507    1  +0.031  0.634  1.000  1.000  1.000  -0.055  2.07, 1.30, 1.25
+        42  0.645  0.645    1  +0.312  0.531  0.958  0.958  1.000  -0.050  2.31
+         1  0.618  0.618    1  +0.234  0.594  0.542  1.000  0.542  -0.028  2.10
+         2  0.507  0.507    1  +0.031  0.634  1.000  1.000  1.000  -0.055  2.02, 1.10
       mean ± spread: quality r1 0.590 ± 0.060, best 0.590 ± 0.060; identity 0.586 ± 0.042; editability 0.833 ± 0.207 (base 0.986 ± 0.020); bleed -0.044 ± 0.012; lead f 0.193 ± 0.119
       target lead_features ≥ 0.25: MISSED, met on 1/3 seeds (0.312, 0.234, 0.031)
       target identity ≥ 0.6: MISSED, met on 1/3 seeds (0.531, 0.594, 0.634)
       target editability_vs_base ≥ 0.85: MISSED, met on 2/3 seeds (1.000, 0.542, 1.000)
       target bleed ≤ 0.05: MET, met on 3/3 seeds (-0.050, -0.028, -0.055)
-      suite generation / round generation: max 2.07 (round 1, base suite drawn), later rounds 1.274 ± 0.028; target ≤ 1.6; of which the checkpoints' edit check 0.407 ± 0.036
+      suite generation / round generation: max 2.31 (round 1, base suite drawn), later rounds 1.104 ± 0.000; target ≤ 1.6; of which the checkpoints' edit check 0.803 ± 0.204
 
     zorabek
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.344  0.344    1  +0.016  0.193  0.000  0.000      —  +0.023  1.91, 1.35, 1.22
-         1  0.516  0.516    1  +0.234  0.384  0.042  0.000      —  +0.104  1.87, 1.54
-         2  0.390  0.390    1  +0.141  0.308  0.167  0.333  0.500  +0.076  2.09, 1.22, 1.08
-      mean ± spread: quality r1 0.417 ± 0.073, best 0.417 ± 0.073; identity 0.295 ± 0.078; editability 0.069 ± 0.071 (base 0.111 ± 0.157); bleed 0.067 ± 0.034; lead f 0.130 ± 0.090
-      target lead_features ≥ 0.25: MISSED, met on 0/3 seeds (0.016, 0.234, 0.141)
-      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.193, 0.384, 0.308)
-      target editability_vs_base ≥ 0.85: MISSED, met on 0/3 seeds (—, —, 0.500)
-      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.023, 0.104, 0.076)
-      suite generation / round generation: max 2.09 (round 1, base suite drawn), later rounds 1.281 ± 0.154; target ≤ 1.6; of which the checkpoints' edit check 0.456 ± 0.143
+        42  0.540  0.362    2  -0.016  0.181  0.000  0.000      —  +0.065  2.30, 1.12
+         1  0.516  0.516    1  +0.234  0.384  0.042  0.000      —  +0.104  2.13, 1.14
+         2  0.507  0.507    1  +0.250  0.308  0.333  0.333  1.000  +0.044  2.13, 1.10
+      mean ± spread: quality r1 0.521 ± 0.014, best 0.462 ± 0.071; identity 0.291 ± 0.084; editability 0.125 ± 0.148 (base 0.111 ± 0.157); bleed 0.071 ± 0.025; lead f 0.156 ± 0.122
+      target lead_features ≥ 0.25: MISSED, met on 1/3 seeds (-0.016, 0.234, 0.250)
+      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.181, 0.384, 0.308)
+      target editability_vs_base ≥ 0.85: MISSED, met on 1/3 seeds (—, —, 1.000)
+      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.065, 0.104, 0.044)
+      suite generation / round generation: max 2.30 (round 1, base suite drawn), later rounds 1.119 ± 0.016; target ≤ 1.6; of which the checkpoints' edit check 0.682 ± 0.245
 
     composed (face=long narrow,headwear=horned helmet,robe=striped yellow robe,beard=goatee,glasses=round glasses,style=3D render,background=forest)
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.594  0.499    2  +0.250  0.297  0.500  0.333  1.500  +0.182  1.93, 1.43
-         1  0.450  0.450    1  +0.172  0.397  0.458  0.333  1.375  +0.008  2.27, 1.65, 0.81
-         2  0.555  0.581    2  +0.375  0.644  0.250  0.000      —  +0.277  1.95, 1.39, 1.13
-      mean ± spread: quality r1 0.533 ± 0.061, best 0.510 ± 0.054; identity 0.446 ± 0.145; editability 0.403 ± 0.109 (base 0.222 ± 0.157); bleed 0.156 ± 0.112; lead f 0.266 ± 0.084
-      target lead_features ≥ 0.25: MISSED, met on 2/3 seeds (0.250, 0.172, 0.375)
-      target identity ≥ 0.6: MISSED, met on 1/3 seeds (0.297, 0.397, 0.644)
-      target editability_vs_base ≥ 0.85: MISSED, met on 2/3 seeds (1.500, 1.375, —)
-      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.182, 0.008, 0.277)
-      suite generation / round generation: max 2.27 (round 1, base suite drawn), later rounds 1.279 ± 0.289; target ≤ 1.6; of which the checkpoints' edit check 0.446 ± 0.196
+        42  0.594  0.499    2  +0.250  0.297  0.500  0.333  1.500  +0.182  1.84, 1.08
+         1  0.545  0.539    2  +0.375  0.379  0.375  0.333  1.125  -0.008  2.15, 1.12
+         2  0.573  0.573    1  +0.375  0.602  0.000  0.000      —  +0.198  2.05, 0.71, 0.90
+      mean ± spread: quality r1 0.571 ± 0.020, best 0.537 ± 0.030; identity 0.426 ± 0.129; editability 0.292 ± 0.212 (base 0.222 ± 0.157); bleed 0.124 ± 0.093; lead f 0.333 ± 0.059
+      target lead_features ≥ 0.25: MET, met on 3/3 seeds (0.250, 0.375, 0.375)
+      target identity ≥ 0.6: MISSED, met on 1/3 seeds (0.297, 0.379, 0.602)
+      target editability_vs_base ≥ 0.85: MISSED, met on 2/3 seeds (1.500, 1.125, —)
+      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.182, -0.008, 0.198)
+      suite generation / round generation: max 2.15 (round 1, base suite drawn), later rounds 0.953 ± 0.165; target ≤ 1.6; of which the checkpoints' edit check 0.530 ± 0.284
 
     aldar_kose: overtrained (lr x5, steps x3, last step) against the default LoRA (round 1)
         42: editability 0.958 → 0.208, bleed -0.050 → -0.105, identity 0.531 → 0.080  NOT seen

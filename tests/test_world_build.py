@@ -222,15 +222,16 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
 
 def test_the_novel_stage_teaches_the_scorers_clip_alone_and_its_weights_seed_a_cache_again(tmp_path):
     """``novel`` trains both towers from hardneg4 on the train and novel splits; the export gives the scorer
-    those towers and keeps the pipeline's text encoders on the text tower its UNet trained on (textneg2's);
-    a cache seeded from those weights gives both back bit for bit."""
+    those towers and keeps the pipeline's text encoders on the text tower its UNet trained on (before retune6:
+    textneg2's); a cache seeded from those weights gives both back bit for bit."""
     from tools.world import WEIGHTS_DIR
 
     recipe = _steps(replace(MINI, novel_split=(3, 24)), novel=2)
     build = Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
     seed_from_weights(build)
-    for stage in world_recipe.SCORER_ONLY_STAGES:  # the committed weights may already hold them
-        build.checkpoint_path(stage).unlink(missing_ok=True)
+    # The committed weights hold the scorer-only stages and retune6, the UNet on their text tower: the build as
+    # it stood before them.
+    _forget(build, *world_recipe.SCORER_ONLY_STAGES, "retune6")
     before = _modules(build, "hardneg4")["model"]
     run_stage(build, "novel")
     after = _modules(build, "novel")["model"]
@@ -251,6 +252,32 @@ def test_the_novel_stage_teaches_the_scorers_clip_alone_and_its_weights_seed_a_c
     assert export(Build(again.cache, recipe, weights=tmp_path / "again")) == ["clip", "sdxl"]
     for part in ("clip/model.safetensors", "sdxl/text_encoder_2/model.safetensors"):
         assert _same(_tensors(tmp_path / "again" / part), _tensors(tmp_path / "weights" / part)), part
+
+
+def _forget(build: Build, *stages: str) -> None:
+    """The cache as if ``stages`` had never run: their checkpoints and build-log entries gone."""
+    for stage in stages:
+        build.checkpoint_path(stage).unlink(missing_ok=True)
+    log = json.loads((build.cache / "build_log.json").read_text())
+    (build.cache / "build_log.json").write_text(json.dumps({k: v for k, v in log.items() if k not in stages}))
+
+
+def test_retune6_moves_the_unet_onto_novel3s_text_tower_and_the_pipeline_reads_the_scorers_words(tmp_path):
+    """``retune6`` fine-tunes the UNet from retune4's EMA on novel3's text tower (its own split: no novel value
+    drawn); the export then gives the pipeline's text encoders the scorer's text tower, and retune6's UNet."""
+    recipe = _steps(MINI, retune6=2)
+    build = Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
+    seed_from_weights(build)
+    _forget(build, "retune6")
+    run_stage(build, "retune6")
+    sixth = _modules(build, "retune6")["ema"]
+    assert not _same(sixth, _modules(build, "retune4")["ema"])
+    assert export(Build(build.cache, recipe, weights=tmp_path / "weights")) == ["clip", "sdxl"]
+    clip = _tensors(tmp_path / "weights" / "clip" / "model.safetensors")
+    text = _tensors(tmp_path / "weights" / "sdxl" / "text_encoder_2" / "model.safetensors")
+    assert all(torch.equal(text[k], clip[k]) for k in text)  # text_model.* and text_projection: the scorer's
+    unet = _tensors(tmp_path / "weights" / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(unet[k], sixth[k].half()) for k in unet)
 
 
 def test_novel3_trains_the_text_tower_alone_from_hardneg4s_and_holds_the_old_values_words(tmp_path):
@@ -349,7 +376,8 @@ def test_the_stage_graph_is_the_committed_build_log():
     # Its derived tables: the UNet passes' text towers and latents, the locked encoders, the seeds' offsets.
     assert {s.name: (s.text_tower, s.latents) for s in world_recipe.GRAPH if s.model == "unet"} == {
         "unet": ("clip", "vae"), "retune": ("textneg", "vae"), "retune2": ("textneg", "vae"),
-        "retune3": ("textneg2", "vae"), "retune4": ("textneg2", "vae2"), "retune5": ("textneg2", "vae2")}
+        "retune3": ("textneg2", "vae"), "retune4": ("textneg2", "vae2"), "retune5": ("textneg2", "vae2"),
+        "retune6": ("novel3", "vae2")}
     assert world_recipe.ENCODER_LOCKS == {"vae": "vae_encoder.pt", "vae2": "vae2_encoder.pt"}
     assert [world_recipe.batch_seed(recipe, recipe.stage(name)) // world_recipe.SECOND_PASS_SEED_OFFSET
             for name in ("clip", "hardneg2", "decoder3", "retune4", "retune5", "novel2")] == [0, 1, 2, 3, 4, 1]
@@ -381,7 +409,7 @@ def test_a_changed_record_restarts_its_stage_and_the_stages_built_on_it_only():
     restarted = {name for name in world_recipe.STAGE
                  if world_recipe.recipe_key(changed, name) != world_recipe.recipe_key(recipe, name)}
     assert restarted == {"textneg", "retune", "retune2", "hardneg2", "textneg2", "retune3", "hardneg3", "retune4",
-                         "hardneg4", "retune5", "novel", "novel2", "novel3"}
+                         "hardneg4", "retune5", "novel", "novel2", "novel3", "retune6"}
     with pytest.raises(ValueError, match="no stage retune9 in the build"):
         recipe.changed(retune9=dict(steps=1))
     with pytest.raises(ValueError, match="after shape the graph: change GRAPH, not a recipe"):

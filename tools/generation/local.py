@@ -253,10 +253,11 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sam
             with progress_bar(f"generating {name}", len(jobs), quiet) as advance:
                 for first in range(0, len(jobs), batch_size):
                     batch = jobs[first:first + batch_size]
-                    images = pipe(prompt=[prompt for _, prompt, _ in batch],
-                                  negative_prompt=[drawn.negative_prompt] * len(batch) if drawn.negative_prompt else None,
+                    negative = [drawn.negative_prompt] * len(batch) if drawn.negative_prompt else None
+                    generators = [torch.Generator("cpu").manual_seed(seed) for _, _, seed in batch]
+                    images = pipe(prompt=[prompt for _, prompt, _ in batch], negative_prompt=negative,
                                   num_inference_steps=drawn.steps, guidance_scale=drawn.guidance, height=size,
-                                  width=size, generator=[torch.Generator("cpu").manual_seed(s) for _, _, s in batch]).images
+                                  width=size, generator=generators).images
                     for image, (p_index, prompt, image_seed) in zip(images, batch):
                         i = image_seed - drawn.seed
                         params = _parameters(profile, prompt, drawn, sampler, image_seed, size, name, lora_file,

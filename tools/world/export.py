@@ -67,7 +67,7 @@ def export(build: Build) -> list[str]:
     clip_model, tokenizer = load_trained_clip(build)
     # The pipeline's text encoders are the text tower the exported UNet trained on. The scorer's CLIP carries
     # the same tower (its image tower may have gone on: hardneg2), unless its latest stage taught the scorer
-    # alone (SCORER_ONLY_STAGES: words the base is never to know).
+    # alone (SCORER_ONLY_STAGES) and no UNet stage has trained on that tower yet.
     text_clip = _pipeline_text_clip(build, unet_stage) or clip_model
     check_pairing(build, clip_model, text_clip, unet_stage)
 
