@@ -278,7 +278,7 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sam
 def suite_batch_size(profile: ModelProfile, prompts: int, images_per_prompt: int) -> int:
     """Images per pipe call for the prompt suite: on tiny all of a generator's suite in one call (64 px images; a
     CPU draws 40 at once at three quarters of the seconds per image of 8 at once), elsewhere one prompt's images
-    (a 1024 px SDXL batch of a prompt's images is what a 24 GB card holds with room to spare)."""
+    (two by default on sdxl: how large a batch of 1024 px images a card holds was not measured here, no GPU)."""
     return prompts * images_per_prompt if profile.is_tiny else images_per_prompt
 
 
