@@ -114,7 +114,8 @@ def test_tiny_profile_loads_the_committed_toy_world_through_from_pretrained(tiny
     same_tower = all(torch.equal(te2[f"text_model.{name}"], value) for name, value in clip.text_model.state_dict().items())
     same_tower = same_tower and torch.equal(te2["text_projection.weight"], clip.text_projection.weight)
     # The pipeline's text encoders are the text tower the UNet trained on; the scorer's CLIP carries it too,
-    # unless its last stage taught the scorer alone and no UNet stage moved onto that tower since (retune6 did).
+    # unless its last stage taught the scorer alone and no UNet stage moved onto that tower since (as the tried
+    # stage retune6 would).
     log = json.loads((WEIGHTS_DIR / "build_log.json").read_text())
     last_unet = [name for name in MODEL_STAGES["unet"] if name in log][-1]
     last_clip = [name for name in MODEL_STAGES["model"] if name in log][-1]

@@ -222,15 +222,15 @@ def test_weights_of_the_first_build_seed_a_cache_whose_later_passes_continue_the
 
 def test_the_novel_stage_teaches_the_scorers_clip_alone_and_its_weights_seed_a_cache_again(tmp_path):
     """``novel`` trains both towers from hardneg4 on the train and novel splits; the export gives the scorer
-    those towers and keeps the pipeline's text encoders on the text tower its UNet trained on (before retune6:
-    textneg2's); a cache seeded from those weights gives both back bit for bit."""
+    those towers and keeps the pipeline's text encoders on the text tower its UNet trained on (textneg2's, unless
+    the tried retune6 ran); a cache seeded from those weights gives both back bit for bit."""
     from tools.world import WEIGHTS_DIR
 
     recipe = _steps(replace(MINI, novel_split=(3, 24)), novel=2)
     build = Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
     seed_from_weights(build)
-    # The committed weights hold the scorer-only stages and retune6, the UNet on their text tower: the build as
-    # it stood before them.
+    # The committed weights hold the scorer-only stages (and would hold retune6, the UNet on their text tower, were
+    # it committed): the build as it stood before them.
     _forget(build, *world_recipe.SCORER_ONLY_STAGES, "retune6")
     before = _modules(build, "hardneg4")["model"]
     run_stage(build, "novel")
