@@ -28,54 +28,55 @@ Every figure is measured inside the toy world: it says what the scores see of th
 SDXL. Runs are deterministic per seed (one torch thread).
 
 Measured (toy world, tiny, up to 3 rounds with the defaults — rounds_must_pay on — seeds 42/1/2, two benches side
-by side on the 2-core VM, at the committed world: decoder5's VAE; README "Autonomous rounds" reads it):
+by side on the 2-core VM, at the committed world: decoder5's VAE, unknown_words's text encoders; README "Autonomous
+rounds" reads it):
 
     aldar_kose
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.645  0.645    1  +0.312  0.531  0.958  0.958  1.000  -0.050  2.31
-         1  0.618  0.618    1  +0.234  0.594  0.542  1.000  0.542  -0.028  2.10
-         2  0.507  0.507    1  +0.031  0.634  1.000  1.000  1.000  -0.055  2.02, 1.10
-      mean ± spread: quality r1 0.590 ± 0.060, best 0.590 ± 0.060; identity 0.586 ± 0.042; editability 0.833 ± 0.207 (base 0.986 ± 0.020); bleed -0.044 ± 0.012; lead f 0.193 ± 0.119
+        42  0.645  0.645    1  +0.312  0.531  0.958  0.958  1.000  +0.013  1.81
+         1  0.618  0.618    1  +0.234  0.594  0.542  1.000  0.542  -0.028  2.06
+         2  0.507  0.507    1  +0.031  0.634  1.000  1.000  1.000  -0.169  2.24, 1.08
+      mean ± spread: quality r1 0.590 ± 0.060, best 0.590 ± 0.060; identity 0.586 ± 0.042; editability 0.833 ± 0.207 (base 0.986 ± 0.020); bleed -0.061 ± 0.078; lead f 0.193 ± 0.119
       target lead_features ≥ 0.25: MISSED, met on 1/3 seeds (0.312, 0.234, 0.031)
       target identity ≥ 0.6: MISSED, met on 1/3 seeds (0.531, 0.594, 0.634)
       target editability_vs_base ≥ 0.85: MISSED, met on 2/3 seeds (1.000, 0.542, 1.000)
-      target bleed ≤ 0.05: MET, met on 3/3 seeds (-0.050, -0.028, -0.055)
-      suite generation / round generation: max 2.31 (round 1, base suite drawn), later rounds 1.104 ± 0.000; target ≤ 1.6; of which the checkpoints' edit check 0.803 ± 0.204
+      target bleed ≤ 0.05: MET, met on 3/3 seeds (0.013, -0.028, -0.169)
+      suite generation / round generation: max 2.24 (round 1, base suite drawn), later rounds 1.081 ± 0.000; target ≤ 1.6; of which the checkpoints' edit check 0.749 ± 0.183
 
     zorabek
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.540  0.362    2  -0.016  0.181  0.000  0.000      —  +0.065  2.30, 1.12
-         1  0.516  0.516    1  +0.234  0.384  0.042  0.000      —  +0.104  2.13, 1.14
-         2  0.507  0.507    1  +0.250  0.308  0.333  0.333  1.000  +0.044  2.13, 1.10
-      mean ± spread: quality r1 0.521 ± 0.014, best 0.462 ± 0.071; identity 0.291 ± 0.084; editability 0.125 ± 0.148 (base 0.111 ± 0.157); bleed 0.071 ± 0.025; lead f 0.156 ± 0.122
-      target lead_features ≥ 0.25: MISSED, met on 1/3 seeds (-0.016, 0.234, 0.250)
-      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.181, 0.384, 0.308)
-      target editability_vs_base ≥ 0.85: MISSED, met on 1/3 seeds (—, —, 1.000)
-      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.065, 0.104, 0.044)
-      suite generation / round generation: max 2.30 (round 1, base suite drawn), later rounds 1.119 ± 0.016; target ≤ 1.6; of which the checkpoints' edit check 0.682 ± 0.245
+        42  0.519  0.519    1  +0.078  0.403  0.167  0.958  0.174  +0.017  2.23, 0.74
+         1  0.422  0.422    1  -0.016  0.310  0.583  0.708  0.824  +0.012  2.12, 1.08
+         2  0.312  0.395    2  -0.125  0.373  0.583  0.667  0.875  +0.069  2.00, 1.17
+      mean ± spread: quality r1 0.418 ± 0.085, best 0.445 ± 0.053; identity 0.362 ± 0.039; editability 0.444 ± 0.196 (base 0.778 ± 0.129); bleed 0.033 ± 0.026; lead f -0.021 ± 0.083
+      target lead_features ≥ 0.25: MISSED, met on 0/3 seeds (0.078, -0.016, -0.125)
+      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.403, 0.310, 0.373)
+      target editability_vs_base ≥ 0.85: MISSED, met on 1/3 seeds (0.174, 0.824, 0.875)
+      target bleed ≤ 0.05: MISSED, met on 2/3 seeds (0.017, 0.012, 0.069)
+      suite generation / round generation: max 2.23 (round 1, base suite drawn), later rounds 0.998 ± 0.186; target ≤ 1.6; of which the checkpoints' edit check 0.642 ± 0.251
 
     composed (face=long narrow,headwear=horned helmet,robe=striped yellow robe,beard=goatee,glasses=round glasses,style=3D render,background=forest)
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.594  0.499    2  +0.250  0.297  0.500  0.333  1.500  +0.182  1.84, 1.08
-         1  0.545  0.539    2  +0.375  0.379  0.375  0.333  1.125  -0.008  2.15, 1.12
-         2  0.573  0.573    1  +0.375  0.602  0.000  0.000      —  +0.198  2.05, 0.71, 0.90
-      mean ± spread: quality r1 0.571 ± 0.020, best 0.537 ± 0.030; identity 0.426 ± 0.129; editability 0.292 ± 0.212 (base 0.222 ± 0.157); bleed 0.124 ± 0.093; lead f 0.333 ± 0.059
-      target lead_features ≥ 0.25: MET, met on 3/3 seeds (0.250, 0.375, 0.375)
-      target identity ≥ 0.6: MISSED, met on 1/3 seeds (0.297, 0.379, 0.602)
-      target editability_vs_base ≥ 0.85: MISSED, met on 2/3 seeds (1.500, 1.125, —)
-      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.182, -0.008, 0.198)
-      suite generation / round generation: max 2.15 (round 1, base suite drawn), later rounds 0.953 ± 0.165; target ≤ 1.6; of which the checkpoints' edit check 0.530 ± 0.284
+        42  0.523  0.523    1  +0.000  0.488  0.667  1.000  0.667  +0.156  2.13, 1.22
+         1  0.565  0.565    1  +0.047  0.391  0.875  0.958  0.913  +0.034  2.09, 1.05
+         2  0.597  0.521    2  -0.016  0.408  0.583  0.708  0.824  +0.042  2.00, 1.10
+      mean ± spread: quality r1 0.562 ± 0.030, best 0.536 ± 0.020; identity 0.429 ± 0.042; editability 0.708 ± 0.123 (base 0.889 ± 0.129); bleed 0.078 ± 0.056; lead f 0.010 ± 0.027
+      target lead_features ≥ 0.25: MISSED, met on 0/3 seeds (0.000, 0.047, -0.016)
+      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.488, 0.391, 0.408)
+      target editability_vs_base ≥ 0.85: MISSED, met on 1/3 seeds (0.667, 0.913, 0.824)
+      target bleed ≤ 0.05: MISSED, met on 2/3 seeds (0.156, 0.034, 0.042)
+      suite generation / round generation: max 2.13 (round 1, base suite drawn), later rounds 1.124 ± 0.067; target ≤ 1.6; of which the checkpoints' edit check 0.662 ± 0.219
 
     aldar_kose: overtrained (lr x5, steps x3, last step) against the default LoRA (round 1)
-        42: editability 0.958 → 0.208, bleed -0.050 → -0.105, identity 0.531 → 0.080  NOT seen
+        42: editability 0.958 → 0.208, bleed +0.013 → -0.028, identity 0.531 → 0.080  NOT seen
          1: editability 0.542 → 0.583, bleed -0.028 → -0.128, identity 0.594 → 0.026  NOT seen
-         2: editability 1.000 → 0.375, bleed -0.055 → -0.219, identity 0.634 → 0.000  NOT seen
+         2: editability 1.000 → 0.375, bleed -0.169 → -0.295, identity 0.634 → 0.000  NOT seen
       the scores see the overfitting on 0/3 seeds (target: every seed)
 
     aldar_kose: overtrained (steps x3, last step) against the default LoRA (round 1)
-        42: editability 0.958 → 0.000, bleed -0.050 → +0.114, identity 0.531 → 0.437  seen
+        42: editability 0.958 → 0.000, bleed +0.013 → +0.137, identity 0.531 → 0.437  seen
          1: editability 0.542 → 0.083, bleed -0.028 → -0.031, identity 0.594 → 0.415  NOT seen
-         2: editability 1.000 → 0.458, bleed -0.055 → +0.014, identity 0.634 → 0.396  seen
+         2: editability 1.000 → 0.458, bleed -0.169 → -0.086, identity 0.634 → 0.396  seen
       the scores see the overfitting on 2/3 seeds (target: every seed)
 """
 

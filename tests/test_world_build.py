@@ -13,7 +13,7 @@ import torch
 
 from tools.world import recipe as world_recipe
 from tools.world import runners
-from tools.world.checkpoints import Build, fresh_clip, locked_encoder
+from tools.world.checkpoints import Build, fresh_clip, load_trained_clip, locked_encoder
 from tools.world.export import export, seed_from_weights
 from tools.world.runners import run_stage
 
@@ -24,7 +24,7 @@ def _steps(recipe: world_recipe.Recipe, **steps: int) -> world_recipe.Recipe:
 
 # The recipe in miniature: small splits, batches of 8 pictures (CLIP) or 4 (VAE, UNet), few steps.
 MINI = _steps(world_recipe.Recipe(train_split=(1, 160), unet_split=(2, 96), heldout_split=(9, 8)).changed(
-    **{stage.name: dict(batch={"model": 8, "vae": 4, "unet": 4}[stage.model])
+    **{stage.name: dict(batch={"model": 8, "vae": 4, "unet": 4, "text": 4}[stage.model])
        for stage in world_recipe.GRAPH if stage.model}).changed(clip=dict(lock_step=3), vae=dict(lock_step=2)),
     clip=6, vae=4, decoder=3, decoder2=3, unet=4)
 
@@ -268,7 +268,7 @@ def test_retune6_moves_the_unet_onto_novel3s_text_tower_and_the_pipeline_reads_t
     recipe = _steps(MINI, retune6=2)
     build = Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
     seed_from_weights(build)
-    _forget(build, "retune6")
+    _forget(build, "retune6", "unknown_words")  # unknown_words trained textneg2's tower, which retune6 leaves
     run_stage(build, "retune6")
     sixth = _modules(build, "retune6")["ema"]
     assert not _same(sixth, _modules(build, "retune4")["ema"])
@@ -409,7 +409,7 @@ def test_a_changed_record_restarts_its_stage_and_the_stages_built_on_it_only():
     restarted = {name for name in world_recipe.STAGE
                  if world_recipe.recipe_key(changed, name) != world_recipe.recipe_key(recipe, name)}
     assert restarted == {"textneg", "retune", "retune2", "hardneg2", "textneg2", "retune3", "hardneg3", "retune4",
-                         "hardneg4", "retune5", "novel", "novel2", "novel3", "retune6"}
+                         "hardneg4", "retune5", "novel", "novel2", "novel3", "retune6", "unknown_words"}
     with pytest.raises(ValueError, match="no stage retune9 in the build"):
         recipe.changed(retune9=dict(steps=1))
     with pytest.raises(ValueError, match="after shape the graph: change GRAPH, not a recipe"):
@@ -424,3 +424,49 @@ def test_a_stage_whose_inputs_are_missing_stops_with_one_line(tmp_path, capsys):
     assert "clip: stopped: the train split is not rendered" in capsys.readouterr().out
     assert main(["--stage", "vision", *args]) == 2
     assert f"vision: stopped: the clip stage has no checkpoint in {tmp_path / 'cache'}: run it first" in capsys.readouterr().out
+
+
+def test_unknown_words_trains_only_the_rows_no_world_text_reads_and_the_export_gives_them_to_the_pipeline(
+        tmp_path, monkeypatch):
+    """``unknown_words`` starts from textneg2's text tower (the committed UNet's) and moves only embedding rows
+    of tokens no world text uses: every other weight and every known token's row stay bit for bit, so a known
+    prompt embeds exactly as before. The export gives both pipeline encoders those rows, and refuses a stage
+    trained on another text tower than the UNet's."""
+    from tools.world import export as world_export
+    from tools.world.nets import text_towers
+    from tools.world.unknown_words import known_tokens
+
+    recipe = _steps(MINI, unknown_words=4)
+    build = Build(tmp_path / "cache", recipe)  # weights: the committed folder (read only here)
+    seed_from_weights(build)
+    _forget(build, "unknown_words")
+    run_stage(build, "unknown_words")
+    trained = _modules(build, "unknown_words")["text"]
+    clip = load_trained_clip(build, "textneg2")[0]
+    start = text_towers(clip)[1].state_dict()
+    key = "text_model.embeddings.token_embedding.weight"
+    assert all(torch.equal(trained[k], start[k]) for k in start if k != key)
+    moved = (trained[key] != start[key]).any(dim=1).nonzero().flatten().tolist()
+    known = known_tokens(runners.tokenizer_corpus(build, recipe.stage("tokenizer")), build.tokenizer())
+    assert moved and not set(moved) & known
+    tokenizer = build.tokenizer()
+    prompt = tokenizer("aldarkose, round face, thin mustache, orange patterned robe, steppe landscape",
+                       padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert set(prompt.flatten().tolist()) <= known
+    _, before = text_towers(clip)
+    after = text_towers(clip)[1]
+    after.load_state_dict(trained)
+    with torch.no_grad():
+        assert torch.equal(before(prompt, output_hidden_states=True).hidden_states[-2],
+                           after(prompt, output_hidden_states=True).hidden_states[-2])
+
+    assert export(Build(build.cache, recipe, weights=tmp_path / "weights")) == ["clip", "sdxl"]
+    for encoder, name in (("text_encoder", "embeddings.token_embedding.weight"), ("text_encoder_2", key)):
+        exported = _tensors(tmp_path / "weights" / "sdxl" / encoder / "model.safetensors")
+        assert torch.equal(exported[name], trained[key].half()), encoder
+
+    elsewhere = replace(world_recipe.STAGE["unknown_words"], after="novel3")
+    monkeypatch.setitem(world_export.STAGE, "unknown_words", elsewhere)
+    with pytest.raises(RuntimeError, match="unknown_words trained novel3's text tower but retune4 learnt textneg2's"):
+        export(Build(build.cache, recipe, weights=tmp_path / "refused"))
+    assert not list((tmp_path / "refused").glob("*"))  # raised before writing anything

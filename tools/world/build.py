@@ -23,8 +23,10 @@ trained on), ``novel`` (both CLIP towers learn the world's novel values), ``nove
 and ``novel3`` (the text tower alone from hardneg4's, the old values' words anchored to hardneg4's
 embedding of them, on novel2's image tower): the committed scorer's CLIP; then ``decoder5`` (the decoder alone
 on vae2's latents again, half of each batch from the novel split, so that the VAE reconstructs the novel
-values too). ``retune5`` (the UNet, the head weighted up in its latent loss) and ``retune6`` (the UNet onto
-novel3's text tower, so the base reads the novel words) are tried stages: measured, not committed, left out of
+values too); then ``unknown_words`` (the pipeline's text encoders alone: the embeddings of the tokens no world
+text uses, so that a word the tokenizer spells in letters — a user's trigger, a novel value's name — leaves
+the known words around it as they were). ``retune5`` (the UNet, the head weighted up in its latent loss) and
+``retune6`` (the UNet onto novel3's text tower, so the base reads the novel words) are tried stages: measured, not committed, left out of
 ``all`` (the model card says why).
 
 Each training stage checkpoints model, optimizer and step every few minutes into the cache folder

@@ -70,6 +70,7 @@ def export(build: Build) -> list[str]:
     # alone (SCORER_ONLY_STAGES) and no UNet stage has trained on that tower yet.
     text_clip = _pipeline_text_clip(build, unet_stage) or clip_model
     check_pairing(build, clip_model, text_clip, unet_stage)
+    unknown_words = _unknown_words_embeddings(build, unet_stage)
 
     def save_clip(folder: Path) -> None:
         clip_model.half().save_pretrained(folder, safe_serialization=True)
@@ -80,6 +81,10 @@ def export(build: Build) -> list[str]:
     clip_model.float()
     if build.checkpoint_path("vae").is_file() and build.checkpoint_path("unet").is_file():
         encoder, encoder_2 = text_towers(text_clip)
+        if unknown_words is not None:
+            for text_encoder in (encoder, encoder_2):
+                with torch.no_grad():
+                    text_encoder.get_input_embeddings().weight.copy_(unknown_words)
         unet = new_unet(clip_model)
         unet.load_state_dict(load_state(build.checkpoint_path(unet_stage))["modules"]["ema"])
         pipe = StableDiffusionXLPipeline(vae=load_trained_vae(build), text_encoder=encoder, text_encoder_2=encoder_2,
@@ -100,6 +105,18 @@ def export(build: Build) -> list[str]:
                                                      cpu_minutes=round(state["cpu_seconds"] / 60, 1))
         atomic_write_json(build.weights / "build_log.json", log)
     return written
+
+
+def _unknown_words_embeddings(build: Build, unet_stage: str) -> torch.Tensor | None:
+    """The token embeddings the ``unknown_words`` stage trained for the pipeline's text encoders (None before
+    it ran); it must have started from the text tower ``unet_stage`` trained on, else raise (nothing written)."""
+    stage = latest_stage(build, "text")
+    if stage is None:
+        return None
+    if STAGE[stage].after != STAGE[unet_stage].text_tower:
+        raise RuntimeError(f"{stage} trained {STAGE[stage].after}'s text tower but {unet_stage} learnt "
+                           f"{STAGE[unet_stage].text_tower}'s: rerun {stage} on the UNet's text tower, then export")
+    return load_state(build.checkpoint_path(stage))["modules"]["text"]["text_model.embeddings.token_embedding.weight"]
 
 
 def _pipeline_text_clip(build: Build, unet_stage: str):
@@ -143,7 +160,10 @@ def seed_from_weights(build: Build) -> list[str]:
                                                              **{p: getattr(vae, p).state_dict() for p in ENCODER_PARTS}})
     # Every finished stage of a model holds its committed state (the text tower is the same from textneg on,
     # which the export checks against the UNet's).
-    states = {"model": {"model": text_clip}, "vae": {"vae": vae.state_dict()}, "unet": {"unet": unet, "ema": unet}}
+    # The pipeline's encoders carry unknown_words's rows too; the CLIP stages seeded from them take those rows,
+    # which no caption of theirs reads (the rows of tokens no world text uses).
+    states = {"model": {"model": text_clip}, "vae": {"vae": vae.state_dict()}, "unet": {"unet": unet, "ema": unet},
+              "text": {"text": pipeline_text}}
     for stage in seeded:
         modules = {"model": clip} if stage in SCORER_ONLY_STAGES else states[STAGE[stage].model]
         save_checkpoint(build.checkpoint_path(stage), {

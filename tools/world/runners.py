@@ -21,6 +21,7 @@ from tools.world.nets import (ENCODER_PARTS, IMAGE_TOWER_PARTS, RESOLUTION, TEXT
                               clip_pixels, encode_captions, new_unet, new_vae, text_towers)
 from tools.world.recipe import Stage, batch_seed
 from tools.world.tokenizer import train_clip_bpe
+from tools.world.unknown_words import train_unknown_words
 
 
 def run_stage(build: Build, name: str) -> None:
@@ -86,6 +87,11 @@ def run_tokenizer(build: Build, stage: Stage) -> None:
     tokenizer = build.tokenizer()
     build.record("tokenizer", vocab_size=len(tokenizer.get_vocab()))
     build.log("tokenizer", f"vocabulary of {len(tokenizer.get_vocab())} tokens")
+
+
+def run_unknown_words(build: Build, stage: Stage) -> None:
+    """The pipeline's text encoders: the rows of the tokens the tokenizer's corpus never uses (``unknown_words``)."""
+    train_unknown_words(build, stage, tokenizer_corpus(build, build.recipe.stage("tokenizer")))
 
 
 # --------------------------------------------------------------------------- CLIP
@@ -442,4 +448,4 @@ def _train_unet(build: Build, stage: Stage, clip_model, tokenizer, init: dict | 
 
 RUNNERS = {"data": run_data, "tokenizer": run_tokenizer, "clip": run_clip, "vision": run_vision,
            "hard_negatives": run_hard_negatives, "novel": run_novel, "vae": run_vae, "vae_again": run_vae_again,
-           "decoder": run_decoder, "unet": run_unet, "retune": run_retune}
+           "decoder": run_decoder, "unet": run_unet, "retune": run_retune, "unknown_words": run_unknown_words}
