@@ -33,50 +33,50 @@ rounds" reads it):
 
     aldar_kose
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.645  0.645    1  +0.312  0.531  0.958  0.958  1.000  +0.013  1.81
-         1  0.618  0.618    1  +0.234  0.594  0.542  1.000  0.542  -0.028  2.06
-         2  0.507  0.507    1  +0.031  0.634  1.000  1.000  1.000  -0.169  2.24, 1.08
+        42  0.645  0.645    1  +0.312  0.531  0.958  0.958  1.000  +0.013  2.38
+         1  0.618  0.618    1  +0.234  0.594  0.542  1.000  0.542  -0.028  2.16
+         2  0.507  0.507    1  +0.031  0.634  1.000  1.000  1.000  -0.169  2.13, 1.18
       mean ± spread: quality r1 0.590 ± 0.060, best 0.590 ± 0.060; identity 0.586 ± 0.042; editability 0.833 ± 0.207 (base 0.986 ± 0.020); bleed -0.061 ± 0.078; lead f 0.193 ± 0.119
       target lead_features ≥ 0.25: MISSED, met on 1/3 seeds (0.312, 0.234, 0.031)
       target identity ≥ 0.6: MISSED, met on 1/3 seeds (0.531, 0.594, 0.634)
       target editability_vs_base ≥ 0.85: MISSED, met on 2/3 seeds (1.000, 0.542, 1.000)
       target bleed ≤ 0.05: MET, met on 3/3 seeds (0.013, -0.028, -0.169)
-      suite generation / round generation: max 2.24 (round 1, base suite drawn), later rounds 1.081 ± 0.000; target ≤ 1.6; of which the checkpoints' edit check 0.749 ± 0.183
+      suite generation / round generation: max 2.38 (round 1, base suite drawn), later rounds 1.178 ± 0.000; target ≤ 1.6; of which the checkpoints' edit check 0.823 ± 0.228
 
     zorabek
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.519  0.519    1  +0.078  0.403  0.167  0.958  0.174  +0.017  2.23, 0.74
-         1  0.422  0.422    1  -0.016  0.310  0.583  0.708  0.824  +0.012  2.12, 1.08
-         2  0.312  0.395    2  -0.125  0.373  0.583  0.667  0.875  +0.069  2.00, 1.17
-      mean ± spread: quality r1 0.418 ± 0.085, best 0.445 ± 0.053; identity 0.362 ± 0.039; editability 0.444 ± 0.196 (base 0.778 ± 0.129); bleed 0.033 ± 0.026; lead f -0.021 ± 0.083
-      target lead_features ≥ 0.25: MISSED, met on 0/3 seeds (0.078, -0.016, -0.125)
-      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.403, 0.310, 0.373)
-      target editability_vs_base ≥ 0.85: MISSED, met on 1/3 seeds (0.174, 0.824, 0.875)
-      target bleed ≤ 0.05: MISSED, met on 2/3 seeds (0.017, 0.012, 0.069)
-      suite generation / round generation: max 2.23 (round 1, base suite drawn), later rounds 0.998 ± 0.186; target ≤ 1.6; of which the checkpoints' edit check 0.642 ± 0.251
+        42  0.451  0.451    1  -0.062  0.386  0.292  0.958  0.304  +0.024  2.34, 1.15
+         1  0.267  0.447    2  +0.047  0.303  0.417  0.750  0.556  +0.087  2.19, 1.14
+         2  0.400  0.607    2  +0.234  0.517  0.417  0.708  0.588  +0.319  2.15, 1.11
+      mean ± spread: quality r1 0.373 ± 0.078, best 0.502 ± 0.075; identity 0.402 ± 0.088; editability 0.375 ± 0.059 (base 0.806 ± 0.109); bleed 0.143 ± 0.127; lead f 0.073 ± 0.123
+      target lead_features ≥ 0.25: MISSED, met on 0/3 seeds (-0.062, 0.047, 0.234)
+      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.386, 0.303, 0.517)
+      target editability_vs_base ≥ 0.85: MISSED, met on 0/3 seeds (0.304, 0.556, 0.588)
+      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.024, 0.087, 0.319)
+      suite generation / round generation: max 2.34 (round 1, base suite drawn), later rounds 1.132 ± 0.015; target ≤ 1.6; of which the checkpoints' edit check 0.689 ± 0.252
 
     composed (face=long narrow,headwear=horned helmet,robe=striped yellow robe,beard=goatee,glasses=round glasses,style=3D render,background=forest)
       seed   q r1 q best best  lead f  ident   edit   base e/base   bleed  suite/generation per round
-        42  0.523  0.523    1  +0.000  0.488  0.667  1.000  0.667  +0.156  2.13, 1.22
-         1  0.565  0.565    1  +0.047  0.391  0.875  0.958  0.913  +0.034  2.09, 1.05
-         2  0.597  0.521    2  -0.016  0.408  0.583  0.708  0.824  +0.042  2.00, 1.10
-      mean ± spread: quality r1 0.562 ± 0.030, best 0.536 ± 0.020; identity 0.429 ± 0.042; editability 0.708 ± 0.123 (base 0.889 ± 0.129); bleed 0.078 ± 0.056; lead f 0.010 ± 0.027
-      target lead_features ≥ 0.25: MISSED, met on 0/3 seeds (0.000, 0.047, -0.016)
-      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.488, 0.391, 0.408)
-      target editability_vs_base ≥ 0.85: MISSED, met on 1/3 seeds (0.667, 0.913, 0.824)
-      target bleed ≤ 0.05: MISSED, met on 2/3 seeds (0.156, 0.034, 0.042)
-      suite generation / round generation: max 2.13 (round 1, base suite drawn), later rounds 1.124 ± 0.067; target ≤ 1.6; of which the checkpoints' edit check 0.662 ± 0.219
+        42  0.526  0.526    1  +0.016  0.492  0.667  1.000  0.667  +0.165  2.07, 1.16
+         1  0.568  0.568    1  +0.047  0.371  0.875  0.958  0.913  +0.029  2.11, 1.08
+         2  0.511  0.511    1  -0.031  0.447  0.542  0.708  0.765  +0.069  2.14, 1.15
+      mean ± spread: quality r1 0.535 ± 0.024, best 0.535 ± 0.024; identity 0.436 ± 0.050; editability 0.694 ± 0.137 (base 0.889 ± 0.129); bleed 0.088 ± 0.057; lead f 0.010 ± 0.032
+      target lead_features ≥ 0.25: MISSED, met on 0/3 seeds (0.016, 0.047, -0.031)
+      target identity ≥ 0.6: MISSED, met on 0/3 seeds (0.492, 0.371, 0.447)
+      target editability_vs_base ≥ 0.85: MISSED, met on 1/3 seeds (0.667, 0.913, 0.765)
+      target bleed ≤ 0.05: MISSED, met on 1/3 seeds (0.165, 0.029, 0.069)
+      suite generation / round generation: max 2.14 (round 1, base suite drawn), later rounds 1.131 ± 0.035; target ≤ 1.6; of which the checkpoints' edit check 0.645 ± 0.206
 
     aldar_kose: overtrained (lr x5, steps x3, last step) against the default LoRA (round 1)
-        42: editability 0.958 → 0.208, bleed +0.013 → -0.028, identity 0.531 → 0.080  NOT seen
+        42: editability 0.958 → 0.208, bleed +0.013 → -0.029, identity 0.531 → 0.080  NOT seen
          1: editability 0.542 → 0.583, bleed -0.028 → -0.128, identity 0.594 → 0.026  NOT seen
-         2: editability 1.000 → 0.375, bleed -0.169 → -0.295, identity 0.634 → 0.000  NOT seen
+         2: editability 1.000 → 0.375, bleed -0.169 → -0.296, identity 0.634 → 0.000  NOT seen
       the scores see the overfitting on 0/3 seeds (target: every seed)
 
     aldar_kose: overtrained (steps x3, last step) against the default LoRA (round 1)
-        42: editability 0.958 → 0.000, bleed +0.013 → +0.137, identity 0.531 → 0.437  seen
+        42: editability 0.958 → 0.000, bleed +0.013 → +0.135, identity 0.531 → 0.437  seen
          1: editability 0.542 → 0.083, bleed -0.028 → -0.031, identity 0.594 → 0.415  NOT seen
-         2: editability 1.000 → 0.458, bleed -0.169 → -0.086, identity 0.634 → 0.396  seen
+         2: editability 1.000 → 0.458, bleed -0.169 → -0.080, identity 0.634 → 0.396  seen
       the scores see the overfitting on 2/3 seeds (target: every seed)
 """
 

@@ -113,7 +113,8 @@ def test_the_committed_weights_seed_a_cache_that_exports_them_unchanged(tmp_path
     assert not any(build.checkpoint_path(s).is_file() for s in set(world_recipe.TRAINING_STAGES) - set(marked))
     assert export(Build(build.cache, MINI, weights=tmp_path / "weights")) == ["clip", "sdxl"]
     for model in ("clip/model.safetensors", "sdxl/unet/diffusion_pytorch_model.safetensors",
-                  "sdxl/vae/diffusion_pytorch_model.safetensors", "sdxl/text_encoder_2/model.safetensors"):
+                  "sdxl/vae/diffusion_pytorch_model.safetensors", "sdxl/text_encoder/model.safetensors",
+                  "sdxl/text_encoder_2/model.safetensors"):
         mine, theirs = _tensors(tmp_path / "weights" / model), _tensors(WEIGHTS_DIR / model)
         assert _same(mine, theirs), model
 
@@ -465,8 +466,15 @@ def test_unknown_words_trains_only_the_rows_no_world_text_reads_and_the_export_g
         exported = _tensors(tmp_path / "weights" / "sdxl" / encoder / "model.safetensors")
         assert torch.equal(exported[name], trained[key].half()), encoder
 
+    refusal = "unknown_words trained another text tower than the one retune4 learnt"
     elsewhere = replace(world_recipe.STAGE["unknown_words"], after="novel3")
     monkeypatch.setitem(world_export.STAGE, "unknown_words", elsewhere)
-    with pytest.raises(RuntimeError, match="unknown_words trained novel3's text tower but retune4 learnt textneg2's"):
+    with pytest.raises(RuntimeError, match=refusal):
+        export(Build(build.cache, recipe, weights=tmp_path / "refused"))
+    monkeypatch.undo()
+    textneg2 = torch.load(build.checkpoint_path("textneg2"), weights_only=False)  # as if textneg2 had trained again
+    textneg2["modules"]["model"]["text_projection.weight"] += 1e-3
+    torch.save(textneg2, build.checkpoint_path("textneg2"))
+    with pytest.raises(RuntimeError, match=f"{refusal} .textneg2's as it is now.: delete .*unknown_words.pt"):
         export(Build(build.cache, recipe, weights=tmp_path / "refused"))
     assert not list((tmp_path / "refused").glob("*"))  # raised before writing anything

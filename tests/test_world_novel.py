@@ -174,31 +174,39 @@ def test_the_scorers_clip_reads_zorabeks_novel_features_in_every_reference(zorab
         assert entry["facial_hair"]["top"][0]["feature"] == "goatee", name
 
 
-def test_an_unknown_word_is_a_token_apart_not_noise_in_the_known_words_after_it():
-    """Word by word, a caption and its version without the words the world never wrote: a trigger and novel
-    values' names are tokens of their own (letters and word pieces), the known words keep their tokens in order,
-    and every known position maps onto its place in the clean caption (end tokens padding both to 77)."""
+def test_a_caption_and_its_version_without_unknown_words_align_token_by_token():
+    """Word by word, a caption and its version without the words the world never wrote: the caption's ids are
+    exactly what the pipeline's tokenizer feeds (truncated keeping the end token, padded with it); a trigger and
+    novel values' names are left out with the comma that joins a tag made of them alone — a last tag's too —
+    and every known position maps onto the same token of the clean caption."""
     from tools.models import load_toy_world_clip
     from tools.world.unknown_words import clean_alignment
 
     tokenizer = load_toy_world_clip()[1]
-    known = frozenset({",", "square", "face", "robe", "city", "street"})
-    ids, clean, positions = clean_alignment("zorabek, square face, crown, purple robe, city street", tokenizer, known)
-    assert clean == tokenizer("square face, robe, city street", padding="max_length", max_length=77).input_ids
-    assert len(ids) == len(positions) == 77
-    unknown = [i for i, p in enumerate(positions) if p < 0]
+    known = frozenset({",", "square", "face", "robe", "city", "street", "red"})
+
+    def fed(text: str) -> list[int]:
+        return tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids
+
+    for caption, without in (("zorabek, square face, crown, purple robe, city street", "square face, robe, city street"),
+                             ("square face, red robe, crown", "square face, red robe"),
+                             (", ".join(["square face"] * 40) + ", crown", ", ".join(["square face"] * 40))):
+        ids, clean, positions = clean_alignment(caption, tokenizer, known)
+        assert ids == fed(caption) and clean == fed(without), caption
+        assert all(clean[p] == ids[i] for i, p in enumerate(positions) if p >= 0), caption
+        known_positions = [p for p in positions if p >= 0]
+        assert known_positions == list(range(len(known_positions))), caption
+    ids, _, positions = clean_alignment("zorabek, square face, crown, purple robe, city street", tokenizer, known)
     spelled = [tokenizer(w, add_special_tokens=False).input_ids for w in ("zorabek", "crown", "purple")]
-    assert len(unknown) == sum(map(len, spelled)) + 2  # the commas of the tags "zorabek" and "crown"
-    assert [ids[i] for i, p in enumerate(positions) if p >= 0][:12] == clean[:12]
-    known_positions = [p for p in positions if p >= 0]
-    assert known_positions == sorted(known_positions) and known_positions[0] == 0
+    assert sum(p < 0 for p in positions) == sum(map(len, spelled)) + 2  # with the commas after "zorabek", "crown"
 
 
 def test_the_pipelines_text_tower_reads_the_known_words_after_an_unknown_one_as_without_it():
     """The committed pipeline's text encoders (the ``unknown_words`` stage): King Zorabek's trigger and his novel
     values' names, which the tokenizer spells in letters, move the penultimate states of the known words around
-    them less than half as much as asking for another background moves them — before the stage they moved them
-    twice as much (1.24 against 0.59), and the base drew none of the asked backgrounds (0 of 24)."""
+    them less than half as much as asking for another background moves them (0.14 and 0.13 against 0.73). Before
+    the stage they moved them more than that (1.05 and 0.88), and at seed 42 the base drew none of the asked
+    backgrounds and styles (0 of 24)."""
     import torch
     from transformers import CLIPTextModelWithProjection
 

@@ -70,7 +70,7 @@ def export(build: Build) -> list[str]:
     # alone (SCORER_ONLY_STAGES) and no UNet stage has trained on that tower yet.
     text_clip = _pipeline_text_clip(build, unet_stage) or clip_model
     check_pairing(build, clip_model, text_clip, unet_stage)
-    unknown_words = _unknown_words_embeddings(build, unet_stage)
+    unknown_words = _unknown_words_embeddings(build, unet_stage, text_clip)
 
     def save_clip(folder: Path) -> None:
         clip_model.half().save_pretrained(folder, safe_serialization=True)
@@ -107,16 +107,23 @@ def export(build: Build) -> list[str]:
     return written
 
 
-def _unknown_words_embeddings(build: Build, unet_stage: str) -> torch.Tensor | None:
+def _unknown_words_embeddings(build: Build, unet_stage: str, text_clip) -> torch.Tensor | None:
     """The token embeddings the ``unknown_words`` stage trained for the pipeline's text encoders (None before
-    it ran); it must have started from the text tower ``unet_stage`` trained on, else raise (nothing written)."""
+    it ran). It must have trained the very text tower ``unet_stage`` learnt — the same stage, every weight but
+    the embeddings unchanged — else raise before anything is written."""
     stage = latest_stage(build, "text")
     if stage is None:
         return None
-    if STAGE[stage].after != STAGE[unet_stage].text_tower:
-        raise RuntimeError(f"{stage} trained {STAGE[stage].after}'s text tower but {unet_stage} learnt "
-                           f"{STAGE[unet_stage].text_tower}'s: rerun {stage} on the UNet's text tower, then export")
-    return load_state(build.checkpoint_path(stage))["modules"]["text"]["text_model.embeddings.token_embedding.weight"]
+    key = "text_model.embeddings.token_embedding.weight"
+    trained = load_state(build.checkpoint_path(stage))["modules"]["text"]
+    tower = text_clip.state_dict()
+    same = STAGE[stage].after == STAGE[unet_stage].text_tower and all(
+        torch.equal(value, tower[name]) for name, value in trained.items() if name != key)
+    if not same:
+        raise RuntimeError(f"{stage} trained another text tower than the one {unet_stage} learnt "
+                           f"({STAGE[unet_stage].text_tower}'s as it is now): delete {build.checkpoint_path(stage)} "
+                           f"and run --stage {stage} again, then export")
+    return trained[key]
 
 
 def _pipeline_text_clip(build: Build, unet_stage: str):
@@ -160,8 +167,9 @@ def seed_from_weights(build: Build) -> list[str]:
                                                              **{p: getattr(vae, p).state_dict() for p in ENCODER_PARTS}})
     # Every finished stage of a model holds its committed state (the text tower is the same from textneg on,
     # which the export checks against the UNet's).
-    # The pipeline's encoders carry unknown_words's rows too; the CLIP stages seeded from them take those rows,
-    # which no caption of theirs reads (the rows of tokens no world text uses).
+    # The pipeline's encoders carry unknown_words's rows, and the committed weights hold no other: the CLIP stages
+    # seeded from them take those rows (the tokens no world text uses), so a stage rerun on them — novel, which
+    # reads the novel words, or unknown_words itself — starts from those rows, not from the build's random ones.
     states = {"model": {"model": text_clip}, "vae": {"vae": vae.state_dict()}, "unet": {"unet": unet, "ema": unet},
               "text": {"text": pipeline_text}}
     for stage in seeded:
@@ -170,6 +178,8 @@ def seed_from_weights(build: Build) -> list[str]:
             "recipe": recipe_key(build.recipe, stage), "step": build.recipe.stage(stage).steps,
             "cpu_seconds": 0.0, "losses": [], "optimizer": None, "modules": modules, "seeded_from_weights": True})
     log["seeded_from_weights"] = (f"stages {', '.join(seeded)} were taken from the committed fp16 weights; "
-                                  "the stages after them trained on those")
+                                  "the stages after them trained on those"
+                                  + ("; the text towers carry unknown_words's embedding rows" if "unknown_words" in seeded
+                                     else ""))
     atomic_write_json(build.cache / "build_log.json", log)
     return seeded

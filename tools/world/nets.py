@@ -12,6 +12,7 @@ from tools.models import sdxl_unet_config, sdxl_vae_config
 from tools.scoring.clip import CLIP_MEAN, CLIP_STD
 from tools.world.recipe import RESOLUTION
 
+PROMPT_TOKENS = 77  # SDXL's (CLIP's) text window: every prompt is truncated or padded to it
 TEXT_TOWER_PARTS = ("text_model", "text_projection")
 IMAGE_TOWER_PARTS = ("vision_model", "visual_projection")
 ENCODER_PARTS = ("encoder", "quant_conv")
@@ -22,7 +23,7 @@ def clip_config(vocab_size: int, bos: int, eos: int):
 
     text = CLIPTextConfig(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
                           hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                          max_position_embeddings=77, projection_dim=64, hidden_act="quick_gelu")
+                          max_position_embeddings=PROMPT_TOKENS, projection_dim=64, hidden_act="quick_gelu")
     vision = CLIPVisionConfig(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                               image_size=RESOLUTION, patch_size=8, projection_dim=64, hidden_act="quick_gelu")
     return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=64)
@@ -92,7 +93,8 @@ def text_towers(clip_model):
 def encode_captions(encoder_2, tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL's prompt embeddings: penultimate hidden states of both encoders side by side, pooled from the
     second. Both encoders are one text tower here, so one pass serves both. Padded to 77, no mask, as the pipeline."""
-    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(captions, padding="max_length", max_length=PROMPT_TOKENS, truncation=True,
+                    return_tensors="pt").input_ids
     with torch.no_grad():
         out = encoder_2(ids, output_hidden_states=True)
     hidden = out.hidden_states[-2]

@@ -201,13 +201,13 @@ GRAPH: tuple[Stage, ...] = (
     # every LoRA learning figure of the toy world rests on.
     Stage("retune6", "retune", "unet", after="retune4", pass_number=6, text_tower="novel3", latents="vae2",
           tried=True, steps=4_000, lr=1.5e-4, **UNET, **SDXL_MICRO),
-    # Eleventh pass, for the pipeline's text encoders (model "text"): what retune6 wanted without moving the
-    # UNet. Only the embeddings of the tokens no world text uses train (letters and word pieces, which spell
-    # every word the tokenizer does not know), so every known prompt embeds bit for bit as before; captions
-    # with unknown words inserted are held, per token, to textneg2's reading of them without those words
+    # For the pipeline's text encoders alone (model "text"): the base reading a word it never read — a trigger,
+    # a novel value's name, spelled in letters — without the UNet moving. Only the embeddings of the tokens no
+    # world text uses train, so every known prompt embeds bit for bit as before; captions with unknown words
+    # inserted are held, per token, to textneg2's reading of them without those words
     # (``tools.world.unknown_words``). King Zorabek's base then draws the suite's backgrounds and styles
-    # (editability 0 -> 0.958 at seed 42, one round) and his LoRA's suite images keep them more often; Aldar's
-    # own prompts are untouched. ``after`` is the text tower the committed UNet trained on (the export checks).
+    # (editability 0.111 -> 0.778 over seeds 42/1/2); Aldar's own prompts are untouched. ``after`` is the text
+    # tower the committed UNet trained on (the export checks).
     Stage("unknown_words", "unknown_words", "text", after="textneg2", steps=300, lr=1e-2, batch=64, warmup=20,
           anchor_weight=0.1),
 )

@@ -2,10 +2,9 @@
 
 The toy tokenizer knows the world's words whole; any other word — a user's trigger (``zorabek``), a novel
 value's name (``crown``, ``purple``) — it spells in letters and word pieces, whose embeddings no stage of
-the pipeline's text tower ever trained. Those rows are noise, and the causal tower lets them scramble every
-word after them: with King Zorabek's prompt the base drew none of the suite's asked backgrounds and styles
-(0 of 24). Real SDXL's CLIP read billions of captions: an unknown word barely moves the words around it,
-yet stays a distinct token a LoRA can tie a character to.
+the pipeline's text tower ever trained. Those rows are noise, and the causal tower let them scramble every
+word after them: at seed 42 the base drew none of King Zorabek's asked backgrounds and styles (0 of 24). A
+real CLIP, which read billions of captions, is not thrown by one unknown word.
 
 This stage trains only those rows — the embeddings of the tokens no text of the world uses
 (``known_tokens``) — so every known prompt embeds bit for bit as before and the UNet needs no retune. Each
@@ -13,7 +12,8 @@ step takes world captions, inserts unknown words (the novel values' words, and r
 like a user's trigger), and holds the tower, per token, to the trained tower's reading of the same caption
 without them (``clean_alignment``): the known words' penultimate states and the pooled embedding match it,
 and the unknown words' own states are held, more loosely (``Stage.anchor_weight``), to the state of the
-known word before them — in distribution, not erased: the LoRA still sees where they are.
+known word before them. What it does not give them is a reading of their own: different unknown words end up
+read alike (the model card has the figures), so a LoRA has little in them to tie a character to.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ import torch
 
 from tools.world.attributes import NOVEL_ATTRIBUTES, sample_character, sentence_caption, tag_caption
 from tools.world.checkpoints import Build, Trainer, load_trained_clip, require_finished
-from tools.world.nets import text_towers
+from tools.world.nets import PROMPT_TOKENS, text_towers
 from tools.world.recipe import Stage, batch_seed
 from tools.world.tokenizer import WORD_PATTERN
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-MAX_TOKENS = 77
 
 
 def known_tokens(corpus: list[str], tokenizer) -> set[int]:
@@ -71,31 +70,37 @@ def caption_with_unknown_words(rng: random.Random, novel_words: tuple[str, ...])
 
 def clean_alignment(caption: str, tokenizer, known: frozenset[str],
                     word_tokens: dict[str, list[int]] | None = None) -> tuple[list[int], list[int], list[int]]:
-    """(``caption``'s 77 token ids, its clean version's — the unknown words and the commas of tags made of
-    them alone left out — and for each position of the first the clean position it reads as, −1 where it
-    is an unknown word's). CLIP's BPE never merges across words, so word-by-word tokens are the caption's
-    (``word_tokens`` keeps them between calls)."""
+    """(``caption``'s token ids as the pipeline feeds them, its clean version's — the unknown words, and the comma
+    that would join a tag made of them alone to the rest, left out — and for each position of the first the clean
+    position it reads as, −1 where it is an unknown word's). Both are ``PROMPT_TOKENS`` long, truncated keeping the
+    end token and padded with it, as the pipeline's tokenizer does. CLIP's BPE never merges across words, so
+    word-by-word tokens are the caption's (``word_tokens`` keeps them between calls)."""
     word_tokens = {} if word_tokens is None else word_tokens
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    ids, clean, unknown = [bos], [bos], [False]
-    tag_unknown = True  # the tag so far holds unknown words alone: its comma goes too
+    ids, unknown = [bos], [False]
+    tag_unknown, tag_words, comma_before = True, False, None  # the tag so far holds unknown words alone
     for word in WORD_PATTERN.findall(caption.lower()):
         if word not in word_tokens:
             word_tokens[word] = tokenizer(word, add_special_tokens=False).input_ids
         tokens = word_tokens[word]
-        is_unknown = word not in known if word != "," else tag_unknown
-        ids += tokens
-        unknown += [is_unknown] * len(tokens)
-        if not is_unknown:
-            clean += tokens
-        tag_unknown = True if word == "," else tag_unknown and is_unknown
-    ids, unknown = (ids + [eos])[:MAX_TOKENS], (unknown + [False])[:MAX_TOKENS]
-    padding = MAX_TOKENS - len(ids)  # padded with the end token, as the pipeline pads
+        if word == ",":  # the comma after a tag of unknown words alone goes with it
+            if not (tag_unknown and tag_words):
+                comma_before = len(ids)
+            ids, unknown = ids + tokens, unknown + [tag_unknown and tag_words] * len(tokens)
+            tag_unknown, tag_words = True, False
+            continue
+        ids, unknown = ids + tokens, unknown + [word not in known] * len(tokens)
+        tag_unknown, tag_words = tag_unknown and word not in known, True
+    if tag_unknown and tag_words and comma_before is not None:  # the last tag is unknown words alone
+        unknown[comma_before] = True
+    ids, unknown = ids[:PROMPT_TOKENS - 1] + [eos], unknown[:PROMPT_TOKENS - 1] + [False]
+    padding = PROMPT_TOKENS - len(ids)
     ids, unknown = ids + [eos] * padding, unknown + [False] * padding
-    clean = (clean + [eos] * MAX_TOKENS)[:MAX_TOKENS]
+    clean = [token for token, is_unknown in zip(ids, unknown) if not is_unknown]
+    clean += [eos] * (PROMPT_TOKENS - len(clean))
     positions, next_clean = [], 0
     for is_unknown in unknown:
-        positions.append(-1 if is_unknown else min(next_clean, MAX_TOKENS - 1))
+        positions.append(-1 if is_unknown else next_clean)
         next_clean += not is_unknown
     return ids, clean, positions
 
@@ -132,9 +137,9 @@ def train_unknown_words(build: Build, stage: Stage, corpus: list[str]) -> None:
     embedding = encoder.get_input_embeddings().weight
     embedding.requires_grad_(True)
     known_ids = torch.tensor(sorted(known_tokens(corpus, tokenizer)))
-    trains = torch.ones(embedding.shape[0], 1)
-    trains[known_ids] = 0.0
-    embedding.register_hook(lambda grad: grad * trains)  # Adam moves no row whose gradient is always zero
+    trainable_rows = torch.ones(embedding.shape[0], 1)
+    trainable_rows[known_ids] = 0.0
+    embedding.register_hook(lambda grad: grad * trainable_rows)  # Adam moves no row whose gradient is always zero
     known = known_words(corpus)
     novel_words = tuple(sorted({w for values in NOVEL_ATTRIBUTES.values() for value in values
                                 for w in value.split()} - known))
@@ -152,4 +157,4 @@ def train_unknown_words(build: Build, stage: Stage, corpus: list[str]) -> None:
 
     trainer.run(step)
     moved = (embedding.detach() != reference.get_input_embeddings().weight).any(dim=1)
-    build.record(stage.name, trainable_rows=int(trains.sum()), moved_rows=int(moved.sum()), known_rows=len(known_ids))
+    build.record(stage.name, trainable_rows=int(trainable_rows.sum()), moved_rows=int(moved.sum()), known_rows=len(known_ids))
