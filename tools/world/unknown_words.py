@@ -19,6 +19,7 @@ read alike (the model card has the figures), so a LoRA has little in them to tie
 from __future__ import annotations
 
 import random
+
 import torch
 
 from tools.world.attributes import NOVEL_ATTRIBUTES, sample_character, sentence_caption, tag_caption
