@@ -26,8 +26,8 @@ on vae2's latents again, half of each batch from the novel split, so that the VA
 values too); then ``unknown_words`` (the pipeline's text encoders alone: the embeddings of the tokens no world
 text uses, so that a word the tokenizer spells in letters — a user's trigger, a novel value's name — leaves
 the known words around it as they were). ``retune5`` (the UNet, the head weighted up in its latent loss) and
-``retune6`` (the UNet onto novel3's text tower, so the base reads the novel words) are tried stages: measured, not committed, left out of
-``all`` (the model card says why).
+``retune6`` (the UNet onto novel3's text tower, so the base reads the novel words) are tried stages: measured,
+not committed, left out of ``all`` (the model card says why).
 
 Each training stage checkpoints model, optimizer and step every few minutes into the cache folder
 (``$ALDAR_CACHE/world-build``, default ``~/.cache/aldar/world-build``; never committed) and on Ctrl-C; a

@@ -177,9 +177,8 @@ def seed_from_weights(build: Build) -> list[str]:
         save_checkpoint(build.checkpoint_path(stage), {
             "recipe": recipe_key(build.recipe, stage), "step": build.recipe.stage(stage).steps,
             "cpu_seconds": 0.0, "losses": [], "optimizer": None, "modules": modules, "seeded_from_weights": True})
+    rows = "; the text towers carry unknown_words's embedding rows" if "unknown_words" in seeded else ""
     log["seeded_from_weights"] = (f"stages {', '.join(seeded)} were taken from the committed fp16 weights; "
-                                  "the stages after them trained on those"
-                                  + ("; the text towers carry unknown_words's embedding rows" if "unknown_words" in seeded
-                                     else ""))
+                                  f"the stages after them trained on those{rows}")
     atomic_write_json(build.cache / "build_log.json", log)
     return seeded

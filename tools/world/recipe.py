@@ -32,8 +32,8 @@ class Stage:
     stage, the CLIP stage whose text tower and the encoder stage whose latents it learns; ``anchor``: a CLIP
     stage whose text tower this one starts from and is held to on the old values, its image tower locked;
     ``locks_encoder``: the file a VAE stage locks its encoder into; model ``text`` is the pipeline's text
-    encoders where a stage trains them apart from the scorer's CLIP (``unknown_words``); ``pass_number``: its seeds start
-    ``(pass_number - 1) × SECOND_PASS_SEED_OFFSET`` on. The rest are its hyper-parameters (a kind reads
+    encoders where a stage trains them apart from the scorer's CLIP (``unknown_words``); ``pass_number``: its
+    seeds start ``(pass_number - 1) × SECOND_PASS_SEED_OFFSET`` on. The rest are its hyper-parameters (a kind reads
     those it needs)."""
 
     name: str
@@ -206,7 +206,7 @@ GRAPH: tuple[Stage, ...] = (
     # world text uses train, so every known prompt embeds bit for bit as before; captions with unknown words
     # inserted are held, per token, to textneg2's reading of them without those words
     # (``tools.world.unknown_words``). King Zorabek's base then draws the suite's backgrounds and styles
-    # (editability 0.111 -> 0.778 over seeds 42/1/2); Aldar's own prompts are untouched. ``after`` is the text
+    # (editability 0.111 -> 0.806 over seeds 42/1/2); Aldar's own prompts are untouched. ``after`` is the text
     # tower the committed UNet trained on (the export checks).
     Stage("unknown_words", "unknown_words", "text", after="textneg2", steps=300, lr=1e-2, batch=64, warmup=20,
           anchor_weight=0.1),
