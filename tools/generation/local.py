@@ -250,6 +250,8 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sam
             # Image i of prompt p at seed + i, in prompt order; a batch may span prompts (the suite's on tiny).
             jobs = [(p_index, prompt, drawn.seed + i) for p_index, prompt in enumerate(prompts)
                     for i in range(drawn.images_per_prompt)]
+            details = _details(profile, name, lora_file, drawn, lcm_applied)  # the same for every image
+            stem = f"{_slug(name)}_{file_stamp}" if file_stamp else _slug(name)
             with progress_bar(f"generating {name}", len(jobs), quiet) as advance:
                 for first in range(0, len(jobs), batch_size):
                     batch = jobs[first:first + batch_size]
@@ -262,8 +264,6 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sam
                         i = image_seed - drawn.seed
                         params = _parameters(profile, prompt, drawn, sampler, image_seed, size, name, lora_file,
                                              lora_scale)
-                        details = _details(profile, name, lora_file, drawn, lcm_applied)
-                        stem = f"{_slug(name)}_{file_stamp}" if file_stamp else _slug(name)
                         path = out_dir / f"{stem}_p{p_index:02d}_{i:02d}_s{image_seed}.png"
                         if file_stamp:
                             path = unused_path(path)  # two calls in the same second

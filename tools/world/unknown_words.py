@@ -18,6 +18,7 @@ read alike (the model card has the figures), so a LoRA has little in them to tie
 
 from __future__ import annotations
 
+import copy
 import random
 
 import torch
@@ -132,9 +133,8 @@ def train_unknown_words(build: Build, stage: Stage, corpus: list[str]) -> None:
     require_finished(build, stage.after)
     clip_model, tokenizer = load_trained_clip(build, stage.after)
     _, encoder = text_towers(clip_model)
-    _, reference = text_towers(clip_model)
-    reference.requires_grad_(False)
     encoder.requires_grad_(False)
+    reference = copy.deepcopy(encoder)  # the tower as it was: the targets
     embedding = encoder.get_input_embeddings().weight
     embedding.requires_grad_(True)
     known_ids = torch.tensor(sorted(known_tokens(corpus, tokenizer)))
