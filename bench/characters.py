@@ -136,8 +136,9 @@ def label(character: str) -> str:
     return character if "=" not in character else f"composed ({character})"
 
 
-def run_loop(character: str, seed: int, rounds: int, work: Path) -> dict:
-    """The loop on one character and seed; the figures of round 1 and of the round the ranking calls best."""
+def run_loop(character: str, seed: int, rounds: int, work: Path, params: dict | None = None) -> dict:
+    """The loop on one character and seed; the figures of round 1 and of the round the ranking calls best.
+    ``params``: knobs round 1 trains with instead of the defaults (``--param``)."""
     folder = work / f"{slug(character)}_{seed}"
     overrides = character_overrides(character, work)
     settings = load_settings(overrides={"profile": "tiny", "seed": seed, "competitors": [], "output_dir": str(folder),
@@ -145,6 +146,8 @@ def run_loop(character: str, seed: int, rounds: int, work: Path) -> dict:
                                         "patience": rounds + 1, "max_rounds": rounds, **overrides}, environ={})
     started = time.process_time()
     with Session(settings, quiet=True) as session:  # no prompt of its own: built from the analysis
+        if params and not session.store.rounds:
+            session.apply(params)
         session.run_rounds(rounds, RulePolicy(bounds=session.bounds, ranking=settings.round_ranking))
         records = session.history()  # a rerun on the same --work folder resumes: its finished rounds count
         best_number = session.store.state.best_round
@@ -287,6 +290,20 @@ def merged(files: list[Path]) -> tuple[dict, dict]:
     return results, over
 
 
+def knob_argument(item: str) -> tuple[str, object]:
+    """``KNOB=VALUE`` as (knob, value): true/false as a switch, else a number where it reads as one."""
+    name, _, text = item.partition("=")
+    if not text:
+        raise SystemExit(f"--param {item!r} is not KNOB=VALUE: e.g. --param output_preservation=true")
+    value: object = {"true": True, "false": False}.get(text.lower(), text)
+    if isinstance(value, str):
+        try:
+            value = float(text) if any(c in text for c in ".e") else int(text)
+        except ValueError:
+            pass
+    return name.strip(), value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--seeds", default="42,1,2", help="comma-separated seeds")
@@ -295,6 +312,8 @@ def main() -> int:
                         help="a bundled character's folder name, or a SPEC of category=value pairs (repeatable)")
     parser.add_argument("--overtrained", action="store_true",
                         help="also train an overtrained LoRA of the first character per seed and score its suite")
+    parser.add_argument("--param", action="append", default=[], metavar="KNOB=VALUE",
+                        help="a knob round 1 trains with, e.g. output_preservation=true (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here (as it goes)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs' results folders here")
     parser.add_argument("--tables-from", type=Path, nargs="+", default=None, metavar="JSON",
@@ -308,11 +327,12 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     characters = args.character or list(DEFAULT_CHARACTERS)
     work = args.work or Path(tempfile.mkdtemp(prefix="aldar-characters-"))
+    params = dict(knob_argument(item) for item in args.param)
     results: dict = {}
     over: dict = {}
     for character in characters:
         for seed in seeds:
-            run = run_loop(character, seed, args.rounds, work)
+            run = run_loop(character, seed, args.rounds, work, params)
             results.setdefault(character, {})[seed] = run
             print(f"{label(character)} seed {seed}: best quality {run['best']['quality']:.3f} "
                   f"(round {run['best_round']}), identity {number(run['best']['identity'])}, editability "

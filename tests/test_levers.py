@@ -387,3 +387,81 @@ def test_a_users_regularisation_folder_is_used_with_its_captions(profile, refere
     assert [c for _, c in class_images(config, profile, "a person", 8)] == ["a man standing", "a person"]
     result = train_lora(config, profile, references, tmp_path / "run", quiet=True)
     assert result.steps == 2
+
+
+# --------------------------------------------------------------------------- output preservation
+def test_without_trigger_takes_the_trigger_word_out_of_every_tag():
+    from tools.training.data import without_trigger
+
+    assert without_trigger("aldarkose, round face, blue robe", "aldarkose") == "round face, blue robe"
+    assert without_trigger("AldarKose style, steppe", "aldarkose") == "style, steppe"
+    assert without_trigger("round face", "aldarkose") == "round face"  # nothing to take out
+    assert without_trigger("aldarkose", "aldarkose") == ""
+
+
+def _change_from_base(lora_path: Path, profile, caption: str) -> float:
+    """Mean squared change the LoRA makes to the UNet's noise prediction for ``caption`` (fixed latents, noise level)."""
+    from tests.test_trainer_features import fresh_pipeline
+    from tools.training.data import encode_prompts
+
+    pipe = fresh_pipeline(profile)
+    pipe.load_lora_weights(str(lora_path))
+    embeds, pooled = encode_prompts([caption], [pipe.tokenizer, pipe.tokenizer_2],
+                                    [pipe.text_encoder, pipe.text_encoder_2], torch.device("cpu"))
+    size = pipe.unet.config.sample_size
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn((4, pipe.unet.config.in_channels, size, size), generator=generator)
+    embeds, pooled = embeds.expand(4, -1, -1), pooled.expand(4, -1)
+    time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]] * 4, dtype=torch.float32)
+    timesteps = torch.tensor([200, 400, 600, 800])
+
+    def predict() -> torch.Tensor:
+        with torch.no_grad():
+            return pipe.unet(latents, timesteps, embeds,
+                             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+
+    with_lora = predict()
+    pipe.disable_lora()
+    return float(((with_lora - predict()) ** 2).mean())
+
+
+def test_output_preservation_keeps_the_lora_out_of_captions_without_its_trigger(profile, tmp_path):
+    """The lever's promise, on the bundled references with their analysis' captions (60 steps): trained with it,
+    the LoRA changes the base's prediction for a caption without the trigger less than half as much as a plain LoRA
+    does, and its change with the trigger stands further above that than the plain LoRA's (measured: 0.0029 vs
+    0.0068 without; 1.9x vs 1.6x with the trigger)."""
+    from safetensors import safe_open
+
+    from tools.settings import BUNDLED_REFERENCES
+
+    traits = ["skullcap, orange patterned robe, children's book style, friendly, steppe landscape",
+              "skullcap, orange patterned robe, 2D illustration, smiling, plain background",
+              "topknot, orange patterned robe, 2D illustration, smiling, steppe landscape",
+              "skullcap, orange patterned robe, children's book style, friendly, plain background",
+              "topknot, orange patterned robe, children's book style, smiling, steppe landscape"]
+    dataset = [(BUNDLED_REFERENCES / f"aldar{index + 1}.png",
+                f"aldarkose, round face, narrow eyes, thin mustache, {text}") for index, text in enumerate(traits)]
+    config = quick(profile, steps=60)
+    plain = train_lora(config, profile, dataset, tmp_path / "plain", quiet=True)
+    kept = train_lora(config.replace(output_preservation=True), profile, dataset, tmp_path / "kept", quiet=True)
+    with_trigger = dataset[0][1]
+    without = with_trigger.removeprefix("aldarkose, ")
+    plain_without, kept_without = (_change_from_base(r.lora_path, profile, without) for r in (plain, kept))
+    plain_with, kept_with = (_change_from_base(r.lora_path, profile, with_trigger) for r in (plain, kept))
+    assert kept_without < 0.5 * plain_without
+    assert kept_with / kept_without > plain_with / plain_without
+    assert safe_open(str(kept.kohya_path), "pt").metadata()["aldar_output_preservation_weight"] == "1"
+    assert safe_open(str(plain.kohya_path), "pt").metadata()["aldar_output_preservation_weight"] == "0"
+
+
+def test_output_preservation_refuses_a_caption_without_the_trigger_before_writing(profile, references, tmp_path):
+    from tools.errors import ConfigError, InputError
+
+    untriggered = [*references[:2], (references[2][0], "riding, donkey")]
+    with pytest.raises(InputError, match=r"ref2.png's has none \('riding, donkey'\)"):
+        train_lora(quick(profile, output_preservation=True), profile, untriggered, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="output_preservation_weight"):
+        quick(profile, output_preservation=True, output_preservation_weight=0.0).validate()
+    with pytest.raises(ConfigError, match="needs a trigger word"):
+        quick(profile, output_preservation=True, trigger_token=" ").validate()

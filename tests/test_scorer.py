@@ -253,6 +253,17 @@ def test_metric_where_lora_leads_is_compared_with_the_ceiling():
     assert "feature_matching" not in recs  # 0.005 behind the ceiling: no gap worth a recommendation
 
 
+def test_each_metric_holds_the_base_models_mean_whoever_the_best_competitor_is():
+    lora = {"quality": 0.6, "clip": 0.7, "features": 0.5, "ssim": 0.5}
+    rival = {"quality": 0.7, "clip": 0.8, "features": 0.7, "ssim": 0.5}
+    base = {"quality": 0.4, "clip": 0.5, "features": 0.45, "ssim": 0.4}
+    ceiling = {"quality": 0.85, "clip": 0.90, "features": 0.8, "ssim": 0.55}
+    feedback = build_feedback(fake_report({"lora": lora, "gemini": rival, "base": base}, ceiling), "lora", "base")
+    assert feedback["compared_against"] == "gemini"
+    assert feedback["metric_gaps"]["features"]["base"] == pytest.approx(0.45)  # the lever rule's lead: +0.05
+    assert "base" not in build_feedback(fake_report({"lora": lora, "gemini": rival}, ceiling))["metric_gaps"]["clip"]
+
+
 def test_no_competitors_compares_with_the_ceiling():
     lora = {"quality": 0.35, "clip": 0.5, "features": 0.25, "ssim": 0.2}
     ceiling = {"quality": 0.8, "clip": 0.9, "features": 0.8, "ssim": 0.5}

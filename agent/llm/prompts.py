@@ -39,6 +39,7 @@ def thresholds() -> dict[str, str]:
             "copy_ssim": f"{policy.COPY_SSIM:g}", "low_variety": f"{policy.LOW_VARIETY:g}",
             "likeness_percent": f"{LIKENESS * 100:g}", "identity_ok": f"{policy.IDENTITY_OK:g}",
             "editability_vs_base": f"{policy.EDITABILITY_VS_BASE:g}", "bleed_high": f"{policy.BLEED_HIGH:g}",
+            "lead_low": f"{policy.LEAD_LOW:g}",
             "step_down": f"{policy.STEP_DOWN:g}", "step_up": f"{policy.STEP_UP:g}", "lr_down": f"{policy.LR_DOWN:g}",
             "rank_up": f"{policy.RANK_UP:g}", "max_emphasis": f"{policy.MAX_EMPHASIS:g}"}
 

@@ -172,6 +172,7 @@ class MetricGap(Block):
     ceiling: float | None = None
     vs_competitor: float | None = None
     vs_ceiling: float | None = None
+    base: float | None = None  # the base model's mean on the same prompt (absent in older feedback)
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ def feedback_of(document: Any) -> RoundFeedback:
         compared_against=_text(doc.get("compared_against")), needs_improvement=doc.get("needs_improvement"),
         reference_copy=bool(doc.get("reference_copy")),
         metric_gaps={str(name): MetricGap(*_numbers(gap, "lora", "competitor", "ceiling", "vs_competitor",
-                                                    "vs_ceiling"), written=_keys(gap))
+                                                    "vs_ceiling", "base"), written=_keys(gap))
                      for name, gap in _dict(doc.get("metric_gaps")).items() if isinstance(gap, dict)},
         feature_gaps=tuple(_feature_gap(gap) for gap in _list(doc.get("feature_gaps"))
                            if isinstance(gap, dict) and gap.get("feature")),

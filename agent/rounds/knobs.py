@@ -70,6 +70,9 @@ KNOBS: tuple[Knob, ...] = (
          "prompts without the trigger, about twice the time per step.", unshown=(False,)),
     Knob("prior_loss_weight", float, (0.1, 2.0), "Prior preservation: weight of the class images' loss.",
          unshown=(1.0,)),
+    Knob("output_preservation", bool, (0, 1), "Hold each caption without the trigger to the base model's own "
+         "prediction (differential output preservation): the LoRA acts where its trigger is; no class images, "
+         "about twice the time per step.", unshown=(False,)),
     Knob("caption_mode", str, (0, 1), "Captions: full (every trait) or identity-free (only what varies; the "
          "identity is left to the trigger).", choices=("full", "identity-free"), unshown=("full",)),
     Knob("adapter", str, (0, 1), "Adapter kind: lora, lokr or loha (same rank, alpha and learning rate).",

@@ -452,7 +452,7 @@ class Session:
             started = time.perf_counter()
             report = score_generators(state.images, self.references, self.profile, self.analyze(),
                                       self.settings.metric_weights)
-            feedback = build_feedback(report, LORA)
+            feedback = build_feedback(report, LORA, BASE)
             feedback["overfitting"] = overfitting_signals(report)
             feedback["lora_spread"] = lora_spread(report)
             if state.train:

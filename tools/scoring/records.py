@@ -133,6 +133,7 @@ class MetricGap(TypedDict):
     ceiling: float | None
     vs_competitor: float | None
     vs_ceiling: float | None
+    base: NotRequired[float | None]  # the base model's mean, where build_feedback was told which generator it is
 
 
 class FeatureGap(TypedDict):

@@ -338,11 +338,14 @@ def reference_ceiling(reference_set: ImageSet, embeddings: torch.Tensor, luma: l
 
 
 # --------------------------------------------------------------------------- feedback
-def build_feedback(report: ComparisonReport, lora_generator: str = "lora") -> Feedback:
+def build_feedback(report: ComparisonReport, lora_generator: str = "lora",
+                   base_generator: str | None = None) -> Feedback:
     """The original feedback shape (lora_score, best_competitor, ..., recommendations) plus gaps and band.
 
     Each metric is compared with the best-ranked competitor; where the LoRA is not behind it, with the
-    reference ceiling instead. With no competitors everything is compared with the ceiling.
+    reference ceiling instead. With no competitors everything is compared with the ceiling. With
+    ``base_generator`` (the base model without the LoRA, drawn on the same prompt) each metric also holds the
+    base's mean: what the LoRA adds to what the words alone draw, whoever the best competitor is.
     """
     generators = report["generators"]
     if lora_generator not in generators:
@@ -355,6 +358,7 @@ def build_feedback(report: ComparisonReport, lora_generator: str = "lora") -> Fe
     best = competitors[0] if competitors else None
     rival = generators[best] if best else None
     ceiling = report["ceiling"]
+    base = generators.get(base_generator) if base_generator else None
     lora_score = lora["quality"]["mean"]
     competitor_score = rival["quality"]["mean"] if rival else None
     ceiling_score = ceiling["quality"]["mean"] if ceiling else None
@@ -375,6 +379,8 @@ def build_feedback(report: ComparisonReport, lora_generator: str = "lora") -> Fe
         entry = {"lora": mine, "competitor": theirs, "ceiling": top,
                  "vs_competitor": None if theirs is None else theirs - mine,
                  "vs_ceiling": None if top is None else top - mine}
+        if base is not None:
+            entry["base"] = base[metric]["mean"]
         metric_gaps[metric] = entry
         gap, versus = _pick_gap(entry["vs_competitor"], best, entry["vs_ceiling"])
         level = priority(gap) if gap is not None else None

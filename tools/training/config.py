@@ -93,6 +93,13 @@ class TrainConfig:
                                              "prior_loss_weight)")
     class_images_dir: str = _setting("", "prior preservation: a folder of your own regularisation images (captions "
                                          "from same-stem .txt files, else the class prompt) instead of drawing them")
+    output_preservation: bool = _setting(False, "differential output preservation (ai-toolkit's DOP): each "
+                                               "batch's captions without the trigger word are held to the base "
+                                               "model's own prediction (adapter off) on the same noisy latents, so the "
+                                               "LoRA acts where its trigger is; no class images; about twice the "
+                                               "time per step")
+    output_preservation_weight: float = _setting(1.0, "output preservation: weight of its loss (ai-toolkit's "
+                                                      "diff_output_preservation_multiplier)")
     caption_mode: str = _setting("full", "training captions from the analysis: full (trigger + every trait, key "
                                         "features included) | identity-free (trigger + only what varies across the "
                                         "references: the traits common to all are left to the trigger)",
@@ -193,6 +200,11 @@ class TrainConfig:
         if self.prior_preservation:
             _positive_finite("prior_loss_weight", self.prior_loss_weight)
             check_class_prompt(self.class_prompt, self.trigger_token)
+        if self.output_preservation:
+            _positive_finite("output_preservation_weight", self.output_preservation_weight)
+            if not self.trigger_token.strip():
+                raise ConfigError("output preservation needs a trigger word: it holds each caption without it to "
+                                  "the base model", "set --trigger-token, or drop --output-preservation")
         if not (0.0 <= self.mask_outside_weight < 1.0) or not math.isfinite(self.mask_outside_weight):
             raise ConfigError(f"mask_outside_weight {self.mask_outside_weight} is outside [0, 1)",
                               "use 0 (kohya's masked loss) to 0.3")

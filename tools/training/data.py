@@ -316,6 +316,25 @@ def training_caption(caption: str, generator: torch.Generator, dropout: float, s
     return ", ".join(head + tail)
 
 
+def without_trigger(caption: str, trigger: str) -> str:
+    """``caption`` with the trigger word taken out of every tag, and a tag left empty dropped: the prompt output
+    preservation holds to the base model ("aldarkose, round face" -> "round face"; "aldarkose style" -> "style")."""
+    word = trigger.strip().casefold()
+    tags = [" ".join(part for part in tag.split() if part.casefold() != word) for tag in caption_tags(caption)]
+    return ", ".join(tag for tag in tags if tag)
+
+
+def check_trigger_in_captions(images, trigger: str) -> None:
+    """Output preservation holds each caption without the trigger to the base model: a caption without it would be
+    trained toward the references and held to the base at once. ``InputError`` naming the first such picture."""
+    for image in images:
+        if without_trigger(image.caption, trigger) == image.caption:
+            raise InputError(f"output preservation needs the trigger word {trigger!r} in every caption; "
+                             f"{image.path.name}'s has none ({image.caption!r})",
+                             "add the trigger word to its caption (or pass the --trigger-token the captions use), "
+                             "or drop --output-preservation")
+
+
 def check_run_dir(run_dir: Path) -> None:
     """``InputError`` before any work when ``run_dir`` (or the nearest existing folder above it) is a file."""
     existing = run_dir

@@ -254,6 +254,8 @@ def kohya_metadata(config, profile, *, steps: int, epochs: tuple[int, int], data
         "aldar_adapter": config.adapter,
         "aldar_mask_outside_weight": f"{config.mask_outside_weight:g}",
         "aldar_normalize_masked_loss": str(config.normalize_masked_loss),
+        "aldar_output_preservation_weight": (f"{config.output_preservation_weight:g}" if config.output_preservation
+                                             else "0"),
         "aldar_dataset_sha256": dataset_hash,
         "aldar_profile": info["profile"],
         "aldar_profile_info": json.dumps(info),

@@ -8,7 +8,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tools.training.data import cached_latent_distributions, encode_prompts, prepare_images, vae_identity
+from tools.training.data import (cached_latent_distributions, encode_prompts, position_seed, prepare_images,
+                                 vae_identity)
+
+# Validation loss: every reference at these fractions of the noise schedule, each with its own seeded noise.
+VALIDATION_TIMESTEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embeds, pooled_embeds, time_ids,
@@ -19,11 +23,8 @@ def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embe
     ``weights`` (batch, 1, h, w) on the latent grid weigh each latent pixel (masked loss: the character's mask
     average-pooled, kohya's ``apply_masked_loss``); None weighs all alike. ``per_sample``: one loss per batch item
     (prior preservation weighs the class images' part apart)."""
-    dtype = next(unet.parameters()).dtype
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy.to(dtype), timesteps, prompt_embeds.to(dtype),
-                      added_cond_kwargs={"text_embeds": pooled_embeds.to(dtype), "time_ids": time_ids.to(dtype)},
-                      return_dict=False)[0].float()
+    prediction = predict(unet, noise_scheduler.add_noise(latents, noise, timesteps), timesteps, prompt_embeds,
+                         pooled_embeds, time_ids)
     kind = noise_scheduler.config.prediction_type
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if kind == "v_prediction" else noise
     if not snr_gamma and weights is None and not per_sample:
@@ -35,6 +36,28 @@ def denoising_loss(unet, noise_scheduler, latents, noise, timesteps, prompt_embe
     if snr_gamma:
         losses = losses * min_snr_weights(noise_scheduler, timesteps, snr_gamma)
     return losses if per_sample else losses.mean()
+
+
+def predict(unet, noisy, timesteps, prompt_embeds, pooled_embeds, time_ids) -> torch.Tensor:
+    """The UNet's prediction (noise or velocity) for ``noisy`` latents, in float32."""
+    dtype = next(unet.parameters()).dtype
+    return unet(noisy.to(dtype), timesteps, prompt_embeds.to(dtype),
+                added_cond_kwargs={"text_embeds": pooled_embeds.to(dtype), "time_ids": time_ids.to(dtype)},
+                return_dict=False)[0].float()
+
+
+def output_preservation_loss(unet, noise_scheduler, latents, noise, timesteps, base_embeds, embeds, time_ids,
+                             adapters_off) -> torch.Tensor:
+    """Differential output preservation (ai-toolkit's DOP), per sample: the adapted UNet's prediction for a
+    caption without the trigger, against the base model's own (``adapters_off()``: the trained adapters switched
+    off) on the same noisy latents — what the base draws for it is what the LoRA should draw. ``base_embeds`` and
+    ``embeds``: (prompt, pooled) embeddings of those captions by the base's and the adapted text encoders (the
+    same pair when the encoders do not train). Plain MSE, as ai-toolkit's: no min-SNR weighting, no mask."""
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    with torch.no_grad(), adapters_off():
+        target = predict(unet, noisy, timesteps, *base_embeds, time_ids)
+    prediction = predict(unet, noisy, timesteps, *embeds, time_ids)
+    return F.mse_loss(prediction, target, reduction="none").mean(dim=list(range(1, prediction.ndim)))
 
 
 def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -51,6 +74,26 @@ def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> t
     snr = compute_snr(noise_scheduler, timesteps)
     v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
     return torch.clamp(snr, max=gamma) / (snr + 1 if v_prediction else snr)
+
+
+def validation_items(sets, vae_config, train_timesteps: int, seed: int) -> list[dict]:
+    """What the validation loss is measured on: each picture's latent mean (no sampling), its caption, fixed
+    timesteps with noise seeded by (seed, picture) — the same numbers at every checkpoint and round. ``sets``:
+    (images, latent cache, masked-loss weights function or None) per group of pictures."""
+    scale, shift = vae_config.scaling_factor, getattr(vae_config, "shift_factor", None)
+    timesteps = torch.tensor([int(f * train_timesteps) for f in VALIDATION_TIMESTEP_FRACTIONS])
+    pictures = [(i, image, cache, weigh) for images, cache, weigh in sets for i, image in enumerate(images)]
+    items = []
+    for number, (index, image, cache, weigh) in enumerate(pictures):
+        latent = ((cache[(index, False)][0] - (shift or 0.0)) * scale).unsqueeze(0)
+        latents = latent.expand(len(timesteps), *latent.shape[1:])
+        generator = torch.Generator().manual_seed(position_seed(seed, 104729, number))
+        noise = torch.randn(latents.shape, generator=generator)
+        weights = weigh([(index, False)]) if weigh is not None else None
+        items.append({"latents": latents, "noise": noise, "timesteps": timesteps, "caption": image.caption,
+                      "time_ids": image.time_ids(False).unsqueeze(0).expand(len(timesteps), -1),
+                      "weights": None if weights is None else weights.expand(len(timesteps), -1, -1, -1)})
+    return items
 
 
 @torch.no_grad()

@@ -1,11 +1,14 @@
-"""The trainer's loss log (CSV, one row per optimizer step), checkpoint scores, and the loss-curve PNG (PIL)."""
+"""What a training run reports: its result, the loss log (CSV, one row per optimizer step), checkpoint scores, and the
+loss-curve PNG (PIL)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -17,6 +20,29 @@ LOSS_CURVE = "loss_curve.png"
 CHECKPOINT_SCORES = "checkpoint_scores.json"  # [{"step", "quality", ...}] one per scored checkpoint
 COLUMNS = ("step", "loss", "loss_ema", "lr", "elapsed_s", "validation_loss")  # validation_loss: checkpoint rows only
 RAW_COLOUR, EMA_COLOUR, SCORE_COLOUR, BEST_COLOUR = (150, 185, 230), (20, 70, 160), (220, 120, 20), (200, 20, 20)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    lora_path: Path | None       # diffusers pytorch_lora_weights.safetensors (None when interrupted)
+    kohya_path: Path | None      # lora_unet_* file for A1111 / ComfyUI (None when interrupted)
+    steps: int                   # optimizer steps done
+    final_loss: float | None     # moving average of the loss at the last step
+    checkpoints: list[Path]
+    loss_log: Path
+    interrupted: bool = False
+    loss_curve: Path | None = None
+    validation_images: list[Path] = field(default_factory=list)
+    checkpoint_scores: list[dict] = field(default_factory=list)  # {"step", "quality", ...} per scored checkpoint
+    chosen_checkpoint: dict | None = None  # the checkpoint exported as the run's LoRA: {"step", "quality", "why"}
+    validation_losses: dict[int, float] = field(default_factory=dict)  # step -> validation loss, per checkpoint
+    notes: list[str] = field(default_factory=list)  # what the run changed or skipped in its input (one line each)
+    stopped_early: str = ""  # why training stopped before config.steps (a plateau of validation quality), or ""
+    edit_check_s: float = 0.0  # seconds this process spent drawing and scoring the checkpoints' edit check
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def write_loss_log(path: Path, rows: list[dict]) -> Path:

@@ -109,6 +109,24 @@ def adapter_state_dicts(modules: dict[str, torch.nn.Module]) -> dict[str, dict[s
     return {name: get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME) for name, module in modules.items()}
 
 
+@contextmanager
+def adapters_off(modules) -> Iterator[None]:
+    """The trained adapters of ``modules`` switched off for the ``with`` block — the base model's own forward pass
+    (output preservation's target) — then on again, their weights trainable as before."""
+    modules = list(modules)
+    trainable = [param for module in modules for param in module.parameters() if param.requires_grad]
+    layers = [layer for module in modules for layer in _tuner_layers(module)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for param in trainable:  # peft's enable_adapters re-marks what it thinks trainable: keep what was
+            param.requires_grad_(True)
+
+
 def _tuner_layers(module) -> list:
     from peft.tuners.tuners_utils import BaseTunerLayer
 

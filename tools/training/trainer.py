@@ -18,9 +18,8 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,50 +31,26 @@ from tools.training.config import TrainConfig, default_train_config
 from tools.training.data import (bucket_batch, bucket_counts, cached_latent_distributions, check_run_dir,
                                  dataset_dir, dataset_sha256, default_latent_cache_dir, encode_prompts, epochs_for,
                                  load_masks, position_seed, prepare_images, sample_latents, training_caption,
-                                 vae_identity)
+                                 vae_identity, without_trigger, check_trigger_in_captions)
 from tools.training.edit_check import EditCheck, draw_checkpoint_images
 from tools.training.prior import prepared_class_images
-from tools.training.losses import denoising_loss
+from tools.training.losses import denoising_loss, output_preservation_loss, validation_items
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
                                        checkpoint_dirs, export_lora, guarded_checkpoint, kohya_metadata, plateaued,
                                        latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint)
-from tools.training.report import (LOSS_CURVE, LOSS_LOG, draw_loss_curve, read_checkpoint_scores, read_loss_log,
-                                   write_checkpoint_scores, write_loss_log)
-from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, adapter_state_dicts, check_init_weights, check_resumable,
-                                  jsonable, lora_adapters, make_accelerator, make_optimizer, out_of_memory)
+from tools.training.report import (LOSS_CURVE, LOSS_LOG, TrainResult, draw_loss_curve, read_checkpoint_scores,
+                                   read_loss_log, write_checkpoint_scores, write_loss_log)
+from tools.training.setup import (ADAPTER_NAME, RUN_CONFIG, adapter_state_dicts, adapters_off, check_init_weights,
+                                  check_resumable, jsonable, lora_adapters, make_accelerator, make_optimizer,
+                                  out_of_memory)
 from tools.timestamps import iso_timestamp
 from tools.training.losses import denoising_loss, evaluation_loss, min_snr_weights  # noqa: F401  (re-exported)
 
 __all__ = ["TrainConfig", "TrainResult", "default_train_config", "train_lora", "denoising_loss", "evaluation_loss"]
 
 EMA_DECAY = 0.9
-# Validation loss: every reference at these fractions of the noise schedule, each with its own seeded noise.
-VALIDATION_TIMESTEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 # A checkpoint's validation images -> its scores against the references ({"quality": float, ...}).
 CheckpointScorer = Callable[[list[Path]], dict[str, float]]
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    lora_path: Path | None       # diffusers pytorch_lora_weights.safetensors (None when interrupted)
-    kohya_path: Path | None      # lora_unet_* file for A1111 / ComfyUI (None when interrupted)
-    steps: int                   # optimizer steps done
-    final_loss: float | None     # moving average of the loss at the last step
-    checkpoints: list[Path]
-    loss_log: Path
-    interrupted: bool = False
-    loss_curve: Path | None = None
-    validation_images: list[Path] = field(default_factory=list)
-    checkpoint_scores: list[dict] = field(default_factory=list)  # {"step", "quality", ...} per scored checkpoint
-    chosen_checkpoint: dict | None = None  # the checkpoint exported as the run's LoRA: {"step", "quality", "why"}
-    validation_losses: dict[int, float] = field(default_factory=dict)  # step -> validation loss, per checkpoint
-    notes: list[str] = field(default_factory=list)  # what the run changed or skipped in its input (one line each)
-    stopped_early: str = ""  # why training stopped before config.steps (a plateau of validation quality), or ""
-    edit_check_s: float = 0.0  # seconds this process spent drawing and scoring the checkpoints' edit check
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], run_dir: Path, quiet: bool = False,
@@ -92,6 +67,8 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     config.validate(profile)
     masks, notes = load_masks([path for path, _ in dataset]) if config.masked_loss else ({}, [])
     images = prepare_images(dataset, config.resolution, config.bucket_step if config.bucketing else None, masks)
+    if config.output_preservation:
+        check_trigger_in_captions(images, config.trigger_token)
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
@@ -166,8 +143,11 @@ class _Run:
 
     @torch.no_grad()
     def _cache_text(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        captions = sorted({image.caption for image in self.images + self.class_images}
-                          | ({""} if self.config.caption_dropout else set()))
+        captions = {image.caption for image in self.images + self.class_images} | (
+            {""} if self.config.caption_dropout else set())
+        if self.config.output_preservation:  # the prompts output preservation holds to the base
+            captions |= {without_trigger(image.caption, self.config.trigger_token) for image in self.images}
+        captions = sorted(captions)
         cache = {}
         for caption in captions:
             embeds, pooled = self._encode([caption])
@@ -203,24 +183,11 @@ class _Run:
                             else torch.ones((1, *self.latents[key][0].shape[-2:])) for key in keys])
 
     def _validation_set(self) -> list[dict]:
-        """What the validation loss is measured on: each reference's latent mean (no sampling), its caption,
-        and fixed timesteps with noise seeded by (seed, image) — the same numbers at every checkpoint and round."""
-        scale, shift = self.pipe.vae.config.scaling_factor, getattr(self.pipe.vae.config, "shift_factor", None)
-        count = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.tensor([int(f * count) for f in VALIDATION_TIMESTEP_FRACTIONS])
-        items = []
-        sets = [(self.images, self.latents, True), (self.class_images, self.class_latents, False)]
-        for number, (index, image, cache, masked) in enumerate(
-                (i, image, cache, masked) for images, cache, masked in sets for i, image in enumerate(images)):
-            latent = ((cache[(index, False)][0] - (shift or 0.0)) * scale).unsqueeze(0)
-            latents = latent.expand(len(timesteps), *latent.shape[1:])
-            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(
-                position_seed(self.config.seed, 104729, number)))
-            weights = self._batch_weights([(index, False)]) if masked else None
-            items.append({"latents": latents, "noise": noise, "timesteps": timesteps, "caption": image.caption,
-                          "time_ids": image.time_ids(False).unsqueeze(0).expand(len(timesteps), -1),
-                          "weights": None if weights is None else weights.expand(len(timesteps), -1, -1, -1)})
-        return items
+        """What the validation loss is measured on (``losses.validation_items``): the references, masked as
+        they train, and the class images."""
+        return validation_items([(self.images, self.latents, self._batch_weights),
+                                 (self.class_images, self.class_latents, None)],
+                                self.pipe.vae.config, self.noise_scheduler.config.num_train_timesteps, self.config.seed)
 
     @torch.no_grad()
     def _validation_loss(self) -> float:
@@ -234,11 +201,7 @@ class _Run:
             with self.accelerator.autocast():
                 for item in self.validation_set:
                     count = len(item["timesteps"])
-                    if self.text_cache is not None and item["caption"] in self.text_cache:
-                        embeds, pooled = self.text_cache[item["caption"]]
-                        embeds, pooled = embeds.unsqueeze(0), pooled.unsqueeze(0)
-                    else:
-                        embeds, pooled = self._encode([item["caption"]])
+                    embeds, pooled = self._embeddings([item["caption"]])
                     device = self.device
                     loss = denoising_loss(unet, self.noise_scheduler, item["latents"].to(device),
                                           item["noise"].to(device), item["timesteps"].to(device),
@@ -331,12 +294,22 @@ class _Run:
 
     def _micro_batch_loss(self, unet, micro: int) -> torch.Tensor:
         """One batch: sample latents, noise and timesteps from a generator seeded by the position (exact resume);
-        with prior preservation a batch of class images too, its loss weighed by ``prior_loss_weight``."""
+        with prior preservation a batch of class images too, its loss weighed by ``prior_loss_weight``; with output
+        preservation the batch's captions without the trigger held to the base, weighed by
+        ``output_preservation_weight``."""
         config, rank = self.config, self.accelerator.process_index
         generator = torch.Generator().manual_seed(position_seed(config.seed, rank, self.step, micro))
         position = self.step * config.gradient_accumulation + micro
         batch = self._batch(self.images, self.latents, self.buckets, position, config.seed + 7919 * rank,
                             generator, masked=True)
+        loss = self._denoising_loss(unet, batch, position, generator)
+        if config.output_preservation:
+            loss = loss + config.output_preservation_weight * self._preservation_loss(unet, batch)
+        return loss
+
+    def _denoising_loss(self, unet, batch: dict, position: int, generator: torch.Generator) -> torch.Tensor:
+        """The batch's denoising loss; with prior preservation beside a batch of class images."""
+        config, rank = self.config, self.accelerator.process_index
         if not self.class_images:
             return self._loss(unet, batch).mean()
         prior = self._batch(self.class_images, self.class_latents, self.class_buckets, position,
@@ -347,10 +320,42 @@ class _Run:
                 for part in (batch, prior):
                     if part["weights"] is None:
                         part["weights"] = torch.ones((len(part["latents"]), 1, *part["latents"].shape[2:]))
-            joined = {k: None if batch[k] is None else torch.cat([batch[k], prior[k]]) for k in batch}
+            joined = {k: None if batch[k] is None else batch[k] + prior[k] if isinstance(batch[k], list)
+                      else torch.cat([batch[k], prior[k]]) for k in batch}
             losses = self._loss(unet, joined)
             return losses[:count].mean() + config.prior_loss_weight * losses[count:].mean()
         return self._loss(unet, batch).mean() + config.prior_loss_weight * self._loss(unet, prior).mean()
+
+    def _preservation_loss(self, unet, batch: dict) -> torch.Tensor:
+        """Output preservation on ``batch``: each sample's caption without the trigger, the adapted UNet's prediction
+        held to the base's on the same noisy latents (``losses.output_preservation_loss``). A sample trained on a
+        caption without the trigger (caption dropout) has nothing to preserve and counts as zero."""
+        captions = [without_trigger(caption, self.config.trigger_token) for caption in batch["captions"]]
+        keep = [i for i, (caption, kept) in enumerate(zip(batch["captions"], captions)) if kept != caption]
+        if not keep:
+            return torch.zeros((), device=self.device)
+        rows, captions = torch.tensor(keep), [captions[i] for i in keep]
+        trained = list(self.wrapped.values())
+        with torch.no_grad(), adapters_off(trained):
+            base = self._embeddings(captions)
+        embeds = base if self.text_cache is not None else self._embeddings(captions)  # trained encoders: theirs
+        device = self.device
+        losses = output_preservation_loss(unet, self.noise_scheduler, batch["latents"][rows].to(device),
+                                          batch["noise"][rows].to(device), batch["timesteps"][rows].to(device),
+                                          base, embeds, batch["time_ids"][rows].to(device),
+                                          lambda: adapters_off(trained))
+        return losses.sum() / len(batch["captions"])
+
+    def _embeddings(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt, pooled) embeddings of ``captions``: cached where the encoders are frozen, else encoded (with
+        gradients only when the encoders train)."""
+        if self.text_cache is not None and all(c in self.text_cache for c in captions):
+            return (torch.stack([self.text_cache[c][0] for c in captions]),
+                    torch.stack([self.text_cache[c][1] for c in captions]))
+        if self.text_cache is not None:  # a shuffled caption: frozen encoders, no gradient needed
+            with torch.no_grad():
+                return self._encode(captions)
+        return self._encode(captions)
 
     def _loss(self, unet, batch: dict) -> torch.Tensor:
         device = self.device
@@ -377,18 +382,11 @@ class _Run:
                                   generator=generator)
         captions = [training_caption(images[i].caption, generator, config.caption_dropout,
                                      config.shuffle_caption_tags, config.keep_tokens) for i in indices]
-        if self.text_cache is not None and all(c in self.text_cache for c in captions):
-            embeds = torch.stack([self.text_cache[c][0] for c in captions])
-            pooled = torch.stack([self.text_cache[c][1] for c in captions])
-        elif self.text_cache is not None:  # a shuffled caption: frozen encoders, no gradient needed
-            with torch.no_grad():
-                embeds, pooled = self._encode(captions)
-        else:
-            embeds, pooled = self._encode(captions)
+        embeds, pooled = self._embeddings(captions)
         time_ids = torch.stack([images[i].time_ids(f) for i, f in zip(indices, flips)])
         weights = self._batch_weights(list(zip(indices, flips))) if masked else None
         return {"latents": latents, "noise": noise, "timesteps": timesteps, "embeds": embeds, "pooled": pooled,
-                "time_ids": time_ids, "weights": weights}
+                "time_ids": time_ids, "weights": weights, "captions": captions}
 
     # ---- saving
     def _state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
