@@ -41,6 +41,12 @@ def test_evidence_helps_only_beyond_both_spreads():
     assert not FAILS["PRIOR_AGAINST_BLEED"].helps() and not FAILS["MASKED_FOR_BACKGROUND"].helps()
     assert not Evidence("masked_loss", "x", False, (0.5, 0.1), (0.58, 0.05)).helps()  # gain 0.08 < spread 0.1
     assert "0.044 ± 0.031 with it vs 0.035 ± 0.059 without" in FAILS["PRIOR_AGAINST_BLEED"].figures()
+    # Measured in pairs (same character and seed both ways), the paired difference decides: beyond 2 standard errors.
+    spread_out = Evidence("output_preservation", "lead", False, (0.036, 0.154), (0.127, 0.094), paired=(0.090, 0.044, 9))
+    assert spread_out.helps() and "per run +0.090 ± 0.044 (standard error, 9 runs)" in spread_out.figures()
+    assert not Evidence("output_preservation", "lead", False, (0.036, 0.154), (0.127, 0.094),
+                        paired=(0.090, 0.050, 9)).helps()
+    assert Evidence("prior_preservation", "bleed", True, (0.1, 0.2), (0.0, 0.2), paired=(-0.1, 0.04, 9)).helps()
 
 
 @pytest.mark.parametrize("evidence", [HELPS, FAILS], ids=["measured to help", "measured not to help"])

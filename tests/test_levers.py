@@ -390,13 +390,48 @@ def test_a_users_regularisation_folder_is_used_with_its_captions(profile, refere
 
 
 # --------------------------------------------------------------------------- output preservation
-def test_without_trigger_takes_the_trigger_word_out_of_every_tag():
-    from tools.training.data import without_trigger
+def test_without_trigger_takes_the_trigger_out_of_every_tag_as_whole_words():
+    from tools.training.data import has_trigger, without_trigger
 
     assert without_trigger("aldarkose, round face, blue robe", "aldarkose") == "round face, blue robe"
     assert without_trigger("AldarKose style, steppe", "aldarkose") == "style, steppe"
     assert without_trigger("round face", "aldarkose") == "round face"  # nothing to take out
     assert without_trigger("aldarkose", "aldarkose") == ""
+    assert without_trigger("ohwx  man, smiling", "ohwx man") == "smiling"  # a trigger of two words
+    # Found as whole words only; a caption written without spaces after its commas has none to find.
+    assert has_trigger("ohwx man, smiling", "ohwx man") and not has_trigger("round face,smile", "aldarkose")
+    assert not has_trigger("aldarkoses robe", "aldarkose") and not has_trigger("aldarkose", " ")
+
+
+def test_adapters_off_gives_the_base_model_and_restores_every_layer_and_gradient_flag(profile):
+    """The preservation target's switch: inside, the UNet predicts as the base; after, every adapter layer is on
+    or off as before (one the setup switched off stays off) and every weight trains as before."""
+    from tools.models import load_sdxl_pipeline
+    from tools.training.setup import _tuner_layers, adapters_off, lora_adapters
+
+    pipe = load_sdxl_pipeline(profile)
+    unet = pipe.unet
+    size, channels = unet.config.sample_size, unet.config.in_channels
+    latents = torch.randn((1, channels, size, size), generator=torch.Generator().manual_seed(0))
+    embeds = torch.randn((1, 77, unet.config.cross_attention_dim), generator=torch.Generator().manual_seed(1))
+    pooled = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+    extra = {"text_embeds": torch.zeros((1, pooled)), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+
+    def predict() -> torch.Tensor:
+        with torch.no_grad():
+            return unet(latents, torch.tensor([500]), embeds, added_cond_kwargs=extra).sample
+
+    base = predict()
+    with lora_adapters(pipe, quick(profile)) as modules:
+        for param in (p for p in unet.parameters() if p.requires_grad):
+            param.data.add_(0.05)  # a LoRA that changes the picture
+        layers = _tuner_layers(unet)
+        layers[0].enable_adapters(False)  # as setup leaves a layer that holds only another adapter
+        before = [layer.disable_adapters for layer in layers], [p.requires_grad for p in unet.parameters()]
+        assert not torch.equal(predict(), base)
+        with adapters_off(modules.values()):
+            assert torch.equal(predict(), base)
+        assert ([layer.disable_adapters for layer in layers], [p.requires_grad for p in unet.parameters()]) == before
 
 
 def _change_from_base(lora_path: Path, profile, caption: str) -> float:

@@ -59,7 +59,8 @@ def test_help_documents_every_knob_with_its_default():
             continue
         flag = "--" + knob.name.replace("_", "-")
         assert flag in text, flag
-        after = text.split(flag, 2)[-1][:400]
+        # the flag itself, not the start of a longer one (--output-preservation, --output-preservation-weight)
+        after = re.split(rf"{re.escape(flag)}(?![\w-])", text, maxsplit=2)[-1][:400]
         assert "(default:" in after, flag
 
 

@@ -112,7 +112,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
     analysis = ensure_analysis(settings, profile, not args.no_cache, ui)
     report = score_generators(image_sets, Path(settings.references), profile, analysis, settings.metric_weights,
                               use_cache=not args.no_cache, quiet=args.quiet)
-    feedback = build_feedback(report, args.lora) if args.lora in report["generators"] else None
+    # images named base=PATH are the base model's: the feedback then says what the LoRA adds to them
+    feedback = build_feedback(report, args.lora, "base") if args.lora in report["generators"] else None
     report_path, feedback_path = write_results(report, feedback, settings.output_dir)
     ui.show(render.report_scores(report))
     if feedback is None:

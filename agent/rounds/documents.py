@@ -172,7 +172,7 @@ class MetricGap(Block):
     ceiling: float | None = None
     vs_competitor: float | None = None
     vs_ceiling: float | None = None
-    base: float | None = None  # the base model's mean on the same prompt (absent in older feedback)
+    base: float | None = None  # the base model's mean, same seeds, prompt without emphasis (absent in older files)
 
 
 @dataclass(frozen=True)

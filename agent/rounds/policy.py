@@ -38,7 +38,7 @@ IDENTITY_OK = 0.6
 EDITABILITY_VS_BASE = 0.85
 # Bleed (LoRA − base CLIP similarity to the references on no-trigger prompts) above this: everyone becomes him.
 BLEED_HIGH = 0.05
-# The LoRA's key features ahead of the base's (same prompt and seeds) by less than this: it draws the character no
+# The LoRA's key features ahead of the base's (same seeds, the base's prompt without emphasis) by less than this: it draws the character no
 # better than the words alone do. The per-image pass rates move in steps of 1/images; at 0.1 a plain round-1 LoRA of
 # Aldar Köse passed on 2 of 3 seeds (+0.31, +0.23; +0.03 failed), King Zorabek's on none (bench/characters.py).
 LEAD_LOW = 0.1

@@ -344,8 +344,8 @@ def build_feedback(report: ComparisonReport, lora_generator: str = "lora",
 
     Each metric is compared with the best-ranked competitor; where the LoRA is not behind it, with the
     reference ceiling instead. With no competitors everything is compared with the ceiling. With
-    ``base_generator`` (the base model without the LoRA, drawn on the same prompt) each metric also holds the
-    base's mean: what the LoRA adds to what the words alone draw, whoever the best competitor is.
+    ``base_generator`` (the base model without the LoRA; a generator of that name absent: none) each metric also
+    holds the base's mean: what the LoRA adds to what the words alone draw, whoever the best competitor is.
     """
     generators = report["generators"]
     if lora_generator not in generators:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,11 +317,20 @@ def training_caption(caption: str, generator: torch.Generator, dropout: float, s
     return ", ".join(head + tail)
 
 
+def _trigger_pattern(trigger: str) -> re.Pattern:
+    """The trigger as whole words, any case ("ohwx man" too), as the class prompt's check finds it."""
+    return re.compile(rf"(?i)\b{re.escape(' '.join(trigger.split()))}\b")
+
+
+def has_trigger(caption: str, trigger: str) -> bool:
+    return bool(trigger.strip()) and _trigger_pattern(trigger).search(" ".join(caption.split())) is not None
+
+
 def without_trigger(caption: str, trigger: str) -> str:
-    """``caption`` with the trigger word taken out of every tag, and a tag left empty dropped: the prompt output
+    """``caption`` with the trigger taken out of every tag, and a tag left empty dropped: the prompt output
     preservation holds to the base model ("aldarkose, round face" -> "round face"; "aldarkose style" -> "style")."""
-    word = trigger.strip().casefold()
-    tags = [" ".join(part for part in tag.split() if part.casefold() != word) for tag in caption_tags(caption)]
+    pattern = _trigger_pattern(trigger)
+    tags = [" ".join(pattern.sub(" ", " ".join(tag.split())).split()) for tag in caption_tags(caption)]
     return ", ".join(tag for tag in tags if tag)
 
 
@@ -328,7 +338,7 @@ def check_trigger_in_captions(images, trigger: str) -> None:
     """Output preservation holds each caption without the trigger to the base model: a caption without it would be
     trained toward the references and held to the base at once. ``InputError`` naming the first such picture."""
     for image in images:
-        if without_trigger(image.caption, trigger) == image.caption:
+        if not has_trigger(image.caption, trigger):
             raise InputError(f"output preservation needs the trigger word {trigger!r} in every caption; "
                              f"{image.path.name}'s has none ({image.caption!r})",
                              "add the trigger word to its caption (or pass the --trigger-token the captions use), "

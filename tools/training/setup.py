@@ -114,8 +114,9 @@ def adapters_off(modules) -> Iterator[None]:
     """The trained adapters of ``modules`` switched off for the ``with`` block — the base model's own forward pass
     (output preservation's target) — then on again, their weights trainable as before."""
     modules = list(modules)
-    trainable = [param for module in modules for param in module.parameters() if param.requires_grad]
-    layers = [layer for module in modules for layer in _tuner_layers(module)]
+    grads = [(param, param.requires_grad) for module in modules for param in module.parameters()]
+    # Only the layers on now: one that setup switched off (it holds only the generator's adapter) stays off.
+    layers = [layer for module in modules for layer in _tuner_layers(module) if not layer.disable_adapters]
     for layer in layers:
         layer.enable_adapters(False)
     try:
@@ -123,8 +124,8 @@ def adapters_off(modules) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.enable_adapters(True)
-        for param in trainable:  # peft's enable_adapters re-marks what it thinks trainable: keep what was
-            param.requires_grad_(True)
+        for param, trainable in grads:  # peft's enable_adapters re-marks what it thinks trainable: keep what was
+            param.requires_grad_(trainable)
 
 
 def _tuner_layers(module) -> list:

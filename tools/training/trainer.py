@@ -31,7 +31,7 @@ from tools.training.config import TrainConfig, default_train_config
 from tools.training.data import (bucket_batch, bucket_counts, cached_latent_distributions, check_run_dir,
                                  dataset_dir, dataset_sha256, default_latent_cache_dir, encode_prompts, epochs_for,
                                  load_masks, position_seed, prepare_images, sample_latents, training_caption,
-                                 vae_identity, without_trigger, check_trigger_in_captions)
+                                 vae_identity, without_trigger, check_trigger_in_captions, has_trigger)
 from tools.training.edit_check import EditCheck, draw_checkpoint_images
 from tools.training.prior import prepared_class_images
 from tools.training.losses import denoising_loss, output_preservation_loss, validation_items
@@ -330,11 +330,11 @@ class _Run:
         """Output preservation on ``batch``: each sample's caption without the trigger, the adapted UNet's prediction
         held to the base's on the same noisy latents (``losses.output_preservation_loss``). A sample trained on a
         caption without the trigger (caption dropout) has nothing to preserve and counts as zero."""
-        captions = [without_trigger(caption, self.config.trigger_token) for caption in batch["captions"]]
-        keep = [i for i, (caption, kept) in enumerate(zip(batch["captions"], captions)) if kept != caption]
+        trigger = self.config.trigger_token
+        keep = [i for i, caption in enumerate(batch["captions"]) if has_trigger(caption, trigger)]
         if not keep:
             return torch.zeros((), device=self.device)
-        rows, captions = torch.tensor(keep), [captions[i] for i in keep]
+        rows, captions = torch.tensor(keep), [without_trigger(batch["captions"][i], trigger) for i in keep]
         trained = list(self.wrapped.values())
         with torch.no_grad(), adapters_off(trained):
             base = self._embeddings(captions)
