@@ -5,6 +5,7 @@
     python bench/characters.py --character "headwear=horned helmet,robe=striped yellow robe,beard=goatee" --json F
     python bench/characters.py --character aldar_kose --overtrained        # + an overtrained LoRA per seed
     python bench/characters.py --tables-from a.json b.json     # one table of runs done side by side (--json each)
+    python bench/characters.py --rounds 1 --param output_preservation=true   # round 1 with a knob set (repeatable)
 
 A ``--character`` is a bundled example's folder name (``examples/<name>``, its ``character.json`` gives trigger,
 name and prompt) or a SPEC of ``category=value`` pairs (``tools.world.compose``): five references of that
