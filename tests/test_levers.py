@@ -391,7 +391,7 @@ def test_a_users_regularisation_folder_is_used_with_its_captions(profile, refere
 
 # --------------------------------------------------------------------------- output preservation
 def test_without_trigger_takes_the_trigger_out_of_every_tag_as_whole_words():
-    from tools.training.data import has_trigger, without_trigger
+    from tools.character import has_trigger, without_trigger
 
     assert without_trigger("aldarkose, round face, blue robe", "aldarkose") == "round face, blue robe"
     assert without_trigger("AldarKose style, steppe", "aldarkose") == "style, steppe"

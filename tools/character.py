@@ -47,9 +47,28 @@ def common_word_warning(trigger_token: str, vocabulary: Iterable[str]) -> str:
     return ""
 
 
+def _trigger_pattern(trigger_token: str) -> re.Pattern:
+    """The trigger as whole words, any case and spacing ("ohwx man" too)."""
+    return re.compile(rf"(?i)\b{re.escape(' '.join(trigger_token.split()))}\b")
+
+
+def has_trigger(text: str, trigger_token: str) -> bool:
+    """Whether ``text`` names the trigger token as whole words (a caption, a prompt, a class prompt)."""
+    return bool(trigger_token.strip()) and _trigger_pattern(trigger_token).search(" ".join(text.split())) is not None
+
+
+def without_trigger(caption: str, trigger_token: str) -> str:
+    """``caption`` with the trigger taken out of every comma-separated tag, a tag left empty dropped — what
+    output preservation holds to the base model ("aldarkose, round face" -> "round face"; "aldarkose style" ->
+    "style")."""
+    pattern = _trigger_pattern(trigger_token)
+    tags = [" ".join(pattern.sub(" ", " ".join(tag.split())).split()) for tag in caption.split(",")]
+    return ", ".join(tag for tag in tags if tag)
+
+
 def missing_trigger_warning(prompt: str, trigger_token: str) -> str:
     """One line when a prompt drawn with the LoRA does not name the trigger token."""
-    if trigger_token.strip().lower() in words(prompt):
+    if has_trigger(prompt, trigger_token) or not trigger_token.strip():
         return ""
     return (f"prompt {shorten(prompt)!r} does not contain the trigger token {trigger_token!r} — the LoRA may not "
             f"activate; start the prompt with '{trigger_token}, '")

@@ -282,9 +282,9 @@ def check_setting(name: str, value: Any) -> None:
 
 def check_class_prompt(class_prompt: str, trigger: str) -> None:
     """ConfigError when the class prompt names the trigger: the class images would teach the trigger the base's look."""
-    import re
+    from tools.character import has_trigger
 
-    if trigger.strip() and re.search(rf"(?i)\b{re.escape(trigger.strip())}\b", class_prompt):
+    if has_trigger(class_prompt, trigger):
         raise ConfigError(f"the class prompt {class_prompt!r} contains the trigger token {trigger!r}",
                           "describe the class without the trigger (e.g. 'a man in an orange robe'), or leave "
                           "--class-prompt empty to take the analysis' description")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from tools.character import has_trigger
 from tools.errors import InputError
 from tools.images import file_sha256, load_image
 from tools.paths import aldar_cache
@@ -315,23 +315,6 @@ def training_caption(caption: str, generator: torch.Generator, dropout: float, s
     head, tail = tags[:keep], tags[keep:]
     tail = [tail[i] for i in torch.randperm(len(tail), generator=generator).tolist()]
     return ", ".join(head + tail)
-
-
-def _trigger_pattern(trigger: str) -> re.Pattern:
-    """The trigger as whole words, any case ("ohwx man" too), as the class prompt's check finds it."""
-    return re.compile(rf"(?i)\b{re.escape(' '.join(trigger.split()))}\b")
-
-
-def has_trigger(caption: str, trigger: str) -> bool:
-    return bool(trigger.strip()) and _trigger_pattern(trigger).search(" ".join(caption.split())) is not None
-
-
-def without_trigger(caption: str, trigger: str) -> str:
-    """``caption`` with the trigger taken out of every tag, and a tag left empty dropped: the prompt output
-    preservation holds to the base model ("aldarkose, round face" -> "round face"; "aldarkose style" -> "style")."""
-    pattern = _trigger_pattern(trigger)
-    tags = [" ".join(pattern.sub(" ", " ".join(tag.split())).split()) for tag in caption_tags(caption)]
-    return ", ".join(tag for tag in tags if tag)
 
 
 def check_trigger_in_captions(images, trigger: str) -> None:

@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from tools.atomic import atomic_write, atomic_write_json
+from tools.character import has_trigger, without_trigger
 from tools.errors import ConfigError, InputError, TrainingError
 from tools.progress import progress_bar
 from tools.training.config import TrainConfig, default_train_config
 from tools.training.data import (bucket_batch, bucket_counts, cached_latent_distributions, check_run_dir,
                                  check_trigger_in_captions, dataset_dir, dataset_sha256, default_latent_cache_dir,
-                                 encode_prompts, epochs_for, has_trigger, load_masks, position_seed, prepare_images,
-                                 sample_latents, training_caption, vae_identity, without_trigger)
+                                 encode_prompts, epochs_for, load_masks, position_seed, prepare_images,
+                                 sample_latents, training_caption, vae_identity)
 from tools.training.edit_check import EditCheck, draw_checkpoint_images
 from tools.training.prior import prepared_class_images
 from tools.training.losses import denoising_loss, output_preservation_loss, validation_items
