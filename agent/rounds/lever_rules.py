@@ -5,9 +5,9 @@ Each lever answers one sign: prior preservation the LoRA's pull on pictures with
 loss a background the LoRA keeps instead of the prompted one, output preservation a LoRA that draws the character
 no better than the base draws it from the words (its key features barely ahead of the base's). A lever is switched
 on only when its measurement showed it moving that sign beyond the seeds' spread; otherwise the rule says, with
-the figures, that it was measured not to help, and leaves it off — the usual remedies (fewer steps, a lower learning rate and
-``lora_scale``) then stand alone. The figures are the toy world's (``tiny``, seeds 42/1/2): real SDXL was not
-measured, so the same evidence decides there too, and the rationale names where it comes from.
+the figures, that it was measured not to help, and leaves it off — the usual remedies (fewer steps, a lower
+learning rate and ``lora_scale``) then stand alone. The figures are the toy world's (``tiny``, seeds 42/1/2): real
+SDXL was not measured, so the same evidence decides there too, and the rationale names where it comes from.
 
 Identity-free captions and LoKr/LoHa have no rule: in the same bench identity-free captions lowered the key-feature
 match, and neither adapter beat plain LoRA's key features beyond the spread (README, "Levers").
