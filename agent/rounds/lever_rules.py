@@ -69,15 +69,15 @@ PRIOR_AGAINST_BLEED = Evidence("prior_preservation", "bleed", True, plain=(0.016
 # Key-feature lead: the LoRA's key-feature pass rate on the character's own prompt minus the base's (the base on the
 # prompt without emphasis), as the rule uses the lever: round 2 of the loop (bench/characters.py, the rule firing
 # after round 1), continuing round 1's LoRA, against round 2 of the same runs without it (the bench before the
-# rule) — the 7 runs of 9 whose round 1 led by under LEAD_LOW (Aldar seed 2; King Zorabek and the composed hero,
-# seeds 42/1/2): higher on 3, lower on 4. There it lowered bleed (+0.022 +- 0.069 vs +0.115 +- 0.124; per run
-# -0.093 +- 0.040) and raised quality only within the spread (0.545 +- 0.036 vs 0.526 +- 0.075). Trained from
+# rule) — the 11 runs whose round 1 led by under LEAD_LOW (Aldar seed 2; King Zorabek and the composed hero, seeds
+# 42/1/2, then 3/4 with the rule forced on): higher on 4, lower on 5. Quality -0.002 +- 0.025 per run, bleed
+# -0.041 +- 0.039 (on seeds 42/1/2 alone -0.093 +- 0.040; seeds 3/4 did not repeat it). Trained from
 # scratch for a whole round, it did raise the lead (per run +0.090 +- 0.044 over all 9 runs, 7 higher; quality
 # +0.058 +- 0.026, 8 higher) — a round-1 setting, not what a rule can switch after round 1; on by default it would
 # cost twice the time per step of every run for that (README, "Levers").
 OUTPUT_PRESERVATION_FOR_LEAD = Evidence("output_preservation", "key-feature lead over the base", False,
-                                        plain=(0.056, 0.140), with_lever=(0.074, 0.082), paired=(0.018, 0.046, 7),
-                                        bench="bench/characters.py round 2, tiny, 3 characters x seeds 42/1/2")
+                                        plain=(0.054, 0.132), with_lever=(0.047, 0.081), paired=(-0.007, 0.035, 11),
+                                        bench="bench/characters.py round 2, tiny, 3 characters, 11 runs")
 MASKED_FOR_BACKGROUND = Evidence("masked_loss", "background follow", False, plain=(0.983, 0.024),
                                  with_lever=(0.950, 0.041))
 
