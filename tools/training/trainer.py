@@ -337,9 +337,12 @@ class _Run:
             return torch.zeros((), device=self.device)
         rows, captions = torch.tensor(keep), [without_trigger(batch["captions"][i], trigger) for i in keep]
         trained = list(self.wrapped.values())
-        with torch.no_grad(), adapters_off(trained):
-            base = self._embeddings(captions)
-        embeds = base if self.text_cache is not None else self._embeddings(captions)  # trained encoders: theirs
+        if self.text_cache is not None:  # frozen encoders: the base's embeddings are the adapted model's
+            base = embeds = self._embeddings(captions)
+        else:  # trained encoders: the base's come with their adapters off, the adapted ones with gradients
+            with torch.no_grad(), adapters_off(trained):
+                base = self._embeddings(captions)
+            embeds = self._embeddings(captions)
         device = self.device
         losses = output_preservation_loss(unet, self.noise_scheduler, batch["latents"][rows].to(device),
                                           batch["noise"][rows].to(device), batch["timesteps"][rows].to(device),
