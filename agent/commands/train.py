@@ -148,6 +148,8 @@ def run(args: argparse.Namespace, settings: Settings, ui: UI) -> int:
         ["LoRA from", f"step {result.chosen_checkpoint['step']}: {result.chosen_checkpoint['why']}"]])
     # The files under the table, one line each: a table cell cuts a long path, and a path must copy whole.
     ui.paths([("diffusers LoRA", result.lora_path), ("kohya / A1111 / ComfyUI LoRA", result.kohya_path),
+              *([("trigger embedding (diffusers load_textual_inversion; A1111 / ComfyUI embeddings folder)",
+                  result.embedding_path)] if result.embedding_path else []),
               ("loss curve", result.loss_curve)])
     if config.adapter != "lora":
         from tools.generation.lycoris import DIFFUSERS_NOTE

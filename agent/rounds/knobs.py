@@ -73,6 +73,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("output_preservation", bool, (0, 1), "Hold each caption without the trigger to the base model's own "
          "prediction (differential output preservation): the LoRA acts where its trigger is; no class images, "
          "about twice the time per step.", unshown=(False,)),
+    Knob("pivotal_tuning", bool, (0, 1), "Train the trigger word as new tokens beside the LoRA (pivotal tuning): "
+         "the prompt then has a word of its own for the character; for characters the base has no word for.",
+         unshown=(False,)),
     Knob("caption_mode", str, (0, 1), "Captions: full (every trait) or identity-free (only what varies; the "
          "identity is left to the trigger).", choices=("full", "identity-free"), unshown=("full",)),
     Knob("adapter", str, (0, 1), "Adapter kind: lora, lokr or loha (same rank, alpha and learning rate).",

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from tools.atomic import unused_path
+from tools.embeddings import activate_embedding
 from tools.errors import InputError, ModelNotFoundError
 from tools.generation.lycoris import is_lycoris_file, load_lycoris_weights
 from tools.generation.png_metadata import save_png_with_parameters
@@ -102,10 +103,12 @@ def resolve_lora_file(lora_path: str | Path) -> Path:
 
 
 def activate_lora(pipe, lora_file: Path | None, scale: float = 1.0, *, extra: dict[str, float] | None = None) -> str | None:
-    """Make ``lora_file`` (at ``scale``) plus ``extra`` adapters the active set; None = the bare base model.
+    """Make ``lora_file`` (at ``scale``) plus ``extra`` adapters the active set, with the trigger embedding trained
+    beside it (``tools.embeddings``); None = the bare base model.
 
     Loads a file only the first time it is seen; returns the adapter name used.
     """
+    activate_embedding(pipe, lora_file)  # pivotal tuning's trigger tokens, when the LoRA was trained with them
     registry = loaded_adapters(pipe)
     active: dict[str, float] = dict(extra or {})
     name = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,13 @@ class TrainConfig:
                                                "time per step")
     output_preservation_weight: float = _setting(1.0, "output preservation: weight of its loss (ai-toolkit's "
                                                       "diff_output_preservation_multiplier)")
+    pivotal_tuning: bool = _setting(False, "pivotal tuning: the trigger word becomes new tokens whose embedding trains "
+                                          "beside the LoRA (diffusers' --train_text_encoder_ti), for a character the "
+                                          "base has no word for; saved as embeddings/<trigger>.safetensors")
+    embedding_vectors: int = _setting(2, "pivotal tuning: tokens (vectors) the trigger gets in each text encoder "
+                                      "(diffusers' num_new_tokens_per_abstraction)")
+    embedding_learning_rate: float = _setting(0.0, "pivotal tuning: learning rate of the trigger's embedding (0 = "
+                                                   "the text encoders' rate)")
     caption_mode: str = _setting("full", "training captions from the analysis: full (trigger + every trait, key "
                                         "features included) | identity-free (trigger + only what varies across the "
                                         "references: the traits common to all are left to the trigger)",
@@ -149,6 +157,10 @@ class TrainConfig:
     @property
     def effective_text_encoder_learning_rate(self) -> float:
         return self.text_encoder_learning_rate or self.learning_rate
+
+    @property
+    def effective_embedding_learning_rate(self) -> float:
+        return self.embedding_learning_rate or self.effective_text_encoder_learning_rate
 
     @property
     def effective_validation_guidance_scale(self) -> float:
@@ -205,6 +217,8 @@ class TrainConfig:
             if not self.trigger_token.strip():
                 raise ConfigError("output preservation needs a trigger word: it holds each caption without it to "
                                   "the base model", "set --trigger-token, or drop --output-preservation")
+        if self.pivotal_tuning:
+            _check_pivotal(self)
         if not (0.0 <= self.mask_outside_weight < 1.0) or not math.isfinite(self.mask_outside_weight):
             raise ConfigError(f"mask_outside_weight {self.mask_outside_weight} is outside [0, 1)",
                               "use 0 (kohya's masked loss) to 0.3")
@@ -339,6 +353,19 @@ def default_train_config(profile, adapter: str = "lora") -> TrainConfig:
                        resolution=64, seed=profile.seed, lr_scheduler="constant", lr_warmup_steps=0,
                        gradient_checkpointing=False, mixed_precision=mixed, checkpoint_every=40, bucket_step=8,
                        validation_images=4, validation_inference_steps=TINY_SAMPLING_STEPS, cache_latents_to_disk=False)
+
+
+def _check_pivotal(config: TrainConfig) -> None:
+    """The trigger becomes the embedding's token and its file's name: one plain word (A1111 and ComfyUI type it)."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{2,39}", config.trigger_token):
+        raise ConfigError(f"pivotal tuning needs a one-word trigger of 3-40 letters, digits, _ or -, not "
+                          f"{config.trigger_token!r}", "set --trigger-token to a rare word such as 'zorabek'")
+    if not 1 <= config.embedding_vectors <= 16:
+        raise ConfigError(f"embedding_vectors {config.embedding_vectors} is outside 1-16",
+                          "use 2 (diffusers' default) to 4")
+    if not (math.isfinite(config.embedding_learning_rate) and 0 <= config.embedding_learning_rate <= 1.0):
+        raise ConfigError(f"embedding_learning_rate is {config.embedding_learning_rate!r}",
+                          "set it to 0 (the text encoders' rate) or a positive number up to 1")
 
 
 def training_settings() -> list[dataclasses.Field]:

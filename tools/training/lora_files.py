@@ -307,6 +307,40 @@ def guarded_checkpoint(scores: list[dict]) -> tuple[dict | None, list[str]]:
     return best_checkpoint(scores), passed
 
 
+def chosen_checkpoint(scores: list[dict], validation_losses: dict[int, float], select_best: bool, on_disk: set[int],
+                      last_step: int) -> dict:
+    """The checkpoint a run hands over — the guarded best-scoring one (``guarded_checkpoint``) while it is on disk,
+    else the last step — with the reason (report.html shows it)."""
+    best, passed = guarded_checkpoint(scores) if select_best else (None, [])
+    if best is not None and best["step"] in on_disk:
+        others = ", ".join(f"step {s['step']}: {s['quality']:.3f}" for s in scores if s is not best)
+        guard = f"; passed over, editability clearly worse: {'; '.join(passed)}" if passed else ""
+        return {**best, "why": f"highest validation quality against the references ({best['quality']:.3f}"
+                               + (f"; {others}" if others else "") + ")" + guard
+                + _loss_disagreement(scores, validation_losses, best["step"])}
+    if not select_best:
+        why = "last step (best-checkpoint selection is off)"
+    elif not scores:
+        why = "last step (no checkpoint was scored: no scorer or no validation images)"
+    else:
+        why = "last step (the best-scoring checkpoint is no longer on disk)"
+    last = next((s for s in scores if s["step"] == last_step), {})
+    return {**last, "step": last_step, "why": why}
+
+
+def _loss_disagreement(scores: list[dict], validation_losses: dict[int, float], chosen_step: int) -> str:
+    """A note when the lowest validation loss among the scored checkpoints is at another step: the loss
+    measures fit to the references, the quality what the LoRA draws — they can part (overfitting)."""
+    losses = {s["step"]: validation_losses[s["step"]] for s in scores if s["step"] in validation_losses}
+    if len(losses) < 2:
+        return ""
+    lowest = min(losses, key=lambda step: (losses[step], -step))
+    if lowest == chosen_step:
+        return "; validation loss agrees (lowest there too)"
+    return (f"; validation loss disagrees: lowest at step {lowest} ({losses[lowest]:.4f}, "
+            f"{losses[chosen_step]:.4f} at step {chosen_step})")
+
+
 def quality_spread(score: dict) -> float:
     """The spread of a checkpoint's validation quality: the standard error of its mean (std / √images) as the
     checkpoint scorer records it; 0 for a score without them (older runs, hand-made scores)."""
@@ -334,10 +368,12 @@ def plateaued(scores: list[dict], patience: int) -> bool:
 
 def save_checkpoint(run_dir: Path, step: int, state_dicts: dict[str, dict[str, torch.Tensor]],
                     lora_configs: dict[str, dict], training_state: dict[str, Any], keep: int,
-                    made_with: dict[str, Any] | None = None, protect: int | None = None) -> Path:
+                    made_with: dict[str, Any] | None = None, protect: int | None = None,
+                    embedding: tuple[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write ``checkpoint-<step>/`` (LoRA in diffusers and PEFT form + optimizer/scheduler/RNG state) by rename.
 
     Pruning to the newest ``keep`` spares checkpoint ``protect`` (the best-scoring one, the run's LoRA).
+    ``embedding``: pivotal tuning's (trigger, rows), saved beside the LoRA as the run's export is.
     """
     from safetensors.torch import save_file
 
@@ -353,6 +389,10 @@ def save_checkpoint(run_dir: Path, step: int, state_dicts: dict[str, dict[str, t
             flat = {f"{c}.{k}": v.detach().cpu().contiguous() for c, s in state_dicts.items() for k, v in s.items()}
             atomic_write(staging / ADAPTER_WEIGHTS, lambda tmp: save_file(flat, str(tmp)))
             atomic_write(staging / TRAINING_STATE, lambda tmp: torch.save(training_state, tmp))
+            if embedding is not None:
+                from tools.embeddings import embedding_file, save_embedding
+
+                save_embedding(embedding_file(staging, embedding[0]), embedding[1], embedding[0])
             atomic_write_json(staging / "checkpoint.json",
                               {**(made_with or {}), "step": step, "lora_configs": lora_configs})
             if target.exists():  # same step saved again (e.g. interrupted right after a resume)

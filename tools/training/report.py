@@ -40,6 +40,7 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)  # what the run changed or skipped in its input (one line each)
     stopped_early: str = ""  # why training stopped before config.steps (a plateau of validation quality), or ""
     edit_check_s: float = 0.0  # seconds this process spent drawing and scoring the checkpoints' edit check
+    embedding_path: Path | None = None  # pivotal tuning's embeddings/<trigger>.safetensors (None without it)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

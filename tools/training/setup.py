@@ -204,12 +204,14 @@ def make_accelerator(config: TrainConfig, profile, run_dir: Path):
                        cpu=on_cpu, **tracking)
 
 
-def make_optimizer(config: TrainConfig, modules: dict[str, torch.nn.Module], device_type: str):
+def make_optimizer(config: TrainConfig, modules: dict[str, torch.nn.Module], device_type: str,
+                   embedding: list[torch.nn.Parameter] | None = None):
     """The optimizer over the trainable LoRA weights; text encoders get their own rate. Returns (optimizer, name).
 
     AdamW (8-bit on CUDA with bitsandbytes), or Prodigy with its authors' settings for diffusion LoRAs:
     lr 1.0 (it estimates the step size itself), betas (0.9, 0.99), decoupled weight decay, bias correction,
-    safeguard warmup. Under Prodigy a text encoder's rate is its ratio to the UNet's.
+    safeguard warmup. Under Prodigy a text encoder's rate is its ratio to the UNet's. Pivotal tuning's ``embedding``
+    rows get their own rate and no weight decay (decay would pull the new words toward nothing).
     """
     name = config.optimizer
     if name == "auto":
@@ -219,6 +221,10 @@ def make_optimizer(config: TrainConfig, modules: dict[str, torch.nn.Module], dev
         params = [p for p in module.parameters() if p.requires_grad]
         rate = config.learning_rate if component == "unet" else config.effective_text_encoder_learning_rate
         groups.append({"params": params, "lr": rate / config.learning_rate if name == "prodigy" else rate})
+    if embedding:
+        rate = config.effective_embedding_learning_rate
+        groups.append({"params": embedding, "lr": rate / config.learning_rate if name == "prodigy" else rate,
+                       "weight_decay": 0.0})
     if name == "prodigy":
         from prodigyopt import Prodigy  # imported only here: optional
 
@@ -241,7 +247,7 @@ def check_resumable(run_dir: Path, config: TrainConfig, profile, images: list[Tr
         return
     saved = json.loads((run_dir / RUN_CONFIG).read_text(encoding="utf-8"))
     fixed = ("rank", "alpha", "train_text_encoder", "resolution", "use_dora", "adapter", "bucketing", "bucket_step",
-             "optimizer")
+             "optimizer", "pivotal_tuning", "embedding_vectors")
     before = {**{k: saved["config"].get(k, getattr(TrainConfig(), k)) for k in fixed},
               "base_model": saved.get("base_model"), "dataset": saved.get("dataset_sha256")}
     now = {**{k: getattr(config, k) for k in fixed}, "base_model": profile.base_model,
@@ -278,6 +284,11 @@ def check_init_weights(config: TrainConfig, profile) -> None:
         problems.append("DoRA " + ("on" if unet.get("use_dora") else "off"))
     if set(configs) != components:
         problems.append(f"components {', '.join(sorted(configs)) or 'none'}, not {', '.join(sorted(components))}")
+    from tools.embeddings import embedding_file
+
+    if embedding_file(path, config.trigger_token).is_file() != config.pivotal_tuning:
+        problems.append("pivotal tuning " + ("off" if config.pivotal_tuning else "on")
+                        + f" (trigger {config.trigger_token!r})")
     if problems:
         raise ConfigError(f"cannot start from {path}: it was trained with {'; '.join(problems)}",
                           "start from a checkpoint of the same models and rank, or afresh")

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 from tools.atomic import atomic_write, atomic_write_json
 from tools.character import has_trigger, without_trigger
+from tools.embeddings import (TriggerEmbedding, embedding_file, find_embedding, read_embedding, save_embedding,
+                              training_embedding)
 from tools.errors import ConfigError, InputError, TrainingError
 from tools.progress import progress_bar
 from tools.training.config import TrainConfig, default_train_config
@@ -37,7 +39,8 @@ from tools.training.edit_check import EditCheck, draw_checkpoint_images
 from tools.training.prior import prepared_class_images
 from tools.training.losses import denoising_loss, output_preservation_loss, validation_items
 from tools.training.lora_files import (CHECKPOINT_PREFIX, DIFFUSERS_WEIGHTS, best_checkpoint, capture_rng_state,
-                                       checkpoint_dirs, export_lora, guarded_checkpoint, kohya_metadata, plateaued,
+                                       checkpoint_dirs, chosen_checkpoint, export_lora, guarded_checkpoint,
+                                       kohya_metadata, plateaued,
                                        latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint)
 from tools.training.report import (LOSS_CURVE, LOSS_LOG, TrainResult, draw_loss_curve, read_checkpoint_scores,
                                    read_loss_log, write_checkpoint_scores, write_loss_log)
@@ -85,8 +88,9 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     pipe = load_sdxl_pipeline(profile)
     prior = prepared_class_images(config, profile, dataset, images, quiet) if config.prior_preservation else []
     try:
-        with lora_adapters(pipe, config) as modules:
-            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint, prior, edit_check)
+        with lora_adapters(pipe, config) as modules, training_embedding(pipe, config, accelerator.device) as embedding:
+            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint, prior, edit_check,
+                       embedding)
             result = run.train(checkpoint, quiet, stop)
             result.notes = notes + result.notes
             return result
@@ -104,11 +108,11 @@ class _Run:
     """State of one training run: models, optimizer, caches, step counter, loss rows."""
 
     def __init__(self, config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint,
-                 class_images=(), edit_check=None) -> None:
+                 class_images=(), edit_check=None, embedding: TriggerEmbedding | None = None) -> None:
         self.config, self.profile, self.images, self.run_dir = config, profile, images, run_dir
         self.class_images = list(class_images)  # prior preservation: the base model's pictures of the class
         self.class_buckets = [image.bucket for image in self.class_images]
-        self.accelerator, self.pipe, self.modules = accelerator, pipe, modules
+        self.accelerator, self.pipe, self.modules, self.embedding = accelerator, pipe, modules, embedding
         self.score_checkpoint, self.edit_check, self.edit_check_s = score_checkpoint, edit_check, 0.0
         self.edit_images: list[list[Path]] = []  # the edit check's images of the latest checkpoint, by prompt
         self.device = accelerator.device
@@ -124,7 +128,8 @@ class _Run:
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.latents = self._cache_latents(self.images)
         self.class_latents = self._cache_latents(self.class_images) if self.class_images else {}
-        self.text_cache = None if config.train_text_encoder else self._cache_text()
+        # the prompts' embeddings change as the encoders' LoRA or the trigger's rows train: encoded every step
+        self.text_cache = None if config.train_text_encoder or embedding is not None else self._cache_text()
         self.loss_weights = self._loss_weights()
         self.validation_set = self._validation_set()
 
@@ -159,6 +164,8 @@ class _Run:
         models = getattr(self, "wrapped", self.modules)  # DDP-wrapped once prepared
         encoders = [models.get("text_encoder", self.pipe.text_encoder),
                     models.get("text_encoder_2", self.pipe.text_encoder_2)]
+        if self.embedding is not None:  # "zorabek" -> "zorabek zorabek_1": one token per trained vector
+            captions = self.pipe.maybe_convert_prompt(list(captions), self.pipe.tokenizer)
         return encode_prompts(captions, [self.pipe.tokenizer, self.pipe.tokenizer_2], encoders, self.device)
 
     def _loss_weights(self) -> dict[tuple[int, bool], torch.Tensor]:
@@ -227,7 +234,8 @@ class _Run:
     # ---- main loop
     def train(self, checkpoint: Path | None, quiet: bool, stop: threading.Event | None) -> TrainResult:
         config, accelerator = self.config, self.accelerator
-        optimizer, self.optimizer_name = make_optimizer(config, self.modules, self.device.type)
+        optimizer, self.optimizer_name = make_optimizer(config, self.modules, self.device.type,
+                                                        self.embedding.parameters if self.embedding else None)
         self.optimizer_class = f"{type(optimizer).__module__}.{type(optimizer).__name__}"
         from diffusers.optimization import get_scheduler
 
@@ -277,9 +285,12 @@ class _Run:
                 if not torch.isfinite(loss.detach()).all():
                     raise self._diverged(loss.item())
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and self.embedding is not None:
+                    self.embedding.average_gradients(accelerator)  # its rows are outside the DDP-wrapped modules
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     params = [p for m in self.wrapped.values() for p in m.parameters() if p.requires_grad]
-                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    accelerator.clip_grad_norm_(params + (self.embedding.parameters if self.embedding else []),
+                                                config.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(accelerator.reduce(loss.detach(), "mean").item())
@@ -399,6 +410,9 @@ class _Run:
     def _lora_configs(self) -> dict[str, dict]:
         return {name: jsonable(module.peft_config[ADAPTER_NAME].to_dict()) for name, module in self.modules.items()}
 
+    def _embedding_rows(self) -> tuple[str, dict[str, torch.Tensor]] | None:
+        return (self.embedding.trigger, self.embedding.rows()) if self.embedding is not None else None
+
     def _checkpoint(self, render: bool = True) -> None:
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
@@ -410,7 +424,7 @@ class _Run:
             save_checkpoint(self.run_dir, self.step, self._state_dicts(), self._lora_configs(), state,
                             self.config.checkpoints_to_keep,
                             made_with={**self.profile.describe(), "validation_loss": validation_loss},
-                            protect=self._best_step())
+                            protect=self._best_step(), embedding=self._embedding_rows())
             if render:
                 self._score(self._render_validation())
             self._write_loss_files()
@@ -447,6 +461,9 @@ class _Run:
         state_dicts, state = load_checkpoint(checkpoint)
         for name, module in self.modules.items():
             set_peft_model_state_dict(module, state_dicts[name], adapter_name=ADAPTER_NAME)
+        saved = find_embedding(checkpoint) if self.embedding is not None else None
+        if saved is not None:  # check_init_weights and check_resumable made sure it is there when it should be
+            self.embedding.load(read_embedding(saved)[1])
         return state
 
     def _resume(self, checkpoint: Path) -> None:
@@ -538,6 +555,12 @@ class _Run:
                 buckets=bucket_counts(self.buckets) if config.bucketing else None)
             if self.chosen["step"] in self.validation_losses:  # kohya logs it (val_loss) but writes no ss_ key
                 metadata["aldar_validation_loss"] = f"{self.validation_losses[self.chosen['step']]:.6g}"
+            if self.embedding is not None:
+                rows = (read_embedding(embedding_file(chosen_dir, config.trigger_token))[1]
+                        if self.chosen["step"] != self.step else self.embedding.rows())
+                # the embedding first: a LoRA file beside no embedding would draw without its trigger's tokens
+                save_embedding(embedding_file(self.run_dir, config.trigger_token), rows, config.trigger_token)
+                metadata["aldar_trigger_embedding"] = embedding_file(Path("."), config.trigger_token).as_posix()
             export_lora(lora_path, kohya_path, state_dicts, self._lora_configs(), config.alpha, metadata,
                         config.save_precision)
         self.accelerator.wait_for_everyone()  # other processes return only once the files exist
@@ -551,34 +574,9 @@ class _Run:
 
     def _choose_checkpoint(self) -> dict:
         """Which step's weights the run hands over, with the reason (report.html shows it)."""
-        best, passed = guarded_checkpoint(self.scores) if self.config.select_best_checkpoint else (None, [])
-        on_disk = {int(p.name[len(CHECKPOINT_PREFIX):]) for p in checkpoint_dirs(self.run_dir)}
-        if best is not None and (best["step"] in on_disk or best["step"] == self.step):
-            others = ", ".join(f"step {s['step']}: {s['quality']:.3f}" for s in self.scores if s is not best)
-            guard = f"; passed over, editability clearly worse: {'; '.join(passed)}" if passed else ""
-            return {**best, "why": f"highest validation quality against the references ({best['quality']:.3f}"
-                                   + (f"; {others}" if others else "") + ")" + guard
-                    + self._loss_disagreement(best["step"])}
-        if not self.config.select_best_checkpoint:
-            why = "last step (best-checkpoint selection is off)"
-        elif not self.scores:
-            why = "last step (no checkpoint was scored: no scorer or no validation images)"
-        else:
-            why = "last step (the best-scoring checkpoint is no longer on disk)"
-        last = next((s for s in self.scores if s["step"] == self.step), {})
-        return {**last, "step": self.step, "why": why}
-
-    def _loss_disagreement(self, chosen_step: int) -> str:
-        """A note when the lowest validation loss among the scored checkpoints is at another step: the loss
-        measures fit to the references, the quality what the LoRA draws — they can part (overfitting)."""
-        losses = {s["step"]: self.validation_losses[s["step"]] for s in self.scores if s["step"] in self.validation_losses}
-        if len(losses) < 2:
-            return ""
-        lowest = min(losses, key=lambda step: (losses[step], -step))
-        if lowest == chosen_step:
-            return "; validation loss agrees (lowest there too)"
-        return (f"; validation loss disagrees: lowest at step {lowest} ({losses[lowest]:.4f}, "
-                f"{losses[chosen_step]:.4f} at step {chosen_step})")
+        on_disk = {int(p.name[len(CHECKPOINT_PREFIX):]) for p in checkpoint_dirs(self.run_dir)} | {self.step}
+        return chosen_checkpoint(self.scores, self.validation_losses, self.config.select_best_checkpoint, on_disk,
+                                 self.step)
 
     def _result(self, interrupted: bool, lora_path: Path | None = None, kohya_path: Path | None = None):
         curve = self.run_dir / LOSS_CURVE
@@ -587,7 +585,9 @@ class _Run:
                            list(self.validation_paths), list(self.scores), getattr(self, "chosen", None),
                            dict(self.validation_losses),
                            stopped_early="" if interrupted else self.stopped_early,
-                           edit_check_s=round(self.edit_check_s, 3))
+                           edit_check_s=round(self.edit_check_s, 3),
+                           embedding_path=embedding_file(self.run_dir, self.config.trigger_token)
+                           if self.embedding is not None and lora_path is not None else None)
 
     def _diverged(self, value: float) -> TrainingError:
         last = latest_checkpoint(self.run_dir)
