@@ -268,6 +268,25 @@ def test_opening_the_folder_keeps_temp_files_of_writers_that_work_without_the_lo
         store.close()
 
 
+def test_the_best_loras_trigger_embedding_travels_with_it_and_an_earlier_ones_does_not_stay(tmp_path):
+    """Pivotal tuning: best_lora/ holds the best round's embeddings/<trigger>.safetensors beside its LoRA (the generator
+    loads it from there); a later best round trained without one leaves no stale embedding behind."""
+    store = RunStore(tmp_path / "results", {"profile": "tiny"})
+    first, second = _record(1, 0.6, store), _record(2, 0.7, store)
+    embedding = store.round_run_dir(1) / "embeddings" / "zorabek.safetensors"
+    embedding.parent.mkdir()
+    embedding.write_bytes(b"rows of round 1")
+    store.finish_round(first)
+    store.mark_best(first)
+    copied = store.best_lora_dir / "embeddings" / "zorabek.safetensors"
+    assert copied.read_bytes() == b"rows of round 1"
+    assert "best_lora/embeddings/zorabek.safetensors" in json.loads((store.best_lora_dir / "best_lora.json").read_text())["files"]
+    store.finish_round(second)
+    store.mark_best(second)
+    assert not copied.exists() and store.best_lora_holds(second)
+    store.close()
+
+
 def test_ctrl_c_while_copying_the_best_lora_leaves_best_round_unchanged_and_is_redone(tmp_path, monkeypatch):
     import shutil
 

@@ -5,7 +5,7 @@
       comparisons/                 round_<n>/<generator>/*.png, comparison_report_<ts>.json
       feedback/                    feedback_<ts>.json
       runs/round_<n>/              the trainer's run folder (LoRA, checkpoints, loss log)
-      best_lora/                   a copy of the best round's LoRA files + best_lora.json
+      best_lora/                   a copy of the best round's LoRA files (+ embeddings/) + best_lora.json
       report.html, score_chart.png
       .aldar.lock                  pid + host of the process that holds the folder
 
@@ -457,12 +457,22 @@ class RunStore:
         ``best_round`` changes only once the copies exist: set first, a Ctrl-C during the copy would
         leave it naming this round while best_lora/ still holds another, and never be redone.
         """
+        from tools.embeddings import EMBEDDINGS_DIR, find_embedding  # imports torch: only when a round finishes
+
         record = round_of(record)  # a record as written, or already typed
-        files = [self.absolute(p) for p in (record.paths.lora, record.paths.kohya_lora) if p]
+        files = [(self.absolute(p), self.best_lora_dir) for p in (record.paths.lora, record.paths.kohya_lora) if p]
+        run_dir = self.absolute(record.paths.run_dir) if record.paths.run_dir else None
+        embedding = find_embedding(run_dir) if run_dir is not None and run_dir.is_dir() else None
+        if embedding is not None:  # pivotal tuning's trigger embedding: the LoRA draws its character only with it
+            files.append((embedding, self.best_lora_dir / EMBEDDINGS_DIR))
+        for stale in (self.best_lora_dir / EMBEDDINGS_DIR).glob("*.safetensors"):  # an earlier best round's
+            if embedding is None or stale.name != embedding.name:
+                stale.unlink(missing_ok=True)
         copied = []
-        for source in files:
+        for source, folder in files:
             if source and source.is_file():
-                target = self.best_lora_dir / source.name
+                target = folder / source.name
+                target.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(target, lambda tmp, s=source: shutil.copyfile(s, tmp))
                 copied.append(self.relative(target))
         atomic_write_json(self.best_lora_dir / "best_lora.json",
