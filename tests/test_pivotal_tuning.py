@@ -115,3 +115,19 @@ def test_bad_pivotal_settings_are_refused_in_one_line(profile, references, tmp_p
     with pytest.raises(ConfigError, match="pivotal tuning off"):
         check_init_weights(quick(profile, pivotal_tuning=True, init_weights=str(checkpoint)), profile)
     check_init_weights(quick(profile, init_weights=str(checkpoint)), profile)  # the same kind: fine
+
+
+def test_a_damaged_embedding_beside_a_lora_is_one_line_naming_the_file(profile, tmp_path):
+    from tools.embeddings import activate_embedding
+    from tools.errors import InputError
+
+    lora = tmp_path / "run" / "pytorch_lora_weights.safetensors"
+    damaged = embedding_file(lora.parent, "zorabek")
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match=r"embedding .*zorabek.safetensors cannot be read") as caught:
+        activate_embedding(load_sdxl_pipeline(profile), lora)
+    assert "\n" not in str(caught.value)
+    (damaged.parent / "other.safetensors").write_bytes(b"")
+    with pytest.raises(InputError, match="holds 2 embeddings"):
+        activate_embedding(load_sdxl_pipeline(profile), lora)

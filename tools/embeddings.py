@@ -62,14 +62,14 @@ def save_embedding(path: Path, rows: dict[str, torch.Tensor], trigger: str) -> P
 
 def read_embedding(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
     """(trigger, rows per encoder key) of an embedding file; one-line ``InputError`` when it is not one."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
         rows = load_file(str(path))
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise InputError(f"embedding {path} cannot be read ({str(error).splitlines()[0][:120]})",
                          "retrain the LoRA with pivotal tuning, or delete the embeddings folder beside it") from None
     keys = [key for _, _, key in ENCODERS]
