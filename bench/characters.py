@@ -109,8 +109,11 @@ DEFAULT_CHARACTERS = ("aldar_kose", "zorabek",
                       "glasses=round glasses,style=3D render,background=forest")
 COMPOSED_TRIGGER, COMPOSED_NAME = "novelhero", "the composed hero"
 TARGETS = {"lead_features": 0.25, "identity": 0.6, "editability_vs_base": 0.85, "bleed": 0.05}
-# (learning-rate factor, steps factor) of the overtrained LoRAs: the issue's, and the steps alone.
-OVERTRAINED = {"lr x5, steps x3": (5, 3), "steps x3": (1, 3)}
+# (learning-rate factor, steps factor, more `aldar train` flags) of the overtrained LoRAs: the issue's, the steps
+# alone, and six times the steps with the rate decayed (cosine) instead of held: how far a LoRA gets past the loop's
+# bounds when a constant rate's noise does not blur it.
+OVERTRAINED = {"lr x5, steps x3": (5, 3, ()), "steps x3": (1, 3, ()),
+               "steps x6, cosine": (1, 6, ("--lr-scheduler", "cosine"))}
 
 
 def character_overrides(character: str, work: Path) -> dict:
@@ -180,7 +183,7 @@ def figures(record: Round) -> dict:
                                          for p in suite.prompts], "images": suite.images} if suite else None}
 
 
-def overtrained(run: dict, seed: int, lr_factor: float, steps_factor: int) -> dict:
+def overtrained(run: dict, seed: int, lr_factor: float, steps_factor: int, flags: tuple[str, ...] = ()) -> dict:
     """``aldar train`` at ``lr_factor`` × the learning rate and ``steps_factor`` × the steps of the defaults (the
     last step kept), then its suite drawn and scored beside the default LoRA's (the loop's round 1)."""
     from tools.generation.local import generate_local, suite_batch_size
@@ -192,12 +195,12 @@ def overtrained(run: dict, seed: int, lr_factor: float, steps_factor: int) -> di
     settings = load_settings(overrides={"profile": "tiny", "seed": seed, "references": run["references"]}, environ={})
     profile = resolve_profile(settings)
     defaults = default_train_config(profile)
-    run_dir = Path(run["results"]) / f"overtrained_lr{lr_factor}_steps{steps_factor}"
+    run_dir = Path(run["results"]) / f"overtrained_lr{lr_factor}_steps{steps_factor}{''.join(flags[1::2])}"
     command = [sys.executable, "-m", "agent.cli", "train", "--profile", "tiny", "--seed", str(seed), "--quiet",
                "--references", run["references"], "--analysis", run["analysis"], "--run-dir", str(run_dir),
                "--steps", str(defaults.steps * steps_factor),
                "--learning-rate", str(defaults.learning_rate * lr_factor), "--no-select-best-checkpoint",
-               "--validation-images", "0"]  # its last step is kept: no checkpoint needs judging
+               "--validation-images", "0", *flags]  # its last step is kept: no checkpoint needs judging
     started = time.process_time()
     if not (run_dir / "pytorch_lora_weights.safetensors").is_file():  # a rerun keeps a finished LoRA
         done = subprocess.run(command, capture_output=True, text=True)
@@ -339,8 +342,9 @@ def main() -> int:
                   f"(round {run['best_round']}), identity {number(run['best']['identity'])}, editability "
                   f"{number(run['best']['editability'])}, bleed {number(run['best']['bleed'])}", flush=True)
             if args.overtrained and character == characters[0]:
-                for variant, (lr_factor, steps_factor) in OVERTRAINED.items():
-                    over.setdefault((character, variant), {})[seed] = overtrained(run, seed, lr_factor, steps_factor)
+                for variant, (lr_factor, steps_factor, flags) in OVERTRAINED.items():
+                    over.setdefault((character, variant), {})[seed] = overtrained(run, seed, lr_factor, steps_factor,
+                                                                                  flags)
                     print(f"  overtrained {variant}: {over[(character, variant)][seed]}", flush=True)
             if args.json:
                 strip = {c: {s: {**r, "round1": {k: v for k, v in r["round1"].items() if k != "suite_record"},

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from tools.atomic import atomic_write
 from tools.errors import InputError
@@ -157,7 +156,10 @@ class _TrainableRows(torch.nn.Module):
         return self.table.embedding_dim
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.weight)
+        # a lookup in the table, the new tokens' positions taken from the rows: no copy of the vocabulary per step
+        looked_up = self.table(ids)
+        rows = self.rows[(ids - self.first).clamp(min=0)].to(looked_up.dtype)
+        return torch.where((ids >= self.first).unsqueeze(-1), rows, looked_up)
 
 
 class TriggerEmbedding:
