@@ -79,6 +79,20 @@ rounds" reads it):
          1: editability 0.542 → 0.083, bleed -0.028 → -0.031, identity 0.594 → 0.415  NOT seen
          2: editability 1.000 → 0.458, bleed -0.169 → -0.080, identity 0.634 → 0.396  seen
       the scores see the overfitting on 2/3 seeds (target: every seed)
+
+    aldar_kose: overtrained (steps x6, cosine, last step) against the default LoRA (round 1)
+        42: editability 0.958 → 0.375, bleed +0.013 → +0.169, identity 0.531 → 0.328  seen
+         1: editability 0.542 → 0.042, bleed -0.028 → -0.066, identity 0.594 → 0.524  NOT seen
+         2: editability 1.000 → 0.083, bleed -0.169 → -0.192, identity 0.634 → 0.494  NOT seen
+      the scores see the overfitting on 1/3 seeds (target: every seed)
+
+    zorabek (--character zorabek --rounds 1 --overtrained): overtrained (steps x6, cosine, last step)
+      against the default LoRA (round 1)
+        42: editability 0.292 → 0.125, bleed +0.024 → +0.046, identity 0.386 → 0.691  seen
+         1: editability 0.542 → 0.000, bleed +0.053 → +0.254, identity 0.137 → 0.732  seen
+         2: editability 0.167 → 0.042, bleed +0.152 → +0.303, identity 0.251 → 0.747  seen
+      the scores see the overfitting on 3/3 seeds (target: every seed)
+      (lr x5, steps x3: 0/3 seen, identity 0.13 / 0.10 / 0.25; steps x3: 2/3 seen)
 """
 
 from __future__ import annotations

@@ -19,13 +19,15 @@ from tools.training.trainer import train_lora
 
 
 def _pipeline_state(pipe) -> tuple:
+    encoders = (pipe.text_encoder, pipe.text_encoder_2)
     return (len(pipe.tokenizer), len(pipe.tokenizer_2), pipe.tokenizer.tokenize("aldarkose, smiling"),
-            pipe.text_encoder.get_input_embeddings().weight.detach().clone(),
-            pipe.text_encoder_2.get_input_embeddings().weight.detach().clone())
+            [(n, p.requires_grad, p.grad is None) for e in encoders for n, p in e.named_parameters()],
+            *(e.get_input_embeddings().weight.detach().clone() for e in encoders))
 
 
 def _same_state(a: tuple, b: tuple) -> bool:
-    return a[:3] == b[:3] and all(torch.equal(x, y) for x, y in zip(a[3:], b[3:]))
+    """Tokens, rows, and each encoder parameter's requires_grad with no gradient left on it."""
+    return a[:4] == b[:4] and all(torch.equal(x, y) for x, y in zip(a[4:], b[4:]))
 
 
 def test_the_triggers_rows_train_beside_the_lora_and_the_shared_pipeline_is_left_as_it_was(profile, references,
@@ -42,7 +44,8 @@ def test_the_triggers_rows_train_beside_the_lora_and_the_shared_pipeline_is_left
     start = initial_rows(fresh_pipeline(profile), "aldarkose", 2, config.seed)
     assert all((rows[k] - start[k]).abs().max() > 1e-3 for k in rows)  # both encoders' rows learnt
     # the first row starts where the base reads the word: the known word's own row on the toy tokenizer
-    assert torch.equal(start["clip_l"][0], before[3][pipe.tokenizer("aldarkose", add_special_tokens=False).input_ids[0]])
+    known = pipe.tokenizer("aldarkose", add_special_tokens=False).input_ids[0]
+    assert torch.equal(start["clip_l"][0], before[4][known])
     assert _same_state(_pipeline_state(pipe), before)  # tokens and rows taken out again
     for step in (3, 6):
         assert embedding_file(result.run_dir / f"checkpoint-{step:06d}", "aldarkose").is_file()
@@ -98,7 +101,8 @@ def test_the_generator_reads_the_trigger_as_stock_diffusers_does_with_both_files
                                  tokenizer=stock.tokenizer_2)
     assert torch.allclose(_prompt_embeddings(stock, prompt), our_reading, atol=1e-6)
     assert not torch.allclose(our_reading, base_reading, atol=1e-3)
-    assert torch.equal(_prompt_embeddings(stock, "smiling, blue chapan"), _prompt_embeddings(pipe, "smiling, blue chapan"))
+    untriggered = "smiling, blue chapan"
+    assert torch.equal(_prompt_embeddings(stock, untriggered), _prompt_embeddings(pipe, untriggered))
     mine, theirs = (np.asarray(Image.open(made[0].path), dtype=np.float32) for made in (ours, base))
     assert np.abs(mine - theirs).mean() > 1.0  # the LoRA with its trigger's rows draws something else than the base
 
@@ -106,8 +110,9 @@ def test_the_generator_reads_the_trigger_as_stock_diffusers_does_with_both_files
 def test_bad_pivotal_settings_are_refused_in_one_line(profile, references, tmp_path):
     from tools.training.setup import check_init_weights
 
-    with pytest.raises(ConfigError, match="one-word trigger"):
-        quick(profile, pivotal_tuning=True, trigger_token="blue bot").validate()
+    for trigger in ("blue bot", "ZoraBek", "ab"):
+        with pytest.raises(ConfigError, match="one-word, lower-case trigger"):
+            quick(profile, pivotal_tuning=True, trigger_token=trigger).validate()
     with pytest.raises(ConfigError, match="embedding_vectors 0"):
         quick(profile, pivotal_tuning=True, embedding_vectors=0).validate()
     plain = train_lora(quick(profile, steps=2, checkpoint_every=2), profile, references, tmp_path / "plain", quiet=True)
@@ -131,3 +136,35 @@ def test_a_damaged_embedding_beside_a_lora_is_one_line_naming_the_file(profile, 
     (damaged.parent / "other.safetensors").write_bytes(b"")
     with pytest.raises(InputError, match="holds 2 embeddings"):
         activate_embedding(load_sdxl_pipeline(profile), lora)
+
+
+def test_pivotal_tuning_trains_beside_the_text_encoders_lora(profile, references, tmp_path):
+    """Both at once (diffusers' advanced script allows it): the rows are optimised once, in their own group."""
+    pipe = load_sdxl_pipeline(profile)
+    before = _pipeline_state(pipe)
+    config = quick(profile, steps=3, pivotal_tuning=True, train_text_encoder=True, embedding_learning_rate=5e-2)
+    result = train_lora(config, profile, references, tmp_path / "run", quiet=True)
+    rows = read_embedding(result.embedding_path)[1]
+    start = initial_rows(fresh_pipeline(profile), "aldarkose", 2, config.seed)
+    assert all((rows[k] - start[k]).abs().max() > 1e-3 for k in rows)
+    assert any(key.startswith("text_encoder") for key in load_file(str(result.lora_path)))
+    after = _pipeline_state(pipe)  # (the encoders' LoRA leaves them frozen, as it did before pivotal tuning)
+    assert after[:3] == before[:3] and all(no_grad for _, _, no_grad in after[3])
+    assert all(torch.equal(x, y) for x, y in zip(after[4:], before[4:]))
+
+
+def test_the_trigger_is_read_with_every_vector_in_any_case_and_only_as_a_whole_word(profile, references, tmp_path):
+    from tools.embeddings import spelled_as_token
+    from tools.generation.local import activate_lora
+
+    assert spelled_as_token(["Zorabek, a man", "ZORABEK and zorabeks", "pre-zorabek"], "zorabek") == [
+        "zorabek, a man", "zorabek and zorabeks", "pre-zorabek"]
+    result = train_lora(quick(profile, steps=2, pivotal_tuning=True), profile, references, tmp_path / "run", quiet=True)
+    pipe = load_sdxl_pipeline(profile)
+    activate_lora(pipe, result.lora_path)
+    try:
+        lower, upper = (_prompt_embeddings(pipe, spelled_as_token([p], "aldarkose")[0])
+                        for p in ("aldarkose, smiling", "Aldarkose, smiling"))
+        assert torch.equal(lower, upper)
+    finally:
+        activate_lora(pipe, None)

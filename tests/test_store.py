@@ -280,7 +280,8 @@ def test_the_best_loras_trigger_embedding_travels_with_it_and_an_earlier_ones_do
     store.mark_best(first)
     copied = store.best_lora_dir / "embeddings" / "zorabek.safetensors"
     assert copied.read_bytes() == b"rows of round 1"
-    assert "best_lora/embeddings/zorabek.safetensors" in json.loads((store.best_lora_dir / "best_lora.json").read_text())["files"]
+    listed = json.loads((store.best_lora_dir / "best_lora.json").read_text())["files"]
+    assert "best_lora/embeddings/zorabek.safetensors" in listed
     store.finish_round(second)
     store.mark_best(second)
     assert not copied.exists() and store.best_lora_holds(second)

@@ -14,6 +14,7 @@ the SDXL embedding layout A1111 and ComfyUI read, where the file name is the wor
 
 from __future__ import annotations
 
+import re
 import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -101,9 +102,11 @@ def load_into(pipe, rows: dict[str, torch.Tensor], trigger: str, key: tuple[str,
             weights = rows[file_key].to(encoder.get_input_embeddings().weight.dtype)
             pipe.load_textual_inversion(weights, token=trigger, tokenizer=tokenizer, text_encoder=encoder)
             done.append((tokenizer, encoder))
-    except ValueError as error:  # a token the tokenizer already holds as one of its own
+    except BaseException as error:  # a clash, or Ctrl-C between the encoders: the first one's tokens come out
         for tokenizer, encoder in done:
             pipe.unload_textual_inversion(tokens=tokens, tokenizer=tokenizer, text_encoder=encoder)
+        if not isinstance(error, ValueError):
+            raise
         raise InputError(f"the embedding's tokens {', '.join(tokens)} clash with the base model's tokenizer "
                          f"({str(error).splitlines()[0][:100]})", "pick another trigger word") from None
     _loaded[pipe] = _Loaded(key, tokens)
@@ -118,6 +121,19 @@ def unload_from(pipe) -> None:
     for tokenizer_name, encoder_name, _ in ENCODERS:
         pipe.unload_textual_inversion(tokens=loaded.tokens, tokenizer=getattr(pipe, tokenizer_name),
                                       text_encoder=getattr(pipe, encoder_name))
+
+
+def spelled_as_token(prompts: list[str], trigger: str) -> list[str]:
+    """``prompts`` with the trigger, as a whole word in any case, spelled as its token: CLIP's tokenizer finds
+    "Zorabek" too but diffusers' ``maybe_convert_prompt`` expands only the exact spelling to every vector."""
+    pattern = re.compile(rf"(?<![\w-]){re.escape(trigger)}(?![\w-])", re.IGNORECASE)
+    return [pattern.sub(trigger, prompt) for prompt in prompts]
+
+
+def loaded_trigger(pipe) -> str | None:
+    """The trigger whose embedding the pipeline holds now (None: none)."""
+    loaded = _loaded.get(pipe)
+    return loaded.tokens[0] if loaded is not None else None
 
 
 def activate_embedding(pipe, lora_file: Path | None) -> str | None:
@@ -213,6 +229,12 @@ def trained_embedding(pipe, trigger: str, vectors: int, seed: int, device: torch
     """The trigger's tokens added to the shared pipeline with trainable rows; afterwards the pipeline is as it was
     before any embedding was loaded (the generator loads the exported file when it draws with the LoRA)."""
     unload_from(pipe)  # a generator's embedding, if it left one: the rows start from the base's reading
+    encoders = [getattr(pipe, name) for _, name, _ in ENCODERS]
+    # Only the rows learn: the encoders, encoded with gradients every step now, must not collect their own
+    # (SDXL's hold 0.8 B parameters). Their flags come back as they were.
+    flags = [{name: p.requires_grad for name, p in encoder.named_parameters()} for encoder in encoders]
+    for encoder in encoders:
+        encoder.requires_grad_(False)
     load_into(pipe, initial_rows(pipe, trigger, vectors, seed), trigger)
     swapped = []
     try:
@@ -229,6 +251,10 @@ def trained_embedding(pipe, trigger: str, vectors: int, seed: int, device: torch
         for encoder, table in swapped:
             encoder.set_input_embeddings(table)
         unload_from(pipe)
+        for encoder, before in zip(encoders, flags):
+            for name, parameter in encoder.named_parameters():
+                parameter.requires_grad_(before.get(name, parameter.requires_grad))
+                parameter.grad = None
 
 
 def training_embedding(pipe, config, device: torch.device):

@@ -472,7 +472,6 @@ class RunStore:
         for source, folder in files:
             if source and source.is_file():
                 target = folder / source.name
-                target.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(target, lambda tmp, s=source: shutil.copyfile(s, tmp))
                 copied.append(self.relative(target))
         atomic_write_json(self.best_lora_dir / "best_lora.json",

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from tools.atomic import unused_path
-from tools.embeddings import activate_embedding
+from tools.embeddings import activate_embedding, loaded_trigger, spelled_as_token
 from tools.errors import InputError, ModelNotFoundError
 from tools.generation.lycoris import is_lycoris_file, load_lycoris_weights
 from tools.generation.png_metadata import save_png_with_parameters
@@ -243,6 +243,8 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sam
     with _generation_lock:
         extra = {_ensure_lcm_adapter(pipe, drawn.lcm_lora): 1.0} if lcm_applied else None
         activate_lora(pipe, lora_file, lora_scale, extra=extra)
+        trigger = loaded_trigger(pipe)
+        drawn_prompts = spelled_as_token(prompts, trigger) if trigger else prompts
         standard_scheduler = pipe.scheduler
         try:
             if drawn.use_lcm:
@@ -260,7 +262,7 @@ def generate_local(profile: ModelProfile, prompts: list[str], out_dir: Path, sam
                     batch = jobs[first:first + batch_size]
                     negative = [drawn.negative_prompt] * len(batch) if drawn.negative_prompt else None
                     generators = [torch.Generator("cpu").manual_seed(seed) for _, _, seed in batch]
-                    images = pipe(prompt=[prompt for _, prompt, _ in batch], negative_prompt=negative,
+                    images = pipe(prompt=[drawn_prompts[p_index] for p_index, _, _ in batch], negative_prompt=negative,
                                   num_inference_steps=drawn.steps, guidance_scale=drawn.guidance, height=size,
                                   width=size, generator=generators).images
                     for image, (p_index, prompt, image_seed) in zip(images, batch):

@@ -357,8 +357,10 @@ def default_train_config(profile, adapter: str = "lora") -> TrainConfig:
 
 def _check_pivotal(config: TrainConfig) -> None:
     """The trigger becomes the embedding's token and its file's name: one plain word (A1111 and ComfyUI type it)."""
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{2,39}", config.trigger_token):
-        raise ConfigError(f"pivotal tuning needs a one-word trigger of 3-40 letters, digits, _ or -, not "
+    # lower case: CLIP's tokenizer matches the new tokens in any case but hands them back lower-cased, and a
+    # multi-vector trigger expands only under the spelling it was added with
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{2,39}", config.trigger_token):
+        raise ConfigError(f"pivotal tuning needs a one-word, lower-case trigger of 3-40 letters, digits, _ or -, not "
                           f"{config.trigger_token!r}", "set --trigger-token to a rare word such as 'zorabek'")
     if not 1 <= config.embedding_vectors <= 16:
         raise ConfigError(f"embedding_vectors {config.embedding_vectors} is outside 1-16",

@@ -217,8 +217,9 @@ def make_optimizer(config: TrainConfig, modules: dict[str, torch.nn.Module], dev
     if name == "auto":
         name = "adamw8bit" if device_type == "cuda" and bitsandbytes_available() else "adamw"
     groups = []
+    own = {id(p) for p in embedding or []}  # the trigger's rows sit inside a trained text encoder too
     for component, module in modules.items():
-        params = [p for p in module.parameters() if p.requires_grad]
+        params = [p for p in module.parameters() if p.requires_grad and id(p) not in own]
         rate = config.learning_rate if component == "unet" else config.effective_text_encoder_learning_rate
         groups.append({"params": params, "lr": rate / config.learning_rate if name == "prodigy" else rate})
     if embedding:

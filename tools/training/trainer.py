@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tools.atomic import atomic_write, atomic_write_json
 from tools.character import has_trigger, without_trigger
 from tools.embeddings import (TriggerEmbedding, embedding_file, find_embedding, read_embedding, save_embedding,
-                              training_embedding)
+                              spelled_as_token, training_embedding)
 from tools.errors import ConfigError, InputError, TrainingError
 from tools.progress import progress_bar
 from tools.training.config import TrainConfig, default_train_config
@@ -89,8 +89,8 @@ def train_lora(config: TrainConfig, profile, dataset: list[tuple[Path, str]], ru
     prior = prepared_class_images(config, profile, dataset, images, quiet) if config.prior_preservation else []
     try:
         with lora_adapters(pipe, config) as modules, training_embedding(pipe, config, accelerator.device) as embedding:
-            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint, prior, edit_check,
-                       embedding)
+            run = _Run(config, profile, images, run_dir, accelerator, pipe, modules, score_checkpoint, prior,
+                       edit_check, embedding)
             result = run.train(checkpoint, quiet, stop)
             result.notes = notes + result.notes
             return result
@@ -165,7 +165,8 @@ class _Run:
         encoders = [models.get("text_encoder", self.pipe.text_encoder),
                     models.get("text_encoder_2", self.pipe.text_encoder_2)]
         if self.embedding is not None:  # "zorabek" -> "zorabek zorabek_1": one token per trained vector
-            captions = self.pipe.maybe_convert_prompt(list(captions), self.pipe.tokenizer)
+            captions = self.pipe.maybe_convert_prompt(spelled_as_token(captions, self.embedding.trigger),
+                                                      self.pipe.tokenizer)
         return encode_prompts(captions, [self.pipe.tokenizer, self.pipe.tokenizer_2], encoders, self.device)
 
     def _loss_weights(self) -> dict[tuple[int, bool], torch.Tensor]:
@@ -348,8 +349,9 @@ class _Run:
             return torch.zeros((), device=self.device)
         rows, captions = torch.tensor(keep), [without_trigger(batch["captions"][i], trigger) for i in keep]
         trained = list(self.wrapped.values())
-        if self.text_cache is not None:  # frozen encoders: the base's embeddings are the adapted model's
-            base = embeds = self._embeddings(captions)
+        if not self.config.train_text_encoder:  # frozen encoders: the base's embeddings are the adapted model's
+            with torch.no_grad():  # (a trigger's trained rows do not reach captions without it)
+                base = embeds = self._embeddings(captions)
         else:  # trained encoders: the base's come with their adapters off, the adapted ones with gradients
             with torch.no_grad(), adapters_off(trained):
                 base = self._embeddings(captions)
