@@ -147,7 +147,10 @@ def test_pivotal_tuning_trains_beside_the_text_encoders_lora(profile, references
     rows = read_embedding(result.embedding_path)[1]
     start = initial_rows(fresh_pipeline(profile), "aldarkose", 2, config.seed)
     assert all((rows[k] - start[k]).abs().max() > 1e-3 for k in rows)
-    assert any(key.startswith("text_encoder") for key in load_file(str(result.lora_path)))
+    learnt = {key: value for key, value in load_file(str(result.lora_path)).items()
+              if key.startswith(("text_encoder.", "text_encoder_2.")) and ".up." in key}  # B: zero at the start
+    # the encoders' LoRA trained too (all but the layers after the penultimate one, whose output SDXL does not read)
+    assert learnt and sum(bool(value.abs().max() > 0) for value in learnt.values()) > 0.8 * len(learnt)
     after = _pipeline_state(pipe)  # (the encoders' LoRA leaves them frozen, as it did before pivotal tuning)
     assert after[:3] == before[:3] and all(no_grad for _, _, no_grad in after[3])
     assert all(torch.equal(x, y) for x, y in zip(after[4:], before[4:]))

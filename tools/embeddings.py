@@ -225,22 +225,25 @@ def initial_rows(pipe, trigger: str, vectors: int, seed: int) -> dict[str, torch
 
 
 @contextmanager
-def trained_embedding(pipe, trigger: str, vectors: int, seed: int, device: torch.device) -> Iterator[TriggerEmbedding]:
+def trained_embedding(pipe, trigger: str, vectors: int, seed: int, device: torch.device,
+                      freeze_encoders: bool = True) -> Iterator[TriggerEmbedding]:
     """The trigger's tokens added to the shared pipeline with trainable rows; afterwards the pipeline is as it was
-    before any embedding was loaded (the generator loads the exported file when it draws with the LoRA)."""
+    before any embedding was loaded (the generator loads the exported file when it draws with the LoRA).
+
+    ``freeze_encoders``: the text encoders, encoded with gradients every step now, take none of their own while
+    only the rows learn (SDXL's hold 0.8 B parameters); their flags come back as they were. False when the
+    encoders train a LoRA of their own (``lora_adapters`` has frozen their base weights already)."""
     unload_from(pipe)  # a generator's embedding, if it left one: the rows start from the base's reading
     encoders = [getattr(pipe, name) for _, name, _ in ENCODERS]
-    # Only the rows learn: the encoders, encoded with gradients every step now, must not collect their own
-    # (SDXL's hold 0.8 B parameters). Their flags come back as they were.
     flags = [{name: p.requires_grad for name, p in encoder.named_parameters()} for encoder in encoders]
-    for encoder in encoders:
-        encoder.requires_grad_(False)
-    load_into(pipe, initial_rows(pipe, trigger, vectors, seed), trigger)
     swapped = []
     try:
+        if freeze_encoders:
+            for encoder in encoders:
+                encoder.requires_grad_(False)
+        load_into(pipe, initial_rows(pipe, trigger, vectors, seed), trigger)
         parameters = {}
-        for _, encoder_name, file_key in ENCODERS:
-            encoder = getattr(pipe, encoder_name)
+        for encoder, (_, _, file_key) in zip(encoders, ENCODERS):
             table = encoder.get_input_embeddings()
             rows = torch.nn.Parameter(table.weight.detach()[-vectors:].float().clone().to(device))
             encoder.set_input_embeddings(_TrainableRows(table, rows))
@@ -254,11 +257,13 @@ def trained_embedding(pipe, trigger: str, vectors: int, seed: int, device: torch
         for encoder, before in zip(encoders, flags):
             for name, parameter in encoder.named_parameters():
                 parameter.requires_grad_(before.get(name, parameter.requires_grad))
-                parameter.grad = None
+                if freeze_encoders:
+                    parameter.grad = None
 
 
 def training_embedding(pipe, config, device: torch.device):
     """``trained_embedding`` for a ``TrainConfig`` with ``pivotal_tuning``; a context yielding None without it."""
     if not config.pivotal_tuning:
         return nullcontext(None)
-    return trained_embedding(pipe, config.trigger_token, config.embedding_vectors, config.seed, device)
+    return trained_embedding(pipe, config.trigger_token, config.embedding_vectors, config.seed, device,
+                             freeze_encoders=not config.train_text_encoder)
