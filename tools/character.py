@@ -66,6 +66,12 @@ def without_trigger(caption: str, trigger_token: str) -> str:
     return ", ".join(tag for tag in tags if tag)
 
 
+def trigger_spelled(text: str, trigger_token: str) -> str:
+    """``text`` with the trigger, as whole words in any case, spelled exactly as ``trigger_token`` ("Zorabek, a man"
+    -> "zorabek, a man"): what a tokenizer that matches only that spelling needs."""
+    return _trigger_pattern(trigger_token).sub(trigger_token, text)
+
+
 def missing_trigger_warning(prompt: str, trigger_token: str) -> str:
     """One line when a prompt drawn with the LoRA does not name the trigger token."""
     if has_trigger(prompt, trigger_token) or not trigger_token.strip():

@@ -14,7 +14,6 @@ the SDXL embedding layout A1111 and ComfyUI read, where the file name is the wor
 
 from __future__ import annotations
 
-import re
 import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from tools.atomic import atomic_write
+from tools.character import trigger_spelled
 from tools.errors import InputError
 
 EMBEDDINGS_DIR = "embeddings"
@@ -126,8 +126,7 @@ def unload_from(pipe) -> None:
 def spelled_as_token(prompts: list[str], trigger: str) -> list[str]:
     """``prompts`` with the trigger, as a whole word in any case, spelled as its token: CLIP's tokenizer finds
     "Zorabek" too but diffusers' ``maybe_convert_prompt`` expands only the exact spelling to every vector."""
-    pattern = re.compile(rf"(?<![\w-]){re.escape(trigger)}(?![\w-])", re.IGNORECASE)
-    return [pattern.sub(trigger, prompt) for prompt in prompts]
+    return [trigger_spelled(prompt, trigger) for prompt in prompts]
 
 
 def loaded_trigger(pipe) -> str | None:
@@ -162,14 +161,6 @@ class _TrainableRows(torch.nn.Module):
         super().__init__()
         self.table, self.rows = table, rows
         self.first = table.num_embeddings - rows.shape[0]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return torch.cat([self.table.weight[:self.first], self.rows.to(self.table.weight.dtype)])
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.table.embedding_dim
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # a lookup in the table, the new tokens' positions taken from the rows: no copy of the vocabulary per step
